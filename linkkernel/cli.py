@@ -1,0 +1,66 @@
+"""The `linkkernel` command: one subcommand per job, each living in the module that does it."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import NoReturn
+
+from linkkernel import __version__
+from linkkernel.errors import LinkError
+
+# name -> (module, function that configures the subcommand's parser, one-line help).
+# Modules are imported only for the subcommand being run, so `linkkernel --help` stays fast.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "install": ("linkkernel.kernelspec", "configure_install", "register the Link Python kernel with Jupyter"),
+    "uninstall": ("linkkernel.kernelspec", "configure_uninstall", "remove the Link Python kernelspec"),
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are one line, naming the command and the fix."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    lines = "\n".join(f"  {name:<11} {help_}" for name, (_, _, help_) in COMMANDS.items())
+    parser = OneLineParser(
+        prog="linkkernel",
+        description="Link Python: a Jupyter kernel that turns notebook cells into a pipeline.",
+        epilog=f"commands:\n{lines}\n\nRun 'linkkernel COMMAND --help' for a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"linkkernel {__version__}")
+    parser.add_argument("command", metavar="COMMAND", help="one of: " + ", ".join(COMMANDS))
+    parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `linkkernel ARGS`; returns the exit status."""
+    top = _top_parser().parse_args(argv)
+    if top.command not in COMMANDS:
+        print(
+            f"linkkernel: unknown command {top.command!r}; choose one of {', '.join(COMMANDS)}",
+            file=sys.stderr,
+        )
+        return 2
+    module_name, configure_name, help_ = COMMANDS[top.command]
+    parser = OneLineParser(prog=f"linkkernel {top.command}", description=help_)
+    getattr(importlib.import_module(module_name), configure_name)(parser)
+    args = parser.parse_args(top.args)
+    try:
+        return int(args.func(args) or 0)
+    except LinkError as exc:
+        print(f"linkkernel {top.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"linkkernel {top.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

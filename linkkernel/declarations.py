@@ -1,0 +1,183 @@
+"""Component declarations read from cell metadata: tags and the `link` key (SPEC §2).
+
+Pure functions over plain dicts, shared by the kernel, the CLI, sharing and git, so every
+tool agrees on what a cell declares and every tool refuses the same malformed cells.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from linkkernel.errors import LinkError
+
+NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
+TAG_KINDS = ("component", "parent", "remote")
+LINK_KEYS = {"name", "parents", "remote"}
+
+
+class DeclarationError(LinkError):
+    """A cell's declaration is malformed or its two forms disagree."""
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """What one cell declares: its component name, parents in declared order, remote alias."""
+
+    name: str
+    parents: tuple[str, ...] = ()
+    remote: str | None = None
+
+    def to_link_metadata(self) -> dict[str, Any]:
+        """The `link` metadata form of this declaration."""
+        meta: dict[str, Any] = {"name": self.name, "parents": list(self.parents)}
+        if self.remote:
+            meta["remote"] = self.remote
+        return meta
+
+    def to_tags(self) -> list[str]:
+        """The tag form of this declaration, in the order JupyterLab's tag editor shows."""
+        tags = [f"component:{self.name}"] + [f"parent:{p}" for p in self.parents]
+        return tags + ([f"remote:{self.remote}"] if self.remote else [])
+
+
+@dataclass(frozen=True)
+class Component:
+    """A declaration together with the cell that carries it."""
+
+    declaration: Declaration
+    source: str
+    cell_id: str | None = None
+    index: int = 0
+    metadata: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.declaration.name
+
+    @property
+    def parents(self) -> tuple[str, ...]:
+        return self.declaration.parents
+
+    @property
+    def remote(self) -> str | None:
+        return self.declaration.remote
+
+    @property
+    def where(self) -> str:
+        return describe_cell(self.index, self.cell_id)
+
+
+def describe_cell(index: int | None, cell_id: str | None) -> str:
+    """How error messages name a cell: its 1-based position and id, whichever are known."""
+    if index is None:
+        return f"cell id {cell_id}" if cell_id else "this cell"
+    return f"cell {index + 1}" + (f" (id {cell_id})" if cell_id else "")
+
+
+def _check_name(value: Any, what: str, where: str) -> str:
+    if not isinstance(value, str) or not NAME_PATTERN.match(value):
+        raise DeclarationError(
+            f"{where}: {what} {value!r} is not a valid name "
+            "(letters, digits, '_', '.', '-', not starting with a digit)"
+        )
+    return value
+
+
+def _from_tags(tags: Iterable[Any], where: str) -> Declaration | None:
+    names: list[str] = []
+    parents: list[str] = []
+    remotes: list[str] = []
+    for tag in tags:
+        if not isinstance(tag, str):
+            raise DeclarationError(f"{where}: tag {tag!r} is not a string")
+        kind, sep, value = tag.partition(":")
+        if not sep or kind not in TAG_KINDS:
+            continue
+        if not NAME_PATTERN.match(value):
+            raise DeclarationError(f"{where}: malformed tag {tag!r}: {value!r} is not a valid name")
+        {"component": names, "parent": parents, "remote": remotes}[kind].append(value)
+    if not names:
+        if parents or remotes:
+            stray = f"parent:{parents[0]}" if parents else f"remote:{remotes[0]}"
+            raise DeclarationError(f"{where}: tag {stray!r} needs a 'component:NAME' tag beside it")
+        return None
+    if len(set(names)) > 1:
+        raise DeclarationError(f"{where}: one cell cannot be two components ({', '.join(names)})")
+    if len(set(remotes)) > 1:
+        raise DeclarationError(f"{where}: conflicting remote tags ({', '.join(remotes)})")
+    return Declaration(names[0], tuple(dict.fromkeys(parents)), remotes[0] if remotes else None)
+
+
+def _from_link(link: Any, where: str) -> Declaration:
+    if not isinstance(link, Mapping):
+        raise DeclarationError(f"{where}: metadata 'link' must be an object, not {type(link).__name__}")
+    unknown = sorted(set(link) - LINK_KEYS)
+    if unknown:
+        raise DeclarationError(
+            f"{where}: metadata 'link' has unknown key {unknown[0]!r} (allowed: name, parents, remote)"
+        )
+    if "name" not in link:
+        raise DeclarationError(f"{where}: metadata 'link' needs a 'name'")
+    name = _check_name(link["name"], "component name", where)
+    parents = link.get("parents", [])
+    if not isinstance(parents, list):
+        raise DeclarationError(f"{where}: metadata 'link.parents' must be a list of names")
+    parents = [_check_name(p, "parent", where) for p in parents]
+    remote = link.get("remote")
+    if remote is not None:
+        remote = _check_name(remote, "remote alias", where)
+    return Declaration(name, tuple(dict.fromkeys(parents)), remote)
+
+
+def parse_declaration(metadata: Mapping[str, Any] | None, where: str = "this cell") -> Declaration | None:
+    """The declaration in one cell's metadata, or None when the cell is not a component.
+
+    Both forms may be present but must agree on name, parents (as a set) and remote; the
+    `link` key's parent order is kept, since it decides which parent wins a name clash.
+    """
+    metadata = metadata or {}
+    tags = metadata.get("tags") or []
+    if not isinstance(tags, list):
+        raise DeclarationError(f"{where}: metadata 'tags' must be a list")
+    from_tags = _from_tags(tags, where)
+    if "link" not in metadata:
+        return from_tags
+    from_link = _from_link(metadata["link"], where)
+    if from_tags is not None and (
+        from_tags.name != from_link.name
+        or set(from_tags.parents) != set(from_link.parents)
+        or from_tags.remote != from_link.remote
+    ):
+        raise DeclarationError(
+            f"{where}: tags declare {_summary(from_tags)} but metadata 'link' declares "
+            f"{_summary(from_link)}; make them agree or remove one"
+        )
+    return from_link
+
+
+def _summary(decl: Declaration) -> str:
+    text = f"component {decl.name!r} with parents [{', '.join(decl.parents)}]"
+    return text + (f" on {decl.remote!r}" if decl.remote else "")
+
+
+def cell_source(cell: Mapping[str, Any]) -> str:
+    """A cell's source as one string (nbformat allows a list of lines on disk)."""
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else source
+
+
+def notebook_components(notebook: Mapping[str, Any]) -> list[Component]:
+    """Every component declared in a notebook's code cells, in notebook order."""
+    components = []
+    for index, cell in enumerate(notebook.get("cells", [])):
+        if cell.get("cell_type") != "code":
+            continue
+        cell_id = cell.get("id")
+        metadata = cell.get("metadata") or {}
+        decl = parse_declaration(metadata, describe_cell(index, cell_id))
+        if decl is not None:
+            components.append(Component(decl, cell_source(cell), cell_id, index, metadata))
+    return components

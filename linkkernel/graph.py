@@ -1,0 +1,81 @@
+"""The pipeline graph: components as nodes, parent -> child edges (networkx).
+
+Validation happens here, before anything runs, so the kernel, `linkkernel run`, export and
+the merge driver refuse the same pipelines with the same one-line messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from linkkernel.declarations import Component
+from linkkernel.errors import LinkError
+
+if TYPE_CHECKING:
+    import networkx as nx
+
+
+class PipelineError(LinkError):
+    """The declared pipeline cannot run: unknown parent, duplicate name or cycle."""
+
+
+def build_graph(components: Iterable[Component], looked_in: str = "the notebook") -> nx.DiGraph:
+    """Validate the components and return their DAG; node attribute `component` holds each.
+
+    `looked_in` names where declarations were searched, so a missing parent's message says
+    where the kernel looked.
+    """
+    import networkx as nx
+
+    graph = nx.DiGraph()
+    for component in components:
+        if component.name in graph:
+            other = graph.nodes[component.name]["component"]
+            raise PipelineError(
+                f"duplicate component name {component.name!r}: {other.where} and {component.where}"
+            )
+        graph.add_node(component.name, component=component)
+    for name, data in list(graph.nodes(data=True)):
+        for parent in data["component"].parents:
+            if parent not in graph:
+                raise PipelineError(
+                    f"component {name!r} ({data['component'].where}) has parent {parent!r}, "
+                    f"which is not declared in {looked_in}"
+                )
+            graph.add_edge(parent, name)
+    try:
+        cycle = nx.find_cycle(graph)
+    except nx.NetworkXNoCycle:
+        return graph
+    path = [edge[0] for edge in cycle] + [cycle[0][0]]
+    raise PipelineError(f"cycle in pipeline: {' -> '.join(path)}")
+
+
+def _notebook_order(graph: nx.DiGraph):
+    return lambda name: (graph.nodes[name]["component"].index, name)
+
+
+def run_order(graph: nx.DiGraph, names: Iterable[str] | None = None) -> list[str]:
+    """The given components (all when None) in a deterministic topological order.
+
+    Ties are broken by notebook position, so runs and progress lines read top to bottom.
+    """
+    import networkx as nx
+
+    sub = graph if names is None else graph.subgraph(names)
+    return list(nx.lexicographical_topological_sort(sub, key=_notebook_order(graph)))
+
+
+def ancestors(graph: nx.DiGraph, name: str) -> list[str]:
+    """Every ancestor of `name`, in run order."""
+    import networkx as nx
+
+    return run_order(graph, nx.ancestors(graph, name))
+
+
+def descendants(graph: nx.DiGraph, name: str) -> list[str]:
+    """Every descendant of `name`, in run order."""
+    import networkx as nx
+
+    return run_order(graph, nx.descendants(graph, name))

@@ -1,0 +1,80 @@
+"""LinkKernel: ipykernel's IPythonKernel, wired to linkkernel's pieces."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ipykernel.ipkernel import IPythonKernel
+from traitlets import Type
+
+from linkkernel import __version__
+from linkkernel.compiler import LinkCompiler
+from linkkernel.errors import INTERNAL_ERROR_NAME, internal_error_line, internal_error_reply
+from linkkernel.magics import LinkMagics
+from linkkernel.shell import LinkShell
+
+
+class LinkKernel(IPythonKernel):
+    """The Link Python kernel. It only wires; behaviour lives in the modules it calls."""
+
+    implementation = "linkkernel"
+    implementation_version = __version__
+    shell_class = Type(LinkShell)
+    compiler_class = Type(LinkCompiler)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.shell.register_magics(LinkMagics(self.shell, self))
+
+    @property
+    def banner(self) -> str:  # type: ignore[override]
+        return f"Link Python {__version__}: cells become a pipeline.\n{self.shell.banner}"
+
+    async def do_execute(
+        self,
+        code: str,
+        silent: bool,
+        store_history: bool = True,
+        user_expressions: dict | None = None,
+        allow_stdin: bool = False,
+        *,
+        cell_meta: dict | None = None,
+        cell_id: str | None = None,
+    ) -> dict[str, Any]:
+        try:
+            return await self._execute(
+                code, silent, store_history, user_expressions, allow_stdin, cell_meta, cell_id
+            )
+        except BaseException as exc:  # noqa: BLE001 - the boundary: an escaping error leaves the cell at [*]
+            self._publish_internal_error(exc)
+            return internal_error_reply(exc, self.log, self.shell.execution_count - 1)
+
+    async def _execute(
+        self,
+        code: str,
+        silent: bool,
+        store_history: bool,
+        user_expressions: dict | None,
+        allow_stdin: bool,
+        cell_meta: dict | None,
+        cell_id: str | None,
+    ) -> dict[str, Any]:
+        return await super().do_execute(
+            code,
+            silent,
+            store_history,
+            user_expressions,
+            allow_stdin,
+            cell_meta=cell_meta,
+            cell_id=cell_id,
+        )
+
+    def _publish_internal_error(self, exc: BaseException) -> None:
+        line = internal_error_line(exc)
+        self.session.send(
+            self.iopub_socket,
+            "error",
+            {"ename": INTERNAL_ERROR_NAME, "evalue": line, "traceback": [line]},
+            parent=self.get_parent(),
+            ident=self._topic("error"),
+        )

@@ -1,0 +1,52 @@
+"""`%link SUBCOMMAND ...`: the kernel-side twin of the `linkkernel` command."""
+
+from __future__ import annotations
+
+import importlib
+import shlex
+from collections.abc import Callable
+
+from IPython.core.magic import Magics, line_magic, magics_class
+
+from linkkernel.errors import LinkError
+
+# subcommand -> ("module:function", one-line help). Each handler is called as
+# handler(kernel, argv) and lives in the module that owns the job; modules load on first use.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "help": ("linkkernel.magics:show_help", "list the %link subcommands"),
+}
+
+
+def show_help(kernel, argv: list[str]) -> None:
+    """Print every `%link` subcommand with its one-line help."""
+    width = max(map(len, SUBCOMMANDS))
+    print("%link SUBCOMMAND [ARGS]\n")
+    for name, (_, help_) in SUBCOMMANDS.items():
+        print(f"  {name:<{width}}  {help_}")
+
+
+def _handler(name: str) -> Callable:
+    target, _ = SUBCOMMANDS[name]
+    module_name, function = target.split(":")
+    return getattr(importlib.import_module(module_name), function)
+
+
+@magics_class
+class LinkMagics(Magics):
+    """Holds the `%link` line magic; the work is done by the handlers in SUBCOMMANDS."""
+
+    def __init__(self, shell, kernel) -> None:
+        super().__init__(shell)
+        self.kernel = kernel
+
+    @line_magic
+    def link(self, line: str) -> None:
+        """Pipeline commands: `%link help` lists them."""
+        try:
+            argv = shlex.split(line)
+        except ValueError as exc:
+            raise LinkError(f"%link: cannot parse arguments: {exc}") from exc
+        name, *rest = argv or ["help"]
+        if name not in SUBCOMMANDS:
+            raise LinkError(f"%link: unknown subcommand {name!r}; try '%link help'")
+        _handler(name)(self.kernel, rest)

@@ -1,0 +1,43 @@
+"""Shared fixtures: a Link Python kernelspec installed into a private prefix for the session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from support import REPO, Kernel, kernel_env
+
+
+@pytest.fixture(scope="session", autouse=True)
+def link_kernelspec(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Install the kernelspec with `linkkernel install --prefix` and make Jupyter find it.
+
+    Every test then launches kernels by name, exactly as JupyterLab does.
+    """
+    home = tmp_path_factory.mktemp("home")
+    # Registry, keys and caches of the tests never touch the user's own directories.
+    os.environ["JUPYTER_CONFIG_DIR"] = str(home / "config")
+    os.environ["JUPYTER_DATA_DIR"] = str(home / "data")
+    os.environ["XDG_CACHE_HOME"] = str(home / "cache")
+    prefix = tmp_path_factory.mktemp("prefix")
+    subprocess.run(
+        [sys.executable, "-m", "linkkernel.cli", "install", "--prefix", str(prefix)],
+        check=True,
+        env=kernel_env(),
+        capture_output=True,
+    )
+    data_dir = str(prefix / "share" / "jupyter")
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [data_dir, os.environ.get("JUPYTER_PATH")]))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def kernel(link_kernelspec: str):
+    """One Link Python kernel shared by a test module (a start costs ~0.6 s)."""
+    k = Kernel()
+    yield k
+    k.shutdown()

@@ -1,0 +1,167 @@
+"""Drive real kernels over the Jupyter protocol, the way JupyterLab and nbclient do."""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.manager import KernelManager
+
+REPO = Path(__file__).resolve().parent.parent
+KERNEL_NAME = "link-python"
+
+
+def kernel_env(**extra: str) -> dict[str, str]:
+    """The environment a test kernel starts with.
+
+    PYTEST_CURRENT_TEST is removed because ipykernel stops capturing fd 1/2 when it sees it,
+    and PYTHONPATH points at this checkout so the kernel runs the code under test.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+@dataclass
+class CellResult:
+    """Everything one execute_request produced: the reply and the IOPub messages, in order."""
+
+    reply: dict[str, Any]
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return self.reply["content"]["status"]
+
+    @property
+    def stdout(self) -> str:
+        return self._stream("stdout")
+
+    @property
+    def stderr(self) -> str:
+        return self._stream("stderr")
+
+    def _stream(self, name: str) -> str:
+        return "".join(
+            m["content"]["text"]
+            for m in self.messages
+            if m["msg_type"] == "stream" and m["content"]["name"] == name
+        )
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        return [m["content"] for m in self.messages if m["msg_type"] == "error"]
+
+    @property
+    def traceback_text(self) -> str:
+        """All error tracebacks, ANSI colours removed."""
+        import re
+
+        text = "\n".join("\n".join(e["traceback"]) for e in self.errors)
+        return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+    @property
+    def displays(self) -> list[dict[str, Any]]:
+        return [
+            m["content"]
+            for m in self.messages
+            if m["msg_type"] in ("display_data", "execute_result", "update_display_data")
+        ]
+
+    def of_type(self, msg_type: str) -> list[dict[str, Any]]:
+        return [m["content"] for m in self.messages if m["msg_type"] == msg_type]
+
+
+class Kernel:
+    """A running kernel process and a blocking client to it."""
+
+    def __init__(self, kernel_name: str = KERNEL_NAME, cwd: str | None = None, **env: str) -> None:
+        self.manager = KernelManager(kernel_name=kernel_name)
+        self.manager.start_kernel(env=kernel_env(**env), cwd=cwd)
+        self.client = self.manager.client()
+        self.client.start_channels()
+        self.client.wait_for_ready(timeout=60)
+
+    def execute(
+        self,
+        code: str,
+        metadata: dict[str, Any] | None = None,
+        cell_id: str | None = None,
+        timeout: float = 60,
+        allow_stdin: bool = False,
+        stdin_reply: str | None = None,
+        interrupt_after: float | None = None,
+    ) -> CellResult:
+        """Send an execute_request as JupyterLab does (cell metadata plus cellId) and collect
+        every IOPub message until the kernel goes idle for it."""
+        request_meta = dict(metadata or {})
+        if cell_id is not None:
+            request_meta["cellId"] = cell_id
+        content = {
+            "code": code,
+            "silent": False,
+            "store_history": True,
+            "user_expressions": {},
+            "allow_stdin": allow_stdin or stdin_reply is not None,
+            "stop_on_error": True,
+        }
+        msg = self.client.session.msg("execute_request", content, metadata=request_meta)
+        self.client.shell_channel.send(msg)
+        msg_id = msg["header"]["msg_id"]
+        deadline = time.monotonic() + timeout
+        interrupt_at = None if interrupt_after is None else time.monotonic() + interrupt_after
+        messages: list[dict[str, Any]] = []
+        idle = False
+        while not idle:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"kernel did not finish {code[:60]!r} within {timeout}s")
+            if interrupt_at is not None and time.monotonic() >= interrupt_at:
+                self.manager.interrupt_kernel()
+                interrupt_at = None
+            if stdin_reply is not None:
+                try:
+                    self.client.get_stdin_msg(timeout=0.01)
+                    self.client.input(stdin_reply)
+                    stdin_reply = None
+                except queue.Empty:
+                    pass
+            try:
+                m = self.client.get_iopub_msg(timeout=0.05)
+            except queue.Empty:
+                continue
+            if m["parent_header"].get("msg_id") != msg_id:
+                continue
+            if m["msg_type"] == "status":
+                idle = m["content"]["execution_state"] == "idle"
+                continue
+            messages.append(m)
+        reply = self.client.get_shell_msg(timeout=max(1.0, deadline - time.monotonic()))
+        while reply["parent_header"].get("msg_id") != msg_id:
+            reply = self.client.get_shell_msg(timeout=max(1.0, deadline - time.monotonic()))
+        return CellResult(reply, messages)
+
+    def restart(self) -> None:
+        self.manager.restart_kernel(now=True)
+        self.client.wait_for_ready(timeout=60)
+
+    def shutdown(self) -> None:
+        self.client.stop_channels()
+        self.manager.shutdown_kernel(now=True)
+
+
+def component_meta(name: str, *parents: str, remote: str | None = None) -> dict[str, Any]:
+    """Cell metadata as JupyterLab's tag editor writes it."""
+    tags = [f"component:{name}"] + [f"parent:{p}" for p in parents]
+    if remote:
+        tags.append(f"remote:{remote}")
+    return {"tags": tags}
+
+
+def python() -> str:
+    return sys.executable
