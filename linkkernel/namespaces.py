@@ -1,0 +1,114 @@
+"""Values as content-addressed pickles, and what a run changed in its namespace (SPEC §3).
+
+Shared by the local runner and the remote worker so both agree on a component's outputs:
+the names it binds, rebinds or deletes, and the objects it mutates in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+
+PROTOCOL = 5
+
+
+class UnpicklableValue(Exception):
+    """A value cannot be serialised; the message names the variable and its type."""
+
+    def __init__(self, name: str, value: Any, reason: BaseException) -> None:
+        self.name = name
+        self.type_name = f"{type(value).__module__}.{type(value).__qualname__}".removeprefix("builtins.")
+        super().__init__(f"{name!r} ({self.type_name}) cannot be pickled: {reason}")
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A pickled value whose large buffers (numpy arrays, bytes-likes) stay out of band.
+
+    Out-of-band buffers are views, not copies, until the blob is written or loaded; the
+    digest covers the pickle stream and every buffer, so it names the content.
+    """
+
+    stream: bytes
+    buffers: tuple[memoryview, ...]
+    digest: str
+
+    @property
+    def size(self) -> int:
+        return len(self.stream) + sum(b.nbytes for b in self.buffers)
+
+
+def _digest(stream: bytes, buffers: Iterable[memoryview]) -> str:
+    h = hashlib.sha256(stream)
+    for buffer in buffers:
+        h.update(len(buffer).to_bytes(8, "little"))
+        h.update(buffer)
+    return h.hexdigest()
+
+
+def dump(name: str, value: Any) -> Blob:
+    """Pickle `value` (bound to `name`) with cloudpickle, protocol 5, buffers out of band."""
+    raw: list[pickle.PickleBuffer] = []
+    try:
+        stream = cloudpickle.dumps(value, protocol=PROTOCOL, buffer_callback=raw.append)
+    except Exception as exc:  # pickling runs arbitrary __reduce__ code: anything may fail
+        raise UnpicklableValue(name, value, exc) from exc
+    buffers = tuple(b.raw() for b in raw)
+    return Blob(stream, buffers, _digest(stream, buffers))
+
+
+def load(blob: Blob) -> Any:
+    """Rebuild a value from a blob as a fresh, writable copy.
+
+    Buffers are copied into bytearrays: arrays rebuilt from immutable bytes come back
+    read-only, and a child must be free to mutate what it inherits without touching the blob.
+    """
+    return pickle.loads(blob.stream, buffers=[bytearray(b) for b in blob.buffers])
+
+
+def digest_of(name: str, value: Any) -> str | None:
+    """The content digest of a value, or None when it cannot be pickled."""
+    try:
+        return dump(name, value).digest
+    except UnpicklableValue:
+        return None
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What a run did to its namespace."""
+
+    bound: tuple[str, ...]
+    deleted: tuple[str, ...]
+
+
+def changes(
+    inputs: Mapping[str, Any],
+    input_digests: Mapping[str, str | None],
+    final: Mapping[str, Any],
+    ignore: Iterable[str] = (),
+) -> Changes:
+    """Compare the namespace a run started with to the one it ended with.
+
+    A name is an output when it is new, rebound to another object, or still bound to the
+    same object whose content digest changed (mutated in place). Values whose digest is
+    unknown (unpicklable) count as unchanged while they keep their identity.
+    """
+    skip = set(ignore)
+    bound = []
+    for name, value in final.items():
+        if name in skip:
+            continue
+        if name not in inputs or inputs[name] is not value:
+            bound.append(name)
+            continue
+        before = input_digests.get(name)
+        if before is not None and digest_of(name, value) != before:
+            bound.append(name)
+    deleted = [name for name in inputs if name not in final and name not in skip]
+    return Changes(tuple(bound), tuple(deleted))
