@@ -1,0 +1,185 @@
+"""The artifact store a kernel and a worker share: a local directory or `s3://` (fsspec).
+
+Blobs are stored by content digest, so a value already in the store (an unchanged input,
+a result the worker already sent) is never uploaded again. Each file carries an HMAC, keyed
+with the secret kept outside the store, over its digest and layout; a reader checks it and
+re-hashes the content before anything is unpickled, because whoever can write to the store
+could otherwise recompute a plain checksum next to a tampered pickle.
+
+File layout: MAGIC, mac (64 hex bytes), header length (4 bytes), JSON header {digest, stream,
+buffers: [sizes]}, the pickle stream, then each out-of-band buffer, unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import pickle
+import uuid
+from typing import Any
+
+from linkkernel.errors import LinkError
+from linkkernel.namespaces import Blob, _digest
+
+MAGIC = b"LKB1"
+_MAC_LEN = 64
+# Errors s3fs/botocore/aiohttp raise that mean "cannot talk to the store" or "not allowed".
+_REFUSED_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden", "403")
+
+
+class StorageError(LinkError):
+    """The store cannot be reached, refuses our credentials, or holds a tampered blob."""
+
+
+def parse_options(pairs: list[str] | None) -> dict[str, Any]:
+    """`k=v` storage options; values are read as JSON when they parse (`anon=false`)."""
+    options: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise LinkError(f"storage option {pair!r} is not KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options
+
+
+def describe_failure(url: str, exc: BaseException) -> str:
+    """One line saying why the store at `url` failed, without a traceback into fsspec."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, PermissionError) or any(code in text for code in _REFUSED_CODES):
+        return f"storage {url} refused the credentials: {text}"
+    if isinstance(exc, FileNotFoundError):
+        return f"storage {url} is missing {text}"
+    return f"storage {url} is unreachable: {type(exc).__name__}: {text}"
+
+
+def _frame_mac(key: bytes, header: bytes) -> bytes:
+    return hmac.new(key, MAGIC + header, hashlib.sha256).hexdigest().encode()
+
+
+class Store:
+    """Content-addressed, HMAC-verified blobs under one fsspec URL."""
+
+    def __init__(self, url: str, key: bytes, options: dict[str, Any] | None = None) -> None:
+        import fsspec
+
+        self.url = url
+        self._key = key
+        options = dict(options or {})
+        try:
+            self.fs, root = fsspec.core.url_to_fs(url, **options)
+        except (ImportError, ValueError, TypeError) as exc:
+            raise StorageError(f"storage {url} cannot be opened: {exc}") from None
+        self._root = root.rstrip("/")
+        self._local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        self._known: set[str] = set()
+        self.bytes_uploaded = 0
+
+    def _path(self, digest: str) -> str:
+        return f"{self._root}/blobs/{digest[:2]}/{digest}"
+
+    def check(self) -> None:
+        """Make sure the store answers (and accepts our credentials); StorageError if not."""
+        try:
+            if self._local:
+                self.fs.makedirs(f"{self._root}/blobs", exist_ok=True)
+            else:
+                self.fs.ls(self._root, refresh=True)
+        except Exception as exc:  # fsspec backends raise their own exception types
+            raise StorageError(describe_failure(self.url, exc)) from None
+
+    def put(self, blob: Blob) -> bool:
+        """Store a blob unless the store has it already; True when bytes were uploaded."""
+        if blob.digest in self._known:
+            return False
+        path = self._path(blob.digest)
+        try:
+            if self.fs.exists(path):
+                self._known.add(blob.digest)
+                return False
+            self._write(path, blob)
+        except StorageError:
+            raise
+        except Exception as exc:  # fsspec backends raise their own exception types
+            raise StorageError(describe_failure(self.url, exc)) from None
+        self._known.add(blob.digest)
+        self.bytes_uploaded += blob.size
+        return True
+
+    def _write(self, path: str, blob: Blob) -> None:
+        header = json.dumps(
+            {"digest": blob.digest, "stream": len(blob.stream), "buffers": [b.nbytes for b in blob.buffers]}
+        ).encode()
+        # Readers must never see half a blob: a local file is written aside and renamed into
+        # place; an object store makes an upload visible only once it completes.
+        target = f"{path}.{uuid.uuid4().hex}.tmp" if self._local else path
+        if self._local:
+            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        with self.fs.open(target, "wb") as f:
+            f.write(MAGIC)
+            f.write(_frame_mac(self._key, header))
+            f.write(len(header).to_bytes(4, "little"))
+            f.write(header)
+            f.write(blob.stream)
+            for buffer in blob.buffers:
+                f.write(buffer)
+        if self._local:
+            self.fs.mv(target, path)
+
+    def get(self, digest: str) -> Blob:
+        """The verified blob stored under `digest`; StorageError when missing or tampered."""
+        path = self._path(digest)
+        try:
+            with self.fs.open(path, "rb") as f:
+                size = f.size if hasattr(f, "size") else self.fs.size(path)
+                data = bytearray(size)
+                view = memoryview(data)
+                got = 0
+                while got < size:
+                    n = f.readinto(view[got:])
+                    if not n:
+                        break
+                    got += n
+        except FileNotFoundError:
+            raise StorageError(f"storage {self.url} has no blob {digest[:12]}… (deleted while in use?)") from None
+        except Exception as exc:  # fsspec backends raise their own exception types
+            raise StorageError(describe_failure(self.url, exc)) from None
+        blob = self._verify(digest, view[:got])
+        self._known.add(digest)
+        return blob
+
+    def _verify(self, digest: str, view: memoryview) -> Blob:
+        tampered = StorageError(f"blob {digest[:12]}… in {self.url} failed verification (tampered or corrupt); not loaded")
+        head = 4 + _MAC_LEN + 4
+        if len(view) < head or bytes(view[:4]) != MAGIC:
+            raise tampered
+        mac = bytes(view[4 : 4 + _MAC_LEN])
+        header_len = int.from_bytes(view[4 + _MAC_LEN : head], "little")
+        header = bytes(view[head : head + header_len])
+        if not hmac.compare_digest(mac, _frame_mac(self._key, header)):
+            raise tampered
+        layout = json.loads(header)
+        offset = head + header_len
+        sizes = [layout["stream"], *layout["buffers"]]
+        if layout["digest"] != digest or offset + sum(sizes) != len(view):
+            raise tampered
+        parts = []
+        for size in sizes:
+            parts.append(view[offset : offset + size])
+            offset += size
+        stream, buffers = bytes(parts[0]), tuple(parts[1:])
+        if not hmac.compare_digest(_digest(stream, buffers), digest):
+            raise tampered
+        return Blob(stream, buffers, digest)
+
+
+def load_owned(blob: Blob) -> Any:
+    """Unpickle a blob read from the store without copying its buffers again.
+
+    A blob from `Store.get` owns its writable memory, so arrays can be rebuilt directly on
+    it (namespaces.load copies, which a blob shared with a cache must do).
+    """
+    return pickle.loads(blob.stream, buffers=blob.buffers)
