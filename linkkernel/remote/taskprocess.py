@@ -1,0 +1,205 @@
+"""What runs inside a task's own process on a worker: one component, then exit.
+
+The worker forks this process from a parent that already imported IPython, cloudpickle and
+fsspec, so a task starts in milliseconds yet leaves nothing behind: its memory (and any GPU
+context the user's code opens) goes back to the machine when it exits.
+
+The component runs in an IPython shell, like a local component: magics, the last
+expression's value, `display()` and rich output all work. Everything the user's code shows is
+sent to the worker over a pipe as nbformat output dicts, one JSON frame each; the last frame
+is the result (changed names as blob digests, or the user's error).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import sys
+from typing import Any
+
+from IPython.core.displayhook import DisplayHook
+from IPython.core.displaypub import DisplayPublisher
+from IPython.core.interactiveshell import InteractiveShell
+from traitlets import Type
+from traitlets.config import Config
+
+from linkkernel.compiler import LinkCompiler
+from linkkernel.namespaces import UnpicklableValue, changes, dump
+from linkkernel.remote.storage import StorageError, Store, load_owned
+
+# Names IPython's displayhook and input cache bind in the namespace; they are not outputs.
+_SHELL_NAMES = re.compile(r"_{1,3}|_i{1,3}|_i?\d+")
+
+
+class Pipe:
+    """Length-prefixed JSON frames to the worker process."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def send(self, message: dict[str, Any]) -> None:
+        data = json.dumps(message).encode()
+        view = memoryview(len(data).to_bytes(4, "little") + data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+
+class PipeStream(io.TextIOBase):
+    """sys.stdout/sys.stderr of a task: whole lines go to the worker as they are written."""
+
+    def __init__(self, pipe: Pipe, name: str) -> None:
+        self._pipe = pipe
+        self._name = name
+        self._pending: list[str] = []
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if text:
+            self._pending.append(text)
+            if "\n" in text:
+                self.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            text, self._pending = "".join(self._pending), []
+            self._pipe.send({"output": {"output_type": "stream", "name": self._name, "text": text}})
+
+
+def _flush_streams() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+class PipeDisplayPublisher(DisplayPublisher):
+    """`display()` in a task: a display_data output to the cell."""
+
+    def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kwargs) -> None:
+        _flush_streams()
+        output = {
+            "output_type": "update_display_data" if update else "display_data",
+            "data": data,
+            "metadata": metadata or {},
+        }
+        if transient:
+            output["transient"] = transient
+        self.shell.pipe.send({"output": output})
+
+    def clear_output(self, wait: bool = False) -> None:
+        _flush_streams()
+        self.shell.pipe.send({"clear_output": wait})
+
+
+class PipeDisplayHook(DisplayHook):
+    """The value of a task's last expression: an execute_result, as in a local cell."""
+
+    def start_displayhook(self) -> None:
+        _flush_streams()
+
+    def write_output_prompt(self) -> None:
+        pass
+
+    def write_format_data(self, format_dict, md_dict=None) -> None:
+        output = {"output_type": "execute_result", "data": format_dict, "metadata": md_dict or {}}
+        self.shell.pipe.send({"output": output})
+
+    def finish_displayhook(self) -> None:
+        pass
+
+
+class WorkerShell(InteractiveShell):
+    """An IPython shell whose output goes to the pipe and whose errors are kept for the reply.
+
+    Cells are compiled by LinkCompiler, so traceback frames of the user's code read
+    `Component NAME, line N` exactly as in the kernel.
+    """
+
+    compiler_class = Type(LinkCompiler)
+    displayhook_class = Type(PipeDisplayHook)
+    display_pub_class = Type(PipeDisplayPublisher)
+    pipe: Pipe
+    error: dict[str, Any] | None = None
+
+    def _showtraceback(self, etype, evalue, stb) -> None:
+        self.error = {"ename": etype.__name__, "evalue": str(evalue), "traceback": list(stb)}
+
+    def init_io(self) -> None:
+        """Keep the process's streams alone until a task replaces them."""
+
+
+def preload_shell() -> WorkerShell:
+    """The shell every task process inherits from the worker (created once, before forking)."""
+    config = Config()
+    config.HistoryManager.enabled = False
+    config.HistoryManager.hist_file = ":memory:"
+    config.InteractiveShell.cache_size = 0
+    shell = WorkerShell.instance(config=config)
+    # Run a cell, a display and an error once here: IPython initialises much lazily, and
+    # doing it in every forked task would cost milliseconds of copy-on-write each time.
+    shell.pipe = _NullPipe()
+    shell.run_cell("from IPython.display import display\ndisplay(1)\n1", store_history=False)
+    shell.run_cell("1/0", store_history=False)
+    shell.error = None
+    return shell
+
+
+class _NullPipe(Pipe):
+    def __init__(self) -> None:
+        super().__init__(-1)
+
+    def send(self, message: dict[str, Any]) -> None:
+        pass
+
+
+def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> None:
+    """Run one component and send its outputs and result through `pipe`."""
+    digests: dict[str, str] = task["inputs"]
+    inputs: dict[str, Any] = {}
+    for name, digest in digests.items():
+        try:
+            inputs[name] = load_owned(store.get(digest))
+        except StorageError as exc:
+            pipe.send({"failed": str(exc)})
+            return
+        except Exception as exc:  # unpickling runs arbitrary code: a missing module, a bad __setstate__
+            pipe.send({"failed": f"input {name!r} cannot be loaded on the worker: {type(exc).__name__}: {exc}"})
+            return
+    namespace: dict[str, Any] = {}
+    shell.init_create_namespaces(user_ns=namespace)
+    shell.init_user_ns()
+    hidden = set(namespace)
+    namespace.update(inputs)
+    shell.pipe = pipe
+    sys.stdout = PipeStream(pipe, "stdout")
+    sys.stderr = PipeStream(pipe, "stderr")
+    with shell.compile.labelled(task["name"]):
+        shell.run_cell(task["code"], store_history=False, silent=False)
+    _flush_streams()
+    if shell.error is not None:
+        pipe.send({"result": {"error": shell.error}})
+        return
+    final = {k: v for k, v in namespace.items() if k not in hidden and not _SHELL_NAMES.fullmatch(k)}
+    changed = changes(inputs, digests, final)
+    bound: dict[str, str] = {}
+    unpicklable: dict[str, str] = {}
+    for name in changed.bound:
+        try:
+            blob = dump(name, final[name])
+        except UnpicklableValue as exc:
+            unpicklable[name] = exc.type_name
+            continue
+        try:
+            store.put(blob)
+        except StorageError as exc:
+            pipe.send({"failed": str(exc)})
+            return
+        bound[name] = blob.digest
+    pipe.send({"result": {"bound": bound, "deleted": list(changed.deleted), "unpicklable": unpicklable}})

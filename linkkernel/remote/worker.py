@@ -1,0 +1,394 @@
+"""`linkkernel worker`: serve remote components to any number of kernels (SPEC §5).
+
+One process owns the socket and a queue. Each task runs in a fresh process forked from it,
+so memory and GPU go back to the machine when the task ends, yet a task starts in
+milliseconds because the parent already imported IPython, cloudpickle and fsspec (and never
+touches a GPU itself). At most `--slots` tasks run at once; the rest wait in arrival order.
+While a kernel has work here it gets a heartbeat twice a second, so a dead worker is noticed
+within seconds. A task process that dies is reported with the signal that killed it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import platform
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from linkkernel.errors import LinkError
+
+HEARTBEAT_INTERVAL = 0.5
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+log = logging.getLogger("linkkernel.worker")
+
+
+def versions() -> dict[str, str]:
+    """What a pickle depends on, and what `linkkernel workers ping` shows."""
+    import cloudpickle
+    import fsspec
+    import zmq
+
+    from linkkernel import __version__
+
+    found = {
+        "python": platform.python_version(),
+        "linkkernel": __version__,
+        "cloudpickle": cloudpickle.__version__,
+        "pyzmq": zmq.__version__,
+        "fsspec": fsspec.__version__,
+    }
+    for optional in ("s3fs", "numpy"):
+        module = sys.modules.get(optional)
+        if module is not None:
+            found[optional] = getattr(module, "__version__", "?")
+    return found
+
+
+def skew(mine: dict[str, str], theirs: dict[str, str]) -> str | None:
+    """Why pickles cannot cross between two sides, or None when they can."""
+    python_mine, python_theirs = mine["python"].rsplit(".", 1)[0], str(theirs.get("python", "?")).rsplit(".", 1)[0]
+    if python_mine != python_theirs or mine["cloudpickle"] != theirs.get("cloudpickle"):
+        return (
+            f"version mismatch: worker has Python {mine['python']} / cloudpickle {mine['cloudpickle']}, "
+            f"kernel has Python {theirs.get('python')} / cloudpickle {theirs.get('cloudpickle')}; "
+            "pickled values only cross between the same Python minor version and cloudpickle version"
+        )
+    return None
+
+
+@dataclass
+class Task:
+    id: str
+    client: bytes
+    body: dict[str, Any]
+    queued_at: float = field(default_factory=time.monotonic)
+    pid: int = 0
+    fd: int = -1
+    pidfd: int = -1
+    started_at: float = 0.0
+    buffer: bytearray = field(default_factory=bytearray)
+    outcome: dict[str, Any] | None = None
+    cancelled: bool = False
+    eof: bool = False
+
+
+def _set_parent_death_signal() -> None:
+    """Linux: the task dies with the worker, so a killed worker leaves no orphan holding a GPU."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def describe_exit(status: int) -> str:
+    """How a task process ended, naming the signal that killed it."""
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        hint = " (killed from outside: the out-of-memory killer, or a kill -9)" if number == signal.SIGKILL else ""
+        return f"task process crashed with {name}{hint}"
+    return f"task process exited with status {os.WEXITSTATUS(status)} before reporting a result"
+
+
+class Worker:
+    """The socket loop: receive signed requests, queue, fork, relay outputs, report."""
+
+    def __init__(
+        self,
+        listen: str,
+        store_url: str,
+        store_options: dict[str, Any],
+        key: bytes,
+        slots: int = 1,
+        curve_secret: bytes | None = None,
+    ) -> None:
+        import zmq
+
+        from linkkernel.remote import taskprocess
+        from linkkernel.remote.protocol import Signer
+        from linkkernel.remote.storage import Store
+
+        self.slots = slots
+        self.signer = Signer(key)
+        self.store = Store(store_url, key, store_options)
+        self.store.check()
+        self.store_url, self.store_options, self.key = store_url, store_options, key
+        self.shell = taskprocess.preload_shell()
+        self.versions = versions()
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.linger = 0
+        if curve_secret is not None:
+            self.socket.curve_server = True
+            self.socket.curve_secretkey = curve_secret
+        try:
+            self.socket.bind(listen)
+        except zmq.ZMQError as exc:
+            raise LinkError(f"cannot listen on {listen}: {exc}") from None
+        self.address = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.queue: deque[Task] = deque()
+        self.running: dict[int, Task] = {}
+        self._last_beat = 0.0
+
+    def send(self, client: bytes, type_: str, body: dict[str, Any]) -> None:
+        self.socket.send_multipart([client, *self.signer.sign(type_, body)])
+
+    def serve(self) -> None:
+        import zmq
+
+        from linkkernel.remote.protocol import BadMessage
+
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        log.info("worker listening on %s, storage %s, %d slot(s)", self.address, self.store_url, self.slots)
+        while True:
+            for task in self.running.values():
+                if not task.eof:
+                    poller.register(task.fd, zmq.POLLIN)
+                poller.register(task.pidfd, zmq.POLLIN)
+            events = dict(poller.poll(timeout=HEARTBEAT_INTERVAL * 1000))
+            for task in list(self.running.values()):
+                if not task.eof:
+                    poller.unregister(task.fd)
+                poller.unregister(task.pidfd)
+                if task.fd in events and not task.eof:
+                    self._read_task(task)
+                if task.pidfd in events:
+                    self._finish(task)
+            if self.socket in events:
+                while self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    frames = self.socket.recv_multipart()
+                    client, rest = frames[0], frames[1:]
+                    try:
+                        message = self.signer.verify(rest)
+                    except BadMessage as exc:
+                        log.warning("dropped a message from client %s: %s", client.hex()[:8], exc)
+                        continue
+                    self._handle(client, message)
+            self._start_queued()
+            self._heartbeat()
+
+    def _handle(self, client: bytes, message) -> None:
+        body = message.body
+        if message.type == "ping":
+            self.send(client, "pong", {"versions": self.versions, "slots": self.slots, "running": len(self.running), "queued": len(self.queue)})
+        elif message.type == "submit":
+            task_id = str(body.get("task", ""))
+            if not task_id or not isinstance(body.get("code"), str) or not isinstance(body.get("inputs"), dict):
+                log.warning("dropped a malformed submit from client %s", client.hex()[:8])
+                return
+            problem = skew(self.versions, body.get("versions") or {})
+            if problem:
+                log.info("task %s %r refused: %s", task_id[:8], body.get("name"), problem)
+                self.send(client, "rejected", {"task": task_id, "message": problem})
+                return
+            self.queue.append(Task(task_id, client, body))
+            self.send(client, "accepted", {"task": task_id, "position": len(self.queue) + len(self.running)})
+        elif message.type == "cancel":
+            self._cancel(client, str(body.get("task", "")))
+        else:
+            log.warning("dropped a message of unknown type %r from client %s", message.type, client.hex()[:8])
+
+    def _cancel(self, client: bytes, task_id: str) -> None:
+        for task in self.queue:
+            if task.id == task_id and task.client == client:
+                self.queue.remove(task)
+                self._log(task, "cancelled while queued")
+                self.send(client, "cancelled", {"task": task_id})
+                return
+        for task in self.running.values():
+            if task.id == task_id and task.client == client:
+                task.cancelled = True
+                self._kill(task)
+                return
+
+    def _kill(self, task: Task) -> None:
+        for kill in (lambda: os.killpg(task.pid, signal.SIGKILL), lambda: os.kill(task.pid, signal.SIGKILL)):
+            try:
+                kill()
+            except ProcessLookupError:
+                pass
+
+    def _start_queued(self) -> None:
+        while self.queue and len(self.running) < self.slots:
+            task = self.queue.popleft()
+            read_fd, write_fd = os.pipe()
+            task.started_at = time.monotonic()
+            pid = os.fork()
+            if pid == 0:  # the task process
+                code = 0
+                try:
+                    os.close(read_fd)
+                    os.setpgid(0, 0)
+                    _set_parent_death_signal()
+                    signal.signal(signal.SIGINT, signal.SIG_DFL)
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    self._run_in_child(task, write_fd)
+                except BaseException:  # noqa: BLE001 - nothing may escape a forked child into the worker loop
+                    code = 70
+                finally:
+                    os._exit(code)
+            os.close(write_fd)
+            try:
+                os.setpgid(pid, pid)
+            except (PermissionError, ProcessLookupError):
+                pass  # the child already did it, or already exited
+            task.pid, task.fd, task.pidfd = pid, read_fd, os.pidfd_open(pid)
+            os.set_blocking(read_fd, False)
+            self.running[pid] = task
+
+    def _run_in_child(self, task: Task, write_fd: int) -> None:
+        from linkkernel.remote import taskprocess
+        from linkkernel.remote.storage import Store
+
+        pipe = taskprocess.Pipe(write_fd)
+        try:
+            store = Store(self.store_url, self.key, self.store_options)
+            taskprocess.run(self.shell, store, {**task.body, "name": str(task.body.get("name", "?"))}, pipe)
+        except Exception as exc:  # report our own failure as one line rather than a silent exit
+            pipe.send({"failed": f"worker error while running the task: {type(exc).__name__}: {exc}"})
+        sys.stdout.flush()
+
+    def _read_task(self, task: Task) -> None:
+        """Relay what the task process sent; its result goes out at once, before it exits."""
+        import json
+
+        try:
+            while chunk := os.read(task.fd, 1 << 20):
+                task.buffer += chunk
+        except BlockingIOError:
+            chunk = b"-"
+        while len(task.buffer) >= 4:
+            size = int.from_bytes(task.buffer[:4], "little")
+            if len(task.buffer) < 4 + size:
+                break
+            message = json.loads(task.buffer[4 : 4 + size])
+            del task.buffer[: 4 + size]
+            if "output" in message or "clear_output" in message:
+                self.send(task.client, "output", {"task": task.id, **message})
+            elif "result" in message and not task.cancelled:
+                task.outcome = message
+                self.send(task.client, "done", {"task": task.id, "result": message["result"]})
+            else:
+                task.outcome = message
+        if not chunk:
+            os.close(task.fd)
+            task.eof = True
+
+    def _finish(self, task: Task) -> None:
+        """The task process exited: free its slot and say how it ended."""
+        if not task.eof:
+            # Everything the process wrote is in the pipe now; a grandchild may still hold
+            # the pipe open, so read what is there instead of waiting for end-of-file.
+            self._read_task(task)
+            if not task.eof:
+                os.close(task.fd)
+                task.eof = True
+        _, status = os.waitpid(task.pid, 0)
+        os.close(task.pidfd)
+        del self.running[task.pid]
+        elapsed = f"{time.monotonic() - task.started_at:.3f} s"
+        outcome = task.outcome or {}
+        if "result" in outcome:
+            error = outcome["result"].get("error")
+            self._log(task, f"{'error ' + error['ename'] if error else 'ok'} in {elapsed}")
+        elif task.cancelled:
+            self._log(task, f"cancelled, task process killed after {elapsed}")
+            self.send(task.client, "cancelled", {"task": task.id})
+        else:
+            reason = outcome.get("failed") or describe_exit(status)
+            self._log(task, f"failed after {elapsed}: {reason}")
+            self.send(task.client, "failed", {"task": task.id, "message": reason})
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        if now - self._last_beat < HEARTBEAT_INTERVAL:
+            return
+        self._last_beat = now
+        tasks: dict[bytes, list[str]] = {}
+        for task in [*self.queue, *self.running.values()]:
+            tasks.setdefault(task.client, []).append(task.id)
+        for client, ids in tasks.items():
+            self.send(client, "heartbeat", {"tasks": ids})
+
+    def _log(self, task: Task, outcome: str) -> None:
+        waited = (task.started_at or time.monotonic()) - task.queued_at
+        log.info(
+            "task %s %r from client %s: %s (queued %.3f s)",
+            task.id[:8], task.body.get("name"), task.client.hex()[:8], outcome, waited,
+        )
+
+    def shutdown(self) -> None:
+        for task in self.running.values():
+            self._kill(task)
+        self.socket.close(0)
+        self.context.term()
+
+
+def configure_worker(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", default="tcp://127.0.0.1:5555", help="ZeroMQ address to bind (default: loopback only)")
+    parser.add_argument("--storage", required=True, help="artifact store shared with kernels: a directory or s3://bucket/prefix")
+    parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE", help="fsspec option, e.g. endpoint_url=http://host:9000")
+    parser.add_argument("--key-file", required=True, help="file holding the shared HMAC key")
+    parser.add_argument("--slots", type=int, default=1, help="tasks run in parallel; the rest wait in order")
+    parser.add_argument("--curve-key-file", help="CurveZMQ secret key of this worker (created if missing); encrypts traffic")
+    parser.add_argument(
+        "--preload", action="append", default=None, metavar="MODULE",
+        help="import MODULE once in the worker so tasks start fast (default: numpy if installed); never a GPU library",
+    )
+    parser.set_defaults(func=run)
+
+
+def _check_listen(address: str) -> None:
+    if not address.startswith(("tcp://", "ipc://")):
+        raise LinkError(f"--listen {address!r} must be tcp://HOST:PORT or ipc://PATH")
+    if address.startswith("tcp://"):
+        host = address[len("tcp://") :].rsplit(":", 1)[0]
+        if host not in LOOPBACK_HOSTS:
+            log.warning("listening on %s: reachable from other machines; every message is still signed", address)
+
+
+def run(args: argparse.Namespace) -> int:
+    from linkkernel.remote.protocol import load_or_create_curve_key, read_key
+    from linkkernel.remote.storage import parse_options
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s linkkernel worker: %(message)s", stream=sys.stderr)
+    if args.slots < 1:
+        raise LinkError("--slots must be at least 1")
+    _check_listen(args.listen)
+    key = read_key(args.key_file)
+    curve_secret = None
+    if args.curve_key_file:
+        public, curve_secret = load_or_create_curve_key(args.curve_key_file)
+        log.info("CurveZMQ public key (register it with --server-key): %s", public.decode())
+    preload = args.preload if args.preload is not None else ["numpy"]
+    for module in preload:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            if args.preload is not None:
+                raise LinkError(f"--preload {module}: {exc}") from None
+    if args.storage.startswith("s3"):
+        importlib.import_module("s3fs")
+    worker = Worker(args.listen, args.storage, parse_options(args.storage_option), key, args.slots, curve_secret)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"linkkernel worker ready on {worker.address}", flush=True)
+    try:
+        worker.serve()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        worker.shutdown()
+    return 0
