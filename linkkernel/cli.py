@@ -15,6 +15,8 @@ from linkkernel.errors import LinkError
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "install": ("linkkernel.kernelspec", "configure_install", "register the Link Python kernel with Jupyter"),
     "uninstall": ("linkkernel.kernelspec", "configure_uninstall", "remove the Link Python kernelspec"),
+    "worker": ("linkkernel.remote.worker", "configure_worker", "serve remote components to kernels"),
+    "workers": ("linkkernel.remote.registry", "configure_workers", "register, list, remove and ping remote workers"),
 }
 
 

@@ -14,6 +14,7 @@ from linkkernel.errors import LinkError
 # handler(kernel, argv) and lives in the module that owns the job; modules load on first use.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "help": ("linkkernel.magics:show_help", "list the %link subcommands"),
+    "workers": ("linkkernel.remote.registry:workers_magic", "register, list, remove and ping remote workers"),
 }
 
 
