@@ -49,6 +49,8 @@ def parse_options(pairs: list[str] | None) -> dict[str, Any]:
 def describe_failure(url: str, exc: BaseException) -> str:
     """One line saying why the store at `url` failed, without a traceback into fsspec."""
     text = " ".join(str(exc).split()) or type(exc).__name__
+    if "Credentials" in type(exc).__name__:
+        return f"storage {url} has no credentials: {text} (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile)"
     if isinstance(exc, PermissionError) or any(code in text for code in _REFUSED_CODES):
         return f"storage {url} refused the credentials: {text}"
     if isinstance(exc, FileNotFoundError):
@@ -69,10 +71,17 @@ class Store:
         self.url = url
         self._key = key
         options = dict(options or {})
+        if url.startswith(("s3://", "s3a://")):
+            # A store that does not answer must become an error within seconds, not after
+            # botocore's and s3fs's retries with back-off (~10 s to a closed port).
+            config = {"connect_timeout": 3, "retries": {"max_attempts": 2}}
+            options["config_kwargs"] = {**config, **options.get("config_kwargs", {})}
         try:
             self.fs, root = fsspec.core.url_to_fs(url, **options)
         except (ImportError, ValueError, TypeError) as exc:
             raise StorageError(f"storage {url} cannot be opened: {exc}") from None
+        if hasattr(self.fs, "retries"):
+            self.fs.retries = min(self.fs.retries, 2)
         self._root = root.rstrip("/")
         self._local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
         self._known: set[str] = set()
@@ -87,7 +96,8 @@ class Store:
             if self._local:
                 self.fs.makedirs(f"{self._root}/blobs", exist_ok=True)
             else:
-                self.fs.ls(self._root, refresh=True)
+                # The prefix may not exist yet; its bucket (first component) must.
+                self.fs.ls(self._root.split("/", 1)[0], refresh=True)
         except Exception as exc:  # fsspec backends raise their own exception types
             raise StorageError(describe_failure(self.url, exc)) from None
 
