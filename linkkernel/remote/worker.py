@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import platform
@@ -141,6 +142,7 @@ class Worker:
         self.queue: deque[Task] = deque()
         self.running: dict[int, Task] = {}
         self._last_beat = 0.0
+        self.spare: tuple[int, int, int, int] | None = None
 
     def send(self, client: bytes, type_: str, body: dict[str, Any]) -> None:
         self.socket.send_multipart([client, *self.signer.sign(type_, body)])
@@ -159,6 +161,7 @@ class Worker:
                     poller.register(task.fd, zmq.POLLIN)
                 poller.register(task.pidfd, zmq.POLLIN)
             events = dict(poller.poll(timeout=HEARTBEAT_INTERVAL * 1000))
+            idle = not events
             for task in list(self.running.values()):
                 if not task.eof:
                     poller.unregister(task.fd)
@@ -178,12 +181,17 @@ class Worker:
                         continue
                     self._handle(client, message)
             self._start_queued()
+            if self.spare is None and (idle or all(t.outcome for t in self.running.values())):
+                # The next task's process is forked ahead, when no result is waiting to be
+                # relayed, so a task starts without paying for fork. It is still a fresh
+                # process, used for one task only.
+                self.spare = self._fork_spare()
             self._heartbeat()
 
     def _handle(self, client: bytes, message) -> None:
         body = message.body
         if message.type == "ping":
-            self.send(client, "pong", {"versions": self.versions, "slots": self.slots, "running": len(self.running), "queued": len(self.queue)})
+            self.send(client, "pong", {"versions": self.versions, "slots": self.slots, "running": self._busy(), "queued": len(self.queue)})
         elif message.type == "submit":
             task_id = str(body.get("task", ""))
             if not task_id or not isinstance(body.get("code"), str) or not isinstance(body.get("inputs"), dict):
@@ -221,50 +229,71 @@ class Worker:
             except ProcessLookupError:
                 pass
 
-    def _start_queued(self) -> None:
-        while self.queue and len(self.running) < self.slots:
-            task = self.queue.popleft()
-            read_fd, write_fd = os.pipe()
-            task.started_at = time.monotonic()
-            pid = os.fork()
-            if pid == 0:  # the task process
-                code = 0
-                try:
-                    os.close(read_fd)
-                    os.setpgid(0, 0)
-                    _set_parent_death_signal()
-                    signal.signal(signal.SIGINT, signal.SIG_DFL)
-                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                    self._run_in_child(task, write_fd)
-                except BaseException:  # noqa: BLE001 - nothing may escape a forked child into the worker loop
-                    code = 70
-                finally:
-                    os._exit(code)
-            os.close(write_fd)
-            try:
-                os.setpgid(pid, pid)
-            except (PermissionError, ProcessLookupError):
-                pass  # the child already did it, or already exited
-            task.pid, task.fd, task.pidfd = pid, read_fd, os.pidfd_open(pid)
-            os.set_blocking(read_fd, False)
-            self.running[pid] = task
+    def _busy(self) -> int:
+        """Slots in use: a task whose result is in frees its slot while its process exits."""
+        return sum(1 for task in self.running.values() if not task.outcome)
 
-    def _run_in_child(self, task: Task, write_fd: int) -> None:
+    def _start_queued(self) -> None:
+        while self.queue and self._busy() < self.slots:
+            task = self.queue.popleft()
+            spare = self.spare or self._fork_spare()
+            self.spare = None
+            task.pid, task.pidfd, task.fd, task_pipe = spare
+            task.started_at = time.monotonic()
+            data = json.dumps({**task.body, "name": str(task.body.get("name", "?"))}).encode()
+            try:
+                with os.fdopen(task_pipe, "wb") as f:
+                    f.write(len(data).to_bytes(4, "little") + data)
+            except BrokenPipeError:
+                pass  # the spare died (killed from outside); its exit is reported like a crash
+            self.running[task.pid] = task
+
+    def _fork_spare(self) -> tuple[int, int, int, int]:
+        """A new task process, waiting for its task: (pid, pidfd, output pipe, task pipe)."""
+        task_read, task_write = os.pipe()
+        out_read, out_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the task process
+            code = 0
+            try:
+                os.close(task_write)
+                os.close(out_read)
+                os.setpgid(0, 0)
+                _set_parent_death_signal()
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                with os.fdopen(task_read, "rb") as f:
+                    size = int.from_bytes(f.read(4) or b"\0", "little")
+                    body = json.loads(f.read(size)) if size else None
+                if body is not None:
+                    self._run_in_child(body, out_write)
+            except BaseException:  # noqa: BLE001 - nothing may escape a forked child into the worker loop
+                code = 70
+            finally:
+                os._exit(code)
+        os.close(task_read)
+        os.close(out_write)
+        try:
+            os.setpgid(pid, pid)
+        except (PermissionError, ProcessLookupError):
+            pass  # the child already did it, or already exited
+        os.set_blocking(out_read, False)
+        return pid, os.pidfd_open(pid), out_read, task_write
+
+    def _run_in_child(self, body: dict[str, Any], write_fd: int) -> None:
         from linkkernel.remote import taskprocess
         from linkkernel.remote.storage import Store
 
         pipe = taskprocess.Pipe(write_fd)
         try:
             store = Store(self.store_url, self.key, self.store_options)
-            taskprocess.run(self.shell, store, {**task.body, "name": str(task.body.get("name", "?"))}, pipe)
+            taskprocess.run(self.shell, store, body, pipe)
         except Exception as exc:  # report our own failure as one line rather than a silent exit
             pipe.send({"failed": f"worker error while running the task: {type(exc).__name__}: {exc}"})
         sys.stdout.flush()
 
     def _read_task(self, task: Task) -> None:
         """Relay what the task process sent; its result goes out at once, before it exits."""
-        import json
-
         try:
             while chunk := os.read(task.fd, 1 << 20):
                 task.buffer += chunk
@@ -333,6 +362,8 @@ class Worker:
     def shutdown(self) -> None:
         for task in self.running.values():
             self._kill(task)
+        if self.spare is not None:
+            os.kill(self.spare[0], signal.SIGKILL)
         self.socket.close(0)
         self.context.term()
 
