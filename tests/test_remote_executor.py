@@ -275,3 +275,26 @@ def test_curve_encrypted_worker_with_pinned_key(tmp, key_file) -> None:
             executor.run_remote(None, task("z = 7"), "curve-wrong")
     finally:
         w.stop()
+
+
+def test_output_of_subprocesses_and_c_code_reaches_the_outputs(worker) -> None:
+    code = "import os, subprocess\nos.system('echo from-os-system')\nsubprocess.run(['sh', '-c', 'echo from-sh >&2'])\nos.write(1, b'raw-fd\\n')"
+    result = executor.run_remote(None, task(code), "w1")
+    text = {name: "".join(o["text"] for o in result.outputs if o["output_type"] == "stream" and o["name"] == name) for name in ("stdout", "stderr")}
+    assert "from-os-system" in text["stdout"] and "raw-fd" in text["stdout"]
+    assert "from-sh" in text["stderr"]
+
+
+def test_ipython_syntax_works_as_in_a_local_cell(worker) -> None:
+    code = "lines = !echo one; echo two\n%time total = 1 + 1\nimport asyncio\nawait asyncio.sleep(0)\nafter_await = True"
+    result = executor.run_remote(None, task(code), "w1")
+    assert result.error is None, result.error
+    assert list(load(result.bound["lines"])) == ["one", "two"]
+    assert load(result.bound["total"]) == 2 and load(result.bound["after_await"]) is True
+    assert "Wall time" in "".join(o.get("text", "") for o in result.outputs)
+
+
+def test_syntax_error_is_reported_like_jupyter(worker) -> None:
+    result = executor.run_remote(None, task("x = (1,\n"), "w1")
+    assert result.error.ename == "SyntaxError"
+    assert "linkkernel" not in "\n".join(result.error.traceback)

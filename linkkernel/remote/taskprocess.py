@@ -12,6 +12,7 @@ is the result (changed names as blob digests, or the user's error).
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import os
@@ -19,6 +20,7 @@ import re
 import sys
 from typing import Any
 
+from IPython.core.async_helpers import _pseudo_sync_runner
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
 from IPython.core.interactiveshell import InteractiveShell
@@ -147,6 +149,8 @@ def preload_shell() -> WorkerShell:
     shell.pipe = _NullPipe()
     shell.run_cell("from IPython.display import display\ndisplay(1)\n1", store_history=False)
     shell.run_cell("1/0", store_history=False)
+    execute(shell, "from IPython.display import display\ndisplay(1)\n1")
+    execute(shell, "1/0")
     shell.error = None
     return shell
 
@@ -157,6 +161,29 @@ class _NullPipe(Pipe):
 
     def send(self, message: dict[str, Any]) -> None:
         pass
+
+
+def execute(shell: WorkerShell, code: str) -> None:
+    """Run a cell as IPython's run_cell would, taking the short path for plain Python.
+
+    In a freshly forked process every object touched costs a copy-on-write page, and
+    run_cell's input transformers and async checks are most of a trivial task's time. Code
+    that parses as Python without top-level `await` needs none of them; anything else
+    (magics, `!cmd`, `await`) goes through run_cell unchanged.
+    """
+    try:
+        plain = "await" not in code and ast.parse(code) is not None
+    except SyntaxError:
+        plain = False
+    if not plain:
+        shell.run_cell(code, store_history=False, silent=False)
+        return
+    filename = shell.compile.cache(code, 0, code)
+    tree = shell.compile.ast_parse(code, filename=filename)
+    shell.events.trigger("pre_execute")
+    with shell.builtin_trap, shell.display_trap:
+        _pseudo_sync_runner(shell.run_ast_nodes(tree.body, filename, interactivity="last_expr", compiler=shell.compile))
+    shell.events.trigger("post_execute")
 
 
 def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> None:
@@ -181,7 +208,7 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
     sys.stdout = PipeStream(pipe, "stdout")
     sys.stderr = PipeStream(pipe, "stderr")
     with shell.compile.labelled(task["name"]):
-        shell.run_cell(task["code"], store_history=False, silent=False)
+        execute(shell, task["code"])
     _flush_streams()
     if shell.error is not None:
         pipe.send({"result": {"error": shell.error}})

@@ -73,11 +73,15 @@ class Task:
     pid: int = 0
     fd: int = -1
     pidfd: int = -1
+    streams: dict[int, str] = field(default_factory=dict)
     started_at: float = 0.0
     buffer: bytearray = field(default_factory=bytearray)
     outcome: dict[str, Any] | None = None
     cancelled: bool = False
     eof: bool = False
+
+    def watched(self) -> list[int]:
+        return [*([] if self.eof else [self.fd]), *self.streams, self.pidfd]
 
 
 def _set_parent_death_signal() -> None:
@@ -142,7 +146,7 @@ class Worker:
         self.queue: deque[Task] = deque()
         self.running: dict[int, Task] = {}
         self._last_beat = 0.0
-        self.spare: tuple[int, int, int, int] | None = None
+        self.spare: tuple[int, int, int, int, dict[int, str]] | None = None
 
     def send(self, client: bytes, type_: str, body: dict[str, Any]) -> None:
         self.socket.send_multipart([client, *self.signer.sign(type_, body)])
@@ -156,16 +160,16 @@ class Worker:
         poller.register(self.socket, zmq.POLLIN)
         log.info("worker listening on %s, storage %s, %d slot(s)", self.address, self.store_url, self.slots)
         while True:
-            for task in self.running.values():
-                if not task.eof:
-                    poller.register(task.fd, zmq.POLLIN)
-                poller.register(task.pidfd, zmq.POLLIN)
+            watched = [fd for task in self.running.values() for fd in task.watched()]
+            for fd in watched:
+                poller.register(fd, zmq.POLLIN)
             events = dict(poller.poll(timeout=HEARTBEAT_INTERVAL * 1000))
             idle = not events
+            for fd in watched:
+                poller.unregister(fd)
             for task in list(self.running.values()):
-                if not task.eof:
-                    poller.unregister(task.fd)
-                poller.unregister(task.pidfd)
+                if any(fd in events for fd in task.streams):
+                    self._relay_streams(task)
                 if task.fd in events and not task.eof:
                     self._read_task(task)
                 if task.pidfd in events:
@@ -238,7 +242,7 @@ class Worker:
             task = self.queue.popleft()
             spare = self.spare or self._fork_spare()
             self.spare = None
-            task.pid, task.pidfd, task.fd, task_pipe = spare
+            task.pid, task.pidfd, task.fd, task_pipe, task.streams = spare
             task.started_at = time.monotonic()
             data = json.dumps({**task.body, "name": str(task.body.get("name", "?"))}).encode()
             try:
@@ -248,16 +252,26 @@ class Worker:
                 pass  # the spare died (killed from outside); its exit is reported like a crash
             self.running[task.pid] = task
 
-    def _fork_spare(self) -> tuple[int, int, int, int]:
-        """A new task process, waiting for its task: (pid, pidfd, output pipe, task pipe)."""
+    def _fork_spare(self) -> tuple[int, int, int, int, dict[int, str]]:
+        """A new task process, waiting for its task.
+
+        Returns (pid, pidfd, result pipe, task pipe, {pipe: stream}). The process's fds 1
+        and 2 are pipes too, so what C code, `os.system` and subprocesses print reaches the
+        cell, as in ipykernel, rather than the worker's terminal.
+        """
         task_read, task_write = os.pipe()
         out_read, out_write = os.pipe()
+        stream_pipes = {name: os.pipe() for name in ("stdout", "stderr")}
         pid = os.fork()
         if pid == 0:  # the task process
             code = 0
             try:
                 os.close(task_write)
                 os.close(out_read)
+                for fd, (read_end, write_end) in zip((1, 2), stream_pipes.values()):
+                    os.dup2(write_end, fd)
+                    os.close(read_end)
+                    os.close(write_end)
                 os.setpgid(0, 0)
                 _set_parent_death_signal()
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -273,12 +287,33 @@ class Worker:
                 os._exit(code)
         os.close(task_read)
         os.close(out_write)
+        streams = {}
+        for name, (read_end, write_end) in stream_pipes.items():
+            os.close(write_end)
+            os.set_blocking(read_end, False)
+            streams[read_end] = name
         try:
             os.setpgid(pid, pid)
         except (PermissionError, ProcessLookupError):
             pass  # the child already did it, or already exited
         os.set_blocking(out_read, False)
-        return pid, os.pidfd_open(pid), out_read, task_write
+        return pid, os.pidfd_open(pid), out_read, task_write, streams
+
+    def _relay_streams(self, task: Task) -> None:
+        """Forward raw fd 1/2 output of the task process as stream outputs."""
+        for fd, name in list(task.streams.items()):
+            chunks = []
+            try:
+                while chunk := os.read(fd, 1 << 16):
+                    chunks.append(chunk)
+            except BlockingIOError:
+                chunk = b"-"
+            if chunks:
+                text = b"".join(chunks).decode(errors="replace")
+                self.send(task.client, "output", {"task": task.id, "output": {"output_type": "stream", "name": name, "text": text}})
+            if not chunk:
+                os.close(fd)
+                del task.streams[fd]
 
     def _run_in_child(self, body: dict[str, Any], write_fd: int) -> None:
         from linkkernel.remote import taskprocess
@@ -308,6 +343,7 @@ class Worker:
             if "output" in message or "clear_output" in message:
                 self.send(task.client, "output", {"task": task.id, **message})
             elif "result" in message and not task.cancelled:
+                self._relay_streams(task)  # what the process printed comes before its result
                 task.outcome = message
                 self.send(task.client, "done", {"task": task.id, "result": message["result"]})
             else:
@@ -325,6 +361,10 @@ class Worker:
             if not task.eof:
                 os.close(task.fd)
                 task.eof = True
+        self._relay_streams(task)
+        for fd in task.streams:
+            os.close(fd)
+        task.streams.clear()
         _, status = os.waitpid(task.pid, 0)
         os.close(task.pidfd)
         del self.running[task.pid]
