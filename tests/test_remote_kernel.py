@@ -101,3 +101,21 @@ def test_interrupting_the_cell_cancels_the_remote_task(setup, kernel) -> None:
     w.wait_for_log("cancelled, task process killed")
     again = kernel.execute(cell("x = 1", live=True))
     assert again.status == "ok", again.traceback_text
+
+
+def test_functions_from_kernel_components_are_labelled_in_remote_tracebacks(setup, kernel) -> None:
+    define = kernel.execute(
+        "with get_ipython().compile.labelled('load'):\n"
+        "    get_ipython().run_cell('def invert(x):\\n    return 1 / x')\n"
+        "from linkkernel.namespaces import dump\n"
+        "from linkkernel.remote.executor import run_remote\n"
+        "from linkkernel.tasks import ComponentTask\n"
+        "failed = run_remote(get_ipython().kernel, ComponentTask('train', 'invert(0)', {'invert': dump('invert', invert)}, False), 'kw')\n"
+        "print('\\n'.join(failed.error.traceback))"
+    )
+    assert define.status == "ok", define.traceback_text
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", define.stdout)
+    assert "Component train, line 1" in text and "Component load, line 2" in text
+    assert "return 1 / x" in text and "ipykernel_" not in text

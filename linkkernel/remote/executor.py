@@ -9,6 +9,7 @@ care where a component ran. Faults outside the user's code are RemoteError lines
 
 from __future__ import annotations
 
+import linecache
 import sys
 import uuid
 from typing import Any
@@ -113,6 +114,22 @@ def publish_live(kernel, message: dict[str, Any]) -> None:
         )
 
 
+def component_sources(kernel) -> dict[str, list[str]]:
+    """The kernel's component cell files: {filename: [component, source]}.
+
+    A function defined in a parent component that ran here and is called on the worker has
+    its code in one of these files; with them the worker labels its frames `Component
+    load, line 3` and shows the source, instead of a temporary path on this machine.
+    """
+    compiler = getattr(getattr(kernel, "shell", None), "compile", None)
+    if not hasattr(compiler, "labelled_files"):
+        return {}
+    return {
+        filename: [component, "".join(linecache.getlines(filename))]
+        for filename, component in compiler.labelled_files().items()
+    }
+
+
 def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
     """Run `task` on the worker registered as `alias`; KeyboardInterrupt cancels it there."""
     from linkkernel.remote.worker import versions
@@ -136,6 +153,7 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
         "code": task.code,
         "inputs": {name: blob.digest for name, blob in task.inputs.items()},
         "versions": versions(),
+        "sources": component_sources(kernel),
     }
     try:
         client.submit(body)
