@@ -49,18 +49,24 @@ def median_ms(times: list[float]) -> float:
     return statistics.median(times) * 1000
 
 
-def remote_trivial(alias: str, runs: int) -> list[float]:
+def timed(call, runs: int, pause: float) -> list[float]:
+    """`runs` timings of call(); `pause` seconds between calls, as between a user's cells."""
+    call()
+    times = []
+    for _ in range(runs):
+        time.sleep(pause)
+        began = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - began)
+    return times
+
+
+def remote_trivial(alias: str, runs: int, pause: float) -> list[float]:
     from linkkernel.remote.executor import run_remote
     from linkkernel.tasks import ComponentTask
 
     task = ComponentTask("noop", "pass", {}, False)
-    run_remote(None, task, alias)
-    times = []
-    for _ in range(runs):
-        began = time.perf_counter()
-        run_remote(None, task, alias)
-        times.append(time.perf_counter() - began)
-    return times
+    return timed(lambda: run_remote(None, task, alias), runs, pause)
 
 
 def remote_big(alias: str, array, runs: int) -> tuple[list[float], list[int], object]:
@@ -84,7 +90,7 @@ def remote_big(alias: str, array, runs: int) -> tuple[list[float], list[int], ob
     return times, uploaded, b
 
 
-def ipyparallel_figures(array, runs: int, big_runs: int) -> tuple[list[float], list[float]]:
+def ipyparallel_figures(array, runs: int, big_runs: int, pause: float) -> tuple[list[float], list[float], list[float]]:
     import ipyparallel as ipp
 
     def noop():
@@ -95,12 +101,8 @@ def ipyparallel_figures(array, runs: int, big_runs: int) -> tuple[list[float], l
     try:
         rc.wait_for_engines(1, timeout=120)
         view = rc[:]
-        view.apply_sync(noop)
-        trivial = []
-        for _ in range(runs):
-            began = time.perf_counter()
-            view.apply_sync(noop)
-            trivial.append(time.perf_counter() - began)
+        trivial = timed(lambda: view.apply_sync(noop), runs, 0)
+        paced = timed(lambda: view.apply_sync(noop), runs, pause)
         big = []
         for _ in range(big_runs):
             began = time.perf_counter()
@@ -108,7 +110,7 @@ def ipyparallel_figures(array, runs: int, big_runs: int) -> tuple[list[float], l
             view.execute("b = a + 1", block=True)
             view.pull("b", block=True)
             big.append(time.perf_counter() - began)
-        return trivial, big
+        return trivial, paced, big
     finally:
         rc.close()
         cluster.stop_cluster_sync()
@@ -119,6 +121,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--mb", type=int, default=100)
     parser.add_argument("--big-runs", type=int, default=3)
+    parser.add_argument("--pause", type=float, default=0.05, help="seconds between paced round trips")
     args = parser.parse_args()
 
     import numpy as np
@@ -137,7 +140,8 @@ def main() -> None:
         worker, address = start_worker(str(tmp / "store"), key_file)
         processes.append(worker)
         registry.add("bench", address, str(tmp / "store"), str(key_file))
-        trivial = remote_trivial("bench", args.runs)
+        trivial = remote_trivial("bench", args.runs, 0)
+        paced = remote_trivial("bench", args.runs, args.pause)
         big, uploaded, b = remote_big("bench", array, args.big_runs)
         assert np.array_equal(b, array + 1)
 
@@ -168,11 +172,12 @@ def main() -> None:
             p.terminate()
             p.wait(10)
 
-    ipp_trivial, ipp_big = ipyparallel_figures(array, args.runs, args.big_runs)
+    ipp_trivial, ipp_paced, ipp_big = ipyparallel_figures(array, args.runs, args.big_runs, args.pause)
 
     mb = args.mb
     rows = [
-        ("trivial round trip (ms)", median_ms(trivial), median_ms(ipp_trivial)),
+        ("trivial round trip, back to back (ms)", median_ms(trivial), median_ms(ipp_trivial)),
+        (f"trivial round trip, {args.pause * 1000:.0f} ms apart (ms)", median_ms(paced), median_ms(ipp_paced)),
         (f"{mb} MB in + {mb} MB out, file storage, first run (ms)", big[0] * 1000, ipp_big[0] * 1000),
         (f"{mb} MB in + {mb} MB out, file storage, re-run (ms)", median_ms(big[1:] or big), median_ms(ipp_big)),
         (f"{mb} MB in + {mb} MB out, local S3 (moto), first run (ms)", s3_big[0] * 1000, ipp_big[0] * 1000),

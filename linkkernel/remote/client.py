@@ -50,7 +50,7 @@ class Client:
         return f"worker {self.alias!r} at {self.address}"
 
     def send(self, type_: str, body: dict[str, Any]) -> None:
-        self.socket.send_multipart(self.signer.sign(type_, body), copy=False)
+        self.socket.send_multipart(self.signer.sign(type_, body))
 
     def receive(self, timeout: float) -> Message | None:
         """The next valid message within `timeout` seconds; invalid ones are logged and dropped."""
