@@ -17,10 +17,11 @@ import hmac
 import json
 import pickle
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from linkkernel.errors import LinkError
-from linkkernel.namespaces import Blob, _digest
+from linkkernel.namespaces import Blob
 
 MAGIC = b"LKB1"
 _MAC_LEN = 64
@@ -141,49 +142,96 @@ class Store:
 
     def get(self, digest: str) -> Blob:
         """The verified blob stored under `digest`; StorageError when missing or tampered."""
-        path = self._path(digest)
         try:
-            with self.fs.open(path, "rb") as f:
-                size = f.size if hasattr(f, "size") else self.fs.size(path)
-                data = bytearray(size)
-                view = memoryview(data)
-                got = 0
-                while got < size:
-                    n = f.readinto(view[got:])
-                    if not n:
-                        break
-                    got += n
+            with self.fs.open(self._path(digest), "rb") as f:
+                blob = self._read_verified(f, digest)
+        except StorageError:
+            raise
         except FileNotFoundError:
             raise StorageError(f"storage {self.url} has no blob {digest[:12]}… (deleted while in use?)") from None
         except Exception as exc:  # fsspec backends raise their own exception types
             raise StorageError(describe_failure(self.url, exc)) from None
-        blob = self._verify(digest, view[:got])
         self._known.add(digest)
         return blob
 
-    def _verify(self, digest: str, view: memoryview) -> Blob:
+    def _read_verified(self, f, digest: str) -> Blob:
+        """Read a blob into memory it owns, hashing each chunk while the next one is read."""
         tampered = StorageError(f"blob {digest[:12]}… in {self.url} failed verification (tampered or corrupt); not loaded")
-        head = 4 + _MAC_LEN + 4
-        if len(view) < head or bytes(view[:4]) != MAGIC:
+        head = _read_exact(f, 4 + _MAC_LEN + 4)
+        if len(head) < 4 + _MAC_LEN + 4 or head[:4] != MAGIC:
             raise tampered
-        mac = bytes(view[4 : 4 + _MAC_LEN])
-        header_len = int.from_bytes(view[4 + _MAC_LEN : head], "little")
-        header = bytes(view[head : head + header_len])
-        if not hmac.compare_digest(mac, _frame_mac(self._key, header)):
+        header = _read_exact(f, int.from_bytes(head[-4:], "little"))
+        if not hmac.compare_digest(head[4 : 4 + _MAC_LEN], _frame_mac(self._key, header)):
             raise tampered
         layout = json.loads(header)
-        offset = head + header_len
         sizes = [layout["stream"], *layout["buffers"]]
-        if layout["digest"] != digest or offset + sum(sizes) != len(view):
+        if layout["digest"] != digest:
             raise tampered
-        parts = []
+        body = memoryview(bytearray(sum(sizes)))
+        hasher = _ContentHash(sizes)
+        got = 0
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = []
+            while got < len(body):
+                n = f.readinto(body[got : got + _CHUNK])
+                if not n:
+                    break
+                got += n
+                pending.append(pool.submit(hasher.feed, body, got))
+            for job in pending:
+                job.result()
+        if got != len(body) or f.read(1):
+            raise tampered
+        if not hmac.compare_digest(hasher.hexdigest(), digest):
+            raise tampered
+        offsets = [0]
         for size in sizes:
-            parts.append(view[offset : offset + size])
-            offset += size
-        stream, buffers = bytes(parts[0]), tuple(parts[1:])
-        if not hmac.compare_digest(_digest(stream, buffers), digest):
-            raise tampered
-        return Blob(stream, buffers, digest)
+            offsets.append(offsets[-1] + size)
+        parts = [body[a:b] for a, b in zip(offsets, offsets[1:])]
+        return Blob(bytes(parts[0]), tuple(parts[1:]), digest)
+
+
+_CHUNK = 8 << 20
+
+
+def _read_exact(f, n: int) -> bytes:
+    data = f.read(n)
+    return data if len(data) == n else b""
+
+
+class _ContentHash:
+    """namespaces' content digest (stream, then each buffer with its length), fed in order
+    as the bytes arrive, so hashing overlaps reading (hashlib releases the GIL)."""
+
+    def __init__(self, sizes: list[int]) -> None:
+        self._sha = hashlib.sha256()
+        self._regions = []
+        position = 0
+        for i, size in enumerate(sizes):
+            prefix = b"" if i == 0 else size.to_bytes(8, "little")
+            self._regions.append((position, position + size, prefix))
+            position += size
+        self._index, self._position, self._started = 0, 0, False
+
+    def feed(self, body: memoryview, available: int) -> None:
+        while self._index < len(self._regions):
+            start, end, prefix = self._regions[self._index]
+            if not self._started:
+                if start > available:
+                    return
+                self._sha.update(prefix)
+                self._started = True
+            stop = min(end, available)
+            if stop > self._position:
+                self._sha.update(body[self._position : stop])
+                self._position = stop
+            if self._position < end:
+                return
+            self._index += 1
+            self._started = False
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
 
 
 def load_owned(blob: Blob) -> Any:
