@@ -298,3 +298,25 @@ def test_syntax_error_is_reported_like_jupyter(worker) -> None:
     result = executor.run_remote(None, task("x = (1,\n"), "w1")
     assert result.error.ename == "SyntaxError"
     assert "linkkernel" not in "\n".join(result.error.traceback)
+
+
+def test_updated_display_is_stored_once_with_its_last_content(worker) -> None:
+    code = "from IPython.display import display\nh = display('step 1', display_id=True)\nh.update('step 2')\ndel h"
+    result = executor.run_remote(None, task(code), "w1")
+    displays = [o for o in result.outputs if o["output_type"] == "display_data"]
+    assert len(displays) == 1 and displays[0]["data"]["text/plain"] == "'step 2'"
+    assert "transient" not in displays[0]
+
+
+def test_two_threads_of_one_kernel_use_the_same_worker_at_once(worker) -> None:
+    results = {}
+
+    def run(n: int) -> None:
+        results[n] = load(executor.run_remote(None, task(f"v = {n} * 10"), "w1").bound["v"])
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == {0: 0, 1: 10, 2: 20}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import linecache
 import sys
+import threading
 import uuid
 from typing import Any
 
@@ -19,22 +20,24 @@ from linkkernel.remote.registry import WorkerEntry, get
 from linkkernel.remote.storage import Store
 from linkkernel.tasks import ComponentTask, TaskResult, UserError
 
-# Kept per alias for the kernel's life: a connected socket and a store that remembers which
-# blobs it already holds. Rebuilt when the registry entry changes.
-_clients: dict[str, tuple[WorkerEntry, Client]] = {}
+# Kept for the kernel's life: a connected socket per alias and thread (a ZeroMQ socket must
+# not be shared between threads) and a store per alias that remembers which blobs it already
+# holds. Rebuilt when the registry entry changes.
+_clients: dict[tuple[str, int], tuple[WorkerEntry, Client]] = {}
 _stores: dict[str, tuple[WorkerEntry, Store]] = {}
 
 
 def client_for(entry: WorkerEntry) -> Client:
     from linkkernel.remote.protocol import read_key
 
-    cached = _clients.get(entry.alias)
+    slot = (entry.alias, threading.get_ident())
+    cached = _clients.get(slot)
     if cached and cached[0] == entry and not cached[1].closed:
         return cached[1]
     if cached:
         cached[1].close()
     client = Client(entry.alias, entry.address, read_key(entry.key_file), entry.server_key)
-    _clients[entry.alias] = (entry, client)
+    _clients[slot] = (entry, client)
     return client
 
 
