@@ -77,10 +77,18 @@ class Runner:
     def learn(self, code: str, cell_meta: dict | None, cell_id: str | None) -> Component | None:
         return self.sources.learn(code, cell_meta, cell_id)
 
-    def graph(self):
+    def graph(self, targets: list[str] | None = None):
+        """The validated DAG of `targets` and their ancestors (every component when None).
+
+        Only the part of the notebook a run needs is validated, so a half-finished rename
+        elsewhere does not block an unrelated component.
+        """
         from linkkernel.graph import build_graph
 
-        return build_graph(self.sources.components(), self.sources.looked_in())
+        components = self.sources.components()
+        if targets is not None:
+            components = _relevant(components, targets)
+        return build_graph(components, self.sources.looked_in())
 
     def states(self, graph) -> dict[str, str]:
         from linkkernel.graph import run_order
@@ -125,7 +133,7 @@ class Runner:
         """Run the stale ancestors of `component` silently, then `live()` (ipykernel's own
         do_execute) inside the component's namespace. Returns the execute_reply content."""
         try:
-            graph = self.graph()
+            graph = self.graph([component.name])
             plan = self.plan(graph, [component.name])
         except LinkError as exc:
             return self.refuse(exc, store_history)
@@ -232,8 +240,8 @@ class Runner:
                 else:
                     outputs.error(reply.get("ename", ""), reply.get("evalue", ""), reply.get("traceback", []))
                 outcome.reply = reply
-                for name in [n for n in ns if is_ipython_name(n) and n not in ("__builtins__", "__name__")]:
-                    shell.user_ns[name] = ns[name]
+        if live is not None:  # `_`, `_i`, `_5`...: plain cells keep IPython's history names
+            shell.user_ns.update({n: ns[n] for n in ns if is_ipython_name(n) and not n.startswith("__")})
         if record.ok:
             self._collect(outcome, inputs, merged, ns)
         return outcome
@@ -359,7 +367,7 @@ class Runner:
         """`%link run`: bring `targets` (all when None) up to date, silently. Returns what ran."""
         from linkkernel.graph import run_order
 
-        graph = self.graph()
+        graph = self.graph(targets)
         names = run_order(graph) if targets is None else targets
         for name in names:
             if name not in graph:
@@ -382,6 +390,23 @@ class Runner:
             progress.stop()
             progress.clear()
         return ran
+
+
+def _relevant(components: list[Component], targets: list[str]) -> list[Component]:
+    """The components named by `targets` or reachable through their parents (all same-named cells,
+    so a duplicate still shows)."""
+    by_name: dict[str, list[Component]] = {}
+    for component in components:
+        by_name.setdefault(component.name, []).append(component)
+    wanted, todo = set(), list(targets)
+    while todo:
+        name = todo.pop()
+        if name in wanted or name not in by_name:
+            continue
+        wanted.add(name)
+        for component in by_name[name]:
+            todo.extend(component.parents)
+    return [c for c in components if c.name in wanted]
 
 
 class ComponentFailed(Exception):

@@ -47,11 +47,12 @@ def notebook_path_from_env(environ: Mapping[str, str] = os.environ) -> str | Non
 class Sources:
     """The merged view of every cell declaration this kernel knows."""
 
+    _file_cells: list[Cell]
+    _file_stamp: tuple[float, int] | None
+
     def __init__(self, notebook_path: str | None = None) -> None:
         self._executed: dict[str, Cell] = {}
         self._deleted: set[str] = set()
-        self._file_cells: list[Cell] = []
-        self._file_stamp: tuple[float, int] | None = None
         self._clock = 0.0
         self.notebook_path = notebook_path
 
@@ -61,8 +62,11 @@ class Sources:
 
     @notebook_path.setter
     def notebook_path(self, path: str | None) -> None:
+        # Cells executed for another notebook are not cells of this one.
         self._notebook_path = os.path.abspath(path) if path else None
         self._file_cells, self._file_stamp = [], None
+        self._executed.clear()
+        self._deleted.clear()
 
     def looked_in(self) -> str:
         """Where declarations were searched, for the missing-parent message."""
