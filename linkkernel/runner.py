@@ -104,8 +104,9 @@ class Runner:
             {n: r is not None and self.store.available(r) for n, r in records.items()},
         )
 
-    def plan(self, graph, targets: list[str], force: bool = False) -> list[str]:
-        """The components to run for `targets`, in run order: stale ancestors and the targets."""
+    def plan(self, graph, targets: list[str], force: bool = False, rerun_targets: bool = False) -> list[str]:
+        """The components to run for `targets`, in run order: whatever is stale, plus the targets
+        themselves when `rerun_targets` (executing a component cell always runs it)."""
         from linkkernel.graph import ancestors, run_order
 
         needed = set(targets)
@@ -116,7 +117,7 @@ class Runner:
         if force:
             return order
         state = self.states(graph)
-        return [n for n in order if n in targets or state[n] != FRESH]
+        return [n for n in order if (rerun_targets and n in targets) or state[n] != FRESH]
 
     def _check_remotes(self, graph, names: list[str]) -> None:
         aliases = {graph.nodes[n]["component"].remote for n in names} - {None}
@@ -134,7 +135,7 @@ class Runner:
         do_execute) inside the component's namespace. Returns the execute_reply content."""
         try:
             graph = self.graph([component.name])
-            plan = self.plan(graph, [component.name])
+            plan = self.plan(graph, [component.name], rerun_targets=True)
         except LinkError as exc:
             return self.refuse(exc, store_history)
         ancestors_to_run = [n for n in plan if n != component.name]
