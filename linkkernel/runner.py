@@ -140,6 +140,7 @@ class Runner:
             return self.refuse(exc, store_history)
         ancestors_to_run = [n for n in plan if n != component.name]
         progress = Progress(self.kernel, len(ancestors_to_run))
+        warnings: list[str] = []
         try:
             for k, name in enumerate(ancestors_to_run, 1):
                 progress.show(k, name)
@@ -149,12 +150,15 @@ class Runner:
                 if outcome.error is not None:
                     progress.clear()
                     return self._report_parent_error(name, outcome.error, store_history)
+                warnings.extend(outcome.warnings)
             progress.clear()
         except (Interrupted, KeyboardInterrupt):
             progress.clear()
             return self._report_interrupt(store_history)
         finally:
             progress.stop()
+        for line in warnings:
+            print(line, file=sys.stderr)
         outcome = await self.run_component(component, live=live)
         for line in outcome.warnings:
             print(line, file=sys.stderr)
@@ -199,7 +203,8 @@ class Runner:
 
     async def _run_local(self, component: Component, merged: dict[str, str], record: RunRecord, live) -> RunOutcome:
         shell = self.shell
-        inputs = {name: self.store.value(digest) for name, digest in merged.items()}
+        loaded = {name: self.store.load(digest) for name, digest in merged.items()}
+        inputs = {name: value for name, (value, _) in loaded.items()}
         module = types.ModuleType("__main__")
         ns = module.__dict__
         ns.update({k: shell.user_ns[k] for k in _PRELUDE if k in shell.user_ns})
@@ -244,13 +249,21 @@ class Runner:
         if live is not None:  # `_`, `_i`, `_5`...: plain cells keep IPython's history names
             shell.user_ns.update({n: ns[n] for n in ns if is_ipython_name(n) and not n.startswith("__")})
         if record.ok:
-            self._collect(outcome, inputs, merged, ns)
+            self._collect(outcome, inputs, merged, ns, {n: how for n, (_, how) in loaded.items()})
         return outcome
 
-    def _collect(self, outcome: RunOutcome, inputs: dict, merged: dict[str, str], final: dict) -> None:
-        """Work out the run's outputs and its final namespace as digests; pickle synchronously."""
+    def _collect(self, outcome: RunOutcome, inputs: dict, merged: dict[str, str], final: dict, loaded: dict) -> None:
+        """Work out the run's outputs and its final namespace as digests; pickle synchronously.
+
+        An input proven untouched (copy-on-write pages never written) or kept in memory only
+        gets no digest, which `changes` reads as "unchanged while it keeps its identity".
+        """
         ignore = [n for n in final if is_ipython_name(n)]
-        found = changes(inputs, merged, final, ignore=ignore)
+        check = {
+            n: None if d.startswith(MEMORY_PREFIX) or (loaded.get(n) is not None and loaded[n].unchanged(final.get(n))) else d
+            for n, d in merged.items()
+        }
+        found = changes(inputs, check, final, ignore=ignore)
         namespace = {n: d for n, d in merged.items() if n not in found.deleted}
         blobs: dict[str, Blob] = {}
         memory: dict[str, Any] = {}
@@ -282,7 +295,10 @@ class Runner:
         from linkkernel.tasks import ComponentTask
 
         task = ComponentTask(
-            component.name, component.source, {n: self.store.blob(d) for n, d in merged.items() if not d.startswith(MEMORY_PREFIX)}, live
+            component.name,
+            component.source,
+            {n: self.store.blob(d) for n, d in merged.items() if not d.startswith(MEMORY_PREFIX)},
+            live,
         )
         result = run_remote(self.kernel, task, component.remote)
         if isinstance(result, Awaitable):

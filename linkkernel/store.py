@@ -16,7 +16,8 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from linkkernel.namespaces import Blob, load
+from linkkernel.cow import Loaded, freeze_buffer
+from linkkernel.namespaces import Blob
 from linkkernel.staleness import RunRecord
 
 MEMORY_PREFIX = "memory:"
@@ -41,13 +42,21 @@ def notebook_key(notebook_path: str) -> str:
 
 
 def freeze(blob: Blob) -> Blob:
-    """A blob whose buffers are private immutable copies, no longer views of live objects."""
-    return Blob(blob.stream, tuple(memoryview(bytes(b)) for b in blob.buffers), blob.digest)
+    """A blob whose buffers are private immutable copies, no longer views of live objects.
+
+    Large buffers go to memfds so that children can map them copy-on-write (linkkernel.cow).
+    """
+    return Blob(blob.stream, tuple(freeze_buffer(b) for b in blob.buffers), blob.digest)
 
 
-def encode_blob(blob: Blob) -> bytes:
+def write_blob(f, blob: Blob) -> None:
+    """Header, stream, then each buffer as it is (no joined copy of gigabytes)."""
     header = json.dumps({"stream": len(blob.stream), "buffers": [b.nbytes for b in blob.buffers]}).encode()
-    return b"".join([len(header).to_bytes(8, "little"), header, blob.stream, *blob.buffers])
+    f.write(len(header).to_bytes(8, "little"))
+    f.write(header)
+    f.write(blob.stream)
+    for buffer in blob.buffers:
+        f.write(buffer.cast("B") if buffer.format != "B" else buffer)
 
 
 def decode_blob(data: bytes, digest: str) -> Blob | None:
@@ -123,7 +132,7 @@ class CacheStore:
             path = self._blob_path(blob.digest)
             if not self.fs.exists(path):
                 with self.fs.open(path + ".part", "wb") as f:
-                    f.write(encode_blob(blob))
+                    write_blob(f, blob)
                 self.fs.mv(path + ".part", path)
         with self.fs.open(f"{self.root}/records/{record.name}.json", "w") as f:
             json.dump(record.to_json(), f)
@@ -153,14 +162,20 @@ class CacheStore:
                 blob = decode_blob(f.read(), digest)
             if blob is None:
                 raise KeyError(f"cache blob {digest} is corrupt")
+            blob = freeze(blob)
             self.blobs[digest] = blob
         return blob
 
-    def value(self, digest: str) -> Any:
-        """A fresh copy of the value named by `digest` (memory-only values are shared as they are)."""
+    def load(self, digest: str) -> tuple[Any, Loaded | None]:
+        """A private copy of the value named by `digest`, and how it was loaded.
+
+        Large buffers are mapped copy-on-write rather than copied; memory-only values are
+        shared as they are (there is nothing to copy them from).
+        """
         if digest in self.memory_values:
-            return self.memory_values[digest]
-        return load(self.blob(digest))
+            return self.memory_values[digest], None
+        loaded = Loaded(self.blob(digest))
+        return loaded.value, loaded
 
     def clear(self) -> None:
         self.flush()

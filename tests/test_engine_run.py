@@ -252,3 +252,21 @@ def test_untagged_cells_are_plain_ipykernel(kernel):
     result = kernel.execute("plain_value = 3\nplain_value * 2")
     assert result.status == "ok"
     assert result.of_type("execute_result")[0]["data"]["text/plain"] == "6"
+
+
+def test_large_inputs_are_copy_on_write_and_mutation_is_still_seen(nb):
+    nb.add("big", "import numpy as np\nbig = np.arange(2_000_000, dtype=np.int64)\nother = np.ones(500_000)")
+    nb.add("reads", "total = int(big.sum())", "big")
+    nb.add("writes", "big[7] = -1\nother[:] = 3", "big")
+    nb.add("after", "check = (int(big[7]), float(other[0]))", "big")
+    nb.use()
+    assert nb.run("reads").status == "ok"
+    k = nb.kernel
+    before = value(k, "id(big)")
+    assert nb.run("reads").status == "ok"
+    # an input the child only read is not an output: the notebook keeps the parent's object
+    assert value(k, "id(big)") == before
+    assert nb.run("writes").status == "ok"
+    assert value(k, "(int(big[7]), float(other[0]))") == (-1, 3.0)
+    assert nb.run("after").status == "ok"
+    assert value(k, "check") == (7, 1.0)
