@@ -83,7 +83,9 @@ class Sources:
         self._clock = max(time.time(), self._clock + 1e-6)
         return self._clock
 
-    def _read_file(self) -> list[Cell]:
+    def _read_file(self, strict: bool = True) -> list[Cell]:
+        """The saved notebook's code cells. Not `strict`: an unreadable file counts as no file,
+        so a plain cell still runs exactly as in ipykernel."""
         path = self._notebook_path
         if path is None:
             return []
@@ -98,6 +100,8 @@ class Sources:
                 with open(path, encoding="utf-8") as f:
                     notebook = json.load(f)
             except (OSError, ValueError) as exc:
+                if not strict:
+                    return []
                 raise LinkError(f"cannot read the saved notebook {path}: {exc}") from exc
             cells = []
             for index, cell in enumerate(notebook.get("cells", [])):
@@ -122,7 +126,7 @@ class Sources:
             self._deleted.add(deleted)
             self._executed.pop(deleted, None)
         metadata = {k: v for k, v in request_meta.items() if k not in TRANSPORT_KEYS}
-        file_cells = self._read_file()
+        file_cells = self._read_file(strict=False)
         index = None
         if cell_id is not None:
             match = next((c for c in file_cells if c.cell_id == cell_id), None)

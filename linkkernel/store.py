@@ -124,8 +124,17 @@ class CacheStore:
             self.blobs.update(blobs)
             self.memory_values.update(memory)
             self.records[record.name] = record
+            self._forget_unreferenced()
         if self.fs is not None:
             self._pending.append(self._writer.submit(self._write, record, list(blobs.values())))
+
+    def _forget_unreferenced(self) -> None:
+        """Drop in-memory values no current record names (a re-run parent's old gigabytes);
+        the files stay, so a record restored later can still load them."""
+        live = {d for r in self.records.values() for d in r.namespace.values()}
+        for table in (self.blobs, self.memory_values):
+            for digest in [d for d in table if d not in live]:
+                del table[digest]
 
     def _write(self, record: RunRecord, blobs: list[Blob]) -> None:
         for blob in blobs:

@@ -130,3 +130,16 @@ def test_nbclient_runs_a_notebook_matched_by_source(link_kernelspec, tmp_path):
     assert info.value.ename == "ZeroDivisionError"
     traceback = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(nb.cells[1].outputs[0]["traceback"]))
     assert "Component use" in traceback, traceback
+
+
+def test_jpy_session_name_tells_the_kernel_its_notebook(link_kernelspec, tmp_path):
+    path = tmp_path / "served.ipynb"
+    k = Kernel(JPY_SESSION_NAME=str(path))
+    try:
+        nb = Notebook(k, path)
+        nb.add("parent_only_on_disk", "from_disk = 'yes'").add("kid", "got = from_disk", "parent_only_on_disk").save()
+        assert nb.run("kid").status == "ok"
+        assert nb.runs() == ["parent_only_on_disk", "kid"]
+        assert str(path) in k.execute("%link notebook").stdout
+    finally:
+        k.shutdown()

@@ -133,3 +133,12 @@ def test_graph_svg_is_layered_and_coloured_by_state():
     assert 'class="node fresh"' in svg and 'class="node never"' in svg and "#c62828" in svg
     text = render_text([["a"], ["b"]], {"b": ("a",)}, {"a": "fresh"})
     assert text == "a [fresh]\nb [never] <- a"
+
+
+def test_unreadable_notebook_does_not_stop_plain_cells_but_is_reported_for_components(tmp_path):
+    nb = tmp_path / "broken.ipynb"
+    nb.write_text("{not json")
+    sources = Sources(str(nb))
+    assert sources.learn("print(1)", {"cellId": "p"}, "p") is None
+    with pytest.raises(Exception, match="cannot read the saved notebook .*broken.ipynb"):
+        sources.components()
