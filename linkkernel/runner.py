@@ -122,8 +122,10 @@ class Runner:
     def _check_remotes(self, graph, names: list[str]) -> None:
         aliases = {graph.nodes[n]["component"].remote for n in names} - {None}
         if aliases:
-            from linkkernel.remote.registry import require_registered
-
+            try:
+                from linkkernel.remote.registry import require_registered
+            except ImportError as exc:
+                raise LinkError(f"remote components ({', '.join(sorted(aliases))}) need linkkernel.remote: {exc}") from exc
             require_registered(aliases)
 
     # ---- executing a component cell ------------------------------------------------------

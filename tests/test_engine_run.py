@@ -270,3 +270,15 @@ def test_large_inputs_are_copy_on_write_and_mutation_is_still_seen(nb):
     assert value(k, "(int(big[7]), float(other[0]))") == (-1, 3.0)
     assert nb.run("after").status == "ok"
     assert value(k, "check") == (7, 1.0)
+
+
+def test_functions_and_classes_travel_to_children_and_status_says_where(nb):
+    nb.add("defs", "k = 3\ndef triple(v):\n    return v * k\nclass Box:\n    def __init__(self, v):\n        self.v = v")
+    nb.add("uses", "boxed = Box(triple(2)).v", "defs")
+    nb.add("far", "pass", "defs", remote="gpu1", counted=False)
+    nb.use()
+    assert nb.run("uses").status == "ok"
+    assert value(nb.kernel, "boxed") == 6
+    rows = {line.split()[0]: line for line in nb.kernel.execute("%link status").stdout.splitlines()[1:]}
+    assert rows["far"].split()[-1] == "remote:gpu1"
+    assert rows["uses"].split()[-1] == "local"
