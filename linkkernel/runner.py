@@ -401,7 +401,7 @@ class Runner:
                 if outcome.interrupted:
                     raise KeyboardInterrupt
                 if outcome.error is not None:
-                    raise ComponentFailed(name, outcome.error)
+                    raise ComponentFailed.named(name, outcome.error)
                 ran.append(name)
                 for line in outcome.warnings:
                     print(line, file=sys.stderr)
@@ -432,8 +432,14 @@ class ComponentFailed(Exception):
     """A component run by `%link run` failed; shown as that component's own error."""
 
     def __init__(self, name: str, error: dict[str, Any]) -> None:
-        super().__init__(f"{error['ename']}: {error['evalue']}")
+        super().__init__(error["evalue"])
         self.name, self.error = name, error
+
+    @classmethod
+    def named(cls, name: str, error: dict[str, Any]) -> ComponentFailed:
+        """An instance whose class carries the user's exception name, so the `error` message's
+        ename/evalue are the user's own, as for a cell (tools such as nbclient read them)."""
+        return type(error["ename"], (cls,), {})(name, error)
 
     def _render_traceback_(self) -> list[str]:
         return [f"\x1b[0;31mError in component {self.name!r}:\x1b[0m", *self.error["traceback"]]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +22,7 @@ from linkkernel.namespaces import Blob
 from linkkernel.staleness import RunRecord
 
 MEMORY_PREFIX = "memory:"
+log = logging.getLogger(__name__)
 
 
 def default_cache_url() -> str:
@@ -126,6 +128,7 @@ class CacheStore:
             self.records[record.name] = record
             self._forget_unreferenced()
         if self.fs is not None:
+            self._pending = [f for f in self._pending if not f.done()]
             self._pending.append(self._writer.submit(self._write, record, list(blobs.values())))
 
     def _forget_unreferenced(self) -> None:
@@ -153,7 +156,9 @@ class CacheStore:
         """Wait for background writes (kernel shutdown, `%link cache clear`)."""
         pending, self._pending = self._pending, []
         for future in pending:
-            future.result()
+            exc = future.exception()
+            if exc is not None:  # the run itself succeeded; only its persistence is lost
+                log.warning("linkkernel: could not write the component cache at %s: %s", self.root, exc)
 
     def has_value(self, digest: str) -> bool:
         if digest in self.blobs or digest in self.memory_values:

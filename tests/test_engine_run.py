@@ -282,3 +282,12 @@ def test_functions_and_classes_travel_to_children_and_status_says_where(nb):
     rows = {line.split()[0]: line for line in nb.kernel.execute("%link status").stdout.splitlines()[1:]}
     assert rows["far"].split()[-1] == "remote:gpu1"
     assert rows["uses"].split()[-1] == "local"
+
+
+def test_link_run_reports_a_failing_component_as_the_users_error(nb):
+    nb.add("ok_part", "a = 1").add("bad", "a / 0", "ok_part").use()
+    result = nb.kernel.execute("%link run bad")
+    assert result.status == "error"
+    assert (result.reply["content"]["ename"], result.reply["content"]["evalue"]) == ("ZeroDivisionError", "division by zero")
+    assert result.traceback_text.splitlines()[0] == "Error in component 'bad':"
+    assert "Component bad" in result.traceback_text
