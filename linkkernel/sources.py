@@ -126,6 +126,12 @@ class Sources:
             self._deleted.add(deleted)
             self._executed.pop(deleted, None)
         metadata = {k: v for k, v in request_meta.items() if k not in TRANSPORT_KEYS}
+        if cell_id is not None and parse_declaration(metadata, describe_cell(None, cell_id)) is None:
+            # A plain cell from JupyterLab: its id is its key in the file too, so the saved
+            # notebook need not be read (plain cells cost what they cost in ipykernel).
+            self._deleted.discard(cell_id)
+            self._executed[cell_id] = Cell(cell_id, cell_id, code, metadata, None, self._now())
+            return None
         file_cells = self._read_file(strict=False)
         index = None
         if cell_id is not None:
