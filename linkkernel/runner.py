@@ -157,11 +157,17 @@ class Runner:
         except (Interrupted, KeyboardInterrupt):
             progress.clear()
             return self._report_interrupt(store_history)
+        except LinkError as exc:  # e.g. a cached value the storage lost
+            progress.clear()
+            return self.refuse(exc, store_history)
         finally:
             progress.stop()
         for line in warnings:
             print(line, file=sys.stderr)
-        outcome = await self.run_component(component, live=live)
+        try:
+            outcome = await self.run_component(component, live=live)
+        except LinkError as exc:
+            return self.refuse(exc, store_history)
         for line in outcome.warnings:
             print(line, file=sys.stderr)
         return outcome.reply

@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from linkkernel.cow import Loaded, freeze_buffer
+from linkkernel.errors import LinkError
 from linkkernel.namespaces import Blob
 from linkkernel.staleness import RunRecord
 
@@ -161,21 +162,29 @@ class CacheStore:
                 log.warning("linkkernel: could not write the component cache at %s: %s", self.root, exc)
 
     def has_value(self, digest: str) -> bool:
+        """Whether a value can be loaded, without asking the storage (an S3 HEAD per name per
+        cell would cost more than the run): blobs we wrote are taken to be there."""
         if digest in self.blobs or digest in self.memory_values:
             return True
-        return self.fs is not None and not digest.startswith(MEMORY_PREFIX) and self.fs.exists(self._blob_path(digest))
+        return self.fs is not None and not digest.startswith(MEMORY_PREFIX)
 
     def available(self, record: RunRecord) -> bool:
         """Whether every value of a record can still be loaded (memory-only ones die with the process)."""
         return all(self.has_value(d) for d in record.namespace.values())
 
     def blob(self, digest: str) -> Blob:
+        """The blob named `digest`; LinkError when the storage lost it or it does not match."""
         blob = self.blobs.get(digest)
         if blob is None:
-            with self.fs.open(self._blob_path(digest), "rb") as f:
-                blob = decode_blob(f.read(), digest)
+            if self.fs is None or digest.startswith(MEMORY_PREFIX):
+                raise LinkError(f"cached value {digest[:16]} is no longer available")
+            try:
+                with self.fs.open(self._blob_path(digest), "rb") as f:
+                    blob = decode_blob(f.read(), digest)
+            except (OSError, ValueError) as exc:
+                raise LinkError(f"cannot read cached value {digest[:16]} from {self.root}: {exc}") from exc
             if blob is None:
-                raise KeyError(f"cache blob {digest} is corrupt")
+                raise LinkError(f"cached value {digest[:16]} in {self.root} is corrupt; run '%link cache clear' and run again")
             blob = freeze(blob)
             self.blobs[digest] = blob
         return blob

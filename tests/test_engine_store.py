@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+
+from linkkernel.errors import LinkError
 
 from linkkernel.cow import Loaded
 from linkkernel.namespaces import dump
@@ -31,12 +34,11 @@ def test_records_and_blobs_survive_a_new_store_and_corruption_is_refused(tmp_pat
     path = next((tmp_path / notebook_key(str(tmp_path / "nb.ipynb")) / "blobs").glob(f"*/{blobs['small'].digest}"))
     path.write_bytes(path.read_bytes()[:-1] + b"X")
     third = CacheStore(url, str(tmp_path / "nb.ipynb"))
-    try:
+    with pytest.raises(LinkError, match="is corrupt"):
         third.load(blobs["small"].digest)
-    except KeyError as exc:
-        assert "corrupt" in str(exc)
-    else:
-        raise AssertionError("corrupt blob was loaded")
+    path.unlink()
+    with pytest.raises(LinkError, match="cannot read cached value"):
+        CacheStore(url, str(tmp_path / "nb.ipynb")).load(blobs["small"].digest)
 
 
 def test_replaced_runs_release_their_values_from_memory():
