@@ -308,7 +308,18 @@ class Runner:
             {n: self.store.blob(d) for n, d in merged.items() if not d.startswith(MEMORY_PREFIX)},
             live,
         )
-        result = run_remote(self.kernel, task, component.remote)
+        try:
+            result = run_remote(self.kernel, task, component.remote)
+        except KeyboardInterrupt:  # run_remote cancelled the task on the worker, then re-raised
+            if not live:
+                raise
+            error = {
+                "ename": "KeyboardInterrupt",
+                "evalue": "",
+                "traceback": [f"\x1b[0;31mKeyboardInterrupt\x1b[0m: the task on worker {component.remote!r} was cancelled"],
+            }
+            self._send_error(error)
+            return RunOutcome(record, interrupted=True, reply=self._error_reply(error, True))
         if isinstance(result, Awaitable):
             result = await result
         outcome = RunOutcome(record)
