@@ -320,3 +320,10 @@ def test_two_threads_of_one_kernel_use_the_same_worker_at_once(worker) -> None:
     for t in threads:
         t.join(60)
     assert results == {0: 0, 1: 10, 2: 20}
+
+
+def test_large_inputs_mutated_in_place_come_back_and_untouched_ones_do_not(worker) -> None:
+    big = np.arange(1_000_000.0)  # 8 MB: mapped copy-on-write on the worker
+    result = executor.run_remote(None, task("a[0] = -1.0\ntotal = float(b.sum())", a=big, b=big.copy()), "w1")
+    assert sorted(result.bound) == ["a", "total"]
+    assert load(result.bound["a"])[0] == -1.0 and load(result.bound["total"]) == float(big.sum())

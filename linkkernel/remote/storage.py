@@ -15,11 +15,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import mmap
+import os
 import pickle
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from linkkernel import cow
 from linkkernel.errors import LinkError
 from linkkernel.namespaces import Blob
 
@@ -140,11 +143,15 @@ class Store:
         if self._local:
             self.fs.mv(target, path)
 
-    def get(self, digest: str) -> Blob:
-        """The verified blob stored under `digest`; StorageError when missing or tampered."""
+    def get(self, digest: str, mapped: bool = False) -> Blob:
+        """The verified blob stored under `digest`; StorageError when missing or tampered.
+
+        With `mapped`, large buffers are read into memfds (linkkernel.cow), so a task can map
+        them copy-on-write and tell from the page tables whether it mutated them.
+        """
         try:
             with self.fs.open(self._path(digest), "rb") as f:
-                blob = self._read_verified(f, digest)
+                blob = self._read_verified(f, digest, mapped and cow.SUPPORTED)
         except StorageError:
             raise
         except FileNotFoundError:
@@ -154,8 +161,10 @@ class Store:
         self._known.add(digest)
         return blob
 
-    def _read_verified(self, f, digest: str) -> Blob:
-        """Read a blob into memory it owns, hashing each chunk while the next one is read."""
+    def _read_verified(self, f, digest: str, mapped: bool) -> Blob:
+        """Read a blob into memory it owns, hashing each chunk while the next one is read
+        (hashlib releases the GIL), with namespaces' digest: stream, then each buffer
+        preceded by its length."""
         tampered = StorageError(f"blob {digest[:12]}… in {self.url} failed verification (tampered or corrupt); not loaded")
         head = _read_exact(f, 4 + _MAC_LEN + 4)
         if len(head) < 4 + _MAC_LEN + 4 or head[:4] != MAGIC:
@@ -167,27 +176,28 @@ class Store:
         sizes = [layout["stream"], *layout["buffers"]]
         if layout["digest"] != digest:
             raise tampered
-        body = memoryview(bytearray(sum(sizes)))
-        hasher = _ContentHash(sizes)
-        got = 0
+        sha = hashlib.sha256()
+        parts: list[memoryview] = []
+        complete = True
         with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = []
-            while got < len(body):
-                n = f.readinto(body[got : got + _CHUNK])
-                if not n:
-                    break
-                got += n
-                pending.append(pool.submit(hasher.feed, body, got))
-            for job in pending:
+            jobs = []
+            for i, size in enumerate(sizes):
+                if i:
+                    jobs.append(pool.submit(sha.update, size.to_bytes(8, "little")))
+                part = _memfd_view(size) if mapped and i and size >= cow.MIN_SIZE else memoryview(bytearray(size))
+                got = 0
+                while got < size:
+                    n = f.readinto(part[got : got + _CHUNK])
+                    if not n:
+                        break
+                    jobs.append(pool.submit(sha.update, part[got : got + n]))
+                    got += n
+                complete = complete and got == size
+                parts.append(part)
+            for job in jobs:
                 job.result()
-        if got != len(body) or f.read(1):
+        if not complete or f.read(1) or not hmac.compare_digest(sha.hexdigest(), digest):
             raise tampered
-        if not hmac.compare_digest(hasher.hexdigest(), digest):
-            raise tampered
-        offsets = [0]
-        for size in sizes:
-            offsets.append(offsets[-1] + size)
-        parts = [body[a:b] for a, b in zip(offsets, offsets[1:])]
         return Blob(bytes(parts[0]), tuple(parts[1:]), digest)
 
 
@@ -199,39 +209,17 @@ def _read_exact(f, n: int) -> bytes:
     return data if len(data) == n else b""
 
 
-class _ContentHash:
-    """namespaces' content digest (stream, then each buffer with its length), fed in order
-    as the bytes arrive, so hashing overlaps reading (hashlib releases the GIL)."""
-
-    def __init__(self, sizes: list[int]) -> None:
-        self._sha = hashlib.sha256()
-        self._regions = []
-        position = 0
-        for i, size in enumerate(sizes):
-            prefix = b"" if i == 0 else size.to_bytes(8, "little")
-            self._regions.append((position, position + size, prefix))
-            position += size
-        self._index, self._position, self._started = 0, 0, False
-
-    def feed(self, body: memoryview, available: int) -> None:
-        while self._index < len(self._regions):
-            start, end, prefix = self._regions[self._index]
-            if not self._started:
-                if start > available:
-                    return
-                self._sha.update(prefix)
-                self._started = True
-            stop = min(end, available)
-            if stop > self._position:
-                self._sha.update(body[self._position : stop])
-                self._position = stop
-            if self._position < end:
-                return
-            self._index += 1
-            self._started = False
-
-    def hexdigest(self) -> str:
-        return self._sha.hexdigest()
+def _memfd_view(size: int) -> memoryview:
+    """A writable view of a new memfd, as cow.freeze_buffer makes them, filled by the reader."""
+    fd = os.memfd_create("linkkernel-blob", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, size)
+        frozen = cow.FrozenMap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    except BaseException:
+        os.close(fd)
+        raise
+    frozen.fd = fd
+    return memoryview(frozen)
 
 
 def load_owned(blob: Blob) -> Any:

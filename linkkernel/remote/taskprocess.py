@@ -29,9 +29,10 @@ from IPython.core.interactiveshell import InteractiveShell
 from traitlets import Type
 from traitlets.config import Config
 
+from linkkernel import cow
 from linkkernel.compiler import LinkCompiler
 from linkkernel.namespaces import UnpicklableValue, changes, dump
-from linkkernel.remote.storage import StorageError, Store, load_owned
+from linkkernel.remote.storage import StorageError, Store
 
 # Names IPython's displayhook and input cache bind in the namespace; they are not outputs.
 _SHELL_NAMES = re.compile(r"_{1,3}|_i{1,3}|_i?\d+")
@@ -223,9 +224,11 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
     """Run one component and send its outputs and result through `pipe`."""
     digests: dict[str, str] = task["inputs"]
     inputs: dict[str, Any] = {}
+    loaded: dict[str, cow.Loaded] = {}
     for name, digest in digests.items():
         try:
-            inputs[name] = load_owned(store.get(digest))
+            loaded[name] = cow.Loaded(store.get(digest, mapped=True))
+            inputs[name] = loaded[name].value
         except StorageError as exc:
             pipe.send({"failed": str(exc)})
             return
@@ -254,7 +257,9 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
         pipe.send({"result": {"error": shell.error}})
         return
     final = {k: v for k, v in namespace.items() if k not in hidden and not _SHELL_NAMES.fullmatch(k)}
-    changed = changes(inputs, digests, final)
+    # An input whose mapped pages were never written is unchanged without re-hashing it.
+    check = {n: None if loaded[n].unchanged(final.get(n)) else d for n, d in digests.items()}
+    changed = changes(inputs, check, final)
     bound: dict[str, str] = {}
     unpicklable: dict[str, str] = {}
     for name in changed.bound:
