@@ -327,3 +327,8 @@ def test_large_inputs_mutated_in_place_come_back_and_untouched_ones_do_not(worke
     result = executor.run_remote(None, task("a[0] = -1.0\ntotal = float(b.sum())", a=big, b=big.copy()), "w1")
     assert sorted(result.bound) == ["a", "total"]
     assert load(result.bound["a"])[0] == -1.0 and load(result.bound["total"]) == float(big.sum())
+
+
+def test_a_task_never_sees_names_of_an_earlier_task(worker) -> None:
+    executor.run_remote(None, task("leak = 1"), "w1")
+    assert load(executor.run_remote(None, task("seen = 'leak' in dir()"), "w1").bound["seen"]) is False

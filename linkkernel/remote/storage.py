@@ -87,7 +87,7 @@ class Store:
         if hasattr(self.fs, "retries"):
             self.fs.retries = min(self.fs.retries, 2)
         self._root = root.rstrip("/")
-        self._local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
         self._known: set[str] = set()
         self.bytes_uploaded = 0
 
@@ -97,7 +97,7 @@ class Store:
     def check(self) -> None:
         """Make sure the store answers (and accepts our credentials); StorageError if not."""
         try:
-            if self._local:
+            if self.local:
                 self.fs.makedirs(f"{self._root}/blobs", exist_ok=True)
             else:
                 # The prefix may not exist yet; its bucket (first component) must.
@@ -129,8 +129,8 @@ class Store:
         ).encode()
         # Readers must never see half a blob: a local file is written aside and renamed into
         # place; an object store makes an upload visible only once it completes.
-        target = f"{path}.{uuid.uuid4().hex}.tmp" if self._local else path
-        if self._local:
+        target = f"{path}.{uuid.uuid4().hex}.tmp" if self.local else path
+        if self.local:
             self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         with self.fs.open(target, "wb") as f:
             f.write(MAGIC)
@@ -140,7 +140,7 @@ class Store:
             f.write(blob.stream)
             for buffer in blob.buffers:
                 f.write(buffer)
-        if self._local:
+        if self.local:
             self.fs.mv(target, path)
 
     def get(self, digest: str, mapped: bool = False) -> Blob:

@@ -155,6 +155,9 @@ def preload_shell() -> WorkerShell:
     execute(shell, "from IPython.display import display\ndisplay(1)\n1")
     execute(shell, "1/0")
     shell.error = None
+    # A clean namespace every forked task starts from (making one costs a task ~0.6 ms).
+    shell.init_create_namespaces(user_ns={})
+    shell.init_user_ns()
     return shell
 
 
@@ -242,9 +245,7 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
         linecache.cache[filename] = (len(source), None, sources[filename], filename)
     for value in inputs.values():
         _restore_filenames(value, sources)
-    namespace: dict[str, Any] = {}
-    shell.init_create_namespaces(user_ns=namespace)
-    shell.init_user_ns()
+    namespace = shell.user_ns  # made fresh by preload_shell; this process runs one task only
     hidden = set(namespace)
     namespace.update(inputs)
     shell.pipe = pipe

@@ -11,6 +11,7 @@ within seconds. A task process that dies is reported with the signal that killed
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import json
 import logging
@@ -262,6 +263,9 @@ class Worker:
         task_read, task_write = os.pipe()
         out_read, out_write = os.pipe()
         stream_pipes = {name: os.pipe() for name in ("stdout", "stderr")}
+        # Objects the parent made so far are left out of the child's garbage collections,
+        # which would otherwise write to (and so copy) nearly every page it inherited.
+        gc.freeze()
         pid = os.fork()
         if pid == 0:  # the task process
             code = 0
@@ -321,7 +325,9 @@ class Worker:
 
         pipe = taskprocess.Pipe(write_fd)
         try:
-            store = Store(self.store_url, self.key, self.store_options)
+            # A local store is plain files; anything else (s3fs: sessions, an event loop
+            # thread) must be rebuilt in the child, not used across fork.
+            store = self.store if self.store.local else Store(self.store_url, self.key, self.store_options)
             taskprocess.run(self.shell, store, body, pipe)
         except Exception as exc:  # report our own failure as one line rather than a silent exit
             pipe.send({"failed": f"worker error while running the task: {type(exc).__name__}: {exc}"})
