@@ -302,10 +302,17 @@ class Runner:
         from linkkernel.remote.executor import run_remote
         from linkkernel.tasks import ComponentTask
 
+        for name, digest in merged.items():
+            if digest.startswith(MEMORY_PREFIX):
+                type_name = UnpicklableValue(name, self.store.memory_values.get(digest), TypeError()).type_name
+                raise LinkError(
+                    f"component {component.name!r} cannot run on worker {component.remote!r}: its input "
+                    f"{name!r} ({type_name}) cannot be pickled, so it exists only in this kernel's memory"
+                )
         task = ComponentTask(
             component.name,
             component.source,
-            {n: self.store.blob(d) for n, d in merged.items() if not d.startswith(MEMORY_PREFIX)},
+            {n: self.store.blob(d) for n, d in merged.items()},
             live,
         )
         try:

@@ -332,3 +332,22 @@ def test_large_inputs_mutated_in_place_come_back_and_untouched_ones_do_not(worke
 def test_a_task_never_sees_names_of_an_earlier_task(worker) -> None:
     executor.run_remote(None, task("leak = 1"), "w1")
     assert load(executor.run_remote(None, task("seen = 'leak' in dir()"), "w1").bound["seen"]) is False
+
+
+def test_storage_lost_by_the_worker_mid_session_is_one_line(tmp, key_file, monkeypatch) -> None:
+    for name, value in S3_ENV.items():
+        monkeypatch.setenv(name, value)
+    server = MotoServer()
+    server.make_bucket("lk-lost")
+    url = "s3://lk-lost/runs"
+    w = WorkerProcess(url, key_file, tmp, "--storage-option", f"endpoint_url={server.endpoint}", env=S3_ENV)
+    try:
+        registry.add("lost", w.address, url, str(key_file), {"endpoint_url": server.endpoint})
+        inputs = {"x": dump("x", list(range(100)))}
+        assert executor.run_remote(None, ComponentTask("t", "y = len(x)", inputs, False), "lost").bound
+        server.stop()  # the kernel already stored x, so only the worker finds the store gone
+        with pytest.raises(RemoteError, match=r"worker 'lost' .*: storage s3://lk-lost/runs is unreachable"):
+            executor.run_remote(None, ComponentTask("t", "y = len(x) + 1", inputs, False), "lost")
+        assert w.alive()
+    finally:
+        w.stop()

@@ -179,3 +179,14 @@ def test_faults_in_a_remote_ancestor_are_one_line(nb, worker, code, expected) ->
     text = plain(result.traceback_text).strip()
     assert expected in text and len(text.splitlines()) == 1
     assert nb.kernel.execute("1 + 1").status == "ok"
+
+
+def test_unpicklable_input_of_a_remote_component_is_named(nb, worker) -> None:
+    nb.add("holder", "import threading\nguard = threading.Lock()\nn = 1")
+    nb.add("user", "m = n + 1", "holder", remote="gpu1")
+    nb.use()
+    result = nb.run("user")
+    assert result.status == "error"
+    text = plain(result.traceback_text).strip()
+    assert "input 'guard' (_thread.lock) cannot be pickled" in text and len(text.splitlines()) == 1
+    assert "user" not in nb.runs()
