@@ -146,3 +146,29 @@ def test_worker_runs_a_replayed_submit_only_once(worker, dealer) -> None:
         assert message.type == "heartbeat"
     worker.wait_for_log("replayed nonce")
     assert marker.read_text() == "ran\n"
+
+
+def test_signed_but_malformed_bodies_do_not_stop_the_worker(worker, dealer) -> None:
+    signer = Signer(worker.key)
+    marker = worker.tmp / "malformed-ran"
+    bodies = [
+        {**_submit_body(marker), "versions": [1, 2]},
+        {**_submit_body(marker), "inputs": ["x"]},
+        {**_submit_body(marker), "inputs": {"x": 5}},
+        {"task": 7},
+    ]
+    for body in bodies:
+        dealer.send_multipart(signer.sign("submit", body))
+    dealer.send_multipart(signer.sign("cancel", {"task": None}))
+    dealer.send_multipart(signer.sign("explode", {}))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        message = _answer(dealer, signer, timeout=0.5)
+        if message is None:
+            break
+    dealer.send_multipart(signer.sign("ping"))
+    pong = None
+    while pong is None or pong.type != "pong":
+        pong = _answer(dealer, signer)
+        assert pong is not None, worker.log()
+    assert worker.alive() and not marker.exists()

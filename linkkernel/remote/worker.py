@@ -67,6 +67,8 @@ def skew(mine: dict[str, str], theirs: dict[str, str]) -> str | None:
 
 @dataclass
 class Task:
+    """A submitted task: queued, then running in its own process until that process exits."""
+
     id: str
     client: bytes
     body: dict[str, Any]
@@ -184,7 +186,12 @@ class Worker:
                     except BadMessage as exc:
                         log.warning("dropped a message from client %s: %s", client.hex()[:8], exc)
                         continue
-                    self._handle(client, message)
+                    try:
+                        self._handle(client, message)
+                    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+                        # Signed with our key yet not what a kernel sends: a bug or a test,
+                        # never a reason for the worker to stop serving everyone else.
+                        log.warning("dropped a malformed %r from client %s: %r", message.type, client.hex()[:8], exc)
             self._start_queued()
             if self.spare is None and (idle or all(t.outcome for t in self.running.values())):
                 # The next task's process is forked ahead, when no result is waiting to be
