@@ -271,7 +271,10 @@ class Worker:
         out_read, out_write = os.pipe()
         stream_pipes = {name: os.pipe() for name in ("stdout", "stderr")}
         # Objects the parent made so far are left out of the child's garbage collections,
-        # which would otherwise write to (and so copy) nearly every page it inherited.
+        # which would otherwise write to (and so copy) nearly every page it inherited. The
+        # collection first keeps the parent's own garbage from being frozen for good; it only
+        # scans what was made since the last freeze, so it is cheap.
+        gc.collect()
         gc.freeze()
         pid = os.fork()
         if pid == 0:  # the task process
