@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -351,3 +352,11 @@ def test_storage_lost_by_the_worker_mid_session_is_one_line(tmp, key_file, monke
         assert w.alive()
     finally:
         w.stop()
+
+
+def test_processes_a_task_leaves_behind_are_reaped_not_left_as_zombies(worker) -> None:
+    code = "import subprocess\nchild = subprocess.Popen(['sleep', '0.3']).pid"
+    orphan = load(executor.run_remote(None, task(code), "w1").bound["child"])
+    # The task process exited; its orphan was adopted by the worker, which must reap it.
+    assert wait_until(lambda: not os.path.exists(f"/proc/{orphan}"), timeout=15)
+    assert worker.alive()

@@ -1,9 +1,9 @@
 """`linkkernel worker`: serve remote components to any number of kernels (SPEC §5).
 
-One process owns the socket and a queue. Each task runs in a fresh process forked from it,
-so memory and GPU go back to the machine when the task ends, yet a task starts in
-milliseconds because the parent already imported IPython, cloudpickle and fsspec (and never
-touches a GPU itself). At most `--slots` tasks run at once; the rest wait in arrival order.
+One process owns the socket and a queue. Each task runs in a fresh process, so memory and
+GPU go back to the machine when the task ends, yet a task starts in milliseconds: task
+processes are forked, ahead of time, by a zygote, a copy of the worker made after it imported
+IPython, cloudpickle and fsspec (neither ever touches a GPU). At most `--slots` tasks run at once; the rest wait in arrival order.
 While a kernel has work here it gets a heartbeat twice a second, so a dead worker is noticed
 within seconds. A task process that dies is reported with the signal that killed it.
 """
@@ -18,11 +18,12 @@ import logging
 import os
 import platform
 import signal
+import socket
 import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from linkkernel.errors import LinkError
 
@@ -87,14 +88,124 @@ class Task:
         return [*([] if self.eof else [self.fd]), *self.streams, self.pidfd]
 
 
-def _set_parent_death_signal() -> None:
-    """Linux: the task dies with the worker, so a killed worker leaves no orphan holding a GPU."""
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
+
+
+def _prctl(option: int, value: int) -> bool:
+    """Linux prctl(2); False where it is unavailable."""
     import ctypes
 
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        return ctypes.CDLL(None, use_errno=True).prctl(option, value) == 0
     except (OSError, AttributeError):
-        pass
+        return False
+
+
+def _set_parent_death_signal() -> None:
+    """Linux: the task dies with the worker, so a killed worker leaves no orphan holding a GPU."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+Spare = tuple[int, int, int, int, dict[int, str]]  # pid, pidfd, result pipe, task pipe, {pipe: stream}
+
+
+class Zygote:
+    """A copy of the pre-loaded worker that forks task processes in parallel with the
+    worker's loop, so even back-to-back tasks never wait for a fork (3-6 ms here).
+
+    It forks twice: the task process is orphaned at once and adopted by the worker (a child
+    subreaper), which can then wait for it and name the signal that ended it.
+    """
+
+    def __init__(self, worker: Worker) -> None:
+        self.sock, theirs = socket.socketpair()
+        self.pending = False
+        worker_pid = os.getpid()
+        gc.collect()
+        gc.freeze()
+        self.pid = os.fork()
+        if self.pid == 0:
+            code = 0
+            try:
+                self.sock.close()
+                _set_parent_death_signal()
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                self._serve(worker, theirs, worker_pid)
+            except BaseException:  # noqa: BLE001 - nothing may escape a forked child into the worker loop
+                code = 70
+            finally:
+                os._exit(code)
+        theirs.close()
+
+    @staticmethod
+    def _serve(worker: Worker, sock: socket.socket, worker_pid: int) -> None:
+        while sock.recv(1):
+            task_read, task_write = os.pipe()
+            out_read, out_write = os.pipe()
+            stdout_read, stdout_write = os.pipe()
+            stderr_read, stderr_write = os.pipe()
+            middle = os.fork()
+            if middle == 0:
+                code = 0
+                try:
+                    pid = os.fork()
+                    if pid == 0:
+                        sock.close()
+                        for fd in (task_write, out_read, stdout_read, stderr_read):
+                            os.close(fd)
+                        _wait_for_adoption(worker_pid)
+                        worker._become_task(task_read, out_write, stdout_write, stderr_write)
+                    socket.send_fds(sock, [str(pid).encode()], [task_write, out_read, stdout_read, stderr_read])
+                except BaseException:  # noqa: BLE001 - nothing may escape a forked child
+                    code = 70
+                finally:
+                    os._exit(code)
+            os.waitpid(middle, 0)
+            for fd in (task_read, task_write, out_read, out_write, stdout_read, stdout_write, stderr_read, stderr_write):
+                os.close(fd)
+
+    def request(self) -> None:
+        if not self.pending:
+            self.sock.send(b"f")
+            self.pending = True
+
+    def receive(self, timeout: float | None) -> Spare | None:
+        """The next task process, once the zygote has made it."""
+        self.sock.settimeout(timeout)
+        try:
+            message, fds, _, _ = socket.recv_fds(self.sock, 32, 4)
+        except OSError:  # timed out, or the zygote is gone
+            return None
+        self.pending = False
+        if len(fds) != 4 or not message:
+            for fd in fds:
+                os.close(fd)
+            return None
+        pid = int(message)
+        task_write, out_read, stdout_read, stderr_read = fds
+        for fd in (out_read, stdout_read, stderr_read):
+            os.set_blocking(fd, False)
+        return pid, os.pidfd_open(pid), out_read, task_write, {stdout_read: "stdout", stderr_read: "stderr"}
+
+    def stop(self) -> None:
+        self.sock.close()
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _wait_for_adoption(worker_pid: int) -> None:
+    """Block until the worker is this process's parent, then die with it."""
+    deadline = time.monotonic() + 10
+    while os.getppid() != worker_pid:
+        if time.monotonic() > deadline:
+            os._exit(0)
+        time.sleep(0.0002)
+    _set_parent_death_signal()
+    if os.getppid() != worker_pid:  # the worker died in between
+        os._exit(0)
 
 
 def describe_exit(status: int) -> str:
@@ -135,6 +246,8 @@ class Worker:
         self.store_url, self.store_options, self.key = store_url, store_options, key
         self.shell = taskprocess.preload_shell()
         self.versions = versions()
+        # Forked before ZeroMQ starts its threads, so task processes never inherit them.
+        self.zygote = Zygote(self) if hasattr(socket, "recv_fds") and _prctl(PR_SET_CHILD_SUBREAPER, 1) else None
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.linger = 0
@@ -149,7 +262,8 @@ class Worker:
         self.queue: deque[Task] = deque()
         self.running: dict[int, Task] = {}
         self._last_beat = 0.0
-        self.spare: tuple[int, int, int, int, dict[int, str]] | None = None
+        self.spare: Spare | None = None
+        self.exit_status: dict[int, int] = {}
 
     def send(self, client: bytes, type_: str, body: dict[str, Any]) -> None:
         self.socket.send_multipart([client, *self.signer.sign(type_, body)])
@@ -164,12 +278,17 @@ class Worker:
         log.info("worker listening on %s, storage %s, %d slot(s)", self.address, self.store_url, self.slots)
         while True:
             watched = [fd for task in self.running.values() for fd in task.watched()]
+            if self.zygote is not None and self.zygote.pending:
+                watched.append(self.zygote.sock.fileno())
             for fd in watched:
                 poller.register(fd, zmq.POLLIN)
             events = dict(poller.poll(timeout=HEARTBEAT_INTERVAL * 1000))
             idle = not events
             for fd in watched:
                 poller.unregister(fd)
+            if self.zygote is not None and self.zygote.sock.fileno() in events and self.spare is None:
+                self.spare = self.zygote.receive(timeout=1)
+            self._reap_orphans()
             for task in list(self.running.values()):
                 if any(fd in events for fd in task.streams):
                     self._relay_streams(task)
@@ -193,10 +312,12 @@ class Worker:
                         # never a reason for the worker to stop serving everyone else.
                         log.warning("dropped a malformed %r from client %s: %r", message.type, client.hex()[:8], exc)
             self._start_queued()
-            if self.spare is None and (idle or all(t.outcome for t in self.running.values())):
-                # The next task's process is forked ahead, when no result is waiting to be
-                # relayed, so a task starts without paying for fork. It is still a fresh
-                # process, used for one task only.
+            # The next task's process is made ahead of time, so a task starts without paying
+            # for fork; it is still a fresh process, used for one task only. Without a
+            # zygote it is forked here, when no result is waiting to be relayed.
+            if self.spare is None and self.zygote is not None:
+                self.zygote.request()
+            elif self.spare is None and (idle or all(t.outcome for t in self.running.values())):
                 self.spare = self._fork_spare()
             self._heartbeat()
 
@@ -248,7 +369,7 @@ class Worker:
     def _start_queued(self) -> None:
         while self.queue and self._busy() < self.slots:
             task = self.queue.popleft()
-            spare = self.spare or self._fork_spare()
+            spare = self.spare or self._next_spare()
             self.spare = None
             task.pid, task.pidfd, task.fd, task_pipe, task.streams = spare
             task.started_at = time.monotonic()
@@ -260,13 +381,20 @@ class Worker:
                 pass  # the spare died (killed from outside); its exit is reported like a crash
             self.running[task.pid] = task
 
-    def _fork_spare(self) -> tuple[int, int, int, int, dict[int, str]]:
-        """A new task process, waiting for its task.
+    def _next_spare(self) -> Spare:
+        """A task process ready for a task: the zygote's, or forked here if there is none."""
+        if self.zygote is not None:
+            self.zygote.request()
+            spare = self.zygote.receive(timeout=10)
+            if spare is not None:
+                return spare
+            log.warning("the zygote process did not answer; forking task processes from the worker itself")
+            self.zygote.stop()
+            self.zygote = None
+        return self._fork_spare()
 
-        Returns (pid, pidfd, result pipe, task pipe, {pipe: stream}). The process's fds 1
-        and 2 are pipes too, so what C code, `os.system` and subprocesses print reaches the
-        cell, as in ipykernel, rather than the worker's terminal.
-        """
+    def _fork_spare(self) -> Spare:
+        """A new task process forked from the worker itself, waiting for its task."""
         task_read, task_write = os.pipe()
         out_read, out_write = os.pipe()
         stream_pipes = {name: os.pipe() for name in ("stdout", "stderr")}
@@ -277,28 +405,12 @@ class Worker:
         gc.collect()
         gc.freeze()
         pid = os.fork()
-        if pid == 0:  # the task process
-            code = 0
-            try:
-                os.close(task_write)
-                os.close(out_read)
-                for fd, (read_end, write_end) in zip((1, 2), stream_pipes.values()):
-                    os.dup2(write_end, fd)
-                    os.close(read_end)
-                    os.close(write_end)
-                os.setpgid(0, 0)
-                _set_parent_death_signal()
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                with os.fdopen(task_read, "rb") as f:
-                    size = int.from_bytes(f.read(4) or b"\0", "little")
-                    body = json.loads(f.read(size)) if size else None
-                if body is not None:
-                    self._run_in_child(body, out_write)
-            except BaseException:  # noqa: BLE001 - nothing may escape a forked child into the worker loop
-                code = 70
-            finally:
-                os._exit(code)
+        if pid == 0:
+            os.close(task_write)
+            os.close(out_read)
+            for read_end, _ in stream_pipes.values():
+                os.close(read_end)
+            self._become_task(task_read, out_write, stream_pipes["stdout"][1], stream_pipes["stderr"][1])
         os.close(task_read)
         os.close(out_write)
         streams = {}
@@ -312,6 +424,31 @@ class Worker:
             pass  # the child already did it, or already exited
         os.set_blocking(out_read, False)
         return pid, os.pidfd_open(pid), out_read, task_write, streams
+
+    def _become_task(self, task_read: int, out_write: int, stdout_write: int, stderr_write: int) -> NoReturn:
+        """In a new task process: wait for one task, run it, exit.
+
+        fds 1 and 2 become pipes to the worker, so what C code, `os.system` and subprocesses
+        print reaches the cell, as in ipykernel, rather than the worker's terminal.
+        """
+        code = 0
+        try:
+            for fd, write_end in ((1, stdout_write), (2, stderr_write)):
+                os.dup2(write_end, fd)
+                os.close(write_end)
+            os.setpgid(0, 0)
+            _set_parent_death_signal()
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            with os.fdopen(task_read, "rb") as f:
+                size = int.from_bytes(f.read(4) or b"\0", "little")
+                body = json.loads(f.read(size)) if size else None
+            if body is not None:
+                self._run_in_child(body, out_write)
+        except BaseException:  # noqa: BLE001 - nothing may escape a forked child into the worker loop
+            code = 70
+        finally:
+            os._exit(code)
 
     def _relay_streams(self, task: Task) -> None:
         """Forward raw fd 1/2 output of the task process as stream outputs."""
@@ -381,7 +518,9 @@ class Worker:
         for fd in task.streams:
             os.close(fd)
         task.streams.clear()
-        _, status = os.waitpid(task.pid, 0)
+        status = self.exit_status.pop(task.pid, None)
+        if status is None:
+            _, status = os.waitpid(task.pid, 0)
         os.close(task.pidfd)
         del self.running[task.pid]
         elapsed = f"{time.monotonic() - task.started_at:.3f} s"
@@ -396,6 +535,21 @@ class Worker:
             reason = outcome.get("failed") or describe_exit(status)
             self._log(task, f"failed after {elapsed}: {reason}")
             self.send(task.client, "failed", {"task": task.id, "message": reason})
+
+    def _reap_orphans(self) -> None:
+        """As a subreaper the worker adopts its task processes and whatever they leave
+        behind; collect every exit so none stays a zombie, keeping task statuses for _finish."""
+        if self.zygote is None:
+            return
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid in self.running or (self.spare is not None and pid == self.spare[0]):
+                self.exit_status[pid] = status
 
     def _heartbeat(self) -> None:
         now = time.monotonic()
@@ -420,6 +574,8 @@ class Worker:
             self._kill(task)
         if self.spare is not None:
             os.kill(self.spare[0], signal.SIGKILL)
+        if self.zygote is not None:
+            self.zygote.stop()
         self.socket.close(0)
         self.context.term()
 
