@@ -88,7 +88,7 @@ class Task:
         return [*([] if self.eof else [self.fd]), *self.streams, self.pidfd]
 
 
-PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
+PR_SET_PDEATHSIG = 1
 
 
 def _prctl(option: int, value: int) -> bool:
@@ -113,14 +113,14 @@ class Zygote:
     """A copy of the pre-loaded worker that forks task processes in parallel with the
     worker's loop, so even back-to-back tasks never wait for a fork (3-6 ms here).
 
-    It forks twice: the task process is orphaned at once and adopted by the worker (a child
-    subreaper), which can then wait for it and name the signal that ended it.
+    Task processes are its children: it reaps each one and reports how it exited (the worker
+    names the signal). Messages on its SOCK_SEQPACKET socket: b"spare PID" with the task process's four pipe
+    ends attached, and b"exit PID STATUS".
     """
 
     def __init__(self, worker: Worker) -> None:
-        self.sock, theirs = socket.socketpair()
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.pending = False
-        worker_pid = os.getpid()
         gc.collect()
         gc.freeze()
         self.pid = os.fork()
@@ -131,7 +131,7 @@ class Zygote:
                 _set_parent_death_signal()
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                self._serve(worker, theirs, worker_pid)
+                self._serve(worker, theirs)
             except BaseException:  # noqa: BLE001 - nothing may escape a forked child into the worker loop
                 code = 70
             finally:
@@ -139,54 +139,81 @@ class Zygote:
         theirs.close()
 
     @staticmethod
-    def _serve(worker: Worker, sock: socket.socket, worker_pid: int) -> None:
-        while sock.recv(1):
-            task_read, task_write = os.pipe()
-            out_read, out_write = os.pipe()
-            stdout_read, stdout_write = os.pipe()
-            stderr_read, stderr_write = os.pipe()
-            middle = os.fork()
-            if middle == 0:
-                code = 0
+    def _serve(worker: Worker, sock: socket.socket) -> None:
+        import select
+
+        wake_read, wake_write = os.pipe()
+        os.set_blocking(wake_read, False)
+        os.set_blocking(wake_write, False)
+        signal.set_wakeup_fd(wake_write)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        tasks: set[int] = set()
+        while True:
+            ready, _, _ = select.select([sock, wake_read], [], [])
+            if wake_read in ready:
                 try:
-                    pid = os.fork()
-                    if pid == 0:
-                        sock.close()
-                        for fd in (task_write, out_read, stdout_read, stderr_read):
-                            os.close(fd)
-                        _wait_for_adoption(worker_pid)
-                        worker._become_task(task_read, out_write, stdout_write, stderr_write)
-                    socket.send_fds(sock, [str(pid).encode()], [task_write, out_read, stdout_read, stderr_read])
-                except BaseException:  # noqa: BLE001 - nothing may escape a forked child
-                    code = 70
-                finally:
-                    os._exit(code)
-            os.waitpid(middle, 0)
-            for fd in (task_read, task_write, out_read, out_write, stdout_read, stdout_write, stderr_read, stderr_write):
-                os.close(fd)
+                    while os.read(wake_read, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+            while True:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                if pid in tasks:
+                    tasks.discard(pid)
+                    sock.send(f"exit {pid} {status}".encode())
+            if sock not in ready:
+                continue
+            if not sock.recv(1):
+                return
+            pipes = [os.pipe() for _ in range(4)]  # task, result, stdout, stderr
+            pid = os.fork()
+            if pid == 0:
+                sock.close()
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                for fd in (wake_read, wake_write, pipes[0][1], pipes[1][0], pipes[2][0], pipes[3][0]):
+                    os.close(fd)
+                worker._become_task(pipes[0][0], pipes[1][1], pipes[2][1], pipes[3][1])
+            tasks.add(pid)
+            socket.send_fds(sock, [f"spare {pid}".encode()], [pipes[0][1], pipes[1][0], pipes[2][0], pipes[3][0]])
+            for read_end, write_end in pipes:
+                os.close(read_end)
+                os.close(write_end)
 
     def request(self) -> None:
         if not self.pending:
             self.sock.send(b"f")
             self.pending = True
 
-    def receive(self, timeout: float | None) -> Spare | None:
-        """The next task process, once the zygote has made it."""
+    def receive(self, timeout: float, exits: dict[int, int]) -> Spare | None:
+        """Wait up to `timeout` for the zygote to say something, then read all it said:
+        exit statuses go into `exits`; a new task process is returned."""
+        spare = None
         self.sock.settimeout(timeout)
-        try:
-            message, fds, _, _ = socket.recv_fds(self.sock, 32, 4)
-        except OSError:  # timed out, or the zygote is gone
-            return None
-        self.pending = False
-        if len(fds) != 4 or not message:
-            for fd in fds:
-                os.close(fd)
-            return None
-        pid = int(message)
-        task_write, out_read, stdout_read, stderr_read = fds
-        for fd in (out_read, stdout_read, stderr_read):
-            os.set_blocking(fd, False)
-        return pid, os.pidfd_open(pid), out_read, task_write, {stdout_read: "stdout", stderr_read: "stderr"}
+        while True:
+            try:
+                message, fds, _, _ = socket.recv_fds(self.sock, 64, 4)
+            except OSError:  # nothing (more) there, or the zygote is gone
+                return spare
+            self.sock.settimeout(0)
+            kind, *fields = message.split()
+            if kind == b"exit" and len(fields) == 2:
+                exits[int(fields[0])] = int(fields[1])
+            elif kind == b"spare" and len(fds) == 4 and spare is None:
+                self.pending = False
+                pid = int(fields[0])
+                task_write, out_read, stdout_read, stderr_read = fds
+                for fd in (out_read, stdout_read, stderr_read):
+                    os.set_blocking(fd, False)
+                spare = pid, os.pidfd_open(pid), out_read, task_write, {stdout_read: "stdout", stderr_read: "stderr"}
+            else:
+                for fd in fds:
+                    os.close(fd)
 
     def stop(self) -> None:
         self.sock.close()
@@ -194,18 +221,6 @@ class Zygote:
             os.kill(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-
-
-def _wait_for_adoption(worker_pid: int) -> None:
-    """Block until the worker is this process's parent, then die with it."""
-    deadline = time.monotonic() + 10
-    while os.getppid() != worker_pid:
-        if time.monotonic() > deadline:
-            os._exit(0)
-        time.sleep(0.0002)
-    _set_parent_death_signal()
-    if os.getppid() != worker_pid:  # the worker died in between
-        os._exit(0)
 
 
 def describe_exit(status: int) -> str:
@@ -247,7 +262,7 @@ class Worker:
         self.shell = taskprocess.preload_shell()
         self.versions = versions()
         # Forked before ZeroMQ starts its threads, so task processes never inherit them.
-        self.zygote = Zygote(self) if hasattr(socket, "recv_fds") and _prctl(PR_SET_CHILD_SUBREAPER, 1) else None
+        self.zygote = Zygote(self) if hasattr(socket, "recv_fds") and hasattr(os, "pidfd_open") else None
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.linger = 0
@@ -278,7 +293,7 @@ class Worker:
         log.info("worker listening on %s, storage %s, %d slot(s)", self.address, self.store_url, self.slots)
         while True:
             watched = [fd for task in self.running.values() for fd in task.watched()]
-            if self.zygote is not None and self.zygote.pending:
+            if self.zygote is not None:
                 watched.append(self.zygote.sock.fileno())
             for fd in watched:
                 poller.register(fd, zmq.POLLIN)
@@ -286,9 +301,9 @@ class Worker:
             idle = not events
             for fd in watched:
                 poller.unregister(fd)
-            if self.zygote is not None and self.zygote.sock.fileno() in events and self.spare is None:
-                self.spare = self.zygote.receive(timeout=1)
-            self._reap_orphans()
+            if self.zygote is not None and self.zygote.sock.fileno() in events:
+                spare = self.zygote.receive(0, self.exit_status)
+                self.spare = self.spare or spare
             for task in list(self.running.values()):
                 if any(fd in events for fd in task.streams):
                     self._relay_streams(task)
@@ -385,9 +400,11 @@ class Worker:
         """A task process ready for a task: the zygote's, or forked here if there is none."""
         if self.zygote is not None:
             self.zygote.request()
-            spare = self.zygote.receive(timeout=10)
-            if spare is not None:
-                return spare
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                spare = self.zygote.receive(deadline - time.monotonic(), self.exit_status)
+                if spare is not None:
+                    return spare
             log.warning("the zygote process did not answer; forking task processes from the worker itself")
             self.zygote.stop()
             self.zygote = None
@@ -518,9 +535,14 @@ class Worker:
         for fd in task.streams:
             os.close(fd)
         task.streams.clear()
-        status = self.exit_status.pop(task.pid, None)
-        if status is None:
+        if self.zygote is None:
             _, status = os.waitpid(task.pid, 0)
+        else:  # the zygote's child: it says how the process ended, right after it did
+            deadline = time.monotonic() + 5
+            while task.pid not in self.exit_status and time.monotonic() < deadline:
+                spare = self.zygote.receive(0.1, self.exit_status)
+                self.spare = self.spare or spare
+            status = self.exit_status.pop(task.pid, 0)
         os.close(task.pidfd)
         del self.running[task.pid]
         elapsed = f"{time.monotonic() - task.started_at:.3f} s"
@@ -535,21 +557,6 @@ class Worker:
             reason = outcome.get("failed") or describe_exit(status)
             self._log(task, f"failed after {elapsed}: {reason}")
             self.send(task.client, "failed", {"task": task.id, "message": reason})
-
-    def _reap_orphans(self) -> None:
-        """As a subreaper the worker adopts its task processes and whatever they leave
-        behind; collect every exit so none stays a zombie, keeping task statuses for _finish."""
-        if self.zygote is None:
-            return
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            if pid in self.running or (self.spare is not None and pid == self.spare[0]):
-                self.exit_status[pid] = status
 
     def _heartbeat(self) -> None:
         now = time.monotonic()
