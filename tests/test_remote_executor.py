@@ -375,3 +375,18 @@ def test_task_processes_are_reaped_not_left_as_zombies(worker) -> None:
 
     assert wait_until(lambda: not zombies_under_the_worker())
     assert worker.alive()
+
+
+def test_worker_survives_the_loss_of_its_zygote(tmp, key_file) -> None:
+    w = WorkerProcess(str(tmp / "store"), key_file, tmp)
+    try:
+        registry.add("nozygote", w.address, str(tmp / "store"), str(key_file))
+        assert load(executor.run_remote(None, task("a = 1"), "nozygote").bound["a"]) == 1
+        children = subprocess.run(["ps", "--ppid", str(w.process.pid), "-o", "pid="], capture_output=True, text=True).stdout.split()
+        assert len(children) == 1  # the zygote; task processes are its children
+        os.kill(int(children[0]), 9)
+        w.wait_for_log("the zygote process died")
+        for n in range(3):
+            assert load(executor.run_remote(None, task(f"a = {n}"), "nozygote").bound["a"]) == n
+    finally:
+        w.stop()

@@ -91,6 +91,17 @@ class Task:
 PR_SET_PDEATHSIG = 1
 
 
+def _discard(spare: Spare) -> None:
+    """Let go of an unused task process: kill it and close our ends of its pipes."""
+    pid, pidfd, out_read, task_write, streams = spare
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for fd in (pidfd, out_read, task_write, *streams):
+        os.close(fd)
+
+
 def _prctl(option: int, value: int) -> bool:
     """Linux prctl(2); False where it is unavailable."""
     import ctypes
@@ -121,6 +132,7 @@ class Zygote:
     def __init__(self, worker: Worker) -> None:
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.pending = False
+        self.alive = True
         gc.collect()
         gc.freeze()
         self.pid = os.fork()
@@ -199,6 +211,9 @@ class Zygote:
             try:
                 message, fds, _, _ = socket.recv_fds(self.sock, 64, 4)
             except OSError:  # nothing (more) there, or the zygote is gone
+                return spare
+            if not message:  # the zygote is gone
+                self.alive = False
                 return spare
             self.sock.settimeout(0)
             kind, *fields = message.split()
@@ -302,8 +317,9 @@ class Worker:
             for fd in watched:
                 poller.unregister(fd)
             if self.zygote is not None and self.zygote.sock.fileno() in events:
-                spare = self.zygote.receive(0, self.exit_status)
-                self.spare = self.spare or spare
+                self._take_spare(self.zygote.receive(0, self.exit_status))
+                if not self.zygote.alive:
+                    self._drop_zygote()
             for task in list(self.running.values()):
                 if any(fd in events for fd in task.streams):
                     self._relay_streams(task)
@@ -401,13 +417,11 @@ class Worker:
         if self.zygote is not None:
             self.zygote.request()
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
+            while self.zygote.alive and time.monotonic() < deadline:
                 spare = self.zygote.receive(deadline - time.monotonic(), self.exit_status)
                 if spare is not None:
                     return spare
-            log.warning("the zygote process did not answer; forking task processes from the worker itself")
-            self.zygote.stop()
-            self.zygote = None
+            self._drop_zygote()
         return self._fork_spare()
 
     def _fork_spare(self) -> Spare:
@@ -535,14 +549,7 @@ class Worker:
         for fd in task.streams:
             os.close(fd)
         task.streams.clear()
-        if self.zygote is None:
-            _, status = os.waitpid(task.pid, 0)
-        else:  # the zygote's child: it says how the process ended, right after it did
-            deadline = time.monotonic() + 5
-            while task.pid not in self.exit_status and time.monotonic() < deadline:
-                spare = self.zygote.receive(0.1, self.exit_status)
-                self.spare = self.spare or spare
-            status = self.exit_status.pop(task.pid, 0)
+        status = self._exit_status(task.pid)
         os.close(task.pidfd)
         del self.running[task.pid]
         elapsed = f"{time.monotonic() - task.started_at:.3f} s"
@@ -554,9 +561,39 @@ class Worker:
             self._log(task, f"cancelled, task process killed after {elapsed}")
             self.send(task.client, "cancelled", {"task": task.id})
         else:
-            reason = outcome.get("failed") or describe_exit(status)
+            lost = "task process was lost with the worker's zygote process"
+            reason = outcome.get("failed") or (lost if status is None else describe_exit(status))
             self._log(task, f"failed after {elapsed}: {reason}")
             self.send(task.client, "failed", {"task": task.id, "message": reason})
+
+    def _exit_status(self, pid: int) -> int | None:
+        """How a finished task process exited; None when nobody can tell any more."""
+        if pid not in self.exit_status and self.zygote is not None:
+            # The zygote's child: it says how the process ended, right after it did.
+            deadline = time.monotonic() + 5
+            while self.zygote.alive and pid not in self.exit_status and time.monotonic() < deadline:
+                self._take_spare(self.zygote.receive(0.1, self.exit_status))
+        if pid in self.exit_status:
+            return self.exit_status.pop(pid)
+        try:
+            return os.waitpid(pid, 0)[1]
+        except ChildProcessError:  # a child of a zygote that is gone
+            return None
+
+    def _take_spare(self, spare: Spare | None) -> None:
+        if spare is not None and self.spare is None:
+            self.spare = spare
+        elif spare is not None:
+            _discard(spare)
+
+    def _drop_zygote(self) -> None:
+        """Fork task processes here from now on; the zygote's spare died with it."""
+        log.warning("the zygote process died; forking task processes from the worker itself")
+        self.zygote.stop()
+        self.zygote = None
+        if self.spare is not None:
+            _discard(self.spare)
+            self.spare = None
 
     def _heartbeat(self) -> None:
         now = time.monotonic()
