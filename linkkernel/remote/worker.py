@@ -88,18 +88,8 @@ class Task:
         return [*([] if self.eof else [self.fd]), *self.streams, self.pidfd]
 
 
+Spare = tuple[int, int, int, int, dict[int, str]]  # pid, pidfd, result pipe, task pipe, {pipe: stream}
 PR_SET_PDEATHSIG = 1
-
-
-def _discard(spare: Spare) -> None:
-    """Let go of an unused task process: kill it and close our ends of its pipes."""
-    pid, pidfd, out_read, task_write, streams = spare
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    for fd in (pidfd, out_read, task_write, *streams):
-        os.close(fd)
 
 
 def _prctl(option: int, value: int) -> bool:
@@ -117,7 +107,15 @@ def _set_parent_death_signal() -> None:
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-Spare = tuple[int, int, int, int, dict[int, str]]  # pid, pidfd, result pipe, task pipe, {pipe: stream}
+def _discard(spare: Spare) -> None:
+    """Let go of an unused task process: kill it and close our ends of its pipes."""
+    pid, pidfd, out_read, task_write, streams = spare
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for fd in (pidfd, out_read, task_write, *streams):
+        os.close(fd)
 
 
 class Zygote:
@@ -125,8 +123,8 @@ class Zygote:
     worker's loop, so even back-to-back tasks never wait for a fork (3-6 ms here).
 
     Task processes are its children: it reaps each one and reports how it exited (the worker
-    names the signal). Messages on its SOCK_SEQPACKET socket: b"spare PID" with the task process's four pipe
-    ends attached, and b"exit PID STATUS".
+    names the signal). Messages on its SOCK_SEQPACKET socket: b"spare PID" with the task
+    process's four pipe ends attached, and b"exit PID STATUS".
     """
 
     def __init__(self, worker: Worker) -> None:
