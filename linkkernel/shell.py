@@ -1,12 +1,26 @@
-"""The interactive shell of Link Python: ipykernel's shell plus error collection."""
+"""The interactive shell of Link Python: ipykernel's shell with the user's own tracebacks.
+
+Every traceback the shell produces (cells, magics, display formatters, event hooks, `%tb`)
+goes through `showtraceback`/`showsyntaxerror`; overriding them here is what keeps the
+kernel's machinery out of what users see, in every `%xmode`, and out of `%debug`.
+"""
 
 from __future__ import annotations
 
+import logging
+import sys
+import traceback
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ipykernel.zmqshell import ZMQInteractiveShell
+
+from linkkernel.errors import internal_error_line
+from linkkernel.tracebacks import contains_group, format_warning, group_tree, is_internal, trim
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -19,7 +33,7 @@ class CollectedError:
 
 
 class LinkShell(ZMQInteractiveShell):
-    """Lets a silent run keep its errors to itself.
+    """Lets a silent run keep its errors to itself, and shows only the user's frames.
 
     `capture_output()` does not stop ipykernel's shell from publishing an `error` message,
     so a run of a parent component that must stay invisible collects its errors here.
@@ -30,6 +44,7 @@ class LinkShell(ZMQInteractiveShell):
     def __init__(self, *args, **kwargs) -> None:
         self._error_sinks = []
         super().__init__(*args, **kwargs)
+        warnings.formatwarning = format_warning(warnings.formatwarning, self.compile.format_code_name)
 
     @contextmanager
     def collect_errors(self) -> Iterator[list[CollectedError]]:
@@ -47,3 +62,73 @@ class LinkShell(ZMQInteractiveShell):
             self._last_traceback = stb
             return
         super()._showtraceback(etype, evalue, stb)
+
+    def _is_user_code(self, filename: str) -> bool:
+        return self.compile.format_code_name(filename) is not None
+
+    def showtraceback(
+        self,
+        exc_tuple=None,
+        filename=None,
+        tb_offset=None,
+        exception_only=False,
+        running_compiled_code=False,
+    ):
+        try:
+            etype, value, tb = self._get_exc_info(exc_tuple)
+        except ValueError:
+            return super().showtraceback(exc_tuple, filename, tb_offset, exception_only, running_compiled_code)
+        value.__traceback__ = tb
+        if is_internal(value, self._is_user_code):
+            self._show_internal_error(etype, value)
+            return None
+        trim(value)
+        exc_tuple = (etype, value, value.__traceback__)
+        if contains_group(value) and not exception_only and not hasattr(value, "_render_traceback_"):
+            self._get_exc_info(exc_tuple)
+            self._showtraceback(etype, value, self._group_traceback(value))
+            if self.call_pdb:
+                self.debugger(force=True)
+            return None
+        # The machinery frames tb_offset would skip are gone already.
+        return super().showtraceback(exc_tuple, filename, 0, exception_only, running_compiled_code)
+
+    def showsyntaxerror(self, filename=None, running_compiled_code=False):
+        etype, value, _ = self._get_exc_info()
+        if is_internal(value, self._is_user_code):
+            self._show_internal_error(etype, value)
+            return
+        trim(value)
+        self._get_exc_info((etype, value, value.__traceback__))
+        if filename and issubclass(etype, SyntaxError):
+            value.filename = filename
+        frames = traceback.extract_tb(value.__traceback__) if running_compiled_code else []
+        stb = self.SyntaxTB.structured_traceback(etype, value, frames)
+        # str(SyntaxError) names its file: make `evalue` say "(Cell In[3], line 2)" too.
+        label = self.compile.format_code_name(value.filename or "")
+        if label is not None:
+            value.filename = " ".join(label)
+        self._showtraceback(etype, value, stb)
+
+    def _group_traceback(self, value: BaseException) -> list[str]:
+        """IPython's own layout for the group and, boxed under it, for each member."""
+        formatter = self.InteractiveTB
+        if value.__traceback__ is None and value.__cause__ is None and value.__context__ is None:
+            # A member that was never raised, as most are: just its line, as Python prints it.
+            stb = formatter.get_exception_only(type(value), value)
+        else:
+            stb = formatter.structured_traceback(type(value), value, value.__traceback__, tb_offset=0)
+        if not isinstance(value, BaseExceptionGroup):
+            return stb
+        parts = [formatter.stb2text(self._group_traceback(sub)) for sub in value.exceptions]
+        return [formatter.stb2text(stb).rstrip("\n") + "\n" + group_tree(parts)]
+
+    def _show_internal_error(self, etype, value: BaseException) -> None:
+        """A linkkernel bug: the full traceback to the kernel log, one line to the user."""
+        # The kernel's log goes to the server's terminal; a bare logger would print to the cell.
+        getattr(self.kernel, "log", log).error(
+            "linkkernel internal error", exc_info=(etype, value, value.__traceback__)
+        )
+        trim(value)
+        self._get_exc_info((etype, value, value.__traceback__))
+        self._showtraceback(etype, value, [f"\x1b[0;31m{internal_error_line(value)}\x1b[0m"])
