@@ -32,7 +32,11 @@ class LinkCompiler(XCachingCompiler):
 
     def cache(self, transformed_code: str, number: int = 0, raw_code: str | None = None) -> str:
         name = super().cache(transformed_code, number, raw_code)
-        if self._current_component is not None:
+        # Cell files are named by a hash of the code: the same code compiled again, as a
+        # plain cell or in another component, takes the label of its latest compile.
+        if self._current_component is None:
+            self._component_of_file.pop(name, None)
+        else:
             self._component_of_file[name] = self._current_component
         return name
 

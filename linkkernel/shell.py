@@ -63,6 +63,13 @@ class LinkShell(ZMQInteractiveShell):
             return
         super()._showtraceback(etype, evalue, stb)
 
+    @property
+    def debugger_cls(self):
+        # Imported on first use, as IPython does: pdb is not needed to start a kernel.
+        from linkkernel.debugger import LinkPdb
+
+        return LinkPdb
+
     def _is_user_code(self, filename: str) -> bool:
         return self.compile.format_code_name(filename) is not None
 
