@@ -70,9 +70,6 @@ class LinkShell(ZMQInteractiveShell):
 
         return LinkPdb
 
-    def _is_user_code(self, filename: str) -> bool:
-        return self.compile.format_code_name(filename) is not None
-
     def showtraceback(
         self,
         exc_tuple=None,
@@ -86,7 +83,7 @@ class LinkShell(ZMQInteractiveShell):
         except ValueError:
             return super().showtraceback(exc_tuple, filename, tb_offset, exception_only, running_compiled_code)
         value.__traceback__ = tb
-        if is_internal(value, self._is_user_code):
+        if is_internal(value):
             self._show_internal_error(etype, value)
             return None
         trim(value)
@@ -102,7 +99,7 @@ class LinkShell(ZMQInteractiveShell):
 
     def showsyntaxerror(self, filename=None, running_compiled_code=False):
         etype, value, _ = self._get_exc_info()
-        if is_internal(value, self._is_user_code):
+        if is_internal(value):
             self._show_internal_error(etype, value)
             return
         trim(value)

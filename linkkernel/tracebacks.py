@@ -10,6 +10,7 @@ libraries it called.
 from __future__ import annotations
 
 import linecache
+import sysconfig
 from collections.abc import Callable, Iterator
 from types import FrameType, TracebackType
 
@@ -93,6 +94,23 @@ def _all_machinery(tb: TracebackType | None) -> bool:
     return tb is not None and trimmed_traceback(tb, outermost=False) is None
 
 
+# Where installed code lives. Not sys.prefix: in a container that can be "/" or "/usr".
+_LIBRARY_ROOTS = tuple(
+    sorted({path for key in ("stdlib", "platstdlib", "purelib", "platlib") if (path := sysconfig.get_paths().get(key))})
+)
+
+
+def is_user_file(filename: str) -> bool:
+    """Whether code from `filename` was written by the user rather than installed.
+
+    Installed means the standard library, site-packages or frozen modules; everything else
+    (cell files, `<string>`, the user's own modules next to the notebook) is the user's.
+    """
+    if filename.startswith("<frozen "):
+        return False
+    return not filename.startswith(_LIBRARY_ROOTS)
+
+
 def blame_user(exc: BaseException) -> BaseException:
     """Mark an exception linkkernel raises about the user's code (a NameError with a hint,
     say) so it is shown as the user's error, trimmed to the user's frames, not as our bug."""
@@ -100,11 +118,11 @@ def blame_user(exc: BaseException) -> BaseException:
     return exc
 
 
-def is_internal(exc: BaseException, is_user_code: Callable[[str], bool]) -> bool:
+def is_internal(exc: BaseException, is_user_code: Callable[[str], bool] = is_user_file) -> bool:
     """Whether `exc` is a bug in linkkernel rather than an error in the user's code.
 
     It is ours when, walking from the outermost frame in, the last frame that is either the
-    user's (a cell file, `is_user_code`) or linkkernel's is linkkernel's: the error started in
+    user's (`is_user_code` of its file) or linkkernel's is linkkernel's: the error started in
     our code, perhaps in a library our code called, and no user code ran below it.
     Interrupts, exits, errors meant for the user (`LinkError` renders itself) and those
     marked with `blame_user` are never ours.

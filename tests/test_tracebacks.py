@@ -18,6 +18,7 @@ from linkkernel.tracebacks import (
     format_warning,
     group_tree,
     is_internal,
+    is_user_file,
     trim,
     trimmed_traceback,
     walk,
@@ -156,6 +157,22 @@ def test_an_error_raised_in_linkkernel_is_internal():
 
 def test_an_error_in_a_library_linkkernel_called_is_internal():
     assert is_internal(raised(ours["call"], json.loads, "{"), is_cell)
+
+
+def test_installed_code_is_not_the_users():
+    import sysconfig
+
+    assert not is_user_file(json.__file__)
+    assert not is_user_file(pytest.__file__)
+    assert not is_user_file(f"{sysconfig.get_paths()['stdlib']}/os.py")
+    assert not is_user_file("<frozen importlib._bootstrap>")
+    assert is_user_file("/tmp/ipykernel_7/123.py") and is_user_file("<string>")
+    assert is_user_file(__file__)
+
+
+def test_the_default_rule_tells_cells_from_libraries():
+    assert is_internal(raised(ipython["call"], ours["call"], json.loads, "{"))
+    assert not is_internal(raised(ours["call"], user["parse"]))
 
 
 def test_user_code_run_by_linkkernel_is_the_users_error():
