@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from IPython.core.error import UsageError
 from ipykernel.zmqshell import ZMQInteractiveShell
 
 from linkkernel.errors import internal_error_line
@@ -88,7 +89,14 @@ class LinkShell(ZMQInteractiveShell):
             return None
         trim(value)
         exc_tuple = (etype, value, value.__traceback__)
-        if contains_group(value) and not exception_only and not hasattr(value, "_render_traceback_"):
+        formats_itself = hasattr(value, "_render_traceback_") or issubclass(etype, (SyntaxError, UsageError))
+        if tb is not None and value.__traceback__ is None and not formats_itself and not self._chained(value):
+            # Raised and caught inside the kernel (an interrupt between ancestors, say):
+            # no frame of the user's to show, so the exception line alone, as in %xmode Minimal.
+            self._get_exc_info(exc_tuple)
+            self._showtraceback(etype, value, self.InteractiveTB.get_exception_only(etype, value))
+            return None
+        if contains_group(value) and not exception_only and not formats_itself:
             self._get_exc_info(exc_tuple)
             self._showtraceback(etype, value, self._group_traceback(value))
             if self.call_pdb:
@@ -96,6 +104,9 @@ class LinkShell(ZMQInteractiveShell):
             return None
         # The machinery frames tb_offset would skip are gone already.
         return super().showtraceback(exc_tuple, filename, 0, exception_only, running_compiled_code)
+
+    def _chained(self, value: BaseException) -> BaseException | None:
+        return self.InteractiveTB._get_chained_exception(value)
 
     def showsyntaxerror(self, filename=None, running_compiled_code=False):
         etype, value, _ = self._get_exc_info()

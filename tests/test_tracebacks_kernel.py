@@ -297,3 +297,35 @@ def test_display_formatter_errors_show_the_users_repr(kernel):
     assert "in Shy._repr_html_(self)" in result.traceback_text
     assert "ValueError: no html" in result.traceback_text
     assert_clean(result.traceback_text)
+
+
+KERNEL_SIDE = (
+    "def run(shell, error):\n"
+    "    try:\n"
+    "        raise error\n"
+    "    except BaseException:\n"
+    "        shell.showtraceback()\n"
+)
+
+
+def caught_by_the_kernel(error: str) -> str:
+    """A cell whose error is raised and shown by code living in linkkernel, as the engine does."""
+    return (
+        f"_ns = {{'__name__': 'linkkernel.engine_like'}}\n"
+        f"exec(compile({KERNEL_SIDE!r}, '/site/linkkernel/engine_like.py', 'exec'), _ns)\n"
+        f"_ns['run'](get_ipython(), {error})"
+    )
+
+
+def test_an_interrupt_caught_in_the_kernel_shows_one_line(kernel):
+    result = kernel.execute(caught_by_the_kernel("KeyboardInterrupt()"))
+    [error] = result.errors
+    assert error["ename"] == "KeyboardInterrupt"
+    assert result.traceback_text.strip() == "KeyboardInterrupt"
+
+
+def test_an_error_raised_in_the_kernel_is_a_linkkernel_bug(kernel):
+    result = kernel.execute(caught_by_the_kernel("RuntimeError('lost state')"))
+    [line] = result.errors[0]["traceback"]
+    assert "linkkernel internal error (RuntimeError: lost state)" in line
+    assert_clean(result.traceback_text)
