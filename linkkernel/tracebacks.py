@@ -10,6 +10,8 @@ libraries it called.
 from __future__ import annotations
 
 import linecache
+import os
+import sys
 import sysconfig
 from collections.abc import Callable, Iterator
 from types import FrameType, TracebackType
@@ -165,13 +167,26 @@ def group_tree(parts: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def is_machinery_file(filename: str) -> bool:
+    """Whether `filename` is the source of a loaded machinery package (IPython, ...)."""
+    for package in MACHINERY:
+        module = sys.modules.get(package)
+        location = getattr(module, "__file__", None)
+        if location and filename.startswith(os.path.dirname(location) + os.sep):
+            return True
+    return False
+
+
 def format_warning(
     formatwarning: Callable[..., str], code_name: Callable[[str], tuple[str, str] | None]
 ) -> Callable[..., str]:
     """Wrap `warnings.formatwarning` so a warning from a cell names the cell or component
-    (`Component train, line 2: UserWarning: ...`) instead of the kernel's temporary file."""
+    (`Component train, line 2: UserWarning: ...`) instead of the kernel's temporary file, and
+    one the kernel itself raises (IPython's "To exit: use 'exit'...") names no file of ours."""
 
     def labelled_formatwarning(message, category, filename, lineno, line=None) -> str:
+        if is_machinery_file(filename):
+            return f"{category.__name__}: {message}\n"
         label = code_name(filename)
         if label is None:
             return formatwarning(message, category, filename, lineno, line)

@@ -226,3 +226,11 @@ def test_warnings_from_cells_name_the_component(known):
         assert text == "Component train, line 2: UserWarning: careful\n  warnings.warn('careful')\n"
     else:
         assert text == warnings.formatwarning(UserWarning("careful"), UserWarning, filename, 2, "warnings.warn('careful')\n")
+
+
+def test_warnings_from_the_kernels_own_files_name_no_file():
+    import IPython.core.interactiveshell as shell_module
+
+    fmt = format_warning(warnings.formatwarning, lambda filename: None)
+    text = fmt(UserWarning("To exit: use 'exit'"), UserWarning, shell_module.__file__, 3831, "warn(...)")
+    assert text == "UserWarning: To exit: use 'exit'\n"

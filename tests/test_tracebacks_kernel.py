@@ -278,6 +278,7 @@ def test_system_exit_as_in_ipykernel_and_tb_is_trimmed(kernel):
     assert result.reply["content"]["ename"] == "SystemExit"
     assert result.traceback_text.strip().endswith("SystemExit: 3")
     assert "use %tb to see the full traceback" in result.traceback_text
+    assert result.stderr == "UserWarning: To exit: use 'exit', 'quit', or Ctrl-D.\n"
     full = kernel.execute("%tb")
     assert re.search(r"Cell In\[\d+\], line 2\n      1 import sys\n----> 2 sys.exit\(3\)", full.traceback_text)
     assert_clean(full.traceback_text)
