@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import traceback
 import warnings
 from collections.abc import Iterator
@@ -44,8 +45,10 @@ class LinkShell(ZMQInteractiveShell):
 
     def __init__(self, *args, **kwargs) -> None:
         self._error_sinks = []
+        self._cell_file_of_label: dict[str, str] = {}
         super().__init__(*args, **kwargs)
         warnings.formatwarning = format_warning(warnings.formatwarning, self.compile.format_code_name)
+        threading.excepthook = self._thread_excepthook
 
     @contextmanager
     def collect_errors(self) -> Iterator[list[CollectedError]]:
@@ -117,13 +120,40 @@ class LinkShell(ZMQInteractiveShell):
         self._get_exc_info((etype, value, value.__traceback__))
         if filename and issubclass(etype, SyntaxError):
             value.filename = filename
+        if issubclass(etype, SyntaxError) and value.filename in self._cell_file_of_label:
+            value.filename = self._cell_file_of_label[value.filename]  # shown before (%tb)
         frames = traceback.extract_tb(value.__traceback__) if running_compiled_code else []
         stb = self.SyntaxTB.structured_traceback(etype, value, frames)
         # str(SyntaxError) names its file: make `evalue` say "(Cell In[3], line 2)" too.
-        label = self.compile.format_code_name(value.filename or "")
+        label = self.compile.format_code_name(getattr(value, "filename", None) or "")
         if label is not None:
+            self._cell_file_of_label[" ".join(label)] = value.filename
             value.filename = " ".join(label)
         self._showtraceback(etype, value, stb)
+
+    @property
+    def _kernel_log(self) -> logging.Logger:
+        # The kernel's log goes to the server's terminal; a bare logger would print to the cell.
+        return getattr(self.kernel, "log", log)
+
+    def _thread_excepthook(self, args: threading.ExceptHookArgs) -> None:
+        """An error in a thread the user started: the user's frames, to the cell's stderr.
+
+        Python's default hook prints threading's frames and the kernel's temp file paths.
+        """
+        if args.exc_type is SystemExit:
+            return
+        value = args.exc_value if args.exc_value is not None else args.exc_type()
+        value.__traceback__ = args.exc_traceback
+        if is_internal(value) or trim(value).__traceback__ is None:
+            # A thread of the kernel's own, not the user's: that belongs in the kernel log.
+            self._kernel_log.error(
+                "exception in thread %s", args.thread, exc_info=(args.exc_type, value, args.exc_traceback)
+            )
+            return
+        stb = self.InteractiveTB.structured_traceback(args.exc_type, value, value.__traceback__, tb_offset=0)
+        name = args.thread.name if args.thread is not None else threading.get_ident()
+        print(f"Exception in thread {name}:\n{self.InteractiveTB.stb2text(stb)}", file=sys.stderr, flush=True)
 
     def _group_traceback(self, value: BaseException) -> list[str]:
         """IPython's own layout for the group and, boxed under it, for each member."""
@@ -140,10 +170,7 @@ class LinkShell(ZMQInteractiveShell):
 
     def _show_internal_error(self, etype, value: BaseException) -> None:
         """A linkkernel bug: the full traceback to the kernel log, one line to the user."""
-        # The kernel's log goes to the server's terminal; a bare logger would print to the cell.
-        getattr(self.kernel, "log", log).error(
-            "linkkernel internal error", exc_info=(etype, value, value.__traceback__)
-        )
+        self._kernel_log.error("linkkernel internal error", exc_info=(etype, value, value.__traceback__))
         trim(value)
         self._get_exc_info((etype, value, value.__traceback__))
         self._showtraceback(etype, value, [f"\x1b[0;31m{internal_error_line(value)}\x1b[0m"])

@@ -149,6 +149,36 @@ def test_indentation_error_in_a_component(kernel):
     assert_clean(text)
 
 
+def test_tb_after_a_syntax_error_shows_it_again(kernel):
+    first = kernel.execute("x = (1,\n  2 +)")
+    again = kernel.execute("%tb")
+    assert again.traceback_text == first.traceback_text
+
+
+def test_errors_in_threads_show_the_users_frames(kernel):
+    result = kernel.execute(
+        "import threading\ndef work():\n    1/0\n"
+        "worker = threading.Thread(target=work, name='worker')\nworker.start()\nworker.join()"
+    )
+    assert result.status == "ok"
+    text = re.sub(r"\x1b\[[0-9;]*m", "", result.stderr)
+    assert text.startswith("Exception in thread worker:\n")
+    assert re.search(r"Cell In\[\d+\], line 3, in work\(\)", text)
+    assert "ZeroDivisionError: division by zero" in text
+    assert "threading.py" not in text
+    assert_clean(text)
+
+
+def test_errors_in_the_kernels_own_threads_go_to_the_kernel_log(kernel):
+    result = kernel.execute(
+        "import threading\n_ns = {'__name__': 'linkkernel.background'}\n"
+        "exec(compile('def work():\\n    raise RuntimeError(\\'ours\\')', '/site/linkkernel/bg.py', 'exec'), _ns)\n"
+        "worker = threading.Thread(target=_ns['work'])\nworker.start()\nworker.join()"
+    )
+    assert result.status == "ok"
+    assert result.stderr == ""
+
+
 def test_syntax_error_raised_at_run_time(kernel):
     result = kernel.execute("exec('1 +')")
     assert result.reply["content"]["ename"] == "SyntaxError"
