@@ -20,7 +20,7 @@ from IPython.core.error import UsageError
 from ipykernel.zmqshell import ZMQInteractiveShell
 
 from linkkernel.errors import internal_error_line
-from linkkernel.tracebacks import contains_group, format_warning, group_tree, is_internal, trim
+from linkkernel.tracebacks import chained, contains_group, format_warning, group_tree, is_internal, trim
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,8 @@ class LinkShell(ZMQInteractiveShell):
         try:
             etype, value, tb = self._get_exc_info(exc_tuple)
         except ValueError:
+            value = None
+        if not isinstance(value, BaseException):  # nothing to show, or not in a shape we trim
             return super().showtraceback(exc_tuple, filename, tb_offset, exception_only, running_compiled_code)
         value.__traceback__ = tb
         if is_internal(value):
@@ -93,7 +95,7 @@ class LinkShell(ZMQInteractiveShell):
         trim(value)
         exc_tuple = (etype, value, value.__traceback__)
         formats_itself = hasattr(value, "_render_traceback_") or issubclass(etype, (SyntaxError, UsageError))
-        if tb is not None and value.__traceback__ is None and not formats_itself and not self._chained(value):
+        if tb is not None and value.__traceback__ is None and not formats_itself and not chained(value):
             # Raised and caught inside the kernel (an interrupt between ancestors, say):
             # no frame of the user's to show, so the exception line alone, as in %xmode Minimal.
             self._get_exc_info(exc_tuple)
@@ -108,8 +110,12 @@ class LinkShell(ZMQInteractiveShell):
         # The machinery frames tb_offset would skip are gone already.
         return super().showtraceback(exc_tuple, filename, 0, exception_only, running_compiled_code)
 
-    def _chained(self, value: BaseException) -> BaseException | None:
-        return self.InteractiveTB._get_chained_exception(value)
+    def debugger(self, force=False):
+        if (force or self.call_pdb) and hasattr(sys, "last_traceback") and sys.last_traceback is None:
+            # IPython's post-mortem would crash on an error that left no frame of the user's.
+            print("No frame of your code to debug: the error was raised inside the kernel.", file=sys.stderr)
+            return
+        super().debugger(force)
 
     def showsyntaxerror(self, filename=None, running_compiled_code=False):
         etype, value, _ = self._get_exc_info()

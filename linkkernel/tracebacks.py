@@ -142,6 +142,11 @@ def is_internal(exc: BaseException, is_user_code: Callable[[str], bool] = is_use
     return last_owner == OWN_PACKAGE
 
 
+def chained(exc: BaseException) -> BaseException | None:
+    """The exception printed above `exc` ("direct cause" or "during handling"), if any."""
+    return exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+
+
 def contains_group(exc: BaseException | None) -> bool:
     """Whether an exception group is anywhere in the chain IPython would print."""
     seen: set[int] = set()
@@ -149,7 +154,7 @@ def contains_group(exc: BaseException | None) -> bool:
         if isinstance(exc, BaseExceptionGroup):
             return True
         seen.add(id(exc))
-        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+        exc = chained(exc)
     return False
 
 

@@ -355,6 +355,13 @@ def test_an_interrupt_caught_in_the_kernel_shows_one_line(kernel):
     assert result.traceback_text.strip() == "KeyboardInterrupt"
 
 
+def test_debug_after_an_error_with_no_user_frame_says_so(kernel):
+    kernel.execute(caught_by_the_kernel("KeyboardInterrupt()"))
+    result = kernel.execute("%debug")
+    assert result.status == "ok" and not result.errors
+    assert result.stderr == "No frame of your code to debug: the error was raised inside the kernel.\n"
+
+
 def test_an_error_raised_in_the_kernel_is_a_linkkernel_bug(kernel):
     result = kernel.execute(caught_by_the_kernel("RuntimeError('lost state')"))
     [line] = result.errors[0]["traceback"]
