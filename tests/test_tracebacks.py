@@ -234,3 +234,19 @@ def test_warnings_from_the_kernels_own_files_name_no_file():
     fmt = format_warning(warnings.formatwarning, lambda filename: None)
     text = fmt(UserWarning("To exit: use 'exit'"), UserWarning, shell_module.__file__, 3831, "warn(...)")
     assert text == "UserWarning: To exit: use 'exit'\n"
+
+
+def test_functions_passed_between_components_keep_their_cell_file():
+    from linkkernel.namespaces import dump, load
+
+    cell = module(
+        "__main__",
+        "def outer(x):\n    inner = lambda: 1 / x\n    return inner()\n",
+        filename="/tmp/ipykernel_1/2925612514.py",
+    )
+    copy = load(dump("outer", cell["outer"]))
+    assert copy is not cell["outer"]
+    exc = raised(copy, 0)
+    files = [entry.tb_frame.f_code.co_filename for entry in walk(exc.__traceback__)][1:]
+    assert files == ["/tmp/ipykernel_1/2925612514.py"] * 2
+    assert dump("outer", cell["outer"]).digest == dump("outer", copy).digest
