@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ipykernel.compiler import XCachingCompiler
+from ipykernel.compiler import XCachingCompiler, get_tmp_directory
+
+# ipykernel's cell files: <tmp>/ipykernel_<pid>/<murmur hash of the cell's code>.py
+_CELL_FILE = re.compile(r"ipykernel_(\d+)[\\/](-?\d+)\.py$")
 
 
 class LinkCompiler(XCachingCompiler):
@@ -44,8 +49,29 @@ class LinkCompiler(XCachingCompiler):
         """The component a cell file was compiled for, if any."""
         return self._component_of_file.get(filename)
 
+    def local_twin(self, filename: str) -> str | None:
+        """This process's file for a cell file compiled by another kernel process.
+
+        Functions loaded from the cache store after a restart carry the old process's temp
+        path; the file name is a hash of the code, so the same code compiled here has the
+        same base name.
+        """
+        match = _CELL_FILE.search(filename)
+        if match is None or int(match[1]) == os.getpid():
+            return None
+        twin = os.path.join(get_tmp_directory(), f"{match[2]}.py")
+        return twin if twin in self._filename_map else None
+
     def format_code_name(self, name: str) -> tuple[str, str] | None:
         component = self._component_of_file.get(name)
         if component is not None:
             return "Component", component
-        return super().format_code_name(name)
+        label = super().format_code_name(name)
+        if label is not None:
+            return label
+        twin = self.local_twin(name)
+        if twin is not None:
+            return self.format_code_name(twin)
+        if _CELL_FILE.search(name):
+            return "Cell", "of an earlier kernel session"
+        return None

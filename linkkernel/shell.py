@@ -7,6 +7,7 @@ kernel's machinery out of what users see, in every `%xmode`, and out of `%debug`
 
 from __future__ import annotations
 
+import linecache
 import logging
 import sys
 import threading
@@ -20,7 +21,15 @@ from IPython.core.error import UsageError
 from ipykernel.zmqshell import ZMQInteractiveShell
 
 from linkkernel.errors import internal_error_line
-from linkkernel.tracebacks import chained, contains_group, format_warning, group_tree, is_internal, trim
+from linkkernel.tracebacks import (
+    chained,
+    contains_group,
+    format_warning,
+    frames_of,
+    group_tree,
+    is_internal,
+    trim,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +102,7 @@ class LinkShell(ZMQInteractiveShell):
             self._show_internal_error(etype, value)
             return None
         trim(value)
+        self._lend_sources(value)
         exc_tuple = (etype, value, value.__traceback__)
         formats_itself = hasattr(value, "_render_traceback_") or issubclass(etype, (SyntaxError, UsageError))
         if tb is not None and value.__traceback__ is None and not formats_itself and not chained(value):
@@ -109,6 +119,21 @@ class LinkShell(ZMQInteractiveShell):
             return None
         # The machinery frames tb_offset would skip are gone already.
         return super().showtraceback(exc_tuple, filename, 0, exception_only, running_compiled_code)
+
+    def register_source(self, component: str, source: str) -> None:
+        """Make known the code of a component that did not run in this process (fresh from
+        the cache store), so frames of functions it defined read `Component NAME`, with their
+        source lines, instead of an earlier kernel's temporary file."""
+        with self.compile.labelled(component):
+            self.compile.cache(self.transform_cell(source), 0, raw_code=source)
+
+    def _lend_sources(self, value: BaseException) -> None:
+        """Frames from an earlier kernel's cell files read their lines from this kernel's."""
+        for frame in frames_of(value):
+            filename = frame.f_code.co_filename
+            twin = self.compile.local_twin(filename)
+            if twin is not None and twin in linecache.cache:
+                linecache.cache[filename] = linecache.cache[twin]
 
     def debugger(self, force=False):
         if (force or self.call_pdb) and hasattr(sys, "last_traceback") and sys.last_traceback is None:

@@ -142,6 +142,21 @@ def is_internal(exc: BaseException, is_user_code: Callable[[str], bool] = is_use
     return last_owner == OWN_PACKAGE
 
 
+def frames_of(exc: BaseException) -> Iterator[FrameType]:
+    """Every frame of `exc`'s traceback, its causes, contexts and group members."""
+    seen: set[int] = set()
+    pending = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield from (entry.tb_frame for entry in walk(current.__traceback__))
+        pending.extend(linked for linked in (current.__cause__, current.__context__) if linked is not None)
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+
+
 def chained(exc: BaseException) -> BaseException | None:
     """The exception printed above `exc` ("direct cause" or "during handling"), if any."""
     return exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)

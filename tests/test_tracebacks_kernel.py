@@ -367,3 +367,22 @@ def test_an_error_raised_in_the_kernel_is_a_linkkernel_bug(kernel):
     [line] = result.errors[0]["traceback"]
     assert "linkkernel internal error (RuntimeError: lost state)" in line
     assert_clean(result.traceback_text)
+
+
+def test_functions_from_an_earlier_kernel_session(kernel):
+    define = (
+        "from ipykernel.compiler import murmur2_x86, get_tmp_hash_seed\n"
+        "_src = 'def risky(x):\\n    return 1 / x'\n"
+        "_old = f'/tmp/ipykernel_1/{murmur2_x86(_src, get_tmp_hash_seed())}.py'\n"
+        "_ns = {'__name__': '__main__'}\n"
+        "exec(compile(_src, _old, 'exec'), _ns)\n"
+        "risky = _ns['risky']"
+    )
+    assert kernel.execute(define).status == "ok"
+    unknown = kernel.execute("risky(0)")
+    assert "Cell of an earlier kernel session, line 2, in risky(x)" in unknown.traceback_text
+    assert_clean(unknown.traceback_text)
+    assert kernel.execute("get_ipython().register_source('lib', _src)").status == "ok"
+    known = kernel.execute("risky(0)")
+    assert "Component lib, line 2, in risky(x)\n      1 def risky(x):\n----> 2     return 1 / x" in known.traceback_text
+    assert_clean(known.traceback_text)
