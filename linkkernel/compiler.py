@@ -13,6 +13,14 @@ from ipykernel.compiler import XCachingCompiler, get_tmp_directory
 _CELL_FILE = re.compile(r"ipykernel_(\d+)[\\/](-?\d+)\.py$")
 
 
+def twin_path(filename: str) -> str | None:
+    """Where this process would compile the code of another kernel process's cell file."""
+    match = _CELL_FILE.search(filename)
+    if match is None or int(match[1]) == os.getpid():
+        return None
+    return os.path.join(get_tmp_directory(), f"{match[2]}.py")
+
+
 class LinkCompiler(XCachingCompiler):
     """Remembers, for every compiled cell file, the component it was compiled for.
 
@@ -56,10 +64,7 @@ class LinkCompiler(XCachingCompiler):
         path; the file name is a hash of the code, so the same code compiled here has the
         same base name.
         """
-        match = _CELL_FILE.search(filename)
-        if match is None or int(match[1]) == os.getpid():
-            return None
-        twin = os.path.join(get_tmp_directory(), f"{match[2]}.py")
+        twin = twin_path(filename)
         return twin if twin in self._filename_map else None
 
     def format_code_name(self, name: str) -> tuple[str, str] | None:

@@ -13,13 +13,15 @@ import sys
 import threading
 import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from IPython.core.error import UsageError
+from ipykernel.compiler import get_file_name
 from ipykernel.zmqshell import ZMQInteractiveShell
 
+from linkkernel.compiler import twin_path
 from linkkernel.errors import internal_error_line
 from linkkernel.tracebacks import (
     chained,
@@ -51,6 +53,9 @@ class LinkShell(ZMQInteractiveShell):
     """
 
     _error_sinks: list[list[CollectedError]]
+    # (component, source) of every component the kernel knows, asked only when a traceback
+    # holds a frame of an earlier kernel session's cell file (see register_source).
+    component_sources: Callable[[], Iterable[tuple[str, str]]] | None = None
 
     def __init__(self, *args, **kwargs) -> None:
         self._error_sinks = []
@@ -131,8 +136,15 @@ class LinkShell(ZMQInteractiveShell):
         """Frames from an earlier kernel's cell files read their lines from this kernel's."""
         for frame in frames_of(value):
             filename = frame.f_code.co_filename
-            twin = self.compile.local_twin(filename)
-            if twin is not None and twin in linecache.cache:
+            twin = twin_path(filename)
+            if twin is None:
+                continue
+            if self.compile.local_twin(filename) is None and self.component_sources is not None:
+                for component, source in self.component_sources():
+                    if get_file_name(source) == twin:
+                        self.register_source(component, source)
+                        break
+            if twin in linecache.cache:
                 linecache.cache[filename] = linecache.cache[twin]
 
     def debugger(self, force=False):

@@ -382,7 +382,10 @@ def test_functions_from_an_earlier_kernel_session(kernel):
     unknown = kernel.execute("risky(0)")
     assert "Cell of an earlier kernel session, line 2, in risky(x)" in unknown.traceback_text
     assert_clean(unknown.traceback_text)
-    assert kernel.execute("get_ipython().register_source('lib', _src)").status == "ok"
-    known = kernel.execute("risky(0)")
+    assert kernel.execute("get_ipython().component_sources = lambda: [('other', 'x = 1'), ('lib', _src)]").status == "ok"
+    try:
+        known = kernel.execute("risky(0)")
+    finally:
+        kernel.execute("get_ipython().component_sources = None")
     assert "Component lib, line 2, in risky(x)\n      1 def risky(x):\n----> 2     return 1 / x" in known.traceback_text
     assert_clean(known.traceback_text)
