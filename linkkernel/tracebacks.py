@@ -20,10 +20,9 @@ OWN_PACKAGE = "linkkernel"
 
 # Packages whose frames are never the user's business, wherever they appear: the kernel
 # runs user code through them, and a user who calls them (a magic, `get_ipython()`) called
-# a kernel feature, not a library.
-MACHINERY = frozenset(
-    {OWN_PACKAGE, "ipykernel", "IPython", "zmq", "tornado", "jupyter_client", "traitlets", "comm"}
-)
+# a kernel feature, not a library. traitlets and comm are not here: users call them
+# (through ipywidgets) as libraries, and stock Jupyter shows their frames.
+MACHINERY = frozenset({OWN_PACKAGE, "ipykernel", "IPython", "zmq", "tornado"})
 # Packages that drive the kernel from above the user's code, but are ordinary libraries once
 # the user calls them (`await asyncio.wait_for(...)` keeps asyncio's frames, as in Jupyter).
 OUTER_MACHINERY = frozenset({"asyncio", "concurrent", "threading", "runpy", "contextlib"})

@@ -21,6 +21,7 @@ CELLS = [
     "try:\n    1/0\nexcept ZeroDivisionError:\n    {}['k']",
     "import asyncio\nawait asyncio.wait_for(asyncio.sleep(1), 0.01)",
     "class Shy:\n    def _repr_html_(self):\n        raise ValueError('no html')\nShy()",
+    "import traitlets\nclass Knob(traitlets.HasTraits):\n    level = traitlets.Int()\nKnob().level = 'high'",
     "def deep(n):\n    return 1 / n if n == 0 else deep(n - 1)\ndeep(3)",
     "%xmode Plain",
     "f(1)",
