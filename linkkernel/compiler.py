@@ -78,5 +78,7 @@ class LinkCompiler(XCachingCompiler):
         if twin is not None:
             return self.format_code_name(twin)
         if _CELL_FILE.search(name):
-            return "Cell", "of an earlier kernel session"
+            # A restarted kernel or a remote worker running a parent's function: never the
+            # other process's temp path.
+            return "Code", "from another kernel process"
         return None

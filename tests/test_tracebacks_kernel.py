@@ -380,7 +380,7 @@ def test_functions_from_an_earlier_kernel_session(kernel):
     )
     assert kernel.execute(define).status == "ok"
     unknown = kernel.execute("risky(0)")
-    assert "Cell of an earlier kernel session, line 2, in risky(x)" in unknown.traceback_text
+    assert "Code from another kernel process, line 2, in risky(x)" in unknown.traceback_text
     assert_clean(unknown.traceback_text)
     assert kernel.execute("get_ipython().component_sources = lambda: [('other', 'x = 1'), ('lib', _src)]").status == "ok"
     try:
