@@ -23,6 +23,7 @@ CELLS = [
     "class Shy:\n    def _repr_html_(self):\n        raise ValueError('no html')\nShy()",
     "import traitlets\nclass Knob(traitlets.HasTraits):\n    level = traitlets.Int()\nKnob().level = 'high'",
     "def deep(n):\n    return 1 / n if n == 0 else deep(n - 1)\ndeep(3)",
+    "%time f(5)",
     "%xmode Plain",
     "f(1)",
     "%xmode Verbose",
