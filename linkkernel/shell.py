@@ -140,12 +140,20 @@ class LinkShell(ZMQInteractiveShell):
             if twin is None:
                 continue
             if self.compile.local_twin(filename) is None and self.component_sources is not None:
-                for component, source in self.component_sources():
-                    if get_file_name(source) == twin:
-                        self.register_source(component, source)
-                        break
+                self._register_twin(twin)
             if twin in linecache.cache:
                 linecache.cache[filename] = linecache.cache[twin]
+
+    def _register_twin(self, twin: str) -> None:
+        try:
+            known = list(self.component_sources())
+        except Exception:  # noqa: BLE001 - a label is not worth failing to show the user's error
+            self._kernel_log.warning("component sources unavailable for a traceback", exc_info=True)
+            return
+        for component, source in known:
+            if get_file_name(source) == twin:
+                self.register_source(component, source)
+                return
 
     def debugger(self, force=False):
         if (force or self.call_pdb) and hasattr(sys, "last_traceback") and sys.last_traceback is None:

@@ -369,6 +369,10 @@ def test_an_error_raised_in_the_kernel_is_a_linkkernel_bug(kernel):
     assert_clean(result.traceback_text)
 
 
+def count_of(result: CellResult) -> int:
+    return result.reply["content"]["execution_count"]
+
+
 def test_functions_from_an_earlier_kernel_session(kernel):
     define = (
         "from ipykernel.compiler import murmur2_x86, get_tmp_hash_seed\n"
@@ -382,6 +386,9 @@ def test_functions_from_an_earlier_kernel_session(kernel):
     unknown = kernel.execute("risky(0)")
     assert "Code from another kernel process, line 2, in risky(x)" in unknown.traceback_text
     assert_clean(unknown.traceback_text)
+    assert kernel.execute("get_ipython().component_sources = lambda: 1 / 0").status == "ok"
+    broken = kernel.execute("risky(0)")
+    assert broken.traceback_text == unknown.traceback_text.replace(f"In[{count_of(unknown)}]", f"In[{count_of(broken)}]")
     assert kernel.execute("get_ipython().component_sources = lambda: [('other', 'x = 1'), ('lib', _src)]").status == "ok"
     try:
         known = kernel.execute("risky(0)")
