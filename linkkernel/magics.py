@@ -14,6 +14,8 @@ from linkkernel.errors import LinkError
 # handler(kernel, argv) and lives in the module that owns the job; modules load on first use.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "help": ("linkkernel.magics:show_help", "list the %link subcommands"),
+    "export": ("linkkernel.sharing.pipeline_json:export_magic", "write the pipeline as a JSON document"),
+    "import": ("linkkernel.sharing.pipeline_json:import_magic", "re-create a pipeline document's cells in a notebook"),
 }
 
 
