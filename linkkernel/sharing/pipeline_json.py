@@ -127,7 +127,10 @@ def export_document(nb, select: list[str] | None = None, with_ancestors: bool = 
     """
     from linkkernel.graph import ancestors, build_graph, run_order
 
-    graph = build_graph(notebook_components(nb), where)
+    try:
+        graph = build_graph(notebook_components(nb), "the notebook")
+    except LinkError as exc:
+        raise LinkError(f"{where}: {exc}") from exc
     if select:
         unknown = [name for name in select if name not in graph]
         if unknown:
@@ -190,7 +193,10 @@ def parse_document(text: str | bytes, where: str) -> Pipeline:
     if both:
         raise LinkError(f"{where}: {both[0]!r} is listed both as a component and under 'requires'")
     placeholders = [Component(Declaration(name), "", None, -1) for name in requires]
-    build_graph(components + placeholders, where)
+    try:
+        build_graph(components + placeholders, "the document")
+    except LinkError as exc:
+        raise LinkError(f"{where}: {exc}") from exc
     _check_edges(doc["edges"], components, where)
     return Pipeline(components, requires)
 
@@ -252,7 +258,10 @@ def import_pipeline(pipeline: Pipeline, into=None, rename: bool = False, where: 
     from linkkernel.graph import build_graph, run_order
 
     nb = copy.deepcopy(into) if into is not None else new_notebook()
-    existing = notebook_components(nb)
+    try:
+        existing = notebook_components(nb)
+    except LinkError as exc:
+        raise LinkError(f"{where}: {exc}") from exc
     taken = {c.name for c in existing}
     clashes = [c.name for c in pipeline.components if c.name in taken]
     if clashes and not rename:
