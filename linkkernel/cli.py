@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "uninstall": ("linkkernel.kernelspec", "configure_uninstall", "remove the Link Python kernelspec"),
     "export": ("linkkernel.sharing.pipeline_json", "configure_export", "write a notebook's pipeline as a JSON document"),
     "import": ("linkkernel.sharing.pipeline_json", "configure_import", "re-create a pipeline document's cells in a notebook"),
+    "cache": ("linkkernel.sharing.cache_archive", "configure_cache", "export/import component results as a signed .tar.gz"),
 }
 
 

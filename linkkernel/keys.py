@@ -63,6 +63,12 @@ def user_key() -> bytes:
     return read_key(path)
 
 
+def existing_user_key() -> bytes | None:
+    """The user's key if there is one: checking a signature must not create a key."""
+    path = user_key_path()
+    return read_key(path) if path.exists() else None
+
+
 def sign(key: bytes, data: bytes) -> str:
     """HMAC-SHA256 of `data`, hex."""
     return hmac.new(key, data, hashlib.sha256).hexdigest()
