@@ -29,6 +29,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import IO, Any
@@ -51,6 +52,7 @@ HEX64 = r"[0-9a-f]{64}"
 TRUST_HINT = "import it only if you trust where it came from, with --trust"
 
 MANIFEST_SCHEMA: dict[str, Any] = {
+    "$schema": "http://json-schema.org/draft-07/schema#",
     "type": "object",
     "required": ["format", "version", "python", "packages", "components", "files"],
     "properties": {
@@ -280,8 +282,17 @@ def _read_exact(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     return data
 
 
+@cache
+def _manifest_validator() -> Callable[[Any], Any]:
+    """fastjsonschema (which nbformat requires): it imports in milliseconds, where jsonschema
+    can take a second, and `cache import` needs nothing else from either."""
+    import fastjsonschema
+
+    return fastjsonschema.compile(MANIFEST_SCHEMA)
+
+
 def _check_manifest(data: bytes, where: str, max_size: int) -> dict[str, Any]:
-    import jsonschema
+    import fastjsonschema
 
     try:
         manifest = json.loads(data)
@@ -294,9 +305,10 @@ def _check_manifest(data: bytes, where: str, max_size: int) -> dict[str, Any]:
             f"{where}: unsupported cache archive version {manifest.get('version')!r} "
             f"(this linkkernel reads version {VERSION})"
         )
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(MANIFEST_SCHEMA).iter_errors(manifest))
-    if error is not None:
-        raise ArchiveError(f"{where}: corrupt archive: {MANIFEST} at {error.json_path}: {error.message}")
+    try:
+        _manifest_validator()(manifest)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        raise ArchiveError(f"{where}: corrupt archive: {MANIFEST}: {exc.message}") from exc
     for path in manifest["files"]:
         if not (re.fullmatch(rf"blobs/{HEX64}", path) or
                 (path.startswith("records/") and path.endswith(".json") and path[8:-5] in manifest["components"])):
@@ -535,11 +547,22 @@ def configure_cache(parser: argparse.ArgumentParser, in_kernel: bool = False) ->
 
 
 def _notebook_graph(path: str):
+    """The notebook's pipeline, read as plain JSON: importing nbformat costs a second here
+    (it loads jsonschema) and components need nothing it adds."""
     from linkkernel.declarations import notebook_components
     from linkkernel.graph import build_graph
-    from linkkernel.sharing.pipeline_json import read_notebook
 
-    nb = read_notebook(path)
+    try:
+        nb = json.loads(Path(path).read_bytes())
+    except FileNotFoundError as exc:
+        raise LinkError(f"{path}: no such notebook") from exc
+    except OSError as exc:
+        raise LinkError(f"{path}: cannot read: {exc.strerror}") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise LinkError(f"{path}: not a readable notebook (not valid JSON)") from exc
+    cells = nb.get("cells", []) if isinstance(nb, dict) else None
+    if not isinstance(cells, list) or not all(isinstance(cell, dict) for cell in cells):
+        raise LinkError(f"{path}: not a readable notebook (no list of cells)")
     try:
         return build_graph(notebook_components(nb), "the notebook")
     except LinkError as exc:
