@@ -150,6 +150,7 @@ def test_cli_export_writes_a_signed_manifest(producer: Path, tmp_path: Path):
                    XDG_CACHE_HOME=str(producer / "cache"))
     assert exported.returncode == 0, exported.stderr
     assert exported.stdout == "exported 3 components to out.tar.gz: load, clean, train\n"
+    assert exported.stderr == "", "no progress bar for a small archive"
     with tarfile.open(tmp_path / "out.tar.gz") as tar:
         names = tar.getnames()
         manifest_bytes = tar.extractfile("manifest.json").read()
@@ -337,3 +338,35 @@ def test_the_unmodified_archive_passes_the_same_path(producer: Path, tmp_path: P
                  XDG_CACHE_HOME=str(tmp_path / "cache"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.endswith(": load, clean, train\n")
+
+
+def test_large_archives_show_a_progress_bar_in_the_cli(tmp_path: Path):
+    """A store filled through its own API (no kernel): one component holding 20 MiB."""
+    import os
+
+    from linkkernel.namespaces import dump
+    from linkkernel.staleness import RunRecord, code_hash
+    from linkkernel.store import CacheStore
+
+    code = "big = os.urandom(20 * 2**20)"
+    nb = v4.new_notebook()
+    nb.cells = [v4.new_code_cell(code, metadata={"tags": ["component:big"]})]
+    nbformat.write(nb, tmp_path / "nb.ipynb")
+    blob = dump("big", os.urandom(20 * 2**20))
+    store = CacheStore(str(tmp_path / "cache" / "linkkernel"), str((tmp_path / "nb.ipynb").resolve()))
+    store.put(RunRecord("big", "run-1", code_hash(code), {}, "ok", 0.0, 1.0, namespace={"big": blob.digest}),
+              {blob.digest: blob}, {})
+    store.flush()
+
+    exported = cli("cache", "export", "nb.ipynb", "-o", "big.tar.gz", cwd=tmp_path, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    assert exported.returncode == 0, exported.stderr
+    assert exported.stdout == "exported 1 component to big.tar.gz: big\n"
+    assert "cache export:" in exported.stderr
+
+    imported = cli("cache", "import", "big.tar.gz", "--notebook", "nb.ipynb", cwd=tmp_path,
+                   XDG_CACHE_HOME=str(tmp_path / "cache2"))
+    assert imported.returncode == 0, imported.stderr
+    assert "cache import:" in imported.stderr
+    assert imported.stdout.startswith("imported 1 component from big.tar.gz")
+    copy_store = CacheStore(str(tmp_path / "cache2" / "linkkernel"), str((tmp_path / "nb.ipynb").resolve()))
+    assert copy_store.blob(blob.digest).digest == blob.digest

@@ -346,15 +346,9 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def kernel_notebook(kernel) -> str | None:
-    """The notebook the kernel serves: what the engine knows, else what Jupyter told it.
-
-    `notebook_path` is the engine's attribute (SPEC §2: `%link notebook`, JPY_SESSION_NAME,
-    LINKKERNEL_NOTEBOOK); the environment is the fallback for a kernel without it.
-    """
-    path = getattr(kernel, "notebook_path", None)
-    if callable(path):
-        path = path()
-    return path or os.environ.get("LINKKERNEL_NOTEBOOK") or os.environ.get("JPY_SESSION_NAME") or None
+    """The saved notebook the kernel reads declarations from (the engine's `%link notebook`,
+    LINKKERNEL_NOTEBOOK or JPY_SESSION_NAME)."""
+    return kernel.runner.sources.notebook_path
 
 
 def export_magic(kernel, argv: list[str]) -> None:
