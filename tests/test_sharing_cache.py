@@ -305,6 +305,10 @@ HOSTILE = {
                           "corrupt archive: manifest.json is not valid JSON"),
     "record not a record": (lambda e: pack(set_record(e, "records/load.json", b'{"name": "load"}')), [],
                             "corrupt archive: 'records/load.json' is not a run record"),
+    "record with a malformed namespace": (
+        lambda e: pack(set_record(e, "records/load.json", json.dumps(
+            {**json.loads(e[2][1]), "namespace": ["rows"]}).encode())), ["--trust"],
+        "corrupt archive: 'records/load.json' is not a run record"),
 }
 
 
