@@ -12,7 +12,6 @@ from __future__ import annotations
 import builtins
 import re
 import sys
-import threading
 import time
 import types
 from collections.abc import Awaitable, Callable, Iterator
@@ -24,6 +23,7 @@ from linkkernel import capture
 from linkkernel.declarations import Component
 from linkkernel.errors import LinkError
 from linkkernel.namespaces import Blob, UnpicklableValue, changes, dump, load
+from linkkernel.progress import Progress
 from linkkernel.sources import Sources, notebook_path_from_env
 from linkkernel.staleness import FRESH, RunRecord, code_hash, new_run_id, states
 from linkkernel.store import MEMORY_PREFIX, CacheStore, freeze
@@ -77,10 +77,18 @@ class Runner:
     def learn(self, code: str, cell_meta: dict | None, cell_id: str | None) -> Component | None:
         return self.sources.learn(code, cell_meta, cell_id)
 
-    def graph(self):
+    def graph(self, targets: list[str] | None = None):
+        """The validated DAG of `targets` and their ancestors (every component when None).
+
+        Only the part of the notebook a run needs is validated, so a half-finished rename
+        elsewhere does not block an unrelated component.
+        """
         from linkkernel.graph import build_graph
 
-        return build_graph(self.sources.components(), self.sources.looked_in())
+        components = self.sources.components()
+        if targets is not None:
+            components = _relevant(components, targets)
+        return build_graph(components, self.sources.looked_in())
 
     def states(self, graph) -> dict[str, str]:
         from linkkernel.graph import run_order
@@ -96,8 +104,9 @@ class Runner:
             {n: r is not None and self.store.available(r) for n, r in records.items()},
         )
 
-    def plan(self, graph, targets: list[str], force: bool = False) -> list[str]:
-        """The components to run for `targets`, in run order: stale ancestors and the targets."""
+    def plan(self, graph, targets: list[str], force: bool = False, rerun_targets: bool = False) -> list[str]:
+        """The components to run for `targets`, in run order: whatever is stale, plus the targets
+        themselves when `rerun_targets` (executing a component cell always runs it)."""
         from linkkernel.graph import ancestors, run_order
 
         needed = set(targets)
@@ -108,13 +117,15 @@ class Runner:
         if force:
             return order
         state = self.states(graph)
-        return [n for n in order if n in targets or state[n] != FRESH]
+        return [n for n in order if (rerun_targets and n in targets) or state[n] != FRESH]
 
     def _check_remotes(self, graph, names: list[str]) -> None:
         aliases = {graph.nodes[n]["component"].remote for n in names} - {None}
         if aliases:
-            from linkkernel.remote.registry import require_registered
-
+            try:
+                from linkkernel.remote.registry import require_registered
+            except ImportError as exc:
+                raise LinkError(f"remote components ({', '.join(sorted(aliases))}) need linkkernel.remote: {exc}") from exc
             require_registered(aliases)
 
     # ---- executing a component cell ------------------------------------------------------
@@ -125,12 +136,13 @@ class Runner:
         """Run the stale ancestors of `component` silently, then `live()` (ipykernel's own
         do_execute) inside the component's namespace. Returns the execute_reply content."""
         try:
-            graph = self.graph()
-            plan = self.plan(graph, [component.name])
+            graph = self.graph([component.name])
+            plan = self.plan(graph, [component.name], rerun_targets=True)
         except LinkError as exc:
             return self.refuse(exc, store_history)
         ancestors_to_run = [n for n in plan if n != component.name]
         progress = Progress(self.kernel, len(ancestors_to_run))
+        warnings: list[str] = []
         try:
             for k, name in enumerate(ancestors_to_run, 1):
                 progress.show(k, name)
@@ -140,13 +152,22 @@ class Runner:
                 if outcome.error is not None:
                     progress.clear()
                     return self._report_parent_error(name, outcome.error, store_history)
+                warnings.extend(outcome.warnings)
             progress.clear()
         except (Interrupted, KeyboardInterrupt):
             progress.clear()
             return self._report_interrupt(store_history)
+        except LinkError as exc:  # e.g. a cached value the storage lost
+            progress.clear()
+            return self.refuse(exc, store_history)
         finally:
             progress.stop()
-        outcome = await self.run_component(component, live=live)
+        for line in warnings:
+            print(line, file=sys.stderr)
+        try:
+            outcome = await self.run_component(component, live=live)
+        except LinkError as exc:
+            return self.refuse(exc, store_history)
         for line in outcome.warnings:
             print(line, file=sys.stderr)
         return outcome.reply
@@ -190,7 +211,8 @@ class Runner:
 
     async def _run_local(self, component: Component, merged: dict[str, str], record: RunRecord, live) -> RunOutcome:
         shell = self.shell
-        inputs = {name: self.store.value(digest) for name, digest in merged.items()}
+        loaded = {name: self.store.load(digest) for name, digest in merged.items()}
+        inputs = {name: value for name, (value, _) in loaded.items()}
         module = types.ModuleType("__main__")
         ns = module.__dict__
         ns.update({k: shell.user_ns[k] for k in _PRELUDE if k in shell.user_ns})
@@ -232,16 +254,24 @@ class Runner:
                 else:
                     outputs.error(reply.get("ename", ""), reply.get("evalue", ""), reply.get("traceback", []))
                 outcome.reply = reply
-                for name in [n for n in ns if is_ipython_name(n) and n not in ("__builtins__", "__name__")]:
-                    shell.user_ns[name] = ns[name]
+        if live is not None:  # `_`, `_i`, `_5`...: plain cells keep IPython's history names
+            shell.user_ns.update({n: ns[n] for n in ns if is_ipython_name(n) and not n.startswith("__")})
         if record.ok:
-            self._collect(outcome, inputs, merged, ns)
+            self._collect(outcome, inputs, merged, ns, {n: how for n, (_, how) in loaded.items()})
         return outcome
 
-    def _collect(self, outcome: RunOutcome, inputs: dict, merged: dict[str, str], final: dict) -> None:
-        """Work out the run's outputs and its final namespace as digests; pickle synchronously."""
+    def _collect(self, outcome: RunOutcome, inputs: dict, merged: dict[str, str], final: dict, loaded: dict) -> None:
+        """Work out the run's outputs and its final namespace as digests; pickle synchronously.
+
+        An input proven untouched (copy-on-write pages never written) or kept in memory only
+        gets no digest, which `changes` reads as "unchanged while it keeps its identity".
+        """
         ignore = [n for n in final if is_ipython_name(n)]
-        found = changes(inputs, merged, final, ignore=ignore)
+        check = {
+            n: None if d.startswith(MEMORY_PREFIX) or (loaded.get(n) is not None and loaded[n].unchanged(final.get(n))) else d
+            for n, d in merged.items()
+        }
+        found = changes(inputs, check, final, ignore=ignore)
         namespace = {n: d for n, d in merged.items() if n not in found.deleted}
         blobs: dict[str, Blob] = {}
         memory: dict[str, Any] = {}
@@ -273,7 +303,10 @@ class Runner:
         from linkkernel.tasks import ComponentTask
 
         task = ComponentTask(
-            component.name, component.source, {n: self.store.blob(d) for n, d in merged.items() if not d.startswith(MEMORY_PREFIX)}, live
+            component.name,
+            component.source,
+            {n: self.store.blob(d) for n, d in merged.items() if not d.startswith(MEMORY_PREFIX)},
+            live,
         )
         result = run_remote(self.kernel, task, component.remote)
         if isinstance(result, Awaitable):
@@ -359,7 +392,7 @@ class Runner:
         """`%link run`: bring `targets` (all when None) up to date, silently. Returns what ran."""
         from linkkernel.graph import run_order
 
-        graph = self.graph()
+        graph = self.graph(targets)
         names = run_order(graph) if targets is None else targets
         for name in names:
             if name not in graph:
@@ -374,7 +407,7 @@ class Runner:
                 if outcome.interrupted:
                     raise KeyboardInterrupt
                 if outcome.error is not None:
-                    raise ComponentFailed(name, outcome.error)
+                    raise ComponentFailed.named(name, outcome.error)
                 ran.append(name)
                 for line in outcome.warnings:
                     print(line, file=sys.stderr)
@@ -384,12 +417,35 @@ class Runner:
         return ran
 
 
+def _relevant(components: list[Component], targets: list[str]) -> list[Component]:
+    """The components named by `targets` or reachable through their parents (all same-named cells,
+    so a duplicate still shows)."""
+    by_name: dict[str, list[Component]] = {}
+    for component in components:
+        by_name.setdefault(component.name, []).append(component)
+    wanted, todo = set(), list(targets)
+    while todo:
+        name = todo.pop()
+        if name in wanted or name not in by_name:
+            continue
+        wanted.add(name)
+        for component in by_name[name]:
+            todo.extend(component.parents)
+    return [c for c in components if c.name in wanted]
+
+
 class ComponentFailed(Exception):
     """A component run by `%link run` failed; shown as that component's own error."""
 
     def __init__(self, name: str, error: dict[str, Any]) -> None:
-        super().__init__(f"{error['ename']}: {error['evalue']}")
+        super().__init__(error["evalue"])
         self.name, self.error = name, error
+
+    @classmethod
+    def named(cls, name: str, error: dict[str, Any]) -> ComponentFailed:
+        """An instance whose class carries the user's exception name, so the `error` message's
+        ename/evalue are the user's own, as for a cell (tools such as nbclient read them)."""
+        return type(error["ename"], (cls,), {})(name, error)
 
     def _render_traceback_(self) -> list[str]:
         return [f"\x1b[0;31mError in component {self.name!r}:\x1b[0m", *self.error["traceback"]]
@@ -442,53 +498,3 @@ def _notebook_name_hint(shell, component: str) -> Iterator[None]:
         yield
     finally:
         shell.custom_exceptions, shell.CustomTB = saved
-
-
-class Progress:
-    """The transient line in the cell while ancestors run: which one, k of n, elapsed."""
-
-    def __init__(self, kernel, total: int) -> None:
-        self.kernel, self.total = kernel, total
-        self.display_id = f"linkkernel-progress-{id(self)}-{time.monotonic_ns()}"
-        self.started = time.monotonic()
-        self.current: tuple[int, str] | None = None
-        self.shown = False
-        self._parent = kernel.get_parent()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._ticker: threading.Thread | None = None
-
-    def _send(self, msg_type: str, content: dict) -> None:
-        kernel = self.kernel
-        kernel.session.send(kernel.iopub_socket, msg_type, content, parent=self._parent, ident=kernel._topic(msg_type))
-
-    def _line(self) -> str:
-        k, name = self.current
-        return f"linkkernel: running parent {name!r} ({k} of {self.total}, {time.monotonic() - self.started:.1f} s elapsed)"
-
-    def show(self, k: int, name: str) -> None:
-        with self._lock:
-            self.current = (k, name)
-            content = {"data": {"text/plain": self._line()}, "metadata": {}, "transient": {"display_id": self.display_id}}
-            self._send("update_display_data" if self.shown else "display_data", content)
-            self.shown = True
-        if self._ticker is None:
-            self._ticker = threading.Thread(target=self._tick, daemon=True, name="linkkernel-progress")
-            self._ticker.start()
-
-    def _tick(self) -> None:
-        while not self._stop.wait(1.0):
-            with self._lock:
-                if self.shown:
-                    content = {"data": {"text/plain": self._line()}, "metadata": {}, "transient": {"display_id": self.display_id}}
-                    self._send("update_display_data", content)
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def clear(self) -> None:
-        self.stop()
-        with self._lock:
-            if self.shown:
-                self._send("clear_output", {"wait": False})
-                self.shown = False

@@ -47,11 +47,12 @@ def notebook_path_from_env(environ: Mapping[str, str] = os.environ) -> str | Non
 class Sources:
     """The merged view of every cell declaration this kernel knows."""
 
+    _file_cells: list[Cell]
+    _file_stamp: tuple[float, int] | None
+
     def __init__(self, notebook_path: str | None = None) -> None:
         self._executed: dict[str, Cell] = {}
         self._deleted: set[str] = set()
-        self._file_cells: list[Cell] = []
-        self._file_stamp: tuple[float, int] | None = None
         self._clock = 0.0
         self.notebook_path = notebook_path
 
@@ -61,8 +62,11 @@ class Sources:
 
     @notebook_path.setter
     def notebook_path(self, path: str | None) -> None:
+        # Cells executed for another notebook are not cells of this one.
         self._notebook_path = os.path.abspath(path) if path else None
         self._file_cells, self._file_stamp = [], None
+        self._executed.clear()
+        self._deleted.clear()
 
     def looked_in(self) -> str:
         """Where declarations were searched, for the missing-parent message."""
@@ -79,7 +83,9 @@ class Sources:
         self._clock = max(time.time(), self._clock + 1e-6)
         return self._clock
 
-    def _read_file(self) -> list[Cell]:
+    def _read_file(self, strict: bool = True) -> list[Cell]:
+        """The saved notebook's code cells. Not `strict`: an unreadable file counts as no file,
+        so a plain cell still runs exactly as in ipykernel."""
         path = self._notebook_path
         if path is None:
             return []
@@ -94,6 +100,8 @@ class Sources:
                 with open(path, encoding="utf-8") as f:
                     notebook = json.load(f)
             except (OSError, ValueError) as exc:
+                if not strict:
+                    return []
                 raise LinkError(f"cannot read the saved notebook {path}: {exc}") from exc
             cells = []
             for index, cell in enumerate(notebook.get("cells", [])):
@@ -118,7 +126,13 @@ class Sources:
             self._deleted.add(deleted)
             self._executed.pop(deleted, None)
         metadata = {k: v for k, v in request_meta.items() if k not in TRANSPORT_KEYS}
-        file_cells = self._read_file()
+        if cell_id is not None and parse_declaration(metadata, describe_cell(None, cell_id)) is None:
+            # A plain cell from JupyterLab: its id is its key in the file too, so the saved
+            # notebook need not be read (plain cells cost what they cost in ipykernel).
+            self._deleted.discard(cell_id)
+            self._executed[cell_id] = Cell(cell_id, cell_id, code, metadata, None, self._now())
+            return None
+        file_cells = self._read_file(strict=False)
         index = None
         if cell_id is not None:
             match = next((c for c in file_cells if c.cell_id == cell_id), None)

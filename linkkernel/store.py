@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from linkkernel.namespaces import Blob, load
+from linkkernel.cow import Loaded, freeze_buffer
+from linkkernel.errors import LinkError
+from linkkernel.namespaces import Blob
 from linkkernel.staleness import RunRecord
 
 MEMORY_PREFIX = "memory:"
+log = logging.getLogger(__name__)
 
 
 def default_cache_url() -> str:
@@ -41,13 +45,21 @@ def notebook_key(notebook_path: str) -> str:
 
 
 def freeze(blob: Blob) -> Blob:
-    """A blob whose buffers are private immutable copies, no longer views of live objects."""
-    return Blob(blob.stream, tuple(memoryview(bytes(b)) for b in blob.buffers), blob.digest)
+    """A blob whose buffers are private immutable copies, no longer views of live objects.
+
+    Large buffers go to memfds so that children can map them copy-on-write (linkkernel.cow).
+    """
+    return Blob(blob.stream, tuple(freeze_buffer(b) for b in blob.buffers), blob.digest)
 
 
-def encode_blob(blob: Blob) -> bytes:
+def write_blob(f, blob: Blob) -> None:
+    """Header, stream, then each buffer as it is (no joined copy of gigabytes)."""
     header = json.dumps({"stream": len(blob.stream), "buffers": [b.nbytes for b in blob.buffers]}).encode()
-    return b"".join([len(header).to_bytes(8, "little"), header, blob.stream, *blob.buffers])
+    f.write(len(header).to_bytes(8, "little"))
+    f.write(header)
+    f.write(blob.stream)
+    for buffer in blob.buffers:
+        f.write(buffer.cast("B") if buffer.format != "B" else buffer)
 
 
 def decode_blob(data: bytes, digest: str) -> Blob | None:
@@ -115,15 +127,25 @@ class CacheStore:
             self.blobs.update(blobs)
             self.memory_values.update(memory)
             self.records[record.name] = record
+            self._forget_unreferenced()
         if self.fs is not None:
+            self._pending = [f for f in self._pending if not f.done()]
             self._pending.append(self._writer.submit(self._write, record, list(blobs.values())))
+
+    def _forget_unreferenced(self) -> None:
+        """Drop in-memory values no current record names (a re-run parent's old gigabytes);
+        the files stay, so a record restored later can still load them."""
+        live = {d for r in self.records.values() for d in r.namespace.values()}
+        for table in (self.blobs, self.memory_values):
+            for digest in [d for d in table if d not in live]:
+                del table[digest]
 
     def _write(self, record: RunRecord, blobs: list[Blob]) -> None:
         for blob in blobs:
             path = self._blob_path(blob.digest)
             if not self.fs.exists(path):
                 with self.fs.open(path + ".part", "wb") as f:
-                    f.write(encode_blob(blob))
+                    write_blob(f, blob)
                 self.fs.mv(path + ".part", path)
         with self.fs.open(f"{self.root}/records/{record.name}.json", "w") as f:
             json.dump(record.to_json(), f)
@@ -135,32 +157,48 @@ class CacheStore:
         """Wait for background writes (kernel shutdown, `%link cache clear`)."""
         pending, self._pending = self._pending, []
         for future in pending:
-            future.result()
+            exc = future.exception()
+            if exc is not None:  # the run itself succeeded; only its persistence is lost
+                log.warning("linkkernel: could not write the component cache at %s: %s", self.root, exc)
 
     def has_value(self, digest: str) -> bool:
+        """Whether a value can be loaded, without asking the storage (an S3 HEAD per name per
+        cell would cost more than the run): blobs we wrote are taken to be there."""
         if digest in self.blobs or digest in self.memory_values:
             return True
-        return self.fs is not None and not digest.startswith(MEMORY_PREFIX) and self.fs.exists(self._blob_path(digest))
+        return self.fs is not None and not digest.startswith(MEMORY_PREFIX)
 
     def available(self, record: RunRecord) -> bool:
         """Whether every value of a record can still be loaded (memory-only ones die with the process)."""
         return all(self.has_value(d) for d in record.namespace.values())
 
     def blob(self, digest: str) -> Blob:
+        """The blob named `digest`; LinkError when the storage lost it or it does not match."""
         blob = self.blobs.get(digest)
         if blob is None:
-            with self.fs.open(self._blob_path(digest), "rb") as f:
-                blob = decode_blob(f.read(), digest)
+            if self.fs is None or digest.startswith(MEMORY_PREFIX):
+                raise LinkError(f"cached value {digest[:16]} is no longer available")
+            try:
+                with self.fs.open(self._blob_path(digest), "rb") as f:
+                    blob = decode_blob(f.read(), digest)
+            except (OSError, ValueError) as exc:
+                raise LinkError(f"cannot read cached value {digest[:16]} from {self.root}: {exc}") from exc
             if blob is None:
-                raise KeyError(f"cache blob {digest} is corrupt")
+                raise LinkError(f"cached value {digest[:16]} in {self.root} is corrupt; run '%link cache clear' and run again")
+            blob = freeze(blob)
             self.blobs[digest] = blob
         return blob
 
-    def value(self, digest: str) -> Any:
-        """A fresh copy of the value named by `digest` (memory-only values are shared as they are)."""
+    def load(self, digest: str) -> tuple[Any, Loaded | None]:
+        """A private copy of the value named by `digest`, and how it was loaded.
+
+        Large buffers are mapped copy-on-write rather than copied; memory-only values are
+        shared as they are (there is nothing to copy them from).
+        """
         if digest in self.memory_values:
-            return self.memory_values[digest]
-        return load(self.blob(digest))
+            return self.memory_values[digest], None
+        loaded = Loaded(self.blob(digest))
+        return loaded.value, loaded
 
     def clear(self) -> None:
         self.flush()
