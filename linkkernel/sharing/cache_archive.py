@@ -174,12 +174,32 @@ def _tar_member(name: str, size: int, mtime: int) -> tarfile.TarInfo:
     return info
 
 
+class _HashingWriter:
+    """A file-like sink that keeps only the sha256 and the size of what is written."""
+
+    def __init__(self) -> None:
+        self.sha256, self.size = hashlib.sha256(), 0
+
+    def write(self, data) -> None:
+        self.sha256.update(data)
+        self.size += memoryview(data).nbytes
+
+
+def _encoded(blob) -> bytes:
+    """The store's own blob encoding: archived blobs are byte for byte what the store keeps."""
+    from linkkernel.store import write_blob
+
+    buffer = io.BytesIO()
+    write_blob(buffer, blob)
+    return buffer.getvalue()
+
+
 def export_archive(graph, store, out: IO[bytes], key: bytes, progress: Progress | None = None) -> ExportResult:
     """Write the fresh components' runs of `graph` from `store` to `out` as a signed archive."""
     from linkkernel.graph import run_order
     from linkkernel.keys import fingerprint, sign
     from linkkernel.staleness import FRESH
-    from linkkernel.store import encode_blob
+    from linkkernel.store import write_blob
 
     progress = progress or Progress()
     store.flush()
@@ -207,9 +227,10 @@ def export_archive(graph, store, out: IO[bytes], key: bytes, progress: Progress 
         components[name] = {"code_hash": record.code_hash, "run_id": record.run_id,
                             "parents": dict(record.parents), "blobs": blobs}
     files = {path: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)} for path, data in records.items()}
-    for digest in digests:  # encoded twice (hash, then write) rather than held twice in memory
-        data = encode_blob(store.blob(digest))
-        files[f"blobs/{digest}"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    for digest in digests:  # hashed as it is encoded, so only one blob's bytes exist at a time
+        hashing = _HashingWriter()
+        write_blob(hashing, store.blob(digest))
+        files[f"blobs/{digest}"] = {"sha256": hashing.sha256.hexdigest(), "size": hashing.size}
     now = int(time.time())
     manifest = {
         "format": FORMAT,
@@ -231,7 +252,7 @@ def export_archive(graph, store, out: IO[bytes], key: bytes, progress: Progress 
             for name, data in ((MANIFEST, manifest_bytes), (SIGNATURE, signature), *records.items()):
                 tar.addfile(_tar_member(name, len(data), now), io.BytesIO(data))
             for digest in digests:
-                data = encode_blob(store.blob(digest))
+                data = _encoded(store.blob(digest))
                 tar.addfile(_tar_member(f"blobs/{digest}", len(data), now), io.BytesIO(data))
                 progress.advance(len(data))
     finally:
