@@ -273,3 +273,15 @@ def test_link_export_and_import_in_the_kernel(notebook_kernel):
     )
     helped = kernel.execute("%link export --help")
     assert helped.status == "ok" and "--with-ancestors" in helped.stdout
+
+
+def test_link_export_without_a_known_notebook_says_how(kernel):
+    result = kernel.execute("%link export -o p.json")
+    assert result.status == "error"
+    assert result.traceback_text == (
+        "LinkError: %link export: the kernel does not know its notebook; give its path: %link export NB.ipynb -o FILE"
+    )
+    usage = kernel.execute("%link cache")
+    assert usage.traceback_text == (
+        "LinkError: %link cache: the following arguments are required: ACTION (see '%link cache --help')"
+    )
