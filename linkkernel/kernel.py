@@ -36,6 +36,8 @@ class LinkKernel(IPythonKernel):
         super().__init__(**kwargs)
         self.shell.register_magics(LinkMagics(self.shell, self))
         self.runner = Runner(self, self.cache_url)
+        # Labels frames of functions that a parent, fresh from the cache, defined in an earlier session.
+        self.shell.component_sources = lambda: ((c.name, c.source) for c in self.runner.sources.components())
 
     @property
     def banner(self) -> str:  # type: ignore[override]
