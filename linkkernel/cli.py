@@ -15,6 +15,10 @@ from linkkernel.errors import LinkError
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "install": ("linkkernel.kernelspec", "configure_install", "register the Link Python kernel with Jupyter"),
     "uninstall": ("linkkernel.kernelspec", "configure_uninstall", "remove the Link Python kernelspec"),
+    "git": ("linkkernel.git.install", "configure_git", "install/uninstall the git diff and merge drivers"),
+    "diff": ("linkkernel.git.diff", "configure_diff", "compare two notebooks cell by cell and their pipelines"),
+    "log": ("linkkernel.git.log", "configure_log", "a notebook's git history with code and pipeline changes"),
+    "merge": ("linkkernel.git.driver", "configure_merge", "three-way merge of notebooks (git merge driver)"),
 }
 
 
