@@ -7,6 +7,7 @@ The comparison (`diff_notebooks`) is data; text, colour and HTML are renderings 
 from __future__ import annotations
 
 import argparse
+import bisect
 import difflib
 import os
 import sys
@@ -101,7 +102,8 @@ def diff_notebooks(a: Notebook, b: Notebook, outputs: bool = False) -> NotebookD
     a_decl, b_decl = _declarations(a, "old", malformed), _declarations(b, "new", malformed)
     a_cells, b_cells = a["cells"], b["cells"]
     pairs = match_cells(a_cells, b_cells)
-    in_order = {i for i, _ in monotone_chain(pairs)}
+    chain = monotone_chain(pairs)
+    in_order = {i for i, _ in chain}
     changes: list[CellChange] = []
     matched_b = set(pairs.values())
     for i, cell in enumerate(a_cells):
@@ -141,16 +143,17 @@ def diff_notebooks(a: Notebook, b: Notebook, outputs: bool = False) -> NotebookD
         if j not in matched_b:
             changes.append(CellChange("added", None, j, _label(cell, b_decl.get(j)),
                                       tuple("+" + line for line in cell_source(cell).splitlines())))
-    changes.sort(key=lambda c: (c.new if c.new is not None else _position_of_removed(c.old, pairs), c.kind != "removed"))
+    def position(change: CellChange) -> float:
+        """A removed cell shows where it was: just after its previous neighbour that stayed in place."""
+        if change.new is not None:
+            return change.new
+        previous = bisect.bisect_left(chain, (change.old, -1)) - 1
+        return (chain[previous][1] if previous >= 0 else -1) + 0.5
+
+    changes.sort(key=lambda c: (position(c), c.kind != "removed"))
     pipeline = _pipeline_change(a_decl, b_decl, pairs)
     pipeline.malformed = malformed
     return NotebookDiff(changes, pipeline, {d.name: d for d in a_decl.values()}, {d.name: d for d in b_decl.values()})
-
-
-def _position_of_removed(old: int | None, pairs: Mapping[int, int]) -> float:
-    """Show a removed cell where it was: just before the new position of its next kept neighbour."""
-    following = [pairs[i] for i in range((old or 0) + 1, (old or 0) + 50) if i in pairs]
-    return (following[0] if following else float("inf")) - 0.5
 
 
 def _tags(decl: Declaration | None) -> str:
