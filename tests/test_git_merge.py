@@ -106,6 +106,17 @@ def test_both_sides_inserting_a_similar_cell_at_the_same_place_is_one_conflicted
     assert result.notebook["cells"][3] is reports[0]
 
 
+def test_different_cells_inserted_at_the_same_place_are_both_kept_ours_first():
+    base = pipeline()
+    ours, theirs = copy.deepcopy(base), copy.deepcopy(base)
+    ours["cells"][2:2] = [code("check_data(data)\n", id="o1"), markdown("Data checked.\n", id="o2")]
+    theirs["cells"].insert(2, code("plot_histogram(data, bins=20)\n", id="t1"))
+    theirs["cells"].insert(0, markdown("Draft\n", id="t0"))
+    result = merged(base, ours, theirs)
+    assert result.clean, result.conflicts
+    assert [c["id"] for c in result.notebook["cells"]] == ["t0", "c1", "c2", "o1", "o2", "t1", "c3", "c4", "c5"]
+
+
 def test_both_sides_inserting_the_same_cell_keeps_one_copy():
     base = pipeline()
     ours, theirs = copy.deepcopy(base), copy.deepcopy(base)

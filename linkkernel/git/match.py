@@ -37,14 +37,14 @@ def component_name(cell: Mapping[str, Any]) -> str | None:
     return decl.name if decl else None
 
 
-def similarity(a: str, b: str) -> float:
+def similarity(a: str, b: str, threshold: float = SIMILAR) -> float:
     """How alike two sources are (0..1), by characters for short text, by lines for long."""
     if a == b:
         return 1.0
     if len(a) + len(b) > 4000:
         a, b = a.splitlines(), b.splitlines()  # type: ignore[assignment]
     matcher = SequenceMatcher(None, a, b, autojunk=False)
-    if matcher.real_quick_ratio() < SIMILAR or matcher.quick_ratio() < SIMILAR:
+    if matcher.real_quick_ratio() < threshold or matcher.quick_ratio() < threshold:
         return 0.0
     return matcher.ratio()
 
@@ -90,7 +90,8 @@ def _match_by_key(a_keys: Sequence[Any], b_keys: Sequence[Any], pairs: dict[int,
 
 
 def _match_gaps(
-    a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]], pairs: dict[int, int], used: set[int], strict_names: bool
+    a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]], pairs: dict[int, int], used: set[int],
+    strict_names: bool, threshold: float,
 ) -> None:
     anchors = [(-1, -1), *monotone_chain(pairs), (len(a), len(b))]
     for (i0, j0), (i1, j1) in zip(anchors, anchors[1:]):
@@ -101,12 +102,12 @@ def _match_gaps(
             source = cell_source(a[i])
             kind = a[i].get("cell_type")
             name = component_name(a[i])
-            best, best_score = None, SIMILAR
+            best, best_score = None, threshold
             for position in range(start, min(start + LOOKAHEAD, len(free_b))):
                 j = free_b[position]
                 if b[j].get("cell_type") != kind or (strict_names and name != component_name(b[j])):
                     continue
-                score = similarity(source, cell_source(b[j]))
+                score = similarity(source, cell_source(b[j]), threshold)
                 if score > best_score:
                     best, best_score = position, score
                     if score == 1.0:
@@ -118,12 +119,17 @@ def _match_gaps(
 
 
 def match_cells(
-    a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]], similar: bool = True, strict_names: bool = False
+    a: Sequence[Mapping[str, Any]],
+    b: Sequence[Mapping[str, Any]],
+    similar: bool = True,
+    strict_names: bool = False,
+    threshold: float = SIMILAR,
 ) -> dict[int, int]:
     """Map each cell index of `a` to the index of the same cell in `b`; unmatched cells are absent.
 
     `similar=False` stops after exact matches; `strict_names` never pairs cells declaring
-    different components (two new cells are not one renamed cell).
+    different components (two new cells are not one renamed cell); `threshold` is the
+    similarity (0..1) below which cells are different cells.
     """
     pairs: dict[int, int] = {}
     used: set[int] = set()
@@ -136,5 +142,5 @@ def match_cells(
 
     _match_by_key([content(c) for c in a], [content(c) for c in b], pairs, used)
     if similar:
-        _match_gaps(a, b, pairs, used, strict_names)
+        _match_gaps(a, b, pairs, used, strict_names, threshold)
     return pairs

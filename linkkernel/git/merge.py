@@ -42,6 +42,9 @@ from linkkernel.git.textmerge import conflict_block, merge_text
 # Metadata that records how a cell looks in the UI: never worth a conflict, ours wins.
 UI_METADATA = {"collapsed", "scrolled", "jupyter", "execution", "ExecuteTime", "editable", "deletable", "trusted"}
 _MISSING = object()
+# Two cells added at the same place are one cell added twice only when nearly identical;
+# otherwise both are kept, one after the other, as git keeps two different added files.
+SAME_NEW_CELL = 0.8
 
 
 @dataclass(frozen=True)
@@ -300,6 +303,17 @@ def merged_order(
     """Ours' order; what theirs moved or inserted goes after its predecessor in theirs' order."""
     sequence = [k for k in ours_keys if k[0] != "b" or (k in keep and k not in moved_by_theirs)]
     placed = set(sequence)
+    in_theirs = set(theirs_keys)
+    # Where each key's own-insert run ends: theirs' cells added after a cell go after the
+    # cells ours added there, so two different additions read ours first, then theirs.
+    run_end: dict[Key | None, Key | None] = {}
+    last: Key | None = None
+    for key in [None, *sequence]:
+        if key is not None and key[0] == "o" and key not in in_theirs:
+            run_end[last] = key
+        else:
+            last = key
+            run_end[key] = key
     after: dict[Key | None, list[Key]] = {}
     anchor: Key | None = None
     run: list[Key] | None = None
@@ -310,7 +324,7 @@ def merged_order(
             anchor, run = key, None
             continue
         if run is None:
-            run = after.setdefault(anchor, [])
+            run = after.setdefault(run_end.get(anchor, anchor), [])
         run.append(key)
         placed.add(key)
     order = list(after.get(None, []))
@@ -357,7 +371,8 @@ def _match_inserts(
             groups[theirs_at[t]][1].append(t)
     for ours_group, theirs_group in groups.values():
         if theirs_group:
-            found = match_cells([t_cells[t] for t in theirs_group], [o_cells[o] for o in ours_group], strict_names=True)
+            found = match_cells([t_cells[t] for t in theirs_group], [o_cells[o] for o in ours_group],
+                                strict_names=True, threshold=SAME_NEW_CELL)
             pairs.update({theirs_group[t]: ours_group[o] for t, o in found.items()})
     return pairs
 
