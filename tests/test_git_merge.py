@@ -14,7 +14,9 @@ from linkkernel.git.merge import merge_notebooks
 
 
 def merged(base, ours, theirs, marker_size=7):
+    inputs = copy.deepcopy((base, ours, theirs))
     result = merge_notebooks(base, ours, theirs, marker_size)
+    assert (base, ours, theirs) == inputs, "the merge mutated its inputs"
     validate(result.notebook)
     assert all(c.kind != "internal" for c in result.conflicts) or base.get("broken"), result.conflicts
     return result
@@ -156,6 +158,14 @@ def test_child_added_on_one_side_of_a_component_deleted_on_the_other_is_a_confli
     assert "parent 'clean' of 'plot' is not declared in the merged notebook" in source(plot)
     assert "<<<<<<< ours\n" in source(plot) and ">>>>>>> theirs\n" in source(plot)
     assert source(plot).endswith("plot = clean\n")
+
+
+def test_a_dangling_parent_already_on_one_side_is_not_a_merge_conflict():
+    base = pipeline()
+    base["cells"][4]["metadata"]["tags"] = ["component:wip", "parent:not_written_yet"]
+    ours, theirs = copy.deepcopy(base), copy.deepcopy(base)
+    ours["cells"][1]["source"] = "data = [4]\n"
+    assert merged(base, ours, theirs).clean
 
 
 def test_a_merge_that_makes_a_cycle_is_a_conflict():

@@ -131,7 +131,12 @@ def textconv(path: str) -> str:
     from linkkernel.git.diff import notebook_as_text
     from linkkernel.git.nbio import read
 
-    return notebook_as_text(read(path))
+    try:
+        return notebook_as_text(read(path))
+    except LinkError:
+        # Not a notebook (e.g. a file git text-merged into invalid JSON): show it as it is,
+        # since a failing textconv makes git refuse to show the commit at all.
+        return Path(path).read_text(errors="replace")
 
 
 def configure_git(parser: argparse.ArgumentParser) -> None:
