@@ -92,6 +92,8 @@ def _output_text(cell: Mapping[str, Any]) -> list[str]:
 
 
 def _unified(a: str, b: str, old: str = "", new: str = "") -> tuple[str, ...]:
+    if a == b:
+        return ()
     lines = difflib.unified_diff(a.splitlines(True), b.splitlines(True), old, new, n=2, lineterm="")
     return tuple(line.rstrip("\n") for line in list(lines)[2:])
 
