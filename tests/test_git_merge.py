@@ -168,6 +168,17 @@ def test_a_dangling_parent_already_on_one_side_is_not_a_merge_conflict():
     assert merged(base, ours, theirs).clean
 
 
+def test_a_new_child_of_a_component_renamed_on_the_other_side_follows_the_rename():
+    base = pipeline()
+    ours, theirs = copy.deepcopy(base), copy.deepcopy(base)
+    ours["cells"][2]["metadata"]["tags"] = ["component:tidy", "parent:load"]
+    ours["cells"][3]["metadata"]["tags"] = ["component:train", "parent:tidy"]
+    theirs["cells"].append(code("plot = clean\n", "component:plot", "parent:clean", "parent:load", id="p1"))
+    result = merged(base, ours, theirs)
+    assert result.clean, result.conflicts
+    assert tags(by_component(result.notebook)["plot"][0]) == ["component:plot", "parent:tidy", "parent:load"]
+
+
 def test_a_merge_that_makes_a_cycle_is_a_conflict():
     base = notebook(code("a = 1\n", "component:a", id="a"), code("b = 2\n", "component:b", id="b"))
     ours, theirs = copy.deepcopy(base), copy.deepcopy(base)
@@ -362,8 +373,9 @@ def test_non_overlapping_edits_always_merge_cleanly(edits, with_ids):
             elif kind == "tag":
                 assert any(f"{side}-reviewed" in tags(c) for c in result.notebook["cells"])
             elif kind == "move_to_end":
-                last = [c for c in result.notebook["cells"] if tags(c)]
-                assert any(tags(c)[0] == f"component:c{target}" for c in last[-len(side_edits) - 2:])
+                # Among the last cells: after every cell that was not moved or inserted.
+                tail = sum(k in ("move_to_end", "insert_after") for _, k in ours_edits + theirs_edits)
+                assert any(f"component:c{target}" in tags(c) for c in result.notebook["cells"][-tail:])
 
 
 @settings(max_examples=60, deadline=None)

@@ -189,6 +189,8 @@ def test_bad_input_is_one_line(repo):
     assert done.returncode == 1
     assert done.stderr.startswith("linkkernel diff: bad.ipynb is not a notebook: invalid JSON")
     assert len(done.stderr.splitlines()) == 1
+    shown = repo.linkkernel("git", "textconv", "bad.ipynb")  # git refuses to show a commit if textconv fails
+    assert shown.returncode == 0 and shown.stdout == "{not json"
     done = repo.linkkernel("merge", "nb.ipynb", "nb.ipynb", "nb.ipynb")
     assert done.returncode == 1 and done.stderr == "linkkernel merge: say where the merged notebook goes with -o OUT\n"
     done = repo.linkkernel("log", "missing.ipynb")

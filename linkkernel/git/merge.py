@@ -431,7 +431,7 @@ def _merge(base: Notebook, ours: Notebook, theirs: Notebook, marker_size: int) -
     notebook["nbformat_minor"] = max(ours.get("nbformat_minor", 0), theirs.get("nbformat_minor", 0))
     notebook["cells"] = merged_cells
     _fix_ids(notebook)
-    conflicts += check_pipeline(notebook, [origin[k] for k in order], ours, theirs, marker_size)
+    conflicts += check_pipeline(notebook, base, [origin[k] for k in order], ours, theirs, marker_size)
     conflicts.sort(key=lambda c: c.cell)
     return MergeResult(notebook, conflicts)
 
@@ -454,6 +454,44 @@ def _fix_ids(notebook: Notebook) -> None:
         seen.add(cell_id)
 
 
+def _renames(base: Notebook, side: Notebook) -> dict[str, str]:
+    """Components this side renamed: same cell, new name, old name gone from this side."""
+    base_decls, side_decls = _cell_declarations(base), _cell_declarations(side)
+    names = {d.name for d in side_decls.values()}
+    renames = {}
+    for b, o in match_cells(base["cells"], side["cells"]).items():
+        old, new = base_decls.get(b), side_decls.get(o)
+        if old and new and old.name != new.name and old.name not in names:
+            renames[old.name] = new.name
+    return renames
+
+
+def _cell_declarations(notebook: Notebook) -> dict[int, Declaration]:
+    found = {}
+    for index, cell in enumerate(notebook["cells"]):
+        try:
+            decl = _declaration(cell)
+        except DeclarationError:
+            continue
+        if decl:
+            found[index] = decl
+    return found
+
+
+def _follow_renames(cell: Cell, component: Component, renamed: Mapping[str, str]) -> Component:
+    """Point the cell's parents at the new names, in whichever forms the cell declares them."""
+    decl = component.declaration
+    parents = tuple(dict.fromkeys(renamed.get(p, p) for p in decl.parents))
+    new = Declaration(decl.name, parents, decl.remote)
+    metadata = dict(cell.get("metadata") or {})
+    if isinstance(metadata.get("tags"), list) and any(_is_declaration_tag(t) for t in metadata["tags"]):
+        metadata["tags"] = new.to_tags() + [t for t in metadata["tags"] if not _is_declaration_tag(t)]
+    if "link" in metadata:
+        metadata["link"] = new.to_link_metadata()
+    cell["metadata"] = metadata
+    return Component(new, component.source, component.cell_id, component.index)
+
+
 def _dangling(notebook: Notebook) -> set[tuple[str, str]]:
     """(component, parent) pairs already dangling in one side: the merge did not make them."""
     declared = _side_declarations(notebook)
@@ -474,12 +512,17 @@ def _side_declarations(notebook: Notebook) -> dict[str, Declaration]:
 
 def check_pipeline(
     notebook: Notebook,
+    base: Notebook,
     origins: Sequence[tuple[int | None, int | None, int | None]],
     ours: Notebook,
     theirs: Notebook,
     marker_size: int,
 ) -> list[Conflict]:
-    """Mark cells whose merged declarations make an invalid pipeline; a valid one passes build_graph."""
+    """Mark cells whose merged declarations make an invalid pipeline; a valid one passes build_graph.
+
+    A parent that one side renamed is followed to its new name first: the other side's new
+    reference to the old name meant the same component.
+    """
     cells = notebook["cells"]
     components: list[Component] = []
     by_name: dict[str, int] = {}
@@ -499,6 +542,11 @@ def check_pipeline(
         by_name[decl.name] = n
         components.append(Component(decl, cell_source(cell), cell.get("id"), n))
     already = _dangling(ours) | _dangling(theirs)
+    renamed = {old: new for old, new in (_renames(base, ours) | _renames(base, theirs)).items() if new in by_name}
+    for n, component in enumerate(components):
+        if any(p in renamed and p not in by_name for p in component.parents):
+            component = _follow_renames(cells[component.index], component, renamed)
+            components[n] = component
     for component in components:
         missing = [p for p in component.parents if p not in by_name and (component.name, p) not in already]
         if missing and component.index not in problems:
