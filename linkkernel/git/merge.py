@@ -22,7 +22,7 @@ values) with them instead of deep-copying, which was most of the time of a 2000-
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -431,7 +431,10 @@ def _merge(base: Notebook, ours: Notebook, theirs: Notebook, marker_size: int) -
     notebook["nbformat_minor"] = max(ours.get("nbformat_minor", 0), theirs.get("nbformat_minor", 0))
     notebook["cells"] = merged_cells
     _fix_ids(notebook)
-    conflicts += check_pipeline(notebook, base, [origin[k] for k in order], ours, theirs, marker_size)
+    def renames() -> dict[str, str]:
+        return _renames(base, ours, to_ours) | _renames(base, theirs, to_theirs)
+
+    conflicts += check_pipeline(notebook, renames, [origin[k] for k in order], ours, theirs, marker_size)
     conflicts.sort(key=lambda c: c.cell)
     return MergeResult(notebook, conflicts)
 
@@ -454,12 +457,12 @@ def _fix_ids(notebook: Notebook) -> None:
         seen.add(cell_id)
 
 
-def _renames(base: Notebook, side: Notebook) -> dict[str, str]:
+def _renames(base: Notebook, side: Notebook, matches: Mapping[int, int]) -> dict[str, str]:
     """Components this side renamed: same cell, new name, old name gone from this side."""
     base_decls, side_decls = _cell_declarations(base), _cell_declarations(side)
     names = {d.name for d in side_decls.values()}
     renames = {}
-    for b, o in match_cells(base["cells"], side["cells"]).items():
+    for b, o in matches.items():
         old, new = base_decls.get(b), side_decls.get(o)
         if old and new and old.name != new.name and old.name not in names:
             renames[old.name] = new.name
@@ -512,7 +515,7 @@ def _side_declarations(notebook: Notebook) -> dict[str, Declaration]:
 
 def check_pipeline(
     notebook: Notebook,
-    base: Notebook,
+    renames: Callable[[], dict[str, str]],
     origins: Sequence[tuple[int | None, int | None, int | None]],
     ours: Notebook,
     theirs: Notebook,
@@ -542,7 +545,8 @@ def check_pipeline(
         by_name[decl.name] = n
         components.append(Component(decl, cell_source(cell), cell.get("id"), n))
     already = _dangling(ours) | _dangling(theirs)
-    renamed = {old: new for old, new in (_renames(base, ours) | _renames(base, theirs)).items() if new in by_name}
+    dangling = any(p not in by_name for c in components for p in c.parents)
+    renamed = {old: new for old, new in renames().items() if new in by_name} if dangling else {}
     for n, component in enumerate(components):
         if any(p in renamed and p not in by_name for p in component.parents):
             component = _follow_renames(cells[component.index], component, renamed)
