@@ -53,7 +53,6 @@ def make_side(base: dict, name: str, targets: list[int], rng: random.Random, con
     """5% of cells edited, plus inserts, deletes and tag rewires on disjoint cells; `conflicts` edited by both."""
     nb = copy.deepcopy(base)
     cells = nb["cells"]
-    by_id = {c["id"]: c for c in cells}
     deleted = set()
     for k, index in enumerate(targets):
         cell = cells[index]
@@ -79,7 +78,6 @@ def make_side(base: dict, name: str, targets: list[int], rng: random.Random, con
         nb["cells"].insert(min(position, len(nb["cells"])), {
             "cell_type": "code", "id": f"{name}-new-{k}", "metadata": {}, "outputs": [], "execution_count": None,
             "source": [f"# {name} inserted a check here\n", f"assert_{name}_invariants(section={k})\n"]})
-    del by_id
     return nb
 
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from support import REPO, kernel_env
+from support import kernel_env
 
 
 def code(source: str, *tags: str, id: str | None = None, outputs: list | None = None, count: int | None = None) -> dict[str, Any]:

@@ -17,9 +17,8 @@ from typing import Any
 
 from linkkernel.declarations import TAG_KINDS, Declaration, DeclarationError, cell_source, parse_declaration
 from linkkernel.git.match import match_cells, monotone_chain
-from linkkernel.git.nbio import Notebook
+from linkkernel.git.nbio import UI_METADATA, Notebook
 
-UI_METADATA = {"collapsed", "scrolled", "jupyter", "execution", "ExecuteTime", "editable", "deletable", "trusted"}
 
 
 @dataclass(frozen=True)

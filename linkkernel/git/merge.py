@@ -36,11 +36,9 @@ from linkkernel.declarations import (
     parse_declaration,
 )
 from linkkernel.git.match import match_cells, monotone_chain
-from linkkernel.git.nbio import Cell, Notebook, cell_source, set_source
+from linkkernel.git.nbio import UI_METADATA, Cell, Notebook, cell_source, set_source
 from linkkernel.git.textmerge import conflict_block, merge_text
 
-# Metadata that records how a cell looks in the UI: never worth a conflict, ours wins.
-UI_METADATA = {"collapsed", "scrolled", "jupyter", "execution", "ExecuteTime", "editable", "deletable", "trusted"}
 _MISSING = object()
 # Two cells added at the same place are one cell added twice only when nearly identical;
 # otherwise both are kept, one after the other, as git keeps two different added files.

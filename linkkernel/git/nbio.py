@@ -18,7 +18,11 @@ from linkkernel.errors import LinkError
 Notebook = dict[str, Any]
 Cell = dict[str, Any]
 
-__all__ = ["Cell", "Notebook", "cell_source", "dumps", "empty_notebook", "loads", "read", "set_source", "write"]
+# Cell metadata that records how a cell looks in the UI, not what it does: a diff does not
+# show it and a merge never conflicts on it.
+UI_METADATA = frozenset({"collapsed", "scrolled", "jupyter", "execution", "ExecuteTime", "editable", "deletable", "trusted"})
+
+__all__ = ["UI_METADATA", "Cell", "Notebook", "cell_source", "dumps", "empty_notebook", "loads", "read", "set_source", "write"]
 
 
 def empty_notebook() -> Notebook:
