@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -281,11 +282,15 @@ def test_notebooks_without_ids_merge_by_content():
 
 def test_an_internal_error_gives_a_conflict_result_not_a_crash():
     base = pipeline()
-    base["cells"][1]["source"] = 5  # not text: the merge cannot handle it
+    base["cells"][3]["metadata"] = ["not", "a", "mapping"]  # nothing the merge expects
     base["broken"] = True
-    result = merged(base, pipeline(), pipeline())
+    ours, theirs = pipeline(), pipeline()
+    ours["cells"][3]["source"] = "model = 0\n"
+    theirs["cells"][3]["metadata"]["tags"].append("parent:load")
+    result = merged(base, ours, theirs)
     assert [c.kind for c in result.conflicts] == ["internal"]
-    assert result.notebook["cells"][1:] == pipeline()["cells"]
+    assert result.notebook["cells"][1:] == ours["cells"]
+    assert "linkkernel could not merge this notebook (AttributeError" in source(result.notebook["cells"][0])
 
 
 def test_matching_is_near_linear_without_ids():
@@ -397,3 +402,16 @@ def test_every_merge_result_is_a_valid_notebook_that_keeps_both_sides(ours_edits
             for line in source(cell).splitlines():
                 if "ours" in line or "theirs" in line:
                     assert line in text
+
+
+def test_notebooks_are_written_exactly_as_nbformat_writes_them():
+    import nbformat
+
+    from linkkernel.git.nbio import dumps
+
+    nb = pipeline()
+    nb["cells"][3]["outputs"].append({"output_type": "execute_result", "execution_count": 3, "metadata": {"x": [1.5, None, True, False, {}]},
+                                       "data": {"text/plain": "ünïcode \"quoted\" \\ tab\t", "application/json": {"a": [], "b": -2e-9}}})
+    nb["metadata"]["language_info"] = {"name": "python", "version": "3.11"}
+    written = nbformat.writes(nbformat.from_dict(nb)) + "\n"  # nbformat.write adds the final newline
+    assert dumps(json.loads(written)) == written

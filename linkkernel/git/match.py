@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from difflib import SequenceMatcher
 from typing import Any
 
@@ -75,16 +75,32 @@ def monotone_chain(pairs: Mapping[int, int]) -> list[tuple[int, int]]:
     return chain[::-1]
 
 
-def _match_by_key(a_keys: Sequence[Any], b_keys: Sequence[Any], pairs: dict[int, int], used: set[int]) -> None:
-    """Pair unmatched cells with equal keys, in order of appearance (None keys never pair)."""
+def _match_by_key(
+    a: Sequence[Mapping[str, Any]],
+    b: Sequence[Mapping[str, Any]],
+    key: Callable[[Mapping[str, Any]], Any],
+    pairs: dict[int, int],
+    used: set[int],
+) -> None:
+    """Pair cells still unmatched whose keys are equal, in order of appearance (None never pairs).
+
+    Keys are computed only for unmatched cells, so with ids everywhere the later passes are free.
+    """
     waiting: dict[Any, list[int]] = defaultdict(list)
-    for j in range(len(b_keys) - 1, -1, -1):
-        if j not in used and b_keys[j] is not None:
-            waiting[b_keys[j]].append(j)
-    for i, key in enumerate(a_keys):
-        if i in pairs or key is None or not waiting.get(key):
+    for j in range(len(b) - 1, -1, -1):
+        if j not in used:
+            value = key(b[j])
+            if value is not None:
+                waiting[value].append(j)
+    if not waiting:
+        return
+    for i, cell in enumerate(a):
+        if i in pairs:
             continue
-        j = waiting[key].pop()
+        value = key(cell)
+        if value is None or not waiting.get(value):
+            continue
+        j = waiting[value].pop()
         pairs[i] = j
         used.add(j)
 
@@ -118,6 +134,11 @@ def _match_gaps(
                 start = best + 1
 
 
+def _content_key(cell: Mapping[str, Any]) -> tuple[str, str] | None:
+    source = cell_source(cell)
+    return (cell.get("cell_type"), source) if source.strip() else None
+
+
 def match_cells(
     a: Sequence[Mapping[str, Any]],
     b: Sequence[Mapping[str, Any]],
@@ -133,14 +154,11 @@ def match_cells(
     """
     pairs: dict[int, int] = {}
     used: set[int] = set()
-    _match_by_key([c.get("id") or None for c in a], [c.get("id") or None for c in b], pairs, used)
-    _match_by_key([component_name(c) for c in a], [component_name(c) for c in b], pairs, used)
-
-    def content(cell: Mapping[str, Any]) -> tuple[str, str] | None:
-        source = cell_source(cell)
-        return (cell.get("cell_type"), source) if source.strip() else None
-
-    _match_by_key([content(c) for c in a], [content(c) for c in b], pairs, used)
+    _match_by_key(a, b, lambda cell: cell.get("id") or None, pairs, used)
+    if len(pairs) == len(a) or len(used) == len(b):
+        return pairs
+    _match_by_key(a, b, component_name, pairs, used)
+    _match_by_key(a, b, _content_key, pairs, used)
     if similar:
         _match_gaps(a, b, pairs, used, strict_names, threshold)
     return pairs
