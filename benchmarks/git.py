@@ -104,8 +104,12 @@ def generate(n: int, folder: Path, with_ids: bool) -> tuple[Path, Path, Path]:
     return paths[0], paths[1], paths[2]
 
 
-def measure(command: list[str], timeout: float) -> tuple[float, float, int | None, bool]:
-    """(seconds, peak RSS MB, exit status, timed out) of one subprocess."""
+def measure(command: list[str], timeout: float) -> tuple[float, float, float, int | None, bool]:
+    """(wall seconds, CPU seconds, peak RSS MB, exit status, timed out) of one subprocess.
+
+    CPU time (user + system, from wait4) is reported next to wall time because the machine is
+    shared: wall time grows with other people's load, CPU time much less.
+    """
     env = dict(os.environ, PYTHONPATH=str(REPO))
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
@@ -115,11 +119,11 @@ def measure(command: list[str], timeout: float) -> tuple[float, float, int | Non
         if pid:
             elapsed = time.perf_counter() - start
             process.returncode = os.waitstatus_to_exitcode(status)
-            return elapsed, usage.ru_maxrss / 1024, process.returncode, False
+            return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, process.returncode, False
         if time.perf_counter() - start > timeout:
             os.killpg(process.pid, signal.SIGKILL)
             _, _, usage = os.wait4(process.pid, 0)
-            return timeout, usage.ru_maxrss / 1024, None, True
+            return timeout, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, None, True
         time.sleep(0.005)
 
 
@@ -145,15 +149,16 @@ def main() -> None:
             }
             for job, (ours_cmd, nbdime_cmd) in jobs.items():
                 runs = [measure(ours_cmd, args.timeout) for _ in range(args.repeat)]
-                seconds, rss, status, _ = min(runs)
-                nb_seconds, nb_rss, nb_status, timed_out = measure(nbdime_cmd, args.timeout)
+                seconds, cpu, rss, status, _ = min(runs)
+                nb_seconds, nb_cpu, nb_rss, nb_status, timed_out = measure(nbdime_cmd, args.timeout)
                 label = f"{n} cells{'' if with_ids else ', no ids'}"
                 nb_time = f"> {args.timeout:.0f} s" if timed_out else f"{nb_seconds:.2f} s"
                 speedup = f">{args.timeout / seconds:.0f}x" if timed_out else f"{nb_seconds / seconds:.0f}x"
-                rows.append((label, job, f"{seconds:.2f} s", f"{rss:.0f} MB", str(status), nb_time, f"{nb_rss:.0f} MB",
-                             str(nb_status), speedup))
+                rows.append((label, job, f"{seconds:.2f} s", f"{cpu:.2f} s", f"{rss:.0f} MB", str(status),
+                             nb_time, f"{nb_cpu:.2f} s", f"{nb_rss:.0f} MB", str(nb_status), speedup))
                 print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
-    header = ("case", "job", "linkkernel", "peak RSS", "exit", "nbdime", "peak RSS", "exit", "speed-up")
+    header = ("case", "job", "linkkernel wall", "CPU", "peak RSS", "exit",
+              "nbdime wall", "CPU", "peak RSS", "exit", "speed-up (wall)")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:
