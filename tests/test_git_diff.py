@@ -113,3 +113,30 @@ def test_html_draws_both_dags_with_the_change_coloured(files, tmp_path):
     assert 'stroke="#bf8700"' in old_svg and ">train<" in old_svg  # renamed in amber
     assert 'stroke="#1a7f37"' in new_svg and ">plot<" in new_svg  # added in green
     assert "load -&gt; fit" in new_svg and "fit @gpu1" in new_svg
+
+
+def test_colour_by_default_on_a_terminal_only(files, tmp_path):
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run([sys.executable, "-m", "linkkernel.cli", "diff", "a.ipynb", "b.ipynb"], cwd=tmp_path,
+                              env=kernel_env(), stdout=follower, stderr=subprocess.PIPE, timeout=60)
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal is closed once the child is gone
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(leader)
+    assert done.returncode == 0
+    assert b"\x1b[32m+ component plot (parents: fit)\x1b[0m" in b"".join(chunks)
+    piped = linkkernel("diff", "a.ipynb", "b.ipynb", cwd=tmp_path).stdout
+    assert "\x1b[" not in piped
+    assert "\x1b[" not in linkkernel("diff", "--no-color", "a.ipynb", "b.ipynb", cwd=tmp_path).stdout

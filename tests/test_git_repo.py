@@ -195,3 +195,17 @@ def test_bad_input_is_one_line(repo):
     assert done.returncode == 1 and done.stderr == "linkkernel merge: say where the merged notebook goes with -o OUT\n"
     done = repo.linkkernel("log", "missing.ipynb")
     assert done.returncode == 1 and "no commits touch missing.ipynb" in done.stderr
+
+
+def test_the_same_notebook_added_on_both_branches_merges_without_a_base(repo):
+    first = notebook(code("a = 1\n", "component:a", id="a1"), code("print(a)\n", id="p1"))
+    second = notebook(code("a = 1\n", "component:a", id="a2"), code("b = a\n", "component:b", "parent:a", id="b2"))
+    repo.git("checkout", "-q", "-b", "theirs")
+    repo.commit(second, "theirs adds new.ipynb", name="new.ipynb")
+    repo.git("checkout", "-q", "main")
+    repo.commit(first, "ours adds new.ipynb", name="new.ipynb")
+    done = repo.git("merge", "theirs", "-m", "merge", check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = repo.read("new.ipynb")
+    validate(result)
+    assert [source(c) for c in result["cells"]] == ["a = 1\n", "print(a)\n", "b = a\n"]
