@@ -90,6 +90,15 @@ def test_removing_a_parent_on_one_side_removes_it():
     assert tags(train) == ["component:train", "parent:clean"]
     assert source(train) == "model = sum(clean) + 1\n"
 
+    theirs["cells"].insert(1, code("extra = 1\n", "component:extra", id="e1"))
+    theirs["cells"][4]["metadata"]["tags"].append("parent:extra")  # both sides now change train's parents
+    result = merged(base, ours, theirs)
+    assert result.clean
+    assert tags(by_component(result.notebook)["train"][0]) == ["component:train", "parent:clean", "parent:extra"]
+    result = merged(base, theirs, ours)  # and the same with the sides swapped
+    assert result.clean
+    assert tags(by_component(result.notebook)["train"][0]) == ["component:train", "parent:clean", "parent:extra"]
+
 
 @pytest.mark.parametrize("with_ids", [True, False])
 def test_both_sides_inserting_a_similar_cell_at_the_same_place_is_one_conflicted_cell(with_ids):
