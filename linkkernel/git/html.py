@@ -46,7 +46,7 @@ def layout(components: Mapping[str, Declaration]) -> dict[str, tuple[float, floa
 
 def _svg(components: Mapping[str, Declaration], node_colour: Mapping[str, str], edge_colour: Mapping[tuple[str, str], str]) -> str:
     places = layout(components)
-    width = max((x for x, _ in places.values()), default=0) + BOX_W + PAD
+    width = max((x for x, _ in places.values()), default=0) + BOX_W * 1.5 + PAD
     height = max((y for _, y in places.values()), default=0) + BOX_H + PAD
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
@@ -58,11 +58,17 @@ def _svg(components: Mapping[str, Declaration], node_colour: Mapping[str, str], 
             if parent not in places:
                 continue
             (px, py), (cx, cy) = places[parent], places[name]
+            x1, y1, x2, y2 = px + BOX_W / 2, py + BOX_H, cx + BOX_W / 2, cy
+            # An edge skipping rows bends aside so it does not run through the boxes between.
+            rows = round((cy - py) / (BOX_H + GAP_Y))
+            # (a quadratic curve reaches half-way to its control point, hence the full box width).
+            bend = (BOX_W + 40) * (rows > 1 or rows < 0) + 30 * max(rows - 2, 0)
+            curve = f"M {x1} {y1} Q {(x1 + x2) / 2 + bend} {(y1 + y2) / 2} {x2} {y2}"
             colour = edge_colour.get((parent, name), SAME)
             dash = ' stroke-dasharray="5,4"' if colour == REMOVED else ""
             parts.append(
-                f'<line x1="{px + BOX_W / 2}" y1="{py + BOX_H}" x2="{cx + BOX_W / 2}" y2="{cy}" stroke="{colour}" '
-                f'stroke-width="{2 if colour != SAME else 1}"{dash} marker-end="url(#arrow)"><title>{escape(parent)} -&gt; {escape(name)}</title></line>'
+                f'<path d="{curve}" fill="none" stroke="{colour}" stroke-width="{2 if colour != SAME else 1}"{dash} '
+                f'marker-end="url(#arrow)"><title>{escape(parent)} -&gt; {escape(name)}</title></path>'
             )
     for name, (x, y) in places.items():
         colour = node_colour.get(name, SAME)
