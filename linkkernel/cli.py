@@ -15,6 +15,13 @@ from linkkernel.errors import LinkError
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "install": ("linkkernel.kernelspec", "configure_install", "register the Link Python kernel with Jupyter"),
     "uninstall": ("linkkernel.kernelspec", "configure_uninstall", "remove the Link Python kernelspec"),
+    "export": ("linkkernel.sharing.pipeline_json", "configure_export", "write a notebook's pipeline as a JSON document"),
+    "import": ("linkkernel.sharing.pipeline_json", "configure_import", "re-create a pipeline document's cells in a notebook"),
+    "cache": ("linkkernel.sharing.cache_archive", "configure_cache", "export/import component results as a signed .tar.gz"),
+    "git": ("linkkernel.git.install", "configure_git", "install/uninstall the git diff and merge drivers"),
+    "diff": ("linkkernel.git.diff", "configure_diff", "compare two notebooks cell by cell and their pipelines"),
+    "log": ("linkkernel.git.log", "configure_log", "a notebook's git history with code and pipeline changes"),
+    "merge": ("linkkernel.git.driver", "configure_merge", "three-way merge of notebooks (git merge driver)"),
     "worker": ("linkkernel.remote.worker", "configure_worker", "serve remote components to kernels"),
     "workers": ("linkkernel.remote.registry", "configure_workers", "register, list, remove and ping remote workers"),
 }
