@@ -145,3 +145,18 @@ def test_real_s3_accepts_right_credentials_and_refuses_wrong_ones(weed, monkeypa
         message = str(info.value)
         assert message.startswith(f"storage {url} refused the credentials") and "\n" not in message
 
+
+
+def test_a_failed_write_leaves_nothing_behind(tmp_path) -> None:
+    class NotABuffer:
+        """Fails when written, halfway through the blob, as an interrupted upload would."""
+
+        nbytes = 10
+
+    store = Store(str(tmp_path / "store"), KEY)
+    blob = _array_blob()
+    broken = type(blob)(blob.stream, (*blob.buffers, NotABuffer()), blob.digest)
+    with pytest.raises(StorageError):
+        store.put(broken)
+    assert [p for p in (tmp_path / "store").rglob("*") if p.is_file()] == []
+    assert store.put(blob)

@@ -132,16 +132,21 @@ class Store:
         target = f"{path}.{uuid.uuid4().hex}.tmp" if self.local else path
         if self.local:
             self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        with self.fs.open(target, "wb") as f:
-            f.write(MAGIC)
-            f.write(_frame_mac(self._key, header))
-            f.write(len(header).to_bytes(4, "little"))
-            f.write(header)
-            f.write(blob.stream)
-            for buffer in blob.buffers:
-                f.write(buffer)
-        if self.local:
-            self.fs.mv(target, path)
+        try:
+            with self.fs.open(target, "wb") as f:
+                f.write(MAGIC)
+                f.write(_frame_mac(self._key, header))
+                f.write(len(header).to_bytes(4, "little"))
+                f.write(header)
+                f.write(blob.stream)
+                for buffer in blob.buffers:
+                    f.write(buffer)
+            if self.local:
+                self.fs.mv(target, path)
+        except BaseException:  # an interrupted upload leaves no half-written file behind
+            if self.local and self.fs.exists(target):
+                self.fs.rm(target)
+            raise
 
     def get(self, digest: str, mapped: bool = False) -> Blob:
         """The verified blob stored under `digest`; StorageError when missing or tampered.
