@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from linkkernel.declarations import Component, cell_source, describe_cell, parse_declaration
+from linkkernel.declarations import Component, cell_source, describe_cell, notebook_problem, parse_declaration
 from linkkernel.errors import LinkError
 
 # Keys JupyterLab adds to the request metadata that are not part of the cell's metadata.
@@ -100,9 +100,13 @@ class Sources:
                 with open(path, encoding="utf-8") as f:
                     notebook = json.load(f)
             except (OSError, ValueError) as exc:
+                problem = str(exc)
+            else:
+                problem = notebook_problem(notebook)
+            if problem:
                 if not strict:
                     return []
-                raise LinkError(f"cannot read the saved notebook {path}: {exc}") from exc
+                raise LinkError(f"cannot read the saved notebook {path}: {problem}")
             cells = []
             for index, cell in enumerate(notebook.get("cells", [])):
                 if cell.get("cell_type") != "code":

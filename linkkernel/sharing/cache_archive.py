@@ -578,7 +578,7 @@ def configure_cache(parser: argparse.ArgumentParser, in_kernel: bool = False) ->
 def _notebook_graph(path: str):
     """The notebook's pipeline, read as plain JSON: importing nbformat costs a second here
     (it loads jsonschema) and components need nothing it adds."""
-    from linkkernel.declarations import notebook_components
+    from linkkernel.declarations import notebook_components, notebook_problem
     from linkkernel.graph import build_graph
 
     try:
@@ -589,9 +589,9 @@ def _notebook_graph(path: str):
         raise LinkError(f"{path}: cannot read: {exc.strerror}") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise LinkError(f"{path}: not a readable notebook (not valid JSON)") from exc
-    cells = nb.get("cells", []) if isinstance(nb, dict) else None
-    if not isinstance(cells, list) or not all(isinstance(cell, dict) for cell in cells):
-        raise LinkError(f"{path}: not a readable notebook (no list of cells)")
+    problem = notebook_problem(nb)
+    if problem:
+        raise LinkError(f"{path}: {problem}")
     try:
         return build_graph(notebook_components(nb), "the notebook")
     except LinkError as exc:
@@ -601,7 +601,7 @@ def _notebook_graph(path: str):
 def _cli_store(args: argparse.Namespace):
     from linkkernel.store import CacheStore, default_cache_url
 
-    return CacheStore(args.cache or default_cache_url(), str(Path(args.notebook).resolve()))
+    return CacheStore(args.cache or default_cache_url(), str(Path(args.notebook).resolve())).usable()
 
 
 def do_export(graph, store, output: str, progress: Progress) -> str:

@@ -1,0 +1,58 @@
+"""QA regressions in a real kernel: bad saved notebooks, bad cache URLs, odd %link arguments.
+
+Each test drives the kernel the way JupyterLab or nbclient does and checks that bad input
+gets one line naming the problem, and that plain cells keep working whatever the notebook holds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from support import Kernel, component_meta
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("qa")
+
+
+@pytest.fixture(scope="module")
+def qa_kernel(link_kernelspec: str, home: Path):
+    k = Kernel(cwd=str(home))
+    yield k
+    k.shutdown()
+
+
+def one_line(result) -> str:
+    """The single error line a refused cell shows (asserting it is one line)."""
+    assert result.status == "error", result.stdout + result.stderr
+    lines = result.traceback_text.splitlines()
+    assert len(lines) == 1, result.traceback_text
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("[1, 2]", "not a notebook (a JSON list, not an object)"),
+        ('{"cells": 5, "nbformat": 4}', "not a notebook (no 'cells' list)"),
+        ('{"nbformat": 3, "worksheets": []}', "only nbformat 4 notebooks are supported, not 3"),
+        ('{"nbformat": 4, "cells": [{"cell_type": "code", "metadata": [], "source": ""}]}',
+         "cell 1: its metadata is not an object"),
+    ],
+)
+def test_a_saved_notebook_that_is_not_a_notebook_stops_only_components(qa_kernel, home, content, problem):
+    path = home / "broken.ipynb"
+    path.write_text(content)
+    assert qa_kernel.execute(f"%link notebook {path}").status == "ok"
+    try:
+        # nbclient/papermill send no cellId: the kernel looks the cell up in the saved notebook
+        plain = qa_kernel.execute("print('plain still runs')")
+        assert (plain.status, plain.stdout) == ("ok", "plain still runs\n")
+        refused = qa_kernel.execute("x = 1", metadata=component_meta("a"), cell_id="qa-a")
+        assert one_line(refused) == f"LinkError: cannot read the saved notebook {path}: {problem}"
+    finally:
+        assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
