@@ -56,3 +56,22 @@ def test_a_saved_notebook_that_is_not_a_notebook_stops_only_components(qa_kernel
         assert one_line(refused) == f"LinkError: cannot read the saved notebook {path}: {problem}"
     finally:
         assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
+
+
+def test_a_cache_url_fsspec_does_not_know_keeps_the_kernel_alive(link_kernelspec, home):
+    notebook = home / "nb.ipynb"
+    notebook.write_text(json.dumps({"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": []}))
+    k = Kernel(cwd=str(home), LINKKERNEL_CACHE="frob://somewhere", LINKKERNEL_NOTEBOOK=str(notebook))
+    try:
+        first = k.execute("x = 1", metadata=component_meta("a"), cell_id="c1")
+        assert first.status == "ok"
+        assert first.stderr == (
+            "linkkernel: cache store 'frob://somewhere' cannot be used: Protocol not known: frob; "
+            "component results are kept in memory only\n"
+        )
+        child = k.execute("print(x + 1)", metadata=component_meta("b", "a"), cell_id="c2")
+        assert (child.status, child.stdout, child.stderr) == ("ok", "2\n", "")
+        shown = k.execute("%link notebook").stdout
+        assert "cache: memory only (cache store 'frob://somewhere' cannot be used" in shown
+    finally:
+        k.shutdown()
