@@ -281,9 +281,10 @@ def run(args: argparse.Namespace) -> int:
     if color is None:
         color = sys.stdout.isatty() or (os.environ.get("GIT_PAGER_IN_USE") == "true" and "NO_COLOR" not in os.environ)
     sys.stdout.write(render_text(diff, color, old_name, new_name))
-    if args.html:
+    if args.html is not None:
         from linkkernel.git.html import render_html
+        from linkkernel.sharing.commandline import write_atomically
 
-        with open(args.html, "w", encoding="utf-8") as handle:
-            handle.write(render_html(diff, render_text(diff, False, old_name, new_name), old_name, new_name))
+        page = render_html(diff, render_text(diff, False, old_name, new_name), old_name, new_name)
+        write_atomically(args.html, page.encode("utf-8"), (old_path, new_path))
     return 0

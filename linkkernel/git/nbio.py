@@ -98,7 +98,10 @@ def dumps(notebook: Notebook) -> str:
 
 
 def write(notebook: Notebook, path: str | Path) -> None:
-    Path(path).write_text(dumps(notebook), encoding="utf-8")
+    """Atomically: git reads the result file, and a failed write must not leave half a notebook."""
+    from linkkernel.sharing.commandline import write_atomically
+
+    write_atomically(path, dumps(notebook).encode("utf-8"))
 
 
 def set_source(cell: Cell, text: str) -> None:

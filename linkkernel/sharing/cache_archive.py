@@ -604,15 +604,15 @@ def _cli_store(args: argparse.Namespace):
     return CacheStore(args.cache or default_cache_url(), str(Path(args.notebook).resolve())).usable()
 
 
-def do_export(graph, store, output: str, progress: Progress) -> str:
-    """Write the archive atomically and return the line that reports it."""
+def do_export(graph, store, output: str, progress: Progress, notebook: str | None) -> str:
+    """Write the archive atomically (never over `notebook`) and return the line that reports it."""
     from linkkernel.keys import user_key
     from linkkernel.sharing.commandline import write_atomically
 
     key = user_key()
     buffer = io.BytesIO()
     result = export_archive(graph, store, buffer, key, progress)
-    write_atomically(output, buffer.getvalue())
+    write_atomically(output, buffer.getvalue(), (notebook,))
     line = f"exported {len(result.exported)} component{'s' * (len(result.exported) != 1)} to {output}"
     line += f": {', '.join(result.exported)}" if result.exported else ""
     if result.skipped:
@@ -649,7 +649,7 @@ def run_cache(args: argparse.Namespace) -> int:
     graph = _notebook_graph(args.notebook)
     store = _cli_store(args)
     if args.action == "export":
-        print(do_export(graph, store, args.output, TqdmProgress()))
+        print(do_export(graph, store, args.output, TqdmProgress(), args.notebook))
     else:
         print(do_import(args.archive, graph, store, args.trust, args.max_size, TqdmProgress()))
     return 0
@@ -667,6 +667,6 @@ def cache_magic(kernel, argv: list[str]) -> None:
         return
     runner = kernel.runner
     if args.action == "export":
-        print(do_export(runner.graph(), runner.store, args.output, Progress()))
+        print(do_export(runner.graph(), runner.store, args.output, Progress(), runner.sources.notebook_path))
     else:
         print(do_import(args.archive, runner.graph(), runner.store, args.trust, args.max_size, Progress()))

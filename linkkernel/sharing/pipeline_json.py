@@ -66,7 +66,7 @@ def read_notebook(path: str | Path):
     return nb
 
 
-def write_notebook(nb, path: str | Path) -> None:
+def write_notebook(nb, path: str | Path, inputs: tuple[str | Path | None, ...] = ()) -> None:
     """Validate, then write atomically: a notebook that nbformat rejects is never written."""
     import nbformat
 
@@ -74,7 +74,7 @@ def write_notebook(nb, path: str | Path) -> None:
         nbformat.validate(nb)
     except nbformat.ValidationError as exc:
         raise LinkError(f"{path}: not written, the result would not be a valid notebook: {exc.message}") from exc
-    write_atomically(path, (nbformat.writes(nb) + "\n").encode("utf-8"))
+    write_atomically(path, (nbformat.writes(nb) + "\n").encode("utf-8"), inputs)
 
 
 def new_notebook():
@@ -324,7 +324,7 @@ def configure_import(parser: argparse.ArgumentParser) -> None:
 def run_export(args: argparse.Namespace) -> int:
     nb = read_notebook(args.notebook)
     doc = export_document(nb, args.components, args.with_ancestors, str(args.notebook))
-    write_atomically(args.output, (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+    write_atomically(args.output, (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8"), (args.notebook,))
     names = [c["name"] for c in doc["components"]]
     line = f"exported {len(names)} component{'s' * (len(names) != 1)} ({', '.join(names)}) to {args.output}"
     if doc.get("requires"):
@@ -337,7 +337,7 @@ def run_import(args: argparse.Namespace) -> int:
     pipeline = read_document(args.document)
     into = read_notebook(args.into) if args.into else None
     result = import_pipeline(pipeline, into, args.rename, str(args.into or args.document))
-    write_notebook(result.notebook, args.output)
+    write_notebook(result.notebook, args.output, (args.document,))  # --into NB -o NB appends in place
     line = f"wrote {args.output}: {len(result.added)} component{'s' * (len(result.added) != 1)} added ({', '.join(result.added)})"
     if result.renamed:
         line += "; renamed " + ", ".join(f"{a} -> {b}" for a, b in result.renamed.items())
