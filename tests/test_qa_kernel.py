@@ -75,3 +75,21 @@ def test_a_cache_url_fsspec_does_not_know_keeps_the_kernel_alive(link_kernelspec
         assert "cache: memory only (cache store 'frob://somewhere' cannot be used" in shown
     finally:
         k.shutdown()
+
+
+@pytest.mark.parametrize("subcommand", ["status", "graph", "outputs", "run", "cache clear", "notebook"])
+def test_help_of_every_engine_subcommand_is_usage_not_an_error(qa_kernel, subcommand):
+    shown = qa_kernel.execute(f"%link {subcommand} --help")
+    assert (shown.status, shown.errors, shown.stderr) == ("ok", [], "")
+    assert shown.stdout.startswith(f"usage: %link {subcommand.split()[0]}")
+
+
+def test_bad_engine_arguments_are_one_line(qa_kernel):
+    assert one_line(qa_kernel.execute("%link graph extra")) == (
+        "LinkError: %link graph: unrecognized arguments: extra (see '%link graph --help')"
+    )
+    assert one_line(qa_kernel.execute("%link outputs")) == (
+        "LinkError: %link outputs: the following arguments are required: name (see '%link outputs --help')"
+    )
+    assert one_line(qa_kernel.execute("%link run")) == "LinkError: %link run: give component names or --all"
+
