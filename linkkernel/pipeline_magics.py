@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -121,5 +122,11 @@ def notebook(kernel, argv: list[str]) -> None:
         return
     runner = _runner(kernel)
     if args.path:
-        runner.set_notebook(args.path)
-    print(f"notebook: {runner.sources.notebook_path or '(none)'}\ncache: {runner.store.location}")
+        path = os.path.expanduser(args.path)
+        if os.path.isdir(path):
+            raise LinkError(f"%link notebook: {args.path} is a directory; give the notebook file (NAME.ipynb)")
+        runner.set_notebook(path)
+    path = runner.sources.notebook_path
+    state = " (does not exist yet: declarations come from executed cells until it is saved)"
+    shown = "(none)" if path is None else path + ("" if os.path.exists(path) else state)
+    print(f"notebook: {shown}\ncache: {runner.store.location}")

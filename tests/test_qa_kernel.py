@@ -93,3 +93,17 @@ def test_bad_engine_arguments_are_one_line(qa_kernel):
     )
     assert one_line(qa_kernel.execute("%link run")) == "LinkError: %link run: give component names or --all"
 
+
+def test_link_notebook_refuses_a_folder_and_says_when_the_file_is_not_there(qa_kernel, home):
+    before = qa_kernel.execute("%link notebook").stdout
+    assert one_line(qa_kernel.execute(f"%link notebook {home}")) == (
+        f"LinkError: %link notebook: {home} is a directory; give the notebook file (NAME.ipynb)"
+    )
+    assert qa_kernel.execute("%link notebook").stdout == before, "a refused path changes nothing"
+    missing = home / "not-saved-yet.ipynb"
+    shown = qa_kernel.execute(f"%link notebook {missing}").stdout
+    assert shown.startswith(
+        f"notebook: {missing} (does not exist yet: declarations come from executed cells until it is saved)\n"
+    )
+    shown = qa_kernel.execute("%link notebook ~/qa-nb.ipynb").stdout
+    assert shown.startswith(f"notebook: {Path('~/qa-nb.ipynb').expanduser()} (does not exist yet")
