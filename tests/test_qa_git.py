@@ -27,3 +27,27 @@ def test_textconv_of_a_file_that_is_not_there_is_one_line(repo):
     done = repo.linkkernel("git", "textconv", "gone.ipynb")
     assert (done.returncode, done.stderr) == (1, "linkkernel git: cannot read gone.ipynb: No such file or directory\n")
 
+
+def test_log_outside_a_repository_says_so_once(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    repo = Repo(tmp_path)
+    done = repo.linkkernel("log", str(outside / "nb.ipynb"))
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"linkkernel log: git log failed for {outside / 'nb.ipynb'}: fatal: not a git repository")
+
+
+def test_log_goes_on_past_a_commit_whose_file_is_not_a_notebook(repo):
+    repo.commit(notebook(code("x = 1\n", "component:load", id="c1")), "first")
+    (repo.path / "nb.ipynb").write_text(json.dumps([1, 2]))
+    repo.git("commit", "-qam", "broken by a text merge")
+    repo.commit(notebook(code("x = 2\n", "component:load", id="c1")), "mended")
+    done = repo.linkkernel("log", "nb.ipynb")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert [line.strip() for line in done.stdout.splitlines() if line.startswith("    ")] == [
+        "mended", "broken by a text merge", "first",
+    ]
+    assert "(not compared: nb.ipynb at " in done.stdout
+    assert "not a notebook (a JSON list, not an object))" in done.stdout
+    assert done.stdout.count("+ component load") == 1, "the first commit is still shown in full"
