@@ -89,3 +89,16 @@ def test_unwritable_outputs_are_one_line(here: Path, capsys, argv):
     assert run("folder") == f"{command}: folder: cannot write: it is a directory; give a file name"
     assert run("missing/out.x") == f"{command}: missing/out.x: cannot write: No such file or directory"
     assert sorted(p.name for p in here.iterdir()) == ["folder", "nb.ipynb"], "no temporary file is left behind"
+
+
+def test_install_into_a_prefix_that_cannot_be_one_is_one_line(here: Path, capsys):
+    assert refused(capsys, "install", "--prefix", "nb.ipynb") == (
+        f"linkkernel install: cannot install kernelspec 'link-python': Not a directory ({here / 'nb.ipynb' / 'share'})"
+    )
+
+
+def test_install_with_an_empty_name_is_refused_not_named_after_a_temp_folder(here: Path, capsys):
+    assert refused(capsys, "install", "--prefix", "prefix", "--name", "") == (
+        "linkkernel install: cannot install a kernelspec with an empty --name"
+    )
+    assert not (here / "prefix").exists()
