@@ -52,6 +52,9 @@ class Component:
     cell_id: str | None = None
     index: int = 0
     metadata: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    # False when `index` only orders the component (a cell executed but not in the saved
+    # notebook): messages then name the cell by id, not by a position the user cannot find.
+    placed: bool = field(default=True, compare=False)
 
     @property
     def name(self) -> str:
@@ -67,7 +70,10 @@ class Component:
 
     @property
     def where(self) -> str:
-        return describe_cell(self.index, self.cell_id)
+        if not self.placed and not self.cell_id:
+            first = self.source.strip().splitlines()[0] if self.source.strip() else ""
+            return f"the executed cell {first[:40]!r}"
+        return describe_cell(self.index if self.placed else None, self.cell_id)
 
 
 def describe_cell(index: int | None, cell_id: str | None) -> str:

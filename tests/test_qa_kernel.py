@@ -107,3 +107,26 @@ def test_link_notebook_refuses_a_folder_and_says_when_the_file_is_not_there(qa_k
     )
     shown = qa_kernel.execute("%link notebook ~/qa-nb.ipynb").stdout
     assert shown.startswith(f"notebook: {Path('~/qa-nb.ipynb').expanduser()} (does not exist yet")
+
+
+def test_errors_name_saved_cells_by_position_and_unsaved_ones_by_id(qa_kernel, home):
+    path = home / "placed.ipynb"
+    cell = {"outputs": [], "execution_count": None}
+    path.write_text(json.dumps({"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+        {"cell_type": "markdown", "id": "m1", "metadata": {}, "source": "# title"},
+        {"cell_type": "code", "id": "s1", "metadata": component_meta("a"), "source": "a = 1", **cell},
+        {"cell_type": "code", "id": "s2", "metadata": {}, "source": "", **cell},
+    ]}))
+    assert qa_kernel.execute(f"%link notebook {path}").status == "ok"
+    try:
+        looked_in = f"the cells executed in this kernel and the saved notebook {path}"
+        saved = qa_kernel.execute("print(a)", metadata=component_meta("c", "a", "zz"), cell_id="s2")
+        assert one_line(saved) == (
+            f"PipelineError: component 'c' (cell 3 (id s2)) has parent 'zz', which is not declared in {looked_in}"
+        )
+        unsaved = qa_kernel.execute("print(a)", metadata=component_meta("d", "a", "zz"), cell_id="new-cell")
+        assert one_line(unsaved) == (
+            f"PipelineError: component 'd' (cell id new-cell) has parent 'zz', which is not declared in {looked_in}"
+        )
+    finally:
+        assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
