@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -51,3 +54,23 @@ def test_log_goes_on_past_a_commit_whose_file_is_not_a_notebook(repo):
     assert "(not compared: nb.ipynb at " in done.stdout
     assert "not a notebook (a JSON list, not an object))" in done.stdout
     assert done.stdout.count("+ component load") == 1, "the first commit is still shown in full"
+
+
+@pytest.mark.parametrize("command", ["diff", "log"])
+def test_diff_and_log_on_a_terminal_colour_unless_no_color_is_set(repo, command):
+    repo.commit(notebook(code("x = 1\n", "component:load", id="c1")), "first")
+    repo.write(notebook(code("x = 2\n", "component:load", id="c1")), "b.ipynb")
+    argv = ["diff", "nb.ipynb", "b.ipynb"] if command == "diff" else ["log", "nb.ipynb"]
+
+    def on_a_terminal(**env: str) -> bytes:
+        leader, follower = os.openpty()
+        try:
+            subprocess.run([sys.executable, "-m", "linkkernel.cli", *argv], cwd=repo.path, env={**repo.env, **env},
+                           stdout=follower, stderr=subprocess.DEVNULL, timeout=60, check=True)
+            return os.read(leader, 1 << 16)
+        finally:
+            os.close(leader)
+            os.close(follower)
+
+    assert b"\x1b[" in on_a_terminal()
+    assert b"\x1b[" not in on_a_terminal(NO_COLOR="1")

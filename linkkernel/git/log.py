@@ -9,7 +9,6 @@ commit (nbdime's `git log -p` with its diff driver starts Python twice per commi
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -115,9 +114,9 @@ def configure_log(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("notebook", metavar="NB.ipynb")
     parser.add_argument("-n", "--max-count", type=int, dest="limit", help="show only the last N commits")
     parser.add_argument("--outputs", action="store_true", help="also show output and execution count changes")
-    colour = parser.add_mutually_exclusive_group()
-    colour.add_argument("--color", dest="color", action="store_true", default=None, help="always colour")
-    colour.add_argument("--no-color", dest="color", action="store_false", help="never colour")
+    from linkkernel.git.diff import add_colour_options
+
+    add_colour_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -130,7 +129,9 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise LinkError(f"-n needs a positive number, not {args.limit}")
     warn_if_unconfigured(path)
-    color = args.color if args.color is not None else sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    from linkkernel.git.diff import colour_wanted
+
+    color = colour_wanted(args.color)
     shown = False
     try:
         for chunk in history(path, args.limit, args.outputs, color):
