@@ -102,3 +102,11 @@ def test_install_with_an_empty_name_is_refused_not_named_after_a_temp_folder(her
         "linkkernel install: cannot install a kernelspec with an empty --name"
     )
     assert not (here / "prefix").exists()
+
+
+def test_a_cell_with_null_metadata_is_read_like_one_with_none(here: Path, capsys):
+    nb = json.loads((here / "nb.ipynb").read_text())
+    nb["cells"].append({"cell_type": "markdown", "id": "m1", "metadata": None, "source": "notes"})
+    (here / "nulls.ipynb").write_text(json.dumps(nb))
+    assert main(["diff", "nb.ipynb", "nulls.ipynb", "--no-color"]) == 0
+    assert "cell 3 added (markdown)" in capsys.readouterr().out
