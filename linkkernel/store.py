@@ -64,19 +64,26 @@ def write_blob(f, blob: Blob) -> None:
 
 
 def decode_blob(data: bytes, digest: str) -> Blob | None:
-    """The blob in `data`, or None when it is not the content `digest` names."""
+    """The blob in `data`, or None when it is not the content `digest` names.
+
+    Raises ValueError when `data` is not in the blob format at all (a damaged cache file, a
+    hostile archive entry), whatever part of it is wrong.
+    """
     from linkkernel.namespaces import _digest
 
     view = memoryview(data)
     size = int.from_bytes(view[:8], "little")
-    header = json.loads(bytes(view[8 : 8 + size]))
-    offset = 8 + size
-    stream = bytes(view[offset : offset + header["stream"]])
-    offset += header["stream"]
-    buffers = []
-    for length in header["buffers"]:
-        buffers.append(view[offset : offset + length])
-        offset += length
+    try:
+        header = json.loads(bytes(view[8 : 8 + size]))
+        offset = 8 + size
+        stream = bytes(view[offset : offset + header["stream"]])
+        offset += header["stream"]
+        buffers = []
+        for length in header["buffers"]:
+            buffers.append(view[offset : offset + length])
+            offset += length
+    except (KeyError, TypeError, IndexError) as exc:
+        raise ValueError(f"not a linkkernel blob ({type(exc).__name__}: {exc})") from exc
     if _digest(stream, buffers) != digest:
         return None
     return Blob(stream, tuple(buffers), digest)

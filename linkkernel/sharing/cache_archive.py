@@ -448,7 +448,7 @@ def _decode(manifest: dict[str, Any], content: dict[str, bytes], signed_by_user:
             digest = path.removeprefix("blobs/")
             try:
                 blob = decode_blob(data, digest)
-            except (ValueError, KeyError, TypeError, IndexError) as exc:
+            except ValueError as exc:
                 raise ArchiveError(f"{where}: corrupt archive: {path!r} is not a linkkernel blob") from exc
             if blob is None:
                 raise ArchiveError(f"{where}: corrupt archive: {path!r} does not hold the value its digest names")
