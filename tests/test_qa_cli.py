@@ -110,3 +110,13 @@ def test_a_cell_with_null_metadata_is_read_like_one_with_none(here: Path, capsys
     (here / "nulls.ipynb").write_text(json.dumps(nb))
     assert main(["diff", "nb.ipynb", "nulls.ipynb", "--no-color"]) == 0
     assert "cell 3 added (markdown)" in capsys.readouterr().out
+
+
+def test_a_notebook_that_is_a_json_list_is_named_as_such_by_every_command(here: Path, capsys):
+    (here / "list.ipynb").write_text("[1, 2]")
+    line = "list.ipynb: not a notebook (a JSON list, not an object)"
+    assert refused(capsys, "export", "list.ipynb", "-o", "p.json") == f"linkkernel export: {line}"
+    assert refused(capsys, "cache", "export", "list.ipynb", "-o", "c.tar.gz") == f"linkkernel cache: {line}"
+    assert refused(capsys, "diff", "nb.ipynb", "list.ipynb") == f"linkkernel diff: {line}"
+    assert main(["export", "nb.ipynb", "-o", "p.json"]) == 0
+    assert refused(capsys, "import", "p.json", "--into", "list.ipynb", "-o", "out.ipynb") == f"linkkernel import: {line}"

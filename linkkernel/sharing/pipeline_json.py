@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from linkkernel import __version__
-from linkkernel.declarations import TAG_KINDS, Component, Declaration, notebook_components, parse_declaration
+from linkkernel.declarations import TAG_KINDS, Component, Declaration, notebook_components, notebook_problem, parse_declaration
 from linkkernel.errors import LinkError
 from linkkernel.sharing.commandline import parse_magic_args, write_atomically
 
@@ -60,10 +60,22 @@ def read_notebook(path: str | Path):
     except OSError as exc:
         raise LinkError(f"{path}: cannot read: {exc.strerror}") from exc
     except Exception as exc:  # nbformat raises NotJSONError, ValidationError, KeyError... on bad files
-        raise LinkError(f"{path}: not a readable notebook ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
+        raise LinkError(f"{path}: {_unreadable(path, exc)}".splitlines()[0]) from exc
     if nb.nbformat_minor < 5:
         nb = nbformat.v4.upgrade(nb, from_version=4, from_minor=nb.nbformat_minor)
     return nb
+
+
+def _unreadable(path: str | Path, exc: Exception) -> str:
+    """Why nbformat could not read `path`: our own words when the JSON is not even an object
+    (nbformat then fails with an AttributeError about its own code), else nbformat's."""
+    try:
+        parsed = json.loads(Path(path).read_bytes())
+    except ValueError:
+        parsed = {}
+    if not isinstance(parsed, dict):
+        return notebook_problem(parsed)
+    return f"not a readable notebook ({type(exc).__name__}: {exc})"
 
 
 def write_notebook(nb, path: str | Path, inputs: tuple[str | Path | None, ...] = ()) -> None:
