@@ -191,7 +191,7 @@ def notebook_problem(notebook: Any) -> str | None:
     for index, cell in enumerate(cells):
         if not isinstance(cell, Mapping) or cell.get("cell_type") not in CELL_TYPES:
             return f"cell {index + 1} is not a code, markdown or raw cell"
-        if not isinstance(cell.get("metadata") or {}, Mapping):
+        if not isinstance(cell.get("metadata", {}), (Mapping, type(None))):
             return f"cell {index + 1}: its metadata is not an object"
         source = cell.get("source", "")
         if not (isinstance(source, str) or isinstance(source, list) and all(isinstance(s, str) for s in source)):
