@@ -125,7 +125,8 @@ def notebook(kernel, argv: list[str]) -> None:
         path = os.path.expanduser(args.path)
         if os.path.isdir(path):
             raise LinkError(f"%link notebook: {args.path} is a directory; give the notebook file (NAME.ipynb)")
-        runner.set_notebook(path)
+        if os.path.abspath(path) != runner.sources.notebook_path:  # the same one again keeps what we know
+            runner.set_notebook(path)
     path = runner.sources.notebook_path
     state = " (does not exist yet: declarations come from executed cells until it is saved)"
     shown = "(none)" if path is None else path + ("" if os.path.exists(path) else state)

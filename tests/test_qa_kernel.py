@@ -130,3 +130,19 @@ def test_errors_name_saved_cells_by_position_and_unsaved_ones_by_id(qa_kernel, h
         )
     finally:
         assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
+
+
+def test_naming_the_same_notebook_again_keeps_unsaved_components_and_memory_only_values(qa_kernel, home):
+    path = home / "again.ipynb"
+    assert qa_kernel.execute(f"%link notebook {path}").status == "ok"
+    try:
+        made = qa_kernel.execute("import threading\nlock = threading.Lock()", metadata=component_meta("locker"),
+                                 cell_id="unsaved-1")
+        assert made.status == "ok" and "kept in memory only" in made.stderr
+        assert qa_kernel.execute(f"%link notebook {path}").status == "ok"
+        child = qa_kernel.execute("print(type(lock).__name__)", metadata=component_meta("user", "locker"),
+                                  cell_id="unsaved-2")
+        assert (child.status, child.stdout) == ("ok", "lock\n"), child.traceback_text
+        assert "locker" not in qa_kernel.execute("%link run user").stdout.replace("ran: ", "")
+    finally:
+        assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
