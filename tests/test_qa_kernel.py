@@ -146,3 +146,23 @@ def test_naming_the_same_notebook_again_keeps_unsaved_components_and_memory_only
         assert "locker" not in qa_kernel.execute("%link run user").stdout.replace("ran: ", "")
     finally:
         assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
+
+
+UPDATING = (
+    "from IPython.display import display\n"
+    "handle = display('step 0', display_id=True)\n"
+    "for step in range(1, 4):\n"
+    "    handle.update(f'step {step}')\n"
+    "display('done')\n"
+)
+
+
+def test_stored_outputs_keep_an_updated_display_once_with_its_last_content(qa_kernel):
+    live = qa_kernel.execute(UPDATING, metadata=component_meta("updating"), cell_id="upd-1")
+    assert live.status == "ok"
+    shown = qa_kernel.execute("%link outputs updating")
+    assert [d["data"]["text/plain"] for d in shown.displays] == ["'step 3'", "'done'"]
+    # the same when it runs silently (%link run, or as a stale parent)
+    assert qa_kernel.execute("%link run updating --force").stdout == "ran: updating\n"
+    again = qa_kernel.execute("%link outputs updating")
+    assert [d["data"]["text/plain"] for d in again.displays] == ["'step 3'", "'done'"]
