@@ -120,3 +120,11 @@ def test_a_notebook_that_is_a_json_list_is_named_as_such_by_every_command(here: 
     assert refused(capsys, "diff", "nb.ipynb", "list.ipynb") == f"linkkernel diff: {line}"
     assert main(["export", "nb.ipynb", "-o", "p.json"]) == 0
     assert refused(capsys, "import", "p.json", "--into", "list.ipynb", "-o", "out.ipynb") == f"linkkernel import: {line}"
+
+
+def test_no_command_lists_the_commands(capsys):
+    assert main([]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "args" not in err
+    assert err.startswith("usage: linkkernel [-h] [--version] COMMAND")
+    assert "  export      write a notebook's pipeline as a JSON document" in err
