@@ -128,3 +128,4 @@ def test_no_command_lists_the_commands(capsys):
     assert out == "" and "args" not in err
     assert err.startswith("usage: linkkernel [-h] [--version] COMMAND")
     assert "  export      write a notebook's pipeline as a JSON document" in err
+

@@ -166,3 +166,13 @@ def test_stored_outputs_keep_an_updated_display_once_with_its_last_content(qa_ke
     assert qa_kernel.execute("%link run updating --force").stdout == "ran: updating\n"
     again = qa_kernel.execute("%link outputs updating")
     assert [d["data"]["text/plain"] for d in again.displays] == ["'step 3'", "'done'"]
+
+
+def test_cache_export_over_an_existing_file_while_the_notebook_is_unsaved(qa_kernel, home):
+    (home / "old.tar.gz").write_bytes(b"previous archive")
+    assert qa_kernel.execute(f"%link notebook {home / 'unsaved.ipynb'}").status == "ok"
+    try:
+        done = qa_kernel.execute(f"%link cache export {home / 'old.tar.gz'}")
+        assert (done.status, done.stdout) == ("ok", f"exported 0 components to {home / 'old.tar.gz'}\n")
+    finally:
+        assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"

@@ -56,7 +56,7 @@ def write_atomically(path: str | Path, data: bytes, inputs: tuple[str | Path | N
     if not path.name or path.is_dir():
         raise LinkError(f"{shown}: cannot write: {'it is a directory' if path.name else 'no file name'}; give a file name")
     for source in filter(None, inputs):
-        if path.exists() and os.path.samefile(path, source):
+        if path.exists() and os.path.exists(source) and os.path.samefile(path, source):
             raise LinkError(f"{shown}: not written: it is the input {source}, which it would replace; choose another output")
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
