@@ -129,3 +129,9 @@ def test_no_command_lists_the_commands(capsys):
     assert err.startswith("usage: linkkernel [-h] [--version] COMMAND")
     assert "  export      write a notebook's pipeline as a JSON document" in err
 
+
+def test_rewriting_a_file_in_place_keeps_its_permissions(here: Path):
+    assert main(["export", "nb.ipynb", "-o", "p.json"]) == 0
+    (here / "nb.ipynb").chmod(0o600)
+    assert main(["import", "p.json", "--into", "nb.ipynb", "--rename", "-o", "nb.ipynb"]) == 0
+    assert (here / "nb.ipynb").stat().st_mode & 0o777 == 0o600

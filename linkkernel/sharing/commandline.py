@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
@@ -67,6 +68,8 @@ def write_atomically(path: str | Path, data: bytes, inputs: tuple[str | Path | N
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        if path.exists():  # a notebook kept private (0600) stays private when rewritten
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
