@@ -50,6 +50,9 @@ def _top_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run `linkkernel ARGS`; returns the exit status."""
+    if not (sys.argv[1:] if argv is None else argv):  # argparse would name its internal 'args'
+        _top_parser().print_help(sys.stderr)
+        return 2
     top = _top_parser().parse_args(argv)
     if top.command not in COMMANDS:
         print(
