@@ -156,7 +156,7 @@ class Runner:
             progress.clear()
         except (Interrupted, KeyboardInterrupt):
             progress.clear()
-            return self._report_interrupt(store_history)
+            return self._report_interrupt(store_history, "running parent components")
         except LinkError as exc:  # e.g. a cached value the storage lost
             progress.clear()
             return self.refuse(exc, store_history)
@@ -164,10 +164,14 @@ class Runner:
             progress.stop()
         for line in warnings:
             print(line, file=sys.stderr)
+        count_before = self.shell.execution_count
         try:
             outcome = await self.run_component(component, live=live)
         except LinkError as exc:
             return self.refuse(exc, store_history)
+        except KeyboardInterrupt:  # after the user's code: while its outputs were being kept
+            counted = self.shell.execution_count != count_before  # the live run already numbered the cell
+            return self._report_interrupt(store_history and not counted, f"keeping the outputs of component {component.name!r}")
         for line in outcome.warnings:
             print(line, file=sys.stderr)
         return outcome.reply
@@ -395,11 +399,11 @@ class Runner:
         self._send_error(full)
         return self._error_reply(full, store_history)
 
-    def _report_interrupt(self, store_history: bool) -> dict[str, Any]:
+    def _report_interrupt(self, store_history: bool, during: str) -> dict[str, Any]:
         error = {
             "ename": "KeyboardInterrupt",
             "evalue": "",
-            "traceback": ["\x1b[0;31mKeyboardInterrupt\x1b[0m: interrupted while running parent components; nothing half-run was kept"],
+            "traceback": [f"\x1b[0;31mKeyboardInterrupt\x1b[0m: interrupted while {during}; nothing half-run was kept"],
         }
         self._send_error(error)
         return self._error_reply(error, store_history)

@@ -291,3 +291,17 @@ def test_link_run_reports_a_failing_component_as_the_users_error(nb):
     assert (result.reply["content"]["ename"], result.reply["content"]["evalue"]) == ("ZeroDivisionError", "division by zero")
     assert result.traceback_text.splitlines()[0] == "Error in component 'bad':"
     assert "Component bad" in result.traceback_text
+
+
+def test_interrupt_while_a_components_outputs_are_pickled_is_a_keyboard_interrupt(nb):
+    nb.add("pickles_slowly", "import time\nclass Slow:\n    def __reduce__(self):\n        time.sleep(30)\n"
+                             "        return (Slow, ())\nslow = Slow()\nprint('ran')").use()
+    result = nb.run("pickles_slowly", interrupt_after=2, timeout=30)
+    assert result.status == "error"
+    assert result.reply["content"]["ename"] == "KeyboardInterrupt"
+    assert "while keeping the outputs of component 'pickles_slowly'" in result.traceback_text
+    assert result.stdout == "ran\n"
+    # the cell keeps the number its execute_input showed
+    assert result.reply["content"]["execution_count"] == result.of_type("execute_input")[0]["execution_count"]
+    status = nb.kernel.execute("%link status").stdout
+    assert "never" in status.split("pickles_slowly", 1)[1].splitlines()[0]
