@@ -150,18 +150,14 @@ class Runner:
                 if outcome.interrupted:
                     raise Interrupted
                 if outcome.error is not None:
-                    progress.clear()
                     return self._report_parent_error(name, outcome.error, store_history)
                 warnings.extend(outcome.warnings)
-            progress.clear()
         except (Interrupted, KeyboardInterrupt):
-            progress.clear()
             return self._report_interrupt(store_history, "running parent components")
         except LinkError as exc:  # e.g. a cached value the storage lost
-            progress.clear()
             return self.refuse(exc, store_history)
         finally:
-            progress.stop()
+            progress.remove()
         for line in warnings:
             print(line, file=sys.stderr)
         count_before = self.shell.execution_count
@@ -420,8 +416,9 @@ class Runner:
             if name not in graph:
                 raise LinkError(f"%link run: no component named {name!r} in {self.sources.looked_in()}")
         plan = self.plan(graph, names, force)
-        ran = []
-        progress = Progress(self.kernel, len(plan))
+        ran: list[str] = []
+        warnings: list[str] = []
+        progress = Progress(self.kernel, len(plan), targets=names)
         try:
             for k, name in enumerate(plan, 1):
                 progress.show(k, name)
@@ -431,11 +428,11 @@ class Runner:
                 if outcome.error is not None:
                     raise ComponentFailed.named(name, outcome.error)
                 ran.append(name)
-                for line in outcome.warnings:
-                    print(line, file=sys.stderr)
+                warnings.extend(outcome.warnings)
         finally:
-            progress.stop()
-            progress.clear()
+            progress.remove()
+            for line in warnings:
+                print(line, file=sys.stderr)
         return ran
 
 

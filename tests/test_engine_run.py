@@ -224,8 +224,28 @@ def test_progress_line_is_transient(nb):
     assert "display_id" in first["transient"]
     updates = result.of_type("update_display_data")
     assert any("'p2' (2 of 2" in u["data"]["text/plain"] for u in updates)
-    assert "clear_output" in kinds and kinds.index("clear_output") < kinds.index("stream")
+    # removed by emptying its own display, before the component's output
+    removal = next(i for i, m in enumerate(result.messages) if m["msg_type"] == "update_display_data" and not m["content"]["data"])
+    assert result.messages[removal]["content"]["transient"] == first["transient"]
+    assert removal < [m["msg_type"] for m in result.messages].index("stream")
+    assert "clear_output" not in kinds
     assert result.stdout == "leaf\n"
+
+
+def test_link_run_removes_its_progress_line_without_clearing_the_cell(nb):
+    nb.add("base", "import threading\nlock = threading.Lock()").add("top", "pass", "base").use()
+    result = nb.kernel.execute("print('before')\n%link run top")
+    assert result.status == "ok", result.traceback_text
+    assert "clear_output" not in [m["msg_type"] for m in result.messages]
+    lines = [d["data"]["text/plain"] for d in result.displays if d["data"]]
+    assert any("running parent 'base' (1 of 2" in line for line in lines)
+    assert any("running 'top' (2 of 2" in line for line in lines)
+    assert not any("parent 'top'" in line for line in lines)
+    kinds = [(m["msg_type"], m["content"].get("name")) for m in result.messages]
+    removal = next(i for i, m in enumerate(result.messages) if m["msg_type"] == "update_display_data" and not m["content"]["data"])
+    warning = next(i for i, m in enumerate(result.messages) if "cannot be serialised" in m["content"].get("text", ""))
+    assert kinds.index(("stream", "stdout")) < removal < warning
+    assert result.stdout == "before\nran: base, top\n"
 
 
 def test_unpicklable_values_stay_in_memory_with_a_warning(nb):
