@@ -218,7 +218,6 @@ class Runner:
         ns.update({k: shell.user_ns[k] for k in _PRELUDE if k in shell.user_ns})
         ns.update(inputs)
         outcome = RunOutcome(record)
-        result = None
         with _notebook_name_hint(shell, component.name), _swapped_namespace(shell, module), shell.compile.labelled(
             component.name
         ):
@@ -243,11 +242,6 @@ class Runner:
             else:
                 with capture.recorded(shell) as outputs:
                     reply = await live()
-                result = shell.last_execution_result
-                value = getattr(result, "result", None)
-                if value is not None:
-                    data, meta = shell.display_formatter.format(value)
-                    outputs.display(data, meta, "execute_result")
                 record.outputs = outputs.items
                 if reply.get("status") == "ok":
                     record.status = "ok"

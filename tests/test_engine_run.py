@@ -325,3 +325,17 @@ def test_interrupt_while_a_components_outputs_are_pickled_is_a_keyboard_interrup
     assert result.reply["content"]["execution_count"] == result.of_type("execute_input")[0]["execution_count"]
     status = nb.kernel.execute("%link status").stdout
     assert "never" in status.split("pickles_slowly", 1)[1].splitlines()[0]
+
+
+def test_a_components_result_is_formatted_once_and_kept(nb):
+    nb.add("shows", "class Shown:\n    def _repr_html_(self):\n        print('html-called')\n        return '<b>shown</b>'\n"
+                    "    def _repr_markdown_(self):\n        raise ValueError('bad markdown')\n"
+                    "    def __repr__(self):\n        return 'Shown()'\nShown()").use()
+    result = nb.run("shows")
+    # as in stock ipykernel: each repr runs once; the failing one is one error (and the reply's status)
+    assert result.stdout.count("html-called") == 1
+    assert [e["evalue"] for e in result.errors] == ["bad markdown"]
+    assert [r["data"]["text/html"] for r in result.of_type("execute_result")] == ["<b>shown</b>"]
+    stored = nb.kernel.execute("%link outputs shows")
+    assert [d["data"].get("text/html") for d in stored.displays] == ["<b>shown</b>"]
+    assert "html-called" in stored.stdout
