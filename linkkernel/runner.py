@@ -80,14 +80,13 @@ class Runner:
     def graph(self, targets: list[str] | None = None):
         """The validated DAG of `targets` and their ancestors (every component when None).
 
-        Only the part of the notebook a run needs is validated, so a half-finished rename
-        elsewhere does not block an unrelated component.
+        Only the part of the notebook a run needs is validated, so a half-finished rename or
+        a malformed tag elsewhere does not block an unrelated component.
         """
         from linkkernel.graph import build_graph
 
-        components = self.sources.components()
-        if targets is not None:
-            components = _relevant(components, targets)
+        declared = self.sources.declared()
+        components = declared.all() if targets is None else declared.relevant(targets)
         return build_graph(components, self.sources.looked_in())
 
     def states(self, graph) -> dict[str, str]:
@@ -428,23 +427,6 @@ class Runner:
             for line in warnings:
                 print(line, file=sys.stderr)
         return ran
-
-
-def _relevant(components: list[Component], targets: list[str]) -> list[Component]:
-    """The components named by `targets` or reachable through their parents (all same-named cells,
-    so a duplicate still shows)."""
-    by_name: dict[str, list[Component]] = {}
-    for component in components:
-        by_name.setdefault(component.name, []).append(component)
-    wanted, todo = set(), list(targets)
-    while todo:
-        name = todo.pop()
-        if name in wanted or name not in by_name:
-            continue
-        wanted.add(name)
-        for component in by_name[name]:
-            todo.extend(component.parents)
-    return [c for c in components if c.name in wanted]
 
 
 class ComponentFailed(Exception):

@@ -339,3 +339,26 @@ def test_a_components_result_is_formatted_once_and_kept(nb):
     stored = nb.kernel.execute("%link outputs shows")
     assert [d["data"].get("text/html") for d in stored.displays] == ["<b>shown</b>"]
     assert "html-called" in stored.stdout
+
+
+def test_a_malformed_cell_blocks_only_the_runs_that_need_it(nb):
+    nb.add("fine", "f = 1").add("child", "g = f + 1", "fine")
+    nb.cells["broken"] = {"id": "id-broken", "source": "h = 1", "metadata": {"tags": ["component:broken", "parent:9bad"]}}
+    nb.cells["nameless"] = {"id": "id-nameless", "source": "i = 1", "metadata": {"tags": ["component:7up"]}}
+    nb.use()
+    assert nb.run("child").status == "ok"
+    assert nb.runs() == ["fine", "child"]
+    assert nb.kernel.execute("%link run child --force").stdout.endswith("ran: fine, child\n")
+    status = nb.kernel.execute("%link status")
+    assert status.status == "ok", status.traceback_text
+    rows = {line.split()[0]: line.split()[2] for line in status.stdout.splitlines()[1:] if not line.startswith("error:")}
+    assert rows == {"fine": "fresh", "child": "fresh", "broken": "error", "?": "error"}
+    assert "error: cell 3 (id id-broken): malformed tag 'parent:9bad'" in status.stdout
+    assert "error: cell 4 (id id-nameless): malformed tag 'component:7up'" in status.stdout
+    # a component that needs the malformed cell is refused with that cell's own error
+    nb.add("needs", "j = h", "broken").save()
+    refused = nb.run("needs")
+    assert refused.status == "error"
+    assert "malformed tag 'parent:9bad'" in refused.traceback_text
+    status = nb.kernel.execute("%link status").stdout
+    assert [line.split()[2] for line in status.splitlines() if line.startswith("needs ")] == ["error"]
