@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from linkkernel import capture
+from linkkernel.cow import Loaded
 from linkkernel.declarations import Component
 from linkkernel.errors import LinkError
-from linkkernel.namespaces import Blob, UnpicklableValue, changes, dump, load
+from linkkernel.namespaces import Blob, UnpicklableValue, changes, dump
 from linkkernel.progress import Progress
 from linkkernel.sources import Sources, notebook_path_from_env
 from linkkernel.staleness import FRESH, RunRecord, code_hash, new_run_id, states
@@ -121,10 +122,8 @@ class Runner:
     def _check_remotes(self, graph, names: list[str]) -> None:
         aliases = {graph.nodes[n]["component"].remote for n in names} - {None}
         if aliases:
-            try:
-                from linkkernel.remote.registry import require_registered
-            except ImportError as exc:
-                raise LinkError(f"remote components ({', '.join(sorted(aliases))}) need linkkernel.remote: {exc}") from exc
+            from linkkernel.remote.registry import require_registered
+
             require_registered(aliases)
 
     # ---- executing a component cell ------------------------------------------------------
@@ -336,16 +335,15 @@ class Runner:
             return outcome
         record.status = "ok"
         namespace = {n: d for n, d in merged.items() if n not in result.deleted}
-        blobs = {}
         for name, blob in result.bound.items():
-            blobs[blob.digest] = freeze(blob)
-            namespace[name] = blob.digest
-        for name, type_name in result.unpicklable.items():
-            outcome.warnings.append(f"linkkernel: component {component.name!r}: {name!r} ({type_name}) cannot be serialised and was not returned")
+            # One copy on this side: the cache keeps the frozen blob and the notebook's value
+            # maps its large buffers copy-on-write (linkkernel.cow), as a child's inputs do.
+            frozen = freeze(blob)
+            outcome.blobs[frozen.digest] = frozen
+            outcome.values[name] = Loaded(frozen).value
+            namespace[name] = frozen.digest
         record.namespace = namespace
-        outcome.values = {name: load(blob) for name, blob in result.bound.items()}
         outcome.deleted = tuple(result.deleted)
-        outcome.blobs = blobs
         if live:
             outcome.reply = self._ok_reply(True)
         return outcome

@@ -18,7 +18,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from linkkernel.cow import Loaded, freeze_buffer
+from linkkernel.cow import FrozenMap, Loaded, freeze_buffer
 from linkkernel.errors import LinkError
 from linkkernel.namespaces import Blob
 from linkkernel.staleness import RunRecord
@@ -49,8 +49,14 @@ def freeze(blob: Blob) -> Blob:
     """A blob whose buffers are private immutable copies, no longer views of live objects.
 
     Large buffers go to memfds so that children can map them copy-on-write (linkkernel.cow).
+    A buffer already in a memfd (a blob read from remote storage into one) is not copied
+    again: nothing but the blob holds it.
     """
-    return Blob(blob.stream, tuple(freeze_buffer(b) for b in blob.buffers), blob.digest)
+    return Blob(
+        blob.stream,
+        tuple(b if isinstance(b.obj, FrozenMap) else freeze_buffer(b) for b in blob.buffers),
+        blob.digest,
+    )
 
 
 def write_blob(f, blob: Blob) -> None:
