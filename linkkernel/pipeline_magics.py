@@ -21,7 +21,7 @@ def _runner(kernel):
 def _graph_and_states(kernel):
     runner = _runner(kernel)
     graph = runner.graph()
-    return graph, runner.states(graph)
+    return graph, runner.store.states(graph)
 
 
 def status(kernel, argv: list[str]) -> None:
@@ -38,7 +38,7 @@ def status(kernel, argv: list[str]) -> None:
     declared = runner.sources.declared()
     blocked = declared.blocked()
     graph = build_graph([c for c in declared.components if c.name not in blocked], runner.sources.looked_in())
-    state = runner.states(graph)
+    state = runner.store.states(graph)
     rows = [("name", "parents", "state", "last run", "duration", "where")]
     for name in run_order(graph):
         component = graph.nodes[name]["component"]

@@ -14,7 +14,7 @@ import re
 import sys
 import time
 import types
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +26,7 @@ from linkkernel.errors import LinkError
 from linkkernel.namespaces import Blob, UnpicklableValue, changes, dump
 from linkkernel.progress import Progress
 from linkkernel.sources import Sources, notebook_path_from_env
-from linkkernel.staleness import FRESH, RunRecord, code_hash, new_run_id, states
+from linkkernel.staleness import FRESH, RunRecord, code_hash, new_run_id
 from linkkernel.store import MEMORY_PREFIX, CacheStore, freeze
 
 # Names IPython itself keeps in the user namespace; never outputs of a component.
@@ -36,10 +36,6 @@ _PRELUDE = ("In", "Out", "_ih", "_oh", "_dh", "get_ipython", "exit", "quit")
 
 def is_ipython_name(name: str) -> bool:
     return _IPYTHON_NAME.fullmatch(name) is not None
-
-
-class Interrupted(Exception):
-    """The user interrupted a run; nothing half-run was recorded."""
 
 
 @dataclass
@@ -90,20 +86,6 @@ class Runner:
         components = declared.all() if targets is None else declared.relevant(targets)
         return build_graph(components, self.sources.looked_in())
 
-    def states(self, graph) -> dict[str, str]:
-        from linkkernel.graph import run_order
-
-        order = run_order(graph)
-        comps = {n: graph.nodes[n]["component"] for n in order}
-        records = {n: self.store.get(n) for n in order}
-        return states(
-            order,
-            {n: c.parents for n, c in comps.items()},
-            {n: code_hash(c.source) for n, c in comps.items()},
-            records,
-            {n: r is not None and self.store.available(r) for n, r in records.items()},
-        )
-
     def plan(self, graph, targets: list[str], force: bool = False, rerun_targets: bool = False) -> list[str]:
         """The components to run for `targets`, in run order: whatever is stale, plus the targets
         themselves when `rerun_targets` (executing a component cell always runs it)."""
@@ -116,7 +98,7 @@ class Runner:
         self._check_remotes(graph, order)
         if force:
             return order
-        state = self.states(graph)
+        state = self.store.states(graph)
         return [n for n in order if (rerun_targets and n in targets) or state[n] != FRESH]
 
     def _check_remotes(self, graph, names: list[str]) -> None:
@@ -136,28 +118,13 @@ class Runner:
         try:
             graph = self.graph([component.name])
             plan = self.plan(graph, [component.name], rerun_targets=True)
-        except LinkError as exc:
-            return self.refuse(exc, store_history)
-        ancestors_to_run = [n for n in plan if n != component.name]
-        progress = Progress(self.kernel, len(ancestors_to_run))
-        warnings: list[str] = []
-        try:
-            for k, name in enumerate(ancestors_to_run, 1):
-                progress.show(k, name)
-                outcome = await self.run_component(graph.nodes[name]["component"], live=None)
-                if outcome.interrupted:
-                    raise Interrupted
-                if outcome.error is not None:
-                    return self._report_parent_error(name, outcome.error, store_history)
-                warnings.extend(outcome.warnings)
-        except (Interrupted, KeyboardInterrupt):
+            await self._run_captured(graph, [n for n in plan if n != component.name])
+        except KeyboardInterrupt:
             return self._report_interrupt(store_history, "running parent components")
-        except LinkError as exc:  # e.g. a cached value the storage lost
+        except ComponentFailed as exc:
+            return self._report_parent_error(exc.name, exc.error, store_history)
+        except LinkError as exc:  # an invalid pipeline, or a cached value the storage lost
             return self.refuse(exc, store_history)
-        finally:
-            progress.remove()
-        for line in warnings:
-            print(line, file=sys.stderr)
         count_before = self.shell.execution_count
         try:
             outcome = await self.run_component(component, live=live)
@@ -406,12 +373,20 @@ class Runner:
         for name in names:
             if name not in graph:
                 raise LinkError(f"%link run: no component named {name!r} in {self.sources.looked_in()}")
-        plan = self.plan(graph, names, force)
+        return await self._run_captured(graph, self.plan(graph, names, force), targets=names)
+
+    async def _run_captured(self, graph, names: list[str], targets: Collection[str] = ()) -> list[str]:
+        """Run `names` in order with their outputs captured, under the transient progress line
+        (`targets` are named as such, the rest as parents). Returns what ran.
+
+        Raises KeyboardInterrupt when interrupted and ComponentFailed for a user error, both
+        with nothing half-run recorded; warnings are printed once the progress line is gone.
+        """
         ran: list[str] = []
         warnings: list[str] = []
-        progress = Progress(self.kernel, len(plan), targets=names)
+        progress = Progress(self.kernel, len(names), targets)
         try:
-            for k, name in enumerate(plan, 1):
+            for k, name in enumerate(names, 1):
                 progress.show(k, name)
                 outcome = await self.run_component(graph.nodes[name]["component"], live=None)
                 if outcome.interrupted:
@@ -425,7 +400,6 @@ class Runner:
             for line in warnings:
                 print(line, file=sys.stderr)
         return ran
-
 
 class ComponentFailed(Exception):
     """A component run by `%link run` failed; shown as that component's own error."""

@@ -21,7 +21,7 @@ from typing import Any
 from linkkernel.cow import FrozenMap, Loaded, freeze_buffer
 from linkkernel.errors import LinkError
 from linkkernel.namespaces import Blob
-from linkkernel.staleness import RunRecord
+from linkkernel.staleness import RunRecord, code_hash, states
 
 MEMORY_PREFIX = "memory:"
 log = logging.getLogger(__name__)
@@ -202,6 +202,22 @@ class CacheStore:
     def available(self, record: RunRecord) -> bool:
         """Whether every value of a record can still be loaded (memory-only ones die with the process)."""
         return all(self.has_value(d) for d in record.namespace.values())
+
+    def states(self, graph) -> dict[str, str]:
+        """Each component of a validated pipeline graph (linkkernel.graph) against the runs
+        kept here, by the staleness rule: what the kernel runs and the cache exports."""
+        from linkkernel.graph import run_order
+
+        order = run_order(graph)
+        components = {n: graph.nodes[n]["component"] for n in order}
+        records = {n: self.get(n) for n in order}
+        return states(
+            order,
+            {n: c.parents for n, c in components.items()},
+            {n: code_hash(c.source) for n, c in components.items()},
+            records,
+            {n: r is not None and self.available(r) for n, r in records.items()},
+        )
 
     def blob(self, digest: str) -> Blob:
         """The blob named `digest`; LinkError when the storage lost it or it does not match."""

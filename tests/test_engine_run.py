@@ -5,14 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine_support import Notebook, value
-from support import Kernel, component_meta
-
-
-@pytest.fixture(scope="module")
-def kernel(link_kernelspec):
-    k = Kernel()
-    yield k
-    k.shutdown()
+from support import component_meta
 
 
 @pytest.fixture
