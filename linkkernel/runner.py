@@ -279,13 +279,8 @@ class Runner:
         except KeyboardInterrupt:  # run_remote cancelled the task on the worker, then re-raised
             if not live:
                 raise
-            error = {
-                "ename": "KeyboardInterrupt",
-                "evalue": "",
-                "traceback": [f"\x1b[0;31mKeyboardInterrupt\x1b[0m: the task on worker {component.remote!r} was cancelled"],
-            }
-            self._send_error(error)
-            return RunOutcome(record, interrupted=True, reply=self._error_reply(error, True))
+            error = _interrupt_error(f"the task on worker {component.remote!r} was cancelled")
+            return RunOutcome(record, interrupted=True, reply=self._fail(error, True))
         if isinstance(result, Awaitable):
             result = await result
         outcome = RunOutcome(record)
@@ -297,8 +292,7 @@ class Runner:
                 return outcome
             outcome.error = error
             if live:
-                self._send_error(error)
-                outcome.reply = self._error_reply(error, True)
+                outcome.reply = self._fail(error, True)
             return outcome
         record.status = "ok"
         namespace = {n: d for n, d in merged.items() if n not in result.deleted}
@@ -325,7 +319,10 @@ class Runner:
     def _ok_reply(self, store_history: bool) -> dict[str, Any]:
         return {"status": "ok", "execution_count": self._count(store_history), "user_expressions": {}, "payload": []}
 
-    def _error_reply(self, error: dict[str, Any], store_history: bool) -> dict[str, Any]:
+    def _fail(self, error: dict[str, Any], store_history: bool) -> dict[str, Any]:
+        """Show `error` in the cell as an `error` message; the execute_reply that goes with it."""
+        kernel = self.kernel
+        kernel.session.send(kernel.iopub_socket, "error", error, parent=kernel.get_parent(), ident=kernel._topic("error"))
         return {
             "status": "error",
             "ename": error["ename"],
@@ -336,31 +333,16 @@ class Runner:
             "payload": [],
         }
 
-    def _send_error(self, error: dict[str, Any]) -> None:
-        kernel = self.kernel
-        kernel.session.send(
-            kernel.iopub_socket, "error", error, parent=kernel.get_parent(), ident=kernel._topic("error")
-        )
-
     def refuse(self, exc: LinkError, store_history: bool = True) -> dict[str, Any]:
         """An invalid pipeline or declaration: one line in the cell, nothing run."""
-        error = {"ename": type(exc).__name__, "evalue": str(exc), "traceback": exc._render_traceback_()}
-        self._send_error(error)
-        return self._error_reply(error, store_history)
+        return self._fail({"ename": type(exc).__name__, "evalue": str(exc), "traceback": exc._render_traceback_()}, store_history)
 
     def _report_parent_error(self, name: str, error: dict[str, Any], store_history: bool) -> dict[str, Any]:
-        full = dict(error, traceback=[f"\x1b[0;31mError in parent component {name!r}:\x1b[0m", *error["traceback"]])
-        self._send_error(full)
-        return self._error_reply(full, store_history)
+        header = f"\x1b[0;31mError in parent component {name!r}:\x1b[0m"
+        return self._fail(dict(error, traceback=[header, *error["traceback"]]), store_history)
 
     def _report_interrupt(self, store_history: bool, during: str) -> dict[str, Any]:
-        error = {
-            "ename": "KeyboardInterrupt",
-            "evalue": "",
-            "traceback": [f"\x1b[0;31mKeyboardInterrupt\x1b[0m: interrupted while {during}; nothing half-run was kept"],
-        }
-        self._send_error(error)
-        return self._error_reply(error, store_history)
+        return self._fail(_interrupt_error(f"interrupted while {during}; nothing half-run was kept"), store_history)
 
     # ---- %link run -------------------------------------------------------------------------
 
@@ -400,6 +382,10 @@ class Runner:
             for line in warnings:
                 print(line, file=sys.stderr)
         return ran
+
+def _interrupt_error(text: str) -> dict[str, Any]:
+    return {"ename": "KeyboardInterrupt", "evalue": "", "traceback": [f"\x1b[0;31mKeyboardInterrupt\x1b[0m: {text}"]}
+
 
 class ComponentFailed(Exception):
     """A component run by `%link run` failed; shown as that component's own error."""
