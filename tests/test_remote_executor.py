@@ -163,6 +163,22 @@ def test_tampered_input_blob_fails_the_task_not_the_worker(worker, tmp, key_file
     assert worker.alive() and pong["versions"]["python"]
 
 
+def test_input_tampered_after_the_worker_verified_it_is_refused(worker, tmp) -> None:
+    """The worker remembers verified files between tasks only while they provably stay the same."""
+    data = np.arange(300_000.0)
+    first = executor.run_remote(None, task("total = float(data.sum())", data=data), "w1")
+    assert load(first.bound["total"]) == float(data.sum())
+    blob = dump("data", data)
+    (path,) = (tmp / "store").rglob(blob.digest)
+    path.chmod(0o644)
+    with open(path, "r+b") as f:
+        f.seek(-8, os.SEEK_END)
+        f.write(np.float64(1e9).tobytes())
+    path.chmod(0o444)
+    with pytest.raises(RemoteError, match="failed verification"):
+        executor.run_remote(None, task("total = float(data.sum())", data=data), "w1")
+
+
 def test_kernel_side_storage_unreachable_is_one_line(tmp, key_file, worker, monkeypatch) -> None:
     for name, value in S3_ENV.items():
         monkeypatch.setenv(name, value)

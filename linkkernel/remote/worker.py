@@ -402,7 +402,9 @@ class Worker:
             self.spare = None
             task.pid, task.pidfd, task.fd, task_pipe, task.streams = spare
             task.started_at = time.monotonic()
-            data = json.dumps({**task.body, "name": str(task.body.get("name", "?"))}).encode()
+            inputs = task.body.get("inputs") or {}
+            verified = self.store.verified(inputs.values()) if self.store.local else {}
+            data = json.dumps({**task.body, "name": str(task.body.get("name", "?")), "verified": verified}).encode()
             try:
                 with os.fdopen(task_pipe, "wb") as f:
                     f.write(len(data).to_bytes(4, "little") + data)
@@ -525,6 +527,9 @@ class Worker:
             if "output" in message or "clear_output" in message:
                 self.send(task.client, "output", {"task": task.id, **message})
             elif "result" in message and not task.cancelled:
+                verified = message.get("verified")
+                if self.store.local and isinstance(verified, dict):
+                    self.store.remember(verified)
                 self._relay_streams(task)  # what the process printed comes before its result
                 task.outcome = message
                 self.send(task.client, "done", {"task": task.id, "result": message["result"]})
