@@ -191,7 +191,7 @@ class Store:
         parts = [memoryview(blob.stream), *blob.buffers]
         offsets = _offsets(MAGIC, len(header), [p.nbytes for p in parts])
         if self.local:
-            self._write_local(path, header, parts, offsets)
+            self._write_local(path, blob.digest, header, parts, offsets)
             return
         # An object store makes an upload visible only once it completes.
         with self.fs.open(path, "wb") as f:
@@ -202,7 +202,7 @@ class Store:
                 f.write(part)
                 at = offset + part.nbytes
 
-    def _write_local(self, path: str, header: bytes, parts: list[memoryview], offsets: list[int]) -> None:
+    def _write_local(self, path: str, digest: str, header: bytes, parts: list[memoryview], offsets: list[int]) -> None:
         """Write aside, read-only from birth (nobody else ever holds it open for writing),
         then rename into place, so readers never see half a blob."""
         os.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
@@ -219,7 +219,7 @@ class Store:
             os.replace(target, path)
             # We wrote what we hashed: the file is verified as it stands (after the rename,
             # which moves its ctime), for as long as it stays unwritable.
-            self._remember(_digest_from(header), os.fstat(fd))
+            self._remember(digest, os.fstat(fd))
         except BaseException:  # an interrupted write leaves no half-written file behind
             if os.path.exists(target):
                 os.unlink(target)
@@ -370,10 +370,6 @@ def _memfd_view(size: int) -> memoryview:
         raise
     frozen.fd = fd
     return memoryview(frozen)
-
-
-def _digest_from(header: bytes) -> str:
-    return json.loads(header)["digest"]
 
 
 def file_map_of(blob: Blob) -> FileMap | None:
