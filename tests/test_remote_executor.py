@@ -153,7 +153,7 @@ def test_version_skew_is_one_clear_error(worker, monkeypatch) -> None:
 
 
 def test_tampered_input_blob_fails_the_task_not_the_worker(worker, tmp, key_file) -> None:
-    blob = dump("data", list(range(50)))
+    blob = dump("data", np.arange(50_000.0))  # too large to travel inline: it goes through the store
     Store(str(tmp / "store"), read_key(key_file)).put(blob)
     (path,) = (tmp / "store").rglob(blob.digest)
     path.write_bytes(path.read_bytes()[:-1] + b"\x00")
@@ -163,12 +163,55 @@ def test_tampered_input_blob_fails_the_task_not_the_worker(worker, tmp, key_file
     assert worker.alive() and pong["versions"]["python"]
 
 
+def test_input_tampered_after_the_worker_verified_it_is_refused(worker, tmp) -> None:
+    """The worker remembers verified files between tasks only while they provably stay the same."""
+    data = np.arange(300_000.0)
+    first = executor.run_remote(None, task("total = float(data.sum())", data=data), "w1")
+    assert load(first.bound["total"]) == float(data.sum())
+    blob = dump("data", data)
+    (path,) = (tmp / "store").rglob(blob.digest)
+    path.chmod(0o644)
+    with open(path, "r+b") as f:
+        f.seek(-8, os.SEEK_END)
+        f.write(np.float64(1e9).tobytes())
+    path.chmod(0o444)
+    with pytest.raises(RemoteError, match="failed verification"):
+        executor.run_remote(None, task("total = float(data.sum())", data=data), "w1")
+
+
+def test_small_values_travel_inline_in_the_signed_messages(worker, tmp) -> None:
+    before = {p.name for p in (tmp / "store").rglob("*") if p.is_file()}
+    result = executor.run_remote(None, task("y = x + [4]\nbig = np.zeros(20_000)", np=np, x=[1, 2, 3]), "w1")
+    assert load(result.bound["y"]) == [1, 2, 3, 4] and load(result.bound["big"]).shape == (20_000,)
+    stored = {p.name for p in (tmp / "store").rglob("*") if p.is_file()} - before
+    assert stored == {result.bound["big"].digest}  # y and x never touched the store
+
+
+def test_inline_value_that_is_not_its_digest_fails_the_task_not_the_worker(worker) -> None:
+    """A signed submit whose inline content does not match its digest (a kernel bug) is refused."""
+    from linkkernel.remote.storage import to_inline
+    from linkkernel.remote.worker import versions
+
+    entry = registry.get("w1")
+    client = Client("w1", entry.address, read_key(entry.key_file))
+    try:
+        forged = to_inline(dump("x", 1))
+        forged["digest"] = dump("x", 2).digest
+        task_id = uuid.uuid4().hex
+        client.submit({"task": task_id, "name": "t", "code": "y = x", "inputs": {}, "inline": {"x": forged}, "versions": versions()})
+        with pytest.raises(RemoteError, match="inline value 'x' failed verification"):
+            client.follow(task_id, lambda message: None)
+    finally:
+        client.close()
+    assert worker.alive()
+
+
 def test_kernel_side_storage_unreachable_is_one_line(tmp, key_file, worker, monkeypatch) -> None:
     for name, value in S3_ENV.items():
         monkeypatch.setenv(name, value)
     registry.add("s3down", worker.address, "s3://bucket/p", str(key_file), {"endpoint_url": f"http://127.0.0.1:{free_port()}"})
     with pytest.raises(StorageError, match=r"^storage s3://bucket/p is unreachable"):
-        executor.run_remote(None, task("y = x", x=1), "s3down")
+        executor.run_remote(None, task("y = x", x=np.arange(20_000.0)), "s3down")  # too large to go inline
 
 
 def test_worker_refuses_to_start_on_unreachable_storage(tmp, key_file) -> None:
@@ -344,7 +387,7 @@ def test_storage_lost_by_the_worker_mid_session_is_one_line(tmp, key_file, monke
     w = WorkerProcess(url, key_file, tmp, "--storage-option", f"endpoint_url={server.endpoint}", env=S3_ENV)
     try:
         registry.add("lost", w.address, url, str(key_file), {"endpoint_url": server.endpoint})
-        inputs = {"x": dump("x", list(range(100)))}
+        inputs = {"x": dump("x", np.arange(20_000.0))}  # too large to go inline: through the store
         assert executor.run_remote(None, ComponentTask("t", "y = len(x)", inputs, False), "lost").bound
         server.stop()  # the kernel already stored x, so only the worker finds the store gone
         with pytest.raises(RemoteError, match=r"worker 'lost' .*: storage s3://lk-lost/runs is unreachable"):
