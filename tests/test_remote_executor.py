@@ -153,7 +153,7 @@ def test_version_skew_is_one_clear_error(worker, monkeypatch) -> None:
 
 
 def test_tampered_input_blob_fails_the_task_not_the_worker(worker, tmp, key_file) -> None:
-    blob = dump("data", np.arange(50_000.0))  # too large to travel inline: it goes through the store
+    blob = dump("data", np.arange(50_000.0))
     Store(str(tmp / "store"), read_key(key_file)).put(blob)
     (path,) = (tmp / "store").rglob(blob.digest)
     path.write_bytes(path.read_bytes()[:-1] + b"\x00")
@@ -179,31 +179,15 @@ def test_input_tampered_after_the_worker_verified_it_is_refused(worker, tmp) -> 
         executor.run_remote(None, task("total = float(data.sum())", data=data), "w1")
 
 
-def test_small_values_travel_inline_in_the_signed_messages(worker, tmp) -> None:
+def test_inputs_and_outputs_travel_through_the_storage(worker, tmp) -> None:
+    """SPEC §5: the input namespace and the outputs go through the fsspec storage, small ones too."""
     before = {p.name for p in (tmp / "store").rglob("*") if p.is_file()}
-    result = executor.run_remote(None, task("y = x + [4]\nbig = np.zeros(20_000)", np=np, x=[1, 2, 3]), "w1")
-    assert load(result.bound["y"]) == [1, 2, 3, 4] and load(result.bound["big"]).shape == (20_000,)
+    marker = uuid.uuid4().hex  # content no earlier test stored
+    inputs = {"x": dump("x", [marker])}
+    result = executor.run_remote(None, ComponentTask("t", "y = x + [4]", inputs, live=False), "w1")
+    assert load(result.bound["y"]) == [marker, 4]
     stored = {p.name for p in (tmp / "store").rglob("*") if p.is_file()} - before
-    assert stored == {result.bound["big"].digest}  # y and x never touched the store
-
-
-def test_inline_value_that_is_not_its_digest_fails_the_task_not_the_worker(worker) -> None:
-    """A signed submit whose inline content does not match its digest (a kernel bug) is refused."""
-    from linkkernel.remote.storage import to_inline
-    from linkkernel.remote.worker import versions
-
-    entry = registry.get("w1")
-    client = Client("w1", entry.address, read_key(entry.key_file))
-    try:
-        forged = to_inline(dump("x", 1))
-        forged["digest"] = dump("x", 2).digest
-        task_id = uuid.uuid4().hex
-        client.submit({"task": task_id, "name": "t", "code": "y = x", "inputs": {}, "inline": {"x": forged}, "versions": versions()})
-        with pytest.raises(RemoteError, match="inline value 'x' failed verification"):
-            client.follow(task_id, lambda message: None)
-    finally:
-        client.close()
-    assert worker.alive()
+    assert {inputs["x"].digest, result.bound["y"].digest} <= stored
 
 
 def test_kernel_side_storage_unreachable_is_one_line(tmp, key_file, worker, monkeypatch) -> None:
@@ -211,7 +195,7 @@ def test_kernel_side_storage_unreachable_is_one_line(tmp, key_file, worker, monk
         monkeypatch.setenv(name, value)
     registry.add("s3down", worker.address, "s3://bucket/p", str(key_file), {"endpoint_url": f"http://127.0.0.1:{free_port()}"})
     with pytest.raises(StorageError, match=r"^storage s3://bucket/p is unreachable"):
-        executor.run_remote(None, task("y = x", x=np.arange(20_000.0)), "s3down")  # too large to go inline
+        executor.run_remote(None, task("y = x", x=np.arange(20_000.0)), "s3down")
 
 
 def test_worker_refuses_to_start_on_unreachable_storage(tmp, key_file) -> None:
@@ -387,7 +371,7 @@ def test_storage_lost_by_the_worker_mid_session_is_one_line(tmp, key_file, monke
     w = WorkerProcess(url, key_file, tmp, "--storage-option", f"endpoint_url={server.endpoint}", env=S3_ENV)
     try:
         registry.add("lost", w.address, url, str(key_file), {"endpoint_url": server.endpoint})
-        inputs = {"x": dump("x", np.arange(20_000.0))}  # too large to go inline: through the store
+        inputs = {"x": dump("x", np.arange(20_000.0))}
         assert executor.run_remote(None, ComponentTask("t", "y = len(x)", inputs, False), "lost").bound
         server.stop()  # the kernel already stored x, so only the worker finds the store gone
         with pytest.raises(RemoteError, match=r"worker 'lost' .*: storage s3://lk-lost/runs is unreachable"):

@@ -247,16 +247,3 @@ def test_remembered_verifications_must_look_like_file_identities(tmp_path) -> No
     store = Store(str(tmp_path / "store"), KEY)
     store.remember({"a" * 64: [1, 2, 3, 4, 5], "b" * 64: "forged", "c" * 64: [1, 2], "d" * 64: [1, 2, 3, 4, "5"]})
     assert store.verified(["a" * 64, "b" * 64, "c" * 64, "d" * 64]) == {"a" * 64: [1, 2, 3, 4, 5]}
-
-
-def test_inline_values_round_trip_and_are_checked_against_their_digest() -> None:
-    from linkkernel.remote.storage import from_inline, to_inline
-
-    blob = dump("x", np.arange(100.0))
-    assert np.array_equal(load_owned(from_inline("x", to_inline(blob))), np.arange(100.0))
-    swapped = {**to_inline(blob), "digest": dump("x", 1).digest}
-    with pytest.raises(StorageError, match="inline value 'x' failed verification"):
-        from_inline("x", swapped)
-    for malformed in ({"digest": blob.digest}, {"digest": blob.digest, "parts": ["not base64!"]}, "x", {"digest": 1, "parts": []}):
-        with pytest.raises(StorageError, match="inline value 'x' is malformed"):
-            from_inline("x", malformed)

@@ -17,7 +17,7 @@ from typing import Any
 
 from linkkernel.remote.client import Client, RemoteError
 from linkkernel.remote.registry import WorkerEntry, get
-from linkkernel.remote.storage import INLINE_MAX, INLINE_TOTAL, Store, from_inline, to_inline
+from linkkernel.remote.storage import Store
 from linkkernel.tasks import ComponentTask, TaskResult, UserError
 
 # Kept for the kernel's life: a connected socket per alias and thread (a ZeroMQ socket must
@@ -139,14 +139,8 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
 
     entry = get(alias)
     store = store_for(entry)
-    inline: dict[str, Any] = {}
-    inline_bytes = 0
-    for name, blob in task.inputs.items():
-        if blob.size <= INLINE_MAX and inline_bytes + blob.size <= INLINE_TOTAL:
-            inline[name] = to_inline(blob)
-            inline_bytes += blob.size
-        else:
-            store.put(blob)
+    for blob in task.inputs.values():
+        store.put(blob)
     client = client_for(entry)
     task_id = uuid.uuid4().hex
     log = OutputLog()
@@ -160,8 +154,7 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
         "task": task_id,
         "name": task.name,
         "code": task.code,
-        "inputs": {name: blob.digest for name, blob in task.inputs.items() if name not in inline},
-        "inline": inline,
+        "inputs": {name: blob.digest for name, blob in task.inputs.items()},
         "versions": versions(),
         "sources": component_sources(kernel),
     }
@@ -182,5 +175,4 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
             "cannot be pickled, so it cannot come back; keep such values inside one component"
         )
     bound = {name: store.get(digest) for name, digest in result["bound"].items()}
-    bound.update((name, from_inline(name, data)) for name, data in result.get("inline", {}).items())
     return TaskResult(bound=bound, deleted=tuple(result["deleted"]), outputs=log.nbformat())

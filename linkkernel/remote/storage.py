@@ -21,7 +21,6 @@ verified on every read. LKB1 files (no padding) are still read, by copy.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import hmac
@@ -377,37 +376,6 @@ def file_map_of(blob: Blob) -> FileMap | None:
     owners = {id(b.obj): b.obj for b in blob.buffers}
     owner = next(iter(owners.values()), None)
     return owner if len(owners) == 1 and isinstance(owner, FileMap) else None
-
-
-# Values this small travel inside the signed task and result messages instead of through the
-# store: a file write, a read and their system calls cost more than the bytes (SPEC §5
-# "through the storage" stays true for anything of size).
-INLINE_MAX = 64 << 10
-INLINE_TOTAL = 1 << 20
-
-
-def to_inline(blob: Blob) -> dict[str, Any]:
-    """A small blob as JSON for a signed message."""
-    parts = [blob.stream, *blob.buffers]
-    return {"digest": blob.digest, "parts": [base64.b64encode(part).decode() for part in parts]}
-
-
-def from_inline(name: str, data: Any) -> Blob:
-    """The blob a signed message carried; StorageError unless its content is the digest it names.
-
-    The message's HMAC already proves who sent it; re-hashing the few bytes keeps "a digest
-    names its content" true for whatever reaches the cache.
-    """
-    try:
-        digest = data["digest"]
-        parts = [base64.b64decode(part, validate=True) for part in data["parts"]]
-        if not isinstance(digest, str) or not parts:
-            raise ValueError("no parts")
-    except (TypeError, KeyError, ValueError, binascii.Error):
-        raise StorageError(f"inline value {name!r} is malformed; not loaded") from None
-    if not hmac.compare_digest(_digest_of([memoryview(p) for p in parts]), digest):
-        raise StorageError(f"inline value {name!r} failed verification (its content is not its digest); not loaded")
-    return Blob(parts[0], tuple(memoryview(bytearray(p)) for p in parts[1:]), digest)
 
 
 def load_owned(blob: Blob) -> Any:

@@ -34,7 +34,7 @@ from traitlets.config import Config
 from linkkernel import cow
 from linkkernel.compiler import LinkCompiler
 from linkkernel.namespaces import PROTOCOL, UnpicklableValue, changes, dump
-from linkkernel.remote.storage import INLINE_MAX, INLINE_TOTAL, StorageError, Store, file_map_of, from_inline, to_inline
+from linkkernel.remote.storage import StorageError, Store, file_map_of
 
 # Names IPython's displayhook and input cache bind in the namespace; they are not outputs.
 _SHELL_NAMES = re.compile(r"_{1,3}|_i{1,3}|_i?\d+")
@@ -274,14 +274,13 @@ def load_input(blob) -> MappedInput | cow.Loaded:
 
 def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> None:
     """Run one component and send its outputs and result through `pipe`."""
-    inline: dict[str, Any] = task.get("inline") or {}
-    digests: dict[str, str] = {**task["inputs"], **{name: str(data.get("digest")) for name, data in inline.items()}}
+    digests: dict[str, str] = task["inputs"]
     inputs: dict[str, Any] = {}
     loaded: dict[str, MappedInput | cow.Loaded] = {}
     store.remember(task.get("verified") or {})
     for name, digest in digests.items():
         try:
-            blob = from_inline(name, inline[name]) if name in inline else store.get(digest, mapped=True)
+            blob = store.get(digest, mapped=True)
             loaded[name] = load_input(blob)
             inputs[name] = loaded[name].value
         except StorageError as exc:
@@ -314,18 +313,12 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
     check = {n: None if loaded[n].unchanged(final.get(n)) else d for n, d in digests.items()}
     changed = changes(inputs, check, final)
     bound: dict[str, str] = {}
-    inline_out: dict[str, Any] = {}
-    inline_bytes = 0
     unpicklable: dict[str, str] = {}
     for name in changed.bound:
         try:
             blob = dump(name, final[name])
         except UnpicklableValue as exc:
             unpicklable[name] = exc.type_name
-            continue
-        if blob.size <= INLINE_MAX and inline_bytes + blob.size <= INLINE_TOTAL:
-            inline_out[name] = to_inline(blob)
-            inline_bytes += blob.size
             continue
         try:
             store.put(blob)
@@ -335,5 +328,5 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
         bound[name] = blob.digest
     # Files this process verified or wrote: the worker tells the next task, which then maps
     # them without hashing them again.
-    result = {"bound": bound, "inline": inline_out, "deleted": list(changed.deleted), "unpicklable": unpicklable}
+    result = {"bound": bound, "deleted": list(changed.deleted), "unpicklable": unpicklable}
     pipe.send({"result": result, "verified": store.newly_verified})

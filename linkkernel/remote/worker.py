@@ -381,7 +381,7 @@ class Worker:
             self.send(client, "pong", {"versions": self.versions, "slots": self.slots, "running": self._busy(), "queued": len(self.queue)})
         elif message.type == "submit":
             task_id = str(body.get("task", ""))
-            if not task_id or not isinstance(body.get("code"), str) or not isinstance(body.get("inputs"), dict) or not isinstance(body.get("inline", {}), dict):
+            if not task_id or not isinstance(body.get("code"), str) or not isinstance(body.get("inputs"), dict):
                 log.warning("dropped a malformed submit from client %s", client.hex()[:8])
                 return
             problem = skew(self.versions, body.get("versions") or {})
