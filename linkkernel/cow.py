@@ -82,40 +82,48 @@ class Loaded:
         """
         if not self.mapped or value is not self.value:
             return False
-        raw: list[pickle.PickleBuffer] = []
-        try:
-            stream = cloudpickle.dumps(value, protocol=PROTOCOL, buffer_callback=raw.append)
-        except Exception:  # noqa: BLE001 - not provable; the digest path reports real failures
+        views = same_pickle(value, self.blob)
+        if views is None:
             return False
-        if stream != self.blob.stream or len(raw) != len(self.maps):
-            return False
-        for pickled, mapped, original in zip(raw, self.maps, self.blob.buffers):
-            view = pickled.raw()
+        for view, mapped, original in zip(views, self.maps, self.blob.buffers):
             if mapped is None:
                 if view != original:
                     return False
                 continue
-            if view.nbytes != len(mapped) or _address(view) != _address(mapped) or _written(mapped):
+            if view.nbytes != len(mapped) or address(view) != address(mapped) or written(mapped):
                 return False
         return True
 
 
-def _address(buffer) -> int | None:
+def same_pickle(value: Any, blob: Blob) -> list[memoryview] | None:
+    """The out-of-band buffers of `value` when it pickles to `blob`'s stream with as many
+    buffers (the first step of proving it unchanged); None when it does not, or cannot."""
+    raw: list[pickle.PickleBuffer] = []
+    try:
+        stream = cloudpickle.dumps(value, protocol=PROTOCOL, buffer_callback=raw.append)
+    except Exception:  # noqa: BLE001 - not provable; the digest path reports real failures
+        return None
+    if stream != blob.stream or len(raw) != len(blob.buffers):
+        return None
+    return [b.raw() for b in raw]
+
+
+def address(buffer) -> int | None:
     try:
         return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
     except (TypeError, ValueError):
         return None
 
 
-def _written(mapped: mmap.mmap) -> bool:
+def written(mapped: mmap.mmap) -> bool:
     """Whether any page of a private map has been written (and so copied)."""
-    address = _address(mapped)
-    if address is None:
+    start = address(mapped)
+    if start is None:
         return True
     pages = (len(mapped) + PAGE - 1) // PAGE
     try:
         with open("/proc/self/pagemap", "rb", buffering=0) as f:
-            f.seek(address // PAGE * 8)
+            f.seek(start // PAGE * 8)
             data = f.read(pages * 8)
     except OSError:
         return True

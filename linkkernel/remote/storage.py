@@ -194,12 +194,16 @@ class Store:
             return
         # An object store makes an upload visible only once it completes.
         with self.fs.open(path, "wb") as f:
-            f.write(MAGIC + _frame_mac(self._key, header) + len(header).to_bytes(4, "little") + header)
-            at = _PREFIX + len(header)
-            for part, offset in zip(parts, offsets):
-                f.write(bytes(offset - at))
-                f.write(part)
-                at = offset + part.nbytes
+            self._write_frames(f, header, parts, offsets)
+
+    def _write_frames(self, f, header: bytes, parts: list[memoryview], offsets: list[int]) -> None:
+        """The blob file: magic, header MAC, header, then each part at its page-aligned offset."""
+        f.write(MAGIC + _frame_mac(self._key, header) + len(header).to_bytes(4, "little") + header)
+        at = _PREFIX + len(header)
+        for part, offset in zip(parts, offsets):
+            f.write(bytes(offset - at))
+            f.write(part)
+            at = offset + part.nbytes
 
     def _write_local(self, path: str, digest: str, header: bytes, parts: list[memoryview], offsets: list[int]) -> None:
         """Write aside, read-only from birth (nobody else ever holds it open for writing),
@@ -209,12 +213,7 @@ class Store:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
         try:
             with open(fd, "wb", closefd=False) as f:
-                f.write(MAGIC + _frame_mac(self._key, header) + len(header).to_bytes(4, "little") + header)
-                at = _PREFIX + len(header)
-                for part, offset in zip(parts, offsets):
-                    f.write(bytes(offset - at))
-                    f.write(part)
-                    at = offset + part.nbytes
+                self._write_frames(f, header, parts, offsets)
             os.replace(target, path)
             # We wrote what we hashed: the file is verified as it stands (after the rename,
             # which moves its ctime), for as long as it stays unwritable.

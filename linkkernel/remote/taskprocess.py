@@ -23,7 +23,6 @@ import sys
 import types
 from typing import Any
 
-import cloudpickle
 from IPython.core.async_helpers import _pseudo_sync_runner
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
@@ -33,7 +32,7 @@ from traitlets.config import Config
 
 from linkkernel import cow
 from linkkernel.compiler import LinkCompiler
-from linkkernel.namespaces import PROTOCOL, UnpicklableValue, changes, dump
+from linkkernel.namespaces import UnpicklableValue, changes, dump
 from linkkernel.remote.storage import StorageError, Store, file_map_of
 
 # Names IPython's displayhook and input cache bind in the namespace; they are not outputs.
@@ -253,18 +252,13 @@ class MappedInput:
         memory, and no page of the map written; False means "not proven" (compare digests)."""
         if value is not self.value:
             return False
-        raw: list[pickle.PickleBuffer] = []
-        try:
-            stream = cloudpickle.dumps(value, protocol=PROTOCOL, buffer_callback=raw.append)
-        except Exception:  # noqa: BLE001 - not provable; the digest path reports real failures
+        views = cow.same_pickle(value, self.blob)
+        if views is None:
             return False
-        if stream != self.blob.stream or len(raw) != len(self.blob.buffers):
-            return False
-        for pickled, original in zip(raw, self.blob.buffers):
-            view = pickled.raw()
-            if view.nbytes != original.nbytes or cow._address(view) != cow._address(original):
+        for view, original in zip(views, self.blob.buffers):
+            if view.nbytes != original.nbytes or cow.address(view) != cow.address(original):
                 return False
-        return not cow._written(self.map)
+        return not cow.written(self.map)
 
 
 def load_input(blob) -> MappedInput | cow.Loaded:
