@@ -15,6 +15,8 @@ from linkkernel.errors import LinkError
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "install": ("linkkernel.kernelspec", "configure_install", "register the Link Python kernel with Jupyter"),
     "uninstall": ("linkkernel.kernelspec", "configure_uninstall", "remove the Link Python kernelspec"),
+    "run": ("linkkernel.headless", "configure_run", "run a pipeline notebook headless and write the executed notebook"),
+    "demo": ("linkkernel.demo", "configure_demo", "run the example pipeline end to end with a local worker"),
 }
 
 
