@@ -275,11 +275,14 @@ def plain(text: str, stream: IO[str]) -> str:
     return text if stream.isatty() else ANSI.sub("", text)
 
 
-def report_run(report: RunReport, output: Path, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> int:
+def report_run(
+    report: RunReport, output: Path | None, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr
+) -> int:
     """Print the summary (and the user's error), return the exit status."""
     if report.outcomes:
         print(summary_table(report.outcomes), file=out)
-    print(f"executed notebook written to {output}", file=out)
+    if output is not None:
+        print(f"executed notebook written to {output}", file=out)
     if report.ok:
         return 0
     step = next((o for o in report.outcomes if o.name == report.failed), None)
