@@ -10,11 +10,17 @@ component above it needs it), so setup cells run first and inspection cells at t
 components' published outputs. With `--target`, only the pipeline runs: plain cells cannot
 feed a component (components start from their parents' namespaces) and may read components
 that were not selected.
+
+Components whose results are fresh in the cache store (same code, same parent runs; e.g. from
+an earlier run of this notebook) are not re-run: their cells get the stored outputs and the
+summary says `cached`. `--force` runs every selected component.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import json
 import os
 import re
 import sys
@@ -33,7 +39,7 @@ KERNEL_NAME = "link-python"
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 # States in the summary table.
-RAN, FAILED, NOT_RUN = "ran", "failed", "not run"
+RAN, CACHED, FAILED, NOT_RUN = "ran", "cached", "failed", "not run"
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,7 @@ def run_notebook(
     `env` is added to this process's environment for the kernel. `progress` receives the
     progress bar (None: no bar). The returned report holds the executed notebook.
     """
+    import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
     from tqdm import tqdm
@@ -171,11 +178,15 @@ def run_notebook(
     )
     try:
         with _started(client, kernel_name, env=kernel_env, stdout=log_fd, stderr=log_fd):
-            if force:
-                _execute_hidden(client, "%link cache clear")
+            cached = {} if force else _restore_fresh(client, list(outcomes))
             for step in steps:
                 outcome = outcomes.get(step.label) if step.component else None
                 bar.set_description_str(step.label)
+                if outcome is not None and outcome.name in cached:
+                    notebook.cells[step.index].outputs = [nbformat.from_dict(o) for o in cached[outcome.name]]
+                    outcome.state = CACHED
+                    bar.update(1)
+                    continue
                 started = time.monotonic()
                 try:
                     client.execute_cell(notebook.cells[step.index], step.index)
@@ -225,12 +236,41 @@ class _started:
         self._context.__exit__(*exc_info)
 
 
-def _execute_hidden(client: Any, code: str) -> None:
-    """Run `code` in the kernel without a cell, e.g. to clear the cache before a forced run."""
-    msg_id = client.kc.execute(code, silent=True, store_history=False)
+def _restore_fresh(client: Any, names: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Ask the kernel which of `names` are fresh in the cache store; returns their stored outputs.
+
+    Asked through `user_expressions` of a silent request, so nothing shows in any cell; the
+    kernel side (`restore_fresh`) also publishes their values for the plain cells that follow.
+    """
+    if not names:
+        return {}
+    expression = f"__import__('linkkernel.headless', fromlist=['_']).restore_fresh(get_ipython(), {names!r})"
+    msg_id = client.kc.execute("", silent=True, store_history=False, user_expressions={"fresh": expression})
     reply = client.wait_for_reply(msg_id)
-    if reply is not None and reply["content"]["status"] != "ok":
-        raise LinkError(f"{code!r} failed in the kernel: {reply['content'].get('evalue', '')}")
+    result = (reply or {}).get("content", {}).get("user_expressions", {}).get("fresh", {})
+    if result.get("status") != "ok":
+        raise LinkError(
+            f"could not read the component cache: {result.get('ename', 'no reply')}: {result.get('evalue', '')}"
+        )
+    return json.loads(ast.literal_eval(result["data"]["text/plain"]))
+
+
+def restore_fresh(shell: Any, names: list[str]) -> str:
+    """Kernel side of `_restore_fresh`: JSON {name: stored outputs} of the fresh ones among `names`.
+
+    A fresh component is not re-run, so its values are put into the notebook namespace here,
+    as its run would have published them, for plain cells that read them.
+    """
+    runner = shell.kernel.runner
+    graph = runner.graph()
+    states = runner.states(graph)
+    fresh = [name for name in run_order(graph, names) if states.get(name) == "fresh"]
+    stored = {}
+    for name in fresh:
+        record = runner.store.get(name)
+        shell.user_ns.update({var: runner.store.load(digest)[0] for var, digest in record.namespace.items()})
+        stored[name] = record.outputs
+    return json.dumps(stored)
 
 
 def _clear_outputs(notebook: Any) -> None:

@@ -164,3 +164,27 @@ def test_invalid_pipeline_is_refused_in_one_line_before_a_kernel_starts(tmp_path
     assert not (tmp_path / "bad.out.ipynb").exists()
     missing = linkkernel("run", str(tmp_path / "missing.ipynb"))
     assert missing.returncode == 1 and missing.stderr.strip().endswith("missing.ipynb: no such notebook")
+
+
+def test_fresh_components_are_not_rerun_unless_forced(tmp_path: Path) -> None:
+    source = write(tmp_path / "pipe.ipynb", PIPELINE)
+    first = linkkernel("run", str(source), "-o", str(tmp_path / "first.ipynb"))
+    assert first.returncode == 0, first.stderr
+    # Editing `side` makes it stale; everything else is fresh in the cache store.
+    edited = nbformat.read(str(source), as_version=4)
+    by_id(edited)["c5"].source = "side = len(values) + 1\nprint('side ran again')"
+    write(source, edited)
+    second = linkkernel("run", str(source), "-o", str(tmp_path / "second.ipynb"))
+    assert second.returncode == 0, second.stderr
+    assert summary(second.stdout) == {
+        "load": ("cached", "local"), "double": ("cached", "local"),
+        "report": ("cached", "local"), "side": ("ran", "local"),
+    }
+    cells = by_id(nbformat.read(str(tmp_path / "second.ipynb"), as_version=4))
+    assert outputs_text(cells["c3"]) == "load ran\n", "a cached component shows its stored outputs"
+    assert outputs_text(cells["c2"]) == "report: total 12\n"
+    assert outputs_text(cells["c5"]) == "side ran again\n"
+    assert outputs_text(cells["c6"]) == "inspect sees 12\n", "plain cells see cached components' values"
+    forced = linkkernel("run", str(source), "--force", "--target", "double", "-o", str(tmp_path / "forced.ipynb"))
+    assert forced.returncode == 0, forced.stderr
+    assert summary(forced.stdout) == {"load": ("ran", "local"), "double": ("ran", "local")}
