@@ -121,11 +121,12 @@ def _wait_ready(worker: subprocess.Popen, timeout: float, log_path: Path) -> Non
 
 def run_demo(output: Path | None = None, progress=sys.stderr, out=sys.stdout, err=sys.stderr) -> int:
     """Run the example pipeline with a temporary worker, registry and cache; returns the exit status."""
-    from linkkernel.headless import report_run, run_notebook, write_notebook
+    from linkkernel.headless import report_run, require_kernelspec, run_notebook, write_notebook
 
     source = demo_notebook()
     if not source.is_file():
         raise LinkError(f"the demo notebook is missing ({source}); reinstall linkkernel")
+    require_kernelspec()
     with tempfile.TemporaryDirectory(prefix="linkkernel-demo-") as tmp:
         workdir = Path(tmp)
         notebook = workdir / DEMO_NOTEBOOK
@@ -141,7 +142,24 @@ def run_demo(output: Path | None = None, progress=sys.stderr, out=sys.stdout, er
             report = run_notebook(notebook, env=env, progress=progress)
         if output is not None:
             write_notebook(report.notebook, output)
+        _print_cell_text(report.notebook, out)
         return report_run(report, output, out=out, err=err)
+
+
+def _print_cell_text(notebook, out) -> None:
+    """What each cell printed, so the terminal shows the pipeline's results, not just its states."""
+    for index, cell in enumerate(notebook.cells):
+        text = "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+        pictures = sum(1 for o in cell.get("outputs", []) if "image/svg+xml" in o.get("data", {}))
+        if not text and not pictures:
+            continue
+        tags = cell.metadata.get("tags", [])
+        name = next((t.partition(":")[2] for t in tags if t.startswith("component:")), f"cell {index + 1}")
+        print(f"--- {name}", file=out)
+        if text:
+            print(text.rstrip("\n"), file=out)
+        if pictures:
+            print("[a picture; open the executed notebook (-o FILE) to see it]", file=out)
 
 
 def configure_demo(parser: argparse.ArgumentParser) -> None:

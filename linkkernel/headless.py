@@ -155,6 +155,7 @@ def run_notebook(
     path = Path(path).resolve()
     notebook = read_notebook(path)
     steps = plan(notebook, targets, looked_in=str(path))
+    require_kernelspec(kernel_name)
     outcomes = {s.component.name: Outcome(s.component.name, where(s.component)) for s in steps if s.component}
     report = RunReport(notebook, list(outcomes.values()))
     _clear_outputs(notebook)
@@ -169,15 +170,16 @@ def run_notebook(
     # the terminal shows the pipeline; the file is kept and named only when the kernel itself
     # failed (died, or a linkkernel bug), since a user error is shown in full already.
     log_fd, log_name = tempfile.mkstemp(prefix=f"linkkernel-run-{path.stem}-", suffix=".log")
-    bar = tqdm(
-        total=len(outcomes),
-        unit="component",
-        file=progress,
-        disable=progress is None or not outcomes,
-        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}]",
-    )
+    bar = None
     try:
-        with _started(client, kernel_name, env=kernel_env, stdout=log_fd, stderr=log_fd):
+        with client.setup_kernel(env=kernel_env, stdout=log_fd, stderr=log_fd):
+            bar = tqdm(
+                total=len(outcomes),
+                unit="component",
+                file=progress,
+                disable=progress is None or not outcomes,
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}]",
+            )
             cached = {} if force else _restore_fresh(client, list(outcomes))
             for step in steps:
                 outcome = outcomes.get(step.label) if step.component else None
@@ -205,7 +207,8 @@ def run_notebook(
                 if report.failed:
                     break
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         os.close(log_fd)
         if report.kernel_trouble:
             report.kernel_log = Path(log_name)
@@ -214,26 +217,16 @@ def run_notebook(
     return report
 
 
-class _started:
-    """nbclient's kernel context, with a missing kernelspec told as one actionable line."""
+def require_kernelspec(kernel_name: str = KERNEL_NAME) -> None:
+    """Refuse in one actionable line when the kernel is not installed, before starting anything."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
-    def __init__(self, client: Any, kernel_name: str, **launch: Any) -> None:
-        self.client, self.kernel_name, self.launch = client, kernel_name, launch
-        self._context: Any = None
-
-    def __enter__(self) -> None:
-        from jupyter_client.kernelspec import NoSuchKernel
-
-        self._context = self.client.setup_kernel(**self.launch)
-        try:
-            self._context.__enter__()
-        except NoSuchKernel:
-            raise LinkError(
-                f"the {self.kernel_name!r} kernel is not installed; run 'linkkernel install --sys-prefix'"
-            ) from None
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self._context.__exit__(*exc_info)
+    try:
+        KernelSpecManager().get_kernel_spec(kernel_name)
+    except NoSuchKernel:
+        raise LinkError(
+            f"the {kernel_name!r} kernel is not installed; run 'linkkernel install --sys-prefix'"
+        ) from None
 
 
 def _restore_fresh(client: Any, names: list[str]) -> dict[str, list[dict[str, Any]]]:

@@ -188,3 +188,21 @@ def test_fresh_components_are_not_rerun_unless_forced(tmp_path: Path) -> None:
     forced = linkkernel("run", str(source), "--force", "--target", "double", "-o", str(tmp_path / "forced.ipynb"))
     assert forced.returncode == 0, forced.stderr
     assert summary(forced.stdout) == {"load": ("ran", "local"), "double": ("ran", "local")}
+
+
+def test_demo_runs_the_example_end_to_end_with_a_local_worker(tmp_path: Path) -> None:
+    result = linkkernel("demo", "-o", str(tmp_path / "demo.ipynb"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert summary(result.stdout) == {
+        "load": ("ran", "local"), "features": ("ran", "local"), "train": ("ran", "remote:local"),
+        "evaluate": ("ran", "local"), "plot": ("ran", "local"),
+    }
+    assert "test accuracy" in result.stdout
+    cells = by_id(nbformat.read(str(tmp_path / "demo.ipynb"), as_version=4))
+    assert outputs_text(cells["train"]).startswith("trained 500 steps")
+    assert any("image/svg+xml" in o.get("data", {}) for o in cells["plot"].outputs)
+    # Nothing is left behind: not in the working directory, and the demo's own directory
+    # (worker storage, key, registry, cache) is gone.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.ipynb"]
+    storage = Path(re.search(r"storage (\S+)", result.stdout)[1])
+    assert storage.parent.name.startswith("linkkernel-demo-") and not storage.parent.exists()
