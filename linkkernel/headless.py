@@ -149,7 +149,6 @@ def run_notebook(
     """
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
     from tqdm import tqdm
 
     path = Path(path).resolve()
@@ -182,27 +181,21 @@ def run_notebook(
             )
             cached = {} if force else _restore_fresh(client, list(outcomes))
             for step in steps:
-                outcome = outcomes.get(step.label) if step.component else None
                 bar.set_description_str(step.label)
+                cell = notebook.cells[step.index]
+                outcome = outcomes.get(step.label) if step.component else None
                 if outcome is not None and outcome.name in cached:
-                    notebook.cells[step.index].outputs = [nbformat.from_dict(o) for o in cached[outcome.name]]
+                    cell.outputs = [nbformat.from_dict(o) for o in cached[outcome.name]]
                     outcome.state = CACHED
-                    bar.update(1)
-                    continue
-                started = time.monotonic()
-                try:
-                    client.execute_cell(notebook.cells[step.index], step.index)
-                except CellExecutionError as exc:
-                    report.failed, report.error = step.label, _error_text(notebook.cells[step.index], exc)
-                    report.kernel_trouble = getattr(exc, "ename", None) == INTERNAL_ERROR_NAME
-                except CellTimeoutError:
-                    report.failed, report.error = step.label, f"timed out after {timeout:g} s"
-                except DeadKernelError:
-                    report.failed, report.error = step.label, "the kernel died"
-                    report.kernel_trouble = True
+                else:
+                    started = time.monotonic()
+                    error, report.kernel_trouble = _execute(client, cell, step.index, timeout)
+                    if error is not None:
+                        report.failed, report.error = step.label, error
+                    if outcome is not None:
+                        outcome.seconds = time.monotonic() - started
+                        outcome.state = FAILED if error is not None else RAN
                 if outcome is not None:
-                    outcome.seconds = time.monotonic() - started
-                    outcome.state = FAILED if report.failed else RAN
                     bar.update(1)
                 if report.failed:
                     break
@@ -215,6 +208,21 @@ def run_notebook(
         else:
             os.unlink(log_name)
     return report
+
+
+def _execute(client: Any, cell: Any, index: int, timeout: float | None) -> tuple[str | None, bool]:
+    """Run one cell: (the error as the user should see it, or None; whether the kernel itself failed)."""
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+    try:
+        client.execute_cell(cell, index)
+    except CellExecutionError as exc:
+        return _error_text(cell, exc), getattr(exc, "ename", None) == INTERNAL_ERROR_NAME
+    except CellTimeoutError:
+        return f"timed out after {timeout:g} s", False
+    except DeadKernelError:
+        return "the kernel died", True
+    return None, False
 
 
 def require_kernelspec(kernel_name: str = KERNEL_NAME) -> None:

@@ -206,3 +206,17 @@ def test_demo_runs_the_example_end_to_end_with_a_local_worker(tmp_path: Path) ->
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.ipynb"]
     storage = Path(re.search(r"storage (\S+)", result.stdout)[1])
     assert storage.parent.name.startswith("linkkernel-demo-") and not storage.parent.exists()
+
+
+def test_timeout_and_a_dying_kernel_fail_the_run_in_one_clear_line(tmp_path: Path) -> None:
+    slow = write(tmp_path / "slow.ipynb", notebook(("import time\ntime.sleep(60)", ["component:slow"])))
+    result = linkkernel("run", str(slow), "--timeout", "2")
+    assert result.returncode == 1
+    assert "component 'slow' failed:\ntimed out after 2 s" in result.stderr
+    dying = write(tmp_path / "dying.ipynb", notebook(("import os\nos._exit(3)", ["component:dying"])))
+    result = linkkernel("run", str(dying))
+    assert result.returncode == 1
+    assert "component 'dying' failed:\nthe kernel died" in result.stderr
+    log = Path(re.search(r"\(kernel log: (\S+)\)", result.stderr)[1])
+    assert log.is_file()
+    log.unlink()
