@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ipykernel.ipkernel import IPythonKernel
-from traitlets import Type
+from traitlets import Type, Unicode, default
 
 from linkkernel import __version__
 from linkkernel.compiler import LinkCompiler
-from linkkernel.errors import INTERNAL_ERROR_NAME, internal_error_line, internal_error_reply
+from linkkernel.errors import INTERNAL_ERROR_NAME, LinkError, internal_error_line, internal_error_reply
 from linkkernel.magics import LinkMagics
+from linkkernel.runner import Runner
 from linkkernel.shell import LinkShell
+from linkkernel.store import default_cache_url
 
 
 class LinkKernel(IPythonKernel):
@@ -21,10 +24,18 @@ class LinkKernel(IPythonKernel):
     implementation_version = __version__
     shell_class = Type(LinkShell)
     compiler_class = Type(LinkCompiler)
+    cache_url = Unicode(
+        help="fsspec URL of the component cache store (default: $LINKKERNEL_CACHE, else the user cache dir)"
+    ).tag(config=True)
+
+    @default("cache_url")
+    def _default_cache_url(self) -> str:
+        return default_cache_url()
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.shell.register_magics(LinkMagics(self.shell, self))
+        self.runner = Runner(self, self.cache_url)
 
     @property
     def banner(self) -> str:  # type: ignore[override]
@@ -59,6 +70,23 @@ class LinkKernel(IPythonKernel):
         cell_meta: dict | None,
         cell_id: str | None,
     ) -> dict[str, Any]:
+        if not silent:
+            try:
+                component = self.runner.learn(code, cell_meta, cell_id)
+            except LinkError as exc:
+                return self.runner.refuse(exc, store_history)
+            if component is not None:
+                live = functools.partial(
+                    super().do_execute,
+                    code,
+                    silent,
+                    store_history,
+                    user_expressions,
+                    allow_stdin,
+                    cell_meta=cell_meta,
+                    cell_id=cell_id,
+                )
+                return await self.runner.execute_cell(component, live, store_history)
         return await super().do_execute(
             code,
             silent,
@@ -68,6 +96,10 @@ class LinkKernel(IPythonKernel):
             cell_meta=cell_meta,
             cell_id=cell_id,
         )
+
+    def do_shutdown(self, restart: bool) -> dict[str, Any]:
+        self.runner.store.flush()
+        return super().do_shutdown(restart)
 
     def _publish_internal_error(self, exc: BaseException) -> None:
         line = internal_error_line(exc)

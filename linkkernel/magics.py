@@ -14,6 +14,12 @@ from linkkernel.errors import LinkError
 # handler(kernel, argv) and lives in the module that owns the job; modules load on first use.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "help": ("linkkernel.magics:show_help", "list the %link subcommands"),
+    "status": ("linkkernel.pipeline_magics:status", "table of components: state, last run, duration, where"),
+    "graph": ("linkkernel.pipeline_magics:graph", "the pipeline as a picture coloured by state"),
+    "outputs": ("linkkernel.pipeline_magics:outputs", "show a component's stored outputs again: NAME"),
+    "run": ("linkkernel.pipeline_magics:run", "bring components up to date: NAME... [--force] | --all"),
+    "cache": ("linkkernel.pipeline_magics:cache", "clear: forget every stored run of this notebook"),
+    "notebook": ("linkkernel.pipeline_magics:notebook", "read declarations from the saved notebook PATH"),
 }
 
 

@@ -1,0 +1,147 @@
+"""Running a cell without showing anything, keeping what it would have shown (FACTS "silent").
+
+Python-level stdout/stderr and display calls are caught by swapping the streams and the
+shell's display publisher; output written straight to file descriptors 1 and 2 (os.system,
+subprocesses, C extensions) by pointing those descriptors at temporary files. Everything is
+kept in order as nbformat outputs, so `%link outputs NAME` can show it again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from IPython.core.displaypub import DisplayPublisher
+
+_libc = ctypes.CDLL(None)
+
+
+class Outputs:
+    """nbformat output dicts, consecutive stream writes merged as Jupyter does."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+
+    def stream(self, name: str, text: str) -> None:
+        if not text:
+            return
+        last = self.items[-1] if self.items else None
+        if last is not None and last["output_type"] == "stream" and last["name"] == name:
+            last["text"] += text
+        else:
+            self.items.append({"output_type": "stream", "name": name, "text": text})
+
+    def display(self, data: dict, metadata: dict | None, output_type: str = "display_data") -> None:
+        item = {"output_type": output_type, "data": dict(data), "metadata": dict(metadata or {})}
+        if output_type == "execute_result":
+            item["execution_count"] = None
+        self.items.append(item)
+
+    def error(self, ename: str, evalue: str, traceback: list[str]) -> None:
+        self.items.append({"output_type": "error", "ename": ename, "evalue": evalue, "traceback": list(traceback)})
+
+
+class _Stream(io.TextIOBase):
+    def __init__(self, outputs: Outputs, name: str, echo: Any = None) -> None:
+        self._outputs, self._name, self._echo = outputs, name, echo
+
+    @property
+    def name(self) -> str:
+        return f"<{self._name}>"
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._outputs.stream(self._name, text)
+        if self._echo is not None:
+            self._echo.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._echo is not None:
+            self._echo.flush()
+
+    def __getattr__(self, attr: str) -> Any:
+        if self._echo is None:
+            raise AttributeError(attr)
+        return getattr(self._echo, attr)
+
+
+class _CapturingPublisher(DisplayPublisher):
+    def __init__(self, outputs: Outputs) -> None:
+        super().__init__()
+        self._outputs = outputs
+
+    def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kwargs) -> None:
+        self._outputs.display(data, metadata)
+
+    def clear_output(self, wait: bool = False) -> None:
+        self._outputs.items.clear()
+
+
+@contextmanager
+def _fd_redirect(outputs: Outputs) -> Iterator[None]:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    _libc.fflush(None)
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    files = {fd: tempfile.TemporaryFile() for fd in (1, 2)}
+    try:
+        for fd, f in files.items():
+            os.dup2(f.fileno(), fd)
+        yield
+    finally:
+        _libc.fflush(None)
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
+        for fd, f in files.items():
+            f.seek(0)
+            outputs.stream("stdout" if fd == 1 else "stderr", f.read().decode(errors="replace"))
+            f.close()
+
+
+@contextmanager
+def captured(shell) -> Iterator[Outputs]:
+    """Inside the block nothing reaches the frontend; the yielded Outputs collects it instead."""
+    outputs = Outputs()
+    saved = sys.stdout, sys.stderr, shell.display_pub
+    with _fd_redirect(outputs):
+        sys.stdout, sys.stderr = _Stream(outputs, "stdout"), _Stream(outputs, "stderr")
+        shell.display_pub = _CapturingPublisher(outputs)
+        try:
+            yield outputs
+        finally:
+            sys.stdout, sys.stderr, shell.display_pub = saved
+
+
+@contextmanager
+def recorded(shell) -> Iterator[Outputs]:
+    """Let output reach the frontend live as usual, and keep a copy of it as nbformat outputs."""
+    outputs = Outputs()
+    saved = sys.stdout, sys.stderr
+
+    def hook(msg: dict) -> dict:
+        kind = msg.get("msg_type") or msg.get("header", {}).get("msg_type")
+        content = msg.get("content", {})
+        if kind in ("display_data", "update_display_data"):
+            outputs.display(content.get("data", {}), content.get("metadata"))
+        elif kind == "clear_output":
+            outputs.items.clear()
+        return msg
+
+    publisher = shell.display_pub
+    publisher.register_hook(hook)
+    sys.stdout, sys.stderr = _Stream(outputs, "stdout", sys.stdout), _Stream(outputs, "stderr", sys.stderr)
+    try:
+        yield outputs
+    finally:
+        sys.stdout, sys.stderr = saved
+        publisher.unregister_hook(hook)

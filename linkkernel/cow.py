@@ -1,0 +1,122 @@
+"""Copy-on-write inputs: a child sees its parents' large buffers without copying them.
+
+A frozen large buffer lives in a memfd (one copy, made when the parent's run is recorded).
+Each child maps it MAP_PRIVATE: reading costs nothing, the first write to a page copies just
+that page, and the cached value is never touched. Whether a child mutated an input is read
+from /proc/self/pagemap (a written private page stops being a file page) instead of hashing
+gigabytes. Where any of this is unavailable the callers fall back to copies and digests.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import pickle
+from typing import Any
+
+import cloudpickle
+
+from linkkernel.namespaces import PROTOCOL, Blob
+
+MIN_SIZE = 1 << 20  # smaller buffers are cheaper to copy than to map
+PAGE = mmap.PAGESIZE
+# pagemap high byte: bit 63 present, 62 swapped, 61 file-page/shared; written private page = anon
+_DIRTY = bytes(1 if (b & 0xC0) and not (b & 0x20) else 0 for b in range(256))
+SUPPORTED = hasattr(os, "memfd_create") and os.path.exists("/proc/self/pagemap")
+
+
+class FrozenMap(mmap.mmap):
+    """A read-only map of a memfd holding one frozen buffer; `fd` lets children map it privately."""
+
+    fd: int
+
+    def __del__(self) -> None:
+        fd = getattr(self, "fd", None)
+        if fd is not None:
+            os.close(fd)
+            self.fd = None
+
+
+def freeze_buffer(buffer: memoryview) -> memoryview:
+    """An immutable private copy of `buffer`: in a memfd when large (so children can map it)."""
+    if not SUPPORTED or buffer.nbytes < MIN_SIZE:
+        return memoryview(bytes(buffer))
+    fd = os.memfd_create("linkkernel-blob", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, buffer.nbytes)
+        with open(fd, "wb", closefd=False, buffering=0) as f:
+            f.write(buffer.cast("B"))
+        frozen = FrozenMap(fd, buffer.nbytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    except BaseException:
+        os.close(fd)
+        raise
+    frozen.fd = fd
+    return memoryview(frozen)
+
+
+def _private_map(buffer: memoryview) -> mmap.mmap | None:
+    owner = buffer.obj
+    if not isinstance(owner, FrozenMap) or getattr(owner, "fd", None) is None:
+        return None
+    return mmap.mmap(owner.fd, buffer.nbytes, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+
+
+class Loaded:
+    """A value loaded from a blob, with the private maps its large buffers live in."""
+
+    def __init__(self, blob: Blob) -> None:
+        self.blob = blob
+        self.maps: list[mmap.mmap | None] = [_private_map(b) for b in blob.buffers]
+        buffers = [bytearray(b) if m is None else memoryview(m) for b, m in zip(blob.buffers, self.maps)]
+        self.value: Any = pickle.loads(blob.stream, buffers=buffers)
+
+    @property
+    def mapped(self) -> bool:
+        return any(m is not None for m in self.maps)
+
+    def unchanged(self, value: Any) -> bool:
+        """True only when provably unchanged: same pickle stream, same mapped memory, no page written.
+
+        False means "not proven": the caller then compares digests.
+        """
+        if not self.mapped or value is not self.value:
+            return False
+        raw: list[pickle.PickleBuffer] = []
+        try:
+            stream = cloudpickle.dumps(value, protocol=PROTOCOL, buffer_callback=raw.append)
+        except Exception:  # noqa: BLE001 - not provable; the digest path reports real failures
+            return False
+        if stream != self.blob.stream or len(raw) != len(self.maps):
+            return False
+        for pickled, mapped, original in zip(raw, self.maps, self.blob.buffers):
+            view = pickled.raw()
+            if mapped is None:
+                if view != original:
+                    return False
+                continue
+            if view.nbytes != len(mapped) or _address(view) != _address(mapped) or _written(mapped):
+                return False
+        return True
+
+
+def _address(buffer) -> int | None:
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+    except (TypeError, ValueError):
+        return None
+
+
+def _written(mapped: mmap.mmap) -> bool:
+    """Whether any page of a private map has been written (and so copied)."""
+    address = _address(mapped)
+    if address is None:
+        return True
+    pages = (len(mapped) + PAGE - 1) // PAGE
+    try:
+        with open("/proc/self/pagemap", "rb", buffering=0) as f:
+            f.seek(address // PAGE * 8)
+            data = f.read(pages * 8)
+    except OSError:
+        return True
+    return len(data) != pages * 8 or b"\x01" in data[7::8].translate(_DIRTY)

@@ -1,0 +1,123 @@
+"""`%link status|graph|outputs|run|cache clear|notebook`: the engine's commands in the kernel."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from linkkernel.errors import LinkError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad arguments as one LinkError line instead of exiting."""
+
+    def error(self, message: str):
+        raise LinkError(f"{self.prog}: {message}")
+
+
+def _runner(kernel):
+    return kernel.runner
+
+
+def _graph_and_states(kernel):
+    runner = _runner(kernel)
+    graph = runner.graph()
+    return graph, runner.states(graph)
+
+
+def status(kernel, argv: list[str]) -> None:
+    """A table: name, parents, state, last run, duration, where it runs."""
+    _Parser(prog="%link status").parse_args(argv)
+    from linkkernel.graph import run_order
+
+    graph, state = _graph_and_states(kernel)
+    store = _runner(kernel).store
+    rows = [("name", "parents", "state", "last run", "duration", "where")]
+    for name in run_order(graph):
+        component = graph.nodes[name]["component"]
+        record = store.get(name)
+        last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.started)) if record else "-"
+        duration = f"{record.duration:.2f} s" if record else "-"
+        where = f"remote:{component.remote}" if component.remote else "local"
+        rows.append((name, ", ".join(component.parents) or "-", state[name], last, duration, where))
+    if len(rows) == 1:
+        print(f"no components declared in {_runner(kernel).sources.looked_in()}")
+        return
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def graph(kernel, argv: list[str]) -> None:
+    """The DAG as an SVG coloured by state, with a text fallback."""
+    _Parser(prog="%link graph").parse_args(argv)
+    import networkx as nx
+    from IPython.display import display
+
+    from linkkernel.graph_svg import render_svg, render_text
+
+    g, state = _graph_and_states(kernel)
+    key = lambda n: (g.nodes[n]["component"].index, n)  # noqa: E731 - a sort key
+    layers = [sorted(layer, key=key) for layer in nx.topological_generations(g)]
+    parents = {n: g.nodes[n]["component"].parents for n in g}
+    display(
+        {"image/svg+xml": render_svg(layers, list(g.edges), state), "text/plain": render_text(layers, parents, state)},
+        raw=True,
+    )
+
+
+def outputs(kernel, argv: list[str]) -> None:
+    """Show a component's stored outputs again."""
+    parser = _Parser(prog="%link outputs")
+    parser.add_argument("name")
+    args = parser.parse_args(argv)
+    from IPython.display import display
+
+    record = _runner(kernel).store.get(args.name)
+    if record is None:
+        raise LinkError(f"%link outputs: component {args.name!r} has no stored outputs (it has not run)")
+    for output in record.outputs:
+        kind = output["output_type"]
+        if kind == "stream":
+            (sys.stderr if output["name"] == "stderr" else sys.stdout).write(output["text"])
+        elif kind in ("display_data", "execute_result"):
+            display(output["data"], metadata=output.get("metadata") or None, raw=True)
+        elif kind == "error":
+            print("\n".join(output["traceback"]), file=sys.stderr)
+
+
+def run(kernel, argv: list[str]) -> None:
+    """Bring components up to date: `%link run NAME... [--force]` or `%link run --all`."""
+    parser = _Parser(prog="%link run")
+    parser.add_argument("names", nargs="*")
+    parser.add_argument("--all", action="store_true")
+    parser.add_argument("--force", action="store_true")
+    args = parser.parse_args(argv)
+    if bool(args.names) == args.all:
+        raise LinkError("%link run: give component names or --all")
+    from IPython.core.interactiveshell import _pseudo_sync_runner
+
+    ran = _pseudo_sync_runner(_runner(kernel).run_targets(None if args.all else args.names, args.force))
+    print(f"ran: {', '.join(ran)}" if ran else "everything was fresh; nothing ran")
+
+
+def cache(kernel, argv: list[str]) -> None:
+    """`%link cache clear`: forget every stored run of this notebook."""
+    parser = _Parser(prog="%link cache")
+    parser.add_argument("action", choices=["clear"])
+    parser.parse_args(argv)
+    store = _runner(kernel).store
+    store.clear()
+    print(f"cleared the component cache ({store.location})")
+
+
+def notebook(kernel, argv: list[str]) -> None:
+    """`%link notebook [PATH]`: read declarations from this saved notebook (and key the cache by it)."""
+    parser = _Parser(prog="%link notebook")
+    parser.add_argument("path", nargs="?")
+    args = parser.parse_args(argv)
+    runner = _runner(kernel)
+    if args.path:
+        runner.set_notebook(args.path)
+    print(f"notebook: {runner.sources.notebook_path or '(none)'}\ncache: {runner.store.location}")

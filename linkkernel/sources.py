@@ -1,0 +1,185 @@
+"""Where the kernel learns component declarations (SPEC §2).
+
+Three sources, newest wins per cell: the executing request (metadata + cellId), cells this
+kernel executed before (by cellId), and the saved notebook file, re-read when its mtime
+changes. Requests without a cellId (nbclient, papermill) are matched to the saved notebook's
+cell by source. Only the executing cell's metadata ever reaches a kernel, so the file is what
+tells us about cells not executed in this session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from linkkernel.declarations import Component, cell_source, describe_cell, parse_declaration
+from linkkernel.errors import LinkError
+
+# Keys JupyterLab adds to the request metadata that are not part of the cell's metadata.
+TRANSPORT_KEYS = ("cellId", "deletedCells", "recordTiming")
+
+
+@dataclass
+class Cell:
+    """One code cell as a source knows it."""
+
+    key: str
+    cell_id: str | None
+    source: str
+    metadata: Mapping[str, Any]
+    index: int | None
+    at: float
+
+
+def notebook_path_from_env(environ: Mapping[str, str] = os.environ) -> str | None:
+    """LINKKERNEL_NOTEBOOK wins over JPY_SESSION_NAME (set by jupyter_server to the notebook)."""
+    for var in ("LINKKERNEL_NOTEBOOK", "JPY_SESSION_NAME"):
+        value = environ.get(var)
+        if value and value.endswith(".ipynb"):
+            return os.path.abspath(value)
+    return None
+
+
+class Sources:
+    """The merged view of every cell declaration this kernel knows."""
+
+    _file_cells: list[Cell]
+    _file_stamp: tuple[float, int] | None
+
+    def __init__(self, notebook_path: str | None = None) -> None:
+        self._executed: dict[str, Cell] = {}
+        self._deleted: set[str] = set()
+        self._clock = 0.0
+        self.notebook_path = notebook_path
+
+    @property
+    def notebook_path(self) -> str | None:
+        return self._notebook_path
+
+    @notebook_path.setter
+    def notebook_path(self, path: str | None) -> None:
+        # Cells executed for another notebook are not cells of this one.
+        self._notebook_path = os.path.abspath(path) if path else None
+        self._file_cells, self._file_stamp = [], None
+        self._executed.clear()
+        self._deleted.clear()
+
+    def looked_in(self) -> str:
+        """Where declarations were searched, for the missing-parent message."""
+        if self._notebook_path is None:
+            return (
+                "the cells executed in this kernel (no saved notebook known: "
+                "set LINKKERNEL_NOTEBOOK or run %link notebook PATH)"
+            )
+        state = "" if os.path.exists(self._notebook_path) else ", which does not exist"
+        return f"the cells executed in this kernel and the saved notebook {self._notebook_path}{state}"
+
+    def _now(self) -> float:
+        # Strictly increasing, so two requests in the same clock tick still order.
+        self._clock = max(time.time(), self._clock + 1e-6)
+        return self._clock
+
+    def _read_file(self, strict: bool = True) -> list[Cell]:
+        """The saved notebook's code cells. Not `strict`: an unreadable file counts as no file,
+        so a plain cell still runs exactly as in ipykernel."""
+        path = self._notebook_path
+        if path is None:
+            return []
+        try:
+            stat = os.stat(path)
+        except OSError:
+            self._file_cells, self._file_stamp = [], None
+            return []
+        stamp = (stat.st_mtime, stat.st_size)
+        if stamp != self._file_stamp:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    notebook = json.load(f)
+            except (OSError, ValueError) as exc:
+                if not strict:
+                    return []
+                raise LinkError(f"cannot read the saved notebook {path}: {exc}") from exc
+            cells = []
+            for index, cell in enumerate(notebook.get("cells", [])):
+                if cell.get("cell_type") != "code":
+                    continue
+                cell_id = cell.get("id")
+                cells.append(
+                    Cell(cell_id or f"index:{index}", cell_id, cell_source(cell),
+                         cell.get("metadata") or {}, index, stat.st_mtime)
+                )
+            self._file_cells, self._file_stamp = cells, stamp
+        return self._file_cells
+
+    def learn(self, code: str, request_meta: Mapping[str, Any] | None, cell_id: str | None) -> Component | None:
+        """Record the executing cell and return its component, or None for a plain cell.
+
+        Raises DeclarationError (a LinkError) for a malformed declaration.
+        """
+        request_meta = dict(request_meta or {})
+        cell_id = cell_id or request_meta.get("cellId")
+        for deleted in request_meta.get("deletedCells") or []:
+            self._deleted.add(deleted)
+            self._executed.pop(deleted, None)
+        metadata = {k: v for k, v in request_meta.items() if k not in TRANSPORT_KEYS}
+        if cell_id is not None and parse_declaration(metadata, describe_cell(None, cell_id)) is None:
+            # A plain cell from JupyterLab: its id is its key in the file too, so the saved
+            # notebook need not be read (plain cells cost what they cost in ipykernel).
+            self._deleted.discard(cell_id)
+            self._executed[cell_id] = Cell(cell_id, cell_id, code, metadata, None, self._now())
+            return None
+        file_cells = self._read_file(strict=False)
+        index = None
+        if cell_id is not None:
+            match = next((c for c in file_cells if c.cell_id == cell_id), None)
+            if match is None:  # e.g. VS Code's cell URIs: find the saved cell by its source
+                match = self._by_source(file_cells, code, unexecuted_only=True)
+        else:
+            match = self._by_source(file_cells, code, unexecuted_only=False)
+            if match is not None and not metadata:
+                metadata = dict(match.metadata)
+        if match is not None:
+            key, index, cell_id = match.key, match.index, match.cell_id or cell_id
+        else:
+            key = cell_id or f"source:{hash(code)}"
+        cell = Cell(key, cell_id, code, metadata, index, self._now())
+        self._deleted.discard(key)
+        self._executed[key] = cell
+        decl = parse_declaration(metadata, describe_cell(index, cell_id))
+        if decl is None:
+            return None
+        return Component(decl, code, cell_id, index if index is not None else 10**6, metadata)
+
+    def _by_source(self, cells: list[Cell], code: str, unexecuted_only: bool) -> Cell | None:
+        wanted = code.rstrip()
+        for cell in cells:
+            if cell.source.rstrip() == wanted and not (unexecuted_only and cell.key in self._executed):
+                return cell
+        return None
+
+    def components(self) -> list[Component]:
+        """Every declared component, newest declaration per cell, in notebook order."""
+        file_cells = self._read_file()
+        merged: list[Cell] = []
+        seen = set()
+        for cell in file_cells:
+            seen.add(cell.key)
+            if cell.key in self._deleted:
+                continue
+            executed = self._executed.get(cell.key)
+            merged.append(executed if executed is not None and executed.at >= cell.at else cell)
+        extra = sorted((c for k, c in self._executed.items() if k not in seen), key=lambda c: c.at)
+        base = len(file_cells)
+        components = []
+        for position, cell in enumerate(merged + extra):
+            index = cell.index if cell.index is not None else None
+            decl = parse_declaration(cell.metadata, describe_cell(index, cell.cell_id))
+            if decl is not None:
+                order = index if index is not None else base + position
+                components.append(Component(decl, cell.source, cell.cell_id, order, cell.metadata))
+        components.sort(key=lambda c: c.index)
+        return components

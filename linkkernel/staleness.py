@@ -1,0 +1,94 @@
+"""Run records and when a component is fresh (SPEC §3 "Staleness"). Pure: no kernel, no I/O.
+
+A component is fresh when its code hash and its parents' run ids are the ones recorded at its
+own last successful run, and every parent is fresh. Run ids are unique per run, so re-running a
+parent makes every descendant stale even when the parent produced the same values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+FRESH, STALE, FAILED, NEVER = "fresh", "stale", "failed", "never"
+
+
+def code_hash(source: str) -> str:
+    """What identifies a component's code; trailing whitespace does not change what it does."""
+    return hashlib.sha256(source.rstrip().encode()).hexdigest()
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class RunRecord:
+    """One run of one component: what it ran, against which parent runs, and what it left.
+
+    `namespace` maps every name of the component's final namespace to a blob digest;
+    `memory_only` lists names whose values could not be serialised and live in this process.
+    """
+
+    name: str
+    run_id: str
+    code_hash: str
+    parents: dict[str, str]
+    status: str
+    started: float
+    duration: float
+    where: str = "local"
+    namespace: dict[str, str] = field(default_factory=dict)
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    memory_only: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunRecord:
+        return cls(**data)
+
+
+def states(
+    order: Iterable[str],
+    parents: Mapping[str, Iterable[str]],
+    code_hashes: Mapping[str, str],
+    records: Mapping[str, RunRecord | None],
+    available: Mapping[str, bool] | None = None,
+) -> dict[str, str]:
+    """The state of every component in `order` (a topological order).
+
+    `available[name]` False means the record's values are gone (kept in memory by a process
+    that ended), so the component must run again even though its record is fine.
+    """
+    result: dict[str, str] = {}
+    for name in order:
+        record = records.get(name)
+        if record is None:
+            result[name] = NEVER
+            continue
+        if not record.ok:
+            result[name] = FAILED
+            continue
+        its_parents = list(parents.get(name, ()))
+        current = {}
+        for parent in its_parents:
+            parent_record = records.get(parent)
+            current[parent] = parent_record.run_id if parent_record is not None and parent_record.ok else None
+        fresh = (
+            record.code_hash == code_hashes.get(name)
+            and list(record.parents) == its_parents
+            and record.parents == current
+            and all(result.get(p) == FRESH for p in its_parents)
+            and (available is None or available.get(name, True))
+        )
+        result[name] = FRESH if fresh else STALE
+    return result

@@ -1,0 +1,210 @@
+"""The persistent cache of component runs (SPEC §3 "Persistence").
+
+Records are JSON, values are blobs named by their content digest, so a name a child inherits
+unchanged is stored once, and a remote run can ship the very blobs the cache holds. The
+store lives on any fsspec URL: by default the platform's user cache directory, one folder per
+notebook path. Writes happen on a background thread after the reply; values are pickled and
+copied synchronously first, so a later mutation of a live object cannot leak into the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from linkkernel.cow import Loaded, freeze_buffer
+from linkkernel.errors import LinkError
+from linkkernel.namespaces import Blob
+from linkkernel.staleness import RunRecord
+
+MEMORY_PREFIX = "memory:"
+log = logging.getLogger(__name__)
+
+
+def default_cache_url() -> str:
+    """LINKKERNEL_CACHE, else the user cache dir ($XDG_CACHE_HOME/linkkernel on Linux)."""
+    env = os.environ.get("LINKKERNEL_CACHE")
+    if env:
+        return env
+    import platformdirs
+
+    return platformdirs.user_cache_dir("linkkernel")
+
+
+def notebook_key(notebook_path: str) -> str:
+    """A folder name per notebook path: readable stem plus a hash of the absolute path."""
+    path = os.path.abspath(notebook_path)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem)[:40]
+    return f"{safe}-{hashlib.sha256(path.encode()).hexdigest()[:16]}"
+
+
+def freeze(blob: Blob) -> Blob:
+    """A blob whose buffers are private immutable copies, no longer views of live objects.
+
+    Large buffers go to memfds so that children can map them copy-on-write (linkkernel.cow).
+    """
+    return Blob(blob.stream, tuple(freeze_buffer(b) for b in blob.buffers), blob.digest)
+
+
+def write_blob(f, blob: Blob) -> None:
+    """Header, stream, then each buffer as it is (no joined copy of gigabytes)."""
+    header = json.dumps({"stream": len(blob.stream), "buffers": [b.nbytes for b in blob.buffers]}).encode()
+    f.write(len(header).to_bytes(8, "little"))
+    f.write(header)
+    f.write(blob.stream)
+    for buffer in blob.buffers:
+        f.write(buffer.cast("B") if buffer.format != "B" else buffer)
+
+
+def decode_blob(data: bytes, digest: str) -> Blob | None:
+    """The blob in `data`, or None when it is not the content `digest` names."""
+    from linkkernel.namespaces import _digest
+
+    view = memoryview(data)
+    size = int.from_bytes(view[:8], "little")
+    header = json.loads(bytes(view[8 : 8 + size]))
+    offset = 8 + size
+    stream = bytes(view[offset : offset + header["stream"]])
+    offset += header["stream"]
+    buffers = []
+    for length in header["buffers"]:
+        buffers.append(view[offset : offset + length])
+        offset += length
+    if _digest(stream, buffers) != digest:
+        return None
+    return Blob(stream, tuple(buffers), digest)
+
+
+class CacheStore:
+    """Run records and blobs of one notebook, in memory and (when a notebook is known) on fsspec."""
+
+    def __init__(self, url: str | None, notebook_path: str | None) -> None:
+        self.records: dict[str, RunRecord] = {}
+        self.blobs: dict[str, Blob] = {}
+        self.memory_values: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._pending: list[Future] = []
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linkkernel-cache")
+        self.root: str | None = None
+        self.fs = None
+        if url and notebook_path:
+            import fsspec
+
+            local = fsspec.utils.get_protocol(url) in ("file", "local")
+            self.fs, base = fsspec.core.url_to_fs(url, **({"auto_mkdir": True} if local else {}))
+            self.root = f"{base.rstrip('/')}/{notebook_key(notebook_path)}"
+            self._load_records()
+
+    @property
+    def location(self) -> str:
+        return self.root or "memory only (no saved notebook known)"
+
+    def _load_records(self) -> None:
+        try:
+            paths = self.fs.glob(f"{self.root}/records/*.json")
+        except OSError:
+            return
+        for path in paths:
+            try:
+                with self.fs.open(path, "rb") as f:
+                    record = RunRecord.from_json(json.load(f))
+            except (OSError, ValueError, TypeError):
+                continue  # a torn or foreign record only means that component runs again
+            self.records[record.name] = record
+
+    def get(self, name: str) -> RunRecord | None:
+        return self.records.get(name)
+
+    def put(self, record: RunRecord, blobs: dict[str, Blob], memory: dict[str, Any]) -> None:
+        """Keep a record now; write it and its blobs (already frozen) in the background."""
+        with self._lock:
+            self.blobs.update(blobs)
+            self.memory_values.update(memory)
+            self.records[record.name] = record
+            self._forget_unreferenced()
+        if self.fs is not None:
+            self._pending = [f for f in self._pending if not f.done()]
+            self._pending.append(self._writer.submit(self._write, record, list(blobs.values())))
+
+    def _forget_unreferenced(self) -> None:
+        """Drop in-memory values no current record names (a re-run parent's old gigabytes);
+        the files stay, so a record restored later can still load them."""
+        live = {d for r in self.records.values() for d in r.namespace.values()}
+        for table in (self.blobs, self.memory_values):
+            for digest in [d for d in table if d not in live]:
+                del table[digest]
+
+    def _write(self, record: RunRecord, blobs: list[Blob]) -> None:
+        for blob in blobs:
+            path = self._blob_path(blob.digest)
+            if not self.fs.exists(path):
+                with self.fs.open(path + ".part", "wb") as f:
+                    write_blob(f, blob)
+                self.fs.mv(path + ".part", path)
+        with self.fs.open(f"{self.root}/records/{record.name}.json", "w") as f:
+            json.dump(record.to_json(), f)
+
+    def _blob_path(self, digest: str) -> str:
+        return f"{self.root}/blobs/{digest[:2]}/{digest}"
+
+    def flush(self) -> None:
+        """Wait for background writes (kernel shutdown, `%link cache clear`)."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            exc = future.exception()
+            if exc is not None:  # the run itself succeeded; only its persistence is lost
+                log.warning("linkkernel: could not write the component cache at %s: %s", self.root, exc)
+
+    def has_value(self, digest: str) -> bool:
+        """Whether a value can be loaded, without asking the storage (an S3 HEAD per name per
+        cell would cost more than the run): blobs we wrote are taken to be there."""
+        if digest in self.blobs or digest in self.memory_values:
+            return True
+        return self.fs is not None and not digest.startswith(MEMORY_PREFIX)
+
+    def available(self, record: RunRecord) -> bool:
+        """Whether every value of a record can still be loaded (memory-only ones die with the process)."""
+        return all(self.has_value(d) for d in record.namespace.values())
+
+    def blob(self, digest: str) -> Blob:
+        """The blob named `digest`; LinkError when the storage lost it or it does not match."""
+        blob = self.blobs.get(digest)
+        if blob is None:
+            if self.fs is None or digest.startswith(MEMORY_PREFIX):
+                raise LinkError(f"cached value {digest[:16]} is no longer available")
+            try:
+                with self.fs.open(self._blob_path(digest), "rb") as f:
+                    blob = decode_blob(f.read(), digest)
+            except (OSError, ValueError) as exc:
+                raise LinkError(f"cannot read cached value {digest[:16]} from {self.root}: {exc}") from exc
+            if blob is None:
+                raise LinkError(f"cached value {digest[:16]} in {self.root} is corrupt; run '%link cache clear' and run again")
+            blob = freeze(blob)
+            self.blobs[digest] = blob
+        return blob
+
+    def load(self, digest: str) -> tuple[Any, Loaded | None]:
+        """A private copy of the value named by `digest`, and how it was loaded.
+
+        Large buffers are mapped copy-on-write rather than copied; memory-only values are
+        shared as they are (there is nothing to copy them from).
+        """
+        if digest in self.memory_values:
+            return self.memory_values[digest], None
+        loaded = Loaded(self.blob(digest))
+        return loaded.value, loaded
+
+    def clear(self) -> None:
+        self.flush()
+        with self._lock:
+            self.records.clear()
+            self.blobs.clear()
+            self.memory_values.clear()
+        if self.fs is not None and self.fs.exists(self.root):
+            self.fs.rm(self.root, recursive=True)

@@ -1,0 +1,144 @@
+"""Staleness, declaration sources and the graph picture, without a kernel."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from linkkernel.declarations import DeclarationError
+from linkkernel.graph import PipelineError, build_graph
+from linkkernel.graph_svg import render_svg, render_text
+from linkkernel.sources import Sources, notebook_path_from_env
+from linkkernel.staleness import FAILED, FRESH, NEVER, STALE, RunRecord, code_hash, states
+
+
+def record(name, parents=None, code="x", status="ok", run_id=None):
+    return RunRecord(name, run_id or f"run-{name}", code_hash(code), dict(parents or {}), status, 0.0, 0.0)
+
+
+def test_states_chain_fresh_then_parent_rerun_makes_descendants_stale():
+    order = ["a", "b", "c"]
+    parents = {"a": (), "b": ("a",), "c": ("b",)}
+    hashes = {n: code_hash("x") for n in order}
+    records = {"a": record("a"), "b": record("b", {"a": "run-a"}), "c": record("c", {"b": "run-b"})}
+    assert states(order, parents, hashes, records) == {"a": FRESH, "b": FRESH, "c": FRESH}
+    records["a"] = record("a", run_id="run-a2")  # a ran again: new run id
+    assert states(order, parents, hashes, records) == {"a": FRESH, "b": STALE, "c": STALE}
+
+
+def test_states_edit_makes_all_descendants_stale_even_before_the_parent_reruns():
+    order = ["a", "b", "c"]
+    parents = {"a": (), "b": ("a",), "c": ("b",)}
+    records = {"a": record("a"), "b": record("b", {"a": "run-a"}), "c": record("c", {"b": "run-b"})}
+    hashes = {"a": code_hash("edited"), "b": code_hash("x"), "c": code_hash("x")}
+    assert states(order, parents, hashes, records) == {"a": STALE, "b": STALE, "c": STALE}
+
+
+def test_states_never_failed_unavailable_and_changed_parents():
+    order = ["a", "b", "c", "d"]
+    parents = {"a": (), "b": ("a",), "c": (), "d": ("a",)}
+    hashes = {n: code_hash("x") for n in order}
+    records = {"a": record("a"), "b": record("b", {"a": "run-a"}, status="failed"), "c": None,
+               "d": record("d", {})}  # d gained parent a since its run
+    assert states(order, parents, hashes, records) == {"a": FRESH, "b": FAILED, "c": NEVER, "d": STALE}
+    assert states(order, parents, hashes, records, {"a": False})["a"] == STALE
+
+
+def test_code_hash_ignores_trailing_whitespace_only():
+    assert code_hash("x = 1\n\n") == code_hash("x = 1")
+    assert code_hash("x = 1") != code_hash("x = 2")
+
+
+def test_record_round_trips_through_json():
+    r = record("a", {"p": "run-p"})
+    r.outputs = [{"output_type": "stream", "name": "stdout", "text": "hi\n"}]
+    assert RunRecord.from_json(json.loads(json.dumps(r.to_json()))) == r
+
+
+def write_notebook(path, cells):
+    nb = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+        {"cell_type": "code", "id": cid, "source": src, "metadata": meta, "outputs": [], "execution_count": None}
+        for cid, src, meta in cells
+    ]}
+    path.write_text(json.dumps(nb))
+
+
+def tags(name, *parents):
+    return {"tags": [f"component:{name}"] + [f"parent:{p}" for p in parents]}
+
+
+def test_sources_merge_file_and_executed_cells_newest_wins(tmp_path):
+    nb = tmp_path / "nb.ipynb"
+    write_notebook(nb, [("c1", "a = 1", tags("a")), ("c2", "b = a", tags("b", "a"))])
+    sources = Sources(str(nb))
+    assert [c.name for c in sources.components()] == ["a", "b"]
+    # the user renames a in JupyterLab and executes it: the request is newer than the file
+    sources.learn("a = 1", {"tags": ["component:load"], "cellId": "c1"}, "c1")
+    assert [c.name for c in sources.components()] == ["load", "b"]
+    with pytest.raises(PipelineError, match=r"parent 'a', which is not declared in .*nb.ipynb"):
+        build_graph(sources.components(), sources.looked_in())
+    # then saves a newer file: the file is now the newest word on c1 and c2
+    time.sleep(0.01)
+    write_notebook(nb, [("c1", "a = 2", tags("a")), ("c2", "b = a", tags("b", "a"))])
+    os.utime(nb, (time.time() + 1, time.time() + 1))
+    assert [(c.name, c.source) for c in sources.components()] == [("a", "a = 2"), ("b", "b = a")]
+
+
+def test_sources_unsaved_and_deleted_cells(tmp_path):
+    nb = tmp_path / "nb.ipynb"
+    write_notebook(nb, [("c1", "a = 1", tags("a")), ("c2", "b = a", tags("b", "a"))])
+    sources = Sources(str(nb))
+    sources.learn("c = b", {"tags": ["component:c", "parent:b"], "cellId": "new"}, "new")
+    assert [c.name for c in sources.components()] == ["a", "b", "c"]
+    sources.learn("print(1)", {"deletedCells": ["c2"], "cellId": "c9"}, "c9")
+    assert [c.name for c in sources.components()] == ["a", "c"]
+
+
+def test_sources_match_requests_without_cell_id_by_source(tmp_path):
+    nb = tmp_path / "nb.ipynb"
+    write_notebook(nb, [("c1", "a = 1", tags("a")), ("c2", "b = a\n", tags("b", "a"))])
+    sources = Sources(str(nb))
+    component = sources.learn("b = a", {}, None)
+    assert component.name == "b" and component.parents == ("a",) and component.cell_id == "c2"
+    assert sources.learn("print('plain')", {}, None) is None
+
+
+def test_sources_without_notebook_say_where_they_looked():
+    sources = Sources(None)
+    sources.learn("b = 1", tags("b", "missing"), "x")
+    with pytest.raises(PipelineError, match="parent 'missing'.*no saved notebook known"):
+        build_graph(sources.components(), sources.looked_in())
+
+
+def test_sources_malformed_declaration_is_one_error(tmp_path):
+    with pytest.raises(DeclarationError, match="malformed tag 'component:9x'"):
+        Sources(None).learn("x", {"tags": ["component:9x"]}, "c")
+
+
+def test_notebook_path_from_env_prefers_linkkernel_notebook():
+    env = {"JPY_SESSION_NAME": "/a/one.ipynb", "LINKKERNEL_NOTEBOOK": "/b/two.ipynb"}
+    assert notebook_path_from_env(env) == "/b/two.ipynb"
+    assert notebook_path_from_env({"JPY_SESSION_NAME": "/a/one.ipynb"}) == "/a/one.ipynb"
+    assert notebook_path_from_env({"JPY_SESSION_NAME": "console-1"}) is None
+
+
+def test_graph_svg_is_layered_and_coloured_by_state():
+    svg = render_svg([["a"], ["b", "c"], ["d"]], [("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")],
+                     {"a": "fresh", "b": "stale", "c": "failed"})
+    assert svg.startswith("<svg") and svg.endswith("</svg>")
+    assert svg.count("<line") == 4 and svg.count("<rect") == 4
+    assert 'class="node fresh"' in svg and 'class="node never"' in svg and "#c62828" in svg
+    text = render_text([["a"], ["b"]], {"b": ("a",)}, {"a": "fresh"})
+    assert text == "a [fresh]\nb [never] <- a"
+
+
+def test_unreadable_notebook_does_not_stop_plain_cells_but_is_reported_for_components(tmp_path):
+    nb = tmp_path / "broken.ipynb"
+    nb.write_text("{not json")
+    sources = Sources(str(nb))
+    assert sources.learn("print(1)", {"cellId": "p"}, "p") is None
+    with pytest.raises(Exception, match="cannot read the saved notebook .*broken.ipynb"):
+        sources.components()

@@ -1,0 +1,64 @@
+"""The cache store and copy-on-write inputs, without a kernel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from linkkernel.errors import LinkError
+
+from linkkernel.cow import Loaded
+from linkkernel.namespaces import dump
+from linkkernel.staleness import RunRecord
+from linkkernel.store import CacheStore, freeze, notebook_key
+
+
+def record(name, run_id, namespace):
+    return RunRecord(name, run_id, "hash", {}, "ok", 0.0, 0.0, namespace=namespace)
+
+
+def test_records_and_blobs_survive_a_new_store_and_corruption_is_refused(tmp_path):
+    url = f"file://{tmp_path}"
+    store = CacheStore(url, str(tmp_path / "nb.ipynb"))
+    big = np.arange(300_000, dtype=np.float64)  # 2.4 MB: a memfd-backed buffer
+    blobs = {n: freeze(dump(n, v)) for n, v in {"big": big, "small": {"k": [1, 2]}}.items()}
+    store.put(record("a", "r1", {n: b.digest for n, b in blobs.items()}), {b.digest: b for b in blobs.values()}, {})
+    big[0] = -5.0  # a later mutation of the live object never reaches the cache
+    store.flush()
+    again = CacheStore(url, str(tmp_path / "nb.ipynb"))
+    assert again.get("a").run_id == "r1"
+    value, _ = again.load(blobs["big"].digest)
+    assert value[0] == 0.0 and value[-1] == 299_999.0
+    assert again.load(blobs["small"].digest)[0] == {"k": [1, 2]}
+    # a tampered blob file is not loaded
+    path = next((tmp_path / notebook_key(str(tmp_path / "nb.ipynb")) / "blobs").glob(f"*/{blobs['small'].digest}"))
+    path.write_bytes(path.read_bytes()[:-1] + b"X")
+    third = CacheStore(url, str(tmp_path / "nb.ipynb"))
+    with pytest.raises(LinkError, match="is corrupt"):
+        third.load(blobs["small"].digest)
+    path.unlink()
+    with pytest.raises(LinkError, match="cannot read cached value"):
+        CacheStore(url, str(tmp_path / "nb.ipynb")).load(blobs["small"].digest)
+
+
+def test_replaced_runs_release_their_values_from_memory():
+    store = CacheStore(None, None)
+    old, new = freeze(dump("x", [1])), freeze(dump("x", [2]))
+    store.put(record("a", "r1", {"x": old.digest}), {old.digest: old}, {})
+    store.put(record("a", "r2", {"x": new.digest}), {new.digest: new}, {})
+    assert list(store.blobs) == [new.digest]
+    assert store.location.startswith("memory only")
+
+
+def test_copy_on_write_inputs_detect_writes_without_touching_the_frozen_value():
+    frozen = freeze(dump("arr", np.zeros(1_000_000)))
+    first = Loaded(frozen)
+    assert first.mapped
+    assert first.value.flags.writeable
+    assert float(first.value.sum()) == 0.0  # reading is not writing
+    assert first.unchanged(first.value)
+    first.value[123_456] = 1.0
+    assert not first.unchanged(first.value)
+    second = Loaded(frozen)
+    assert float(second.value[123_456]) == 0.0
+    assert not second.unchanged(np.zeros(1_000_000))  # another object is never "unchanged"
