@@ -128,9 +128,19 @@ def browser(lab):
 @pytest.fixture(scope="module")
 def notebook(lab, browser):
     """The pipeline notebook, typed and tagged through the UI, saved; yields a page helper."""
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    lab_page = LabPage(page)
-    page.goto(f"{lab['url']}/lab?reset&token={TOKEN}")
+    lab_page = LabPage(browser.new_page(viewport={"width": 1400, "height": 1000}))
+    try:
+        _build_notebook(lab_page, lab["url"], lab["root"] / NOTEBOOK)
+    except BaseException:
+        lab_page.screenshot("jupyterlab-setup-failed")
+        raise
+    yield lab_page
+    lab_page.page.close()
+
+
+def _build_notebook(lab_page: LabPage, url: str, saved: Path) -> None:
+    page = lab_page.page
+    page.goto(f"{url}/lab?reset&token={TOKEN}")
     page.locator(".jp-LauncherCard", has_text="Link Python").first.click()
     lab_page.wait_for_cells(1)
     page.locator(".jp-SideBar .lm-TabBar-tab[data-id='jp-property-inspector']").click()
@@ -141,17 +151,17 @@ def notebook(lab, browser):
             lab_page.wait_for_cells(index + 1)
         lab_page.cell(index).locator(".cm-content").click()
         page.keyboard.insert_text(source)
+        # The inspector follows the active cell after a re-render: wait until it shows this one.
+        first_line = source.splitlines()[0]
+        page.locator("#jp-property-inspector .jp-ActiveCellTool-CellContent", has_text=first_line).wait_for()
         for tag in tags:
             lab_page.add_tag(tag)
     page.keyboard.press("Control+s")
-    saved = lab["root"] / NOTEBOOK
     wanted = [tags for _, tags in CELLS]
     deadline = time.monotonic() + 30
     while _saved_tags(saved) != wanted:
         assert time.monotonic() < deadline, f"saved tags {_saved_tags(saved)} != {wanted}"
         time.sleep(0.2)
-    yield lab_page
-    page.close()
 
 
 def _saved_tags(path: Path) -> list[list[str]] | None:
@@ -181,8 +191,7 @@ class LabPage:
         field.click()
         field.fill(tag)
         field.press("Enter")
-        applied = self.page.locator("#jp-property-inspector .jp-CellTags-Applied", has_text=tag)
-        applied.first.wait_for()
+        self.page.locator("#jp-property-inspector .jp-CellTags-Applied", has_text=tag).first.wait_for()
 
     def run(self, index: int, timeout: float = 60) -> None:
         """Run one cell (Ctrl+Enter) and wait until its prompt shows an execution count."""
