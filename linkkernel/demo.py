@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
+from linkkernel.declarations import parse_declaration
 from linkkernel.errors import LinkError
 
 DEMO_NOTEBOOK = "iris_pipeline.ipynb"
@@ -153,9 +154,8 @@ def _print_cell_text(notebook, out) -> None:
         pictures = sum(1 for o in cell.get("outputs", []) if "image/svg+xml" in o.get("data", {}))
         if not text and not pictures:
             continue
-        tags = cell.metadata.get("tags", [])
-        name = next((t.partition(":")[2] for t in tags if t.startswith("component:")), f"cell {index + 1}")
-        print(f"--- {name}", file=out)
+        declaration = parse_declaration(cell.metadata)
+        print(f"--- {declaration.name if declaration else f'cell {index + 1}'}", file=out)
         if text:
             print(text.rstrip("\n"), file=out)
         if pictures:

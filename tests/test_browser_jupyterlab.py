@@ -23,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from support import REPO, kernel_env
 
@@ -186,12 +187,29 @@ class LabPage:
         self.panel.locator(".jp-Notebook .jp-Cell").nth(count - 1).locator(".cm-content").wait_for()
 
     def add_tag(self, tag: str) -> None:
-        """Type a tag into the property inspector's cell tag editor, as a user does."""
+        """Type a tag into the property inspector's cell tag editor, as a user does.
+
+        The editor is re-created on every re-render of the inspector and a fresh one blurs a
+        focus it did not start; a re-render between the click and the typing (the inspector
+        catching up with the active cell on a loaded machine) swallows the typing. Like a
+        user, click and type again; the editor never adds a tag twice.
+        """
         field = self.page.locator("#jp-property-inspector input.jp-CellTags-Add")
-        field.click()
-        field.fill(tag)
-        field.press("Enter")
-        self.page.locator("#jp-property-inspector .jp-CellTags-Applied", has_text=tag).first.wait_for()
+        applied = self.page.locator(
+            "#jp-property-inspector .jp-CellTags-Applied", has_text=re.compile(rf"^\s*{re.escape(tag)}\s*$")
+        ).first
+        for _ in range(3):
+            field.click()
+            if not field.evaluate("e => document.activeElement === e"):
+                continue  # typing now would go to the notebook's command-mode shortcuts
+            self.page.keyboard.type(tag)
+            self.page.keyboard.press("Enter")
+            try:
+                applied.wait_for(timeout=5000)
+                return
+            except PlaywrightTimeout:
+                pass
+        raise AssertionError(f"the cell tag editor did not apply {tag!r}")
 
     def run(self, index: int, timeout: float = 60) -> None:
         """Run one cell (Ctrl+Enter) and wait until its prompt shows an execution count."""
