@@ -17,6 +17,13 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "uninstall": ("linkkernel.kernelspec", "configure_uninstall", "remove the Link Python kernelspec"),
     "run": ("linkkernel.headless", "configure_run", "run a pipeline notebook headless and write the executed notebook"),
     "demo": ("linkkernel.demo", "configure_demo", "run the example pipeline end to end with a local worker"),
+    "export": ("linkkernel.sharing.pipeline_json", "configure_export", "write a notebook's pipeline as a JSON document"),
+    "import": ("linkkernel.sharing.pipeline_json", "configure_import", "re-create a pipeline document's cells in a notebook"),
+    "cache": ("linkkernel.sharing.cache_archive", "configure_cache", "export/import component results as a signed .tar.gz"),
+    "git": ("linkkernel.git.install", "configure_git", "install/uninstall the git diff and merge drivers"),
+    "diff": ("linkkernel.git.diff", "configure_diff", "compare two notebooks cell by cell and their pipelines"),
+    "log": ("linkkernel.git.log", "configure_log", "a notebook's git history with code and pipeline changes"),
+    "merge": ("linkkernel.git.driver", "configure_merge", "three-way merge of notebooks (git merge driver)"),
 }
 
 

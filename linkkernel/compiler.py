@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ipykernel.compiler import XCachingCompiler
+from ipykernel.compiler import XCachingCompiler, get_tmp_directory
+
+# ipykernel's cell files: <tmp>/ipykernel_<pid>/<murmur hash of the cell's code>.py
+_CELL_FILE = re.compile(r"ipykernel_(\d+)[\\/](-?\d+)\.py$")
+
+
+def twin_path(filename: str) -> str | None:
+    """Where this process would compile the code of another kernel process's cell file."""
+    match = _CELL_FILE.search(filename)
+    if match is None or int(match[1]) == os.getpid():
+        return None
+    return os.path.join(get_tmp_directory(), f"{match[2]}.py")
 
 
 class LinkCompiler(XCachingCompiler):
@@ -32,7 +45,11 @@ class LinkCompiler(XCachingCompiler):
 
     def cache(self, transformed_code: str, number: int = 0, raw_code: str | None = None) -> str:
         name = super().cache(transformed_code, number, raw_code)
-        if self._current_component is not None:
+        # Cell files are named by a hash of the code: the same code compiled again, as a
+        # plain cell or in another component, takes the label of its latest compile.
+        if self._current_component is None:
+            self._component_of_file.pop(name, None)
+        else:
             self._component_of_file[name] = self._current_component
         return name
 
@@ -40,8 +57,28 @@ class LinkCompiler(XCachingCompiler):
         """The component a cell file was compiled for, if any."""
         return self._component_of_file.get(filename)
 
+    def local_twin(self, filename: str) -> str | None:
+        """This process's file for a cell file compiled by another kernel process.
+
+        Functions loaded from the cache store after a restart carry the old process's temp
+        path; the file name is a hash of the code, so the same code compiled here has the
+        same base name.
+        """
+        twin = twin_path(filename)
+        return twin if twin in self._filename_map else None
+
     def format_code_name(self, name: str) -> tuple[str, str] | None:
         component = self._component_of_file.get(name)
         if component is not None:
             return "Component", component
-        return super().format_code_name(name)
+        label = super().format_code_name(name)
+        if label is not None:
+            return label
+        twin = self.local_twin(name)
+        if twin is not None:
+            return self.format_code_name(twin)
+        if _CELL_FILE.search(name):
+            # A restarted kernel or a remote worker running a parent's function: never the
+            # other process's temp path.
+            return "Code", "from another kernel process"
+        return None

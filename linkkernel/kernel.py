@@ -36,6 +36,8 @@ class LinkKernel(IPythonKernel):
         super().__init__(**kwargs)
         self.shell.register_magics(LinkMagics(self.shell, self))
         self.runner = Runner(self, self.cache_url)
+        # Labels frames of functions that a parent, fresh from the cache, defined in an earlier session.
+        self.shell.component_sources = lambda: ((c.name, c.source) for c in self.runner.sources.components())
 
     @property
     def banner(self) -> str:  # type: ignore[override]
@@ -70,24 +72,8 @@ class LinkKernel(IPythonKernel):
         cell_meta: dict | None,
         cell_id: str | None,
     ) -> dict[str, Any]:
-        if not silent:
-            try:
-                component = self.runner.learn(code, cell_meta, cell_id)
-            except LinkError as exc:
-                return self.runner.refuse(exc, store_history)
-            if component is not None:
-                live = functools.partial(
-                    super().do_execute,
-                    code,
-                    silent,
-                    store_history,
-                    user_expressions,
-                    allow_stdin,
-                    cell_meta=cell_meta,
-                    cell_id=cell_id,
-                )
-                return await self.runner.execute_cell(component, live, store_history)
-        return await super().do_execute(
+        stock = functools.partial(
+            super().do_execute,
             code,
             silent,
             store_history,
@@ -96,6 +82,16 @@ class LinkKernel(IPythonKernel):
             cell_meta=cell_meta,
             cell_id=cell_id,
         )
+        if silent:
+            return await stock()
+        try:
+            component = self.runner.learn(code, cell_meta, cell_id)
+        except LinkError as exc:
+            return self.runner.refuse(exc, store_history)
+        if component is None:
+            return await stock()
+        # The component itself runs through ipykernel's own do_execute, inside its namespace.
+        return await self.runner.execute_cell(component, stock, store_history)
 
     def do_shutdown(self, restart: bool) -> dict[str, Any]:
         self.runner.store.flush()

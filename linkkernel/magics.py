@@ -18,8 +18,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "graph": ("linkkernel.pipeline_magics:graph", "the pipeline as a picture coloured by state"),
     "outputs": ("linkkernel.pipeline_magics:outputs", "show a component's stored outputs again: NAME"),
     "run": ("linkkernel.pipeline_magics:run", "bring components up to date: NAME... [--force] | --all"),
-    "cache": ("linkkernel.pipeline_magics:cache", "clear: forget every stored run of this notebook"),
+    "cache": ("linkkernel.sharing.cache_archive:cache_magic", "clear | export PATH | import PATH [--trust]: the component cache"),
     "notebook": ("linkkernel.pipeline_magics:notebook", "read declarations from the saved notebook PATH"),
+    "export": ("linkkernel.sharing.pipeline_json:export_magic", "write the pipeline as a JSON document"),
+    "import": ("linkkernel.sharing.pipeline_json:import_magic", "re-create a pipeline document's cells in a notebook"),
 }
 
 

@@ -7,7 +7,9 @@ the names it binds, rebinds or deletes, and the objects it mutates in place.
 from __future__ import annotations
 
 import hashlib
+import io
 import pickle
+import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -51,11 +53,34 @@ def _digest(stream: bytes, buffers: Iterable[memoryview]) -> str:
     return h.hexdigest()
 
 
+_DYNAMIC_CODE = "<dynamic-code>"
+
+
+def _code_in_file(code: types.CodeType, filename: str) -> types.CodeType:
+    return code.replace(co_filename=filename)
+
+
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle, except that code keeps the name of the file it was compiled from.
+
+    cloudpickle renames every function's file to `<dynamic-code>`; a function defined in a
+    parent component would then fail in a child with no `Component NAME` label and no source
+    lines in its traceback.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, types.CodeType) and obj.co_filename != _DYNAMIC_CODE:
+            return _code_in_file, (obj.replace(co_filename=_DYNAMIC_CODE), obj.co_filename)
+        return super().reducer_override(obj)
+
+
 def dump(name: str, value: Any) -> Blob:
     """Pickle `value` (bound to `name`) with cloudpickle, protocol 5, buffers out of band."""
     raw: list[pickle.PickleBuffer] = []
     try:
-        stream = cloudpickle.dumps(value, protocol=PROTOCOL, buffer_callback=raw.append)
+        with io.BytesIO() as file:
+            _Pickler(file, protocol=PROTOCOL, buffer_callback=raw.append).dump(value)
+            stream = file.getvalue()
     except Exception as exc:  # pickling runs arbitrary __reduce__ code: anything may fail
         raise UnpicklableValue(name, value, exc) from exc
     buffers = tuple(b.raw() for b in raw)

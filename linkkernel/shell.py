@@ -1,12 +1,39 @@
-"""The interactive shell of Link Python: ipykernel's shell plus error collection."""
+"""The interactive shell of Link Python: ipykernel's shell with the user's own tracebacks.
+
+Every traceback the shell produces (cells, magics, display formatters, event hooks, `%tb`)
+goes through `showtraceback`/`showsyntaxerror`; overriding them here is what keeps the
+kernel's machinery out of what users see, in every `%xmode`, and out of `%debug`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import linecache
+import logging
+import sys
+import threading
+import traceback
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from IPython.core.error import UsageError
+from ipykernel.compiler import get_file_name
 from ipykernel.zmqshell import ZMQInteractiveShell
+
+from linkkernel.compiler import twin_path
+from linkkernel.errors import internal_error_line
+from linkkernel.tracebacks import (
+    chained,
+    contains_group,
+    format_warning,
+    frames_of,
+    group_tree,
+    is_internal,
+    trim,
+)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -19,17 +46,23 @@ class CollectedError:
 
 
 class LinkShell(ZMQInteractiveShell):
-    """Lets a silent run keep its errors to itself.
+    """Lets a silent run keep its errors to itself, and shows only the user's frames.
 
     `capture_output()` does not stop ipykernel's shell from publishing an `error` message,
     so a run of a parent component that must stay invisible collects its errors here.
     """
 
     _error_sinks: list[list[CollectedError]]
+    # (component, source) of every component the kernel knows, asked only when a traceback
+    # holds a frame of an earlier kernel session's cell file (see register_source).
+    component_sources: Callable[[], Iterable[tuple[str, str]]] | None = None
 
     def __init__(self, *args, **kwargs) -> None:
         self._error_sinks = []
+        self._cell_file_of_label: dict[str, str] = {}
         super().__init__(*args, **kwargs)
+        warnings.formatwarning = format_warning(warnings.formatwarning, self.compile.format_code_name)
+        threading.excepthook = self._thread_excepthook
 
     @contextmanager
     def collect_errors(self) -> Iterator[list[CollectedError]]:
@@ -47,3 +80,148 @@ class LinkShell(ZMQInteractiveShell):
             self._last_traceback = stb
             return
         super()._showtraceback(etype, evalue, stb)
+
+    @property
+    def debugger_cls(self):
+        # Imported on first use, as IPython does: pdb is not needed to start a kernel.
+        from linkkernel.debugger import LinkPdb
+
+        return LinkPdb
+
+    def showtraceback(
+        self,
+        exc_tuple=None,
+        filename=None,
+        tb_offset=None,
+        exception_only=False,
+        running_compiled_code=False,
+    ):
+        try:
+            etype, value, tb = self._get_exc_info(exc_tuple)
+        except ValueError:
+            value = None
+        if not isinstance(value, BaseException):  # nothing to show, or not in a shape we trim
+            return super().showtraceback(exc_tuple, filename, tb_offset, exception_only, running_compiled_code)
+        value.__traceback__ = tb
+        if is_internal(value):
+            self._show_internal_error(etype, value)
+            return None
+        trim(value)
+        self._lend_sources(value)
+        exc_tuple = (etype, value, value.__traceback__)
+        formats_itself = hasattr(value, "_render_traceback_") or issubclass(etype, (SyntaxError, UsageError))
+        if tb is not None and value.__traceback__ is None and not formats_itself and not chained(value):
+            # Raised and caught inside the kernel (an interrupt between ancestors, say):
+            # no frame of the user's to show, so the exception line alone, as in %xmode Minimal.
+            self._get_exc_info(exc_tuple)
+            self._showtraceback(etype, value, self.InteractiveTB.get_exception_only(etype, value))
+            return None
+        if contains_group(value) and not exception_only and not formats_itself:
+            self._get_exc_info(exc_tuple)
+            self._showtraceback(etype, value, self._group_traceback(value))
+            if self.call_pdb:
+                self.debugger(force=True)
+            return None
+        # The machinery frames tb_offset would skip are gone already.
+        return super().showtraceback(exc_tuple, filename, 0, exception_only, running_compiled_code)
+
+    def register_source(self, component: str, source: str) -> None:
+        """Make known the code of a component that did not run in this process (fresh from
+        the cache store), so frames of functions it defined read `Component NAME`, with their
+        source lines, instead of an earlier kernel's temporary file."""
+        with self.compile.labelled(component):
+            self.compile.cache(self.transform_cell(source), 0, raw_code=source)
+
+    def _lend_sources(self, value: BaseException) -> None:
+        """Frames from an earlier kernel's cell files read their lines from this kernel's."""
+        for frame in frames_of(value):
+            filename = frame.f_code.co_filename
+            twin = twin_path(filename)
+            if twin is None:
+                continue
+            if self.compile.local_twin(filename) is None and self.component_sources is not None:
+                self._register_twin(twin)
+            if twin in linecache.cache:
+                linecache.cache[filename] = linecache.cache[twin]
+
+    def _register_twin(self, twin: str) -> None:
+        try:
+            known = list(self.component_sources())
+        except Exception:  # noqa: BLE001 - a label is not worth failing to show the user's error
+            self._kernel_log.warning("component sources unavailable for a traceback", exc_info=True)
+            return
+        for component, source in known:
+            if get_file_name(source) == twin:
+                self.register_source(component, source)
+                return
+
+    def debugger(self, force=False):
+        if (force or self.call_pdb) and hasattr(sys, "last_traceback") and sys.last_traceback is None:
+            # IPython's post-mortem would crash on an error that left no frame of the user's.
+            print("No frame of your code to debug: the error was raised inside the kernel.", file=sys.stderr)
+            return
+        super().debugger(force)
+
+    def showsyntaxerror(self, filename=None, running_compiled_code=False):
+        etype, value, _ = self._get_exc_info()
+        if is_internal(value):
+            self._show_internal_error(etype, value)
+            return
+        trim(value)
+        self._get_exc_info((etype, value, value.__traceback__))
+        if filename and issubclass(etype, SyntaxError):
+            value.filename = filename
+        if issubclass(etype, SyntaxError) and value.filename in self._cell_file_of_label:
+            value.filename = self._cell_file_of_label[value.filename]  # shown before (%tb)
+        frames = traceback.extract_tb(value.__traceback__) if running_compiled_code else []
+        stb = self.SyntaxTB.structured_traceback(etype, value, frames)
+        # str(SyntaxError) names its file: make `evalue` say "(Cell In[3], line 2)" too.
+        label = self.compile.format_code_name(getattr(value, "filename", None) or "")
+        if label is not None:
+            self._cell_file_of_label[" ".join(label)] = value.filename
+            value.filename = " ".join(label)
+        self._showtraceback(etype, value, stb)
+
+    @property
+    def _kernel_log(self) -> logging.Logger:
+        # The kernel's log goes to the server's terminal; a bare logger would print to the cell.
+        return getattr(self.kernel, "log", log)
+
+    def _thread_excepthook(self, args: threading.ExceptHookArgs) -> None:
+        """An error in a thread the user started: the user's frames, to the cell's stderr.
+
+        Python's default hook prints threading's frames and the kernel's temp file paths.
+        """
+        if args.exc_type is SystemExit:
+            return
+        value = args.exc_value if args.exc_value is not None else args.exc_type()
+        value.__traceback__ = args.exc_traceback
+        if is_internal(value) or trim(value).__traceback__ is None:
+            # A thread of the kernel's own, not the user's: that belongs in the kernel log.
+            self._kernel_log.error(
+                "exception in thread %s", args.thread, exc_info=(args.exc_type, value, args.exc_traceback)
+            )
+            return
+        stb = self.InteractiveTB.structured_traceback(args.exc_type, value, value.__traceback__, tb_offset=0)
+        name = args.thread.name if args.thread is not None else threading.get_ident()
+        print(f"Exception in thread {name}:\n{self.InteractiveTB.stb2text(stb)}", file=sys.stderr, flush=True)
+
+    def _group_traceback(self, value: BaseException) -> list[str]:
+        """IPython's own layout for the group and, boxed under it, for each member."""
+        formatter = self.InteractiveTB
+        if value.__traceback__ is None and value.__cause__ is None and value.__context__ is None:
+            # A member that was never raised, as most are: just its line, as Python prints it.
+            stb = formatter.get_exception_only(type(value), value)
+        else:
+            stb = formatter.structured_traceback(type(value), value, value.__traceback__, tb_offset=0)
+        if not isinstance(value, BaseExceptionGroup):
+            return stb
+        parts = [formatter.stb2text(self._group_traceback(sub)) for sub in value.exceptions]
+        return [formatter.stb2text(stb).rstrip("\n") + "\n" + group_tree(parts)]
+
+    def _show_internal_error(self, etype, value: BaseException) -> None:
+        """A linkkernel bug: the full traceback to the kernel log, one line to the user."""
+        self._kernel_log.error("linkkernel internal error", exc_info=(etype, value, value.__traceback__))
+        trim(value)
+        self._get_exc_info((etype, value, value.__traceback__))
+        self._showtraceback(etype, value, [f"\x1b[0;31m{internal_error_line(value)}\x1b[0m"])

@@ -1,0 +1,139 @@
+"""`linkkernel log NB.ipynb [-n N]`: the notebook's history, with each commit's code and
+pipeline changes.
+
+One `git log --raw` gives every commit with the file's old and new blob ids, and one
+`git cat-file --batch` process streams the blobs: no process per commit, no interpreter per
+commit (nbdime's `git log -p` with its diff driver starts Python twice per commit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from linkkernel.errors import LinkError
+
+NULL_BLOB = "0" * 40
+RECORD, FIELD = "\x1e", "\x1f"
+
+
+@dataclass(frozen=True)
+class Commit:
+    sha: str
+    author: str
+    date: str
+    message: str
+    old_blob: str | None  # the file before this commit (None: added, or no change shown)
+    new_blob: str | None  # the file after (None: deleted)
+    old_path: str
+    new_path: str
+
+
+def commits(path: Path, limit: int | None) -> list[Commit]:
+    """Commits that changed `path`, newest first, following renames, merges against their first parent."""
+    fmt = f"{RECORD}%H{FIELD}%an <%ae>{FIELD}%ad{FIELD}%B{FIELD}"
+    args = ["git", "log", "--follow", "--raw", "--no-abbrev", "--diff-merges=first-parent", f"--format={fmt}"]
+    if limit is not None:
+        args.append(f"-n{limit}")
+    done = subprocess.run([*args, "--", path.name], cwd=path.parent, capture_output=True, text=True)
+    if done.returncode:
+        raise LinkError(f"git log failed for {path}: {done.stderr.strip()}")
+    found = []
+    for record in done.stdout.split(RECORD)[1:]:
+        sha, author, date, message, raw = record.split(FIELD)
+        old = new = None
+        old_path = new_path = path.name
+        for line in raw.splitlines():
+            if not line.startswith(":"):
+                continue
+            meta, _, paths = line.partition("\t")
+            fields = meta.split()
+            old, new = fields[2], fields[3]
+            names = paths.split("\t")
+            old_path, new_path = names[0], names[-1]
+        found.append(Commit(sha, author, date, message.strip(), None if old in (None, NULL_BLOB) else old,
+                            None if new in (None, NULL_BLOB) else new, old_path, new_path))
+    return found
+
+
+class BlobReader:
+    """One `git cat-file --batch` process answering every blob request of a log."""
+
+    def __init__(self, cwd: Path) -> None:
+        self._process = subprocess.Popen(["git", "cat-file", "--batch"], cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def read(self, sha: str) -> bytes:
+        assert self._process.stdin and self._process.stdout
+        self._process.stdin.write(sha.encode() + b"\n")
+        self._process.stdin.flush()
+        header = self._process.stdout.readline().split()
+        if len(header) < 3 or header[1] != b"blob":
+            raise LinkError(f"git has no blob {sha}")
+        data = self._process.stdout.read(int(header[2]))
+        self._process.stdout.read(1)
+        return data
+
+    def close(self) -> None:
+        if self._process.stdin:
+            self._process.stdin.close()
+        self._process.wait()
+
+
+def history(path: Path, limit: int | None, outputs: bool = False, color: bool = False) -> Iterator[str]:
+    """The rendered log, one commit at a time, so a pager shows the first commits at once."""
+    from linkkernel.git import nbio
+    from linkkernel.git.diff import diff_notebooks, render_text
+
+    reader = BlobReader(path.parent)
+    paint = (lambda text: f"\x1b[33m{text}\x1b[0m") if color else (lambda text: text)
+    try:
+        for commit in commits(path, limit):
+            message = "\n".join("    " + line for line in commit.message.splitlines())
+            head = f"{paint('commit ' + commit.sha)}\nAuthor: {commit.author}\nDate:   {commit.date}\n\n{message}\n"
+            if commit.old_blob is None and commit.new_blob is None:
+                yield head + "\n"
+                continue
+            old = nbio.loads(reader.read(commit.old_blob), f"{commit.old_path} at {commit.sha[:8]}^") if commit.old_blob else nbio.empty_notebook()
+            new = nbio.loads(reader.read(commit.new_blob), f"{commit.new_path} at {commit.sha[:8]}") if commit.new_blob else nbio.empty_notebook()
+            body = render_text(diff_notebooks(old, new, outputs), color, f"a/{commit.old_path}", f"b/{commit.new_path}")
+            yield head + "\n" + (body or "(no code or pipeline change)\n") + "\n"
+    finally:
+        reader.close()
+
+
+def configure_log(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("notebook", metavar="NB.ipynb")
+    parser.add_argument("-n", "--max-count", type=int, dest="limit", help="show only the last N commits")
+    parser.add_argument("--outputs", action="store_true", help="also show output and execution count changes")
+    colour = parser.add_mutually_exclusive_group()
+    colour.add_argument("--color", dest="color", action="store_true", default=None, help="always colour")
+    colour.add_argument("--no-color", dest="color", action="store_false", help="never colour")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from linkkernel.git.install import warn_if_unconfigured
+
+    path = Path(args.notebook).resolve()
+    if not path.parent.is_dir():
+        raise LinkError(f"no such directory: {path.parent}")
+    if args.limit is not None and args.limit < 1:
+        raise LinkError(f"-n needs a positive number, not {args.limit}")
+    warn_if_unconfigured(path)
+    color = args.color if args.color is not None else sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    shown = False
+    try:
+        for chunk in history(path, args.limit, args.outputs, color):
+            sys.stdout.write(chunk)
+            shown = True
+    except BrokenPipeError:
+        sys.stderr.close()
+        return 0
+    if not shown:
+        raise LinkError(f"no commits touch {args.notebook}")
+    return 0

@@ -1,0 +1,110 @@
+"""Reading and writing notebook files without nbformat.
+
+`import nbformat` costs over a second here (jsonschema's format checkers build a grammar at
+import), and the merge driver runs once per conflicted file, so the git tools read and write
+the JSON directly, byte-compatible with `nbformat.writes`. Results are valid by
+construction: cells are only ever copied from the inputs or rebuilt with every required key.
+"""
+
+from __future__ import annotations
+
+import json
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
+from pathlib import Path
+from typing import Any
+
+from linkkernel.declarations import cell_source
+from linkkernel.errors import LinkError
+
+Notebook = dict[str, Any]
+Cell = dict[str, Any]
+
+# Cell metadata that records how a cell looks in the UI, not what it does: a diff does not
+# show it and a merge never conflicts on it.
+UI_METADATA = frozenset({"collapsed", "scrolled", "jupyter", "execution", "ExecuteTime", "editable", "deletable", "trusted"})
+
+__all__ = ["UI_METADATA", "Cell", "Notebook", "cell_source", "dumps", "empty_notebook", "loads", "read", "set_source", "write"]
+
+
+def empty_notebook() -> Notebook:
+    """The notebook an added or deleted file is compared with."""
+    return {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+
+
+def loads(text: str | bytes, where: str) -> Notebook:
+    """Parse a notebook; `where` names it in the one-line error a bad file gets."""
+    if not text.strip():
+        return empty_notebook()
+    try:
+        notebook = json.loads(text)
+    except ValueError as exc:
+        raise LinkError(f"{where} is not a notebook: invalid JSON ({exc})") from None
+    if not isinstance(notebook, dict) or not isinstance(notebook.get("cells"), list):
+        raise LinkError(f"{where} is not a notebook: no 'cells' list")
+    if notebook.get("nbformat") != 4:
+        raise LinkError(f"{where}: only nbformat 4 notebooks are supported, not {notebook.get('nbformat')!r}")
+    for index, cell in enumerate(notebook["cells"]):
+        if not isinstance(cell, dict) or cell.get("cell_type") not in ("code", "markdown", "raw"):
+            raise LinkError(f"{where}: cell {index + 1} is not a code, markdown or raw cell")
+    return notebook
+
+
+def read(path: str | Path) -> Notebook:
+    """Read a notebook file; a missing or empty file (git's /dev/null side) is an empty notebook."""
+    path = Path(path)
+    if str(path) == "/dev/null":
+        return empty_notebook()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise LinkError(f"cannot read {path}: {exc.strerror}") from None
+    return loads(data, str(path))
+
+
+def dumps(notebook: Notebook) -> str:
+    """The notebook as `nbformat.writes` lays it out, so saving it in Jupyter changes nothing.
+
+    Byte-identical to `json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False)`, whose
+    indenting encoder is pure Python and took 40% of a 2000-cell merge; this one writes each
+    string with the C escaper and is about 2.5 times faster.
+    """
+    out: list[str] = []
+    append = out.append
+
+    def encode(value: Any, pad: str) -> None:
+        if isinstance(value, str):
+            append(encode_basestring(value))
+        elif isinstance(value, dict):
+            if not value:
+                append("{}")
+                return
+            inner, separator = pad + " ", "{"
+            for key in sorted(value):
+                append(separator + inner + encode_basestring(key) + ": ")
+                separator = ","
+                encode(value[key], inner)
+            append(pad + "}")
+        elif isinstance(value, list):
+            if not value:
+                append("[]")
+                return
+            inner, separator = pad + " ", "["
+            for item in value:
+                append(separator + inner)
+                separator = ","
+                encode(item, inner)
+            append(pad + "]")
+        else:
+            append(json.dumps(value))
+
+    encode(notebook, "\n")
+    return "".join(out) + "\n"
+
+
+def write(notebook: Notebook, path: str | Path) -> None:
+    Path(path).write_text(dumps(notebook), encoding="utf-8")
+
+
+def set_source(cell: Cell, text: str) -> None:
+    """Store a source the way Jupyter does: a list of lines, each keeping its newline."""
+    cell["source"] = text.splitlines(True)

@@ -1,0 +1,92 @@
+"""Line-level three-way merge of one cell's source (diff3), with git-style conflict markers."""
+
+from __future__ import annotations
+
+from difflib import SequenceMatcher
+from typing import Iterator
+
+Region = tuple[str, list[str], list[str]]  # ("same", lines, []) or ("conflict", ours, theirs)
+
+
+def _lines(text: str) -> list[str]:
+    return text.splitlines(True)
+
+
+def _sync_regions(base: list[str], ours: list[str], theirs: list[str]) -> Iterator[tuple[int, int, int, int, int, int]]:
+    """Stretches of base that both sides kept unchanged, with where they sit on each side."""
+    ours_blocks = SequenceMatcher(None, base, ours, autojunk=False).get_matching_blocks()
+    theirs_blocks = SequenceMatcher(None, base, theirs, autojunk=False).get_matching_blocks()
+    io = it = 0
+    while io < len(ours_blocks) and it < len(theirs_blocks):
+        obase, omatch, olen = ours_blocks[io]
+        tbase, tmatch, tlen = theirs_blocks[it]
+        start, end = max(obase, tbase), min(obase + olen, tbase + tlen)
+        if start < end:
+            yield (start, end, omatch + start - obase, omatch + end - obase, tmatch + start - tbase, tmatch + end - tbase)
+        if obase + olen < tbase + tlen:
+            io += 1
+        else:
+            it += 1
+    yield (len(base), len(base), len(ours), len(ours), len(theirs), len(theirs))
+
+
+def merge_regions(base: str | None, ours: str, theirs: str) -> list[Region]:
+    """diff3 regions; without a base (both sides added the cell) lines common to both are kept."""
+    o, t = _lines(ours), _lines(theirs)
+    if base is None:
+        regions: list[Region] = []
+        for tag, i1, i2, j1, j2 in SequenceMatcher(None, o, t, autojunk=False).get_opcodes():
+            regions.append(("same", o[i1:i2], []) if tag == "equal" else ("conflict", o[i1:i2], t[j1:j2]))
+        return regions
+    b = _lines(base)
+    regions = []
+    ib = io = it = 0
+    for bstart, bend, ostart, oend, tstart, tend in _sync_regions(b, o, t):
+        ours_part, theirs_part, base_part = o[io:ostart], t[it:tstart], b[ib:bstart]
+        if ours_part or theirs_part:
+            if ours_part == theirs_part or theirs_part == base_part:
+                regions.append(("same", ours_part, []))
+            elif ours_part == base_part:
+                regions.append(("same", theirs_part, []))
+            else:
+                regions.append(("conflict", ours_part, theirs_part))
+        if bend > bstart:
+            regions.append(("same", b[bstart:bend], []))
+        ib, io, it = bend, oend, tend
+    return regions
+
+
+def _terminated(lines: list[str]) -> list[str]:
+    if lines and not lines[-1].endswith("\n"):
+        return [*lines[:-1], lines[-1] + "\n"]
+    return lines
+
+
+def conflict_block(ours: list[str], theirs: list[str], marker_size: int) -> list[str]:
+    """`<<<<<<< ours` / `=======` / `>>>>>>> theirs` around both sides, as git writes them."""
+    return [
+        "<" * marker_size + " ours\n",
+        *_terminated(ours),
+        "=" * marker_size + "\n",
+        *_terminated(theirs),
+        ">" * marker_size + " theirs\n",
+    ]
+
+
+def merge_text(base: str | None, ours: str, theirs: str, marker_size: int = 7) -> tuple[str, int]:
+    """The merged source and how many conflict blocks it holds."""
+    out: list[str] = []
+    conflicts = 0
+    regions = merge_regions(base, ours, theirs)
+    for kind, first, second in regions:
+        if kind == "same":
+            out.extend(first)
+            continue
+        conflicts += 1
+        if out and not out[-1].endswith("\n"):
+            out[-1] += "\n"
+        out.extend(conflict_block(first, second, marker_size))
+    text = "".join(out)
+    if conflicts and regions[-1][0] == "conflict" and not (ours.endswith("\n") or theirs.endswith("\n")):
+        text = text[:-1]
+    return text, conflicts

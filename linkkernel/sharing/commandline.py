@@ -1,0 +1,67 @@
+"""What the `linkkernel` subcommands and their `%link` twins share in this package.
+
+One argparse configuration serves both, so the flags never drift apart; inside the kernel a
+usage error must be a one-line LinkError, not argparse's `SystemExit`, which would kill the cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+from linkkernel.errors import LinkError
+
+
+class _HelpShown(Exception):
+    """`--help` printed the usage; the magic stops there without an error."""
+
+
+class MagicArgumentParser(argparse.ArgumentParser):
+    """argparse for `%link SUB`: errors raise LinkError, `--help` prints and returns."""
+
+    def error(self, message: str) -> NoReturn:
+        raise LinkError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if status:
+            raise LinkError(f"{self.prog}: {(message or 'failed').strip()}")
+        raise _HelpShown
+
+
+def parse_magic_args(
+    prog: str, configure: Callable[[argparse.ArgumentParser], None], argv: list[str]
+) -> argparse.Namespace | None:
+    """Parse a `%link` line with the CLI's own configuration; None after `--help`."""
+    parser = MagicArgumentParser(prog=prog)
+    configure(parser)
+    try:
+        return parser.parse_args(argv)
+    except _HelpShown:
+        return None
+
+
+def write_atomically(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and a rename.
+
+    A failure half-way (disk full, interrupt) leaves the old file, or none, never a torn one.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        # os.open with 0o666 lets the umask decide permissions, as a plain open() would.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:
+        raise LinkError(f"{path}: cannot write: {exc.strerror}") from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise LinkError(f"{path}: cannot write: {exc.strerror}") from exc
+        raise
