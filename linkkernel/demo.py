@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -52,11 +52,11 @@ def _cli(*args: str) -> list[str]:
 
 
 @contextmanager
-def local_worker(workdir: Path, env: Mapping[str, str], timeout: float = 60) -> Iterator[dict[str, str]]:
+def local_worker(workdir: Path, timeout: float = 60) -> Iterator[dict[str, str]]:
     """Start `linkkernel worker` on loopback and register it as `local`; stop it on exit.
 
-    Yields the worker's address, storage and key file. `env` must name the (temporary)
-    JUPYTER_CONFIG_DIR the registration goes into.
+    Yields the worker's address, storage and key file. The registration goes into the
+    Jupyter config directory of this process's environment.
     """
     key_file = workdir / "worker.key"
     key_file.touch(mode=0o600)
@@ -71,7 +71,6 @@ def local_worker(workdir: Path, env: Mapping[str, str], timeout: float = 60) -> 
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
-            env=dict(env),
         )
     try:
         _wait_ready(worker, timeout, log_path)
@@ -82,7 +81,6 @@ def local_worker(workdir: Path, env: Mapping[str, str], timeout: float = 60) -> 
             ),
             capture_output=True,
             text=True,
-            env=dict(env),
         )
         if registered.returncode != 0:
             raise LinkError(f"could not register the demo worker: {registered.stderr.strip()}")
@@ -132,19 +130,31 @@ def run_demo(output: Path | None = None, progress=sys.stderr, out=sys.stdout, er
         workdir = Path(tmp)
         notebook = workdir / DEMO_NOTEBOOK
         shutil.copy(source, notebook)
-        env = {
-            **os.environ,
-            "JUPYTER_CONFIG_DIR": str(workdir / "jupyter-config"),
-            "LINKKERNEL_CACHE": str(workdir / "cache"),
-        }
         print(f"linkkernel demo: running {source.name} with a worker '{WORKER_ALIAS}' on loopback", file=out)
-        with local_worker(workdir, env) as worker:
-            print(f"linkkernel demo: worker {worker['address']}, storage {worker['storage']}", file=out)
-            report = run_notebook(notebook, env=env, progress=progress)
+        # Everything the demo starts (worker, registration, kernel) sees only throw-away state.
+        with _environment(JUPYTER_CONFIG_DIR=str(workdir / "jupyter-config"), LINKKERNEL_CACHE=str(workdir / "cache")):
+            with local_worker(workdir) as worker:
+                print(f"linkkernel demo: worker {worker['address']}, storage {worker['storage']}", file=out)
+                report = run_notebook(notebook, progress=progress)
         if output is not None:
             write_notebook(report.notebook, output)
         _print_cell_text(report.notebook, out)
         return report_run(report, output, out=out, err=err)
+
+
+@contextmanager
+def _environment(**variables: str) -> Iterator[None]:
+    """Set environment variables for the duration of the block, then restore them."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _print_cell_text(notebook, out) -> None:

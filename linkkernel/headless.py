@@ -154,6 +154,7 @@ def run_notebook(
     path = Path(path).resolve()
     notebook = read_notebook(path)
     steps = plan(notebook, targets, looked_in=str(path))
+    require_workers(steps)
     require_kernelspec(kernel_name)
     outcomes = {s.component.name: Outcome(s.component.name, where(s.component)) for s in steps if s.component}
     report = RunReport(notebook, list(outcomes.values()))
@@ -223,6 +224,15 @@ def _execute(client: Any, cell: Any, index: int, timeout: float | None) -> tuple
     except DeadKernelError:
         return "the kernel died", True
     return None, False
+
+
+def require_workers(steps: Sequence[Step]) -> None:
+    """Refuse a pipeline whose remote aliases are not registered, before any cell runs."""
+    aliases = {step.component.remote for step in steps if step.component and step.component.remote}
+    if aliases:
+        from linkkernel.remote.registry import require_registered
+
+        require_registered(aliases)
 
 
 def require_kernelspec(kernel_name: str = KERNEL_NAME) -> None:

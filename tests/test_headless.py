@@ -220,3 +220,15 @@ def test_timeout_and_a_dying_kernel_fail_the_run_in_one_clear_line(tmp_path: Pat
     log = Path(re.search(r"\(kernel log: (\S+)\)", result.stderr)[1])
     assert log.is_file()
     log.unlink()
+
+
+def test_unregistered_worker_alias_is_refused_before_a_kernel_starts(tmp_path: Path) -> None:
+    source = write(tmp_path / "remote.ipynb", notebook(
+        ("print('setup')", []),
+        ("a = 1", ["component:a", "remote:nowhere"]),
+    ))
+    result = linkkernel("run", str(source))
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0
+    assert "remote worker 'nowhere' is not registered" in result.stderr
+    assert not (tmp_path / "remote.out.ipynb").exists()
