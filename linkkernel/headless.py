@@ -4,12 +4,12 @@ The notebook runs in a real Link Python kernel driven by nbclient, so a headless
 JupyterLab session share one engine: same declarations, staleness, cache store and errors.
 Each component is executed as its own cell, parents first, so its outputs land in its cell.
 
-Plain (untagged) cells: on a full run they execute in notebook order, interleaved with the
-components, each after every component above it has run (a component is pulled forward when a
-component above it needs it), so setup cells run first and inspection cells at the end see the
-components' published outputs. With `--target`, only the pipeline runs: plain cells cannot
-feed a component (components start from their parents' namespaces) and may read components
-that were not selected.
+Order: cells run at their place in the notebook, as with Run All, except that a component a
+cell above needs runs just before that cell, so every component runs once, after its parents.
+Plain (untagged) cells run on a full run: setup cells first, inspection cells at the end see
+the components' published outputs. With `--target`, only the pipeline runs: plain cells
+cannot feed a component (components start from their parents' namespaces) and may read
+components that were not selected.
 
 Components whose results are fresh in the cache store (same code, same parent runs; e.g. from
 an earlier run of this notebook) are not re-run: their cells get the stored outputs and the
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from linkkernel.declarations import Component, notebook_components
+from linkkernel.declarations import Component, cell_source, notebook_components
 from linkkernel.errors import INTERNAL_ERROR_NAME, LinkError
 from linkkernel.graph import ancestors, build_graph, run_order
 
@@ -108,11 +108,11 @@ def plan(notebook: Mapping[str, Any], targets: Sequence[str] = (), looked_in: st
     steps: list[Step] = []
     done: set[str] = set()
     for index, cell in enumerate(notebook.get("cells", [])):
-        if cell.get("cell_type") != "code" or not _source(cell).strip():
+        if cell.get("cell_type") != "code":
             continue
         component = by_index.get(index)
         if component is None:
-            if not targets:
+            if not targets and cell_source(cell).strip():
                 steps.append(Step(index))
             continue
         if component.name not in selected or component.name in done:
@@ -122,11 +122,6 @@ def plan(notebook: Mapping[str, Any], targets: Sequence[str] = (), looked_in: st
                 done.add(name)
                 steps.append(Step(graph.nodes[name]["component"].index, graph.nodes[name]["component"]))
     return steps
-
-
-def _source(cell: Mapping[str, Any]) -> str:
-    source = cell.get("source", "")
-    return "".join(source) if isinstance(source, list) else source
 
 
 def where(component: Component) -> str:
