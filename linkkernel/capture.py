@@ -27,6 +27,7 @@ class Outputs:
 
     def __init__(self) -> None:
         self.items: list[dict[str, Any]] = []
+        self._by_display_id: dict[str, dict[str, Any]] = {}
 
     def stream(self, name: str, text: str) -> None:
         if not text:
@@ -37,11 +38,28 @@ class Outputs:
         else:
             self.items.append({"output_type": "stream", "name": name, "text": text})
 
-    def display(self, data: dict, metadata: dict | None, output_type: str = "display_data") -> None:
+    def display(
+        self, data: dict, metadata: dict | None, output_type: str = "display_data",
+        display_id: str | None = None, update: bool = False,
+    ) -> None:
+        """A new output, or with `update` the new content of the display `display_id`, kept in
+        place as a notebook keeps it (a progress display updated a thousand times is one
+        output, not a thousand). An update of a display this run did not show is not its output."""
+        if update:
+            shown = self._by_display_id.get(display_id) if display_id else None
+            if shown is not None:
+                shown.update(data=dict(data), metadata=dict(metadata or {}))
+            return
         item = {"output_type": output_type, "data": dict(data), "metadata": dict(metadata or {})}
         if output_type == "execute_result":
             item["execution_count"] = None
         self.items.append(item)
+        if display_id:
+            self._by_display_id[display_id] = item
+
+    def clear(self) -> None:
+        self.items.clear()
+        self._by_display_id.clear()
 
     def error(self, ename: str, evalue: str, traceback: list[str]) -> None:
         self.items.append({"output_type": "error", "ename": ename, "evalue": evalue, "traceback": list(traceback)})
@@ -80,10 +98,10 @@ class _CapturingPublisher(DisplayPublisher):
         self._outputs = outputs
 
     def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kwargs) -> None:
-        self._outputs.display(data, metadata)
+        self._outputs.display(data, metadata, display_id=(transient or {}).get("display_id"), update=update)
 
     def clear_output(self, wait: bool = False) -> None:
-        self._outputs.items.clear()
+        self._outputs.clear()
 
 
 @contextmanager
@@ -132,9 +150,11 @@ def recorded(shell) -> Iterator[Outputs]:
         kind = msg.get("msg_type") or msg.get("header", {}).get("msg_type")
         content = msg.get("content", {})
         if kind in ("display_data", "update_display_data"):
-            outputs.display(content.get("data", {}), content.get("metadata"))
+            display_id = (content.get("transient") or {}).get("display_id")
+            outputs.display(content.get("data", {}), content.get("metadata"), display_id=display_id,
+                            update=kind == "update_display_data")
         elif kind == "clear_output":
-            outputs.items.clear()
+            outputs.clear()
         return msg
 
     publisher = shell.display_pub

@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "diff": ("linkkernel.git.diff", "configure_diff", "compare two notebooks cell by cell and their pipelines"),
     "log": ("linkkernel.git.log", "configure_log", "a notebook's git history with code and pipeline changes"),
     "merge": ("linkkernel.git.driver", "configure_merge", "three-way merge of notebooks (git merge driver)"),
+    "worker": ("linkkernel.remote.worker", "configure_worker", "serve remote components to kernels"),
+    "workers": ("linkkernel.remote.registry", "configure_workers", "register, list, remove and ping remote workers"),
 }
 
 
@@ -50,6 +52,9 @@ def _top_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run `linkkernel ARGS`; returns the exit status."""
+    if not (sys.argv[1:] if argv is None else argv):  # argparse would name its internal 'args'
+        _top_parser().print_help(sys.stderr)
+        return 2
     top = _top_parser().parse_args(argv)
     if top.command not in COMMANDS:
         print(

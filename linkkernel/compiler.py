@@ -53,6 +53,14 @@ class LinkCompiler(XCachingCompiler):
             self._component_of_file[name] = self._current_component
         return name
 
+    def labelled_files(self) -> dict[str, str]:
+        """Every cell file compiled for a component, with its component."""
+        return dict(self._component_of_file)
+
+    def label(self, filename: str, component: str) -> None:
+        """Label a file compiled elsewhere (a remote worker learns the kernel's cell files)."""
+        self._component_of_file[filename] = component
+
     def component_of(self, filename: str) -> str | None:
         """The component a cell file was compiled for, if any."""
         return self._component_of_file.get(filename)

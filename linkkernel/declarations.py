@@ -52,6 +52,9 @@ class Component:
     cell_id: str | None = None
     index: int = 0
     metadata: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    # False when `index` only orders the component (a cell executed but not in the saved
+    # notebook): messages then name the cell by id, not by a position the user cannot find.
+    placed: bool = field(default=True, compare=False)
 
     @property
     def name(self) -> str:
@@ -67,7 +70,10 @@ class Component:
 
     @property
     def where(self) -> str:
-        return describe_cell(self.index, self.cell_id)
+        if not self.placed and not self.cell_id:
+            first = self.source.strip().splitlines()[0] if self.source.strip() else ""
+            return f"the executed cell {first[:40]!r}"
+        return describe_cell(self.index if self.placed else None, self.cell_id)
 
 
 def describe_cell(index: int | None, cell_id: str | None) -> str:
@@ -139,6 +145,8 @@ def parse_declaration(metadata: Mapping[str, Any] | None, where: str = "this cel
     `link` key's parent order is kept, since it decides which parent wins a name clash.
     """
     metadata = metadata or {}
+    if not isinstance(metadata, Mapping):
+        raise DeclarationError(f"{where}: cell metadata must be an object, not {type(metadata).__name__}")
     tags = metadata.get("tags") or []
     if not isinstance(tags, list):
         raise DeclarationError(f"{where}: metadata 'tags' must be a list")
@@ -161,6 +169,34 @@ def parse_declaration(metadata: Mapping[str, Any] | None, where: str = "this cel
 def _summary(decl: Declaration) -> str:
     text = f"component {decl.name!r} with parents [{', '.join(decl.parents)}]"
     return text + (f" on {decl.remote!r}" if decl.remote else "")
+
+
+CELL_TYPES = ("code", "markdown", "raw")
+
+
+def notebook_problem(notebook: Any) -> str | None:
+    """Why a parsed notebook file is not one linkkernel can read, or None when it is.
+
+    Every reader (the kernel's saved notebook, the cache and git commands) calls this first,
+    so a JSON list, an nbformat 3 file or a cell with a non-object metadata is refused in one
+    line naming the problem, never met later as an AttributeError deep inside a tool.
+    """
+    if not isinstance(notebook, Mapping):
+        return f"not a notebook (a JSON {type(notebook).__name__}, not an object)"
+    if notebook.get("nbformat", 4) != 4:
+        return f"only nbformat 4 notebooks are supported, not {notebook['nbformat']!r}"
+    cells = notebook.get("cells")
+    if not isinstance(cells, list):
+        return "not a notebook (no 'cells' list)"
+    for index, cell in enumerate(cells):
+        if not isinstance(cell, Mapping) or cell.get("cell_type") not in CELL_TYPES:
+            return f"cell {index + 1} is not a code, markdown or raw cell"
+        if not isinstance(cell.get("metadata", {}), (Mapping, type(None))):
+            return f"cell {index + 1}: its metadata is not an object"
+        source = cell.get("source", "")
+        if not (isinstance(source, str) or isinstance(source, list) and all(isinstance(s, str) for s in source)):
+            return f"cell {index + 1}: its source is neither text nor a list of lines"
+    return None
 
 
 def cell_source(cell: Mapping[str, Any]) -> str:

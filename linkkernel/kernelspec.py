@@ -49,6 +49,9 @@ def install(
     display_name: str = DISPLAY_NAME,
 ) -> str:
     """Install (or replace) the kernelspec; returns the directory written."""
+    if not name:
+        # jupyter_client would name the kernelspec after our temporary folder
+        raise LinkError("cannot install a kernelspec with an empty --name")
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / name
         write_kernelspec(staged, display_name)
@@ -60,6 +63,9 @@ def install(
             )
         except ValueError as exc:
             raise LinkError(f"cannot install kernelspec {name!r}: {exc}") from exc
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise LinkError(f"cannot install kernelspec {name!r}: {exc.strerror}{where}") from exc
 
 
 def uninstall(name: str = KERNEL_NAME) -> str:

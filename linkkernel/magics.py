@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "notebook": ("linkkernel.pipeline_magics:notebook", "read declarations from the saved notebook PATH"),
     "export": ("linkkernel.sharing.pipeline_json:export_magic", "write the pipeline as a JSON document"),
     "import": ("linkkernel.sharing.pipeline_json:import_magic", "re-create a pipeline document's cells in a notebook"),
+    "workers": ("linkkernel.remote.registry:workers_magic", "register, list, remove and ping remote workers"),
 }
 
 

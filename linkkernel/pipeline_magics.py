@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
+import os
 import sys
 import time
 
 from linkkernel.errors import LinkError
+from linkkernel.sharing.commandline import parse_magic_args
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports bad arguments as one LinkError line instead of exiting."""
-
-    def error(self, message: str):
-        raise LinkError(f"{self.prog}: {message}")
+def _no_arguments(parser) -> None:
+    """Configures a subcommand that takes no arguments (it still answers --help)."""
 
 
 def _runner(kernel):
@@ -28,7 +26,8 @@ def _graph_and_states(kernel):
 
 def status(kernel, argv: list[str]) -> None:
     """A table: name, parents, state, last run, duration, where it runs."""
-    _Parser(prog="%link status").parse_args(argv)
+    if parse_magic_args("%link status", _no_arguments, argv) is None:
+        return
     from linkkernel.graph import run_order
 
     graph, state = _graph_and_states(kernel)
@@ -51,7 +50,8 @@ def status(kernel, argv: list[str]) -> None:
 
 def graph(kernel, argv: list[str]) -> None:
     """The DAG as an SVG coloured by state, with a text fallback."""
-    _Parser(prog="%link graph").parse_args(argv)
+    if parse_magic_args("%link graph", _no_arguments, argv) is None:
+        return
     import networkx as nx
     from IPython.display import display
 
@@ -69,9 +69,9 @@ def graph(kernel, argv: list[str]) -> None:
 
 def outputs(kernel, argv: list[str]) -> None:
     """Show a component's stored outputs again."""
-    parser = _Parser(prog="%link outputs")
-    parser.add_argument("name")
-    args = parser.parse_args(argv)
+    args = parse_magic_args("%link outputs", lambda p: p.add_argument("name"), argv)
+    if args is None:
+        return
     from IPython.display import display
 
     record = _runner(kernel).store.get(args.name)
@@ -87,13 +87,17 @@ def outputs(kernel, argv: list[str]) -> None:
             print("\n".join(output["traceback"]), file=sys.stderr)
 
 
+def _configure_run(parser) -> None:
+    parser.add_argument("names", nargs="*", metavar="NAME")
+    parser.add_argument("--all", action="store_true", help="every component")
+    parser.add_argument("--force", action="store_true", help="run them and their ancestors even when fresh")
+
+
 def run(kernel, argv: list[str]) -> None:
     """Bring components up to date: `%link run NAME... [--force]` or `%link run --all`."""
-    parser = _Parser(prog="%link run")
-    parser.add_argument("names", nargs="*")
-    parser.add_argument("--all", action="store_true")
-    parser.add_argument("--force", action="store_true")
-    args = parser.parse_args(argv)
+    args = parse_magic_args("%link run", _configure_run, argv)
+    if args is None:
+        return
     if bool(args.names) == args.all:
         raise LinkError("%link run: give component names or --all")
     from IPython.core.interactiveshell import _pseudo_sync_runner
@@ -104,9 +108,8 @@ def run(kernel, argv: list[str]) -> None:
 
 def cache(kernel, argv: list[str]) -> None:
     """`%link cache clear`: forget every stored run of this notebook."""
-    parser = _Parser(prog="%link cache")
-    parser.add_argument("action", choices=["clear"])
-    parser.parse_args(argv)
+    if parse_magic_args("%link cache", lambda p: p.add_argument("action", choices=["clear"]), argv) is None:
+        return
     store = _runner(kernel).store
     store.clear()
     print(f"cleared the component cache ({store.location})")
@@ -114,10 +117,17 @@ def cache(kernel, argv: list[str]) -> None:
 
 def notebook(kernel, argv: list[str]) -> None:
     """`%link notebook [PATH]`: read declarations from this saved notebook (and key the cache by it)."""
-    parser = _Parser(prog="%link notebook")
-    parser.add_argument("path", nargs="?")
-    args = parser.parse_args(argv)
+    args = parse_magic_args("%link notebook", lambda p: p.add_argument("path", nargs="?"), argv)
+    if args is None:
+        return
     runner = _runner(kernel)
     if args.path:
-        runner.set_notebook(args.path)
-    print(f"notebook: {runner.sources.notebook_path or '(none)'}\ncache: {runner.store.location}")
+        path = os.path.expanduser(args.path)
+        if os.path.isdir(path):
+            raise LinkError(f"%link notebook: {args.path} is a directory; give the notebook file (NAME.ipynb)")
+        if os.path.abspath(path) != runner.sources.notebook_path:  # the same one again keeps what we know
+            runner.set_notebook(path)
+    path = runner.sources.notebook_path
+    state = " (does not exist yet: declarations come from executed cells until it is saved)"
+    shown = "(none)" if path is None else path + ("" if os.path.exists(path) else state)
+    print(f"notebook: {shown}\ncache: {runner.store.location}")

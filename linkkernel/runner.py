@@ -302,13 +302,31 @@ class Runner:
         from linkkernel.remote.executor import run_remote
         from linkkernel.tasks import ComponentTask
 
+        for name, digest in merged.items():
+            if digest.startswith(MEMORY_PREFIX):
+                type_name = UnpicklableValue(name, self.store.memory_values.get(digest), TypeError()).type_name
+                raise LinkError(
+                    f"component {component.name!r} cannot run on worker {component.remote!r}: its input "
+                    f"{name!r} ({type_name}) cannot be pickled, so it exists only in this kernel's memory"
+                )
         task = ComponentTask(
             component.name,
             component.source,
-            {n: self.store.blob(d) for n, d in merged.items() if not d.startswith(MEMORY_PREFIX)},
+            {n: self.store.blob(d) for n, d in merged.items()},
             live,
         )
-        result = run_remote(self.kernel, task, component.remote)
+        try:
+            result = run_remote(self.kernel, task, component.remote)
+        except KeyboardInterrupt:  # run_remote cancelled the task on the worker, then re-raised
+            if not live:
+                raise
+            error = {
+                "ename": "KeyboardInterrupt",
+                "evalue": "",
+                "traceback": [f"\x1b[0;31mKeyboardInterrupt\x1b[0m: the task on worker {component.remote!r} was cancelled"],
+            }
+            self._send_error(error)
+            return RunOutcome(record, interrupted=True, reply=self._error_reply(error, True))
         if isinstance(result, Awaitable):
             result = await result
         outcome = RunOutcome(record)

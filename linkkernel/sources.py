@@ -13,10 +13,10 @@ import json
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from linkkernel.declarations import Component, cell_source, describe_cell, parse_declaration
+from linkkernel.declarations import Component, cell_source, describe_cell, notebook_problem, parse_declaration
 from linkkernel.errors import LinkError
 
 # Keys JupyterLab adds to the request metadata that are not part of the cell's metadata.
@@ -100,9 +100,13 @@ class Sources:
                 with open(path, encoding="utf-8") as f:
                     notebook = json.load(f)
             except (OSError, ValueError) as exc:
+                problem = str(exc)
+            else:
+                problem = notebook_problem(notebook)
+            if problem:
                 if not strict:
                     return []
-                raise LinkError(f"cannot read the saved notebook {path}: {exc}") from exc
+                raise LinkError(f"cannot read the saved notebook {path}: {problem}")
             cells = []
             for index, cell in enumerate(notebook.get("cells", [])):
                 if cell.get("cell_type") != "code":
@@ -152,7 +156,7 @@ class Sources:
         decl = parse_declaration(metadata, describe_cell(index, cell_id))
         if decl is None:
             return None
-        return Component(decl, code, cell_id, index if index is not None else 10**6, metadata)
+        return Component(decl, code, cell_id, index if index is not None else 10**6, metadata, index is not None)
 
     def _by_source(self, cells: list[Cell], code: str, unexecuted_only: bool) -> Cell | None:
         wanted = code.rstrip()
@@ -171,15 +175,16 @@ class Sources:
             if cell.key in self._deleted:
                 continue
             executed = self._executed.get(cell.key)
-            merged.append(executed if executed is not None and executed.at >= cell.at else cell)
+            newer = executed is not None and executed.at >= cell.at
+            merged.append(replace(executed, index=cell.index) if newer else cell)  # the saved position names it
         extra = sorted((c for k, c in self._executed.items() if k not in seen), key=lambda c: c.at)
         base = len(file_cells)
         components = []
         for position, cell in enumerate(merged + extra):
-            index = cell.index if cell.index is not None else None
+            index = cell.index
             decl = parse_declaration(cell.metadata, describe_cell(index, cell.cell_id))
             if decl is not None:
                 order = index if index is not None else base + position
-                components.append(Component(decl, cell.source, cell.cell_id, order, cell.metadata))
+                components.append(Component(decl, cell.source, cell.cell_id, order, cell.metadata, index is not None))
         components.sort(key=lambda c: c.index)
         return components

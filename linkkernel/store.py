@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -63,19 +64,26 @@ def write_blob(f, blob: Blob) -> None:
 
 
 def decode_blob(data: bytes, digest: str) -> Blob | None:
-    """The blob in `data`, or None when it is not the content `digest` names."""
+    """The blob in `data`, or None when it is not the content `digest` names.
+
+    Raises ValueError when `data` is not in the blob format at all (a damaged cache file, a
+    hostile archive entry), whatever part of it is wrong.
+    """
     from linkkernel.namespaces import _digest
 
     view = memoryview(data)
     size = int.from_bytes(view[:8], "little")
-    header = json.loads(bytes(view[8 : 8 + size]))
-    offset = 8 + size
-    stream = bytes(view[offset : offset + header["stream"]])
-    offset += header["stream"]
-    buffers = []
-    for length in header["buffers"]:
-        buffers.append(view[offset : offset + length])
-        offset += length
+    try:
+        header = json.loads(bytes(view[8 : 8 + size]))
+        offset = 8 + size
+        stream = bytes(view[offset : offset + header["stream"]])
+        offset += header["stream"]
+        buffers = []
+        for length in header["buffers"]:
+            buffers.append(view[offset : offset + length])
+            offset += length
+    except (KeyError, TypeError, IndexError) as exc:
+        raise ValueError(f"not a linkkernel blob ({type(exc).__name__}: {exc})") from exc
     if _digest(stream, buffers) != digest:
         return None
     return Blob(stream, tuple(buffers), digest)
@@ -93,17 +101,32 @@ class CacheStore:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linkkernel-cache")
         self.root: str | None = None
         self.fs = None
+        # Why `url` cannot be used (unknown protocol, its package missing). A kernel keeps
+        # running with results in memory, as without a notebook; a command refuses (`usable`).
+        self.unusable: str | None = None
         if url and notebook_path:
             import fsspec
 
-            local = fsspec.utils.get_protocol(url) in ("file", "local")
-            self.fs, base = fsspec.core.url_to_fs(url, **({"auto_mkdir": True} if local else {}))
+            try:
+                local = fsspec.utils.get_protocol(url) in ("file", "local")
+                self.fs, base = fsspec.core.url_to_fs(url, **({"auto_mkdir": True} if local else {}))
+            except (ValueError, ImportError) as exc:
+                self.unusable = f"cache store {url!r} cannot be used: {exc}"
+                return
             self.root = f"{base.rstrip('/')}/{notebook_key(notebook_path)}"
             self._load_records()
 
     @property
     def location(self) -> str:
+        if self.unusable:
+            return f"memory only ({self.unusable})"
         return self.root or "memory only (no saved notebook known)"
+
+    def usable(self) -> CacheStore:
+        """This store, or a LinkError saying why its URL cannot be used."""
+        if self.unusable:
+            raise LinkError(self.unusable)
+        return self
 
     def _load_records(self) -> None:
         try:
@@ -123,6 +146,8 @@ class CacheStore:
 
     def put(self, record: RunRecord, blobs: dict[str, Blob], memory: dict[str, Any]) -> None:
         """Keep a record now; write it and its blobs (already frozen) in the background."""
+        if self.unusable and not self.records:  # said once, in the cell whose result is not kept
+            print(f"linkkernel: {self.unusable}; component results are kept in memory only", file=sys.stderr)
         with self._lock:
             self.blobs.update(blobs)
             self.memory_values.update(memory)

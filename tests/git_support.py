@@ -43,6 +43,17 @@ def stream(text: str) -> dict[str, Any]:
     return {"output_type": "stream", "name": "stdout", "text": text}
 
 
+def pipeline_cells() -> list[dict[str, Any]]:
+    """The load -> clean -> train pipeline under a title, that diff and repository tests start from."""
+    return [
+        markdown("# Pipeline\n", id="m1"),
+        code("data = [1, 2, 3]\n", "component:load", id="c1"),
+        code("clean = [x * 2 for x in data]\n", "component:clean", "parent:load", id="c2"),
+        code("model = sum(clean)\nprint(model)\n", "component:train", "parent:clean", id="c3",
+             outputs=[stream("12\n")], count=3),
+    ]
+
+
 def validate(nb: dict[str, Any]) -> None:
     import nbformat
 

@@ -95,11 +95,13 @@ class Kernel:
         cell_id: str | None = None,
         timeout: float = 60,
         allow_stdin: bool = False,
-        stdin_reply: str | None = None,
+        stdin_reply: str | list[str] | None = None,
         interrupt_after: float | None = None,
     ) -> CellResult:
         """Send an execute_request as JupyterLab does (cell metadata plus cellId) and collect
-        every IOPub message until the kernel goes idle for it."""
+        every IOPub message until the kernel goes idle for it. `stdin_reply` answers the
+        cell's input() prompts: one string, or a list answered in turn (pdb sessions)."""
+        answers = [stdin_reply] if isinstance(stdin_reply, str) else list(stdin_reply or [])
         request_meta = dict(metadata or {})
         if cell_id is not None:
             request_meta["cellId"] = cell_id
@@ -124,11 +126,10 @@ class Kernel:
             if interrupt_at is not None and time.monotonic() >= interrupt_at:
                 self.manager.interrupt_kernel()
                 interrupt_at = None
-            if stdin_reply is not None:
+            if answers:
                 try:
                     self.client.get_stdin_msg(timeout=0.01)
-                    self.client.input(stdin_reply)
-                    stdin_reply = None
+                    self.client.input(answers.pop(0))
                 except queue.Empty:
                     pass
             try:

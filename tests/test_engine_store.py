@@ -62,3 +62,16 @@ def test_copy_on_write_inputs_detect_writes_without_touching_the_frozen_value():
     second = Loaded(frozen)
     assert float(second.value[123_456]) == 0.0
     assert not second.unchanged(np.zeros(1_000_000))  # another object is never "unchanged"
+
+
+@pytest.mark.parametrize("header", [b"[]", b'{"stream": "x", "buffers": []}', b'{"buffers": []}'])
+def test_a_blob_file_not_in_the_blob_format_is_one_line_not_a_crash(tmp_path, header):
+    url = f"file://{tmp_path}"
+    blob = freeze(dump("x", [1, 2]))
+    store = CacheStore(url, str(tmp_path / "nb.ipynb"))
+    store.put(record("a", "r1", {"x": blob.digest}), {blob.digest: blob}, {})
+    store.flush()
+    path = next((tmp_path / notebook_key(str(tmp_path / "nb.ipynb")) / "blobs").glob(f"*/{blob.digest}"))
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+    with pytest.raises(LinkError, match=f"cannot read cached value {blob.digest[:16]} .*: not a linkkernel blob"):
+        CacheStore(url, str(tmp_path / "nb.ipynb")).load(blob.digest)

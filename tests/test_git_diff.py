@@ -9,17 +9,13 @@ import sys
 
 import pytest
 
-from git_support import code, markdown, notebook, stream
+from git_support import code, notebook, pipeline_cells, stream
 from support import kernel_env
 
 
 def before():
     return notebook(
-        markdown("# Pipeline\n", id="m1"),
-        code("data = [1, 2, 3]\n", "component:load", id="c1"),
-        code("clean = [x * 2 for x in data]\n", "component:clean", "parent:load", id="c2"),
-        code("model = sum(clean)\nprint(model)\n", "component:train", "parent:clean", id="c3",
-             outputs=[stream("12\n")], count=3),
+        *pipeline_cells(),
         code("old = 1\n", "component:old", "parent:load", id="c4"),
         code("print('bye')\n", id="c5"),
     )

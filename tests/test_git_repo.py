@@ -7,17 +7,11 @@ import json
 
 import pytest
 
-from git_support import Repo, code, markdown, notebook, source, stream, tags, validate
+from git_support import Repo, code, notebook, pipeline_cells, source, stream, tags, validate
 
 
 def base_notebook():
-    return notebook(
-        markdown("# Pipeline\n", id="m1"),
-        code("data = [1, 2, 3]\n", "component:load", id="c1"),
-        code("clean = [x * 2 for x in data]\n", "component:clean", "parent:load", id="c2"),
-        code("model = sum(clean)\nprint(model)\n", "component:train", "parent:clean", id="c3",
-             outputs=[stream("12\n")], count=3),
-    )
+    return notebook(*pipeline_cells())
 
 
 @pytest.fixture

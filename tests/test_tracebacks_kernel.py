@@ -7,7 +7,6 @@ pipeline engine makes, so the real compiler and traceback path are exercised.
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 
@@ -41,34 +40,7 @@ def assert_user_error(result: CellResult, ename: str, evalue: str) -> None:
 
 def run_with_answers(kernel: Kernel, code: str, answers: list[str]) -> str:
     """Execute `code`, answering each stdin request (pdb prompts) in turn; return stdout."""
-    kc = kernel.client
-    msg = kc.session.msg(
-        "execute_request",
-        {"code": code, "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": True},
-    )
-    kc.shell_channel.send(msg)
-    pending = iter(answers)
-    output = ""
-    deadline = time.monotonic() + 30
-    done = False
-    while not done and time.monotonic() < deadline:
-        try:
-            kc.get_stdin_msg(timeout=0.05)
-            kc.input(next(pending))
-        except Exception:  # noqa: BLE001 - no prompt yet (queue.Empty)
-            pass
-        try:
-            m = kc.get_iopub_msg(timeout=0.05)
-        except Exception:  # noqa: BLE001 - no message yet (queue.Empty)
-            continue
-        if m["parent_header"].get("msg_id") != msg["header"]["msg_id"]:
-            continue
-        if m["msg_type"] == "stream":
-            output += m["content"]["text"]
-        done = m["msg_type"] == "status" and m["content"]["execution_state"] == "idle"
-    assert done, f"{code!r} did not finish; output so far:\n{output}"
-    kc.get_shell_msg(timeout=10)
-    return re.sub(r"\x1b\[[0-9;]*m", "", output)
+    return re.sub(r"\x1b\[[0-9;]*m", "", kernel.execute(code, stdin_reply=answers, timeout=30).stdout)
 
 
 NESTED = "def f(v):\n    secret = v * 2\n    raise ValueError(secret)\nf(21)"

@@ -255,10 +255,23 @@ def configure_diff(parser: argparse.ArgumentParser) -> None:
                         help="A.ipynb B.ipynb (git's 7 diff-driver arguments are accepted too)")
     parser.add_argument("--outputs", action="store_true", help="also compare outputs and execution counts")
     parser.add_argument("--html", metavar="FILE", help="write an HTML page drawing both pipelines with the change")
+    add_colour_options(parser)
+    parser.set_defaults(func=run)
+
+
+def add_colour_options(parser: argparse.ArgumentParser) -> None:
+    """--color / --no-color, shared by diff and log; `colour_wanted` decides when neither is given."""
     colour = parser.add_mutually_exclusive_group()
     colour.add_argument("--color", dest="color", action="store_true", default=None, help="always colour")
     colour.add_argument("--no-color", dest="color", action="store_false", help="never colour")
-    parser.set_defaults(func=run)
+
+
+def colour_wanted(choice: bool | None) -> bool:
+    """The user's --color/--no-color, else colour on a terminal or git's pager, unless NO_COLOR is set."""
+    if choice is not None:
+        return choice
+    terminal = sys.stdout.isatty() or os.environ.get("GIT_PAGER_IN_USE") == "true"
+    return terminal and "NO_COLOR" not in os.environ
 
 
 def run(args: argparse.Namespace) -> int:
@@ -277,13 +290,12 @@ def run(args: argparse.Namespace) -> int:
         raise LinkError(f"expected A.ipynb B.ipynb, got {len(args.files)} files")
     old, new = nbio.read(old_path), nbio.read(new_path)
     diff = diff_notebooks(old, new, outputs=args.outputs)
-    color = args.color
-    if color is None:
-        color = sys.stdout.isatty() or (os.environ.get("GIT_PAGER_IN_USE") == "true" and "NO_COLOR" not in os.environ)
+    color = colour_wanted(args.color)
     sys.stdout.write(render_text(diff, color, old_name, new_name))
-    if args.html:
+    if args.html is not None:
         from linkkernel.git.html import render_html
+        from linkkernel.sharing.commandline import write_atomically
 
-        with open(args.html, "w", encoding="utf-8") as handle:
-            handle.write(render_html(diff, render_text(diff, False, old_name, new_name), old_name, new_name))
+        page = render_html(diff, render_text(diff, False, old_name, new_name), old_name, new_name)
+        write_atomically(args.html, page.encode("utf-8"), (old_path, new_path))
     return 0

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     elif len(args.files) == 3:
         base, ours, theirs = args.files
         shown = ours
-        if not args.output:
+        if args.output is None:
             raise LinkError("say where the merged notebook goes with -o OUT")
         output = args.output
         from linkkernel.git.install import warn_if_unconfigured

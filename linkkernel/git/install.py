@@ -68,26 +68,41 @@ def install(global_: bool = False) -> Path:
     """Write the git config entries and the attributes line; returns the attributes file."""
     attributes = _attributes_file(global_)
     scope = ["--global"] if global_ else []
+    lines = _attribute_lines(attributes)
     for key, value in git_settings().items():
         _git("config", *scope, key, value)
-    lines = attributes.read_text().splitlines() if attributes.exists() else []
     if ATTRIBUTES_LINE not in lines:
-        attributes.parent.mkdir(parents=True, exist_ok=True)
-        attributes.write_text("\n".join([*lines, ATTRIBUTES_LINE]) + "\n")
+        _write_attributes(attributes, [*lines, ATTRIBUTES_LINE])
     return attributes
 
 
 def uninstall(global_: bool = False) -> Path:
     attributes = _attributes_file(global_)
     scope = ["--global"] if global_ else []
+    lines = _attribute_lines(attributes)
     for section in (f"merge.{DRIVER}", f"diff.{DRIVER}"):
         _git("config", *scope, "--remove-section", section, check=False)
-    if attributes.exists():
-        lines = attributes.read_text().splitlines()
-        kept = [line for line in lines if line.strip() != ATTRIBUTES_LINE]
-        if kept != lines:
-            attributes.write_text("".join(line + "\n" for line in kept))
+    kept = [line for line in lines if line.strip() != ATTRIBUTES_LINE]
+    if kept != lines:
+        _write_attributes(attributes, kept)
     return attributes
+
+
+def _attribute_lines(attributes: Path) -> list[str]:
+    """The attributes file's lines, read before git config changes, so a file we cannot
+    read or write leaves git config as it was."""
+    try:
+        return attributes.read_text().splitlines() if attributes.exists() else []
+    except OSError as exc:
+        raise LinkError(f"{attributes}: cannot read: {exc.strerror}") from None
+
+
+def _write_attributes(attributes: Path, lines: list[str]) -> None:
+    try:
+        attributes.parent.mkdir(parents=True, exist_ok=True)
+        attributes.write_text("".join(line + "\n" for line in lines))
+    except OSError as exc:
+        raise LinkError(f"{attributes}: cannot write: {exc.strerror}") from None
 
 
 def missing_driver_warning(near: str | Path = ".") -> str | None:
@@ -136,7 +151,10 @@ def textconv(path: str) -> str:
     except LinkError:
         # Not a notebook (e.g. a file git text-merged into invalid JSON): show it as it is,
         # since a failing textconv makes git refuse to show the commit at all.
-        return Path(path).read_text(errors="replace")
+        try:
+            return Path(path).read_text(errors="replace")
+        except OSError as exc:
+            raise LinkError(f"cannot read {path}: {exc.strerror}") from None
 
 
 def configure_git(parser: argparse.ArgumentParser) -> None:

@@ -9,7 +9,6 @@ commit (nbdime's `git log -p` with its diff driver starts Python twice per commi
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -89,17 +88,22 @@ def history(path: Path, limit: int | None, outputs: bool = False, color: bool = 
     from linkkernel.git import nbio
     from linkkernel.git.diff import diff_notebooks, render_text
 
+    found = commits(path, limit)  # first: outside a repository git says so once, here
     reader = BlobReader(path.parent)
     paint = (lambda text: f"\x1b[33m{text}\x1b[0m") if color else (lambda text: text)
     try:
-        for commit in commits(path, limit):
+        for commit in found:
             message = "\n".join("    " + line for line in commit.message.splitlines())
             head = f"{paint('commit ' + commit.sha)}\nAuthor: {commit.author}\nDate:   {commit.date}\n\n{message}\n"
             if commit.old_blob is None and commit.new_blob is None:
                 yield head + "\n"
                 continue
-            old = nbio.loads(reader.read(commit.old_blob), f"{commit.old_path} at {commit.sha[:8]}^") if commit.old_blob else nbio.empty_notebook()
-            new = nbio.loads(reader.read(commit.new_blob), f"{commit.new_path} at {commit.sha[:8]}") if commit.new_blob else nbio.empty_notebook()
+            try:
+                old = nbio.loads(reader.read(commit.old_blob), f"{commit.old_path} at {commit.sha[:8]}^") if commit.old_blob else nbio.empty_notebook()
+                new = nbio.loads(reader.read(commit.new_blob), f"{commit.new_path} at {commit.sha[:8]}") if commit.new_blob else nbio.empty_notebook()
+            except LinkError as exc:  # e.g. a commit of a text-merged, invalid notebook: the rest of history still shows
+                yield head + f"\n(not compared: {exc})\n\n"
+                continue
             body = render_text(diff_notebooks(old, new, outputs), color, f"a/{commit.old_path}", f"b/{commit.new_path}")
             yield head + "\n" + (body or "(no code or pipeline change)\n") + "\n"
     finally:
@@ -110,9 +114,9 @@ def configure_log(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("notebook", metavar="NB.ipynb")
     parser.add_argument("-n", "--max-count", type=int, dest="limit", help="show only the last N commits")
     parser.add_argument("--outputs", action="store_true", help="also show output and execution count changes")
-    colour = parser.add_mutually_exclusive_group()
-    colour.add_argument("--color", dest="color", action="store_true", default=None, help="always colour")
-    colour.add_argument("--no-color", dest="color", action="store_false", help="never colour")
+    from linkkernel.git.diff import add_colour_options
+
+    add_colour_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -125,7 +129,9 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise LinkError(f"-n needs a positive number, not {args.limit}")
     warn_if_unconfigured(path)
-    color = args.color if args.color is not None else sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    from linkkernel.git.diff import colour_wanted
+
+    color = colour_wanted(args.color)
     shown = False
     try:
         for chunk in history(path, args.limit, args.outputs, color):

@@ -13,7 +13,7 @@ from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any
 
-from linkkernel.declarations import cell_source
+from linkkernel.declarations import cell_source, notebook_problem
 from linkkernel.errors import LinkError
 
 Notebook = dict[str, Any]
@@ -39,13 +39,9 @@ def loads(text: str | bytes, where: str) -> Notebook:
         notebook = json.loads(text)
     except ValueError as exc:
         raise LinkError(f"{where} is not a notebook: invalid JSON ({exc})") from None
-    if not isinstance(notebook, dict) or not isinstance(notebook.get("cells"), list):
-        raise LinkError(f"{where} is not a notebook: no 'cells' list")
-    if notebook.get("nbformat") != 4:
-        raise LinkError(f"{where}: only nbformat 4 notebooks are supported, not {notebook.get('nbformat')!r}")
-    for index, cell in enumerate(notebook["cells"]):
-        if not isinstance(cell, dict) or cell.get("cell_type") not in ("code", "markdown", "raw"):
-            raise LinkError(f"{where}: cell {index + 1} is not a code, markdown or raw cell")
+    problem = notebook_problem(notebook)
+    if problem:
+        raise LinkError(f"{where}: {problem}")
     return notebook
 
 
@@ -102,7 +98,10 @@ def dumps(notebook: Notebook) -> str:
 
 
 def write(notebook: Notebook, path: str | Path) -> None:
-    Path(path).write_text(dumps(notebook), encoding="utf-8")
+    """Atomically: git reads the result file, and a failed write must not leave half a notebook."""
+    from linkkernel.sharing.commandline import write_atomically
+
+    write_atomically(path, dumps(notebook).encode("utf-8"))
 
 
 def set_source(cell: Cell, text: str) -> None:

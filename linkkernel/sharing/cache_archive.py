@@ -448,7 +448,7 @@ def _decode(manifest: dict[str, Any], content: dict[str, bytes], signed_by_user:
             digest = path.removeprefix("blobs/")
             try:
                 blob = decode_blob(data, digest)
-            except (ValueError, KeyError, TypeError, IndexError) as exc:
+            except ValueError as exc:
                 raise ArchiveError(f"{where}: corrupt archive: {path!r} is not a linkkernel blob") from exc
             if blob is None:
                 raise ArchiveError(f"{where}: corrupt archive: {path!r} does not hold the value its digest names")
@@ -578,7 +578,7 @@ def configure_cache(parser: argparse.ArgumentParser, in_kernel: bool = False) ->
 def _notebook_graph(path: str):
     """The notebook's pipeline, read as plain JSON: importing nbformat costs a second here
     (it loads jsonschema) and components need nothing it adds."""
-    from linkkernel.declarations import notebook_components
+    from linkkernel.declarations import notebook_components, notebook_problem
     from linkkernel.graph import build_graph
 
     try:
@@ -589,9 +589,9 @@ def _notebook_graph(path: str):
         raise LinkError(f"{path}: cannot read: {exc.strerror}") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise LinkError(f"{path}: not a readable notebook (not valid JSON)") from exc
-    cells = nb.get("cells", []) if isinstance(nb, dict) else None
-    if not isinstance(cells, list) or not all(isinstance(cell, dict) for cell in cells):
-        raise LinkError(f"{path}: not a readable notebook (no list of cells)")
+    problem = notebook_problem(nb)
+    if problem:
+        raise LinkError(f"{path}: {problem}")
     try:
         return build_graph(notebook_components(nb), "the notebook")
     except LinkError as exc:
@@ -601,18 +601,18 @@ def _notebook_graph(path: str):
 def _cli_store(args: argparse.Namespace):
     from linkkernel.store import CacheStore, default_cache_url
 
-    return CacheStore(args.cache or default_cache_url(), str(Path(args.notebook).resolve()))
+    return CacheStore(args.cache or default_cache_url(), str(Path(args.notebook).resolve())).usable()
 
 
-def do_export(graph, store, output: str, progress: Progress) -> str:
-    """Write the archive atomically and return the line that reports it."""
+def do_export(graph, store, output: str, progress: Progress, notebook: str | None) -> str:
+    """Write the archive atomically (never over `notebook`) and return the line that reports it."""
     from linkkernel.keys import user_key
     from linkkernel.sharing.commandline import write_atomically
 
     key = user_key()
     buffer = io.BytesIO()
     result = export_archive(graph, store, buffer, key, progress)
-    write_atomically(output, buffer.getvalue())
+    write_atomically(output, buffer.getvalue(), (notebook,))
     line = f"exported {len(result.exported)} component{'s' * (len(result.exported) != 1)} to {output}"
     line += f": {', '.join(result.exported)}" if result.exported else ""
     if result.skipped:
@@ -649,7 +649,7 @@ def run_cache(args: argparse.Namespace) -> int:
     graph = _notebook_graph(args.notebook)
     store = _cli_store(args)
     if args.action == "export":
-        print(do_export(graph, store, args.output, TqdmProgress()))
+        print(do_export(graph, store, args.output, TqdmProgress(), args.notebook))
     else:
         print(do_import(args.archive, graph, store, args.trust, args.max_size, TqdmProgress()))
     return 0
@@ -667,6 +667,6 @@ def cache_magic(kernel, argv: list[str]) -> None:
         return
     runner = kernel.runner
     if args.action == "export":
-        print(do_export(runner.graph(), runner.store, args.output, Progress()))
+        print(do_export(runner.graph(), runner.store, args.output, Progress(), runner.sources.notebook_path))
     else:
         print(do_import(args.archive, runner.graph(), runner.store, args.trust, args.max_size, Progress()))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
@@ -44,12 +45,20 @@ def parse_magic_args(
         return None
 
 
-def write_atomically(path: str | Path, data: bytes) -> None:
+def write_atomically(path: str | Path, data: bytes, inputs: tuple[str | Path | None, ...] = ()) -> None:
     """Write `data` to `path` through a temporary file in the same folder and a rename.
 
     A failure half-way (disk full, interrupt) leaves the old file, or none, never a torn one.
+    `path` may not be one of the command's `inputs`: `-o` pointing at the notebook being
+    read would replace the user's work with the command's output.
     """
+    shown = os.fspath(path) or "''"
     path = Path(path)
+    if not path.name or path.is_dir():
+        raise LinkError(f"{shown}: cannot write: {'it is a directory' if path.name else 'no file name'}; give a file name")
+    for source in filter(None, inputs):
+        if path.exists() and os.path.exists(source) and os.path.samefile(path, source):
+            raise LinkError(f"{shown}: not written: it is the input {source}, which it would replace; choose another output")
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         # os.open with 0o666 lets the umask decide permissions, as a plain open() would.
@@ -59,6 +68,8 @@ def write_atomically(path: str | Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        if path.exists():  # a notebook kept private (0600) stays private when rewritten
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)

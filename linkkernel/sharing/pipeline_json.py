@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from linkkernel import __version__
-from linkkernel.declarations import TAG_KINDS, Component, Declaration, notebook_components, parse_declaration
+from linkkernel.declarations import TAG_KINDS, Component, Declaration, notebook_components, notebook_problem, parse_declaration
 from linkkernel.errors import LinkError
 from linkkernel.sharing.commandline import parse_magic_args, write_atomically
 
@@ -60,13 +60,25 @@ def read_notebook(path: str | Path):
     except OSError as exc:
         raise LinkError(f"{path}: cannot read: {exc.strerror}") from exc
     except Exception as exc:  # nbformat raises NotJSONError, ValidationError, KeyError... on bad files
-        raise LinkError(f"{path}: not a readable notebook ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
+        raise LinkError(f"{path}: {_unreadable(path, exc)}".splitlines()[0]) from exc
     if nb.nbformat_minor < 5:
         nb = nbformat.v4.upgrade(nb, from_version=4, from_minor=nb.nbformat_minor)
     return nb
 
 
-def write_notebook(nb, path: str | Path) -> None:
+def _unreadable(path: str | Path, exc: Exception) -> str:
+    """Why nbformat could not read `path`: our own words when the JSON is not even an object
+    (nbformat then fails with an AttributeError about its own code), else nbformat's."""
+    try:
+        parsed = json.loads(Path(path).read_bytes())
+    except ValueError:
+        parsed = {}
+    if not isinstance(parsed, dict):
+        return notebook_problem(parsed)
+    return f"not a readable notebook ({type(exc).__name__}: {exc})"
+
+
+def write_notebook(nb, path: str | Path, inputs: tuple[str | Path | None, ...] = ()) -> None:
     """Validate, then write atomically: a notebook that nbformat rejects is never written."""
     import nbformat
 
@@ -74,7 +86,7 @@ def write_notebook(nb, path: str | Path) -> None:
         nbformat.validate(nb)
     except nbformat.ValidationError as exc:
         raise LinkError(f"{path}: not written, the result would not be a valid notebook: {exc.message}") from exc
-    write_atomically(path, (nbformat.writes(nb) + "\n").encode("utf-8"))
+    write_atomically(path, (nbformat.writes(nb) + "\n").encode("utf-8"), inputs)
 
 
 def new_notebook():
@@ -324,7 +336,7 @@ def configure_import(parser: argparse.ArgumentParser) -> None:
 def run_export(args: argparse.Namespace) -> int:
     nb = read_notebook(args.notebook)
     doc = export_document(nb, args.components, args.with_ancestors, str(args.notebook))
-    write_atomically(args.output, (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+    write_atomically(args.output, (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8"), (args.notebook,))
     names = [c["name"] for c in doc["components"]]
     line = f"exported {len(names)} component{'s' * (len(names) != 1)} ({', '.join(names)}) to {args.output}"
     if doc.get("requires"):
@@ -337,7 +349,7 @@ def run_import(args: argparse.Namespace) -> int:
     pipeline = read_document(args.document)
     into = read_notebook(args.into) if args.into else None
     result = import_pipeline(pipeline, into, args.rename, str(args.into or args.document))
-    write_notebook(result.notebook, args.output)
+    write_notebook(result.notebook, args.output, (args.document,))  # --into NB -o NB appends in place
     line = f"wrote {args.output}: {len(result.added)} component{'s' * (len(result.added) != 1)} added ({', '.join(result.added)})"
     if result.renamed:
         line += "; renamed " + ", ".join(f"{a} -> {b}" for a, b in result.renamed.items())

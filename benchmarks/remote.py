@@ -1,0 +1,195 @@
+"""Remote components vs ipyparallel, same run, same machine:
+
+    PYTHONPATH=. python benchmarks/remote.py [--runs 200] [--mb 100] [--big-runs 3]
+
+1. trivial component round trip (`pass`, a fresh process per task) vs ipyparallel
+   1-engine `apply_sync(noop)`;
+2. MB in + MB out (`b = a + 1` on a float64 array) through file storage vs ipyparallel
+   push + execute + pull; a re-run with the same input must upload nothing;
+3. the same through a local S3 server (moto's server, in its own process).
+
+Timings are medians. The kernel side is this process, calling `run_remote` as the engine does
+(input pickled, uploaded, task run, result downloaded and verified).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_worker(storage: str, key_file: Path, *extra: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    argv = [sys.executable, "-m", "linkkernel.cli", "worker", "--listen", "tcp://127.0.0.1:*",
+            "--storage", storage, "--key-file", str(key_file), *extra]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO,
+                               env={**os.environ, **(env or {})})
+    line = process.stdout.readline()
+    if "ready on" not in line:
+        raise SystemExit(f"worker did not start: {line!r}")
+    return process, line.strip().rsplit(" ", 1)[1]
+
+
+def median_ms(times: list[float]) -> float:
+    return statistics.median(times) * 1000
+
+
+def timed(call, runs: int, pause: float) -> list[float]:
+    """`runs` timings of call(); `pause` seconds between calls, as between a user's cells."""
+    call()
+    times = []
+    for _ in range(runs):
+        time.sleep(pause)
+        began = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - began)
+    return times
+
+
+def remote_trivial(alias: str, runs: int, pause: float) -> list[float]:
+    from linkkernel.remote.executor import run_remote
+    from linkkernel.tasks import ComponentTask
+
+    task = ComponentTask("noop", "pass", {}, False)
+    return timed(lambda: run_remote(None, task, alias), runs, pause)
+
+
+def remote_big(alias: str, array, runs: int) -> tuple[list[float], list[int], object]:
+    """Each run: pickle the input, upload (unless stored), run, fetch and verify the output."""
+    from linkkernel.namespaces import dump
+    from linkkernel.remote.executor import run_remote, store_for
+    from linkkernel.remote.registry import get
+    from linkkernel.remote.storage import load_owned
+    from linkkernel.tasks import ComponentTask
+
+    store = store_for(get(alias))
+    times, uploaded = [], []
+    for _ in range(runs):
+        before = store.bytes_uploaded
+        began = time.perf_counter()
+        task = ComponentTask("big", "b = a + 1", {"a": dump("a", array)}, False)
+        result = run_remote(None, task, alias)
+        b = load_owned(result.bound["b"])
+        times.append(time.perf_counter() - began)
+        uploaded.append(store.bytes_uploaded - before)
+    return times, uploaded, b
+
+
+def ipyparallel_figures(array, runs: int, big_runs: int, pause: float) -> tuple[list[float], list[float], list[float]]:
+    import ipyparallel as ipp
+
+    def noop():
+        return None
+
+    cluster = ipp.Cluster(n=1, log_level=40)
+    rc = cluster.start_and_connect_sync()
+    try:
+        rc.wait_for_engines(1, timeout=120)
+        view = rc[:]
+        trivial = timed(lambda: view.apply_sync(noop), runs, 0)
+        paced = timed(lambda: view.apply_sync(noop), runs, pause)
+        big = []
+        for _ in range(big_runs):
+            began = time.perf_counter()
+            view.push({"a": array}, block=True)
+            view.execute("b = a + 1", block=True)
+            view.pull("b", block=True)
+            big.append(time.perf_counter() - began)
+        return trivial, paced, big
+    finally:
+        rc.close()
+        cluster.stop_cluster_sync()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--mb", type=int, default=100)
+    parser.add_argument("--big-runs", type=int, default=3)
+    parser.add_argument("--pause", type=float, default=0.05, help="seconds between paced round trips")
+    args = parser.parse_args()
+
+    import numpy as np
+
+    tmp = Path(tempfile.mkdtemp(prefix="lk-bench-remote-"))
+    os.environ["JUPYTER_CONFIG_DIR"] = str(tmp / "config")
+    key_file = tmp / "key"
+    key_file.write_text(secrets.token_hex(32))
+    key_file.chmod(0o600)
+    array = np.random.default_rng(0).random(args.mb * 2**20 // 8)
+
+    from linkkernel.remote import registry
+
+    processes = []
+    try:
+        worker, address = start_worker(str(tmp / "store"), key_file)
+        processes.append(worker)
+        registry.add("bench", address, str(tmp / "store"), str(key_file))
+        trivial = remote_trivial("bench", args.runs, 0)
+        paced = remote_trivial("bench", args.runs, args.pause)
+        big, uploaded, b = remote_big("bench", array, args.big_runs)
+        assert np.array_equal(b, array + 1)
+
+        s3_port = free_port()
+        s3_env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+        os.environ.update(s3_env)
+        moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        processes.append(moto)
+        endpoint = f"http://127.0.0.1:{s3_port}"
+        import s3fs
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True).mkdir("lk-bench")
+                break
+            except Exception:  # server not up yet
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        s3_worker, s3_address = start_worker("s3://lk-bench/runs", key_file, "--storage-option", f"endpoint_url={endpoint}", env=s3_env)
+        processes.append(s3_worker)
+        registry.add("bench-s3", s3_address, "s3://lk-bench/runs", str(key_file), {"endpoint_url": endpoint})
+        s3_big, s3_uploaded, _ = remote_big("bench-s3", array, args.big_runs)
+    finally:
+        for p in processes:
+            p.terminate()
+            p.wait(10)
+
+    ipp_trivial, ipp_paced, ipp_big = ipyparallel_figures(array, args.runs, args.big_runs, args.pause)
+
+    mb = args.mb
+    rows = [
+        ("trivial round trip, back to back (ms)", median_ms(trivial), median_ms(ipp_trivial)),
+        (f"trivial round trip, {args.pause * 1000:.0f} ms apart (ms)", median_ms(paced), median_ms(ipp_paced)),
+        (f"{mb} MB in + {mb} MB out, file storage, first run (ms)", big[0] * 1000, ipp_big[0] * 1000),
+        (f"{mb} MB in + {mb} MB out, file storage, re-run (ms)", median_ms(big[1:] or big), median_ms(ipp_big)),
+        (f"{mb} MB in + {mb} MB out, local S3 (moto), first run (ms)", s3_big[0] * 1000, ipp_big[0] * 1000),
+        (f"{mb} MB in + {mb} MB out, local S3 (moto), re-run (ms)", median_ms(s3_big[1:] or s3_big), median_ms(ipp_big)),
+    ]
+    print(f"{'measure':<52} {'linkkernel':>11} {'ipyparallel':>12} {'ratio':>7}")
+    for name, ours, theirs in rows:
+        print(f"{name:<52} {ours:>11.1f} {theirs:>12.1f} {ours / theirs:>7.2f}")
+    print(f"bytes uploaded, file storage: first run {uploaded[0]:,}, re-runs {uploaded[1:]}")
+    print(f"bytes uploaded, local S3:     first run {s3_uploaded[0]:,}, re-runs {s3_uploaded[1:]}")
+    print(f"(runs: {args.runs} trivial, {args.big_runs} big; medians; fresh process per remote task)")
+
+
+if __name__ == "__main__":
+    main()

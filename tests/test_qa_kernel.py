@@ -1,0 +1,178 @@
+"""QA regressions in a real kernel: bad saved notebooks, bad cache URLs, odd %link arguments.
+
+Each test drives the kernel the way JupyterLab or nbclient does and checks that bad input
+gets one line naming the problem, and that plain cells keep working whatever the notebook holds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from support import Kernel, component_meta
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("qa")
+
+
+@pytest.fixture(scope="module")
+def qa_kernel(link_kernelspec: str, home: Path):
+    k = Kernel(cwd=str(home))
+    yield k
+    k.shutdown()
+
+
+def one_line(result) -> str:
+    """The single error line a refused cell shows (asserting it is one line)."""
+    assert result.status == "error", result.stdout + result.stderr
+    lines = result.traceback_text.splitlines()
+    assert len(lines) == 1, result.traceback_text
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("[1, 2]", "not a notebook (a JSON list, not an object)"),
+        ('{"cells": 5, "nbformat": 4}', "not a notebook (no 'cells' list)"),
+        ('{"nbformat": 3, "worksheets": []}', "only nbformat 4 notebooks are supported, not 3"),
+        ('{"nbformat": 4, "cells": [{"cell_type": "code", "metadata": [], "source": ""}]}',
+         "cell 1: its metadata is not an object"),
+    ],
+)
+def test_a_saved_notebook_that_is_not_a_notebook_stops_only_components(qa_kernel, home, content, problem):
+    path = home / "broken.ipynb"
+    path.write_text(content)
+    assert qa_kernel.execute(f"%link notebook {path}").status == "ok"
+    try:
+        # nbclient/papermill send no cellId: the kernel looks the cell up in the saved notebook
+        plain = qa_kernel.execute("print('plain still runs')")
+        assert (plain.status, plain.stdout) == ("ok", "plain still runs\n")
+        refused = qa_kernel.execute("x = 1", metadata=component_meta("a"), cell_id="qa-a")
+        assert one_line(refused) == f"LinkError: cannot read the saved notebook {path}: {problem}"
+    finally:
+        assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
+
+
+def test_a_cache_url_fsspec_does_not_know_keeps_the_kernel_alive(link_kernelspec, home):
+    notebook = home / "nb.ipynb"
+    notebook.write_text(json.dumps({"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": []}))
+    k = Kernel(cwd=str(home), LINKKERNEL_CACHE="frob://somewhere", LINKKERNEL_NOTEBOOK=str(notebook))
+    try:
+        first = k.execute("x = 1", metadata=component_meta("a"), cell_id="c1")
+        assert first.status == "ok"
+        assert first.stderr == (
+            "linkkernel: cache store 'frob://somewhere' cannot be used: Protocol not known: frob; "
+            "component results are kept in memory only\n"
+        )
+        child = k.execute("print(x + 1)", metadata=component_meta("b", "a"), cell_id="c2")
+        assert (child.status, child.stdout, child.stderr) == ("ok", "2\n", "")
+        shown = k.execute("%link notebook").stdout
+        assert "cache: memory only (cache store 'frob://somewhere' cannot be used" in shown
+    finally:
+        k.shutdown()
+
+
+@pytest.mark.parametrize("subcommand", ["status", "graph", "outputs", "run", "cache clear", "notebook"])
+def test_help_of_every_engine_subcommand_is_usage_not_an_error(qa_kernel, subcommand):
+    shown = qa_kernel.execute(f"%link {subcommand} --help")
+    assert (shown.status, shown.errors, shown.stderr) == ("ok", [], "")
+    assert shown.stdout.startswith(f"usage: %link {subcommand.split()[0]}")
+
+
+def test_bad_engine_arguments_are_one_line(qa_kernel):
+    assert one_line(qa_kernel.execute("%link graph extra")) == (
+        "LinkError: %link graph: unrecognized arguments: extra (see '%link graph --help')"
+    )
+    assert one_line(qa_kernel.execute("%link outputs")) == (
+        "LinkError: %link outputs: the following arguments are required: name (see '%link outputs --help')"
+    )
+    assert one_line(qa_kernel.execute("%link run")) == "LinkError: %link run: give component names or --all"
+
+
+def test_link_notebook_refuses_a_folder_and_says_when_the_file_is_not_there(qa_kernel, home):
+    before = qa_kernel.execute("%link notebook").stdout
+    assert one_line(qa_kernel.execute(f"%link notebook {home}")) == (
+        f"LinkError: %link notebook: {home} is a directory; give the notebook file (NAME.ipynb)"
+    )
+    assert qa_kernel.execute("%link notebook").stdout == before, "a refused path changes nothing"
+    missing = home / "not-saved-yet.ipynb"
+    shown = qa_kernel.execute(f"%link notebook {missing}").stdout
+    assert shown.startswith(
+        f"notebook: {missing} (does not exist yet: declarations come from executed cells until it is saved)\n"
+    )
+    shown = qa_kernel.execute("%link notebook ~/qa-nb.ipynb").stdout
+    assert shown.startswith(f"notebook: {Path('~/qa-nb.ipynb').expanduser()} (does not exist yet")
+
+
+def test_errors_name_saved_cells_by_position_and_unsaved_ones_by_id(qa_kernel, home):
+    path = home / "placed.ipynb"
+    cell = {"outputs": [], "execution_count": None}
+    path.write_text(json.dumps({"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+        {"cell_type": "markdown", "id": "m1", "metadata": {}, "source": "# title"},
+        {"cell_type": "code", "id": "s1", "metadata": component_meta("a"), "source": "a = 1", **cell},
+        {"cell_type": "code", "id": "s2", "metadata": {}, "source": "", **cell},
+    ]}))
+    assert qa_kernel.execute(f"%link notebook {path}").status == "ok"
+    try:
+        looked_in = f"the cells executed in this kernel and the saved notebook {path}"
+        saved = qa_kernel.execute("print(a)", metadata=component_meta("c", "a", "zz"), cell_id="s2")
+        assert one_line(saved) == (
+            f"PipelineError: component 'c' (cell 3 (id s2)) has parent 'zz', which is not declared in {looked_in}"
+        )
+        unsaved = qa_kernel.execute("print(a)", metadata=component_meta("d", "a", "zz"), cell_id="new-cell")
+        assert one_line(unsaved) == (
+            f"PipelineError: component 'd' (cell id new-cell) has parent 'zz', which is not declared in {looked_in}"
+        )
+    finally:
+        assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
+
+
+def test_naming_the_same_notebook_again_keeps_unsaved_components_and_memory_only_values(qa_kernel, home):
+    path = home / "again.ipynb"
+    assert qa_kernel.execute(f"%link notebook {path}").status == "ok"
+    try:
+        made = qa_kernel.execute("import threading\nlock = threading.Lock()", metadata=component_meta("locker"),
+                                 cell_id="unsaved-1")
+        assert made.status == "ok" and "kept in memory only" in made.stderr
+        assert qa_kernel.execute(f"%link notebook {path}").status == "ok"
+        child = qa_kernel.execute("print(type(lock).__name__)", metadata=component_meta("user", "locker"),
+                                  cell_id="unsaved-2")
+        assert (child.status, child.stdout) == ("ok", "lock\n"), child.traceback_text
+        assert "locker" not in qa_kernel.execute("%link run user").stdout.replace("ran: ", "")
+    finally:
+        assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
+
+
+UPDATING = (
+    "from IPython.display import display\n"
+    "handle = display('step 0', display_id=True)\n"
+    "for step in range(1, 4):\n"
+    "    handle.update(f'step {step}')\n"
+    "display('done')\n"
+)
+
+
+def test_stored_outputs_keep_an_updated_display_once_with_its_last_content(qa_kernel):
+    live = qa_kernel.execute(UPDATING, metadata=component_meta("updating"), cell_id="upd-1")
+    assert live.status == "ok"
+    shown = qa_kernel.execute("%link outputs updating")
+    assert [d["data"]["text/plain"] for d in shown.displays] == ["'step 3'", "'done'"]
+    # the same when it runs silently (%link run, or as a stale parent)
+    assert qa_kernel.execute("%link run updating --force").stdout == "ran: updating\n"
+    again = qa_kernel.execute("%link outputs updating")
+    assert [d["data"]["text/plain"] for d in again.displays] == ["'step 3'", "'done'"]
+
+
+def test_cache_export_over_an_existing_file_while_the_notebook_is_unsaved(qa_kernel, home):
+    (home / "old.tar.gz").write_bytes(b"previous archive")
+    assert qa_kernel.execute(f"%link notebook {home / 'unsaved.ipynb'}").status == "ok"
+    try:
+        done = qa_kernel.execute(f"%link cache export {home / 'old.tar.gz'}")
+        assert (done.status, done.stdout) == ("ok", f"exported 0 components to {home / 'old.tar.gz'}\n")
+    finally:
+        assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"

@@ -1,0 +1,121 @@
+"""run_remote inside a real kernel: live output reaches the cell while the task runs, a
+silent run publishes nothing, and interrupting the cell kills the remote task process."""
+
+from __future__ import annotations
+
+import queue
+import time
+
+import pytest
+
+from linkkernel.remote import registry
+from remote_support import WorkerProcess, make_key, pid_alive, wait_until
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("kernel")
+    key_file = make_key(tmp / "key")
+    w = WorkerProcess(str(tmp / "store"), key_file, tmp)
+    registry.add("kw", w.address, str(tmp / "store"), str(key_file))
+    yield tmp, w
+    w.stop()
+
+
+def cell(code: str, live: bool) -> str:
+    return (
+        "from linkkernel.remote.executor import run_remote\n"
+        "from linkkernel.tasks import ComponentTask\n"
+        f"result = run_remote(get_ipython().kernel, ComponentTask('comp', {code!r}, {{}}, {live}), 'kw')\n"
+    )
+
+
+def run_watching(kernel, code: str, on_message, timeout: float = 60) -> list[dict]:
+    """Execute `code` and call `on_message` with each IOPub message as it arrives."""
+    msg_id = kernel.client.execute(code)
+    messages, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            m = kernel.client.get_iopub_msg(timeout=0.05)
+        except queue.Empty:
+            on_message(None)
+            continue
+        if m["parent_header"].get("msg_id") != msg_id:
+            continue
+        if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
+            return messages
+        messages.append(m)
+        on_message(m)
+    raise TimeoutError(code)
+
+
+def test_live_output_reaches_the_cell_while_the_task_runs(setup, kernel) -> None:
+    tmp, _ = setup
+    go = tmp / "go"
+    code = (
+        "print('first', flush=True)\n"
+        "import os, time\n"
+        f"while not os.path.exists({str(go)!r}):\n    time.sleep(0.02)\n"
+        "from IPython.display import display, Markdown\n"
+        "display(Markdown('**md**'))\n"
+        "import sys\nprint('oops', file=sys.stderr)\n"
+        "41 + 1\n"
+    )
+
+    def release_once_first_is_shown(m) -> None:
+        if m and m["msg_type"] == "stream" and "first" in m["content"]["text"]:
+            go.touch()
+
+    messages = run_watching(kernel, cell(code, live=True), release_once_first_is_shown)
+    assert go.exists(), "'first' did not reach the cell before the task finished"
+    kinds = [(m["msg_type"], m["content"].get("name")) for m in messages if m["msg_type"] not in ("execute_input", "status")]
+    assert kinds == [("stream", "stdout"), ("display_data", None), ("stream", "stderr"), ("execute_result", None)]
+    assert messages[-1]["content"]["data"]["text/plain"] == "42"
+    outputs = kernel.execute("[o['output_type'] for o in result.outputs], result.error").displays[0]["data"]["text/plain"]
+    assert outputs == "(['stream', 'display_data', 'stream', 'execute_result'], None)"
+
+
+def test_silent_run_publishes_nothing_but_keeps_outputs(setup, kernel) -> None:
+    result = kernel.execute(cell("print('quiet')\nfrom IPython.display import display\ndisplay(1)\nv = 3", live=False))
+    assert result.status == "ok", result.traceback_text
+    assert result.stdout == "" and result.displays == []
+    check = kernel.execute("result.outputs[0]['text'], result.outputs[1]['data']['text/plain']")
+    assert check.displays[0]["data"]["text/plain"] == "('quiet\\n', '1')"
+
+
+def test_interrupting_the_cell_cancels_the_remote_task(setup, kernel) -> None:
+    tmp, w = setup
+    pid_file = tmp / "interrupted.pid"
+    code = f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)"
+    interrupted = []
+
+    def interrupt_once_running(m) -> None:
+        if not interrupted and pid_file.exists() and pid_file.read_text():
+            interrupted.append(int(pid_file.read_text()))
+            kernel.manager.interrupt_kernel()
+
+    messages = run_watching(kernel, cell(code, live=True), interrupt_once_running)
+    errors = [m["content"] for m in messages if m["msg_type"] == "error"]
+    assert errors and errors[0]["ename"] == "KeyboardInterrupt"
+    assert wait_until(lambda: not pid_alive(interrupted[0]))
+    w.wait_for_log("cancelled, task process killed")
+    again = kernel.execute(cell("x = 1", live=True))
+    assert again.status == "ok", again.traceback_text
+
+
+def test_functions_from_kernel_components_are_labelled_in_remote_tracebacks(setup, kernel) -> None:
+    define = kernel.execute(
+        "with get_ipython().compile.labelled('load'):\n"
+        "    get_ipython().run_cell('def invert(x):\\n    return 1 / x')\n"
+        "from linkkernel.namespaces import dump\n"
+        "from linkkernel.remote.executor import run_remote\n"
+        "from linkkernel.tasks import ComponentTask\n"
+        "failed = run_remote(get_ipython().kernel, ComponentTask('train', 'invert(0)', {'invert': dump('invert', invert)}, False), 'kw')\n"
+        "print('\\n'.join(failed.error.traceback))"
+    )
+    assert define.status == "ok", define.traceback_text
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", define.stdout)
+    assert "Component train, line 1" in text and "Component load, line 2" in text
+    assert "return 1 / x" in text and "ipykernel_" not in text

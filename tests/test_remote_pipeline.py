@@ -1,0 +1,192 @@
+"""Remote components inside real pipelines: cells tagged `remote:ALIAS` run on a real worker
+and behave as local components (SPEC §5): mixed pipelines, silent ancestors, live output,
+errors, interrupt, staleness and the persistent cache."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from engine_support import Notebook, value
+from linkkernel.remote import registry
+from remote_support import WorkerProcess, free_port, make_key, pid_alive, wait_until
+from support import Kernel
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipeline-worker")
+    key_file = make_key(tmp / "key")
+    w = WorkerProcess(str(tmp / "store"), key_file, tmp)
+    registry.add("gpu1", w.address, str(tmp / "store"), str(key_file))
+    registry.add("offline", f"tcp://127.0.0.1:{free_port()}", str(tmp / "store"), str(key_file))
+    w.tmp = tmp
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="module")
+def kernel(link_kernelspec, worker):
+    k = Kernel()
+    yield k
+    k.shutdown()
+
+
+@pytest.fixture
+def nb(kernel, tmp_path):
+    return Notebook(kernel, tmp_path / "pipeline.ipynb")
+
+
+def plain(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def test_mixed_pipeline_remote_ancestor_runs_silently(nb, worker) -> None:
+    nb.add("load", "import numpy as np\nraw = np.arange(6.0)\nprint('loading')")
+    nb.add("train", "import os\nweights = raw * 2\nworker_pid = os.getpid()\nprint('training on the worker')\nweights.sum()", "load", remote="gpu1")
+    nb.add("report", "score = float(weights.sum())\nprint('score', score)", "train")
+    nb.use()
+    result = nb.run("report")
+    assert result.status == "ok", result.traceback_text
+    assert result.stdout == "score 30.0\n"
+    shown = [d for d in result.displays if not d.get("transient")]  # the progress line is transient
+    assert shown == []  # train's last value was captured with its outputs, not shown
+    assert nb.runs() == ["load", "train", "report"]
+    assert value(nb.kernel, "(weights.tolist(), score)") == ([0.0, 2.0, 4.0, 6.0, 8.0, 10.0], 30.0)
+    kernel_pid = value(nb.kernel, "__import__('os').getpid()")
+    assert value(nb.kernel, "worker_pid") != kernel_pid
+    stored = nb.kernel.execute("%link outputs train")
+    assert "training on the worker" in stored.stdout
+    status = nb.kernel.execute("%link status").stdout
+    assert "remote:gpu1" in status
+
+
+def test_remote_component_executed_shows_output_live(nb, worker) -> None:
+    nb.add("base", "n = 20")
+    nb.add("far", "from IPython.display import display, Markdown\nprint('hello from far')\ndisplay(Markdown('*md*'))\nn + 1", "base", remote="gpu1")
+    nb.use()
+    result = nb.run("far")
+    assert result.status == "ok", result.traceback_text
+    assert result.stdout == "hello from far\n"
+    assert any(d["data"].get("text/markdown") == "*md*" for d in result.displays)
+    assert any(d["data"].get("text/plain") == "21" for d in result.of_type("execute_result"))
+    assert nb.runs() == ["base", "far"]
+
+
+def test_remote_error_is_the_users_error_and_stops_the_child(nb, worker) -> None:
+    nb.add("src", "d = {}")
+    nb.add("bad", "x = 1\ny = d['missing']", "src", remote="gpu1")
+    nb.add("after", "z = y", "bad")
+    nb.use()
+    direct = nb.run("bad")
+    assert direct.status == "error"
+    assert direct.reply["content"]["ename"] == "KeyError" and direct.errors[0]["evalue"] == "'missing'"
+    text = plain(direct.traceback_text)
+    assert "Component bad, line 3" in text  # line 1 is the test's run counter
+    for machinery in ("linkkernel", "taskprocess", "ipykernel_"):
+        assert machinery not in text
+    child = nb.run("after")
+    assert child.status == "error" and "bad" in plain(child.traceback_text)
+    assert "after" not in nb.runs()
+
+
+def test_remote_results_are_fresh_cached_and_survive_a_restart(nb, worker) -> None:
+    nb.add("p", "v = 2")
+    nb.add("r", "w = v * 100", "p", remote="gpu1")
+    nb.add("c", "u = w + 1", "r")
+    nb.use()
+    assert nb.run("c").status == "ok"
+    assert nb.runs() == ["p", "r", "c"]
+    assert nb.run("c").status == "ok"
+    assert nb.runs() == ["c"]  # the remote parent is fresh, as a local one would be
+    nb.add("r", "w = v * 1000", "p", remote="gpu1").save()
+    assert nb.run("c").status == "ok"
+    assert nb.runs() == ["r", "c"]
+    assert value(nb.kernel, "u") == 2001
+    nb.kernel.restart()
+    nb.use()
+    assert nb.run("c").status == "ok"
+    assert nb.runs() == ["c"]
+    assert value(nb.kernel, "u") == 2001
+
+
+def test_unregistered_alias_is_refused_before_anything_runs(nb, worker) -> None:
+    nb.add("first", "a = 1")
+    nb.add("nowhere", "b = a", "first", remote="gpu9")
+    nb.use()
+    result = nb.run("nowhere")
+    assert result.status == "error"
+    assert "remote worker 'gpu9' is not registered" in plain(result.traceback_text)
+    assert len(plain(result.traceback_text).strip().splitlines()) == 1
+    assert nb.runs() == []
+
+
+def test_unreachable_worker_in_a_pipeline_is_one_line(nb, worker) -> None:
+    nb.add("one", "a = 1")
+    nb.add("away", "b = a", "one", remote="offline")
+    nb.add("last", "c = b", "away")
+    nb.use()
+    result = nb.run("last", timeout=60)
+    assert result.status == "error"
+    text = plain(result.traceback_text).strip()
+    assert "worker 'offline'" in text and "is unreachable" in text and len(text.splitlines()) == 1
+    assert nb.kernel.execute("1 + 1").status == "ok"
+
+
+def test_interrupting_a_remote_component_cancels_its_task(nb, worker) -> None:
+    pid_file = worker.tmp / "pipeline-interrupt.pid"
+    nb.add("top", "t = 1")
+    nb.add("slow", f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)", "top", remote="gpu1")
+    nb.use()
+    assert nb.run("top").status == "ok"
+    nb.runs()
+    result = nb.run("slow", interrupt_after=4.0, timeout=60)
+    assert result.status == "error"
+    assert result.reply["content"]["ename"] == "KeyboardInterrupt"
+    assert pid_file.exists()
+    assert wait_until(lambda: not pid_alive(int(pid_file.read_text())))
+    assert nb.kernel.execute("1 + 1").status == "ok"
+
+
+def test_interrupting_a_remote_ancestor_stops_the_run_and_keeps_nothing(nb, worker) -> None:
+    pid_file = worker.tmp / "ancestor-interrupt.pid"
+    nb.add("slowparent", f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)\nq = 1", remote="gpu1")
+    nb.add("kid", "r = q", "slowparent")
+    nb.use()
+    result = nb.run("kid", interrupt_after=4.0, timeout=60)
+    assert result.reply["content"]["ename"] == "KeyboardInterrupt"
+    assert wait_until(lambda: not pid_alive(int(pid_file.read_text())))
+    assert nb.runs() == ["slowparent"]  # it started, and was cancelled
+    rows = nb.kernel.execute("%link status").stdout.splitlines()
+    (row,) = [line.split() for line in rows if line.split()[:1] == ["slowparent"]]
+    assert row[2] in ("never", "stale", "failed"), rows  # name, parents, state: not fresh
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ("import ctypes\nctypes.string_at(0)", "task process crashed with SIGSEGV"),
+        ("import threading\nlock = threading.Lock()", "output 'lock' (_thread.lock) cannot be pickled"),
+    ],
+)
+def test_faults_in_a_remote_ancestor_are_one_line(nb, worker, code, expected) -> None:
+    nb.add("crashy", code, remote="gpu1")
+    nb.add("below", "pass", "crashy")
+    nb.use()
+    result = nb.run("below")
+    assert result.status == "error"
+    text = plain(result.traceback_text).strip()
+    assert expected in text and len(text.splitlines()) == 1
+    assert nb.kernel.execute("1 + 1").status == "ok"
+
+
+def test_unpicklable_input_of_a_remote_component_is_named(nb, worker) -> None:
+    nb.add("holder", "import threading\nguard = threading.Lock()\nn = 1")
+    nb.add("user", "m = n + 1", "holder", remote="gpu1")
+    nb.use()
+    result = nb.run("user")
+    assert result.status == "error"
+    text = plain(result.traceback_text).strip()
+    assert "input 'guard' (_thread.lock) cannot be pickled" in text and len(text.splitlines()) == 1
+    assert "user" not in nb.runs()

@@ -1,0 +1,162 @@
+"""The artifact store: content-addressed, verified before unpickling, one-line failures,
+against a local directory, moto's S3 server and a real SeaweedFS that checks credentials."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from linkkernel.namespaces import dump
+from linkkernel.remote.storage import Store, StorageError, load_owned, parse_options
+from remote_support import MotoServer, WeedServer, free_port
+
+KEY = b"s" * 32
+
+
+def _array_blob(n: int = 1000):
+    return dump("x", np.arange(n, dtype=np.float64))
+
+
+def test_local_round_trip_keeps_buffers_out_of_band_and_writable(tmp_path) -> None:
+    store = Store(str(tmp_path / "store"), KEY)
+    blob = _array_blob()
+    assert store.put(blob)
+    got = Store(str(tmp_path / "store"), KEY).get(blob.digest)
+    value = load_owned(got)
+    assert np.array_equal(value, np.arange(1000.0))
+    value[0] = 42  # rebuilt on the blob's own memory, which the reader owns
+    assert got.digest == blob.digest and len(got.buffers) == 1
+
+
+def test_unchanged_value_is_uploaded_once_even_by_another_process_view(tmp_path) -> None:
+    url = str(tmp_path / "store")
+    first, second = Store(url, KEY), Store(url, KEY)
+    blob = _array_blob()
+    assert first.put(blob) and not first.put(blob)
+    assert not second.put(dump("x", np.arange(1000, dtype=np.float64)))
+    assert (first.bytes_uploaded, second.bytes_uploaded) == (blob.size, 0)
+
+
+def test_writes_leave_no_temporary_files(tmp_path) -> None:
+    store = Store(str(tmp_path / "store"), KEY)
+    store.put(_array_blob())
+    names = [p.name for p in (tmp_path / "store").rglob("*") if p.is_file()]
+    assert len(names) == 1 and not names[0].endswith(".tmp")
+
+
+@pytest.mark.parametrize("where", ["content", "header", "mac", "truncated"])
+def test_tampered_blob_is_refused_before_unpickling(tmp_path, where) -> None:
+    store = Store(str(tmp_path / "store"), KEY)
+    blob = _array_blob()
+    store.put(blob)
+    (path,) = [p for p in (tmp_path / "store").rglob("*") if p.is_file()]
+    data = bytearray(path.read_bytes())
+    if where == "content":
+        data[-1] ^= 1
+    elif where == "header":
+        data = data.replace(b'"stream"', b'"strean"')
+    elif where == "mac":
+        data[10] ^= 1
+    else:
+        data = data[:-8]
+    path.write_bytes(bytes(data))
+    with pytest.raises(StorageError, match="failed verification"):
+        Store(str(tmp_path / "store"), KEY).get(blob.digest)
+
+
+def test_planted_pickle_with_recomputed_checksum_is_refused(tmp_path) -> None:
+    """Whoever can write to the store cannot forge a blob without the key."""
+    store = Store(str(tmp_path / "store"), KEY)
+    evil = dump("x", "harmless")
+    store.put(evil)
+    attacker = Store(str(tmp_path / "store"), b"attacker-key-0000")
+    (path,) = [p for p in (tmp_path / "store").rglob("*") if p.is_file()]
+    path.unlink()
+    attacker.put(evil)
+    with pytest.raises(StorageError, match="failed verification"):
+        Store(str(tmp_path / "store"), KEY).get(evil.digest)
+
+
+def test_missing_blob_is_one_line(tmp_path) -> None:
+    with pytest.raises(StorageError, match="has no blob"):
+        Store(str(tmp_path / "store"), KEY).get("ab" * 32)
+
+
+def test_storage_options_parse_json_values() -> None:
+    assert parse_options(["endpoint_url=http://h:1", "anon=false", "n=3"]) == {
+        "endpoint_url": "http://h:1", "anon": False, "n": 3,
+    }
+
+
+@pytest.fixture(scope="module")
+def moto():
+    server = MotoServer()
+    server.make_bucket("linkkernel")
+    yield server
+    server.stop()
+
+
+def test_s3_round_trip_and_dedup_through_moto(moto, monkeypatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    options = {"endpoint_url": moto.endpoint, "skip_instance_cache": True}
+    store = Store("s3://linkkernel/run1", KEY, options)
+    store.check()
+    blob = _array_blob(10_000)
+    assert store.put(blob) and not store.put(blob)
+    fresh = Store("s3://linkkernel/run1", KEY, options)
+    assert not fresh.put(blob)
+    assert np.array_equal(load_owned(fresh.get(blob.digest)), np.arange(10_000.0))
+
+
+def test_unreachable_s3_is_one_line_within_seconds(monkeypatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    store = Store("s3://linkkernel/x", KEY, {"endpoint_url": f"http://127.0.0.1:{free_port()}", "skip_instance_cache": True})
+    with pytest.raises(StorageError) as info:
+        store.put(dump("x", 1))
+    message = str(info.value)
+    assert message.startswith("storage s3://linkkernel/x is unreachable") and "\n" not in message
+
+
+@pytest.fixture(scope="module")
+def weed(tmp_path_factory):
+    server = WeedServer(tmp_path_factory.mktemp("weed"))
+    yield server
+    server.stop()
+
+
+def test_real_s3_accepts_right_credentials_and_refuses_wrong_ones(weed, monkeypatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", weed.ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", weed.SECRET_KEY)
+    url = f"s3://{weed.bucket}/blobs-test"
+    options = {"endpoint_url": weed.endpoint, "skip_instance_cache": True}
+    store = Store(url, KEY, options)
+    store.check()
+    blob = _array_blob()
+    assert store.put(blob)
+    assert np.array_equal(load_owned(store.get(blob.digest)), np.arange(1000.0))
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    wrong = Store(url, KEY, options)
+    for attempt in (wrong.check, lambda: wrong.get(blob.digest), lambda: wrong.put(dump("y", 2))):
+        with pytest.raises(StorageError) as info:
+            attempt()
+        message = str(info.value)
+        assert message.startswith(f"storage {url} refused the credentials") and "\n" not in message
+
+
+
+def test_a_failed_write_leaves_nothing_behind(tmp_path) -> None:
+    class NotABuffer:
+        """Fails when written, halfway through the blob, as an interrupted upload would."""
+
+        nbytes = 10
+
+    store = Store(str(tmp_path / "store"), KEY)
+    blob = _array_blob()
+    broken = type(blob)(blob.stream, (*blob.buffers, NotABuffer()), blob.digest)
+    with pytest.raises(StorageError):
+        store.put(broken)
+    assert [p for p in (tmp_path / "store").rglob("*") if p.is_file()] == []
+    assert store.put(blob)
