@@ -165,9 +165,12 @@ def run_notebook(
     # the terminal shows the pipeline; the file is kept and named only when the kernel itself
     # failed (died, or a linkkernel bug), since a user error is shown in full already.
     log_fd, log_name = tempfile.mkstemp(prefix=f"linkkernel-run-{path.stem}-", suffix=".log")
+    report.kernel_trouble = True  # until the kernel has started
     bar = None
     try:
-        with client.setup_kernel(env=kernel_env, stdout=log_fd, stderr=log_fd):
+        _start_kernel(client, log_name, env=kernel_env, stdout=log_fd, stderr=log_fd)
+        report.kernel_trouble = False
+        with client.setup_kernel():
             bar = tqdm(
                 total=len(outcomes),
                 unit="component",
@@ -204,6 +207,16 @@ def run_notebook(
         else:
             os.unlink(log_name)
     return report
+
+
+def _start_kernel(client: Any, log_name: str, **launch: Any) -> None:
+    """Start the kernel and its client; a kernel that dies or hangs at start-up is one line."""
+    client.km = client.create_kernel_manager()
+    try:
+        client.start_new_kernel(**launch)
+        client.start_new_kernel_client()
+    except (RuntimeError, TimeoutError) as exc:
+        raise LinkError(f"the Link Python kernel did not start ({exc}); its log: {log_name}") from None
 
 
 def _execute(client: Any, cell: Any, index: int, timeout: float | None) -> tuple[str | None, bool]:

@@ -13,7 +13,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from linkkernel.errors import LinkError
 from linkkernel.headless import plan
-from support import kernel_env
+from support import REPO, kernel_env
 
 
 def notebook(*cells: tuple[str, list[str]] | str) -> nbformat.NotebookNode:
@@ -232,3 +232,20 @@ def test_unregistered_worker_alias_is_refused_before_a_kernel_starts(tmp_path: P
     assert result.stderr.strip().count("\n") == 0
     assert "remote worker 'nowhere' is not registered" in result.stderr
     assert not (tmp_path / "remote.out.ipynb").exists()
+
+
+def test_a_kernel_that_cannot_start_is_one_line_naming_its_log(tmp_path: Path) -> None:
+    # A relative PYTHONPATH finds linkkernel for the command (run from the checkout) but not
+    # for the kernel, which starts in the notebook's directory: it dies before replying.
+    source = write(tmp_path / "pipe.ipynb", notebook(("a = 1", ["component:a"])))
+    env = kernel_env(PYTHONPATH=".")
+    result = subprocess.run(
+        [sys.executable, "-m", "linkkernel.cli", "run", str(source)],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=180,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "the Link Python kernel did not start" in result.stderr
+    log = Path(re.search(r"its log: (\S+)$", result.stderr.strip())[1])
+    assert "No module named linkkernel" in log.read_text()
+    log.unlink()
