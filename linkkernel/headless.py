@@ -165,11 +165,13 @@ def run_notebook(
     # the terminal shows the pipeline; the file is kept and named only when the kernel itself
     # failed (died, or a linkkernel bug), since a user error is shown in full already.
     log_fd, log_name = tempfile.mkstemp(prefix=f"linkkernel-run-{path.stem}-", suffix=".log")
-    report.kernel_trouble = True  # until the kernel has started
     bar = None
     try:
-        _start_kernel(client, log_name, env=kernel_env, stdout=log_fd, stderr=log_fd)
-        report.kernel_trouble = False
+        try:
+            _start_kernel(client, log_name, env=kernel_env, stdout=log_fd, stderr=log_fd)
+        except LinkError:
+            report.kernel_trouble = True
+            raise
         with client.setup_kernel():
             bar = tqdm(
                 total=len(outcomes),
