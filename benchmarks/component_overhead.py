@@ -2,7 +2,7 @@
 
 Both cells run `pass`; the component has two fresh parents holding small values. Round trips
 over the Jupyter protocol, median of many, same kernel.
-Run: PYTHONPATH=. /work/venv/bin/python benchmarks/component_overhead.py
+Run: .venv/bin/python benchmarks/component_overhead.py
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Both tools run as subprocesses, the way git runs a merge driver (start-up included), and
 each run's peak RSS comes from wait4(). Usage:
 
-    cd /work/wt/git && PYTHONPATH=. /work/venv/bin/python benchmarks/git.py [--sizes 200 2000] [--timeout 180]
+    .venv/bin/python benchmarks/git.py [--sizes 200 2000] [--timeout 180]
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Prints the leaf as a plain cell (the baseline), the first execution of the leaf (all 10 run:
 what re-running everything costs, the seed's behaviour), and the second execution (ancestors
 fresh, only the leaf runs), with the ratio to the baseline. Goal: second / baseline <= 1.1.
-Run: PYTHONPATH=. /work/venv/bin/python benchmarks/incremental.py
+Run: .venv/bin/python benchmarks/incremental.py
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The extra seconds are what isolation costs (the child gets a private copy of its inputs, and
 its outputs are found by re-digesting them). Goal: <= one memory copy of the inputs; prints
 the effective GB/s and each kernel's peak RSS.
-Run: PYTHONPATH=. /work/venv/bin/python benchmarks/isolation.py [GB]
+Run: .venv/bin/python benchmarks/isolation.py [GB]
 """
 
 from __future__ import annotations

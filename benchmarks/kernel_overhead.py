@@ -9,33 +9,14 @@ kernels are measured alternately so machine load affects both alike.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
+from _engine_harness import setup
 from jupyter_client.manager import KernelManager
 
-REPO = Path(__file__).resolve().parent.parent
-KERNELS = {"stock ipykernel": "bench-ipykernel", "Link Python": "bench-link"}
-
-
-def install_specs(prefix: str) -> None:
-    python = sys.executable
-    subprocess.run(
-        [python, "-m", "ipykernel", "install", "--prefix", prefix, "--name", KERNELS["stock ipykernel"]],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        [python, "-m", "linkkernel.cli", "install", "--prefix", prefix, "--name", KERNELS["Link Python"]],
-        check=True,
-        capture_output=True,
-    )
-    os.environ["JUPYTER_PATH"] = os.path.join(prefix, "share", "jupyter")
+KERNELS = {"stock ipykernel": "python3", "Link Python": "link-python"}
 
 
 def start(name: str) -> tuple[KernelManager, object, float]:
@@ -64,23 +45,21 @@ def main() -> None:
     parser.add_argument("--kernels", type=int, default=3)
     parser.add_argument("--runs", type=int, default=200)
     args = parser.parse_args()
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    setup(stock=True)
     startup: dict[str, list[float]] = {label: [] for label in KERNELS}
     trips: dict[str, list[float]] = {label: [] for label in KERNELS}
-    with tempfile.TemporaryDirectory() as prefix:
-        install_specs(prefix)
-        for _ in range(args.starts):
-            for label, name in KERNELS.items():
-                manager, client, seconds = start(name)
-                startup[label].append(seconds)
-                client.stop_channels()
-                manager.shutdown_kernel(now=True)
-        for _ in range(args.kernels):
-            for label, name in KERNELS.items():
-                manager, client, _ = start(name)
-                trips[label] += round_trips(client, args.runs)
-                client.stop_channels()
-                manager.shutdown_kernel(now=True)
+    for _ in range(args.starts):
+        for label, name in KERNELS.items():
+            manager, client, seconds = start(name)
+            startup[label].append(seconds)
+            client.stop_channels()
+            manager.shutdown_kernel(now=True)
+    for _ in range(args.kernels):
+        for label, name in KERNELS.items():
+            manager, client, _ = start(name)
+            trips[label] += round_trips(client, args.runs)
+            client.stop_channels()
+            manager.shutdown_kernel(now=True)
     base_start = statistics.median(startup["stock ipykernel"])
     base_trip = statistics.median(trips["stock ipykernel"])
     print(f"{'kernel':<16} {'start-up (median)':>18} {'ratio':>6} {'pass round trip (median)':>25} {'ratio':>6}")

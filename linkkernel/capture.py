@@ -142,26 +142,33 @@ def captured(shell) -> Iterator[Outputs]:
 
 @contextmanager
 def recorded(shell) -> Iterator[Outputs]:
-    """Let output reach the frontend live as usual, and keep a copy of it as nbformat outputs."""
+    """Let output reach the frontend live as usual, and keep a copy of it as nbformat outputs.
+
+    The execute_result is kept from the display hook's own message, so the user's reprs run
+    once, as in ipykernel.
+    """
     outputs = Outputs()
     saved = sys.stdout, sys.stderr
 
     def hook(msg: dict) -> dict:
         kind = msg.get("msg_type") or msg.get("header", {}).get("msg_type")
         content = msg.get("content", {})
-        if kind in ("display_data", "update_display_data"):
+        if kind in ("display_data", "update_display_data", "execute_result"):
             display_id = (content.get("transient") or {}).get("display_id")
-            outputs.display(content.get("data", {}), content.get("metadata"), display_id=display_id,
-                            update=kind == "update_display_data")
+            outputs.display(content.get("data", {}), content.get("metadata"),
+                            "execute_result" if kind == "execute_result" else "display_data",
+                            display_id=display_id, update=kind == "update_display_data")
         elif kind == "clear_output":
             outputs.clear()
         return msg
 
-    publisher = shell.display_pub
-    publisher.register_hook(hook)
+    hooked = [shell.display_pub, shell.displayhook]
+    for publisher in hooked:
+        publisher.register_hook(hook)
     sys.stdout, sys.stderr = _Stream(outputs, "stdout", sys.stdout), _Stream(outputs, "stderr", sys.stderr)
     try:
         yield outputs
     finally:
         sys.stdout, sys.stderr = saved
-        publisher.unregister_hook(hook)
+        for publisher in hooked:
+            publisher.unregister_hook(hook)

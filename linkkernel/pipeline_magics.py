@@ -21,31 +21,48 @@ def _runner(kernel):
 def _graph_and_states(kernel):
     runner = _runner(kernel)
     graph = runner.graph()
-    return graph, runner.states(graph)
+    return graph, runner.store.states(graph)
 
 
 def status(kernel, argv: list[str]) -> None:
-    """A table: name, parents, state, last run, duration, where it runs."""
+    """A table: name, parents, state, last run, duration, where it runs.
+
+    A malformed cell, and every component that needs it, is an `error` row; the reasons
+    follow the table, so the rest of the pipeline is still shown.
+    """
     if parse_magic_args("%link status", _no_arguments, argv) is None:
         return
-    from linkkernel.graph import run_order
+    from linkkernel.graph import build_graph, run_order
 
-    graph, state = _graph_and_states(kernel)
-    store = _runner(kernel).store
+    runner = _runner(kernel)
+    declared = runner.sources.declared()
+    blocked = declared.blocked()
+    graph = build_graph([c for c in declared.components if c.name not in blocked], runner.sources.looked_in())
+    state = runner.store.states(graph)
     rows = [("name", "parents", "state", "last run", "duration", "where")]
     for name in run_order(graph):
         component = graph.nodes[name]["component"]
-        record = store.get(name)
+        record = runner.store.get(name)
         last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.started)) if record else "-"
         duration = f"{record.duration:.2f} s" if record else "-"
-        where = f"remote:{component.remote}" if component.remote else "local"
-        rows.append((name, ", ".join(component.parents) or "-", state[name], last, duration, where))
+        rows.append((name, ", ".join(component.parents) or "-", state[name], last, duration, _where(component)))
+    for component in declared.components:
+        if component.name in blocked:
+            rows.append((component.name, ", ".join(component.parents) or "-", "error", "-", "-", _where(component)))
+    for malformed in declared.malformed:
+        rows.append((", ".join(sorted(malformed.names)) or "?", "-", "error", "-", "-", "-"))
     if len(rows) == 1:
-        print(f"no components declared in {_runner(kernel).sources.looked_in()}")
+        print(f"no components declared in {runner.sources.looked_in()}")
         return
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    for error in dict.fromkeys(str(m.error) for m in declared.malformed):
+        print(f"error: {error}")
+
+
+def _where(component) -> str:
+    return f"remote:{component.remote}" if component.remote else "local"
 
 
 def graph(kernel, argv: list[str]) -> None:

@@ -14,18 +14,19 @@ import re
 import sys
 import time
 import types
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from linkkernel import capture
+from linkkernel.cow import Loaded
 from linkkernel.declarations import Component
 from linkkernel.errors import LinkError
-from linkkernel.namespaces import Blob, UnpicklableValue, changes, dump, load
+from linkkernel.namespaces import Blob, UnpicklableValue, changes, dump
 from linkkernel.progress import Progress
 from linkkernel.sources import Sources, notebook_path_from_env
-from linkkernel.staleness import FRESH, RunRecord, code_hash, new_run_id, states
+from linkkernel.staleness import FRESH, RunRecord, code_hash, new_run_id
 from linkkernel.store import MEMORY_PREFIX, CacheStore, freeze
 
 # Names IPython itself keeps in the user namespace; never outputs of a component.
@@ -35,10 +36,6 @@ _PRELUDE = ("In", "Out", "_ih", "_oh", "_dh", "get_ipython", "exit", "quit")
 
 def is_ipython_name(name: str) -> bool:
     return _IPYTHON_NAME.fullmatch(name) is not None
-
-
-class Interrupted(Exception):
-    """The user interrupted a run; nothing half-run was recorded."""
 
 
 @dataclass
@@ -80,29 +77,14 @@ class Runner:
     def graph(self, targets: list[str] | None = None):
         """The validated DAG of `targets` and their ancestors (every component when None).
 
-        Only the part of the notebook a run needs is validated, so a half-finished rename
-        elsewhere does not block an unrelated component.
+        Only the part of the notebook a run needs is validated, so a half-finished rename or
+        a malformed tag elsewhere does not block an unrelated component.
         """
         from linkkernel.graph import build_graph
 
-        components = self.sources.components()
-        if targets is not None:
-            components = _relevant(components, targets)
+        declared = self.sources.declared()
+        components = declared.all() if targets is None else declared.relevant(targets)
         return build_graph(components, self.sources.looked_in())
-
-    def states(self, graph) -> dict[str, str]:
-        from linkkernel.graph import run_order
-
-        order = run_order(graph)
-        comps = {n: graph.nodes[n]["component"] for n in order}
-        records = {n: self.store.get(n) for n in order}
-        return states(
-            order,
-            {n: c.parents for n, c in comps.items()},
-            {n: code_hash(c.source) for n, c in comps.items()},
-            records,
-            {n: r is not None and self.store.available(r) for n, r in records.items()},
-        )
 
     def plan(self, graph, targets: list[str], force: bool = False, rerun_targets: bool = False) -> list[str]:
         """The components to run for `targets`, in run order: whatever is stale, plus the targets
@@ -116,16 +98,14 @@ class Runner:
         self._check_remotes(graph, order)
         if force:
             return order
-        state = self.states(graph)
+        state = self.store.states(graph)
         return [n for n in order if (rerun_targets and n in targets) or state[n] != FRESH]
 
     def _check_remotes(self, graph, names: list[str]) -> None:
         aliases = {graph.nodes[n]["component"].remote for n in names} - {None}
         if aliases:
-            try:
-                from linkkernel.remote.registry import require_registered
-            except ImportError as exc:
-                raise LinkError(f"remote components ({', '.join(sorted(aliases))}) need linkkernel.remote: {exc}") from exc
+            from linkkernel.remote.registry import require_registered
+
             require_registered(aliases)
 
     # ---- executing a component cell ------------------------------------------------------
@@ -138,36 +118,21 @@ class Runner:
         try:
             graph = self.graph([component.name])
             plan = self.plan(graph, [component.name], rerun_targets=True)
-        except LinkError as exc:
+            await self._run_captured(graph, [n for n in plan if n != component.name])
+        except KeyboardInterrupt:
+            return self._report_interrupt(store_history, "running parent components")
+        except ComponentFailed as exc:
+            return self._report_parent_error(exc.name, exc.error, store_history)
+        except LinkError as exc:  # an invalid pipeline, or a cached value the storage lost
             return self.refuse(exc, store_history)
-        ancestors_to_run = [n for n in plan if n != component.name]
-        progress = Progress(self.kernel, len(ancestors_to_run))
-        warnings: list[str] = []
-        try:
-            for k, name in enumerate(ancestors_to_run, 1):
-                progress.show(k, name)
-                outcome = await self.run_component(graph.nodes[name]["component"], live=None)
-                if outcome.interrupted:
-                    raise Interrupted
-                if outcome.error is not None:
-                    progress.clear()
-                    return self._report_parent_error(name, outcome.error, store_history)
-                warnings.extend(outcome.warnings)
-            progress.clear()
-        except (Interrupted, KeyboardInterrupt):
-            progress.clear()
-            return self._report_interrupt(store_history)
-        except LinkError as exc:  # e.g. a cached value the storage lost
-            progress.clear()
-            return self.refuse(exc, store_history)
-        finally:
-            progress.stop()
-        for line in warnings:
-            print(line, file=sys.stderr)
+        count_before = self.shell.execution_count
         try:
             outcome = await self.run_component(component, live=live)
         except LinkError as exc:
             return self.refuse(exc, store_history)
+        except KeyboardInterrupt:  # after the user's code: while its outputs were being kept
+            counted = self.shell.execution_count != count_before  # the live run already numbered the cell
+            return self._report_interrupt(store_history and not counted, f"keeping the outputs of component {component.name!r}")
         for line in outcome.warnings:
             print(line, file=sys.stderr)
         return outcome.reply
@@ -218,7 +183,6 @@ class Runner:
         ns.update({k: shell.user_ns[k] for k in _PRELUDE if k in shell.user_ns})
         ns.update(inputs)
         outcome = RunOutcome(record)
-        result = None
         with _notebook_name_hint(shell, component.name), _swapped_namespace(shell, module), shell.compile.labelled(
             component.name
         ):
@@ -243,11 +207,6 @@ class Runner:
             else:
                 with capture.recorded(shell) as outputs:
                     reply = await live()
-                result = shell.last_execution_result
-                value = getattr(result, "result", None)
-                if value is not None:
-                    data, meta = shell.display_formatter.format(value)
-                    outputs.display(data, meta, "execute_result")
                 record.outputs = outputs.items
                 if reply.get("status") == "ok":
                     record.status = "ok"
@@ -320,13 +279,8 @@ class Runner:
         except KeyboardInterrupt:  # run_remote cancelled the task on the worker, then re-raised
             if not live:
                 raise
-            error = {
-                "ename": "KeyboardInterrupt",
-                "evalue": "",
-                "traceback": [f"\x1b[0;31mKeyboardInterrupt\x1b[0m: the task on worker {component.remote!r} was cancelled"],
-            }
-            self._send_error(error)
-            return RunOutcome(record, interrupted=True, reply=self._error_reply(error, True))
+            error = _interrupt_error(f"the task on worker {component.remote!r} was cancelled")
+            return RunOutcome(record, interrupted=True, reply=self._fail(error, True))
         if isinstance(result, Awaitable):
             result = await result
         outcome = RunOutcome(record)
@@ -338,21 +292,19 @@ class Runner:
                 return outcome
             outcome.error = error
             if live:
-                self._send_error(error)
-                outcome.reply = self._error_reply(error, True)
+                outcome.reply = self._fail(error, True)
             return outcome
         record.status = "ok"
         namespace = {n: d for n, d in merged.items() if n not in result.deleted}
-        blobs = {}
         for name, blob in result.bound.items():
-            blobs[blob.digest] = freeze(blob)
-            namespace[name] = blob.digest
-        for name, type_name in result.unpicklable.items():
-            outcome.warnings.append(f"linkkernel: component {component.name!r}: {name!r} ({type_name}) cannot be serialised and was not returned")
+            # One copy on this side: the cache keeps the frozen blob and the notebook's value
+            # maps its large buffers copy-on-write (linkkernel.cow), as a child's inputs do.
+            frozen = freeze(blob)
+            outcome.blobs[frozen.digest] = frozen
+            outcome.values[name] = Loaded(frozen).value
+            namespace[name] = frozen.digest
         record.namespace = namespace
-        outcome.values = {name: load(blob) for name, blob in result.bound.items()}
         outcome.deleted = tuple(result.deleted)
-        outcome.blobs = blobs
         if live:
             outcome.reply = self._ok_reply(True)
         return outcome
@@ -367,7 +319,10 @@ class Runner:
     def _ok_reply(self, store_history: bool) -> dict[str, Any]:
         return {"status": "ok", "execution_count": self._count(store_history), "user_expressions": {}, "payload": []}
 
-    def _error_reply(self, error: dict[str, Any], store_history: bool) -> dict[str, Any]:
+    def _fail(self, error: dict[str, Any], store_history: bool) -> dict[str, Any]:
+        """Show `error` in the cell as an `error` message; the execute_reply that goes with it."""
+        kernel = self.kernel
+        kernel.session.send(kernel.iopub_socket, "error", error, parent=kernel.get_parent(), ident=kernel._topic("error"))
         return {
             "status": "error",
             "ename": error["ename"],
@@ -378,31 +333,16 @@ class Runner:
             "payload": [],
         }
 
-    def _send_error(self, error: dict[str, Any]) -> None:
-        kernel = self.kernel
-        kernel.session.send(
-            kernel.iopub_socket, "error", error, parent=kernel.get_parent(), ident=kernel._topic("error")
-        )
-
     def refuse(self, exc: LinkError, store_history: bool = True) -> dict[str, Any]:
         """An invalid pipeline or declaration: one line in the cell, nothing run."""
-        error = {"ename": type(exc).__name__, "evalue": str(exc), "traceback": exc._render_traceback_()}
-        self._send_error(error)
-        return self._error_reply(error, store_history)
+        return self._fail({"ename": type(exc).__name__, "evalue": str(exc), "traceback": exc._render_traceback_()}, store_history)
 
     def _report_parent_error(self, name: str, error: dict[str, Any], store_history: bool) -> dict[str, Any]:
-        full = dict(error, traceback=[f"\x1b[0;31mError in parent component {name!r}:\x1b[0m", *error["traceback"]])
-        self._send_error(full)
-        return self._error_reply(full, store_history)
+        header = f"\x1b[0;31mError in parent component {name!r}:\x1b[0m"
+        return self._fail(dict(error, traceback=[header, *error["traceback"]]), store_history)
 
-    def _report_interrupt(self, store_history: bool) -> dict[str, Any]:
-        error = {
-            "ename": "KeyboardInterrupt",
-            "evalue": "",
-            "traceback": ["\x1b[0;31mKeyboardInterrupt\x1b[0m: interrupted while running parent components; nothing half-run was kept"],
-        }
-        self._send_error(error)
-        return self._error_reply(error, store_history)
+    def _report_interrupt(self, store_history: bool, during: str) -> dict[str, Any]:
+        return self._fail(_interrupt_error(f"interrupted while {during}; nothing half-run was kept"), store_history)
 
     # ---- %link run -------------------------------------------------------------------------
 
@@ -415,11 +355,20 @@ class Runner:
         for name in names:
             if name not in graph:
                 raise LinkError(f"%link run: no component named {name!r} in {self.sources.looked_in()}")
-        plan = self.plan(graph, names, force)
-        ran = []
-        progress = Progress(self.kernel, len(plan))
+        return await self._run_captured(graph, self.plan(graph, names, force), targets=names)
+
+    async def _run_captured(self, graph, names: list[str], targets: Collection[str] = ()) -> list[str]:
+        """Run `names` in order with their outputs captured, under the transient progress line
+        (`targets` are named as such, the rest as parents). Returns what ran.
+
+        Raises KeyboardInterrupt when interrupted and ComponentFailed for a user error, both
+        with nothing half-run recorded; warnings are printed once the progress line is gone.
+        """
+        ran: list[str] = []
+        warnings: list[str] = []
+        progress = Progress(self.kernel, len(names), targets)
         try:
-            for k, name in enumerate(plan, 1):
+            for k, name in enumerate(names, 1):
                 progress.show(k, name)
                 outcome = await self.run_component(graph.nodes[name]["component"], live=None)
                 if outcome.interrupted:
@@ -427,29 +376,15 @@ class Runner:
                 if outcome.error is not None:
                     raise ComponentFailed.named(name, outcome.error)
                 ran.append(name)
-                for line in outcome.warnings:
-                    print(line, file=sys.stderr)
+                warnings.extend(outcome.warnings)
         finally:
-            progress.stop()
-            progress.clear()
+            progress.remove()
+            for line in warnings:
+                print(line, file=sys.stderr)
         return ran
 
-
-def _relevant(components: list[Component], targets: list[str]) -> list[Component]:
-    """The components named by `targets` or reachable through their parents (all same-named cells,
-    so a duplicate still shows)."""
-    by_name: dict[str, list[Component]] = {}
-    for component in components:
-        by_name.setdefault(component.name, []).append(component)
-    wanted, todo = set(), list(targets)
-    while todo:
-        name = todo.pop()
-        if name in wanted or name not in by_name:
-            continue
-        wanted.add(name)
-        for component in by_name[name]:
-            todo.extend(component.parents)
-    return [c for c in components if c.name in wanted]
+def _interrupt_error(text: str) -> dict[str, Any]:
+    return {"ename": "KeyboardInterrupt", "evalue": "", "traceback": [f"\x1b[0;31mKeyboardInterrupt\x1b[0m: {text}"]}
 
 
 class ComponentFailed(Exception):

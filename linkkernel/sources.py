@@ -16,7 +16,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from linkkernel.declarations import Component, cell_source, describe_cell, notebook_problem, parse_declaration
+from linkkernel.declarations import (
+    NAME_PATTERN,
+    Component,
+    DeclarationError,
+    cell_source,
+    describe_cell,
+    notebook_problem,
+    parse_declaration,
+)
 from linkkernel.errors import LinkError
 
 # Keys JupyterLab adds to the request metadata that are not part of the cell's metadata.
@@ -33,6 +41,78 @@ class Cell:
     metadata: Mapping[str, Any]
     index: int | None
     at: float
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A cell whose declaration cannot be read, and the component names it seems to declare
+    (from a well-formed `component:NAME` tag or `link.name`), so a run knows whether it needs it."""
+
+    error: DeclarationError
+    names: frozenset[str]
+
+
+def _claimed_names(metadata: Any) -> frozenset[str]:
+    if not isinstance(metadata, Mapping):
+        return frozenset()
+    tags = metadata.get("tags")
+    names = [t.partition(":")[2] for t in tags if isinstance(t, str) and t.startswith("component:")] if isinstance(tags, list) else []
+    link = metadata.get("link")
+    if isinstance(link, Mapping):
+        names.append(link.get("name"))
+    return frozenset(n for n in names if isinstance(n, str) and NAME_PATTERN.match(n))
+
+
+@dataclass
+class Declared:
+    """Every declared component, and the cells whose declarations are malformed.
+
+    A malformed cell blocks only what needs it: a run that reaches a name such a cell
+    claims, or a name no valid cell declares while a nameless malformed cell might.
+    """
+
+    components: list[Component]
+    malformed: list[Malformed]
+
+    def all(self) -> list[Component]:
+        """Every component, for a command that needs the whole pipeline."""
+        if self.malformed:
+            raise self.malformed[0].error
+        return self.components
+
+    def relevant(self, targets: list[str]) -> list[Component]:
+        """The components named by `targets` or reachable through their parents (all
+        same-named cells, so a duplicate still shows)."""
+        by_name: dict[str, list[Component]] = {}
+        for component in self.components:
+            by_name.setdefault(component.name, []).append(component)
+        claimed = {name: m for m in self.malformed for name in m.names}
+        nameless = [m for m in self.malformed if not m.names]
+        wanted, todo = set(), list(targets)
+        while todo:
+            name = todo.pop()
+            if name in wanted:
+                continue
+            if name in claimed:
+                raise claimed[name].error
+            if name not in by_name:
+                if nameless:
+                    raise nameless[0].error
+                continue
+            wanted.add(name)
+            for component in by_name[name]:
+                todo.extend(component.parents)
+        return [c for c in self.components if c.name in wanted]
+
+    def blocked(self) -> dict[str, DeclarationError]:
+        """Each component a malformed cell keeps from running, with that cell's error."""
+        found = {}
+        for component in self.components:
+            try:
+                self.relevant([component.name])
+            except DeclarationError as exc:
+                found[component.name] = exc
+        return found
 
 
 def notebook_path_from_env(environ: Mapping[str, str] = os.environ) -> str | None:
@@ -166,7 +246,11 @@ class Sources:
         return None
 
     def components(self) -> list[Component]:
-        """Every declared component, newest declaration per cell, in notebook order."""
+        """Every validly declared component (what labels traceback frames)."""
+        return self.declared().components
+
+    def declared(self) -> Declared:
+        """Every declaration, newest per cell, in notebook order; malformed cells kept aside."""
         file_cells = self._read_file()
         merged: list[Cell] = []
         seen = set()
@@ -179,12 +263,16 @@ class Sources:
             merged.append(replace(executed, index=cell.index) if newer else cell)  # the saved position names it
         extra = sorted((c for k, c in self._executed.items() if k not in seen), key=lambda c: c.at)
         base = len(file_cells)
-        components = []
+        components, malformed = [], []
         for position, cell in enumerate(merged + extra):
             index = cell.index
-            decl = parse_declaration(cell.metadata, describe_cell(index, cell.cell_id))
+            try:
+                decl = parse_declaration(cell.metadata, describe_cell(index, cell.cell_id))
+            except DeclarationError as exc:
+                malformed.append(Malformed(exc, _claimed_names(cell.metadata)))
+                continue
             if decl is not None:
                 order = index if index is not None else base + position
                 components.append(Component(decl, cell.source, cell.cell_id, order, cell.metadata, index is not None))
         components.sort(key=lambda c: c.index)
-        return components
+        return Declared(components, malformed)

@@ -18,10 +18,10 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from linkkernel.cow import Loaded, freeze_buffer
+from linkkernel.cow import FrozenMap, Loaded, freeze_buffer
 from linkkernel.errors import LinkError
 from linkkernel.namespaces import Blob
-from linkkernel.staleness import RunRecord
+from linkkernel.staleness import RunRecord, code_hash, states
 
 MEMORY_PREFIX = "memory:"
 log = logging.getLogger(__name__)
@@ -49,8 +49,14 @@ def freeze(blob: Blob) -> Blob:
     """A blob whose buffers are private immutable copies, no longer views of live objects.
 
     Large buffers go to memfds so that children can map them copy-on-write (linkkernel.cow).
+    A buffer already in a memfd (a blob read from remote storage into one) is not copied
+    again: nothing but the blob holds it.
     """
-    return Blob(blob.stream, tuple(freeze_buffer(b) for b in blob.buffers), blob.digest)
+    return Blob(
+        blob.stream,
+        tuple(b if isinstance(b.obj, FrozenMap) else freeze_buffer(b) for b in blob.buffers),
+        blob.digest,
+    )
 
 
 def write_blob(f, blob: Blob) -> None:
@@ -196,6 +202,22 @@ class CacheStore:
     def available(self, record: RunRecord) -> bool:
         """Whether every value of a record can still be loaded (memory-only ones die with the process)."""
         return all(self.has_value(d) for d in record.namespace.values())
+
+    def states(self, graph) -> dict[str, str]:
+        """Each component of a validated pipeline graph (linkkernel.graph) against the runs
+        kept here, by the staleness rule: what the kernel runs and the cache exports."""
+        from linkkernel.graph import run_order
+
+        order = run_order(graph)
+        components = {n: graph.nodes[n]["component"] for n in order}
+        records = {n: self.get(n) for n in order}
+        return states(
+            order,
+            {n: c.parents for n, c in components.items()},
+            {n: code_hash(c.source) for n, c in components.items()},
+            records,
+            {n: r is not None and self.available(r) for n, r in records.items()},
+        )
 
     def blob(self, digest: str) -> Blob:
         """The blob named `digest`; LinkError when the storage lost it or it does not match."""

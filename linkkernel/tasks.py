@@ -44,4 +44,3 @@ class TaskResult:
     deleted: tuple[str, ...] = ()
     outputs: list[dict[str, Any]] = field(default_factory=list)
     error: UserError | None = None
-    unpicklable: dict[str, str] = field(default_factory=dict)

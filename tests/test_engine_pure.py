@@ -118,6 +118,32 @@ def test_sources_malformed_declaration_is_one_error(tmp_path):
         Sources(None).learn("x", {"tags": ["component:9x"]}, "c")
 
 
+def test_malformed_cells_block_only_the_runs_that_reach_them(tmp_path):
+    nb = tmp_path / "nb.ipynb"
+    write_notebook(nb, [
+        ("c1", "a = 1", tags("a")),
+        ("c2", "b = a", tags("b", "a")),
+        ("c3", "x = 1", {"tags": ["component:x", "parent:9bad"]}),
+        ("c4", "y = x", tags("y", "x")),
+    ])
+    declared = Sources(str(nb)).declared()
+    assert [c.name for c in declared.relevant(["b"])] == ["a", "b"]
+    assert [(m.names, str(m.error)) for m in declared.malformed] == [
+        (frozenset({"x"}), "cell 3 (id c3): malformed tag 'parent:9bad': '9bad' is not a valid name")
+    ]
+    with pytest.raises(DeclarationError, match="parent:9bad"):
+        declared.relevant(["y"])
+    with pytest.raises(DeclarationError, match="parent:9bad"):
+        declared.all()
+    assert list(declared.blocked()) == ["y"]
+    # a cell whose name cannot be read might be the one a missing parent names
+    write_notebook(nb, [("c1", "a = 1", tags("a")), ("c2", "b = m", tags("b", "m")), ("c3", "", {"tags": ["component:1m"]})])
+    declared = Sources(str(nb)).declared()
+    assert [c.name for c in declared.relevant(["a"])] == ["a"]
+    with pytest.raises(DeclarationError, match="component:1m"):
+        declared.relevant(["b"])
+
+
 def test_notebook_path_from_env_prefers_linkkernel_notebook():
     env = {"JPY_SESSION_NAME": "/a/one.ipynb", "LINKKERNEL_NOTEBOOK": "/b/two.ipynb"}
     assert notebook_path_from_env(env) == "/b/two.ipynb"

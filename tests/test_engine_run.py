@@ -5,14 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine_support import Notebook, value
-from support import Kernel, component_meta
-
-
-@pytest.fixture(scope="module")
-def kernel(link_kernelspec):
-    k = Kernel()
-    yield k
-    k.shutdown()
+from support import component_meta
 
 
 @pytest.fixture
@@ -224,8 +217,28 @@ def test_progress_line_is_transient(nb):
     assert "display_id" in first["transient"]
     updates = result.of_type("update_display_data")
     assert any("'p2' (2 of 2" in u["data"]["text/plain"] for u in updates)
-    assert "clear_output" in kinds and kinds.index("clear_output") < kinds.index("stream")
+    # removed by emptying its own display, before the component's output
+    removal = next(i for i, m in enumerate(result.messages) if m["msg_type"] == "update_display_data" and not m["content"]["data"])
+    assert result.messages[removal]["content"]["transient"] == first["transient"]
+    assert removal < [m["msg_type"] for m in result.messages].index("stream")
+    assert "clear_output" not in kinds
     assert result.stdout == "leaf\n"
+
+
+def test_link_run_removes_its_progress_line_without_clearing_the_cell(nb):
+    nb.add("base", "import threading\nlock = threading.Lock()").add("top", "pass", "base").use()
+    result = nb.kernel.execute("print('before')\n%link run top")
+    assert result.status == "ok", result.traceback_text
+    assert "clear_output" not in [m["msg_type"] for m in result.messages]
+    lines = [d["data"]["text/plain"] for d in result.displays if d["data"]]
+    assert any("running parent 'base' (1 of 2" in line for line in lines)
+    assert any("running 'top' (2 of 2" in line for line in lines)
+    assert not any("parent 'top'" in line for line in lines)
+    kinds = [(m["msg_type"], m["content"].get("name")) for m in result.messages]
+    removal = next(i for i, m in enumerate(result.messages) if m["msg_type"] == "update_display_data" and not m["content"]["data"])
+    warning = next(i for i, m in enumerate(result.messages) if "cannot be serialised" in m["content"].get("text", ""))
+    assert kinds.index(("stream", "stdout")) < removal < warning
+    assert result.stdout == "before\nran: base, top\n"
 
 
 def test_unpicklable_values_stay_in_memory_with_a_warning(nb):
@@ -291,3 +304,54 @@ def test_link_run_reports_a_failing_component_as_the_users_error(nb):
     assert (result.reply["content"]["ename"], result.reply["content"]["evalue"]) == ("ZeroDivisionError", "division by zero")
     assert result.traceback_text.splitlines()[0] == "Error in component 'bad':"
     assert "Component bad" in result.traceback_text
+
+
+def test_interrupt_while_a_components_outputs_are_pickled_is_a_keyboard_interrupt(nb):
+    nb.add("pickles_slowly", "import time\nclass Slow:\n    def __reduce__(self):\n        time.sleep(30)\n"
+                             "        return (Slow, ())\nslow = Slow()\nprint('ran')").use()
+    result = nb.run("pickles_slowly", interrupt_after=2, timeout=30)
+    assert result.status == "error"
+    assert result.reply["content"]["ename"] == "KeyboardInterrupt"
+    assert "while keeping the outputs of component 'pickles_slowly'" in result.traceback_text
+    assert result.stdout == "ran\n"
+    # the cell keeps the number its execute_input showed
+    assert result.reply["content"]["execution_count"] == result.of_type("execute_input")[0]["execution_count"]
+    status = nb.kernel.execute("%link status").stdout
+    assert "never" in status.split("pickles_slowly", 1)[1].splitlines()[0]
+
+
+def test_a_components_result_is_formatted_once_and_kept(nb):
+    nb.add("shows", "class Shown:\n    def _repr_html_(self):\n        print('html-called')\n        return '<b>shown</b>'\n"
+                    "    def _repr_markdown_(self):\n        raise ValueError('bad markdown')\n"
+                    "    def __repr__(self):\n        return 'Shown()'\nShown()").use()
+    result = nb.run("shows")
+    # as in stock ipykernel: each repr runs once; the failing one is one error (and the reply's status)
+    assert result.stdout.count("html-called") == 1
+    assert [e["evalue"] for e in result.errors] == ["bad markdown"]
+    assert [r["data"]["text/html"] for r in result.of_type("execute_result")] == ["<b>shown</b>"]
+    stored = nb.kernel.execute("%link outputs shows")
+    assert [d["data"].get("text/html") for d in stored.displays] == ["<b>shown</b>"]
+    assert "html-called" in stored.stdout
+
+
+def test_a_malformed_cell_blocks_only_the_runs_that_need_it(nb):
+    nb.add("fine", "f = 1").add("child", "g = f + 1", "fine")
+    nb.cells["broken"] = {"id": "id-broken", "source": "h = 1", "metadata": {"tags": ["component:broken", "parent:9bad"]}}
+    nb.cells["nameless"] = {"id": "id-nameless", "source": "i = 1", "metadata": {"tags": ["component:7up"]}}
+    nb.use()
+    assert nb.run("child").status == "ok"
+    assert nb.runs() == ["fine", "child"]
+    assert nb.kernel.execute("%link run child --force").stdout.endswith("ran: fine, child\n")
+    status = nb.kernel.execute("%link status")
+    assert status.status == "ok", status.traceback_text
+    rows = {line.split()[0]: line.split()[2] for line in status.stdout.splitlines()[1:] if not line.startswith("error:")}
+    assert rows == {"fine": "fresh", "child": "fresh", "broken": "error", "?": "error"}
+    assert "error: cell 3 (id id-broken): malformed tag 'parent:9bad'" in status.stdout
+    assert "error: cell 4 (id id-nameless): malformed tag 'component:7up'" in status.stdout
+    # a component that needs the malformed cell is refused with that cell's own error
+    nb.add("needs", "j = h", "broken").save()
+    refused = nb.run("needs")
+    assert refused.status == "error"
+    assert "malformed tag 'parent:9bad'" in refused.traceback_text
+    status = nb.kernel.execute("%link status").stdout
+    assert [line.split()[2] for line in status.splitlines() if line.startswith("needs ")] == ["error"]

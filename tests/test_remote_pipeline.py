@@ -190,3 +190,28 @@ def test_unpicklable_input_of_a_remote_component_is_named(nb, worker) -> None:
     text = plain(result.traceback_text).strip()
     assert "input 'guard' (_thread.lock) cannot be pickled" in text and len(text.splitlines()) == 1
     assert "user" not in nb.runs()
+
+
+# Which mapping of the kernel holds the notebook value `big`'s array data.
+_BACKING = """
+address = big.__array_interface__['data'][0]
+for line in open('/proc/self/maps'):
+    low, high = (int(x, 16) for x in line.split()[0].split('-'))
+    if low <= address < high:
+        print(line.split(None, 5)[5].strip() if len(line.split()) > 5 else 'anonymous')
+"""
+
+
+def test_a_remote_output_is_one_copy_shared_copy_on_write_with_the_cache(nb, worker) -> None:
+    nb.add("far_big", "import numpy as np\nbig = np.arange(2_000_000, dtype=np.int64)", remote="gpu1")
+    nb.add("near_big", "seen = int(big[5])", "far_big")
+    nb.use()
+    assert nb.run("far_big").status == "ok"
+    backing = nb.kernel.execute(_BACKING)
+    assert backing.status == "ok", backing.traceback_text
+    # the notebook's array lives in the cached blob's memfd, mapped privately, not in a second copy
+    assert backing.stdout.startswith("/memfd:linkkernel-blob"), backing.stdout
+    # and it is still the user's own: writing it leaves the cached value alone
+    assert nb.kernel.execute("big[5] = -1").status == "ok"
+    assert nb.run("near_big").status == "ok"
+    assert value(nb.kernel, "(int(big[5]), seen)") == (-1, 5)

@@ -126,19 +126,7 @@ class TqdmProgress(Progress):
 
 def component_states(graph, store) -> dict[str, str]:
     """Each component's state against `store`, by the engine's own staleness rule."""
-    from linkkernel.graph import run_order
-    from linkkernel.staleness import code_hash, states
-
-    order = run_order(graph)
-    comps = {n: graph.nodes[n]["component"] for n in order}
-    records = {n: store.get(n) for n in order}
-    return states(
-        order,
-        {n: c.parents for n, c in comps.items()},
-        {n: code_hash(c.source) for n, c in comps.items()},
-        records,
-        {n: r is not None and store.available(r) for n, r in records.items()},
-    )
+    return store.states(graph)
 
 
 def _memory_only(record) -> list[str]:
