@@ -282,10 +282,12 @@ def restore_fresh(shell: Any, names: list[str]) -> str:
     A fresh component is not re-run, so its values are put into the notebook namespace here,
     as its run would have published them, for plain cells that read them.
     """
+    from linkkernel.staleness import FRESH
+
     runner = shell.kernel.runner
-    graph = runner.graph()
-    states = runner.states(graph)
-    fresh = [name for name in run_order(graph, names) if states.get(name) == "fresh"]
+    graph = runner.graph(names)
+    states = runner.store.states(graph)
+    fresh = [name for name in run_order(graph, names) if states.get(name) == FRESH]
     stored = {}
     for name in fresh:
         record = runner.store.get(name)
