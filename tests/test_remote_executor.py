@@ -153,7 +153,7 @@ def test_version_skew_is_one_clear_error(worker, monkeypatch) -> None:
 
 
 def test_tampered_input_blob_fails_the_task_not_the_worker(worker, tmp, key_file) -> None:
-    blob = dump("data", list(range(50)))
+    blob = dump("data", np.arange(50_000.0))
     Store(str(tmp / "store"), read_key(key_file)).put(blob)
     (path,) = (tmp / "store").rglob(blob.digest)
     path.write_bytes(path.read_bytes()[:-1] + b"\x00")
@@ -163,12 +163,39 @@ def test_tampered_input_blob_fails_the_task_not_the_worker(worker, tmp, key_file
     assert worker.alive() and pong["versions"]["python"]
 
 
+def test_input_tampered_after_the_worker_verified_it_is_refused(worker, tmp) -> None:
+    """The worker remembers verified files between tasks only while they provably stay the same."""
+    data = np.arange(300_000.0)
+    first = executor.run_remote(None, task("total = float(data.sum())", data=data), "w1")
+    assert load(first.bound["total"]) == float(data.sum())
+    blob = dump("data", data)
+    (path,) = (tmp / "store").rglob(blob.digest)
+    path.chmod(0o644)
+    with open(path, "r+b") as f:
+        f.seek(-8, os.SEEK_END)
+        f.write(np.float64(1e9).tobytes())
+    path.chmod(0o444)
+    with pytest.raises(RemoteError, match="failed verification"):
+        executor.run_remote(None, task("total = float(data.sum())", data=data), "w1")
+
+
+def test_inputs_and_outputs_travel_through_the_storage(worker, tmp) -> None:
+    """SPEC §5: the input namespace and the outputs go through the fsspec storage, small ones too."""
+    before = {p.name for p in (tmp / "store").rglob("*") if p.is_file()}
+    marker = uuid.uuid4().hex  # content no earlier test stored
+    inputs = {"x": dump("x", [marker])}
+    result = executor.run_remote(None, ComponentTask("t", "y = x + [4]", inputs, live=False), "w1")
+    assert load(result.bound["y"]) == [marker, 4]
+    stored = {p.name for p in (tmp / "store").rglob("*") if p.is_file()} - before
+    assert {inputs["x"].digest, result.bound["y"].digest} <= stored
+
+
 def test_kernel_side_storage_unreachable_is_one_line(tmp, key_file, worker, monkeypatch) -> None:
     for name, value in S3_ENV.items():
         monkeypatch.setenv(name, value)
     registry.add("s3down", worker.address, "s3://bucket/p", str(key_file), {"endpoint_url": f"http://127.0.0.1:{free_port()}"})
     with pytest.raises(StorageError, match=r"^storage s3://bucket/p is unreachable"):
-        executor.run_remote(None, task("y = x", x=1), "s3down")
+        executor.run_remote(None, task("y = x", x=np.arange(20_000.0)), "s3down")
 
 
 def test_worker_refuses_to_start_on_unreachable_storage(tmp, key_file) -> None:
@@ -344,7 +371,7 @@ def test_storage_lost_by_the_worker_mid_session_is_one_line(tmp, key_file, monke
     w = WorkerProcess(url, key_file, tmp, "--storage-option", f"endpoint_url={server.endpoint}", env=S3_ENV)
     try:
         registry.add("lost", w.address, url, str(key_file), {"endpoint_url": server.endpoint})
-        inputs = {"x": dump("x", list(range(100)))}
+        inputs = {"x": dump("x", np.arange(20_000.0))}
         assert executor.run_remote(None, ComponentTask("t", "y = len(x)", inputs, False), "lost").bound
         server.stop()  # the kernel already stored x, so only the worker finds the store gone
         with pytest.raises(RemoteError, match=r"worker 'lost' .*: storage s3://lk-lost/runs is unreachable"):

@@ -3,11 +3,17 @@ against a local directory, moto's S3 server and a real SeaweedFS that checks cre
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import mmap
+import os
+
 import numpy as np
 import pytest
 
 from linkkernel.namespaces import dump
-from linkkernel.remote.storage import Store, StorageError, load_owned, parse_options
+from linkkernel.remote.storage import Store, StorageError, file_map_of, load_owned, parse_options
 from remote_support import MotoServer, WeedServer, free_port
 
 KEY = b"s" * 32
@@ -160,3 +166,84 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path) -> None:
         store.put(broken)
     assert [p for p in (tmp_path / "store").rglob("*") if p.is_file()] == []
     assert store.put(blob)
+
+
+def _blob_file(root):
+    (path,) = [p for p in root.rglob("*") if p.is_file()]
+    return path
+
+
+def _flip_last_byte_in_place(path) -> None:
+    """Tamper without replacing the file (same inode, same size), as its owner could."""
+    mode = path.stat().st_mode
+    path.chmod(0o644)
+    with open(path, "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 1]))
+    path.chmod(mode & 0o777)
+
+
+def test_local_blob_is_read_only_on_disk_and_mapped_copy_on_write(tmp_path) -> None:
+    store = Store(str(tmp_path / "store"), KEY)
+    blob = dump("x", np.arange(100_000, dtype=np.float64))
+    store.put(blob)
+    path = _blob_file(tmp_path / "store")
+    assert path.stat().st_mode & 0o777 == 0o444
+    got = Store(str(tmp_path / "store"), KEY).get(blob.digest)
+    assert file_map_of(got) is not None
+    value = load_owned(got)
+    assert value.ctypes.data % mmap.PAGESIZE == 0  # buffers start on a page
+    value[:] = -1  # private: the file keeps its content
+    again = load_owned(Store(str(tmp_path / "store"), KEY).get(blob.digest))
+    assert np.array_equal(again, np.arange(100_000.0))
+
+
+@pytest.mark.parametrize("verified_by", ["reader", "writer"])
+def test_file_tampered_after_it_was_verified_is_refused(tmp_path, verified_by) -> None:
+    """A remembered verification holds only while the file is provably the one verified."""
+    store = Store(str(tmp_path / "store"), KEY)
+    blob = _array_blob()
+    store.put(blob)
+    if verified_by == "reader":
+        store = Store(str(tmp_path / "store"), KEY)
+        store.get(blob.digest)
+    path = _blob_file(tmp_path / "store")
+    _flip_last_byte_in_place(path)
+    with pytest.raises(StorageError, match="failed verification"):
+        store.get(blob.digest)
+
+
+def test_writable_blob_file_is_copied_and_verified_on_every_read(tmp_path) -> None:
+    store = Store(str(tmp_path / "store"), KEY)
+    blob = _array_blob()
+    store.put(blob)
+    path = _blob_file(tmp_path / "store")
+    path.chmod(0o664)
+    got = store.get(blob.digest)
+    assert file_map_of(got) is None and np.array_equal(load_owned(got), np.arange(1000.0))
+    with open(path, "r+b") as f:  # no metadata change a reader could rely on
+        f.seek(-1, os.SEEK_END)
+        f.write(b"\xff")
+    with pytest.raises(StorageError, match="failed verification"):
+        store.get(blob.digest)
+
+
+def test_unpadded_lkb1_blob_is_still_read(tmp_path) -> None:
+    blob = _array_blob()
+    header = json.dumps({"digest": blob.digest, "stream": len(blob.stream), "buffers": [b.nbytes for b in blob.buffers]}).encode()
+    mac = hmac.new(KEY, b"LKB1" + header, hashlib.sha256).hexdigest().encode()
+    path = tmp_path / "store" / "blobs" / blob.digest[:2] / blob.digest
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"LKB1" + mac + len(header).to_bytes(4, "little") + header + blob.stream + b"".join(bytes(b) for b in blob.buffers))
+    assert np.array_equal(load_owned(Store(str(tmp_path / "store"), KEY).get(blob.digest)), np.arange(1000.0))
+    path.write_bytes(path.read_bytes()[:-1] + b"\x01")
+    with pytest.raises(StorageError, match="failed verification"):
+        Store(str(tmp_path / "store"), KEY).get(blob.digest)
+
+
+def test_remembered_verifications_must_look_like_file_identities(tmp_path) -> None:
+    store = Store(str(tmp_path / "store"), KEY)
+    store.remember({"a" * 64: [1, 2, 3, 4, 5], "b" * 64: "forged", "c" * 64: [1, 2], "d" * 64: [1, 2, 3, 4, "5"]})
+    assert store.verified(["a" * 64, "b" * 64, "c" * 64, "d" * 64]) == {"a" * 64: [1, 2, 3, 4, 5]}

@@ -174,5 +174,5 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
             f"component {task.name!r} ran on worker {alias!r} but its output {name!r} ({type_name}) "
             "cannot be pickled, so it cannot come back; keep such values inside one component"
         )
-    bound = {name: store.get(digest) for name, digest in result["bound"].items()}
+    bound = {name: store.get(digest, mapped=True) for name, digest in result["bound"].items()}
     return TaskResult(bound=bound, deleted=tuple(result["deleted"]), outputs=log.nbformat())

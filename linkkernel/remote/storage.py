@@ -6,19 +6,31 @@ with the secret kept outside the store, over its digest and layout; a reader che
 re-hashes the content before anything is unpickled, because whoever can write to the store
 could otherwise recompute a plain checksum next to a tampered pickle.
 
-File layout: MAGIC, mac (64 hex bytes), header length (4 bytes), JSON header {digest, stream,
-buffers: [sizes]}, the pickle stream, then each out-of-band buffer, unchanged.
+File layout (LKB2): MAGIC, mac (64 hex bytes), header length (4 bytes), JSON header {digest,
+stream, buffers: [sizes]}, then the pickle stream and each out-of-band buffer, unchanged,
+each starting on a page boundary (zero padding), so a local reader can map them in place.
+
+A local blob file is created read-only (mode 0444) by its writer and never opened for
+writing again. A reader maps it copy-on-write instead of copying it, and hashes it once:
+once verified, a file that still has no write permission, belongs to this user and has the
+same inode, size and change times cannot have changed — only this user (who can read the
+key anyway) or root could make it writable again, and doing so moves its ctime. Any other
+file (write bits, another owner, an object store) is read into memory the reader owns and
+verified on every read. LKB1 files (no padding) are still read, by copy.
 """
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import hmac
 import json
 import mmap
 import os
 import pickle
+import stat
 import uuid
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -26,8 +38,13 @@ from linkkernel import cow
 from linkkernel.errors import LinkError
 from linkkernel.namespaces import Blob
 
-MAGIC = b"LKB1"
+MAGIC = b"LKB2"
+_LEGACY_MAGIC = b"LKB1"  # same header, parts packed without padding
 _MAC_LEN = 64
+_PREFIX = 4 + _MAC_LEN + 4
+_ALIGN = mmap.PAGESIZE
+# Verified local files remembered per store (digest -> file identity); bounded, oldest dropped.
+_VERIFIED_MAX = 4096
 # Errors s3fs/botocore/aiohttp raise that mean "cannot talk to the store" or "not allowed".
 _REFUSED_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden", "403")
 
@@ -62,8 +79,49 @@ def describe_failure(url: str, exc: BaseException) -> str:
     return f"storage {url} is unreachable: {type(exc).__name__}: {text}"
 
 
-def _frame_mac(key: bytes, header: bytes) -> bytes:
-    return hmac.new(key, MAGIC + header, hashlib.sha256).hexdigest().encode()
+def _frame_mac(key: bytes, header: bytes, magic: bytes = MAGIC) -> bytes:
+    return hmac.new(key, magic + header, hashlib.sha256).hexdigest().encode()
+
+
+def _aligned(n: int) -> int:
+    return -(-n // _ALIGN) * _ALIGN
+
+
+def _offsets(magic: bytes, header_len: int, sizes: list[int]) -> list[int]:
+    """Where each part (stream, then buffers) starts in the file, and where the file ends."""
+    offsets = []
+    at = _PREFIX + header_len
+    for size in sizes:
+        at = _aligned(at) if magic == MAGIC else at
+        offsets.append(at)
+        at += size
+    return [*offsets, at]
+
+
+def _identity(st: os.stat_result) -> list[int]:
+    """What changes whenever a file's content can have changed (ctime cannot be set back)."""
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _immutable(st: os.stat_result) -> bool:
+    """A regular file of ours that nobody (but us or root, who hold the key) can write."""
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o222
+
+
+def _digest_of(parts: list[memoryview]) -> str:
+    """namespaces' content digest over a blob's parts: the stream, then each buffer preceded
+    by its length (hashlib releases the GIL, so other threads run meanwhile)."""
+    sha = hashlib.sha256(parts[0])
+    for part in parts[1:]:
+        sha.update(len(part).to_bytes(8, "little"))
+        sha.update(part)
+    return sha.hexdigest()
+
+
+class FileMap(mmap.mmap):
+    """A private, writable, copy-on-write map of a verified local blob file; a blob's
+    buffers are views into it, so reading costs no copy and writing copies only the pages
+    written (linkkernel.cow tells which from the page tables)."""
 
 
 class Store:
@@ -89,6 +147,8 @@ class Store:
         self._root = root.rstrip("/")
         self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
         self._known: set[str] = set()
+        self._verified: OrderedDict[str, list[int]] = OrderedDict()
+        self.newly_verified: dict[str, list[int]] = {}
         self.bytes_uploaded = 0
 
     def _path(self, digest: str) -> str:
@@ -127,36 +187,76 @@ class Store:
         header = json.dumps(
             {"digest": blob.digest, "stream": len(blob.stream), "buffers": [b.nbytes for b in blob.buffers]}
         ).encode()
-        # Readers must never see half a blob: a local file is written aside and renamed into
-        # place; an object store makes an upload visible only once it completes.
-        target = f"{path}.{uuid.uuid4().hex}.tmp" if self.local else path
+        parts = [memoryview(blob.stream), *blob.buffers]
+        offsets = _offsets(MAGIC, len(header), [p.nbytes for p in parts])
         if self.local:
-            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            self._write_local(path, blob.digest, header, parts, offsets)
+            return
+        # An object store makes an upload visible only once it completes.
+        with self.fs.open(path, "wb") as f:
+            f.write(MAGIC + _frame_mac(self._key, header) + len(header).to_bytes(4, "little") + header)
+            at = _PREFIX + len(header)
+            for part, offset in zip(parts, offsets):
+                f.write(bytes(offset - at))
+                f.write(part)
+                at = offset + part.nbytes
+
+    def _write_local(self, path: str, digest: str, header: bytes, parts: list[memoryview], offsets: list[int]) -> None:
+        """Write aside, read-only from birth (nobody else ever holds it open for writing),
+        then rename into place, so readers never see half a blob."""
+        os.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        target = f"{path}.{uuid.uuid4().hex}.tmp"
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
         try:
-            with self.fs.open(target, "wb") as f:
-                f.write(MAGIC)
-                f.write(_frame_mac(self._key, header))
-                f.write(len(header).to_bytes(4, "little"))
-                f.write(header)
-                f.write(blob.stream)
-                for buffer in blob.buffers:
-                    f.write(buffer)
-            if self.local:
-                self.fs.mv(target, path)
-        except BaseException:  # an interrupted upload leaves no half-written file behind
-            if self.local and self.fs.exists(target):
-                self.fs.rm(target)
+            with open(fd, "wb", closefd=False) as f:
+                f.write(MAGIC + _frame_mac(self._key, header) + len(header).to_bytes(4, "little") + header)
+                at = _PREFIX + len(header)
+                for part, offset in zip(parts, offsets):
+                    f.write(bytes(offset - at))
+                    f.write(part)
+                    at = offset + part.nbytes
+            os.replace(target, path)
+            # We wrote what we hashed: the file is verified as it stands (after the rename,
+            # which moves its ctime), for as long as it stays unwritable.
+            self._remember(digest, os.fstat(fd))
+        except BaseException:  # an interrupted write leaves no half-written file behind
+            if os.path.exists(target):
+                os.unlink(target)
             raise
+        finally:
+            os.close(fd)
+
+    def _remember(self, digest: str, st: os.stat_result) -> None:
+        if _immutable(st):
+            self.remember({digest: _identity(st)})
+            self.newly_verified[digest] = _identity(st)
+
+    def remember(self, verified: dict[str, list[int]]) -> None:
+        """Local files known to be verified (digest -> identity), e.g. by an earlier task."""
+        for digest, identity in verified.items():
+            if not (isinstance(identity, list) and len(identity) == 5 and all(type(n) is int for n in identity)):
+                continue
+            self._verified[digest] = identity
+            self._verified.move_to_end(digest)
+        while len(self._verified) > _VERIFIED_MAX:
+            self._verified.popitem(last=False)
+
+    def verified(self, digests) -> dict[str, list[int]]:
+        """The remembered identities of those of `digests` that were verified here."""
+        return {d: self._verified[d] for d in digests if d in self._verified}
 
     def get(self, digest: str, mapped: bool = False) -> Blob:
         """The verified blob stored under `digest`; StorageError when missing or tampered.
 
-        With `mapped`, large buffers are read into memfds (linkkernel.cow), so a task can map
-        them copy-on-write and tell from the page tables whether it mutated them.
+        A local read-only blob file comes back mapped (FileMap). Otherwise, with `mapped`,
+        large buffers are read into memfds (linkkernel.cow), so a task can map them
+        copy-on-write and tell from the page tables whether it mutated them.
         """
         try:
-            with self.fs.open(self._path(digest), "rb") as f:
-                blob = self._read_verified(f, digest, mapped and cow.SUPPORTED)
+            blob = self._get_local(digest) if self.local else None
+            if blob is None:
+                with self.fs.open(self._path(digest), "rb") as f:
+                    blob = self._read_verified(f, digest, mapped and cow.SUPPORTED)
         except StorageError:
             raise
         except FileNotFoundError:
@@ -166,29 +266,72 @@ class Store:
         self._known.add(digest)
         return blob
 
+    def _tampered(self, digest: str) -> StorageError:
+        return StorageError(f"blob {digest[:12]}… in {self.url} failed verification (tampered or corrupt); not loaded")
+
+    def _get_local(self, digest: str) -> Blob | None:
+        """The blob mapped in place from its file; None when the file must be read by copy
+        (writable, someone else's, or an LKB1 file)."""
+        fd = os.open(self._path(digest), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if not _immutable(st) or st.st_size < _PREFIX:
+                return None
+            view = FileMap(fd, st.st_size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        head = view[:_PREFIX]
+        if head[:4] == _LEGACY_MAGIC:
+            return None
+        header = view[_PREFIX : _PREFIX + int.from_bytes(head[-4:], "little")]
+        if head[:4] != MAGIC or not hmac.compare_digest(head[4 : 4 + _MAC_LEN], _frame_mac(self._key, header)):
+            raise self._tampered(digest)
+        try:
+            layout = json.loads(header)
+            sizes = [int(layout["stream"]), *(int(n) for n in layout["buffers"])]
+        except (ValueError, KeyError, TypeError):
+            raise self._tampered(digest) from None
+        offsets = _offsets(MAGIC, len(header), sizes)
+        if layout.get("digest") != digest or offsets[-1] != st.st_size:
+            raise self._tampered(digest)
+        memory = memoryview(view)
+        parts = [memory[o : o + n] for o, n in zip(offsets, sizes)]
+        if self._verified.get(digest) != _identity(st):
+            if not hmac.compare_digest(_digest_of(parts), digest):
+                raise self._tampered(digest)
+            self._remember(digest, st)
+        return Blob(bytes(parts[0]), tuple(parts[1:]), digest)
+
     def _read_verified(self, f, digest: str, mapped: bool) -> Blob:
         """Read a blob into memory it owns, hashing each chunk while the next one is read
         (hashlib releases the GIL), with namespaces' digest: stream, then each buffer
         preceded by its length."""
-        tampered = StorageError(f"blob {digest[:12]}… in {self.url} failed verification (tampered or corrupt); not loaded")
-        head = _read_exact(f, 4 + _MAC_LEN + 4)
-        if len(head) < 4 + _MAC_LEN + 4 or head[:4] != MAGIC:
+        tampered = self._tampered(digest)
+        head = _read_exact(f, _PREFIX)
+        magic = head[:4]
+        if len(head) < _PREFIX or magic not in (MAGIC, _LEGACY_MAGIC):
             raise tampered
         header = _read_exact(f, int.from_bytes(head[-4:], "little"))
-        if not hmac.compare_digest(head[4 : 4 + _MAC_LEN], _frame_mac(self._key, header)):
+        if not hmac.compare_digest(head[4 : 4 + _MAC_LEN], _frame_mac(self._key, header, magic)):
             raise tampered
-        layout = json.loads(header)
-        sizes = [layout["stream"], *layout["buffers"]]
-        if layout["digest"] != digest:
+        try:
+            layout = json.loads(header)
+            sizes = [int(layout["stream"]), *(int(n) for n in layout["buffers"])]
+        except (ValueError, KeyError, TypeError):
+            raise tampered from None
+        if layout.get("digest") != digest:
             raise tampered
+        offsets = _offsets(magic, len(header), sizes)
+        at = _PREFIX + len(header)
         sha = hashlib.sha256()
         parts: list[memoryview] = []
         complete = True
         with ThreadPoolExecutor(max_workers=1) as pool:
             jobs = []
-            for i, size in enumerate(sizes):
+            for i, (size, offset) in enumerate(zip(sizes, offsets)):
                 if i:
                     jobs.append(pool.submit(sha.update, size.to_bytes(8, "little")))
+                complete = complete and len(_read_exact(f, offset - at)) == offset - at
                 part = _memfd_view(size) if mapped and i and size >= cow.MIN_SIZE else memoryview(bytearray(size))
                 got = 0
                 while got < size:
@@ -198,6 +341,7 @@ class Store:
                     jobs.append(pool.submit(sha.update, part[got : got + n]))
                     got += n
                 complete = complete and got == size
+                at = offset + got
                 parts.append(part)
             for job in jobs:
                 job.result()
@@ -210,7 +354,7 @@ _CHUNK = 8 << 20
 
 
 def _read_exact(f, n: int) -> bytes:
-    data = f.read(n)
+    data = f.read(n) if n else b""
     return data if len(data) == n else b""
 
 
@@ -225,6 +369,13 @@ def _memfd_view(size: int) -> memoryview:
         raise
     frozen.fd = fd
     return memoryview(frozen)
+
+
+def file_map_of(blob: Blob) -> FileMap | None:
+    """The one file map all of a blob's buffers live in, when it was mapped in place."""
+    owners = {id(b.obj): b.obj for b in blob.buffers}
+    owner = next(iter(owners.values()), None)
+    return owner if len(owners) == 1 and isinstance(owner, FileMap) else None
 
 
 def load_owned(blob: Blob) -> Any:

@@ -28,6 +28,11 @@ from typing import Any, NoReturn
 from linkkernel.errors import LinkError
 
 HEARTBEAT_INTERVAL = 0.5
+# Task processes kept ready. The second one is made only once no task has been computing for
+# SPARE_QUIET seconds, so forking it (~4 ms of CPU here) never competes with a running task
+# and its result on a busy machine; back-to-back tasks still always find one ready.
+SPARES = 2
+SPARE_QUIET = 0.005
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 log = logging.getLogger("linkkernel.worker")
 
@@ -290,7 +295,8 @@ class Worker:
         self.queue: deque[Task] = deque()
         self.running: dict[int, Task] = {}
         self._last_beat = 0.0
-        self.spare: Spare | None = None
+        self.spares: deque[Spare] = deque()
+        self._last_busy = 0.0
         self.exit_status: dict[int, int] = {}
 
     def send(self, client: bytes, type_: str, body: dict[str, Any]) -> None:
@@ -310,7 +316,7 @@ class Worker:
                 watched.append(self.zygote.sock.fileno())
             for fd in watched:
                 poller.register(fd, zmq.POLLIN)
-            events = dict(poller.poll(timeout=HEARTBEAT_INTERVAL * 1000))
+            events = dict(poller.poll(timeout=self._poll_timeout() * 1000))
             idle = not events
             for fd in watched:
                 poller.unregister(fd)
@@ -344,11 +350,30 @@ class Worker:
             # The next task's process is made ahead of time, so a task starts without paying
             # for fork; it is still a fresh process, used for one task only. Without a
             # zygote it is forked here, when no result is waiting to be relayed.
-            if self.spare is None and self.zygote is not None:
+            if self.zygote is not None and self._want_spare():
                 self.zygote.request()
-            elif self.spare is None and (idle or all(t.outcome for t in self.running.values())):
-                self.spare = self._fork_spare()
+            elif self.zygote is None and not self.spares and (idle or all(t.outcome for t in self.running.values())):
+                self.spares.append(self._fork_spare())
             self._heartbeat()
+
+    def _computing(self) -> bool:
+        computing = any(not task.outcome for task in self.running.values())
+        if computing:
+            self._last_busy = time.monotonic()
+        return computing
+
+    def _want_spare(self) -> bool:
+        if not self.spares:
+            return True
+        quiet = not self._computing() and time.monotonic() - self._last_busy >= SPARE_QUIET
+        return len(self.spares) < SPARES and quiet
+
+    def _poll_timeout(self) -> float:
+        """Wake up for the next heartbeat, or when the worker has been quiet long enough to
+        make a spare task process."""
+        if self.zygote is not None and not self.zygote.pending and len(self.spares) < SPARES and not self._computing():
+            return max(0.0, min(HEARTBEAT_INTERVAL, self._last_busy + SPARE_QUIET - time.monotonic()))
+        return HEARTBEAT_INTERVAL
 
     def _handle(self, client: bytes, message) -> None:
         body = message.body
@@ -398,11 +423,12 @@ class Worker:
     def _start_queued(self) -> None:
         while self.queue and self._busy() < self.slots:
             task = self.queue.popleft()
-            spare = self.spare or self._next_spare()
-            self.spare = None
+            spare = self.spares.popleft() if self.spares else self._next_spare()
             task.pid, task.pidfd, task.fd, task_pipe, task.streams = spare
             task.started_at = time.monotonic()
-            data = json.dumps({**task.body, "name": str(task.body.get("name", "?"))}).encode()
+            inputs = task.body.get("inputs") or {}
+            verified = self.store.verified(inputs.values()) if self.store.local else {}
+            data = json.dumps({**task.body, "name": str(task.body.get("name", "?")), "verified": verified}).encode()
             try:
                 with os.fdopen(task_pipe, "wb") as f:
                     f.write(len(data).to_bytes(4, "little") + data)
@@ -469,6 +495,9 @@ class Worker:
             _set_parent_death_signal()
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            from linkkernel.remote import taskprocess
+
+            taskprocess.warm_up(self.shell)
             with os.fdopen(task_read, "rb") as f:
                 size = int.from_bytes(f.read(4) or b"\0", "little")
                 body = json.loads(f.read(size)) if size else None
@@ -525,6 +554,10 @@ class Worker:
             if "output" in message or "clear_output" in message:
                 self.send(task.client, "output", {"task": task.id, **message})
             elif "result" in message and not task.cancelled:
+                self._last_busy = time.monotonic()
+                verified = message.get("verified")
+                if self.store.local and isinstance(verified, dict):
+                    self.store.remember(verified)
                 self._relay_streams(task)  # what the process printed comes before its result
                 task.outcome = message
                 self.send(task.client, "done", {"task": task.id, "result": message["result"]})
@@ -579,19 +612,18 @@ class Worker:
             return None
 
     def _take_spare(self, spare: Spare | None) -> None:
-        if spare is not None and self.spare is None:
-            self.spare = spare
+        if spare is not None and len(self.spares) < SPARES:
+            self.spares.append(spare)
         elif spare is not None:
             _discard(spare)
 
     def _drop_zygote(self) -> None:
-        """Fork task processes here from now on; the zygote's spare died with it."""
+        """Fork task processes here from now on; the zygote's spares died with it."""
         log.warning("the zygote process died; forking task processes from the worker itself")
         self.zygote.stop()
         self.zygote = None
-        if self.spare is not None:
-            _discard(self.spare)
-            self.spare = None
+        while self.spares:
+            _discard(self.spares.popleft())
 
     def _heartbeat(self) -> None:
         now = time.monotonic()
@@ -614,8 +646,8 @@ class Worker:
     def shutdown(self) -> None:
         for task in self.running.values():
             self._kill(task)
-        if self.spare is not None:
-            os.kill(self.spare[0], signal.SIGKILL)
+        for spare in self.spares:
+            os.kill(spare[0], signal.SIGKILL)
         if self.zygote is not None:
             self.zygote.stop()
         self.socket.close(0)
