@@ -15,6 +15,8 @@ from linkkernel.errors import LinkError
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "install": ("linkkernel.kernelspec", "configure_install", "register the Link Python kernel with Jupyter"),
     "uninstall": ("linkkernel.kernelspec", "configure_uninstall", "remove the Link Python kernelspec"),
+    "run": ("linkkernel.headless", "configure_run", "run a pipeline notebook headless and write the executed notebook"),
+    "demo": ("linkkernel.demo", "configure_demo", "run the example pipeline end to end with a local worker"),
     "export": ("linkkernel.sharing.pipeline_json", "configure_export", "write a notebook's pipeline as a JSON document"),
     "import": ("linkkernel.sharing.pipeline_json", "configure_import", "re-create a pipeline document's cells in a notebook"),
     "cache": ("linkkernel.sharing.cache_archive", "configure_cache", "export/import component results as a signed .tar.gz"),

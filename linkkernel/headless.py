@@ -1,0 +1,379 @@
+"""`linkkernel run`: execute a pipeline notebook without a browser (SPEC §8).
+
+The notebook runs in a real Link Python kernel driven by nbclient, so a headless run and a
+JupyterLab session share one engine: same declarations, staleness, cache store and errors.
+Each component is executed as its own cell, parents first, so its outputs land in its cell.
+
+Order: cells run at their place in the notebook, as with Run All, except that a component a
+cell above needs runs just before that cell, so every component runs once, after its parents.
+Plain (untagged) cells run on a full run: setup cells first, inspection cells at the end see
+the components' published outputs. With `--target`, only the pipeline runs: plain cells
+cannot feed a component (components start from their parents' namespaces) and may read
+components that were not selected.
+
+Components whose results are fresh in the cache store (same code, same parent runs; e.g. from
+an earlier run of this notebook) are not re-run: their cells get the stored outputs and the
+summary says `cached`. `--force` runs every selected component.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from linkkernel.declarations import Component, cell_source, notebook_components
+from linkkernel.errors import INTERNAL_ERROR_NAME, LinkError
+from linkkernel.graph import ancestors, build_graph, run_order
+
+KERNEL_NAME = "link-python"
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+# States in the summary table.
+RAN, CACHED, FAILED, NOT_RUN = "ran", "cached", "failed", "not run"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One cell to execute: a component, or a plain cell when `component` is None."""
+
+    index: int
+    component: Component | None = None
+
+    @property
+    def label(self) -> str:
+        return self.component.name if self.component else f"cell {self.index + 1}"
+
+
+@dataclass
+class Outcome:
+    """How one component fared, for the summary table."""
+
+    name: str
+    where: str
+    state: str = NOT_RUN
+    seconds: float | None = None
+
+
+@dataclass
+class RunReport:
+    """The executed notebook, every component's outcome, and the first failure, if any."""
+
+    notebook: Any
+    outcomes: list[Outcome] = field(default_factory=list)
+    failed: str | None = None
+    error: str | None = None
+    kernel_log: Path | None = None
+    kernel_trouble: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.failed is None
+
+
+def read_notebook(path: str | os.PathLike) -> Any:
+    """The notebook at `path`, refused in one line when it is missing or not a notebook."""
+    import nbformat
+
+    try:
+        return nbformat.read(os.fspath(path), as_version=4)
+    except FileNotFoundError:
+        raise LinkError(f"{path}: no such notebook") from None
+    except (OSError, ValueError, nbformat.reader.NotJSONError) as exc:
+        raise LinkError(f"{path}: not a readable notebook ({exc})") from None
+
+
+def plan(notebook: Mapping[str, Any], targets: Sequence[str] = (), looked_in: str = "the notebook") -> list[Step]:
+    """The cells to execute, in order; raises LinkError for an invalid pipeline or target.
+
+    Validation happens here, before a kernel starts, so a broken pipeline costs nothing.
+    """
+    components = notebook_components(notebook)
+    graph = build_graph(components, looked_in)
+    unknown = [t for t in targets if t not in graph]
+    if unknown:
+        known = ", ".join(run_order(graph)) or "none"
+        raise LinkError(f"no component named {unknown[0]!r} in {looked_in} (components: {known})")
+    selected = set(graph) if not targets else {a for t in targets for a in [t, *ancestors(graph, t)]}
+    by_index = {c.index: c for c in components}
+    steps: list[Step] = []
+    done: set[str] = set()
+    for index, cell in enumerate(notebook.get("cells", [])):
+        if cell.get("cell_type") != "code":
+            continue
+        component = by_index.get(index)
+        if component is None:
+            if not targets and cell_source(cell).strip():
+                steps.append(Step(index))
+            continue
+        if component.name not in selected or component.name in done:
+            continue
+        for name in [*ancestors(graph, component.name), component.name]:
+            if name not in done:
+                done.add(name)
+                steps.append(Step(graph.nodes[name]["component"].index, graph.nodes[name]["component"]))
+    return steps
+
+
+def where(component: Component) -> str:
+    return f"remote:{component.remote}" if component.remote else "local"
+
+
+def run_notebook(
+    path: str | os.PathLike,
+    targets: Sequence[str] = (),
+    force: bool = False,
+    timeout: float | None = None,
+    env: Mapping[str, str] | None = None,
+    progress: IO[str] | None = sys.stderr,
+    kernel_name: str = KERNEL_NAME,
+) -> RunReport:
+    """Run the pipeline in `path` with a fresh Link Python kernel; never raises for user errors.
+
+    `env` is added to this process's environment for the kernel. `progress` receives the
+    progress bar (None: no bar). The returned report holds the executed notebook.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+    from tqdm import tqdm
+
+    path = Path(path).resolve()
+    notebook = read_notebook(path)
+    steps = plan(notebook, targets, looked_in=str(path))
+    require_workers(steps)
+    require_kernelspec(kernel_name)
+    outcomes = {s.component.name: Outcome(s.component.name, where(s.component)) for s in steps if s.component}
+    report = RunReport(notebook, list(outcomes.values()))
+    _clear_outputs(notebook)
+    client = NotebookClient(
+        notebook,
+        kernel_name=kernel_name,
+        timeout=timeout,
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    kernel_env = {**os.environ, **(env or {}), "LINKKERNEL_NOTEBOOK": str(path)}
+    # The kernel's own log (start-up warnings, linkkernel internal errors) goes to a file, so
+    # the terminal shows the pipeline; the file is kept and named only when the kernel itself
+    # failed (died, or a linkkernel bug), since a user error is shown in full already.
+    log_fd, log_name = tempfile.mkstemp(prefix=f"linkkernel-run-{path.stem}-", suffix=".log")
+    bar = None
+    try:
+        try:
+            _start_kernel(client, log_name, env=kernel_env, stdout=log_fd, stderr=log_fd)
+        except LinkError:
+            report.kernel_trouble = True
+            raise
+        with client.setup_kernel():
+            bar = tqdm(
+                total=len(outcomes),
+                unit="component",
+                file=progress,
+                disable=progress is None or not outcomes,
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}]",
+            )
+            cached = {} if force else _restore_fresh(client, list(outcomes))
+            for step in steps:
+                bar.set_description_str(step.label)
+                cell = notebook.cells[step.index]
+                outcome = outcomes.get(step.label) if step.component else None
+                if outcome is not None and outcome.name in cached:
+                    cell.outputs = [nbformat.from_dict(o) for o in cached[outcome.name]]
+                    outcome.state = CACHED
+                else:
+                    started = time.monotonic()
+                    error, report.kernel_trouble = _execute(client, cell, step.index, timeout)
+                    if error is not None:
+                        report.failed, report.error = step.label, error
+                    if outcome is not None:
+                        outcome.seconds = time.monotonic() - started
+                        outcome.state = FAILED if error is not None else RAN
+                if outcome is not None:
+                    bar.update(1)
+                if report.failed:
+                    break
+    finally:
+        if bar is not None:
+            bar.close()
+        os.close(log_fd)
+        if report.kernel_trouble:
+            report.kernel_log = Path(log_name)
+        else:
+            os.unlink(log_name)
+    return report
+
+
+def _start_kernel(client: Any, log_name: str, **launch: Any) -> None:
+    """Start the kernel and its client; a kernel that dies or hangs at start-up is one line."""
+    client.km = client.create_kernel_manager()
+    try:
+        client.start_new_kernel(**launch)
+        client.start_new_kernel_client()
+    except (RuntimeError, TimeoutError) as exc:
+        raise LinkError(f"the Link Python kernel did not start ({exc}); its log: {log_name}") from None
+
+
+def _execute(client: Any, cell: Any, index: int, timeout: float | None) -> tuple[str | None, bool]:
+    """Run one cell: (the error as the user should see it, or None; whether the kernel itself failed)."""
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+    try:
+        client.execute_cell(cell, index)
+    except CellExecutionError as exc:
+        return _error_text(cell, exc), getattr(exc, "ename", None) == INTERNAL_ERROR_NAME
+    except CellTimeoutError:
+        return f"timed out after {timeout:g} s", False
+    except DeadKernelError:
+        return "the kernel died", True
+    return None, False
+
+
+def require_workers(steps: Sequence[Step]) -> None:
+    """Refuse a pipeline whose remote aliases are not registered, before any cell runs."""
+    aliases = {step.component.remote for step in steps if step.component and step.component.remote}
+    if aliases:
+        from linkkernel.remote.registry import require_registered
+
+        require_registered(aliases)
+
+
+def require_kernelspec(kernel_name: str = KERNEL_NAME) -> None:
+    """Refuse in one actionable line when the kernel is not installed, before starting anything."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec(kernel_name)
+    except NoSuchKernel:
+        raise LinkError(
+            f"the {kernel_name!r} kernel is not installed; run 'linkkernel install --sys-prefix'"
+        ) from None
+
+
+def _restore_fresh(client: Any, names: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Ask the kernel which of `names` are fresh in the cache store; returns their stored outputs.
+
+    Asked through `user_expressions` of a silent request, so nothing shows in any cell; the
+    kernel side (`restore_fresh`) also publishes their values for the plain cells that follow.
+    """
+    if not names:
+        return {}
+    expression = f"__import__('linkkernel.headless', fromlist=['_']).restore_fresh(get_ipython(), {names!r})"
+    msg_id = client.kc.execute("", silent=True, store_history=False, user_expressions={"fresh": expression})
+    reply = client.wait_for_reply(msg_id)
+    result = (reply or {}).get("content", {}).get("user_expressions", {}).get("fresh", {})
+    if result.get("status") != "ok":
+        raise LinkError(
+            f"could not read the component cache: {result.get('ename', 'no reply')}: {result.get('evalue', '')}"
+        )
+    return json.loads(ast.literal_eval(result["data"]["text/plain"]))
+
+
+def restore_fresh(shell: Any, names: list[str]) -> str:
+    """Kernel side of `_restore_fresh`: JSON {name: stored outputs} of the fresh ones among `names`.
+
+    A fresh component is not re-run, so its values are put into the notebook namespace here,
+    as its run would have published them, for plain cells that read them.
+    """
+    from linkkernel.staleness import FRESH
+
+    runner = shell.kernel.runner
+    graph = runner.graph(names)
+    states = runner.store.states(graph)
+    fresh = [name for name in run_order(graph, names) if states.get(name) == FRESH]
+    stored = {}
+    for name in fresh:
+        record = runner.store.get(name)
+        shell.user_ns.update({var: runner.store.load(digest)[0] for var, digest in record.namespace.items()})
+        stored[name] = record.outputs
+    return json.dumps(stored)
+
+
+def _clear_outputs(notebook: Any) -> None:
+    """The executed notebook shows this run only: no output of an earlier run survives."""
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs = []
+            cell.execution_count = None
+
+
+def _error_text(cell: Any, exc: Exception) -> str:
+    """The user's error as the kernel showed it in the cell (its traceback, colours included)."""
+    for output in cell.get("outputs", []):
+        if output.get("output_type") == "error":
+            return "\n".join(output.get("traceback") or [f"{output['ename']}: {output['evalue']}"])
+    return f"{getattr(exc, 'ename', type(exc).__name__)}: {getattr(exc, 'evalue', exc)}"
+
+
+def summary_table(outcomes: Sequence[Outcome]) -> str:
+    """Component, state, duration and where it ran, one line each, aligned."""
+    rows = [("component", "state", "duration", "where")]
+    for o in outcomes:
+        rows.append((o.name, o.state, "-" if o.seconds is None else f"{o.seconds:.2f} s", o.where))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def write_notebook(notebook: Any, path: str | os.PathLike) -> None:
+    import nbformat
+
+    nbformat.write(notebook, os.fspath(path))
+
+
+def default_output(path: str | os.PathLike) -> Path:
+    """`NB.out.ipynb` beside `NB.ipynb`: a run never overwrites the notebook it was given."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.out.ipynb")
+
+
+def plain(text: str, stream: IO[str]) -> str:
+    """`text` without ANSI colours unless `stream` is a terminal."""
+    return text if stream.isatty() else ANSI.sub("", text)
+
+
+def report_run(
+    report: RunReport, output: Path | None, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr
+) -> int:
+    """Print the summary (and the user's error), return the exit status."""
+    if report.outcomes:
+        print(summary_table(report.outcomes), file=out)
+    if output is not None:
+        print(f"executed notebook written to {output}", file=out)
+    if report.ok:
+        return 0
+    step = next((o for o in report.outcomes if o.name == report.failed), None)
+    what = f"component {report.failed!r}" if step else report.failed
+    print(f"linkkernel run: {what} failed:", file=err)
+    print(plain(report.error or "", err), file=err)
+    if report.kernel_log is not None:
+        print(f"(kernel log: {report.kernel_log})", file=err)
+    return 1
+
+
+def configure_run(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("notebook", help="the pipeline notebook (.ipynb)")
+    parser.add_argument(
+        "--target", action="append", default=[], metavar="NAME",
+        help="run only NAME and its ancestors (repeatable; default: every component and plain cell)",
+    )
+    parser.add_argument(
+        "-o", "--output", metavar="OUT.ipynb", help="where to write the executed notebook (default: NB.out.ipynb)"
+    )
+    parser.add_argument("--force", action="store_true", help="re-run components even when their cached results are fresh")
+    parser.add_argument("--timeout", type=float, metavar="S", help="fail a cell that runs longer than S seconds")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    report = run_notebook(args.notebook, args.target, args.force, args.timeout)
+    output = Path(args.output) if args.output else default_output(args.notebook)
+    write_notebook(report.notebook, output)
+    return report_run(report, output)
+
