@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -235,10 +237,16 @@ def test_unregistered_worker_alias_is_refused_before_a_kernel_starts(tmp_path: P
 
 
 def test_a_kernel_that_cannot_start_is_one_line_naming_its_log(tmp_path: Path) -> None:
-    # A relative PYTHONPATH finds linkkernel for the command (run from the checkout) but not
-    # for the kernel, which starts in the notebook's directory: it dies before replying.
+    # A link-python kernelspec found first on JUPYTER_PATH whose interpreter cannot import the
+    # kernel module: the kernel dies before replying, wherever linkkernel is installed.
     source = write(tmp_path / "pipe.ipynb", notebook(("a = 1", ["component:a"])))
-    env = kernel_env(PYTHONPATH=".")
+    spec_dir = tmp_path / "jupyter" / "kernels" / "link-python"
+    spec_dir.mkdir(parents=True)
+    spec = {"argv": [sys.executable, "-m", "linkkernel_is_not_here", "-f", "{connection_file}"],
+            "display_name": "Link Python", "language": "python"}
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    env = kernel_env()
+    env["JUPYTER_PATH"] = os.pathsep.join([str(tmp_path / "jupyter"), env.get("JUPYTER_PATH", "")])
     result = subprocess.run(
         [sys.executable, "-m", "linkkernel.cli", "run", str(source)],
         capture_output=True, text=True, env=env, cwd=REPO, timeout=180,
@@ -247,5 +255,5 @@ def test_a_kernel_that_cannot_start_is_one_line_naming_its_log(tmp_path: Path) -
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert "the Link Python kernel did not start" in result.stderr
     log = Path(re.search(r"its log: (\S+)$", result.stderr.strip())[1])
-    assert "No module named linkkernel" in log.read_text()
+    assert "No module named linkkernel_is_not_here" in log.read_text()
     log.unlink()
