@@ -20,7 +20,7 @@ from typing import Any
 
 from linkkernel.cow import FrozenMap, Loaded, freeze_buffer
 from linkkernel.errors import LinkError
-from linkkernel.namespaces import Blob
+from linkkernel.namespaces import Blob, _digest
 from linkkernel.staleness import RunRecord, code_hash, states
 
 MEMORY_PREFIX = "memory:"
@@ -75,8 +75,6 @@ def decode_blob(data: bytes, digest: str) -> Blob | None:
     Raises ValueError when `data` is not in the blob format at all (a damaged cache file, a
     hostile archive entry), whatever part of it is wrong.
     """
-    from linkkernel.namespaces import _digest
-
     view = memoryview(data)
     size = int.from_bytes(view[:8], "little")
     try:
