@@ -89,11 +89,13 @@ class Runner:
     def plan(self, graph, targets: list[str], force: bool = False, rerun_targets: bool = False) -> list[str]:
         """The components to run for `targets`, in run order: whatever is stale, plus the targets
         themselves when `rerun_targets` (executing a component cell always runs it)."""
-        from linkkernel.graph import ancestors, run_order
+        import networkx as nx
+
+        from linkkernel.graph import run_order
 
         needed = set(targets)
         for target in targets:
-            needed.update(ancestors(graph, target))
+            needed |= nx.ancestors(graph, target)
         order = run_order(graph, needed)
         self._check_remotes(graph, order)
         if force:
