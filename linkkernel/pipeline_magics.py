@@ -14,16 +14,6 @@ def _no_arguments(parser) -> None:
     """Configures a subcommand that takes no arguments (it still answers --help)."""
 
 
-def _runner(kernel):
-    return kernel.runner
-
-
-def _graph_and_states(kernel):
-    runner = _runner(kernel)
-    graph = runner.graph()
-    return graph, runner.store.states(graph)
-
-
 def status(kernel, argv: list[str]) -> None:
     """A table: name, parents, state, last run, duration, where it runs.
 
@@ -34,7 +24,7 @@ def status(kernel, argv: list[str]) -> None:
         return
     from linkkernel.graph import build_graph, run_order
 
-    runner = _runner(kernel)
+    runner = kernel.runner
     declared = runner.sources.declared()
     blocked = declared.blocked()
     graph = build_graph([c for c in declared.components if c.name not in blocked], runner.sources.looked_in())
@@ -74,7 +64,9 @@ def graph(kernel, argv: list[str]) -> None:
 
     from linkkernel.graph_svg import render_svg, render_text
 
-    g, state = _graph_and_states(kernel)
+    runner = kernel.runner
+    g = runner.graph()
+    state = runner.store.states(g)
     key = lambda n: (g.nodes[n]["component"].index, n)  # noqa: E731 - a sort key
     layers = [sorted(layer, key=key) for layer in nx.topological_generations(g)]
     parents = {n: g.nodes[n]["component"].parents for n in g}
@@ -91,7 +83,7 @@ def outputs(kernel, argv: list[str]) -> None:
         return
     from IPython.display import display
 
-    record = _runner(kernel).store.get(args.name)
+    record = kernel.runner.store.get(args.name)
     if record is None:
         raise LinkError(f"%link outputs: component {args.name!r} has no stored outputs (it has not run)")
     for output in record.outputs:
@@ -119,7 +111,7 @@ def run(kernel, argv: list[str]) -> None:
         raise LinkError("%link run: give component names or --all")
     from IPython.core.interactiveshell import _pseudo_sync_runner
 
-    ran = _pseudo_sync_runner(_runner(kernel).run_targets(None if args.all else args.names, args.force))
+    ran = _pseudo_sync_runner(kernel.runner.run_targets(None if args.all else args.names, args.force))
     print(f"ran: {', '.join(ran)}" if ran else "everything was fresh; nothing ran")
 
 
@@ -127,7 +119,7 @@ def cache(kernel, argv: list[str]) -> None:
     """`%link cache clear`: forget every stored run of this notebook."""
     if parse_magic_args("%link cache", lambda p: p.add_argument("action", choices=["clear"]), argv) is None:
         return
-    store = _runner(kernel).store
+    store = kernel.runner.store
     store.clear()
     print(f"cleared the component cache ({store.location})")
 
@@ -137,7 +129,7 @@ def notebook(kernel, argv: list[str]) -> None:
     args = parse_magic_args("%link notebook", lambda p: p.add_argument("path", nargs="?"), argv)
     if args is None:
         return
-    runner = _runner(kernel)
+    runner = kernel.runner
     if args.path:
         path = os.path.expanduser(args.path)
         if os.path.isdir(path):
