@@ -52,7 +52,8 @@ def build_graph(components: Iterable[Component], looked_in: str = "the notebook"
     raise PipelineError(f"cycle in pipeline: {' -> '.join(path)}")
 
 
-def _notebook_order(graph: nx.DiGraph):
+def notebook_order(graph: nx.DiGraph):
+    """A sort key: a component's position in the notebook, then its name."""
     return lambda name: (graph.nodes[name]["component"].index, name)
 
 
@@ -64,7 +65,7 @@ def run_order(graph: nx.DiGraph, names: Iterable[str] | None = None) -> list[str
     import networkx as nx
 
     sub = graph if names is None else graph.subgraph(names)
-    return list(nx.lexicographical_topological_sort(sub, key=_notebook_order(graph)))
+    return list(nx.lexicographical_topological_sort(sub, key=notebook_order(graph)))
 
 
 def ancestors(graph: nx.DiGraph, name: str) -> list[str]:

@@ -62,12 +62,13 @@ def graph(kernel, argv: list[str]) -> None:
     import networkx as nx
     from IPython.display import display
 
+    from linkkernel.graph import notebook_order
     from linkkernel.graph_svg import render_svg, render_text
 
     runner = kernel.runner
     g = runner.graph()
     state = runner.store.states(g)
-    key = lambda n: (g.nodes[n]["component"].index, n)  # noqa: E731 - a sort key
+    key = notebook_order(g)
     layers = [sorted(layer, key=key) for layer in nx.topological_generations(g)]
     parents = {n: g.nodes[n]["component"].parents for n in g}
     display(
