@@ -69,6 +69,11 @@ class Component:
         return self.declaration.remote
 
     @property
+    def runs_on(self) -> str:
+        """Where the component executes, as run records and `%link status` name it."""
+        return f"remote:{self.remote}" if self.remote else "local"
+
+    @property
     def where(self) -> str:
         if not self.placed and not self.cell_id:
             first = self.source.strip().splitlines()[0] if self.source.strip() else ""

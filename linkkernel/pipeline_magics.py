@@ -35,10 +35,10 @@ def status(kernel, argv: list[str]) -> None:
         record = runner.store.get(name)
         last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.started)) if record else "-"
         duration = f"{record.duration:.2f} s" if record else "-"
-        rows.append((name, ", ".join(component.parents) or "-", state[name], last, duration, _where(component)))
+        rows.append((name, ", ".join(component.parents) or "-", state[name], last, duration, component.runs_on))
     for component in declared.components:
         if component.name in blocked:
-            rows.append((component.name, ", ".join(component.parents) or "-", "error", "-", "-", _where(component)))
+            rows.append((component.name, ", ".join(component.parents) or "-", "error", "-", "-", component.runs_on))
     for malformed in declared.malformed:
         rows.append((", ".join(sorted(malformed.names)) or "?", "-", "error", "-", "-", "-"))
     if len(rows) == 1:
@@ -49,10 +49,6 @@ def status(kernel, argv: list[str]) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     for error in dict.fromkeys(str(m.error) for m in declared.malformed):
         print(f"error: {error}")
-
-
-def _where(component) -> str:
-    return f"remote:{component.remote}" if component.remote else "local"
 
 
 def graph(kernel, argv: list[str]) -> None:

@@ -156,7 +156,7 @@ class Runner:
             status="failed",
             started=started_wall,
             duration=0.0,
-            where=f"remote:{component.remote}" if component.remote else "local",
+            where=component.runs_on,
         )
         if component.remote:
             outcome = await self._run_remote(component, merged, record, live is not None)
