@@ -19,12 +19,17 @@ import cloudpickle
 PROTOCOL = 5
 
 
+def type_name(value: Any) -> str:
+    """How messages name a value's type: qualified, except for builtins."""
+    return f"{type(value).__module__}.{type(value).__qualname__}".removeprefix("builtins.")
+
+
 class UnpicklableValue(Exception):
     """A value cannot be serialised; the message names the variable and its type."""
 
     def __init__(self, name: str, value: Any, reason: BaseException) -> None:
         self.name = name
-        self.type_name = f"{type(value).__module__}.{type(value).__qualname__}".removeprefix("builtins.")
+        self.type_name = type_name(value)
         super().__init__(f"{name!r} ({self.type_name}) cannot be pickled: {reason}")
 
 

@@ -23,7 +23,7 @@ from linkkernel import capture
 from linkkernel.cow import Loaded
 from linkkernel.declarations import Component
 from linkkernel.errors import LinkError
-from linkkernel.namespaces import Blob, UnpicklableValue, changes, dump
+from linkkernel.namespaces import Blob, UnpicklableValue, changes, dump, type_name
 from linkkernel.progress import Progress
 from linkkernel.sources import Sources, notebook_path_from_env
 from linkkernel.staleness import FRESH, RunRecord, code_hash, new_run_id
@@ -265,10 +265,10 @@ class Runner:
 
         for name, digest in merged.items():
             if digest.startswith(MEMORY_PREFIX):
-                type_name = UnpicklableValue(name, self.store.memory_values.get(digest), TypeError()).type_name
+                kind = type_name(self.store.memory_values.get(digest))
                 raise LinkError(
                     f"component {component.name!r} cannot run on worker {component.remote!r}: its input "
-                    f"{name!r} ({type_name}) cannot be pickled, so it exists only in this kernel's memory"
+                    f"{name!r} ({kind}) cannot be pickled, so it exists only in this kernel's memory"
                 )
         task = ComponentTask(
             component.name,
