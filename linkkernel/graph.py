@@ -73,10 +73,3 @@ def ancestors(graph: nx.DiGraph, name: str) -> list[str]:
     import networkx as nx
 
     return run_order(graph, nx.ancestors(graph, name))
-
-
-def descendants(graph: nx.DiGraph, name: str) -> list[str]:
-    """Every descendant of `name`, in run order."""
-    import networkx as nx
-
-    return run_order(graph, nx.descendants(graph, name))
