@@ -36,7 +36,7 @@ from typing import Any
 
 from linkkernel import cow
 from linkkernel.errors import LinkError
-from linkkernel.namespaces import Blob
+from linkkernel.namespaces import Blob, _digest
 
 MAGIC = b"LKB2"
 _LEGACY_MAGIC = b"LKB1"  # same header, parts packed without padding
@@ -106,16 +106,6 @@ def _identity(st: os.stat_result) -> list[int]:
 def _immutable(st: os.stat_result) -> bool:
     """A regular file of ours that nobody (but us or root, who hold the key) can write."""
     return stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o222
-
-
-def _digest_of(parts: list[memoryview]) -> str:
-    """namespaces' content digest over a blob's parts: the stream, then each buffer preceded
-    by its length (hashlib releases the GIL, so other threads run meanwhile)."""
-    sha = hashlib.sha256(parts[0])
-    for part in parts[1:]:
-        sha.update(len(part).to_bytes(8, "little"))
-        sha.update(part)
-    return sha.hexdigest()
 
 
 class FileMap(mmap.mmap):
@@ -296,7 +286,7 @@ class Store:
         memory = memoryview(view)
         parts = [memory[o : o + n] for o, n in zip(offsets, sizes)]
         if self._verified.get(digest) != _identity(st):
-            if not hmac.compare_digest(_digest_of(parts), digest):
+            if not hmac.compare_digest(_digest(parts[0], parts[1:]), digest):
                 raise self._tampered(digest)
             self._remember(digest, st)
         return Blob(bytes(parts[0]), tuple(parts[1:]), digest)
