@@ -258,6 +258,23 @@ class Store:
     def _tampered(self, digest: str) -> StorageError:
         return StorageError(f"blob {digest[:12]}… in {self.url} failed verification (tampered or corrupt); not loaded")
 
+    def _sizes(self, digest: str, head: bytes, header: bytes) -> list[int]:
+        """The part sizes (stream, then buffers) a blob file's header gives, once its magic,
+        MAC and digest check out; both readers trust nothing in a file before this."""
+        magic = head[:4]
+        if magic not in (MAGIC, _LEGACY_MAGIC) or not hmac.compare_digest(
+            head[4 : 4 + _MAC_LEN], _frame_mac(self._key, header, magic)
+        ):
+            raise self._tampered(digest)
+        try:
+            layout = json.loads(header)
+            sizes = [int(layout["stream"]), *(int(n) for n in layout["buffers"])]
+        except (ValueError, KeyError, TypeError):
+            raise self._tampered(digest) from None
+        if layout.get("digest") != digest:
+            raise self._tampered(digest)
+        return sizes
+
     def _get_local(self, digest: str) -> Blob | None:
         """The blob mapped in place from its file; None when the file must be read by copy
         (writable, someone else's, or an LKB1 file)."""
@@ -273,15 +290,9 @@ class Store:
         if head[:4] == _LEGACY_MAGIC:
             return None
         header = view[_PREFIX : _PREFIX + int.from_bytes(head[-4:], "little")]
-        if head[:4] != MAGIC or not hmac.compare_digest(head[4 : 4 + _MAC_LEN], _frame_mac(self._key, header)):
-            raise self._tampered(digest)
-        try:
-            layout = json.loads(header)
-            sizes = [int(layout["stream"]), *(int(n) for n in layout["buffers"])]
-        except (ValueError, KeyError, TypeError):
-            raise self._tampered(digest) from None
+        sizes = self._sizes(digest, head, header)
         offsets = _offsets(MAGIC, len(header), sizes)
-        if layout.get("digest") != digest or offsets[-1] != st.st_size:
+        if offsets[-1] != st.st_size:
             raise self._tampered(digest)
         memory = memoryview(view)
         parts = [memory[o : o + n] for o, n in zip(offsets, sizes)]
@@ -297,20 +308,11 @@ class Store:
         preceded by its length."""
         tampered = self._tampered(digest)
         head = _read_exact(f, _PREFIX)
-        magic = head[:4]
-        if len(head) < _PREFIX or magic not in (MAGIC, _LEGACY_MAGIC):
+        if len(head) < _PREFIX:
             raise tampered
         header = _read_exact(f, int.from_bytes(head[-4:], "little"))
-        if not hmac.compare_digest(head[4 : 4 + _MAC_LEN], _frame_mac(self._key, header, magic)):
-            raise tampered
-        try:
-            layout = json.loads(header)
-            sizes = [int(layout["stream"]), *(int(n) for n in layout["buffers"])]
-        except (ValueError, KeyError, TypeError):
-            raise tampered from None
-        if layout.get("digest") != digest:
-            raise tampered
-        offsets = _offsets(magic, len(header), sizes)
+        sizes = self._sizes(digest, head, header)
+        offsets = _offsets(head[:4], len(header), sizes)
         at = _PREFIX + len(header)
         sha = hashlib.sha256()
         parts: list[memoryview] = []
