@@ -97,19 +97,14 @@ Spare = tuple[int, int, int, int, dict[int, str]]  # pid, pidfd, result pipe, ta
 PR_SET_PDEATHSIG = 1
 
 
-def _prctl(option: int, value: int) -> bool:
-    """Linux prctl(2); False where it is unavailable."""
+def _set_parent_death_signal() -> None:
+    """Linux: the task dies with the worker, so a killed worker leaves no orphan holding a GPU."""
     import ctypes
 
     try:
-        return ctypes.CDLL(None, use_errno=True).prctl(option, value) == 0
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
-        return False
-
-
-def _set_parent_death_signal() -> None:
-    """Linux: the task dies with the worker, so a killed worker leaves no orphan holding a GPU."""
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        pass  # no prctl(2) outside Linux
 
 
 def _discard(spare: Spare) -> None:
