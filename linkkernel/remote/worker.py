@@ -3,9 +3,10 @@
 One process owns the socket and a queue. Each task runs in a fresh process, so memory and
 GPU go back to the machine when the task ends, yet a task starts in milliseconds: task
 processes are forked, ahead of time, by a zygote, a copy of the worker made after it imported
-IPython, cloudpickle and fsspec (neither ever touches a GPU). At most `--slots` tasks run at once; the rest wait in arrival order.
-While a kernel has work here it gets a heartbeat twice a second, so a dead worker is noticed
-within seconds. A task process that dies is reported with the signal that killed it.
+IPython, cloudpickle, fsspec and the --preload modules (none of which may touch a GPU). At
+most `--slots` tasks run at once; the rest wait in arrival order. While a kernel has work
+here it gets a heartbeat twice a second, so a dead worker is noticed within seconds. A task
+process that dies is reported with the signal that killed it.
 """
 
 from __future__ import annotations
