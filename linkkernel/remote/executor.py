@@ -16,6 +16,7 @@ import uuid
 from typing import Any
 
 from linkkernel.remote.client import Client, RemoteError
+from linkkernel.remote.protocol import read_key
 from linkkernel.remote.registry import WorkerEntry, get
 from linkkernel.remote.storage import Store
 from linkkernel.tasks import ComponentTask, TaskResult, UserError
@@ -28,8 +29,6 @@ _stores: dict[str, tuple[WorkerEntry, Store]] = {}
 
 
 def client_for(entry: WorkerEntry) -> Client:
-    from linkkernel.remote.protocol import read_key
-
     slot = (entry.alias, threading.get_ident())
     cached = _clients.get(slot)
     if cached and cached[0] == entry and not cached[1].closed:
@@ -42,8 +41,6 @@ def client_for(entry: WorkerEntry) -> Client:
 
 
 def store_for(entry: WorkerEntry) -> Store:
-    from linkkernel.remote.protocol import read_key
-
     cached = _stores.get(entry.alias)
     if cached and cached[0] == entry:
         return cached[1]

@@ -36,7 +36,7 @@ from typing import Any
 
 from linkkernel import cow
 from linkkernel.errors import LinkError
-from linkkernel.namespaces import Blob
+from linkkernel.namespaces import Blob, _digest
 
 MAGIC = b"LKB2"
 _LEGACY_MAGIC = b"LKB1"  # same header, parts packed without padding
@@ -106,16 +106,6 @@ def _identity(st: os.stat_result) -> list[int]:
 def _immutable(st: os.stat_result) -> bool:
     """A regular file of ours that nobody (but us or root, who hold the key) can write."""
     return stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o222
-
-
-def _digest_of(parts: list[memoryview]) -> str:
-    """namespaces' content digest over a blob's parts: the stream, then each buffer preceded
-    by its length (hashlib releases the GIL, so other threads run meanwhile)."""
-    sha = hashlib.sha256(parts[0])
-    for part in parts[1:]:
-        sha.update(len(part).to_bytes(8, "little"))
-        sha.update(part)
-    return sha.hexdigest()
 
 
 class FileMap(mmap.mmap):
@@ -268,6 +258,23 @@ class Store:
     def _tampered(self, digest: str) -> StorageError:
         return StorageError(f"blob {digest[:12]}… in {self.url} failed verification (tampered or corrupt); not loaded")
 
+    def _sizes(self, digest: str, head: bytes, header: bytes) -> list[int]:
+        """The part sizes (stream, then buffers) a blob file's header gives, once its magic,
+        MAC and digest check out; both readers trust nothing in a file before this."""
+        magic = head[:4]
+        if magic not in (MAGIC, _LEGACY_MAGIC) or not hmac.compare_digest(
+            head[4 : 4 + _MAC_LEN], _frame_mac(self._key, header, magic)
+        ):
+            raise self._tampered(digest)
+        try:
+            layout = json.loads(header)
+            sizes = [int(layout["stream"]), *(int(n) for n in layout["buffers"])]
+        except (ValueError, KeyError, TypeError):
+            raise self._tampered(digest) from None
+        if layout.get("digest") != digest:
+            raise self._tampered(digest)
+        return sizes
+
     def _get_local(self, digest: str) -> Blob | None:
         """The blob mapped in place from its file; None when the file must be read by copy
         (writable, someone else's, or an LKB1 file)."""
@@ -283,20 +290,14 @@ class Store:
         if head[:4] == _LEGACY_MAGIC:
             return None
         header = view[_PREFIX : _PREFIX + int.from_bytes(head[-4:], "little")]
-        if head[:4] != MAGIC or not hmac.compare_digest(head[4 : 4 + _MAC_LEN], _frame_mac(self._key, header)):
-            raise self._tampered(digest)
-        try:
-            layout = json.loads(header)
-            sizes = [int(layout["stream"]), *(int(n) for n in layout["buffers"])]
-        except (ValueError, KeyError, TypeError):
-            raise self._tampered(digest) from None
+        sizes = self._sizes(digest, head, header)
         offsets = _offsets(MAGIC, len(header), sizes)
-        if layout.get("digest") != digest or offsets[-1] != st.st_size:
+        if offsets[-1] != st.st_size:
             raise self._tampered(digest)
         memory = memoryview(view)
         parts = [memory[o : o + n] for o, n in zip(offsets, sizes)]
         if self._verified.get(digest) != _identity(st):
-            if not hmac.compare_digest(_digest_of(parts), digest):
+            if not hmac.compare_digest(_digest(parts[0], parts[1:]), digest):
                 raise self._tampered(digest)
             self._remember(digest, st)
         return Blob(bytes(parts[0]), tuple(parts[1:]), digest)
@@ -307,20 +308,11 @@ class Store:
         preceded by its length."""
         tampered = self._tampered(digest)
         head = _read_exact(f, _PREFIX)
-        magic = head[:4]
-        if len(head) < _PREFIX or magic not in (MAGIC, _LEGACY_MAGIC):
+        if len(head) < _PREFIX:
             raise tampered
         header = _read_exact(f, int.from_bytes(head[-4:], "little"))
-        if not hmac.compare_digest(head[4 : 4 + _MAC_LEN], _frame_mac(self._key, header, magic)):
-            raise tampered
-        try:
-            layout = json.loads(header)
-            sizes = [int(layout["stream"]), *(int(n) for n in layout["buffers"])]
-        except (ValueError, KeyError, TypeError):
-            raise tampered from None
-        if layout.get("digest") != digest:
-            raise tampered
-        offsets = _offsets(magic, len(header), sizes)
+        sizes = self._sizes(digest, head, header)
+        offsets = _offsets(head[:4], len(header), sizes)
         at = _PREFIX + len(header)
         sha = hashlib.sha256()
         parts: list[memoryview] = []

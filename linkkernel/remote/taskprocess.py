@@ -20,7 +20,6 @@ import os
 import pickle
 import re
 import sys
-import types
 from typing import Any
 
 from IPython.core.async_helpers import _pseudo_sync_runner
@@ -208,37 +207,6 @@ def execute(shell: WorkerShell, code: str) -> None:
     shell.events.trigger("post_execute")
 
 
-def _find_source(code: types.CodeType, sources: dict[str, list[str]]) -> str | None:
-    """The kernel cell file defining `code`, matched by name at its first line."""
-    word = "lambda" if code.co_name == "<lambda>" else code.co_name
-    for filename, lines in sources.items():
-        window = lines[code.co_firstlineno - 1 : code.co_firstlineno + 5]
-        if window and (word in window[0] or (window[0].lstrip().startswith("@") and any(word in line for line in window))):
-            return filename
-    return None
-
-
-def _with_filename(code: types.CodeType, filename: str) -> types.CodeType:
-    consts = tuple(_with_filename(c, filename) if isinstance(c, types.CodeType) else c for c in code.co_consts)
-    return code.replace(co_filename=filename, co_consts=consts)
-
-
-def _restore_filenames(value: Any, sources: dict[str, list[str]]) -> None:
-    """Give functions defined in the kernel's components their cell file back.
-
-    cloudpickle replaces every pickled function's file name with `<dynamic-code>`, which
-    would make a failing parent's function show up as `File <dynamic-code>` without source;
-    with its cell file restored the frame reads `Component load, line 3` as it does locally.
-    """
-    functions = [value] if isinstance(value, types.FunctionType) else []
-    if isinstance(value, type):
-        functions = [f for f in vars(value).values() if isinstance(f, types.FunctionType)]
-    for function in functions:
-        code = function.__code__
-        if code.co_filename == "<dynamic-code>" and (filename := _find_source(code, sources)):
-            function.__code__ = _with_filename(code, filename)
-
-
 class MappedInput:
     """An input rebuilt in place on the copy-on-write map of its blob file (storage.FileMap)."""
 
@@ -283,13 +251,11 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
         except Exception as exc:  # unpickling runs arbitrary code: a missing module, a bad __setstate__
             pipe.send({"failed": f"input {name!r} cannot be loaded on the worker: {type(exc).__name__}: {exc}"})
             return
-    sources: dict[str, list[str]] = {}
+    # Functions from the kernel's components keep their cell file (namespaces.dump); with
+    # its label and source here their frames read `Component load, line 3` as they do locally.
     for filename, (component, source) in task.get("sources", {}).items():
         shell.compile.label(filename, component)
-        sources[filename] = source.splitlines(keepends=True)
-        linecache.cache[filename] = (len(source), None, sources[filename], filename)
-    for value in inputs.values():
-        _restore_filenames(value, sources)
+        linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
     namespace = shell.user_ns  # made fresh by preload_shell; this process runs one task only
     hidden = set(namespace)
     namespace.update(inputs)

@@ -3,9 +3,10 @@
 One process owns the socket and a queue. Each task runs in a fresh process, so memory and
 GPU go back to the machine when the task ends, yet a task starts in milliseconds: task
 processes are forked, ahead of time, by a zygote, a copy of the worker made after it imported
-IPython, cloudpickle and fsspec (neither ever touches a GPU). At most `--slots` tasks run at once; the rest wait in arrival order.
-While a kernel has work here it gets a heartbeat twice a second, so a dead worker is noticed
-within seconds. A task process that dies is reported with the signal that killed it.
+IPython, cloudpickle, fsspec and the --preload modules (none of which may touch a GPU). At
+most `--slots` tasks run at once; the rest wait in arrival order. While a kernel has work
+here it gets a heartbeat twice a second, so a dead worker is noticed within seconds. A task
+process that dies is reported with the signal that killed it.
 """
 
 from __future__ import annotations
@@ -97,19 +98,14 @@ Spare = tuple[int, int, int, int, dict[int, str]]  # pid, pidfd, result pipe, ta
 PR_SET_PDEATHSIG = 1
 
 
-def _prctl(option: int, value: int) -> bool:
-    """Linux prctl(2); False where it is unavailable."""
+def _set_parent_death_signal() -> None:
+    """Linux: the task dies with the worker, so a killed worker leaves no orphan holding a GPU."""
     import ctypes
 
     try:
-        return ctypes.CDLL(None, use_errno=True).prctl(option, value) == 0
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
-        return False
-
-
-def _set_parent_death_signal() -> None:
-    """Linux: the task dies with the worker, so a killed worker leaves no orphan holding a GPU."""
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        pass  # no prctl(2) outside Linux
 
 
 def _discard(spare: Spare) -> None:
