@@ -334,9 +334,13 @@ def summary_table(outcomes: Sequence[Outcome]) -> str:
 
 
 def write_notebook(notebook: Any, path: str | os.PathLike) -> None:
+    """As `nbformat.write` lays it out, but atomically and with one-line errors: a bad `-o`
+    (a folder, a missing directory) must not end a finished run in a traceback."""
     import nbformat
 
-    nbformat.write(notebook, os.fspath(path))
+    from linkkernel.sharing.commandline import write_atomically
+
+    write_atomically(path, (nbformat.writes(notebook) + "\n").encode("utf-8"))
 
 
 def default_output(path: str | os.PathLike) -> Path:

@@ -173,6 +173,18 @@ def test_invalid_pipeline_is_refused_in_one_line_before_a_kernel_starts(tmp_path
         assert refused.returncode == 1 and refused.stderr.strip() == f"linkkernel run: {tmp_path / name}: {why}"
 
 
+def test_an_unwritable_output_is_one_line_and_the_notebook_is_untouched(tmp_path: Path) -> None:
+    source = write(tmp_path / "pipe.ipynb", notebook(("a = 1", ["component:a"])))
+    before = source.read_bytes()
+    result = linkkernel("run", str(source), "-o", str(tmp_path / "no-such-dir" / "out.ipynb"))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"linkkernel run: {tmp_path / 'no-such-dir' / 'out.ipynb'}: cannot write: No such file or directory"
+    )
+    assert "Traceback" not in result.stderr
+    assert source.read_bytes() == before
+
+
 def test_fresh_components_are_not_rerun_unless_forced(tmp_path: Path) -> None:
     source = write(tmp_path / "pipe.ipynb", PIPELINE)
     first = linkkernel("run", str(source), "-o", str(tmp_path / "first.ipynb"))
