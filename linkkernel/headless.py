@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from linkkernel.declarations import Component, cell_source, notebook_components
+from linkkernel.declarations import Component, cell_source, notebook_components, notebook_problem
 from linkkernel.errors import INTERNAL_ERROR_NAME, LinkError
 from linkkernel.graph import ancestors, build_graph, run_order
 
@@ -81,15 +81,27 @@ class RunReport:
 
 
 def read_notebook(path: str | os.PathLike) -> Any:
-    """The notebook at `path`, refused in one line when it is missing or not a notebook."""
+    """The notebook at `path`, refused in one line when it is missing or not a notebook.
+
+    The JSON is checked with `notebook_problem` before nbformat sees it: nbformat fails on a
+    JSON list with an AttributeError from its own code and accepts `{"cells": 3}`, which
+    would then surface as a TypeError in `plan`.
+    """
     import nbformat
 
     try:
-        return nbformat.read(os.fspath(path), as_version=4)
+        text = Path(path).read_bytes()
     except FileNotFoundError:
         raise LinkError(f"{path}: no such notebook") from None
-    except (OSError, ValueError, nbformat.reader.NotJSONError) as exc:
+    except OSError as exc:
         raise LinkError(f"{path}: not a readable notebook ({exc})") from None
+    try:
+        problem = notebook_problem(json.loads(text))
+    except ValueError as exc:
+        raise LinkError(f"{path}: not a readable notebook ({exc})") from None
+    if problem:
+        raise LinkError(f"{path}: {problem}")
+    return nbformat.reads(text.decode("utf-8"), as_version=4)
 
 
 def plan(notebook: Mapping[str, Any], targets: Sequence[str] = (), looked_in: str = "the notebook") -> list[Step]:
@@ -322,9 +334,13 @@ def summary_table(outcomes: Sequence[Outcome]) -> str:
 
 
 def write_notebook(notebook: Any, path: str | os.PathLike) -> None:
+    """As `nbformat.write` lays it out, but atomically and with one-line errors: a bad `-o`
+    (a folder, a missing directory) must not end a finished run in a traceback."""
     import nbformat
 
-    nbformat.write(notebook, os.fspath(path))
+    from linkkernel.sharing.commandline import write_atomically
+
+    write_atomically(path, (nbformat.writes(notebook) + "\n").encode("utf-8"))
 
 
 def default_output(path: str | os.PathLike) -> Path:

@@ -10,8 +10,6 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
-from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-
 from linkkernel.errors import LinkError
 
 KERNEL_NAME = "link-python"
@@ -49,6 +47,8 @@ def install(
     display_name: str = DISPLAY_NAME,
 ) -> str:
     """Install (or replace) the kernelspec; returns the directory written."""
+    from jupyter_client.kernelspec import KernelSpecManager  # 0.1 s: only when installing
+
     if not name:
         # jupyter_client would name the kernelspec after our temporary folder
         raise LinkError("cannot install a kernelspec with an empty --name")
@@ -70,6 +70,8 @@ def install(
 
 def uninstall(name: str = KERNEL_NAME) -> str:
     """Remove the kernelspec `name` wherever Jupyter finds it; returns the directory removed."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
     manager = KernelSpecManager()
     try:
         return manager.remove_kernel_spec(name)

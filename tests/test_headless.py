@@ -166,6 +166,23 @@ def test_invalid_pipeline_is_refused_in_one_line_before_a_kernel_starts(tmp_path
     assert not (tmp_path / "bad.out.ipynb").exists()
     missing = linkkernel("run", str(tmp_path / "missing.ipynb"))
     assert missing.returncode == 1 and missing.stderr.strip().endswith("missing.ipynb: no such notebook")
+    for name, text, why in [("list.ipynb", "[]", "not a notebook (a JSON list, not an object)"),
+                            ("cells.ipynb", '{"cells": 3}', "not a notebook (no 'cells' list)")]:
+        (tmp_path / name).write_text(text)
+        refused = linkkernel("run", str(tmp_path / name))
+        assert refused.returncode == 1 and refused.stderr.strip() == f"linkkernel run: {tmp_path / name}: {why}"
+
+
+def test_an_unwritable_output_is_one_line_and_the_notebook_is_untouched(tmp_path: Path) -> None:
+    source = write(tmp_path / "pipe.ipynb", notebook(("a = 1", ["component:a"])))
+    before = source.read_bytes()
+    result = linkkernel("run", str(source), "-o", str(tmp_path / "no-such-dir" / "out.ipynb"))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"linkkernel run: {tmp_path / 'no-such-dir' / 'out.ipynb'}: cannot write: No such file or directory"
+    )
+    assert "Traceback" not in result.stderr
+    assert source.read_bytes() == before
 
 
 def test_fresh_components_are_not_rerun_unless_forced(tmp_path: Path) -> None:

@@ -221,6 +221,11 @@ def test_broken_notebook_is_refused(tmp_path: Path):
     assert result.stderr.startswith("linkkernel export: nb.ipynb: not a readable notebook (NotJSONError")
     assert result.stderr.count("\n") == 1
     assert not (tmp_path / "p.json").exists()
+    (tmp_path / "nb.ipynb").write_text('{"cells": 3}')
+    result = cli("export", "nb.ipynb", "-o", "p.json", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr == "linkkernel export: nb.ipynb: not a notebook (no 'cells' list)\n"
+    assert not (tmp_path / "p.json").exists()
 
 
 def test_notebook_with_a_cycle_is_not_exported(tmp_path: Path):

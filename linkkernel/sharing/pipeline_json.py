@@ -67,15 +67,14 @@ def read_notebook(path: str | Path):
 
 
 def _unreadable(path: str | Path, exc: Exception) -> str:
-    """Why nbformat could not read `path`: our own words when the JSON is not even an object
-    (nbformat then fails with an AttributeError about its own code), else nbformat's."""
+    """Why nbformat could not read `path`: our own words when the JSON is not a notebook's
+    shape (nbformat then fails with an AttributeError or TypeError about its own code),
+    else nbformat's."""
     try:
         parsed = json.loads(Path(path).read_bytes())
     except ValueError:
-        parsed = {}
-    if not isinstance(parsed, dict):
-        return notebook_problem(parsed)
-    return f"not a readable notebook ({type(exc).__name__}: {exc})"
+        parsed = {"cells": []}
+    return notebook_problem(parsed) or f"not a readable notebook ({type(exc).__name__}: {exc})"
 
 
 def write_notebook(nb, path: str | Path, inputs: tuple[str | Path | None, ...] = ()) -> None:
