@@ -136,10 +136,6 @@ def plan(notebook: Mapping[str, Any], targets: Sequence[str] = (), looked_in: st
     return steps
 
 
-def where(component: Component) -> str:
-    return f"remote:{component.remote}" if component.remote else "local"
-
-
 def run_notebook(
     path: str | os.PathLike,
     targets: Sequence[str] = (),
@@ -163,7 +159,7 @@ def run_notebook(
     steps = plan(notebook, targets, looked_in=str(path))
     require_workers(steps)
     require_kernelspec(kernel_name)
-    outcomes = {s.component.name: Outcome(s.component.name, where(s.component)) for s in steps if s.component}
+    outcomes = {s.component.name: Outcome(s.component.name, s.component.runs_on) for s in steps if s.component}
     report = RunReport(notebook, list(outcomes.values()))
     _clear_outputs(notebook)
     client = NotebookClient(
