@@ -18,6 +18,7 @@ import json
 import linecache
 import os
 import pickle
+import random
 import re
 import sys
 from typing import Any
@@ -169,11 +170,22 @@ def warm_up(shell: WorkerShell) -> None:
     here, while the spare waits for work, they are off the task's path. Nothing here leaves
     state a task could see: `pass` binds no name and the namespace stays the clean one.
     """
+    _reseed()
     shell.pipe = _NullPipe()
     json.loads(json.dumps({"task": "", "name": "", "code": "pass", "inputs": {}, "versions": {}, "sources": {}}))
     execute(shell, "pass")
     changes({}, {}, {})
     shell.error = None
+
+
+def _reseed() -> None:
+    """Give this task its own random numbers: every task process starts as a copy of the same
+    parent, so without this `random` and numpy's global generator would repeat the same
+    draws in every task (a local component continues the kernel's sequence instead)."""
+    random.seed()
+    numpy_random = sys.modules.get("numpy.random")  # when not imported yet, it seeds itself
+    if numpy_random is not None:
+        numpy_random.seed()
 
 
 class _NullPipe(Pipe):

@@ -12,6 +12,7 @@ process that dies is reported with the signal that killed it.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import importlib
 import json
@@ -29,11 +30,10 @@ from typing import Any, NoReturn
 from linkkernel.errors import LinkError
 
 HEARTBEAT_INTERVAL = 0.5
-# Task processes kept ready. The second one is made only once no task has been computing for
-# SPARE_QUIET seconds, so forking it (~4 ms of CPU here) never competes with a running task
-# and its result on a busy machine; back-to-back tasks still always find one ready.
+# Task processes kept ready, forked ahead of time by the zygote. The zygote runs SCHED_BATCH,
+# so forking and warming a spare (~3 ms of CPU here) only uses CPU the worker, the running
+# task and the kernel do not need, and back-to-back tasks always find one ready.
 SPARES = 2
-SPARE_QUIET = 0.005
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 log = logging.getLogger("linkkernel.worker")
 
@@ -98,14 +98,39 @@ Spare = tuple[int, int, int, int, dict[int, str]]  # pid, pidfd, result pipe, ta
 PR_SET_PDEATHSIG = 1
 
 
-def _set_parent_death_signal() -> None:
-    """Linux: the task dies with the worker, so a killed worker leaves no orphan holding a GPU."""
+@functools.cache
+def _libc():
+    """The C library, looked up once in the worker rather than in every task process."""
     import ctypes
 
+    return ctypes.PyDLL(None, use_errno=True)
+
+
+def _set_parent_death_signal() -> None:
+    """Linux: the task dies with the worker, so a killed worker leaves no orphan holding a GPU."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         pass  # no prctl(2) outside Linux
+
+
+def _fork_single_threaded() -> int:
+    """fork(2) without Python's before/after-fork hooks, for the zygote only.
+
+    os.fork re-initialises the interpreter's locks and runs every registered at-fork handler
+    (threading, logging, random, fsspec...) in the child, which touches hundreds of inherited
+    pages: ~1 ms of copy-on-write faults per task process here. The zygote has a single
+    thread and holds no lock while it forks, so there is nothing to re-initialise; the one
+    handler whose effect matters, reseeding `random`, is done by the task process itself
+    (taskprocess.warm_up).
+    """
+    pid = _libc().fork()
+    if pid < 0:
+        import ctypes
+
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error))
+    return pid
 
 
 def _discard(spare: Spare) -> None:
@@ -117,6 +142,15 @@ def _discard(spare: Spare) -> None:
         pass
     for fd in (pidfd, out_read, task_write, *streams):
         os.close(fd)
+
+
+def _set_policy(policy: int) -> None:
+    """Forking and warming spares is SCHED_BATCH: it never preempts the worker relaying a
+    result or a running task; a task process goes back to the normal policy for its task."""
+    try:
+        os.sched_setscheduler(0, policy, os.sched_param(0))
+    except (OSError, AttributeError):
+        pass  # not Linux, or not allowed: everything still works, only less smoothly
 
 
 class Zygote:
@@ -142,6 +176,7 @@ class Zygote:
                 _set_parent_death_signal()
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                _set_policy(os.SCHED_BATCH)
                 self._serve(worker, theirs)
             except BaseException:  # noqa: BLE001 - nothing may escape a forked child into the worker loop
                 code = 70
@@ -182,7 +217,7 @@ class Zygote:
             if not sock.recv(1):
                 return
             pipes = [os.pipe() for _ in range(4)]  # task, result, stdout, stderr
-            pid = os.fork()
+            pid = _fork_single_threaded()
             if pid == 0:
                 sock.close()
                 signal.set_wakeup_fd(-1)
@@ -292,7 +327,6 @@ class Worker:
         self.running: dict[int, Task] = {}
         self._last_beat = 0.0
         self.spares: deque[Spare] = deque()
-        self._last_busy = 0.0
         self.exit_status: dict[int, int] = {}
 
     def send(self, client: bytes, type_: str, body: dict[str, Any]) -> None:
@@ -312,12 +346,14 @@ class Worker:
                 watched.append(self.zygote.sock.fileno())
             for fd in watched:
                 poller.register(fd, zmq.POLLIN)
-            events = dict(poller.poll(timeout=self._poll_timeout() * 1000))
+            events = dict(poller.poll(timeout=HEARTBEAT_INTERVAL * 1000))
             idle = not events
             for fd in watched:
                 poller.unregister(fd)
             if self.zygote is not None and self.zygote.sock.fileno() in events:
                 self._take_spare(self.zygote.receive(0, self.exit_status))
+                # Exits of processes already finished with a result: nobody asks for them.
+                self.exit_status = {pid: s for pid, s in self.exit_status.items() if pid in self.running}
                 if not self.zygote.alive:
                     self._drop_zygote()
             for task in list(self.running.values()):
@@ -346,30 +382,11 @@ class Worker:
             # The next task's process is made ahead of time, so a task starts without paying
             # for fork; it is still a fresh process, used for one task only. Without a
             # zygote it is forked here, when no result is waiting to be relayed.
-            if self.zygote is not None and self._want_spare():
+            if self.zygote is not None and len(self.spares) < SPARES:
                 self.zygote.request()
             elif self.zygote is None and not self.spares and (idle or all(t.outcome for t in self.running.values())):
                 self.spares.append(self._fork_spare())
             self._heartbeat()
-
-    def _computing(self) -> bool:
-        computing = any(not task.outcome for task in self.running.values())
-        if computing:
-            self._last_busy = time.monotonic()
-        return computing
-
-    def _want_spare(self) -> bool:
-        if not self.spares:
-            return True
-        quiet = not self._computing() and time.monotonic() - self._last_busy >= SPARE_QUIET
-        return len(self.spares) < SPARES and quiet
-
-    def _poll_timeout(self) -> float:
-        """Wake up for the next heartbeat, or when the worker has been quiet long enough to
-        make a spare task process."""
-        if self.zygote is not None and not self.zygote.pending and len(self.spares) < SPARES and not self._computing():
-            return max(0.0, min(HEARTBEAT_INTERVAL, self._last_busy + SPARE_QUIET - time.monotonic()))
-        return HEARTBEAT_INTERVAL
 
     def _handle(self, client: bytes, message) -> None:
         body = message.body
@@ -423,6 +440,10 @@ class Worker:
             task.pid, task.pidfd, task.fd, task_pipe, task.streams = spare
             task.started_at = time.monotonic()
             inputs = task.body.get("inputs") or {}
+            vouched = task.body.get("verified")
+            if self.store.local and isinstance(vouched, dict):
+                # Input files the kernel wrote or checked: signed, like the code we run for it.
+                self.store.remember({d: vouched[d] for d in inputs.values() if d in vouched})
             verified = self.store.verified(inputs.values()) if self.store.local else {}
             data = json.dumps({**task.body, "name": str(task.body.get("name", "?")), "verified": verified}).encode()
             try:
@@ -498,7 +519,9 @@ class Worker:
                 size = int.from_bytes(f.read(4) or b"\0", "little")
                 body = json.loads(f.read(size)) if size else None
             if body is not None:
+                _set_policy(os.SCHED_OTHER)
                 self._run_in_child(body, out_write)
+                os.nice(19)  # tearing this process down must not delay the result's relay
         except BaseException:  # noqa: BLE001 - nothing may escape a forked child into the worker loop
             code = 70
         finally:
@@ -550,13 +573,14 @@ class Worker:
             if "output" in message or "clear_output" in message:
                 self.send(task.client, "output", {"task": task.id, **message})
             elif "result" in message and not task.cancelled:
-                self._last_busy = time.monotonic()
                 verified = message.get("verified")
                 if self.store.local and isinstance(verified, dict):
                     self.store.remember(verified)
                 self._relay_streams(task)  # what the process printed comes before its result
                 task.outcome = message
-                self.send(task.client, "done", {"task": task.id, "result": message["result"]})
+                bound = message["result"].get("bound") or {}
+                outputs = self.store.verified(bound.values()) if self.store.local else {}
+                self.send(task.client, "done", {"task": task.id, "result": message["result"], "verified": outputs})
             else:
                 task.outcome = message
         if not chunk:
@@ -576,11 +600,11 @@ class Worker:
         for fd in task.streams:
             os.close(fd)
         task.streams.clear()
-        status = self._exit_status(task.pid)
+        outcome = task.outcome or {}
+        status = self._exit_status(task.pid, needed=not ("result" in outcome or "failed" in outcome or task.cancelled))
         os.close(task.pidfd)
         del self.running[task.pid]
         elapsed = f"{time.monotonic() - task.started_at:.3f} s"
-        outcome = task.outcome or {}
         if "result" in outcome:
             error = outcome["result"].get("error")
             self._log(task, f"{'error ' + error['ename'] if error else 'ok'} in {elapsed}")
@@ -593,9 +617,12 @@ class Worker:
             self._log(task, f"failed after {elapsed}: {reason}")
             self.send(task.client, "failed", {"task": task.id, "message": reason})
 
-    def _exit_status(self, pid: int) -> int | None:
-        """How a finished task process exited; None when nobody can tell any more."""
-        if pid not in self.exit_status and self.zygote is not None:
+    def _exit_status(self, pid: int, needed: bool) -> int | None:
+        """How a finished task process exited; None when nobody can tell any more, or when
+        nobody needs to (its result is in): the worker does not wait for the zygote then."""
+        if self.zygote is not None and pid not in self.exit_status:
+            if not needed:
+                return None
             # The zygote's child: it says how the process ended, right after it did.
             deadline = time.monotonic() + 5
             while self.zygote.alive and pid not in self.exit_status and time.monotonic() < deadline:
@@ -603,7 +630,7 @@ class Worker:
         if pid in self.exit_status:
             return self.exit_status.pop(pid)
         try:
-            return os.waitpid(pid, 0)[1]
+            return os.waitpid(pid, 0)[1]  # our own child: reap it
         except ChildProcessError:  # a child of a zygote that is gone
             return None
 
