@@ -179,6 +179,32 @@ def test_input_tampered_after_the_worker_verified_it_is_refused(worker, tmp) -> 
         executor.run_remote(None, task("total = float(data.sum())", data=data), "w1")
 
 
+def test_files_the_worker_wrote_are_mapped_without_hashing_them_again(worker, monkeypatch) -> None:
+    """The worker vouches, in its signed reply, for the output files its task wrote and hashed."""
+    from linkkernel.remote import storage
+
+    hashed = []
+    real_digest = storage._digest
+    monkeypatch.setattr(storage, "_digest", lambda stream, buffers: hashed.append(1) or real_digest(stream, buffers))
+    data = np.random.default_rng().random(200_000)  # content no earlier test stored
+    result = executor.run_remote(None, task("doubled = data * 2", data=data), "w1")
+    assert np.array_equal(load(result.bound["doubled"]), data * 2)
+    assert storage.file_map_of(result.bound["doubled"]) is not None and hashed == []
+
+
+def test_each_task_draws_its_own_random_numbers(tmp, key_file) -> None:
+    """Task processes are copies of one parent; `random` and numpy's global generator (here
+    preloaded, so imported before the copy) must not repeat the same draws in every task."""
+    w = WorkerProcess(str(tmp / "store"), key_file, tmp, "--preload", "numpy.random")
+    try:
+        registry.add("seeded", w.address, str(tmp / "store"), str(key_file))
+        code = "import random, numpy\ndraws = (random.random(), float(numpy.random.rand()))"
+        draws = [load(executor.run_remote(None, task(code), "seeded").bound["draws"]) for _ in range(3)]
+        assert len({d[0] for d in draws}) == 3 and len({d[1] for d in draws}) == 3
+    finally:
+        w.stop()
+
+
 def test_inputs_and_outputs_travel_through_the_storage(worker, tmp) -> None:
     """SPEC §5: the input namespace and the outputs go through the fsspec storage, small ones too."""
     before = {p.name for p in (tmp / "store").rglob("*") if p.is_file()}

@@ -152,6 +152,9 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
         "name": task.name,
         "code": task.code,
         "inputs": {name: blob.digest for name, blob in task.inputs.items()},
+        # Local input files this kernel wrote or verified: a worker on this machine maps them
+        # without hashing them again.
+        "verified": store.verified(blob.digest for blob in task.inputs.values()) if store.local else {},
         "versions": versions(),
         "sources": component_sources(kernel),
     }
@@ -171,5 +174,7 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
             f"component {task.name!r} ran on worker {alias!r} but its output {name!r} ({type_name}) "
             "cannot be pickled, so it cannot come back; keep such values inside one component"
         )
+    if store.local:
+        store.remember(done.body.get("verified") or {})  # output files the task wrote and hashed
     bound = {name: store.get(digest, mapped=True) for name, digest in result["bound"].items()}
     return TaskResult(bound=bound, deleted=tuple(result["deleted"]), outputs=log.nbformat())

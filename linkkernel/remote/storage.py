@@ -221,8 +221,9 @@ class Store:
             self.newly_verified[digest] = _identity(st)
 
     def remember(self, verified: dict[str, list[int]]) -> None:
-        """Local files known to be verified (digest -> identity), e.g. by an earlier task."""
-        for digest, identity in verified.items():
+        """Local files known to be verified (digest -> identity), e.g. by an earlier task or,
+        in a signed message, by the peer that wrote them; malformed entries are ignored."""
+        for digest, identity in verified.items() if isinstance(verified, dict) else ():
             if not (isinstance(identity, list) and len(identity) == 5 and all(type(n) is int for n in identity)):
                 continue
             self._verified[digest] = identity
