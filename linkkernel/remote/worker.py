@@ -423,7 +423,7 @@ class Worker:
             task.pid, task.pidfd, task.fd, task_pipe, task.streams = spare
             task.started_at = time.monotonic()
             inputs = task.body.get("inputs") or {}
-            verified = self.store.verified(inputs.values()) if self.store.local else {}
+            verified = self.store.verified(inputs.values())  # local store files or s3 mirror files
             data = json.dumps({**task.body, "name": str(task.body.get("name", "?")), "verified": verified}).encode()
             try:
                 with os.fdopen(task_pipe, "wb") as f:
@@ -552,7 +552,7 @@ class Worker:
             elif "result" in message and not task.cancelled:
                 self._last_busy = time.monotonic()
                 verified = message.get("verified")
-                if self.store.local and isinstance(verified, dict):
+                if isinstance(verified, dict):
                     self.store.remember(verified)
                 self._relay_streams(task)  # what the process printed comes before its result
                 task.outcome = message
