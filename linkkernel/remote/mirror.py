@@ -63,10 +63,11 @@ class Mirror:
         return True
 
     def discard(self, path: str) -> None:
-        """Remove a mirror file; a process that has it mapped keeps its pages."""
+        """Remove a mirror file if we can (a process that has it mapped keeps its pages);
+        when we cannot, writing the mirror fails too and says so."""
         try:
             os.unlink(path)
-        except FileNotFoundError:
+        except OSError:
             pass
 
     def failed(self, exc: BaseException) -> None:

@@ -321,10 +321,11 @@ class Store:
                 return blob
             path = _blob_path(self.mirror.root, blob.digest)
             self._write_local(path, blob.digest, header, parts, offsets)
-            return self._get_local(path, blob.digest) or blob
-        except (OSError, ValueError, StorageError) as exc:
+        except (OSError, ValueError) as exc:  # permissions, disk full, a path that is a file
             self.mirror.failed(exc)
             return blob
+        # Verified as written; another process may have evicted or replaced it meanwhile.
+        return self._get_mirrored(blob.digest) or blob
 
     def _get_local(self, path: str, digest: str) -> Blob | None:
         """The blob mapped in place from its file; None when the file must be read by copy
