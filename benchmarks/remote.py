@@ -142,6 +142,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="lk-bench-remote-"))
     os.environ["JUPYTER_CONFIG_DIR"] = str(tmp / "config")
+    os.environ["XDG_CACHE_HOME"] = str(tmp / "cache")  # an empty S3 mirror: the first run reads S3
     key_file = tmp / "key"
     key_file.write_text(secrets.token_hex(32))
     key_file.chmod(0o600)

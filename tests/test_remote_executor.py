@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from linkkernel.namespaces import dump, load
 from linkkernel.remote import executor, registry
 from linkkernel.remote.client import Client, RemoteError
 from linkkernel.remote.protocol import read_key
-from linkkernel.remote.storage import Store, StorageError
+from linkkernel.remote.storage import Store, StorageError, file_map_of, load_owned
 from linkkernel.tasks import ComponentTask
 from remote_support import S3_ENV, MotoServer, WorkerProcess, free_port, kernel_env, make_key, pid_alive, wait_until
 
@@ -313,6 +314,31 @@ def test_remote_run_through_s3(moto, tmp, key_file, monkeypatch) -> None:
         registry.add("s3w", w.address, url, str(key_file), {"endpoint_url": moto.endpoint})
         result = executor.run_remote(None, task("b = a[::-1].copy()", a=np.arange(10_000.0)), "s3w")
         assert np.array_equal(load(result.bound["b"]), np.arange(10_000.0)[::-1])
+    finally:
+        w.stop()
+
+
+def test_re_run_through_s3_maps_its_input_and_output_from_the_mirror(moto, tmp, key_file, monkeypatch) -> None:
+    """Worker and kernel share this user's mirror here; each keeps what it read from S3."""
+    for name, value in S3_ENV.items():
+        monkeypatch.setenv(name, value)
+    url = "s3://lk-remote/mirrored"
+    w = WorkerProcess(url, key_file, tmp, "--storage-option", f"endpoint_url={moto.endpoint}", env=S3_ENV)
+    try:
+        registry.add("s3m", w.address, url, str(key_file), {"endpoint_url": moto.endpoint})
+        a = np.arange(200_000.0) + uuid.uuid4().int % 1000  # content no earlier test stored
+        code = "b = a[::-1].copy()\nmaps = sorted({l.split()[-1] for l in open('/proc/self/maps') if 'remote-blobs' in l})"
+        run = task(code, a=a)
+        first = executor.run_remote(None, run, "s3m")
+        store = executor.store_for(registry.get("s3m"))
+        digest_a, digest_b = run.inputs["a"].digest, first.bound["b"].digest
+        mirrored = {p.name for p in Path(store.mirror.root).rglob("*") if p.is_file()}
+        assert {digest_a, digest_b} <= mirrored
+        store.fs.rm(store._path(digest_a))  # from now on, the task could not download its input
+        again = executor.run_remote(None, run, "s3m")
+        assert np.array_equal(load_owned(again.bound["b"]), a[::-1])
+        assert file_map_of(again.bound["b"]) is not None
+        assert [Path(p).name for p in load(again.bound["maps"])] == [digest_a]
     finally:
         w.stop()
 

@@ -142,10 +142,12 @@ def test_real_s3_accepts_right_credentials_and_refuses_wrong_ones(weed, monkeypa
     blob = _array_blob()
     assert store.put(blob)
     assert np.array_equal(load_owned(store.get(blob.digest)), np.arange(1000.0))
+    unread = _array_blob(2000)  # a blob read before is served from this user's local mirror
+    assert store.put(unread)
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
     wrong = Store(url, KEY, options)
-    for attempt in (wrong.check, lambda: wrong.get(blob.digest), lambda: wrong.put(dump("y", 2))):
+    for attempt in (wrong.check, lambda: wrong.get(unread.digest), lambda: wrong.put(dump("y", 2))):
         with pytest.raises(StorageError) as info:
             attempt()
         message = str(info.value)

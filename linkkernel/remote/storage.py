@@ -17,6 +17,10 @@ same inode, size and change times cannot have changed — only this user (who ca
 key anyway) or root could make it writable again, and doing so moves its ctime. Any other
 file (write bits, another owner, an object store) is read into memory the reader owns and
 verified on every read. LKB1 files (no padding) are still read, by copy.
+
+Blobs read from an object store are kept in a local mirror (linkkernel.remote.mirror) as
+such files, written and read by the same code as a local store's, so reading one again
+maps it as a local store would.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import logging
 import mmap
 import os
 import pickle
@@ -37,6 +42,7 @@ from typing import Any
 from linkkernel import cow
 from linkkernel.errors import LinkError
 from linkkernel.namespaces import Blob, _digest
+from linkkernel.remote.mirror import Mirror, default_root
 
 MAGIC = b"LKB2"
 _LEGACY_MAGIC = b"LKB1"  # same header, parts packed without padding
@@ -45,6 +51,7 @@ _PREFIX = 4 + _MAC_LEN + 4
 _ALIGN = mmap.PAGESIZE
 # Verified local files remembered per store (digest -> file identity); bounded, oldest dropped.
 _VERIFIED_MAX = 4096
+log = logging.getLogger(__name__)
 # Errors s3fs/botocore/aiohttp raise that mean "cannot talk to the store" or "not allowed".
 _REFUSED_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden", "403")
 
@@ -98,6 +105,10 @@ def _offsets(magic: bytes, header_len: int, sizes: list[int]) -> list[int]:
     return [*offsets, at]
 
 
+def _blob_path(root: str, digest: str) -> str:
+    return f"{root}/blobs/{digest[:2]}/{digest}"
+
+
 def _identity(st: os.stat_result) -> list[int]:
     """What changes whenever a file's content can have changed (ctime cannot be set back)."""
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
@@ -117,7 +128,7 @@ class FileMap(mmap.mmap):
 class Store:
     """Content-addressed, HMAC-verified blobs under one fsspec URL."""
 
-    def __init__(self, url: str, key: bytes, options: dict[str, Any] | None = None) -> None:
+    def __init__(self, url: str, key: bytes, options: dict[str, Any] | None = None, mirror: Mirror | None = None) -> None:
         import fsspec
 
         self.url = url
@@ -136,13 +147,15 @@ class Store:
             self.fs.retries = min(self.fs.retries, 2)
         self._root = root.rstrip("/")
         self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        # Blobs read from an object store are kept as local files (see linkkernel.remote.mirror).
+        self.mirror = None if self.local else mirror if mirror is not None else Mirror(default_root(url))
         self._known: set[str] = set()
         self._verified: OrderedDict[str, list[int]] = OrderedDict()
         self.newly_verified: dict[str, list[int]] = {}
         self.bytes_uploaded = 0
 
     def _path(self, digest: str) -> str:
-        return f"{self._root}/blobs/{digest[:2]}/{digest}"
+        return _blob_path(self._root, digest)
 
     def check(self) -> None:
         """Make sure the store answers (and accepts our credentials); StorageError if not."""
@@ -173,12 +186,16 @@ class Store:
         self.bytes_uploaded += blob.size
         return True
 
-    def _write(self, path: str, blob: Blob) -> None:
+    def _layout(self, blob: Blob) -> tuple[bytes, list[memoryview], list[int]]:
+        """A blob file's header, its parts and where each starts (then where the file ends)."""
         header = json.dumps(
             {"digest": blob.digest, "stream": len(blob.stream), "buffers": [b.nbytes for b in blob.buffers]}
         ).encode()
         parts = [memoryview(blob.stream), *blob.buffers]
-        offsets = _offsets(MAGIC, len(header), [p.nbytes for p in parts])
+        return header, parts, _offsets(MAGIC, len(header), [p.nbytes for p in parts])
+
+    def _write(self, path: str, blob: Blob) -> None:
+        header, parts, offsets = self._layout(blob)
         if self.local:
             self._write_local(path, blob.digest, header, parts, offsets)
             return
@@ -243,10 +260,11 @@ class Store:
         copy-on-write and tell from the page tables whether it mutated them.
         """
         try:
-            blob = self._get_local(digest) if self.local else None
+            blob = self._get_local(self._path(digest), digest) if self.local else self._get_mirrored(digest)
             if blob is None:
                 with self.fs.open(self._path(digest), "rb") as f:
                     blob = self._read_verified(f, digest, mapped and cow.SUPPORTED)
+                blob = self._mirror(blob)
         except StorageError:
             raise
         except FileNotFoundError:
@@ -276,10 +294,44 @@ class Store:
             raise self._tampered(digest)
         return sizes
 
-    def _get_local(self, digest: str) -> Blob | None:
+    def _get_mirrored(self, digest: str) -> Blob | None:
+        """The blob from its mirror file, as from a local store; None when it must be read
+        from the object store (not mirrored, not usable, or failed verification)."""
+        if self.mirror is None:
+            return None
+        path = _blob_path(self.mirror.root, digest)
+        try:
+            return self._get_local(path, digest)
+        except StorageError:
+            # Our own copy went bad (disk, or someone with our rights): the object store
+            # holds the blob; only a tampered blob there is an error.
+            log.warning("mirror file %s failed verification; reading it from %s again", path, self.url)
+            self.mirror.discard(path)
+        except (OSError, ValueError):  # not mirrored (FileNotFoundError) or not readable
+            pass
+        return None
+
+    def _mirror(self, blob: Blob) -> Blob:
+        """Keep a blob just read from the object store as a mirror file, and return it
+        mapped from there; the blob as it is when it cannot be mirrored."""
+        if self.mirror is None:
+            return blob
+        header, parts, offsets = self._layout(blob)
+        try:
+            if not self.mirror.make_room(offsets[-1]):
+                return blob
+            path = _blob_path(self.mirror.root, blob.digest)
+            self._write_local(path, blob.digest, header, parts, offsets)
+        except (OSError, ValueError) as exc:  # permissions, disk full, a path that is a file
+            self.mirror.failed(exc)
+            return blob
+        # Verified as written; another process may have evicted or replaced it meanwhile.
+        return self._get_mirrored(blob.digest) or blob
+
+    def _get_local(self, path: str, digest: str) -> Blob | None:
         """The blob mapped in place from its file; None when the file must be read by copy
         (writable, someone else's, or an LKB1 file)."""
-        fd = os.open(self._path(digest), os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             st = os.fstat(fd)
             if not _immutable(st) or st.st_size < _PREFIX:
