@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,6 +21,7 @@ from support import Kernel, kernel_env  # noqa: E402
 def setup(stock: bool = False) -> Path:
     """Install Link Python (and stock ipykernel as `python3` when asked) into a temp prefix."""
     home = Path(tempfile.mkdtemp(prefix="linkbench-"))
+    atexit.register(shutil.rmtree, home, True)  # caches of GBs; dirty pages would skew the next run
     for var, sub in (("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"), ("XDG_CACHE_HOME", "cache")):
         os.environ[var] = str(home / sub)
     prefix = home / "prefix"
