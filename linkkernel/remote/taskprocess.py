@@ -51,6 +51,12 @@ class Pipe:
         while view:
             view = view[os.write(self.fd, view) :]
 
+    def finish(self, message: dict[str, Any]) -> None:
+        """Send the task's last message. This process has nothing left to do but exit, so it
+        steps aside first: the worker relaying the result must not wait for its teardown."""
+        os.nice(19)
+        self.send(message)
+
 
 class PipeStream(io.TextIOBase):
     """sys.stdout/sys.stderr of a task: whole lines go to the worker as they are written."""
@@ -258,10 +264,10 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
             loaded[name] = load_input(blob)
             inputs[name] = loaded[name].value
         except StorageError as exc:
-            pipe.send({"failed": str(exc)})
+            pipe.finish({"failed": str(exc)})
             return
         except Exception as exc:  # unpickling runs arbitrary code: a missing module, a bad __setstate__
-            pipe.send({"failed": f"input {name!r} cannot be loaded on the worker: {type(exc).__name__}: {exc}"})
+            pipe.finish({"failed": f"input {name!r} cannot be loaded on the worker: {type(exc).__name__}: {exc}"})
             return
     # Functions from the kernel's components keep their cell file (namespaces.dump); with
     # its label and source here their frames read `Component load, line 3` as they do locally.
@@ -278,7 +284,7 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
         execute(shell, task["code"])
     _flush_streams()
     if shell.error is not None:
-        pipe.send({"result": {"error": shell.error}})
+        pipe.finish({"result": {"error": shell.error}})
         return
     final = {k: v for k, v in namespace.items() if k not in hidden and not _SHELL_NAMES.fullmatch(k)}
     # An input whose mapped pages were never written is unchanged without re-hashing it.
@@ -295,10 +301,10 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
         try:
             store.put(blob)
         except StorageError as exc:
-            pipe.send({"failed": str(exc)})
+            pipe.finish({"failed": str(exc)})
             return
         bound[name] = blob.digest
     # Files this process verified or wrote: the worker tells the next task, which then maps
     # them without hashing them again.
     result = {"bound": bound, "deleted": list(changed.deleted), "unpicklable": unpicklable}
-    pipe.send({"result": result, "verified": store.newly_verified})
+    pipe.finish({"result": result, "verified": store.newly_verified})

@@ -324,6 +324,7 @@ class Worker:
             raise LinkError(f"cannot listen on {listen}: {exc}") from None
         self.address = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.queue: deque[Task] = deque()
+        self.to_accept: deque[tuple[bytes, str, dict[str, Any]]] = deque()
         self.running: dict[int, Task] = {}
         self._last_beat = 0.0
         self.spares: deque[Spare] = deque()
@@ -340,16 +341,20 @@ class Worker:
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         log.info("worker listening on %s, storage %s, %d slot(s)", self.address, self.store_url, self.slots)
+        registered: set[int] = set()
         while True:
-            watched = [fd for task in self.running.values() for fd in task.watched()]
+            # Pipes and pidfds come and go with tasks; closed ones are no longer watched, so
+            # they leave the poller before it polls again.
+            watched = {fd for task in self.running.values() for fd in task.watched()}
             if self.zygote is not None:
-                watched.append(self.zygote.sock.fileno())
-            for fd in watched:
+                watched.add(self.zygote.sock.fileno())
+            for fd in registered - watched:
+                poller.unregister(fd)
+            for fd in watched - registered:
                 poller.register(fd, zmq.POLLIN)
+            registered = watched
             events = dict(poller.poll(timeout=HEARTBEAT_INTERVAL * 1000))
             idle = not events
-            for fd in watched:
-                poller.unregister(fd)
             if self.zygote is not None and self.zygote.sock.fileno() in events:
                 self._take_spare(self.zygote.receive(0, self.exit_status))
                 # Exits of processes already finished with a result: nobody asks for them.
@@ -379,6 +384,9 @@ class Worker:
                         # never a reason for the worker to stop serving everyone else.
                         log.warning("dropped a malformed %r from client %s: %r", message.type, client.hex()[:8], exc)
             self._start_queued()
+            # Said once the task's process has it, so that process starts before we sign this.
+            while self.to_accept:
+                self.send(*self.to_accept.popleft())
             # The next task's process is made ahead of time, so a task starts without paying
             # for fork; it is still a fresh process, used for one task only. Without a
             # zygote it is forked here, when no result is waiting to be relayed.
@@ -403,7 +411,7 @@ class Worker:
                 self.send(client, "rejected", {"task": task_id, "message": problem})
                 return
             self.queue.append(Task(task_id, client, body))
-            self.send(client, "accepted", {"task": task_id, "position": len(self.queue) + len(self.running)})
+            self.to_accept.append((client, "accepted", {"task": task_id, "position": len(self.queue) + len(self.running)}))
         elif message.type == "cancel":
             self._cancel(client, str(body.get("task", "")))
         else:
@@ -515,13 +523,12 @@ class Worker:
             from linkkernel.remote import taskprocess
 
             taskprocess.warm_up(self.shell)
+            _set_policy(os.SCHED_OTHER)  # ready: the task, when it comes, runs at once
             with os.fdopen(task_read, "rb") as f:
                 size = int.from_bytes(f.read(4) or b"\0", "little")
                 body = json.loads(f.read(size)) if size else None
             if body is not None:
-                _set_policy(os.SCHED_OTHER)
                 self._run_in_child(body, out_write)
-                os.nice(19)  # tearing this process down must not delay the result's relay
         except BaseException:  # noqa: BLE001 - nothing may escape a forked child into the worker loop
             code = 70
         finally:
@@ -554,7 +561,7 @@ class Worker:
             store = self.store if self.store.local else Store(self.store_url, self.key, self.store_options)
             taskprocess.run(self.shell, store, body, pipe)
         except Exception as exc:  # report our own failure as one line rather than a silent exit
-            pipe.send({"failed": f"worker error while running the task: {type(exc).__name__}: {exc}"})
+            pipe.finish({"failed": f"worker error while running the task: {type(exc).__name__}: {exc}"})
         sys.stdout.flush()
 
     def _read_task(self, task: Task) -> None:
