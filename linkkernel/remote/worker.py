@@ -153,6 +153,36 @@ def _set_policy(policy: int) -> None:
         pass  # not Linux, or not allowed: everything still works, only less smoothly
 
 
+MADV_COLLAPSE = 25  # Linux >= 6.1
+_HUGE_PAGE = 2 << 20
+
+
+def _collapse_into_huge_pages() -> None:
+    """Back the zygote's private memory with 2 MB pages wherever the kernel agrees.
+
+    Forking copies one page-table entry per 4 KB page and every task process's exit drops
+    them all again: a fifth of all CPU time when tasks run back to back, for a worker that has
+    IPython and numpy loaded. A huge page is one entry. A task process still copies only the
+    4 KB pages it writes. Best effort: a range the kernel refuses (or an older kernel) stays
+    as it was; the cost is the unused rest of each collapsed 2 MB, once.
+    """
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as f:
+            maps = f.read().splitlines()
+    except OSError:
+        return
+    for line in maps:
+        fields = line.split()
+        if fields[1] != "rw-p" or (len(fields) > 5 and fields[5] != "[heap]"):
+            continue  # only anonymous private memory and the malloc heap
+        start, end = (int(address, 16) for address in fields[0].split("-"))
+        first, last = -(-start // _HUGE_PAGE) * _HUGE_PAGE, end // _HUGE_PAGE * _HUGE_PAGE
+        if first < last:
+            _libc().madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), MADV_COLLAPSE)
+
+
 class Zygote:
     """A copy of the pre-loaded worker that forks task processes in parallel with the
     worker's loop, so even back-to-back tasks never wait for a fork (3-6 ms here).
@@ -177,6 +207,7 @@ class Zygote:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 _set_policy(os.SCHED_BATCH)
+                _collapse_into_huge_pages()
                 self._serve(worker, theirs)
             except BaseException:  # noqa: BLE001 - nothing may escape a forked child into the worker loop
                 code = 70
