@@ -249,3 +249,18 @@ def test_remembered_verifications_must_look_like_file_identities(tmp_path) -> No
     store = Store(str(tmp_path / "store"), KEY)
     store.remember({"a" * 64: [1, 2, 3, 4, 5], "b" * 64: "forged", "c" * 64: [1, 2], "d" * 64: [1, 2, 3, 4, "5"]})
     assert store.verified(["a" * 64, "b" * 64, "c" * 64, "d" * 64]) == {"a" * 64: [1, 2, 3, 4, 5]}
+
+
+def test_frozen_buffers_are_written_from_their_memfd_and_read_back_intact(tmp_path) -> None:
+    """A frozen value (as the engine holds a parent's output) is copied with sendfile."""
+    from linkkernel import cow
+    from linkkernel.store import freeze
+
+    values = np.random.default_rng(1).random(cow.MIN_SIZE // 8 * 3 + 5)
+    blob = freeze(dump("x", {"values": values, "small": np.arange(3)}))
+    assert isinstance(blob.buffers[0].obj, cow.FrozenMap)
+    assert Store(str(tmp_path / "store"), KEY).put(blob)
+    got = Store(str(tmp_path / "store"), KEY).get(blob.digest)
+    assert file_map_of(got) is not None
+    value = load_owned(got)
+    assert np.array_equal(value["values"], values) and np.array_equal(value["small"], np.arange(3))

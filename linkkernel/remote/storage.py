@@ -203,13 +203,15 @@ class Store:
         with self.fs.open(path, "wb") as f:
             self._write_frames(f, header, parts, offsets)
 
-    def _write_frames(self, f, header: bytes, parts: list[memoryview], offsets: list[int]) -> None:
-        """The blob file: magic, header MAC, header, then each part at its page-aligned offset."""
+    def _write_frames(self, f, header: bytes, parts: list[memoryview], offsets: list[int], fd: int | None = None) -> None:
+        """The blob file: magic, header MAC, header, then each part at its page-aligned offset.
+        With `fd` (a local file), parts held in a memfd are copied inside the OS kernel."""
         f.write(MAGIC + _frame_mac(self._key, header) + len(header).to_bytes(4, "little") + header)
         at = _PREFIX + len(header)
         for part, offset in zip(parts, offsets):
             f.write(bytes(offset - at))
-            f.write(part)
+            if fd is None or not _send_from_memfd(f, fd, part):
+                f.write(part)
             at = offset + part.nbytes
 
     def _write_local(self, path: str, digest: str, header: bytes, parts: list[memoryview], offsets: list[int]) -> None:
@@ -220,7 +222,7 @@ class Store:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
         try:
             with open(fd, "wb", closefd=False) as f:
-                self._write_frames(f, header, parts, offsets)
+                self._write_frames(f, header, parts, offsets, fd)
             os.replace(target, path)
             # We wrote what we hashed: the file is verified as it stands (after the rename,
             # which moves its ctime), for as long as it stays unwritable.
@@ -395,6 +397,24 @@ class Store:
 
 
 _CHUNK = 8 << 20
+
+
+def _send_from_memfd(f, fd: int, part: memoryview) -> bool:
+    """Write a buffer that is a whole memfd (a frozen value, or one read from an object
+    store) with sendfile: writing it from its mapping would first fault in every page of the
+    mapping, ~50 ms per 100 MB here. False when `part` is not such a buffer."""
+    owner = part.obj
+    source = getattr(owner, "fd", None)
+    if not isinstance(owner, cow.FrozenMap) or source is None or part.nbytes != len(owner):
+        return False
+    f.flush()
+    sent = 0
+    while sent < part.nbytes:
+        n = os.sendfile(fd, source, sent, part.nbytes - sent)
+        if not n:
+            raise OSError(f"memfd ended after {sent} of {part.nbytes} bytes")
+        sent += n
+    return True
 
 
 def _read_exact(f, n: int) -> bytes:
