@@ -8,7 +8,8 @@
    engine holds it from the parent's run) through file storage vs ipyparallel
    push + execute + pull: a first run for each of --big-runs new inputs, each followed by a
    re-run with the same input, which must upload nothing;
-3. the same through a local S3 server (moto's server, in its own process).
+3. the same through local S3 servers: moto's (single-threaded Python, in its own process)
+   and SeaweedFS `weed mini` (Go; the S3 server the tests check credentials against).
 
 Timings are medians. The kernel side is this process, calling `run_remote` as the engine does
 (input uploaded unless the store has it, task run, result fetched and verified).
@@ -30,6 +31,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from remote_support import WeedServer  # noqa: E402
 
 
 def free_port() -> int:
@@ -106,6 +109,42 @@ def remote_big(alias: str, blobs: list, array) -> tuple[list[float], list[float]
     return first, again, first_bytes, again_bytes
 
 
+def start_moto(processes: list) -> tuple[str, dict[str, str]]:
+    """moto's S3 server in its own process (single-threaded Python), with a bucket."""
+    import s3fs
+
+    port = free_port()
+    env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+    processes.append(subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True, key="bench", secret="bench").mkdir("lk-bench")
+            return endpoint, env
+        except Exception:  # server not up yet
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def s3_figures(name: str, endpoint: str, env: dict[str, str], key_file: Path, blobs: list, array):
+    """remote_big through `s3://lk-bench/NAME` on a worker of its own; the kernel side (this
+    process) uses the same credentials."""
+    from linkkernel.remote import registry
+
+    os.environ.update(env)
+    url = f"s3://lk-bench/{name}"
+    worker, address = start_worker(url, key_file, "--storage-option", f"endpoint_url={endpoint}", env=env)
+    try:
+        registry.add(f"bench-{name}", address, url, str(key_file), {"endpoint_url": endpoint})
+        return remote_big(f"bench-{name}", blobs, array)
+    finally:
+        worker.terminate()
+        worker.wait(10)
+
+
 def ipyparallel_figures(array, runs: int, big_runs: int, pause: float) -> tuple[list[float], list[float], list[float]]:
     import ipyparallel as ipp
 
@@ -167,28 +206,12 @@ def main() -> None:
         paced = remote_trivial("bench", args.runs, args.pause)
         big, big_again, uploaded, uploaded_again = remote_big("bench", blobs, array)
 
-        s3_port = free_port()
-        s3_env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
-        os.environ.update(s3_env)
-        moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        processes.append(moto)
-        endpoint = f"http://127.0.0.1:{s3_port}"
-        import s3fs
-
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True).mkdir("lk-bench")
-                break
-            except Exception:  # server not up yet
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        s3_worker, s3_address = start_worker("s3://lk-bench/runs", key_file, "--storage-option", f"endpoint_url={endpoint}", env=s3_env)
-        processes.append(s3_worker)
-        registry.add("bench-s3", s3_address, "s3://lk-bench/runs", str(key_file), {"endpoint_url": endpoint})
-        s3_big, s3_again, s3_uploaded, s3_uploaded_again = remote_big("bench-s3", blobs, array)
+        s3_big, s3_again, s3_uploaded, s3_uploaded_again = s3_figures("moto", *start_moto(processes), key_file, blobs, array)
+        (tmp / "weed").mkdir()
+        weed = WeedServer(tmp / "weed", bucket="lk-bench")
+        processes.append(weed.process)
+        weed_env = {"AWS_ACCESS_KEY_ID": weed.ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": weed.SECRET_KEY, "AWS_DEFAULT_REGION": "us-east-1"}
+        weed_big, weed_again, weed_uploaded, _ = s3_figures("weed", weed.endpoint, weed_env, key_file, blobs, array)
     finally:
         for p in processes:
             p.terminate()
@@ -204,12 +227,15 @@ def main() -> None:
         (f"{mb} MB in + {mb} MB out, file storage, re-run (ms)", median_ms(big_again), median_ms(ipp_big)),
         (f"{mb} MB in + {mb} MB out, local S3 (moto), first run (ms)", median_ms(s3_big), median_ms(ipp_big)),
         (f"{mb} MB in + {mb} MB out, local S3 (moto), re-run (ms)", median_ms(s3_again), median_ms(ipp_big)),
+        (f"{mb} MB in + {mb} MB out, SeaweedFS S3, first run (ms)", median_ms(weed_big), median_ms(ipp_big)),
+        (f"{mb} MB in + {mb} MB out, SeaweedFS S3, re-run (ms)", median_ms(weed_again), median_ms(ipp_big)),
     ]
     print(f"{'measure':<52} {'linkkernel':>11} {'ipyparallel':>12} {'ratio':>7}")
     for name, ours, theirs in rows:
         print(f"{name:<52} {ours:>11.1f} {theirs:>12.1f} {ours / theirs:>7.2f}")
     print(f"bytes uploaded, file storage: first runs {uploaded}, re-runs {uploaded_again}")
     print(f"bytes uploaded, local S3:     first runs {s3_uploaded}, re-runs {s3_uploaded_again}")
+    print(f"bytes uploaded, SeaweedFS:    first runs {weed_uploaded}")
     print(f"each input pickled + digested + frozen once, as by the parent's run (not in the figures): {dump_ms:.0f} ms")
     print(f"(runs: {args.runs} trivial; {args.big_runs} inputs, each run first then re-run; medians; fresh process per remote task)")
     print(f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} (2 cores, shared)")
