@@ -3,7 +3,7 @@
     PYTHONPATH=. python benchmarks/remote.py [--runs 200] [--mb 100] [--big-runs 3]
 
 1. trivial component round trip (`pass`, a fresh process per task) vs ipyparallel
-   1-engine `apply_sync(noop)`;
+   1-engine `apply_sync(noop)`, back to back and paced, in alternating batches;
 2. MB in + MB out (`b = a + 1` on a float64 array, each input blob made once as the
    engine holds it from the parent's run) through file storage vs ipyparallel
    push + execute + pull: a first run for each of --big-runs new inputs, each followed by a
@@ -56,24 +56,29 @@ def median_ms(times: list[float]) -> float:
     return statistics.median(times) * 1000
 
 
-def timed(call, runs: int, pause: float) -> list[float]:
-    """`runs` timings of call(); `pause` seconds between calls, as between a user's cells."""
-    call()
-    times = []
-    for _ in range(runs):
-        time.sleep(pause)
-        began = time.perf_counter()
+def interleaved(calls: dict, runs: int, pause: float, batch: int = 25) -> dict[str, list[float]]:
+    """`runs` timings of each call, taken in alternating batches so that both sides see the
+    same machine (load, CPU frequency) rather than one side the start and the other the end;
+    `pause` seconds before each call, as between a user's cells."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for call in calls.values():
         call()
-        times.append(time.perf_counter() - began)
+    while any(len(t) < runs for t in times.values()):
+        for name, call in calls.items():
+            for _ in range(min(batch, runs - len(times[name]))):
+                time.sleep(pause)
+                began = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - began)
     return times
 
 
-def remote_trivial(alias: str, runs: int, pause: float) -> list[float]:
+def remote_noop(alias: str):
     from linkkernel.remote.executor import run_remote
     from linkkernel.tasks import ComponentTask
 
     task = ComponentTask("noop", "pass", {}, False)
-    return timed(lambda: run_remote(None, task, alias), runs, pause)
+    return lambda: run_remote(None, task, alias)
 
 
 def input_blob(array):
@@ -145,30 +150,37 @@ def s3_figures(name: str, endpoint: str, env: dict[str, str], key_file: Path, bl
         worker.wait(10)
 
 
-def ipyparallel_figures(array, runs: int, big_runs: int, pause: float) -> tuple[list[float], list[float], list[float]]:
+def start_ipyparallel():
+    """A 1-engine ipyparallel cluster: (view, stop)."""
     import ipyparallel as ipp
-
-    def noop():
-        return None
 
     cluster = ipp.Cluster(n=1, log_level=40)
     rc = cluster.start_and_connect_sync()
-    try:
-        rc.wait_for_engines(1, timeout=120)
-        view = rc[:]
-        trivial = timed(lambda: view.apply_sync(noop), runs, 0)
-        paced = timed(lambda: view.apply_sync(noop), runs, pause)
-        big = []
-        for _ in range(big_runs):
-            began = time.perf_counter()
-            view.push({"a": array}, block=True)
-            view.execute("b = a + 1", block=True)
-            view.pull("b", block=True)
-            big.append(time.perf_counter() - began)
-        return trivial, paced, big
-    finally:
+    rc.wait_for_engines(1, timeout=120)
+
+    def stop() -> None:
         rc.close()
         cluster.stop_cluster_sync()
+
+    return rc[:], stop
+
+
+def ipyparallel_noop(view):
+    def noop():
+        return None
+
+    return lambda: view.apply_sync(noop)
+
+
+def ipyparallel_big(view, array, runs: int) -> list[float]:
+    big = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        view.push({"a": array}, block=True)
+        view.execute("b = a + 1", block=True)
+        view.pull("b", block=True)
+        big.append(time.perf_counter() - began)
+    return big
 
 
 def main() -> None:
@@ -198,12 +210,14 @@ def main() -> None:
     from linkkernel.remote import registry
 
     processes = []
+    view, stop_ipyparallel = start_ipyparallel()
     try:
         worker, address = start_worker(str(tmp / "store"), key_file)
         processes.append(worker)
         registry.add("bench", address, str(tmp / "store"), str(key_file))
-        trivial = remote_trivial("bench", args.runs, 0)
-        paced = remote_trivial("bench", args.runs, args.pause)
+        calls = {"ours": remote_noop("bench"), "theirs": ipyparallel_noop(view)}
+        trivial = interleaved(calls, args.runs, 0)
+        paced = interleaved(calls, args.runs, args.pause)
         big, big_again, uploaded, uploaded_again = remote_big("bench", blobs, array)
 
         s3_big, s3_again, s3_uploaded, s3_uploaded_again = s3_figures("moto", *start_moto(processes), key_file, blobs, array)
@@ -212,17 +226,17 @@ def main() -> None:
         processes.append(weed.process)
         weed_env = {"AWS_ACCESS_KEY_ID": weed.ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": weed.SECRET_KEY, "AWS_DEFAULT_REGION": "us-east-1"}
         weed_big, weed_again, weed_uploaded, _ = s3_figures("weed", weed.endpoint, weed_env, key_file, blobs, array)
+        ipp_big = ipyparallel_big(view, array, args.big_runs)
     finally:
+        stop_ipyparallel()
         for p in processes:
             p.terminate()
             p.wait(10)
 
-    ipp_trivial, ipp_paced, ipp_big = ipyparallel_figures(array, args.runs, args.big_runs, args.pause)
-
     mb = args.mb
     rows = [
-        ("trivial round trip, back to back (ms)", median_ms(trivial), median_ms(ipp_trivial)),
-        (f"trivial round trip, {args.pause * 1000:.0f} ms apart (ms)", median_ms(paced), median_ms(ipp_paced)),
+        ("trivial round trip, back to back (ms)", median_ms(trivial["ours"]), median_ms(trivial["theirs"])),
+        (f"trivial round trip, {args.pause * 1000:.0f} ms apart (ms)", median_ms(paced["ours"]), median_ms(paced["theirs"])),
         (f"{mb} MB in + {mb} MB out, file storage, first run (ms)", median_ms(big), median_ms(ipp_big)),
         (f"{mb} MB in + {mb} MB out, file storage, re-run (ms)", median_ms(big_again), median_ms(ipp_big)),
         (f"{mb} MB in + {mb} MB out, local S3 (moto), first run (ms)", median_ms(s3_big), median_ms(ipp_big)),
@@ -237,7 +251,8 @@ def main() -> None:
     print(f"bytes uploaded, local S3:     first runs {s3_uploaded}, re-runs {s3_uploaded_again}")
     print(f"bytes uploaded, SeaweedFS:    first runs {weed_uploaded}")
     print(f"each input pickled + digested + frozen once, as by the parent's run (not in the figures): {dump_ms:.0f} ms")
-    print(f"(runs: {args.runs} trivial; {args.big_runs} inputs, each run first then re-run; medians; fresh process per remote task)")
+    print(f"(runs: {args.runs} trivial each, in alternating batches of 25; {args.big_runs} inputs, each run first then re-run;")
+    print(" medians; a fresh process per remote task)")
     print(f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} (2 cores, shared)")
 
 
