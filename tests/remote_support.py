@@ -122,6 +122,14 @@ class MotoServer:
     def stop(self) -> None:
         self.server.stop()
 
+    @classmethod
+    def serving(cls, bucket: str):
+        """A server with `bucket` for a module fixture: `yield from MotoServer.serving("b")`."""
+        server = cls()
+        server.make_bucket(bucket)
+        yield server
+        server.stop()
+
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -175,3 +183,15 @@ class WeedServer:
             self.process.kill()
             self.process.wait(10)
         self._log.close()
+
+
+def flip_last_byte_in_place(path: Path) -> None:
+    """Tamper without replacing the file (same inode, same size), as its owner could."""
+    mode = path.stat().st_mode
+    path.chmod(0o644)
+    with open(path, "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 1]))
+    path.chmod(mode & 0o777)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -299,33 +300,32 @@ def test_unregistered_alias_is_refused(worker) -> None:
 
 @pytest.fixture(scope="module")
 def moto():
-    server = MotoServer()
-    server.make_bucket("lk-remote")
-    yield server
-    server.stop()
+    yield from MotoServer.serving("lk-remote")
 
 
-def test_remote_run_through_s3(moto, tmp, key_file, monkeypatch) -> None:
+@contextlib.contextmanager
+def s3_worker(moto, tmp, key_file, monkeypatch, alias: str, prefix: str):
+    """A worker on `s3://lk-remote/PREFIX` registered as `alias`; this process has its credentials."""
     for name, value in S3_ENV.items():
         monkeypatch.setenv(name, value)
-    url = "s3://lk-remote/runs"
+    url = f"s3://lk-remote/{prefix}"
     w = WorkerProcess(url, key_file, tmp, "--storage-option", f"endpoint_url={moto.endpoint}", env=S3_ENV)
     try:
-        registry.add("s3w", w.address, url, str(key_file), {"endpoint_url": moto.endpoint})
-        result = executor.run_remote(None, task("b = a[::-1].copy()", a=np.arange(10_000.0)), "s3w")
-        assert np.array_equal(load(result.bound["b"]), np.arange(10_000.0)[::-1])
+        registry.add(alias, w.address, url, str(key_file), {"endpoint_url": moto.endpoint})
+        yield w
     finally:
         w.stop()
 
 
+def test_remote_run_through_s3(moto, tmp, key_file, monkeypatch) -> None:
+    with s3_worker(moto, tmp, key_file, monkeypatch, "s3w", "runs"):
+        result = executor.run_remote(None, task("b = a[::-1].copy()", a=np.arange(10_000.0)), "s3w")
+        assert np.array_equal(load(result.bound["b"]), np.arange(10_000.0)[::-1])
+
+
 def test_re_run_through_s3_maps_its_input_and_output_from_the_mirror(moto, tmp, key_file, monkeypatch) -> None:
     """Worker and kernel share this user's mirror here; each keeps what it read from S3."""
-    for name, value in S3_ENV.items():
-        monkeypatch.setenv(name, value)
-    url = "s3://lk-remote/mirrored"
-    w = WorkerProcess(url, key_file, tmp, "--storage-option", f"endpoint_url={moto.endpoint}", env=S3_ENV)
-    try:
-        registry.add("s3m", w.address, url, str(key_file), {"endpoint_url": moto.endpoint})
+    with s3_worker(moto, tmp, key_file, monkeypatch, "s3m", "mirrored"):
         a = np.arange(200_000.0) + uuid.uuid4().int % 1000  # content no earlier test stored
         code = "b = a[::-1].copy()\nmaps = sorted({l.split()[-1] for l in open('/proc/self/maps') if 'remote-blobs' in l})"
         run = task(code, a=a)
@@ -339,8 +339,6 @@ def test_re_run_through_s3_maps_its_input_and_output_from_the_mirror(moto, tmp, 
         assert np.array_equal(load_owned(again.bound["b"]), a[::-1])
         assert file_map_of(again.bound["b"]) is not None
         assert [Path(p).name for p in load(again.bound["maps"])] == [digest_a]
-    finally:
-        w.stop()
 
 
 def test_curve_encrypted_worker_with_pinned_key(tmp, key_file) -> None:

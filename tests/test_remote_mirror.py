@@ -13,17 +13,14 @@ import pytest
 from linkkernel.namespaces import dump
 from linkkernel.remote.mirror import Mirror, default_root
 from linkkernel.remote.storage import Store, StorageError, file_map_of, load_owned
-from remote_support import S3_ENV, MotoServer
+from remote_support import S3_ENV, MotoServer, flip_last_byte_in_place
 
 KEY = b"m" * 32
 
 
 @pytest.fixture(scope="module")
 def moto():
-    server = MotoServer()
-    server.make_bucket("mirror")
-    yield server
-    server.stop()
+    yield from MotoServer.serving("mirror")
 
 
 @pytest.fixture
@@ -52,16 +49,6 @@ def _mirror_files(root) -> list:
 
 def _remove_from_s3(store: Store, digest: str) -> None:
     store.fs.rm(store._path(digest))
-
-
-def _flip_last_byte_in_place(path) -> None:
-    path.chmod(0o644)
-    with open(path, "r+b") as f:
-        f.seek(-1, os.SEEK_END)
-        last = f.read(1)
-        f.seek(-1, os.SEEK_END)
-        f.write(bytes([last[0] ^ 1]))
-    path.chmod(0o444)
 
 
 def test_default_mirror_is_per_url_under_the_user_cache_dir(monkeypatch, tmp_path) -> None:
@@ -109,7 +96,7 @@ def test_tampered_mirror_file_is_dropped_and_read_from_the_store_again(s3, reade
     store.put(blob)
     store.get(blob.digest)
     (path,) = _mirror_files(s3.root)
-    _flip_last_byte_in_place(path)
+    flip_last_byte_in_place(path)
     reader_store = store if reader.startswith("same") else s3()
     got = reader_store.get(blob.digest)
     assert file_map_of(got) is not None and np.array_equal(load_owned(got), _value())
@@ -123,7 +110,7 @@ def test_tampered_mirror_file_is_dropped_even_when_the_store_cannot_replace_it(s
     store.put(blob)
     store.get(blob.digest)
     (path,) = _mirror_files(s3.root)
-    _flip_last_byte_in_place(path)
+    flip_last_byte_in_place(path)
     _remove_from_s3(store, blob.digest)
     with pytest.raises(StorageError, match="has no blob"):
         store.get(blob.digest)

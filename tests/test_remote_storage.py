@@ -14,7 +14,7 @@ import pytest
 
 from linkkernel.namespaces import dump
 from linkkernel.remote.storage import Store, StorageError, file_map_of, load_owned, parse_options
-from remote_support import MotoServer, WeedServer, free_port
+from remote_support import MotoServer, WeedServer, flip_last_byte_in_place, free_port
 
 KEY = b"s" * 32
 
@@ -96,10 +96,7 @@ def test_storage_options_parse_json_values() -> None:
 
 @pytest.fixture(scope="module")
 def moto():
-    server = MotoServer()
-    server.make_bucket("linkkernel")
-    yield server
-    server.stop()
+    yield from MotoServer.serving("linkkernel")
 
 
 def test_s3_round_trip_and_dedup_through_moto(moto, monkeypatch) -> None:
@@ -175,18 +172,6 @@ def _blob_file(root):
     return path
 
 
-def _flip_last_byte_in_place(path) -> None:
-    """Tamper without replacing the file (same inode, same size), as its owner could."""
-    mode = path.stat().st_mode
-    path.chmod(0o644)
-    with open(path, "r+b") as f:
-        f.seek(-1, os.SEEK_END)
-        last = f.read(1)
-        f.seek(-1, os.SEEK_END)
-        f.write(bytes([last[0] ^ 1]))
-    path.chmod(mode & 0o777)
-
-
 def test_local_blob_is_read_only_on_disk_and_mapped_copy_on_write(tmp_path) -> None:
     store = Store(str(tmp_path / "store"), KEY)
     blob = dump("x", np.arange(100_000, dtype=np.float64))
@@ -212,7 +197,7 @@ def test_file_tampered_after_it_was_verified_is_refused(tmp_path, verified_by) -
         store = Store(str(tmp_path / "store"), KEY)
         store.get(blob.digest)
     path = _blob_file(tmp_path / "store")
-    _flip_last_byte_in_place(path)
+    flip_last_byte_in_place(path)
     with pytest.raises(StorageError, match="failed verification"):
         store.get(blob.digest)
 
