@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import pickle
 import types
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,11 +52,27 @@ class Blob:
         return len(self.stream) + sum(b.nbytes for b in self.buffers)
 
 
+# A buffer larger than PIECE is hashed as the SHA-256 of each PIECE, on every core at once
+# (hashlib releases the GIL): a single SHA-256 pass over 100 MB is ~60 ms here, on one core.
+PIECE = 8 << 20
+_hashers: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _pieces(buffer: memoryview) -> bytes:
+    """The digests of a large buffer's pieces, in order."""
+    global _hashers
+    if _hashers is None or _hashers[0] != os.getpid():  # threads do not survive a fork
+        _hashers = (os.getpid(), ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="digest"))
+    view = buffer.cast("B") if buffer.format != "B" or buffer.ndim != 1 else buffer
+    pieces = [view[at : at + PIECE] for at in range(0, view.nbytes, PIECE)]
+    return b"".join(_hashers[1].map(lambda piece: hashlib.sha256(piece).digest(), pieces))
+
+
 def _digest(stream: bytes, buffers: Iterable[memoryview]) -> str:
     h = hashlib.sha256(stream)
     for buffer in buffers:
         h.update(len(buffer).to_bytes(8, "little"))
-        h.update(buffer)
+        h.update(_pieces(buffer) if buffer.nbytes > PIECE else buffer)
     return h.hexdigest()
 
 

@@ -36,7 +36,6 @@ import pickle
 import stat
 import uuid
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from linkkernel import cow
@@ -358,9 +357,7 @@ class Store:
         return Blob(bytes(parts[0]), tuple(parts[1:]), digest)
 
     def _read_verified(self, f, digest: str, mapped: bool) -> Blob:
-        """Read a blob into memory it owns, hashing each chunk while the next one is read
-        (hashlib releases the GIL), with namespaces' digest: stream, then each buffer
-        preceded by its length."""
+        """Read a blob into memory it owns, then check it against namespaces' digest."""
         tampered = self._tampered(digest)
         head = _read_exact(f, _PREFIX)
         if len(head) < _PREFIX:
@@ -369,29 +366,21 @@ class Store:
         sizes = self._sizes(digest, head, header)
         offsets = _offsets(head[:4], len(header), sizes)
         at = _PREFIX + len(header)
-        sha = hashlib.sha256()
         parts: list[memoryview] = []
         complete = True
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            jobs = []
-            for i, (size, offset) in enumerate(zip(sizes, offsets)):
-                if i:
-                    jobs.append(pool.submit(sha.update, size.to_bytes(8, "little")))
-                complete = complete and len(_read_exact(f, offset - at)) == offset - at
-                part = _memfd_view(size) if mapped and i and size >= cow.MIN_SIZE else memoryview(bytearray(size))
-                got = 0
-                while got < size:
-                    n = f.readinto(part[got : got + _CHUNK])
-                    if not n:
-                        break
-                    jobs.append(pool.submit(sha.update, part[got : got + n]))
-                    got += n
-                complete = complete and got == size
-                at = offset + got
-                parts.append(part)
-            for job in jobs:
-                job.result()
-        if not complete or f.read(1) or not hmac.compare_digest(sha.hexdigest(), digest):
+        for i, (size, offset) in enumerate(zip(sizes, offsets)):
+            complete = complete and len(_read_exact(f, offset - at)) == offset - at
+            part = _memfd_view(size) if mapped and i and size >= cow.MIN_SIZE else memoryview(bytearray(size))
+            got = 0
+            while got < size:
+                n = f.readinto(part[got : got + _CHUNK])
+                if not n:
+                    break
+                got += n
+            complete = complete and got == size
+            at = offset + got
+            parts.append(part)
+        if not complete or f.read(1) or not hmac.compare_digest(_digest(parts[0], parts[1:]), digest):
             raise tampered
         return Blob(bytes(parts[0]), tuple(parts[1:]), digest)
 
