@@ -293,6 +293,13 @@ def test_cancel_kills_the_task_process(worker, tmp) -> None:
     client.close()
 
 
+def test_cancelling_a_task_the_worker_no_longer_runs_is_answered_at_once(worker) -> None:
+    """An interrupt that races the task's end must not leave the kernel waiting for a reply."""
+    done = executor.run_remote(None, task("x = 1"), "w1")
+    assert load(done.bound["x"]) == 1
+    assert executor.client_for(registry.get("w1")).cancel(uuid.uuid4().hex)
+
+
 def test_unregistered_alias_is_refused(worker) -> None:
     with pytest.raises(LinkError, match="remote worker 'ghost' is not registered"):
         executor.run_remote(None, task("x = 1"), "ghost")

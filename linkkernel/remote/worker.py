@@ -460,6 +460,8 @@ class Worker:
                 task.cancelled = True
                 self._kill(task)
                 return
+        # Finished (or never seen): nothing left to stop, and the kernel is waiting to hear it.
+        self.send(client, "cancelled", {"task": task_id})
 
     def _kill(self, task: Task) -> None:
         for kill in (lambda: os.killpg(task.pid, signal.SIGKILL), lambda: os.kill(task.pid, signal.SIGKILL)):
@@ -643,12 +645,12 @@ class Worker:
         os.close(task.pidfd)
         del self.running[task.pid]
         elapsed = f"{time.monotonic() - task.started_at:.3f} s"
-        if "result" in outcome:
-            error = outcome["result"].get("error")
-            self._log(task, f"{'error ' + error['ename'] if error else 'ok'} in {elapsed}")
-        elif task.cancelled:
+        if task.cancelled:  # even when its result came in meanwhile: the kernel waits for this
             self._log(task, f"cancelled, task process killed after {elapsed}")
             self.send(task.client, "cancelled", {"task": task.id})
+        elif "result" in outcome:
+            error = outcome["result"].get("error")
+            self._log(task, f"{'error ' + error['ename'] if error else 'ok'} in {elapsed}")
         else:
             lost = "task process was lost with the worker's zygote process"
             reason = outcome.get("failed") or (lost if status is None else describe_exit(status))
