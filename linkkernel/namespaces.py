@@ -119,14 +119,6 @@ def load(blob: Blob) -> Any:
     return pickle.loads(blob.stream, buffers=[bytearray(b) for b in blob.buffers])
 
 
-def digest_of(name: str, value: Any) -> str | None:
-    """The content digest of a value, or None when it cannot be pickled."""
-    try:
-        return dump(name, value).digest
-    except UnpicklableValue:
-        return None
-
-
 @dataclass(frozen=True)
 class Changes:
     """What a run did to its namespace."""
@@ -140,12 +132,15 @@ def changes(
     input_digests: Mapping[str, str | None],
     final: Mapping[str, Any],
     ignore: Iterable[str] = (),
+    dumped: dict[str, Blob] | None = None,
 ) -> Changes:
     """Compare the namespace a run started with to the one it ended with.
 
     A name is an output when it is new, rebound to another object, or still bound to the
     same object whose content digest changed (mutated in place). Values whose digest is
-    unknown (unpicklable) count as unchanged while they keep their identity.
+    unknown (unpicklable) count as unchanged while they keep their identity. `dumped`, when
+    given, receives the blob of each mutated input, made to compare digests, so that the
+    caller storing it does not pickle and hash it a second time.
     """
     skip = set(ignore)
     bound = []
@@ -156,7 +151,15 @@ def changes(
             bound.append(name)
             continue
         before = input_digests.get(name)
-        if before is not None and digest_of(name, value) != before:
+        if before is None:
+            continue
+        try:
+            blob = dump(name, value)
+        except UnpicklableValue:
+            continue  # unknown digest: unchanged while it keeps its identity
+        if blob.digest != before:
             bound.append(name)
+            if dumped is not None:
+                dumped[name] = blob
     deleted = [name for name in inputs if name not in final and name not in skip]
     return Changes(tuple(bound), tuple(deleted))

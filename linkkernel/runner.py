@@ -232,14 +232,15 @@ class Runner:
             n: None if d.startswith(MEMORY_PREFIX) or (loaded.get(n) is not None and loaded[n].unchanged(final.get(n))) else d
             for n, d in merged.items()
         }
-        found = changes(inputs, check, final, ignore=ignore)
+        dumped: dict[str, Blob] = {}
+        found = changes(inputs, check, final, ignore=ignore, dumped=dumped)
         namespace = {n: d for n, d in merged.items() if n not in found.deleted}
         blobs: dict[str, Blob] = {}
         memory: dict[str, Any] = {}
         for name in found.bound:
             value = final[name]
             try:
-                blob = freeze(dump(name, value))
+                blob = freeze(dumped.get(name) or dump(name, value))
             except UnpicklableValue as exc:
                 digest = f"{MEMORY_PREFIX}{outcome.record.run_id}:{name}"
                 memory[digest] = value

@@ -168,3 +168,18 @@ def test_unreadable_notebook_does_not_stop_plain_cells_but_is_reported_for_compo
     assert sources.learn("print(1)", {"cellId": "p"}, "p") is None
     with pytest.raises(Exception, match="cannot read the saved notebook .*broken.ipynb"):
         sources.components()
+
+
+def test_changes_hands_back_the_blob_it_made_for_a_mutated_input():
+    """The digest that shows an in-place mutation comes from a pickle the caller stores as is."""
+    from linkkernel.namespaces import changes, dump
+
+    grown, same, untouchable = [1, 2], {"k": 1}, [0]
+    before = {name: dump(name, value).digest for name, value in (("grown", grown), ("same", same))}
+    grown.append(3)
+    dumped = {}
+    found = changes({"grown": grown, "same": same, "untouchable": untouchable},
+                    {**before, "untouchable": None}, {"grown": grown, "same": same, "untouchable": untouchable, "new": 1},
+                    dumped=dumped)
+    assert found.bound == ("grown", "new") and found.deleted == ()
+    assert list(dumped) == ["grown"] and dumped["grown"].digest == dump("grown", [1, 2, 3]).digest

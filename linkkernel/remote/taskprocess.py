@@ -32,7 +32,7 @@ from traitlets.config import Config
 
 from linkkernel import cow
 from linkkernel.compiler import LinkCompiler
-from linkkernel.namespaces import UnpicklableValue, changes, dump
+from linkkernel.namespaces import Blob, UnpicklableValue, changes, dump
 from linkkernel.remote.storage import StorageError, Store, file_map_of
 
 # Names IPython's displayhook and input cache bind in the namespace; they are not outputs.
@@ -289,12 +289,13 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
     final = {k: v for k, v in namespace.items() if k not in hidden and not _SHELL_NAMES.fullmatch(k)}
     # An input whose mapped pages were never written is unchanged without re-hashing it.
     check = {n: None if loaded[n].unchanged(final.get(n)) else d for n, d in digests.items()}
-    changed = changes(inputs, check, final)
+    dumped: dict[str, Blob] = {}
+    changed = changes(inputs, check, final, dumped=dumped)
     bound: dict[str, str] = {}
     unpicklable: dict[str, str] = {}
     for name in changed.bound:
         try:
-            blob = dump(name, final[name])
+            blob = dumped.get(name) or dump(name, final[name])
         except UnpicklableValue as exc:
             unpicklable[name] = exc.type_name
             continue
