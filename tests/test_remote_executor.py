@@ -87,8 +87,8 @@ def test_each_task_runs_in_a_fresh_process_that_exits(worker) -> None:
     pids = [load(executor.run_remote(None, task("import os\npid = os.getpid()"), "w1").bound["pid"]) for _ in range(2)]
     assert pids[0] != pids[1] and worker.process.pid not in pids
     assert wait_until(lambda: not any(map(pid_alive, pids)))
-    log = worker.log()
-    assert log.count("'train' from client") >= 2  # one log line per task
+    # One log line per task, written once the worker has seen the process end.
+    assert wait_until(lambda: worker.log().count("'train' from client") >= 2)
 
 
 def test_unchanged_inputs_are_uploaded_once(worker) -> None:
