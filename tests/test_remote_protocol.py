@@ -155,6 +155,9 @@ def test_signed_but_malformed_bodies_do_not_stop_the_worker(worker, dealer) -> N
         {**_submit_body(marker), "versions": [1, 2]},
         {**_submit_body(marker), "inputs": ["x"]},
         {**_submit_body(marker), "inputs": {"x": 5}},
+        {**_submit_body(marker), "inputs": {"x": ["not", "a", "digest"]}},
+        {**_submit_body(marker), "inputs": {"x": "ab" * 32}, "verified": ["ab" * 32]},
+        {**_submit_body(marker), "inputs": {"x": "ab" * 32}, "verified": {"ab" * 32: "identity"}},
         {"task": 7},
     ]
     for body in bodies:

@@ -433,7 +433,13 @@ class Worker:
             self.send(client, "pong", {"versions": self.versions, "slots": self.slots, "running": self._busy(), "queued": len(self.queue)})
         elif message.type == "submit":
             task_id = str(body.get("task", ""))
-            if not task_id or not isinstance(body.get("code"), str) or not isinstance(body.get("inputs"), dict):
+            inputs = body.get("inputs")
+            well_formed = (
+                task_id and isinstance(body.get("code"), str) and isinstance(inputs, dict)
+                and all(isinstance(digest, str) for digest in inputs.values())
+                and isinstance(body.get("verified", {}), dict)
+            )
+            if not well_formed:
                 log.warning("dropped a malformed submit from client %s", client.hex()[:8])
                 return
             problem = skew(self.versions, body.get("versions") or {})
