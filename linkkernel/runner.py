@@ -10,8 +10,10 @@ publishes that into the notebook namespace. Ancestors run captured; the componen
 from __future__ import annotations
 
 import builtins
+import functools
 import re
 import sys
+import threading
 import time
 import types
 from collections.abc import Awaitable, Callable, Collection, Iterator
@@ -53,6 +55,20 @@ class RunOutcome:
     reply: dict[str, Any] | None = None
 
 
+def _taking_turns(method):
+    """Requests on kernel subshells (JEP 91) run in threads of their own, concurrently with the
+    main shell. Pipeline runs share one namespace, one cache and one set of run records, so
+    they take turns: a run waits for the one in progress. Re-entrant: `%link run` inside a
+    running component cell is part of that run."""
+
+    @functools.wraps(method)
+    async def run(self, *args: Any, **kwargs: Any) -> Any:
+        with self._turn:
+            return await method(self, *args, **kwargs)
+
+    return run
+
+
 class Runner:
     """Per-kernel engine state: where declarations come from, the cache store, and the runs."""
 
@@ -62,6 +78,7 @@ class Runner:
         self.cache_url = cache_url
         self.sources = Sources(notebook_path_from_env())
         self.store = CacheStore(cache_url, self.sources.notebook_path)
+        self._turn = threading.RLock()
 
     # ---- declarations and graph -------------------------------------------------------
 
@@ -112,6 +129,7 @@ class Runner:
 
     # ---- executing a component cell ------------------------------------------------------
 
+    @_taking_turns
     async def execute_cell(
         self, component: Component, live: Callable[[], Awaitable[dict]], store_history: bool
     ) -> dict[str, Any]:
@@ -349,6 +367,7 @@ class Runner:
 
     # ---- %link run -------------------------------------------------------------------------
 
+    @_taking_turns
     async def run_targets(self, targets: list[str] | None, force: bool) -> list[str]:
         """`%link run`: bring `targets` (all when None) up to date, silently. Returns what ran."""
         from linkkernel.graph import run_order
