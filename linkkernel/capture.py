@@ -3,16 +3,20 @@
 Python-level stdout/stderr and display calls are caught by swapping the streams and the
 shell's display publisher; output written straight to file descriptors 1 and 2 (os.system,
 subprocesses, C extensions) by pointing those descriptors at temporary files. Everything is
-kept in order as nbformat outputs, so `%link outputs NAME` can show it again.
+kept in order as nbformat outputs, so `%link outputs NAME` can show it again. A live run
+keeps the same outputs while they reach the cell: descriptors 1 and 2 then go through pipes
+of ours that pass everything on to where it went before.
 """
 
 from __future__ import annotations
 
+import codecs
 import ctypes
 import io
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -28,15 +32,17 @@ class Outputs:
     def __init__(self) -> None:
         self.items: list[dict[str, Any]] = []
         self._by_display_id: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()  # a live run's descriptor output arrives on other threads
 
     def stream(self, name: str, text: str) -> None:
         if not text:
             return
-        last = self.items[-1] if self.items else None
-        if last is not None and last["output_type"] == "stream" and last["name"] == name:
-            last["text"] += text
-        else:
-            self.items.append({"output_type": "stream", "name": name, "text": text})
+        with self._lock:
+            last = self.items[-1] if self.items else None
+            if last is not None and last["output_type"] == "stream" and last["name"] == name:
+                last["text"] += text
+            else:
+                self.items.append({"output_type": "stream", "name": name, "text": text})
 
     def display(
         self, data: dict, metadata: dict | None, output_type: str = "display_data",
@@ -45,24 +51,27 @@ class Outputs:
         """A new output, or with `update` the new content of the display `display_id`, kept in
         place as a notebook keeps it (a progress display updated a thousand times is one
         output, not a thousand). An update of a display this run did not show is not its output."""
-        if update:
-            shown = self._by_display_id.get(display_id) if display_id else None
-            if shown is not None:
-                shown.update(data=dict(data), metadata=dict(metadata or {}))
-            return
-        item = {"output_type": output_type, "data": dict(data), "metadata": dict(metadata or {})}
-        if output_type == "execute_result":
-            item["execution_count"] = None
-        self.items.append(item)
-        if display_id:
-            self._by_display_id[display_id] = item
+        with self._lock:
+            if update:
+                shown = self._by_display_id.get(display_id) if display_id else None
+                if shown is not None:
+                    shown.update(data=dict(data), metadata=dict(metadata or {}))
+                return
+            item = {"output_type": output_type, "data": dict(data), "metadata": dict(metadata or {})}
+            if output_type == "execute_result":
+                item["execution_count"] = None
+            self.items.append(item)
+            if display_id:
+                self._by_display_id[display_id] = item
 
     def clear(self) -> None:
-        self.items.clear()
-        self._by_display_id.clear()
+        with self._lock:
+            self.items.clear()
+            self._by_display_id.clear()
 
     def error(self, ename: str, evalue: str, traceback: list[str]) -> None:
-        self.items.append({"output_type": "error", "ename": ename, "evalue": evalue, "traceback": list(traceback)})
+        with self._lock:
+            self.items.append({"output_type": "error", "ename": ename, "evalue": evalue, "traceback": list(traceback)})
 
 
 class _Stream(io.TextIOBase):
@@ -126,6 +135,53 @@ def _fd_redirect(outputs: Outputs) -> Iterator[None]:
             f.close()
 
 
+def _pass_on(read_end: int, forward_to: int, outputs: Outputs, name: str) -> None:
+    """Copy a pipe to `forward_to` until every writer has closed it, keeping the text."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    try:
+        while chunk := os.read(read_end, 1 << 16):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(forward_to, view) :]
+            outputs.stream(name, decoder.decode(chunk))
+        outputs.stream(name, decoder.decode(b"", final=True))
+    finally:
+        os.close(read_end)
+        os.close(forward_to)
+
+
+# How long the end of a live run waits for output still in its pipes; a background process
+# that keeps them open beyond that still reaches the cell, it is only not kept.
+_DRAIN_TIMEOUT = 0.5
+
+
+@contextmanager
+def _fd_tee(outputs: Outputs) -> Iterator[None]:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    _libc.fflush(None)
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    pumps = []
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, fd)
+        os.close(write_end)
+        pump = threading.Thread(
+            target=_pass_on, args=(read_end, os.dup(saved[fd]), outputs, name), name=f"linkkernel-{name}", daemon=True
+        )
+        pump.start()
+        pumps.append(pump)
+    try:
+        yield
+    finally:
+        _libc.fflush(None)
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
+        for pump in pumps:
+            pump.join(_DRAIN_TIMEOUT)
+
+
 @contextmanager
 def captured(shell) -> Iterator[Outputs]:
     """Inside the block nothing reaches the frontend; the yielded Outputs collects it instead."""
@@ -167,7 +223,8 @@ def recorded(shell) -> Iterator[Outputs]:
         publisher.register_hook(hook)
     sys.stdout, sys.stderr = _Stream(outputs, "stdout", sys.stdout), _Stream(outputs, "stderr", sys.stderr)
     try:
-        yield outputs
+        with _fd_tee(outputs):
+            yield outputs
     finally:
         sys.stdout, sys.stderr = saved
         for publisher in hooked:

@@ -355,3 +355,33 @@ def test_a_malformed_cell_blocks_only_the_runs_that_need_it(nb):
     assert "malformed tag 'parent:9bad'" in refused.traceback_text
     status = nb.kernel.execute("%link status").stdout
     assert [line.split()[2] for line in status.splitlines() if line.startswith("needs ")] == ["error"]
+
+
+def test_a_live_components_descriptor_output_reaches_the_cell_and_is_kept(nb):
+    """What os.system, subprocesses and C code write shows live, as in ipykernel, and
+    `%link outputs` shows it again, as it does for a parent that ran silently."""
+    nb.add("shell_out", "import os, subprocess, ctypes\nprint('from-python')\nos.system('echo from-os-system')\n"
+                        "subprocess.run(['echo', 'from-subprocess'])\nctypes.CDLL(None).printf(b'from-c\\n')\n"
+                        "os.system('echo from-stderr >&2')\nresult = 1").use()
+    result = nb.run("shell_out")
+    assert result.status == "ok", result.traceback_text
+    for text in ("from-python", "from-os-system", "from-subprocess", "from-c"):
+        assert text in result.stdout
+    assert "from-stderr" in result.stderr
+    stored = nb.kernel.execute("%link outputs shell_out")
+    for text in ("from-python", "from-os-system", "from-subprocess", "from-c"):
+        assert text in stored.stdout
+    assert "from-stderr" in stored.stderr
+
+
+def test_a_background_process_started_by_a_live_component_does_not_hold_the_cell(nb):
+    """It keeps the component's output pipe open; the run ends anyway, its early output kept."""
+    nb.add("server", "import subprocess, sys\nprint('starting')\n"
+                     "proc = subprocess.Popen([sys.executable, '-c', 'import time; print(\"up\", flush=True); time.sleep(30)'])\n"
+                     "import time; time.sleep(0.5)\npid = proc.pid").use()
+    result = nb.run("server")
+    assert result.status == "ok", result.traceback_text
+    assert "starting" in result.stdout and "up" in result.stdout
+    stored = nb.kernel.execute("%link outputs server")
+    assert "starting" in stored.stdout and "up" in stored.stdout
+    nb.kernel.execute("proc.kill(); proc.wait()")
