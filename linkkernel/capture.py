@@ -114,21 +114,31 @@ class _CapturingPublisher(DisplayPublisher):
 
 
 @contextmanager
-def _fd_redirect(outputs: Outputs) -> Iterator[None]:
+def _descriptors(targets: dict[int, int]) -> Iterator[dict[int, int]]:
+    """Point fds 1 and 2 at `targets` for the block, flushing Python's and C's buffers on both
+    sides of the switch; yields copies of where they pointed before (closed afterwards)."""
     sys.stdout.flush()
     sys.stderr.flush()
     _libc.fflush(None)
-    saved = {fd: os.dup(fd) for fd in (1, 2)}
-    files = {fd: tempfile.TemporaryFile() for fd in (1, 2)}
+    before = {fd: os.dup(fd) for fd in targets}
     try:
-        for fd, f in files.items():
-            os.dup2(f.fileno(), fd)
-        yield
+        for fd, target in targets.items():
+            os.dup2(target, fd)
+        yield before
     finally:
         _libc.fflush(None)
-        for fd, copy in saved.items():
+        for fd, copy in before.items():
             os.dup2(copy, fd)
             os.close(copy)
+
+
+@contextmanager
+def _fd_redirect(outputs: Outputs) -> Iterator[None]:
+    files = {fd: tempfile.TemporaryFile() for fd in (1, 2)}
+    try:
+        with _descriptors({fd: f.fileno() for fd, f in files.items()}):
+            yield
+    finally:
         for fd, f in files.items():
             f.seek(0)
             outputs.stream("stdout" if fd == 1 else "stderr", f.read().decode(errors="replace"))
@@ -157,27 +167,20 @@ _DRAIN_TIMEOUT = 0.5
 
 @contextmanager
 def _fd_tee(outputs: Outputs) -> Iterator[None]:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    _libc.fflush(None)
-    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    pipes = {fd: os.pipe() for fd in (1, 2)}
     pumps = []
-    for fd, name in ((1, "stdout"), (2, "stderr")):
-        read_end, write_end = os.pipe()
-        os.dup2(write_end, fd)
-        os.close(write_end)
-        pump = threading.Thread(
-            target=_pass_on, args=(read_end, os.dup(saved[fd]), outputs, name), name=f"linkkernel-{name}", daemon=True
-        )
-        pump.start()
-        pumps.append(pump)
     try:
-        yield
+        with _descriptors({fd: write_end for fd, (_, write_end) in pipes.items()}) as before:
+            for fd, (read_end, write_end) in pipes.items():
+                os.close(write_end)  # fd 1 or 2 holds it now
+                name = "stdout" if fd == 1 else "stderr"
+                pump = threading.Thread(
+                    target=_pass_on, args=(read_end, os.dup(before[fd]), outputs, name), name=f"linkkernel-{name}", daemon=True
+                )
+                pump.start()
+                pumps.append(pump)
+            yield
     finally:
-        _libc.fflush(None)
-        for fd, copy in saved.items():
-            os.dup2(copy, fd)
-            os.close(copy)
         for pump in pumps:
             pump.join(_DRAIN_TIMEOUT)
 
