@@ -148,7 +148,8 @@ def run_notebook(
     """Run the pipeline in `path` with a fresh Link Python kernel; never raises for user errors.
 
     `env` is added to this process's environment for the kernel. `progress` receives the
-    progress bar (None: no bar). The returned report holds the executed notebook.
+    progress bar, or on anything but a terminal (a CI log) one line per component as it
+    ends; None: neither. The returned report holds the executed notebook.
     """
     import nbformat
     from nbclient import NotebookClient
@@ -181,13 +182,15 @@ def run_notebook(
             report.kernel_trouble = True
             raise
         with client.setup_kernel():
+            terminal = progress is not None and progress.isatty()
             bar = tqdm(
                 total=len(outcomes),
                 unit="component",
                 file=progress,
-                disable=progress is None or not outcomes,
+                disable=not terminal or not outcomes,
                 bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}]",
             )
+            ended = 0
             cached = {} if force else _restore_fresh(client, list(outcomes))
             for step in steps:
                 bar.set_description_str(step.label)
@@ -206,6 +209,9 @@ def run_notebook(
                         outcome.state = FAILED if error is not None else RAN
                 if outcome is not None:
                     bar.update(1)
+                    ended += 1
+                    if progress is not None and not terminal:
+                        print(f"linkkernel run: [{ended}/{len(outcomes)}] {outcome.name} {outcome.state}", file=progress, flush=True)
                 if report.failed:
                     break
     finally:

@@ -118,6 +118,10 @@ def test_run_writes_each_components_outputs_into_its_own_cell(tmp_path: Path) ->
     # The summary table: every component ran, locally.
     assert summary(result.stdout) == {name: ("ran", "local") for name in ("load", "double", "report", "side")}
     assert "executed notebook written to" in result.stdout
+    # stderr is no terminal here (as in a CI log): a line per component, no progress bar.
+    progress = [line for line in result.stderr.splitlines() if line.startswith("linkkernel run: [")]
+    assert progress == [f"linkkernel run: [{i}/4] {name} ran" for i, name in enumerate(("load", "double", "report", "side"), 1)]
+    assert "\r" not in result.stderr
     # The notebook the user gave is left as it was.
     assert nbformat.read(str(source), as_version=4) == PIPELINE
 
