@@ -61,10 +61,6 @@ class LinkCompiler(XCachingCompiler):
         """Label a file compiled elsewhere (a remote worker learns the kernel's cell files)."""
         self._component_of_file[filename] = component
 
-    def component_of(self, filename: str) -> str | None:
-        """The component a cell file was compiled for, if any."""
-        return self._component_of_file.get(filename)
-
     def local_twin(self, filename: str) -> str | None:
         """This process's file for a cell file compiled by another kernel process.
 
