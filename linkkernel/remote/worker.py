@@ -487,9 +487,10 @@ class Worker:
             task.pid, task.pidfd, task.fd, task_pipe, task.streams = spare
             task.started_at = time.monotonic()
             inputs = task.body.get("inputs") or {}
-            vouched = task.body.get("verified")
-            if self.store.local and isinstance(vouched, dict):
-                # Input files the kernel wrote or checked: signed, like the code we run for it.
+            if self.store.local:
+                # Input files the kernel wrote or checked (a dict, checked in _handle): signed,
+                # like the code we run for it.
+                vouched = task.body.get("verified") or {}
                 self.store.remember({d: vouched[d] for d in inputs.values() if d in vouched})
             verified = self.store.verified(inputs.values())  # local store files or s3 mirror files
             data = json.dumps({**task.body, "name": str(task.body.get("name", "?")), "verified": verified}).encode()
@@ -619,9 +620,7 @@ class Worker:
             if "output" in message or "clear_output" in message:
                 self.send(task.client, "output", {"task": task.id, **message})
             elif "result" in message and not task.cancelled:
-                verified = message.get("verified")
-                if isinstance(verified, dict):
-                    self.store.remember(verified)
+                self.store.remember(message.get("verified"))  # it ignores what is malformed
                 self._relay_streams(task)  # what the process printed comes before its result
                 task.outcome = message
                 bound = message["result"].get("bound") or {}
