@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from support import REPO, kernel_env
+from support import REPO, kernel_env, stop_process
 
 
 def free_port() -> int:
@@ -70,12 +70,7 @@ class WorkerProcess:
 
     def stop(self) -> None:
         if self.alive():
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+            stop_process(self.process)
         self._log.close()
 
 
@@ -176,12 +171,7 @@ class WeedServer:
             return False
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+        stop_process(self.process, 15)
         self._log.close()
 
 

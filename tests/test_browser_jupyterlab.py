@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from support import REPO, kernel_env
+from support import REPO, kernel_env, stop_process
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -107,12 +107,7 @@ def lab(link_kernelspec: str, tmp_path_factory: pytest.TempPathFactory):
                 pytest.fail(f"JupyterLab did not start:\n{(base / 'jupyterlab.log').read_text()[-3000:]}")
             time.sleep(0.3)
     yield {"url": url, "root": root}
-    server.terminate()
-    try:
-        server.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
+    stop_process(server, 20)
     log.close()
 
 
