@@ -133,6 +133,28 @@ def _fork_single_threaded() -> int:
     return pid
 
 
+def _task_pipes() -> list[tuple[int, int]]:
+    """The pipes of a new task process, (read, write) each: task, result, stdout, stderr."""
+    return [os.pipe() for _ in range(4)]
+
+
+def _child_ends(pipes: list[tuple[int, int]]) -> tuple[int, int, int, int]:
+    """What the task process keeps: it reads its task and writes its result and streams."""
+    return pipes[0][0], pipes[1][1], pipes[2][1], pipes[3][1]
+
+
+def _parent_ends(pipes: list[tuple[int, int]]) -> tuple[int, int, int, int]:
+    """What the worker keeps: it writes the task and reads the result and streams."""
+    return pipes[0][1], pipes[1][0], pipes[2][0], pipes[3][0]
+
+
+def _spare(pid: int, task_write: int, out_read: int, stdout_read: int, stderr_read: int) -> Spare:
+    """A task process waiting for its task, as the worker holds it: what it reads, non-blocking."""
+    for fd in (out_read, stdout_read, stderr_read):
+        os.set_blocking(fd, False)
+    return pid, os.pidfd_open(pid), out_read, task_write, {stdout_read: "stdout", stderr_read: "stderr"}
+
+
 def _discard(spare: Spare) -> None:
     """Let go of an unused task process: kill it and close our ends of its pipes."""
     pid, pidfd, out_read, task_write, streams = spare
@@ -247,17 +269,17 @@ class Zygote:
                 continue
             if not sock.recv(1):
                 return
-            pipes = [os.pipe() for _ in range(4)]  # task, result, stdout, stderr
+            pipes = _task_pipes()
             pid = _fork_single_threaded()
             if pid == 0:
                 sock.close()
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                for fd in (wake_read, wake_write, pipes[0][1], pipes[1][0], pipes[2][0], pipes[3][0]):
+                for fd in (wake_read, wake_write, *_parent_ends(pipes)):
                     os.close(fd)
-                worker._become_task(pipes[0][0], pipes[1][1], pipes[2][1], pipes[3][1])
+                worker._become_task(*_child_ends(pipes))
             tasks.add(pid)
-            socket.send_fds(sock, [f"spare {pid}".encode()], [pipes[0][1], pipes[1][0], pipes[2][0], pipes[3][0]])
+            socket.send_fds(sock, [f"spare {pid}".encode()], list(_parent_ends(pipes)))
             for read_end, write_end in pipes:
                 os.close(read_end)
                 os.close(write_end)
@@ -286,11 +308,7 @@ class Zygote:
                 exits[int(fields[0])] = int(fields[1])
             elif kind == b"spare" and len(fds) == 4 and spare is None:
                 self.pending = False
-                pid = int(fields[0])
-                task_write, out_read, stdout_read, stderr_read = fds
-                for fd in (out_read, stdout_read, stderr_read):
-                    os.set_blocking(fd, False)
-                spare = pid, os.pidfd_open(pid), out_read, task_write, {stdout_read: "stdout", stderr_read: "stderr"}
+                spare = _spare(int(fields[0]), *fds)
             else:
                 for fd in fds:
                     os.close(fd)
@@ -515,9 +533,7 @@ class Worker:
 
     def _fork_spare(self) -> Spare:
         """A new task process forked from the worker itself, waiting for its task."""
-        task_read, task_write = os.pipe()
-        out_read, out_write = os.pipe()
-        stream_pipes = {name: os.pipe() for name in ("stdout", "stderr")}
+        pipes = _task_pipes()
         # Objects the parent made so far are left out of the child's garbage collections,
         # which would otherwise write to (and so copy) nearly every page it inherited. The
         # collection first keeps the parent's own garbage from being frozen for good; it only
@@ -526,24 +542,16 @@ class Worker:
         gc.freeze()
         pid = os.fork()
         if pid == 0:
-            os.close(task_write)
-            os.close(out_read)
-            for read_end, _ in stream_pipes.values():
-                os.close(read_end)
-            self._become_task(task_read, out_write, stream_pipes["stdout"][1], stream_pipes["stderr"][1])
-        os.close(task_read)
-        os.close(out_write)
-        streams = {}
-        for name, (read_end, write_end) in stream_pipes.items():
-            os.close(write_end)
-            os.set_blocking(read_end, False)
-            streams[read_end] = name
+            for fd in _parent_ends(pipes):
+                os.close(fd)
+            self._become_task(*_child_ends(pipes))
+        for fd in _child_ends(pipes):
+            os.close(fd)
         try:
             os.setpgid(pid, pid)
         except (PermissionError, ProcessLookupError):
             pass  # the child already did it, or already exited
-        os.set_blocking(out_read, False)
-        return pid, os.pidfd_open(pid), out_read, task_write, streams
+        return _spare(pid, *_parent_ends(pipes))
 
     def _become_task(self, task_read: int, out_write: int, stdout_write: int, stderr_write: int) -> NoReturn:
         """In a new task process: wait for one task, run it, exit.
