@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 from linkkernel.errors import LinkError
+from linkkernel.sharing.commandline import write_atomically
 
 ALIAS = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _SECRET_OPTION = re.compile(r"key|secret|token|password|credential", re.IGNORECASE)
@@ -61,16 +60,7 @@ def save(entries: dict[str, WorkerEntry]) -> None:
     path = registry_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"version": 1, "workers": {alias: asdict(e) for alias, e in sorted(entries.items())}}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".workers-", suffix=".json")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, (json.dumps(data, indent=1) + "\n").encode(), mode=0o600)
 
 
 def get(alias: str) -> WorkerEntry:

@@ -45,12 +45,16 @@ def parse_magic_args(
         return None
 
 
-def write_atomically(path: str | Path, data: bytes, inputs: tuple[str | Path | None, ...] = ()) -> None:
+def write_atomically(
+    path: str | Path, data: bytes, inputs: tuple[str | Path | None, ...] = (), mode: int | None = None
+) -> None:
     """Write `data` to `path` through a temporary file in the same folder and a rename.
 
     A failure half-way (disk full, interrupt) leaves the old file, or none, never a torn one.
     `path` may not be one of the command's `inputs`: `-o` pointing at the notebook being
-    read would replace the user's work with the command's output.
+    read would replace the user's work with the command's output. With `mode` the file has
+    exactly that mode from its creation on (a file only its owner may read); without it the
+    umask decides, and a file rewritten keeps its mode.
     """
     shown = os.fspath(path) or "''"
     path = Path(path)
@@ -62,13 +66,15 @@ def write_atomically(path: str | Path, data: bytes, inputs: tuple[str | Path | N
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         # os.open with 0o666 lets the umask decide permissions, as a plain open() would.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 if mode is None else mode)
     except OSError as exc:
         raise LinkError(f"{path}: cannot write: {exc.strerror}") from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        if path.exists():  # a notebook kept private (0600) stays private when rewritten
+        if mode is not None:  # whatever the umask took away
+            os.chmod(tmp, mode)
+        elif path.exists():  # a notebook kept private (0600) stays private when rewritten
             os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
         os.replace(tmp, path)
     except BaseException as exc:
