@@ -75,12 +75,32 @@ class Outputs:
 
 
 class _Stream(io.TextIOBase):
+    """sys.stdout or sys.stderr during a run, keeping what is written.
+
+    It answers `name`, `encoding` and `fileno()` as ipykernel's stream does (io.TextIOBase
+    would say None and raise): user code and libraries read them, e.g. tqdm and `%time`
+    choose their characters by `encoding`, `subprocess.run(stdout=sys.stdout)` needs a
+    descriptor. A silent run's descriptor is 1 or 2, which point at the capture then.
+    """
+
     def __init__(self, outputs: Outputs, name: str, echo: Any = None) -> None:
         self._outputs, self._name, self._echo = outputs, name, echo
 
     @property
     def name(self) -> str:
-        return f"<{self._name}>"
+        return getattr(self._echo, "name", self._name)
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self._echo, "encoding", "UTF-8")
+
+    def fileno(self) -> int:
+        if self._echo is None:
+            return 1 if self._name == "stdout" else 2
+        return self._echo.fileno()
+
+    def isatty(self) -> bool:
+        return self._echo is not None and self._echo.isatty()
 
     def writable(self) -> bool:
         return True

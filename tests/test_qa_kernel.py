@@ -7,6 +7,9 @@ gets one line naming the problem, and that plain cells keep working whatever the
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,25 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def qa_kernel(link_kernelspec: str, home: Path):
     k = Kernel(cwd=str(home))
+    yield k
+    k.shutdown()
+
+
+@pytest.fixture(scope="module")
+def stock_kernel(link_kernelspec: str, tmp_path_factory: pytest.TempPathFactory):
+    """A stock ipykernel, the reference for everything that is not about components."""
+    prefix = tmp_path_factory.mktemp("stock")
+    subprocess.run(
+        [sys.executable, "-m", "ipykernel", "install", "--prefix", str(prefix), "--name", "python3-stock"],
+        check=True,
+        capture_output=True,
+    )
+    saved = os.environ["JUPYTER_PATH"]
+    os.environ["JUPYTER_PATH"] = os.pathsep.join([str(prefix / "share" / "jupyter"), saved])
+    try:
+        k = Kernel("python3-stock")
+    finally:
+        os.environ["JUPYTER_PATH"] = saved
     yield k
     k.shutdown()
 
@@ -176,3 +198,23 @@ def test_cache_export_over_an_existing_file_while_the_notebook_is_unsaved(qa_ker
         assert (done.status, done.stdout) == ("ok", f"exported 0 components to {home / 'old.tar.gz'}\n")
     finally:
         assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
+
+
+STREAMS = (
+    "import subprocess, sys\n"
+    "streams = [(s.name, s.encoding, s.errors, s.isatty(), isinstance(s.fileno(), int)) for s in (sys.stdout, sys.stderr)]\n"
+    "subprocess.run(['echo', 'through-fileno'], stdout=sys.stdout, check=True)\n"
+)
+
+
+def test_a_components_streams_are_ipykernels_live_and_silent(qa_kernel, stock_kernel):
+    # tqdm picks its bar characters, %time its unit (μs) and subprocess its target from these
+    assert stock_kernel.execute(STREAMS).status == "ok"
+    expected = stock_kernel.execute("print(streams)").stdout
+    live = qa_kernel.execute(STREAMS, metadata=component_meta("streams"), cell_id="qa-streams")
+    assert live.status == "ok", live.traceback_text
+    assert qa_kernel.execute("print(streams)").stdout == expected
+    silent = qa_kernel.execute("%link run streams --force")
+    assert silent.stdout == "ran: streams\n", silent.traceback_text
+    assert qa_kernel.execute("print(streams)").stdout == expected
+    assert "through-fileno\n" in qa_kernel.execute("%link outputs streams").stdout
