@@ -91,7 +91,7 @@ class LinkKernel(IPythonKernel):
         if component is None:
             return await stock()
         # The component itself runs through ipykernel's own do_execute, inside its namespace.
-        return await self.runner.execute_cell(component, stock, store_history)
+        return await self.runner.execute_cell(component, stock, store_history, allow_stdin)
 
     def do_shutdown(self, restart: bool) -> dict[str, Any]:
         self.runner.store.flush()

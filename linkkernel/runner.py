@@ -131,14 +131,15 @@ class Runner:
 
     @_taking_turns
     async def execute_cell(
-        self, component: Component, live: Callable[[], Awaitable[dict]], store_history: bool
+        self, component: Component, live: Callable[[], Awaitable[dict]], store_history: bool, allow_stdin: bool = False
     ) -> dict[str, Any]:
         """Run the stale ancestors of `component` silently, then `live()` (ipykernel's own
         do_execute) inside the component's namespace. Returns the execute_reply content."""
         try:
             graph = self.graph([component.name])
             plan = self.plan(graph, [component.name], rerun_targets=True)
-            await self._run_captured(graph, [n for n in plan if n != component.name])
+            with _input_from_frontend(self.kernel, allow_stdin):
+                await self._run_captured(graph, [n for n in plan if n != component.name])
         except KeyboardInterrupt:
             return self._report_interrupt(store_history, "running parent components")
         except ComponentFailed as exc:
@@ -435,6 +436,20 @@ async def _run_silently(shell, code: str):
     return await shell.run_cell_async(
         code, store_history=False, silent=True, transformed_cell=transformed, preprocessing_exc_tuple=preprocessing_exc_tuple
     )
+
+
+@contextmanager
+def _input_from_frontend(kernel, allow_stdin: bool) -> Iterator[None]:
+    """input() and getpass() in a silent ancestor ask the frontend, as in the cell itself.
+
+    ipykernel forwards them only around the cell's own code; before it, input() would read
+    the kernel's stdin and fail with an EOFError no frontend ever shows in a cell.
+    """
+    kernel._forward_input(allow_stdin)
+    try:
+        yield
+    finally:
+        kernel._restore_input()
 
 
 @contextmanager

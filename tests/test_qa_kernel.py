@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from engine_support import Notebook
 from support import Kernel, component_meta
+from test_tracebacks_kernel import assert_clean
 
 
 @pytest.fixture(scope="module")
@@ -218,3 +220,22 @@ def test_a_components_streams_are_ipykernels_live_and_silent(qa_kernel, stock_ke
     assert silent.stdout == "ran: streams\n", silent.traceback_text
     assert qa_kernel.execute("print(streams)").stdout == expected
     assert "through-fileno\n" in qa_kernel.execute("%link outputs streams").stdout
+
+
+def test_input_in_a_silent_parent_asks_the_frontend_as_in_a_cell(qa_kernel, stock_kernel, home):
+    nb = Notebook(qa_kernel, home / "asking.ipynb")
+    nb.add("root", "n = 1", counted=False).add("asker", "who = input('who? ')", "root", counted=False)
+    nb.add("greeter", "print('hi', who)", "asker", counted=False).use()
+    try:
+        answered = nb.run("greeter", stdin_reply="ada", timeout=20)
+        assert (answered.status, answered.stdout) == ("ok", "hi ada\n"), answered.traceback_text
+        # a frontend without stdin (nbclient): the parent fails as input() fails in a cell there
+        expected = stock_kernel.execute("who = input('who? ')").reply["content"]
+        assert nb.run("root").status == "ok"
+        failed = nb.run("greeter")
+        assert failed.reply["content"]["ename"] == expected["ename"] == "StdinNotImplementedError"
+        assert failed.reply["content"]["evalue"] == expected["evalue"]
+        assert "hi" not in failed.stdout
+        assert_clean(failed.traceback_text)
+    finally:
+        assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
