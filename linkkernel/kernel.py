@@ -87,7 +87,7 @@ class LinkKernel(IPythonKernel):
         try:
             component = self.runner.learn(code, cell_meta, cell_id)
         except LinkError as exc:
-            return self.runner.refuse(exc, store_history)
+            return self.runner.refuse(exc, code if store_history else None)
         if component is None:
             return await stock()
         # The component itself runs through ipykernel's own do_execute, inside its namespace.

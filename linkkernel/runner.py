@@ -135,25 +135,26 @@ class Runner:
     ) -> dict[str, Any]:
         """Run the stale ancestors of `component` silently, then `live()` (ipykernel's own
         do_execute) inside the component's namespace. Returns the execute_reply content."""
+        history = component.source if store_history else None
         try:
             graph = self.graph([component.name])
             plan = self.plan(graph, [component.name], rerun_targets=True)
             with _input_from_frontend(self.kernel, allow_stdin):
                 await self._run_captured(graph, [n for n in plan if n != component.name])
         except KeyboardInterrupt:
-            return self._report_interrupt(store_history, "running parent components")
+            return self._report_interrupt(history, "running parent components")
         except ComponentFailed as exc:
-            return self._report_parent_error(exc.name, exc.error, store_history)
+            return self._report_parent_error(exc.name, exc.error, history)
         except LinkError as exc:  # an invalid pipeline, or a cached value the storage lost
-            return self.refuse(exc, store_history)
+            return self.refuse(exc, history)
         count_before = self.shell.execution_count
         try:
             outcome = await self.run_component(component, live=live)
         except LinkError as exc:
-            return self.refuse(exc, store_history)
+            return self.refuse(exc, history)
         except KeyboardInterrupt:  # after the user's code: while its outputs were being kept
             counted = self.shell.execution_count != count_before  # the live run already numbered the cell
-            return self._report_interrupt(store_history and not counted, f"keeping the outputs of component {component.name!r}")
+            return self._report_interrupt(None if counted else history, f"keeping the outputs of component {component.name!r}")
         for line in outcome.warnings:
             print(line, file=sys.stderr)
         return outcome.reply
@@ -302,7 +303,7 @@ class Runner:
             if not live:
                 raise
             error = _interrupt_error(f"the task on worker {component.remote!r} was cancelled")
-            return RunOutcome(record, interrupted=True, reply=self._fail(error, True))
+            return RunOutcome(record, interrupted=True, reply=self._fail(error, component.source))
         if isinstance(result, Awaitable):
             result = await result
         outcome = RunOutcome(record)
@@ -314,7 +315,7 @@ class Runner:
                 return outcome
             outcome.error = error
             if live:
-                outcome.reply = self._fail(error, True)
+                outcome.reply = self._fail(error, component.source)
             return outcome
         record.status = "ok"
         namespace = {n: d for n, d in merged.items() if n not in result.deleted}
@@ -328,20 +329,32 @@ class Runner:
         record.namespace = namespace
         outcome.deleted = tuple(result.deleted)
         if live:
-            outcome.reply = self._ok_reply(True)
+            outcome.reply = self._ok_reply(component.source)
         return outcome
 
     # ---- replies ------------------------------------------------------------------------
 
-    def _count(self, store_history: bool) -> int:
-        if store_history:
-            self.shell.execution_count += 1
-        return self.shell.execution_count - 1
+    def _count(self, history: str | None) -> int:
+        """The execution count of a cell the shell did not run (refused, or run remotely).
 
-    def _ok_reply(self, store_history: bool) -> dict[str, Any]:
-        return {"status": "ok", "execution_count": self._count(store_history), "user_expressions": {}, "payload": []}
+        `history` is the cell's code, None when the request asked not to store history. The
+        code is kept in the input history as IPython keeps a cell that fails, so `In[n]`,
+        `_i` and `%history` still match the numbers the frontend shows.
+        """
+        shell = self.shell
+        if history is not None:
+            try:
+                transformed = shell.transform_cell(history)
+            except Exception:  # noqa: BLE001 - IPython keeps a cell it cannot transform as typed
+                transformed = history
+            shell.history_manager.store_inputs(shell.execution_count, transformed, history)
+            shell.execution_count += 1
+        return shell.execution_count - 1
 
-    def _fail(self, error: dict[str, Any], store_history: bool) -> dict[str, Any]:
+    def _ok_reply(self, history: str | None) -> dict[str, Any]:
+        return {"status": "ok", "execution_count": self._count(history), "user_expressions": {}, "payload": []}
+
+    def _fail(self, error: dict[str, Any], history: str | None) -> dict[str, Any]:
         """Show `error` in the cell as an `error` message; the execute_reply that goes with it."""
         kernel = self.kernel
         kernel.session.send(kernel.iopub_socket, "error", error, parent=kernel.get_parent(), ident=kernel._topic("error"))
@@ -350,21 +363,22 @@ class Runner:
             "ename": error["ename"],
             "evalue": error["evalue"],
             "traceback": error["traceback"],
-            "execution_count": self._count(store_history),
+            "execution_count": self._count(history),
             "user_expressions": {},
             "payload": [],
         }
 
-    def refuse(self, exc: LinkError, store_history: bool = True) -> dict[str, Any]:
-        """An invalid pipeline or declaration: one line in the cell, nothing run."""
-        return self._fail({"ename": type(exc).__name__, "evalue": str(exc), "traceback": exc._render_traceback_()}, store_history)
+    def refuse(self, exc: LinkError, history: str | None) -> dict[str, Any]:
+        """An invalid pipeline or declaration: one line in the cell, nothing run. `history` is
+        the cell's code (None when the request does not store history)."""
+        return self._fail({"ename": type(exc).__name__, "evalue": str(exc), "traceback": exc._render_traceback_()}, history)
 
-    def _report_parent_error(self, name: str, error: dict[str, Any], store_history: bool) -> dict[str, Any]:
+    def _report_parent_error(self, name: str, error: dict[str, Any], history: str | None) -> dict[str, Any]:
         header = f"\x1b[0;31mError in parent component {name!r}:\x1b[0m"
-        return self._fail(dict(error, traceback=[header, *error["traceback"]]), store_history)
+        return self._fail(dict(error, traceback=[header, *error["traceback"]]), history)
 
-    def _report_interrupt(self, store_history: bool, during: str) -> dict[str, Any]:
-        return self._fail(_interrupt_error(f"interrupted while {during}; nothing half-run was kept"), store_history)
+    def _report_interrupt(self, history: str | None, during: str) -> dict[str, Any]:
+        return self._fail(_interrupt_error(f"interrupted while {during}; nothing half-run was kept"), history)
 
     # ---- %link run -------------------------------------------------------------------------
 

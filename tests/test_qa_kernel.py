@@ -239,3 +239,26 @@ def test_input_in_a_silent_parent_asks_the_frontend_as_in_a_cell(qa_kernel, stoc
         assert_clean(failed.traceback_text)
     finally:
         assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
+
+
+def test_refused_cells_keep_their_place_in_the_input_history(qa_kernel):
+    # as ipykernel keeps a cell that fails: In[n], _i and %history match the numbers shown
+    cells = [
+        ("raise ValueError('p')", component_meta("h_parent"), "qa-h1"),
+        ("print('child')", component_meta("h_child", "h_parent"), "qa-h2"),  # its parent fails
+        ("print('q')", component_meta("h_q", "h_missing"), "qa-h3"),  # unknown parent
+        ("x = 1", {"tags": ["component:9"]}, "qa-h4"),  # malformed tag
+    ]
+    numbered = {}
+    try:
+        for code, meta, cell_id in cells:
+            result = qa_kernel.execute(code, metadata=meta, cell_id=cell_id)
+            assert result.status == "error"
+            [shown] = [m["content"]["execution_count"] for m in result.messages if m["msg_type"] == "execute_input"]
+            assert result.reply["content"]["execution_count"] == shown
+            numbered[shown] = code
+        history = qa_kernel.execute(f"print([In[n].rstrip() for n in {list(numbered)}], _i.rstrip())")
+        assert history.stdout == f"{list(numbered.values())} {cells[-1][0]}\n", history.traceback_text
+    finally:
+        for _, _, cell_id in cells:
+            qa_kernel.execute("pass", metadata={}, cell_id=cell_id)
