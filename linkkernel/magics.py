@@ -13,7 +13,7 @@ from linkkernel.errors import LinkError
 # subcommand -> ("module:function", one-line help). Each handler is called as
 # handler(kernel, argv) and lives in the module that owns the job; modules load on first use.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "help": ("linkkernel.magics:show_help", "list the %link subcommands"),
+    "help": ("linkkernel.magics:show_help", "list the %link subcommands; help NAME: its usage"),
     "status": ("linkkernel.pipeline_magics:status", "table of components: state, last run, duration, where"),
     "graph": ("linkkernel.pipeline_magics:graph", "the pipeline as a picture coloured by state"),
     "outputs": ("linkkernel.pipeline_magics:outputs", "show a component's stored outputs again: NAME"),
@@ -27,7 +27,16 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 def show_help(kernel, argv: list[str]) -> None:
-    """Print every `%link` subcommand with its one-line help."""
+    """Print every `%link` subcommand with its one-line help; `%link help NAME` is NAME's usage."""
+    if argv:
+        name, *extra = argv
+        if extra:
+            raise LinkError(f"%link help: unrecognized arguments: {' '.join(extra)} (usage: %link help [SUBCOMMAND])")
+        if name not in SUBCOMMANDS:
+            raise LinkError(f"%link help: unknown subcommand {name!r}; try '%link help'")
+        if name != "help":
+            _handler(name)(kernel, ["--help"])
+            return
     width = max(map(len, SUBCOMMANDS))
     print("%link SUBCOMMAND [ARGS]\n")
     for name, (_, help_) in SUBCOMMANDS.items():
@@ -56,6 +65,8 @@ class LinkMagics(Magics):
         except ValueError as exc:
             raise LinkError(f"%link: cannot parse arguments: {exc}") from exc
         name, *rest = argv or ["help"]
+        if name in ("-h", "--help"):  # what every other command answers
+            name = "help"
         if name not in SUBCOMMANDS:
             raise LinkError(f"%link: unknown subcommand {name!r}; try '%link help'")
         _handler(name)(self.kernel, rest)

@@ -262,3 +262,21 @@ def test_refused_cells_keep_their_place_in_the_input_history(qa_kernel):
     finally:
         for _, _, cell_id in cells:
             qa_kernel.execute("pass", metadata={}, cell_id=cell_id)
+
+
+def test_link_help_answers_the_usual_spellings_and_names_a_subcommand(qa_kernel):
+    listing = qa_kernel.execute("%link help").stdout
+    assert listing.startswith("%link SUBCOMMAND [ARGS]\n")
+    for spelling in ("%link", "%link --help", "%link -h"):
+        shown = qa_kernel.execute(spelling)
+        assert (shown.status, shown.stdout) == ("ok", listing), shown.traceback_text
+    for name in ("run", "cache", "workers"):
+        shown = qa_kernel.execute(f"%link help {name}")
+        assert (shown.status, shown.stdout) == ("ok", qa_kernel.execute(f"%link {name} --help").stdout)
+        assert shown.stdout.startswith(f"usage: %link {name}")
+    assert one_line(qa_kernel.execute("%link help nope")) == (
+        "LinkError: %link help: unknown subcommand 'nope'; try '%link help'"
+    )
+    assert one_line(qa_kernel.execute("%link help run status")) == (
+        "LinkError: %link help: unrecognized arguments: status (usage: %link help [SUBCOMMAND])"
+    )
