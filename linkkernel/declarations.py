@@ -105,7 +105,12 @@ def _from_tags(tags: Iterable[Any], where: str) -> Declaration | None:
         if not isinstance(tag, str):
             raise DeclarationError(f"{where}: tag {tag!r} is not a string")
         kind, sep, value = tag.partition(":")
-        if not sep or kind not in TAG_KINDS:
+        if not sep:
+            continue
+        if kind not in TAG_KINDS:
+            # `Component:train` would otherwise make a plain cell that looks like it worked
+            if kind.strip().lower() in TAG_KINDS:
+                raise DeclarationError(f"{where}: malformed tag {tag!r}: write {kind.strip().lower() + sep + value!r}")
             continue
         if not NAME_PATTERN.match(value):
             raise DeclarationError(f"{where}: malformed tag {tag!r}: {value!r} is not a valid name")

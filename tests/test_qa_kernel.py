@@ -280,3 +280,16 @@ def test_link_help_answers_the_usual_spellings_and_names_a_subcommand(qa_kernel)
     assert one_line(qa_kernel.execute("%link help run status")) == (
         "LinkError: %link help: unrecognized arguments: status (usage: %link help [SUBCOMMAND])"
     )
+
+
+@pytest.mark.parametrize("tag", ["Component:train", "COMPONENT:train", " component:train", "Parent:load"])
+def test_a_declaration_tag_in_the_wrong_case_is_refused_not_ignored(qa_kernel, tag):
+    # run as a plain cell, it would look fine while nothing is cached or published as a component
+    tags = [tag, "component:train"] if tag.startswith("Parent") else [tag]
+    try:
+        assert one_line(qa_kernel.execute("x = 1", metadata={"tags": tags}, cell_id="qa-case")) == (
+            f"DeclarationError: cell id qa-case: malformed tag {tag!r}: "
+            f"write {tag.strip().partition(':')[0].lower() + ':' + tag.partition(':')[2]!r}"
+        )
+    finally:
+        qa_kernel.execute("pass", metadata={}, cell_id="qa-case")
