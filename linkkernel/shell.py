@@ -122,8 +122,33 @@ class LinkShell(ZMQInteractiveShell):
             if self.call_pdb:
                 self.debugger(force=True)
             return None
+        if not formats_itself and not exception_only:
+            self._get_exc_info(exc_tuple)
+            self._showtraceback(etype, value, self._structured_traceback(etype, value))
+            if self.call_pdb:
+                self.debugger(force=True)
+            return None
         # The machinery frames tb_offset would skip are gone already.
         return super().showtraceback(exc_tuple, filename, 0, exception_only, running_compiled_code)
+
+    def _structured_traceback(self, etype, value: BaseException) -> list[str]:
+        """IPython's formatting of the user's error in the current %xmode, or in Plain mode
+        when that formatter fails (IPython 9's Docs mode asserts on every chained error).
+
+        IPython's own fallback prints a raw traceback of its internals and of the kernel's
+        temporary files; the user's error in another layout is what the user needs.
+        """
+        formatter = self.InteractiveTB
+        try:
+            return formatter.structured_traceback(etype, value, value.__traceback__, tb_offset=0)
+        except Exception:  # noqa: BLE001 - a formatter bug must not replace the user's error
+            mode = formatter.mode
+            self._kernel_log.warning("IPython cannot format this error in %%xmode %s", mode, exc_info=True)
+            formatter.set_mode("Plain")
+            try:
+                return formatter.structured_traceback(etype, value, value.__traceback__, tb_offset=0)
+            finally:
+                formatter.set_mode(mode)
 
     def register_source(self, component: str, source: str) -> None:
         """Make known the code of a component that did not run in this process (fresh from

@@ -293,3 +293,26 @@ def test_a_declaration_tag_in_the_wrong_case_is_refused_not_ignored(qa_kernel, t
         )
     finally:
         qa_kernel.execute("pass", metadata={}, cell_id="qa-case")
+
+
+CHAINED = "try:\n    1/0\nexcept ZeroDivisionError as e:\n    raise KeyError('k') from e"
+
+
+@pytest.mark.parametrize("metadata", [{}, component_meta("docs_chain")], ids=["cell", "component"])
+def test_a_chained_error_in_xmode_docs_shows_the_users_chain_not_ipythons_crash(qa_kernel, metadata):
+    # IPython 9's Docs formatter asserts on chains; stock Jupyter then prints a raw
+    # traceback of IPython's own frames and the kernel's temporary files
+    assert qa_kernel.execute("%xmode Docs").status == "ok"
+    try:
+        result = qa_kernel.execute(CHAINED, metadata=metadata, cell_id="qa-docs")
+    finally:
+        qa_kernel.execute("%xmode Context")
+        qa_kernel.execute("pass", metadata={}, cell_id="qa-docs")
+    assert (result.reply["content"]["ename"], result.reply["content"]["evalue"]) == ("KeyError", "'k'")
+    [error] = result.errors
+    text = result.traceback_text
+    assert "ZeroDivisionError: division by zero" in text
+    assert text.index("direct cause") < text.index("raise KeyError('k') from e") < text.rindex("KeyError: 'k'")
+    assert "Unexpected exception formatting" not in result.stdout
+    assert result.stderr == ""
+    assert_clean(text)
