@@ -14,6 +14,8 @@ from typing import Any
 from linkkernel.errors import LinkError
 
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
+# Said with every rejected name: "'données' is not a valid name" alone does not say why.
+NAME_RULE = "(ASCII letters, digits, '_', '.', '-', not starting with a digit)"
 TAG_KINDS = ("component", "parent", "remote")
 LINK_KEYS = {"name", "parents", "remote"}
 
@@ -90,10 +92,7 @@ def describe_cell(index: int | None, cell_id: str | None) -> str:
 
 def _check_name(value: Any, what: str, where: str) -> str:
     if not isinstance(value, str) or not NAME_PATTERN.match(value):
-        raise DeclarationError(
-            f"{where}: {what} {value!r} is not a valid name "
-            "(letters, digits, '_', '.', '-', not starting with a digit)"
-        )
+        raise DeclarationError(f"{where}: {what} {value!r} is not a valid name {NAME_RULE}")
     return value
 
 
@@ -113,7 +112,7 @@ def _from_tags(tags: Iterable[Any], where: str) -> Declaration | None:
                 raise DeclarationError(f"{where}: malformed tag {tag!r}: write {kind.strip().lower() + sep + value!r}")
             continue
         if not NAME_PATTERN.match(value):
-            raise DeclarationError(f"{where}: malformed tag {tag!r}: {value!r} is not a valid name")
+            raise DeclarationError(f"{where}: malformed tag {tag!r}: {value!r} is not a valid name {NAME_RULE}")
         {"component": names, "parent": parents, "remote": remotes}[kind].append(value)
     if not names:
         if parents or remotes:

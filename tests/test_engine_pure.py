@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from linkkernel.declarations import DeclarationError
+from linkkernel.declarations import NAME_RULE, DeclarationError
 from linkkernel.graph import PipelineError, build_graph
 from linkkernel.graph_svg import render_svg, render_text
 from linkkernel.sources import Sources, notebook_path_from_env
@@ -129,7 +129,7 @@ def test_malformed_cells_block_only_the_runs_that_reach_them(tmp_path):
     declared = Sources(str(nb)).declared()
     assert [c.name for c in declared.relevant(["b"])] == ["a", "b"]
     assert [(m.names, str(m.error)) for m in declared.malformed] == [
-        (frozenset({"x"}), "cell 3 (id c3): malformed tag 'parent:9bad': '9bad' is not a valid name")
+        (frozenset({"x"}), "cell 3 (id c3): malformed tag 'parent:9bad': '9bad' is not a valid name " + NAME_RULE)
     ]
     with pytest.raises(DeclarationError, match="parent:9bad"):
         declared.relevant(["y"])

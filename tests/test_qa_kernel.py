@@ -316,3 +316,14 @@ def test_a_chained_error_in_xmode_docs_shows_the_users_chain_not_ipythons_crash(
     assert "Unexpected exception formatting" not in result.stdout
     assert result.stderr == ""
     assert_clean(text)
+
+
+@pytest.mark.parametrize("name", ["données", " train", "train "])
+def test_a_name_outside_the_allowed_characters_says_which_are_allowed(qa_kernel, name):
+    try:
+        assert one_line(qa_kernel.execute("x = 1", metadata={"tags": [f"component:{name}"]}, cell_id="qa-name")) == (
+            f"DeclarationError: cell id qa-name: malformed tag 'component:{name}': {name!r} is not a valid name "
+            "(ASCII letters, digits, '_', '.', '-', not starting with a digit)"
+        )
+    finally:
+        qa_kernel.execute("pass", metadata={}, cell_id="qa-name")
