@@ -80,8 +80,11 @@ def outputs(kernel, argv: list[str]) -> None:
         return
     from IPython.display import display
 
-    record = kernel.runner.store.get(args.name)
+    runner = kernel.runner
+    record = runner.store.get(args.name)
     if record is None:
+        if args.name not in {c.name for c in runner.sources.declared().components}:  # a typo, most likely
+            raise LinkError(f"%link outputs: no component named {args.name!r} in {runner.sources.looked_in()}")
         raise LinkError(f"%link outputs: component {args.name!r} has no stored outputs (it has not run)")
     for output in record.outputs:
         kind = output["output_type"]

@@ -327,3 +327,17 @@ def test_a_name_outside_the_allowed_characters_says_which_are_allowed(qa_kernel,
         )
     finally:
         qa_kernel.execute("pass", metadata={}, cell_id="qa-name")
+
+
+def test_link_outputs_of_a_name_no_cell_declares_says_so(qa_kernel):
+    assert one_line(qa_kernel.execute("%link outputs trian")).startswith(
+        "LinkError: %link outputs: no component named 'trian' in the cells executed in this kernel"
+    )
+    try:  # declared but refused before it ran (its parent is missing)
+        declared = qa_kernel.execute("x = 1", metadata=component_meta("unrun", "qa_missing"), cell_id="qa-unrun")
+        assert declared.status == "error"
+        assert one_line(qa_kernel.execute("%link outputs unrun")) == (
+            "LinkError: %link outputs: component 'unrun' has no stored outputs (it has not run)"
+        )
+    finally:
+        qa_kernel.execute("pass", metadata={}, cell_id="qa-unrun")
