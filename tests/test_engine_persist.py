@@ -89,7 +89,7 @@ def test_status_graph_outputs_run_and_cache_clear(saved):
     bad = k.execute("%link run nope")
     assert bad.status == "error" and "no component named 'nope'" in bad.traceback_text
     assert len(bad.traceback_text.strip().splitlines()) == 1
-    assert "has no stored outputs" in k.execute("%link outputs never_ran").traceback_text
+    assert "no component named 'never_ran'" in k.execute("%link outputs never_ran").traceback_text
 
     cleared = k.execute("%link cache clear")
     assert cleared.status == "ok" and "cleared the component cache" in cleared.stdout
