@@ -343,3 +343,16 @@ def test_link_outputs_of_a_name_no_cell_declares_says_so(qa_kernel):
         )
     finally:
         qa_kernel.execute("pass", metadata={}, cell_id="qa-unrun")
+
+
+@pytest.mark.xfail(strict=True, reason="open: a function keeps its parent component's globals (left to the engine owner)")
+def test_a_parents_function_sees_the_childs_globals_as_in_one_namespace(qa_kernel, home):
+    # SPEC §3: "as if the ancestors had run in one clean namespace"; in one namespace,
+    # `scale` rebound by the child is what `scaled` reads
+    nb = Notebook(qa_kernel, home / "globals.ipynb")
+    nb.add("helpers", "scale = 1\ndef scaled(v):\n    return v * scale", counted=False)
+    nb.add("caller", "scale = 10\nprint(scaled(2))", "helpers", counted=False).use()
+    try:
+        assert nb.run("caller").stdout == "20\n"
+    finally:
+        assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
