@@ -63,6 +63,7 @@ class LinkShell(ZMQInteractiveShell):
         super().__init__(*args, **kwargs)
         warnings.formatwarning = format_warning(warnings.formatwarning, self.compile.format_code_name)
         threading.excepthook = self._thread_excepthook
+        sys.unraisablehook = self._unraisable_hook
 
     @contextmanager
     def collect_errors(self) -> Iterator[list[CollectedError]]:
@@ -230,6 +231,25 @@ class LinkShell(ZMQInteractiveShell):
         stb = self.InteractiveTB.structured_traceback(args.exc_type, value, value.__traceback__, tb_offset=0)
         name = args.thread.name if args.thread is not None else threading.get_ident()
         print(f"Exception in thread {name}:\n{self.InteractiveTB.stb2text(stb)}", file=sys.stderr, flush=True)
+
+    def _unraisable_hook(self, args) -> None:
+        """An error Python cannot raise (in `__del__`, a weakref callback...): the user's
+        frames under Python's own header, to the cell's stderr.
+
+        Python's default hook prints the kernel's temp file paths, as for threads.
+        """
+        header = f"{args.err_msg or 'Exception ignored in'}" + ("" if args.object is None else f": {args.object!r}")
+        value = args.exc_value if args.exc_value is not None else args.exc_type()
+        value.__traceback__ = args.exc_traceback
+        if is_internal(value) or (args.exc_traceback is not None and trim(value).__traceback__ is None):
+            self._kernel_log.error("%s", header, exc_info=(args.exc_type, value, args.exc_traceback))
+            return
+        formatter = self.InteractiveTB
+        if value.__traceback__ is None:
+            stb = formatter.get_exception_only(args.exc_type, value)
+        else:
+            stb = formatter.structured_traceback(args.exc_type, value, value.__traceback__, tb_offset=0)
+        print(f"{header}\n{formatter.stb2text(stb)}", file=sys.stderr, flush=True)
 
     def _group_traceback(self, value: BaseException) -> list[str]:
         """IPython's own layout for the group and, boxed under it, for each member."""

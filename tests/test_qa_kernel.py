@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -356,3 +357,20 @@ def test_a_parents_function_sees_the_childs_globals_as_in_one_namespace(qa_kerne
         assert nb.run("caller").stdout == "20\n"
     finally:
         assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
+
+
+DEL_RAISES = "class D:\n    def __del__(self):\n        raise ValueError('in del')\nd = D()\ndel d\nprint('after')"
+
+
+@pytest.mark.parametrize("metadata", [{}, component_meta("finalizer")], ids=["cell", "component"])
+def test_an_error_in_a_finalizer_shows_the_users_frame_not_a_temp_file(qa_kernel, metadata):
+    # Python's default hook names the kernel's /tmp/ipykernel_* file, as for thread errors
+    result = qa_kernel.execute(DEL_RAISES, metadata=metadata, cell_id="qa-del")
+    qa_kernel.execute("pass", metadata={}, cell_id="qa-del")
+    assert (result.status, result.stdout) == ("ok", "after\n")
+    text = re.sub(r"\x1b\[[0-9;]*m", "", result.stderr)
+    assert re.match(r"Exception ignored in: <function D.__del__ at 0x[0-9a-f]+>\n", text), text
+    label = "Component finalizer" if metadata else r"Cell In\[\d+\]"
+    assert re.search(label + r", line 3, in D.__del__\(self\)\n", text), text
+    assert text.rstrip().endswith("ValueError: in del")
+    assert_clean(text)
