@@ -132,7 +132,10 @@ class Sources:
 
     def __init__(self, notebook_path: str | None = None) -> None:
         self._executed: dict[str, Cell] = {}
-        self._deleted: set[str] = set()
+        # cell key -> when the frontend reported it deleted. A saved notebook written after
+        # that which still holds the cell wins: JupyterLab keeps a code cell's id through
+        # cut and paste, so a moved cell is reported deleted.
+        self._deleted: dict[str, float] = {}
         self._clock = 0.0
         self.notebook_path = notebook_path
 
@@ -207,13 +210,13 @@ class Sources:
         request_meta = dict(request_meta or {})
         cell_id = cell_id or request_meta.get("cellId")
         for deleted in request_meta.get("deletedCells") or []:
-            self._deleted.add(deleted)
+            self._deleted[deleted] = self._now()
             self._executed.pop(deleted, None)
         metadata = {k: v for k, v in request_meta.items() if k not in TRANSPORT_KEYS}
         if cell_id is not None and parse_declaration(metadata, describe_cell(None, cell_id)) is None:
             # A plain cell from JupyterLab: its id is its key in the file too, so the saved
             # notebook need not be read (plain cells cost what they cost in ipykernel).
-            self._deleted.discard(cell_id)
+            self._deleted.pop(cell_id, None)
             self._executed[cell_id] = Cell(cell_id, cell_id, code, metadata, None, self._now())
             return None
         file_cells = self._read_file(strict=False)
@@ -231,7 +234,7 @@ class Sources:
         else:
             key = cell_id or f"source:{hash(code)}"
         cell = Cell(key, cell_id, code, metadata, index, self._now())
-        self._deleted.discard(key)
+        self._deleted.pop(key, None)
         self._executed[key] = cell
         decl = parse_declaration(metadata, describe_cell(index, cell_id))
         if decl is None:
@@ -256,7 +259,7 @@ class Sources:
         seen = set()
         for cell in file_cells:
             seen.add(cell.key)
-            if cell.key in self._deleted:
+            if self._deleted.get(cell.key, -1.0) >= cell.at:
                 continue
             executed = self._executed.get(cell.key)
             newer = executed is not None and executed.at >= cell.at

@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -374,3 +375,22 @@ def test_an_error_in_a_finalizer_shows_the_users_frame_not_a_temp_file(qa_kernel
     assert re.search(label + r", line 3, in D.__del__\(self\)\n", text), text
     assert text.rstrip().endswith("ValueError: in del")
     assert_clean(text)
+
+
+def test_a_component_cell_moved_by_cut_and_paste_is_found_once_saved(qa_kernel, home):
+    # JupyterLab 4 keeps a code cell's id through cut and paste, and reports the cut in
+    # deletedCells with the next request: the saved notebook then still holds the cell
+    nb = Notebook(qa_kernel, home / "moved.ipynb")
+    nb.add("origin", "v = 1", counted=False).add("user", "print(v + 1)", "origin", counted=False).use()
+    try:
+        assert nb.run("user").stdout == "2\n"
+        cut = qa_kernel.execute("pass", metadata={"deletedCells": ["id-origin"]}, cell_id="qa-elsewhere")
+        assert cut.status == "ok"
+        saved_after = time.time()
+        nb.cells = {"user": nb.cells["user"], "origin": nb.cells["origin"]}  # pasted below its child
+        nb.save()
+        os.utime(nb.path, (saved_after, saved_after))
+        moved = nb.run("user")
+        assert (moved.status, moved.stdout) == ("ok", "2\n"), moved.traceback_text
+    finally:
+        assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
