@@ -442,14 +442,23 @@ class ComponentFailed(Exception):
 
 
 async def _run_silently(shell, code: str):
+    """Run a cell as IPython's `run_cell(silent=True)` does, inside the caller's capture.
+
+    `post_execute` fires after it, as after every cell: matplotlib's inline backend shows
+    and closes the figures the cell drew then, so they are this run's outputs instead of
+    appearing in the next cell that runs live.
+    """
     preprocessing_exc_tuple = None
     try:
         transformed = shell.transform_cell(code)
     except Exception:  # noqa: BLE001 - reported by run_cell exactly as ipykernel does
         transformed, preprocessing_exc_tuple = code, sys.exc_info()
-    return await shell.run_cell_async(
-        code, store_history=False, silent=True, transformed_cell=transformed, preprocessing_exc_tuple=preprocessing_exc_tuple
-    )
+    try:
+        return await shell.run_cell_async(
+            code, store_history=False, silent=True, transformed_cell=transformed, preprocessing_exc_tuple=preprocessing_exc_tuple
+        )
+    finally:
+        shell.events.trigger("post_execute")
 
 
 @contextmanager

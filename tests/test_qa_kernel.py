@@ -394,3 +394,29 @@ def test_a_component_cell_moved_by_cut_and_paste_is_found_once_saved(qa_kernel, 
         assert (moved.status, moved.stdout) == ("ok", "2\n"), moved.traceback_text
     finally:
         assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
+
+
+# matplotlib's inline backend in miniature: plotting leaves a figure open, and a
+# `post_execute` callback displays (and closes) the open figures after each cell
+INLINE_BACKEND = (
+    "import sys, types\nfrom IPython.display import display\n"
+    "figures = sys.modules['qa_figures'] = types.ModuleType('qa_figures')\nfigures.open = []\n"
+    "def flush_figures():\n    while figures.open:\n        display(figures.open.pop(0))\n"
+    "get_ipython().events.register('post_execute', flush_figures)"
+)
+
+
+def test_a_figure_drawn_by_a_silent_parent_is_its_output_not_the_childs(qa_kernel, home):
+    assert qa_kernel.execute(INLINE_BACKEND).status == "ok"
+    nb = Notebook(qa_kernel, home / "figures.ipynb")
+    nb.add("plotter", "import qa_figures\nqa_figures.open.append('figure of plotter')", counted=False)
+    nb.add("after_plot", "print('child')", "plotter", counted=False).use()
+    try:
+        child = nb.run("after_plot")
+        assert child.stdout == "child\n", child.traceback_text
+        assert [d["data"] for d in child.displays if d["data"].get("text/plain", "").startswith("'figure")] == []
+        kept = qa_kernel.execute("%link outputs plotter")
+        assert [d["data"]["text/plain"] for d in kept.displays] == ["'figure of plotter'"]
+    finally:
+        qa_kernel.execute("get_ipython().events.unregister('post_execute', flush_figures)")
+        assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
