@@ -238,7 +238,7 @@ class LinkShell(ZMQInteractiveShell):
 
         Python's default hook prints the kernel's temp file paths, as for threads.
         """
-        header = f"{args.err_msg or 'Exception ignored in'}" + ("" if args.object is None else f": {args.object!r}")
+        header = (args.err_msg or "Exception ignored in") + ("" if args.object is None else f": {args.object!r}")
         value = args.exc_value if args.exc_value is not None else args.exc_type()
         value.__traceback__ = args.exc_traceback
         if is_internal(value) or (args.exc_traceback is not None and trim(value).__traceback__ is None):
