@@ -32,12 +32,14 @@ class Outputs:
     def __init__(self) -> None:
         self.items: list[dict[str, Any]] = []
         self._by_display_id: dict[str, dict[str, Any]] = {}
+        self._clear_next = False  # clear_output(wait=True): clear when the next output comes
         self._lock = threading.Lock()  # a live run's descriptor output arrives on other threads
 
     def stream(self, name: str, text: str) -> None:
         if not text:
             return
         with self._lock:
+            self._clear_if_pending()
             last = self.items[-1] if self.items else None
             if last is not None and last["output_type"] == "stream" and last["name"] == name:
                 last["text"] += text
@@ -57,6 +59,7 @@ class Outputs:
                 if shown is not None:
                     shown.update(data=dict(data), metadata=dict(metadata or {}))
                 return
+            self._clear_if_pending()
             item = {"output_type": output_type, "data": dict(data), "metadata": dict(metadata or {})}
             if output_type == "execute_result":
                 item["execution_count"] = None
@@ -64,13 +67,23 @@ class Outputs:
             if display_id:
                 self._by_display_id[display_id] = item
 
-    def clear(self) -> None:
+    def clear(self, wait: bool = False) -> None:
+        """clear_output as a notebook applies it: with `wait`, only once another output
+        comes, so the last output before a final `clear_output(wait=True)` stays."""
         with self._lock:
+            self._clear_next = True
+            if not wait:
+                self._clear_if_pending()
+
+    def _clear_if_pending(self) -> None:
+        if self._clear_next:
             self.items.clear()
             self._by_display_id.clear()
+            self._clear_next = False
 
     def error(self, ename: str, evalue: str, traceback: list[str]) -> None:
         with self._lock:
+            self._clear_if_pending()
             self.items.append({"output_type": "error", "ename": ename, "evalue": evalue, "traceback": list(traceback)})
 
 
@@ -130,7 +143,7 @@ class _CapturingPublisher(DisplayPublisher):
         self._outputs.display(data, metadata, display_id=(transient or {}).get("display_id"), update=update)
 
     def clear_output(self, wait: bool = False) -> None:
-        self._outputs.clear()
+        self._outputs.clear(wait)
 
 
 @contextmanager
@@ -238,7 +251,7 @@ def recorded(shell) -> Iterator[Outputs]:
                             "execute_result" if kind == "execute_result" else "display_data",
                             display_id=display_id, update=kind == "update_display_data")
         elif kind == "clear_output":
-            outputs.clear()
+            outputs.clear(bool(content.get("wait")))
         return msg
 
     hooked = [shell.display_pub, shell.displayhook]

@@ -420,3 +420,21 @@ def test_a_figure_drawn_by_a_silent_parent_is_its_output_not_the_childs(qa_kerne
     finally:
         qa_kernel.execute("get_ipython().events.unregister('post_execute', flush_figures)")
         assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
+
+
+@pytest.mark.parametrize(
+    ("code", "kept"),
+    [
+        ("for i in range(3):\n    clear_output(wait=True)\n    print(i)", "2\n"),
+        ("print('kept')\nclear_output(wait=True)", "kept\n"),  # nothing followed: Jupyter never clears
+        ("print('gone')\nclear_output()", ""),
+    ],
+    ids=["progress", "wait-last", "now"],
+)
+def test_clear_output_in_a_component_keeps_what_jupyter_would_show(qa_kernel, code, kept):
+    code = "from IPython.display import clear_output\n" + code
+    live = qa_kernel.execute(code, metadata=component_meta("clearing"), cell_id="qa-clearing")
+    assert live.status == "ok", live.traceback_text
+    assert qa_kernel.execute("%link outputs clearing").stdout == kept
+    assert qa_kernel.execute("%link run clearing --force").stdout == "ran: clearing\n"
+    assert qa_kernel.execute("%link outputs clearing").stdout == kept
