@@ -242,11 +242,14 @@ class Sources:
         return Component(decl, code, cell_id, index if index is not None else 10**6, metadata, index is not None)
 
     def _by_source(self, cells: list[Cell], code: str, unexecuted_only: bool) -> Cell | None:
+        """The saved cell with this code. Of several, the one run least recently (never run
+        first, then notebook order): nbclient and papermill run cells top to bottom, so two
+        components with the same code (the same step on two inputs) each get their turn."""
         wanted = code.rstrip()
-        for cell in cells:
-            if cell.source.rstrip() == wanted and not (unexecuted_only and cell.key in self._executed):
-                return cell
-        return None
+        matches = [c for c in cells if c.source.rstrip() == wanted]
+        if unexecuted_only:
+            return next((c for c in matches if c.key not in self._executed), None)
+        return min(matches, key=lambda c: self._executed[c.key].at if c.key in self._executed else -1.0, default=None)
 
     def components(self) -> list[Component]:
         """Every validly declared component (what labels traceback frames)."""

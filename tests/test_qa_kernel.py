@@ -438,3 +438,19 @@ def test_clear_output_in_a_component_keeps_what_jupyter_would_show(qa_kernel, co
     assert qa_kernel.execute("%link outputs clearing").stdout == kept
     assert qa_kernel.execute("%link run clearing --force").stdout == "ran: clearing\n"
     assert qa_kernel.execute("%link outputs clearing").stdout == kept
+
+
+def test_cells_with_the_same_code_run_as_their_own_components_without_cell_ids(qa_kernel, home):
+    # nbclient and papermill send neither metadata nor cellId: cells are found by their code
+    nb = Notebook(qa_kernel, home / "twins.ipynb")
+    nb.add("load_a", "data = [1, 2]", counted=False).add("load_b", "data = [3, 4]", counted=False)
+    nb.add("stats_a", "print(sum(data))", "load_a", counted=False)
+    nb.add("stats_b", "print(sum(data))", "load_b", counted=False).use()
+    try:
+        for _ in range(2):  # a second run of the whole notebook, as papermill re-running it
+            shown = [qa_kernel.execute(cell["source"]).stdout for cell in nb.cells.values()]
+            assert shown == ["", "", "3\n", "7\n"]
+        status = qa_kernel.execute("%link status").stdout
+        assert "stats_b  load_b   fresh" in status, status
+    finally:
+        assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
