@@ -63,6 +63,11 @@ def write_atomically(
     for source in filter(None, inputs):
         if path.exists() and os.path.exists(source) and os.path.samefile(path, source):
             raise LinkError(f"{shown}: not written: it is the input {source}, which it would replace; choose another output")
+    if path.exists() and not path.is_file():  # /dev/null, /dev/stdout, a FIFO: a rename would replace them
+        _write_through(path, data)
+        return
+    if path.is_symlink():  # a rename would replace the link; the user meant the file it points to
+        path = Path(os.path.realpath(path))
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         # os.open with 0o666 lets the umask decide permissions, as a plain open() would.
@@ -82,3 +87,12 @@ def write_atomically(
         if isinstance(exc, OSError):
             raise LinkError(f"{path}: cannot write: {exc.strerror}") from exc
         raise
+
+
+def _write_through(path: Path, data: bytes) -> None:
+    """Write into a device or pipe in place: it holds no old content a torn write could lose."""
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as exc:
+        raise LinkError(f"{path}: cannot write: {exc.strerror}") from exc
