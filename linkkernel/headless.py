@@ -99,6 +99,8 @@ def read_notebook(path: str | os.PathLike) -> Any:
         problem = notebook_problem(json.loads(text))
     except ValueError as exc:
         raise LinkError(f"{path}: not a readable notebook ({exc})") from None
+    except RecursionError:
+        raise LinkError(f"{path}: not a readable notebook (JSON nested too deeply)") from None
     if problem:
         raise LinkError(f"{path}: {problem}")
     return nbformat.reads(text.decode("utf-8"), as_version=4)

@@ -39,6 +39,8 @@ def loads(text: str | bytes, where: str) -> Notebook:
         notebook = json.loads(text)
     except ValueError as exc:
         raise LinkError(f"{where} is not a notebook: invalid JSON ({exc})") from None
+    except RecursionError:
+        raise LinkError(f"{where} is not a notebook: JSON nested too deeply") from None
     problem = notebook_problem(notebook)
     if problem:
         raise LinkError(f"{where}: {problem}")

@@ -577,6 +577,8 @@ def _notebook_graph(path: str):
         raise LinkError(f"{path}: cannot read: {exc.strerror}") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise LinkError(f"{path}: not a readable notebook (not valid JSON)") from exc
+    except RecursionError:
+        raise LinkError(f"{path}: not a readable notebook (JSON nested too deeply)") from None
     problem = notebook_problem(nb)
     if problem:
         raise LinkError(f"{path}: {problem}")

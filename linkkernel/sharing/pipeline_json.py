@@ -72,6 +72,8 @@ def _unreadable(path: str | Path, exc: Exception) -> str:
     else nbformat's."""
     try:
         parsed = json.loads(Path(path).read_bytes())
+    except RecursionError:
+        return "not a readable notebook (JSON nested too deeply)"
     except ValueError:
         parsed = {"cells": []}
     return notebook_problem(parsed) or f"not a readable notebook ({type(exc).__name__}: {exc})"
@@ -177,6 +179,8 @@ def parse_document(text: str | bytes, where: str) -> Pipeline:
         raise LinkError(f"{where}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
     except UnicodeDecodeError as exc:
         raise LinkError(f"{where}: not valid JSON: not UTF-8 text") from exc
+    except RecursionError:
+        raise LinkError(f"{where}: not valid JSON: nested too deeply") from None
     if not isinstance(doc, dict):
         raise LinkError(f"{where}: not a linkkernel pipeline (a JSON {type(doc).__name__}, expected an object)")
     if doc.get("format") != FORMAT:
