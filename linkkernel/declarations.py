@@ -194,6 +194,8 @@ def notebook_problem(notebook: Any) -> str | None:
         return f"not a notebook (a JSON {type(notebook).__name__}, not an object)"
     if notebook.get("nbformat", 4) != 4:
         return f"only nbformat 4 notebooks are supported, not {notebook['nbformat']!r}"
+    if not isinstance(notebook.get("metadata", {}), Mapping):
+        return "not a notebook (its metadata is not an object)"
     cells = notebook.get("cells")
     if not isinstance(cells, list):
         return "not a notebook (no 'cells' list)"
@@ -202,6 +204,11 @@ def notebook_problem(notebook: Any) -> str | None:
             return f"cell {index + 1} is not a code, markdown or raw cell"
         if not isinstance(cell.get("metadata", {}), (Mapping, type(None))):
             return f"cell {index + 1}: its metadata is not an object"
+        if not isinstance(cell.get("id", ""), str):
+            return f"cell {index + 1}: its id is not text"
+        outputs = cell.get("outputs", [])
+        if not (isinstance(outputs, list) and all(isinstance(o, Mapping) for o in outputs)):
+            return f"cell {index + 1}: its outputs are not a list of objects"
         source = cell.get("source", "")
         if not (isinstance(source, str) or isinstance(source, list) and all(isinstance(s, str) for s in source)):
             return f"cell {index + 1}: its source is neither text nor a list of lines"

@@ -15,6 +15,7 @@ import argparse
 import copy
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -50,17 +51,27 @@ def schema() -> dict[str, Any]:
 
 
 def read_notebook(path: str | Path):
-    """Read a notebook as nbformat 4.5 (cell ids present), or one line saying why not."""
+    """Read a notebook as nbformat 4.5 (cell ids present), or one line saying why not.
+
+    nbformat only logs a notebook that fails its schema, so what it returns is checked like
+    every other reader's (`notebook_problem`): otherwise a source that is a number would be
+    exported into a document that import refuses.
+    """
     import nbformat
 
     try:
-        nb = nbformat.read(os.fspath(path), as_version=4)
+        with warnings.catch_warnings():  # nbformat warns in two lines about ids it repairs itself
+            warnings.simplefilter("ignore")
+            nb = nbformat.read(os.fspath(path), as_version=4)
     except FileNotFoundError as exc:
         raise LinkError(f"{path}: no such notebook") from exc
     except OSError as exc:
         raise LinkError(f"{path}: cannot read: {exc.strerror}") from exc
     except Exception as exc:  # nbformat raises NotJSONError, ValidationError, KeyError... on bad files
         raise LinkError(f"{path}: {_unreadable(path, exc)}".splitlines()[0]) from exc
+    problem = notebook_problem(nb)
+    if problem:
+        raise LinkError(f"{path}: {problem}")
     if nb.nbformat_minor < 5:
         nb = nbformat.v4.upgrade(nb, from_version=4, from_minor=nb.nbformat_minor)
     return nb
