@@ -118,11 +118,17 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+def _is_declaration_tag(tag: Any) -> bool:
+    """`component:x`, `parent:x`, `remote:x`; a plain `parent` tag declares nothing and is the user's."""
+    kind, sep, _ = tag.partition(":") if isinstance(tag, str) else ("", "", "")
+    return bool(sep) and kind in TAG_KINDS
+
+
 def _without_declaration(metadata: Any) -> dict[str, Any]:
     """Cell metadata minus the declaration, which the document carries as name/parents/remote."""
     meta = _plain(dict(metadata or {}))
     meta.pop("link", None)
-    tags = [t for t in meta.get("tags", []) if not (isinstance(t, str) and t.partition(":")[0] in TAG_KINDS)]
+    tags = [t for t in meta.get("tags", []) if not _is_declaration_tag(t)]
     if tags:
         meta["tags"] = tags
     else:
@@ -213,6 +219,7 @@ def parse_document(text: str | bytes, where: str) -> Pipeline:
     for index, entry in enumerate(doc["components"]):
         link = {"name": entry["name"], "parents": entry["parents"], "remote": entry.get("remote")}
         decl = parse_declaration({"link": link}, f"{where}: component {index + 1}")
+        _check_no_declaration(entry.get("metadata", {}), f"{where}: component {index + 1} ({decl.name!r})")
         components.append(Component(decl, entry["code"], entry.get("cell_id"), index, entry.get("metadata", {})))
     requires = tuple(doc.get("requires", ()))
     both = sorted({c.name for c in components} & set(requires))
@@ -225,6 +232,16 @@ def parse_document(text: str | bytes, where: str) -> Pipeline:
         raise LinkError(f"{where}: {exc}") from exc
     _check_edges(doc["edges"], components, where)
     return Pipeline(components, requires)
+
+
+def _check_no_declaration(metadata: dict[str, Any], where: str) -> None:
+    """Import writes the declaration from name/parents/remote; one repeated in the metadata
+    would be written beside it and give the cell two names or unknown parents."""
+    if "link" in metadata:
+        raise LinkError(f"{where}: metadata key 'link' repeats a declaration; declare it with name, parents and remote")
+    for tag in metadata.get("tags", []):
+        if _is_declaration_tag(tag):
+            raise LinkError(f"{where}: metadata tag {tag!r} repeats a declaration; declare it with name, parents and remote")
 
 
 def _check_edges(edges: list[list[str]], components: list[Component], where: str) -> None:
