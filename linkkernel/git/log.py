@@ -36,7 +36,8 @@ class Commit:
 def commits(path: Path, limit: int | None) -> list[Commit]:
     """Commits that changed `path`, newest first, following renames, merges against their first parent."""
     fmt = f"{RECORD}%H{FIELD}%an <%ae>{FIELD}%ad{FIELD}%B{FIELD}"
-    args = ["git", "log", "--follow", "--raw", "--no-abbrev", "--diff-merges=first-parent", f"--format={fmt}"]
+    # --literal-pathspecs: 'nb[1].ipynb' is that file, not a glob that also matches nb1.ipynb
+    args = ["git", "--literal-pathspecs", "log", "--follow", "--raw", "--no-abbrev", "--diff-merges=first-parent", f"--format={fmt}"]
     if limit is not None:
         args.append(f"-n{limit}")
     done = subprocess.run([*args, "--", path.name], cwd=path.parent, capture_output=True, text=True)
