@@ -68,39 +68,48 @@ def install(global_: bool = False) -> Path:
     """Write the git config entries and the attributes line; returns the attributes file."""
     attributes = _attributes_file(global_)
     scope = ["--global"] if global_ else []
-    lines = _attribute_lines(attributes)
+    lines, newline = _attribute_lines(attributes)
     for key, value in git_settings().items():
         _git("config", *scope, key, value)
     if ATTRIBUTES_LINE not in lines:
-        _write_attributes(attributes, [*lines, ATTRIBUTES_LINE])
+        _write_attributes(attributes, [*lines, ATTRIBUTES_LINE], newline)
     return attributes
 
 
 def uninstall(global_: bool = False) -> Path:
     attributes = _attributes_file(global_)
     scope = ["--global"] if global_ else []
-    lines = _attribute_lines(attributes)
+    lines, newline = _attribute_lines(attributes)
     for section in (f"merge.{DRIVER}", f"diff.{DRIVER}"):
         _git("config", *scope, "--remove-section", section, check=False)
     kept = [line for line in lines if line.strip() != ATTRIBUTES_LINE]
     if kept != lines:
-        _write_attributes(attributes, kept)
+        _write_attributes(attributes, kept, newline)
     return attributes
 
 
-def _attribute_lines(attributes: Path) -> list[str]:
-    """The attributes file's lines, read before git config changes, so a file we cannot
-    read or write leaves git config as it was."""
+def _attribute_lines(attributes: Path) -> tuple[list[str], str]:
+    """The attributes file's lines and line ending, read before git config changes, so a file
+    we cannot read or write leaves git config as it was.
+
+    git reads the file as bytes: a latin-1 comment or CRLF endings are valid there, and are
+    kept byte for byte (surrogateescape) rather than crashing or rewriting every line.
+    """
     try:
-        return attributes.read_text().splitlines() if attributes.exists() else []
+        data = attributes.read_bytes() if attributes.exists() else b""
     except OSError as exc:
         raise LinkError(f"{attributes}: cannot read: {exc.strerror}") from None
+    text = data.decode("utf-8", "surrogateescape")
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if lines[-1] == "":
+        lines.pop()
+    return lines, "\r\n" if "\r\n" in text else "\n"
 
 
-def _write_attributes(attributes: Path, lines: list[str]) -> None:
+def _write_attributes(attributes: Path, lines: list[str], newline: str) -> None:
     try:
         attributes.parent.mkdir(parents=True, exist_ok=True)
-        attributes.write_text("".join(line + "\n" for line in lines))
+        attributes.write_bytes("".join(line + newline for line in lines).encode("utf-8", "surrogateescape"))
     except OSError as exc:
         raise LinkError(f"{attributes}: cannot write: {exc.strerror}") from None
 
@@ -119,7 +128,7 @@ def missing_driver_warning(near: str | Path = ".") -> str | None:
     else:
         return None
     try:
-        text = (folder / ".gitattributes").read_text()
+        text = (folder / ".gitattributes").read_text(errors="replace")  # git allows any bytes there
     except OSError:
         return None
     if f"merge={DRIVER}" not in text and f"diff={DRIVER}" not in text:
