@@ -1,0 +1,220 @@
+"""QA round 2: the non-remote `linkkernel` commands against hostile inputs and odd output paths.
+
+Most cases run `linkkernel.cli.main` in this process (its real entry point) to stay fast; the
+git ones run the command as git users do, in a real repository.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from git_support import Repo, code, notebook
+from linkkernel.cli import main
+from support import kernel_env
+
+NOTEBOOK = {
+    "nbformat": 4,
+    "nbformat_minor": 5,
+    "metadata": {},
+    "cells": [
+        {"cell_type": "code", "id": "c1", "metadata": {"tags": ["component:load"]}, "source": "x = 1",
+         "outputs": [], "execution_count": None},
+        {"cell_type": "code", "id": "c2", "metadata": {"tags": ["component:train", "parent:load"]},
+         "source": "y = x + 1", "outputs": [], "execution_count": None},
+    ],
+}
+DEEP = "[" * 100_000 + "]" * 100_000  # valid JSON that Python's parser cannot nest that deep
+
+
+@pytest.fixture
+def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nb.ipynb").write_text(json.dumps(NOTEBOOK))
+    return tmp_path
+
+
+def refused(capsys: pytest.CaptureFixture, *argv: str) -> str:
+    """Run `linkkernel ARGV`, expecting exit 1 and exactly one line on stderr; returns it."""
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    assert status == 1, out + err
+    assert err.count("\n") == 1, err
+    return err.rstrip("\n")
+
+
+def with_cell(**changes) -> dict:
+    nb = json.loads(json.dumps(NOTEBOOK))
+    nb["cells"][0].update(changes)
+    return nb
+
+
+# ---------------------------------------------------------------- where outputs go
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["export", "nb.ipynb", "-o", "{out}"],
+        ["cache", "export", "nb.ipynb", "-o", "{out}"],
+        ["merge", "nb.ipynb", "nb.ipynb", "nb.ipynb", "-o", "{out}"],
+    ],
+    ids=lambda argv: " ".join(argv[:2]),
+)
+def test_an_output_that_is_a_fifo_is_written_into_not_replaced(here: Path, argv):
+    # the same path as `-o /dev/stdout` or `-o /dev/null`, which a rename would replace with a file
+    fifo = here / "fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        assert main([a.replace("{out}", str(fifo)) for a in argv]) == 0
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode), "the FIFO was replaced by a regular file"
+        assert os.read(reader, 1 << 16), "nothing was written into the FIFO"
+    finally:
+        os.close(reader)
+    assert sorted(p.name for p in here.iterdir()) == ["fifo", "nb.ipynb"], "no temporary file is left behind"
+
+
+def test_an_output_that_is_a_symlink_writes_its_target_and_keeps_the_link(here: Path):
+    (here / "shared").mkdir()
+    (here / "shared" / "p.json").write_text("old")
+    (here / "p.json").symlink_to(here / "shared" / "p.json")
+    assert main(["export", "nb.ipynb", "-o", "p.json"]) == 0
+    assert (here / "p.json").is_symlink()
+    assert json.loads((here / "shared" / "p.json").read_text())["format"] == "linkkernel-pipeline"
+
+
+# ---------------------------------------------------------------- JSON no parser can nest
+
+
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        (["export", "deep.ipynb", "-o", "p.json"], "linkkernel export: deep.ipynb: not a readable notebook (JSON nested too deeply)"),
+        (["cache", "export", "deep.ipynb", "-o", "c.tar.gz"], "linkkernel cache: deep.ipynb: not a readable notebook (JSON nested too deeply)"),
+        (["diff", "nb.ipynb", "deep.ipynb"], "linkkernel diff: deep.ipynb is not a notebook: JSON nested too deeply"),
+        (["merge", "nb.ipynb", "nb.ipynb", "deep.ipynb", "-o", "m.ipynb"], "linkkernel merge: deep.ipynb is not a notebook: JSON nested too deeply"),
+        (["import", "deep.ipynb", "-o", "out.ipynb"], "linkkernel import: deep.ipynb: not valid JSON: nested too deeply"),
+        (["run", "deep.ipynb"], "linkkernel run: {here}/deep.ipynb: not a readable notebook (JSON nested too deeply)"),
+    ],
+    ids=lambda v: v[0] if isinstance(v, list) else "",
+)
+def test_json_nested_too_deeply_is_one_line(here: Path, capsys, argv, line):
+    (here / "deep.ipynb").write_text(DEEP)
+    assert refused(capsys, *argv) == line.format(here=here)
+    assert sorted(p.name for p in here.iterdir()) == ["deep.ipynb", "nb.ipynb"]
+
+
+# ---------------------------------------------------------------- export / import
+
+
+@pytest.mark.parametrize(
+    "nb, line",
+    [
+        (with_cell(source=5), "cell 1: its source is neither text nor a list of lines"),
+        ({**NOTEBOOK, "cells": {}}, "not a notebook (no 'cells' list)"),
+        ({**NOTEBOOK, "cells": [{"cell_type": "heading", "metadata": {}, "source": "x", "level": 1}]},
+         "cell 1 is not a code, markdown or raw cell"),
+        ({**NOTEBOOK, "metadata": []}, "not a notebook (its metadata is not an object)"),
+    ],
+    ids=["source-number", "cells-object", "heading-cell", "metadata-list"],
+)
+def test_export_and_import_refuse_what_every_other_command_refuses(here: Path, capsys, nb, line):
+    (here / "odd.ipynb").write_text(json.dumps(nb))
+    assert refused(capsys, "export", "odd.ipynb", "-o", "p.json") == f"linkkernel export: odd.ipynb: {line}"
+    assert main(["export", "nb.ipynb", "-o", "p.json"]) == 0
+    capsys.readouterr()
+    assert refused(capsys, "import", "p.json", "--into", "odd.ipynb", "-o", "out.ipynb") == f"linkkernel import: odd.ipynb: {line}"
+    assert not (here / "out.ipynb").exists()
+
+
+@pytest.mark.parametrize(
+    "changes, line",
+    [
+        ({"outputs": "oops"}, "cell 1: its outputs are not a list of objects"),
+        ({"outputs": [5]}, "cell 1: its outputs are not a list of objects"),
+        ({"id": 5}, "cell 1: its id is not text"),
+    ],
+    ids=["outputs-text", "outputs-number", "id-number"],
+)
+def test_cells_with_malformed_outputs_or_ids_are_one_line_everywhere(here: Path, capsys, changes, line):
+    (here / "odd.ipynb").write_text(json.dumps(with_cell(**changes)))
+    assert refused(capsys, "diff", "nb.ipynb", "odd.ipynb", "--outputs") == f"linkkernel diff: odd.ipynb: {line}"
+    assert refused(capsys, "export", "odd.ipynb", "-o", "p.json") == f"linkkernel export: odd.ipynb: {line}"
+    assert refused(capsys, "merge", "nb.ipynb", "odd.ipynb", "nb.ipynb", "-o", "m.ipynb") == f"linkkernel merge: odd.ipynb: {line}"
+    assert sorted(p.name for p in here.iterdir()) == ["nb.ipynb", "odd.ipynb"]
+
+
+def test_diff_of_outputs_whose_text_holds_a_number_shows_it(here: Path, capsys):
+    stream = {"output_type": "stream", "name": "stdout", "text": ["a\n", 5]}
+    (here / "odd.ipynb").write_text(json.dumps(with_cell(outputs=[stream])))
+    assert main(["diff", "nb.ipynb", "odd.ipynb", "--outputs", "--no-color"]) == 0
+    assert "  +a\n  +5" in capsys.readouterr().out
+
+
+def test_export_of_duplicate_cell_ids_prints_no_nbformat_warning(here: Path):
+    nb = json.loads(json.dumps(NOTEBOOK))
+    nb["cells"][1]["id"] = "c1"
+    (here / "dup.ipynb").write_text(json.dumps(nb))
+    # a real process: pytest would catch the warning this is about
+    done = subprocess.run([sys.executable, "-m", "linkkernel.cli", "export", "dup.ipynb", "-o", "p.json"],
+                          cwd=here, env=kernel_env(), capture_output=True, text=True)
+    assert (done.returncode, done.stderr, done.stdout) == (0, "", "exported 2 components (load, train) to p.json\n")
+
+
+def test_import_refuses_a_declaration_repeated_in_component_metadata(here: Path, capsys):
+    assert main(["export", "nb.ipynb", "-o", "p.json"]) == 0
+    doc = json.loads((here / "p.json").read_text())
+    doc["components"][0]["metadata"] = {"tags": ["slow", "component:other"]}
+    (here / "p.json").write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert refused(capsys, "import", "p.json", "-o", "out.ipynb") == (
+        "linkkernel import: p.json: component 1 ('load'): metadata tag 'component:other' repeats a declaration; "
+        "declare it with name, parents and remote"
+    )
+    assert not (here / "out.ipynb").exists()
+
+
+def test_a_plain_tag_that_names_a_declaration_kind_survives_export_and_import(here: Path):
+    nb = with_cell(metadata={"tags": ["component:load", "parent", "remote"]})
+    (here / "tagged.ipynb").write_text(json.dumps(nb))
+    assert main(["export", "tagged.ipynb", "-o", "p.json"]) == 0
+    assert json.loads((here / "p.json").read_text())["components"][0]["metadata"] == {"tags": ["parent", "remote"]}
+
+
+# ---------------------------------------------------------------- git
+
+
+@pytest.fixture
+def repo(tmp_path):
+    return Repo(tmp_path)
+
+
+def test_log_of_a_name_with_glob_characters_shows_only_that_file(repo):
+    repo.commit(notebook(code("x = 1\n", "component:load", id="c1")), "add the bracketed one", name="nb[1].ipynb")
+    repo.commit(notebook(code("x = 1\n", "component:load", id="c1")), "add nb1", name="nb1.ipynb")
+    repo.commit(notebook(code("x = 2\n", "component:load", id="c1")), "edit nb1", name="nb1.ipynb")
+    done = repo.linkkernel("log", "nb[1].ipynb")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert [line.strip() for line in done.stdout.splitlines() if line.startswith("    ")] == ["add the bracketed one"]
+
+
+def test_a_gitattributes_file_that_is_not_utf8_is_kept_byte_for_byte(repo):
+    original = b"# caf\xe9 (latin-1)\r\n*.txt text\r\n"
+    (repo.path / ".gitattributes").write_bytes(original)
+    repo.commit(notebook(code("x = 1\n", "component:load", id="c1")), "first")
+    for argv in (["log", "nb.ipynb"], ["merge", "nb.ipynb", "nb.ipynb", "nb.ipynb", "-o", "m.ipynb"]):
+        done = repo.linkkernel(*argv)
+        assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    done = repo.linkkernel("git", "install")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert (repo.path / ".gitattributes").read_bytes() == original + b"*.ipynb merge=linkkernel diff=linkkernel\r\n"
+    done = repo.linkkernel("git", "uninstall")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert (repo.path / ".gitattributes").read_bytes() == original
