@@ -96,14 +96,31 @@ def read_notebook(path: str | os.PathLike) -> Any:
     except OSError as exc:
         raise LinkError(f"{path}: not a readable notebook ({exc})") from None
     try:
-        problem = notebook_problem(json.loads(text))
+        parsed = json.loads(text)
     except ValueError as exc:
         raise LinkError(f"{path}: not a readable notebook ({exc})") from None
     except RecursionError:
         raise LinkError(f"{path}: not a readable notebook (JSON nested too deeply)") from None
+    problem = notebook_problem(parsed) or _duplicate_id(parsed)
     if problem:
         raise LinkError(f"{path}: {problem}")
     return nbformat.reads(text.decode("utf-8"), as_version=4)
+
+
+def _duplicate_id(notebook: Mapping[str, Any]) -> str | None:
+    """The kernel finds each executed cell in the saved file by its id, so with two cells of
+    one id it would read the wrong cell's declaration (nbformat repairs only its own copy)."""
+    seen: dict[str, int] = {}
+    for index, cell in enumerate(notebook["cells"]):
+        cell_id = cell.get("id")
+        if cell_id in seen:
+            return (
+                f"cell {index + 1} has the id {cell_id!r} of cell {seen[cell_id] + 1}; cell ids must be unique "
+                "(saving the notebook in Jupyter repairs them)"
+            )
+        if cell_id is not None:
+            seen[cell_id] = index
+    return None
 
 
 def plan(notebook: Mapping[str, Any], targets: Sequence[str] = (), looked_in: str = "the notebook") -> list[Step]:
@@ -392,8 +409,11 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    report = run_notebook(args.notebook, args.target, args.force, args.timeout)
+    from linkkernel.sharing.commandline import check_output
+
     output = Path(args.output) if args.output else default_output(args.notebook)
+    check_output(output)
+    report = run_notebook(args.notebook, args.target, args.force, args.timeout)
     write_notebook(report.notebook, output)
     return report_run(report, output)
 

@@ -218,3 +218,31 @@ def test_a_gitattributes_file_that_is_not_utf8_is_kept_byte_for_byte(repo):
     done = repo.linkkernel("git", "uninstall")
     assert (done.returncode, done.stderr) == (0, "")
     assert (repo.path / ".gitattributes").read_bytes() == original
+
+
+# ---------------------------------------------------------------- run
+
+
+def run_command(here: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "linkkernel.cli", "run", *argv], cwd=here, env=kernel_env(),
+                          capture_output=True, text=True, timeout=180)
+
+
+def test_run_refuses_duplicate_cell_ids_before_a_kernel_starts(here: Path):
+    # the kernel matches cells by id in the saved file, so it would run the wrong cell
+    nb = json.loads(json.dumps(NOTEBOOK))
+    nb["cells"][1]["id"] = "c1"
+    (here / "dup.ipynb").write_text(json.dumps(nb))
+    done = run_command(here, "dup.ipynb")
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (
+        f"linkkernel run: {here / 'dup.ipynb'}: cell 2 has the id 'c1' of cell 1; cell ids must be unique "
+        "(saving the notebook in Jupyter repairs them)\n"
+    )
+    assert not (here / "dup.out.ipynb").exists()
+
+
+def test_run_refuses_an_output_it_could_not_write_before_running_anything(here: Path):
+    done = run_command(here, "nb.ipynb", "-o", "missing/out.ipynb")
+    assert (done.returncode, done.stdout) == (1, ""), "the pipeline ran although its result had nowhere to go"
+    assert done.stderr == "linkkernel run: missing/out.ipynb: cannot write: No such file or directory\n"

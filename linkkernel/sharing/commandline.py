@@ -7,6 +7,7 @@ usage error must be a one-line LinkError, not argparse's `SystemExit`, which wou
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import secrets
 import stat
@@ -45,16 +46,13 @@ def parse_magic_args(
         return None
 
 
-def write_atomically(
-    path: str | Path, data: bytes, inputs: tuple[str | Path | None, ...] = (), mode: int | None = None
-) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and a rename.
+def check_output(path: str | Path, inputs: tuple[str | Path | None, ...] = ()) -> None:
+    """Refuse an output path that cannot be written, in one line, before any work is done.
 
-    A failure half-way (disk full, interrupt) leaves the old file, or none, never a torn one.
+    `linkkernel run` calls it before running a pipeline, whose result would otherwise be
+    lost to a mistyped folder at the very end; `write_atomically` calls it again.
     `path` may not be one of the command's `inputs`: `-o` pointing at the notebook being
-    read would replace the user's work with the command's output. With `mode` the file has
-    exactly that mode from its creation on (a file only its owner may read); without it the
-    umask decides, and a file rewritten keeps its mode.
+    read would replace the user's work with the command's output.
     """
     shown = os.fspath(path) or "''"
     path = Path(path)
@@ -63,6 +61,23 @@ def write_atomically(
     for source in filter(None, inputs):
         if path.exists() and os.path.exists(source) and os.path.samefile(path, source):
             raise LinkError(f"{shown}: not written: it is the input {source}, which it would replace; choose another output")
+    folder = Path(os.path.realpath(path)).parent
+    if not folder.is_dir():
+        raise LinkError(f"{path}: cannot write: {os.strerror(errno.ENOTDIR if folder.exists() else errno.ENOENT)}")
+
+
+def write_atomically(
+    path: str | Path, data: bytes, inputs: tuple[str | Path | None, ...] = (), mode: int | None = None
+) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and a rename.
+
+    A failure half-way (disk full, interrupt) leaves the old file, or none, never a torn one.
+    The path is checked by `check_output` first. With `mode` the file has
+    exactly that mode from its creation on (a file only its owner may read); without it the
+    umask decides, and a file rewritten keeps its mode.
+    """
+    check_output(path, inputs)
+    path = Path(path)
     if path.exists() and not path.is_file():  # /dev/null, /dev/stdout, a FIFO: a rename would replace them
         _write_through(path, data)
         return
