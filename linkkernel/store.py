@@ -118,7 +118,11 @@ class CacheStore:
                 self.unusable = f"cache store {url!r} cannot be used: {exc}"
                 return
             self.root = f"{base.rstrip('/')}/{notebook_key(notebook_path)}"
-            self._load_records()
+            try:
+                self._load_records()
+            except Exception as exc:  # s3fs lets botocore's own errors through (no credentials...), not only OSError
+                self.fs = self.root = None
+                self.unusable = f"cache store {url!r} cannot be used: {exc}"
 
     @property
     def location(self) -> str:
@@ -184,11 +188,14 @@ class CacheStore:
 
     def flush(self) -> None:
         """Wait for background writes (kernel shutdown, `%link cache clear`)."""
+        for exc in self.write_failures():  # the run itself succeeded; only its persistence is lost
+            log.warning("linkkernel: could not write the component cache at %s: %s", self.root, exc)
+
+    def write_failures(self) -> list[BaseException]:
+        """Wait for background writes; the errors of those that failed, for a caller
+        (`cache import`) whose only result is what was written."""
         pending, self._pending = self._pending, []
-        for future in pending:
-            exc = future.exception()
-            if exc is not None:  # the run itself succeeded; only its persistence is lost
-                log.warning("linkkernel: could not write the component cache at %s: %s", self.root, exc)
+        return [exc for exc in (future.exception() for future in pending) if exc is not None]
 
     def has_value(self, digest: str) -> bool:
         """Whether a value can be loaded, without asking the storage (an S3 HEAD per name per

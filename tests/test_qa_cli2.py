@@ -246,3 +246,42 @@ def test_run_refuses_an_output_it_could_not_write_before_running_anything(here: 
     done = run_command(here, "nb.ipynb", "-o", "missing/out.ipynb")
     assert (done.returncode, done.stdout) == (1, ""), "the pipeline ran although its result had nowhere to go"
     assert done.stderr == "linkkernel run: missing/out.ipynb: cannot write: No such file or directory\n"
+
+
+# ---------------------------------------------------------------- cache stores that cannot be used
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory, link_kernelspec) -> Path:
+    """nb.ipynb run once headless, its results exported: a real, signed archive."""
+    home = tmp_path_factory.mktemp("archive")
+    (home / "nb.ipynb").write_text(json.dumps(NOTEBOOK))
+    for argv in (["run", "nb.ipynb"], ["cache", "export", "nb.ipynb", "-o", "cache.tar.gz"]):
+        done = subprocess.run([sys.executable, "-m", "linkkernel.cli", *argv], cwd=home, env=kernel_env(),
+                              capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr
+    return home / "cache.tar.gz"
+
+
+def test_cache_import_into_a_store_it_cannot_write_fails_instead_of_claiming_success(here: Path, archive: Path):
+    # the store URL names a file, so no folder can be made under it
+    done = subprocess.run([sys.executable, "-m", "linkkernel.cli", "cache", "import", str(archive),
+                           "--notebook", "nb.ipynb", "--cache", str(here / "nb.ipynb")],
+                          cwd=here, env=kernel_env(), capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (1, ""), done.stdout
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"linkkernel cache: {archive}: import failed: cannot write to the cache store {here / 'nb.ipynb'}/")
+    assert "Not a directory" in done.stderr
+
+
+def test_an_s3_cache_store_without_credentials_is_one_line(here: Path):
+    env = {k: v for k, v in kernel_env().items() if not k.startswith("AWS_")}
+    # no credentials anywhere, and no instance-metadata lookup: botocore fails before any network
+    env.update(AWS_SHARED_CREDENTIALS_FILE=str(here / "none"), AWS_CONFIG_FILE=str(here / "none"),
+               AWS_EC2_METADATA_DISABLED="true")
+    done = subprocess.run([sys.executable, "-m", "linkkernel.cli", "cache", "export", "nb.ipynb", "-o", "c.tar.gz",
+                           "--cache", "s3://bucket/cache"], cwd=here, env=env, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (
+        "linkkernel cache: cache store 's3://bucket/cache' cannot be used: Unable to locate credentials\n"
+    )

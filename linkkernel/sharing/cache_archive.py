@@ -491,7 +491,7 @@ def _environment_notes(manifest: dict[str, Any]) -> list[str]:
     return notes
 
 
-def install_archive(archive: VerifiedArchive, graph, store) -> ImportResult:
+def install_archive(archive: VerifiedArchive, graph, store, where: str = "the archive") -> ImportResult:
     """Put the archive's runs that are fresh for `graph` into `store`; list the others as stale.
 
     A run is fresh when its code hash and parents match the notebook and its parents are
@@ -524,7 +524,10 @@ def install_archive(archive: VerifiedArchive, graph, store) -> ImportResult:
     for name in imported:
         record = archive.records[name]
         store.put(record, {d: archive.blobs[d] for d in record.namespace.values()}, {})
-    store.flush()
+    failures = store.write_failures()
+    if failures:
+        reason = str(failures[0]) or type(failures[0]).__name__
+        raise ArchiveError(f"{where}: import failed: cannot write to the cache store {store.location} ({reason})")
     return ImportResult(imported, stale, _environment_notes(archive.manifest))
 
 
@@ -623,7 +626,7 @@ def do_import(path: str, graph, store, trust: bool, max_size: int, progress: Pro
         raise ArchiveError(f"{path}: cannot read: {exc.strerror}") from exc
     with source:
         archive = read_archive(source, path, key, trust, max_size, progress)
-    result = install_archive(archive, graph, store)
+    result = install_archive(archive, graph, store, path)
     lines = [f"imported {len(result.imported)} component{'s' * (len(result.imported) != 1)} "
              f"from {path} into {store.location}" + (f": {', '.join(result.imported)}" if result.imported else "")]
     if result.stale:
