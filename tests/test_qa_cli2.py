@@ -285,3 +285,32 @@ def test_an_s3_cache_store_without_credentials_is_one_line(here: Path):
     assert done.stderr == (
         "linkkernel cache: cache store 's3://bucket/cache' cannot be used: Unable to locate credentials\n"
     )
+
+
+# ---------------------------------------------------------------- merge of notebook metadata
+
+
+def with_notebook_metadata(**metadata) -> dict:
+    nb = json.loads(json.dumps(NOTEBOOK))
+    nb["metadata"].update(metadata)
+    return nb
+
+
+def test_merge_reports_notebook_metadata_both_sides_changed_instead_of_dropping_theirs(here: Path, capsys):
+    spec = {"name": "link-python", "display_name": "Link Python", "language": "python"}
+    (here / "base.ipynb").write_text(json.dumps(with_notebook_metadata(kernelspec=spec)))
+    (here / "ours.ipynb").write_text(json.dumps(with_notebook_metadata(kernelspec={**spec, "display_name": "Ours"})))
+    (here / "theirs.ipynb").write_text(json.dumps(with_notebook_metadata(kernelspec={**spec, "display_name": "Theirs"})))
+    assert refused(capsys, "merge", "base.ipynb", "ours.ipynb", "theirs.ipynb", "-o", "m.ipynb") == (
+        "linkkernel merge: ours.ipynb: conflict in the notebook metadata: 'kernelspec' changed by both sides (ours kept)"
+    )
+    assert json.loads((here / "m.ipynb").read_text())["metadata"]["kernelspec"]["display_name"] == "Ours"
+
+
+def test_merge_takes_language_info_the_kernels_recorded_without_a_conflict(here: Path, capsys):
+    info = {"name": "python", "version": "3.11.7"}
+    (here / "base.ipynb").write_text(json.dumps(with_notebook_metadata(language_info=info)))
+    (here / "ours.ipynb").write_text(json.dumps(with_notebook_metadata(language_info={**info, "version": "3.12.1"})))
+    (here / "theirs.ipynb").write_text(json.dumps(with_notebook_metadata(language_info={**info, "version": "3.13.0"})))
+    assert main(["merge", "base.ipynb", "ours.ipynb", "theirs.ipynb", "-o", "m.ipynb"]) == 0
+    assert capsys.readouterr().err == ""

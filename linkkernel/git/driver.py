@@ -48,5 +48,6 @@ def run(args: argparse.Namespace) -> int:
     result = merge_notebooks(nbio.read(base), nbio.read(ours), nbio.read(theirs), marker_size)
     nbio.write(result.notebook, output)
     for conflict in result.conflicts:
-        print(f"linkkernel merge: {shown}: conflict in cell {conflict.cell + 1}: {conflict.message}", file=sys.stderr)
+        where = "the notebook metadata" if conflict.cell is None else f"cell {conflict.cell + 1}"
+        print(f"linkkernel merge: {shown}: conflict in {where}: {conflict.message}", file=sys.stderr)
     return 1 if result.conflicts else 0

@@ -43,13 +43,20 @@ _MISSING = object()
 # Two cells added at the same place are one cell added twice only when nearly identical;
 # otherwise both are kept, one after the other, as git keeps two different added files.
 SAME_NEW_CELL = 0.8
+# Notebook metadata a kernel or frontend records as it runs (its Python version, widget
+# state): both sides having re-run the notebook is no contradiction to stop a merge for.
+RECORDED_NOTEBOOK_METADATA = frozenset({"language_info", "widgets"})
 
 
 @dataclass(frozen=True)
 class Conflict:
-    """One real contradiction, marked in cell `cell` (0-based index in the merged notebook)."""
+    """One real contradiction, marked in cell `cell` (0-based index in the merged notebook).
 
-    cell: int
+    `cell` is None for the notebook's own metadata: no cell can carry its markers, so the
+    driver's message and exit status are what tell the user.
+    """
+
+    cell: int | None
     kind: str  # "source", "declaration", "metadata", "cell type", "delete", "insert", "pipeline", "internal"
     message: str
 
@@ -425,7 +432,9 @@ def _merge(base: Notebook, ours: Notebook, theirs: Notebook, marker_size: int) -
     conflicts = [Conflict(n, kind, msg) for n, k in enumerate(order) for kind, msg in notes.get(k, [])]
 
     notebook = dict(ours)
-    notebook["metadata"], _ = _merge_mapping(base.get("metadata", {}), ours.get("metadata", {}), theirs.get("metadata", {}), set())
+    notebook["metadata"], clashes = _merge_mapping(base.get("metadata", {}), ours.get("metadata", {}), theirs.get("metadata", {}), set())
+    conflicts += [Conflict(None, "metadata", f"{key!r} changed by both sides (ours kept)")
+                  for key in clashes if key not in RECORDED_NOTEBOOK_METADATA]
     notebook["nbformat_minor"] = max(ours.get("nbformat_minor", 0), theirs.get("nbformat_minor", 0))
     notebook["cells"] = merged_cells
     _fix_ids(notebook)
@@ -433,7 +442,7 @@ def _merge(base: Notebook, ours: Notebook, theirs: Notebook, marker_size: int) -
         return _renames(base, ours, to_ours) | _renames(base, theirs, to_theirs)
 
     conflicts += check_pipeline(notebook, renames, [origin[k] for k in order], ours, theirs, marker_size)
-    conflicts.sort(key=lambda c: c.cell)
+    conflicts.sort(key=lambda c: -1 if c.cell is None else c.cell)
     return MergeResult(notebook, conflicts)
 
 
