@@ -52,6 +52,10 @@ def install(
     if not name:
         # jupyter_client would name the kernelspec after our temporary folder
         raise LinkError("cannot install a kernelspec with an empty --name")
+    if name in (".", ".."):
+        # jupyter_client accepts them and empties the destination first: kernels/. holds every
+        # kernelspec of the prefix, kernels/.. all of share/jupyter (JupyterLab's extensions too)
+        raise LinkError(f"cannot install a kernelspec named {name!r}: it names a folder, not a kernelspec")
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / name
         write_kernelspec(staged, display_name)
@@ -96,7 +100,8 @@ def configure_install(parser: argparse.ArgumentParser) -> None:
 def _run_install(args: argparse.Namespace) -> int:
     prefix = sys.prefix if args.sys_prefix else args.prefix
     path = install(user=args.user, prefix=prefix, name=args.name, display_name=args.display_name)
-    print(f"Installed kernelspec {args.name} ({args.display_name}) in {path}")
+    # Jupyter lowercases the name; the folder's name is the one to give `uninstall` and the launcher
+    print(f"Installed kernelspec {Path(path).name} ({args.display_name}) in {path}")
     return 0
 
 

@@ -314,3 +314,26 @@ def test_merge_takes_language_info_the_kernels_recorded_without_a_conflict(here:
     (here / "theirs.ipynb").write_text(json.dumps(with_notebook_metadata(language_info={**info, "version": "3.13.0"})))
     assert main(["merge", "base.ipynb", "ours.ipynb", "theirs.ipynb", "-o", "m.ipynb"]) == 0
     assert capsys.readouterr().err == ""
+
+
+# ---------------------------------------------------------------- kernelspec install
+
+
+@pytest.mark.parametrize("name", [".", ".."])
+def test_install_refuses_a_name_that_is_a_folder_of_the_prefix_and_deletes_nothing(here: Path, capsys, name):
+    # jupyter_client empties the destination first: kernels/. is every kernelspec, kernels/.. all of share/jupyter
+    assert main(["install", "--prefix", "prefix", "--name", "keepme"]) == 0
+    (here / "prefix" / "share" / "jupyter" / "labextensions").mkdir()
+    capsys.readouterr()
+    assert refused(capsys, "install", "--prefix", "prefix", "--name", name) == (
+        f"linkkernel install: cannot install a kernelspec named {name!r}: it names a folder, not a kernelspec"
+    )
+    assert (here / "prefix" / "share" / "jupyter" / "kernels" / "keepme" / "kernel.json").exists()
+    assert (here / "prefix" / "share" / "jupyter" / "labextensions").is_dir()
+
+
+def test_install_reports_the_name_jupyter_lists_the_kernelspec_under(here: Path, capsys):
+    assert main(["install", "--prefix", "prefix", "--name", "Link-GPU"]) == 0
+    assert capsys.readouterr().out == (
+        f"Installed kernelspec link-gpu (Link Python) in {here / 'prefix' / 'share' / 'jupyter' / 'kernels' / 'link-gpu'}\n"
+    )
