@@ -337,3 +337,14 @@ def test_install_reports_the_name_jupyter_lists_the_kernelspec_under(here: Path,
     assert capsys.readouterr().out == (
         f"Installed kernelspec link-gpu (Link Python) in {here / 'prefix' / 'share' / 'jupyter' / 'kernels' / 'link-gpu'}\n"
     )
+
+
+def test_log_shows_a_commit_message_holding_the_separator_characters(repo):
+    message = "evil \x1f field \x1e record"
+    repo.write(notebook(code("x = 1\n", "component:load", id="c1")))
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", message)
+    done = repo.linkkernel("log", "nb.ipynb")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert "    evil " in done.stdout and " record\n" in done.stdout
+    assert "+ component load" in done.stdout

@@ -18,7 +18,7 @@ from pathlib import Path
 from linkkernel.errors import LinkError
 
 NULL_BLOB = "0" * 40
-RECORD, FIELD = "\x1e", "\x1f"
+FIELD = "\x00"  # the one character a commit message cannot hold
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Commit:
 
 def commits(path: Path, limit: int | None) -> list[Commit]:
     """Commits that changed `path`, newest first, following renames, merges against their first parent."""
-    fmt = f"{RECORD}%H{FIELD}%an <%ae>{FIELD}%ad{FIELD}%B{FIELD}"
+    fmt = "%x00%H%x00%an <%ae>%x00%ad%x00%B%x00"  # FIELD as git's escape (argv holds no NUL); then --raw lines
     # --literal-pathspecs: 'nb[1].ipynb' is that file, not a glob that also matches nb1.ipynb
     args = ["git", "--literal-pathspecs", "log", "--follow", "--raw", "--no-abbrev", "--diff-merges=first-parent", f"--format={fmt}"]
     if limit is not None:
@@ -44,8 +44,9 @@ def commits(path: Path, limit: int | None) -> list[Commit]:
     if done.returncode:
         raise LinkError(f"git log failed for {path}: {done.stderr.strip()}")
     found = []
-    for record in done.stdout.split(RECORD)[1:]:
-        sha, author, date, message, raw = record.split(FIELD)
+    parts = done.stdout.split(FIELD)[1:]
+    for start in range(0, len(parts), 5):
+        sha, author, date, message, raw = parts[start:start + 5]
         old = new = None
         old_path = new_path = path.name
         for line in raw.splitlines():
