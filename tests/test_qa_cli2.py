@@ -348,3 +348,14 @@ def test_log_shows_a_commit_message_holding_the_separator_characters(repo):
     assert (done.returncode, done.stderr) == (0, "")
     assert "    evil " in done.stdout and " record\n" in done.stdout
     assert "+ component load" in done.stdout
+
+
+def test_merge_of_a_huge_repetitive_cell_edited_at_both_ends_does_not_hang(here: Path):
+    # 100000 lines of three kinds: a pairwise line matcher over the whole cell is quadratic here
+    body = "".join(f"row{i % 3} = {i % 3}\n" for i in range(100_000))
+    for name, source in (("base", body), ("ours", "x = 0\n" + body), ("theirs", body + "y = 0\n")):
+        (here / f"{name}.ipynb").write_text(json.dumps(with_cell(source=source)))
+    done = subprocess.run([sys.executable, "-m", "linkkernel.cli", "merge", "base.ipynb", "ours.ipynb", "theirs.ipynb",
+                           "-o", "m.ipynb"], cwd=here, env=kernel_env(), capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert "".join(json.loads((here / "m.ipynb").read_text())["cells"][0]["source"]) == "x = 0\n" + body + "y = 0\n"

@@ -12,10 +12,32 @@ def _lines(text: str) -> list[str]:
     return text.splitlines(True)
 
 
+def _matching_blocks(a: list[str], b: list[str]) -> list[tuple[int, int, int]]:
+    """SequenceMatcher's matching blocks, with the common head and tail matched first.
+
+    Without junk heuristics the matcher is quadratic in lines that repeat (a 100000-line
+    cell of a few distinct lines took most of an hour); an edit is nearly always local, so
+    only the part between the unchanged head and tail goes through it.
+    """
+    head = 0
+    limit = min(len(a), len(b))
+    while head < limit and a[head] == b[head]:
+        head += 1
+    tail = 0
+    while tail < limit - head and a[-1 - tail] == b[-1 - tail]:
+        tail += 1
+    middle = SequenceMatcher(None, a[head:len(a) - tail], b[head:len(b) - tail], autojunk=False).get_matching_blocks()
+    blocks = [(0, 0, head)] if head else []
+    blocks += [(i + head, j + head, n) for i, j, n in middle if n]
+    if tail:
+        blocks.append((len(a) - tail, len(b) - tail, tail))
+    return [*blocks, (len(a), len(b), 0)]
+
+
 def _sync_regions(base: list[str], ours: list[str], theirs: list[str]) -> Iterator[tuple[int, int, int, int, int, int]]:
     """Stretches of base that both sides kept unchanged, with where they sit on each side."""
-    ours_blocks = SequenceMatcher(None, base, ours, autojunk=False).get_matching_blocks()
-    theirs_blocks = SequenceMatcher(None, base, theirs, autojunk=False).get_matching_blocks()
+    ours_blocks = _matching_blocks(base, ours)
+    theirs_blocks = _matching_blocks(base, theirs)
     io = it = 0
     while io < len(ours_blocks) and it < len(theirs_blocks):
         obase, omatch, olen = ours_blocks[io]
