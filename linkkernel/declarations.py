@@ -6,6 +6,7 @@ tool agrees on what a cell declares and every tool refuses the same malformed ce
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -212,6 +213,25 @@ def notebook_problem(notebook: Any) -> str | None:
         source = cell.get("source", "")
         if not (isinstance(source, str) or isinstance(source, list) and all(isinstance(s, str) for s in source)):
             return f"cell {index + 1}: its source is neither text nor a list of lines"
+    if lone_surrogate(notebook):  # one pass over the whole notebook; cell by cell only to say where
+        for index, cell in enumerate(cells):
+            char = lone_surrogate(cell)
+            if char:
+                return f"cell {index + 1}: holds {char!r}, a lone surrogate escape that is not valid Unicode"
+        return f"its metadata holds {lone_surrogate(notebook)!r}, a lone surrogate escape that is not valid Unicode"
+    return None
+
+
+def lone_surrogate(value: Any) -> str | None:
+    """The first lone surrogate in `value`'s strings, or None.
+
+    JSON's "\\ud800" escape parses into a string no tool can print or write as UTF-8, so
+    every command would end in a UnicodeEncodeError deep inside; readers refuse it up front.
+    """
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.object[exc.start:exc.end][:1]
     return None
 
 

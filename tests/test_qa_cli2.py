@@ -359,3 +359,38 @@ def test_merge_of_a_huge_repetitive_cell_edited_at_both_ends_does_not_hang(here:
                            "-o", "m.ipynb"], cwd=here, env=kernel_env(), capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stderr) == (0, "")
     assert "".join(json.loads((here / "m.ipynb").read_text())["cells"][0]["source"]) == "x = 0\n" + body + "y = 0\n"
+
+
+# ---------------------------------------------------------------- text that is not Unicode
+
+SURROGATE_LINE = "cell 1: holds '\\ud800', a lone surrogate escape that is not valid Unicode"
+
+
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        (["export", "odd.ipynb", "-o", "p.json"], f"linkkernel export: odd.ipynb: {SURROGATE_LINE}"),
+        (["cache", "export", "odd.ipynb", "-o", "c.tar.gz"], f"linkkernel cache: odd.ipynb: {SURROGATE_LINE}"),
+        (["diff", "nb.ipynb", "odd.ipynb"], f"linkkernel diff: odd.ipynb: {SURROGATE_LINE}"),
+        (["merge", "nb.ipynb", "odd.ipynb", "nb.ipynb", "-o", "m.ipynb"], f"linkkernel merge: odd.ipynb: {SURROGATE_LINE}"),
+        (["run", "odd.ipynb"], f"linkkernel run: {{here}}/odd.ipynb: {SURROGATE_LINE}"),
+    ],
+    ids=lambda v: v[0] if isinstance(v, list) else "",
+)
+def test_a_lone_surrogate_escape_is_one_line(here: Path, capsys, argv, line):
+    # "\ud800" is valid JSON but no text: it cannot be printed or written as UTF-8
+    (here / "odd.ipynb").write_text(json.dumps(with_cell(source='x = "\ud800"\n')))
+    assert refused(capsys, *argv) == line.format(here=here)
+    assert sorted(p.name for p in here.iterdir()) == ["nb.ipynb", "odd.ipynb"]
+
+
+def test_a_pipeline_document_with_a_lone_surrogate_is_one_line(here: Path, capsys):
+    assert main(["export", "nb.ipynb", "-o", "p.json"]) == 0
+    doc = json.loads((here / "p.json").read_text())
+    doc["components"][0]["code"] = "x = '\ud800'"
+    (here / "p.json").write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert refused(capsys, "import", "p.json", "-o", "out.ipynb") == (
+        "linkkernel import: p.json: not valid JSON text: it holds '\\ud800', a lone surrogate escape that is not valid Unicode"
+    )
+    assert not (here / "out.ipynb").exists()

@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from linkkernel import __version__
-from linkkernel.declarations import TAG_KINDS, Component, Declaration, notebook_components, notebook_problem, parse_declaration
+from linkkernel.declarations import (
+    TAG_KINDS,
+    Component,
+    Declaration,
+    lone_surrogate,
+    notebook_components,
+    notebook_problem,
+    parse_declaration,
+)
 from linkkernel.errors import LinkError
 from linkkernel.sharing.commandline import parse_magic_args, write_atomically
 
@@ -200,6 +208,9 @@ def parse_document(text: str | bytes, where: str) -> Pipeline:
         raise LinkError(f"{where}: not valid JSON: nested too deeply") from None
     if not isinstance(doc, dict):
         raise LinkError(f"{where}: not a linkkernel pipeline (a JSON {type(doc).__name__}, expected an object)")
+    char = lone_surrogate(doc)
+    if char:
+        raise LinkError(f"{where}: not valid JSON text: it holds {char!r}, a lone surrogate escape that is not valid Unicode")
     if doc.get("format") != FORMAT:
         raise LinkError(f"{where}: not a linkkernel pipeline (format {doc.get('format')!r}, expected {FORMAT!r})")
     version = doc.get("version")
