@@ -394,3 +394,19 @@ def test_a_pipeline_document_with_a_lone_surrogate_is_one_line(here: Path, capsy
         "linkkernel import: p.json: not valid JSON text: it holds '\\ud800', a lone surrogate escape that is not valid Unicode"
     )
     assert not (here / "out.ipynb").exists()
+
+
+def test_git_diff_goes_on_past_a_file_that_is_not_a_notebook(repo):
+    # git stops the whole diff ('external diff died') at a driver that fails
+    assert repo.linkkernel("git", "install").returncode == 0
+    repo.write(notebook(code("x = 1\n", "component:load", id="c1")), "a.ipynb")
+    repo.write(notebook(code("x = 1\n", "component:load", id="c1")), "b.ipynb")
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "first")
+    (repo.path / "a.ipynb").write_text("<<<<<<< HEAD\n{}\n=======\n")
+    repo.write(notebook(code("x = 2\n", "component:load", id="c1")), "b.ipynb")
+    done = repo.git("diff", check=False)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert "not compared as notebooks: a.ipynb is not a notebook: invalid JSON" in done.stdout
+    assert "+<<<<<<< HEAD\n" in done.stdout
+    assert "+x = 2\n" in done.stdout, "the notebook after the broken one is still shown"

@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from linkkernel.declarations import TAG_KINDS, Declaration, DeclarationError, cell_source, parse_declaration
@@ -274,6 +275,18 @@ def colour_wanted(choice: bool | None) -> bool:
     return terminal and "NO_COLOR" not in os.environ
 
 
+def _as_text(old_path: str, new_path: str, old_name: str, new_name: str, note: str) -> str:
+    """A plain line diff of two files, for git's sake, under a note saying why."""
+    texts = []
+    for path in (old_path, new_path):
+        try:
+            texts.append(Path(path).read_text(errors="replace").splitlines(True))
+        except OSError:
+            texts.append([])
+    lines = difflib.unified_diff(*texts, old_name, new_name)
+    return f"({note})\n" + "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+
+
 def run(args: argparse.Namespace) -> int:
     from linkkernel.errors import LinkError
     from linkkernel.git import nbio
@@ -288,7 +301,15 @@ def run(args: argparse.Namespace) -> int:
         warn_if_unconfigured(new_path)
     else:
         raise LinkError(f"expected A.ipynb B.ipynb, got {len(args.files)} files")
-    old, new = nbio.read(old_path), nbio.read(new_path)
+    try:
+        old, new = nbio.read(old_path), nbio.read(new_path)
+    except LinkError as exc:
+        if len(args.files) != 7:
+            raise
+        # git stops its whole diff at a driver that fails ('external diff died'), hiding every
+        # file after this one: show a broken file (a text merge's markers) as text instead
+        sys.stdout.write(_as_text(old_path, new_path, old_name, new_name, f"not compared as notebooks: {exc}"))
+        return 0
     diff = diff_notebooks(old, new, outputs=args.outputs)
     color = colour_wanted(args.color)
     sys.stdout.write(render_text(diff, color, old_name, new_name))
