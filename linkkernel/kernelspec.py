@@ -78,7 +78,7 @@ def uninstall(name: str = KERNEL_NAME) -> str:
 
     manager = KernelSpecManager()
     try:
-        return manager.remove_kernel_spec(name)
+        return manager.remove_kernel_spec(name.lower())  # install lowercases it, as Jupyter does
     except (KeyError, NoSuchKernel) as exc:
         raise LinkError(f"no kernelspec named {name!r} is installed") from exc
 

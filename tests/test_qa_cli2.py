@@ -410,3 +410,10 @@ def test_git_diff_goes_on_past_a_file_that_is_not_a_notebook(repo):
     assert "not compared as notebooks: a.ipynb is not a notebook: invalid JSON" in done.stdout
     assert "+<<<<<<< HEAD\n" in done.stdout
     assert "+x = 2\n" in done.stdout, "the notebook after the broken one is still shown"
+
+
+def test_uninstall_takes_the_name_install_was_given(here: Path, capsys, monkeypatch):
+    monkeypatch.setenv("JUPYTER_PATH", str(here / "prefix" / "share" / "jupyter"))
+    assert main(["install", "--prefix", "prefix", "--name", "Link-GPU"]) == 0
+    assert main(["uninstall", "--name", "Link-GPU"]) == 0
+    assert not (here / "prefix" / "share" / "jupyter" / "kernels" / "link-gpu").exists()
