@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import math
 import os
 import re
 import sys
@@ -394,6 +395,17 @@ def report_run(
     return 1
 
 
+def _seconds(text: str) -> float:
+    """A cell timeout: nbclient fails on nan/inf with a traceback and reads 0 or less as none."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (0 < value < math.inf):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
 def configure_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("notebook", help="the pipeline notebook (.ipynb)")
     parser.add_argument(
@@ -404,7 +416,7 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
         "-o", "--output", metavar="OUT.ipynb", help="where to write the executed notebook (default: NB.out.ipynb)"
     )
     parser.add_argument("--force", action="store_true", help="re-run components even when their cached results are fresh")
-    parser.add_argument("--timeout", type=float, metavar="S", help="fail a cell that runs longer than S seconds")
+    parser.add_argument("--timeout", type=_seconds, metavar="S", help="fail a cell that runs longer than S seconds")
     parser.set_defaults(func=run)
 
 

@@ -417,3 +417,14 @@ def test_uninstall_takes_the_name_install_was_given(here: Path, capsys, monkeypa
     assert main(["install", "--prefix", "prefix", "--name", "Link-GPU"]) == 0
     assert main(["uninstall", "--name", "Link-GPU"]) == 0
     assert not (here / "prefix" / "share" / "jupyter" / "kernels" / "link-gpu").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-5"])
+def test_run_timeout_must_be_a_positive_number_of_seconds(here: Path, capsys, value):
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "nb.ipynb", f"--timeout={value}"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == (
+        f"linkkernel run: argument --timeout: {value!r} is not a positive number of seconds "
+        "(see 'linkkernel run --help')\n"
+    )
