@@ -27,6 +27,7 @@ import re
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +106,9 @@ def read_notebook(path: str | os.PathLike) -> Any:
     problem = notebook_problem(parsed) or _duplicate_id(parsed)
     if problem:
         raise LinkError(f"{path}: {problem}")
-    return nbformat.reads(text.decode("utf-8"), as_version=4)
+    with warnings.catch_warnings():  # nbformat warns in two lines about the ids it adds itself
+        warnings.simplefilter("ignore")
+        return nbformat.reads(text.decode("utf-8"), as_version=4)
 
 
 def _duplicate_id(notebook: Mapping[str, Any]) -> str | None:

@@ -428,3 +428,13 @@ def test_run_timeout_must_be_a_positive_number_of_seconds(here: Path, capsys, va
         f"linkkernel run: argument --timeout: {value!r} is not a positive number of seconds "
         "(see 'linkkernel run --help')\n"
     )
+
+
+def test_run_of_a_notebook_missing_its_cell_ids_prints_no_nbformat_warning(here: Path):
+    nb = json.loads(json.dumps(NOTEBOOK))
+    for cell in nb["cells"]:
+        del cell["id"]
+    (here / "noids.ipynb").write_text(json.dumps(nb))
+    done = run_command(here, "noids.ipynb")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "linkkernel run: [1/2] load ran\nlinkkernel run: [2/2] train ran\n"
