@@ -54,7 +54,24 @@ class RunRecord:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunRecord:
-        return cls(**data)
+        """A record read back from a store or an archive; ValueError (or TypeError) when it
+        is not one: a torn or hand-edited file must mean 'run again', not an error later."""
+        record = cls(**data)
+        texts = (record.name, record.run_id, record.code_hash, record.status, record.where)
+        well_formed = (
+            all(isinstance(text, str) for text in texts)
+            and isinstance(record.started, (int, float)) and isinstance(record.duration, (int, float))
+            and _str_map(record.parents) and _str_map(record.namespace)
+            and isinstance(record.outputs, list) and all(isinstance(o, dict) for o in record.outputs)
+            and isinstance(record.memory_only, list) and all(isinstance(n, str) for n in record.memory_only)
+        )
+        if not well_formed:
+            raise ValueError(f"malformed run record for {record.name!r}")
+        return record
+
+
+def _str_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
 
 
 def states(

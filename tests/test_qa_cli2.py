@@ -438,3 +438,21 @@ def test_run_of_a_notebook_missing_its_cell_ids_prints_no_nbformat_warning(here:
     done = run_command(here, "noids.ipynb")
     assert done.returncode == 0, done.stderr
     assert done.stderr == "linkkernel run: [1/2] load ran\nlinkkernel run: [2/2] train ran\n"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"namespace": [1]}, {"namespace": {"x": 5}}, {"outputs": "text"}, {"parents": ["load"]}, {"run_id": None}],
+    ids=["namespace-list", "digest-number", "outputs-text", "parents-list", "run-id-null"],
+)
+def test_a_malformed_record_in_the_cache_store_means_run_again(here: Path, archive: Path, change):
+    # a torn or hand-edited record in the store: the component is simply not fresh
+    cache = here / "store"
+    subprocess.run([sys.executable, "-m", "linkkernel.cli", "cache", "import", str(archive), "--notebook", "nb.ipynb",
+                    "--cache", str(cache)], cwd=here, env=kernel_env(), check=True, capture_output=True)
+    [record] = cache.glob("*/records/load.json")
+    record.write_text(json.dumps({**json.loads(record.read_text()), **change}))
+    done = subprocess.run([sys.executable, "-m", "linkkernel.cli", "cache", "export", "nb.ipynb", "-o", "c.tar.gz",
+                           "--cache", str(cache)], cwd=here, env=kernel_env(), capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == "exported 0 components to c.tar.gz\nnot exported: load (never ran); train (stale)\n"

@@ -451,14 +451,6 @@ def _decode(manifest: dict[str, Any], content: dict[str, bytes], signed_by_user:
             raise ArchiveError(f"{where}: corrupt archive: {path!r} is not a run record") from exc
         same = (record.name, record.code_hash, record.run_id, record.parents) == (
             name, entry["code_hash"], entry["run_id"], entry["parents"])
-        well_formed = (
-            isinstance(record.namespace, dict)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in record.namespace.items())
-            and isinstance(record.outputs, list)
-            and isinstance(record.memory_only, list)
-        )
-        if not well_formed:
-            raise ArchiveError(f"{where}: corrupt archive: {path!r} is not a run record")
         if not same or not record.ok:
             raise ArchiveError(f"{where}: corrupt archive: {path!r} disagrees with the manifest")
         absent = sorted(d for d in record.namespace.values() if d not in archive.blobs)
