@@ -73,6 +73,13 @@ def parse_options(pairs: list[str] | None) -> dict[str, Any]:
     return options
 
 
+def refuse_unshareable(url: str) -> None:
+    """A kernel and a worker meet in the store; `memory://` lives inside one process, so a
+    kernel's inputs would never reach the worker there."""
+    if url.startswith("memory:"):
+        raise StorageError(f"storage {url}: memory:// exists inside one process only; a kernel and a worker cannot share it (use a directory or s3://)")
+
+
 def describe_failure(url: str, exc: BaseException) -> str:
     """One line saying why the store at `url` failed, without a traceback into fsspec."""
     text = " ".join(str(exc).split()) or type(exc).__name__

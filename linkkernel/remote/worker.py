@@ -745,22 +745,27 @@ def configure_worker(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_listen(address: str) -> None:
+    """Refuse what ZeroMQ would misread: it wraps a port out of range (99999 binds 34463),
+    so kernels registered with the port the user typed would never find the worker."""
     if not address.startswith(("tcp://", "ipc://")):
         raise LinkError(f"--listen {address!r} must be tcp://HOST:PORT or ipc://PATH")
     if address.startswith("tcp://"):
-        host = address[len("tcp://") :].rsplit(":", 1)[0]
+        host, _, port = address[len("tcp://") :].rpartition(":")
+        if not host or not (port == "*" or port.isdigit() and int(port) <= 65535):
+            raise LinkError(f"--listen {address!r} must be tcp://HOST:PORT with a port from 0 to 65535 (0 or * for any free port)")
         if host not in LOOPBACK_HOSTS:
             log.warning("listening on %s: reachable from other machines; every message is still signed", address)
 
 
 def run(args: argparse.Namespace) -> int:
     from linkkernel.remote.protocol import load_or_create_curve_key, read_key
-    from linkkernel.remote.storage import parse_options
+    from linkkernel.remote.storage import parse_options, refuse_unshareable
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s linkkernel worker: %(message)s", stream=sys.stderr)
     if args.slots < 1:
         raise LinkError("--slots must be at least 1")
     _check_listen(args.listen)
+    refuse_unshareable(args.storage)
     key = read_key(args.key_file)
     curve_secret = None
     if args.curve_key_file:
@@ -770,7 +775,7 @@ def run(args: argparse.Namespace) -> int:
     for module in preload:
         try:
             importlib.import_module(module)
-        except ImportError as exc:
+        except (ImportError, ValueError, TypeError) as exc:  # not found, or not a module name ("", ".x")
             if args.preload is not None:
                 raise LinkError(f"--preload {module}: {exc}") from None
     if args.storage.startswith("s3"):
