@@ -141,13 +141,16 @@ def configure_curve_client(socket: zmq.Socket, server_key: str | None) -> None:
 def load_or_create_curve_key(path: str | os.PathLike) -> tuple[bytes, bytes]:
     """The worker's CurveZMQ (public, secret) keys, created (mode 0600) on first use."""
     key_path = Path(path).expanduser()
-    if not key_path.exists():
-        public, secret = zmq.curve_keypair()
-        key_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(secret + b"\n")
-    secret = key_path.read_bytes().strip()
+    try:
+        if not key_path.exists():
+            public, secret = zmq.curve_keypair()
+            key_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(secret + b"\n")
+        secret = key_path.read_bytes().strip()
+    except OSError as exc:  # a directory, no permission, a parent that is a file
+        raise LinkError(f"cannot use CurveZMQ key file {key_path}: {exc.strerror or exc}") from None
     try:
         public = zmq.curve_public(secret)
     except (ValueError, zmq.ZMQError) as exc:
