@@ -38,7 +38,11 @@ class Client:
         self.socket = zmq.Context.instance().socket(zmq.DEALER)
         self.socket.linger = 0
         configure_curve_client(self.socket, server_key)
-        self.socket.connect(address)
+        try:
+            self.socket.connect(address)
+        except zmq.ZMQError as exc:  # an address `workers add` would refuse, from a hand-edited registry
+            self.socket.close(0)
+            raise RemoteError(f"worker {alias!r}: cannot connect to {address}: {exc.strerror}") from None
         self.closed = False
 
     def close(self) -> None:

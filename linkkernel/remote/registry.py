@@ -49,10 +49,36 @@ def load() -> dict[str, WorkerEntry]:
         return {}
     except (OSError, ValueError) as exc:
         raise LinkError(f"worker registry {path} cannot be read: {exc}") from None
-    try:
-        return {alias: WorkerEntry(**entry) for alias, entry in raw.get("workers", {}).items()}
-    except TypeError as exc:
-        raise LinkError(f"worker registry {path} is malformed: {exc}") from None
+    workers = raw.get("workers", {}) if isinstance(raw, dict) else None
+    if not isinstance(workers, dict):
+        raise LinkError(f"worker registry {path} is malformed: expected {{\"workers\": {{ALIAS: {{...}}}}}}")
+    return {alias: _entry(path, alias, entry) for alias, entry in workers.items()}
+
+
+# The type of every field of an entry, as `save` writes it.
+_FIELDS: dict[str, tuple[type, ...]] = {
+    "alias": (str,), "address": (str,), "storage": (str,), "key_file": (str,),
+    "storage_options": (dict,), "server_key": (str, type(None)),
+}
+
+
+def _entry(path: Path, alias: str, raw: Any) -> WorkerEntry:
+    """One entry of a registry that may have been edited by hand: checked field by field, so
+    a wrong type is named here rather than failing later inside ZeroMQ or pathlib."""
+    where = f"worker registry {path} is malformed: entry {alias!r}"
+    if not isinstance(raw, dict):
+        raise LinkError(f"{where} is {type(raw).__name__}, not an object")
+    for name, value in raw.items():
+        if name not in _FIELDS:
+            raise LinkError(f"{where} has unknown field {name!r}")
+        if not isinstance(value, _FIELDS[name]):
+            raise LinkError(f"{where}: {name!r} is {type(value).__name__}, expected {_FIELDS[name][0].__name__}")
+    missing = [name for name in ("address", "storage", "key_file") if name not in raw]
+    if missing:
+        raise LinkError(f"{where} lacks {missing[0]!r}")
+    if raw.get("alias", alias) != alias:
+        raise LinkError(f"{where} names alias {raw['alias']!r}; the two must agree")
+    return WorkerEntry(**{**raw, "alias": alias})
 
 
 def save(entries: dict[str, WorkerEntry]) -> None:
@@ -96,11 +122,20 @@ def add(
 ) -> WorkerEntry:
     """Register (or replace) a worker after checking what can be checked offline."""
     from linkkernel.remote.protocol import read_key
+    from linkkernel.remote.storage import refuse_unshareable
 
     if not ALIAS.fullmatch(alias):
         raise LinkError(f"alias {alias!r} must match [A-Za-z_][A-Za-z0-9_.-]*")
-    if not re.fullmatch(r"tcp://[^:/]+:\d+|tcp://\[[0-9a-fA-F:.]+\]:\d+|ipc://.+", address):
+    tcp = re.fullmatch(r"tcp://([^:/]+|\[[0-9a-fA-F:.]+\]):(\d+)", address)
+    if not tcp and not re.fullmatch(r"ipc://.+", address):
         raise LinkError(f"address {address!r} must be tcp://HOST:PORT (or ipc://PATH)")
+    # ZeroMQ would wrap a port out of range and cannot connect to "*": refuse what a
+    # kernel could never reach rather than let every run of the alias time out.
+    if tcp and not 0 < int(tcp[2]) <= 65535:
+        raise LinkError(f"address {address!r}: port {tcp[2]} is not a port a worker can listen on (1-65535)")
+    if tcp and tcp[1] == "*":
+        raise LinkError(f"address {address!r}: * is for a worker's --listen; give the host the worker runs on")
+    refuse_unshareable(storage)
     options = dict(storage_options or {})
     secret = sorted(k for k in options if _SECRET_OPTION.search(k))
     if secret:
