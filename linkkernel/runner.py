@@ -310,7 +310,9 @@ class Runner:
         record.outputs = list(result.outputs)
         if result.error is not None:
             error = {"ename": result.error.ename, "evalue": result.error.evalue, "traceback": list(result.error.traceback)}
-            if result.error.ename == "KeyboardInterrupt":
+            # Run as an ancestor, it stops the run as a local one does; run live it is the
+            # cell's own error, which needs its reply like any other.
+            if result.error.ename == "KeyboardInterrupt" and not live:
                 outcome.interrupted = True
                 return outcome
             outcome.error = error
