@@ -141,10 +141,19 @@ class WorkerShell(InteractiveShell):
     error: dict[str, Any] | None = None
 
     def _showtraceback(self, etype, evalue, stb) -> None:
-        self.error = {"ename": etype.__name__, "evalue": str(evalue), "traceback": list(stb)}
+        self.error = {"ename": etype.__name__, "evalue": _text(evalue), "traceback": list(stb)}
 
     def init_io(self) -> None:
         """Keep the process's streams alone until a task replaces them."""
+
+
+def _text(evalue: BaseException) -> str:
+    """The exception's message; an exception whose __str__ itself raises must still be
+    reported as the user's error, not as a failure inside this module."""
+    try:
+        return str(evalue)
+    except Exception:  # noqa: BLE001 - any error of the user's __str__
+        return f"<unprintable {type(evalue).__name__} object>"
 
 
 def preload_shell() -> WorkerShell:
