@@ -364,6 +364,10 @@ class Worker:
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.linger = 0
+        # A ROUTER silently drops what exceeds a peer's high-water mark: a task printing fast
+        # to a busy kernel lost lines, then its result, and the kernel reported a dead worker.
+        # Queue instead; the kernel reads everything in order.
+        self.socket.sndhwm = 0
         if curve_secret is not None:
             self.socket.curve_server = True
             self.socket.curve_secretkey = curve_secret
