@@ -164,6 +164,11 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
     except KeyboardInterrupt:
         client.cancel(task_id)
         raise
+    except RemoteError:
+        # Maybe a blob this kernel takes for stored is gone from the store (emptied, expired):
+        # the next run checks rather than failing the same way for the kernel's whole life.
+        store.forget_uploads()
+        raise
     result = done.body["result"]
     if result.get("error"):
         error = result["error"]

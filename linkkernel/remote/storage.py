@@ -50,6 +50,9 @@ _PREFIX = 4 + _MAC_LEN + 4
 _ALIGN = mmap.PAGESIZE
 # Verified local files remembered per store (digest -> file identity); bounded, oldest dropped.
 _VERIFIED_MAX = 4096
+# What `_holds` reads first of a stored blob to check its header: the prefix and a header of
+# up to a few hundred buffers.
+_HEAD_READ = 16384
 log = logging.getLogger(__name__)
 # Errors s3fs/botocore/aiohttp raise that mean "cannot talk to the store" or "not allowed".
 _REFUSED_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden", "403")
@@ -180,7 +183,7 @@ class Store:
             return False
         path = self._path(blob.digest)
         try:
-            if self.fs.exists(path):
+            if self._holds(path, blob.digest):
                 self._known.add(blob.digest)
                 return False
             self._write(path, blob)
@@ -191,6 +194,33 @@ class Store:
         self._known.add(blob.digest)
         self.bytes_uploaded += blob.size
         return True
+
+    def _holds(self, path: str, digest: str) -> bool:
+        """Whether the store has the blob, signed with our key; only its header is read.
+
+        A file there signed with another key (the key was changed, the store kept) or with
+        a damaged header is written again: left alone, it would fail the verification of
+        every task that needs it, for good.
+        """
+        try:
+            head = self.fs.cat_file(path, start=0, end=_HEAD_READ)
+        except FileNotFoundError:
+            return False
+        if len(head) < _PREFIX:
+            return False
+        end = _PREFIX + int.from_bytes(head[_PREFIX - 4 : _PREFIX], "little")
+        if end > len(head):  # a value of many buffers
+            head = self.fs.cat_file(path, start=0, end=end)
+        try:
+            self._sizes(digest, head[:_PREFIX], head[_PREFIX:end])
+        except StorageError:
+            return False
+        return True
+
+    def forget_uploads(self) -> None:
+        """Stop taking blobs for stored because this process stored or saw them: after a task
+        found one missing (the store was emptied meanwhile), the next put checks the store."""
+        self._known.clear()
 
     def _layout(self, blob: Blob) -> tuple[bytes, list[memoryview], list[int]]:
         """A blob file's header, its parts and where each starts (then where the file ends)."""
