@@ -1,0 +1,138 @@
+"""A demanding user's faults around remote components, against real workers and kernels:
+each is one clear error within seconds (or no error at all), the kernel stays usable and
+the worker keeps serving (SPEC §4, §5)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from engine_support import Notebook
+from linkkernel.namespaces import dump, load
+from linkkernel.remote import executor, registry
+from linkkernel.remote.client import Client, RemoteError
+from linkkernel.remote.protocol import read_key
+from linkkernel.remote.storage import Store
+from linkkernel.remote.worker import versions
+from linkkernel.tasks import ComponentTask
+from remote_support import WorkerProcess, make_key
+from support import Kernel
+
+
+def plain(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory):
+    return tmp_path_factory.mktemp("qa-remote-faults")
+
+
+@pytest.fixture(scope="module")
+def key_file(tmp):
+    return make_key(tmp / "key")
+
+
+@pytest.fixture(scope="module")
+def worker(tmp, key_file):
+    w = WorkerProcess(str(tmp / "store"), key_file, tmp)
+    registry.add("qa1", w.address, str(tmp / "store"), str(key_file))
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="module")
+def kernel(link_kernelspec, worker):
+    k = Kernel()
+    yield k
+    k.shutdown()
+
+
+@pytest.fixture
+def nb(kernel, tmp_path):
+    return Notebook(kernel, tmp_path / "faults.ipynb")
+
+
+def task(code: str, **inputs) -> ComponentTask:
+    return ComponentTask("qa", code, {k: dump(k, v) for k, v in inputs.items()}, False)
+
+
+def test_keyboardinterrupt_raised_by_a_remote_component_is_its_error_and_the_cell_ends(nb, worker) -> None:
+    """Raised by the user's code on the worker, not an interrupt of this kernel: the cell used
+    to get no execute_reply at all and stayed busy for good."""
+    nb.add("src", "a = 1")
+    nb.add("stopper", "b = a\nraise KeyboardInterrupt", "src", remote="qa1")
+    nb.add("below", "c = b", "stopper")
+    nb.use()
+    direct = nb.run("stopper", timeout=30)
+    assert direct.status == "error"
+    assert direct.reply["content"]["ename"] == "KeyboardInterrupt"
+    assert "linkkernel" not in plain(direct.traceback_text)
+    assert nb.kernel.execute("1 + 1").status == "ok"
+    child = nb.run("below", timeout=30)
+    assert child.status == "error" and child.reply["content"]["ename"] == "KeyboardInterrupt"
+    assert "below" not in nb.runs()
+    assert nb.kernel.execute("1 + 1").status == "ok" and worker.alive()
+
+
+def test_an_exception_whose_str_fails_shows_no_worker_frames(worker) -> None:
+    code = "class Odd(Exception):\n    def __str__(self):\n        raise ValueError('no text')\n\nraise Odd()\n"
+    result = executor.run_remote(None, task(code), "qa1")
+    assert result.error is not None and result.error.ename == "Odd"
+    text = plain("\n".join(result.error.traceback))
+    assert "Component qa, line 5" in text
+    for machinery in ("linkkernel", "taskprocess", "_showtraceback"):
+        assert machinery not in text
+    assert worker.alive()
+
+
+def test_output_faster_than_the_kernel_reads_it_is_neither_lost_nor_taken_for_a_dead_worker(worker, key_file) -> None:
+    """A kernel busy elsewhere (here: not reading for 2 s) must still get every line and the
+    result: ZeroMQ used to drop messages past its high-water mark, the result included."""
+    lines = 30_000
+    client = Client("qa1", worker.address, read_key(key_file))
+    body = {"task": uuid.uuid4().hex, "name": "chatty", "code": f"for i in range({lines}):\n    print(i)\ndone = 1",
+            "inputs": {}, "versions": versions()}
+    try:
+        client.submit(body)
+        time.sleep(2)
+        received: list[str] = []
+        done = client.follow(body["task"], lambda message: received.append(message["output"].get("text", "")))
+    finally:
+        client.close()
+    assert done.body["result"]["bound"]
+    assert "".join(received).split() == [str(i) for i in range(lines)]
+
+
+def test_storage_deleted_between_runs_is_one_error_then_runs_again(worker, tmp) -> None:
+    data = np.arange(10_000.0)
+    assert load(executor.run_remote(None, task("total = float(data.sum())", data=data), "qa1").bound["total"]) == data.sum()
+    shutil.rmtree(tmp / "store")
+    with pytest.raises(RemoteError, match="has no blob") as info:
+        executor.run_remote(None, task("total = float(data.sum()) + 1", data=data), "qa1")
+    assert "\n" not in str(info.value)
+    # The kernel no longer takes the blob for uploaded: the next run stores it again.
+    assert load(executor.run_remote(None, task("total = float(data.sum()) + 2", data=data), "qa1").bound["total"]) == data.sum() + 2
+    assert worker.alive()
+
+
+def test_blobs_left_in_the_store_under_an_old_key_are_replaced_not_fatal(tmp) -> None:
+    """The user changes the key of a worker and its kernels but keeps the storage: blobs
+    signed with the old key must not fail every later task that needs them."""
+    store = tmp / "rotated-store"
+    old_key, new_key = make_key(tmp / "old-key"), make_key(tmp / "new-key")
+    data = np.arange(5_000.0)
+    Store(str(store), read_key(old_key)).put(dump("data", data))
+    Store(str(store), read_key(old_key)).put(dump("out", float(data.sum())))  # what the task will bind
+    w = WorkerProcess(str(store), new_key, tmp)
+    try:
+        registry.add("rotated", w.address, str(store), str(new_key))
+        result = executor.run_remote(None, task("out = float(data.sum())", data=data), "rotated")
+        assert result.error is None and load(result.bound["out"]) == data.sum()
+    finally:
+        w.stop()
