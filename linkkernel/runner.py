@@ -326,7 +326,13 @@ class Runner:
             # maps its large buffers copy-on-write (linkkernel.cow), as a child's inputs do.
             frozen = freeze(blob)
             outcome.blobs[frozen.digest] = frozen
-            outcome.values[name] = Loaded(frozen).value
+            try:
+                outcome.values[name] = Loaded(frozen).value
+            except Exception as exc:  # unpickling runs the value's own code (__reduce__, a module missing here)
+                raise LinkError(
+                    f"component {component.name!r} ran on worker {component.remote!r} but its output {name!r} "
+                    f"cannot be rebuilt in this kernel: {type(exc).__name__}: {exc}"
+                ) from None
             namespace[name] = frozen.digest
         record.namespace = namespace
         outcome.deleted = tuple(result.deleted)

@@ -136,3 +136,19 @@ def test_blobs_left_in_the_store_under_an_old_key_are_replaced_not_fatal(tmp) ->
         assert result.error is None and load(result.bound["out"]) == data.sum()
     finally:
         w.stop()
+
+
+def test_a_remote_output_that_cannot_be_rebuilt_in_the_kernel_is_one_line(nb, worker) -> None:
+    """Unpickling runs the value's own code (here a __reduce__ that fails on load): the user's
+    problem, named with the output, not a linkkernel internal error."""
+    nb.add("maker", "class Brittle:\n    def __reduce__(self):\n        return (int, ('not a number',))\n\nthing = Brittle()", remote="qa1")
+    nb.add("taker", "other = 1", "maker")
+    nb.use()
+    for name in ("maker", "taker"):
+        result = nb.run(name, timeout=30)
+        assert result.status == "error"
+        assert result.reply["content"]["ename"] != "LinkKernelInternalError", result.traceback_text
+        text = plain(result.traceback_text).strip()
+        assert "'thing'" in text and "'maker'" in text and "ValueError" in text and len(text.splitlines()) == 1
+    assert "taker" not in nb.runs()
+    assert nb.kernel.execute("1 + 1").status == "ok"
