@@ -20,7 +20,7 @@ from linkkernel.remote.protocol import read_key
 from linkkernel.remote.storage import Store
 from linkkernel.remote.worker import versions
 from linkkernel.tasks import ComponentTask
-from remote_support import WorkerProcess, make_key
+from remote_support import WorkerProcess, make_key, wait_until
 from support import Kernel
 
 
@@ -152,3 +152,20 @@ def test_a_remote_output_that_cannot_be_rebuilt_in_the_kernel_is_one_line(nb, wo
         assert "'thing'" in text and "'maker'" in text and "ValueError" in text and len(text.splitlines()) == 1
     assert "taker" not in nb.runs()
     assert nb.kernel.execute("1 + 1").status == "ok"
+
+
+def test_the_worker_log_tells_two_kernels_apart(worker, key_file) -> None:
+    """One log line per task names its client; ZeroMQ's ids of successive clients share their
+    first bytes, so a prefix named every kernel alike."""
+    clients = [Client(f"k{i}", worker.address, read_key(key_file)) for i in range(2)]
+    try:
+        for client in clients:
+            body = {"task": uuid.uuid4().hex, "name": "who", "code": "x = 1", "inputs": {}, "versions": versions()}
+            client.submit(body)
+            client.follow(body["task"], lambda message: None)
+    finally:
+        for client in clients:
+            client.close()
+    assert wait_until(lambda: worker.log().count("'who' from client") == 2)
+    named = set(re.findall(r"'who' from client (\w+)", worker.log()))
+    assert len(named) == 2, worker.log()

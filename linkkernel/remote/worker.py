@@ -428,14 +428,14 @@ class Worker:
                     try:
                         message = self.signer.verify(rest)
                     except BadMessage as exc:
-                        log.warning("dropped a message from client %s: %s", client.hex()[:8], exc)
+                        log.warning("dropped a message from client %s: %s", client.hex(), exc)
                         continue
                     try:
                         self._handle(client, message)
                     except (TypeError, ValueError, AttributeError, KeyError) as exc:
                         # Signed with our key yet not what a kernel sends: a bug or a test,
                         # never a reason for the worker to stop serving everyone else.
-                        log.warning("dropped a malformed %r from client %s: %r", message.type, client.hex()[:8], exc)
+                        log.warning("dropped a malformed %r from client %s: %r", message.type, client.hex(), exc)
             self._start_queued()
             # Said once the task's process has it, so that process starts before we sign this.
             while self.to_accept:
@@ -462,7 +462,7 @@ class Worker:
                 and isinstance(body.get("verified", {}), dict)
             )
             if not well_formed:
-                log.warning("dropped a malformed submit from client %s", client.hex()[:8])
+                log.warning("dropped a malformed submit from client %s", client.hex())
                 return
             problem = skew(self.versions, body.get("versions") or {})
             if problem:
@@ -474,7 +474,7 @@ class Worker:
         elif message.type == "cancel":
             self._cancel(client, str(body.get("task", "")))
         else:
-            log.warning("dropped a message of unknown type %r from client %s", message.type, client.hex()[:8])
+            log.warning("dropped a message of unknown type %r from client %s", message.type, client.hex())
 
     def _cancel(self, client: bytes, task_id: str) -> None:
         for task in self.queue:
@@ -720,7 +720,7 @@ class Worker:
         waited = (task.started_at or time.monotonic()) - task.queued_at
         log.info(
             "task %s %r from client %s: %s (queued %.3f s)",
-            task.id[:8], task.body.get("name"), task.client.hex()[:8], outcome, waited,
+            task.id[:8], task.body.get("name"), task.client.hex(), outcome, waited,
         )
 
     def shutdown(self) -> None:
