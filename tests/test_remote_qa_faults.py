@@ -20,7 +20,7 @@ from linkkernel.remote.protocol import read_key
 from linkkernel.remote.storage import Store
 from linkkernel.remote.worker import versions
 from linkkernel.tasks import ComponentTask
-from remote_support import WorkerProcess, make_key, wait_until
+from remote_support import WorkerProcess, free_port, make_key, wait_until
 from support import Kernel
 
 
@@ -169,3 +169,24 @@ def test_the_worker_log_tells_two_kernels_apart(worker, key_file) -> None:
     assert wait_until(lambda: worker.log().count("'who' from client") == 2)
     named = set(re.findall(r"'who' from client (\w+)", worker.log()))
     assert len(named) == 2, worker.log()
+
+
+def test_a_key_changed_in_its_file_is_used_at_the_next_run(tmp) -> None:
+    """The user writes a new key into the registered key file and restarts the worker with
+    it: the kernel must sign and verify with the new key, not the one it read first."""
+    key_path, store = make_key(tmp / "rekeyed"), tmp / "rekey-store"
+    address = f"tcp://127.0.0.1:{free_port()}"
+    data = np.arange(3_000.0)
+    w = WorkerProcess(str(store), key_path, tmp, "--listen", address)
+    try:
+        registry.add("rekey", address, str(store), str(key_path))
+        assert load(executor.run_remote(None, task("total = float(data.sum())", data=data), "rekey").bound["total"]) == data.sum()
+    finally:
+        w.stop()
+    make_key(key_path)
+    w = WorkerProcess(str(store), key_path, tmp, "--listen", address)
+    try:
+        result = executor.run_remote(None, task("total = float(data.sum()) + 1", data=data), "rekey")
+        assert load(result.bound["total"]) == data.sum() + 1
+    finally:
+        w.stop()

@@ -23,29 +23,31 @@ from linkkernel.tasks import ComponentTask, TaskResult, UserError
 
 # Kept for the kernel's life: a connected socket per alias and thread (a ZeroMQ socket must
 # not be shared between threads) and a store per alias that remembers which blobs it already
-# holds. Rebuilt when the registry entry changes.
-_clients: dict[tuple[str, int], tuple[WorkerEntry, Client]] = {}
-_stores: dict[str, tuple[WorkerEntry, Store]] = {}
+# holds. Rebuilt when the registry entry or the key in its key file changes (a key rewritten
+# in place, the worker restarted with it).
+_clients: dict[tuple[str, int], tuple[tuple[WorkerEntry, bytes], Client]] = {}
+_stores: dict[str, tuple[tuple[WorkerEntry, bytes], Store]] = {}
 
 
 def client_for(entry: WorkerEntry) -> Client:
-    slot = (entry.alias, threading.get_ident())
+    slot, key = (entry.alias, threading.get_ident()), read_key(entry.key_file)
     cached = _clients.get(slot)
-    if cached and cached[0] == entry and not cached[1].closed:
+    if cached and cached[0] == (entry, key) and not cached[1].closed:
         return cached[1]
     if cached:
         cached[1].close()
-    client = Client(entry.alias, entry.address, read_key(entry.key_file), entry.server_key)
-    _clients[slot] = (entry, client)
+    client = Client(entry.alias, entry.address, key, entry.server_key)
+    _clients[slot] = ((entry, key), client)
     return client
 
 
 def store_for(entry: WorkerEntry) -> Store:
+    key = read_key(entry.key_file)
     cached = _stores.get(entry.alias)
-    if cached and cached[0] == entry:
+    if cached and cached[0] == (entry, key):
         return cached[1]
-    store = Store(entry.storage, read_key(entry.key_file), entry.storage_options)
-    _stores[entry.alias] = (entry, store)
+    store = Store(entry.storage, key, entry.storage_options)
+    _stores[entry.alias] = ((entry, key), store)
     return store
 
 
