@@ -162,3 +162,10 @@ def test_a_broken_registry_in_the_kernel_is_one_line_not_an_internal_error(key_f
         assert kernel.execute("1 + 1").status == "ok"
     finally:
         registry.registry_path().unlink()
+
+
+@pytest.mark.parametrize("value", ["5", "[1]"])
+def test_worker_s3_config_kwargs_that_is_no_object_is_one_line(key_file, value) -> None:
+    done = cli("worker", "--listen", "tcp://127.0.0.1:0", "--preload", "sys", "--storage", "s3://bucket/p", "--key-file", str(key_file),
+               "--storage-option", f"config_kwargs={value}", "--storage-option", f"endpoint_url=http://127.0.0.1:{free_port()}")
+    assert "config_kwargs" in one_line_error(done, "worker")

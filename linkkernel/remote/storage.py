@@ -147,7 +147,10 @@ class Store:
             # A store that does not answer must become an error within seconds, not after
             # botocore's and s3fs's retries with back-off (~10 s to a closed port).
             config = {"connect_timeout": 3, "retries": {"max_attempts": 2}}
-            options["config_kwargs"] = {**config, **options.get("config_kwargs", {})}
+            given = options.get("config_kwargs", {})
+            if not isinstance(given, dict):
+                raise StorageError(f"storage {url}: option config_kwargs must be a JSON object, e.g. config_kwargs='{{\"read_timeout\": 30}}'")
+            options["config_kwargs"] = {**config, **given}
         try:
             self.fs, root = fsspec.core.url_to_fs(url, **options)
         except (ImportError, ValueError, TypeError) as exc:
