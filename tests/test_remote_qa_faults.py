@@ -190,3 +190,25 @@ def test_a_key_changed_in_its_file_is_used_at_the_next_run(tmp) -> None:
         assert load(result.bound["total"]) == data.sum() + 1
     finally:
         w.stop()
+
+
+@pytest.mark.parametrize(
+    ("code", "ename"),
+    [
+        ("from IPython.display import display\ndisplay({'application/json': {1, 2}}, raw=True)", "TypeError"),
+        ("import sys\nsys.stdout.write(b'bytes\\n')", "TypeError"),
+    ],
+)
+def test_output_the_cell_cannot_carry_is_the_users_error_without_worker_frames(worker, code, ename) -> None:
+    result = executor.run_remote(None, task(code + "\nafter = 1"), "qa1")
+    assert result.error is not None and result.error.ename == ename
+    text = plain("\n".join(result.error.traceback))
+    assert "Component qa, line 2" in text
+    for machinery in ("linkkernel", "taskprocess", "IPython/core"):
+        assert machinery not in text, text
+
+
+def test_a_task_that_replaces_sys_stdout_still_returns_its_results(worker) -> None:
+    result = executor.run_remote(None, task("import sys\nprint('shown')\nsys.stdout = None\nprint('nowhere')\nkept = 1"), "qa1")
+    assert result.error is None and load(result.bound["kept"]) == 1
+    assert [o.get("text") for o in result.outputs] == ["shown\n"]

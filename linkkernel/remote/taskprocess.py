@@ -34,6 +34,7 @@ from linkkernel import cow
 from linkkernel.compiler import LinkCompiler
 from linkkernel.namespaces import Blob, UnpicklableValue, changes, dump
 from linkkernel.remote.storage import StorageError, Store, file_map_of
+from linkkernel.tracebacks import trim
 
 # Names IPython's displayhook and input cache bind in the namespace; they are not outputs.
 _SHELL_NAMES = re.compile(r"_{1,3}|_i{1,3}|_i?\d+")
@@ -74,6 +75,8 @@ class PipeStream(io.TextIOBase):
         return True
 
     def write(self, text: str) -> int:
+        if not isinstance(text, str):  # as any text stream: the user's TypeError, at their line
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         if text:
             self._pending.append(text)
             if "\n" in text:
@@ -86,9 +89,14 @@ class PipeStream(io.TextIOBase):
             self._pipe.send({"output": {"output_type": "stream", "name": self._name, "text": text}})
 
 
+# The task's own stdout and stderr: flushed even when the user's code rebinds sys.stdout
+# (to None, say), so their text still comes before what follows and the result still goes.
+_streams: list[PipeStream] = []
+
+
 def _flush_streams() -> None:
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in _streams:
+        stream.flush()
 
 
 class PipeDisplayPublisher(DisplayPublisher):
@@ -139,6 +147,20 @@ class WorkerShell(InteractiveShell):
     display_pub_class = Type(PipeDisplayPublisher)
     pipe: Pipe
     error: dict[str, Any] | None = None
+
+    def showtraceback(self, exc_tuple=None, filename=None, tb_offset=None, exception_only=False, running_compiled_code=False):
+        """Without the frames of linkkernel and IPython, as the kernel shows errors (SPEC §4):
+        a display() or print() the cell cannot carry fails inside this module."""
+        try:
+            etype, value, tb = self._get_exc_info(exc_tuple)
+        except ValueError:
+            value = None
+        if not isinstance(value, BaseException) or tb is None:
+            return super().showtraceback(exc_tuple, filename, tb_offset, exception_only, running_compiled_code)
+        value.__traceback__ = tb
+        trim(value)
+        # The machinery frames tb_offset would skip are gone already.
+        return super().showtraceback((etype, value, value.__traceback__), filename, 0, exception_only, running_compiled_code)
 
     def _showtraceback(self, etype, evalue, stb) -> None:
         self.error = {"ename": etype.__name__, "evalue": _text(evalue), "traceback": list(stb)}
@@ -287,8 +309,8 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
     hidden = set(namespace)
     namespace.update(inputs)
     shell.pipe = pipe
-    sys.stdout = PipeStream(pipe, "stdout")
-    sys.stderr = PipeStream(pipe, "stderr")
+    _streams[:] = [PipeStream(pipe, "stdout"), PipeStream(pipe, "stderr")]
+    sys.stdout, sys.stderr = _streams
     with shell.compile.labelled(task["name"]):
         execute(shell, task["code"])
     _flush_streams()
