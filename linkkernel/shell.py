@@ -28,7 +28,7 @@ from linkkernel.tracebacks import (
     contains_group,
     format_warning,
     frames_of,
-    group_tree,
+    group_traceback,
     is_internal,
     trim,
 )
@@ -252,17 +252,7 @@ class LinkShell(ZMQInteractiveShell):
         print(f"{header}\n{formatter.stb2text(stb)}", file=sys.stderr, flush=True)
 
     def _group_traceback(self, value: BaseException) -> list[str]:
-        """IPython's own layout for the group and, boxed under it, for each member."""
-        formatter = self.InteractiveTB
-        if value.__traceback__ is None and value.__cause__ is None and value.__context__ is None:
-            # A member that was never raised, as most are: just its line, as Python prints it.
-            stb = formatter.get_exception_only(type(value), value)
-        else:
-            stb = formatter.structured_traceback(type(value), value, value.__traceback__, tb_offset=0)
-        if not isinstance(value, BaseExceptionGroup):
-            return stb
-        parts = [formatter.stb2text(self._group_traceback(sub)) for sub in value.exceptions]
-        return [formatter.stb2text(stb).rstrip("\n") + "\n" + group_tree(parts)]
+        return group_traceback(self.InteractiveTB, value)
 
     def _show_internal_error(self, etype, value: BaseException) -> None:
         """A linkkernel bug: the full traceback to the kernel log, one line to the user."""

@@ -186,6 +186,20 @@ def group_tree(parts: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def group_traceback(formatter, value: BaseException) -> list[str]:
+    """IPython's own layout for the group and, boxed under it, for each member; IPython
+    itself prints a group to stderr, past `_showtraceback` (kernel and worker shells alike)."""
+    if value.__traceback__ is None and value.__cause__ is None and value.__context__ is None:
+        # A member that was never raised, as most are: just its line, as Python prints it.
+        stb = formatter.get_exception_only(type(value), value)
+    else:
+        stb = formatter.structured_traceback(type(value), value, value.__traceback__, tb_offset=0)
+    if not isinstance(value, BaseExceptionGroup):
+        return stb
+    parts = [formatter.stb2text(group_traceback(formatter, sub)) for sub in value.exceptions]
+    return [formatter.stb2text(stb).rstrip("\n") + "\n" + group_tree(parts)]
+
+
 def is_machinery_file(filename: str) -> bool:
     """Whether `filename` is the source of a loaded machinery package (IPython, ...)."""
     for package in MACHINERY:

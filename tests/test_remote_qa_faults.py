@@ -212,3 +212,13 @@ def test_a_task_that_replaces_sys_stdout_still_returns_its_results(worker) -> No
     result = executor.run_remote(None, task("import sys\nprint('shown')\nsys.stdout = None\nprint('nowhere')\nkept = 1"), "qa1")
     assert result.error is None and load(result.bound["kept"]) == 1
     assert [o.get("text") for o in result.outputs] == ["shown\n"]
+
+
+def test_an_exception_group_from_a_remote_component_is_its_error(worker) -> None:
+    """IPython prints a group to stderr without calling _showtraceback: the task counted as a
+    success and the temporary cell path reached the cell."""
+    result = executor.run_remote(None, task("raise ExceptionGroup('several', [ValueError('one'), KeyError('two')])"), "qa1")
+    assert result.error is not None and result.error.ename == "ExceptionGroup"
+    text = plain("\n".join(result.error.traceback))
+    assert "Component qa, line 1" in text and "ValueError: one" in text and "KeyError: 'two'" in text
+    assert "ipykernel_" not in text and "linkkernel" not in text and not result.bound

@@ -34,7 +34,7 @@ from linkkernel import cow
 from linkkernel.compiler import LinkCompiler
 from linkkernel.namespaces import Blob, UnpicklableValue, changes, dump
 from linkkernel.remote.storage import StorageError, Store, file_map_of
-from linkkernel.tracebacks import trim
+from linkkernel.tracebacks import contains_group, group_traceback, trim
 
 # Names IPython's displayhook and input cache bind in the namespace; they are not outputs.
 _SHELL_NAMES = re.compile(r"_{1,3}|_i{1,3}|_i?\d+")
@@ -159,6 +159,10 @@ class WorkerShell(InteractiveShell):
             return super().showtraceback(exc_tuple, filename, tb_offset, exception_only, running_compiled_code)
         value.__traceback__ = tb
         trim(value)
+        if contains_group(value) and not exception_only:
+            self._get_exc_info((etype, value, value.__traceback__))
+            self._showtraceback(etype, value, group_traceback(self.InteractiveTB, value))
+            return None
         # The machinery frames tb_offset would skip are gone already.
         return super().showtraceback((etype, value, value.__traceback__), filename, 0, exception_only, running_compiled_code)
 
