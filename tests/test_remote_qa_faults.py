@@ -222,3 +222,14 @@ def test_an_exception_group_from_a_remote_component_is_its_error(worker) -> None
     text = plain("\n".join(result.error.traceback))
     assert "Component qa, line 1" in text and "ValueError: one" in text and "KeyError: 'two'" in text
     assert "ipykernel_" not in text and "linkkernel" not in text and not result.bound
+
+
+def test_warnings_of_a_remote_component_name_it_not_a_temporary_file(worker) -> None:
+    result = executor.run_remote(None, task("import warnings\nwarnings.warn('careful')\nx = 1"), "qa1")
+    stderr = "".join(o.get("text", "") for o in result.outputs if o.get("name") == "stderr")
+    assert "Component qa, line 2: UserWarning: careful" in stderr, stderr
+    exited = executor.run_remote(None, task("import sys\nsys.exit(3)"), "qa1")
+    assert exited.error is not None and exited.error.ename == "SystemExit"
+    shown = "".join(o.get("text", "") for o in exited.outputs) + "\n".join(exited.error.traceback)
+    for path in ("ipykernel_", "interactiveshell.py", "site-packages"):
+        assert path not in shown, shown

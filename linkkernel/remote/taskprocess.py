@@ -21,6 +21,7 @@ import pickle
 import random
 import re
 import sys
+import warnings
 from typing import Any
 
 from IPython.core.async_helpers import _pseudo_sync_runner
@@ -34,7 +35,7 @@ from linkkernel import cow
 from linkkernel.compiler import LinkCompiler
 from linkkernel.namespaces import Blob, UnpicklableValue, changes, dump
 from linkkernel.remote.storage import StorageError, Store, file_map_of
-from linkkernel.tracebacks import contains_group, group_traceback, trim
+from linkkernel.tracebacks import contains_group, format_warning, group_traceback, trim
 
 # Names IPython's displayhook and input cache bind in the namespace; they are not outputs.
 _SHELL_NAMES = re.compile(r"_{1,3}|_i{1,3}|_i?\d+")
@@ -189,6 +190,8 @@ def preload_shell() -> WorkerShell:
     config.HistoryManager.hist_file = ":memory:"
     config.InteractiveShell.cache_size = 0
     shell = WorkerShell.instance(config=config)
+    # As in the kernel: a warning names the component, not the temporary cell file.
+    warnings.formatwarning = format_warning(warnings.formatwarning, shell.compile.format_code_name)
     # Run a cell, a display and an error once here: IPython initialises much lazily, and
     # doing it in every forked task would cost milliseconds of copy-on-write each time.
     shell.pipe = _NullPipe()
