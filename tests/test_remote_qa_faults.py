@@ -233,3 +233,11 @@ def test_warnings_of_a_remote_component_name_it_not_a_temporary_file(worker) -> 
     shown = "".join(o.get("text", "") for o in exited.outputs) + "\n".join(exited.error.traceback)
     for path in ("ipykernel_", "interactiveshell.py", "site-packages"):
         assert path not in shown, shown
+
+
+def test_an_error_in_a_thread_of_a_remote_component_names_the_component(worker) -> None:
+    code = "import threading\ndef work():\n    1 / 0\nt = threading.Thread(target=work, name='helper')\nt.start()\nt.join()\ndel t"
+    result = executor.run_remote(None, task(code), "qa1")
+    stderr = plain("".join(o.get("text", "") for o in result.outputs if o.get("name") == "stderr"))
+    assert "Exception in thread helper" in stderr and "Component qa, line 3" in stderr and "ZeroDivisionError" in stderr
+    assert "ipykernel_" not in stderr and "threading.py" not in stderr, stderr

@@ -21,6 +21,7 @@ import pickle
 import random
 import re
 import sys
+import threading
 import warnings
 from typing import Any
 
@@ -167,6 +168,18 @@ class WorkerShell(InteractiveShell):
         # The machinery frames tb_offset would skip are gone already.
         return super().showtraceback((etype, value, value.__traceback__), filename, 0, exception_only, running_compiled_code)
 
+    def thread_excepthook(self, args: threading.ExceptHookArgs) -> None:
+        """An error in a thread the task started: its frames, to the cell's stderr, as the
+        kernel shows it; Python's own hook prints threading's frames and temporary paths."""
+        if args.exc_type is SystemExit:
+            return
+        value = args.exc_value if args.exc_value is not None else args.exc_type()
+        value.__traceback__ = args.exc_traceback
+        trim(value)
+        stb = self.InteractiveTB.structured_traceback(args.exc_type, value, value.__traceback__, tb_offset=0)
+        name = args.thread.name if args.thread is not None else threading.get_ident()
+        print(f"Exception in thread {name}:\n{self.InteractiveTB.stb2text(stb)}", file=sys.stderr, flush=True)
+
     def _showtraceback(self, etype, evalue, stb) -> None:
         self.error = {"ename": etype.__name__, "evalue": _text(evalue), "traceback": list(stb)}
 
@@ -192,6 +205,7 @@ def preload_shell() -> WorkerShell:
     shell = WorkerShell.instance(config=config)
     # As in the kernel: a warning names the component, not the temporary cell file.
     warnings.formatwarning = format_warning(warnings.formatwarning, shell.compile.format_code_name)
+    threading.excepthook = shell.thread_excepthook
     # Run a cell, a display and an error once here: IPython initialises much lazily, and
     # doing it in every forked task would cost milliseconds of copy-on-write each time.
     shell.pipe = _NullPipe()
