@@ -169,3 +169,29 @@ def test_worker_s3_config_kwargs_that_is_no_object_is_one_line(key_file, value) 
     done = cli("worker", "--listen", "tcp://127.0.0.1:0", "--preload", "sys", "--storage", "s3://bucket/p", "--key-file", str(key_file),
                "--storage-option", f"config_kwargs={value}", "--storage-option", f"endpoint_url=http://127.0.0.1:{free_port()}")
     assert "config_kwargs" in one_line_error(done, "worker")
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o620])
+def test_a_registry_others_can_write_is_refused(key_file, mode) -> None:
+    """Whoever can write the registry can point an alias at their own worker and key file,
+    and so receive the user's code and data: refused, as ssh refuses such a config."""
+    _write_registry({"workers": {"w": _entry(key_file)}})
+    path = registry.registry_path()
+    path.chmod(mode)
+    try:
+        for action in (["list"], ["ping", "w"]):
+            line = one_line_error(cli("workers", *action), "workers")
+            assert str(path) in line and "chmod 600" in line
+        assert cli("workers", "remove", "w").returncode == 1
+    finally:
+        path.unlink()
+
+
+def test_a_registry_others_can_only_read_is_used(key_file) -> None:
+    _write_registry({"workers": {"w": _entry(key_file)}})
+    path = registry.registry_path()
+    path.chmod(0o644)
+    try:
+        assert "w\t" in cli("workers", "list").stdout
+    finally:
+        path.unlink()

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -44,11 +46,20 @@ def load() -> dict[str, WorkerEntry]:
     """Every registered worker by alias (none when the registry does not exist yet)."""
     path = registry_path()
     try:
-        raw = json.loads(path.read_text())
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            raw = json.loads(f.read())
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
         raise LinkError(f"worker registry {path} cannot be read: {exc}") from None
+    if st.st_mode & 0o022 or st.st_uid != os.getuid():
+        # Whoever can write it can point an alias at their own worker and key file, and so
+        # receive the user's code and data: refused, as ssh refuses such a config file.
+        raise LinkError(
+            f"worker registry {path} can be changed by other users (mode {stat.S_IMODE(st.st_mode):04o}, "
+            f"owner uid {st.st_uid}); they could send your components to their machine: chmod 600 {path}"
+        )
     workers = raw.get("workers", {}) if isinstance(raw, dict) else None
     if not isinstance(workers, dict):
         raise LinkError(f"worker registry {path} is malformed: expected {{\"workers\": {{ALIAS: {{...}}}}}}")
