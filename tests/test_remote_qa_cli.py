@@ -195,3 +195,15 @@ def test_a_registry_others_can_only_read_is_used(key_file) -> None:
         assert "w\t" in cli("workers", "list").stdout
     finally:
         path.unlink()
+
+
+@pytest.mark.parametrize("command", ["worker", "workers"])
+def test_a_key_file_that_never_ends_or_is_huge_is_one_line(tmp, command) -> None:
+    """`--key-file /dev/zero` (a slip of the tab key) used to read forever, eating memory."""
+    big = tmp / "not-a-key.bin"
+    big.write_bytes(b"x" * 1_000_000)
+    for key in ("/dev/zero", str(big)):
+        args = (["worker", "--listen", "tcp://127.0.0.1:0", "--preload", "sys"] if command == "worker"
+                else ["workers", "add", "w", "--address", "tcp://127.0.0.1:5555"])
+        line = one_line_error(cli(*args, "--storage", str(tmp / "store"), "--key-file", key, timeout=20), command)
+        assert key in line and "bytes" in line

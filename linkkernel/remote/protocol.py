@@ -32,6 +32,7 @@ VERSION = 1
 # remembered, so a replay is caught either way. Generous enough for unsynchronised clocks.
 REPLAY_WINDOW = 60.0
 MIN_KEY_BYTES = 16
+MAX_KEY_BYTES = 4096
 
 
 class BadMessage(Exception):
@@ -51,7 +52,9 @@ def read_key(path: str | os.PathLike) -> bytes:
     """The shared HMAC key from a key file, refused when missing or too short to be a secret."""
     key_path = Path(path).expanduser()
     try:
-        key = key_path.read_bytes().strip()
+        # Bounded: a slip such as /dev/zero or a data file must not be read into memory whole.
+        with open(key_path, "rb") as f:
+            key = f.read(MAX_KEY_BYTES + 1)
     except FileNotFoundError:
         raise LinkError(
             f"key file {key_path} not found; create one with "
@@ -59,6 +62,9 @@ def read_key(path: str | os.PathLike) -> bytes:
         ) from None
     except OSError as exc:
         raise LinkError(f"cannot read key file {key_path}: {exc.strerror}") from None
+    if len(key) > MAX_KEY_BYTES:
+        raise LinkError(f"key file {key_path} holds more than {MAX_KEY_BYTES} bytes; a key is a short secret such as 64 hex characters (is it the right file?)")
+    key = key.strip()
     if len(key) < MIN_KEY_BYTES:
         raise LinkError(f"key file {key_path} holds {len(key)} bytes; a key needs at least {MIN_KEY_BYTES}")
     return key
