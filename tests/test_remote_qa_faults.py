@@ -20,7 +20,7 @@ from linkkernel.remote.protocol import read_key
 from linkkernel.remote.storage import Store
 from linkkernel.remote.worker import versions
 from linkkernel.tasks import ComponentTask
-from remote_support import WorkerProcess, free_port, make_key, wait_until
+from remote_support import WorkerProcess, free_port, make_key, pid_alive, wait_until
 from support import Kernel
 
 
@@ -241,3 +241,21 @@ def test_an_error_in_a_thread_of_a_remote_component_names_the_component(worker) 
     stderr = plain("".join(o.get("text", "") for o in result.outputs if o.get("name") == "stderr"))
     assert "Exception in thread helper" in stderr and "Component qa, line 3" in stderr and "ZeroDivisionError" in stderr
     assert "ipykernel_" not in stderr and "threading.py" not in stderr, stderr
+
+
+@pytest.mark.parametrize(
+    "spawn",
+    [
+        "import os, time\nchild = os.fork()\nif child == 0:\n    time.sleep(60)\n    os._exit(0)",
+        "import subprocess\nchild = subprocess.Popen(['sleep', '60']).pid",
+    ],
+    ids=["fork", "subprocess"],
+)
+def test_processes_a_task_leaves_behind_end_with_it(worker, tmp, spawn) -> None:
+    """Memory and GPUs go back to the machine when a task ends (SPEC §5), also what its
+    forked children or subprocesses hold; the task itself must still succeed at once."""
+    result = executor.run_remote(None, task(spawn + "\nleft = child"), "qa1")
+    assert result.error is None
+    child = load(result.bound["left"])
+    assert wait_until(lambda: not pid_alive(child)), f"process {child} outlived its task"
+    assert worker.alive()

@@ -666,6 +666,12 @@ class Worker:
 
     def _finish(self, task: Task) -> None:
         """The task process exited: free its slot and say how it ended."""
+        # What the task forked or started shares its process group: it ends with the task, so
+        # memory and GPUs go back to the machine (SPEC §5). An empty group is ESRCH.
+        try:
+            os.killpg(task.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
         if not task.eof:
             # Everything the process wrote is in the pipe now; a grandchild may still hold
             # the pipe open, so read what is there instead of waiting for end-of-file.
