@@ -259,3 +259,14 @@ def test_processes_a_task_leaves_behind_end_with_it(worker, tmp, spawn) -> None:
     child = load(result.bound["left"])
     assert wait_until(lambda: not pid_alive(child)), f"process {child} outlived its task"
     assert worker.alive()
+
+
+def test_a_local_store_without_permission_is_not_called_a_credentials_problem(tmp) -> None:
+    """Tests run as root, where chmod cannot take permission away: the message itself is checked."""
+    from linkkernel.remote.storage import describe_failure
+
+    store = str(tmp / "read-only-store")
+    line = describe_failure(store, PermissionError(13, "Permission denied", f"{store}/blobs/ab"))
+    assert "credentials" not in line and "Permission denied" in line and "permission" in line.split(":")[0]
+    s3 = describe_failure("s3://bucket/p", PermissionError(13, "Access Denied"))
+    assert "refused the credentials" in s3

@@ -88,6 +88,8 @@ def describe_failure(url: str, exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     if "Credentials" in type(exc).__name__:
         return f"storage {url} has no credentials: {text} (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile)"
+    if isinstance(exc, PermissionError) and ("://" not in url or url.startswith("file://")):  # a read-only directory
+        return f"storage {url} lacks permission for this user: {text}"
     if isinstance(exc, PermissionError) or any(code in text for code in _REFUSED_CODES):
         return f"storage {url} refused the credentials: {text}"
     if isinstance(exc, FileNotFoundError):
