@@ -10,6 +10,7 @@ import pytest
 
 from linkkernel.remote import registry
 from remote_support import WorkerProcess, make_key, pid_alive, wait_until
+from support import Kernel
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +101,25 @@ def test_interrupting_the_cell_cancels_the_remote_task(setup, kernel) -> None:
     assert wait_until(lambda: not pid_alive(interrupted[0]))
     w.wait_for_log("cancelled, task process killed")
     again = kernel.execute(cell("x = 1", live=True))
+    assert again.status == "ok", again.traceback_text
+
+
+def test_a_kernel_that_goes_away_frees_its_running_task(setup, kernel) -> None:
+    """A restarted or killed kernel cannot cancel: the worker notices it is gone and kills
+    the task, so the slot (this worker has one) serves the next kernel at once."""
+    tmp, w = setup
+    pid_file = tmp / "orphaned.pid"
+    code = f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)"
+    doomed = Kernel()
+    try:
+        doomed.client.execute(cell(code, live=True))
+        assert wait_until(lambda: pid_file.exists() and pid_file.read_text(), timeout=30)
+        doomed.manager.provisioner.process.kill()  # SIGKILL: no interrupt, no goodbye
+    finally:
+        doomed.shutdown()
+    assert wait_until(lambda: not pid_alive(int(pid_file.read_text())))
+    w.wait_for_log("cancelled: its kernel is gone")
+    again = kernel.execute(cell("x = 1", live=True), timeout=20)
     assert again.status == "ok", again.traceback_text
 
 

@@ -5,8 +5,9 @@ GPU go back to the machine when the task ends, yet a task starts in milliseconds
 processes are forked, ahead of time, by a zygote, a copy of the worker made after it imported
 IPython, cloudpickle, fsspec and the --preload modules (none of which may touch a GPU). At
 most `--slots` tasks run at once; the rest wait in arrival order. While a kernel has work
-here it gets a heartbeat twice a second, so a dead worker is noticed within seconds. A task
-process that dies is reported with the signal that killed it.
+here it gets a heartbeat twice a second, so a dead worker is noticed within seconds; the
+same heartbeat tells the worker when a kernel is gone, and that kernel's tasks are killed. A
+task process that dies is reported with the signal that killed it.
 """
 
 from __future__ import annotations
@@ -368,6 +369,9 @@ class Worker:
         # to a busy kernel lost lines, then its result, and the kernel reported a dead worker.
         # Queue instead; the kernel reads everything in order.
         self.socket.sndhwm = 0
+        # Sending to a kernel that is gone (killed, restarted, its socket closed) fails
+        # instead of vanishing, so the worker learns it within a heartbeat and frees its tasks.
+        self.socket.router_mandatory = 1
         if curve_secret is not None:
             self.socket.curve_server = True
             self.socket.curve_secretkey = curve_secret
@@ -382,9 +386,33 @@ class Worker:
         self._last_beat = 0.0
         self.spares: deque[Spare] = deque()
         self.exit_status: dict[int, int] = {}
+        self.departed: set[bytes] = set()  # clients a send found gone; see _drop_departed
 
     def send(self, client: bytes, type_: str, body: dict[str, Any]) -> None:
-        self.socket.send_multipart([client, *self.signer.sign(type_, body)])
+        import zmq
+
+        if client in self.departed:
+            return
+        try:
+            self.socket.send_multipart([client, *self.signer.sign(type_, body)])
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self.departed.add(client)
+
+    def _drop_departed(self) -> None:
+        """Nobody will read the results of a kernel that is gone: its queued tasks leave the
+        queue and its running ones are killed, so their slots, memory and GPUs go back to
+        the machine instead of serving nobody until they end (a restart, a killed kernel)."""
+        for task in [t for t in self.queue if t.client in self.departed]:
+            self.queue.remove(task)
+            self._log(task, "dropped from the queue: its kernel is gone")
+        for task in self.running.values():
+            if task.client in self.departed and not task.cancelled:
+                self._log(task, "cancelled: its kernel is gone")
+                task.cancelled = True
+                self._kill(task)
+        self.departed = {c for c in self.departed if any(t.client == c for t in self.running.values())}
 
     def serve(self) -> None:
         import zmq
@@ -448,6 +476,8 @@ class Worker:
             elif self.zygote is None and not self.spares and (idle or all(t.outcome for t in self.running.values())):
                 self.spares.append(self._fork_spare())
             self._heartbeat()
+            if self.departed:
+                self._drop_departed()
 
     def _handle(self, client: bytes, message) -> None:
         body = message.body
