@@ -235,6 +235,15 @@ def test_warnings_of_a_remote_component_name_it_not_a_temporary_file(worker) -> 
         assert path not in shown, shown
 
 
+@pytest.mark.parametrize("code", ["name = input('name? ')", "import getpass\nsecret = getpass.getpass()"])
+def test_input_in_a_remote_component_says_why_it_cannot_be_answered(worker, code) -> None:
+    result = executor.run_remote(None, task(code), "qa1")
+    assert result.error is not None and result.error.ename == "StdinNotImplementedError"
+    assert "remote component" in result.error.evalue
+    text = plain("\n".join(result.error.traceback))
+    assert "Component qa, line" in text and "linkkernel" not in text and "taskprocess" not in text, text
+
+
 def test_an_error_in_a_thread_of_a_remote_component_names_the_component(worker) -> None:
     code = "import threading\ndef work():\n    1 / 0\nt = threading.Thread(target=work, name='helper')\nt.start()\nt.join()\ndel t"
     result = executor.run_remote(None, task(code), "qa1")

@@ -13,6 +13,8 @@ is the result (changed names as blob digests, or the user's error).
 from __future__ import annotations
 
 import ast
+import builtins
+import getpass
 import io
 import json
 import linecache
@@ -23,11 +25,12 @@ import re
 import sys
 import threading
 import warnings
-from typing import Any
+from typing import Any, NoReturn
 
 from IPython.core.async_helpers import _pseudo_sync_runner
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
+from IPython.core.error import StdinNotImplementedError
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets import Type
 from traitlets.config import Config
@@ -196,6 +199,15 @@ def _text(evalue: BaseException) -> str:
         return f"<unprintable {type(evalue).__name__} object>"
 
 
+def _no_input(prompt: str = "", *args: Any, **kwargs: Any) -> NoReturn:
+    """input() and getpass() in a task: the error ipykernel gives a frontend without stdin,
+    saying why, instead of an EOFError from a stdin nobody can type into."""
+    raise StdinNotImplementedError(
+        "input() was called, but a remote component runs on a worker and cannot ask the notebook; "
+        "read the value in a local parent component instead"
+    )
+
+
 def preload_shell() -> WorkerShell:
     """The shell every task process inherits from the worker (created once, before forking)."""
     config = Config()
@@ -203,6 +215,8 @@ def preload_shell() -> WorkerShell:
     config.HistoryManager.hist_file = ":memory:"
     config.InteractiveShell.cache_size = 0
     shell = WorkerShell.instance(config=config)
+    # No frontend is there to answer: the process's stdin is not the notebook's.
+    builtins.input = getpass.getpass = _no_input
     # As in the kernel: a warning names the component, not the temporary cell file.
     warnings.formatwarning = format_warning(warnings.formatwarning, shell.compile.format_code_name)
     threading.excepthook = shell.thread_excepthook
