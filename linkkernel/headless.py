@@ -325,12 +325,8 @@ def restore_fresh(shell: Any, names: list[str]) -> str:
     graph = runner.graph(names)
     states = runner.store.states(graph)
     fresh = [name for name in run_order(graph, names) if states.get(name) == FRESH]
-    stored = {}
-    for name in fresh:
-        record = runner.store.get(name)
-        shell.user_ns.update({var: runner.store.load(digest)[0] for var, digest in record.namespace.items()})
-        stored[name] = record.outputs
-    return json.dumps(stored)
+    runner.publish_cached(graph, fresh, [])
+    return json.dumps({name: runner.store.get(name).outputs for name in fresh})
 
 
 def _clear_outputs(notebook: Any) -> None:

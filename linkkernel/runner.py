@@ -79,6 +79,9 @@ class Runner:
         self.sources = Sources(notebook_path_from_env())
         self.store = CacheStore(cache_url, self.sources.notebook_path)
         self._turn = threading.RLock()
+        # Runs whose outputs are in the notebook namespace: those of this process, and
+        # cached ones published by `publish_cached`.
+        self._published: set[str] = set()
 
     # ---- declarations and graph -------------------------------------------------------
 
@@ -139,6 +142,7 @@ class Runner:
         try:
             graph = self.graph([component.name])
             plan = self.plan(graph, [component.name], rerun_targets=True)
+            self.publish_cached(graph, [component.name], plan)
             with _input_from_frontend(self.kernel, allow_stdin):
                 await self._run_captured(graph, [n for n in plan if n != component.name])
         except KeyboardInterrupt:
@@ -190,6 +194,7 @@ class Runner:
     def _publish(self, outcome: RunOutcome) -> None:
         """Outputs into the notebook namespace; the record (failed ones too, for %link status) into the store."""
         if outcome.record.ok:
+            self._published.add(outcome.record.run_id)
             user_ns = self.shell.user_ns
             user_ns.update(outcome.values)
             for name in outcome.deleted:
@@ -400,7 +405,35 @@ class Runner:
         for name in names:
             if name not in graph:
                 raise LinkError(f"%link run: no component named {name!r} in {self.sources.looked_in()}")
-        return await self._run_captured(graph, self.plan(graph, names, force), targets=names)
+        plan = self.plan(graph, names, force)
+        self.publish_cached(graph, names, plan)
+        return await self._run_captured(graph, plan, targets=names)
+
+    def publish_cached(self, graph, targets: list[str], plan: list[str]) -> None:
+        """Publish the outputs of fresh components that did not run in this process (found in
+        the cache after a restart, or imported) as their run would have: a restarted kernel
+        does not run them again, yet a plain cell should see what the pipeline holds, as it
+        did before the restart. Each run's outputs are published once, parents first, so a
+        value the user changed since is not overwritten by every later cell. `plan` is what
+        is about to run (and will publish its own)."""
+        import networkx as nx
+
+        from linkkernel.graph import run_order
+
+        needed = set(targets)
+        for target in targets:
+            needed |= nx.ancestors(graph, target)
+        for name in run_order(graph, needed):
+            record = self.store.get(name)
+            if name in plan or record is None or record.run_id in self._published:
+                continue
+            inherited: dict[str, str] = {}
+            for parent in graph.nodes[name]["component"].parents:
+                inherited.update(self.store.get(parent).namespace)
+            for output, digest in record.namespace.items():
+                if inherited.get(output) != digest:
+                    self.shell.user_ns[output] = self.store.load(digest)[0]
+            self._published.add(record.run_id)
 
     async def _run_captured(self, graph, names: list[str], targets: Collection[str] = ()) -> list[str]:
         """Run `names` in order with their outputs captured, under the transient progress line

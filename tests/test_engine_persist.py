@@ -42,6 +42,11 @@ def test_restart_finds_fresh_components_in_the_cache(saved):
     assert nb.run("c").status == "ok"
     assert nb.runs() == ["c"]
     assert value(nb.kernel, "z") == 30
+    # The fresh parents did not run again, yet a plain cell sees their outputs, as before.
+    assert value(nb.kernel, "x") == [1, 2] and value(nb.kernel, "y") == 3
+    nb.kernel.execute("y = 99")
+    assert nb.run("c").status == "ok"
+    assert value(nb.kernel, "y") == 99, "a cached parent's outputs are published once, not at every run"
     assert list(cache.glob("persist-*/records/c.json"))
     assert list(cache.glob("persist-*/blobs/*/*"))
 
