@@ -157,6 +157,22 @@ class Kernel:
         self.manager.shutdown_kernel(now=True)
 
 
+def start_stock_kernel(prefix: Path) -> Kernel:
+    """A stock ipykernel ("python3-stock", installed under `prefix`): the reference a Link
+    Python kernel is compared with for everything that is not about components."""
+    subprocess.run(
+        [sys.executable, "-m", "ipykernel", "install", "--prefix", str(prefix), "--name", "python3-stock"],
+        check=True,
+        capture_output=True,
+    )
+    saved = os.environ["JUPYTER_PATH"]
+    os.environ["JUPYTER_PATH"] = os.pathsep.join([str(prefix / "share" / "jupyter"), saved])
+    try:
+        return Kernel("python3-stock")
+    finally:
+        os.environ["JUPYTER_PATH"] = saved
+
+
 def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:
     """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds; reaped either way."""
     process.terminate()

@@ -18,6 +18,7 @@ import pytest
 from git_support import Repo, code, notebook
 from linkkernel.cli import main
 from support import kernel_env
+from test_qa_cli import refused
 
 NOTEBOOK = {
     "nbformat": 4,
@@ -39,14 +40,6 @@ def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "nb.ipynb").write_text(json.dumps(NOTEBOOK))
     return tmp_path
 
-
-def refused(capsys: pytest.CaptureFixture, *argv: str) -> str:
-    """Run `linkkernel ARGV`, expecting exit 1 and exactly one line on stderr; returns it."""
-    status = main(list(argv))
-    out, err = capsys.readouterr()
-    assert status == 1, out + err
-    assert err.count("\n") == 1, err
-    return err.rstrip("\n")
 
 
 def with_cell(**changes) -> dict:

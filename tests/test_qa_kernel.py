@@ -11,15 +11,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from engine_support import Notebook
-from support import Kernel, component_meta
+from support import Kernel, component_meta, start_stock_kernel
 from test_tracebacks_kernel import assert_clean
 
 
@@ -38,18 +36,7 @@ def qa_kernel(link_kernelspec: str, home: Path):
 @pytest.fixture(scope="module")
 def stock_kernel(link_kernelspec: str, tmp_path_factory: pytest.TempPathFactory):
     """A stock ipykernel, the reference for everything that is not about components."""
-    prefix = tmp_path_factory.mktemp("stock")
-    subprocess.run(
-        [sys.executable, "-m", "ipykernel", "install", "--prefix", str(prefix), "--name", "python3-stock"],
-        check=True,
-        capture_output=True,
-    )
-    saved = os.environ["JUPYTER_PATH"]
-    os.environ["JUPYTER_PATH"] = os.pathsep.join([str(prefix / "share" / "jupyter"), saved])
-    try:
-        k = Kernel("python3-stock")
-    finally:
-        os.environ["JUPYTER_PATH"] = saved
+    k = start_stock_kernel(tmp_path_factory.mktemp("stock"))
     yield k
     k.shutdown()
 

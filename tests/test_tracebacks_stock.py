@@ -6,13 +6,9 @@ cells in the same order (so `In[n]` numbers agree).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
-from support import Kernel
+from support import Kernel, start_stock_kernel
 
 CELLS = [
     "def f(v):\n    secret = v * 2\n    raise ValueError(secret)\nf(21)",
@@ -40,18 +36,7 @@ CELLS = [
 
 @pytest.fixture(scope="module")
 def kernels(link_kernelspec, tmp_path_factory):
-    prefix = tmp_path_factory.mktemp("stock")
-    subprocess.run(
-        [sys.executable, "-m", "ipykernel", "install", "--prefix", str(prefix), "--name", "python3-stock"],
-        check=True,
-        capture_output=True,
-    )
-    saved = os.environ["JUPYTER_PATH"]
-    os.environ["JUPYTER_PATH"] = os.pathsep.join([str(prefix / "share" / "jupyter"), saved])
-    try:
-        ours, stock = Kernel(), Kernel("python3-stock")
-    finally:
-        os.environ["JUPYTER_PATH"] = saved
+    ours, stock = Kernel(), start_stock_kernel(tmp_path_factory.mktemp("stock"))
     results = [(ours.execute(cell), stock.execute(cell)) for cell in CELLS]
     yield results
     ours.shutdown()
