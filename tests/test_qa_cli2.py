@@ -18,19 +18,8 @@ import pytest
 from git_support import Repo, code, notebook
 from linkkernel.cli import main
 from support import kernel_env
-from test_qa_cli import refused
+from test_qa_cli import NOTEBOOK, refused
 
-NOTEBOOK = {
-    "nbformat": 4,
-    "nbformat_minor": 5,
-    "metadata": {},
-    "cells": [
-        {"cell_type": "code", "id": "c1", "metadata": {"tags": ["component:load"]}, "source": "x = 1",
-         "outputs": [], "execution_count": None},
-        {"cell_type": "code", "id": "c2", "metadata": {"tags": ["component:train", "parent:load"]},
-         "source": "y = x + 1", "outputs": [], "execution_count": None},
-    ],
-}
 DEEP = "[" * 100_000 + "]" * 100_000  # valid JSON that Python's parser cannot nest that deep
 
 
