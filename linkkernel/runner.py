@@ -109,14 +109,7 @@ class Runner:
     def plan(self, graph, targets: list[str], force: bool = False, rerun_targets: bool = False) -> list[str]:
         """The components to run for `targets`, in run order: whatever is stale, plus the targets
         themselves when `rerun_targets` (executing a component cell always runs it)."""
-        import networkx as nx
-
-        from linkkernel.graph import run_order
-
-        needed = set(targets)
-        for target in targets:
-            needed |= nx.ancestors(graph, target)
-        order = run_order(graph, needed)
+        order = _with_ancestors(graph, targets)
         self._check_remotes(graph, order)
         if force:
             return order
@@ -165,12 +158,7 @@ class Runner:
 
     async def run_component(self, component: Component, live: Callable[[], Awaitable[dict]] | None) -> RunOutcome:
         """One run of one component: silent when `live` is None, else through `live()`."""
-        parent_runs: dict[str, str] = {}
-        merged: dict[str, str] = {}
-        for parent in component.parents:
-            record = self.store.get(parent)
-            parent_runs[parent] = record.run_id
-            merged.update(record.namespace)
+        parent_runs, merged = self._parent_namespaces(component)
         started_wall, started = time.time(), time.monotonic()
         record = RunRecord(
             name=component.name,
@@ -190,6 +178,17 @@ class Runner:
         if not outcome.interrupted:
             self._publish(outcome)
         return outcome
+
+    def _parent_namespaces(self, component: Component) -> tuple[dict[str, str], dict[str, str]]:
+        """The recorded run of each parent, and the merge of their final namespaces (as
+        digests) in declaration order, later parents winning: what the component starts from."""
+        runs: dict[str, str] = {}
+        merged: dict[str, str] = {}
+        for parent in component.parents:
+            record = self.store.get(parent)
+            runs[parent] = record.run_id
+            merged.update(record.namespace)
+        return runs, merged
 
     def _publish(self, outcome: RunOutcome) -> None:
         """Outputs into the notebook namespace; the record (failed ones too, for %link status) into the store."""
@@ -416,20 +415,11 @@ class Runner:
         did before the restart. Each run's outputs are published once, parents first, so a
         value the user changed since is not overwritten by every later cell. `plan` is what
         is about to run (and will publish its own)."""
-        import networkx as nx
-
-        from linkkernel.graph import run_order
-
-        needed = set(targets)
-        for target in targets:
-            needed |= nx.ancestors(graph, target)
-        for name in run_order(graph, needed):
+        for name in _with_ancestors(graph, targets):
             record = self.store.get(name)
             if name in plan or record is None or record.run_id in self._published:
                 continue
-            inherited: dict[str, str] = {}
-            for parent in graph.nodes[name]["component"].parents:
-                inherited.update(self.store.get(parent).namespace)
+            _, inherited = self._parent_namespaces(graph.nodes[name]["component"])
             for output, digest in record.namespace.items():
                 if inherited.get(output) != digest:
                     self.shell.user_ns[output] = self.store.load(digest)[0]
@@ -460,6 +450,18 @@ class Runner:
             for line in warnings:
                 print(line, file=sys.stderr)
         return ran
+
+def _with_ancestors(graph, targets: Collection[str]) -> list[str]:
+    """`targets` and every ancestor of theirs, in run order (parents first)."""
+    import networkx as nx
+
+    from linkkernel.graph import run_order
+
+    needed = set(targets)
+    for target in targets:
+        needed |= nx.ancestors(graph, target)
+    return run_order(graph, needed)
+
 
 def _interrupt_error(text: str) -> dict[str, Any]:
     return {"ename": "KeyboardInterrupt", "evalue": "", "traceback": [f"\x1b[0;31mKeyboardInterrupt\x1b[0m: {text}"]}
