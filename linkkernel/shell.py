@@ -220,17 +220,8 @@ class LinkShell(ZMQInteractiveShell):
         """
         if args.exc_type is SystemExit:
             return
-        value = args.exc_value if args.exc_value is not None else args.exc_type()
-        value.__traceback__ = args.exc_traceback
-        if is_internal(value) or trim(value).__traceback__ is None:
-            # A thread of the kernel's own, not the user's: that belongs in the kernel log.
-            self._kernel_log.error(
-                "exception in thread %s", args.thread, exc_info=(args.exc_type, value, args.exc_traceback)
-            )
-            return
-        stb = self.InteractiveTB.structured_traceback(args.exc_type, value, value.__traceback__, tb_offset=0)
         name = args.thread.name if args.thread is not None else threading.get_ident()
-        print(f"Exception in thread {name}:\n{self.InteractiveTB.stb2text(stb)}", file=sys.stderr, flush=True)
+        self._report_hooked(f"Exception in thread {name}:", args)
 
     def _unraisable_hook(self, args) -> None:
         """An error Python cannot raise (in `__del__`, a weakref callback...): the user's
@@ -239,17 +230,22 @@ class LinkShell(ZMQInteractiveShell):
         Python's default hook prints the kernel's temp file paths, as for threads.
         """
         header = (args.err_msg or "Exception ignored in") + ("" if args.object is None else f": {args.object!r}")
+        self._report_hooked(header, args)
+
+    def _report_hooked(self, header: str, args) -> None:
+        """What Python's thread and unraisable hooks hand over, shown under `header` as the
+        user's error; one with no frame of the user's (a thread of the kernel's own) goes
+        to the kernel log instead."""
         value = args.exc_value if args.exc_value is not None else args.exc_type()
         value.__traceback__ = args.exc_traceback
         if is_internal(value) or (args.exc_traceback is not None and trim(value).__traceback__ is None):
             self._kernel_log.error("%s", header, exc_info=(args.exc_type, value, args.exc_traceback))
             return
-        formatter = self.InteractiveTB
         if value.__traceback__ is None:
-            stb = formatter.get_exception_only(args.exc_type, value)
+            stb = self.InteractiveTB.get_exception_only(args.exc_type, value)
         else:
-            stb = formatter.structured_traceback(args.exc_type, value, value.__traceback__, tb_offset=0)
-        print(f"{header}\n{formatter.stb2text(stb)}", file=sys.stderr, flush=True)
+            stb = self._structured_traceback(args.exc_type, value)
+        print(f"{header}\n{self.InteractiveTB.stb2text(stb)}", file=sys.stderr, flush=True)
 
     def _group_traceback(self, value: BaseException) -> list[str]:
         return group_traceback(self.InteractiveTB, value)
