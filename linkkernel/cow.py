@@ -15,9 +15,7 @@ import os
 import pickle
 from typing import Any
 
-import cloudpickle
-
-from linkkernel.namespaces import PROTOCOL, Blob
+from linkkernel.namespaces import Blob, loads, pickled
 
 MIN_SIZE = 1 << 20  # smaller buffers are cheaper to copy than to map
 PAGE = mmap.PAGESIZE
@@ -65,11 +63,12 @@ def _private_map(buffer: memoryview) -> mmap.mmap | None:
 class Loaded:
     """A value loaded from a blob, with the private maps its large buffers live in."""
 
-    def __init__(self, blob: Blob) -> None:
+    def __init__(self, blob: Blob, namespace: dict[str, Any]) -> None:
+        """`namespace` is where the value will live (see namespaces.loads)."""
         self.blob = blob
         self.maps: list[mmap.mmap | None] = [_private_map(b) for b in blob.buffers]
         buffers = [bytearray(b) if m is None else memoryview(m) for b, m in zip(blob.buffers, self.maps)]
-        self.value: Any = pickle.loads(blob.stream, buffers=buffers)
+        self.value: Any = loads(blob.stream, buffers, namespace)
 
     @property
     def mapped(self) -> bool:
@@ -100,7 +99,7 @@ def same_pickle(value: Any, blob: Blob) -> list[memoryview] | None:
     buffers (the first step of proving it unchanged); None when it does not, or cannot."""
     raw: list[pickle.PickleBuffer] = []
     try:
-        stream = cloudpickle.dumps(value, protocol=PROTOCOL, buffer_callback=raw.append)
+        stream = pickled(value, raw.append)
     except Exception:  # noqa: BLE001 - not provable; the digest path reports real failures
         return None
     if stream != blob.stream or len(raw) != len(blob.buffers):

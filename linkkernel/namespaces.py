@@ -11,8 +11,9 @@ import io
 import os
 import pickle
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,14 +78,51 @@ def _digest(stream: bytes, buffers: Iterable[memoryview]) -> str:
 
 
 _DYNAMIC_CODE = "<dynamic-code>"
+_ABSENT = object()
+# While a value is unpickled: the namespace it is loaded into (see `_NotebookGlobals`).
+_loading_into: ContextVar[dict[str, Any] | None] = ContextVar("linkkernel_loading_into", default=None)
 
 
 def _code_in_file(code: types.CodeType, filename: str) -> types.CodeType:
     return code.replace(co_filename=filename)
 
 
+def new_namespace() -> dict[str, Any]:
+    """An empty notebook namespace (a `__main__` module's), for a value loaded on its own."""
+    return types.ModuleType("__main__").__dict__
+
+
+def _namespace_being_loaded() -> dict[str, Any]:
+    namespace = _loading_into.get()
+    return new_namespace() if namespace is None else namespace
+
+
+class _NotebookGlobals:
+    """Stands, in a pickle, for the globals of a function defined in a notebook cell or a
+    component (globals named `__main__`). Unpickled, it is the namespace the value is loaded
+    into, so the function reads the globals of the component that uses it, as if every
+    ancestor had run in one namespace (SPEC §3): a child that rebinds `scale` changes what its
+    parent's `scaled()` computes. cloudpickle would give it a dict of its own instead, holding
+    the values it read when its parent ran."""
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return _namespace_being_loaded, ()
+
+
+_NOTEBOOK_GLOBALS = _NotebookGlobals()
+
+
+def _with_notebook_globals(reduced: tuple) -> tuple:
+    """cloudpickle's reduction of a function, `(make, (code, globals, ...), (state, slots),
+    ...)`, with its globals left to the namespace it is loaded into: none of their values
+    are pickled, so a function's digest changes with its code, not with the globals it reads."""
+    make, (code, _, *args), (state, slots), *rest = reduced
+    return (make, (code, _NOTEBOOK_GLOBALS, *args), (state, {**slots, "__globals__": {}}), *rest)
+
+
 class _Pickler(cloudpickle.Pickler):
-    """cloudpickle, except that code keeps the name of the file it was compiled from.
+    """cloudpickle, except that code keeps the name of the file it was compiled from, and
+    functions defined in a notebook take their globals from where they are loaded.
 
     cloudpickle renames every function's file to `<dynamic-code>`; a function defined in a
     parent component would then fail in a child with no `Component NAME` label and no source
@@ -94,29 +132,60 @@ class _Pickler(cloudpickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, types.CodeType) and obj.co_filename != _DYNAMIC_CODE:
             return _code_in_file, (obj.replace(co_filename=_DYNAMIC_CODE), obj.co_filename)
-        return super().reducer_override(obj)
+        reduced = super().reducer_override(obj)
+        if isinstance(obj, types.FunctionType) and reduced is not NotImplemented and obj.__globals__.get("__name__") == "__main__":
+            return _with_notebook_globals(reduced)
+        return reduced
+
+
+def reads_notebook_globals(blob: Blob) -> bool:
+    """Whether the value holds functions defined in a notebook (see `_NotebookGlobals`),
+    which read the globals of whatever namespace they are loaded into."""
+    return _namespace_being_loaded.__name__.encode() in blob.stream
+
+
+def pickled(value: Any, buffer_callback: Callable[[pickle.PickleBuffer], Any]) -> bytes:
+    """The pickle stream of `value` as blobs hold it; out-of-band buffers go to `buffer_callback`."""
+    with io.BytesIO() as file:
+        _Pickler(file, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(value)
+        return file.getvalue()
 
 
 def dump(name: str, value: Any) -> Blob:
     """Pickle `value` (bound to `name`) with cloudpickle, protocol 5, buffers out of band."""
     raw: list[pickle.PickleBuffer] = []
     try:
-        with io.BytesIO() as file:
-            _Pickler(file, protocol=PROTOCOL, buffer_callback=raw.append).dump(value)
-            stream = file.getvalue()
+        stream = pickled(value, raw.append)
     except Exception as exc:  # pickling runs arbitrary __reduce__ code: anything may fail
         raise UnpicklableValue(name, value, exc) from exc
     buffers = tuple(b.raw() for b in raw)
     return Blob(stream, buffers, _digest(stream, buffers))
 
 
-def load(blob: Blob) -> Any:
-    """Rebuild a value from a blob as a fresh, writable copy.
+def loads(stream: bytes, buffers: Iterable[Any], namespace: dict[str, Any]) -> Any:
+    """Unpickle a value that is to live in `namespace`, the globals of the functions in it
+    that were defined in a notebook (see `_NotebookGlobals`)."""
+    builtins_before = namespace.get("__builtins__", _ABSENT)
+    token = _loading_into.set(namespace)
+    try:
+        return pickle.loads(stream, buffers=buffers)
+    finally:
+        _loading_into.reset(token)
+        # cloudpickle sets `__builtins__` in every function's globals it rebuilds
+        if builtins_before is _ABSENT:
+            namespace.pop("__builtins__", None)
+        else:
+            namespace["__builtins__"] = builtins_before
+
+
+def load(blob: Blob, namespace: dict[str, Any] | None = None) -> Any:
+    """Rebuild a value from a blob as a fresh, writable copy, to live in `namespace` (a new
+    one when None).
 
     Buffers are copied into bytearrays: arrays rebuilt from immutable bytes come back
     read-only, and a child must be free to mutate what it inherits without touching the blob.
     """
-    return pickle.loads(blob.stream, buffers=[bytearray(b) for b in blob.buffers])
+    return loads(blob.stream, [bytearray(b) for b in blob.buffers], new_namespace() if namespace is None else namespace)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from linkkernel import capture
 from linkkernel.cow import Loaded
 from linkkernel.declarations import Component
 from linkkernel.errors import LinkError
-from linkkernel.namespaces import Blob, UnpicklableValue, changes, dump, type_name
+from linkkernel.namespaces import Blob, UnpicklableValue, changes, dump, reads_notebook_globals, type_name
 from linkkernel.progress import Progress
 from linkkernel.sources import Sources, notebook_path_from_env
 from linkkernel.staleness import FRESH, RunRecord, code_hash, new_run_id
@@ -202,11 +202,11 @@ class Runner:
 
     async def _run_local(self, component: Component, merged: dict[str, str], record: RunRecord, live) -> RunOutcome:
         shell = self.shell
-        loaded = {name: self.store.load(digest) for name, digest in merged.items()}
-        inputs = {name: value for name, (value, _) in loaded.items()}
         module = types.ModuleType("__main__")
         ns = module.__dict__
         ns.update({k: shell.user_ns[k] for k in _PRELUDE if k in shell.user_ns})
+        loaded = {name: self.store.load(digest, ns) for name, digest in merged.items()}
+        inputs = {name: value for name, (value, _) in loaded.items()}
         ns.update(inputs)
         outcome = RunOutcome(record)
         with _notebook_name_hint(shell, component.name), _swapped_namespace(shell, module), shell.compile.labelled(
@@ -261,6 +261,7 @@ class Runner:
         namespace = {n: d for n, d in merged.items() if n not in found.deleted}
         blobs: dict[str, Blob] = {}
         memory: dict[str, Any] = {}
+        values = {n: final[n] for n in found.bound}
         for name in found.bound:
             value = final[name]
             try:
@@ -276,9 +277,13 @@ class Runner:
             else:
                 digest = blob.digest
                 blobs[digest] = blob
+                if reads_notebook_globals(blob):
+                    # The notebook is one namespace: its functions read its globals, as
+                    # those a child loads read the child's. The live ones read the run's.
+                    values[name] = Loaded(blob, self.shell.user_ns).value
             namespace[name] = digest
         outcome.record.namespace = namespace
-        outcome.values = {n: final[n] for n in found.bound}
+        outcome.values = values
         outcome.deleted = found.deleted
         outcome.blobs = blobs
         outcome.memory = memory
@@ -331,7 +336,7 @@ class Runner:
             frozen = freeze(blob)
             outcome.blobs[frozen.digest] = frozen
             try:
-                outcome.values[name] = Loaded(frozen).value
+                outcome.values[name] = Loaded(frozen, self.shell.user_ns).value
             except Exception as exc:  # unpickling runs the value's own code (__reduce__, a module missing here)
                 raise LinkError(
                     f"component {component.name!r} ran on worker {component.remote!r} but its output {name!r} "
@@ -422,7 +427,7 @@ class Runner:
             _, inherited = self._parent_namespaces(graph.nodes[name]["component"])
             for output, digest in record.namespace.items():
                 if inherited.get(output) != digest:
-                    self.shell.user_ns[output] = self.store.load(digest)[0]
+                    self.shell.user_ns[output] = self.store.load(digest, self.shell.user_ns)[0]
             self._published.add(record.run_id)
 
     async def _run_captured(self, graph, names: list[str], targets: Collection[str] = ()) -> list[str]:

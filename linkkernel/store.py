@@ -241,15 +241,15 @@ class CacheStore:
             self.blobs[digest] = blob
         return blob
 
-    def load(self, digest: str) -> tuple[Any, Loaded | None]:
-        """A private copy of the value named by `digest`, and how it was loaded.
+    def load(self, digest: str, namespace: dict[str, Any]) -> tuple[Any, Loaded | None]:
+        """A private copy of the value named by `digest`, to live in `namespace`, and how it was loaded.
 
         Large buffers are mapped copy-on-write rather than copied; memory-only values are
         shared as they are (there is nothing to copy them from).
         """
         if digest in self.memory_values:
             return self.memory_values[digest], None
-        loaded = Loaded(self.blob(digest))
+        loaded = Loaded(self.blob(digest), namespace)
         return loaded.value, loaded
 
     def clear(self) -> None:

@@ -183,3 +183,57 @@ def test_changes_hands_back_the_blob_it_made_for_a_mutated_input():
                     dumped=dumped)
     assert found.bound == ("grown", "new") and found.deleted == ()
     assert list(dumped) == ["grown"] and dumped["grown"].digest == dump("grown", [1, 2, 3]).digest
+
+
+def _module(name: str, code: str) -> dict:
+    import types
+
+    namespace = types.ModuleType(name).__dict__
+    exec(code, namespace)
+    return namespace
+
+
+HELPERS = (
+    "scale = 1\ncount = 0\n"
+    "def scaled(v):\n    return v * scale\n"
+    "def counted():\n    global count\n    count += 1\n"
+    "class Scaler:\n    def apply(self, v):\n        return scaled(v) + scale\n"
+)
+
+
+def test_notebook_functions_read_the_globals_of_the_namespace_they_are_loaded_into():
+    """SPEC §3, one namespace: a parent's function reads, and writes, the child's globals."""
+    from linkkernel.namespaces import dump, load
+
+    parent = _module("__main__", HELPERS)
+    child = {"scale": 10, "count": 5}
+    scaled, counted, scaler = (load(dump(n, parent[n]), child) for n in ("scaled", "counted", "Scaler"))
+    child["scaled"] = scaled
+    assert (scaled(2), scaler().apply(1)) == (20, 20)
+    counted()
+    assert (child["count"], parent["count"]) == (6, 0)
+    assert "__builtins__" not in child  # cloudpickle sets it in globals; a namespace keeps its own
+    kept = {"__builtins__": "mine", "scale": 2}
+    assert load(dump("scaled", parent["scaled"]), kept)(3) == 6 and kept["__builtins__"] == "mine"
+
+
+def test_a_notebook_functions_digest_follows_its_code_not_the_globals_it_reads():
+    """A child rebinding `scale` must not make its parent's `scaled` look mutated (an output)."""
+    from linkkernel.namespaces import dump, reads_notebook_globals
+
+    parent = _module("__main__", HELPERS)
+    before = dump("scaled", parent["scaled"])
+    parent["scale"] = 99
+    assert dump("scaled", parent["scaled"]).digest == before.digest
+    assert reads_notebook_globals(before) and not reads_notebook_globals(dump("n", [1, "scaled"]))
+
+
+def test_functions_of_other_modules_keep_the_globals_they_were_pickled_with():
+    """Only a notebook's namespace (`__main__`) is shared; a module made at run time keeps
+    cloudpickle's own copy of what its functions read."""
+    from linkkernel.namespaces import dump, load, reads_notebook_globals
+
+    module = _module("made_at_run_time", HELPERS)
+    blob = dump("scaled", module["scaled"])
+    assert not reads_notebook_globals(blob)
+    assert load(blob, {"scale": 10})(2) == 2

@@ -27,18 +27,18 @@ def test_records_and_blobs_survive_a_new_store_and_corruption_is_refused(tmp_pat
     store.flush()
     again = CacheStore(url, str(tmp_path / "nb.ipynb"))
     assert again.get("a").run_id == "r1"
-    value, _ = again.load(blobs["big"].digest)
+    value, _ = again.load(blobs["big"].digest, {})
     assert value[0] == 0.0 and value[-1] == 299_999.0
-    assert again.load(blobs["small"].digest)[0] == {"k": [1, 2]}
+    assert again.load(blobs["small"].digest, {})[0] == {"k": [1, 2]}
     # a tampered blob file is not loaded
     path = next((tmp_path / notebook_key(str(tmp_path / "nb.ipynb")) / "blobs").glob(f"*/{blobs['small'].digest}"))
     path.write_bytes(path.read_bytes()[:-1] + b"X")
     third = CacheStore(url, str(tmp_path / "nb.ipynb"))
     with pytest.raises(LinkError, match="is corrupt"):
-        third.load(blobs["small"].digest)
+        third.load(blobs["small"].digest, {})
     path.unlink()
     with pytest.raises(LinkError, match="cannot read cached value"):
-        CacheStore(url, str(tmp_path / "nb.ipynb")).load(blobs["small"].digest)
+        CacheStore(url, str(tmp_path / "nb.ipynb")).load(blobs["small"].digest, {})
 
 
 def test_replaced_runs_release_their_values_from_memory():
@@ -52,14 +52,14 @@ def test_replaced_runs_release_their_values_from_memory():
 
 def test_copy_on_write_inputs_detect_writes_without_touching_the_frozen_value():
     frozen = freeze(dump("arr", np.zeros(1_000_000)))
-    first = Loaded(frozen)
+    first = Loaded(frozen, {})
     assert first.mapped
     assert first.value.flags.writeable
     assert float(first.value.sum()) == 0.0  # reading is not writing
     assert first.unchanged(first.value)
     first.value[123_456] = 1.0
     assert not first.unchanged(first.value)
-    second = Loaded(frozen)
+    second = Loaded(frozen, {})
     assert float(second.value[123_456]) == 0.0
     assert not second.unchanged(np.zeros(1_000_000))  # another object is never "unchanged"
 
@@ -74,4 +74,4 @@ def test_a_blob_file_not_in_the_blob_format_is_one_line_not_a_crash(tmp_path, he
     path = next((tmp_path / notebook_key(str(tmp_path / "nb.ipynb")) / "blobs").glob(f"*/{blob.digest}"))
     path.write_bytes(len(header).to_bytes(8, "little") + header)
     with pytest.raises(LinkError, match=f"cannot read cached value {blob.digest[:16]} .*: not a linkkernel blob"):
-        CacheStore(url, str(tmp_path / "nb.ipynb")).load(blob.digest)
+        CacheStore(url, str(tmp_path / "nb.ipynb")).load(blob.digest, {})

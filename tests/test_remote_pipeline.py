@@ -215,3 +215,17 @@ def test_a_remote_output_is_one_copy_shared_copy_on_write_with_the_cache(nb, wor
     assert nb.kernel.execute("big[5] = -1").status == "ok"
     assert nb.run("near_big").status == "ok"
     assert value(nb.kernel, "(int(big[5]), seen)") == (-1, 5)
+
+
+def test_functions_read_the_globals_of_where_they_run_as_in_one_namespace(nb, worker) -> None:
+    # SPEC §3 and §5: a parent's function reads the globals of the component calling it, on a
+    # worker as locally, and a function made on a worker reads the notebook's once published
+    nb.add("helpers", "scale = 1\ndef scaled(v):\n    return v * scale")
+    nb.add("far_fn", "scale = 10\nfar_out = scaled(2)\ndef shifted(v):\n    return v + scale", "helpers", remote="gpu1")
+    nb.add("near_fn", "scale = 100\nnear_out = (scaled(3), shifted(1))", "far_fn")
+    nb.use()
+    result = nb.run("near_fn")
+    assert result.status == "ok", result.traceback_text
+    assert value(nb.kernel, "(far_out, near_out)") == (20, (300, 101))
+    assert nb.kernel.execute("scale = 7").status == "ok"
+    assert value(nb.kernel, "(scaled(2), shifted(1))") == (14, 8)

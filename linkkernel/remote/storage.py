@@ -32,7 +32,6 @@ import json
 import logging
 import mmap
 import os
-import pickle
 import stat
 import uuid
 from collections import OrderedDict
@@ -40,7 +39,7 @@ from typing import Any
 
 from linkkernel import cow
 from linkkernel.errors import LinkError
-from linkkernel.namespaces import Blob, _digest
+from linkkernel.namespaces import Blob, _digest, loads, new_namespace
 from linkkernel.remote.mirror import Mirror, default_root
 
 MAGIC = b"LKB2"
@@ -473,10 +472,11 @@ def file_map_of(blob: Blob) -> FileMap | None:
     return owner if len(owners) == 1 and isinstance(owner, FileMap) else None
 
 
-def load_owned(blob: Blob) -> Any:
-    """Unpickle a blob read from the store without copying its buffers again.
+def load_owned(blob: Blob, namespace: dict[str, Any] | None = None) -> Any:
+    """Unpickle a blob read from the store, to live in `namespace` (a new one when None),
+    without copying its buffers again.
 
     A blob from `Store.get` owns its writable memory, so arrays can be rebuilt directly on
     it (namespaces.load copies, which a blob shared with a cache must do).
     """
-    return pickle.loads(blob.stream, buffers=blob.buffers)
+    return loads(blob.stream, blob.buffers, new_namespace() if namespace is None else namespace)

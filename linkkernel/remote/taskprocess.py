@@ -19,7 +19,6 @@ import io
 import json
 import linecache
 import os
-import pickle
 import random
 import re
 import sys
@@ -37,7 +36,7 @@ from traitlets.config import Config
 
 from linkkernel import cow
 from linkkernel.compiler import LinkCompiler
-from linkkernel.namespaces import Blob, UnpicklableValue, changes, dump
+from linkkernel.namespaces import Blob, UnpicklableValue, changes, dump, loads
 from linkkernel.remote.storage import StorageError, Store, file_map_of
 from linkkernel.tracebacks import contains_group, format_warning, group_traceback, trim
 
@@ -294,10 +293,10 @@ def execute(shell: WorkerShell, code: str) -> None:
 class MappedInput:
     """An input rebuilt in place on the copy-on-write map of its blob file (storage.FileMap)."""
 
-    def __init__(self, blob, file_map) -> None:
+    def __init__(self, blob, file_map, namespace: dict[str, Any]) -> None:
         self.blob = blob
         self.map = file_map
-        self.value: Any = pickle.loads(blob.stream, buffers=list(blob.buffers))
+        self.value: Any = loads(blob.stream, list(blob.buffers), namespace)
 
     def unchanged(self, value: Any) -> bool:
         """True only when provably unchanged: same pickle stream, still on the same mapped
@@ -313,9 +312,10 @@ class MappedInput:
         return not cow.written(self.map)
 
 
-def load_input(blob) -> MappedInput | cow.Loaded:
+def load_input(blob, namespace: dict[str, Any]) -> MappedInput | cow.Loaded:
+    """An input to live in `namespace`, built on its blob's file map when it has one."""
     file_map = file_map_of(blob)
-    return cow.Loaded(blob) if file_map is None else MappedInput(blob, file_map)
+    return cow.Loaded(blob, namespace) if file_map is None else MappedInput(blob, file_map, namespace)
 
 
 def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> None:
@@ -323,11 +323,12 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
     digests: dict[str, str] = task["inputs"]
     inputs: dict[str, Any] = {}
     loaded: dict[str, MappedInput | cow.Loaded] = {}
+    namespace = shell.user_ns  # made fresh by preload_shell; this process runs one task only
     store.remember(task.get("verified") or {})
     for name, digest in digests.items():
         try:
             blob = store.get(digest, mapped=True)
-            loaded[name] = load_input(blob)
+            loaded[name] = load_input(blob, namespace)
             inputs[name] = loaded[name].value
         except StorageError as exc:
             pipe.finish({"failed": str(exc)})
@@ -340,7 +341,6 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
     for filename, (component, source) in task.get("sources", {}).items():
         shell.compile.label(filename, component)
         linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
-    namespace = shell.user_ns  # made fresh by preload_shell; this process runs one task only
     hidden = set(namespace)
     namespace.update(inputs)
     shell.pipe = pipe
