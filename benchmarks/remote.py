@@ -14,7 +14,8 @@
    and SeaweedFS `weed mini` (Go; the S3 server the tests check credentials against).
 
 Timings are medians. The kernel side is this process, calling `run_remote` as the engine does
-(input uploaded unless the store has it, task run, result fetched and verified).
+(input uploaded unless the store has it, task run, result fetched and verified), then keeping
+the output as the engine does: frozen for the cache, the notebook's value loaded from it.
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ def remote_big(alias: str, blobs: list, array, floor_dir: Path | None = None):
 
     from linkkernel.remote.executor import run_remote, store_for
     from linkkernel.remote.registry import get
-    from linkkernel.remote.storage import load_owned
+    from linkkernel.cow import Loaded
+    from linkkernel.store import freeze
     from linkkernel.tasks import ComponentTask
 
     store = store_for(get(alias))
@@ -121,7 +123,7 @@ def remote_big(alias: str, blobs: list, array, floor_dir: Path | None = None):
             before = store.bytes_uploaded
             began = time.perf_counter()
             result = run_remote(None, ComponentTask("big", "b = a + 1", {"a": blob}, False), alias)
-            b = load_owned(result.bound["b"])
+            b = Loaded(freeze(result.bound["b"]), {}).value  # as Runner._run_remote keeps it
             times.append(time.perf_counter() - began)
             uploaded.append(store.bytes_uploaded - before)
             assert b[0] == array[0] + 10 * i + 1 and np.array_equal(b[-3:], array[-3:] + 10 * i + 1)

@@ -25,7 +25,9 @@ SUPPORTED = hasattr(os, "memfd_create") and os.path.exists("/proc/self/pagemap")
 
 
 class FrozenMap(mmap.mmap):
-    """A read-only map of a memfd holding one frozen buffer; `fd` lets children map it privately."""
+    """A map of a file whose content never changes: a memfd holding one frozen buffer, or a
+    verified read-only blob file (linkkernel.remote.storage.FileMap). `fd` lets children map
+    a buffer of it privately."""
 
     fd: int
 
@@ -34,6 +36,13 @@ class FrozenMap(mmap.mmap):
         if fd is not None:
             os.close(fd)
             self.fd = None
+
+    def offset_of(self, buffer: memoryview) -> int | None:
+        """Where `buffer`, a view of this map, starts in the file; None when not known."""
+        if buffer.nbytes == len(self):
+            return 0
+        start, base = address(buffer), address(self)
+        return None if start is None or base is None else start - base
 
 
 def freeze_buffer(buffer: memoryview) -> memoryview:
@@ -57,7 +66,10 @@ def _private_map(buffer: memoryview) -> mmap.mmap | None:
     owner = buffer.obj
     if not isinstance(owner, FrozenMap) or getattr(owner, "fd", None) is None:
         return None
-    return mmap.mmap(owner.fd, buffer.nbytes, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    offset = owner.offset_of(buffer)
+    if offset is None or offset % mmap.ALLOCATIONGRANULARITY:
+        return None
+    return mmap.mmap(owner.fd, buffer.nbytes, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)
 
 
 class Loaded:

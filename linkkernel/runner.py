@@ -331,8 +331,9 @@ class Runner:
         record.status = "ok"
         namespace = {n: d for n, d in merged.items() if n not in result.deleted}
         for name, blob in result.bound.items():
-            # One copy on this side: the cache keeps the frozen blob and the notebook's value
-            # maps its large buffers copy-on-write (linkkernel.cow), as a child's inputs do.
+            # No copy on this side: the cache keeps the blob as mapped from the store's
+            # verified file, and the notebook's value maps its large buffers from that file
+            # copy-on-write (linkkernel.cow), as a child's inputs do.
             frozen = freeze(blob)
             outcome.blobs[frozen.digest] = frozen
             try:

@@ -49,8 +49,8 @@ def freeze(blob: Blob) -> Blob:
     """A blob whose buffers are private immutable copies, no longer views of live objects.
 
     Large buffers go to memfds so that children can map them copy-on-write (linkkernel.cow).
-    A buffer already in a memfd (a blob read from remote storage into one) is not copied
-    again: nothing but the blob holds it.
+    A buffer already in a file that never changes (a memfd, or the verified blob file a
+    remote output was mapped from) is not copied again: children map it from there.
     """
     return Blob(
         blob.stream,

@@ -274,3 +274,34 @@ def test_large_buffers_hashed_in_pieces_cross_s3_and_a_changed_piece_is_refused(
     fresh = Store("s3://linkkernel/pieces", KEY, options, mirror=Mirror(str(tmp_path / "m3")))
     with pytest.raises(StorageError, match="failed verification"):
         fresh.get(blob.digest)
+
+
+def _mapped_file(address: int) -> str:
+    for line in open("/proc/self/maps"):
+        fields = line.split(None, 5)
+        low, high = (int(x, 16) for x in fields[0].split("-"))
+        if low <= address < high:
+            return fields[5].strip() if len(fields) > 5 else "anonymous"
+    return "unmapped"
+
+
+def test_a_blob_mapped_from_its_file_is_frozen_as_it_is_and_shared_from_there(tmp_path) -> None:
+    """A remote output as the engine keeps it: no copy for the cache, values mapped privately
+    from the verified file, and a put into another store sends it from that file."""
+    from linkkernel import cow
+    from linkkernel.store import freeze
+
+    values = np.random.default_rng(2).random(cow.MIN_SIZE // 8 * 3 + 5)
+    Store(str(tmp_path / "a"), KEY).put(dump("x", {"values": values, "small": np.arange(3)}))
+    path = _blob_file(tmp_path / "a")
+    got = Store(str(tmp_path / "a"), KEY).get(path.name, mapped=True)
+    frozen = freeze(got)
+    assert frozen.buffers[0].obj is file_map_of(got)  # not copied
+    first, second = cow.Loaded(frozen, {}), cow.Loaded(frozen, {})
+    assert _mapped_file(first.value["values"].ctypes.data) == str(path)
+    first.value["values"][:] = -1  # private to that value
+    assert np.array_equal(second.value["values"], values) and not second.unchanged(first.value)
+    assert first.mapped and not first.unchanged(first.value) and second.unchanged(second.value)
+    assert Store(str(tmp_path / "b"), KEY).put(frozen)
+    copied = load_owned(Store(str(tmp_path / "b"), KEY).get(path.name))
+    assert np.array_equal(copied["values"], values) and np.array_equal(copied["small"], np.arange(3))

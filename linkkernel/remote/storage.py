@@ -129,10 +129,12 @@ def _immutable(st: os.stat_result) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o222
 
 
-class FileMap(mmap.mmap):
+class FileMap(cow.FrozenMap):
     """A private, writable, copy-on-write map of a verified local blob file; a blob's
     buffers are views into it, so reading costs no copy and writing copies only the pages
-    written (linkkernel.cow tells which from the page tables)."""
+    written (linkkernel.cow tells which from the page tables). The file itself never
+    changes, so the blob counts as frozen (linkkernel.store.freeze) and each value built
+    from it maps its buffers privately from `fd` again."""
 
 
 class Store:
@@ -245,12 +247,12 @@ class Store:
 
     def _write_frames(self, f, header: bytes, parts: list[memoryview], offsets: list[int], fd: int | None = None) -> None:
         """The blob file: magic, header MAC, header, then each part at its page-aligned offset.
-        With `fd` (a local file), parts held in a memfd are copied inside the OS kernel."""
+        With `fd` (a local file), parts held in a memfd or a blob file are copied inside the OS kernel."""
         f.write(MAGIC + _frame_mac(self._key, header) + len(header).to_bytes(4, "little") + header)
         at = _PREFIX + len(header)
         for part, offset in zip(parts, offsets):
             f.write(bytes(offset - at))
-            if fd is None or not _send_from_memfd(f, fd, part):
+            if fd is None or not _send_from_file(f, fd, part):
                 f.write(part)
             at = offset + part.nbytes
 
@@ -376,11 +378,16 @@ class Store:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             st = os.fstat(fd)
-            if not _immutable(st) or st.st_size < _PREFIX:
-                return None
-            view = FileMap(fd, st.st_size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-        finally:
+            view = None
+            if _immutable(st) and st.st_size >= _PREFIX:
+                view = FileMap(fd, st.st_size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
             os.close(fd)
+            raise
+        if view is None:
+            os.close(fd)
+            return None
+        view.fd = fd
         head = view[:_PREFIX]
         if head[:4] == _LEGACY_MAGIC:
             return None
@@ -429,20 +436,21 @@ class Store:
 _CHUNK = 8 << 20
 
 
-def _send_from_memfd(f, fd: int, part: memoryview) -> bool:
-    """Write a buffer that is a whole memfd (a frozen value, or one read from an object
-    store) with sendfile: writing it from its mapping would first fault in every page of the
+def _send_from_file(f, fd: int, part: memoryview) -> bool:
+    """Write a buffer held in a file that never changes (a frozen value's memfd, a blob file)
+    with sendfile: writing it from its mapping would first fault in every page of the
     mapping, ~50 ms per 100 MB here. False when `part` is not such a buffer."""
     owner = part.obj
     source = getattr(owner, "fd", None)
-    if not isinstance(owner, cow.FrozenMap) or source is None or part.nbytes != len(owner):
+    offset = owner.offset_of(part) if isinstance(owner, cow.FrozenMap) and source is not None else None
+    if offset is None:
         return False
     f.flush()
     sent = 0
     while sent < part.nbytes:
-        n = os.sendfile(fd, source, sent, part.nbytes - sent)
+        n = os.sendfile(fd, source, offset + sent, part.nbytes - sent)
         if not n:
-            raise OSError(f"memfd ended after {sent} of {part.nbytes} bytes")
+            raise OSError(f"file ended after {sent} of {part.nbytes} bytes")
         sent += n
     return True
 
