@@ -33,6 +33,17 @@ VERSION = 1
 REPLAY_WINDOW = 60.0
 MIN_KEY_BYTES = 16
 MAX_KEY_BYTES = 4096
+# A kernel can vanish without its TCP connection closing (its host crashed, the network is cut,
+# the laptop sleeps, the process is stopped): the worker would keep its tasks running for
+# nobody. So the worker's socket sends ZMTP heartbeats: PING/PONG handled inside libzmq, which
+# the kernel's ZeroMQ I/O thread answers whatever its Python code does. They do not depend on
+# a task's output, which may be torrents or nothing for hours, nor on the kernel being idle:
+# a kernel busy with a long cell, even one holding the GIL, still answers. A peer silent for
+# KERNEL_SILENCE seconds after a ping is disconnected and treated as gone (its tasks killed).
+# Seconds, not less: a loaded machine or a slow link may delay a PONG by a second or so;
+# not more: a lost kernel's slot should serve someone else soon.
+KERNEL_PING_INTERVAL = 1.0
+KERNEL_SILENCE = 5.0
 
 
 class BadMessage(Exception):
