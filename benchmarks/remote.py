@@ -216,8 +216,8 @@ def main() -> None:
     os.environ["JUPYTER_CONFIG_DIR"] = str(tmp / "config")
     os.environ["XDG_CACHE_HOME"] = str(tmp / "cache")  # an empty S3 mirror: the first run reads S3
     key_file = tmp / "key"
-    key_file.write_text(secrets.token_hex(32))
-    key_file.chmod(0o600)
+    with os.fdopen(os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(secrets.token_hex(32))  # never readable by others: the worker would refuse it
     array = np.random.default_rng(0).random(args.mb * 2**20 // 8)
     load_before = os.getloadavg()
     began = time.perf_counter()

@@ -22,8 +22,12 @@ def free_port() -> int:
 
 
 def make_key(path: Path) -> Path:
-    path.write_text(secrets.token_hex(32) + "\n")
-    path.chmod(0o600)
+    """A new key in `path`, never readable by others, not even for a moment (as a user should
+    make one; the worker and the kernel refuse a key file others can read)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file that existed keeps its mode through O_CREAT
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
     return path
 
 

@@ -3,12 +3,16 @@ silent run publishes nothing, and interrupting the cell kills the remote task pr
 
 from __future__ import annotations
 
+import os
 import queue
+import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from linkkernel.remote import registry
+from linkkernel.remote.protocol import KERNEL_PING_INTERVAL, KERNEL_SILENCE
 from remote_support import WorkerProcess, make_key, pid_alive, wait_until
 from support import Kernel
 
@@ -121,6 +125,75 @@ def test_a_kernel_that_goes_away_frees_its_running_task(setup, kernel) -> None:
     w.wait_for_log("cancelled: its kernel is gone")
     again = kernel.execute(cell("x = 1", live=True), timeout=20)
     assert again.status == "ok", again.traceback_text
+
+
+def test_a_kernel_that_stops_answering_frees_its_task_and_then_says_why(setup, kernel) -> None:
+    """A stopped kernel keeps its TCP connection open yet answers nothing, like one on a
+    crashed host, behind a cut network or on a sleeping laptop: the worker drops it and kills
+    its task, so the slot (this worker has one) serves another kernel. Once the kernel runs
+    again its cell ends with one line saying why, and the kernel stays usable."""
+    tmp, w = setup
+    pid_file = tmp / "stopped.pid"
+    code = (
+        f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "while True:\n    print('still here', flush=True)\n    time.sleep(0.05)"
+    )
+    stopped = Kernel()
+    kernel_pid = stopped.manager.provisioner.process.pid
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(stopped.execute, cell(code, live=True), timeout=120)
+            assert wait_until(lambda: pid_file.exists() and pid_file.read_text(), timeout=30)
+            gone = w.log().count("cancelled: its kernel is gone")
+            os.kill(kernel_pid, signal.SIGSTOP)
+            try:
+                assert wait_until(lambda: not pid_alive(int(pid_file.read_text())), timeout=30)
+                assert wait_until(lambda: w.log().count("cancelled: its kernel is gone") == gone + 1)
+                other = kernel.execute(cell("x = 1", live=True), timeout=20)
+                assert other.status == "ok", other.traceback_text
+            finally:
+                os.kill(kernel_pid, signal.SIGCONT)
+            result = running.result(timeout=60)
+        assert result.status == "error"
+        assert result.reply["content"]["ename"] == "RemoteError"
+        assert "this kernel did not run for" in result.reply["content"]["evalue"]
+        assert "the worker dropped this kernel and killed the task; run the cell again" in result.traceback_text
+        assert len(result.traceback_text.strip().splitlines()) == 1, result.traceback_text
+        again = stopped.execute(cell("x = 1", live=True), timeout=20)
+        assert again.status == "ok", again.traceback_text
+    finally:
+        os.kill(kernel_pid, signal.SIGCONT)
+        stopped.shutdown()
+
+
+def test_a_kernel_holding_the_gil_for_long_keeps_its_task(setup, kernel) -> None:
+    """The worker's heartbeats are answered by ZeroMQ's own thread: a kernel whose Python is
+    busy (here: a C call that holds the GIL) for longer than the worker waits for a silent
+    kernel is not taken for gone."""
+    tmp, w = setup
+    started, go = tmp / "busy.started", tmp / "busy.go"
+    task = f"import os, time\nopen({str(started)!r}, 'w').close()\nwhile not os.path.exists({str(go)!r}):\n    time.sleep(0.02)\ny = 2"
+    busy_for = int(KERNEL_PING_INTERVAL + KERNEL_SILENCE) + 2
+    code = (
+        "import ctypes, os, threading, time\n"
+        "from linkkernel.remote.executor import run_remote\n"
+        "from linkkernel.tasks import ComponentTask\n"
+        "box = {}\n"
+        "def remote():\n"
+        f"    box['result'] = run_remote(get_ipython().kernel, ComponentTask('busy', {task!r}, {{}}, False), 'kw')\n"
+        "thread = threading.Thread(target=remote)\n"
+        "thread.start()\n"
+        f"while not os.path.exists({str(started)!r}):\n    time.sleep(0.02)\n"
+        f"ctypes.PyDLL(None).sleep({busy_for})\n"
+        f"open({str(go)!r}, 'w').close()\n"
+        "thread.join()\n"
+        "print(box['result'].error, 'y' in box['result'].bound)"
+    )
+    result = kernel.execute(code, timeout=60)
+    assert result.status == "ok", result.traceback_text
+    assert result.stdout == "None True\n"
+    busy = [line for line in w.log().splitlines() if "'busy'" in line]
+    assert len(busy) == 1 and ": ok in" in busy[0], busy
 
 
 def test_functions_from_kernel_components_are_labelled_in_remote_tracebacks(setup, kernel) -> None:

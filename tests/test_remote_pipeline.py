@@ -134,6 +134,22 @@ def test_unreachable_worker_in_a_pipeline_is_one_line(nb, worker) -> None:
     assert nb.kernel.execute("1 + 1").status == "ok"
 
 
+def test_a_registered_key_file_others_can_read_is_one_line_before_anything_runs(nb, worker) -> None:
+    """chmod g+r after `workers add`: the kernel refuses to use the key, as ssh would."""
+    key = make_key(worker.tmp / "leaky.key")
+    registry.add("leaky", worker.address, str(worker.tmp / "store"), str(key))
+    key.chmod(0o640)
+    nb.add("leak", "x = 1", remote="leaky")
+    nb.use()
+    result = nb.run("leak", timeout=60)
+    assert result.status == "error"
+    text = plain(result.traceback_text).strip()
+    assert text.endswith(f"key file {key} is readable by other users (mode 0640); run: chmod 600 {key}"), text
+    assert len(text.splitlines()) == 1
+    assert nb.runs() == []
+    assert nb.kernel.execute("1 + 1").status == "ok"
+
+
 def test_interrupting_a_remote_component_cancels_its_task(nb, worker) -> None:
     pid_file = worker.tmp / "pipeline-interrupt.pid"
     nb.add("top", "t = 1")

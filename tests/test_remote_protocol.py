@@ -75,6 +75,17 @@ def test_key_file_must_exist_and_be_long_enough(tmp_path) -> None:
         read_key(tmp_path / "short")
 
 
+@pytest.mark.parametrize(("mode", "how"), [(0o644, "readable"), (0o640, "readable"), (0o604, "readable"), (0o620, "writable")])
+def test_a_key_file_other_users_can_read_or_write_is_refused(tmp_path, mode, how) -> None:
+    key = make_key(tmp_path / "key")
+    key.chmod(mode)
+    with pytest.raises(LinkError) as refused:
+        read_key(key)
+    assert str(refused.value) == f"key file {key} is {how} by other users (mode {mode:04o}); run: chmod 600 {key}"
+    key.chmod(0o600)
+    assert len(read_key(key)) == 64
+
+
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("protocol")

@@ -197,6 +197,14 @@ def test_a_registry_others_can_only_read_is_used(key_file) -> None:
         path.unlink()
 
 
+def test_worker_refuses_a_key_file_others_can_read(tmp) -> None:
+    """Whoever reads the key can run any code on the worker: refused as ssh refuses it."""
+    key = make_key(tmp / "readable.key")
+    key.chmod(0o644)
+    line = one_line_error(worker_cli(tmp, key, "--listen", "tcp://127.0.0.1:0"), "worker")
+    assert line == f"linkkernel worker: key file {key} is readable by other users (mode 0644); run: chmod 600 {key}"
+
+
 @pytest.mark.parametrize("command", ["worker", "workers"])
 def test_a_key_file_that_never_ends_or_is_huge_is_one_line(tmp, command) -> None:
     """`--key-file /dev/zero` (a slip of the tab key) used to read forever, eating memory."""

@@ -4,10 +4,17 @@ ZeroMQ never says a peer is gone, so every wait here has a deadline: a worker th
 accept a task within ACCEPT_TIMEOUT is unreachable, and one that stops sending heartbeats
 for HEARTBEAT_TIMEOUT while a task is ours died mid-task. Either way the caller gets a
 RemoteError within seconds instead of a cell that hangs.
+
+The deadlines count only time this process ran. A kernel that was stopped or suspended did
+not hear the worker meanwhile through no fault of the worker; once it runs again, what the
+worker sent is still on its way in. If it was away longer than the worker waits for a kernel
+that does not answer (KERNEL_SILENCE), the worker dropped it and killed its task, and the
+error says so rather than blaming the worker.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -16,11 +23,17 @@ from typing import Any
 import zmq
 
 from linkkernel.errors import LinkError
-from linkkernel.remote.protocol import BadMessage, Message, Signer, configure_curve_client
+from linkkernel.remote.protocol import KERNEL_SILENCE, BadMessage, Message, Signer, configure_curve_client
 
 ACCEPT_TIMEOUT = 3.0
 HEARTBEAT_TIMEOUT = 3.0
 CANCEL_TIMEOUT = 2.0
+# Waits are cut into slices this long: a slice that ends much later than asked means this
+# process did not run meanwhile, and that time is not counted against the worker.
+POLL_SLICE = 0.25
+# Linux's boot-time clock keeps counting while the machine sleeps (the monotonic clock does
+# not), so a kernel on a laptop that was suspended knows for how long.
+_now = functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic
 log = logging.getLogger("linkkernel.remote")
 
 
@@ -44,6 +57,7 @@ class Client:
             self.socket.close(0)
             raise RemoteError(f"worker {alias!r}: cannot connect to {address}: {exc.strerror}") from None
         self.closed = False
+        self.away = 0.0  # the longest time this process did not run during a wait; see receive
 
     def close(self) -> None:
         """Forget the connection; anything still queued in it is discarded, never delivered late."""
@@ -57,12 +71,20 @@ class Client:
         self.socket.send_multipart(self.signer.sign(type_, body))
 
     def receive(self, timeout: float) -> Message | None:
-        """The next valid message within `timeout` seconds; invalid ones are logged and dropped."""
-        deadline = time.monotonic() + timeout
+        """The next valid message within `timeout` seconds of this process running; invalid
+        ones are logged and dropped. Time it did not run is left out and kept in `away`."""
+        waited = 0.0
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self.socket.poll(remaining * 1000):
+            wait = min(timeout - waited, POLL_SLICE)
+            if wait <= 0:
                 return None
+            start = _now()
+            ready = self.socket.poll(wait * 1000)
+            elapsed = _now() - start
+            self.away = max(self.away, elapsed - wait)
+            waited += min(elapsed, wait)
+            if not ready:
+                continue
             frames = self.socket.recv_multipart()
             try:
                 return self.signer.verify(frames)
@@ -105,15 +127,20 @@ class Client:
 
     def follow(self, task_id: str, on_output: Callable[[dict[str, Any]], None]) -> Message:
         """Relay the task's outputs until it ends; returns the `done` message."""
-        last_heard = time.monotonic()
+        self.away = 0.0
         while True:
-            message = self.receive(max(0.0, HEARTBEAT_TIMEOUT - (time.monotonic() - last_heard)))
+            message = self.receive(HEARTBEAT_TIMEOUT)
             if message is None:
                 self.close()
+                if self.away >= KERNEL_SILENCE:
+                    raise RemoteError(
+                        f"this kernel did not run for {self.away:.0f} s (stopped or suspended), longer than "
+                        f"{self._where()} waits for a kernel that does not answer ({KERNEL_SILENCE:g} s): "
+                        "the worker dropped this kernel and killed the task; run the cell again"
+                    )
                 raise RemoteError(
                     f"{self._where()} died mid-task: no heartbeat for {HEARTBEAT_TIMEOUT:g} s"
                 )
-            last_heard = time.monotonic()
             if message.type == "heartbeat" or message.body.get("task") != task_id:
                 continue
             if message.type == "output":

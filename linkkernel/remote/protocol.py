@@ -17,6 +17,7 @@ import hmac
 import json
 import os
 import secrets
+import stat
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -33,6 +34,17 @@ VERSION = 1
 REPLAY_WINDOW = 60.0
 MIN_KEY_BYTES = 16
 MAX_KEY_BYTES = 4096
+# A kernel can vanish without its TCP connection closing (its host crashed, the network is cut,
+# the laptop sleeps, the process is stopped): the worker would keep its tasks running for
+# nobody. So the worker's socket sends ZMTP heartbeats: PING/PONG handled inside libzmq, which
+# the kernel's ZeroMQ I/O thread answers whatever its Python code does. They do not depend on
+# a task's output, which may be torrents or nothing for hours, nor on the kernel being idle:
+# a kernel busy with a long cell, even one holding the GIL, still answers. A peer silent for
+# KERNEL_SILENCE seconds after a ping is disconnected and treated as gone (its tasks killed).
+# Seconds, not less: a loaded machine or a slow link may delay a PONG by a second or so;
+# not more: a lost kernel's slot should serve someone else soon.
+KERNEL_PING_INTERVAL = 1.0
+KERNEL_SILENCE = 5.0
 
 
 class BadMessage(Exception):
@@ -49,16 +61,18 @@ class Message:
 
 
 def read_key(path: str | os.PathLike) -> bytes:
-    """The shared HMAC key from a key file, refused when missing or too short to be a secret."""
+    """The shared HMAC key from a key file, refused when missing, too short to be a secret,
+    or open to other users (see _refuse_shared)."""
     key_path = Path(path).expanduser()
     try:
         # Bounded: a slip such as /dev/zero or a data file must not be read into memory whole.
         with open(key_path, "rb") as f:
             key = f.read(MAX_KEY_BYTES + 1)
+            st = os.fstat(f.fileno())
     except FileNotFoundError:
         raise LinkError(
             f"key file {key_path} not found; create one with "
-            f"`python -c 'import secrets; print(secrets.token_hex(32))' > {key_path}; chmod 600 {key_path}`"
+            f"`(umask 077; python -c 'import secrets; print(secrets.token_hex(32))' > {key_path})`"
         ) from None
     except OSError as exc:
         raise LinkError(f"cannot read key file {key_path}: {exc.strerror}") from None
@@ -67,7 +81,24 @@ def read_key(path: str | os.PathLike) -> bytes:
     key = key.strip()
     if len(key) < MIN_KEY_BYTES:
         raise LinkError(f"key file {key_path} holds {len(key)} bytes; a key needs at least {MIN_KEY_BYTES}")
+    _refuse_shared(key_path, st)
     return key
+
+
+def _refuse_shared(key_path: Path, st: os.stat_result) -> None:
+    """Refuse a key file other users can read or write, as ssh refuses such a private key.
+
+    Whoever reads the key can sign tasks (run any code on the worker, as its user) and forge
+    results; whoever writes it can swap it. Refused rather than warned about: a warning on a
+    worker's log or in a cell is easily missed, and the fix is one chmod. Only regular files:
+    a pipe (`--key-file <(pass show lk)`) or a device is not kept anywhere others could read
+    later, and POSIX modes mean nothing on Windows.
+    """
+    mode = stat.S_IMODE(st.st_mode)
+    if os.name == "nt" or not stat.S_ISREG(st.st_mode) or not mode & 0o066:
+        return
+    how = "readable" if mode & 0o044 else "writable"
+    raise LinkError(f"key file {key_path} is {how} by other users (mode {mode:04o}); run: chmod 600 {key_path}")
 
 
 def _mac(key: bytes, frames: list[bytes]) -> bytes:

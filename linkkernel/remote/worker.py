@@ -6,8 +6,9 @@ processes are forked, ahead of time, by a zygote, a copy of the worker made afte
 IPython, cloudpickle, fsspec and the --preload modules (none of which may touch a GPU). At
 most `--slots` tasks run at once; the rest wait in arrival order. While a kernel has work
 here it gets a heartbeat twice a second, so a dead worker is noticed within seconds; the
-same heartbeat tells the worker when a kernel is gone, and that kernel's tasks are killed. A
-task process that dies is reported with the signal that killed it.
+same heartbeat tells the worker when a kernel is gone (its connection closed, or dropped by
+ZeroMQ after the kernel stopped answering), and that kernel's tasks are killed. A task
+process that dies is reported with the signal that killed it.
 """
 
 from __future__ import annotations
@@ -350,7 +351,7 @@ class Worker:
         import zmq
 
         from linkkernel.remote import taskprocess
-        from linkkernel.remote.protocol import Signer
+        from linkkernel.remote.protocol import KERNEL_PING_INTERVAL, KERNEL_SILENCE, Signer
         from linkkernel.remote.storage import Store
 
         self.slots = slots
@@ -372,6 +373,10 @@ class Worker:
         # Sending to a kernel that is gone (killed, restarted, its socket closed) fails
         # instead of vanishing, so the worker learns it within a heartbeat and frees its tasks.
         self.socket.router_mandatory = 1
+        # A kernel that stops answering without closing its connection is disconnected by
+        # libzmq after KERNEL_SILENCE; the next send to it fails as above (see protocol.py).
+        self.socket.heartbeat_ivl = int(KERNEL_PING_INTERVAL * 1000)
+        self.socket.heartbeat_timeout = int(KERNEL_SILENCE * 1000)
         if curve_secret is not None:
             self.socket.curve_server = True
             self.socket.curve_secretkey = curve_secret
@@ -403,7 +408,9 @@ class Worker:
     def _drop_departed(self) -> None:
         """Nobody will read the results of a kernel that is gone: its queued tasks leave the
         queue and its running ones are killed, so their slots, memory and GPUs go back to
-        the machine instead of serving nobody until they end (a restart, a killed kernel)."""
+        the machine instead of serving nobody until they end (a restart, a killed kernel,
+        or one that stopped answering heartbeats: a crashed host, a cut network, a sleeping
+        laptop)."""
         for task in [t for t in self.queue if t.client in self.departed]:
             self.queue.remove(task)
             self._log(task, "dropped from the queue: its kernel is gone")
