@@ -130,6 +130,12 @@ def run(kernel, argv: list[str]) -> None:
         return
     if bool(args.names) == args.all:
         raise LinkError("%link run: give component names or --all")
+    running = kernel.shell.compile.current_component
+    if running is not None:  # the run would publish its outputs into this component's namespace
+        raise LinkError(
+            f"%link run cannot be used inside component cell {running!r}: a component's outputs must come "
+            "from its own code; make the components it needs its parents (tag parent:NAME)"
+        )
     from IPython.core.interactiveshell import _pseudo_sync_runner
 
     ran = _pseudo_sync_runner(kernel.runner.run_targets(None if args.all else args.names, args.force))

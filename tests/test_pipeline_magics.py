@@ -64,3 +64,30 @@ def test_status_of_a_pipeline_that_is_only_a_cycle_is_its_rows_and_the_cycle(nb)
     assert status.status == "ok", status.traceback_text
     assert table(status.stdout) == {"a": ["error"], "b": ["error"]}
     assert errors(status.stdout) == ["error: cycle in pipeline: a -> b -> a"]
+
+
+REFUSED = ("LinkError: %link run cannot be used inside component cell {name!r}: a component's outputs must come "
+           "from its own code; make the components it needs its parents (tag parent:NAME)")
+
+
+def test_link_run_inside_a_component_cell_is_refused_and_files_nothing_as_its_outputs(nb):
+    nb.add("load", "x = 1").add("other", "o = 5")
+    nb.add("calls", "c = x\n%link run other\nafter = 1", "load")
+    nb.add("child", "d = c", "calls")
+    nb.use()
+    result = nb.run("calls")
+    assert result.status == "error"
+    assert result.traceback_text.strip() == REFUSED.format(name="calls")
+    assert nb.runs() == ["load", "calls"]  # 'other' did not run
+    assert value(nb.kernel, "[n for n in ('o', 'c', 'after') if n in dir()]") == []
+    assert table(nb.kernel.execute("%link status").stdout) == {
+        "load": ["fresh"], "other": ["never"], "calls": ["failed"], "child": ["never"],
+    }
+    # the same when the component runs silently as a parent
+    refused = nb.run("child")
+    assert refused.status == "error"
+    assert "in parent component 'calls'" in refused.traceback_text
+    assert REFUSED.format(name="calls") in refused.traceback_text
+    # from a plain cell it is what it always was
+    assert nb.kernel.execute("%link run other").stdout == "ran: other\n"
+    assert value(nb.kernel, "o") == 5
