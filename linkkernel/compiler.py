@@ -6,6 +6,7 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 from ipykernel.compiler import XCachingCompiler, get_tmp_directory
 
@@ -27,30 +28,40 @@ class LinkCompiler(XCachingCompiler):
     Tracebacks and warnings format file names through `format_code_name`, so labelling here
     is what makes a frame read `Component train, line 2` instead of a temporary path, and it
     keeps working when a function defined in one component fails when called from another.
+
+    The label is a context variable: a kernel subshell (JEP 91) runs plain cells in a thread
+    of its own while the main shell runs a component, and those cells are not the component's.
     """
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._component_of_file: dict[str, str] = {}
-        self._current_component: str | None = None
+        self._current_component: ContextVar[str | None] = ContextVar("linkkernel_component", default=None)
 
     @contextmanager
     def labelled(self, component: str) -> Iterator[None]:
         """Label every cell compiled inside the block as belonging to `component`."""
-        previous, self._current_component = self._current_component, component
+        token = self._current_component.set(component)
         try:
             yield
         finally:
-            self._current_component = previous
+            self._current_component.reset(token)
+
+    @property
+    def current_component(self) -> str | None:
+        """The component whose code is running here, or None in a plain cell: some commands
+        (`%link run`) make no sense inside a component's own code."""
+        return self._current_component.get()
 
     def cache(self, transformed_code: str, number: int = 0, raw_code: str | None = None) -> str:
         name = super().cache(transformed_code, number, raw_code)
         # Cell files are named by a hash of the code: the same code compiled again, as a
         # plain cell or in another component, takes the label of its latest compile.
-        if self._current_component is None:
+        component = self._current_component.get()
+        if component is None:
             self._component_of_file.pop(name, None)
         else:
-            self._component_of_file[name] = self._current_component
+            self._component_of_file[name] = component
         return name
 
     def labelled_files(self) -> dict[str, str]:

@@ -183,6 +183,11 @@ def _summary(decl: Declaration) -> str:
 
 CELL_TYPES = ("code", "markdown", "raw")
 
+# How every reader decodes a notebook file. Notebooks are UTF-8; editors on Windows save a
+# byte order mark in front, which `utf-8-sig` drops, so every command reads such a file alike.
+# Writers never add one: nbformat, and so Jupyter, refuses a notebook that starts with it.
+NOTEBOOK_ENCODING = "utf-8-sig"
+
 
 def notebook_problem(notebook: Any) -> str | None:
     """Why a parsed notebook file is not one linkkernel can read, or None when it is.

@@ -7,6 +7,7 @@ the merge driver refuse the same pipelines with the same one-line messages.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from linkkernel.declarations import Component
@@ -17,7 +18,15 @@ if TYPE_CHECKING:
 
 
 class PipelineError(LinkError):
-    """The declared pipeline cannot run: unknown parent, duplicate name or cycle."""
+    """The declared pipeline cannot run: unknown parent, duplicate name or cycle.
+
+    `culprits` names the components at fault, so `placeable` can set them aside and still
+    show the rest of the pipeline.
+    """
+
+    def __init__(self, message: str, culprits: Iterable[str]) -> None:
+        super().__init__(message)
+        self.culprits = frozenset(culprits)
 
 
 def build_graph(components: Iterable[Component], looked_in: str = "the notebook") -> nx.DiGraph:
@@ -33,7 +42,7 @@ def build_graph(components: Iterable[Component], looked_in: str = "the notebook"
         if component.name in graph:
             other = graph.nodes[component.name]["component"]
             raise PipelineError(
-                f"duplicate component name {component.name!r}: {other.where} and {component.where}"
+                f"duplicate component name {component.name!r}: {other.where} and {component.where}", [component.name]
             )
         graph.add_node(component.name, component=component)
     for name, data in list(graph.nodes(data=True)):
@@ -41,7 +50,8 @@ def build_graph(components: Iterable[Component], looked_in: str = "the notebook"
             if parent not in graph:
                 raise PipelineError(
                     f"component {name!r} ({data['component'].where}) has parent {parent!r}, "
-                    f"which is not declared in {looked_in}"
+                    f"which is not declared in {looked_in}",
+                    [name],
                 )
             graph.add_edge(parent, name)
     try:
@@ -49,7 +59,41 @@ def build_graph(components: Iterable[Component], looked_in: str = "the notebook"
     except nx.NetworkXNoCycle:
         return graph
     path = [edge[0] for edge in cycle] + [cycle[0][0]]
-    raise PipelineError(f"cycle in pipeline: {' -> '.join(path)}")
+    raise PipelineError(f"cycle in pipeline: {' -> '.join(path)}", path)
+
+
+@dataclass
+class Placed:
+    """The valid part of a pipeline, and what keeps the rest out of it."""
+
+    graph: nx.DiGraph
+    problems: list[str]  # one line each, as build_graph words them
+    broken: set[str]  # components at fault, and every component that descends from one
+
+
+def placeable(components: Iterable[Component], looked_in: str = "the notebook") -> Placed:
+    """The DAG of every component that can be placed, however invalid the rest.
+
+    A run must refuse an invalid pipeline (`build_graph`), but `%link status` and
+    `%link graph` are how a user finds out what is wrong: they show every valid component
+    and one line per problem. Each problem's culprits and their descendants are set aside
+    and the rest validated again, until what remains is valid.
+    """
+    remaining = list(components)
+    problems: list[str] = []
+    broken: set[str] = set()
+    while True:
+        try:
+            return Placed(build_graph(remaining, looked_in), problems, broken)
+        except PipelineError as exc:
+            problems.append(str(exc))
+            broken |= exc.culprits
+        grown = True
+        while grown:
+            needing = {c.name for c in remaining if c.name not in broken and broken.intersection(c.parents)}
+            broken |= needing
+            grown = bool(needing)
+        remaining = [c for c in remaining if c.name not in broken]
 
 
 def notebook_order(graph: nx.DiGraph):

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from linkkernel.declarations import Component, cell_source, notebook_components, notebook_problem
+from linkkernel.declarations import NOTEBOOK_ENCODING, Component, cell_source, notebook_components, notebook_problem
 from linkkernel.errors import INTERNAL_ERROR_NAME, LinkError
 from linkkernel.graph import ancestors, build_graph, run_order
 
@@ -92,12 +92,13 @@ def read_notebook(path: str | os.PathLike) -> Any:
     import nbformat
 
     try:
-        text = Path(path).read_bytes()
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise LinkError(f"{path}: no such notebook") from None
     except OSError as exc:
         raise LinkError(f"{path}: not a readable notebook ({exc})") from None
     try:
+        text = data.decode(NOTEBOOK_ENCODING)
         parsed = json.loads(text)
     except ValueError as exc:
         raise LinkError(f"{path}: not a readable notebook ({exc})") from None
@@ -108,7 +109,7 @@ def read_notebook(path: str | os.PathLike) -> Any:
         raise LinkError(f"{path}: {problem}")
     with warnings.catch_warnings():  # nbformat warns in two lines about the ids it adds itself
         warnings.simplefilter("ignore")
-        return nbformat.reads(text.decode("utf-8"), as_version=4)
+        return nbformat.reads(text, as_version=4)
 
 
 def _duplicate_id(notebook: Mapping[str, Any]) -> str | None:

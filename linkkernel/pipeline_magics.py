@@ -5,29 +5,47 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from linkkernel.errors import LinkError
 from linkkernel.sharing.commandline import parse_magic_args
+
+if TYPE_CHECKING:
+    import networkx as nx
+
+    from linkkernel.sources import Declared
 
 
 def _no_arguments(parser) -> None:
     """Configures a subcommand that takes no arguments (it still answers --help)."""
 
 
+def _valid_part(runner) -> tuple[Declared, set[str], nx.DiGraph, list[str]]:
+    """What `%link status` and `%link graph` show: the declarations, the names that cannot be
+    placed (a malformed cell, an unknown parent, a duplicate, a cycle, or one of those among
+    their ancestors), the DAG of the rest, and one line per reason."""
+    from linkkernel.graph import placeable
+
+    declared = runner.sources.declared()
+    blocked = declared.blocked()
+    placed = placeable([c for c in declared.components if c.name not in blocked], runner.sources.looked_in())
+    errors = list(dict.fromkeys(str(m.error) for m in declared.malformed)) + placed.problems
+    return declared, set(blocked) | placed.broken, placed.graph, errors
+
+
 def status(kernel, argv: list[str]) -> None:
     """A table: name, parents, state, last run, duration, where it runs.
 
-    A malformed cell, and every component that needs it, is an `error` row; the reasons
+    A component that cannot be placed in the pipeline (malformed cell, unknown parent,
+    duplicate, cycle, or one of those among its ancestors) is an `error` row; the reasons
     follow the table, so the rest of the pipeline is still shown.
     """
     if parse_magic_args("%link status", _no_arguments, argv) is None:
         return
-    from linkkernel.graph import build_graph, run_order
+    from linkkernel.graph import run_order
 
     runner = kernel.runner
-    declared = runner.sources.declared()
-    blocked = declared.blocked()
-    graph = build_graph([c for c in declared.components if c.name not in blocked], runner.sources.looked_in())
+    declared, unplaced, graph, errors = _valid_part(runner)
     state = runner.store.states(graph)
     rows = [("name", "parents", "state", "last run", "duration", "where")]
     for name in run_order(graph):
@@ -37,7 +55,7 @@ def status(kernel, argv: list[str]) -> None:
         duration = f"{record.duration:.2f} s" if record else "-"
         rows.append((name, ", ".join(component.parents) or "-", state[name], last, duration, component.runs_on))
     for component in declared.components:
-        if component.name in blocked:
+        if component.name in unplaced:
             rows.append((component.name, ", ".join(component.parents) or "-", "error", "-", "-", component.runs_on))
     for malformed in declared.malformed:
         rows.append((", ".join(sorted(malformed.names)) or "?", "-", "error", "-", "-", "-"))
@@ -47,12 +65,13 @@ def status(kernel, argv: list[str]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    for error in dict.fromkeys(str(m.error) for m in declared.malformed):
+    for error in errors:
         print(f"error: {error}")
 
 
 def graph(kernel, argv: list[str]) -> None:
-    """The DAG as an SVG coloured by state, with a text fallback."""
+    """The DAG as an SVG coloured by state, with a text fallback; the components that cannot
+    be placed are left out and the reasons follow, as in `%link status`."""
     if parse_magic_args("%link graph", _no_arguments, argv) is None:
         return
     import networkx as nx
@@ -62,7 +81,7 @@ def graph(kernel, argv: list[str]) -> None:
     from linkkernel.graph_svg import render_svg, render_text
 
     runner = kernel.runner
-    g = runner.graph()
+    _, _, g, errors = _valid_part(runner)
     state = runner.store.states(g)
     key = notebook_order(g)
     layers = [sorted(layer, key=key) for layer in nx.topological_generations(g)]
@@ -71,6 +90,8 @@ def graph(kernel, argv: list[str]) -> None:
         {"image/svg+xml": render_svg(layers, list(g.edges), state), "text/plain": render_text(layers, parents, state)},
         raw=True,
     )
+    for error in errors:
+        print(f"error: {error}")
 
 
 def outputs(kernel, argv: list[str]) -> None:
@@ -109,6 +130,12 @@ def run(kernel, argv: list[str]) -> None:
         return
     if bool(args.names) == args.all:
         raise LinkError("%link run: give component names or --all")
+    running = kernel.shell.compile.current_component
+    if running is not None:  # the run would publish its outputs into this component's namespace
+        raise LinkError(
+            f"%link run cannot be used inside component cell {running!r}: a component's outputs must come "
+            "from its own code; make the components it needs its parents (tag parent:NAME)"
+        )
     from IPython.core.interactiveshell import _pseudo_sync_runner
 
     ran = _pseudo_sync_runner(kernel.runner.run_targets(None if args.all else args.names, args.force))

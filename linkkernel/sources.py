@@ -18,6 +18,7 @@ from typing import Any
 
 from linkkernel.declarations import (
     NAME_PATTERN,
+    NOTEBOOK_ENCODING,
     Component,
     DeclarationError,
     cell_source,
@@ -180,7 +181,7 @@ class Sources:
         stamp = (stat.st_mtime, stat.st_size)
         if stamp != self._file_stamp:
             try:
-                with open(path, encoding="utf-8") as f:
+                with open(path, encoding=NOTEBOOK_ENCODING) as f:
                     notebook = json.load(f)
             except (OSError, ValueError) as exc:
                 problem = str(exc)

@@ -71,3 +71,21 @@ def test_plain_cells_on_a_subshell_still_run_concurrently(kernel, tmp_path) -> N
     assert {r["status"] for r in _replies(kernel, ids).values()} == {"ok"}
     (a_start, a_end), (b_start, b_end) = _spans(log).values()
     assert a_start < b_end and b_start < a_end
+
+
+def test_a_subshell_s_plain_cell_is_not_part_of_the_component_the_main_shell_runs(kernel, tmp_path) -> None:
+    """`%link run` is refused inside a component's code only: a plain cell on a subshell,
+    running while the main shell runs a component, may use it (it waits its turn)."""
+    subshell = _create_subshell(kernel)
+    started, release, seen = (str(tmp_path / name) for name in ("started", "release", "seen"))
+    holds = (f"import os, time\nopen({started!r}, 'w').close()\ndeadline = time.monotonic() + 30\n"
+             f"while not os.path.exists({release!r}) and time.monotonic() < deadline:\n    time.sleep(0.02)\n")
+    side = (f"import os, time\nwhile not os.path.exists({started!r}):\n    time.sleep(0.02)\n"
+            f"try:\n    open({seen!r}, 'w').write(repr(get_ipython().compile.current_component))\n"
+            f"finally:\n    open({release!r}, 'w').close()\n"
+            "%link run holds")
+    ids = [_send(kernel, holds, component_meta("holds")), _send(kernel, side, {}, subshell)]
+    replies = _replies(kernel, set(ids))
+    assert replies[ids[0]]["status"] == "ok"
+    assert replies[ids[1]]["status"] == "ok", replies[ids[1]].get("evalue")
+    assert (tmp_path / "seen").read_text() == "None"

@@ -13,7 +13,7 @@ from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any
 
-from linkkernel.declarations import cell_source, notebook_problem
+from linkkernel.declarations import NOTEBOOK_ENCODING, cell_source, notebook_problem
 from linkkernel.errors import LinkError
 
 Notebook = dict[str, Any]
@@ -33,6 +33,11 @@ def empty_notebook() -> Notebook:
 
 def loads(text: str | bytes, where: str) -> Notebook:
     """Parse a notebook; `where` names it in the one-line error a bad file gets."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode(NOTEBOOK_ENCODING)
+        except UnicodeDecodeError as exc:
+            raise LinkError(f"{where} is not a notebook: not UTF-8 text ({exc})") from None
     if not text.strip():
         return empty_notebook()
     try:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from linkkernel import __version__
-from linkkernel.declarations import NAME_PATTERN
+from linkkernel.declarations import NAME_PATTERN, NOTEBOOK_ENCODING
 from linkkernel.errors import LinkError
 from linkkernel.sharing.commandline import parse_magic_args
 
@@ -565,7 +565,7 @@ def _notebook_graph(path: str):
     from linkkernel.graph import build_graph
 
     try:
-        nb = json.loads(Path(path).read_bytes())
+        nb = json.loads(Path(path).read_bytes().decode(NOTEBOOK_ENCODING))
     except FileNotFoundError as exc:
         raise LinkError(f"{path}: no such notebook") from exc
     except OSError as exc:

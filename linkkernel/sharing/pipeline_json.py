@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from functools import cache
@@ -24,6 +23,7 @@ from typing import Any
 
 from linkkernel import __version__
 from linkkernel.declarations import (
+    NOTEBOOK_ENCODING,
     TAG_KINDS,
     Component,
     Declaration,
@@ -68,15 +68,17 @@ def read_notebook(path: str | Path):
     import nbformat
 
     try:
-        with warnings.catch_warnings():  # nbformat warns in two lines about ids it repairs itself
-            warnings.simplefilter("ignore")
-            nb = nbformat.read(os.fspath(path), as_version=4)
+        data = Path(path).read_bytes()
     except FileNotFoundError as exc:
         raise LinkError(f"{path}: no such notebook") from exc
     except OSError as exc:
         raise LinkError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        with warnings.catch_warnings():  # nbformat warns in two lines about ids it repairs itself
+            warnings.simplefilter("ignore")
+            nb = nbformat.reads(data.decode(NOTEBOOK_ENCODING), as_version=4)
     except Exception as exc:  # nbformat raises NotJSONError, ValidationError, KeyError... on bad files
-        raise LinkError(f"{path}: {_unreadable(path, exc)}".splitlines()[0]) from exc
+        raise LinkError(f"{path}: {_unreadable(data, exc)}".splitlines()[0]) from exc
     problem = notebook_problem(nb)
     if problem:
         raise LinkError(f"{path}: {problem}")
@@ -85,12 +87,12 @@ def read_notebook(path: str | Path):
     return nb
 
 
-def _unreadable(path: str | Path, exc: Exception) -> str:
-    """Why nbformat could not read `path`: our own words when the JSON is not a notebook's
-    shape (nbformat then fails with an AttributeError or TypeError about its own code),
-    else nbformat's."""
+def _unreadable(data: bytes, exc: Exception) -> str:
+    """Why nbformat could not read a notebook file's `data`: our own words when the JSON is
+    not a notebook's shape (nbformat then fails with an AttributeError or TypeError about
+    its own code), else nbformat's."""
     try:
-        parsed = json.loads(Path(path).read_bytes())
+        parsed = json.loads(data.decode(NOTEBOOK_ENCODING))
     except RecursionError:
         return "not a readable notebook (JSON nested too deeply)"
     except ValueError:
