@@ -128,6 +128,14 @@ class _Stream(io.TextIOBase):
         if self._echo is not None:
             self._echo.flush()
 
+    def close(self) -> None:
+        """Nothing to release: the kernel's stream is not ours to close, nor to flush here.
+
+        io.IOBase's finalizer calls close(), and its close() flushes. The cyclic GC can
+        finalize a stream whose run ended while ipykernel's OutStream.write holds the lock
+        that OutStream.flush waits for: the cell froze for the flush timeout (10 s) each time.
+        """
+
     def __getattr__(self, attr: str) -> Any:
         if self._echo is None:
             raise AttributeError(attr)
