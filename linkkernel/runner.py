@@ -58,8 +58,9 @@ class RunOutcome:
 def _taking_turns(method):
     """Requests on kernel subshells (JEP 91) run in threads of their own, concurrently with the
     main shell. Pipeline runs share one namespace, one cache and one set of run records, so
-    they take turns: a run waits for the one in progress. Re-entrant: `%link run` inside a
-    running component cell is part of that run."""
+    they take turns: a run waits for the one in progress. The lock is re-entrant so that a
+    run nested in the same thread could never hang the kernel, though none is expected
+    (`%link run` inside a component cell is refused)."""
 
     @functools.wraps(method)
     async def run(self, *args: Any, **kwargs: Any) -> Any:
