@@ -21,6 +21,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Sockets bound for the whole session and never listening: see closed_port.
+_held_ports: list[socket.socket] = []
+
+
+def closed_port() -> int:
+    """A loopback port where nothing ever listens: connecting is refused at once. The port stays
+    bound (not listening) for the session, so no server started meanwhile (by another test or
+    another user of the machine) can take it, as it could a port from free_port."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    _held_ports.append(s)
+    return s.getsockname()[1]
+
+
 def make_key(path: Path) -> Path:
     """A new key in `path`, never readable by others, not even for a moment (as a user should
     make one; the worker and the kernel refuse a key file others can read)."""

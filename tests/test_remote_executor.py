@@ -22,7 +22,7 @@ from linkkernel.remote.client import Client, RemoteError
 from linkkernel.remote.protocol import read_key
 from linkkernel.remote.storage import Store, StorageError, file_map_of, load_owned
 from linkkernel.tasks import ComponentTask
-from remote_support import S3_ENV, MotoServer, WorkerProcess, free_port, kernel_env, make_key, pid_alive, wait_until
+from remote_support import S3_ENV, MotoServer, WorkerProcess, closed_port, kernel_env, make_key, pid_alive, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_unchanged_inputs_are_uploaded_once(worker) -> None:
 
 
 def test_unreachable_worker_is_one_line_within_seconds(tmp, key_file) -> None:
-    registry.add("nobody", f"tcp://127.0.0.1:{free_port()}", str(tmp / "store"), str(key_file))
+    registry.add("nobody", f"tcp://127.0.0.1:{closed_port()}", str(tmp / "store"), str(key_file))
     started = time.monotonic()
     with pytest.raises(RemoteError, match=r"worker 'nobody' at tcp://127\.0\.0\.1:\d+ is unreachable"):
         executor.run_remote(None, task("x = 1"), "nobody")
@@ -221,14 +221,14 @@ def test_inputs_and_outputs_travel_through_the_storage(worker, tmp) -> None:
 def test_kernel_side_storage_unreachable_is_one_line(tmp, key_file, worker, monkeypatch) -> None:
     for name, value in S3_ENV.items():
         monkeypatch.setenv(name, value)
-    registry.add("s3down", worker.address, "s3://bucket/p", str(key_file), {"endpoint_url": f"http://127.0.0.1:{free_port()}"})
+    registry.add("s3down", worker.address, "s3://bucket/p", str(key_file), {"endpoint_url": f"http://127.0.0.1:{closed_port()}"})
     with pytest.raises(StorageError, match=r"^storage s3://bucket/p is unreachable"):
         executor.run_remote(None, task("y = x", x=np.arange(20_000.0)), "s3down")
 
 
 def test_worker_refuses_to_start_on_unreachable_storage(tmp, key_file) -> None:
     argv = [sys.executable, "-m", "linkkernel.cli", "worker", "--listen", "tcp://127.0.0.1:*", "--storage", "s3://bucket/p",
-            "--storage-option", f"endpoint_url=http://127.0.0.1:{free_port()}", "--key-file", str(key_file)]
+            "--storage-option", f"endpoint_url=http://127.0.0.1:{closed_port()}", "--key-file", str(key_file)]
     done = subprocess.run(argv, capture_output=True, text=True, env=kernel_env(**S3_ENV), timeout=60)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith("linkkernel worker: storage s3://bucket/p is unreachable")

@@ -10,7 +10,7 @@ import pytest
 
 from engine_support import Notebook, value
 from linkkernel.remote import registry
-from remote_support import WorkerProcess, free_port, make_key, pid_alive, wait_until
+from remote_support import WorkerProcess, closed_port, make_key, pid_alive, wait_until
 from support import Kernel
 
 
@@ -20,7 +20,7 @@ def worker(tmp_path_factory):
     key_file = make_key(tmp / "key")
     w = WorkerProcess(str(tmp / "store"), key_file, tmp)
     registry.add("gpu1", w.address, str(tmp / "store"), str(key_file))
-    registry.add("offline", f"tcp://127.0.0.1:{free_port()}", str(tmp / "store"), str(key_file))
+    registry.add("offline", f"tcp://127.0.0.1:{closed_port()}", str(tmp / "store"), str(key_file))
     w.tmp = tmp
     yield w
     w.stop()

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from linkkernel.remote import registry
-from remote_support import free_port, kernel_env, make_key
+from remote_support import closed_port, free_port, kernel_env, make_key
 
 
 def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -167,7 +167,7 @@ def test_a_broken_registry_in_the_kernel_is_one_line_not_an_internal_error(key_f
 @pytest.mark.parametrize("value", ["5", "[1]"])
 def test_worker_s3_config_kwargs_that_is_no_object_is_one_line(key_file, value) -> None:
     done = cli("worker", "--listen", "tcp://127.0.0.1:0", "--preload", "sys", "--storage", "s3://bucket/p", "--key-file", str(key_file),
-               "--storage-option", f"config_kwargs={value}", "--storage-option", f"endpoint_url=http://127.0.0.1:{free_port()}")
+               "--storage-option", f"config_kwargs={value}", "--storage-option", f"endpoint_url=http://127.0.0.1:{closed_port()}")
     assert "config_kwargs" in one_line_error(done, "worker")
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from linkkernel.namespaces import dump
 from linkkernel.remote.storage import Store, StorageError, file_map_of, load_owned, parse_options
-from remote_support import MotoServer, WeedServer, flip_last_byte_in_place, free_port
+from remote_support import MotoServer, WeedServer, closed_port, flip_last_byte_in_place
 
 KEY = b"s" * 32
 
@@ -115,7 +115,7 @@ def test_s3_round_trip_and_dedup_through_moto(moto, monkeypatch) -> None:
 def test_unreachable_s3_is_one_line_within_seconds(monkeypatch) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    store = Store("s3://linkkernel/x", KEY, {"endpoint_url": f"http://127.0.0.1:{free_port()}", "skip_instance_cache": True})
+    store = Store("s3://linkkernel/x", KEY, {"endpoint_url": f"http://127.0.0.1:{closed_port()}", "skip_instance_cache": True})
     with pytest.raises(StorageError) as info:
         store.put(dump("x", 1))
     message = str(info.value)
