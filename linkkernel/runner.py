@@ -210,7 +210,7 @@ class Runner:
         inputs = {name: value for name, (value, _) in loaded.items()}
         ns.update(inputs)
         outcome = RunOutcome(record)
-        with _notebook_name_hint(shell, component.name), _swapped_namespace(shell, module), shell.compile.labelled(
+        with _notebook_name_hint(shell, component.name), shell.running_in(module), shell.compile.labelled(
             component.name
         ):
             if live is None:
@@ -523,16 +523,6 @@ def _input_from_frontend(kernel, allow_stdin: bool) -> Iterator[None]:
         yield
     finally:
         kernel._restore_input()
-
-
-@contextmanager
-def _swapped_namespace(shell, module: types.ModuleType) -> Iterator[None]:
-    saved = shell.user_module, shell.user_ns
-    shell.user_module, shell.user_ns = module, module.__dict__
-    try:
-        yield
-    finally:
-        shell.user_module, shell.user_ns = saved
 
 
 @contextmanager

@@ -12,9 +12,11 @@ import logging
 import sys
 import threading
 import traceback
+import types
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from IPython.core.error import UsageError
@@ -60,10 +62,44 @@ class LinkShell(ZMQInteractiveShell):
     def __init__(self, *args, **kwargs) -> None:
         self._error_sinks = []
         self._cell_file_of_label: dict[str, str] = {}
+        self._component_module: ContextVar[types.ModuleType | None] = ContextVar("linkkernel_module", default=None)
         super().__init__(*args, **kwargs)
         warnings.formatwarning = format_warning(warnings.formatwarning, self.compile.format_code_name)
         threading.excepthook = self._thread_excepthook
         sys.unraisablehook = self._unraisable_hook
+
+    # While a component runs, IPython's user namespace is the component's, but only for the
+    # code running it: a kernel subshell (JEP 91) runs plain cells in a thread of its own
+    # meanwhile, and those run in the notebook namespace (SPEC §3), as in ipykernel.
+
+    @property
+    def user_module(self) -> types.ModuleType:
+        module = self._component_module.get()
+        return self._notebook_module if module is None else module
+
+    @user_module.setter
+    def user_module(self, module: types.ModuleType) -> None:
+        self._notebook_module = module
+
+    @property
+    def user_ns(self) -> dict:
+        module = self._component_module.get()
+        return self._user_ns if module is None else module.__dict__
+
+    @user_ns.setter
+    def user_ns(self, ns: dict) -> None:
+        if not isinstance(ns, dict):
+            raise TypeError(f"a user namespace is a dict, not {type(ns).__name__}")
+        self._user_ns = ns
+
+    @contextmanager
+    def running_in(self, module: types.ModuleType) -> Iterator[None]:
+        """Inside the block, and in what it awaits, the user namespace is `module`'s."""
+        token = self._component_module.set(module)
+        try:
+            yield
+        finally:
+            self._component_module.reset(token)
 
     @contextmanager
     def collect_errors(self) -> Iterator[list[CollectedError]]:

@@ -89,3 +89,26 @@ def test_a_subshell_s_plain_cell_is_not_part_of_the_component_the_main_shell_run
     assert replies[ids[0]]["status"] == "ok"
     assert replies[ids[1]]["status"] == "ok", replies[ids[1]].get("evalue")
     assert (tmp_path / "seen").read_text() == "None"
+
+
+def test_a_subshell_s_plain_cell_runs_in_the_notebook_namespace_while_a_component_runs(kernel, tmp_path) -> None:
+    """SPEC §3: an untagged cell runs in the notebook namespace, as in ipykernel, even while
+    the main shell runs a component in a namespace of its own: the plain cell sees the
+    notebook's names, and what it binds is the notebook's, not the component's outputs."""
+    subshell = _create_subshell(kernel)
+    assert kernel.execute("notebook_only = 'nb'", metadata={}).status == "ok"
+    started, release = (str(tmp_path / name) for name in ("started", "release"))
+    holds = (f"import os, time\nopen({started!r}, 'w').close()\ndeadline = time.monotonic() + 30\n"
+             f"while not os.path.exists({release!r}) and time.monotonic() < deadline:\n    time.sleep(0.02)\n"
+             "held = 'component'")
+    side = (f"import os, time\nwhile not os.path.exists({started!r}):\n    time.sleep(0.02)\n"
+            f"try:\n    seen = notebook_only\n    side_value = 2\nfinally:\n    open({release!r}, 'w').close()")
+    ids = [_send(kernel, holds, component_meta("holds_ns")), _send(kernel, side, {}, subshell)]
+    replies = _replies(kernel, set(ids))
+    assert replies[ids[1]]["status"] == "ok", replies[ids[1]].get("evalue")
+    assert replies[ids[0]]["status"] == "ok", replies[ids[0]].get("evalue")
+    check = kernel.execute("print(seen, side_value, held)", metadata={})
+    assert check.stdout == "nb 2 component\n", check.traceback_text
+    child = kernel.execute("print(sorted(n for n in ('side_value', 'seen', 'held') if n in globals()))",
+                           metadata=component_meta("after_holds_ns", "holds_ns"))
+    assert child.stdout == "['held']\n", child.traceback_text
