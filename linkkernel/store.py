@@ -18,7 +18,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from linkkernel.cow import FrozenMap, Loaded, freeze_buffer
+from linkkernel.cow import MIN_SIZE, FrozenMap, Loaded, freeze_buffer
 from linkkernel.errors import LinkError
 from linkkernel.namespaces import Blob, _digest
 from linkkernel.staleness import RunRecord, code_hash, states
@@ -49,12 +49,14 @@ def freeze(blob: Blob) -> Blob:
     """A blob whose buffers are private immutable copies, no longer views of live objects.
 
     Large buffers go to memfds so that children can map them copy-on-write (linkkernel.cow).
-    A buffer already in a file that never changes (a memfd, or the verified blob file a
-    remote output was mapped from) is not copied again: children map it from there.
+    A large buffer already in a file that never changes (a memfd, or the verified blob file
+    a remote output was mapped from) is not copied again: children map it from there. Small
+    ones are copied like any other, so that a blob file stays open (one descriptor each)
+    only while it holds a large buffer.
     """
     return Blob(
         blob.stream,
-        tuple(b if isinstance(b.obj, FrozenMap) else freeze_buffer(b) for b in blob.buffers),
+        tuple(b if isinstance(b.obj, FrozenMap) and b.nbytes >= MIN_SIZE else freeze_buffer(b) for b in blob.buffers),
         blob.digest,
     )
 

@@ -297,6 +297,7 @@ def test_a_blob_mapped_from_its_file_is_frozen_as_it_is_and_shared_from_there(tm
     got = Store(str(tmp_path / "a"), KEY).get(path.name, mapped=True)
     frozen = freeze(got)
     assert frozen.buffers[0].obj is file_map_of(got)  # not copied
+    assert frozen.buffers[1].obj is not file_map_of(got)  # small: copied, as any small buffer
     first, second = cow.Loaded(frozen, {}), cow.Loaded(frozen, {})
     assert _mapped_file(first.value["values"].ctypes.data) == str(path)
     first.value["values"][:] = -1  # private to that value
@@ -305,3 +306,20 @@ def test_a_blob_mapped_from_its_file_is_frozen_as_it_is_and_shared_from_there(tm
     assert Store(str(tmp_path / "b"), KEY).put(frozen)
     copied = load_owned(Store(str(tmp_path / "b"), KEY).get(path.name))
     assert np.array_equal(copied["values"], values) and np.array_equal(copied["small"], np.arange(3))
+
+
+def test_remote_outputs_with_only_small_buffers_keep_no_file_open(tmp_path) -> None:
+    """Each blob file a frozen value keeps mapped holds a descriptor: a component returning
+    thousands of small arrays must not run the kernel out of them (often 1024 allowed)."""
+    import os
+
+    from linkkernel.store import freeze
+
+    store = Store(str(tmp_path / "store"), KEY)
+    blobs = [dump(f"a{i}", np.arange(i, i + 4)) for i in range(50)]
+    for blob in blobs:
+        store.put(blob)
+    before = len(os.listdir("/proc/self/fd"))
+    frozen = [freeze(Store(str(tmp_path / "store"), KEY).get(b.digest, mapped=True)) for b in blobs]
+    assert len(os.listdir("/proc/self/fd")) - before < 5
+    assert [int(load_owned(f)[0]) for f in frozen] == list(range(50))
