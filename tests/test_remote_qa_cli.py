@@ -205,6 +205,17 @@ def test_worker_refuses_a_key_file_others_can_read(tmp) -> None:
     assert line == f"linkkernel worker: key file {key} is readable by other users (mode 0644); run: chmod 600 {key}"
 
 
+def test_worker_refuses_a_curve_secret_key_file_others_can_read(tmp, key_file) -> None:
+    """The CurveZMQ secret lets whoever reads it pose as the worker: refused like the HMAC key."""
+    import zmq
+
+    curve = tmp / "readable.curve"
+    curve.write_bytes(zmq.curve_keypair()[1] + b"\n")
+    curve.chmod(0o640)
+    line = one_line_error(worker_cli(tmp, key_file, "--listen", "tcp://127.0.0.1:0", "--curve-key-file", str(curve)), "worker")
+    assert line == f"linkkernel worker: key file {curve} is readable by other users (mode 0640); run: chmod 600 {curve}"
+
+
 @pytest.mark.parametrize("command", ["worker", "workers"])
 def test_a_key_file_that_never_ends_or_is_huge_is_one_line(tmp, command) -> None:
     """`--key-file /dev/zero` (a slip of the tab key) used to read forever, eating memory."""

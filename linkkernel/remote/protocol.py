@@ -176,7 +176,8 @@ def configure_curve_client(socket: zmq.Socket, server_key: str | None) -> None:
 
 
 def load_or_create_curve_key(path: str | os.PathLike) -> tuple[bytes, bytes]:
-    """The worker's CurveZMQ (public, secret) keys, created (mode 0600) on first use."""
+    """The worker's CurveZMQ (public, secret) keys, created (mode 0600) on first use; a file
+    other users can read or write is refused, as the HMAC key file is."""
     key_path = Path(path).expanduser()
     try:
         if not key_path.exists():
@@ -185,9 +186,12 @@ def load_or_create_curve_key(path: str | os.PathLike) -> tuple[bytes, bytes]:
             fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(secret + b"\n")
-        secret = key_path.read_bytes().strip()
+        with open(key_path, "rb") as f:
+            secret = f.read(MAX_KEY_BYTES).strip()
+            st = os.fstat(f.fileno())
     except OSError as exc:  # a directory, no permission, a parent that is a file
         raise LinkError(f"cannot use CurveZMQ key file {key_path}: {exc.strerror or exc}") from None
+    _refuse_shared(key_path, st)
     try:
         public = zmq.curve_public(secret)
     except (ValueError, zmq.ZMQError) as exc:
