@@ -284,7 +284,7 @@ def test_cancel_kills_the_task_process(worker, tmp) -> None:
     (client,) = _clients(registry.get("w1"), 1)
     body = _body(f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)", "slow")
     client.submit(body)
-    assert wait_until(pid_file.exists)
+    assert wait_until(lambda: pid_file.exists() and pid_file.read_text())  # created, then written
     pid = int(pid_file.read_text())
     assert client.cancel(body["task"])
     assert wait_until(lambda: not pid_alive(pid))

@@ -192,7 +192,7 @@ def test_a_kernel_holding_the_gil_for_long_keeps_its_task(setup, kernel) -> None
     result = kernel.execute(code, timeout=60)
     assert result.status == "ok", result.traceback_text
     assert result.stdout == "None True\n"
-    busy = [line for line in w.log().splitlines() if "'busy'" in line]
+    busy = [line for line in w.wait_for_log("'busy' from client").splitlines() if "'busy'" in line]
     assert len(busy) == 1 and ": ok in" in busy[0], busy
 
 

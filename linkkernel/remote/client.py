@@ -23,7 +23,7 @@ from typing import Any
 import zmq
 
 from linkkernel.errors import LinkError
-from linkkernel.remote.protocol import KERNEL_SILENCE, BadMessage, Message, Signer, configure_curve_client
+from linkkernel.remote.protocol import KERNEL_PING_INTERVAL, KERNEL_SILENCE, BadMessage, Message, Signer, configure_curve_client
 
 ACCEPT_TIMEOUT = 3.0
 HEARTBEAT_TIMEOUT = 3.0
@@ -57,7 +57,8 @@ class Client:
             self.socket.close(0)
             raise RemoteError(f"worker {alias!r}: cannot connect to {address}: {exc.strerror}") from None
         self.closed = False
-        self.away = 0.0  # the longest time this process did not run during a wait; see receive
+        self.away = 0.0  # the longest time this process did not run while following; see receive
+        self._waited_until: tuple[float, float] | None = None  # clock and CPU time when a wait ended
 
     def close(self) -> None:
         """Forget the connection; anything still queued in it is discarded, never delivered late."""
@@ -72,15 +73,21 @@ class Client:
 
     def receive(self, timeout: float) -> Message | None:
         """The next valid message within `timeout` seconds of this process running; invalid
-        ones are logged and dropped. Time it did not run is left out and kept in `away`."""
+        ones are logged and dropped. Time it did not run is left out and kept in `away`: a
+        wait that ends later than asked, or time between waits (handling what arrived) that
+        passed without the process using the CPU."""
         waited = 0.0
         while True:
             wait = min(timeout - waited, POLL_SLICE)
             if wait <= 0:
                 return None
-            start = _now()
+            start, cpu = _now(), time.process_time()
+            if self._waited_until is not None:
+                self.away = max(self.away, (start - self._waited_until[0]) - (cpu - self._waited_until[1]))
             ready = self.socket.poll(wait * 1000)
-            elapsed = _now() - start
+            end = _now()
+            self._waited_until = (end, time.process_time())
+            elapsed = end - start
             self.away = max(self.away, elapsed - wait)
             waited += min(elapsed, wait)
             if not ready:
@@ -127,14 +134,16 @@ class Client:
 
     def follow(self, task_id: str, on_output: Callable[[dict[str, Any]], None]) -> Message:
         """Relay the task's outputs until it ends; returns the `done` message."""
-        self.away = 0.0
+        self.away, self._waited_until = 0.0, None
         while True:
             message = self.receive(HEARTBEAT_TIMEOUT)
             if message is None:
                 self.close()
-                if self.away >= KERNEL_SILENCE:
+                # The worker counts KERNEL_SILENCE from its last ping, which may have gone out
+                # up to a ping interval before this process stopped.
+                if self.away >= KERNEL_SILENCE - KERNEL_PING_INTERVAL:
                     raise RemoteError(
-                        f"this kernel did not run for {self.away:.0f} s (stopped or suspended), longer than "
+                        f"this kernel did not run for {self.away:.0f} s (stopped or suspended), as long as "
                         f"{self._where()} waits for a kernel that does not answer ({KERNEL_SILENCE:g} s): "
                         "the worker dropped this kernel and killed the task; run the cell again"
                     )
