@@ -247,3 +247,15 @@ def test_functions_read_the_globals_of_where_they_run_as_in_one_namespace(nb, wo
     assert value(nb.kernel, "(far_out, near_out)") == (20, (300, 101))
     assert nb.kernel.execute("scale = 7").status == "ok"
     assert value(nb.kernel, "(scaled(2), shifted(1))") == (14, 8)
+
+
+def test_an_unknown_magic_in_a_remote_component_is_its_error(nb, worker) -> None:
+    # as in ipykernel: the cell stops there and fails; it used to pass with nothing bound
+    nb.add("magic_far", "%nosuchmagic\ny = 2", remote="gpu1")
+    nb.use()
+    result = nb.run("magic_far")
+    assert result.status == "error"
+    assert plain(result.traceback_text).strip() == "UsageError: Line magic function `%nosuchmagic` not found."
+    status = nb.kernel.execute("%link status").stdout
+    assert re.search(r"magic_far\s+-\s+failed", status), status
+    assert nb.kernel.execute("y").status == "error"

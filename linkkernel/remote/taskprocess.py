@@ -185,6 +185,12 @@ class WorkerShell(InteractiveShell):
     def _showtraceback(self, etype, evalue, stb) -> None:
         self.error = {"ename": etype.__name__, "evalue": _text(evalue), "traceback": list(stb)}
 
+    def show_usage_error(self, exc: BaseException) -> None:
+        """An unknown magic or bad magic arguments end the cell with an error, as in
+        ipykernel, worded as IPython words it; IPython would only print it, and the task
+        would have passed for a success."""
+        self.error = {"ename": "UsageError", "evalue": _text(exc), "traceback": [f"UsageError: {_text(exc)}"]}
+
     def init_io(self) -> None:
         """Keep the process's streams alone until a task replaces them."""
 
