@@ -259,3 +259,21 @@ def test_an_unknown_magic_in_a_remote_component_is_its_error(nb, worker) -> None
     status = nb.kernel.execute("%link status").stdout
     assert re.search(r"magic_far\s+-\s+failed", status), status
     assert nb.kernel.execute("y").status == "error"
+
+
+def test_a_remote_output_of_many_small_arrays_fits_the_usual_open_file_limit(nb, worker) -> None:
+    # 1024 open files is the usual soft limit a desktop session hands to Jupyter. Mapping
+    # each small buffer of a remote output on its own took an fd (and a mapping) per array,
+    # so a list of 2000 small arrays could not even be rebuilt in the notebook
+    nb.add("far_many", "import numpy as np\nsmall = [np.arange(4.0) + i for i in range(2000)]", remote="gpu1")
+    nb.add("near_many", "small[0][0] = -1\ntotal = float(sum(a.sum() for a in small))", "far_many")
+    nb.use()
+    limit = nb.kernel.execute("import resource\n_nofile = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+                              "resource.setrlimit(resource.RLIMIT_NOFILE, (1024, _nofile[1]))")
+    assert limit.status == "ok", limit.traceback_text
+    try:
+        result = nb.run("near_many")
+        assert result.status == "ok", result.traceback_text
+        assert value(nb.kernel, "(len(small), float(small[0][0]), float(small[-1][3]), total)") == (2000, -1.0, 2002.0, 8007999.0)
+    finally:
+        assert nb.kernel.execute("resource.setrlimit(resource.RLIMIT_NOFILE, _nofile)").status == "ok"
