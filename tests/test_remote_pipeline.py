@@ -277,3 +277,19 @@ def test_a_remote_output_of_many_small_arrays_fits_the_usual_open_file_limit(nb,
         assert value(nb.kernel, "(len(small), float(small[0][0]), float(small[-1][3]), total)") == (2000, -1.0, 2002.0, 8007999.0)
     finally:
         assert nb.kernel.execute("resource.setrlimit(resource.RLIMIT_NOFILE, _nofile)").status == "ok"
+
+
+def test_many_remote_outputs_holding_small_arrays_fit_the_usual_open_file_limit(nb, worker) -> None:
+    # each output is a blob file of its own: kept mapped for the cache, each held two open
+    # files for the kernel's lifetime, however small its arrays
+    nb.add("far_names", "import numpy as np\nfor i in range(600):\n    globals()[f'arr{i}'] = np.arange(4.0) + i", remote="gpu1")
+    nb.use()
+    limit = nb.kernel.execute("import resource\n_nofile = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+                              "resource.setrlimit(resource.RLIMIT_NOFILE, (1024, _nofile[1]))")
+    assert limit.status == "ok", limit.traceback_text
+    try:
+        result = nb.run("far_names")
+        assert result.status == "ok", result.traceback_text
+        assert value(nb.kernel, "(float(arr0[0]), float(arr599[3]))") == (0.0, 602.0)
+    finally:
+        assert nb.kernel.execute("resource.setrlimit(resource.RLIMIT_NOFILE, _nofile)").status == "ok"

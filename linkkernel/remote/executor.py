@@ -19,6 +19,7 @@ from linkkernel.remote.client import Client, RemoteError
 from linkkernel.remote.protocol import read_key
 from linkkernel.remote.registry import WorkerEntry, get
 from linkkernel.remote.storage import Store
+from linkkernel.store import freeze
 from linkkernel.tasks import ComponentTask, TaskResult, UserError
 
 # Kept for the kernel's life: a connected socket per alias and thread (a ZeroMQ socket must
@@ -183,5 +184,7 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
         )
     if store.local:
         store.remember(done.body.get("verified") or {})  # output files the task wrote and hashed
-    bound = {name: store.get(digest, mapped=True) for name, digest in result["bound"].items()}
+    # Frozen as each arrives: a blob file whose buffers are all small is let go of at once,
+    # rather than every output holding its file open until all are in (see store.freeze).
+    bound = {name: freeze(store.get(digest, mapped=True)) for name, digest in result["bound"].items()}
     return TaskResult(bound=bound, deleted=tuple(result["deleted"]), outputs=log.nbformat())
