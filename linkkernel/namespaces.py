@@ -6,6 +6,7 @@ the names it binds, rebinds or deletes, and the objects it mutates in place.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -120,6 +121,17 @@ def _with_notebook_globals(reduced: tuple) -> tuple:
     return (make, (code, _NOTEBOOK_GLOBALS, *args), (state, {**slots, "__globals__": {}}), *rest)
 
 
+def _defined_in_notebook(function: Any) -> bool:
+    return isinstance(function, types.FunctionType) and function.__globals__.get("__name__") == "__main__"
+
+
+def _lru_cached(function: types.FunctionType, parameters: dict[str, Any], attributes: dict[str, Any]) -> Any:
+    """A `functools.lru_cache` wrapper of `function` again, with an empty cache."""
+    wrapper = functools.lru_cache(**parameters)(function)
+    wrapper.__dict__.update(attributes)
+    return wrapper
+
+
 class _Pickler(cloudpickle.Pickler):
     """cloudpickle, except that code keeps the name of the file it was compiled from, and
     functions defined in a notebook take their globals from where they are loaded.
@@ -132,8 +144,13 @@ class _Pickler(cloudpickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, types.CodeType) and obj.co_filename != _DYNAMIC_CODE:
             return _code_in_file, (obj.replace(co_filename=_DYNAMIC_CODE), obj.co_filename)
+        if isinstance(obj, functools._lru_cache_wrapper) and _defined_in_notebook(getattr(obj, "__wrapped__", None)):
+            # pickle would look it up by name in `__main__`, which a component's namespace
+            # is not; rebuilt around its function, it reads its globals as functions do
+            attributes = {k: v for k, v in obj.__dict__.items() if k != "__wrapped__"}
+            return _lru_cached, (obj.__wrapped__, obj.cache_parameters(), attributes)
         reduced = super().reducer_override(obj)
-        if isinstance(obj, types.FunctionType) and reduced is not NotImplemented and obj.__globals__.get("__name__") == "__main__":
+        if reduced is not NotImplemented and _defined_in_notebook(obj):
             return _with_notebook_globals(reduced)
         return reduced
 
