@@ -94,11 +94,24 @@ class LinkShell(ZMQInteractiveShell):
 
     @contextmanager
     def running_in(self, module: types.ModuleType) -> Iterator[None]:
-        """Inside the block, and in what it awaits, the user namespace is `module`'s."""
+        """Inside the block, and in what it awaits, the user namespace is `module`'s.
+
+        `module` is also `sys.modules['__main__']` meanwhile, as ipykernel makes the user
+        module, because pickle finds functions and classes by name there: without it a
+        component could not hand its own functions to multiprocessing or concurrent.futures.
+        That one is process-wide, so a subshell's cell pickling its `__main__` functions by
+        name during the run would find the component's (ipykernel shares one module too).
+        """
         token = self._component_module.set(module)
+        main = sys.modules.get("__main__")
+        sys.modules["__main__"] = module
         try:
             yield
         finally:
+            if main is None:
+                sys.modules.pop("__main__", None)
+            else:
+                sys.modules["__main__"] = main
             self._component_module.reset(token)
 
     @contextmanager

@@ -369,6 +369,28 @@ def test_a_parents_lru_cached_function_is_kept_and_sees_the_childs_globals(qa_ke
         assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
 
 
+
+PICKLES_BY_NAME = """import pickle, concurrent.futures
+def double(v):
+    return v * 2
+print(pickle.loads(pickle.dumps(double))(3))
+with concurrent.futures.ProcessPoolExecutor(1) as pool:
+    print(list(pool.map(double, [1, 2])))"""
+
+
+def test_a_components_function_pickles_by_name_as_in_a_cell(qa_kernel, stock_kernel):
+    # pickle (multiprocessing, concurrent.futures) finds a function by name in
+    # sys.modules['__main__'], which ipykernel makes the user namespace's module; in a
+    # component it stayed the notebook's, which has no (or another) `double`
+    expected = stock_kernel.execute(PICKLES_BY_NAME)
+    assert (expected.status, expected.stdout) == ("ok", "6\n[2, 4]\n"), expected.traceback_text
+    assert qa_kernel.execute("def double(v):\n    return -v", metadata={}, cell_id="qa-pickle-cell").status == "ok"
+    result = qa_kernel.execute(PICKLES_BY_NAME, metadata=component_meta("pickles_by_name"), cell_id="qa-pickle")
+    assert (result.status, result.stdout) == ("ok", expected.stdout), result.traceback_text
+    after = qa_kernel.execute("import sys\nprint(sys.modules['__main__'] is get_ipython().user_module)", metadata={})
+    assert after.stdout == "True\n", after.traceback_text
+
+
 DEL_RAISES = "class D:\n    def __del__(self):\n        raise ValueError('in del')\nd = D()\ndel d\nprint('after')"
 
 
