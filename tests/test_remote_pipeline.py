@@ -293,3 +293,15 @@ def test_many_remote_outputs_holding_small_arrays_fit_the_usual_open_file_limit(
         assert value(nb.kernel, "(float(arr0[0]), float(arr599[3]))") == (0.0, 602.0)
     finally:
         assert nb.kernel.execute("resource.setrlimit(resource.RLIMIT_NOFILE, _nofile)").status == "ok"
+
+
+def test_a_remote_components_function_pickles_by_name_as_in_a_cell(nb, worker) -> None:
+    # pickle (multiprocessing, concurrent.futures) finds a function by name in
+    # sys.modules['__main__'], which in a cell is the user namespace's module
+    code = ("import pickle, concurrent.futures\ndef double(v):\n    return v * 2\n"
+            "print(pickle.loads(pickle.dumps(double))(3))\n"
+            "with concurrent.futures.ProcessPoolExecutor(1) as pool:\n    print(list(pool.map(double, [1, 2])))\ndel pool")
+    nb.add("far_pickles", code, remote="gpu1")
+    nb.use()
+    result = nb.run("far_pickles")
+    assert (result.status, result.stdout) == ("ok", "6\n[2, 4]\n"), result.traceback_text

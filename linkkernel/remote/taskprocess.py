@@ -330,6 +330,9 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
     inputs: dict[str, Any] = {}
     loaded: dict[str, MappedInput | cow.Loaded] = {}
     namespace = shell.user_ns  # made fresh by preload_shell; this process runs one task only
+    # pickle finds functions by name in sys.modules['__main__'] (multiprocessing hands them
+    # to its workers so): the user module there, as in a kernel
+    sys.modules["__main__"] = shell.user_module
     store.remember(task.get("verified") or {})
     for name, digest in digests.items():
         try:
