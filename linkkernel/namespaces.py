@@ -132,6 +132,21 @@ def _lru_cached(function: types.FunctionType, parameters: dict[str, Any], attrib
     return wrapper
 
 
+# The code of every function functools.singledispatch makes; such a function holds a weak
+# dictionary (its dispatch cache), which cannot be pickled.
+_SINGLE_DISPATCH_CODE = functools.singledispatch(lambda value: value).__code__
+_SINGLE_DISPATCH_MADE = ("register", "dispatch", "registry", "_clear_cache", "__wrapped__")
+
+
+def _single_dispatched(function: types.FunctionType, registry: dict, attributes: dict[str, Any]) -> Any:
+    """A `functools.singledispatch` function of `function` again, with its implementations."""
+    dispatcher = functools.singledispatch(function)
+    for cls, implementation in registry.items():
+        dispatcher.register(cls, implementation)
+    dispatcher.__dict__.update(attributes)
+    return dispatcher
+
+
 class _Pickler(cloudpickle.Pickler):
     """cloudpickle, except that code keeps the name of the file it was compiled from, and
     functions defined in a notebook take their globals from where they are loaded.
@@ -149,6 +164,14 @@ class _Pickler(cloudpickle.Pickler):
             # is not; rebuilt around its function, it reads its globals as functions do
             attributes = {k: v for k, v in obj.__dict__.items() if k != "__wrapped__"}
             return _lru_cached, (obj.__wrapped__, obj.cache_parameters(), attributes)
+        if (
+            isinstance(obj, types.FunctionType)
+            and obj.__code__ is _SINGLE_DISPATCH_CODE
+            and _defined_in_notebook(getattr(obj, "__wrapped__", None))
+        ):
+            registry = {cls: f for cls, f in obj.registry.items() if cls is not object}
+            attributes = {k: v for k, v in obj.__dict__.items() if k not in _SINGLE_DISPATCH_MADE}
+            return _single_dispatched, (obj.__wrapped__, registry, attributes)
         reduced = super().reducer_override(obj)
         if reduced is not NotImplemented and _defined_in_notebook(obj):
             return _with_notebook_globals(reduced)

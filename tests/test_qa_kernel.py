@@ -351,20 +351,24 @@ def test_a_parents_function_sees_the_childs_globals_as_in_one_namespace(qa_kerne
 
 
 
-def test_a_parents_lru_cached_function_is_kept_and_sees_the_childs_globals(qa_kernel, home):
+def test_a_parents_cached_and_single_dispatch_functions_are_kept_and_see_the_childs_globals(qa_kernel, home):
     # functools.lru_cache/cache wrappers pickle by reference to `__main__.NAME`, which a
-    # component's namespace is not: they were kept in memory only, with a warning, and read
+    # component's namespace is not, and singledispatch ones hold a weak dictionary: they
+    # were kept in memory only, with a warning, and read
     # the parent's globals in the child; in one namespace the child's `scale` is read
     nb = Notebook(qa_kernel, home / "lru.ipynb")
     helpers = ("import functools\nscale = 1\n@functools.lru_cache(maxsize=8)\ndef cached(v):\n    return v * scale\n"
-               "@functools.cache\ndef unbounded(v):\n    return v + scale")
+               "@functools.cache\ndef unbounded(v):\n    return v + scale\n"
+               "@functools.singledispatch\ndef shown(v):\n    return v * scale\n"
+               "@shown.register\ndef _(v: str):\n    return v + str(scale)")
     nb.add("lru_helpers", helpers, counted=False)
-    nb.add("lru_caller", "scale = 10\nprint(cached(2), unbounded(2), cached.cache_parameters())", "lru_helpers", counted=False).use()
+    caller = "scale = 10\nprint(cached(2), unbounded(2), cached.cache_parameters(), shown(2), shown('a'))"
+    nb.add("lru_caller", caller, "lru_helpers", counted=False).use()
     try:
         parent = nb.run("lru_helpers")
         assert (parent.status, parent.stderr) == ("ok", ""), parent.traceback_text
         child = nb.run("lru_caller")
-        assert (child.stdout, child.stderr) == ("20 12 {'maxsize': 8, 'typed': False}\n", ""), child.traceback_text
+        assert (child.stdout, child.stderr) == ("20 12 {'maxsize': 8, 'typed': False} 20 a10\n", ""), child.traceback_text
     finally:
         assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
 
