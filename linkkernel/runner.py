@@ -540,10 +540,11 @@ def _notebook_name_hint(shell, component: str) -> Iterator[None]:
             and name not in sh.user_ns
             and not hasattr(builtins, name)
         ):
-            value.args = (
-                f"name {name!r} is not defined in component {component!r}; it exists in the notebook "
-                "namespace — add a parent component that defines it",
-            )
+            if is_ipython_name(name):  # never an output: no parent could define it
+                advice = "it is one of IPython's history names, which only the notebook namespace keeps"
+            else:
+                advice = "it exists in the notebook namespace — add a parent component that defines it"
+            value.args = (f"name {name!r} is not defined in component {component!r}; {advice}",)
         sh.showtraceback((etype, value, tb), tb_offset=tb_offset, running_compiled_code=True)
 
     shell.set_custom_exc((NameError,), handler)

@@ -91,6 +91,18 @@ def test_sibling_reading_a_sibling_name_fails(nb):
     assert "add a parent component that defines it" in result.reply["content"]["evalue"]
 
 
+def test_reading_ipython_output_history_in_a_component_does_not_suggest_a_parent(nb):
+    # `_`, `_3`, `_i`: IPython's history lives in the notebook namespace and is never a
+    # component's output, so no parent could ever define it
+    nb.add("reads_history", "print(_)").use()
+    assert nb.kernel.execute("41 + 1").status == "ok"
+    result = nb.run("reads_history")
+    assert result.status == "error"
+    evalue = result.reply["content"]["evalue"]
+    assert evalue.startswith("name '_' is not defined in component 'reads_history'; "), evalue
+    assert "add a parent" not in evalue and "IPython's history names" in evalue, evalue
+
+
 def test_child_mutation_never_changes_the_parents_cached_value(nb):
     nb.add("p", "import numpy as np\nitems = [1]\narr = np.zeros(3)\nconfig = {'k': 1}")
     nb.add("mutator", "items.append(2)\narr += 5\nnew = 1", "p")
