@@ -12,8 +12,9 @@ import io
 import os
 import pickle
 import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -147,6 +148,51 @@ def _single_dispatched(function: types.FunctionType, registry: dict, attributes:
     return dispatcher
 
 
+# While values are loaded for a component's run: each class attribute a load replaced, as
+# (class, name, value before, value installed); see `classes_put_back`.
+_replaced_in_classes: ContextVar[list[tuple[type, str, Any, Any]] | None] = ContextVar(
+    "linkkernel_replaced_in_classes", default=None
+)
+
+
+def _class_setstate_noted(cls: type, state: tuple[dict[str, Any], dict[str, Any]]) -> type:
+    """cloudpickle's setstate of a class, noting what it replaced (see `classes_put_back`).
+
+    cloudpickle keeps one class per definition in a process, so that instances stay
+    instances of it, and loading one sets its methods again, bound to the namespace loaded
+    into; once the run that needed them ends, the class must go back to the methods it had."""
+    replaced = _replaced_in_classes.get()
+    before = {name: cls.__dict__.get(name, _ABSENT) for name in state[0] if name != "_abc_impl"}
+    cls = _cloudpickle_class_setstate(cls, state)
+    if replaced is not None:
+        replaced.extend((cls, name, old, cls.__dict__.get(name, _ABSENT)) for name, old in before.items())
+    return cls
+
+
+_cloudpickle_class_setstate = cloudpickle.cloudpickle._class_setstate
+
+
+@contextmanager
+def classes_put_back() -> Iterator[None]:
+    """Around a component's run: the classes its inputs brought get back, afterwards, the
+    attributes they had before, so a class the notebook holds reads the notebook's globals
+    again, not those of the last component that used it. An attribute the run itself
+    changed (a monkeypatch) is left as the run left it."""
+    replaced: list[tuple[type, str, Any, Any]] = []
+    token = _replaced_in_classes.set(replaced)
+    try:
+        yield
+    finally:
+        _replaced_in_classes.reset(token)
+        for cls, name, before, installed in reversed(replaced):
+            if cls.__dict__.get(name, _ABSENT) is not installed:
+                continue
+            if before is _ABSENT:
+                delattr(cls, name)
+            else:
+                setattr(cls, name, before)
+
+
 class _Pickler(cloudpickle.Pickler):
     """cloudpickle, except that code keeps the name of the file it was compiled from, and
     functions defined in a notebook take their globals from where they are loaded.
@@ -175,6 +221,8 @@ class _Pickler(cloudpickle.Pickler):
         reduced = super().reducer_override(obj)
         if reduced is not NotImplemented and _defined_in_notebook(obj):
             return _with_notebook_globals(reduced)
+        if isinstance(obj, type) and isinstance(reduced, tuple) and len(reduced) == 6 and reduced[5] is _cloudpickle_class_setstate:
+            return (*reduced[:5], _class_setstate_noted)
         return reduced
 
 

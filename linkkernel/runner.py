@@ -25,7 +25,7 @@ from linkkernel import capture
 from linkkernel.cow import Loaded
 from linkkernel.declarations import Component
 from linkkernel.errors import LinkError
-from linkkernel.namespaces import Blob, UnpicklableValue, changes, dump, reads_notebook_globals, type_name
+from linkkernel.namespaces import Blob, UnpicklableValue, changes, classes_put_back, dump, reads_notebook_globals, type_name
 from linkkernel.progress import Progress
 from linkkernel.sources import Sources, notebook_path_from_env
 from linkkernel.staleness import FRESH, RunRecord, code_hash, new_run_id
@@ -206,40 +206,42 @@ class Runner:
         module = types.ModuleType("__main__")
         ns = module.__dict__
         ns.update({k: shell.user_ns[k] for k in _PRELUDE if k in shell.user_ns})
-        loaded = {name: self.store.load(digest, ns) for name, digest in merged.items()}
-        inputs = {name: value for name, (value, _) in loaded.items()}
-        ns.update(inputs)
         outcome = RunOutcome(record)
-        with _notebook_name_hint(shell, component.name), shell.running_in(module), shell.compile.labelled(
-            component.name
-        ):
-            if live is None:
-                with capture.captured(shell) as outputs, shell.collect_errors() as errors:
-                    result = await _run_silently(shell, component.source)
-                record.outputs = outputs.items
-                if result.success:
-                    record.status = "ok"
-                else:
-                    err = result.error_before_exec or result.error_in_exec
-                    if isinstance(err, KeyboardInterrupt):
-                        outcome.interrupted = True
+        # Classes the inputs bring read the run's globals while it runs, then the notebook's again.
+        with classes_put_back():
+            loaded = {name: self.store.load(digest, ns) for name, digest in merged.items()}
+            inputs = {name: value for name, (value, _) in loaded.items()}
+            ns.update(inputs)
+            with _notebook_name_hint(shell, component.name), shell.running_in(module), shell.compile.labelled(
+                component.name
+            ):
+                if live is None:
+                    with capture.captured(shell) as outputs, shell.collect_errors() as errors:
+                        result = await _run_silently(shell, component.source)
+                    record.outputs = outputs.items
+                    if result.success:
+                        record.status = "ok"
+                    else:
+                        err = result.error_before_exec or result.error_in_exec
+                        if isinstance(err, KeyboardInterrupt):
+                            outcome.interrupted = True
+                            return outcome
+                        collected = errors[-1] if errors else None
+                        ename = collected.ename if collected else type(err).__name__
+                        evalue = collected.evalue if collected else str(err)
+                        traceback = collected.traceback if collected else [f"{ename}: {evalue}"]
+                        outputs.error(ename, evalue, traceback)
+                        outcome.error = {"ename": ename, "evalue": evalue, "traceback": traceback}
                         return outcome
-                    collected = errors[-1] if errors else None
-                    ename = collected.ename if collected else type(err).__name__
-                    evalue = collected.evalue if collected else str(err)
-                    traceback = collected.traceback if collected else [f"{ename}: {evalue}"]
-                    outputs.error(ename, evalue, traceback)
-                    outcome.error = {"ename": ename, "evalue": evalue, "traceback": traceback}
-                    return outcome
-            else:
-                with capture.recorded(shell) as outputs:
-                    reply = await live()
-                record.outputs = outputs.items
-                if reply.get("status") == "ok":
-                    record.status = "ok"
                 else:
-                    outputs.error(reply.get("ename", ""), reply.get("evalue", ""), reply.get("traceback", []))
-                outcome.reply = reply
+                    with capture.recorded(shell) as outputs:
+                        reply = await live()
+                    record.outputs = outputs.items
+                    if reply.get("status") == "ok":
+                        record.status = "ok"
+                    else:
+                        outputs.error(reply.get("ename", ""), reply.get("evalue", ""), reply.get("traceback", []))
+                    outcome.reply = reply
         if live is not None:  # `_`, `_i`, `_5`...: plain cells keep IPython's history names
             shell.user_ns.update({n: ns[n] for n in ns if is_ipython_name(n) and not n.startswith("__")})
         if record.ok:

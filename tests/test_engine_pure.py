@@ -237,3 +237,24 @@ def test_functions_of_other_modules_keep_the_globals_they_were_pickled_with():
     blob = dump("scaled", module["scaled"])
     assert not reads_notebook_globals(blob)
     assert load(blob, {"scale": 10})(2) == 2
+
+
+def test_a_class_loaded_for_a_run_gets_its_methods_back_afterwards_unless_the_run_changed_them():
+    """A component's class is one object per process: a child's run binds its methods to the
+    child's globals only while it runs; a method the run replaced itself stays replaced."""
+    from linkkernel.namespaces import classes_put_back, dump, load
+
+    blob = dump("Scaler", _module("__main__", HELPERS)["Scaler"])
+    notebook, child = {"scale": 3}, {"scale": 10}
+    cls = load(blob, notebook)
+    with classes_put_back():
+        assert load(blob, child) is cls and cls.apply.__globals__ is child
+    assert cls.apply.__globals__ is notebook
+
+    def patched(self, v):
+        return -v
+
+    with classes_put_back():
+        load(blob, child)
+        cls.apply = patched
+    assert cls.apply is patched

@@ -337,15 +337,16 @@ def test_link_outputs_of_a_name_no_cell_declares_says_so(qa_kernel):
 def test_a_parents_function_sees_the_childs_globals_as_in_one_namespace(qa_kernel, home):
     # SPEC §3: "as if the ancestors had run in one clean namespace"; in one namespace,
     # `scale` rebound by the child is what `scaled` and `Scaler.apply` read, and the `scale`
-    # the user rebinds in a plain cell afterwards is what the notebook's `scaled` reads
+    # the user rebinds in a plain cell afterwards is what the notebook's `scaled` and
+    # `Scaler.apply` read (the class is one object, loaded into the child and the notebook)
     nb = Notebook(qa_kernel, home / "globals.ipynb")
     helpers = "scale = 1\ndef scaled(v):\n    return v * scale\nclass Scaler:\n    def apply(self, v):\n        return scaled(v) + scale"
     nb.add("helpers", helpers, counted=False)
     nb.add("caller", "scale = 10\nprint(scaled(2), Scaler().apply(1))", "helpers", counted=False).use()
     try:
         assert nb.run("caller").stdout == "20 20\n"
-        plain = qa_kernel.execute("scale = 3\nprint(scaled(2))", metadata={}, cell_id="qa-globals")
-        assert plain.stdout == "6\n", plain.traceback_text
+        plain = qa_kernel.execute("scale = 3\nprint(scaled(2), Scaler().apply(1))", metadata={}, cell_id="qa-globals")
+        assert plain.stdout == "6 6\n", plain.traceback_text
     finally:
         assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
 
