@@ -89,14 +89,14 @@ def _code_in_file(code: types.CodeType, filename: str) -> types.CodeType:
     return code.replace(co_filename=filename)
 
 
-def new_namespace() -> dict[str, Any]:
+def _new_namespace() -> dict[str, Any]:
     """An empty notebook namespace (a `__main__` module's), for a value loaded on its own."""
     return types.ModuleType("__main__").__dict__
 
 
 def _namespace_being_loaded() -> dict[str, Any]:
     namespace = _loading_into.get()
-    return new_namespace() if namespace is None else namespace
+    return _new_namespace() if namespace is None else namespace
 
 
 class _NotebookGlobals:
@@ -148,6 +148,7 @@ def _single_dispatched(function: types.FunctionType, registry: dict, attributes:
     return dispatcher
 
 
+_cloudpickle_class_setstate = cloudpickle.cloudpickle._class_setstate
 # While values are loaded for a component's run: each class attribute a load replaced, as
 # (class, name, value before, value installed); see `classes_put_back`.
 _replaced_in_classes: ContextVar[list[tuple[type, str, Any, Any]] | None] = ContextVar(
@@ -167,9 +168,6 @@ def _class_setstate_noted(cls: type, state: tuple[dict[str, Any], dict[str, Any]
     if replaced is not None:
         replaced.extend((cls, name, old, cls.__dict__.get(name, _ABSENT)) for name, old in before.items())
     return cls
-
-
-_cloudpickle_class_setstate = cloudpickle.cloudpickle._class_setstate
 
 
 @contextmanager
@@ -250,9 +248,11 @@ def dump(name: str, value: Any) -> Blob:
     return Blob(stream, buffers, _digest(stream, buffers))
 
 
-def loads(stream: bytes, buffers: Iterable[Any], namespace: dict[str, Any]) -> Any:
-    """Unpickle a value that is to live in `namespace`, the globals of the functions in it
-    that were defined in a notebook (see `_NotebookGlobals`)."""
+def loads(stream: bytes, buffers: Iterable[Any], namespace: dict[str, Any] | None = None) -> Any:
+    """Unpickle a value that is to live in `namespace` (a new one when None), the globals of
+    the functions in it that were defined in a notebook (see `_NotebookGlobals`)."""
+    if namespace is None:
+        namespace = _new_namespace()
     builtins_before = namespace.get("__builtins__", _ABSENT)
     token = _loading_into.set(namespace)
     try:
@@ -273,7 +273,7 @@ def load(blob: Blob, namespace: dict[str, Any] | None = None) -> Any:
     Buffers are copied into bytearrays: arrays rebuilt from immutable bytes come back
     read-only, and a child must be free to mutate what it inherits without touching the blob.
     """
-    return loads(blob.stream, [bytearray(b) for b in blob.buffers], new_namespace() if namespace is None else namespace)
+    return loads(blob.stream, [bytearray(b) for b in blob.buffers], namespace)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from typing import Any
 
 from linkkernel import cow
 from linkkernel.errors import LinkError
-from linkkernel.namespaces import Blob, _digest, loads, new_namespace
+from linkkernel.namespaces import Blob, _digest, loads
 from linkkernel.remote.mirror import Mirror, default_root
 
 MAGIC = b"LKB2"
@@ -487,4 +487,4 @@ def load_owned(blob: Blob, namespace: dict[str, Any] | None = None) -> Any:
     A blob from `Store.get` owns its writable memory, so arrays can be rebuilt directly on
     it (namespaces.load copies, which a blob shared with a cache must do).
     """
-    return loads(blob.stream, blob.buffers, new_namespace() if namespace is None else namespace)
+    return loads(blob.stream, blob.buffers, namespace)
