@@ -110,10 +110,9 @@ def remote_big(alias: str, blobs: list, array, floor_dir: Path | None = None):
     to write two new files of the same size there (`new_files`)."""
     import numpy as np
 
+    from linkkernel.cow import Loaded
     from linkkernel.remote.executor import run_remote, store_for
     from linkkernel.remote.registry import get
-    from linkkernel.cow import Loaded
-    from linkkernel.store import freeze
     from linkkernel.tasks import ComponentTask
 
     store = store_for(get(alias))
@@ -123,7 +122,7 @@ def remote_big(alias: str, blobs: list, array, floor_dir: Path | None = None):
             before = store.bytes_uploaded
             began = time.perf_counter()
             result = run_remote(None, ComponentTask("big", "b = a + 1", {"a": blob}, False), alias)
-            b = Loaded(freeze(result.bound["b"]), {}).value  # as Runner._run_remote keeps it
+            b = Loaded(result.bound["b"], {}).value  # as Runner._run_remote keeps it
             times.append(time.perf_counter() - began)
             uploaded.append(store.bytes_uploaded - before)
             assert b[0] == array[0] + 10 * i + 1 and np.array_equal(b[-3:], array[-3:] + 10 * i + 1)

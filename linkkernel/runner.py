@@ -334,19 +334,18 @@ class Runner:
         record.status = "ok"
         namespace = {n: d for n, d in merged.items() if n not in result.deleted}
         for name, blob in result.bound.items():
-            # No copy on this side: the cache keeps the blob as mapped from the store's
-            # verified file, and the notebook's value maps its large buffers from that file
-            # copy-on-write (linkkernel.cow), as a child's inputs do.
-            frozen = freeze(blob)
-            outcome.blobs[frozen.digest] = frozen
+            # No copy on this side: run_remote froze the blob as mapped from the store's
+            # verified file; the cache keeps it, and the notebook's value maps its large
+            # buffers from that file copy-on-write (linkkernel.cow), as a child's inputs do.
+            outcome.blobs[blob.digest] = blob
             try:
-                outcome.values[name] = Loaded(frozen, self.shell.user_ns).value
+                outcome.values[name] = Loaded(blob, self.shell.user_ns).value
             except Exception as exc:  # unpickling runs the value's own code (__reduce__, a module missing here)
                 raise LinkError(
                     f"component {component.name!r} ran on worker {component.remote!r} but its output {name!r} "
                     f"cannot be rebuilt in this kernel: {type(exc).__name__}: {exc}"
                 ) from None
-            namespace[name] = frozen.digest
+            namespace[name] = blob.digest
         record.namespace = namespace
         outcome.deleted = tuple(result.deleted)
         if live:

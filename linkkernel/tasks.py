@@ -38,7 +38,8 @@ class ComponentTask:
 
 @dataclass
 class TaskResult:
-    """What a run produced: changed names as blobs, deleted names, nbformat outputs, error."""
+    """What a run produced: changed names as blobs, frozen (linkkernel.store.freeze) so that
+    the cache can keep them as they are; deleted names, nbformat outputs, error."""
 
     bound: dict[str, Blob] = field(default_factory=dict)
     deleted: tuple[str, ...] = ()
