@@ -208,40 +208,42 @@ class Runner:
         ns.update({k: shell.user_ns[k] for k in _PRELUDE if k in shell.user_ns})
         outcome = RunOutcome(record)
         # Classes the inputs bring read the run's globals while it runs, then the notebook's again.
-        with classes_put_back():
+        with (
+            classes_put_back(),
+            _notebook_name_hint(shell, component.name),
+            shell.running_in(module),
+            shell.compile.labelled(component.name),
+        ):
             loaded = {name: self.store.load(digest, ns) for name, digest in merged.items()}
             inputs = {name: value for name, (value, _) in loaded.items()}
             ns.update(inputs)
-            with _notebook_name_hint(shell, component.name), shell.running_in(module), shell.compile.labelled(
-                component.name
-            ):
-                if live is None:
-                    with capture.captured(shell) as outputs, shell.collect_errors() as errors:
-                        result = await _run_silently(shell, component.source)
-                    record.outputs = outputs.items
-                    if result.success:
-                        record.status = "ok"
-                    else:
-                        err = result.error_before_exec or result.error_in_exec
-                        if isinstance(err, KeyboardInterrupt):
-                            outcome.interrupted = True
-                            return outcome
-                        collected = errors[-1] if errors else None
-                        ename = collected.ename if collected else type(err).__name__
-                        evalue = collected.evalue if collected else str(err)
-                        traceback = collected.traceback if collected else [f"{ename}: {evalue}"]
-                        outputs.error(ename, evalue, traceback)
-                        outcome.error = {"ename": ename, "evalue": evalue, "traceback": traceback}
-                        return outcome
+            if live is None:
+                with capture.captured(shell) as outputs, shell.collect_errors() as errors:
+                    result = await _run_silently(shell, component.source)
+                record.outputs = outputs.items
+                if result.success:
+                    record.status = "ok"
                 else:
-                    with capture.recorded(shell) as outputs:
-                        reply = await live()
-                    record.outputs = outputs.items
-                    if reply.get("status") == "ok":
-                        record.status = "ok"
-                    else:
-                        outputs.error(reply.get("ename", ""), reply.get("evalue", ""), reply.get("traceback", []))
-                    outcome.reply = reply
+                    err = result.error_before_exec or result.error_in_exec
+                    if isinstance(err, KeyboardInterrupt):
+                        outcome.interrupted = True
+                        return outcome
+                    collected = errors[-1] if errors else None
+                    ename = collected.ename if collected else type(err).__name__
+                    evalue = collected.evalue if collected else str(err)
+                    traceback = collected.traceback if collected else [f"{ename}: {evalue}"]
+                    outputs.error(ename, evalue, traceback)
+                    outcome.error = {"ename": ename, "evalue": evalue, "traceback": traceback}
+                    return outcome
+            else:
+                with capture.recorded(shell) as outputs:
+                    reply = await live()
+                record.outputs = outputs.items
+                if reply.get("status") == "ok":
+                    record.status = "ok"
+                else:
+                    outputs.error(reply.get("ename", ""), reply.get("evalue", ""), reply.get("traceback", []))
+                outcome.reply = reply
         if live is not None:  # `_`, `_i`, `_5`...: plain cells keep IPython's history names
             shell.user_ns.update({n: ns[n] for n in ns if is_ipython_name(n) and not n.startswith("__")})
         if record.ok:
