@@ -4,8 +4,12 @@ the worker keeps serving (SPEC §4, §5)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import time
 import uuid
 
@@ -15,13 +19,13 @@ import pytest
 from engine_support import Notebook
 from linkkernel.namespaces import dump, load
 from linkkernel.remote import executor, registry
-from linkkernel.remote.client import Client, RemoteError
+from linkkernel.remote.client import ACCEPT_TIMEOUT, Client, RemoteError
 from linkkernel.remote.protocol import read_key
 from linkkernel.remote.storage import Store
 from linkkernel.remote.worker import versions
 from linkkernel.tasks import ComponentTask
 from remote_support import WorkerProcess, free_port, make_key, pid_alive, wait_until
-from support import Kernel
+from support import REPO, Kernel, kernel_env
 
 
 def plain(text: str) -> str:
@@ -279,3 +283,39 @@ def test_a_local_store_without_permission_is_not_called_a_credentials_problem(tm
     assert "credentials" not in line and "Permission denied" in line and "permission" in line.split(":")[0]
     s3 = describe_failure("s3://bucket/p", PermissionError(13, "Access Denied"))
     assert "refused the credentials" in s3
+
+
+def test_a_kernel_stopped_while_waiting_for_an_answer_takes_it_once_it_runs_again(tmp, key_file) -> None:
+    """A kernel stopped (SIGSTOP, a suspended laptop) right after asking a worker something
+    finds the answer waiting once it runs again, instead of counting the time it did not run
+    against the worker and calling it unreachable."""
+    w = WorkerProcess(str(tmp / "store"), key_file, tmp)
+    asking = None
+    try:
+        os.kill(w.process.pid, signal.SIGSTOP)  # so the answer cannot arrive before the kernel stops
+        script = (
+            "import sys\n"
+            "from linkkernel.remote.client import Client\n"
+            "from linkkernel.remote.protocol import read_key\n"
+            f"client = Client('w', {w.address!r}, read_key({str(key_file)!r}))\n"
+            "print('asking', flush=True)\n"
+            "seconds, pong = client.ping()\n"
+            "print('answered', pong['versions']['python'], flush=True)\n"
+        )
+        asking = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, cwd=REPO, env=kernel_env())
+        assert asking.stdout.readline() == "asking\n"
+        time.sleep(0.5)  # the ping is out; the asker is waiting for the pong
+        os.kill(asking.pid, signal.SIGSTOP)
+        os.kill(w.process.pid, signal.SIGCONT)
+        time.sleep(ACCEPT_TIMEOUT + 1)
+        os.kill(asking.pid, signal.SIGCONT)
+        out, _ = asking.communicate(timeout=30)
+        assert asking.returncode == 0, out
+        assert out.startswith("answered 3."), out
+    finally:
+        os.kill(w.process.pid, signal.SIGCONT)
+        if asking is not None and asking.poll() is None:
+            os.kill(asking.pid, signal.SIGCONT)
+            asking.kill()
+        w.stop()

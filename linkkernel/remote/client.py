@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import zmq
@@ -57,7 +57,7 @@ class Client:
             self.socket.close(0)
             raise RemoteError(f"worker {alias!r}: cannot connect to {address}: {exc.strerror}") from None
         self.closed = False
-        self.away = 0.0  # the longest time this process did not run while following; see receive
+        self.away = 0.0  # the longest time this process did not run while following; see messages
         self._waited_until: tuple[float, float] | None = None  # clock and CPU time when a wait ended
 
     def close(self) -> None:
@@ -72,15 +72,19 @@ class Client:
         self.socket.send_multipart(self.signer.sign(type_, body))
 
     def receive(self, timeout: float) -> Message | None:
-        """The next valid message within `timeout` seconds of this process running; invalid
-        ones are logged and dropped. Time it did not run is left out and kept in `away`: a
-        wait that ends later than asked, or time between waits (handling what arrived) that
-        passed without the process using the CPU."""
+        """The next valid message within `timeout` seconds of this process running."""
+        return next(self.messages(timeout), None)
+
+    def messages(self, timeout: float) -> Iterator[Message]:
+        """Valid messages as they arrive, until `timeout` seconds of this process running
+        were spent waiting; invalid ones are logged and dropped. Time it did not run is left
+        out and kept in `away`: a wait that ends later than asked, or time between waits
+        (handling what arrived) that passed without the process using the CPU."""
         waited = 0.0
         while True:
             wait = min(timeout - waited, POLL_SLICE)
             if wait <= 0:
-                return None
+                return
             start, cpu = _now(), time.process_time()
             if self._waited_until is not None:
                 self.away = max(self.away, (start - self._waited_until[0]) - (cpu - self._waited_until[1]))
@@ -94,9 +98,11 @@ class Client:
                 continue
             frames = self.socket.recv_multipart()
             try:
-                return self.signer.verify(frames)
+                message = self.signer.verify(frames)
             except BadMessage as exc:
                 log.warning("dropped a message claiming to come from %s: %s", self._where(), exc)
+                continue
+            yield message
 
     def _unreachable(self, what: str) -> RemoteError:
         self.close()
@@ -109,28 +115,23 @@ class Client:
         """Round-trip time in seconds and the worker's pong (versions, slots, load)."""
         start = time.perf_counter()
         self.send("ping", {})
-        while True:
-            message = self.receive(max(0.0, ACCEPT_TIMEOUT - (time.perf_counter() - start)))
-            if message is None:
-                raise self._unreachable("a ping")
+        for message in self.messages(ACCEPT_TIMEOUT):
             if message.type == "pong":
                 return time.perf_counter() - start, message.body
+        raise self._unreachable("a ping")
 
     def submit(self, body: dict[str, Any]) -> None:
         """Hand a task to the worker; returns once it is queued there."""
         task_id = body["task"]
         self.send("submit", body)
-        deadline = time.monotonic() + ACCEPT_TIMEOUT
-        while True:
-            message = self.receive(deadline - time.monotonic())
-            if message is None:
-                raise self._unreachable("the task")
+        for message in self.messages(ACCEPT_TIMEOUT):
             if message.body.get("task") != task_id:
                 continue
             if message.type == "rejected":
                 raise RemoteError(f"{self._where()} refused the task: {message.body.get('message')}")
             if message.type == "accepted":
                 return
+        raise self._unreachable("the task")
 
     def follow(self, task_id: str, on_output: Callable[[dict[str, Any]], None]) -> Message:
         """Relay the task's outputs until it ends; returns the `done` message."""
@@ -166,8 +167,7 @@ class Client:
         if self.closed:
             return False
         self.send("cancel", {"task": task_id})
-        deadline = time.monotonic() + CANCEL_TIMEOUT
-        while (message := self.receive(deadline - time.monotonic())) is not None:
-            if message.type in ("cancelled", "done", "failed") and message.body.get("task") == task_id:
-                return True
-        return False
+        return any(
+            message.type in ("cancelled", "done", "failed") and message.body.get("task") == task_id
+            for message in self.messages(CANCEL_TIMEOUT)
+        )
