@@ -15,7 +15,7 @@ import os
 import pickle
 from typing import Any
 
-from linkkernel.namespaces import Blob, loads, pickled
+from linkkernel.namespaces import Blob, loads, pickled, referenced
 
 MIN_SIZE = 1 << 20  # smaller buffers are cheaper to copy than to map
 PAGE = mmap.PAGESIZE
@@ -86,37 +86,41 @@ class Loaded:
     def mapped(self) -> bool:
         return any(m is not None for m in self.maps)
 
-    def unchanged(self, value: Any) -> bool:
-        """True only when provably unchanged: same pickle stream, same mapped memory, no page written.
-
-        False means "not proven": the caller then compares digests.
-        """
+    def unchanged(self, name: str, value: Any) -> Blob | None:
+        """The blob again, on `value`'s own memory, only when `value` (of `name`) is provably
+        unchanged: same pickle stream, same mapped memory, no page written. None means "not
+        proven": the caller then compares digests. Its buffers are the value's (writable, as
+        a fresh pickle's are), so a value referring to it pickles the same either way."""
         if not self.mapped or value is not self.value:
-            return False
-        views = same_pickle(value, self.blob)
-        if views is None:
-            return False
-        for view, mapped, original in zip(views, self.maps, self.blob.buffers):
+            return None
+        found = same_pickle(name, value, self.blob)
+        if found is None:
+            return None
+        for (view, shared), mapped, original in zip(found, self.maps, self.blob.buffers):
+            if shared:
+                continue
             if mapped is None:
                 if view != original:
-                    return False
+                    return None
                 continue
             if view.nbytes != len(mapped) or address(view) != address(mapped) or written(mapped):
-                return False
-        return True
+                return None
+        return Blob(self.blob.stream, tuple(view for view, _ in found), self.blob.digest)
 
 
-def same_pickle(value: Any, blob: Blob) -> list[memoryview] | None:
-    """The out-of-band buffers of `value` when it pickles to `blob`'s stream with as many
-    buffers (the first step of proving it unchanged); None when it does not, or cannot."""
+def same_pickle(name: str, value: Any, blob: Blob) -> list[tuple[memoryview, bool]] | None:
+    """The out-of-band buffers of `value` (of `name`) when it pickles to `blob`'s stream with
+    as many buffers (the first step of proving it unchanged), each with whether it is another
+    name's (namespaces.referenced: then the stream names its content by digest, and it needs
+    no proof); None when it does not, or cannot."""
     raw: list[pickle.PickleBuffer] = []
     try:
-        stream = pickled(value, raw.append)
+        stream = pickled(value, raw.append, name)
     except Exception:  # noqa: BLE001 - not provable; the digest path reports real failures
         return None
     if stream != blob.stream or len(raw) != len(blob.buffers):
         return None
-    return [b.raw() for b in raw]
+    return [(b.raw(), referenced(b)) for b in raw]
 
 
 def address(buffer) -> int | None:

@@ -200,7 +200,16 @@ class _Pickler(cloudpickle.Pickler):
     lines in its traceback.
     """
 
+    def __init__(self, *args: Any, top: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._top = top
+
     def reducer_override(self, obj: Any) -> Any:
+        names = _pickling_names.get()
+        if names is not None and obj is not self._top:
+            reference = names.reference(obj)
+            if reference is not None:
+                return reference
         if isinstance(obj, types.CodeType) and obj.co_filename != _DYNAMIC_CODE:
             return _code_in_file, (obj.replace(co_filename=_DYNAMIC_CODE), obj.co_filename)
         if isinstance(obj, functools._lru_cache_wrapper) and _defined_in_notebook(getattr(obj, "__wrapped__", None)):
@@ -230,22 +239,193 @@ def reads_notebook_globals(blob: Blob) -> bool:
     return _namespace_being_loaded.__name__.encode() in blob.stream
 
 
-def pickled(value: Any, buffer_callback: Callable[[pickle.PickleBuffer], Any]) -> bytes:
-    """The pickle stream of `value` as blobs hold it; out-of-band buffers go to `buffer_callback`."""
+def pickled(value: Any, buffer_callback: Callable[[pickle.PickleBuffer], Any], name: str | None = None) -> bytes:
+    """The pickle stream of `value` as blobs hold it; out-of-band buffers go to `buffer_callback`.
+    Within `pickling_names`, `value` is that of `name` there, which may stand for the object
+    another name holds."""
+    names = _pickling_names.get()
+    alias = None if names is None or name is None else names.alias(name, value)
     with io.BytesIO() as file:
-        _Pickler(file, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(value)
+        _Pickler(file, protocol=PROTOCOL, buffer_callback=buffer_callback, top=value).dump(value if alias is None else _Reduced(alias))
         return file.getvalue()
 
 
-def dump(name: str, value: Any) -> Blob:
-    """Pickle `value` (bound to `name`) with cloudpickle, protocol 5, buffers out of band."""
+def referenced(buffer: pickle.PickleBuffer) -> bool:
+    """Whether `buffer`, handed to a `pickled` buffer_callback within `pickling_names`, is
+    another name's, pickled with a reference to it (see `_Names.referenced`)."""
+    names = _pickling_names.get()
+    return names is not None and names.referenced(buffer)
+
+
+def _dump(name: str, value: Any) -> Blob:
     raw: list[pickle.PickleBuffer] = []
     try:
-        stream = pickled(value, raw.append)
+        stream = pickled(value, raw.append, name)
     except Exception as exc:  # pickling runs arbitrary __reduce__ code: anything may fail
         raise UnpicklableValue(name, value, exc) from exc
     buffers = tuple(b.raw() for b in raw)
     return Blob(stream, buffers, _digest(stream, buffers))
+
+
+def dump(name: str, value: Any) -> Blob:
+    """Pickle `value` (bound to `name`) with cloudpickle, protocol 5, buffers out of band;
+    within `pickling_names`, as one of the names of that namespace."""
+    names = _pickling_names.get()
+    if names is not None and names.values.get(name) is value:
+        return names.blob(name)
+    return _dump(name, value)
+
+
+# ---- one object under several names ----------------------------------------------------
+#
+# Each name's value is its own blob, so that unchanged values are never stored twice and a
+# child's outputs are told apart by digest. Yet in one namespace a value can hold an object
+# another name holds (`pipe` holds `scaler`; `b = a`), and a child fitting `scaler` must see
+# `pipe` fitted (SPEC §3). So while a namespace is pickled, an object some other name holds
+# pickles as a reference to that name: its name and its blob's digest, with the blob itself
+# for a namespace that lacks the name or binds it to other content. Loaded together, such
+# names are one object again. pickle lets a pickler see every object except exact lists,
+# dicts, sets and bytearrays inside another value: those stay copies.
+
+_UNSHARED = (type(None), bool, int, float, complex, str, bytes, range, tuple, frozenset, type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType)
+
+
+class _Names:
+    """The namespace being pickled: which name holds each object, and the blob of each name
+    pickled so far. An object held by several names belongs to the first in sorted order,
+    so the same namespace always pickles the same way."""
+
+    def __init__(self, values: Mapping[str, Any], known: Callable[[str], Blob | None]) -> None:
+        self.values = values
+        self.owner = {id(values[n]): n for n in sorted(values, reverse=True) if not isinstance(values[n], _UNSHARED)}
+        self.blobs: dict[str, Blob] = {}
+        self.proven: set[str] = set()
+        self._known = known
+        self._pickling: set[str] = set()
+        self._failed: dict[str, UnpicklableValue] = {}
+        self._referenced: dict[int, pickle.PickleBuffer] = {}  # kept alive, so ids stay theirs
+
+    def blob(self, name: str) -> Blob:
+        """The blob of `name`: the one it was loaded from when `known` proves it unchanged,
+        else pickled now (once)."""
+        if name in self._failed:
+            raise self._failed[name]
+        blob = self.blobs.get(name)
+        if blob is None:
+            self._pickling.add(name)
+            try:
+                blob = self._known(name)
+                if blob is not None:
+                    self.proven.add(name)
+                else:
+                    blob = _dump(name, self.values[name])
+            except UnpicklableValue as exc:
+                self._failed[name] = exc
+                raise
+            finally:
+                self._pickling.discard(name)
+            self.blobs[name] = blob
+        return blob
+
+    def reference(self, obj: Any) -> tuple[Callable[..., Any], tuple[Any, ...]] | None:
+        """How to pickle `obj` when another name holds it; None to pickle it as it is (no
+        other name holds it, or that name is being pickled: a cycle)."""
+        owner = self.owner.get(id(obj))
+        if owner is None or owner in self._pickling:
+            return None
+        try:
+            blob = self.blob(owner)
+        except UnpicklableValue:
+            return None
+        buffers = [pickle.PickleBuffer(b) for b in blob.buffers]
+        self._referenced.update((id(b), b) for b in buffers)
+        return _shared, (owner, blob.digest, blob.stream, buffers)
+
+    def alias(self, name: str, value: Any) -> tuple[Callable[..., Any], tuple[Any, ...]] | None:
+        """How to pickle the whole value of `name` when it is the object another name holds
+        (`b = a`); None to pickle it as it is."""
+        return None if self.owner.get(id(value), name) == name else self.reference(value)
+
+    def referenced(self, buffer: pickle.PickleBuffer) -> bool:
+        """Whether `buffer` is one of another name's, pickled with a reference to it: its
+        content is then the one the digest in that reference names."""
+        return self._referenced.get(id(buffer)) is buffer
+
+
+class _Reduced:
+    """Pickles as the reduction it holds: the whole value of a name that holds the object
+    another name holds (`b = a`)."""
+
+    def __init__(self, reduced: tuple[Callable[..., Any], tuple[Any, ...]]) -> None:
+        self._reduced = reduced
+
+    def __reduce__(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        return self._reduced
+
+
+_pickling_names: ContextVar[_Names | None] = ContextVar("linkkernel_pickling_names", default=None)
+
+
+@contextmanager
+def pickling_names(values: Mapping[str, Any], known: Callable[[str], Blob | None] = lambda name: None) -> Iterator[_Names]:
+    """Pickle the values of one namespace (a run's final one) as one, keeping which names
+    hold the same object; `known(name)` is the blob a name was loaded from when it is
+    provably unchanged (None: pickle it). Every name is pickled up front, in sorted order."""
+    names = _Names(values, known)
+    token = _pickling_names.set(names)
+    try:
+        for name in sorted(values):
+            try:
+                names.blob(name)
+            except UnpicklableValue:
+                pass  # found again, and reported, by whoever needs this name's blob
+        yield names
+    finally:
+        _pickling_names.reset(token)
+
+
+class _Group:
+    """Names loaded together (a run's inputs, outputs published together): a reference to
+    one of them with the same digest is that very object."""
+
+    def __init__(self, digests: Mapping[str, str], load: Callable[[str], Any]) -> None:
+        self.digests = digests
+        self.values: dict[str, Any] = {}
+        self.loading: set[str] = set()
+        self._load = load
+
+    def get(self, name: str) -> Any:
+        if name not in self.values:
+            self.loading.add(name)
+            try:
+                self.values[name] = self._load(name)
+            finally:
+                self.loading.discard(name)
+        return self.values[name]
+
+
+_loading_group: ContextVar[_Group | None] = ContextVar("linkkernel_loading_group", default=None)
+
+
+@contextmanager
+def loading_together(digests: Mapping[str, str], load: Callable[[str], Any]) -> Iterator[Callable[[str], Any]]:
+    """Load the values named by `digests` as one namespace: `load(name)` loads one, and the
+    function yielded returns a name's value, loading it (once) when no other one did."""
+    group = _Group(digests, load)
+    token = _loading_group.set(group)
+    try:
+        yield group.get
+    finally:
+        _loading_group.reset(token)
+
+
+def _shared(name: str, digest: str, stream: bytes, buffers: list[Any]) -> Any:
+    """An object another name held where it was pickled: that name's value when it is loaded
+    alongside with the same content, else a copy of its own."""
+    group = _loading_group.get()
+    if group is not None and group.digests.get(name) == digest and name not in group.loading:
+        return group.get(name)
+    return loads(stream, buffers, _namespace_being_loaded())
 
 
 def loads(stream: bytes, buffers: Iterable[Any], namespace: dict[str, Any] | None = None) -> Any:
@@ -289,15 +469,13 @@ def changes(
     input_digests: Mapping[str, str | None],
     final: Mapping[str, Any],
     ignore: Iterable[str] = (),
-    dumped: dict[str, Blob] | None = None,
 ) -> Changes:
     """Compare the namespace a run started with to the one it ended with.
 
     A name is an output when it is new, rebound to another object, or still bound to the
     same object whose content digest changed (mutated in place). Values whose digest is
-    unknown (unpicklable) count as unchanged while they keep their identity. `dumped`, when
-    given, receives the blob of each mutated input, made to compare digests, so that the
-    caller storing it does not pickle and hash it a second time.
+    unknown (unpicklable) count as unchanged while they keep their identity. Within
+    `pickling_names`, the blob made to compare digests is the one the caller then stores.
     """
     skip = set(ignore)
     bound = []
@@ -316,7 +494,5 @@ def changes(
             continue  # unknown digest: unchanged while it keeps its identity
         if blob.digest != before:
             bound.append(name)
-            if dumped is not None:
-                dumped[name] = blob
     deleted = [name for name in inputs if name not in final and name not in skip]
     return Changes(tuple(bound), tuple(deleted))

@@ -25,7 +25,17 @@ from linkkernel import capture
 from linkkernel.cow import Loaded
 from linkkernel.declarations import Component
 from linkkernel.errors import LinkError
-from linkkernel.namespaces import Blob, UnpicklableValue, changes, classes_put_back, dump, reads_notebook_globals, type_name
+from linkkernel.namespaces import (
+    Blob,
+    UnpicklableValue,
+    changes,
+    classes_put_back,
+    dump,
+    loading_together,
+    pickling_names,
+    reads_notebook_globals,
+    type_name,
+)
 from linkkernel.progress import Progress
 from linkkernel.sources import Sources, notebook_path_from_env
 from linkkernel.staleness import FRESH, RunRecord, code_hash, new_run_id
@@ -214,8 +224,14 @@ class Runner:
             shell.running_in(module),
             shell.compile.labelled(component.name),
         ):
-            loaded = {name: self.store.load(digest, ns) for name, digest in merged.items()}
-            inputs = {name: value for name, (value, _) in loaded.items()}
+            loaded: dict[str, tuple[Any, Loaded | None]] = {}
+
+            def load_input(name: str) -> Any:
+                loaded[name] = self.store.load(merged[name], ns)
+                return loaded[name][0]
+
+            with loading_together(merged, load_input) as value_of:
+                inputs = {name: value_of(name) for name in merged}
             ns.update(inputs)
             if live is None:
                 with capture.captured(shell) as outputs, shell.collect_errors() as errors:
@@ -255,38 +271,52 @@ class Runner:
 
         An input proven untouched (copy-on-write pages never written) or kept in memory only
         gets no digest, which `changes` reads as "unchanged while it keeps its identity".
+        The final namespace is pickled as one (namespaces.pickling_names), so names holding
+        the same object still do in children.
         """
         ignore = [n for n in final if is_ipython_name(n)]
-        check = {
-            n: None if d.startswith(MEMORY_PREFIX) or (loaded.get(n) is not None and loaded[n].unchanged(final.get(n))) else d
-            for n, d in merged.items()
-        }
-        dumped: dict[str, Blob] = {}
-        found = changes(inputs, check, final, ignore=ignore, dumped=dumped)
-        namespace = {n: d for n, d in merged.items() if n not in found.deleted}
+
+        def unchanged(name: str) -> Blob | None:
+            how = loaded.get(name)
+            return None if how is None else how.unchanged(name, final.get(name))
+
+        namespace = dict(merged)
         blobs: dict[str, Blob] = {}
         memory: dict[str, Any] = {}
-        values = {n: final[n] for n in found.bound}
-        for name in found.bound:
-            value = final[name]
-            try:
-                blob = freeze(dumped.get(name) or dump(name, value))
-            except UnpicklableValue as exc:
-                digest = f"{MEMORY_PREFIX}{outcome.record.run_id}:{name}"
-                memory[digest] = value
-                outcome.record.memory_only.append(name)
-                outcome.warnings.append(
-                    f"linkkernel: component {outcome.record.name!r}: {exc.name!r} ({exc.type_name}) cannot be "
-                    "serialised; it is kept in memory only, so after a restart the component runs again"
-                )
-            else:
-                digest = blob.digest
-                blobs[digest] = blob
-                if reads_notebook_globals(blob):
-                    # The notebook is one namespace: its functions read its globals, as
-                    # those a child loads read the child's. The live ones read the run's.
-                    values[name] = Loaded(blob, self.shell.user_ns).value
-            namespace[name] = digest
+        # Inputs kept in memory only cannot be pickled, nor referred to: not tried again.
+        kept = {n for n, d in merged.items() if d.startswith(MEMORY_PREFIX) and n in final and final[n] is inputs[n]}
+        with pickling_names({n: v for n, v in final.items() if n not in ignore and n not in kept}, unchanged) as names:
+            check = {n: None if d.startswith(MEMORY_PREFIX) or n in names.proven else d for n, d in merged.items()}
+            found = changes(inputs, check, final, ignore=ignore)
+            values = {n: final[n] for n in found.bound}
+            for name in found.bound:
+                value = final[name]
+                try:
+                    blob = freeze(dump(name, value))
+                except UnpicklableValue as exc:
+                    digest = f"{MEMORY_PREFIX}{outcome.record.run_id}:{name}"
+                    memory[digest] = value
+                    outcome.record.memory_only.append(name)
+                    outcome.warnings.append(
+                        f"linkkernel: component {outcome.record.name!r}: {exc.name!r} ({exc.type_name}) cannot be "
+                        "serialised; it is kept in memory only, so after a restart the component runs again"
+                    )
+                else:
+                    digest = blob.digest
+                    blobs[digest] = blob
+                namespace[name] = digest
+        for name in found.deleted:
+            del namespace[name]
+        # The notebook is one namespace: its functions read its globals, as those a child
+        # loads read the child's, while the live ones read the run's. Outputs holding such
+        # functions are published as copies, loaded together with the other outputs.
+        copies = {n for n in found.bound if namespace[n] in blobs and reads_notebook_globals(blobs[namespace[n]])}
+
+        def publishable(name: str) -> Any:
+            return Loaded(blobs[namespace[name]], self.shell.user_ns).value if name in copies else final[name]
+
+        with loading_together({n: namespace[n] for n in found.bound}, publishable) as value_of:
+            values.update({n: value_of(n) for n in copies})
         outcome.record.namespace = namespace
         outcome.values = values
         outcome.deleted = found.deleted
@@ -335,19 +365,21 @@ class Runner:
             return outcome
         record.status = "ok"
         namespace = {n: d for n, d in merged.items() if n not in result.deleted}
-        for name, blob in result.bound.items():
-            # No copy on this side: run_remote froze the blob as mapped from the store's
-            # verified file; the cache keeps it, and the notebook's value maps its large
-            # buffers from that file copy-on-write (linkkernel.cow), as a child's inputs do.
-            outcome.blobs[blob.digest] = blob
-            try:
-                outcome.values[name] = Loaded(blob, self.shell.user_ns).value
-            except Exception as exc:  # unpickling runs the value's own code (__reduce__, a module missing here)
-                raise LinkError(
-                    f"component {component.name!r} ran on worker {component.remote!r} but its output {name!r} "
-                    f"cannot be rebuilt in this kernel: {type(exc).__name__}: {exc}"
-                ) from None
-            namespace[name] = blob.digest
+        bound = result.bound
+        # No copy on this side: run_remote froze the blobs as mapped from the store's
+        # verified files; the cache keeps them, and the notebook's values map their large
+        # buffers from those files copy-on-write (linkkernel.cow), as a child's inputs do.
+        with loading_together({n: b.digest for n, b in bound.items()}, lambda n: Loaded(bound[n], self.shell.user_ns).value) as value_of:
+            for name, blob in bound.items():
+                outcome.blobs[blob.digest] = blob
+                try:
+                    outcome.values[name] = value_of(name)
+                except Exception as exc:  # unpickling runs the value's own code (__reduce__, a module missing here)
+                    raise LinkError(
+                        f"component {component.name!r} ran on worker {component.remote!r} but its output {name!r} "
+                        f"cannot be rebuilt in this kernel: {type(exc).__name__}: {exc}"
+                    ) from None
+                namespace[name] = blob.digest
         record.namespace = namespace
         outcome.deleted = tuple(result.deleted)
         if live:
@@ -430,9 +462,10 @@ class Runner:
             if name in plan or record is None or record.run_id in self._published:
                 continue
             _, inherited = self._parent_namespaces(graph.nodes[name]["component"])
-            for output, digest in record.namespace.items():
-                if inherited.get(output) != digest:
-                    self.shell.user_ns[output] = self.store.load(digest, self.shell.user_ns)[0]
+            outputs = {n: d for n, d in record.namespace.items() if inherited.get(n) != d}
+            with loading_together(outputs, lambda n: self.store.load(outputs[n], self.shell.user_ns)[0]) as value_of:
+                for output in outputs:
+                    self.shell.user_ns[output] = value_of(output)
             self._published.add(record.run_id)
 
     async def _run_captured(self, graph, names: list[str], targets: Collection[str] = ()) -> list[str]:

@@ -170,19 +170,66 @@ def test_unreadable_notebook_does_not_stop_plain_cells_but_is_reported_for_compo
         sources.components()
 
 
-def test_changes_hands_back_the_blob_it_made_for_a_mutated_input():
-    """The digest that shows an in-place mutation comes from a pickle the caller stores as is."""
-    from linkkernel.namespaces import changes, dump
+def test_changes_pickles_a_mutated_input_once_within_its_namespace():
+    """The digest that shows an in-place mutation comes from the pickle the caller stores."""
+    from linkkernel.namespaces import changes, dump, pickling_names
 
     grown, same, untouchable = [1, 2], {"k": 1}, [0]
     before = {name: dump(name, value).digest for name, value in (("grown", grown), ("same", same))}
     grown.append(3)
-    dumped = {}
-    found = changes({"grown": grown, "same": same, "untouchable": untouchable},
-                    {**before, "untouchable": None}, {"grown": grown, "same": same, "untouchable": untouchable, "new": 1},
-                    dumped=dumped)
+    final = {"grown": grown, "same": same, "untouchable": untouchable, "new": 1}
+    with pickling_names(final) as names:
+        found = changes({"grown": grown, "same": same, "untouchable": untouchable}, {**before, "untouchable": None}, final)
+        assert dump("grown", grown) is names.blobs["grown"]
     assert found.bound == ("grown", "new") and found.deleted == ()
-    assert list(dumped) == ["grown"] and dumped["grown"].digest == dump("grown", [1, 2, 3]).digest
+    assert names.blobs["grown"].digest == dump("grown", [1, 2, 3]).digest
+
+
+class _Scaler:
+    fitted = False
+
+
+def _loaded_together(blobs: dict) -> dict:
+    from linkkernel.namespaces import load, loading_together
+
+    with loading_together({n: b.digest for n, b in blobs.items()}, lambda n: load(blobs[n])) as value_of:
+        return {n: value_of(n) for n in blobs}
+
+
+def test_names_holding_one_object_hold_one_object_again_when_loaded_together():
+    """SPEC §3, as if the ancestors had run in one namespace: `pipe` holds the `scaler` a
+    child fits, and `model` is `best`; loaded alone, a value keeps a copy of its own."""
+    from linkkernel.namespaces import dump, load, pickling_names
+
+    scaler = _Scaler()
+    final = {"scaler": scaler, "pipe": {"steps": [("scale", scaler)]}, "best": _Scaler(), "n": 3}
+    final["model"] = final["best"]
+    with pickling_names(final):
+        blobs = {name: dump(name, value) for name, value in final.items()}
+    ns = _loaded_together(blobs)
+    assert ns["pipe"]["steps"][0][1] is ns["scaler"] and ns["model"] is ns["best"]
+    alone = load(blobs["pipe"])
+    assert isinstance(alone["steps"][0][1], _Scaler) and alone["steps"][0][1] is not ns["scaler"]
+
+
+def test_a_name_holding_a_mutated_object_changes_with_it_and_a_rebound_one_keeps_its_object():
+    from linkkernel.namespaces import changes, dump, pickling_names
+
+    scaler = _Scaler()
+    final = {"scaler": scaler, "pipe": [scaler]}
+    with pickling_names(final):
+        before = {name: dump(name, value) for name, value in final.items()}
+    ns = _loaded_together(before)
+    digests = {n: b.digest for n, b in before.items()}
+    ns["scaler"].fitted = True
+    with pickling_names(ns):
+        assert changes(dict(ns), digests, ns).bound == ("scaler", "pipe")
+    old = ns["scaler"]
+    ns["scaler"] = _Scaler()
+    with pickling_names(ns):
+        assert dump("pipe", ns["pipe"]).digest != digests["pipe"]
+        rebuilt = _loaded_together({"scaler": dump("scaler", ns["scaler"]), "pipe": dump("pipe", ns["pipe"])})
+    assert rebuilt["pipe"][0] is not rebuilt["scaler"] and rebuilt["pipe"][0].fitted and old.fitted
 
 
 def _module(name: str, code: str) -> dict:
@@ -258,3 +305,4 @@ def test_a_class_loaded_for_a_run_gets_its_methods_back_afterwards_unless_the_ru
         load(blob, child)
         cls.apply = patched
     assert cls.apply is patched
+

@@ -119,6 +119,34 @@ def test_child_mutation_never_changes_the_parents_cached_value(nb):
     assert value(nb.kernel, "seen[2]") == {"k": 1}
 
 
+SHARED_PARENT = """import numpy as np
+class Scaler:
+    fitted = False
+    def fit(self):
+        self.fitted = True
+class Holder:
+    def __init__(self, arr):
+        self.arr = arr
+scaler = Scaler()
+pipe = {'steps': [('scale', scaler)]}
+best = Scaler()
+model = best
+arr = np.zeros(300_000)
+data = Holder(arr)"""
+SHARED_CHILD = "pipe['steps'][0][1].fit()\narr[0] = 7\nsame = (pipe['steps'][0][1] is scaler, model is best, data.arr is arr)"
+SHARED_GRANDCHILD = "seen = (scaler.fitted, pipe['steps'][0][1] is scaler, model is best, data.arr is arr, float(data.arr[0]))"
+
+
+def test_names_holding_one_object_still_do_in_children_and_in_the_notebook(nb):
+    """SPEC §3, as if the ancestors had run in one namespace: fitting the scaler inside `pipe`
+    fits `scaler`, `model = best` stays one object, and so does an array inside a value."""
+    nb.add("p", SHARED_PARENT).add("fit", SHARED_CHILD, "p").add("use", SHARED_GRANDCHILD, "fit").use()
+    assert nb.run("use").status == "ok"
+    assert value(nb.kernel, "same") == (True, True, True)
+    assert value(nb.kernel, "seen") == (True, True, True, True, 7.0)
+    assert value(nb.kernel, "(pipe['steps'][0][1] is scaler, model is best, data.arr is arr)") == (True, True, True)
+
+
 def test_deleted_names_are_removed_from_the_notebook_namespace(nb):
     nb.add("src", "tmp = 1\nkeep = 2").add("dropper", "del tmp\nafter = 'tmp' in dir()", "src").use()
     assert nb.run("src").status == "ok"

@@ -56,12 +56,38 @@ def test_copy_on_write_inputs_detect_writes_without_touching_the_frozen_value():
     assert first.mapped
     assert first.value.flags.writeable
     assert float(first.value.sum()) == 0.0  # reading is not writing
-    assert first.unchanged(first.value)
+    assert first.unchanged("arr", first.value) is not None
     first.value[123_456] = 1.0
-    assert not first.unchanged(first.value)
+    assert first.unchanged("arr", first.value) is None
     second = Loaded(frozen, {})
     assert float(second.value[123_456]) == 0.0
-    assert not second.unchanged(np.zeros(1_000_000))  # another object is never "unchanged"
+    assert second.unchanged("arr", np.zeros(1_000_000)) is None  # another object is never "unchanged"
+
+
+class Holder:
+    def __init__(self, arr):
+        self.arr = arr
+
+
+def test_a_value_holding_another_names_array_is_proven_unchanged_without_hashing():
+    """`data` holds the array `arr` holds: loaded together they share it, and an untouched
+    `data` is proven unchanged from the page tables as `arr` is, not hashed on every run."""
+    from linkkernel.namespaces import loading_together, pickling_names
+
+    arr = np.zeros(1_000_000)
+    parent = {"arr": arr, "data": Holder(arr)}
+    with pickling_names(parent):
+        blobs = {n: freeze(dump(n, v)) for n, v in parent.items()}
+    loaded = {}
+    with loading_together({n: b.digest for n, b in blobs.items()}, lambda n: loaded.setdefault(n, Loaded(blobs[n], {})).value) as value_of:
+        child = {n: value_of(n) for n in blobs}
+    assert child["data"].arr is child["arr"]
+    with pickling_names(child, lambda n: loaded[n].unchanged(n, child[n])) as names:
+        assert names.proven == {"arr", "data"}
+    child["arr"][7] = 1.0
+    with pickling_names(child, lambda n: loaded[n].unchanged(n, child[n])) as names:
+        assert names.proven == set()
+        assert {n: names.blobs[n].digest != blobs[n].digest for n in blobs} == {"arr": True, "data": True}
 
 
 @pytest.mark.parametrize("header", [b"[]", b'{"stream": "x", "buffers": []}', b'{"buffers": []}'])

@@ -9,6 +9,7 @@ import re
 import pytest
 
 from engine_support import Notebook, value
+from test_engine_run import SHARED_CHILD, SHARED_GRANDCHILD, SHARED_PARENT
 from linkkernel.remote import registry
 from remote_support import WorkerProcess, closed_port, make_key, pid_alive, wait_until
 from support import Kernel
@@ -305,3 +306,14 @@ def test_a_remote_components_function_pickles_by_name_as_in_a_cell(nb, worker) -
     nb.use()
     result = nb.run("far_pickles")
     assert (result.status, result.stdout) == ("ok", "6\n[2, 4]\n"), result.traceback_text
+
+
+def test_names_holding_one_object_still_do_after_a_remote_run(nb, worker) -> None:
+    """As locally (test_engine_run): the worker loads `pipe` and `scaler` as one object, and
+    the kernel gets them back as one."""
+    nb.add("p", SHARED_PARENT).add("fit", SHARED_CHILD, "p", remote="gpu1").add("use", SHARED_GRANDCHILD, "fit", remote="gpu1").use()
+    result = nb.run("use")
+    assert result.status == "ok", result.traceback_text
+    assert value(nb.kernel, "same") == (True, True, True)
+    assert value(nb.kernel, "seen") == (True, True, True, True, 7.0)
+    assert value(nb.kernel, "(pipe['steps'][0][1] is scaler, model is best, data.arr is arr)") == (True, True, True)

@@ -36,7 +36,7 @@ from traitlets.config import Config
 
 from linkkernel import cow
 from linkkernel.compiler import LinkCompiler
-from linkkernel.namespaces import Blob, UnpicklableValue, changes, dump, loads
+from linkkernel.namespaces import Blob, UnpicklableValue, changes, dump, loading_together, loads, pickling_names
 from linkkernel.remote.storage import StorageError, Store, file_map_of
 from linkkernel.tracebacks import contains_group, format_warning, group_traceback, trim
 
@@ -304,18 +304,19 @@ class MappedInput:
         self.map = file_map
         self.value: Any = loads(blob.stream, list(blob.buffers), namespace)
 
-    def unchanged(self, value: Any) -> bool:
-        """True only when provably unchanged: same pickle stream, still on the same mapped
-        memory, and no page of the map written; False means "not proven" (compare digests)."""
+    def unchanged(self, name: str, value: Any) -> Blob | None:
+        """The blob again, on `value`'s own memory, only when `value` (of `name`) is provably
+        unchanged: same pickle stream, still on the same mapped memory, and no page of the map
+        written; None means "not proven" (compare digests). See cow.Loaded.unchanged."""
         if value is not self.value:
-            return False
-        views = cow.same_pickle(value, self.blob)
-        if views is None:
-            return False
-        for view, original in zip(views, self.blob.buffers):
-            if view.nbytes != original.nbytes or cow.address(view) != cow.address(original):
-                return False
-        return not cow.written(self.map)
+            return None
+        found = cow.same_pickle(name, value, self.blob)
+        if found is None:
+            return None
+        for (view, shared), original in zip(found, self.blob.buffers):
+            if not shared and (view.nbytes != original.nbytes or cow.address(view) != cow.address(original)):
+                return None
+        return None if cow.written(self.map) else Blob(self.blob.stream, tuple(view for view, _ in found), self.blob.digest)
 
 
 def load_input(blob, namespace: dict[str, Any]) -> MappedInput | cow.Loaded:
@@ -334,17 +335,21 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
     # to its workers so): the user module there, as in a kernel
     sys.modules["__main__"] = shell.user_module
     store.remember(task.get("verified") or {})
-    for name, digest in digests.items():
-        try:
-            blob = store.get(digest, mapped=True)
-            loaded[name] = load_input(blob, namespace)
-            inputs[name] = loaded[name].value
-        except StorageError as exc:
-            pipe.finish({"failed": str(exc)})
-            return
-        except Exception as exc:  # unpickling runs arbitrary code: a missing module, a bad __setstate__
-            pipe.finish({"failed": f"input {name!r} cannot be loaded on the worker: {type(exc).__name__}: {exc}"})
-            return
+
+    def load(name: str) -> Any:
+        loaded[name] = load_input(store.get(digests[name], mapped=True), namespace)
+        return loaded[name].value
+
+    with loading_together(digests, load) as value_of:  # names holding one object get it so again
+        for name in digests:
+            try:
+                inputs[name] = value_of(name)
+            except StorageError as exc:
+                pipe.finish({"failed": str(exc)})
+                return
+            except Exception as exc:  # unpickling runs arbitrary code: a missing module, a bad __setstate__
+                pipe.finish({"failed": f"input {name!r} cannot be loaded on the worker: {type(exc).__name__}: {exc}"})
+                return
     # Functions from the kernel's components keep their cell file (namespaces.dump); with
     # its label and source here their frames read `Component load, line 3` as they do locally.
     for filename, (component, source) in task.get("sources", {}).items():
@@ -362,24 +367,28 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
         pipe.finish({"result": {"error": shell.error}})
         return
     final = {k: v for k, v in namespace.items() if k not in hidden and not _SHELL_NAMES.fullmatch(k)}
-    # An input whose mapped pages were never written is unchanged without re-hashing it.
-    check = {n: None if loaded[n].unchanged(final.get(n)) else d for n, d in digests.items()}
-    dumped: dict[str, Blob] = {}
-    changed = changes(inputs, check, final, dumped=dumped)
+
+    def unchanged(name: str) -> Blob | None:
+        """An input whose mapped pages were never written is unchanged without re-hashing it."""
+        return loaded[name].unchanged(name, final.get(name)) if name in loaded else None
+
     bound: dict[str, str] = {}
     unpicklable: dict[str, str] = {}
-    for name in changed.bound:
-        try:
-            blob = dumped.get(name) or dump(name, final[name])
-        except UnpicklableValue as exc:
-            unpicklable[name] = exc.type_name
-            continue
-        try:
-            store.put(blob)
-        except StorageError as exc:
-            pipe.finish({"failed": str(exc)})
-            return
-        bound[name] = blob.digest
+    with pickling_names(final, unchanged) as names:  # names holding one object keep it so (see namespaces)
+        check = {n: None if n in names.proven else d for n, d in digests.items()}
+        changed = changes(inputs, check, final)
+        for name in changed.bound:
+            try:
+                blob = dump(name, final[name])
+            except UnpicklableValue as exc:
+                unpicklable[name] = exc.type_name
+                continue
+            try:
+                store.put(blob)
+            except StorageError as exc:
+                pipe.finish({"failed": str(exc)})
+                return
+            bound[name] = blob.digest
     # Files this process verified or wrote: the worker tells the next task, which then maps
     # them without hashing them again.
     result = {"bound": bound, "deleted": list(changed.deleted), "unpicklable": unpicklable}
