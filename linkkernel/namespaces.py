@@ -229,7 +229,11 @@ class _Pickler(cloudpickle.Pickler):
         if reduced is not NotImplemented and _defined_in_notebook(obj):
             return _with_notebook_globals(reduced)
         if isinstance(obj, type) and isinstance(reduced, tuple) and len(reduced) == 6 and reduced[5] is _cloudpickle_class_setstate:
-            return (*reduced[:5], _class_setstate_noted)
+            make, args, (attributes, slots), *_ = reduced
+            # copyreg caches `__slotnames__` in a class once an instance of it is pickled: a
+            # cache, which would make the class look changed to the run after
+            attributes = {k: v for k, v in attributes.items() if k != "__slotnames__"}
+            return make, args, (attributes, slots), None, None, _class_setstate_noted
         return reduced
 
 

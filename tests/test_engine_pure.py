@@ -306,3 +306,18 @@ def test_a_class_loaded_for_a_run_gets_its_methods_back_afterwards_unless_the_ru
         cls.apply = patched
     assert cls.apply is patched
 
+
+def test_a_class_is_unchanged_by_pickling_its_instances():
+    """copyreg caches `__slotnames__` in a class when an instance is first pickled; a child
+    that merely used a parent's class must not have it among its outputs."""
+    import types
+
+    from linkkernel.namespaces import dump
+
+    module = types.ModuleType("__main__")
+    exec("class Point:\n    def norm(self):\n        return 0\n", module.__dict__)
+    point_class = module.__dict__["Point"]
+    before = dump("Point", point_class).digest
+    dump("p", point_class())
+    assert "__slotnames__" in vars(point_class)
+    assert dump("Point", point_class).digest == before
