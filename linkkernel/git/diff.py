@@ -253,7 +253,7 @@ def notebook_as_text(notebook: Notebook) -> str:
 
 def configure_diff(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE",
-                        help="A.ipynb B.ipynb (git's 7 diff-driver arguments are accepted too)")
+                        help="A.ipynb B.ipynb (git's 7 or, for a rename, 9 diff-driver arguments are accepted too)")
     parser.add_argument("--outputs", action="store_true", help="also compare outputs and execution counts")
     parser.add_argument("--html", metavar="FILE", help="write an HTML page drawing both pipelines with the change")
     add_colour_options(parser)
@@ -291,9 +291,9 @@ def run(args: argparse.Namespace) -> int:
     from linkkernel.errors import LinkError
     from linkkernel.git import nbio
 
-    if len(args.files) == 7:  # git: path old-file old-hex old-mode new-file new-hex new-mode
+    if len(args.files) in (7, 9):  # git: path old-file old-hex old-mode new-file new-hex new-mode [new-path how]
         old_path, new_path = args.files[1], args.files[4]
-        old_name, new_name = f"a/{args.files[0]}", f"b/{args.files[0]}"
+        old_name, new_name = f"a/{args.files[0]}", f"b/{args.files[7 if len(args.files) == 9 else 0]}"
     elif len(args.files) == 2:
         old_path, new_path = old_name, new_name = args.files
         from linkkernel.git.install import warn_if_unconfigured
@@ -304,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         old, new = nbio.read(old_path), nbio.read(new_path)
     except LinkError as exc:
-        if len(args.files) != 7:
+        if len(args.files) == 2:
             raise
         # git stops its whole diff at a driver that fails ('external diff died'), hiding every
         # file after this one: show a broken file (a text merge's markers) as text instead
