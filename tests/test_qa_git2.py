@@ -29,3 +29,22 @@ def test_git_diff_of_a_renamed_and_edited_notebook_goes_through_the_driver(repo)
     assert (done.returncode, done.stderr) == (0, "")
     assert "--- a/nb.ipynb\n+++ b/renamed.ipynb\n## cell 2 modified (component load)\n" in done.stdout
     assert "+data = [5]" in done.stdout
+
+
+def test_a_merge_with_an_invalid_notebook_on_one_side_names_the_notebook_and_side_and_keeps_ours(repo):
+    """git hands the driver temp files (.merge_file_XXXXXX): the error must name nb.ipynb and which version."""
+    repo.git("checkout", "-q", "-b", "theirs")
+    (repo.path / "nb.ipynb").write_text('{"cells": [ broken')
+    repo.git("commit", "-qam", "theirs breaks it")
+    repo.git("checkout", "-q", "main")
+    ours = notebook(*pipeline_cells())
+    ours["cells"][1]["source"] = "data = [0]\n"
+    repo.commit(ours, "ours")
+    done = repo.git("merge", "theirs", "-m", "merge", check=False)
+    assert done.returncode == 1
+    assert "CONFLICT (content): Merge conflict in nb.ipynb" in done.stdout
+    assert done.stderr == (
+        "linkkernel merge: nb.ipynb (theirs) is not a notebook: invalid JSON (Expecting value: line 1 column 13 (char 12))\n"
+    )
+    assert repo.read() == ours  # nothing lost: the working file is ours, git keeps all three versions
+    assert repo.git("status", "--porcelain").stdout.startswith("UU nb.ipynb")
