@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from git_support import Repo, code, notebook, pipeline_cells, source
+from git_support import Repo, code, notebook, pipeline_cells, source, tags, validate
 
 
 @pytest.fixture
@@ -48,3 +48,36 @@ def test_a_merge_with_an_invalid_notebook_on_one_side_names_the_notebook_and_sid
     )
     assert repo.read() == ours  # nothing lost: the working file is ours, git keeps all three versions
     assert repo.git("status", "--porcelain").stdout.startswith("UU nb.ipynb")
+
+
+def merge(repo, base, ours, theirs):
+    """Commit `base` on main, `theirs` on a branch and `ours` on main; returns `git merge theirs`."""
+    repo.commit(base, "new base")
+    repo.git("checkout", "-q", "-b", "theirs")
+    repo.commit(theirs, "theirs")
+    repo.git("checkout", "-q", "main")
+    repo.commit(ours, "ours")
+    return repo.git("merge", "theirs", "-m", "merge theirs", check=False)
+
+
+def sides(base):
+    return base, copy.deepcopy(base), copy.deepcopy(base)
+
+
+def test_a_dangling_parent_already_there_does_not_turn_two_edge_additions_into_a_failed_merge(repo):
+    """The cycle check met the old dangling parent, found no cycle, and the merge gave up: theirs' edge was lost."""
+    base, ours, theirs = sides(notebook(
+        code("a = 1\n", "component:a", id="a"), code("b = 1\n", "component:b", id="b"),
+        code("w = 1\n", "component:wip", "parent:not_written_yet", id="w"),
+    ))
+    ours["cells"][1]["metadata"]["tags"].append("parent:a")
+    theirs["cells"].append(code("c = a\n", "component:c", "parent:a", id="c"))
+    done = merge(repo, base, ours, theirs)
+    assert (done.returncode, done.stderr) == (0, ""), done.stdout
+    result = repo.read()
+    validate(result)
+    assert [(c["id"], tags(c)) for c in result["cells"]] == [
+        ("a", ["component:a"]), ("b", ["component:b", "parent:a"]),
+        ("w", ["component:wip", "parent:not_written_yet"]), ("c", ["component:c", "parent:a"]),
+    ]
+

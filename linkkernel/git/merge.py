@@ -32,7 +32,6 @@ from linkkernel.declarations import (
     Declaration,
     DeclarationError,
     describe_cell,
-    notebook_components,
     parse_declaration,
 )
 from linkkernel.git.match import match_cells, monotone_chain
@@ -588,26 +587,24 @@ def _edges(components: Sequence[Component]) -> set[tuple[str, str]]:
 
 
 def _cycle_problems(components: Sequence[Component], ours: Notebook, theirs: Notebook) -> dict[int, tuple[str, list[str]]]:
-    """A cycle needs edges from both sides: a subset of one side's (valid) DAG has none."""
+    """A cycle needs edges from both sides: a subset of one side's (valid) DAG has none.
+
+    Looked for directly, not through `build_graph`: a parent dangling on one side already is
+    allowed here, and build_graph would stop at it before looking for a cycle.
+    """
     edges = _edges(components)
     for side in (ours, theirs):
-        try:
-            if edges <= _edges(notebook_components(side)):
-                return {}
-        except DeclarationError:
-            continue
-    from linkkernel.graph import PipelineError, build_graph
+        if edges <= {(p, d.name) for d in _cell_declarations(side).values() for p in d.parents}:
+            return {}
+    import networkx as nx
 
     try:
-        build_graph(components, "the merged notebook")
-    except PipelineError as exc:
-        import networkx as nx
-
-        graph = nx.DiGraph(list(edges))
-        index = {c.name: c.index for c in components}
-        cycle = nx.find_cycle(graph)
-        return {index[child]: (str(exc), []) for _, child in cycle}
-    return {}
+        cycle = nx.find_cycle(nx.DiGraph(list(edges)))
+    except nx.NetworkXNoCycle:
+        return {}
+    path = [parent for parent, _ in cycle] + [cycle[0][0]]
+    index = {c.name: c.index for c in components}
+    return {index[child]: (f"cycle in pipeline: {' -> '.join(path)}", []) for _, child in cycle}
 
 
 def _fallback(ours: Notebook, exc: BaseException, marker_size: int) -> MergeResult:
