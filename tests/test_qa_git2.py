@@ -81,3 +81,19 @@ def test_a_dangling_parent_already_there_does_not_turn_two_edge_additions_into_a
         ("w", ["component:wip", "parent:not_written_yet"]), ("c", ["component:c", "parent:a"]),
     ]
 
+
+@pytest.mark.parametrize("problem", [
+    [code("a = 1\n", "Component:a", id="a")],  # malformed tag
+    [code("a = 1\n", "component:a", id="a"), code("a = 2\n", "component:a", id="a2")],  # duplicate name
+])
+def test_a_declaration_problem_already_on_both_sides_is_not_a_merge_conflict(repo, problem):
+    """Like a dangling parent already there: the merge did not make it, and no side touched that cell."""
+    base, ours, theirs = sides(notebook(*problem, code("b = 1\n", id="b"), code("c = 1\n", id="c")))
+    ours["cells"][-2]["source"] = "b = 2\n"
+    theirs["cells"][-1]["source"] = "c = 2\n"
+    done = merge(repo, base, ours, theirs)
+    assert (done.returncode, done.stderr) == (0, ""), done.stdout
+    result = repo.read()
+    validate(result)
+    assert result["cells"][:len(problem)] == base["cells"][:len(problem)]
+    assert [source(c) for c in result["cells"][-2:]] == ["b = 2\n", "c = 2\n"]

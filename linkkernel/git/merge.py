@@ -519,6 +519,26 @@ def _side_declarations(notebook: Notebook) -> dict[str, Declaration]:
     return found
 
 
+def _malformed(notebook: Notebook, index: int | None) -> str | None:
+    """Why this side's cell has a malformed declaration, if it has one."""
+    if index is None:
+        return None
+    try:
+        _declaration(notebook["cells"][index])
+    except DeclarationError as exc:
+        return str(exc)
+    return None
+
+
+def _duplicated(notebook: Notebook) -> set[str]:
+    """Component names this side already declares more than once."""
+    seen: set[str] = set()
+    twice: set[str] = set()
+    for decl in _cell_declarations(notebook).values():
+        (twice if decl.name in seen else seen).add(decl.name)
+    return twice
+
+
 def check_pipeline(
     notebook: Notebook,
     renames: Callable[[], dict[str, str]],
@@ -530,21 +550,27 @@ def check_pipeline(
     """Mark cells whose merged declarations make an invalid pipeline; a valid one passes build_graph.
 
     A parent that one side renamed is followed to its new name first: the other side's new
-    reference to the old name meant the same component.
+    reference to the old name meant the same component. A problem one side already had (a
+    dangling parent, a malformed declaration, a name declared twice) is not the merge's doing:
+    it is left for the user as it was, not marked in a cell neither side may have touched.
     """
     cells = notebook["cells"]
     components: list[Component] = []
     by_name: dict[str, int] = {}
     problems: dict[int, tuple[str, list[str]]] = {}
+    duplicated = _duplicated(ours) | _duplicated(theirs)
     for n, cell in enumerate(cells):
         try:
             decl = _declaration(cell)
         except DeclarationError as exc:
-            problems[n] = (str(exc), [])
+            if str(exc) not in (_malformed(ours, origins[n][1]), _malformed(theirs, origins[n][2])):
+                problems[n] = (str(exc), [])
             continue
         if decl is None:
             continue
         if decl.name in by_name:
+            if decl.name in duplicated:
+                continue
             where = describe_cell(by_name[decl.name], None)
             problems[n] = (f"component {decl.name!r} declared twice (also in {where})", [decl.name])
             continue
