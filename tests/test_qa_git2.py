@@ -97,3 +97,41 @@ def test_a_declaration_problem_already_on_both_sides_is_not_a_merge_conflict(rep
     validate(result)
     assert result["cells"][:len(problem)] == base["cells"][:len(problem)]
     assert [source(c) for c in result["cells"][-2:]] == ["b = 2\n", "c = 2\n"]
+
+
+def attached(text, **images):
+    cell = {"cell_type": "markdown", "metadata": {}, "source": text, "id": "m1"}
+    cell["attachments"] = {name: {"image/png": data} for name, data in images.items()}
+    return cell
+
+
+@pytest.mark.parametrize("cell_type", ["markdown", "raw"])
+def test_images_attached_on_both_sides_are_all_kept(repo, cell_type):
+    """Ours' attachments won silently and theirs' image was lost; a raw cell lost them all."""
+    base, ours, theirs = sides(notebook(attached("Plot:\n![p](attachment:p.png)\n", **{"p.png": "UA=="}) | {"cell_type": cell_type}))
+    ours["cells"][0]["attachments"]["a.png"] = {"image/png": "QQ=="}
+    ours["cells"][0]["source"] = "Plot:\n![p](attachment:p.png)\n![a](attachment:a.png)\n"
+    theirs["cells"][0]["attachments"]["b.png"] = {"image/png": "Qg=="}
+    theirs["cells"][0]["source"] = "Plots:\n![p](attachment:p.png)\n"
+    done = merge(repo, base, ours, theirs)
+    assert (done.returncode, done.stderr) == (0, ""), done.stdout
+    result = repo.read()
+    validate(result)
+    assert source(result["cells"][0]) == "Plots:\n![p](attachment:p.png)\n![a](attachment:a.png)\n"
+    assert result["cells"][0]["attachments"] == {
+        "p.png": {"image/png": "UA=="}, "a.png": {"image/png": "QQ=="}, "b.png": {"image/png": "Qg=="},
+    }
+
+
+def test_the_same_attachment_replaced_differently_on_both_sides_is_a_conflict_in_the_cell(repo):
+    base, ours, theirs = sides(notebook(attached("![p](attachment:p.png)\n", **{"p.png": "UA=="})))
+    ours["cells"][0]["attachments"]["p.png"] = {"image/png": "QQ=="}
+    theirs["cells"][0]["attachments"]["p.png"] = {"image/png": "Qg=="}
+    done = merge(repo, base, ours, theirs)
+    assert done.returncode == 1
+    assert "conflict in cell 1: attachment 'p.png' changed by both sides" in done.stderr
+    result = repo.read()
+    validate(result)
+    assert "<<<<<<< ours\n" in source(result["cells"][0])
+    assert source(result["cells"][0]).endswith("![p](attachment:p.png)\n")
+    assert result["cells"][0]["attachments"] == {"p.png": {"image/png": "QQ=="}}

@@ -56,7 +56,7 @@ class Conflict:
     """
 
     cell: int | None
-    kind: str  # "source", "declaration", "metadata", "cell type", "delete", "insert", "pipeline", "internal"
+    kind: str  # "source", "declaration", "metadata", "attachment", "cell type", "delete", "insert", "pipeline", "internal"
     message: str
 
 
@@ -275,10 +275,14 @@ def merge_cell(base: Cell | None, ours: Cell, theirs: Cell, marker_size: int = 7
         _note(target, "cell type changed by both sides (ours kept)", [ours["cell_type"]], [theirs["cell_type"]], marker_size)
     conflicts += _merge_metadata(base, ours, theirs, target, marker_size)
     target.pop("attachments", None)
-    if target["cell_type"] == "markdown":
-        value, _ = _scalar(*((c or {}).get("attachments", _MISSING) for c in (base, ours, theirs)))
-        if value is not _MISSING:
-            target["attachments"] = value
+    if target["cell_type"] != "code":  # images pasted into markdown and raw cells, by name
+        attachments, clashes = _merge_mapping(*((c or {}).get("attachments") or {} for c in (base, ours, theirs)), set())
+        if attachments:
+            target["attachments"] = attachments
+        for name in clashes:
+            why = f"attachment {name!r} changed by both sides (ours kept)"
+            conflicts.append(("attachment", why))
+            _note(target, why, [f"ours' {name}"], [f"theirs' {name}"], marker_size)
     _take_outputs(base, ours, theirs, target)
     return target, conflicts
 
