@@ -135,3 +135,21 @@ def test_the_same_attachment_replaced_differently_on_both_sides_is_a_conflict_in
     assert "<<<<<<< ours\n" in source(result["cells"][0])
     assert source(result["cells"][0]).endswith("![p](attachment:p.png)\n")
     assert result["cells"][0]["attachments"] == {"p.png": {"image/png": "QQ=="}}
+
+
+def test_cell_ids_theirs_gave_an_older_notebook_are_kept_not_replaced(repo):
+    """Theirs saved the notebook in a JupyterLab that adds ids (4.5), ours still has none (4.4):
+    the merge invented 'merged-N' ids instead, so the next merge and diff could not match by id."""
+    base = notebook(code("a = 1\n", "component:a"), code("b = a\n", "component:b", "parent:a"))
+    ours, theirs = copy.deepcopy(base), copy.deepcopy(base)
+    theirs["nbformat_minor"] = 5
+    for cell, cell_id in zip(theirs["cells"], ["4f1e2a", "9c0d3b"]):
+        cell["id"] = cell_id
+    theirs["cells"].append(code("c = b\n", "component:c", "parent:b", id="77aa01"))
+    ours["cells"][0]["source"] = "a = 2\n"
+    done = merge(repo, base, ours, theirs)
+    assert (done.returncode, done.stderr) == (0, ""), done.stdout
+    result = repo.read()
+    validate(result)
+    assert result["nbformat_minor"] == 5
+    assert [(c["id"], source(c)) for c in result["cells"]] == [("4f1e2a", "a = 2\n"), ("9c0d3b", "b = a\n"), ("77aa01", "c = b\n")]

@@ -432,6 +432,10 @@ def _merge(base: Notebook, ours: Notebook, theirs: Notebook, marker_size: int) -
     keep = {k for k in cells if k[0] == "b"}
     order = merged_order(ours_keys, theirs_keys, keep, _moved(theirs_keys) - _moved(ours_keys))
     merged_cells = [cells[k] for k in order]
+    for key, cell in zip(order, merged_cells):
+        t = origin[key][2]
+        if "id" not in cell and t is not None and "id" in t_cells[t]:
+            cell["id"] = t_cells[t]["id"]  # ours predates cell ids (4.4): theirs' ids, not new ones
     conflicts = [Conflict(n, kind, msg) for n, k in enumerate(order) for kind, msg in notes.get(k, [])]
 
     notebook = dict(ours)
