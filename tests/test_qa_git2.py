@@ -153,3 +153,19 @@ def test_cell_ids_theirs_gave_an_older_notebook_are_kept_not_replaced(repo):
     validate(result)
     assert result["nbformat_minor"] == 5
     assert [(c["id"], source(c)) for c in result["cells"]] == [("4f1e2a", "a = 2\n"), ("9c0d3b", "b = a\n"), ("77aa01", "c = b\n")]
+
+
+def test_git_diff_shows_an_image_attached_replaced_or_removed(repo):
+    """A markdown cell whose pasted image changed showed no change at all."""
+    nb = notebook(attached("![p](attachment:p.png)\n", **{"p.png": "UA==", "old.png": "Tw=="}))
+    repo.commit(nb, "with images")
+    nb["cells"][0]["attachments"] = {"p.png": {"image/png": "QQ=="}, "new.png": {"image/png": "Tg=="}}
+    repo.write(nb)
+    done = repo.git("diff", check=False)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.splitlines()[-4:] == [
+        "## cell 1 modified (markdown)",
+        "   attachment 'new.png' added",
+        "   attachment 'old.png' removed",
+        "   attachment 'p.png' changed",
+    ]

@@ -91,6 +91,21 @@ def _output_text(cell: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _attachment_changes(old: Any, new: Any) -> list[str]:
+    """Images pasted into markdown and raw cells are content, not outputs: always shown, by name."""
+    if not (isinstance(old, Mapping) and isinstance(new, Mapping)):
+        return [] if old == new else ["attachments changed"]
+    changes = []
+    for name in sorted(set(old) | set(new)):
+        if name not in old:
+            changes.append(f"attachment {name!r} added")
+        elif name not in new:
+            changes.append(f"attachment {name!r} removed")
+        elif old[name] != new[name]:
+            changes.append(f"attachment {name!r} changed")
+    return changes
+
+
 def _unified(a: str, b: str, old: str = "", new: str = "") -> tuple[str, ...]:
     if a == b:
         return ()
@@ -128,6 +143,7 @@ def diff_notebooks(a: Notebook, b: Notebook, outputs: bool = False) -> NotebookD
                       for m in (old_meta, new_meta)]
         if extra_tags[0] != extra_tags[1]:
             details.append(f"tags {extra_tags[0]} -> {extra_tags[1]}")
+        details += _attachment_changes(cell.get("attachments") or {}, other.get("attachments") or {})
         if outputs:
             if cell.get("execution_count") != other.get("execution_count"):
                 details.append(f"execution count {cell.get('execution_count')} -> {other.get('execution_count')}")
