@@ -169,3 +169,15 @@ def test_git_diff_shows_an_image_attached_replaced_or_removed(repo):
         "   attachment 'old.png' removed",
         "   attachment 'p.png' changed",
     ]
+
+
+def test_linkkernel_log_names_a_non_ascii_notebook_as_it_is_called(repo):
+    """git quotes such paths in --raw output ("sub/\\303\\244.ipynb"), and log showed them that way."""
+    (repo.path / "sub").mkdir()
+    repo.commit(notebook(code("x = 'ü'\n", "component:exercise", id="u1")), "add", name="sub/Übung ä.ipynb")
+    repo.git("mv", "sub/Übung ä.ipynb", "sub/Übung ö.ipynb")
+    repo.git("commit", "-qm", "rename")
+    done = repo.linkkernel("log", "sub/Übung ö.ipynb")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert "--- a/sub/Übung ä.ipynb\n+++ b/sub/Übung ä.ipynb\n" in done.stdout
+    assert "\\303" not in done.stdout
