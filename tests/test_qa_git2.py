@@ -181,3 +181,19 @@ def test_linkkernel_log_names_a_non_ascii_notebook_as_it_is_called(repo):
     assert (done.returncode, done.stderr) == (0, "")
     assert "--- a/sub/Übung ä.ipynb\n+++ b/sub/Übung ä.ipynb\n" in done.stdout
     assert "\\303" not in done.stdout
+
+
+def test_install_again_after_nbdime_config_git_makes_linkkernel_the_driver_again(repo):
+    """nbdime's config-git appends its own '*.ipynb' lines; install saw its line present and
+    said 'registered' while git went on using nbdime's drivers, the later lines."""
+    attributes = repo.path / ".gitattributes"
+    nbdime_lines = "\n*.ipynb\tdiff=jupyternotebook\n\n*.ipynb\tmerge=jupyternotebook\n"  # what `nbdime config-git --enable` appends
+    attributes.write_text(attributes.read_text() + nbdime_lines + "docs/*.ipynb -diff\n")
+    done = repo.linkkernel("git", "install")
+    assert done.returncode == 0, done.stderr
+    assert repo.git("check-attr", "merge", "diff", "--", "nb.ipynb").stdout == "nb.ipynb: merge: linkkernel\nnb.ipynb: diff: linkkernel\n"
+    assert repo.git("check-attr", "diff", "--", "docs/x.ipynb").stdout == "docs/x.ipynb: diff: unset\n"
+    assert attributes.read_text().endswith("*.ipynb\tmerge=jupyternotebook\n*.ipynb merge=linkkernel diff=linkkernel\ndocs/*.ipynb -diff\n")
+    assert attributes.read_text().count("linkkernel") == 2
+    repo.linkkernel("git", "install")
+    assert attributes.read_text().count("linkkernel") == 2
