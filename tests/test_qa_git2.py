@@ -197,3 +197,13 @@ def test_install_again_after_nbdime_config_git_makes_linkkernel_the_driver_again
     assert attributes.read_text().count("linkkernel") == 2
     repo.linkkernel("git", "install")
     assert attributes.read_text().count("linkkernel") == 2
+
+
+@pytest.mark.parametrize("given", [".", "sub"])
+def test_log_of_a_directory_says_it_wants_a_notebook(repo, given):
+    """'linkkernel log .' said 'not a git repository', about the folder above the repository."""
+    (repo.path / "sub").mkdir()
+    repo.commit(notebook(code("x = 1\n", id="x")), "nested", name="sub/inner.ipynb")
+    done = repo.linkkernel("log", given)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == f"linkkernel log: {given} is a directory; give the notebook whose history you want\n"

@@ -127,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
     from linkkernel.git.install import warn_if_unconfigured
 
     path = Path(args.notebook).resolve()
+    if path.is_dir():  # git would log the folder's every file, or the folder above it for '.'
+        raise LinkError(f"{args.notebook} is a directory; give the notebook whose history you want")
     if not path.parent.is_dir():
         raise LinkError(f"no such directory: {path.parent}")
     if args.limit is not None and args.limit < 1:
