@@ -207,3 +207,15 @@ def test_log_of_a_directory_says_it_wants_a_notebook(repo, given):
     done = repo.linkkernel("log", given)
     assert (done.returncode, done.stdout) == (1, "")
     assert done.stderr == f"linkkernel log: {given} is a directory; give the notebook whose history you want\n"
+
+
+def test_log_shows_the_commit_that_created_the_notebook_whatever_log_show_root_says(repo):
+    """With log.showRoot=false git --follow skips the root commit: the notebook's first version vanished."""
+    nb = repo.read()
+    nb["cells"][1]["source"] = "data = [3]\n"
+    repo.commit(nb, "second")
+    repo.git("config", "log.showRoot", "false")
+    done = repo.linkkernel("log", "nb.ipynb")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert [line.strip() for line in done.stdout.splitlines() if line.startswith("    ")] == ["second", "base"]
+    assert "+ component load\n" in done.stdout
