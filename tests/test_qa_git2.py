@@ -219,3 +219,26 @@ def test_log_shows_the_commit_that_created_the_notebook_whatever_log_show_root_s
     assert (done.returncode, done.stderr) == (0, "")
     assert [line.strip() for line in done.stdout.splitlines() if line.startswith("    ")] == ["second", "base"]
     assert "+ component load\n" in done.stdout
+
+
+def test_a_line_appended_to_a_cell_does_not_conflict_with_an_edit_just_above(repo):
+    """Jupyter saves a cell's last line without a newline, so appending a line changed the old
+    last line too and conflicted with any edit next to it; git merges the same text cleanly."""
+    base, ours, theirs = sides(notebook(code(["a = 1\n", "b = 2\n", "c = 3"], id="x")))
+    ours["cells"][0]["source"] = ["a = 1\n", "b = 2\n", "c = 3\n", "d = 4"]
+    theirs["cells"][0]["source"] = ["a = 1\n", "b = 20\n", "c = 3"]
+    done = merge(repo, base, ours, theirs)
+    assert (done.returncode, done.stderr) == (0, ""), done.stdout
+    result = repo.read()
+    validate(result)
+    assert result["cells"][0]["source"] == ["a = 1\n", "b = 20\n", "c = 3\n", "d = 4"]
+
+
+@pytest.mark.parametrize(("ours", "theirs", "merged"), [
+    ("a = 1\nb = 2\n", "a = 0\nb = 2", "a = 0\nb = 2\n"),  # a final newline added on one side is kept
+    ("a = 1\nb = 3", "a = 1\nb = 4", "a = 1\n<<<<<<< ours\nb = 3\n=======\nb = 4\n>>>>>>> theirs"),
+])
+def test_final_newlines_merge_like_any_other_change(ours, theirs, merged):
+    from linkkernel.git.textmerge import merge_text
+
+    assert merge_text("a = 1\nb = 2", ours, theirs)[0] == merged
