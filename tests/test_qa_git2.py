@@ -242,3 +242,18 @@ def test_final_newlines_merge_like_any_other_change(ours, theirs, merged):
     from linkkernel.git.textmerge import merge_text
 
     assert merge_text("a = 1\nb = 2", ours, theirs)[0] == merged
+
+
+def test_git_diff_of_a_line_appended_to_a_cell_shows_only_that_line(repo):
+    """The old last line (saved without a newline by Jupyter) was shown removed and added again."""
+    nb = notebook(code(["a = 1\n", "b = 2"], id="x"), code(["x = 1"], id="y"))
+    repo.commit(nb, "two cells")
+    nb["cells"][0]["source"] = ["a = 1\n", "b = 2\n", "c = 3"]
+    nb["cells"][1]["source"] = ["x = 1\n"]
+    repo.write(nb)
+    done = repo.git("diff", check=False)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.splitlines()[2:] == [
+        "## cell 1 modified (code)", "@@ -1,2 +1,3 @@", " a = 1", " b = 2", "+c = 3",
+        "## cell 2 modified (code)", "\\ newline at the end of the cell added",
+    ]

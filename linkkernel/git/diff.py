@@ -107,10 +107,18 @@ def _attachment_changes(old: Any, new: Any) -> list[str]:
 
 
 def _unified(a: str, b: str, old: str = "", new: str = "") -> tuple[str, ...]:
+    """Line diff, as if both texts ended with a newline: Jupyter saves a cell's last line
+    without one, and a line appended must not show the old last line removed and re-added."""
     if a == b:
         return ()
-    lines = difflib.unified_diff(a.splitlines(True), b.splitlines(True), old, new, n=2, lineterm="")
-    return tuple(line.rstrip("\n") for line in list(lines)[2:])
+    a_lines, b_lines = (text.splitlines(True) for text in (a, b))
+    for lines in (a_lines, b_lines):
+        if lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n"
+    shown = tuple(line.rstrip("\n") for line in list(difflib.unified_diff(a_lines, b_lines, old, new, n=2, lineterm=""))[2:])
+    if shown:
+        return shown
+    return ("\\ newline at the end of the cell " + ("added" if b.endswith("\n") else "removed"),)
 
 
 def diff_notebooks(a: Notebook, b: Notebook, outputs: bool = False) -> NotebookDiff:
