@@ -8,13 +8,14 @@ values) with them instead of deep-copying, which was most of the time of a 2000-
   or inserted relative to base on each side, and one-sided changes are simply applied.
 * Order: ours' order, with the cells theirs moved or inserted placed after their predecessor
   in theirs' order, so a move on one side and an edit on the other stay one cell.
-* Sources merge by lines (diff3); declarations merge as sets of parents and other tags, with
+* Sources merge by lines (diff3), attachments by name; declarations merge as sets of parents and other tags, with
   a conflict only for real contradictions: both renamed differently, both re-pointed the same
   edge differently, one removed the component while the other changed it.
 * Outputs and execution counts never conflict: they follow the side whose source won, and are
   cleared when the source is a mix of both.
 * The merged pipeline is validated (unknown parent, duplicate name, cycle): such a pipeline is
-  a conflict on the cells involved, not a clean merge into a broken DAG.
+  a conflict on the cells involved, not a clean merge into a broken DAG; a problem one side
+  already had is left as it was.
 * Every conflict is marked inside its cell with git-style markers; the cell keeps both
   sides' content. Any internal error gives a conflict result, never a crash.
 """
