@@ -257,3 +257,34 @@ def test_git_diff_of_a_line_appended_to_a_cell_shows_only_that_line(repo):
         "## cell 1 modified (code)", "@@ -1,2 +1,3 @@", " a = 1", " b = 2", "+c = 3",
         "## cell 2 modified (code)", "\\ newline at the end of the cell added",
     ]
+
+
+def test_rebase_and_cherry_pick_go_through_the_driver_too(repo):
+    base = repo.read()
+    repo.git("checkout", "-q", "-b", "feature")
+    feature = copy.deepcopy(base)
+    feature["cells"][1]["source"] = "data = [7]\n"
+    repo.commit(feature, "feature: more data")
+    feature["cells"].append(code("report = model\n", "component:report", "parent:train", id="r1"))
+    repo.commit(feature, "feature: report")
+    repo.git("checkout", "-q", "main")
+    main = copy.deepcopy(base)
+    main["cells"][3]["source"] = "model = max(clean)\nprint(model)\n"
+    repo.commit(main, "main: max")
+
+    repo.git("checkout", "-q", "feature")
+    repo.git("rebase", "-q", "main")
+    result = repo.read()
+    validate(result)
+    assert [source(c) for c in result["cells"][1:]] == [
+        "data = [7]\n", "clean = [x * 2 for x in data]\n", "model = max(clean)\nprint(model)\n", "report = model\n",
+    ]
+
+    repo.git("checkout", "-q", "main")
+    main["cells"][1]["source"] = "data = [8]\n"
+    repo.commit(main, "main: other data")
+    done = repo.git("cherry-pick", "feature~1", check=False)
+    assert done.returncode == 1 and "conflict in cell 2: both sides edited the same lines" in done.stderr
+    result = repo.read()
+    validate(result)
+    assert source(result["cells"][1]) == "<<<<<<< ours\ndata = [8]\n=======\ndata = [7]\n>>>>>>> theirs\n"
