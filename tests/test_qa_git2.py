@@ -288,3 +288,22 @@ def test_rebase_and_cherry_pick_go_through_the_driver_too(repo):
     result = repo.read()
     validate(result)
     assert source(result["cells"][1]) == "<<<<<<< ours\ndata = [8]\n=======\ndata = [7]\n>>>>>>> theirs\n"
+
+
+@pytest.mark.parametrize("args", [("--cached",), ("--ours",), ("--theirs",)])
+def test_git_diff_during_a_conflicted_merge_does_not_kill_git(repo, args):
+    """For an unmerged path git calls the diff driver with the path alone; refusing it made git
+    stop with 'external diff died' exactly when the user is resolving the conflict."""
+    base = repo.read()
+    base["cells"][0]["source"] = "# Pipeline, reviewed\n"
+    ours, theirs = copy.deepcopy(base), copy.deepcopy(base)
+    ours["cells"][1]["source"] = "data = [8]\n"
+    theirs["cells"][1]["source"] = "data = [7]\n"
+    assert merge(repo, base, ours, theirs).returncode == 1
+    done = repo.git("diff", *args, check=False)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.startswith("* Unmerged path nb.ipynb\n")
+    if args != ("--cached",):  # against one side, the working file with its markers
+        assert "## cell 2 modified (component load)" in done.stdout and "+<<<<<<< ours" in done.stdout
+    done = repo.linkkernel("diff", "nb.ipynb")  # a user's one argument is still a mistake
+    assert (done.returncode, done.stderr) == (1, "linkkernel diff: expected A.ipynb B.ipynb, got 1 files\n")

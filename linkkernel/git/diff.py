@@ -277,7 +277,7 @@ def notebook_as_text(notebook: Notebook) -> str:
 
 def configure_diff(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE",
-                        help="A.ipynb B.ipynb (git's 7 or, for a rename, 9 diff-driver arguments are accepted too)")
+                        help="A.ipynb B.ipynb (git's 1, 7 or 9 diff-driver arguments are accepted too)")
     parser.add_argument("--outputs", action="store_true", help="also compare outputs and execution counts")
     parser.add_argument("--html", metavar="FILE", help="write an HTML page drawing both pipelines with the change")
     add_colour_options(parser)
@@ -315,6 +315,9 @@ def run(args: argparse.Namespace) -> int:
     from linkkernel.errors import LinkError
     from linkkernel.git import nbio
 
+    if len(args.files) == 1 and "GIT_DIFF_PATH_TOTAL" in os.environ:  # git, for an unmerged path: say so as git does
+        sys.stdout.write(f"* Unmerged path {args.files[0]}\n")
+        return 0
     if len(args.files) in (7, 9):  # git: path old-file old-hex old-mode new-file new-hex new-mode [new-path how]
         old_path, new_path = args.files[1], args.files[4]
         old_name, new_name = f"a/{args.files[0]}", f"b/{args.files[7 if len(args.files) == 9 else 0]}"
