@@ -307,3 +307,13 @@ def test_git_diff_during_a_conflicted_merge_does_not_kill_git(repo, args):
         assert "## cell 2 modified (component load)" in done.stdout and "+<<<<<<< ours" in done.stdout
     done = repo.linkkernel("diff", "nb.ipynb")  # a user's one argument is still a mistake
     assert (done.returncode, done.stderr) == (1, "linkkernel diff: expected A.ipynb B.ipynb, got 1 files\n")
+
+
+def test_diff_outputs_of_a_hand_edited_output_is_not_a_traceback(repo):
+    """An output whose 'data' is not an object (a hand edit, a broken tool) crashed --outputs."""
+    nb = repo.read()
+    nb["cells"][3]["outputs"] = [{"output_type": "display_data", "data": "12", "metadata": {}}]
+    repo.write(nb, "other.ipynb")
+    done = repo.linkkernel("diff", "--outputs", "nb.ipynb", "other.ipynb")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert "## cell 4 modified (component train)\n   outputs changed\n  @@ -1 +1 @@\n  -12\n  +<display_data>\n" in done.stdout

@@ -85,7 +85,8 @@ def _visible_metadata(cell: Mapping[str, Any]) -> dict[str, Any]:
 def _output_text(cell: Mapping[str, Any]) -> list[str]:
     lines = []
     for output in cell.get("outputs") or []:
-        text = output.get("text") or (output.get("data") or {}).get("text/plain") or output.get("evalue") or ""
+        data = output.get("data")
+        text = output.get("text") or (data.get("text/plain") if isinstance(data, Mapping) else "") or output.get("evalue") or ""
         text = "".join(map(str, text)) if isinstance(text, list) else str(text)
         lines.extend(text.splitlines(True) or [f"<{output.get('output_type')}>\n"])
     return lines
