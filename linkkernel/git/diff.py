@@ -85,17 +85,41 @@ def _visible_metadata(cell: Mapping[str, Any]) -> dict[str, Any]:
 def _output_text(cell: Mapping[str, Any]) -> list[str]:
     lines = []
     for output in cell.get("outputs") or []:
-        text = output.get("text") or (output.get("data") or {}).get("text/plain") or output.get("evalue") or ""
+        data = output.get("data")
+        text = output.get("text") or (data.get("text/plain") if isinstance(data, Mapping) else "") or output.get("evalue") or ""
         text = "".join(map(str, text)) if isinstance(text, list) else str(text)
         lines.extend(text.splitlines(True) or [f"<{output.get('output_type')}>\n"])
     return lines
 
 
+def _attachment_changes(old: Any, new: Any) -> list[str]:
+    """Images pasted into markdown and raw cells are content, not outputs: always shown, by name."""
+    if not (isinstance(old, Mapping) and isinstance(new, Mapping)):
+        return [] if old == new else ["attachments changed"]
+    changes = []
+    for name in sorted(set(old) | set(new)):
+        if name not in old:
+            changes.append(f"attachment {name!r} added")
+        elif name not in new:
+            changes.append(f"attachment {name!r} removed")
+        elif old[name] != new[name]:
+            changes.append(f"attachment {name!r} changed")
+    return changes
+
+
 def _unified(a: str, b: str, old: str = "", new: str = "") -> tuple[str, ...]:
+    """Line diff, as if both texts ended with a newline: Jupyter saves a cell's last line
+    without one, and a line appended must not show the old last line removed and re-added."""
     if a == b:
         return ()
-    lines = difflib.unified_diff(a.splitlines(True), b.splitlines(True), old, new, n=2, lineterm="")
-    return tuple(line.rstrip("\n") for line in list(lines)[2:])
+    a_lines, b_lines = (text.splitlines(True) for text in (a, b))
+    for lines in (a_lines, b_lines):
+        if lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n"
+    shown = tuple(line.rstrip("\n") for line in list(difflib.unified_diff(a_lines, b_lines, old, new, n=2, lineterm=""))[2:])
+    if shown:
+        return shown
+    return ("\\ newline at the end of the cell " + ("added" if b.endswith("\n") else "removed"),)
 
 
 def diff_notebooks(a: Notebook, b: Notebook, outputs: bool = False) -> NotebookDiff:
@@ -128,6 +152,7 @@ def diff_notebooks(a: Notebook, b: Notebook, outputs: bool = False) -> NotebookD
                       for m in (old_meta, new_meta)]
         if extra_tags[0] != extra_tags[1]:
             details.append(f"tags {extra_tags[0]} -> {extra_tags[1]}")
+        details += _attachment_changes(cell.get("attachments") or {}, other.get("attachments") or {})
         if outputs:
             if cell.get("execution_count") != other.get("execution_count"):
                 details.append(f"execution count {cell.get('execution_count')} -> {other.get('execution_count')}")
@@ -253,7 +278,7 @@ def notebook_as_text(notebook: Notebook) -> str:
 
 def configure_diff(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE",
-                        help="A.ipynb B.ipynb (git's 7 diff-driver arguments are accepted too)")
+                        help="A.ipynb B.ipynb (git's 1, 7 or 9 diff-driver arguments are accepted too)")
     parser.add_argument("--outputs", action="store_true", help="also compare outputs and execution counts")
     parser.add_argument("--html", metavar="FILE", help="write an HTML page drawing both pipelines with the change")
     add_colour_options(parser)
@@ -291,9 +316,12 @@ def run(args: argparse.Namespace) -> int:
     from linkkernel.errors import LinkError
     from linkkernel.git import nbio
 
-    if len(args.files) == 7:  # git: path old-file old-hex old-mode new-file new-hex new-mode
+    if len(args.files) == 1 and "GIT_DIFF_PATH_TOTAL" in os.environ:  # git, for an unmerged path: say so as git does
+        sys.stdout.write(f"* Unmerged path {args.files[0]}\n")
+        return 0
+    if len(args.files) in (7, 9):  # git: path old-file old-hex old-mode new-file new-hex new-mode [new-path how]
         old_path, new_path = args.files[1], args.files[4]
-        old_name, new_name = f"a/{args.files[0]}", f"b/{args.files[0]}"
+        old_name, new_name = f"a/{args.files[0]}", f"b/{args.files[7 if len(args.files) == 9 else 0]}"
     elif len(args.files) == 2:
         old_path, new_path = old_name, new_name = args.files
         from linkkernel.git.install import warn_if_unconfigured
@@ -304,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         old, new = nbio.read(old_path), nbio.read(new_path)
     except LinkError as exc:
-        if len(args.files) != 7:
+        if len(args.files) == 2:
             raise
         # git stops its whole diff at a driver that fails ('external diff died'), hiding every
         # file after this one: show a broken file (a text merge's markers) as text instead

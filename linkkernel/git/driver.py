@@ -45,7 +45,10 @@ def run(args: argparse.Namespace) -> int:
         raise LinkError(f"expected BASE OURS THEIRS (or git's %O %A %B %L %P), got {len(args.files)} files")
     if marker_size < 1:
         raise LinkError(f"marker size must be positive, not {marker_size}")
-    result = merge_notebooks(nbio.read(base), nbio.read(ours), nbio.read(theirs), marker_size)
+    # git's %O %A %B are temp files (.merge_file_XXXXXX): name the notebook and the version instead
+    names = [f"{shown} ({side})" if len(args.files) == 5 else None for side in ("base", "ours", "theirs")]
+    notebooks = [nbio.read(path, where) for path, where in zip((base, ours, theirs), names)]
+    result = merge_notebooks(*notebooks, marker_size)
     nbio.write(result.notebook, output)
     for conflict in result.conflicts:
         where = "the notebook metadata" if conflict.cell is None else f"cell {conflict.cell + 1}"

@@ -71,9 +71,33 @@ def install(global_: bool = False) -> Path:
     lines, newline = _attribute_lines(attributes)
     for key, value in git_settings().items():
         _git("config", *scope, key, value)
-    if ATTRIBUTES_LINE not in lines:
-        _write_attributes(attributes, [*lines, ATTRIBUTES_LINE], newline)
+    placed = _placed(lines)
+    if placed != lines:
+        _write_attributes(attributes, placed, newline)
     return attributes
+
+
+def _sets_driver(line: str) -> bool:
+    fields = line.split()
+    return bool(fields) and fields[0] == "*.ipynb" and any(
+        field.lstrip("-!").partition("=")[0] in ("merge", "diff", "binary") for field in fields[1:]
+    )
+
+
+def _placed(lines: list[str]) -> list[str]:
+    """The attribute lines with ours after every other '*.ipynb' driver line.
+
+    git takes the last line that matches, so nbdime's `config-git` lines written after ours
+    would silently win; lines for narrower patterns (`docs/*.ipynb -diff`) keep their place.
+    """
+    others = [n for n, line in enumerate(lines) if _sets_driver(line) and line.strip() != ATTRIBUTES_LINE]
+    ours = [n for n, line in enumerate(lines) if line.strip() == ATTRIBUTES_LINE]
+    if ours and (not others or ours[-1] > others[-1]):
+        return lines
+    if not others:
+        return [*lines, ATTRIBUTES_LINE]
+    before = [line for line in lines[:others[-1] + 1] if line.strip() != ATTRIBUTES_LINE]
+    return [*before, ATTRIBUTES_LINE, *lines[others[-1] + 1:]]
 
 
 def uninstall(global_: bool = False) -> Path:

@@ -36,8 +36,10 @@ class Commit:
 def commits(path: Path, limit: int | None) -> list[Commit]:
     """Commits that changed `path`, newest first, following renames, merges against their first parent."""
     fmt = "%x00%H%x00%an <%ae>%x00%ad%x00%B%x00"  # FIELD as git's escape (argv holds no NUL); then --raw lines
-    # --literal-pathspecs: 'nb[1].ipynb' is that file, not a glob that also matches nb1.ipynb
-    args = ["git", "--literal-pathspecs", "log", "--follow", "--raw", "--no-abbrev", "--diff-merges=first-parent", f"--format={fmt}"]
+    # --literal-pathspecs: 'nb[1].ipynb' is that file, not a glob that also matches nb1.ipynb;
+    # core.quotePath=false: --raw names 'Übung.ipynb' as it is, not as "\303\234bung.ipynb";
+    # --root: the commit that created the notebook is listed even with log.showRoot=false
+    args = ["git", "--literal-pathspecs", "-c", "core.quotePath=false", "log", "--root", "--follow", "--raw", "--no-abbrev", "--diff-merges=first-parent", f"--format={fmt}"]
     if limit is not None:
         args.append(f"-n{limit}")
     done = subprocess.run([*args, "--", path.name], cwd=path.parent, capture_output=True, text=True)
@@ -126,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
     from linkkernel.git.install import warn_if_unconfigured
 
     path = Path(args.notebook).resolve()
+    if path.is_dir():  # git would log the folder's every file, or the folder above it for '.'
+        raise LinkError(f"{args.notebook} is a directory; give the notebook whose history you want")
     if not path.parent.is_dir():
         raise LinkError(f"no such directory: {path.parent}")
     if args.limit is not None and args.limit < 1:

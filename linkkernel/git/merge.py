@@ -8,13 +8,14 @@ values) with them instead of deep-copying, which was most of the time of a 2000-
   or inserted relative to base on each side, and one-sided changes are simply applied.
 * Order: ours' order, with the cells theirs moved or inserted placed after their predecessor
   in theirs' order, so a move on one side and an edit on the other stay one cell.
-* Sources merge by lines (diff3); declarations merge as sets of parents and other tags, with
+* Sources merge by lines (diff3), attachments by name; declarations merge as sets of parents and other tags, with
   a conflict only for real contradictions: both renamed differently, both re-pointed the same
   edge differently, one removed the component while the other changed it.
 * Outputs and execution counts never conflict: they follow the side whose source won, and are
   cleared when the source is a mix of both.
 * The merged pipeline is validated (unknown parent, duplicate name, cycle): such a pipeline is
-  a conflict on the cells involved, not a clean merge into a broken DAG.
+  a conflict on the cells involved, not a clean merge into a broken DAG; a problem one side
+  already had is left as it was.
 * Every conflict is marked inside its cell with git-style markers; the cell keeps both
   sides' content. Any internal error gives a conflict result, never a crash.
 """
@@ -32,7 +33,6 @@ from linkkernel.declarations import (
     Declaration,
     DeclarationError,
     describe_cell,
-    notebook_components,
     parse_declaration,
 )
 from linkkernel.git.match import match_cells, monotone_chain
@@ -57,7 +57,7 @@ class Conflict:
     """
 
     cell: int | None
-    kind: str  # "source", "declaration", "metadata", "cell type", "delete", "insert", "pipeline", "internal"
+    kind: str  # "source", "declaration", "metadata", "attachment", "cell type", "delete", "insert", "pipeline", "internal"
     message: str
 
 
@@ -276,10 +276,14 @@ def merge_cell(base: Cell | None, ours: Cell, theirs: Cell, marker_size: int = 7
         _note(target, "cell type changed by both sides (ours kept)", [ours["cell_type"]], [theirs["cell_type"]], marker_size)
     conflicts += _merge_metadata(base, ours, theirs, target, marker_size)
     target.pop("attachments", None)
-    if target["cell_type"] == "markdown":
-        value, _ = _scalar(*((c or {}).get("attachments", _MISSING) for c in (base, ours, theirs)))
-        if value is not _MISSING:
-            target["attachments"] = value
+    if target["cell_type"] != "code":  # images pasted into markdown and raw cells, by name
+        attachments, clashes = _merge_mapping(*((c or {}).get("attachments") or {} for c in (base, ours, theirs)), set())
+        if attachments:
+            target["attachments"] = attachments
+        for name in clashes:
+            why = f"attachment {name!r} changed by both sides (ours kept)"
+            conflicts.append(("attachment", why))
+            _note(target, why, [f"ours' {name}"], [f"theirs' {name}"], marker_size)
     _take_outputs(base, ours, theirs, target)
     return target, conflicts
 
@@ -429,6 +433,10 @@ def _merge(base: Notebook, ours: Notebook, theirs: Notebook, marker_size: int) -
     keep = {k for k in cells if k[0] == "b"}
     order = merged_order(ours_keys, theirs_keys, keep, _moved(theirs_keys) - _moved(ours_keys))
     merged_cells = [cells[k] for k in order]
+    for key, cell in zip(order, merged_cells):
+        t = origin[key][2]
+        if "id" not in cell and t is not None and "id" in t_cells[t]:
+            cell["id"] = t_cells[t]["id"]  # ours predates cell ids (4.4): theirs' ids, not new ones
     conflicts = [Conflict(n, kind, msg) for n, k in enumerate(order) for kind, msg in notes.get(k, [])]
 
     notebook = dict(ours)
@@ -520,6 +528,26 @@ def _side_declarations(notebook: Notebook) -> dict[str, Declaration]:
     return found
 
 
+def _malformed(notebook: Notebook, index: int | None) -> str | None:
+    """Why this side's cell has a malformed declaration, if it has one."""
+    if index is None:
+        return None
+    try:
+        _declaration(notebook["cells"][index])
+    except DeclarationError as exc:
+        return str(exc)
+    return None
+
+
+def _duplicated(notebook: Notebook) -> set[str]:
+    """Component names this side already declares more than once."""
+    seen: set[str] = set()
+    twice: set[str] = set()
+    for decl in _cell_declarations(notebook).values():
+        (twice if decl.name in seen else seen).add(decl.name)
+    return twice
+
+
 def check_pipeline(
     notebook: Notebook,
     renames: Callable[[], dict[str, str]],
@@ -531,21 +559,27 @@ def check_pipeline(
     """Mark cells whose merged declarations make an invalid pipeline; a valid one passes build_graph.
 
     A parent that one side renamed is followed to its new name first: the other side's new
-    reference to the old name meant the same component.
+    reference to the old name meant the same component. A problem one side already had (a
+    dangling parent, a malformed declaration, a name declared twice) is not the merge's doing:
+    it is left for the user as it was, not marked in a cell neither side may have touched.
     """
     cells = notebook["cells"]
     components: list[Component] = []
     by_name: dict[str, int] = {}
     problems: dict[int, tuple[str, list[str]]] = {}
+    duplicated = _duplicated(ours) | _duplicated(theirs)
     for n, cell in enumerate(cells):
         try:
             decl = _declaration(cell)
         except DeclarationError as exc:
-            problems[n] = (str(exc), [])
+            if str(exc) not in (_malformed(ours, origins[n][1]), _malformed(theirs, origins[n][2])):
+                problems[n] = (str(exc), [])
             continue
         if decl is None:
             continue
         if decl.name in by_name:
+            if decl.name in duplicated:
+                continue
             where = describe_cell(by_name[decl.name], None)
             problems[n] = (f"component {decl.name!r} declared twice (also in {where})", [decl.name])
             continue
@@ -588,26 +622,24 @@ def _edges(components: Sequence[Component]) -> set[tuple[str, str]]:
 
 
 def _cycle_problems(components: Sequence[Component], ours: Notebook, theirs: Notebook) -> dict[int, tuple[str, list[str]]]:
-    """A cycle needs edges from both sides: a subset of one side's (valid) DAG has none."""
+    """A cycle needs edges from both sides: a subset of one side's (valid) DAG has none.
+
+    Looked for directly, not through `build_graph`: a parent dangling on one side already is
+    allowed here, and build_graph would stop at it before looking for a cycle.
+    """
     edges = _edges(components)
     for side in (ours, theirs):
-        try:
-            if edges <= _edges(notebook_components(side)):
-                return {}
-        except DeclarationError:
-            continue
-    from linkkernel.graph import PipelineError, build_graph
+        if edges <= {(p, d.name) for d in _cell_declarations(side).values() for p in d.parents}:
+            return {}
+    import networkx as nx
 
     try:
-        build_graph(components, "the merged notebook")
-    except PipelineError as exc:
-        import networkx as nx
-
-        graph = nx.DiGraph(list(edges))
-        index = {c.name: c.index for c in components}
-        cycle = nx.find_cycle(graph)
-        return {index[child]: (str(exc), []) for _, child in cycle}
-    return {}
+        cycle = nx.find_cycle(nx.DiGraph(list(edges)))
+    except nx.NetworkXNoCycle:
+        return {}
+    path = [parent for parent, _ in cycle] + [cycle[0][0]]
+    index = {c.name: c.index for c in components}
+    return {index[child]: (f"cycle in pipeline: {' -> '.join(path)}", []) for _, child in cycle}
 
 
 def _fallback(ours: Notebook, exc: BaseException, marker_size: int) -> MergeResult:

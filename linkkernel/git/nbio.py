@@ -52,8 +52,11 @@ def loads(text: str | bytes, where: str) -> Notebook:
     return notebook
 
 
-def read(path: str | Path) -> Notebook:
-    """Read a notebook file; a missing or empty file (git's /dev/null side) is an empty notebook."""
+def read(path: str | Path, where: str | None = None) -> Notebook:
+    """Read a notebook file; a missing or empty file (git's /dev/null side) is an empty notebook.
+
+    `where` names it in errors when the path means nothing to the user (git's temp files).
+    """
     path = Path(path)
     if str(path) == "/dev/null":
         return empty_notebook()
@@ -61,7 +64,7 @@ def read(path: str | Path) -> Notebook:
         data = path.read_bytes()
     except OSError as exc:
         raise LinkError(f"cannot read {path}: {exc.strerror}") from None
-    return loads(data, str(path))
+    return loads(data, where or str(path))
 
 
 def dumps(notebook: Notebook) -> str:

@@ -95,11 +95,30 @@ def conflict_block(ours: list[str], theirs: list[str], marker_size: int) -> list
     ]
 
 
+def _final_newline(base: str | None, ours: str, theirs: str) -> bool:
+    """Whether the merged text ends with a newline: a change to that on one side wins."""
+    o, t = ours.endswith("\n"), theirs.endswith("\n")
+    if o == t or base is None:
+        return o
+    return t if o == base.endswith("\n") else o
+
+
+def _with_final_newline(text: str) -> str:
+    return text + "\n" if text and not text.endswith("\n") else text
+
+
 def merge_text(base: str | None, ours: str, theirs: str, marker_size: int = 7) -> tuple[str, int]:
-    """The merged source and how many conflict blocks it holds."""
+    """The merged source and how many conflict blocks it holds.
+
+    Jupyter saves a cell's last line without a newline, so appending a line would change the
+    old last line too and conflict with an edit just above it: the lines are merged as if all
+    three ended with a newline, and the final newline is merged on its own.
+    """
     out: list[str] = []
     conflicts = 0
-    regions = merge_regions(base, ours, theirs)
+    final_newline = _final_newline(base, ours, theirs)
+    base = None if base is None else _with_final_newline(base)
+    regions = merge_regions(base, _with_final_newline(ours), _with_final_newline(theirs))
     for kind, first, second in regions:
         if kind == "same":
             out.extend(first)
@@ -109,6 +128,6 @@ def merge_text(base: str | None, ours: str, theirs: str, marker_size: int = 7) -
             out[-1] += "\n"
         out.extend(conflict_block(first, second, marker_size))
     text = "".join(out)
-    if conflicts and regions[-1][0] == "conflict" and not (ours.endswith("\n") or theirs.endswith("\n")):
+    if not final_newline and text.endswith("\n"):
         text = text[:-1]
     return text, conflicts
