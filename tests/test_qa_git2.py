@@ -317,3 +317,31 @@ def test_diff_outputs_of_a_hand_edited_output_is_not_a_traceback(repo):
     done = repo.linkkernel("diff", "--outputs", "nb.ipynb", "other.ipynb")
     assert (done.returncode, done.stderr) == (0, "")
     assert "## cell 4 modified (component train)\n   outputs changed\n  @@ -1 +1 @@\n  -12\n  +<display_data>\n" in done.stdout
+
+
+def test_git_diff_shows_the_notebook_switched_to_another_kernel_but_not_what_kernels_record(repo):
+    """Switching a notebook off Link Python turns its pipeline off: a reviewer must see it.
+    The Python version and VS Code's interpreter hash, recorded as the notebook runs, are noise."""
+    nb = repo.read()
+    nb["metadata"]["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb["metadata"]["language_info"] = {"name": "python", "version": "3.12.1"}
+    nb["metadata"]["vscode"] = {"interpreter": {"hash": "ab12"}}
+    nb["metadata"]["title"] = "Churn"
+    repo.write(nb)
+    done = repo.git("diff")
+    assert "## notebook\n   kernel link-python -> python3\n   metadata 'title' changed\n" in done.stdout
+    assert "language_info" not in done.stdout and "vscode" not in done.stdout
+
+
+def test_vscode_metadata_written_on_both_sides_is_no_merge_conflict(repo):
+    base = repo.read()
+    base["metadata"]["vscode"] = {"interpreter": {"hash": "base"}}
+    ours, theirs = copy.deepcopy(base), copy.deepcopy(base)
+    ours["metadata"]["vscode"] = {"interpreter": {"hash": "ours"}}
+    theirs["metadata"]["vscode"] = {"interpreter": {"hash": "theirs"}}
+    theirs["cells"][1]["source"] = "data = [7]\n"
+    done = merge(repo, base, ours, theirs)
+    assert done.returncode == 0, done.stdout + done.stderr
+    merged = repo.read()
+    validate(merged)
+    assert merged["cells"][1]["source"] == "data = [7]\n"

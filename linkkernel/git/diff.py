@@ -18,7 +18,7 @@ from typing import Any
 
 from linkkernel.declarations import TAG_KINDS, Declaration, DeclarationError, cell_source, parse_declaration
 from linkkernel.git.match import match_cells, monotone_chain
-from linkkernel.git.nbio import UI_METADATA, Notebook
+from linkkernel.git.nbio import RECORDED_NOTEBOOK_METADATA, UI_METADATA, Notebook
 
 
 
@@ -52,9 +52,29 @@ class NotebookDiff:
     pipeline: PipelineChange
     old_components: dict[str, Declaration]
     new_components: dict[str, Declaration]
+    metadata: list[str] = field(default_factory=list)  # the notebook's own, one line each
 
     def __bool__(self) -> bool:
-        return bool(self.cells or self.pipeline)
+        return bool(self.cells or self.pipeline or self.metadata)
+
+
+def _kernel_name(metadata: Mapping[str, Any]) -> str:
+    spec = metadata.get("kernelspec")
+    name = spec.get("name") if isinstance(spec, Mapping) else None
+    return str(name) if name else "(none)"
+
+
+def _notebook_metadata_changes(old: Any, new: Any) -> list[str]:
+    """The notebook's kernel by name (switching a notebook off Link Python turns its pipeline
+    off), then any other key that changed, except what kernels and editors record as they run."""
+    old, new = (m if isinstance(m, Mapping) else {} for m in (old, new))
+    changes = []
+    if _kernel_name(old) != _kernel_name(new):
+        changes.append(f"kernel {_kernel_name(old)} -> {_kernel_name(new)}")
+    for key in sorted((set(old) | set(new)) - RECORDED_NOTEBOOK_METADATA - {"kernelspec"}):
+        if old.get(key) != new.get(key):
+            changes.append(f"metadata {key!r} changed")
+    return changes
 
 
 def _declarations(notebook: Notebook, side: str, malformed: list[str]) -> dict[int, Declaration]:
@@ -180,7 +200,8 @@ def diff_notebooks(a: Notebook, b: Notebook, outputs: bool = False) -> NotebookD
     changes.sort(key=lambda c: (position(c), c.kind != "removed"))
     pipeline = _pipeline_change(a_decl, b_decl, pairs)
     pipeline.malformed = malformed
-    return NotebookDiff(changes, pipeline, {d.name: d for d in a_decl.values()}, {d.name: d for d in b_decl.values()})
+    return NotebookDiff(changes, pipeline, {d.name: d for d in a_decl.values()}, {d.name: d for d in b_decl.values()},
+                        _notebook_metadata_changes(a.get("metadata"), b.get("metadata")))
 
 
 def _tags(decl: Declaration | None) -> str:
@@ -225,6 +246,9 @@ def render_text(diff: NotebookDiff, color: bool = False, old_name: str = "a", ne
     if not diff:
         return ""
     out.append(paint("header", f"--- {old_name}\n+++ {new_name}"))
+    if diff.metadata:
+        out.append(paint("modified", "## notebook"))
+        out.extend(paint("note", "   " + line) for line in diff.metadata)
     for change in diff.cells:
         if change.kind == "added":
             head = f"cell {change.new + 1} added ({change.label})"

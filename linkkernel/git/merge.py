@@ -36,16 +36,13 @@ from linkkernel.declarations import (
     parse_declaration,
 )
 from linkkernel.git.match import match_cells, monotone_chain
-from linkkernel.git.nbio import UI_METADATA, Cell, Notebook, cell_source, set_source
+from linkkernel.git.nbio import RECORDED_NOTEBOOK_METADATA, UI_METADATA, Cell, Notebook, cell_source, set_source
 from linkkernel.git.textmerge import conflict_block, merge_text
 
 _MISSING = object()
 # Two cells added at the same place are one cell added twice only when nearly identical;
 # otherwise both are kept, one after the other, as git keeps two different added files.
 SAME_NEW_CELL = 0.8
-# Notebook metadata a kernel or frontend records as it runs (its Python version, widget
-# state): both sides having re-run the notebook is no contradiction to stop a merge for.
-RECORDED_NOTEBOOK_METADATA = frozenset({"language_info", "widgets"})
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,12 @@ Cell = dict[str, Any]
 # Cell metadata that records how a cell looks in the UI, not what it does: a diff does not
 # show it and a merge never conflicts on it.
 UI_METADATA = frozenset({"collapsed", "scrolled", "jupyter", "execution", "ExecuteTime", "editable", "deletable", "trusted"})
+# Notebook metadata a kernel or an editor records as it runs (its Python version, widget state,
+# VS Code's per-machine interpreter hash): both sides having re-run the notebook is no
+# contradiction to stop a merge for, nor a change to show in a review.
+RECORDED_NOTEBOOK_METADATA = frozenset({"language_info", "widgets", "vscode"})
 
-__all__ = ["UI_METADATA", "Cell", "Notebook", "cell_source", "dumps", "empty_notebook", "loads", "read", "set_source", "write"]
+__all__ = ["RECORDED_NOTEBOOK_METADATA", "UI_METADATA", "Cell", "Notebook", "cell_source", "dumps", "empty_notebook", "loads", "read", "set_source", "write"]
 
 
 def empty_notebook() -> Notebook:
