@@ -45,6 +45,26 @@ class FrozenMap(mmap.mmap):
         return None if start is None or base is None else start - base
 
 
+def allow_many_maps() -> None:
+    """Raise this process's soft limit of open files to its hard limit, as `ulimit -n` would.
+
+    Each large frozen buffer keeps its file open (a memfd, a verified blob file) for as long as
+    a value, a child or the cache holds it: at the usual soft limit of 1024, a pipeline of a
+    thousand large arrays would fail to freeze its next one. The hard limit (commonly 524288)
+    is what the system allows this user anyway."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard or soft == resource.RLIM_INFINITY:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):  # a hard limit of "unlimited" is above what Linux allows
+        pass
+
+
 def freeze_buffer(buffer: memoryview) -> memoryview:
     """An immutable private copy of `buffer`: in a memfd when large (so children can map it)."""
     if not SUPPORTED or buffer.nbytes < MIN_SIZE:

@@ -319,3 +319,28 @@ def test_a_kernel_stopped_while_waiting_for_an_answer_takes_it_once_it_runs_agai
             os.kill(asking.pid, signal.SIGCONT)
             asking.kill()
         w.stop()
+
+
+def test_kernels_and_task_processes_may_hold_as_many_files_as_the_system_allows(tmp, key_file) -> None:
+    """Each large buffer held stays mapped from its open file: a kernel or a task started
+    under the usual soft limit of 1024 raises it to the hard limit, as `ulimit -n` would."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(256, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+    try:
+        w = WorkerProcess(str(tmp / "store"), key_file, tmp)
+        k = Kernel()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        registry.add("limits", w.address, str(tmp / "store"), str(key_file))
+        limit = "import resource\nlimit = resource.getrlimit(resource.RLIMIT_NOFILE)"
+        assert k.execute(limit + "\nprint(limit)").stdout == f"({hard}, {hard})\n"
+        remote = Notebook(k, tmp / "limits.ipynb").add("far", limit, remote="limits").use().run("far")
+        assert remote.status == "ok", remote.traceback_text
+        assert k.execute("print(limit)").stdout == f"({hard}, {hard})\n"
+    finally:
+        k.shutdown()
+        w.stop()

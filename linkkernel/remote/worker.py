@@ -825,6 +825,7 @@ def _check_listen(address: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from linkkernel.cow import allow_many_maps
     from linkkernel.remote.protocol import load_or_create_curve_key, read_key
     from linkkernel.remote.storage import parse_options, refuse_unshareable
 
@@ -847,6 +848,7 @@ def run(args: argparse.Namespace) -> int:
                 raise LinkError(f"--preload {module}: {exc}") from None
     if args.storage.startswith("s3"):
         importlib.import_module("s3fs")
+    allow_many_maps()  # for the task processes, which map each large input from its file
     worker = Worker(args.listen, args.storage, parse_options(args.storage_option), key, args.slots, curve_secret)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"linkkernel worker ready on {worker.address}", flush=True)
