@@ -10,6 +10,7 @@ gigabytes. Where any of this is unavailable the callers fall back to copies and 
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
 import pickle
@@ -66,20 +67,32 @@ def allow_many_maps() -> None:
 
 
 def freeze_buffer(buffer: memoryview) -> memoryview:
-    """An immutable private copy of `buffer`: in a memfd when large (so children can map it)."""
+    """An immutable private copy of `buffer`: in a memfd when large (so children can map it);
+    in memory when small, or when this process has no file left to open (children copy it)."""
     if not SUPPORTED or buffer.nbytes < MIN_SIZE:
         return memoryview(bytes(buffer))
-    fd = os.memfd_create("linkkernel-blob", os.MFD_CLOEXEC)
+    try:
+        fd = os.memfd_create("linkkernel-blob", os.MFD_CLOEXEC)
+    except OSError as exc:
+        if not _out_of_files(exc):
+            raise
+        return memoryview(bytes(buffer))
     try:
         os.ftruncate(fd, buffer.nbytes)
         with open(fd, "wb", closefd=False, buffering=0) as f:
             f.write(buffer.cast("B"))
-        frozen = FrozenMap(fd, buffer.nbytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
-    except BaseException:
+        frozen = FrozenMap(fd, buffer.nbytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)  # a map keeps a duplicate fd
+    except BaseException as exc:
         os.close(fd)
+        if isinstance(exc, OSError) and _out_of_files(exc):
+            return memoryview(bytes(buffer))
         raise
     frozen.fd = fd
     return memoryview(frozen)
+
+
+def _out_of_files(exc: OSError) -> bool:
+    return exc.errno in (errno.EMFILE, errno.ENFILE)
 
 
 def _private_map(buffer: memoryview) -> mmap.mmap | None:
@@ -89,7 +102,12 @@ def _private_map(buffer: memoryview) -> mmap.mmap | None:
     offset = owner.offset_of(buffer)
     if offset is None or offset % mmap.ALLOCATIONGRANULARITY:
         return None
-    return mmap.mmap(owner.fd, buffer.nbytes, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)
+    try:
+        return mmap.mmap(owner.fd, buffer.nbytes, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)
+    except OSError as exc:  # a map keeps a duplicate of the file open
+        if not _out_of_files(exc):
+            raise
+        return None  # the caller copies
 
 
 class Loaded:

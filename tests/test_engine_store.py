@@ -101,3 +101,22 @@ def test_a_blob_file_not_in_the_blob_format_is_one_line_not_a_crash(tmp_path, he
     path.write_bytes(len(header).to_bytes(8, "little") + header)
     with pytest.raises(LinkError, match=f"cannot read cached value {blob.digest[:16]} .*: not a linkkernel blob"):
         CacheStore(url, str(tmp_path / "nb.ipynb")).load(blob.digest, {})
+
+
+def test_freezing_with_no_file_descriptor_left_copies_instead_of_failing():
+    """Past the limit of open files, a large buffer is frozen as a copy in memory, and its
+    value still loads; nothing fails."""
+    import subprocess
+    import sys
+
+    script = (
+        "import resource, numpy as np\n"
+        "from linkkernel.store import freeze\n"
+        "from linkkernel.namespaces import dump\n"
+        "from linkkernel.cow import Loaded\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n"
+        "frozen = [freeze(dump('a', np.full(200_000, float(i)))) for i in range(100)]\n"
+        "print(sum(float(Loaded(b, {}).value[0]) for b in frozen))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=str(__import__("pathlib").Path(__file__).parent.parent))
+    assert (done.returncode, done.stdout) == (0, "4950.0\n"), done.stderr
