@@ -234,6 +234,7 @@ def parse_document(text: str | bytes, where: str) -> Pipeline:
         decl = parse_declaration({"link": link}, f"{where}: component {index + 1}")
         _check_no_declaration(entry.get("metadata", {}), f"{where}: component {index + 1} ({decl.name!r})")
         components.append(Component(decl, entry["code"], entry.get("cell_id"), index, entry.get("metadata", {})))
+        _check_cell(components[-1], f"{where}: component {index + 1} ({decl.name!r})")
     requires = tuple(doc.get("requires", ()))
     both = sorted({c.name for c in components} & set(requires))
     if both:
@@ -255,6 +256,18 @@ def _check_no_declaration(metadata: dict[str, Any], where: str) -> None:
     for tag in metadata.get("tags", []):
         if _is_declaration_tag(tag):
             raise LinkError(f"{where}: metadata tag {tag!r} repeats a declaration; declare it with name, parents and remote")
+
+
+def _check_cell(component: Component, where: str) -> None:
+    """The cell import would write must be one nbformat accepts: the schema lets through
+    metadata it refuses (an empty tag, a tag with a comma or given twice, `collapsed: "yes"`),
+    which would otherwise end the import in nbformat's traceback."""
+    import nbformat
+
+    try:
+        nbformat.v4.new_code_cell(component.source, metadata=_cell_metadata(component))
+    except nbformat.ValidationError as exc:
+        raise LinkError(f"{where}: its metadata is not valid notebook cell metadata: {exc.message}") from exc
 
 
 def _check_edges(edges: list[list[str]], components: list[Component], where: str) -> None:

@@ -1,0 +1,62 @@
+"""QA round of sharing and headless runs (SPEC §6, §8): `export`/`import`, `cache export/import`
+and `run` against hostile documents, archives and output paths.
+
+Cases that are refused before any kernel starts run `linkkernel.cli.main` in this process (its
+real entry point); what goes to stdout is checked on a real process, whose stdout is a pipe.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from linkkernel.cli import main
+from support import kernel_env
+from test_qa_cli import NOTEBOOK, refused
+
+
+@pytest.fixture
+def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nb.ipynb").write_text(json.dumps(NOTEBOOK))
+    return tmp_path
+
+
+def linkkernel(here: Path, *argv: str) -> subprocess.CompletedProcess[bytes]:
+    """The command in a real process whose stdout is a pipe, as in `linkkernel ... | jq`."""
+    return subprocess.run([sys.executable, "-m", "linkkernel.cli", *argv], cwd=here, env=kernel_env(),
+                          capture_output=True, timeout=180)
+
+
+# ---------------------------------------------------------------- import: cell metadata
+
+
+def document_with_metadata(here: Path, metadata: dict) -> None:
+    assert main(["export", "nb.ipynb", "-o", "p.json"]) == 0
+    doc = json.loads((here / "p.json").read_text())
+    doc["components"][0]["metadata"] = metadata
+    (here / "p.json").write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize(
+    "metadata, why",
+    [
+        ({"tags": ["slow", ""]}, "'' does not match '^[^,]+$'"),
+        ({"tags": ["slow,fast"]}, "'slow,fast' does not match '^[^,]+$'"),
+        ({"tags": ["slow", "slow"]}, "['component:load', 'slow', 'slow'] has non-unique elements"),
+        ({"collapsed": "yes"}, "'yes' is not of type 'boolean'"),
+    ],
+    ids=["empty-tag", "comma-tag", "duplicate-tags", "collapsed-text"],
+)
+def test_import_of_metadata_a_notebook_cannot_hold_is_one_line(here: Path, capsys, metadata, why):
+    # the schema lets them through; nbformat refused them with a traceback when making the cell
+    document_with_metadata(here, metadata)
+    capsys.readouterr()
+    assert refused(capsys, "import", "p.json", "-o", "out.ipynb") == (
+        f"linkkernel import: p.json: component 1 ('load'): its metadata is not valid notebook cell metadata: {why}"
+    )
+    assert not (here / "out.ipynb").exists()
