@@ -7,9 +7,12 @@ real entry point); what goes to stdout is checked on a real process, whose stdou
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -60,3 +63,51 @@ def test_import_of_metadata_a_notebook_cannot_hold_is_one_line(here: Path, capsy
         f"linkkernel import: p.json: component 1 ('load'): its metadata is not valid notebook cell metadata: {why}"
     )
     assert not (here / "out.ipynb").exists()
+
+
+# ---------------------------------------------------------------- cache archives nested too deeply
+
+DEEP = b"[" * 5000 + b"]" * 5000  # valid JSON that Python's parser cannot nest that deep
+
+
+def archive(*entries: tuple[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in entries:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def unsigned(components: dict, files: dict[str, bytes]) -> bytes:
+    """An unsigned archive whose manifest lists `files` with their true sizes and checksums."""
+    manifest = {
+        "format": "linkkernel-cache", "version": 1, "python": "3.11.7", "packages": {},
+        "components": components,
+        "files": {path: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)} for path, data in files.items()},
+    }
+    return archive(("manifest.json", json.dumps(manifest).encode()), *files.items())
+
+
+DIGEST = "ab" * 32
+RECORD = {"code_hash": "cd" * 32, "run_id": "r1", "parents": {}, "blobs": []}
+
+
+@pytest.mark.parametrize(
+    "build, extra, message",
+    [
+        (lambda: archive(("manifest.json", DEEP)), [], "corrupt archive: manifest.json is not valid JSON"),
+        (lambda: unsigned({"load": RECORD}, {"records/load.json": DEEP}), ["--trust"],
+         "corrupt archive: 'records/load.json' is not a run record"),
+        (lambda: unsigned({}, {f"blobs/{DIGEST}": len(DEEP).to_bytes(8, "little") + DEEP}), ["--trust"],
+         f"corrupt archive: 'blobs/{DIGEST}' is not a linkkernel blob"),
+    ],
+    ids=["manifest", "record", "blob-header"],
+)
+def test_cache_import_of_json_nested_too_deeply_is_one_line(here: Path, capsys, build, extra, message):
+    # the manifest is parsed before its signature is checked: no --trust needed to reach it
+    (here / "deep.tar.gz").write_bytes(build())
+    assert refused(capsys, "cache", "import", "deep.tar.gz", "--notebook", "nb.ipynb",
+                   "--cache", str(here / "store"), *extra) == f"linkkernel cache: deep.tar.gz: {message}"
+    assert sorted(p.name for p in here.iterdir()) == ["deep.tar.gz", "nb.ipynb"], "nothing written"

@@ -305,7 +305,7 @@ def _check_manifest(data: bytes, where: str, max_size: int) -> dict[str, Any]:
 
     try:
         manifest = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # nested too deeply: RecursionError
         raise ArchiveError(f"{where}: corrupt archive: {MANIFEST} is not valid JSON") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArchiveError(f"{where}: not a linkkernel cache archive ({MANIFEST} has no format {FORMAT!r})")
@@ -436,7 +436,7 @@ def _decode(manifest: dict[str, Any], content: dict[str, bytes], signed_by_user:
             digest = path.removeprefix("blobs/")
             try:
                 blob = decode_blob(data, digest)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # a header nested too deeply: RecursionError
                 raise ArchiveError(f"{where}: corrupt archive: {path!r} is not a linkkernel blob") from exc
             if blob is None:
                 raise ArchiveError(f"{where}: corrupt archive: {path!r} does not hold the value its digest names")
@@ -447,7 +447,7 @@ def _decode(manifest: dict[str, Any], content: dict[str, bytes], signed_by_user:
             raise ArchiveError(f"{where}: corrupt archive: component {name!r} has no {path!r}")
         try:
             record = RunRecord.from_json(json.loads(content[path]))
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, RecursionError) as exc:
             raise ArchiveError(f"{where}: corrupt archive: {path!r} is not a run record") from exc
         same = (record.name, record.code_hash, record.run_id, record.parents) == (
             name, entry["code_hash"], entry["run_id"], entry["parents"])
