@@ -424,7 +424,7 @@ def run(args: argparse.Namespace) -> int:
     from linkkernel.sharing.commandline import check_output
 
     output = Path(args.output) if args.output else default_output(args.notebook)
-    check_output(output)
+    check_output(output, (args.notebook,))  # the executed notebook never replaces the user's own
     report = run_notebook(args.notebook, args.target, args.force, args.timeout)
     write_notebook(report.notebook, output)
     return report_run(report, output)

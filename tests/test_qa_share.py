@@ -111,3 +111,22 @@ def test_cache_import_of_json_nested_too_deeply_is_one_line(here: Path, capsys, 
     assert refused(capsys, "cache", "import", "deep.tar.gz", "--notebook", "nb.ipynb",
                    "--cache", str(here / "store"), *extra) == f"linkkernel cache: deep.tar.gz: {message}"
     assert sorted(p.name for p in here.iterdir()) == ["deep.tar.gz", "nb.ipynb"], "nothing written"
+
+
+# ---------------------------------------------------------------- run: where the result goes
+
+
+def test_run_refuses_an_output_that_is_its_notebook_before_running(here: Path, capsys):
+    # every other command refuses -o over its input; here the notebook was replaced by the run
+    before = (here / "nb.ipynb").read_bytes()
+    (here / "link.ipynb").symlink_to(here / "nb.ipynb")
+    for output in ("nb.ipynb", str(here / "nb.ipynb"), "link.ipynb"):
+        assert refused(capsys, "run", "nb.ipynb", "-o", output) == (
+            f"linkkernel run: {output}: not written: it is the input nb.ipynb, which it would replace; "
+            "choose another output"
+        )
+    assert (here / "nb.ipynb").read_bytes() == before
+    assert sorted(p.name for p in here.iterdir()) == ["link.ipynb", "nb.ipynb"]
+
+
+# ---------------------------------------------------------------- -o /dev/stdout
