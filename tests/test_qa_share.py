@@ -129,4 +129,12 @@ def test_run_refuses_an_output_that_is_its_notebook_before_running(here: Path, c
     assert sorted(p.name for p in here.iterdir()) == ["link.ipynb", "nb.ipynb"]
 
 
+@pytest.mark.skipif(not Path("/sys").is_dir(), reason="needs sysfs, where no one may create a file")
+def test_run_refuses_an_output_folder_it_cannot_write_before_running(here: Path, capsys):
+    # the folder exists, so only a write shows the problem: it came after the whole pipeline ran
+    line = refused(capsys, "run", "nb.ipynb", "-o", "/sys/out.ipynb")
+    assert line.startswith("linkkernel run: /sys/out.ipynb: cannot write: "), line
+    assert sorted(p.name for p in here.iterdir()) == ["nb.ipynb"]
+
+
 # ---------------------------------------------------------------- -o /dev/stdout

@@ -64,6 +64,16 @@ def check_output(path: str | Path, inputs: tuple[str | Path | None, ...] = ()) -
     folder = Path(os.path.realpath(path)).parent
     if not folder.is_dir():
         raise LinkError(f"{path}: cannot write: {os.strerror(errno.ENOTDIR if folder.exists() else errno.ENOENT)}")
+    if path.exists() and not path.is_file():
+        return  # a FIFO or a device, written in place (see write_atomically)
+    # Only creating a file shows a folder that refuses one (read-only, sysfs, root-squashed
+    # NFS): permission bits do not, and os.access answers yes to root.
+    probe = folder / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        raise LinkError(f"{path}: cannot write: {exc.strerror}") from exc
+    os.unlink(probe)
 
 
 def write_atomically(
