@@ -428,11 +428,12 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from linkkernel.sharing.commandline import check_output
+    from linkkernel.sharing.commandline import check_output, report_stream
 
     output = Path(args.output) if args.output else default_output(args.notebook)
     check_output(output, (args.notebook,))  # the executed notebook never replaces the user's own
+    out = report_stream(output)
     report = run_notebook(args.notebook, args.target, args.force, args.timeout)
     write_notebook(report.notebook, output)
-    return report_run(report, output)
+    return report_run(report, output, out=out)
 

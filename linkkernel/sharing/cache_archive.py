@@ -634,7 +634,10 @@ def run_cache(args: argparse.Namespace) -> int:
     graph = _notebook_graph(args.notebook)
     store = _cli_store(args)
     if args.action == "export":
-        print(do_export(graph, store, args.output, TqdmProgress(), args.notebook))
+        from linkkernel.sharing.commandline import report_stream
+
+        report = report_stream(args.output)
+        print(do_export(graph, store, args.output, TqdmProgress(), args.notebook), file=report)
     else:
         print(do_import(args.archive, graph, store, args.trust, args.max_size, TqdmProgress()))
     return 0

@@ -11,9 +11,10 @@ import errno
 import os
 import secrets
 import stat
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 from linkkernel.errors import LinkError
 
@@ -74,6 +75,17 @@ def check_output(path: str | Path, inputs: tuple[str | Path | None, ...] = ()) -
     except OSError as exc:
         raise LinkError(f"{path}: cannot write: {exc.strerror}") from exc
     os.unlink(probe)
+
+
+def report_stream(output: str | Path) -> TextIO:
+    """Where a command says what it wrote: stderr when `output` is this process's stdout
+    (`-o /dev/stdout`), so that `linkkernel export NB -o /dev/stdout | jq` reads the document
+    alone. Ask before writing: a file replaced by the write is no longer the one stdout holds."""
+    try:
+        written, stdout = os.stat(output), os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no such file yet; stdout closed or not a file
+        return sys.stdout
+    return sys.stderr if (written.st_dev, written.st_ino) == (stdout.st_dev, stdout.st_ino) else sys.stdout
 
 
 def write_atomically(

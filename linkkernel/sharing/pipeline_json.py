@@ -33,7 +33,7 @@ from linkkernel.declarations import (
     parse_declaration,
 )
 from linkkernel.errors import LinkError
-from linkkernel.sharing.commandline import parse_magic_args, write_atomically
+from linkkernel.sharing.commandline import parse_magic_args, report_stream, write_atomically
 
 FORMAT = "linkkernel-pipeline"
 VERSION = 1
@@ -393,12 +393,13 @@ def configure_import(parser: argparse.ArgumentParser) -> None:
 def run_export(args: argparse.Namespace) -> int:
     nb = read_notebook(args.notebook)
     doc = export_document(nb, args.components, args.with_ancestors, str(args.notebook))
+    report = report_stream(args.output)
     write_atomically(args.output, (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8"), (args.notebook,))
     names = [c["name"] for c in doc["components"]]
     line = f"exported {len(names)} component{'s' * (len(names) != 1)} ({', '.join(names)}) to {args.output}"
     if doc.get("requires"):
         line += f"; importing it needs {', '.join(doc['requires'])} in the target notebook"
-    print(line)
+    print(line, file=report)
     return 0
 
 
@@ -406,11 +407,12 @@ def run_import(args: argparse.Namespace) -> int:
     pipeline = read_document(args.document)
     into = read_notebook(args.into) if args.into else None
     result = import_pipeline(pipeline, into, args.rename, str(args.into or args.document))
+    report = report_stream(args.output)
     write_notebook(result.notebook, args.output, (args.document,))  # --into NB -o NB appends in place
     line = f"wrote {args.output}: {len(result.added)} component{'s' * (len(result.added) != 1)} added ({', '.join(result.added)})"
     if result.renamed:
         line += "; renamed " + ", ".join(f"{a} -> {b}" for a, b in result.renamed.items())
-    print(line)
+    print(line, file=report)
     return 0
 
 
