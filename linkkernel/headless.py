@@ -213,6 +213,7 @@ def run_notebook(
             report.kernel_trouble = True
             raise
         with client.setup_kernel():
+            _record_kernel(client, notebook)
             terminal = progress is not None and progress.isatty()
             bar = tqdm(
                 total=len(outcomes),
@@ -264,6 +265,19 @@ def _start_kernel(client: Any, log_name: str, **launch: Any) -> None:
         client.start_new_kernel_client()
     except (RuntimeError, TimeoutError) as exc:
         raise LinkError(f"the Link Python kernel did not start ({exc}); its log: {log_name}") from None
+
+
+def _record_kernel(client: Any, notebook: Any) -> None:
+    """Say in the executed notebook what ran it, as nbclient's own `execute` does: its
+    `language_info` (nbconvert highlights by it), and a kernelspec when the notebook had none,
+    so that it reopens in Jupyter with Link Python instead of asking for a kernel."""
+    reply = client.wait_for_reply(client.kc.kernel_info())
+    if reply is not None and "language_info" in reply["content"]:
+        notebook.metadata["language_info"] = reply["content"]["language_info"]
+    if "kernelspec" not in notebook.metadata:
+        spec = client.km.kernel_spec
+        notebook.metadata["kernelspec"] = {"name": client.kernel_name, "display_name": spec.display_name,
+                                           "language": spec.language}
 
 
 def _execute(client: Any, cell: Any, index: int, timeout: float | None) -> tuple[str | None, bool]:

@@ -177,3 +177,19 @@ def test_run_to_stdout_prints_only_the_executed_notebook(here: Path):
     executed = json.loads(done.stdout)
     assert [cell["execution_count"] for cell in executed["cells"]] == [1, 2]
     assert b"executed notebook written to /dev/stdout\n" in done.stderr
+
+
+# ---------------------------------------------------------------- run: the executed notebook
+
+
+def test_run_records_the_kernel_that_ran_a_notebook_without_kernel_metadata(here: Path):
+    # nbclient's execute() writes language_info; run drives cells itself and wrote neither it
+    # nor a kernelspec: the executed notebook reopened in Jupyter asking which kernel to use
+    bare = json.loads(json.dumps(NOTEBOOK))
+    (here / "bare.ipynb").write_text(json.dumps(bare))
+    done = linkkernel(here, "run", "bare.ipynb")
+    assert done.returncode == 0, done.stderr
+    metadata = json.loads((here / "bare.out.ipynb").read_text())["metadata"]
+    assert metadata["kernelspec"] == {"name": "link-python", "display_name": "Link Python", "language": "python"}
+    assert metadata["language_info"]["name"] == "python"
+    assert json.loads((here / "bare.ipynb").read_text()) == bare, "the notebook run is left as it was"
