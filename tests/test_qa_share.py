@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -193,3 +194,27 @@ def test_run_records_the_kernel_that_ran_a_notebook_without_kernel_metadata(here
     assert metadata["kernelspec"] == {"name": "link-python", "display_name": "Link Python", "language": "python"}
     assert metadata["language_info"]["name"] == "python"
     assert json.loads((here / "bare.ipynb").read_text()) == bare, "the notebook run is left as it was"
+
+
+# ---------------------------------------------------------------- uninstall
+
+
+def test_uninstall_of_a_kernelspec_that_cannot_be_removed_is_one_line(here: Path, capsys, monkeypatch):
+    monkeypatch.setenv("JUPYTER_PATH", str(here / "prefix" / "share" / "jupyter"))
+    assert main(["install", "--prefix", "prefix", "--name", "qa-locked"]) == 0
+    folder = here / "prefix" / "share" / "jupyter" / "kernels" / "qa-locked"
+    # root removes files whatever the folder's mode; an immutable folder stops root too
+    locked = (["chattr", "+i", str(folder)], ["chattr", "-i", str(folder)]) if os.geteuid() == 0 else None
+    if locked is None:
+        folder.chmod(0o555)
+    elif subprocess.run(locked[0], capture_output=True).returncode != 0:
+        pytest.skip("running as root without chattr +i: nothing here stops a removal")
+    try:
+        capsys.readouterr()
+        assert refused(capsys, "uninstall", "--name", "qa-locked") == (
+            f"linkkernel uninstall: cannot remove kernelspec 'qa-locked' from {folder}: "
+            f"{'Operation not permitted' if locked else 'Permission denied'}"
+        )
+    finally:
+        subprocess.run(locked[1]) if locked else folder.chmod(0o755)
+    assert (folder / "kernel.json").exists()
