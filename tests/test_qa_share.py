@@ -66,6 +66,33 @@ def test_import_of_metadata_a_notebook_cannot_hold_is_one_line(here: Path, capsy
     assert not (here / "out.ipynb").exists()
 
 
+def test_exporting_a_notebook_without_cell_ids_twice_writes_the_same_document(here: Path):
+    # nbformat < 4.5 has no ids; the ones nbformat made up were random, so every export of the
+    # same notebook differed (a pipeline.json kept in git changed at each export)
+    old = json.loads(json.dumps(NOTEBOOK))
+    old["nbformat_minor"] = 4
+    for cell in old["cells"]:
+        del cell["id"]
+    (here / "old.ipynb").write_text(json.dumps(old))
+    assert main(["export", "old.ipynb", "-o", "a.json"]) == 0
+    assert main(["export", "old.ipynb", "-o", "b.json"]) == 0
+    assert (here / "a.json").read_bytes() == (here / "b.json").read_bytes()
+    assert [sorted(c) for c in json.loads((here / "a.json").read_text())["components"]] == [
+        ["code", "metadata", "name", "parents", "remote"]] * 2
+
+
+def test_export_keeps_the_ids_the_notebook_has_even_when_one_repeats(here: Path):
+    # nbformat replaces a repeated id with a random one: the document must say what the file says
+    nb = json.loads(json.dumps(NOTEBOOK))
+    nb["cells"][1]["id"] = "c1"
+    (here / "dup.ipynb").write_text(json.dumps(nb))
+    assert main(["export", "dup.ipynb", "-o", "p.json"]) == 0
+    assert [c["cell_id"] for c in json.loads((here / "p.json").read_text())["components"]] == ["c1", "c1"]
+    assert main(["import", "p.json", "-o", "out.ipynb"]) == 0
+    ids = [cell["id"] for cell in json.loads((here / "out.ipynb").read_text())["cells"]]
+    assert ids[0] == "c1" and ids[1] != "c1", "import still gives the second cell an id of its own"
+
+
 # ---------------------------------------------------------------- cache archives nested too deeply
 
 DEEP = b"[" * 5000 + b"]" * 5000  # valid JSON that Python's parser cannot nest that deep

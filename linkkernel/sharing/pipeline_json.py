@@ -58,12 +58,15 @@ def schema() -> dict[str, Any]:
 # ---------------------------------------------------------------- notebooks on disk
 
 
-def read_notebook(path: str | Path):
+def read_notebook(path: str | Path, invent_ids: bool = True):
     """Read a notebook as nbformat 4.5 (cell ids present), or one line saying why not.
 
     nbformat only logs a notebook that fails its schema, so what it returns is checked like
     every other reader's (`notebook_problem`): otherwise a source that is a number would be
     exported into a document that import refuses.
+    With `invent_ids` False, cells keep exactly the ids the file gives them, none when it has
+    none (nbformat < 4.5): the ids nbformat makes up are random, and exporting a notebook
+    twice must write the same document.
     """
     import nbformat
 
@@ -82,6 +85,16 @@ def read_notebook(path: str | Path):
     problem = notebook_problem(nb)
     if problem:
         raise LinkError(f"{path}: {problem}")
+    if not invent_ids:
+        parsed = json.loads(data.decode(NOTEBOOK_ENCODING))
+        given = parsed["cells"] if parsed.get("nbformat") == 4 else []  # v3 has worksheets, no ids
+        for index, cell in enumerate(nb.cells):
+            raw = given[index] if index < len(given) else {}
+            if isinstance(raw.get("id"), str):
+                cell["id"] = raw["id"]  # also one nbformat replaced for repeating an earlier cell's
+            else:
+                cell.pop("id", None)
+        return nb
     if nb.nbformat_minor < 5:
         nb = nbformat.v4.upgrade(nb, from_version=4, from_minor=nb.nbformat_minor)
     return nb
@@ -391,7 +404,7 @@ def configure_import(parser: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    nb = read_notebook(args.notebook)
+    nb = read_notebook(args.notebook, invent_ids=False)
     doc = export_document(nb, args.components, args.with_ancestors, str(args.notebook))
     report = report_stream(args.output)
     write_atomically(args.output, (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8"), (args.notebook,))
