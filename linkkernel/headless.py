@@ -179,7 +179,7 @@ def run_notebook(
     from nbclient import NotebookClient
     from tqdm import tqdm
 
-    path = Path(path).resolve()
+    path = Path(os.path.abspath(path))  # symlinks kept: the cache is keyed by the path as the kernel is given it
     notebook = read_notebook(path)
     # LINKKERNEL_NOTEBOOK tells the kernel its notebook only when it ends in .ipynb
     # (notebook_path_from_env); otherwise every component would run as a plain cell.

@@ -245,3 +245,34 @@ def test_uninstall_of_a_kernelspec_that_cannot_be_removed_is_one_line(here: Path
     finally:
         subprocess.run(locked[1]) if locked else folder.chmod(0o755)
     assert (folder / "kernel.json").exists()
+
+
+# ---------------------------------------------------------------- the cache of a notebook behind a symlink
+
+
+def test_cli_uses_the_results_a_kernel_stored_for_a_notebook_reached_through_a_symlink(here: Path):
+    # jupyter_server names the notebook by the path the user browsed (JPY_SESSION_NAME, not
+    # resolved) and the kernel keys its cache by it; cache export and run resolved symlinks,
+    # looked under another key, found 'never ran' and ran everything again
+    from linkkernel.namespaces import dump
+    from linkkernel.staleness import RunRecord, code_hash
+    from linkkernel.store import CacheStore, default_cache_url
+
+    (here / "real").mkdir()
+    (here / "link").symlink_to(here / "real")
+    (here / "real" / "nb.ipynb").write_text(json.dumps(NOTEBOOK))
+    store = CacheStore(default_cache_url(), str(here / "link" / "nb.ipynb"))  # as the kernel opens it
+    parents: dict[str, str] = {}
+    for cell, variable, value in zip(NOTEBOOK["cells"], ("x", "y"), (1, 2)):
+        name = cell["metadata"]["tags"][0].removeprefix("component:")
+        blob = dump(variable, value)
+        store.put(RunRecord(name, f"run-{name}", code_hash(cell["source"]), dict(parents), "ok", 0.0, 1.0,
+                            namespace={variable: blob.digest}), {blob.digest: blob}, {})
+        parents = {name: f"run-{name}"}
+    store.flush()
+
+    exported = linkkernel(here, "cache", "export", "link/nb.ipynb", "-o", "c.tar.gz")
+    assert (exported.returncode, exported.stdout) == (0, b"exported 2 components to c.tar.gz: load, train\n"), exported.stderr
+    ran = linkkernel(here, "run", "link/nb.ipynb")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stderr == b"linkkernel run: [1/2] load cached\nlinkkernel run: [2/2] train cached\n"

@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import io
 import json
+import os
 import platform
 import re
 import sys
@@ -586,7 +587,9 @@ def _notebook_graph(path: str):
 def _cli_store(args: argparse.Namespace):
     from linkkernel.store import CacheStore, default_cache_url
 
-    return CacheStore(args.cache or default_cache_url(), str(Path(args.notebook).resolve())).usable()
+    # Keyed by the path as given, not resolved: the kernel keys it by the path jupyter_server
+    # names (JPY_SESSION_NAME), which keeps the symlinks the user browsed through.
+    return CacheStore(args.cache or default_cache_url(), os.path.abspath(args.notebook)).usable()
 
 
 def do_export(graph, store, output: str, progress: Progress, notebook: str | None) -> str:
