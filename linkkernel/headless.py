@@ -179,8 +179,15 @@ def run_notebook(
     from nbclient import NotebookClient
     from tqdm import tqdm
 
-    path = Path(path).resolve()
+    path = Path(os.path.abspath(path))  # symlinks kept: the cache is keyed by the path as the kernel is given it
     notebook = read_notebook(path)
+    # LINKKERNEL_NOTEBOOK tells the kernel its notebook only when it ends in .ipynb
+    # (notebook_path_from_env); otherwise every component would run as a plain cell.
+    if not path.name.endswith(".ipynb"):
+        raise LinkError(
+            f"{path}: its name does not end in .ipynb, so the Link Python kernel would not read its "
+            "components; rename it NAME.ipynb"
+        )
     steps = plan(notebook, targets, looked_in=str(path))
     require_workers(steps)
     require_kernelspec(kernel_name)
@@ -206,6 +213,7 @@ def run_notebook(
             report.kernel_trouble = True
             raise
         with client.setup_kernel():
+            _record_kernel(client, notebook)
             terminal = progress is not None and progress.isatty()
             bar = tqdm(
                 total=len(outcomes),
@@ -257,6 +265,19 @@ def _start_kernel(client: Any, log_name: str, **launch: Any) -> None:
         client.start_new_kernel_client()
     except (RuntimeError, TimeoutError) as exc:
         raise LinkError(f"the Link Python kernel did not start ({exc}); its log: {log_name}") from None
+
+
+def _record_kernel(client: Any, notebook: Any) -> None:
+    """Say in the executed notebook what ran it, as nbclient's own `execute` does: its
+    `language_info` (nbconvert highlights by it), and a kernelspec when the notebook had none,
+    so that it reopens in Jupyter with Link Python instead of asking for a kernel."""
+    reply = client.wait_for_reply(client.kc.kernel_info())
+    if reply is not None and "language_info" in reply["content"]:
+        notebook.metadata["language_info"] = reply["content"]["language_info"]
+    if "kernelspec" not in notebook.metadata:
+        spec = client.km.kernel_spec
+        notebook.metadata["kernelspec"] = {"name": client.kernel_name, "display_name": spec.display_name,
+                                           "language": spec.language}
 
 
 def _execute(client: Any, cell: Any, index: int, timeout: float | None) -> tuple[str | None, bool]:
@@ -421,11 +442,12 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from linkkernel.sharing.commandline import check_output
+    from linkkernel.sharing.commandline import check_output, report_stream
 
     output = Path(args.output) if args.output else default_output(args.notebook)
-    check_output(output)
+    check_output(output, (args.notebook,))  # the executed notebook never replaces the user's own
+    out = report_stream(output)
     report = run_notebook(args.notebook, args.target, args.force, args.timeout)
     write_notebook(report.notebook, output)
-    return report_run(report, output)
+    return report_run(report, output, out=out)
 

@@ -81,6 +81,9 @@ def uninstall(name: str = KERNEL_NAME) -> str:
         return manager.remove_kernel_spec(name.lower())  # install lowercases it, as Jupyter does
     except (KeyError, NoSuchKernel) as exc:
         raise LinkError(f"no kernelspec named {name!r} is installed") from exc
+    except OSError as exc:  # another user's folder, or read-only; exc.filename is relative to it
+        folder = manager.find_kernel_specs().get(name.lower(), exc.filename)
+        raise LinkError(f"cannot remove kernelspec {name!r} from {folder}: {exc.strerror}") from exc
 
 
 def configure_install(parser: argparse.ArgumentParser) -> None:

@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import io
 import json
+import os
 import platform
 import re
 import sys
@@ -305,7 +306,7 @@ def _check_manifest(data: bytes, where: str, max_size: int) -> dict[str, Any]:
 
     try:
         manifest = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # nested too deeply: RecursionError
         raise ArchiveError(f"{where}: corrupt archive: {MANIFEST} is not valid JSON") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArchiveError(f"{where}: not a linkkernel cache archive ({MANIFEST} has no format {FORMAT!r})")
@@ -436,7 +437,7 @@ def _decode(manifest: dict[str, Any], content: dict[str, bytes], signed_by_user:
             digest = path.removeprefix("blobs/")
             try:
                 blob = decode_blob(data, digest)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # a header nested too deeply: RecursionError
                 raise ArchiveError(f"{where}: corrupt archive: {path!r} is not a linkkernel blob") from exc
             if blob is None:
                 raise ArchiveError(f"{where}: corrupt archive: {path!r} does not hold the value its digest names")
@@ -447,7 +448,7 @@ def _decode(manifest: dict[str, Any], content: dict[str, bytes], signed_by_user:
             raise ArchiveError(f"{where}: corrupt archive: component {name!r} has no {path!r}")
         try:
             record = RunRecord.from_json(json.loads(content[path]))
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, RecursionError) as exc:
             raise ArchiveError(f"{where}: corrupt archive: {path!r} is not a run record") from exc
         same = (record.name, record.code_hash, record.run_id, record.parents) == (
             name, entry["code_hash"], entry["run_id"], entry["parents"])
@@ -586,7 +587,9 @@ def _notebook_graph(path: str):
 def _cli_store(args: argparse.Namespace):
     from linkkernel.store import CacheStore, default_cache_url
 
-    return CacheStore(args.cache or default_cache_url(), str(Path(args.notebook).resolve())).usable()
+    # Keyed by the path as given, not resolved: the kernel keys it by the path jupyter_server
+    # names (JPY_SESSION_NAME), which keeps the symlinks the user browsed through.
+    return CacheStore(args.cache or default_cache_url(), os.path.abspath(args.notebook)).usable()
 
 
 def do_export(graph, store, output: str, progress: Progress, notebook: str | None) -> str:
@@ -634,7 +637,10 @@ def run_cache(args: argparse.Namespace) -> int:
     graph = _notebook_graph(args.notebook)
     store = _cli_store(args)
     if args.action == "export":
-        print(do_export(graph, store, args.output, TqdmProgress(), args.notebook))
+        from linkkernel.sharing.commandline import report_stream
+
+        report = report_stream(args.output)
+        print(do_export(graph, store, args.output, TqdmProgress(), args.notebook), file=report)
     else:
         print(do_import(args.archive, graph, store, args.trust, args.max_size, TqdmProgress()))
     return 0

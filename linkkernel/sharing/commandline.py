@@ -11,9 +11,10 @@ import errno
 import os
 import secrets
 import stat
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 from linkkernel.errors import LinkError
 
@@ -64,6 +65,27 @@ def check_output(path: str | Path, inputs: tuple[str | Path | None, ...] = ()) -
     folder = Path(os.path.realpath(path)).parent
     if not folder.is_dir():
         raise LinkError(f"{path}: cannot write: {os.strerror(errno.ENOTDIR if folder.exists() else errno.ENOENT)}")
+    if path.exists() and not path.is_file():
+        return  # a FIFO or a device, written in place (see write_atomically)
+    # Only creating a file shows a folder that refuses one (read-only, sysfs, root-squashed
+    # NFS): permission bits do not, and os.access answers yes to root.
+    probe = folder / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        raise LinkError(f"{path}: cannot write: {exc.strerror}") from exc
+    os.unlink(probe)
+
+
+def report_stream(output: str | Path) -> TextIO:
+    """Where a command says what it wrote: stderr when `output` is this process's stdout
+    (`-o /dev/stdout`), so that `linkkernel export NB -o /dev/stdout | jq` reads the document
+    alone. Ask before writing: a file replaced by the write is no longer the one stdout holds."""
+    try:
+        written, stdout = os.stat(output), os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no such file yet; stdout closed or not a file
+        return sys.stdout
+    return sys.stderr if (written.st_dev, written.st_ino) == (stdout.st_dev, stdout.st_ino) else sys.stdout
 
 
 def write_atomically(

@@ -33,7 +33,7 @@ from linkkernel.declarations import (
     parse_declaration,
 )
 from linkkernel.errors import LinkError
-from linkkernel.sharing.commandline import parse_magic_args, write_atomically
+from linkkernel.sharing.commandline import parse_magic_args, report_stream, write_atomically
 
 FORMAT = "linkkernel-pipeline"
 VERSION = 1
@@ -58,12 +58,15 @@ def schema() -> dict[str, Any]:
 # ---------------------------------------------------------------- notebooks on disk
 
 
-def read_notebook(path: str | Path):
+def read_notebook(path: str | Path, invent_ids: bool = True):
     """Read a notebook as nbformat 4.5 (cell ids present), or one line saying why not.
 
     nbformat only logs a notebook that fails its schema, so what it returns is checked like
     every other reader's (`notebook_problem`): otherwise a source that is a number would be
     exported into a document that import refuses.
+    With `invent_ids` False, cells keep exactly the ids the file gives them, none when it has
+    none (nbformat < 4.5): the ids nbformat makes up are random, and exporting a notebook
+    twice must write the same document.
     """
     import nbformat
 
@@ -82,6 +85,16 @@ def read_notebook(path: str | Path):
     problem = notebook_problem(nb)
     if problem:
         raise LinkError(f"{path}: {problem}")
+    if not invent_ids:
+        parsed = json.loads(data.decode(NOTEBOOK_ENCODING))
+        given = parsed["cells"] if parsed.get("nbformat") == 4 else []  # v3 has worksheets, no ids
+        for index, cell in enumerate(nb.cells):
+            raw = given[index] if index < len(given) else {}
+            if isinstance(raw.get("id"), str):
+                cell["id"] = raw["id"]  # also one nbformat replaced for repeating an earlier cell's
+            else:
+                cell.pop("id", None)
+        return nb
     if nb.nbformat_minor < 5:
         nb = nbformat.v4.upgrade(nb, from_version=4, from_minor=nb.nbformat_minor)
     return nb
@@ -234,6 +247,7 @@ def parse_document(text: str | bytes, where: str) -> Pipeline:
         decl = parse_declaration({"link": link}, f"{where}: component {index + 1}")
         _check_no_declaration(entry.get("metadata", {}), f"{where}: component {index + 1} ({decl.name!r})")
         components.append(Component(decl, entry["code"], entry.get("cell_id"), index, entry.get("metadata", {})))
+        _check_cell(components[-1], f"{where}: component {index + 1} ({decl.name!r})")
     requires = tuple(doc.get("requires", ()))
     both = sorted({c.name for c in components} & set(requires))
     if both:
@@ -255,6 +269,18 @@ def _check_no_declaration(metadata: dict[str, Any], where: str) -> None:
     for tag in metadata.get("tags", []):
         if _is_declaration_tag(tag):
             raise LinkError(f"{where}: metadata tag {tag!r} repeats a declaration; declare it with name, parents and remote")
+
+
+def _check_cell(component: Component, where: str) -> None:
+    """The cell import would write must be one nbformat accepts: the schema lets through
+    metadata it refuses (an empty tag, a tag with a comma or given twice, `collapsed: "yes"`),
+    which would otherwise end the import in nbformat's traceback."""
+    import nbformat
+
+    try:
+        nbformat.v4.new_code_cell(component.source, metadata=_cell_metadata(component))
+    except nbformat.ValidationError as exc:
+        raise LinkError(f"{where}: its metadata is not valid notebook cell metadata: {exc.message}") from exc
 
 
 def _check_edges(edges: list[list[str]], components: list[Component], where: str) -> None:
@@ -378,14 +404,15 @@ def configure_import(parser: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    nb = read_notebook(args.notebook)
+    nb = read_notebook(args.notebook, invent_ids=False)
     doc = export_document(nb, args.components, args.with_ancestors, str(args.notebook))
+    report = report_stream(args.output)
     write_atomically(args.output, (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8"), (args.notebook,))
     names = [c["name"] for c in doc["components"]]
     line = f"exported {len(names)} component{'s' * (len(names) != 1)} ({', '.join(names)}) to {args.output}"
     if doc.get("requires"):
         line += f"; importing it needs {', '.join(doc['requires'])} in the target notebook"
-    print(line)
+    print(line, file=report)
     return 0
 
 
@@ -393,11 +420,12 @@ def run_import(args: argparse.Namespace) -> int:
     pipeline = read_document(args.document)
     into = read_notebook(args.into) if args.into else None
     result = import_pipeline(pipeline, into, args.rename, str(args.into or args.document))
+    report = report_stream(args.output)
     write_notebook(result.notebook, args.output, (args.document,))  # --into NB -o NB appends in place
     line = f"wrote {args.output}: {len(result.added)} component{'s' * (len(result.added) != 1)} added ({', '.join(result.added)})"
     if result.renamed:
         line += "; renamed " + ", ".join(f"{a} -> {b}" for a, b in result.renamed.items())
-    print(line)
+    print(line, file=report)
     return 0
 
 
