@@ -39,7 +39,7 @@ from linkkernel.namespaces import (
 from linkkernel.progress import Progress
 from linkkernel.sources import Sources, notebook_path_from_env
 from linkkernel.staleness import FRESH, RunRecord, code_hash, new_run_id
-from linkkernel.store import MEMORY_PREFIX, CacheStore, freeze
+from linkkernel.store import MEMORY_PREFIX, CacheStore, LostValue, freeze
 
 # Names IPython itself keeps in the user namespace; never outputs of a component.
 _IPYTHON_NAME = re.compile(r"_+|_\d+|_i+|_i\d+|_[ido]h|In|Out|get_ipython|exit|quit|__builtins__|__name__|__doc__|__package__|__loader__|__spec__\Z")
@@ -144,6 +144,29 @@ class Runner:
         do_execute) inside the component's namespace. Returns the execute_reply content."""
         history = component.source if store_history else None
         try:
+            return await self._again_when_lost(self._execute_cell, component, live, history, allow_stdin)
+        except LostValue as exc:
+            return self.refuse(exc, history)
+
+    async def _again_when_lost(self, run: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """`run(*args)`, again each time a cached value it needed turned out lost (deleted or
+        damaged in the store): the components that made it are then stale and run again, as
+        after `%link cache clear`, with one line saying why. A value lost twice is an error."""
+        lost: set[str] = set()
+        while True:
+            try:
+                return await run(*args)
+            except LostValue as exc:
+                if exc.digest in lost:
+                    raise
+                lost.add(exc.digest)
+                self.store.lose(exc.digest)
+                print(f"linkkernel: {exc}; running the components that made it again", file=sys.stderr)
+
+    async def _execute_cell(
+        self, component: Component, live: Callable[[], Awaitable[dict]], history: str | None, allow_stdin: bool
+    ) -> dict[str, Any]:
+        try:
             graph = self.graph([component.name])
             plan = self.plan(graph, [component.name], rerun_targets=True)
             self.publish_cached(graph, [component.name], plan)
@@ -153,11 +176,15 @@ class Runner:
             return self._report_interrupt(history, "running parent components")
         except ComponentFailed as exc:
             return self._report_parent_error(exc.name, exc.error, history)
-        except LinkError as exc:  # an invalid pipeline, or a cached value the storage lost
+        except LostValue:
+            raise
+        except LinkError as exc:  # an invalid pipeline
             return self.refuse(exc, history)
         count_before = self.shell.execution_count
         try:
             outcome = await self.run_component(component, live=live)
+        except LostValue:  # an input, lost before any of the component's code ran
+            raise
         except LinkError as exc:
             return self.refuse(exc, history)
         except KeyboardInterrupt:  # after the user's code: while its outputs were being kept
@@ -439,6 +466,9 @@ class Runner:
     @_taking_turns
     async def run_targets(self, targets: list[str] | None, force: bool) -> list[str]:
         """`%link run`: bring `targets` (all when None) up to date, silently. Returns what ran."""
+        return await self._again_when_lost(self._run_targets, targets, force)
+
+    async def _run_targets(self, targets: list[str] | None, force: bool) -> list[str]:
         from linkkernel.graph import run_order
 
         graph = self.graph(targets)

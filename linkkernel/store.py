@@ -24,6 +24,15 @@ from linkkernel.namespaces import Blob, _digest
 from linkkernel.staleness import RunRecord, code_hash, states
 
 MEMORY_PREFIX = "memory:"
+
+
+class LostValue(LinkError):
+    """A cached value the storage no longer gives back as it was written (deleted, damaged,
+    unreachable): the components that made it run again."""
+
+    def __init__(self, digest: str, message: str) -> None:
+        super().__init__(message)
+        self.digest = digest
 log = logging.getLogger(__name__)
 
 
@@ -101,6 +110,7 @@ class CacheStore:
     def __init__(self, url: str | None, notebook_path: str | None) -> None:
         self.records: dict[str, RunRecord] = {}
         self.blobs: dict[str, Blob] = {}
+        self.lost: set[str] = set()  # values the storage failed to give back (see `lose`)
         self.memory_values: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._pending: list[Future] = []
@@ -178,10 +188,11 @@ class CacheStore:
     def _write(self, record: RunRecord, blobs: list[Blob]) -> None:
         for blob in blobs:
             path = self._blob_path(blob.digest)
-            if not self.fs.exists(path):
+            if blob.digest in self.lost or not self.fs.exists(path):
                 with self.fs.open(path + ".part", "wb") as f:
                     write_blob(f, blob)
                 self.fs.mv(path + ".part", path)
+                self.lost.discard(blob.digest)
         with self.fs.open(f"{self.root}/records/{record.name}.json", "w") as f:
             json.dump(record.to_json(), f)
 
@@ -201,10 +212,11 @@ class CacheStore:
 
     def has_value(self, digest: str) -> bool:
         """Whether a value can be loaded, without asking the storage (an S3 HEAD per name per
-        cell would cost more than the run): blobs we wrote are taken to be there."""
+        cell would cost more than the run): blobs we wrote are taken to be there, until
+        reading one failed (`lose`)."""
         if digest in self.blobs or digest in self.memory_values:
             return True
-        return self.fs is not None and not digest.startswith(MEMORY_PREFIX)
+        return self.fs is not None and not digest.startswith(MEMORY_PREFIX) and digest not in self.lost
 
     def available(self, record: RunRecord) -> bool:
         """Whether every value of a record can still be loaded (memory-only ones die with the process)."""
@@ -227,21 +239,26 @@ class CacheStore:
         )
 
     def blob(self, digest: str) -> Blob:
-        """The blob named `digest`; LinkError when the storage lost it or it does not match."""
+        """The blob named `digest`; LostValue when the storage lost it or it does not match."""
         blob = self.blobs.get(digest)
         if blob is None:
             if self.fs is None or digest.startswith(MEMORY_PREFIX):
-                raise LinkError(f"cached value {digest[:16]} is no longer available")
+                raise LostValue(digest, f"cached value {digest[:16]} is no longer available")
             try:
                 with self.fs.open(self._blob_path(digest), "rb") as f:
                     blob = decode_blob(f.read(), digest)
             except (OSError, ValueError) as exc:
-                raise LinkError(f"cannot read cached value {digest[:16]} from {self.root}: {exc}") from exc
+                raise LostValue(digest, f"cannot read cached value {digest[:16]} from {self.root}: {exc}") from exc
             if blob is None:
-                raise LinkError(f"cached value {digest[:16]} in {self.root} is corrupt; run '%link cache clear' and run again")
+                raise LostValue(digest, f"cached value {digest[:16]} in {self.root} is corrupt; run '%link cache clear' and run again")
             blob = freeze(blob)
             self.blobs[digest] = blob
         return blob
+
+    def lose(self, digest: str) -> None:
+        """Take a value the storage failed to give back for gone: the components whose runs
+        hold it are stale (`available`), and the next run that makes it writes it again."""
+        self.lost.add(digest)
 
     def load(self, digest: str, namespace: dict[str, Any]) -> tuple[Any, Loaded | None]:
         """A private copy of the value named by `digest`, to live in `namespace`, and how it was loaded.

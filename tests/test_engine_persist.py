@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -60,6 +61,31 @@ def test_memory_only_values_rerun_after_restart(saved):
     restart(nb.kernel)
     assert nb.run("d").status == "ok"
     assert nb.runs() == ["mem", "d"]
+
+
+@pytest.mark.parametrize("damage", ["delete", "corrupt"])
+def test_a_value_lost_from_the_cache_runs_its_component_again(saved, damage):
+    """A blob file deleted or damaged in the cache (a disk, a cleanup script, a sync tool)
+    makes the component that made it stale: it runs again, with one line saying why."""
+    nb, cache = saved
+    assert nb.run("c").status == "ok"
+    nb.runs()
+    restart(nb.kernel)  # values are read from the cache files again
+    digest = json.loads(next(cache.glob("persist-*/records/a.json")).read_text())["namespace"]["x"]
+    blob = next(cache.glob(f"persist-*/blobs/*/{digest}"))
+    if damage == "delete":
+        blob.unlink()
+    else:
+        blob.write_bytes(blob.read_bytes()[:-1] + b"X")
+    result = nb.run("c")
+    assert result.status == "ok", result.traceback_text
+    assert nb.runs() == ["a", "b", "c"]  # a ran again, so its descendants are stale
+    assert value(nb.kernel, "z") == 30
+    assert result.stderr.startswith("linkkernel: ") and "running the components that made it again" in result.stderr
+    assert result.stderr.count("\n") == 1
+    restart(nb.kernel)
+    assert nb.run("c").status == "ok"
+    assert nb.runs() == ["c"], "the value was written again"
 
 
 def test_status_graph_outputs_run_and_cache_clear(saved):
