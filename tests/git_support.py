@@ -106,4 +106,10 @@ class Repo:
         self.git("add", "-A")
         self.git("commit", "-q", "-m", message)
 
-
+    def merge_branch(self, ours: dict[str, Any], theirs: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        """Commit `theirs` on a new branch 'theirs' and `ours` on main; returns `git merge theirs`."""
+        self.git("checkout", "-q", "-b", "theirs")
+        self.commit(theirs, "theirs")
+        self.git("checkout", "-q", "main")
+        self.commit(ours, "ours")
+        return self.git("merge", "theirs", "-m", "merge theirs", check=False)

@@ -23,15 +23,6 @@ def repo(tmp_path):
     return repo
 
 
-def branches(repo, ours, theirs):
-    """Commit `theirs` on branch 'theirs' and `ours` on main; returns `git merge theirs`."""
-    repo.git("checkout", "-q", "-b", "theirs")
-    repo.commit(theirs, "theirs")
-    repo.git("checkout", "-q", "main")
-    repo.commit(ours, "ours")
-    return repo.git("merge", "theirs", "-m", "merge theirs", check=False)
-
-
 def test_install_registers_drivers_and_textconv_and_uninstall_removes_them(repo):
     config = repo.git("config", "--get-regexp", r"^(merge|diff)\.linkkernel\.").stdout
     assert "merge.linkkernel.driver" in config and "%O %A %B %L %P" in config
@@ -58,7 +49,7 @@ def test_a_clean_merge_of_real_branches_is_a_valid_notebook_with_both_sides(repo
     ours["cells"][4]["metadata"]["tags"].append("parent:extra")
     theirs["cells"][1]["source"] = "data = [1, 2, 3, 4]\n"
     theirs["cells"][3]["metadata"]["tags"].append("parent:load")
-    done = branches(repo, ours, theirs)
+    done = repo.merge_branch(ours, theirs)
     assert done.returncode == 0, done.stdout + done.stderr
     result = repo.read()
     validate(result)
@@ -71,7 +62,7 @@ def test_a_conflicted_merge_is_reported_by_git_with_markers_inside_the_cell(repo
     ours, theirs = base_notebook(), base_notebook()
     ours["cells"][3]["source"] = "model = max(clean)\nprint(model)\n"
     theirs["cells"][3]["source"] = "model = min(clean)\nprint(model)\n"
-    done = branches(repo, ours, theirs)
+    done = repo.merge_branch(ours, theirs)
     assert done.returncode == 1
     assert "CONFLICT (content): Merge conflict in nb.ipynb" in done.stdout
     assert "linkkernel merge: nb.ipynb: conflict in cell 4: both sides edited the same lines" in done.stderr
@@ -89,7 +80,7 @@ def test_the_conflict_marker_size_attribute_reaches_the_driver(repo):
     ours, theirs = base_notebook(), base_notebook()
     ours["cells"][1]["source"] = "data = [0]\n"
     theirs["cells"][1]["source"] = "data = [9]\n"
-    assert branches(repo, ours, theirs).returncode == 1
+    assert repo.merge_branch(ours, theirs).returncode == 1
     assert source(repo.read()["cells"][1]) == "<" * 12 + " ours\ndata = [0]\n" + "=" * 12 + "\ndata = [9]\n" + ">" * 12 + " theirs\n"
 
 
@@ -97,7 +88,7 @@ def test_similar_cells_inserted_on_both_branches_conflict_instead_of_silently_ke
     ours, theirs = base_notebook(), base_notebook()
     ours["cells"].append(code("plot(model)\nsave('a.png')\n", "component:plot", "parent:train", id="po"))
     theirs["cells"].append(code("plot(model)\nsave('b.png')\n", "component:plot", "parent:train", id="pt"))
-    done = branches(repo, ours, theirs)
+    done = repo.merge_branch(ours, theirs)
     assert done.returncode == 1
     result = repo.read()
     validate(result)
@@ -110,7 +101,7 @@ def test_deleting_a_parent_against_a_new_child_is_a_conflict_not_a_dangling_edge
     ours["cells"].append(code("plot = clean\n", "component:plot", "parent:clean", id="p1"))
     del theirs["cells"][2]
     theirs["cells"][2]["metadata"]["tags"] = ["component:train", "parent:load"]
-    done = branches(repo, ours, theirs)
+    done = repo.merge_branch(ours, theirs)
     assert done.returncode == 1
     assert "parent 'clean' of 'plot' is not declared in the merged notebook" in done.stderr
     validate(repo.read())

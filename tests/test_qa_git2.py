@@ -53,11 +53,7 @@ def test_a_merge_with_an_invalid_notebook_on_one_side_names_the_notebook_and_sid
 def merge(repo, base, ours, theirs):
     """Commit `base` on main, `theirs` on a branch and `ours` on main; returns `git merge theirs`."""
     repo.commit(base, "new base")
-    repo.git("checkout", "-q", "-b", "theirs")
-    repo.commit(theirs, "theirs")
-    repo.git("checkout", "-q", "main")
-    repo.commit(ours, "ours")
-    return repo.git("merge", "theirs", "-m", "merge theirs", check=False)
+    return repo.merge_branch(ours, theirs)
 
 
 def sides(base):
