@@ -95,9 +95,18 @@ def _out_of_files(exc: OSError) -> bool:
     return exc.errno in (errno.EMFILE, errno.ENFILE)
 
 
-def _private_map(buffer: memoryview) -> mmap.mmap | None:
+def frozen_owner(buffer: memoryview) -> FrozenMap | None:
+    """The frozen map `buffer` is a view of, also through views of views (the read-only view
+    a reference to another name's value takes, see namespaces); None when it is none."""
     owner = buffer.obj
-    if not isinstance(owner, FrozenMap) or getattr(owner, "fd", None) is None:
+    while isinstance(owner, memoryview):
+        owner = owner.obj
+    return owner if isinstance(owner, FrozenMap) else None
+
+
+def _private_map(buffer: memoryview) -> mmap.mmap | None:
+    owner = frozen_owner(buffer)
+    if owner is None or getattr(owner, "fd", None) is None:
         return None
     offset = owner.offset_of(buffer)
     if offset is None or offset % mmap.ALLOCATIONGRANULARITY:
@@ -125,10 +134,9 @@ class Loaded:
         return any(m is not None for m in self.maps)
 
     def unchanged(self, name: str, value: Any) -> Blob | None:
-        """The blob again, on `value`'s own memory, only when `value` (of `name`) is provably
-        unchanged: same pickle stream, same mapped memory, no page written. None means "not
-        proven": the caller then compares digests. Its buffers are the value's (writable, as
-        a fresh pickle's are), so a value referring to it pickles the same either way."""
+        """The blob `value` (of `name`) was loaded from, only when it is provably unchanged:
+        same pickle stream, same mapped memory, no page written. None means "not proven":
+        the caller then compares digests."""
         if not self.mapped or value is not self.value:
             return None
         found = same_pickle(name, value, self.blob)
@@ -143,7 +151,7 @@ class Loaded:
                 continue
             if view.nbytes != len(mapped) or address(view) != address(mapped) or written(mapped):
                 return None
-        return Blob(self.blob.stream, tuple(view for view, _ in found), self.blob.digest)
+        return self.blob
 
 
 def same_pickle(name: str, value: Any, blob: Blob) -> list[tuple[memoryview, bool]] | None:

@@ -341,7 +341,9 @@ class _Names:
             blob = self.blob(owner)
         except UnpicklableValue:
             return None
-        buffers = [pickle.PickleBuffer(b) for b in blob.buffers]
+        # Read-only, whether the blob is a fresh pickle's (live memory) or the one a value was
+        # loaded from (frozen): protocol 5 marks which, and the stream must not differ by it.
+        buffers = [pickle.PickleBuffer(memoryview(b).toreadonly()) for b in blob.buffers]
         self._referenced.update((id(b), b) for b in buffers)
         return _shared, (owner, blob.digest, blob.stream, buffers)
 
@@ -429,7 +431,8 @@ def _shared(name: str, digest: str, stream: bytes, buffers: list[Any]) -> Any:
     group = _loading_group.get()
     if group is not None and group.digests.get(name) == digest and name not in group.loading:
         return group.get(name)
-    return loads(stream, buffers, _namespace_being_loaded())
+    # a copy of its own, as writable as any loaded value (references' buffers come read-only)
+    return loads(stream, [bytearray(b) for b in buffers], _namespace_being_loaded())
 
 
 def loads(stream: bytes, buffers: Iterable[Any], namespace: dict[str, Any] | None = None) -> Any:

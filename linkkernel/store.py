@@ -18,7 +18,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from linkkernel.cow import MIN_SIZE, FrozenMap, Loaded, freeze_buffer
+from linkkernel.cow import MIN_SIZE, Loaded, freeze_buffer, frozen_owner
 from linkkernel.errors import LinkError
 from linkkernel.namespaces import Blob, _digest
 from linkkernel.staleness import RunRecord, code_hash, states
@@ -65,7 +65,7 @@ def freeze(blob: Blob) -> Blob:
     """
     return Blob(
         blob.stream,
-        tuple(b if isinstance(b.obj, FrozenMap) and b.nbytes >= MIN_SIZE else freeze_buffer(b) for b in blob.buffers),
+        tuple(b if frozen_owner(b) is not None and b.nbytes >= MIN_SIZE else freeze_buffer(b) for b in blob.buffers),
         blob.digest,
     )
 

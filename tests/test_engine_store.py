@@ -90,6 +90,25 @@ def test_a_value_holding_another_names_array_is_proven_unchanged_without_hashing
         assert {n: names.blobs[n].digest != blobs[n].digest for n in blobs} == {"arr": True, "data": True}
 
 
+def test_a_new_value_holding_an_unchanged_input_array_keeps_it_in_the_same_frozen_memory():
+    """A child binding `data = Holder(arr)` over a large input `arr` it did not touch stores
+    `data` with `arr`'s frozen memory as it is, not with a copy of it."""
+    from linkkernel.cow import frozen_owner
+    from linkkernel.namespaces import pickling_names
+
+    parent = {"arr": np.zeros(1_000_000)}
+    with pickling_names(parent):
+        frozen = freeze(dump("arr", parent["arr"]))
+    loaded = Loaded(frozen, {})
+    child = {"arr": loaded.value}
+    child["data"] = Holder(child["arr"])
+    with pickling_names(child, lambda n: loaded.unchanged(n, child[n]) if n == "arr" else None) as names:
+        data = freeze(dump("data", child["data"]))
+    assert names.proven == {"arr"}
+    assert frozen_owner(data.buffers[0]) is frozen_owner(frozen.buffers[0]) is not None
+    assert Loaded(data, {}).value.arr[5] == 0.0 and Loaded(data, {}).value.arr.flags.writeable
+
+
 @pytest.mark.parametrize("header", [b"[]", b'{"stream": "x", "buffers": []}', b'{"buffers": []}'])
 def test_a_blob_file_not_in_the_blob_format_is_one_line_not_a_crash(tmp_path, header):
     url = f"file://{tmp_path}"

@@ -440,9 +440,9 @@ def _send_from_file(f, fd: int, part: memoryview) -> bool:
     """Write a buffer held in a file that never changes (a frozen value's memfd, a blob file)
     with sendfile: writing it from its mapping would first fault in every page of the
     mapping, ~50 ms per 100 MB here. False when `part` is not such a buffer."""
-    owner = part.obj
+    owner = cow.frozen_owner(part)
     source = getattr(owner, "fd", None)
-    offset = owner.offset_of(part) if isinstance(owner, cow.FrozenMap) and source is not None else None
+    offset = owner.offset_of(part) if owner is not None and source is not None else None
     if offset is None:
         return False
     f.flush()

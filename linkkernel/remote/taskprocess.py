@@ -305,9 +305,9 @@ class MappedInput:
         self.value: Any = loads(blob.stream, list(blob.buffers), namespace)
 
     def unchanged(self, name: str, value: Any) -> Blob | None:
-        """The blob again, on `value`'s own memory, only when `value` (of `name`) is provably
-        unchanged: same pickle stream, still on the same mapped memory, and no page of the map
-        written; None means "not proven" (compare digests). See cow.Loaded.unchanged."""
+        """The blob `value` (of `name`) was loaded from, only when it is provably unchanged:
+        same pickle stream, still on the same mapped memory, and no page of the map written;
+        None means "not proven" (compare digests). See cow.Loaded.unchanged."""
         if value is not self.value:
             return None
         found = cow.same_pickle(name, value, self.blob)
@@ -316,7 +316,7 @@ class MappedInput:
         for (view, shared), original in zip(found, self.blob.buffers):
             if not shared and (view.nbytes != original.nbytes or cow.address(view) != cow.address(original)):
                 return None
-        return None if cow.written(self.map) else Blob(self.blob.stream, tuple(view for view, _ in found), self.blob.digest)
+        return None if cow.written(self.map) else self.blob
 
 
 def load_input(blob, namespace: dict[str, Any]) -> MappedInput | cow.Loaded:
