@@ -30,21 +30,38 @@ class Outputs:
     """nbformat output dicts, consecutive stream writes merged as Jupyter does."""
 
     def __init__(self) -> None:
-        self.items: list[dict[str, Any]] = []
+        self._items: list[dict[str, Any]] = []
+        # Text written to the last stream output since it was last joined: a loop printing
+        # 100 000 lines makes 200 000 writes, and appending each to one growing string
+        # copied it every time (minutes where ipykernel takes a second).
+        self._tail: list[str] = []
         self._by_display_id: dict[str, dict[str, Any]] = {}
         self._clear_next = False  # clear_output(wait=True): clear when the next output comes
         self._lock = threading.Lock()  # a live run's descriptor output arrives on other threads
+
+    @property
+    def items(self) -> list[dict[str, Any]]:
+        with self._lock:
+            self._join_tail()
+            return self._items
+
+    def _join_tail(self) -> None:
+        """Fold the pending writes into the last stream output; the caller holds the lock."""
+        if self._tail:
+            self._items[-1]["text"] += "".join(self._tail)
+            self._tail.clear()
 
     def stream(self, name: str, text: str) -> None:
         if not text:
             return
         with self._lock:
             self._clear_if_pending()
-            last = self.items[-1] if self.items else None
+            last = self._items[-1] if self._items else None
             if last is not None and last["output_type"] == "stream" and last["name"] == name:
-                last["text"] += text
+                self._tail.append(text)
             else:
-                self.items.append({"output_type": "stream", "name": name, "text": text})
+                self._join_tail()
+                self._items.append({"output_type": "stream", "name": name, "text": text})
 
     def display(
         self, data: dict, metadata: dict | None, output_type: str = "display_data",
@@ -60,10 +77,11 @@ class Outputs:
                     shown.update(data=dict(data), metadata=dict(metadata or {}))
                 return
             self._clear_if_pending()
+            self._join_tail()
             item = {"output_type": output_type, "data": dict(data), "metadata": dict(metadata or {})}
             if output_type == "execute_result":
                 item["execution_count"] = None
-            self.items.append(item)
+            self._items.append(item)
             if display_id:
                 self._by_display_id[display_id] = item
 
@@ -77,14 +95,16 @@ class Outputs:
 
     def _clear_if_pending(self) -> None:
         if self._clear_next:
-            self.items.clear()
+            self._items.clear()
+            self._tail.clear()
             self._by_display_id.clear()
             self._clear_next = False
 
     def error(self, ename: str, evalue: str, traceback: list[str]) -> None:
         with self._lock:
             self._clear_if_pending()
-            self.items.append({"output_type": "error", "ename": ename, "evalue": evalue, "traceback": list(traceback)})
+            self._join_tail()
+            self._items.append({"output_type": "error", "ename": ename, "evalue": evalue, "traceback": list(traceback)})
 
 
 class _Stream(io.TextIOBase):
