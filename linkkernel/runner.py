@@ -175,7 +175,11 @@ class Runner:
         except KeyboardInterrupt:
             return self._report_interrupt(history, "running parent components")
         except ComponentFailed as exc:
-            return self._report_parent_error(exc.name, exc.error, history)
+            reply = self._report_parent_error(exc.name, exc.error, history)
+            if exc.post_mortem is not None and self.shell.call_pdb and allow_stdin:
+                with _input_from_frontend(self.kernel, allow_stdin):  # %pdb, after the error as in a cell
+                    self.shell.debugger(force=True)
+            return reply
         except LostValue:
             raise
         except LinkError as exc:  # an invalid pipeline
@@ -515,7 +519,9 @@ class Runner:
                 if outcome.interrupted:
                     raise KeyboardInterrupt
                 if outcome.error is not None:
-                    raise ComponentFailed.named(name, outcome.error)
+                    # A local run's error is the shell's last one, as a cell's would be.
+                    local = not graph.nodes[name]["component"].remote
+                    raise ComponentFailed.named(name, outcome.error, getattr(sys, "last_value", None) if local else None)
                 ran.append(name)
                 warnings.extend(outcome.warnings)
         finally:
@@ -541,17 +547,21 @@ def _interrupt_error(text: str) -> dict[str, Any]:
 
 
 class ComponentFailed(Exception):
-    """A component run by `%link run` failed; shown as that component's own error."""
+    """A component run by `%link run` failed; shown as that component's own error.
 
-    def __init__(self, name: str, error: dict[str, Any]) -> None:
+    `post_mortem` is the user's exception when the component ran in this process: what
+    `%debug` and `%pdb` open (LinkShell.debugger), rather than the line that ran it.
+    """
+
+    def __init__(self, name: str, error: dict[str, Any], post_mortem: BaseException | None = None) -> None:
         super().__init__(error["evalue"])
-        self.name, self.error = name, error
+        self.name, self.error, self.post_mortem = name, error, post_mortem
 
     @classmethod
-    def named(cls, name: str, error: dict[str, Any]) -> ComponentFailed:
+    def named(cls, name: str, error: dict[str, Any], post_mortem: BaseException | None = None) -> ComponentFailed:
         """An instance whose class carries the user's exception name, so the `error` message's
         ename/evalue are the user's own, as for a cell (tools such as nbclient read them)."""
-        return type(error["ename"], (cls,), {})(name, error)
+        return type(error["ename"], (cls,), {})(name, error, post_mortem)
 
     def _render_traceback_(self) -> list[str]:
         return [f"\x1b[0;31mError in component {self.name!r}:\x1b[0m", *self.error["traceback"]]

@@ -231,6 +231,14 @@ class LinkShell(ZMQInteractiveShell):
                 return
 
     def debugger(self, force=False):
+        if self._error_sinks:
+            # A silent run (a parent component) keeps its errors, and everything the debugger
+            # would print: a post-mortem there prompts `ipdb>` while its answers stay invisible.
+            # Whoever shows the collected error starts it (Runner.execute_cell).
+            return
+        reported = getattr(getattr(sys, "last_value", None), "post_mortem", None)
+        if isinstance(reported, BaseException):  # `%link run` failed: debug the component's error
+            sys.last_type, sys.last_value, sys.last_traceback = type(reported), reported, reported.__traceback__
         if (force or self.call_pdb) and hasattr(sys, "last_traceback") and sys.last_traceback is None:
             # IPython's post-mortem would crash on an error that left no frame of the user's.
             print("No frame of your code to debug: the error was raised inside the kernel.", file=sys.stderr)

@@ -6,6 +6,7 @@ is the reference, the same cell in a stock `python3` kernel. Kernels are shared 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,60 @@ def test_a_component_printing_a_hundred_thousand_lines_runs_as_fast_as_a_cell(nb
     live = nb.run("chatty", timeout=30)
     assert (live.status, live.stdout) == ("ok", expected)
     assert nb.kernel.execute("%link outputs chatty", timeout=30).stdout == expected
+
+
+FAILING_PARENT = "def f(v):\n    secret = v * 2\n    raise ValueError(secret)\nf(21)"
+
+
+def _stdout(result) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)
+
+
+def test_pdb_on_opens_the_debugger_at_a_parents_error_where_the_user_sees_it(nb):
+    # The post-mortem started inside the silent run: the frontend asked `ipdb>` while
+    # everything the debugger printed went into the parent's captured outputs
+    nb.add("broken", FAILING_PARENT, counted=False).add("after_broken", "print('never')", "broken", counted=False).use()
+    assert nb.kernel.execute("%pdb on").status == "ok"
+    try:
+        result = nb.run("after_broken", stdin_reply=["p secret", "q"], timeout=30)
+    finally:
+        nb.kernel.execute("%pdb off")
+    assert result.reply["content"]["ename"] == "ValueError"
+    output = _stdout(result)
+    assert "> Component broken(3)f()" in output and "\n42\n" in output, output
+    assert "never" not in output
+    kinds = [m["msg_type"] for m in result.messages if m["msg_type"] in ("error", "stream")]
+    assert kinds.index("error") < kinds.index("stream"), "the traceback comes first, as in a cell"
+    assert "ipdb" not in nb.kernel.execute("%link outputs broken").stdout
+
+
+def test_pdb_on_without_stdin_shows_the_parents_error_alone(nb):
+    # nbclient answers no input: the post-mortem cannot run, the parent's error still shows
+    nb.add("broken", FAILING_PARENT, counted=False).add("after_broken", "print('never')", "broken", counted=False).use()
+    assert nb.kernel.execute("%pdb on").status == "ok"
+    try:
+        result = nb.run("after_broken", timeout=30)
+    finally:
+        nb.kernel.execute("%pdb off")
+    assert [(e["ename"], e["evalue"]) for e in result.errors] == [("ValueError", "42")]
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("debug", ["%debug", "%pdb"])
+def test_the_post_mortem_of_a_parents_error_lands_in_the_parents_frame(nb, debug):
+    nb.add("broken", FAILING_PARENT, counted=False).add("after_broken", "print('never')", "broken", counted=False).use()
+    answers = ["p secret", "q"]
+    if debug == "%debug":
+        assert nb.run("after_broken").status == "error"
+        output = _stdout(nb.kernel.execute("%debug", stdin_reply=answers, timeout=30))
+    else:  # `%link run` reports the component's error, not its own line in the cell
+        assert nb.kernel.execute("%pdb on").status == "ok"
+        try:
+            result = nb.kernel.execute("%link run broken", stdin_reply=answers, timeout=30)
+        finally:
+            nb.kernel.execute("%pdb off")
+        assert result.reply["content"]["ename"] == "ValueError"
+        output = _stdout(result)
+    assert "> Component broken(3)f()" in output and "\n42\n" in output, output
+    again = _stdout(nb.kernel.execute("%debug", stdin_reply=answers, timeout=30))
+    assert "> Component broken(3)f()" in again and "\n42\n" in again, again
