@@ -160,7 +160,8 @@ class LinkShell(ZMQInteractiveShell):
         self._lend_sources(value)
         exc_tuple = (etype, value, value.__traceback__)
         formats_itself = hasattr(value, "_render_traceback_") or issubclass(etype, (SyntaxError, UsageError))
-        if tb is not None and value.__traceback__ is None and not formats_itself and not chained(value):
+        no_frames_of_its_own = value.__traceback__ is None and not chained(value)
+        if tb is not None and no_frames_of_its_own and not formats_itself and not isinstance(value, BaseExceptionGroup):
             # Raised and caught inside the kernel (an interrupt between ancestors, say):
             # no frame of the user's to show, so the exception line alone, as in %xmode Minimal.
             self._get_exc_info(exc_tuple)
@@ -182,21 +183,25 @@ class LinkShell(ZMQInteractiveShell):
         return super().showtraceback(exc_tuple, filename, 0, exception_only, running_compiled_code)
 
     def _structured_traceback(self, etype, value: BaseException) -> list[str]:
-        """IPython's formatting of the user's error in the current %xmode, or in Plain mode
-        when that formatter fails (IPython 9's Docs mode asserts on every chained error).
+        return self._formatted(lambda: self.InteractiveTB.structured_traceback(etype, value, value.__traceback__, tb_offset=0))
+
+    def _formatted(self, format_error: Callable[[], list[str]]) -> list[str]:
+        """`format_error()` with IPython's formatter in the current %xmode, or in Plain mode
+        when that formatter fails (IPython 9's Docs mode asserts on every chained error, every
+        mode on the groups `except*` leaves behind).
 
         IPython's own fallback prints a raw traceback of its internals and of the kernel's
         temporary files; the user's error in another layout is what the user needs.
         """
         formatter = self.InteractiveTB
         try:
-            return formatter.structured_traceback(etype, value, value.__traceback__, tb_offset=0)
+            return format_error()
         except Exception:  # noqa: BLE001 - a formatter bug must not replace the user's error
             mode = formatter.mode
             self._kernel_log.warning("IPython cannot format this error in %%xmode %s", mode, exc_info=True)
             formatter.set_mode("Plain")
             try:
-                return formatter.structured_traceback(etype, value, value.__traceback__, tb_offset=0)
+                return format_error()
             finally:
                 formatter.set_mode(mode)
 
@@ -305,7 +310,7 @@ class LinkShell(ZMQInteractiveShell):
         print(f"{header}\n{self.InteractiveTB.stb2text(stb)}", file=sys.stderr, flush=True)
 
     def _group_traceback(self, value: BaseException) -> list[str]:
-        return group_traceback(self.InteractiveTB, value)
+        return self._formatted(lambda: group_traceback(self.InteractiveTB, value))
 
     def _show_internal_error(self, etype, value: BaseException) -> None:
         """A linkkernel bug: the full traceback to the kernel log, one line to the user."""

@@ -13,6 +13,7 @@ import pytest
 
 from engine_support import Notebook
 from support import Kernel, component_meta, start_stock_kernel
+from test_tracebacks_kernel import assert_clean
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +114,28 @@ def test_the_post_mortem_of_a_parents_error_lands_in_the_parents_frame(nb, debug
     assert "> Component broken(3)f()" in output and "\n42\n" in output, output
     again = _stdout(nb.kernel.execute("%debug", stdin_reply=answers, timeout=30))
     assert "> Component broken(3)f()" in again and "\n42\n" in again, again
+
+
+EXCEPT_STAR = (
+    "try:\n    raise ExceptionGroup('outer', [ValueError(1), ExceptionGroup('inner', [KeyError(2)])])\n"
+    "except* KeyError:\n    raise RuntimeError('handled')"
+)
+
+
+@pytest.mark.parametrize("where", ["cell", "component", "parent"])
+def test_an_error_raised_in_an_except_star_handler_shows_every_member(nb, stock, where):
+    # The group `except*` re-raises has no frame of the user's: it was shown as its one
+    # line, members lost; IPython's formatter then asserted on the members' tracebacks
+    expected = stock.execute(EXCEPT_STAR)
+    assert "RuntimeError: handled" in expected.stderr and "ValueError: 1" in expected.stderr
+    if where == "cell":
+        result = nb.kernel.execute(EXCEPT_STAR)
+    else:
+        nb.add("grouped", EXCEPT_STAR, counted=False).add("after_grouped", "print('never')", "grouped", counted=False).use()
+        result = nb.run("grouped" if where == "component" else "after_grouped")
+    content = result.reply["content"]
+    assert (content["ename"], content["evalue"]) == ("ExceptionGroup", " (2 sub-exceptions)")
+    text = result.traceback_text
+    label = "Cell In[" if where == "cell" else "Component grouped, line 4"
+    assert "RuntimeError: handled" in text and "ValueError: 1" in text and label in text, text
+    assert_clean(text)
