@@ -258,7 +258,7 @@ class Runner:
             loaded: dict[str, tuple[Any, Loaded | None]] = {}
 
             def load_input(name: str) -> Any:
-                loaded[name] = self.store.load(merged[name], ns)
+                loaded[name] = self._load(component.name, "input", name, merged[name], ns)
                 return loaded[name][0]
 
             with loading_together(merged, load_input) as value_of:
@@ -325,34 +325,63 @@ class Runner:
                 try:
                     blob = freeze(dump(name, value))
                 except UnpicklableValue as exc:
-                    digest = f"{MEMORY_PREFIX}{outcome.record.run_id}:{name}"
-                    memory[digest] = value
-                    outcome.record.memory_only.append(name)
-                    outcome.warnings.append(
-                        f"linkkernel: component {outcome.record.name!r}: {exc.name!r} ({exc.type_name}) cannot be "
-                        "serialised; it is kept in memory only, so after a restart the component runs again"
-                    )
+                    self._keep_in_memory(outcome, exc, value, namespace, memory)
                 else:
-                    digest = blob.digest
-                    blobs[digest] = blob
-                namespace[name] = digest
+                    blobs[blob.digest] = blob
+                    namespace[name] = blob.digest
         for name in found.deleted:
             del namespace[name]
         # The notebook is one namespace: its functions read its globals, as those a child
         # loads read the child's, while the live ones read the run's. Outputs holding such
         # functions are published as copies, loaded together with the other outputs.
         copies = {n for n in found.bound if namespace[n] in blobs and reads_notebook_globals(blobs[namespace[n]])}
+        unrebuilt: dict[str, Exception] = {}
 
         def publishable(name: str) -> Any:
-            return Loaded(blobs[namespace[name]], self.shell.user_ns).value if name in copies else final[name]
+            if name not in copies:
+                return final[name]
+            try:
+                return Loaded(blobs[namespace[name]], self.shell.user_ns).value
+            except Exception as exc:  # unpickling runs the value's own code (a __setstate__ that raises)
+                unrebuilt[name] = exc
+                return final[name]
 
         with loading_together({n: namespace[n] for n in found.bound}, publishable) as value_of:
             values.update({n: value_of(n) for n in copies})
+        for name, exc in unrebuilt.items():  # it pickles but cannot be rebuilt: as good as unpicklable
+            blob_digest = namespace[name]
+            self._keep_in_memory(outcome, UnpicklableValue(name, final[name], exc), final[name], namespace, memory)
+            if blob_digest not in namespace.values():
+                del blobs[blob_digest]
         outcome.record.namespace = namespace
         outcome.values = values
         outcome.deleted = found.deleted
         outcome.blobs = blobs
         outcome.memory = memory
+
+    @staticmethod
+    def _keep_in_memory(outcome: RunOutcome, exc: UnpicklableValue, value: Any, namespace: dict, memory: dict) -> None:
+        """An output that cannot be serialised: this process's memory only, with the warning."""
+        digest = f"{MEMORY_PREFIX}{outcome.record.run_id}:{exc.name}"
+        memory[digest] = value
+        namespace[exc.name] = digest
+        outcome.record.memory_only.append(exc.name)
+        outcome.warnings.append(
+            f"linkkernel: component {outcome.record.name!r}: {exc.name!r} ({exc.type_name}) cannot be "
+            "serialised; it is kept in memory only, so after a restart the component runs again"
+        )
+
+    def _load(self, component: str, role: str, name: str, digest: str, namespace: dict) -> tuple[Any, Loaded | None]:
+        """A cached value for `namespace`; a LinkError naming it when the value's own code
+        cannot rebuild it (a `__setstate__` that raises, a class its module has changed)."""
+        try:
+            return self.store.load(digest, namespace)
+        except LinkError:
+            raise
+        except Exception as exc:  # unpickling runs the value's own code
+            raise LinkError(
+                f"component {component!r}: its {role} {name!r} cannot be rebuilt from the cache: {type(exc).__name__}: {exc}"
+            ) from None
 
     async def _run_remote(self, component: Component, merged: dict[str, str], record: RunRecord, live: bool) -> RunOutcome:
         """The single call site of remote execution: REMOTE's run_remote(kernel, task, alias)."""
@@ -497,7 +526,7 @@ class Runner:
                 continue
             _, inherited = self._parent_namespaces(graph.nodes[name]["component"])
             outputs = {n: d for n, d in record.namespace.items() if inherited.get(n) != d}
-            with loading_together(outputs, lambda n: self.store.load(outputs[n], self.shell.user_ns)[0]) as value_of:
+            with loading_together(outputs, lambda n: self._load(name, "output", n, outputs[n], self.shell.user_ns)[0]) as value_of:
                 for output in outputs:
                     self.shell.user_ns[output] = value_of(output)
             self._published.add(record.run_id)

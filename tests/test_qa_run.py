@@ -139,3 +139,41 @@ def test_an_error_raised_in_an_except_star_handler_shows_every_member(nb, stock,
     label = "Cell In[" if where == "cell" else "Component grouped, line 4"
     assert "RuntimeError: handled" in text and "ValueError: 1" in text and label in text, text
     assert_clean(text)
+
+
+RESTORE_FAILS = (
+    "class Guarded:\n    def __setstate__(self, state):\n        raise ValueError('cannot restore Guarded')\n"
+    "guarded = Guarded()\nguarded.v = 1"
+)
+
+
+def test_a_value_its_own_class_cannot_unpickle_stays_in_memory_with_the_warning(nb):
+    # The notebook's copy of a value defined with its class in the component is rebuilt from
+    # its pickle; the user's __setstate__ raising was reported as a bug in linkkernel
+    nb.add("guarding", RESTORE_FAILS, counted=False).add("reading", "print(guarded.v)", "guarding", counted=False).use()
+    made = nb.run("guarding")
+    assert made.status == "ok", made.traceback_text
+    assert "'guarded' (__main__.Guarded) cannot be serialised; it is kept in memory only" in made.stderr
+    read = nb.run("reading")
+    assert (read.status, read.stdout) == ("ok", "1\n"), read.traceback_text
+
+
+def test_a_cached_value_whose_class_no_longer_loads_is_one_line_naming_it(nb, home):
+    # A class of the user's own module that cannot rebuild a cached value (changed since,
+    # a __setstate__ that raises): the child's input is named, not a linkkernel bug
+    (home / "qa_restore.py").write_text(
+        "FAIL = False\nclass Kept:\n    def __setstate__(self, state):\n"
+        "        if FAIL:\n            raise ValueError('Kept changed')\n        self.__dict__.update(state)\n"
+    )
+    nb.add("keeping", "import qa_restore\nkept = qa_restore.Kept()\nkept.v = 2", counted=False)
+    nb.add("using", "print(kept.v)", "keeping", counted=False).use()
+    assert nb.run("using").stdout == "2\n"
+    assert nb.kernel.execute("import qa_restore\nqa_restore.FAIL = True").status == "ok"
+    try:
+        result = nb.run("using")
+    finally:
+        nb.kernel.execute("qa_restore.FAIL = False")
+    assert result.status == "error"
+    assert result.traceback_text.splitlines() == [
+        "LinkError: component 'using': its input 'kept' cannot be rebuilt from the cache: ValueError: Kept changed"
+    ]
