@@ -480,9 +480,10 @@ def changes(
     """Compare the namespace a run started with to the one it ended with.
 
     A name is an output when it is new, rebound to another object, or still bound to the
-    same object whose content digest changed (mutated in place). Values whose digest is
-    unknown (unpicklable) count as unchanged while they keep their identity. Within
-    `pickling_names`, the blob made to compare digests is the one the caller then stores.
+    same object whose content digest changed (mutated in place), or that no longer pickles.
+    Values whose digest is unknown (unpicklable) count as unchanged while they keep their
+    identity. Within `pickling_names`, the blob made to compare digests is the one the
+    caller then stores.
     """
     skip = set(ignore)
     bound = []
@@ -498,7 +499,8 @@ def changes(
         try:
             blob = dump(name, value)
         except UnpicklableValue:
-            continue  # unknown digest: unchanged while it keeps its identity
+            bound.append(name)  # it pickled before the run: changed in place (a lock attached, say)
+            continue
         if blob.digest != before:
             bound.append(name)
     deleted = [name for name in inputs if name not in final and name not in skip]

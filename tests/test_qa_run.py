@@ -177,3 +177,17 @@ def test_a_cached_value_whose_class_no_longer_loads_is_one_line_naming_it(nb, ho
     assert result.traceback_text.splitlines() == [
         "LinkError: component 'using': its input 'kept' cannot be rebuilt from the cache: ValueError: Kept changed"
     ]
+
+
+def test_a_parents_object_a_child_makes_unpicklable_is_still_its_output(nb):
+    # Mutated in place so that it no longer pickles (a lock attached): the mutation was
+    # taken for no change and lost, for the grandchild and the notebook alike
+    nb.add("holder", "class Holder:\n    pass\nheld = Holder()\nheld.items = [1]", counted=False)
+    nb.add("locking", "import threading\nheld.lock = threading.Lock()\nheld.items.append(2)", "holder", counted=False)
+    nb.add("after_locking", "print(held.items, hasattr(held, 'lock'))", "locking", counted=False).use()
+    locked = nb.run("locking")
+    assert "'held' (__main__.Holder) cannot be serialised; it is kept in memory only" in locked.stderr
+    assert nb.run("after_locking").stdout == "[1, 2] True\n"
+    assert nb.kernel.execute("print(held.items)").stdout == "[1, 2]\n"
+    assert nb.run("holder").status == "ok"
+    assert nb.kernel.execute("print(held.items)").stdout == "[1]\n", "the parent's value is its own again"
