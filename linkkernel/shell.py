@@ -173,14 +173,33 @@ class LinkShell(ZMQInteractiveShell):
             if self.call_pdb:
                 self.debugger(force=True)
             return None
-        if not formats_itself and not exception_only:
+        rendered = None if exception_only else self._rendered(value)
+        if rendered is not None or (not formats_itself and not exception_only):
             self._get_exc_info(exc_tuple)
-            self._showtraceback(etype, value, self._structured_traceback(etype, value))
+            self._showtraceback(etype, value, self._structured_traceback(etype, value) if rendered is None else rendered)
             if self.call_pdb:
                 self.debugger(force=True)
             return None
         # The machinery frames tb_offset would skip are gone already.
         return super().showtraceback(exc_tuple, filename, 0, exception_only, running_compiled_code)
+
+    def _rendered(self, value: BaseException) -> list[str] | None:
+        """What the user's own `_render_traceback_` makes of `value`; their error formatted
+        as any other when that renderer fails. None for errors IPython formats by type.
+
+        IPython prints a renderer's failure as a raw traceback of its own frames and the
+        kernel's temporary files, and sends no `error` message at all.
+        """
+        if not hasattr(value, "_render_traceback_") or isinstance(value, (SyntaxError, UsageError)):
+            return None
+        try:
+            rendered = value._render_traceback_()
+        except Exception:  # noqa: BLE001 - the user's renderer, not their error, is broken
+            self._kernel_log.warning("%s._render_traceback_ failed", type(value).__name__, exc_info=True)
+            rendered = None
+        if isinstance(rendered, (list, tuple)) and all(isinstance(line, str) for line in rendered):
+            return list(rendered)
+        return self._structured_traceback(type(value), value)
 
     def _structured_traceback(self, etype, value: BaseException) -> list[str]:
         return self._formatted(lambda: self.InteractiveTB.structured_traceback(etype, value, value.__traceback__, tb_offset=0))

@@ -191,3 +191,27 @@ def test_a_parents_object_a_child_makes_unpicklable_is_still_its_output(nb):
     assert nb.kernel.execute("print(held.items)").stdout == "[1, 2]\n"
     assert nb.run("holder").status == "ok"
     assert nb.kernel.execute("print(held.items)").stdout == "[1]\n", "the parent's value is its own again"
+
+
+BROKEN_RENDERER = (
+    "class Fancy(Exception):\n    def _render_traceback_(self):\n        raise TypeError('renderer broke')\n"
+    "def fail():\n    raise Fancy('the real error')\nfail()"
+)
+
+
+@pytest.mark.parametrize("where", ["cell", "component", "parent"])
+def test_an_error_whose_own_renderer_fails_is_shown_as_any_other(nb, where):
+    # IPython prints the renderer's failure raw (its frames, the kernel's temporary file)
+    # and sends no `error` message: the user's error, formatted as Jupyter does, instead
+    if where == "cell":
+        result = nb.kernel.execute(BROKEN_RENDERER)
+    else:
+        nb.add("fancy", BROKEN_RENDERER, counted=False).add("after_fancy", "print('never')", "fancy", counted=False).use()
+        result = nb.run("fancy" if where == "component" else "after_fancy")
+    assert [(e["ename"], e["evalue"]) for e in result.errors] == [("Fancy", "the real error")]
+    text = result.traceback_text
+    label = r"Cell In\[\d+\]" if where == "cell" else "Component fancy"
+    assert re.search(label + r", line 5, in fail\(\)\n", text), text
+    assert text.rstrip().endswith("Fancy: the real error")
+    assert (result.stdout, result.stderr) == ("", "")
+    assert_clean(text)
