@@ -373,14 +373,17 @@ class Runner:
 
     def _load(self, component: str, role: str, name: str, digest: str, namespace: dict) -> tuple[Any, Loaded | None]:
         """A cached value for `namespace`; a LinkError naming it when the value's own code
-        cannot rebuild it (a `__setstate__` that raises, a class its module has changed)."""
+        cannot rebuild it (a `__setstate__` that raises, a module gone from `sys.path` since
+        a restart because the parent that extended it is fresh and did not run again)."""
         try:
             return self.store.load(digest, namespace)
         except LinkError:
             raise
         except Exception as exc:  # unpickling runs the value's own code
+            again = "it" if role == "output" else "it and its ancestors"
             raise LinkError(
-                f"component {component!r}: its {role} {name!r} cannot be rebuilt from the cache: {type(exc).__name__}: {exc}"
+                f"component {component!r}: its {role} {name!r} cannot be rebuilt from the cache: {type(exc).__name__}: "
+                f"{exc}; run {again} again with '%link run {component} --force'"
             ) from None
 
     async def _run_remote(self, component: Component, merged: dict[str, str], record: RunRecord, live: bool) -> RunOutcome:

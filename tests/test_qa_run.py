@@ -175,7 +175,8 @@ def test_a_cached_value_whose_class_no_longer_loads_is_one_line_naming_it(nb, ho
         nb.kernel.execute("qa_restore.FAIL = False")
     assert result.status == "error"
     assert result.traceback_text.splitlines() == [
-        "LinkError: component 'using': its input 'kept' cannot be rebuilt from the cache: ValueError: Kept changed"
+        "LinkError: component 'using': its input 'kept' cannot be rebuilt from the cache: ValueError: Kept changed; "
+        "run it and its ancestors again with '%link run using --force'"
     ]
 
 
@@ -215,3 +216,28 @@ def test_an_error_whose_own_renderer_fails_is_shown_as_any_other(nb, where):
     assert text.rstrip().endswith("Fancy: the real error")
     assert (result.stdout, result.stderr) == ("", "")
     assert_clean(text)
+
+
+def test_after_a_restart_a_value_from_a_module_a_fresh_parent_put_on_sys_path_says_how_to_rerun(link_kernelspec, home):
+    # The parent extended sys.path and is fresh, so it does not run again after a restart:
+    # its function, pickled by reference to that module, cannot be imported
+    (home / "src").mkdir()
+    (home / "src" / "qa_mylib.py").write_text("def triple(v):\n    return v * 3\n")
+    path = home / "syspath.ipynb"
+    k = Kernel(cwd=str(home), LINKKERNEL_NOTEBOOK=str(path))
+    try:
+        nb = Notebook(k, path)
+        nb.add("setup", "import sys\nsys.path.append('src')\nfrom qa_mylib import triple", counted=False)
+        nb.add("use", "print(triple(2))", "setup", counted=False).save()
+        assert nb.run("use").stdout == "6\n"
+        k.manager.restart_kernel(now=False)
+        k.client.wait_for_ready(timeout=60)
+        refused = nb.run("use")
+        assert refused.traceback_text.splitlines() == [
+            "LinkError: component 'setup': its output 'triple' cannot be rebuilt from the cache: ModuleNotFoundError: "
+            "No module named 'qa_mylib'; run it again with '%link run setup --force'"
+        ]
+        assert k.execute("%link run setup --force").stdout == "ran: setup\n"
+        assert nb.run("use").stdout == "6\n"
+    finally:
+        k.shutdown()
