@@ -58,6 +58,7 @@ class RunOutcome:
     values: dict[str, Any] = field(default_factory=dict)
     deleted: tuple[str, ...] = ()
     error: dict[str, Any] | None = None
+    exception: BaseException | None = None  # the user's error when it was raised in this process
     interrupted: bool = False
     warnings: list[str] = field(default_factory=list)
     blobs: dict[str, Blob] = field(default_factory=dict)
@@ -177,6 +178,7 @@ class Runner:
         except ComponentFailed as exc:
             reply = self._report_parent_error(exc.name, exc.error, history)
             if exc.post_mortem is not None and self.shell.call_pdb and allow_stdin:
+                sys.last_value = exc  # the shell's debugger opens the error it carries
                 with _input_from_frontend(self.kernel, allow_stdin):  # %pdb, after the error as in a cell
                     self.shell.debugger(force=True)
             return reply
@@ -281,6 +283,7 @@ class Runner:
                     traceback = collected.traceback if collected else [f"{ename}: {evalue}"]
                     outputs.error(ename, evalue, traceback)
                     outcome.error = {"ename": ename, "evalue": evalue, "traceback": traceback}
+                    outcome.exception = err
                     return outcome
             else:
                 with capture.recorded(shell) as outputs:
@@ -551,9 +554,7 @@ class Runner:
                 if outcome.interrupted:
                     raise KeyboardInterrupt
                 if outcome.error is not None:
-                    # A local run's error is the shell's last one, as a cell's would be.
-                    local = not graph.nodes[name]["component"].remote
-                    raise ComponentFailed.named(name, outcome.error, getattr(sys, "last_value", None) if local else None)
+                    raise ComponentFailed.named(name, outcome.error, outcome.exception)
                 ran.append(name)
                 warnings.extend(outcome.warnings)
         finally:

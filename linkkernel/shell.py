@@ -261,7 +261,7 @@ class LinkShell(ZMQInteractiveShell):
             # Whoever shows the collected error starts it (Runner.execute_cell).
             return
         reported = getattr(getattr(sys, "last_value", None), "post_mortem", None)
-        if isinstance(reported, BaseException):  # `%link run` failed: debug the component's error
+        if isinstance(reported, BaseException):  # a component failed (runner.ComponentFailed): debug its error
             sys.last_type, sys.last_value, sys.last_traceback = type(reported), reported, reported.__traceback__
         if (force or self.call_pdb) and hasattr(sys, "last_traceback") and sys.last_traceback is None:
             # IPython's post-mortem would crash on an error that left no frame of the user's.
