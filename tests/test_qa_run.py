@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from engine_support import Notebook
-from support import Kernel, component_meta, start_stock_kernel
+from support import Kernel, start_stock_kernel
 from test_tracebacks_kernel import assert_clean
 
 
