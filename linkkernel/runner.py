@@ -375,18 +375,17 @@ class Runner:
         )
 
     def _load(self, component: str, role: str, name: str, digest: str, namespace: dict) -> tuple[Any, Loaded | None]:
-        """A cached value for `namespace`; a LinkError naming it when the value's own code
-        cannot rebuild it (a `__setstate__` that raises, a module gone from `sys.path` since
-        a restart because the parent that extended it is fresh and did not run again)."""
+        """A cached value for `namespace`. One that its own code cannot rebuild is lost, so
+        the components that made it run again: after a restart, a fresh parent that put a
+        module on `sys.path` did not run, and its functions cannot be imported until it does.
+        Lost again (a `__setstate__` that always raises), it is one line naming it."""
         try:
             return self.store.load(digest, namespace)
         except LinkError:
             raise
         except Exception as exc:  # unpickling runs the value's own code
-            again = "it" if role == "output" else "it and its ancestors"
-            raise LinkError(
-                f"component {component!r}: its {role} {name!r} cannot be rebuilt from the cache: {type(exc).__name__}: "
-                f"{exc}; run {again} again with '%link run {component} --force'"
+            raise LostValue(
+                digest, f"component {component!r}: its {role} {name!r} cannot be rebuilt from the cache: {type(exc).__name__}: {exc}"
             ) from None
 
     async def _run_remote(self, component: Component, merged: dict[str, str], record: RunRecord, live: bool) -> RunOutcome:

@@ -257,8 +257,11 @@ class CacheStore:
 
     def lose(self, digest: str) -> None:
         """Take a value the storage failed to give back for gone: the components whose runs
-        hold it are stale (`available`), and the next run that makes it writes it again."""
-        self.lost.add(digest)
+        hold it are stale (`available`), and the next run that makes it writes it again.
+        A blob read whole that its own code cannot unpickle goes from memory too."""
+        with self._lock:
+            self.lost.add(digest)
+            self.blobs.pop(digest, None)
 
     def load(self, digest: str, namespace: dict[str, Any]) -> tuple[Any, Loaded | None]:
         """A private copy of the value named by `digest`, to live in `namespace`, and how it was loaded.
