@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from IPython.core.error import UsageError
+from IPython.core.error import StdinNotImplementedError, UsageError
 from ipykernel.compiler import get_file_name
 from ipykernel.zmqshell import ZMQInteractiveShell
 
@@ -267,7 +267,11 @@ class LinkShell(ZMQInteractiveShell):
             # IPython's post-mortem would crash on an error that left no frame of the user's.
             print("No frame of your code to debug: the error was raised inside the kernel.", file=sys.stderr)
             return
-        super().debugger(force)
+        try:
+            super().debugger(force)
+        except StdinNotImplementedError as exc:
+            # %pdb under nbclient or papermill: the cell's error stays the user's, not the prompt's.
+            print(f"The debugger cannot run: {exc}", file=sys.stderr)
 
     def showsyntaxerror(self, filename=None, running_compiled_code=False):
         etype, value, _ = self._get_exc_info()

@@ -38,7 +38,8 @@ def stock(link_kernelspec: str, tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture
 def nb(link: Kernel, home: Path, request: pytest.FixtureRequest):
     """A saved notebook of this test's own, made the kernel's notebook for the test."""
-    notebook = Notebook(link, home / f"{request.node.name[:60]}.ipynb")
+    name = re.sub(r"\W", "_", request.node.name)
+    notebook = Notebook(link, home / f"{name}.ipynb")
     yield notebook
     assert link.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
 
@@ -241,3 +242,20 @@ def test_after_a_restart_a_parent_that_put_a_module_on_sys_path_runs_again_when_
         )
     finally:
         k.shutdown()
+
+
+@pytest.mark.parametrize("cell", ["1/0", "%link run broken"])
+def test_pdb_on_without_stdin_keeps_the_users_error(nb, cell):
+    # nbclient and papermill answer no input: the post-mortem's prompt raised inside the
+    # kernel's own error display, reported as a bug in linkkernel and as the cell's error
+    nb.add("broken", "1/0", counted=False).use()
+    assert nb.kernel.execute("%pdb on").status == "ok"
+    try:
+        result = nb.kernel.execute(cell, timeout=30)
+    finally:
+        nb.kernel.execute("%pdb off")
+    assert (result.reply["content"]["ename"], result.reply["content"]["evalue"]) == ("ZeroDivisionError", "division by zero")
+    assert [e["ename"] for e in result.errors] == ["ZeroDivisionError"]
+    assert result.stderr.endswith(
+        "The debugger cannot run: raw_input was called, but this frontend does not support input requests.\n"
+    )
