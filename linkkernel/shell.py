@@ -29,9 +29,11 @@ from linkkernel.tracebacks import (
     chained,
     contains_group,
     format_warning,
+    formatted,
     frames_of,
     group_traceback,
     is_internal,
+    own_rendering,
     trim,
 )
 
@@ -173,7 +175,7 @@ class LinkShell(ZMQInteractiveShell):
             if self.call_pdb:
                 self.debugger(force=True)
             return None
-        rendered = None if exception_only else self._rendered(value)
+        rendered = None if exception_only else own_rendering(value, lambda: self._structured_traceback(etype, value), self._kernel_log)
         if rendered is not None or (not formats_itself and not exception_only):
             self._get_exc_info(exc_tuple)
             self._showtraceback(etype, value, self._structured_traceback(etype, value) if rendered is None else rendered)
@@ -183,46 +185,11 @@ class LinkShell(ZMQInteractiveShell):
         # The machinery frames tb_offset would skip are gone already.
         return super().showtraceback(exc_tuple, filename, 0, exception_only, running_compiled_code)
 
-    def _rendered(self, value: BaseException) -> list[str] | None:
-        """What the user's own `_render_traceback_` makes of `value`; their error formatted
-        as any other when that renderer fails. None for errors IPython formats by type.
-
-        IPython prints a renderer's failure as a raw traceback of its own frames and the
-        kernel's temporary files, and sends no `error` message at all.
-        """
-        if not hasattr(value, "_render_traceback_") or isinstance(value, (SyntaxError, UsageError)):
-            return None
-        try:
-            rendered = value._render_traceback_()
-        except Exception:  # noqa: BLE001 - the user's renderer, not their error, is broken
-            self._kernel_log.warning("%s._render_traceback_ failed", type(value).__name__, exc_info=True)
-            rendered = None
-        if isinstance(rendered, (list, tuple)) and all(isinstance(line, str) for line in rendered):
-            return list(rendered)
-        return self._structured_traceback(type(value), value)
-
     def _structured_traceback(self, etype, value: BaseException) -> list[str]:
         return self._formatted(lambda: self.InteractiveTB.structured_traceback(etype, value, value.__traceback__, tb_offset=0))
 
     def _formatted(self, format_error: Callable[[], list[str]]) -> list[str]:
-        """`format_error()` with IPython's formatter in the current %xmode, or in Plain mode
-        when that formatter fails (IPython 9's Docs mode asserts on every chained error, every
-        mode on the groups `except*` leaves behind).
-
-        IPython's own fallback prints a raw traceback of its internals and of the kernel's
-        temporary files; the user's error in another layout is what the user needs.
-        """
-        formatter = self.InteractiveTB
-        try:
-            return format_error()
-        except Exception:  # noqa: BLE001 - a formatter bug must not replace the user's error
-            mode = formatter.mode
-            self._kernel_log.warning("IPython cannot format this error in %%xmode %s", mode, exc_info=True)
-            formatter.set_mode("Plain")
-            try:
-                return format_error()
-            finally:
-                formatter.set_mode(mode)
+        return formatted(self.InteractiveTB, format_error, self._kernel_log)
 
     def register_source(self, component: str, source: str) -> None:
         """Make known the code of a component that did not run in this process (fresh from

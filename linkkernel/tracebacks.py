@@ -10,6 +10,7 @@ libraries it called.
 from __future__ import annotations
 
 import linecache
+import logging
 import os
 import sys
 import sysconfig
@@ -198,6 +199,51 @@ def group_traceback(formatter, value: BaseException) -> list[str]:
         return stb
     parts = [formatter.stb2text(group_traceback(formatter, sub)) for sub in value.exceptions]
     return [formatter.stb2text(stb).rstrip("\n") + "\n" + group_tree(parts)]
+
+
+def formatted(formatter, format_error: Callable[[], list[str]], log: logging.Logger | None = None) -> list[str]:
+    """`format_error()` with IPython's `formatter` in its current %xmode, or in Plain mode when
+    that fails (IPython 9's Docs mode asserts on every chained error, every mode on the groups
+    `except*` leaves behind).
+
+    IPython's own fallback prints a raw traceback of its internals and of the kernel's
+    temporary files; the user's error in another layout is what the user needs.
+    """
+    try:
+        return format_error()
+    except Exception:  # noqa: BLE001 - a formatter bug must not replace the user's error
+        mode = formatter.mode
+        if log is not None:
+            log.warning("IPython cannot format this error in %%xmode %s", mode, exc_info=True)
+        formatter.set_mode("Plain")
+        try:
+            return format_error()
+        finally:
+            formatter.set_mode(mode)
+
+
+def own_rendering(value: BaseException, format_error: Callable[[], list[str]], log: logging.Logger | None = None) -> list[str] | None:
+    """What the user's own `_render_traceback_` makes of `value`; `format_error()`, their
+    error formatted as any other, when that renderer fails. None for errors IPython formats
+    by their type.
+
+    IPython prints a renderer's failure as a raw traceback of its own frames and the
+    kernel's temporary files, and sends no `error` message at all. `log` (the kernel's; a task
+    process has none: its stderr is the cell's) hears of what failed.
+    """
+    from IPython.core.error import UsageError
+
+    if not hasattr(value, "_render_traceback_") or isinstance(value, (SyntaxError, UsageError)):
+        return None
+    try:
+        rendered = value._render_traceback_()
+    except Exception:  # noqa: BLE001 - the user's renderer, not their error, is broken
+        if log is not None:
+            log.warning("%s._render_traceback_ failed", type(value).__name__, exc_info=True)
+        rendered = None
+    if isinstance(rendered, (list, tuple)) and all(isinstance(line, str) for line in rendered):
+        return list(rendered)
+    return format_error()
 
 
 def is_machinery_file(filename: str) -> bool:

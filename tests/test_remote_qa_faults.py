@@ -344,3 +344,21 @@ def test_kernels_and_task_processes_may_hold_as_many_files_as_the_system_allows(
     finally:
         k.shutdown()
         w.stop()
+
+
+@pytest.mark.parametrize("code, ename, shown", [
+    ("try:\n    raise ExceptionGroup('outer', [ValueError(1), ExceptionGroup('inner', [KeyError(2)])])\n"
+     "except* KeyError:\n    raise RuntimeError('handled')", "ExceptionGroup", "RuntimeError: handled"),
+    ("class Fancy(Exception):\n    def _render_traceback_(self):\n        raise TypeError('renderer broke')\n"
+     "def fail():\n    raise Fancy('the real error')\nfail()", "Fancy", "Fancy: the real error"),
+])
+def test_errors_ipython_cannot_format_are_still_the_remote_components_error(worker, code, ename, shown) -> None:
+    """As in the kernel (test_qa_run): an error raised in an except* handler made IPython's
+    formatter fail into an AssertionError, and a user's _render_traceback_ that fails made
+    the task pass for a success with IPython's raw traceback on stderr."""
+    result = executor.run_remote(None, task(code), "qa1")
+    assert result.error is not None and result.error.ename == ename
+    text = plain("\n".join(result.error.traceback))
+    assert shown in text and "Component qa" in text, text
+    assert "ipykernel_" not in text and "linkkernel" not in text and "IPython" not in text
+    assert all(output.get("name") != "stderr" for output in result.outputs), result.outputs

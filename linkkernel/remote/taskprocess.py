@@ -38,7 +38,7 @@ from linkkernel import cow
 from linkkernel.compiler import LinkCompiler
 from linkkernel.namespaces import Blob, UnpicklableValue, changes, dump, loading_together, loads, pickling_names
 from linkkernel.remote.storage import StorageError, Store, file_map_of
-from linkkernel.tracebacks import contains_group, format_warning, group_traceback, trim
+from linkkernel.tracebacks import contains_group, format_warning, formatted, group_traceback, own_rendering, trim
 
 # Names IPython's displayhook and input cache bind in the namespace; they are not outputs.
 _SHELL_NAMES = re.compile(r"_{1,3}|_i{1,3}|_i?\d+")
@@ -163,10 +163,17 @@ class WorkerShell(InteractiveShell):
             return super().showtraceback(exc_tuple, filename, tb_offset, exception_only, running_compiled_code)
         value.__traceback__ = tb
         trim(value)
-        if contains_group(value) and not exception_only:
-            self._get_exc_info((etype, value, value.__traceback__))
-            self._showtraceback(etype, value, group_traceback(self.InteractiveTB, value))
-            return None
+        if not exception_only:
+            # As the kernel's shell does (LinkShell.showtraceback): a user's renderer that
+            # fails, and groups IPython's formatter fails on, are still the task's error.
+            def layout() -> list[str]:
+                return formatted(self.InteractiveTB, lambda: group_traceback(self.InteractiveTB, value))
+
+            rendered = own_rendering(value, layout)
+            if rendered is not None or contains_group(value):
+                self._get_exc_info((etype, value, value.__traceback__))
+                self._showtraceback(etype, value, layout() if rendered is None else rendered)
+                return None
         # The machinery frames tb_offset would skip are gone already.
         return super().showtraceback((etype, value, value.__traceback__), filename, 0, exception_only, running_compiled_code)
 
