@@ -23,6 +23,8 @@ from typing import Any
 
 from IPython.core.displaypub import DisplayPublisher
 
+from linkkernel.tracebacks import blame_user
+
 _libc = ctypes.CDLL(None)
 
 
@@ -119,6 +121,8 @@ class _Stream(io.TextIOBase):
         return True
 
     def write(self, text: str) -> int:
+        if not isinstance(text, str):  # ipykernel's error, the user's to see (not kept as output)
+            raise blame_user(TypeError(f"write() argument must be str, not {type(text)}"))
         self._outputs.stream(self._name, text)
         if self._echo is not None:
             self._echo.write(text)
