@@ -96,10 +96,19 @@ class _Stream(io.TextIOBase):
     would say None and raise): user code and libraries read them, e.g. tqdm and `%time`
     choose their characters by `encoding`, `subprocess.run(stdout=sys.stdout)` needs a
     descriptor. A silent run's descriptor is 1 or 2, which point at the capture then.
+
+    User code can keep the stream beyond the run (`logging.basicConfig()` keeps sys.stderr):
+    once the run ends it is `detach`ed, and writes go where ipykernel's stream would send
+    them, the cell running then, instead of into a finished run's kept outputs.
     """
 
     def __init__(self, outputs: Outputs, name: str, echo: Any = None) -> None:
-        self._outputs, self._name, self._echo = outputs, name, echo
+        self._outputs: Outputs | None = outputs
+        self._name, self._echo = name, echo
+
+    def detach(self, kernel_stream: Any) -> None:
+        """The run is over: keep nothing more, pass everything on to `kernel_stream`."""
+        self._outputs, self._echo = None, kernel_stream
 
     @property
     def name(self) -> str:
@@ -123,7 +132,9 @@ class _Stream(io.TextIOBase):
     def write(self, text: str) -> int:
         if not isinstance(text, str):  # ipykernel's error, the user's to see (not kept as output)
             raise blame_user(TypeError(f"write() argument must be str, not {type(text)}"))
-        self._outputs.stream(self._name, text)
+        outputs = self._outputs
+        if outputs is not None:
+            outputs.stream(self._name, text)
         if self._echo is not None:
             self._echo.write(text)
         return len(text)
@@ -235,13 +246,16 @@ def captured(shell) -> Iterator[Outputs]:
     """Inside the block nothing reaches the frontend; the yielded Outputs collects it instead."""
     outputs = Outputs()
     saved = sys.stdout, sys.stderr, shell.display_pub
+    streams = _Stream(outputs, "stdout"), _Stream(outputs, "stderr")
     with _fd_redirect(outputs):
-        sys.stdout, sys.stderr = _Stream(outputs, "stdout"), _Stream(outputs, "stderr")
+        sys.stdout, sys.stderr = streams
         shell.display_pub = _CapturingPublisher(outputs)
         try:
             yield outputs
         finally:
             sys.stdout, sys.stderr, shell.display_pub = saved
+            for stream, kernel_stream in zip(streams, saved):
+                stream.detach(kernel_stream)
 
 
 @contextmanager
@@ -269,11 +283,14 @@ def recorded(shell) -> Iterator[Outputs]:
     hooked = [shell.display_pub, shell.displayhook]
     for publisher in hooked:
         publisher.register_hook(hook)
-    sys.stdout, sys.stderr = _Stream(outputs, "stdout", sys.stdout), _Stream(outputs, "stderr", sys.stderr)
+    streams = _Stream(outputs, "stdout", sys.stdout), _Stream(outputs, "stderr", sys.stderr)
+    sys.stdout, sys.stderr = streams
     try:
         with _fd_tee(outputs):
             yield outputs
     finally:
         sys.stdout, sys.stderr = saved
+        for stream, kernel_stream in zip(streams, saved):
+            stream.detach(kernel_stream)
         for publisher in hooked:
             publisher.unregister_hook(hook)

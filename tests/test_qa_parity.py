@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from engine_support import Notebook
 from support import Kernel, component_meta, start_stock_kernel
 from test_tracebacks_kernel import assert_clean
 
@@ -44,3 +45,37 @@ def test_writing_a_non_string_to_stdout_is_the_users_type_error(ours, stock, val
         assert "linkkernel internal error" not in result.traceback_text
         assert "sys.stdout.write(" in result.traceback_text
         assert_clean(result.traceback_text)
+
+
+LOGGING_PARENT = (
+    "import logging, sys\n"
+    "logging.basicConfig(level=logging.INFO, format='%(message)s', force=True)\n"
+    "log = logging.getLogger('qa-parity')\n"
+    "out = sys.stdout\n"
+    "log.info('from parent')"
+)
+
+
+@pytest.mark.parametrize("parent_runs", ["silently", "live"])
+def test_a_stream_kept_by_a_parent_writes_to_later_cells_not_to_the_parents_outputs(ours, stock, tmp_path, parent_runs):
+    # logging.basicConfig() keeps sys.stderr; in stock ipykernel its output reaches whichever cell logs
+    plain = "log.info('from plain')\nprint('plain via out', file=out)"
+    assert stock.execute(LOGGING_PARENT).status == "ok"
+    expected = stock.execute(plain)
+    nb = Notebook(ours, tmp_path / "logging.ipynb")
+    nb.add("logp", LOGGING_PARENT, counted=False).add("logc", "log.info('from child')\nprint('via out', file=out)", "logp", counted=False).use()
+    try:
+        if parent_runs == "live":
+            assert "from parent\n" in nb.run("logp").stderr.splitlines(keepends=True)
+        child = nb.run("logc")
+        assert (child.status, child.stdout) == ("ok", "via out\n"), child.traceback_text
+        # (after the warning that `out`, a stream, stays in memory only)
+        assert "from child\n" in child.stderr.splitlines(keepends=True), child.stderr
+        later = ours.execute(plain)
+        assert (later.stdout, later.stderr) == (expected.stdout, expected.stderr) == ("plain via out\n", "from plain\n")
+        kept = ours.execute("%link outputs logp")
+        assert kept.stderr == "from parent\n" and kept.stdout == ""
+    finally:
+        stock.execute("logging.getLogger().handlers.clear()")
+        ours.execute("logging.getLogger().handlers.clear()")
+        assert ours.execute(f"%link notebook {tmp_path / 'none.ipynb'}").status == "ok"
