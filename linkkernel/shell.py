@@ -7,6 +7,7 @@ kernel's machinery out of what users see, in every `%xmode`, and out of `%debug`
 
 from __future__ import annotations
 
+import builtins
 import linecache
 import logging
 import sys
@@ -101,7 +102,10 @@ class LinkShell(ZMQInteractiveShell):
         component could not hand its own functions to multiprocessing or concurrent.futures.
         That one is process-wide, so a subshell's cell pickling its `__main__` functions by
         name during the run would find the component's (ipykernel shares one module too).
+        `__builtins__` is the builtins module, as IPython makes it in the user module (exec
+        would insert its dict: `dir(__builtins__)` would list dict methods).
         """
+        module.__dict__.setdefault("__builtins__", builtins)
         token = self._component_module.set(module)
         main = sys.modules.get("__main__")
         sys.modules["__main__"] = module

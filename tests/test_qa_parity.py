@@ -30,6 +30,13 @@ def stock(link_kernelspec: str, tmp_path_factory: pytest.TempPathFactory):
     k.shutdown()
 
 
+def use_no_notebook(kernel: Kernel, tmp_path) -> None:
+    """Point the kernel at no saved notebook again, and declare `base` once more (switching
+    notebooks forgets the cells executed for the previous one)."""
+    assert kernel.execute(f"%link notebook {tmp_path / 'none.ipynb'}").status == "ok"
+    assert kernel.execute("base = 10", metadata=component_meta("base"), cell_id="par-base").status == "ok"
+
+
 def in_child(kernel: Kernel, name: str, code: str, *parents: str):
     """Run `code` as component `name` (child of `base` unless told otherwise)."""
     return kernel.execute(code, metadata=component_meta(name, *(parents or ("base",))), cell_id=f"par-{name}")
@@ -78,4 +85,12 @@ def test_a_stream_kept_by_a_parent_writes_to_later_cells_not_to_the_parents_outp
     finally:
         stock.execute("logging.getLogger().handlers.clear()")
         ours.execute("logging.getLogger().handlers.clear()")
-        assert ours.execute(f"%link notebook {tmp_path / 'none.ipynb'}").status == "ok"
+        use_no_notebook(ours, tmp_path)
+
+
+def test_a_components_builtins_are_the_module_as_in_a_cell(ours, stock):
+    code = "print(type(__builtins__).__name__, 'len' in dir(__builtins__), __builtins__.len('ab'))"
+    expected = stock.execute(code).stdout
+    assert expected == "module True 2\n"
+    result = in_child(ours, "builtins_user", code)
+    assert (result.status, result.stdout) == ("ok", expected), result.traceback_text
