@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from IPython.core.displaypub import DisplayPublisher
+from ipykernel.subshell import SubshellThread
 
 from linkkernel.tracebacks import blame_user
 
@@ -89,6 +90,15 @@ class Outputs:
             self.items.append({"output_type": "error", "ename": ename, "evalue": evalue, "traceback": list(traceback)})
 
 
+def _on_another_request(owner: int) -> bool:
+    """Whether the calling thread is handling another kernel request than the run's, which
+    runs in thread `owner`. ipykernel runs subshell requests (JEP 91; JupyterLab 4.6 sends
+    widget traffic there) in threads of their own while the main shell runs a component, and
+    sys.stdout and the display publisher are process-wide: that output is its own cell's."""
+    current = threading.current_thread()
+    return current.ident != owner and (current is threading.main_thread() or isinstance(current, SubshellThread))
+
+
 class _Stream(io.TextIOBase):
     """sys.stdout or sys.stderr during a run, keeping what is written.
 
@@ -97,18 +107,24 @@ class _Stream(io.TextIOBase):
     choose their characters by `encoding`, `subprocess.run(stdout=sys.stdout)` needs a
     descriptor. A silent run's descriptor is 1 or 2, which point at the capture then.
 
-    User code can keep the stream beyond the run (`logging.basicConfig()` keeps sys.stderr):
-    once the run ends it is `detach`ed, and writes go where ipykernel's stream would send
-    them, the cell running then, instead of into a finished run's kept outputs.
+    What is not the run's goes to `kernel_stream`, the ipykernel stream this one replaced,
+    which sends it to the cell it belongs to: writes of another request (a subshell's), and
+    writes after the run ends (`logging.basicConfig()` keeps sys.stderr), once `detach`ed.
     """
 
-    def __init__(self, outputs: Outputs, name: str, echo: Any = None) -> None:
+    def __init__(self, outputs: Outputs, name: str, kernel_stream: Any, echo: bool = False) -> None:
         self._outputs: Outputs | None = outputs
-        self._name, self._echo = name, echo
+        self._name, self._kernel = name, kernel_stream
+        self._echo = kernel_stream if echo else None
+        self._owner = threading.get_ident()
 
-    def detach(self, kernel_stream: Any) -> None:
-        """The run is over: keep nothing more, pass everything on to `kernel_stream`."""
-        self._outputs, self._echo = None, kernel_stream
+    def detach(self) -> None:
+        """The run is over: keep nothing more, pass everything on to the kernel's stream."""
+        self._outputs = None
+
+    def _keeps(self) -> bool:
+        """Whether a write now is the run's output, to keep."""
+        return self._outputs is not None and not _on_another_request(self._owner)
 
     @property
     def name(self) -> str:
@@ -132,16 +148,16 @@ class _Stream(io.TextIOBase):
     def write(self, text: str) -> int:
         if not isinstance(text, str):  # ipykernel's error, the user's to see (not kept as output)
             raise blame_user(TypeError(f"write() argument must be str, not {type(text)}"))
-        outputs = self._outputs
-        if outputs is not None:
-            outputs.stream(self._name, text)
-        if self._echo is not None:
-            self._echo.write(text)
+        keep = self._keeps()
+        if keep:
+            self._outputs.stream(self._name, text)
+        if self._echo is not None or not keep:
+            self._kernel.write(text)
         return len(text)
 
     def flush(self) -> None:
-        if self._echo is not None:
-            self._echo.flush()
+        if self._echo is not None or not self._keeps():
+            self._kernel.flush()
 
     def close(self) -> None:
         """Nothing to release: the kernel's stream is not ours to close, nor to flush here.
@@ -152,20 +168,32 @@ class _Stream(io.TextIOBase):
         """
 
     def __getattr__(self, attr: str) -> Any:
-        if self._echo is None:
-            raise AttributeError(attr)
-        return getattr(self._echo, attr)
+        # set_parent and the like: ipykernel tells its stream which request is running
+        return getattr(self._kernel, attr)
 
 
 class _CapturingPublisher(DisplayPublisher):
-    def __init__(self, outputs: Outputs) -> None:
+    """The shell's display publisher during a silent run; another request's displays go to
+    the kernel's publisher it replaced, which ipykernel also tells what request each runs."""
+
+    def __init__(self, outputs: Outputs, kernel_publisher: Any) -> None:
         super().__init__()
-        self._outputs = outputs
+        self._outputs, self._kernel = outputs, kernel_publisher
+        self._owner = threading.get_ident()
+
+    def set_parent(self, parent: dict) -> None:
+        self._kernel.set_parent(parent)
 
     def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kwargs) -> None:
+        if _on_another_request(self._owner):
+            self._kernel.publish(data, metadata, transient=transient, update=update, **kwargs)
+            return
         self._outputs.display(data, metadata, display_id=(transient or {}).get("display_id"), update=update)
 
     def clear_output(self, wait: bool = False) -> None:
+        if _on_another_request(self._owner):
+            self._kernel.clear_output(wait)
+            return
         self._outputs.clear(wait)
 
 
@@ -246,16 +274,16 @@ def captured(shell) -> Iterator[Outputs]:
     """Inside the block nothing reaches the frontend; the yielded Outputs collects it instead."""
     outputs = Outputs()
     saved = sys.stdout, sys.stderr, shell.display_pub
-    streams = _Stream(outputs, "stdout"), _Stream(outputs, "stderr")
+    streams = _Stream(outputs, "stdout", sys.stdout), _Stream(outputs, "stderr", sys.stderr)
     with _fd_redirect(outputs):
         sys.stdout, sys.stderr = streams
-        shell.display_pub = _CapturingPublisher(outputs)
+        shell.display_pub = _CapturingPublisher(outputs, shell.display_pub)
         try:
             yield outputs
         finally:
             sys.stdout, sys.stderr, shell.display_pub = saved
-            for stream, kernel_stream in zip(streams, saved):
-                stream.detach(kernel_stream)
+            for stream in streams:
+                stream.detach()
 
 
 @contextmanager
@@ -283,14 +311,14 @@ def recorded(shell) -> Iterator[Outputs]:
     hooked = [shell.display_pub, shell.displayhook]
     for publisher in hooked:
         publisher.register_hook(hook)
-    streams = _Stream(outputs, "stdout", sys.stdout), _Stream(outputs, "stderr", sys.stderr)
+    streams = _Stream(outputs, "stdout", sys.stdout, echo=True), _Stream(outputs, "stderr", sys.stderr, echo=True)
     sys.stdout, sys.stderr = streams
     try:
         with _fd_tee(outputs):
             yield outputs
     finally:
         sys.stdout, sys.stderr = saved
-        for stream, kernel_stream in zip(streams, saved):
-            stream.detach(kernel_stream)
+        for stream in streams:
+            stream.detach()
         for publisher in hooked:
             publisher.unregister_hook(hook)

@@ -8,6 +8,7 @@ read `Component NAME` instead of `Cell In[n]`, and a component sees its parents'
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -123,3 +124,64 @@ def test_autoreload_reloads_before_a_stale_parent_runs_silently(ours, tmp_path):
         assert (child.status, child.stdout) == ("ok", "102\n"), child.traceback_text
     finally:
         ours.execute("%autoreload 0")
+
+
+def _gather(kernel: Kernel, ids: list[str]) -> dict[str, tuple[dict, list[dict]]]:
+    """Replies and IOPub messages of concurrent requests, by msg_id, until all are idle."""
+    messages: dict[str, list[dict]] = {i: [] for i in ids}
+    idle: set[str] = set()
+    while len(idle) < len(ids):
+        m = kernel.client.get_iopub_msg(timeout=60)
+        parent = m["parent_header"].get("msg_id")
+        if parent not in messages:
+            continue
+        if m["msg_type"] == "status":
+            if m["content"]["execution_state"] == "idle":
+                idle.add(parent)
+            continue
+        messages[parent].append(m)
+    replies: dict[str, dict] = {}
+    while len(replies) < len(ids):
+        reply = kernel.client.get_shell_msg(timeout=60)
+        if reply["parent_header"]["msg_id"] in messages:
+            replies[reply["parent_header"]["msg_id"]] = reply["content"]
+    return {i: (replies[i], messages[i]) for i in ids}
+
+
+def test_a_subshell_request_during_a_pipeline_run_gets_its_reply_and_its_own_output(ours, tmp_path):
+    # JupyterLab 4.6 sends widget traffic to subshells: it must not crash while a parent runs
+    # silently (the captured display publisher lacked set_parent: no reply, the cell hung)
+    from test_kernel_subshells import _create_subshell, _send
+
+    flags = {name: tmp_path / name for name in ("during_parent", "during_child")}
+    # each component says it has started, then waits (20 s at most) for the subshell's cell
+    wait = "import os, time\nopen({0!r} + '.started', 'w').close()\nfor _ in range(400):\n    if os.path.exists({0!r}):\n        break\n    time.sleep(0.05)\n"
+    nb = Notebook(ours, tmp_path / "subshells.ipynb")
+    nb.add("sub_parent", wait.format(str(flags["during_parent"])) + "print('parent done')\nready = True", counted=False)
+    nb.add("sub_child", wait.format(str(flags["during_child"])) + "print('child done', ready)", "sub_parent", counted=False).use()
+    subshell = _create_subshell(ours)
+    cell = nb.cells["sub_child"]
+    try:
+        main = _send(ours, cell["source"], {**cell["metadata"], "cellId": cell["id"]})
+        side = []
+        for n, flag in enumerate(flags.values()):
+            started = flag.with_name(flag.name + ".started")
+            deadline = time.monotonic() + 30
+            while not started.exists():
+                assert time.monotonic() < deadline, f"component {n} never started"
+                time.sleep(0.05)
+            code = f"from IPython.display import display\nprint('from subshell {n}')\ndisplay('shown {n}')\nopen({str(flag)!r}, 'w').close()"
+            side.append(_send(ours, code, {}, subshell))
+        results = _gather(ours, [main, *side])
+        for n, request in enumerate(side):
+            reply, messages = results[request]
+            assert reply["status"] == "ok", reply
+            shown = [(m["msg_type"], m["content"].get("text") or m["content"]["data"]["text/plain"]) for m in messages if m["msg_type"] in ("stream", "display_data")]
+            assert shown == [("stream", f"from subshell {n}\n"), ("display_data", f"'shown {n}'")]
+        reply, messages = results[main]
+        assert reply["status"] == "ok", reply
+        assert "".join(m["content"]["text"] for m in messages if m["msg_type"] == "stream") == "child done True\n"
+        assert ours.execute("%link outputs sub_parent").stdout == "parent done\n"
+        assert ours.execute("%link outputs sub_child").stdout == "child done True\n"
+    finally:
+        use_no_notebook(ours, tmp_path)
