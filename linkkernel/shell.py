@@ -235,6 +235,10 @@ class LinkShell(ZMQInteractiveShell):
                 return
 
     def debugger(self, force=False):
+        if self._error_sinks:
+            # A silent run (a parent of the cell): pdb's listing would be kept with its hidden
+            # outputs, leaving a blind prompt. `%debug` afterwards lands in the same frame.
+            return
         if (force or self.call_pdb) and hasattr(sys, "last_traceback") and sys.last_traceback is None:
             # IPython's post-mortem would crash on an error that left no frame of the user's.
             print("No frame of your code to debug: the error was raised inside the kernel.", file=sys.stderr)

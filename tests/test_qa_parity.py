@@ -185,3 +185,24 @@ def test_a_subshell_request_during_a_pipeline_run_gets_its_reply_and_its_own_out
         assert ours.execute("%link outputs sub_child").stdout == "child done True\n"
     finally:
         use_no_notebook(ours, tmp_path)
+
+
+def test_pdb_on_starts_no_debugger_in_a_silent_parent_and_debug_afterwards_lands_there(ours, tmp_path):
+    # the debugger's listing would be captured with the parent's outputs: a blind prompt, or
+    # without stdin (nbclient) a "linkkernel internal error" instead of the parent's error
+    nb = Notebook(ours, tmp_path / "pdb.ipynb")
+    nb.add("pdb_parent", "secret = 41\n1/0", counted=False).add("pdb_child", "print('child')", "pdb_parent", counted=False).use()
+    assert ours.execute("%pdb on").status == "ok"
+    try:
+        for stdin in (None, ["q"]):
+            child = nb.run("pdb_child", stdin_reply=stdin)
+            assert [(e["ename"], e["evalue"]) for e in child.errors] == [("ZeroDivisionError", "division by zero")]
+            assert "Error in parent component 'pdb_parent'" in child.traceback_text
+            assert child.stdout == ""
+            kept = ours.execute("%link outputs pdb_parent")
+            assert kept.stdout == ""  # no debugger listing kept either
+        debugged = ours.execute("%debug", stdin_reply=["p secret", "q"])
+        assert "Component pdb_parent" in debugged.stdout and "41\n" in debugged.stdout
+    finally:
+        ours.execute("%pdb off")
+        use_no_notebook(ours, tmp_path)
