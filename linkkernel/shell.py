@@ -55,13 +55,15 @@ class LinkShell(ZMQInteractiveShell):
     so a run of a parent component that must stay invisible collects its errors here.
     """
 
-    _error_sinks: list[list[CollectedError]]
+    # The sinks of the silent runs in progress, in this context only: a kernel subshell's
+    # request (JEP 91) failing meanwhile in a thread of its own shows its error as usual.
+    _error_sinks: ContextVar[tuple[list[CollectedError], ...]]
     # (component, source) of every component the kernel knows, asked only when a traceback
     # holds a frame of an earlier kernel session's cell file (see register_source).
     component_sources: Callable[[], Iterable[tuple[str, str]]] | None = None
 
     def __init__(self, *args, **kwargs) -> None:
-        self._error_sinks = []
+        self._error_sinks = ContextVar("linkkernel_error_sinks", default=())
         self._cell_file_of_label: dict[str, str] = {}
         self._component_module: ContextVar[types.ModuleType | None] = ContextVar("linkkernel_module", default=None)
         super().__init__(*args, **kwargs)
@@ -122,15 +124,16 @@ class LinkShell(ZMQInteractiveShell):
     def collect_errors(self) -> Iterator[list[CollectedError]]:
         """Inside the block, errors are appended to the yielded list instead of published."""
         sink: list[CollectedError] = []
-        self._error_sinks.append(sink)
+        token = self._error_sinks.set((*self._error_sinks.get(), sink))
         try:
             yield sink
         finally:
-            self._error_sinks.remove(sink)
+            self._error_sinks.reset(token)
 
     def _showtraceback(self, etype, evalue, stb):
-        if self._error_sinks:
-            self._error_sinks[-1].append(CollectedError(etype.__name__, str(evalue), list(stb)))
+        sinks = self._error_sinks.get()
+        if sinks:
+            sinks[-1].append(CollectedError(etype.__name__, str(evalue), list(stb)))
             self._last_traceback = stb
             return
         super()._showtraceback(etype, evalue, stb)
@@ -235,7 +238,7 @@ class LinkShell(ZMQInteractiveShell):
                 return
 
     def debugger(self, force=False):
-        if self._error_sinks:
+        if self._error_sinks.get():
             # A silent run (a parent of the cell): pdb's listing would be kept with its hidden
             # outputs, leaving a blind prompt. `%debug` afterwards lands in the same frame.
             return

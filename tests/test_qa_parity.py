@@ -206,3 +206,30 @@ def test_pdb_on_starts_no_debugger_in_a_silent_parent_and_debug_afterwards_lands
     finally:
         ours.execute("%pdb off")
         use_no_notebook(ours, tmp_path)
+
+
+def test_a_subshell_cells_error_during_a_silent_parent_is_its_own(ours, tmp_path):
+    from test_kernel_subshells import _create_subshell, _send
+
+    flag = tmp_path / "raised"
+    wait = f"import os, time\nopen({str(flag)!r} + '.started', 'w').close()\nfor _ in range(400):\n    if os.path.exists({str(flag)!r}):\n        break\n    time.sleep(0.05)\n"
+    nb = Notebook(ours, tmp_path / "subshell_errors.ipynb")
+    nb.add("err_parent", wait + "calm = True", counted=False).add("err_child", "print('child', calm)", "err_parent", counted=False).use()
+    subshell = _create_subshell(ours)
+    cell = nb.cells["err_child"]
+    try:
+        main = _send(ours, cell["source"], {**cell["metadata"], "cellId": cell["id"]})
+        deadline = time.monotonic() + 30
+        while not flag.with_name("raised.started").exists():
+            assert time.monotonic() < deadline, "the parent never started"
+            time.sleep(0.05)
+        side = _send(ours, f"open({str(flag)!r}, 'w').close()\nraise ValueError('subshell error')", {}, subshell)
+        results = _gather(ours, [main, side])
+        reply, messages = results[side]
+        assert (reply["status"], reply.get("ename")) == ("error", "ValueError")
+        assert [m["content"]["evalue"] for m in messages if m["msg_type"] == "error"] == ["subshell error"]
+        reply, messages = results[main]
+        assert reply["status"] == "ok", reply
+        assert [m["content"]["text"] for m in messages if m["msg_type"] == "stream"] == ["child True\n"]
+    finally:
+        use_no_notebook(ours, tmp_path)
