@@ -271,9 +271,15 @@ def _fd_tee(outputs: Outputs) -> Iterator[None]:
 
 @contextmanager
 def captured(shell) -> Iterator[Outputs]:
-    """Inside the block nothing reaches the frontend; the yielded Outputs collects it instead."""
+    """Inside the block nothing reaches the frontend; the yielded Outputs collects it instead.
+
+    Payloads too (`%load`'s next input, `?`'s pager): ipykernel sends the ones written by
+    then with the reply of the cell, which would load or page the run's into that cell.
+    """
     outputs = Outputs()
     saved = sys.stdout, sys.stderr, shell.display_pub
+    payloads = shell.payload_manager
+    pending = list(payloads.read_payload())
     streams = _Stream(outputs, "stdout", sys.stdout), _Stream(outputs, "stderr", sys.stderr)
     with _fd_redirect(outputs):
         sys.stdout, sys.stderr = streams
@@ -284,6 +290,9 @@ def captured(shell) -> Iterator[Outputs]:
             sys.stdout, sys.stderr, shell.display_pub = saved
             for stream in streams:
                 stream.detach()
+            payloads.clear_payload()
+            for payload in pending:
+                payloads.write_payload(payload, single=False)
 
 
 @contextmanager

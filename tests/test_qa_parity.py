@@ -233,3 +233,22 @@ def test_a_subshell_cells_error_during_a_silent_parent_is_its_own(ours, tmp_path
         assert [m["content"]["text"] for m in messages if m["msg_type"] == "stream"] == ["child True\n"]
     finally:
         use_no_notebook(ours, tmp_path)
+
+
+def test_a_silent_parents_payloads_do_not_reach_the_childs_cell(ours, stock, tmp_path):
+    # %load and `?` answer through the execute_reply's payload: JupyterLab would replace the
+    # child's code with the parent's loaded script, or page the parent's help
+    script = tmp_path / "loaded.py"
+    script.write_text("loaded = 1\n")
+    parent = f"%load {script}\nlen?"
+    payload = stock.execute(parent).reply["content"]["payload"]
+    assert sorted(p["source"] for p in payload) == ["page", "set_next_input"]
+    nb = Notebook(ours, tmp_path / "payloads.ipynb")
+    nb.add("loader", parent, counted=False).add("after_loader", "print('child')", "loader", counted=False).use()
+    try:
+        child = nb.run("after_loader")
+        assert (child.status, child.stdout) == ("ok", "child\n"), child.traceback_text
+        assert child.reply["content"]["payload"] == []
+        assert sorted(p["source"] for p in nb.run("loader").reply["content"]["payload"]) == ["page", "set_next_input"]
+    finally:
+        use_no_notebook(ours, tmp_path)
