@@ -3,6 +3,8 @@
 A Link Python kernel and a stock `python3` ipykernel run the same cells side by side, and the
 messages a frontend would see are compared. Only what differs on purpose is left out: frames
 read `Component NAME` instead of `Cell In[n]`, and a component sees its parents' names only.
+A parent run silently must also keep to itself: nothing of another request's (a subshell's
+output or error) goes into it, and nothing of it (payloads, a debugger) reaches the cell.
 """
 
 from __future__ import annotations
