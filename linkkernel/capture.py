@@ -22,6 +22,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from IPython.core.displaypub import DisplayPublisher
+from ipykernel.subshell import SubshellThread
+
+from linkkernel.tracebacks import blame_user
 
 _libc = ctypes.CDLL(None)
 
@@ -107,6 +110,15 @@ class Outputs:
             self._items.append({"output_type": "error", "ename": ename, "evalue": evalue, "traceback": list(traceback)})
 
 
+def _on_another_request(owner: int) -> bool:
+    """Whether the calling thread is handling another kernel request than the run's, which
+    runs in thread `owner`. ipykernel runs subshell requests (JEP 91; JupyterLab 4.6 sends
+    widget traffic there) in threads of their own while the main shell runs a component, and
+    sys.stdout and the display publisher are process-wide: that output is its own cell's."""
+    current = threading.current_thread()
+    return current.ident != owner and (current is threading.main_thread() or isinstance(current, SubshellThread))
+
+
 class _Stream(io.TextIOBase):
     """sys.stdout or sys.stderr during a run, keeping what is written.
 
@@ -114,10 +126,25 @@ class _Stream(io.TextIOBase):
     would say None and raise): user code and libraries read them, e.g. tqdm and `%time`
     choose their characters by `encoding`, `subprocess.run(stdout=sys.stdout)` needs a
     descriptor. A silent run's descriptor is 1 or 2, which point at the capture then.
+
+    What is not the run's goes to `kernel_stream`, the ipykernel stream this one replaced,
+    which sends it to the cell it belongs to: writes of another request (a subshell's), and
+    writes after the run ends (`logging.basicConfig()` keeps sys.stderr), once `detach`ed.
     """
 
-    def __init__(self, outputs: Outputs, name: str, echo: Any = None) -> None:
-        self._outputs, self._name, self._echo = outputs, name, echo
+    def __init__(self, outputs: Outputs, name: str, kernel_stream: Any, echo: bool = False) -> None:
+        self._outputs: Outputs | None = outputs
+        self._name, self._kernel = name, kernel_stream
+        self._echo = kernel_stream if echo else None
+        self._owner = threading.get_ident()
+
+    def detach(self) -> None:
+        """The run is over: keep nothing more, pass everything on to the kernel's stream."""
+        self._outputs = None
+
+    def _keeps(self) -> bool:
+        """Whether a write now is the run's output, to keep."""
+        return self._outputs is not None and not _on_another_request(self._owner)
 
     @property
     def name(self) -> str:
@@ -139,14 +166,18 @@ class _Stream(io.TextIOBase):
         return True
 
     def write(self, text: str) -> int:
-        self._outputs.stream(self._name, text)
-        if self._echo is not None:
-            self._echo.write(text)
+        if not isinstance(text, str):  # ipykernel's error, the user's to see (not kept as output)
+            raise blame_user(TypeError(f"write() argument must be str, not {type(text)}"))
+        keep = self._keeps()
+        if keep:
+            self._outputs.stream(self._name, text)
+        if self._echo is not None or not keep:
+            self._kernel.write(text)
         return len(text)
 
     def flush(self) -> None:
-        if self._echo is not None:
-            self._echo.flush()
+        if self._echo is not None or not self._keeps():
+            self._kernel.flush()
 
     def close(self) -> None:
         """Nothing to release: the kernel's stream is not ours to close, nor to flush here.
@@ -157,20 +188,32 @@ class _Stream(io.TextIOBase):
         """
 
     def __getattr__(self, attr: str) -> Any:
-        if self._echo is None:
-            raise AttributeError(attr)
-        return getattr(self._echo, attr)
+        # set_parent and the like: ipykernel tells its stream which request is running
+        return getattr(self._kernel, attr)
 
 
 class _CapturingPublisher(DisplayPublisher):
-    def __init__(self, outputs: Outputs) -> None:
+    """The shell's display publisher during a silent run; another request's displays go to
+    the kernel's publisher it replaced, which ipykernel also tells what request each runs."""
+
+    def __init__(self, outputs: Outputs, kernel_publisher: Any) -> None:
         super().__init__()
-        self._outputs = outputs
+        self._outputs, self._kernel = outputs, kernel_publisher
+        self._owner = threading.get_ident()
+
+    def set_parent(self, parent: dict) -> None:
+        self._kernel.set_parent(parent)
 
     def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kwargs) -> None:
+        if _on_another_request(self._owner):
+            self._kernel.publish(data, metadata, transient=transient, update=update, **kwargs)
+            return
         self._outputs.display(data, metadata, display_id=(transient or {}).get("display_id"), update=update)
 
     def clear_output(self, wait: bool = False) -> None:
+        if _on_another_request(self._owner):
+            self._kernel.clear_output(wait)
+            return
         self._outputs.clear(wait)
 
 
@@ -248,16 +291,28 @@ def _fd_tee(outputs: Outputs) -> Iterator[None]:
 
 @contextmanager
 def captured(shell) -> Iterator[Outputs]:
-    """Inside the block nothing reaches the frontend; the yielded Outputs collects it instead."""
+    """Inside the block nothing reaches the frontend; the yielded Outputs collects it instead.
+
+    Payloads too (`%load`'s next input, `?`'s pager): ipykernel sends the ones written by
+    then with the reply of the cell, which would load or page the run's into that cell.
+    """
     outputs = Outputs()
     saved = sys.stdout, sys.stderr, shell.display_pub
+    payloads = shell.payload_manager
+    pending = list(payloads.read_payload())
+    streams = _Stream(outputs, "stdout", sys.stdout), _Stream(outputs, "stderr", sys.stderr)
     with _fd_redirect(outputs):
-        sys.stdout, sys.stderr = _Stream(outputs, "stdout"), _Stream(outputs, "stderr")
-        shell.display_pub = _CapturingPublisher(outputs)
+        sys.stdout, sys.stderr = streams
+        shell.display_pub = _CapturingPublisher(outputs, shell.display_pub)
         try:
             yield outputs
         finally:
             sys.stdout, sys.stderr, shell.display_pub = saved
+            for stream in streams:
+                stream.detach()
+            payloads.clear_payload()
+            for payload in pending:
+                payloads.write_payload(payload, single=False)
 
 
 @contextmanager
@@ -285,11 +340,14 @@ def recorded(shell) -> Iterator[Outputs]:
     hooked = [shell.display_pub, shell.displayhook]
     for publisher in hooked:
         publisher.register_hook(hook)
-    sys.stdout, sys.stderr = _Stream(outputs, "stdout", sys.stdout), _Stream(outputs, "stderr", sys.stderr)
+    streams = _Stream(outputs, "stdout", sys.stdout, echo=True), _Stream(outputs, "stderr", sys.stderr, echo=True)
+    sys.stdout, sys.stderr = streams
     try:
         with _fd_tee(outputs):
             yield outputs
     finally:
         sys.stdout, sys.stderr = saved
+        for stream in streams:
+            stream.detach()
         for publisher in hooked:
             publisher.unregister_hook(hook)

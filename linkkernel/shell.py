@@ -7,6 +7,7 @@ kernel's machinery out of what users see, in every `%xmode`, and out of `%debug`
 
 from __future__ import annotations
 
+import builtins
 import linecache
 import logging
 import sys
@@ -56,13 +57,15 @@ class LinkShell(ZMQInteractiveShell):
     so a run of a parent component that must stay invisible collects its errors here.
     """
 
-    _error_sinks: list[list[CollectedError]]
+    # The sinks of the silent runs in progress, in this context only: a kernel subshell's
+    # request (JEP 91) failing meanwhile in a thread of its own shows its error as usual.
+    _error_sinks: ContextVar[tuple[list[CollectedError], ...]]
     # (component, source) of every component the kernel knows, asked only when a traceback
     # holds a frame of an earlier kernel session's cell file (see register_source).
     component_sources: Callable[[], Iterable[tuple[str, str]]] | None = None
 
     def __init__(self, *args, **kwargs) -> None:
-        self._error_sinks = []
+        self._error_sinks = ContextVar("linkkernel_error_sinks", default=())
         self._cell_file_of_label: dict[str, str] = {}
         self._component_module: ContextVar[types.ModuleType | None] = ContextVar("linkkernel_module", default=None)
         super().__init__(*args, **kwargs)
@@ -103,7 +106,10 @@ class LinkShell(ZMQInteractiveShell):
         component could not hand its own functions to multiprocessing or concurrent.futures.
         That one is process-wide, so a subshell's cell pickling its `__main__` functions by
         name during the run would find the component's (ipykernel shares one module too).
+        `__builtins__` is the builtins module, as IPython makes it in the user module (exec
+        would insert its dict: `dir(__builtins__)` would list dict methods).
         """
+        module.__dict__.setdefault("__builtins__", builtins)
         token = self._component_module.set(module)
         main = sys.modules.get("__main__")
         sys.modules["__main__"] = module
@@ -120,15 +126,16 @@ class LinkShell(ZMQInteractiveShell):
     def collect_errors(self) -> Iterator[list[CollectedError]]:
         """Inside the block, errors are appended to the yielded list instead of published."""
         sink: list[CollectedError] = []
-        self._error_sinks.append(sink)
+        token = self._error_sinks.set((*self._error_sinks.get(), sink))
         try:
             yield sink
         finally:
-            self._error_sinks.remove(sink)
+            self._error_sinks.reset(token)
 
     def _showtraceback(self, etype, evalue, stb):
-        if self._error_sinks:
-            self._error_sinks[-1].append(CollectedError(etype.__name__, str(evalue), list(stb)))
+        sinks = self._error_sinks.get()
+        if sinks:
+            sinks[-1].append(CollectedError(etype.__name__, str(evalue), list(stb)))
             self._last_traceback = stb
             return
         super()._showtraceback(etype, evalue, stb)
@@ -222,7 +229,7 @@ class LinkShell(ZMQInteractiveShell):
                 return
 
     def debugger(self, force=False):
-        if self._error_sinks:
+        if self._error_sinks.get():
             # A silent run (a parent component) keeps its errors, and everything the debugger
             # would print: a post-mortem there prompts `ipdb>` while its answers stay invisible.
             # Whoever shows the collected error starts it (Runner.execute_cell).

@@ -24,7 +24,7 @@ def test_a_capture_stream_collected_in_a_cycle_does_not_flush_the_kernels_stream
     # stream inside ipykernel's OutStream.write, which holds the lock its flush then waits
     # 10 s for: every such collection froze the cell.
     kernel_stream, outputs = _KernelStream(), Outputs()
-    stream = _Stream(outputs, "stdout", kernel_stream)
+    stream = _Stream(outputs, "stdout", kernel_stream, echo=True)
     stream.write("kept\n")
     stream.cycle = stream
     del stream
@@ -35,7 +35,7 @@ def test_a_capture_stream_collected_in_a_cycle_does_not_flush_the_kernels_stream
 
 def test_closing_a_capture_stream_leaves_the_kernels_stream_open():
     kernel_stream = _KernelStream()
-    stream = _Stream(Outputs(), "stderr", kernel_stream)
+    stream = _Stream(Outputs(), "stderr", kernel_stream, echo=True)
     stream.close()
     assert kernel_stream.flushes == 0 and not kernel_stream.closed
     stream.flush()  # an explicit flush still goes through
