@@ -156,7 +156,7 @@ class Store:
             options["config_kwargs"] = {**config, **given}
         try:
             self.fs, root = fsspec.core.url_to_fs(url, **options)
-        except (ImportError, ValueError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - fsspec backends fail in their own ways when opened
             raise StorageError(f"storage {url} cannot be opened: {exc}") from None
         if hasattr(self.fs, "retries"):
             self.fs.retries = min(self.fs.retries, 2)

@@ -1,0 +1,148 @@
+"""QA round 3 of remote components, as a demanding user meets them: `linkkernel worker`,
+`linkkernel workers` and `remote:ALIAS` cells against real workers and kernels on loopback.
+Each bad input is one line, each fault a clear error, and remote cells behave as local ones
+(SPEC §4, §5)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from engine_support import Notebook
+from linkkernel.remote import registry
+from remote_support import WorkerProcess, closed_port, free_port, make_key
+from support import Kernel, kernel_env
+
+
+def plain(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def cli(*args: str, timeout: float = 30, cwd: str | None = None) -> subprocess.CompletedProcess:
+    """Run `linkkernel ARGS`; a worker that starts instead of refusing its input fails the test."""
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "linkkernel.cli", *args],
+            capture_output=True, text=True, env=kernel_env(), timeout=timeout, cwd=cwd,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"`linkkernel {' '.join(args)}` kept running instead of refusing: {exc.stdout!r}") from None
+
+
+def one_line_error(done: subprocess.CompletedProcess, command: str) -> str:
+    assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"linkkernel {command}: "), done.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory):
+    return tmp_path_factory.mktemp("qa-remote3")
+
+
+@pytest.fixture(scope="module")
+def key_file(tmp):
+    return make_key(tmp / "key")
+
+
+@pytest.fixture(scope="module")
+def worker(tmp, key_file):
+    w = WorkerProcess(str(tmp / "store"), key_file, tmp, slots=1)
+    registry.add("qa3", w.address, str(tmp / "store"), str(key_file))
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="module")
+def kernel(link_kernelspec, worker):
+    k = Kernel()
+    yield k
+    k.shutdown()
+
+
+@pytest.fixture
+def nb(kernel, tmp_path):
+    return Notebook(kernel, tmp_path / "qa3.ipynb")
+
+
+def _write_registry(entries: dict) -> None:
+    path = registry.registry_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(entries))
+    path.chmod(0o600)
+
+
+# --- linkkernel worker ------------------------------------------------------------------------
+
+
+def test_worker_storage_fsspec_cannot_open_is_one_line(tmp, key_file) -> None:
+    """fsspec backends fail in their own ways when opened (zip:// opens a file): a traceback
+    into fsspec used to end the worker instead of a line naming the storage."""
+    done = cli("worker", "--listen", "tcp://127.0.0.1:0", "--preload", "sys", "--storage", "zip://x",
+               "--key-file", str(key_file), cwd=str(tmp))
+    assert "zip://x" in one_line_error(done, "worker")
+
+
+def test_worker_empty_storage_is_refused_not_the_current_directory(tmp, key_file) -> None:
+    """`--storage "$STORE"` with STORE unset used to store blobs in whatever directory the
+    worker was started from, where no kernel looks."""
+    where = tmp / "cwd-empty"
+    where.mkdir()
+    done = cli("worker", "--listen", "tcp://127.0.0.1:0", "--preload", "sys", "--storage", "",
+               "--key-file", str(key_file), cwd=str(where), timeout=20)
+    assert "storage" in one_line_error(done, "worker")
+    assert list(where.iterdir()) == []
+
+
+def test_workers_add_empty_storage_is_refused(key_file) -> None:
+    done = cli("workers", "add", "w", "--address", "tcp://127.0.0.1:5555", "--storage", "", "--key-file", str(key_file))
+    assert "storage" in one_line_error(done, "workers")
+
+
+# --- linkkernel workers -----------------------------------------------------------------------
+
+
+def test_workers_add_refuses_a_server_key_that_is_not_z85(tmp, key_file) -> None:
+    """40 characters but not Z85: registered, then every ping and run failed inside ZeroMQ."""
+    done = cli("workers", "add", "w", "--address", "tcp://127.0.0.1:5555", "--storage", str(tmp / "store"),
+               "--key-file", str(key_file), "--server-key", "_" * 40)
+    assert "--server-key" in one_line_error(done, "workers")
+
+
+@pytest.mark.parametrize("server_key", ["_" * 40, "short"])
+def test_a_hand_edited_server_key_is_one_line_for_ping_and_in_the_kernel(tmp, key_file, kernel, server_key) -> None:
+    before = registry.registry_path().read_bytes()
+    entry = {"address": f"tcp://127.0.0.1:{closed_port()}", "storage": str(tmp / "store"),
+             "key_file": str(key_file), "server_key": server_key}
+    _write_registry({"workers": {"bad": entry}})
+    try:
+        line = one_line_error(cli("workers", "ping", "bad"), "workers")
+        assert "bad" in line and "server" in line and "Traceback" not in line
+        result = kernel.execute("x = 1", metadata={"tags": ["component:far", "remote:bad"]}, cell_id="far")
+        assert result.status == "error"
+        assert result.reply["content"]["ename"] in ("LinkError", "RemoteError"), result.traceback_text
+        assert len(result.traceback_text.strip().splitlines()) == 1, result.traceback_text
+    finally:
+        registry.registry_path().write_bytes(before)
+        registry.registry_path().chmod(0o600)
+
+
+# --- remote:ALIAS components in the kernel ----------------------------------------------------
+
+
+def test_a_function_of_a_remote_parent_failing_in_a_remote_child_names_the_parent(nb, worker) -> None:
+    """As when either runs locally: `Component parent, line 2` with its source, not `Code
+    from another kernel process` without a line of it."""
+    nb.add("rparent", "def f(v):\n    return v / 0\n", remote="qa3", counted=False)
+    nb.add("rchild", "z = f(3)", "rparent", remote="qa3", counted=False)
+    nb.use()
+    result = nb.run("rchild")
+    assert result.reply["content"]["ename"] == "ZeroDivisionError"
+    text = plain(result.traceback_text)
+    assert "Component rparent, line 2, in f(v)" in text, text
+    assert "return v / 0" in text and "another kernel process" not in text
