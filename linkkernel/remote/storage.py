@@ -77,7 +77,10 @@ def parse_options(pairs: list[str] | None) -> dict[str, Any]:
 
 def refuse_unshareable(url: str) -> None:
     """A kernel and a worker meet in the store; `memory://` lives inside one process, so a
-    kernel's inputs would never reach the worker there."""
+    kernel's inputs would never reach the worker there. An empty URL (`--storage "$STORE"`
+    with STORE unset) would be whatever directory the process started in."""
+    if not url.strip():
+        raise StorageError("storage is empty: give a directory or s3://bucket/prefix shared by the kernel and the worker")
     if url.startswith("memory:"):
         raise StorageError(f"storage {url}: memory:// exists inside one process only; a kernel and a worker cannot share it (use a directory or s3://)")
 
