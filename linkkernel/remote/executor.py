@@ -9,6 +9,7 @@ care where a component ran. Faults outside the user's code are RemoteError lines
 
 from __future__ import annotations
 
+import functools
 import linecache
 import sys
 import threading
@@ -122,15 +123,30 @@ def component_sources(kernel) -> dict[str, list[str]]:
 
     A function defined in a parent component that ran here and is called on the worker has
     its code in one of these files; with them the worker labels its frames `Component
-    load, line 3` and shows the source, instead of a temporary path on this machine.
+    load, line 3` and shows the source, instead of a temporary path on this machine. A
+    parent that ran elsewhere (on a worker, or in an earlier kernel) compiled its code in a
+    file of the same name in another directory: every component's code is named here as
+    this kernel would name its file, and the worker matches such files by that name.
     """
-    compiler = getattr(getattr(kernel, "shell", None), "compile", None)
+    shell = getattr(kernel, "shell", None)
+    compiler = getattr(shell, "compile", None)
     if not hasattr(compiler, "labelled_files"):
         return {}
-    return {
-        filename: [component, "".join(linecache.getlines(filename))]
+    known = getattr(shell, "component_sources", None)
+    sources = {_cell_file(source): [component, source] for component, source in (known() if known else ())}
+    sources.update(
+        (filename, [component, "".join(linecache.getlines(filename))])
         for filename, component in compiler.labelled_files().items()
-    }
+    )
+    return sources
+
+
+@functools.lru_cache(maxsize=4096)
+def _cell_file(source: str) -> str:
+    """ipykernel's file name for a cell's code, remembered: the hash is pure Python."""
+    from ipykernel.compiler import get_file_name
+
+    return get_file_name(source)
 
 
 def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
