@@ -14,7 +14,7 @@ import pytest
 
 from engine_support import Notebook
 from linkkernel.remote import registry
-from remote_support import WorkerProcess, closed_port, free_port, make_key
+from remote_support import WorkerProcess, closed_port, make_key, wait_until
 from support import Kernel, kernel_env
 
 
@@ -146,3 +146,34 @@ def test_a_function_of_a_remote_parent_failing_in_a_remote_child_names_the_paren
     text = plain(result.traceback_text)
     assert "Component rparent, line 2, in f(v)" in text, text
     assert "return v / 0" in text and "another kernel process" not in text
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_worker_stopped_while_a_task_runs_says_so_in_the_cell_and_its_log(kernel, tmp, key_file, tmp_path, sig) -> None:
+    """The cell used to wait for heartbeats and then call the worker dead; the log had no
+    line for the task."""
+    import signal
+    import threading
+
+    w = WorkerProcess(str(tmp / "store"), key_file, tmp)
+    registry.add("qa3_stopped", w.address, str(tmp / "store"), str(key_file))
+    started = tmp_path / "started"
+    book = Notebook(kernel, tmp_path / "stopped.ipynb")
+    book.add("long", f"import time\nopen({str(started)!r}, 'w').close()\ntime.sleep(60)", remote="qa3_stopped", counted=False)
+    book.use()
+    outcome = {}
+    runner = threading.Thread(target=lambda: outcome.update(result=book.run("long")))
+    runner.start()
+    try:
+        assert wait_until(started.exists, timeout=30)
+        w.process.send_signal(getattr(signal, sig))
+        assert w.process.wait(30) == 0
+    finally:
+        runner.join(60)
+        w.stop()
+    result = outcome["result"]
+    assert result.status == "error" and result.reply["content"]["ename"] == "RemoteError"
+    text = result.traceback_text.strip()
+    assert len(text.splitlines()) == 1 and f"stopped ({sig})" in text, text
+    log = w.log_path.read_text()
+    assert f"'long' from client" in log and f"failed: the worker was stopped ({sig})" in log, log

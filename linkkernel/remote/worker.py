@@ -786,14 +786,22 @@ class Worker:
             task.id[:8], task.body.get("name"), task.client.hex(), outcome, waited,
         )
 
-    def shutdown(self) -> None:
+    def shutdown(self, why: str = "the worker stopped") -> None:
+        """Kill every task and tell its kernel why, so the cell says the worker was stopped
+        rather than, seconds later, that it died."""
         for task in self.running.values():
             self._kill(task)
+            if not task.outcome and not task.cancelled:
+                self._log(task, f"failed: {why}")
+                self.send(task.client, "failed", {"task": task.id, "message": f"{why} while the task ran"})
+        for task in self.queue:
+            self._log(task, f"dropped from the queue: {why}")
+            self.send(task.client, "failed", {"task": task.id, "message": f"{why} while the task waited in its queue"})
         for spare in self.spares:
             os.kill(spare[0], signal.SIGKILL)
         if self.zygote is not None:
             self.zygote.stop()
-        self.socket.close(0)
+        self.socket.close(linger=1000)  # long enough to deliver the news above
         self.context.term()
 
 
@@ -852,10 +860,13 @@ def run(args: argparse.Namespace) -> int:
     worker = Worker(args.listen, args.storage, parse_options(args.storage_option), key, args.slots, curve_secret)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"linkkernel worker ready on {worker.address}", flush=True)
+    why = "the worker stopped"
     try:
         worker.serve()
     except KeyboardInterrupt:
-        pass
+        why = "the worker was stopped (SIGINT)"
+    except SystemExit:
+        why = "the worker was stopped (SIGTERM)"
     finally:
-        worker.shutdown()
+        worker.shutdown(why)
     return 0
