@@ -177,3 +177,17 @@ def test_a_worker_stopped_while_a_task_runs_says_so_in_the_cell_and_its_log(kern
     assert len(text.splitlines()) == 1 and f"stopped ({sig})" in text, text
     log = w.log_path.read_text()
     assert f"'long' from client" in log and f"failed: the worker was stopped ({sig})" in log, log
+
+
+def test_logging_in_a_remote_component_is_as_in_a_local_one(nb, worker) -> None:
+    """The task process inherited the worker's log handler at INFO: the user's logging.info
+    reached the cell, every line prefixed `linkkernel worker:`, and so did the worker's own
+    libraries (botocore's `Found credentials in environment variables.`)."""
+    code = "import logging\nlogging.getLogger('lib').info('hidden')\nlogging.getLogger('lib').warning('careful')\n"
+    nb.add("logs_here", code, counted=False)
+    nb.add("logs_there", code, remote="qa3", counted=False)
+    nb.use()
+    here, there = nb.run("logs_here"), nb.run("logs_there")
+    assert here.status == there.status == "ok", there.traceback_text
+    assert "careful" in here.stderr and "hidden" not in here.stderr
+    assert there.stderr == here.stderr

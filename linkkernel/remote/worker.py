@@ -609,6 +609,13 @@ class Worker:
             _set_parent_death_signal()
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            # Logging as in a fresh Python, as in a kernel: the worker's INFO handler would
+            # put the user's logging.info and its libraries' chatter in the cell, prefixed
+            # `linkkernel worker:`.
+            root = logging.getLogger()
+            for handler in root.handlers[:]:
+                root.removeHandler(handler)
+            root.setLevel(logging.WARNING)
             from linkkernel.remote import taskprocess
 
             taskprocess.warm_up(self.shell)
