@@ -191,3 +191,31 @@ def test_logging_in_a_remote_component_is_as_in_a_local_one(nb, worker) -> None:
     assert here.status == there.status == "ok", there.traceback_text
     assert "careful" in here.stderr and "hidden" not in here.stderr
     assert there.stderr == here.stderr
+
+
+@pytest.fixture(scope="module")
+def elsewhere(worker, tmp, key_file):
+    """The qa3 worker registered with a storage it does not use: a slip in `workers add`."""
+    registry.add("qa3_elsewhere", worker.address, str(tmp / "not-the-workers-store"), str(key_file))
+    return "qa3_elsewhere"
+
+
+def test_a_worker_registered_with_another_storage_is_named_as_the_cause_of_missing_outputs(nb, elsewhere) -> None:
+    """The cell said `has no blob … (deleted while in use?)` when the worker had just stored
+    it in its own storage: the registry and the worker's --storage differ."""
+    nb.add("out_elsewhere", "y = 1", remote=elsewhere, counted=False)
+    nb.use()
+    result = nb.run("out_elsewhere")
+    assert result.reply["content"]["ename"] == "RemoteError", result.traceback_text
+    text = result.traceback_text.strip()
+    assert len(text.splitlines()) == 1 and "--storage" in text and "not-the-workers-store" in text, text
+
+
+def test_a_worker_registered_with_another_storage_is_named_as_the_cause_of_missing_inputs(nb, elsewhere) -> None:
+    nb.add("in_here", "x = 41", counted=False)
+    nb.add("in_elsewhere", "y = x + 1", "in_here", remote=elsewhere, counted=False)
+    nb.use()
+    result = nb.run("in_elsewhere")
+    assert result.reply["content"]["ename"] == "RemoteError", result.traceback_text
+    text = result.traceback_text.strip()
+    assert len(text.splitlines()) == 1 and "--storage" in text and "'x'" in text, text

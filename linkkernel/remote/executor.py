@@ -19,7 +19,7 @@ from typing import Any
 from linkkernel.remote.client import Client, RemoteError
 from linkkernel.remote.protocol import read_key
 from linkkernel.remote.registry import WorkerEntry, get
-from linkkernel.remote.storage import Store
+from linkkernel.remote.storage import MissingBlob, Store
 from linkkernel.store import freeze
 from linkkernel.tasks import ComponentTask, TaskResult, UserError
 
@@ -202,5 +202,11 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
         store.remember(done.body.get("verified") or {})  # output files the task wrote and hashed
     # Frozen as each arrives: a blob file whose buffers are all small is let go of at once,
     # rather than every output holding its file open until all are in (see store.freeze).
-    bound = {name: freeze(store.get(digest, mapped=True)) for name, digest in result["bound"].items()}
+    try:
+        bound = {name: freeze(store.get(digest, mapped=True)) for name, digest in result["bound"].items()}
+    except MissingBlob as exc:
+        raise RemoteError(
+            f"{exc}, though worker {alias!r} has just stored it there: is the worker's --storage "
+            f"the storage registered for it ({entry.storage})?"
+        ) from None
     return TaskResult(bound=bound, deleted=tuple(result["deleted"]), outputs=log.nbformat())

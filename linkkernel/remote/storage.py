@@ -61,6 +61,11 @@ class StorageError(LinkError):
     """The store cannot be reached, refuses our credentials, or holds a tampered blob."""
 
 
+class MissingBlob(StorageError):
+    """A blob is not in the store: deleted while in use, or the kernel and the worker were
+    given different stores; the caller knows which side wrote it and says so."""
+
+
 def parse_options(pairs: list[str] | None) -> dict[str, Any]:
     """`k=v` storage options; values are read as JSON when they parse (`anon=false`)."""
     options: dict[str, Any] = {}
@@ -315,7 +320,7 @@ class Store:
         except StorageError:
             raise
         except FileNotFoundError:
-            raise StorageError(f"storage {self.url} has no blob {digest[:12]}… (deleted while in use?)") from None
+            raise MissingBlob(f"storage {self.url} has no blob {digest[:12]}…") from None
         except Exception as exc:  # fsspec backends raise their own exception types
             raise StorageError(describe_failure(self.url, exc)) from None
         self._known.add(digest)

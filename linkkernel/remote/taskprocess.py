@@ -37,7 +37,7 @@ from traitlets.config import Config
 from linkkernel import cow
 from linkkernel.compiler import LinkCompiler, twin_path
 from linkkernel.namespaces import Blob, UnpicklableValue, changes, dump, loading_together, loads, pickling_names
-from linkkernel.remote.storage import StorageError, Store, file_map_of
+from linkkernel.remote.storage import MissingBlob, StorageError, Store, file_map_of
 from linkkernel.tracebacks import contains_group, format_warning, frames_of, group_traceback, trim
 
 # Names IPython's displayhook and input cache bind in the namespace; they are not outputs.
@@ -357,6 +357,12 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
         for name in digests:
             try:
                 inputs[name] = value_of(name)
+            except MissingBlob as exc:
+                pipe.finish({"failed": (
+                    f"input {name!r}: {exc} (deleted while in use, or the kernel stored it elsewhere: "
+                    "is this worker's --storage the storage registered for it?)"
+                )})
+                return
             except StorageError as exc:
                 pipe.finish({"failed": str(exc)})
                 return
