@@ -219,3 +219,18 @@ def test_a_worker_registered_with_another_storage_is_named_as_the_cause_of_missi
     assert result.reply["content"]["ename"] == "RemoteError", result.traceback_text
     text = result.traceback_text.strip()
     assert len(text.splitlines()) == 1 and "--storage" in text and "'x'" in text, text
+
+
+def test_worker_preload_of_a_module_that_fails_on_import_is_one_line(tmp, key_file) -> None:
+    """A module raising while it is imported ended the worker with its traceback."""
+    modules = tmp / "modules"
+    modules.mkdir(exist_ok=True)
+    (modules / "qa3_broken.py").write_text("raise RuntimeError('no GPU driver here')\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "linkkernel.cli", "worker", "--listen", "tcp://127.0.0.1:0", "--storage", str(tmp / "store"),
+         "--key-file", str(key_file), "--preload", "qa3_broken"],
+        capture_output=True, text=True, timeout=30, cwd=str(modules),
+        env=kernel_env(PYTHONPATH=f"{kernel_env()['PYTHONPATH']}:{modules}"),
+    )
+    line = one_line_error(done, "worker")
+    assert line == "linkkernel worker: --preload qa3_broken: RuntimeError: no GPU driver here"

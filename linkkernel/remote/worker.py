@@ -858,9 +858,9 @@ def run(args: argparse.Namespace) -> int:
     for module in preload:
         try:
             importlib.import_module(module)
-        except (ImportError, ValueError, TypeError) as exc:  # not found, or not a module name ("", ".x")
+        except Exception as exc:  # noqa: BLE001 - not found, not a module name ("", ".x"), or its own code failed
             if args.preload is not None:
-                raise LinkError(f"--preload {module}: {exc}") from None
+                raise LinkError(f"--preload {module}: {type(exc).__name__}: {exc}") from None
     if args.storage.startswith("s3"):
         importlib.import_module("s3fs")
     allow_many_maps()  # for the task processes, which map each large input from its file
