@@ -234,3 +234,41 @@ def test_worker_preload_of_a_module_that_fails_on_import_is_one_line(tmp, key_fi
     )
     line = one_line_error(done, "worker")
     assert line == "linkkernel worker: --preload qa3_broken: RuntimeError: no GPU driver here"
+
+
+def test_a_cell_waiting_behind_another_kernels_task_says_so_until_it_starts(nb, worker, tmp_path) -> None:
+    """With the worker's one slot taken by another kernel, the cell showed nothing at all
+    while it waited, as if it hung."""
+    import threading
+
+    started, release = tmp_path / "started", tmp_path / "release"
+    other = Kernel()
+    try:
+        busy = Notebook(other, tmp_path / "other.ipynb")
+        busy.add("hold", f"import os, time\nopen({str(started)!r}, 'w').close()\n"
+                         f"while not os.path.exists({str(release)!r}):\n    time.sleep(0.05)", remote="qa3", counted=False)
+        busy.use()
+        holding = threading.Thread(target=busy.run, args=("hold",))
+        holding.start()
+        assert wait_until(started.exists, timeout=30)
+        nb.add("behind", "print('ran')", remote="qa3", counted=False)
+        nb.use()
+        outcome = {}
+        waiting = threading.Thread(target=lambda: outcome.update(result=nb.run("behind")))
+        waiting.start()
+        assert wait_until(lambda: "1 queued" in registry.ping("qa3"), timeout=30)
+        release.touch()
+        waiting.join(60)
+        holding.join(60)
+    finally:
+        release.touch()
+        other.shutdown()
+    result = outcome["result"]
+    assert result.status == "ok" and result.stdout == "ran\n", result.traceback_text
+    shown = [m for m in result.messages if m["msg_type"] in ("display_data", "update_display_data")]
+    assert [m["msg_type"] for m in shown] == ["display_data", "update_display_data"], shown
+    line, cleared = (m["content"] for m in shown)
+    assert line["data"] == {"text/plain": "linkkernel: waiting for worker 'qa3': 1 task(s) ahead in its queue"}
+    assert cleared["data"] == {} and cleared["transient"] == line["transient"]
+    order = [m["msg_type"] for m in result.messages]
+    assert order.index("update_display_data") < order.index("stream")  # cleared once the task started

@@ -118,6 +118,31 @@ def publish_live(kernel, message: dict[str, Any]) -> None:
         )
 
 
+class WaitingLine:
+    """The transient line of a component the user executed while its task waits for a slot
+    on a busy worker: without it the cell shows nothing, as if it hung. An ancestor waits
+    under the run's own progress line instead."""
+
+    def __init__(self, kernel, alias: str) -> None:
+        self.kernel, self.alias = kernel, alias
+        self.display_id = f"linkkernel-waiting-{uuid.uuid4().hex}"
+        self.shown = False
+
+    def _send(self, msg_type: str, data: dict[str, str]) -> None:
+        kernel = self.kernel
+        content = {"data": data, "metadata": {}, "transient": {"display_id": self.display_id}}
+        kernel.session.send(kernel.iopub_socket, msg_type, content, parent=kernel.get_parent(), ident=kernel._topic(msg_type))
+
+    def show(self, ahead: int) -> None:
+        self._send("display_data", {"text/plain": f"linkkernel: waiting for worker {self.alias!r}: {ahead} task(s) ahead in its queue"})
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            self._send("update_display_data", {})
+            self.shown = False
+
+
 def component_sources(kernel) -> dict[str, list[str]]:
     """The kernel's component cell files: {filename: [component, source]}.
 
@@ -177,9 +202,12 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
         "versions": versions(),
         "sources": component_sources(kernel),
     }
+    waiting = WaitingLine(kernel, alias)
     try:
-        client.submit(body)
-        done = client.follow(task_id, on_output)
+        accepted = client.submit(body)
+        if task.live and accepted.get("ahead"):
+            waiting.show(accepted["ahead"])
+        done = client.follow(task_id, on_output, on_started=waiting.clear)
     except KeyboardInterrupt:
         client.cancel(task_id)
         raise
@@ -188,6 +216,8 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
         # the next run checks rather than failing the same way for the kernel's whole life.
         store.forget_uploads()
         raise
+    finally:
+        waiting.clear()
     result = done.body["result"]
     if result.get("error"):
         error = result["error"]

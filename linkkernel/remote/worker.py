@@ -91,6 +91,7 @@ class Task:
     outcome: dict[str, Any] | None = None
     cancelled: bool = False
     eof: bool = False
+    waited: bool = False  # its kernel was told it waits for a slot, and is told when it starts
 
     def watched(self) -> list[int]:
         return [*([] if self.eof else [self.fd]), *self.streams, self.pidfd]
@@ -474,7 +475,7 @@ class Worker:
             self._start_queued()
             # Said once the task's process has it, so that process starts before we sign this.
             while self.to_accept:
-                self.send(*self.to_accept.popleft())
+                self._accept(*self.to_accept.popleft())
             # The next task's process is made ahead of time, so a task starts without paying
             # for fork; it is still a fresh process, used for one task only. Without a
             # zygote it is forked here, when no result is waiting to be relayed.
@@ -512,6 +513,15 @@ class Worker:
             self._cancel(client, str(body.get("task", "")))
         else:
             log.warning("dropped a message of unknown type %r from client %s", message.type, client.hex())
+
+    def _accept(self, client: bytes, type_: str, body: dict[str, Any]) -> None:
+        """Say a task is accepted and, when it waits for a slot, how many tasks are ahead of
+        it: the cell shows that until the task starts, rather than nothing at all."""
+        waiting = next((i for i, t in enumerate(self.queue) if t.id == body.get("task") and t.client == client), None)
+        if waiting is not None:
+            self.queue[waiting].waited = True
+            body = {**body, "ahead": waiting + self._busy()}
+        self.send(client, type_, body)
 
     def _cancel(self, client: bytes, task_id: str) -> None:
         for task in self.queue:
@@ -559,6 +569,8 @@ class Worker:
             except BrokenPipeError:
                 pass  # the spare died (killed from outside); its exit is reported like a crash
             self.running[task.pid] = task
+            if task.waited:
+                self.send(task.client, "started", {"task": task.id})
 
     def _next_spare(self) -> Spare:
         """A task process ready for a task: the zygote's, or forked here if there is none."""
