@@ -272,3 +272,55 @@ def test_a_cell_waiting_behind_another_kernels_task_says_so_until_it_starts(nb, 
     assert cleared["data"] == {} and cleared["transient"] == line["transient"]
     order = [m["msg_type"] for m in result.messages]
     assert order.index("update_display_data") < order.index("stream")  # cleared once the task started
+
+
+def test_an_upload_to_s3_interrupted_midway_leaves_no_truncated_blob(tmp, monkeypatch) -> None:
+    """Closing the s3fs file on the interrupt completed the multipart upload: a truncated
+    blob stood at its content address, later puts took it for stored, and every task that
+    needed the input failed verification ('tampered or corrupt') for good."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import boto3
+    import numpy as np
+
+    from linkkernel.namespaces import dump
+    from linkkernel.remote.storage import Store
+    from remote_support import S3_ENV, MotoServer
+
+    for name, value in S3_ENV.items():
+        monkeypatch.setenv(name, value)
+    server = next(MotoServer.serving("qa3-interrupted"))
+    try:
+        options = {"endpoint_url": server.endpoint}
+        blob = dump("big", [np.random.default_rng(3).random(4_000_000) for _ in range(12)])  # 12 x 32 MB
+        s3 = boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1")
+        uploading, finished = threading.Event(), threading.Event()
+
+        def interrupt_once_uploading() -> None:
+            while not finished.is_set():
+                if s3.list_multipart_uploads(Bucket="qa3-interrupted").get("Uploads"):
+                    uploading.set()
+                    os.kill(os.getpid(), signal.SIGINT)
+                    return
+                time.sleep(0.005)
+
+        watcher = threading.Thread(target=interrupt_once_uploading)
+        watcher.start()
+        try:
+            Store("s3://qa3-interrupted/p", b"k" * 32, options).put(blob)
+            finished.set()
+            watcher.join()
+            time.sleep(0.5)  # an interrupt sent just as the upload ended lands here
+        except KeyboardInterrupt:
+            pass
+        finished.set()
+        watcher.join()
+        assert uploading.is_set()
+        fresh = Store("s3://qa3-interrupted/p", b"k" * 32, options)
+        assert fresh.put(blob) is True  # nothing there was taken for the blob
+        assert fresh.get(blob.digest).digest == blob.digest
+    finally:
+        server.stop()

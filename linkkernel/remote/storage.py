@@ -104,6 +104,17 @@ def describe_failure(url: str, exc: BaseException) -> str:
     return f"storage {url} is unreachable: {type(exc).__name__}: {text}"
 
 
+def _abandon(f) -> None:
+    """Throw away an object-store upload that failed midway (s3fs aborts its multipart upload)."""
+    from fsspec.spec import AbstractBufferedFile
+
+    if isinstance(f, AbstractBufferedFile):
+        f.discard()
+        f.closed = True  # nothing is flushed, now or when the file is collected
+    else:
+        f.close()
+
+
 def _frame_mac(key: bytes, header: bytes, magic: bytes = MAGIC) -> bytes:
     return hmac.new(key, magic + header, hashlib.sha256).hexdigest().encode()
 
@@ -249,9 +260,16 @@ class Store:
         if self.local:
             self._write_local(path, blob.digest, header, parts, offsets)
             return
-        # An object store makes an upload visible only once it completes.
-        with self.fs.open(path, "wb") as f:
+        # An object store makes an upload visible only once it completes, and closing the
+        # file completes it: a write interrupted midway must be thrown away, not closed, or
+        # a truncated blob would stand at its address and fail every task needing it.
+        f = self.fs.open(path, "wb")
+        try:
             self._write_frames(f, header, parts, offsets)
+        except BaseException:
+            _abandon(f)
+            raise
+        f.close()
 
     def _write_frames(self, f, header: bytes, parts: list[memoryview], offsets: list[int], fd: int | None = None) -> None:
         """The blob file: magic, header MAC, header, then each part at its page-aligned offset.
