@@ -324,3 +324,15 @@ def test_an_upload_to_s3_interrupted_midway_leaves_no_truncated_blob(tmp, monkey
         assert fresh.get(blob.digest).digest == blob.digest
     finally:
         server.stop()
+
+
+def test_a_worker_on_the_ipv6_loopback_listens_and_answers(tmp, key_file) -> None:
+    """`[::1]` is a loopback host the worker knows, yet binding it failed with `No such
+    device`: ZeroMQ sockets use IPv6 only when told to."""
+    w = WorkerProcess(str(tmp / "store"), key_file, tmp, "--listen", "tcp://[::1]:*")
+    try:
+        assert w.address.startswith("tcp://[::1]:")
+        registry.add("qa3_v6", w.address, str(tmp / "store"), str(key_file))
+        assert registry.ping("qa3_v6").startswith(f"qa3_v6 ({w.address}): round trip")
+    finally:
+        w.stop()

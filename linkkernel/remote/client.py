@@ -23,7 +23,15 @@ from typing import Any
 import zmq
 
 from linkkernel.errors import LinkError
-from linkkernel.remote.protocol import KERNEL_PING_INTERVAL, KERNEL_SILENCE, BadMessage, Message, Signer, configure_curve_client
+from linkkernel.remote.protocol import (
+    KERNEL_PING_INTERVAL,
+    KERNEL_SILENCE,
+    BadMessage,
+    Message,
+    Signer,
+    configure_curve_client,
+    is_ipv6,
+)
 
 ACCEPT_TIMEOUT = 3.0
 HEARTBEAT_TIMEOUT = 3.0
@@ -51,6 +59,7 @@ class Client:
         self.socket = zmq.Context.instance().socket(zmq.DEALER)
         self.socket.linger = 0
         configure_curve_client(self.socket, server_key)
+        self.socket.ipv6 = is_ipv6(address)
         try:
             self.socket.connect(address)
         except zmq.ZMQError as exc:  # an address `workers add` would refuse, from a hand-edited registry

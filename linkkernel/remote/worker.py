@@ -352,7 +352,7 @@ class Worker:
         import zmq
 
         from linkkernel.remote import taskprocess
-        from linkkernel.remote.protocol import KERNEL_PING_INTERVAL, KERNEL_SILENCE, Signer
+        from linkkernel.remote.protocol import KERNEL_PING_INTERVAL, KERNEL_SILENCE, Signer, is_ipv6
         from linkkernel.remote.storage import Store
 
         self.slots = slots
@@ -381,6 +381,7 @@ class Worker:
         if curve_secret is not None:
             self.socket.curve_server = True
             self.socket.curve_secretkey = curve_secret
+        self.socket.ipv6 = is_ipv6(listen)
         try:
             self.socket.bind(listen)
         except zmq.ZMQError as exc:
