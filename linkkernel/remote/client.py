@@ -23,7 +23,15 @@ from typing import Any
 import zmq
 
 from linkkernel.errors import LinkError
-from linkkernel.remote.protocol import KERNEL_PING_INTERVAL, KERNEL_SILENCE, BadMessage, Message, Signer, configure_curve_client
+from linkkernel.remote.protocol import (
+    KERNEL_PING_INTERVAL,
+    KERNEL_SILENCE,
+    BadMessage,
+    Message,
+    Signer,
+    configure_curve_client,
+    is_ipv6,
+)
 
 ACCEPT_TIMEOUT = 3.0
 HEARTBEAT_TIMEOUT = 3.0
@@ -51,6 +59,7 @@ class Client:
         self.socket = zmq.Context.instance().socket(zmq.DEALER)
         self.socket.linger = 0
         configure_curve_client(self.socket, server_key)
+        self.socket.ipv6 = is_ipv6(address)
         try:
             self.socket.connect(address)
         except zmq.ZMQError as exc:  # an address `workers add` would refuse, from a hand-edited registry
@@ -120,8 +129,9 @@ class Client:
                 return time.perf_counter() - start, message.body
         raise self._unreachable("a ping")
 
-    def submit(self, body: dict[str, Any]) -> None:
-        """Hand a task to the worker; returns once it is queued there."""
+    def submit(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Hand a task to the worker; returns, once it is queued there, what the worker said
+        (`ahead`: how many tasks it waits for, when it waits)."""
         task_id = body["task"]
         self.send("submit", body)
         for message in self.messages(ACCEPT_TIMEOUT):
@@ -130,11 +140,14 @@ class Client:
             if message.type == "rejected":
                 raise RemoteError(f"{self._where()} refused the task: {message.body.get('message')}")
             if message.type == "accepted":
-                return
+                return message.body
         raise self._unreachable("the task")
 
-    def follow(self, task_id: str, on_output: Callable[[dict[str, Any]], None]) -> Message:
-        """Relay the task's outputs until it ends; returns the `done` message."""
+    def follow(
+        self, task_id: str, on_output: Callable[[dict[str, Any]], None], on_started: Callable[[], None] | None = None
+    ) -> Message:
+        """Relay the task's outputs until it ends; returns the `done` message. `on_started`
+        is called when a task that waited for a slot starts."""
         self.away, self._waited_until = 0.0, None
         while True:
             message = self.receive(HEARTBEAT_TIMEOUT)
@@ -155,6 +168,9 @@ class Client:
                 continue
             if message.type == "output":
                 on_output(message.body)
+            elif message.type == "started":
+                if on_started is not None:
+                    on_started()
             elif message.type == "done":
                 return message
             elif message.type == "failed":

@@ -9,6 +9,7 @@ care where a component ran. Faults outside the user's code are RemoteError lines
 
 from __future__ import annotations
 
+import functools
 import linecache
 import sys
 import threading
@@ -18,7 +19,7 @@ from typing import Any
 from linkkernel.remote.client import Client, RemoteError
 from linkkernel.remote.protocol import read_key
 from linkkernel.remote.registry import WorkerEntry, get
-from linkkernel.remote.storage import Store
+from linkkernel.remote.storage import MissingBlob, Store
 from linkkernel.store import freeze
 from linkkernel.tasks import ComponentTask, TaskResult, UserError
 
@@ -117,20 +118,60 @@ def publish_live(kernel, message: dict[str, Any]) -> None:
         )
 
 
+class WaitingLine:
+    """The transient line of a component the user executed while its task waits for a slot
+    on a busy worker: without it the cell shows nothing, as if it hung. An ancestor waits
+    under the run's own progress line instead."""
+
+    def __init__(self, kernel, alias: str) -> None:
+        self.kernel, self.alias = kernel, alias
+        self.display_id = f"linkkernel-waiting-{uuid.uuid4().hex}"
+        self.shown = False
+
+    def _send(self, msg_type: str, data: dict[str, str]) -> None:
+        kernel = self.kernel
+        content = {"data": data, "metadata": {}, "transient": {"display_id": self.display_id}}
+        kernel.session.send(kernel.iopub_socket, msg_type, content, parent=kernel.get_parent(), ident=kernel._topic(msg_type))
+
+    def show(self, ahead: int) -> None:
+        self._send("display_data", {"text/plain": f"linkkernel: waiting for worker {self.alias!r}: {ahead} task(s) ahead in its queue"})
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            self._send("update_display_data", {})
+            self.shown = False
+
+
 def component_sources(kernel) -> dict[str, list[str]]:
     """The kernel's component cell files: {filename: [component, source]}.
 
     A function defined in a parent component that ran here and is called on the worker has
     its code in one of these files; with them the worker labels its frames `Component
-    load, line 3` and shows the source, instead of a temporary path on this machine.
+    load, line 3` and shows the source, instead of a temporary path on this machine. A
+    parent that ran elsewhere (on a worker, or in an earlier kernel) compiled its code in a
+    file of the same name in another directory: every component's code is named here as
+    this kernel would name its file, and the worker matches such files by that name.
     """
-    compiler = getattr(getattr(kernel, "shell", None), "compile", None)
+    shell = getattr(kernel, "shell", None)
+    compiler = getattr(shell, "compile", None)
     if not hasattr(compiler, "labelled_files"):
         return {}
-    return {
-        filename: [component, "".join(linecache.getlines(filename))]
+    known = getattr(shell, "component_sources", None)
+    sources = {_cell_file(source): [component, source] for component, source in (known() if known else ())}
+    sources.update(
+        (filename, [component, "".join(linecache.getlines(filename))])
         for filename, component in compiler.labelled_files().items()
-    }
+    )
+    return sources
+
+
+@functools.lru_cache(maxsize=4096)
+def _cell_file(source: str) -> str:
+    """ipykernel's file name for a cell's code, remembered: the hash is pure Python."""
+    from ipykernel.compiler import get_file_name
+
+    return get_file_name(source)
 
 
 def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
@@ -161,9 +202,12 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
         "versions": versions(),
         "sources": component_sources(kernel),
     }
+    waiting = WaitingLine(kernel, alias)
     try:
-        client.submit(body)
-        done = client.follow(task_id, on_output)
+        accepted = client.submit(body)
+        if task.live and accepted.get("ahead"):
+            waiting.show(accepted["ahead"])
+        done = client.follow(task_id, on_output, on_started=waiting.clear)
     except KeyboardInterrupt:
         client.cancel(task_id)
         raise
@@ -172,6 +216,8 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
         # the next run checks rather than failing the same way for the kernel's whole life.
         store.forget_uploads()
         raise
+    finally:
+        waiting.clear()
     result = done.body["result"]
     if result.get("error"):
         error = result["error"]
@@ -186,5 +232,11 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
         store.remember(done.body.get("verified") or {})  # output files the task wrote and hashed
     # Frozen as each arrives: a blob file whose buffers are all small is let go of at once,
     # rather than every output holding its file open until all are in (see store.freeze).
-    bound = {name: freeze(store.get(digest, mapped=True)) for name, digest in result["bound"].items()}
+    try:
+        bound = {name: freeze(store.get(digest, mapped=True)) for name, digest in result["bound"].items()}
+    except MissingBlob as exc:
+        raise RemoteError(
+            f"{exc}, though worker {alias!r} has just stored it there: is the worker's --storage "
+            f"the storage registered for it ({entry.storage})?"
+        ) from None
     return TaskResult(bound=bound, deleted=tuple(result["deleted"]), outputs=log.nbformat())

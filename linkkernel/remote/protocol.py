@@ -161,6 +161,23 @@ class Signer:
             self._seen.popitem(last=False)
 
 
+def is_ipv6(address: str) -> bool:
+    """Whether a tcp:// address names an IPv6 host (`tcp://[::1]:5555`): ZeroMQ sockets
+    refuse those ("No such device") unless told to use IPv6, which is off by default."""
+    return address.startswith("tcp://") and ":" in address[len("tcp://") :].rpartition(":")[0]
+
+
+def is_curve_public_key(text: str) -> bool:
+    """Whether `text` is a CurveZMQ public key as `--server-key` takes it (40 Z85 characters);
+    ZeroMQ would refuse anything else only when a socket is configured with it."""
+    from zmq.utils import z85
+
+    try:
+        return len(text) == 40 and len(z85.decode(text)) == 32
+    except (KeyError, ValueError, TypeError):  # a character outside Z85's alphabet
+        return False
+
+
 def configure_curve_client(socket: zmq.Socket, server_key: str | None) -> None:
     """Encrypt the connection when the worker's public key is pinned in the registry.
 

@@ -76,6 +76,8 @@ _FIELDS: dict[str, tuple[type, ...]] = {
 def _entry(path: Path, alias: str, raw: Any) -> WorkerEntry:
     """One entry of a registry that may have been edited by hand: checked field by field, so
     a wrong type is named here rather than failing later inside ZeroMQ or pathlib."""
+    from linkkernel.remote.protocol import is_curve_public_key
+
     where = f"worker registry {path} is malformed: entry {alias!r}"
     if not isinstance(raw, dict):
         raise LinkError(f"{where} is {type(raw).__name__}, not an object")
@@ -87,6 +89,8 @@ def _entry(path: Path, alias: str, raw: Any) -> WorkerEntry:
     missing = [name for name in ("address", "storage", "key_file") if name not in raw]
     if missing:
         raise LinkError(f"{where} lacks {missing[0]!r}")
+    if raw.get("server_key") is not None and not is_curve_public_key(raw["server_key"]):
+        raise LinkError(f"{where}: 'server_key' is not a CurveZMQ public key (40 Z85 characters)")
     if raw.get("alias", alias) != alias:
         raise LinkError(f"{where} names alias {raw['alias']!r}; the two must agree")
     return WorkerEntry(**{**raw, "alias": alias})
@@ -132,7 +136,7 @@ def add(
     server_key: str | None = None,
 ) -> WorkerEntry:
     """Register (or replace) a worker after checking what can be checked offline."""
-    from linkkernel.remote.protocol import read_key
+    from linkkernel.remote.protocol import is_curve_public_key, read_key
     from linkkernel.remote.storage import refuse_unshareable
 
     if not ALIAS.fullmatch(alias):
@@ -156,7 +160,7 @@ def add(
         )
     key_path = str(Path(key_file).expanduser().resolve())
     read_key(key_path)
-    if server_key is not None and len(server_key) != 40:
+    if server_key is not None and not is_curve_public_key(server_key):
         raise LinkError("--server-key must be the worker's CurveZMQ public key (40 Z85 characters)")
     if "://" not in storage:
         storage = str(Path(storage).expanduser().resolve())

@@ -61,6 +61,11 @@ class StorageError(LinkError):
     """The store cannot be reached, refuses our credentials, or holds a tampered blob."""
 
 
+class MissingBlob(StorageError):
+    """A blob is not in the store: deleted while in use, or the kernel and the worker were
+    given different stores; the caller knows which side wrote it and says so."""
+
+
 def parse_options(pairs: list[str] | None) -> dict[str, Any]:
     """`k=v` storage options; values are read as JSON when they parse (`anon=false`)."""
     options: dict[str, Any] = {}
@@ -77,7 +82,10 @@ def parse_options(pairs: list[str] | None) -> dict[str, Any]:
 
 def refuse_unshareable(url: str) -> None:
     """A kernel and a worker meet in the store; `memory://` lives inside one process, so a
-    kernel's inputs would never reach the worker there."""
+    kernel's inputs would never reach the worker there. An empty URL (`--storage "$STORE"`
+    with STORE unset) would be whatever directory the process started in."""
+    if not url.strip():
+        raise StorageError("storage is empty: give a directory or s3://bucket/prefix shared by the kernel and the worker")
     if url.startswith("memory:"):
         raise StorageError(f"storage {url}: memory:// exists inside one process only; a kernel and a worker cannot share it (use a directory or s3://)")
 
@@ -94,6 +102,17 @@ def describe_failure(url: str, exc: BaseException) -> str:
     if isinstance(exc, FileNotFoundError):
         return f"storage {url} is missing {text}"
     return f"storage {url} is unreachable: {type(exc).__name__}: {text}"
+
+
+def _abandon(f) -> None:
+    """Throw away an object-store upload that failed midway (s3fs aborts its multipart upload)."""
+    from fsspec.spec import AbstractBufferedFile
+
+    if isinstance(f, AbstractBufferedFile):
+        f.discard()
+        f.closed = True  # nothing is flushed, now or when the file is collected
+    else:
+        f.close()
 
 
 def _frame_mac(key: bytes, header: bytes, magic: bytes = MAGIC) -> bytes:
@@ -156,7 +175,7 @@ class Store:
             options["config_kwargs"] = {**config, **given}
         try:
             self.fs, root = fsspec.core.url_to_fs(url, **options)
-        except (ImportError, ValueError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - fsspec backends fail in their own ways when opened
             raise StorageError(f"storage {url} cannot be opened: {exc}") from None
         if hasattr(self.fs, "retries"):
             self.fs.retries = min(self.fs.retries, 2)
@@ -241,9 +260,16 @@ class Store:
         if self.local:
             self._write_local(path, blob.digest, header, parts, offsets)
             return
-        # An object store makes an upload visible only once it completes.
-        with self.fs.open(path, "wb") as f:
+        # An object store makes an upload visible only once it completes, and closing the
+        # file completes it: a write interrupted midway must be thrown away, not closed, or
+        # a truncated blob would stand at its address and fail every task needing it.
+        f = self.fs.open(path, "wb")
+        try:
             self._write_frames(f, header, parts, offsets)
+        except BaseException:
+            _abandon(f)
+            raise
+        f.close()
 
     def _write_frames(self, f, header: bytes, parts: list[memoryview], offsets: list[int], fd: int | None = None) -> None:
         """The blob file: magic, header MAC, header, then each part at its page-aligned offset.
@@ -312,7 +338,7 @@ class Store:
         except StorageError:
             raise
         except FileNotFoundError:
-            raise StorageError(f"storage {self.url} has no blob {digest[:12]}… (deleted while in use?)") from None
+            raise MissingBlob(f"storage {self.url} has no blob {digest[:12]}…") from None
         except Exception as exc:  # fsspec backends raise their own exception types
             raise StorageError(describe_failure(self.url, exc)) from None
         self._known.add(digest)

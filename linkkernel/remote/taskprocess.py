@@ -35,10 +35,10 @@ from traitlets import Type
 from traitlets.config import Config
 
 from linkkernel import cow
-from linkkernel.compiler import LinkCompiler
+from linkkernel.compiler import LinkCompiler, twin_path
 from linkkernel.namespaces import Blob, UnpicklableValue, changes, dump, loading_together, loads, pickling_names
-from linkkernel.remote.storage import StorageError, Store, file_map_of
-from linkkernel.tracebacks import contains_group, format_warning, formatted, group_traceback, own_rendering, trim
+from linkkernel.remote.storage import MissingBlob, StorageError, Store, file_map_of
+from linkkernel.tracebacks import contains_group, format_warning, formatted, frames_of, group_traceback, own_rendering, trim
 
 # Names IPython's displayhook and input cache bind in the namespace; they are not outputs.
 _SHELL_NAMES = re.compile(r"_{1,3}|_i{1,3}|_i?\d+")
@@ -163,6 +163,7 @@ class WorkerShell(InteractiveShell):
             return super().showtraceback(exc_tuple, filename, tb_offset, exception_only, running_compiled_code)
         value.__traceback__ = tb
         trim(value)
+        self._lend_sources(value)
         if not exception_only:
             # As the kernel's shell does (LinkShell.showtraceback): a user's renderer that
             # fails, and groups IPython's formatter fails on, are still the task's error.
@@ -176,6 +177,18 @@ class WorkerShell(InteractiveShell):
                 return None
         # The machinery frames tb_offset would skip are gone already.
         return super().showtraceback((etype, value, value.__traceback__), filename, 0, exception_only, running_compiled_code)
+
+    def _lend_sources(self, value: BaseException) -> None:
+        """Frames of a function a parent defined in another process read as the parent's
+        code: labelled and with their lines, through this process's file of the same name."""
+        labelled = self.compile.labelled_files()
+        for frame in frames_of(value):
+            filename = frame.f_code.co_filename
+            twin = twin_path(filename)
+            if filename not in labelled and twin in labelled:
+                self.compile.label(filename, labelled[twin])
+                if twin in linecache.cache:
+                    linecache.cache[filename] = linecache.cache[twin]
 
     def thread_excepthook(self, args: threading.ExceptHookArgs) -> None:
         """An error in a thread the task started: its frames, to the cell's stderr, as the
@@ -351,6 +364,12 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
         for name in digests:
             try:
                 inputs[name] = value_of(name)
+            except MissingBlob as exc:
+                pipe.finish({"failed": (
+                    f"input {name!r}: {exc} (deleted while in use, or the kernel stored it elsewhere: "
+                    "is this worker's --storage the storage registered for it?)"
+                )})
+                return
             except StorageError as exc:
                 pipe.finish({"failed": str(exc)})
                 return
@@ -359,9 +378,12 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
                 return
     # Functions from the kernel's components keep their cell file (namespaces.dump); with
     # its label and source here their frames read `Component load, line 3` as they do locally.
+    # Code a parent compiled in another process (an earlier task, an earlier kernel) is
+    # matched by its file's base name, through the file this process would compile it in.
     for filename, (component, source) in task.get("sources", {}).items():
-        shell.compile.label(filename, component)
-        linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+        for name in {filename, twin_path(filename) or filename}:
+            shell.compile.label(name, component)
+            linecache.cache[name] = (len(source), None, source.splitlines(keepends=True), name)
     hidden = set(namespace)
     namespace.update(inputs)
     shell.pipe = pipe

@@ -91,6 +91,7 @@ class Task:
     outcome: dict[str, Any] | None = None
     cancelled: bool = False
     eof: bool = False
+    waited: bool = False  # its kernel was told it waits for a slot, and is told when it starts
 
     def watched(self) -> list[int]:
         return [*([] if self.eof else [self.fd]), *self.streams, self.pidfd]
@@ -351,7 +352,7 @@ class Worker:
         import zmq
 
         from linkkernel.remote import taskprocess
-        from linkkernel.remote.protocol import KERNEL_PING_INTERVAL, KERNEL_SILENCE, Signer
+        from linkkernel.remote.protocol import KERNEL_PING_INTERVAL, KERNEL_SILENCE, Signer, is_ipv6
         from linkkernel.remote.storage import Store
 
         self.slots = slots
@@ -380,6 +381,7 @@ class Worker:
         if curve_secret is not None:
             self.socket.curve_server = True
             self.socket.curve_secretkey = curve_secret
+        self.socket.ipv6 = is_ipv6(listen)
         try:
             self.socket.bind(listen)
         except zmq.ZMQError as exc:
@@ -474,7 +476,7 @@ class Worker:
             self._start_queued()
             # Said once the task's process has it, so that process starts before we sign this.
             while self.to_accept:
-                self.send(*self.to_accept.popleft())
+                self._accept(*self.to_accept.popleft())
             # The next task's process is made ahead of time, so a task starts without paying
             # for fork; it is still a fresh process, used for one task only. Without a
             # zygote it is forked here, when no result is waiting to be relayed.
@@ -512,6 +514,15 @@ class Worker:
             self._cancel(client, str(body.get("task", "")))
         else:
             log.warning("dropped a message of unknown type %r from client %s", message.type, client.hex())
+
+    def _accept(self, client: bytes, type_: str, body: dict[str, Any]) -> None:
+        """Say a task is accepted and, when it waits for a slot, how many tasks are ahead of
+        it: the cell shows that until the task starts, rather than nothing at all."""
+        waiting = next((i for i, t in enumerate(self.queue) if t.id == body.get("task") and t.client == client), None)
+        if waiting is not None:
+            self.queue[waiting].waited = True
+            body = {**body, "ahead": waiting + self._busy()}
+        self.send(client, type_, body)
 
     def _cancel(self, client: bytes, task_id: str) -> None:
         for task in self.queue:
@@ -559,6 +570,8 @@ class Worker:
             except BrokenPipeError:
                 pass  # the spare died (killed from outside); its exit is reported like a crash
             self.running[task.pid] = task
+            if task.waited:
+                self.send(task.client, "started", {"task": task.id})
 
     def _next_spare(self) -> Spare:
         """A task process ready for a task: the zygote's, or forked here if there is none."""
@@ -609,6 +622,13 @@ class Worker:
             _set_parent_death_signal()
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            # Logging as in a fresh Python, as in a kernel: the worker's INFO handler would
+            # put the user's logging.info and its libraries' chatter in the cell, prefixed
+            # `linkkernel worker:`.
+            root = logging.getLogger()
+            for handler in root.handlers[:]:
+                root.removeHandler(handler)
+            root.setLevel(logging.WARNING)
             from linkkernel.remote import taskprocess
 
             taskprocess.warm_up(self.shell)
@@ -786,14 +806,22 @@ class Worker:
             task.id[:8], task.body.get("name"), task.client.hex(), outcome, waited,
         )
 
-    def shutdown(self) -> None:
+    def shutdown(self, why: str = "the worker stopped") -> None:
+        """Kill every task and tell its kernel why, so the cell says the worker was stopped
+        rather than, seconds later, that it died."""
         for task in self.running.values():
             self._kill(task)
+            if not task.outcome and not task.cancelled:
+                self._log(task, f"failed: {why}")
+                self.send(task.client, "failed", {"task": task.id, "message": f"{why} while the task ran"})
+        for task in self.queue:
+            self._log(task, f"dropped from the queue: {why}")
+            self.send(task.client, "failed", {"task": task.id, "message": f"{why} while the task waited in its queue"})
         for spare in self.spares:
             os.kill(spare[0], signal.SIGKILL)
         if self.zygote is not None:
             self.zygote.stop()
-        self.socket.close(0)
+        self.socket.close(linger=1000)  # long enough to deliver the news above
         self.context.term()
 
 
@@ -843,19 +871,22 @@ def run(args: argparse.Namespace) -> int:
     for module in preload:
         try:
             importlib.import_module(module)
-        except (ImportError, ValueError, TypeError) as exc:  # not found, or not a module name ("", ".x")
+        except Exception as exc:  # noqa: BLE001 - not found, not a module name ("", ".x"), or its own code failed
             if args.preload is not None:
-                raise LinkError(f"--preload {module}: {exc}") from None
+                raise LinkError(f"--preload {module}: {type(exc).__name__}: {exc}") from None
     if args.storage.startswith("s3"):
         importlib.import_module("s3fs")
     allow_many_maps()  # for the task processes, which map each large input from its file
     worker = Worker(args.listen, args.storage, parse_options(args.storage_option), key, args.slots, curve_secret)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"linkkernel worker ready on {worker.address}", flush=True)
+    why = "the worker stopped"
     try:
         worker.serve()
     except KeyboardInterrupt:
-        pass
+        why = "the worker was stopped (SIGINT)"
+    except SystemExit:
+        why = "the worker was stopped (SIGTERM)"
     finally:
-        worker.shutdown()
+        worker.shutdown(why)
     return 0
