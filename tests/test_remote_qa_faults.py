@@ -362,3 +362,14 @@ def test_errors_ipython_cannot_format_are_still_the_remote_components_error(work
     assert shown in text and "Component qa" in text, text
     assert "ipykernel_" not in text and "linkkernel" not in text and "IPython" not in text
     assert all(output.get("name") != "stderr" for output in result.outputs), result.outputs
+
+
+def test_an_endpoint_whose_port_holds_403_is_unreachable_not_refusing_credentials() -> None:
+    """The error code 403 counts as a word only: a closed endpoint on port 41403 was called a
+    refusal of the credentials, depending on the port the OS picked."""
+    from linkkernel.remote.storage import describe_failure
+
+    down = OSError('Could not connect to the endpoint URL: "http://127.0.0.1:41403/bucket/p/blobs/34/3490"')
+    assert describe_failure("s3://bucket/p", down).startswith("storage s3://bucket/p is unreachable: ")
+    refused = Exception("An error occurred (403) when calling the HeadObject operation: Forbidden")
+    assert describe_failure("s3://bucket/p", refused).startswith("storage s3://bucket/p refused the credentials: ")

@@ -32,6 +32,7 @@ import json
 import logging
 import mmap
 import os
+import re
 import stat
 import uuid
 from collections import OrderedDict
@@ -53,8 +54,9 @@ _VERIFIED_MAX = 4096
 # up to a few hundred buffers.
 _HEAD_READ = 16384
 log = logging.getLogger(__name__)
-# Errors s3fs/botocore/aiohttp raise that mean "cannot talk to the store" or "not allowed".
-_REFUSED_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden", "403")
+# Errors s3fs/botocore/aiohttp raise that mean "not allowed", as whole words: a message that
+# names an endpoint such as http://127.0.0.1:41403 holds "403" too.
+_REFUSED = re.compile(r"\b(InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|Forbidden|403)\b")
 
 
 class StorageError(LinkError):
@@ -97,7 +99,7 @@ def describe_failure(url: str, exc: BaseException) -> str:
         return f"storage {url} has no credentials: {text} (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile)"
     if isinstance(exc, PermissionError) and ("://" not in url or url.startswith("file://")):  # a read-only directory
         return f"storage {url} lacks permission for this user: {text}"
-    if isinstance(exc, PermissionError) or any(code in text for code in _REFUSED_CODES):
+    if isinstance(exc, PermissionError) or _REFUSED.search(text):
         return f"storage {url} refused the credentials: {text}"
     if isinstance(exc, FileNotFoundError):
         return f"storage {url} is missing {text}"
