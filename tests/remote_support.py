@@ -203,3 +203,62 @@ def flip_last_byte_in_place(path: Path) -> None:
         f.seek(-1, os.SEEK_END)
         f.write(bytes([last[0] ^ 1]))
     path.chmod(mode & 0o777)
+
+
+def cli(*args: str, timeout: float = 30, cwd: str | None = None) -> subprocess.CompletedProcess:
+    """Run `linkkernel ARGS`; a worker that starts instead of refusing its input fails the test."""
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "linkkernel.cli", *args],
+            capture_output=True, text=True, env=kernel_env(), timeout=timeout, cwd=cwd,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"`linkkernel {' '.join(args)}` kept running instead of refusing: {exc.stdout!r}") from None
+
+
+def one_line_error(done: subprocess.CompletedProcess, command: str) -> str:
+    """The one line `linkkernel COMMAND` refused its input with (exit status 1, no traceback)."""
+    assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"linkkernel {command}: "), done.stderr
+    assert "Traceback" not in done.stderr
+    return lines[0]
+
+
+def remote_fixtures(name: str, alias: str, slots: int = 1):
+    """What most remote test modules start from: module-scoped `tmp`, `key_file`, `worker` (a
+    real worker, registered as `alias`) and `kernel`, and a per-test `nb` (engine_support's
+    Notebook). Bind them at module level, by the names pytest knows them by:
+    `tmp, key_file, worker, kernel, nb = remote_fixtures("faults", "qa1")`."""
+    import pytest
+
+    from engine_support import Notebook
+    from linkkernel.remote import registry
+    from support import Kernel
+
+    @pytest.fixture(scope="module")
+    def tmp(tmp_path_factory):
+        return tmp_path_factory.mktemp(name)
+
+    @pytest.fixture(scope="module")
+    def key_file(tmp):
+        return make_key(tmp / "key")
+
+    @pytest.fixture(scope="module")
+    def worker(tmp, key_file):
+        w = WorkerProcess(str(tmp / "store"), key_file, tmp, slots=slots)
+        registry.add(alias, w.address, str(tmp / "store"), str(key_file))
+        yield w
+        w.stop()
+
+    @pytest.fixture(scope="module")
+    def kernel(link_kernelspec, worker):
+        k = Kernel()
+        yield k
+        k.shutdown()
+
+    @pytest.fixture
+    def nb(kernel, tmp_path):
+        return Notebook(kernel, tmp_path / f"{name}.ipynb")
+
+    return tmp, key_file, worker, kernel, nb

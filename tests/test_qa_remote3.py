@@ -15,7 +15,7 @@ import pytest
 
 from engine_support import Notebook
 from linkkernel.remote import registry
-from remote_support import WorkerProcess, closed_port, make_key, wait_until
+from remote_support import WorkerProcess, cli, closed_port, one_line_error, remote_fixtures, wait_until
 from support import Kernel, kernel_env
 
 
@@ -23,52 +23,7 @@ def plain(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
-def cli(*args: str, timeout: float = 30, cwd: str | None = None) -> subprocess.CompletedProcess:
-    """Run `linkkernel ARGS`; a worker that starts instead of refusing its input fails the test."""
-    try:
-        return subprocess.run(
-            [sys.executable, "-m", "linkkernel.cli", *args],
-            capture_output=True, text=True, env=kernel_env(), timeout=timeout, cwd=cwd,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise AssertionError(f"`linkkernel {' '.join(args)}` kept running instead of refusing: {exc.stdout!r}") from None
-
-
-def one_line_error(done: subprocess.CompletedProcess, command: str) -> str:
-    assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"linkkernel {command}: "), done.stderr
-    return lines[0]
-
-
-@pytest.fixture(scope="module")
-def tmp(tmp_path_factory):
-    return tmp_path_factory.mktemp("qa-remote3")
-
-
-@pytest.fixture(scope="module")
-def key_file(tmp):
-    return make_key(tmp / "key")
-
-
-@pytest.fixture(scope="module")
-def worker(tmp, key_file):
-    w = WorkerProcess(str(tmp / "store"), key_file, tmp, slots=1)
-    registry.add("qa3", w.address, str(tmp / "store"), str(key_file))
-    yield w
-    w.stop()
-
-
-@pytest.fixture(scope="module")
-def kernel(link_kernelspec, worker):
-    k = Kernel()
-    yield k
-    k.shutdown()
-
-
-@pytest.fixture
-def nb(kernel, tmp_path):
-    return Notebook(kernel, tmp_path / "qa3.ipynb")
+tmp, key_file, worker, kernel, nb = remote_fixtures("qa-remote3", "qa3")
 
 
 def _write_registry(entries: dict) -> None:
@@ -201,25 +156,18 @@ def elsewhere(worker, tmp, key_file):
     return "qa3_elsewhere"
 
 
-def test_a_worker_registered_with_another_storage_is_named_as_the_cause_of_missing_outputs(nb, elsewhere) -> None:
+@pytest.mark.parametrize("missing, named", [("outputs", "not-the-workers-store"), ("inputs", "'x'")])
+def test_a_worker_registered_with_another_storage_is_named_as_the_cause_of_missing_blobs(nb, elsewhere, missing, named) -> None:
     """The cell said `has no blob … (deleted while in use?)` when the worker had just stored
     it in its own storage: the registry and the worker's --storage differ."""
-    nb.add("out_elsewhere", "y = 1", remote=elsewhere, counted=False)
-    nb.use()
-    result = nb.run("out_elsewhere")
+    if missing == "outputs":
+        nb.add("away", "y = 1", remote=elsewhere, counted=False)
+    else:
+        nb.add("here", "x = 41", counted=False).add("away", "y = x + 1", "here", remote=elsewhere, counted=False)
+    result = nb.use().run("away")
     assert result.reply["content"]["ename"] == "RemoteError", result.traceback_text
     text = result.traceback_text.strip()
-    assert len(text.splitlines()) == 1 and "--storage" in text and "not-the-workers-store" in text, text
-
-
-def test_a_worker_registered_with_another_storage_is_named_as_the_cause_of_missing_inputs(nb, elsewhere) -> None:
-    nb.add("in_here", "x = 41", counted=False)
-    nb.add("in_elsewhere", "y = x + 1", "in_here", remote=elsewhere, counted=False)
-    nb.use()
-    result = nb.run("in_elsewhere")
-    assert result.reply["content"]["ename"] == "RemoteError", result.traceback_text
-    text = result.traceback_text.strip()
-    assert len(text.splitlines()) == 1 and "--storage" in text and "'x'" in text, text
+    assert len(text.splitlines()) == 1 and "--storage" in text and named in text, text
 
 
 def test_worker_preload_of_a_module_that_fails_on_import_is_one_line(tmp, key_file) -> None:

@@ -22,25 +22,10 @@ from linkkernel.remote.client import Client, RemoteError
 from linkkernel.remote.protocol import read_key
 from linkkernel.remote.storage import Store, StorageError, file_map_of, load_owned
 from linkkernel.tasks import ComponentTask
-from remote_support import S3_ENV, MotoServer, WorkerProcess, closed_port, kernel_env, make_key, pid_alive, wait_until
+from remote_support import S3_ENV, MotoServer, WorkerProcess, closed_port, kernel_env, pid_alive, remote_fixtures, wait_until
 
 
-@pytest.fixture(scope="module")
-def tmp(tmp_path_factory):
-    return tmp_path_factory.mktemp("executor")
-
-
-@pytest.fixture(scope="module")
-def key_file(tmp):
-    return make_key(tmp / "key")
-
-
-@pytest.fixture(scope="module")
-def worker(tmp, key_file):
-    w = WorkerProcess(str(tmp / "store"), key_file, tmp, slots=2)
-    registry.add("w1", w.address, str(tmp / "store"), str(key_file))
-    yield w
-    w.stop()
+tmp, key_file, worker, _, _ = remote_fixtures("executor", "w1", slots=2)
 
 
 def task(code: str, live: bool = False, name: str = "train", **inputs) -> ComponentTask:

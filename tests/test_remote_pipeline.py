@@ -8,35 +8,13 @@ import re
 
 import pytest
 
-from engine_support import Notebook, value
-from test_engine_run import SHARED_CHILD, SHARED_GRANDCHILD, SHARED_PARENT
+from engine_support import value
 from linkkernel.remote import registry
-from remote_support import WorkerProcess, closed_port, make_key, pid_alive, wait_until
-from support import Kernel
+from remote_support import closed_port, make_key, pid_alive, remote_fixtures, wait_until
+from test_engine_run import SHARED_CHILD, SHARED_GRANDCHILD, SHARED_PARENT
 
 
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("pipeline-worker")
-    key_file = make_key(tmp / "key")
-    w = WorkerProcess(str(tmp / "store"), key_file, tmp)
-    registry.add("gpu1", w.address, str(tmp / "store"), str(key_file))
-    registry.add("offline", f"tcp://127.0.0.1:{closed_port()}", str(tmp / "store"), str(key_file))
-    w.tmp = tmp
-    yield w
-    w.stop()
-
-
-@pytest.fixture(scope="module")
-def kernel(link_kernelspec, worker):
-    k = Kernel()
-    yield k
-    k.shutdown()
-
-
-@pytest.fixture
-def nb(kernel, tmp_path):
-    return Notebook(kernel, tmp_path / "pipeline.ipynb")
+tmp, key_file, worker, kernel, nb = remote_fixtures("pipeline-worker", "gpu1")
 
 
 def plain(text: str) -> str:
@@ -123,7 +101,8 @@ def test_unregistered_alias_is_refused_before_anything_runs(nb, worker) -> None:
     assert nb.runs() == []
 
 
-def test_unreachable_worker_in_a_pipeline_is_one_line(nb, worker) -> None:
+def test_unreachable_worker_in_a_pipeline_is_one_line(nb, worker, tmp, key_file) -> None:
+    registry.add("offline", f"tcp://127.0.0.1:{closed_port()}", str(tmp / "store"), str(key_file))
     nb.add("one", "a = 1")
     nb.add("away", "b = a", "one", remote="offline")
     nb.add("last", "c = b", "away")
@@ -135,10 +114,10 @@ def test_unreachable_worker_in_a_pipeline_is_one_line(nb, worker) -> None:
     assert nb.kernel.execute("1 + 1").status == "ok"
 
 
-def test_a_registered_key_file_others_can_read_is_one_line_before_anything_runs(nb, worker) -> None:
+def test_a_registered_key_file_others_can_read_is_one_line_before_anything_runs(nb, worker, tmp) -> None:
     """chmod g+r after `workers add`: the kernel refuses to use the key, as ssh would."""
-    key = make_key(worker.tmp / "leaky.key")
-    registry.add("leaky", worker.address, str(worker.tmp / "store"), str(key))
+    key = make_key(tmp / "leaky.key")
+    registry.add("leaky", worker.address, str(tmp / "store"), str(key))
     key.chmod(0o640)
     nb.add("leak", "x = 1", remote="leaky")
     nb.use()
@@ -151,8 +130,8 @@ def test_a_registered_key_file_others_can_read_is_one_line_before_anything_runs(
     assert nb.kernel.execute("1 + 1").status == "ok"
 
 
-def test_interrupting_a_remote_component_cancels_its_task(nb, worker) -> None:
-    pid_file = worker.tmp / "pipeline-interrupt.pid"
+def test_interrupting_a_remote_component_cancels_its_task(nb, worker, tmp) -> None:
+    pid_file = tmp / "pipeline-interrupt.pid"
     nb.add("top", "t = 1")
     nb.add("slow", f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)", "top", remote="gpu1")
     nb.use()
@@ -166,8 +145,8 @@ def test_interrupting_a_remote_component_cancels_its_task(nb, worker) -> None:
     assert nb.kernel.execute("1 + 1").status == "ok"
 
 
-def test_interrupting_a_remote_ancestor_stops_the_run_and_keeps_nothing(nb, worker) -> None:
-    pid_file = worker.tmp / "ancestor-interrupt.pid"
+def test_interrupting_a_remote_ancestor_stops_the_run_and_keeps_nothing(nb, worker, tmp) -> None:
+    pid_file = tmp / "ancestor-interrupt.pid"
     nb.add("slowparent", f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)\nq = 1", remote="gpu1")
     nb.add("kid", "r = q", "slowparent")
     nb.use()
@@ -219,7 +198,7 @@ for line in open('/proc/self/maps'):
 """
 
 
-def test_a_remote_output_is_one_copy_shared_copy_on_write_with_the_cache(nb, worker) -> None:
+def test_a_remote_output_is_one_copy_shared_copy_on_write_with_the_cache(nb, worker, tmp) -> None:
     nb.add("far_big", "import numpy as np\nbig = np.arange(2_000_000, dtype=np.int64)", remote="gpu1")
     nb.add("near_big", "seen = int(big[5])", "far_big")
     nb.use()
@@ -228,7 +207,7 @@ def test_a_remote_output_is_one_copy_shared_copy_on_write_with_the_cache(nb, wor
     assert backing.status == "ok", backing.traceback_text
     # the notebook's array lives in the blob file the worker wrote to the store, mapped
     # privately: no copy in the kernel, none for the cache
-    store = str(worker.tmp / "store" / "blobs")
+    store = str(tmp / "store" / "blobs")
     assert backing.stdout.startswith(store), (backing.stdout, store)
     # and it is still the user's own: writing it leaves the cached value alone
     assert nb.kernel.execute("big[5] = -1").status == "ok"

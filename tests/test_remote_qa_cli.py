@@ -5,30 +5,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 
 from linkkernel.remote import registry
-from remote_support import closed_port, free_port, kernel_env, make_key
-
-
-def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    """Run `linkkernel ARGS`; a worker that starts instead of refusing its input fails the test."""
-    try:
-        return subprocess.run(
-            [sys.executable, "-m", "linkkernel.cli", *args], capture_output=True, text=True, env=kernel_env(), timeout=timeout
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise AssertionError(f"`linkkernel {' '.join(args)}` kept running instead of refusing: {exc.stdout!r}") from None
-
-
-def one_line_error(done: subprocess.CompletedProcess, command: str) -> str:
-    assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"linkkernel {command}: "), done.stderr
-    assert "Traceback" not in done.stderr
-    return lines[0]
+from remote_support import cli, closed_port, free_port, make_key, one_line_error
 
 
 @pytest.fixture(scope="module")

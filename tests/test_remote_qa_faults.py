@@ -24,7 +24,7 @@ from linkkernel.remote.protocol import read_key
 from linkkernel.remote.storage import Store
 from linkkernel.remote.worker import versions
 from linkkernel.tasks import ComponentTask
-from remote_support import WorkerProcess, free_port, make_key, pid_alive, wait_until
+from remote_support import WorkerProcess, free_port, make_key, pid_alive, remote_fixtures, wait_until
 from support import REPO, Kernel, kernel_env
 
 
@@ -32,34 +32,7 @@ def plain(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
-@pytest.fixture(scope="module")
-def tmp(tmp_path_factory):
-    return tmp_path_factory.mktemp("qa-remote-faults")
-
-
-@pytest.fixture(scope="module")
-def key_file(tmp):
-    return make_key(tmp / "key")
-
-
-@pytest.fixture(scope="module")
-def worker(tmp, key_file):
-    w = WorkerProcess(str(tmp / "store"), key_file, tmp)
-    registry.add("qa1", w.address, str(tmp / "store"), str(key_file))
-    yield w
-    w.stop()
-
-
-@pytest.fixture(scope="module")
-def kernel(link_kernelspec, worker):
-    k = Kernel()
-    yield k
-    k.shutdown()
-
-
-@pytest.fixture
-def nb(kernel, tmp_path):
-    return Notebook(kernel, tmp_path / "faults.ipynb")
+tmp, key_file, worker, kernel, nb = remote_fixtures("qa-remote-faults", "qa1")
 
 
 def task(code: str, **inputs) -> ComponentTask:
