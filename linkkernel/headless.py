@@ -428,13 +428,16 @@ def _seconds(text: str) -> float:
 
 
 def configure_run(parser: argparse.ArgumentParser) -> None:
+    from linkkernel.sharing.commandline import output_path
+
     parser.add_argument("notebook", help="the pipeline notebook (.ipynb)")
     parser.add_argument(
         "--target", action="append", default=[], metavar="NAME",
         help="run only NAME and its ancestors (repeatable; default: every component and plain cell)",
     )
     parser.add_argument(
-        "-o", "--output", metavar="OUT.ipynb", help="where to write the executed notebook (default: NB.out.ipynb)"
+        "-o", "--output", metavar="OUT.ipynb", type=output_path,
+        help="where to write the executed notebook (default: NB.out.ipynb; - for stdout)"
     )
     parser.add_argument("--force", action="store_true", help="re-run components even when their cached results are fresh")
     parser.add_argument("--timeout", type=_seconds, metavar="S", help="fail a cell that runs longer than S seconds")

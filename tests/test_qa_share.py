@@ -179,28 +179,31 @@ def test_run_refuses_a_notebook_the_kernel_would_not_read_declarations_from(here
 # ---------------------------------------------------------------- -o /dev/stdout
 
 
-def test_export_and_import_to_stdout_print_only_the_document(here: Path):
-    exported = linkkernel(here, "export", "nb.ipynb", "-o", "/dev/stdout")
+@pytest.mark.parametrize("stdout", ["/dev/stdout", "-"])
+def test_export_and_import_to_stdout_print_only_the_document(here: Path, stdout: str):
+    exported = linkkernel(here, "export", "nb.ipynb", "-o", stdout)
     assert exported.returncode == 0, exported.stderr
     assert json.loads(exported.stdout)["format"] == "linkkernel-pipeline"
     assert exported.stderr == b"exported 2 components (load, train) to /dev/stdout\n"
     (here / "p.json").write_bytes(exported.stdout)
-    imported = linkkernel(here, "import", "p.json", "-o", "/dev/stdout")
+    imported = linkkernel(here, "import", "p.json", "-o", stdout)
     assert imported.returncode == 0, imported.stderr
     assert ["".join(cell["source"]) for cell in json.loads(imported.stdout)["cells"]] == ["x = 1", "y = x + 1"]
     assert imported.stderr == b"wrote /dev/stdout: 2 components added (load, train)\n"
 
 
-def test_cache_export_to_stdout_prints_only_the_archive(here: Path):
-    done = linkkernel(here, "cache", "export", "nb.ipynb", "-o", "/dev/stdout", "--cache", str(here / "store"))
+@pytest.mark.parametrize("stdout", ["/dev/stdout", "-"])
+def test_cache_export_to_stdout_prints_only_the_archive(here: Path, stdout: str):
+    done = linkkernel(here, "cache", "export", "nb.ipynb", "-o", stdout, "--cache", str(here / "store"))
     assert done.returncode == 0, done.stderr
     with tarfile.open(fileobj=io.BytesIO(done.stdout), mode="r:gz") as tar:
         assert tar.getnames()[:2] == ["manifest.json", "manifest.sig"]
     assert done.stderr.startswith(b"exported 0 components to /dev/stdout\n")
 
 
-def test_run_to_stdout_prints_only_the_executed_notebook(here: Path):
-    done = linkkernel(here, "run", "nb.ipynb", "-o", "/dev/stdout")
+@pytest.mark.parametrize("stdout", ["/dev/stdout", "-"])
+def test_run_to_stdout_prints_only_the_executed_notebook(here: Path, stdout: str):
+    done = linkkernel(here, "run", "nb.ipynb", "-o", stdout)
     assert done.returncode == 0, done.stderr
     executed = json.loads(done.stdout)
     assert [cell["execution_count"] for cell in executed["cells"]] == [1, 2]

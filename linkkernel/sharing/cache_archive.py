@@ -38,7 +38,7 @@ from typing import IO, Any
 from linkkernel import __version__
 from linkkernel.declarations import NAME_PATTERN, NOTEBOOK_ENCODING
 from linkkernel.errors import LinkError
-from linkkernel.sharing.commandline import parse_magic_args
+from linkkernel.sharing.commandline import output_path, parse_magic_args
 
 FORMAT = "linkkernel-cache"
 VERSION = 1
@@ -542,7 +542,7 @@ def configure_cache(parser: argparse.ArgumentParser, in_kernel: bool = False) ->
         export.add_argument("output", metavar="PATH", help="archive to write")
     else:
         export.add_argument("notebook", metavar="NB.ipynb", help="notebook whose cache to export")
-        export.add_argument("-o", "--output", required=True, metavar="cache.tar.gz", help="archive to write")
+        export.add_argument("-o", "--output", required=True, metavar="cache.tar.gz", type=output_path, help="archive to write (- for stdout)")
     importer = actions.add_parser("import", help="load an archive's results into the cache store")
     importer.add_argument("archive", metavar="PATH" if in_kernel else "FILE", help="archive to import")
     if not in_kernel:

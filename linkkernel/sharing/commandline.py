@@ -47,6 +47,12 @@ def parse_magic_args(
         return None
 
 
+def output_path(text: str) -> str:
+    """The argparse type of `-o`: `-` is standard output, as for most command-line tools
+    (written in place, the report line going to stderr: see write_atomically, report_stream)."""
+    return "/dev/stdout" if text == "-" else text
+
+
 def check_output(path: str | Path, inputs: tuple[str | Path | None, ...] = ()) -> None:
     """Refuse an output path that cannot be written, in one line, before any work is done.
 

@@ -33,7 +33,7 @@ from linkkernel.declarations import (
     parse_declaration,
 )
 from linkkernel.errors import LinkError
-from linkkernel.sharing.commandline import parse_magic_args, report_stream, write_atomically
+from linkkernel.sharing.commandline import output_path, parse_magic_args, report_stream, write_atomically
 
 FORMAT = "linkkernel-pipeline"
 VERSION = 1
@@ -390,7 +390,7 @@ def configure_export(parser: argparse.ArgumentParser, notebook_optional: bool = 
                         help="export only this component (repeatable); default: all")
     parser.add_argument("--with-ancestors", action="store_true",
                         help="also export every ancestor of the selected components")
-    parser.add_argument("-o", "--output", required=True, metavar="pipeline.json", help="file to write")
+    parser.add_argument("-o", "--output", required=True, metavar="pipeline.json", type=output_path, help="file to write (- for stdout)")
     parser.set_defaults(func=run_export)
 
 
@@ -399,7 +399,7 @@ def configure_import(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--into", metavar="NB.ipynb", help="append to this notebook's cells (default: a new notebook)")
     parser.add_argument("--rename", action="store_true",
                         help="import components whose names the notebook already uses under new names")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT.ipynb", help="notebook to write")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT.ipynb", type=output_path, help="notebook to write (- for stdout)")
     parser.set_defaults(func=run_import)
 
 
