@@ -88,6 +88,8 @@ def test_unwritable_outputs_are_one_line(here: Path, capsys, argv):
     assert run("") == f"{command}: '': cannot write: no file name; give a file name"
     assert run("folder") == f"{command}: folder: cannot write: it is a directory; give a file name"
     assert run("missing/out.x") == f"{command}: missing/out.x: cannot write: No such file or directory"
+    # a folder named with its slash that does not exist yet became a file of that name
+    assert run("results/") == f"{command}: results/: cannot write: it names a folder; give a file name"
     assert sorted(p.name for p in here.iterdir()) == ["folder", "nb.ipynb"], "no temporary file is left behind"
 
 

@@ -62,9 +62,12 @@ def check_output(path: str | Path, inputs: tuple[str | Path | None, ...] = ()) -
     read would replace the user's work with the command's output.
     """
     shown = os.fspath(path) or "''"
+    # Path("out/") is Path("out"): a folder the user named, missing, would become a file
+    named_a_folder = shown.endswith(("/", os.sep))
     path = Path(path)
-    if not path.name or path.is_dir():
-        raise LinkError(f"{shown}: cannot write: {'it is a directory' if path.name else 'no file name'}; give a file name")
+    if not path.name or path.is_dir() or named_a_folder:
+        what = "no file name" if not path.name else "it is a directory" if path.is_dir() else "it names a folder"
+        raise LinkError(f"{shown}: cannot write: {what}; give a file name")
     for source in filter(None, inputs):
         if path.exists() and os.path.exists(source) and os.path.samefile(path, source):
             raise LinkError(f"{shown}: not written: it is the input {source}, which it would replace; choose another output")
