@@ -1,7 +1,8 @@
-"""The transient progress line a cell shows while components run silently (SPEC §3).
+"""Transient lines in a cell: the progress line while components run silently (SPEC §3),
+and any other line the kernel shows until the thing it reports is over.
 
 Sent straight to IOPub (not through the shell's display publisher, which a silent run has
-swapped out) as a display with a display_id, updated in place. Removing it updates that
+swapped out) as a display with a display_id, updated in place. Removing a line updates that
 display to empty content rather than sending clear_output, which would also wipe whatever
 the cell showed before (a `print` above `%link run`, a warning).
 """
@@ -10,43 +11,64 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Collection
 
 
+class TransientLine:
+    """One line of text in the cell of the request being handled, replaced in place by each
+    `show` and emptied by `clear`."""
+
+    def __init__(self, kernel, kind: str) -> None:
+        self.kernel = kernel
+        self.display_id = f"linkkernel-{kind}-{uuid.uuid4().hex}"
+        self.showing = False
+        self._parent: dict | None = None  # the request shown in, taken at the first show
+
+    def show(self, text: str) -> None:
+        self._send({"text/plain": text})
+        self.showing = True
+
+    def clear(self) -> None:
+        if self.showing:
+            self._send({})
+            self.showing = False
+
+    def _send(self, data: dict[str, str]) -> None:
+        """The first call creates the display; later ones, from any thread, update it."""
+        kernel = self.kernel
+        created = self._parent is not None
+        if not created:
+            self._parent = kernel.get_parent()
+        msg_type = "update_display_data" if created else "display_data"
+        content = {"data": data, "metadata": {}, "transient": {"display_id": self.display_id}}
+        kernel.session.send(kernel.iopub_socket, msg_type, content, parent=self._parent, ident=kernel._topic(msg_type))
+
+
 class Progress:
-    """The transient line in the cell: which component, k of n, elapsed.
+    """The progress line: which component, k of n, elapsed, ticking every second.
 
     Components in `targets` are what the user asked for; the others are named as parents.
     """
 
     def __init__(self, kernel, total: int, targets: Collection[str] = ()) -> None:
-        self.kernel, self.total, self.targets = kernel, total, targets
-        self.display_id = f"linkkernel-progress-{id(self)}-{time.monotonic_ns()}"
+        self.total, self.targets = total, targets
         self.started = time.monotonic()
         self.current: tuple[int, str] | None = None
-        self.shown = False
-        self._parent = kernel.get_parent()
+        self._line = TransientLine(kernel, "progress")
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
 
-    def _send(self, data: dict[str, str]) -> None:
-        """Show `data` in the progress display (the first call creates it); caller holds the lock."""
-        kernel = self.kernel
-        msg_type = "update_display_data" if self.shown else "display_data"
-        content = {"data": data, "metadata": {}, "transient": {"display_id": self.display_id}}
-        kernel.session.send(kernel.iopub_socket, msg_type, content, parent=self._parent, ident=kernel._topic(msg_type))
-        self.shown = True
-
-    def _line(self) -> dict[str, str]:
+    def _text(self) -> str:
         k, name = self.current
         what = f"{name!r}" if name in self.targets else f"parent {name!r}"
-        return {"text/plain": f"linkkernel: running {what} ({k} of {self.total}, {time.monotonic() - self.started:.1f} s elapsed)"}
+        return f"linkkernel: running {what} ({k} of {self.total}, {time.monotonic() - self.started:.1f} s elapsed)"
 
     def show(self, k: int, name: str) -> None:
         with self._lock:
             self.current = (k, name)
-            self._send(self._line())
+            self._line.show(self._text())
         if self._ticker is None:
             self._ticker = threading.Thread(target=self._tick, daemon=True, name="linkkernel-progress")
             self._ticker.start()
@@ -55,12 +77,11 @@ class Progress:
         while not self._stop.wait(1.0):
             with self._lock:
                 if self.current is not None:
-                    self._send(self._line())
+                    self._line.show(self._text())
 
     def remove(self) -> None:
         """Stop updating and empty the line, leaving every other output of the cell alone."""
         self._stop.set()
         with self._lock:
-            if self.current is not None:
-                self._send({})
-                self.current = None
+            self._line.clear()
+            self.current = None

@@ -16,6 +16,7 @@ import threading
 import uuid
 from typing import Any
 
+from linkkernel.progress import TransientLine
 from linkkernel.remote.client import Client, RemoteError
 from linkkernel.remote.protocol import read_key
 from linkkernel.remote.registry import WorkerEntry, get
@@ -118,31 +119,6 @@ def publish_live(kernel, message: dict[str, Any]) -> None:
         )
 
 
-class WaitingLine:
-    """The transient line of a component the user executed while its task waits for a slot
-    on a busy worker: without it the cell shows nothing, as if it hung. An ancestor waits
-    under the run's own progress line instead."""
-
-    def __init__(self, kernel, alias: str) -> None:
-        self.kernel, self.alias = kernel, alias
-        self.display_id = f"linkkernel-waiting-{uuid.uuid4().hex}"
-        self.shown = False
-
-    def _send(self, msg_type: str, data: dict[str, str]) -> None:
-        kernel = self.kernel
-        content = {"data": data, "metadata": {}, "transient": {"display_id": self.display_id}}
-        kernel.session.send(kernel.iopub_socket, msg_type, content, parent=kernel.get_parent(), ident=kernel._topic(msg_type))
-
-    def show(self, ahead: int) -> None:
-        self._send("display_data", {"text/plain": f"linkkernel: waiting for worker {self.alias!r}: {ahead} task(s) ahead in its queue"})
-        self.shown = True
-
-    def clear(self) -> None:
-        if self.shown:
-            self._send("update_display_data", {})
-            self.shown = False
-
-
 def component_sources(kernel) -> dict[str, list[str]]:
     """The kernel's component cell files: {filename: [component, source]}.
 
@@ -202,11 +178,13 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
         "versions": versions(),
         "sources": component_sources(kernel),
     }
-    waiting = WaitingLine(kernel, alias)
+    # Executed by the user and waiting for a slot on a busy worker, the cell would show
+    # nothing, as if it hung; an ancestor waits under the run's own progress line instead.
+    waiting = TransientLine(kernel, "waiting")
     try:
         accepted = client.submit(body)
         if task.live and accepted.get("ahead"):
-            waiting.show(accepted["ahead"])
+            waiting.show(f"linkkernel: waiting for worker {alias!r}: {accepted['ahead']} task(s) ahead in its queue")
         done = client.follow(task_id, on_output, on_started=waiting.clear)
     except KeyboardInterrupt:
         client.cancel(task_id)
