@@ -24,6 +24,7 @@ from linkkernel.namespaces import Blob, _digest
 from linkkernel.staleness import RunRecord, code_hash, states
 
 MEMORY_PREFIX = "memory:"
+log = logging.getLogger(__name__)
 
 
 class LostValue(LinkError):
@@ -33,7 +34,6 @@ class LostValue(LinkError):
     def __init__(self, digest: str, message: str) -> None:
         super().__init__(message)
         self.digest = digest
-log = logging.getLogger(__name__)
 
 
 def default_cache_url() -> str:
