@@ -5,6 +5,7 @@ errors, interrupt, staleness and the persistent cache."""
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 
 import pytest
 
@@ -241,6 +242,19 @@ def test_an_unknown_magic_in_a_remote_component_is_its_error(nb, worker) -> None
     assert nb.kernel.execute("y").status == "error"
 
 
+@contextmanager
+def usual_open_file_limit(kernel):
+    """The kernel at the soft limit of open files a desktop session usually hands Jupyter
+    (1024), as long as the block runs."""
+    limit = kernel.execute("import resource\n_nofile = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+                           "resource.setrlimit(resource.RLIMIT_NOFILE, (1024, _nofile[1]))")
+    assert limit.status == "ok", limit.traceback_text
+    try:
+        yield
+    finally:
+        assert kernel.execute("resource.setrlimit(resource.RLIMIT_NOFILE, _nofile)").status == "ok"
+
+
 def test_a_remote_output_of_many_small_arrays_fits_the_usual_open_file_limit(nb, worker) -> None:
     # 1024 open files is the usual soft limit a desktop session hands to Jupyter. Mapping
     # each small buffer of a remote output on its own took an fd (and a mapping) per array,
@@ -248,15 +262,10 @@ def test_a_remote_output_of_many_small_arrays_fits_the_usual_open_file_limit(nb,
     nb.add("far_many", "import numpy as np\nsmall = [np.arange(4.0) + i for i in range(2000)]", remote="gpu1")
     nb.add("near_many", "small[0][0] = -1\ntotal = float(sum(a.sum() for a in small))", "far_many")
     nb.use()
-    limit = nb.kernel.execute("import resource\n_nofile = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
-                              "resource.setrlimit(resource.RLIMIT_NOFILE, (1024, _nofile[1]))")
-    assert limit.status == "ok", limit.traceback_text
-    try:
+    with usual_open_file_limit(nb.kernel):
         result = nb.run("near_many")
         assert result.status == "ok", result.traceback_text
         assert value(nb.kernel, "(len(small), float(small[0][0]), float(small[-1][3]), total)") == (2000, -1.0, 2002.0, 8007999.0)
-    finally:
-        assert nb.kernel.execute("resource.setrlimit(resource.RLIMIT_NOFILE, _nofile)").status == "ok"
 
 
 def test_many_remote_outputs_holding_small_arrays_fit_the_usual_open_file_limit(nb, worker) -> None:
@@ -264,15 +273,10 @@ def test_many_remote_outputs_holding_small_arrays_fit_the_usual_open_file_limit(
     # files for the kernel's lifetime, however small its arrays
     nb.add("far_names", "import numpy as np\nfor i in range(600):\n    globals()[f'arr{i}'] = np.arange(4.0) + i", remote="gpu1")
     nb.use()
-    limit = nb.kernel.execute("import resource\n_nofile = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
-                              "resource.setrlimit(resource.RLIMIT_NOFILE, (1024, _nofile[1]))")
-    assert limit.status == "ok", limit.traceback_text
-    try:
+    with usual_open_file_limit(nb.kernel):
         result = nb.run("far_names")
         assert result.status == "ok", result.traceback_text
         assert value(nb.kernel, "(float(arr0[0]), float(arr599[3]))") == (0.0, 602.0)
-    finally:
-        assert nb.kernel.execute("resource.setrlimit(resource.RLIMIT_NOFILE, _nofile)").status == "ok"
 
 
 def test_a_remote_components_function_pickles_by_name_as_in_a_cell(nb, worker) -> None:
