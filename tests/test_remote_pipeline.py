@@ -300,3 +300,51 @@ def test_names_holding_one_object_still_do_after_a_remote_run(nb, worker) -> Non
     assert value(nb.kernel, "same") == (True, True, True)
     assert value(nb.kernel, "seen") == (True, True, True, True, 7.0)
     assert value(nb.kernel, "(pipe['steps'][0][1] is scaler, model is best, data.arr is arr)") == (True, True, True)
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def widget_traffic(result) -> tuple[dict[str, dict], list[str], list[dict]]:
+    """The cell's comm_open messages by comm id, the model ids its displays show, and its
+    comm_msg updates."""
+    opens = {content["comm_id"]: content for content in result.of_type("comm_open")}
+    shown = [d["data"][WIDGET_VIEW]["model_id"] for d in result.displays if WIDGET_VIEW in d["data"]]
+    return opens, shown, result.of_type("comm_msg")
+
+
+def test_a_remote_components_widgets_reach_the_frontend(nb, worker) -> None:
+    """A widget displayed by a remote task has its model in the frontend, as a local cell's
+    has: JupyterLab would otherwise show "Error displaying widget: model not found", and a
+    `tqdm.notebook` bar in a remote training loop would never move."""
+    nb.add("slider", "import ipywidgets as w\ns = w.IntSlider(value=3)\ndisplay(s)\ns.value = 7", remote="gpu1")
+    nb.add("bar", "from tqdm.notebook import tqdm\nfor i in tqdm(range(3)):\n    pass", remote="gpu1")
+    nb.use()
+    result = nb.run("slider")
+    assert result.status == "ok", result.traceback_text
+    opens, shown, updates = widget_traffic(result)
+    assert len(shown) == 1 and shown[0] in opens
+    assert opens[shown[0]]["target_name"] == "jupyter.widget"
+    assert opens[shown[0]]["data"]["state"]["value"] == 3
+    assert {"method": "update", "state": {"value": 7}, "buffer_paths": []} in [u["data"] for u in updates]
+    # The slider came back as an output: a copy whose changes go nowhere, as a gone widget's
+    moved = nb.kernel.execute("s.value = 9\nprint(s.value)")
+    assert (moved.status, moved.stdout, moved.of_type("comm_msg")) == ("ok", "9\n", []), moved.traceback_text
+    bar = nb.run("bar")
+    assert bar.status == "ok", bar.traceback_text
+    opens, shown, updates = widget_traffic(bar)
+    assert shown and all(model in opens for model in shown)
+    assert any(u["data"].get("state", {}).get("value") == 3 for u in updates)  # the bar reached 3 of 3
+
+
+def test_a_silent_remote_parents_widgets_are_in_the_frontend_for_its_kept_outputs(nb, worker) -> None:
+    nb.add("panel", "import ipywidgets as w\nlabel = w.Label(value='ready')\ndisplay(label)", remote="gpu1")
+    nb.add("after", "done = True", "panel")
+    nb.use()
+    result = nb.run("after")
+    assert result.status == "ok", result.traceback_text
+    opens, shown, _ = widget_traffic(result)
+    assert shown == []  # the parent's display is kept, not shown
+    kept = nb.kernel.execute("%link outputs panel")
+    model = next(d["data"][WIDGET_VIEW]["model_id"] for d in kept.displays if WIDGET_VIEW in d["data"])
+    assert opens[model]["data"]["state"]["value"] == "ready"

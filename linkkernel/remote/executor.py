@@ -9,6 +9,7 @@ care where a component ran. Faults outside the user's code are RemoteError lines
 
 from __future__ import annotations
 
+import base64
 import functools
 import linecache
 import sys
@@ -119,6 +120,28 @@ def publish_live(kernel, message: dict[str, Any]) -> None:
         )
 
 
+# What a task's comms may send (taskprocess.PipeComm): the messages of a kernel's own comms.
+_COMM_MESSAGES = frozenset({"comm_open", "comm_msg", "comm_close"})
+
+
+def publish_comm(kernel, message: dict[str, Any]) -> None:
+    """Send a task's comm message to the frontend as the kernel's own comms send theirs,
+    whether the component runs live or silently: a local parent's widgets reach the frontend
+    too, and the outputs kept for it show them."""
+    if message.get("msg_type") not in _COMM_MESSAGES:
+        return
+    content = message["content"]
+    kernel.session.send(
+        kernel.iopub_socket,
+        message["msg_type"],
+        content,
+        metadata=message.get("metadata") or {},
+        parent=kernel.get_parent(),
+        ident=f"comm-{content.get('comm_id')}".encode(),
+        buffers=[base64.b64decode(buffer) for buffer in message.get("buffers") or ()],
+    )
+
+
 def component_sources(kernel) -> dict[str, list[str]]:
     """The kernel's component cell files: {filename: [component, source]}.
 
@@ -163,6 +186,9 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
     log = OutputLog()
 
     def on_output(message: dict[str, Any]) -> None:
+        if "comm" in message:
+            publish_comm(kernel, message["comm"])
+            return
         log.add(message)
         if task.live:
             publish_live(kernel, message)

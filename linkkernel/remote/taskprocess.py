@@ -13,6 +13,7 @@ is the result (changed names as blob digests, or the user's error).
 from __future__ import annotations
 
 import ast
+import base64
 import builtins
 import getpass
 import io
@@ -26,6 +27,8 @@ import threading
 import warnings
 from typing import Any, NoReturn
 
+import comm
+from comm.base_comm import BaseComm
 from IPython.core.async_helpers import _pseudo_sync_runner
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
@@ -139,6 +142,26 @@ class PipeDisplayHook(DisplayHook):
         pass
 
 
+class PipeComm(BaseComm):
+    """A comm of the task's (an ipywidgets model, a tqdm.notebook bar): its messages go to the
+    kernel, which publishes them to the frontend as its own comms' go, so the widget a task
+    displays has its model there and moves as the task updates it. Nothing comes back: the
+    frontend's messages reach a kernel that has no such comm, as after a local widget is
+    gone. A copy that comes back as part of an output sends nothing either."""
+
+    def publish_msg(self, msg_type: str, data=None, metadata=None, buffers=None, **keys: Any) -> None:
+        shell = InteractiveShell.instance() if InteractiveShell.initialized() else None
+        if not isinstance(shell, WorkerShell):  # a copy in the kernel
+            return
+        _flush_streams()  # what the task printed before it showed the widget comes first
+        shell.pipe.send({"comm": {
+            "msg_type": msg_type,
+            "content": {"data": data or {}, "comm_id": self.comm_id, **keys},
+            "metadata": metadata or {},
+            "buffers": [base64.b64encode(buffer).decode() for buffer in buffers or ()],
+        }})
+
+
 class WorkerShell(InteractiveShell):
     """An IPython shell whose output goes to the pipe and whose errors are kept for the reply.
 
@@ -245,6 +268,7 @@ def preload_shell() -> WorkerShell:
     # As in the kernel: a warning names the component, not the temporary cell file.
     warnings.formatwarning = format_warning(warnings.formatwarning, shell.compile.format_code_name)
     threading.excepthook = shell.thread_excepthook
+    comm.create_comm = PipeComm
     # Run a cell, a display and an error once here: IPython initialises much lazily, and
     # doing it in every forked task would cost milliseconds of copy-on-write each time.
     shell.pipe = _NullPipe()

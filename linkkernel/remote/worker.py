@@ -699,7 +699,7 @@ class Worker:
                 continue
             if text:
                 self._send_text(task, stream, text)
-            if "output" in message or "clear_output" in message:
+            if "output" in message or "clear_output" in message or "comm" in message:
                 self.send(task.client, "output", {"task": task.id, **message})
             elif "result" in message and not task.cancelled:
                 self.store.remember(message.get("verified"))  # it ignores what is malformed
