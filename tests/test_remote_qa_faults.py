@@ -346,3 +346,37 @@ def test_an_endpoint_whose_port_holds_403_is_unreachable_not_refusing_credential
     assert describe_failure("s3://bucket/p", down).startswith("storage s3://bucket/p is unreachable: ")
     refused = Exception("An error occurred (403) when calling the HeadObject operation: Forbidden")
     assert describe_failure("s3://bucket/p", refused).startswith("storage s3://bucket/p refused the credentials: ")
+
+
+SPAM = "import sys\ndef spam(tag):\n    for _ in range(200):\n        sys.stdout.write(tag * 5000 + '\\n')\n"
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        "import threading\nfor tag in 'abcd':\n    threading.Thread(target=spam, args=(tag,)).start()\n"
+        "for t in threading.enumerate()[1:]:\n    t.join()\ndel t\n",
+        "import multiprocessing\nctx = multiprocessing.get_context('fork')\n"
+        "with ctx.Pool(4) as pool:\n    pool.map(spam, 'abcd')\ndel pool, ctx\n",
+    ],
+    ids=["threads", "forked processes"],
+)
+def test_long_lines_printed_at_once_by_a_tasks_threads_or_processes_arrive_whole(worker, start) -> None:
+    """Each print is one frame to the worker: frames of several threads or forked processes
+    written at once must not interleave, or the worker read garbage and stopped."""
+    result = executor.run_remote(None, task(SPAM + start + "print('end')"), "qa1")
+    assert result.error is None, result.error
+    text = "".join(o.get("text", "") for o in result.outputs if o.get("name") == "stdout")
+    assert text.endswith("end\n") and worker.alive()
+    if "threads" in start:  # one write is one line; between processes, text may interleave
+        assert sorted(text.splitlines()[:-1]) == sorted(tag * 5000 for tag in "abcd" for _ in range(200))
+    assert {tag: text[:-4].count(tag) for tag in "abcd"} == dict.fromkeys("abcd", 200 * 5000)
+
+
+@pytest.mark.timeout(60)  # the task is stopped, not left to sleep
+def test_a_task_writing_garbage_into_its_own_pipe_fails_alone(worker) -> None:
+    code = "import os\nos.write(get_ipython().pipe.fd, b'\\x05\\x00\\x00\\x00\\xff\\xfe{]!')\nimport time\ntime.sleep(600)"
+    with pytest.raises(RemoteError, match="garbled"):
+        executor.run_remote(None, task(code), "qa1")
+    assert worker.alive()
+    assert load(executor.run_remote(None, task("after = 2"), "qa1").bound["after"]) == 2

@@ -22,6 +22,7 @@ import linecache
 import os
 import random
 import re
+import select
 import sys
 import threading
 import warnings
@@ -48,22 +49,53 @@ _SHELL_NAMES = re.compile(r"_{1,3}|_i{1,3}|_i?\d+")
 
 
 class Pipe:
-    """Length-prefixed JSON frames to the worker process."""
+    """Length-prefixed JSON frames to the worker process.
+
+    The user's threads print at the same time as the task's main thread, and processes it
+    forks inherit this pipe: a frame must reach the worker whole, not interleaved with
+    another's. Threads take turns; stream text goes in frames the OS writes atomically
+    (PIPE_BUF), which holds between processes too.
+    """
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        self._turn = threading.Lock()
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self) -> None:
+        self._turn = threading.Lock()  # a thread of the parent may have held it at the fork
 
     def send(self, message: dict[str, Any]) -> None:
-        data = json.dumps(message).encode()
-        view = memoryview(len(data).to_bytes(4, "little") + data)
-        while view:
-            view = view[os.write(self.fd, view) :]
+        output = message.get("output")
+        if len(message) == 1 and isinstance(output, dict) and output.get("output_type") == "stream":
+            frames = _stream_frames(output["name"], output["text"])
+        else:
+            frames = [_frame(message)]
+        with self._turn:
+            for frame in frames:
+                view = memoryview(frame)
+                while view:
+                    view = view[os.write(self.fd, view) :]
 
     def finish(self, message: dict[str, Any]) -> None:
         """Send the task's last message. This process has nothing left to do but exit, so it
         steps aside first: the worker relaying the result must not wait for its teardown."""
         os.nice(19)
         self.send(message)
+
+
+def _frame(message: dict[str, Any]) -> bytes:
+    data = json.dumps(message).encode()
+    return len(data).to_bytes(4, "little") + data
+
+
+def _stream_frames(name: str, text: str) -> list[bytes]:
+    """`text` in frames of at most PIPE_BUF bytes (the worker joins them again)."""
+    frame = _frame({"output": {"output_type": "stream", "name": name, "text": text}})
+    if len(frame) <= select.PIPE_BUF or len(text) < 2:
+        return [frame]
+    half = len(text) // 2
+    return _stream_frames(name, text[:half]) + _stream_frames(name, text[half:])
 
 
 class PipeStream(io.TextIOBase):
@@ -73,6 +105,11 @@ class PipeStream(io.TextIOBase):
         self._pipe = pipe
         self._name = name
         self._pending: list[str] = []
+        self._lock = threading.Lock()
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
@@ -85,14 +122,16 @@ class PipeStream(io.TextIOBase):
         if not isinstance(text, str):  # as any text stream: the user's TypeError, at their line
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         if text:
-            self._pending.append(text)
+            with self._lock:
+                self._pending.append(text)
             if "\n" in text:
                 self.flush()
         return len(text)
 
     def flush(self) -> None:
-        if self._pending:
+        with self._lock:  # text a thread appends meanwhile is sent by the next flush
             text, self._pending = "".join(self._pending), []
+        if text:
             self._pipe.send({"output": {"output_type": "stream", "name": self._name, "text": text}})
 
 

@@ -92,6 +92,7 @@ class Task:
     cancelled: bool = False
     eof: bool = False
     waited: bool = False  # its kernel was told it waits for a slot, and is told when it starts
+    garbled: bool = False  # it sent what is not a message: the rest it sends is dropped
 
     def watched(self) -> list[int]:
         return [*([] if self.eof else [self.fd]), *self.streams, self.pidfd]
@@ -682,11 +683,19 @@ class Worker:
             chunk = b"-"
         text: list[str] = []  # adjacent lines of one stream, relayed as one output
         stream: dict[str, Any] = {}
+        if task.garbled:
+            task.buffer.clear()
         while len(task.buffer) >= 4:
             size = int.from_bytes(task.buffer[:4], "little")
             if len(task.buffer) < 4 + size:
                 break
-            message = json.loads(task.buffer[4 : 4 + size])
+            try:
+                message = json.loads(task.buffer[4 : 4 + size])
+            except ValueError:
+                message = None
+            if not isinstance(message, dict):
+                self._stop_garbled(task)
+                break
             del task.buffer[: 4 + size]
             output = message.get("output")
             if isinstance(output, dict) and output.get("output_type") == "stream" and len(message) == 1:
@@ -715,6 +724,21 @@ class Worker:
         if not chunk:
             os.close(task.fd)
             task.eof = True
+
+    def _stop_garbled(self, task: Task) -> None:
+        """The task process sent bytes that are not a message: its user code wrote into the
+        pipe, or processes it forked sent large outputs at the same moment. Nothing after them
+        can be trusted, so the task ends with that said; the worker and other tasks go on."""
+        task.garbled = True
+        task.buffer.clear()
+        task.outcome = {"failed": (
+            "the task's messages to the worker were garbled (its code wrote into the task's pipe, "
+            "or processes it started sent large outputs at the same moment), so the task was stopped"
+        )}
+        try:
+            os.killpg(task.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def _send_text(self, task: Task, stream: dict[str, Any], text: list[str]) -> None:
         """Relay the stream text gathered by _read_task as one output, and start over."""
