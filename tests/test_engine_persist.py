@@ -174,3 +174,31 @@ def test_jpy_session_name_tells_the_kernel_its_notebook(link_kernelspec, tmp_pat
         assert str(path) in k.execute("%link notebook").stdout
     finally:
         k.shutdown()
+
+
+def test_dataframes_flow_through_components_and_the_cache(link_kernelspec, tmp_path):
+    """pandas is what most components hold: a child adding a column and editing a cell
+    changes its own frame only; a sibling, the parent's cached value and a restarted kernel
+    see each as it was made."""
+    path = tmp_path / "frames.ipynb"
+    k = Kernel(LINKKERNEL_NOTEBOOK=str(path), LINKKERNEL_CACHE=f"file://{tmp_path / 'cache'}")
+    try:
+        nb = Notebook(k, path)
+        nb.add("load", "import pandas as pd\ndf = pd.DataFrame({'a': range(100_000), 's': ['x', 'y'] * 50_000})\ndf['s'] = df.s.astype('category')")
+        nb.add("feat", "df['c'] = df.a * 2.0\ndf.loc[0, 'a'] = -1", "load")
+        nb.add("peek", "seen = (df.columns.tolist(), int(df.loc[0, 'a']))", "load")
+        nb.add("report", "shown = (df.columns.tolist(), int(df.loc[0, 'a']), float(df.c.sum()), str(df.s.dtype))", "feat")
+        nb.save()
+        for name in ("report", "peek"):
+            assert nb.run(name).status == "ok"
+        assert nb.runs() == ["load", "feat", "report", "peek"]
+        expected = (["a", "s", "c"], -1, 9999900000.0, "category")
+        assert value(k, "shown") == expected
+        assert value(k, "seen") == (["a", "s"], 0)
+        restart(k)
+        for name in ("report", "peek"):
+            assert nb.run(name).status == "ok"
+        assert nb.runs() == ["report", "peek"]  # their parents came from the cache
+        assert value(k, "shown") == expected and value(k, "seen") == (["a", "s"], 0)
+    finally:
+        k.shutdown()
