@@ -374,8 +374,13 @@ def test_long_lines_printed_at_once_by_a_tasks_threads_or_processes_arrive_whole
 
 
 @pytest.mark.timeout(60)  # the task is stopped, not left to sleep
-def test_a_task_writing_garbage_into_its_own_pipe_fails_alone(worker) -> None:
-    code = "import os\nos.write(get_ipython().pipe.fd, b'\\x05\\x00\\x00\\x00\\xff\\xfe{]!')\nimport time\ntime.sleep(600)"
+@pytest.mark.parametrize(
+    "garbage, then",
+    [(b"\x05\x00\x00\x00\xff\xfe{]!", "import time\ntime.sleep(600)"), (b"\x00\x00\x10\x00{", "x = 1")],
+    ids=["not a message", "a frame that never ends"],
+)
+def test_a_task_writing_garbage_into_its_own_pipe_fails_alone(worker, garbage, then) -> None:
+    code = f"import os\nos.write(get_ipython().pipe.fd, {garbage!r})\n{then}"
     with pytest.raises(RemoteError, match="garbled"):
         executor.run_remote(None, task(code), "qa1")
     assert worker.alive()

@@ -722,6 +722,8 @@ class Worker:
         if text:
             self._send_text(task, stream, text)
         if not chunk:
+            if task.buffer and not task.garbled:  # a frame that never ended: its length was garbage
+                self._stop_garbled(task)
             os.close(task.fd)
             task.eof = True
 
