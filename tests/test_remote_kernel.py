@@ -80,6 +80,25 @@ def test_live_output_reaches_the_cell_while_the_task_runs(setup, kernel) -> None
     assert outputs == "(['stream', 'display_data', 'stream', 'execute_result'], None)"
 
 
+def test_text_without_a_newline_reaches_the_cell_while_the_task_runs(setup, kernel) -> None:
+    """`print('epoch 1: ', end='')` before a long step shows at once in a local cell
+    (ipykernel flushes its streams every 0.2 s); so it must from a worker."""
+    tmp, _ = setup
+    go = tmp / "go-partial"
+    code = (
+        "import os, time\nprint('epoch 1: ', end='')\nuntil = time.monotonic() + 20\n"
+        f"while not os.path.exists({str(go)!r}) and time.monotonic() < until:\n    time.sleep(0.02)\nprint('done')"
+    )
+
+    def release_once_shown(m) -> None:
+        if m and m["msg_type"] == "stream" and m["content"]["text"] == "epoch 1: ":
+            go.touch()
+
+    messages = run_watching(kernel, cell(code, live=True), release_once_shown)
+    assert go.exists(), "'epoch 1: ' did not reach the cell before the task finished"
+    assert "".join(m["content"]["text"] for m in messages if m["msg_type"] == "stream") == "epoch 1: done\n"
+
+
 def test_silent_run_publishes_nothing_but_keeps_outputs(setup, kernel) -> None:
     result = kernel.execute(cell("print('quiet')\nfrom IPython.display import display\ndisplay(1)\nv = 3", live=False))
     assert result.status == "ok", result.traceback_text

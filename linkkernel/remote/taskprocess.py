@@ -98,18 +98,25 @@ def _stream_frames(name: str, text: str) -> list[bytes]:
     return _stream_frames(name, text[:half]) + _stream_frames(name, text[half:])
 
 
+# How long text without a newline may wait to be sent: ipykernel's streams flush as often.
+FLUSH_INTERVAL = 0.2
+
+
 class PipeStream(io.TextIOBase):
-    """sys.stdout/sys.stderr of a task: whole lines go to the worker as they are written."""
+    """sys.stdout/sys.stderr of a task: whole lines go to the worker as they are written, the
+    rest within FLUSH_INTERVAL, as `print('epoch 1: ', end='')` shows at once in a local cell."""
 
     def __init__(self, pipe: Pipe, name: str) -> None:
         self._pipe = pipe
         self._name = name
         self._pending: list[str] = []
         self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
         os.register_at_fork(after_in_child=self._after_fork)
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
+        self._timer = None  # the parent's timer thread is not in this process
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
@@ -122,11 +129,22 @@ class PipeStream(io.TextIOBase):
         if not isinstance(text, str):  # as any text stream: the user's TypeError, at their line
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         if text:
+            timer = None
             with self._lock:
                 self._pending.append(text)
-            if "\n" in text:
+                if "\n" not in text and self._timer is None:
+                    timer = self._timer = threading.Timer(FLUSH_INTERVAL, self._flush_later)
+                    timer.daemon = True
+            if timer is not None:
+                timer.start()
+            elif "\n" in text:
                 self.flush()
         return len(text)
+
+    def _flush_later(self) -> None:
+        with self._lock:
+            self._timer = None
+        self.flush()
 
     def flush(self) -> None:
         with self._lock:  # text a thread appends meanwhile is sent by the next flush
