@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -30,6 +31,8 @@ from linkkernel.errors import LinkError
 
 # Keys JupyterLab adds to the request metadata that are not part of the cell's metadata.
 TRANSPORT_KEYS = ("cellId", "deletedCells", "recordTiming")
+# nbformat 4.5's cell id: what JupyterLab and Notebook 7 send as cellId.
+NBFORMAT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 
 
 @dataclass
@@ -62,6 +65,17 @@ def _claimed_names(metadata: Any) -> frozenset[str]:
     if isinstance(link, Mapping):
         names.append(link.get("name"))
     return frozenset(n for n in names if isinstance(n, str) and NAME_PATTERN.match(n))
+
+
+def _foreign_id(cell_id: str, cells: list[Cell]) -> bool:
+    """Whether a request's cell id may name a saved cell other than the one with that id.
+
+    JupyterLab and Notebook 7 send the nbformat id, so an id the saved notebook lacks is a
+    cell added since the save, never a saved cell, even one with the same code (a copy).
+    VS Code sends its own cell URIs, and a notebook saved without ids (nbformat 4.4) gets
+    ids the file lacks until the next save: those cells are found by code or name instead.
+    """
+    return not NBFORMAT_ID.match(cell_id) or not any(c.cell_id for c in cells)
 
 
 @dataclass
@@ -137,6 +151,8 @@ class Sources:
         # that which still holds the cell wins: JupyterLab keeps a code cell's id through
         # cut and paste, so a moved cell is reported deleted.
         self._deleted: dict[str, float] = {}
+        # A frontend's cell id -> the saved cell's key, for ids the file does not hold (_foreign_id).
+        self._aliases: dict[str, str] = {}
         self._clock = 0.0
         self.notebook_path = notebook_path
 
@@ -151,6 +167,7 @@ class Sources:
         self._file_cells, self._file_stamp = [], None
         self._executed.clear()
         self._deleted.clear()
+        self._aliases.clear()
 
     def looked_in(self) -> str:
         """Where declarations were searched, for the missing-parent message."""
@@ -217,15 +234,16 @@ class Sources:
         if cell_id is not None and parse_declaration(metadata, describe_cell(None, cell_id)) is None:
             # A plain cell from JupyterLab: its id is its key in the file too, so the saved
             # notebook need not be read (plain cells cost what they cost in ipykernel).
-            self._deleted.pop(cell_id, None)
-            self._executed[cell_id] = Cell(cell_id, cell_id, code, metadata, None, self._now())
+            key = self._aliases.get(cell_id, cell_id)
+            self._deleted.pop(key, None)
+            self._executed[key] = Cell(key, cell_id, code, metadata, None, self._now())
             return None
         file_cells = self._read_file(strict=False)
         index = None
         if cell_id is not None:
             match = next((c for c in file_cells if c.cell_id == cell_id), None)
-            if match is None:  # e.g. VS Code's cell URIs: find the saved cell by its source
-                match = self._by_source(file_cells, code, unexecuted_only=True)
+            if match is None and _foreign_id(cell_id, file_cells):
+                match = self._foreign_match(file_cells, cell_id, code, metadata)
         else:
             match = self._by_source(file_cells, code, unexecuted_only=False)
             if match is not None and not metadata:
@@ -241,6 +259,21 @@ class Sources:
         if decl is None:
             return None
         return Component(decl, code, cell_id, index if index is not None else 10**6, metadata, index is not None)
+
+    def _foreign_match(self, cells: list[Cell], cell_id: str, code: str, metadata: Mapping[str, Any]) -> Cell | None:
+        """The saved cell a frontend's own cell id stands for (VS Code's cell URIs, JupyterLab's
+        ids for a notebook saved without them): the one this id was matched to before, else
+        the unexecuted cell with this code, else the unexecuted cell declaring the same
+        component (its code edited since the save). Remembered, so the next edit and run of
+        that cell is still that cell, not a second one declaring the same name."""
+        match = next((c for c in cells if c.key == self._aliases.get(cell_id)), None)
+        match = match or self._by_source(cells, code, unexecuted_only=True)
+        if match is None:
+            names = _claimed_names(metadata)
+            match = next((c for c in cells if c.key not in self._executed and names & _claimed_names(c.metadata)), None)
+        if match is not None:
+            self._aliases[cell_id] = match.key
+        return match
 
     def _by_source(self, cells: list[Cell], code: str, unexecuted_only: bool) -> Cell | None:
         """The saved cell with this code. Of several, the one run least recently (never run

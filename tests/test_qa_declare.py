@@ -1,0 +1,72 @@
+"""QA of SPEC §2 (where the kernel learns declarations) and §3 (staleness, persistence),
+driven as a user who edits notebooks a lot: cells copied, retagged, edited and re-run in
+JupyterLab (metadata + cellId) and VS Code (its own cell URIs), saved or not.
+
+Each test points the shared kernel at a notebook of its own (`Notebook.use`), which also
+resets what the kernel remembers of executed cells.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine_support import Notebook
+from support import Kernel, component_meta
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("qa-declare")
+
+
+@pytest.fixture(scope="module")
+def k(link_kernelspec: str, home: Path):
+    kernel = Kernel(cwd=str(home))
+    yield kernel
+    kernel.shutdown()
+
+
+def one_line(result) -> str:
+    """The single error line a refused cell shows (asserting it is one line)."""
+    assert result.status == "error", result.stdout + result.stderr
+    lines = result.traceback_text.splitlines()
+    assert len(lines) == 1, result.traceback_text
+    return lines[0]
+
+
+def test_a_copied_component_cell_retagged_before_saving_leaves_the_original_alone(k, home):
+    # JupyterLab gives a pasted copy a new id; the saved notebook does not hold it yet. Its
+    # code is the original's, but it is a new cell: the original keeps its name
+    nb = Notebook(k, home / "copied.ipynb")
+    nb.add("load", "data = [1]", counted=False).add("train", "print(data)", "load", counted=False).use()
+    copy = k.execute("data = [2]\n", metadata=component_meta("load_copy"), cell_id="id-pasted")
+    assert copy.status == "ok", copy.traceback_text
+    copy = k.execute("data = [1]", metadata=component_meta("load_copy"), cell_id="id-pasted")
+    assert copy.status == "ok", copy.traceback_text
+    train = nb.run("train")
+    assert (train.status, train.stdout) == ("ok", "[1]\n"), train.traceback_text
+    status = k.execute("%link status").stdout
+    assert [line.split()[0] for line in status.splitlines()[1:]] == ["load", "train", "load_copy"], status
+
+
+VSCODE = "vscode-notebook-cell:/home/me/flow.ipynb#W{}sZmlsZQ%3D%3D"
+
+
+@pytest.mark.parametrize("first_run_edited", [False, True], ids=["run-edit-run", "edited-first"])
+def test_a_vscode_cell_edited_and_run_again_is_still_its_saved_cell(k, home, first_run_edited):
+    # VS Code sends its own cell URIs, not the nbformat ids: the saved cell is found by its
+    # code, then remembered, so editing it is no second cell declaring the same name
+    nb = Notebook(k, home / f"vscode-{first_run_edited}.ipynb")
+    nb.add("source", "v = 1", counted=False).add("sink", "print(v)", "source", counted=False).use()
+    if not first_run_edited:
+        assert k.execute("v = 1", metadata=component_meta("source"), cell_id=VSCODE.format(0)).status == "ok"
+    edited = k.execute("v = 2", metadata=component_meta("source"), cell_id=VSCODE.format(0))
+    assert edited.status == "ok", edited.traceback_text
+    sink = k.execute("print(v)", metadata=component_meta("sink", "source"), cell_id=VSCODE.format(1))
+    assert (sink.status, sink.stdout) == ("ok", "2\n"), sink.traceback_text
+    # untagged in VS Code, the cell is plain: the saved notebook's older word on it is not used
+    assert k.execute("v = 3", metadata={}, cell_id=VSCODE.format(0)).status == "ok"
+    gone = k.execute("print(v)", metadata=component_meta("sink", "source"), cell_id=VSCODE.format(1))
+    assert "has parent 'source', which is not declared" in one_line(gone)
