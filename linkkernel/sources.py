@@ -67,6 +67,14 @@ def _claimed_names(metadata: Any) -> frozenset[str]:
     return frozenset(n for n in names if isinstance(n, str) and NAME_PATTERN.match(n))
 
 
+def _declares(metadata: Mapping[str, Any]) -> bool:
+    """Whether a cell's metadata declares a component, or tries to (a malformed declaration)."""
+    try:
+        return parse_declaration(metadata) is not None
+    except DeclarationError:
+        return True
+
+
 def _foreign_id(cell_id: str, cells: list[Cell]) -> bool:
     """Whether a request's cell id may name a saved cell other than the one with that id.
 
@@ -223,7 +231,9 @@ class Sources:
     def learn(self, code: str, request_meta: Mapping[str, Any] | None, cell_id: str | None) -> Component | None:
         """Record the executing cell and return its component, or None for a plain cell.
 
-        Raises DeclarationError (a LinkError) for a malformed declaration.
+        Raises DeclarationError (a LinkError) for a malformed declaration. The cell is
+        recorded first even then: it is the newest word on that cell, so a run that needs
+        it says what is wrong instead of using what the cell declared before.
         """
         request_meta = dict(request_meta or {})
         cell_id = cell_id or request_meta.get("cellId")
@@ -231,7 +241,7 @@ class Sources:
             self._deleted[deleted] = self._now()
             self._executed.pop(deleted, None)
         metadata = {k: v for k, v in request_meta.items() if k not in TRANSPORT_KEYS}
-        if cell_id is not None and parse_declaration(metadata, describe_cell(None, cell_id)) is None:
+        if cell_id is not None and not _declares(metadata):
             # A plain cell from JupyterLab: its id is its key in the file too, so the saved
             # notebook need not be read (plain cells cost what they cost in ipykernel).
             key = self._aliases.get(cell_id, cell_id)

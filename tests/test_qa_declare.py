@@ -70,3 +70,21 @@ def test_a_vscode_cell_edited_and_run_again_is_still_its_saved_cell(k, home, fir
     assert k.execute("v = 3", metadata={}, cell_id=VSCODE.format(0)).status == "ok"
     gone = k.execute("print(v)", metadata=component_meta("sink", "source"), cell_id=VSCODE.format(1))
     assert "has parent 'source', which is not declared" in one_line(gone)
+
+
+def test_a_cell_retagged_wrongly_is_the_newest_word_on_it(k, home):
+    # the cell that was 'prep' is run with a broken parent tag: a child of 'prep' must not
+    # quietly run the declaration and code the cell had before
+    nb = Notebook(k, home / "retagged.ipynb")
+    nb.add("prep", "p = 1").add("use_prep", "print(p)", "prep").use()
+    assert nb.run("use_prep").stdout == "1\n"
+    assert nb.runs() == ["prep", "use_prep"]
+    broken = k.execute("p = 2", metadata={"tags": ["component:prep", "parent: raw"]}, cell_id="id-prep")
+    message = one_line(broken)
+    assert message.startswith("DeclarationError: cell 1 (id id-prep): malformed tag 'parent: raw'"), message
+    child = nb.run("use_prep")
+    assert one_line(child) == message
+    assert nb.runs() == []
+    fixed = k.execute("p = 2", metadata=component_meta("prep"), cell_id="id-prep")
+    assert fixed.status == "ok", fixed.traceback_text
+    assert nb.run("use_prep").stdout == "2\n"
