@@ -139,11 +139,15 @@ class Declared:
 
 
 def notebook_path_from_env(environ: Mapping[str, str] = os.environ) -> str | None:
-    """LINKKERNEL_NOTEBOOK wins over JPY_SESSION_NAME (set by jupyter_server to the notebook)."""
-    for var in ("LINKKERNEL_NOTEBOOK", "JPY_SESSION_NAME"):
-        value = environ.get(var)
-        if value and value.endswith(".ipynb"):
-            return os.path.abspath(value)
+    """LINKKERNEL_NOTEBOOK, whatever the file is called: the user named it, as with
+    `%link notebook PATH`. Else JPY_SESSION_NAME, which jupyter_server sets to the notebook's
+    path, but only when it names a notebook: a console's session is not one."""
+    chosen = environ.get("LINKKERNEL_NOTEBOOK")
+    if chosen:
+        return os.path.abspath(os.path.expanduser(chosen))
+    session = environ.get("JPY_SESSION_NAME")
+    if session and session.endswith(".ipynb"):
+        return os.path.abspath(session)
     return None
 
 

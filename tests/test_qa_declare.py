@@ -88,3 +88,18 @@ def test_a_cell_retagged_wrongly_is_the_newest_word_on_it(k, home):
     fixed = k.execute("p = 2", metadata=component_meta("prep"), cell_id="id-prep")
     assert fixed.status == "ok", fixed.traceback_text
     assert nb.run("use_prep").stdout == "2\n"
+
+
+def test_linkkernel_notebook_is_the_notebook_whatever_its_name(link_kernelspec, home):
+    # SPEC §2: the notebook "set with the LINKKERNEL_NOTEBOOK environment variable": a
+    # notebook saved as flow.json was ignored, and the error then said to set the variable
+    path = home / "flow.json"
+    kernel = Kernel(cwd=str(home), LINKKERNEL_NOTEBOOK=str(path))
+    try:
+        Notebook(kernel, path).add("raw", "r = 7", counted=False).save()
+        child = kernel.execute("print(r)", metadata=component_meta("cooked", "raw"), cell_id="id-cooked")
+        assert (child.status, child.stdout) == ("ok", "7\n"), child.traceback_text
+        assert kernel.execute("%link notebook").stdout.startswith(f"notebook: {path}\n")
+    finally:
+        kernel.shutdown()
+
