@@ -37,7 +37,10 @@ NBFORMAT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 
 @dataclass
 class Cell:
-    """One code cell as a source knows it."""
+    """One cell as a source knows it. `code` False: a saved markdown or raw cell, which
+    declares nothing whatever its metadata says; it is kept so that a cell executed as
+    code and since turned into markdown (JupyterLab keeps its id) is known to be no
+    component once saved."""
 
     key: str
     cell_id: str | None
@@ -45,6 +48,7 @@ class Cell:
     metadata: Mapping[str, Any]
     index: int | None
     at: float
+    code: bool = True
 
 
 @dataclass(frozen=True)
@@ -197,7 +201,7 @@ class Sources:
         return self._clock
 
     def _read_file(self, strict: bool = True) -> list[Cell]:
-        """The saved notebook's code cells. Not `strict`: an unreadable file counts as no file,
+        """The saved notebook's cells. Not `strict`: an unreadable file counts as no file,
         so a plain cell still runs exactly as in ipykernel."""
         path = self._notebook_path
         if path is None:
@@ -222,12 +226,10 @@ class Sources:
                 raise LinkError(f"cannot read the saved notebook {path}: {problem}")
             cells = []
             for index, cell in enumerate(notebook.get("cells", [])):
-                if cell.get("cell_type") != "code":
-                    continue
                 cell_id = cell.get("id")
                 cells.append(
                     Cell(cell_id or f"index:{index}", cell_id, cell_source(cell),
-                         cell.get("metadata") or {}, index, stat.st_mtime)
+                         cell.get("metadata") or {}, index, stat.st_mtime, cell.get("cell_type") == "code")
                 )
             self._file_cells, self._file_stamp = cells, stamp
         return self._file_cells
@@ -284,7 +286,8 @@ class Sources:
         match = match or self._by_source(cells, code, unexecuted_only=True)
         if match is None:
             names = _claimed_names(metadata)
-            match = next((c for c in cells if c.key not in self._executed and names & _claimed_names(c.metadata)), None)
+            unexecuted = (c for c in cells if c.code and c.key not in self._executed)
+            match = next((c for c in unexecuted if names & _claimed_names(c.metadata)), None)
         if match is not None:
             self._aliases[cell_id] = match.key
         return match
@@ -294,7 +297,7 @@ class Sources:
         first, then notebook order): nbclient and papermill run cells top to bottom, so two
         components with the same code (the same step on two inputs) each get their turn."""
         wanted = code.rstrip()
-        matches = [c for c in cells if c.source.rstrip() == wanted]
+        matches = [c for c in cells if c.code and c.source.rstrip() == wanted]
         if unexecuted_only:
             return next((c for c in matches if c.key not in self._executed), None)
         return min(matches, key=lambda c: self._executed[c.key].at if c.key in self._executed else -1.0, default=None)
@@ -319,6 +322,8 @@ class Sources:
         base = len(file_cells)
         components, malformed = [], []
         for position, cell in enumerate(merged + extra):
+            if not cell.code:
+                continue
             index = cell.index
             try:
                 decl = parse_declaration(cell.metadata, describe_cell(index, cell.cell_id))

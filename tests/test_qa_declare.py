@@ -103,3 +103,21 @@ def test_linkkernel_notebook_is_the_notebook_whatever_its_name(link_kernelspec, 
     finally:
         kernel.shutdown()
 
+
+
+def test_a_component_cell_turned_into_markdown_declares_nothing_once_saved(k, home):
+    # turning a cell into markdown is how notebooks "comment out" a cell; JupyterLab keeps
+    # its id and metadata and reports no deletion, so only the saved notebook tells
+    nb = Notebook(k, home / "disabled.ipynb")
+    nb.add("train", "model = 'v1'").add("report", "print(model)", "train").use()
+    assert nb.run("train").status == "ok"
+    assert nb.run("report").stdout == "v1\n"
+    assert nb.runs() == ["train", "report"]
+    old = nb.cells.pop("train")
+    nb.cells = {"old": dict(old, cell_type="markdown"), "train": dict(old, id="id-train2", source="model = 'v2'"),
+                "report": nb.cells["report"]}
+    nb.save()
+    report = nb.run("report")
+    assert (report.status, report.stdout) == ("ok", "v2\n"), report.traceback_text
+    status = k.execute("%link status").stdout
+    assert [line.split()[0] for line in status.splitlines()[1:]] == ["train", "report"], status
