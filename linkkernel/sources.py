@@ -169,6 +169,9 @@ class Sources:
         self._deleted: dict[str, float] = {}
         # A frontend's cell id -> the saved cell's key, for ids the file does not hold (_foreign_id).
         self._aliases: dict[str, str] = {}
+        # Every cell key a read of the saved notebook held: such a cell missing from a newer
+        # save was removed from the notebook, whether or not the frontend reported it.
+        self._saved_keys: set[str] = set()
         self._clock = 0.0
         self.notebook_path = notebook_path
 
@@ -184,6 +187,7 @@ class Sources:
         self._executed.clear()
         self._deleted.clear()
         self._aliases.clear()
+        self._saved_keys.clear()
 
     def looked_in(self) -> str:
         """Where declarations were searched, for the missing-parent message."""
@@ -232,6 +236,7 @@ class Sources:
                          cell.get("metadata") or {}, index, stat.st_mtime, cell.get("cell_type") == "code")
                 )
             self._file_cells, self._file_stamp = cells, stamp
+            self._saved_keys.update(cell.key for cell in cells)
         return self._file_cells
 
     def learn(self, code: str, request_meta: Mapping[str, Any] | None, cell_id: str | None) -> Component | None:
@@ -302,6 +307,13 @@ class Sources:
             return next((c for c in matches if c.key not in self._executed), None)
         return min(matches, key=lambda c: self._executed[c.key].at if c.key in self._executed else -1.0, default=None)
 
+    def _removed(self, cell: Cell, saved_at: float | None) -> bool:
+        """Whether an executed cell the saved notebook lacks was removed from the notebook:
+        an earlier save held it and this one, written after its execution, does not (a
+        revert, a `git checkout`, a deletion VS Code never reports). A cell never saved is
+        only new, however new the save: it may have been made while the save was written."""
+        return saved_at is not None and cell.key in self._saved_keys and cell.at < saved_at
+
     def components(self) -> list[Component]:
         """Every validly declared component (what labels traceback frames)."""
         return self.declared().components
@@ -318,7 +330,11 @@ class Sources:
             executed = self._executed.get(cell.key)
             newer = executed is not None and executed.at >= cell.at
             merged.append(replace(executed, index=cell.index) if newer else cell)  # the saved position names it
-        extra = sorted((c for k, c in self._executed.items() if k not in seen), key=lambda c: c.at)
+        saved_at = self._file_stamp[0] if self._file_stamp else None
+        extra = sorted(
+            (c for k, c in self._executed.items() if k not in seen and not self._removed(c, saved_at)),
+            key=lambda c: c.at,
+        )
         base = len(file_cells)
         components, malformed = [], []
         for position, cell in enumerate(merged + extra):

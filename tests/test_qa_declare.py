@@ -121,3 +121,19 @@ def test_a_component_cell_turned_into_markdown_declares_nothing_once_saved(k, ho
     assert (report.status, report.stdout) == ("ok", "v2\n"), report.traceback_text
     status = k.execute("%link status").stdout
     assert [line.split()[0] for line in status.splitlines()[1:]] == ["train", "report"], status
+
+
+@pytest.mark.parametrize("frontend", ["jupyterlab", "vscode"])
+def test_a_cell_gone_from_a_newer_save_is_gone(k, home, frontend):
+    # the saved notebook is replaced by a version without the executed cell: a `git checkout`
+    # or a revert in JupyterLab (no deletedCells), or a cell deleted in VS Code (which never
+    # reports deletions); the newer save is the newest word, as for any other cell
+    nb = Notebook(k, home / f"replaced-{frontend}.ipynb")
+    nb.add("params", "rate = 1", counted=False).add("fit", "print(rate)", "params", counted=False).use()
+    cell_id = "id-params" if frontend == "jupyterlab" else VSCODE.format(7)
+    ran = k.execute("rate = 1", metadata=component_meta("params"), cell_id=cell_id)
+    assert ran.status == "ok", ran.traceback_text
+    nb.cells = {"params": dict(nb.cells["params"], id="id-params-2", source="rate = 2"), "fit": nb.cells["fit"]}
+    nb.save()
+    fit = nb.run("fit")
+    assert (fit.status, fit.stdout) == ("ok", "2\n"), fit.traceback_text
