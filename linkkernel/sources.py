@@ -160,6 +160,7 @@ class Sources:
 
     _file_cells: list[Cell]
     _file_stamp: tuple[float, int] | None
+    _saved_at: float | None  # when the saved notebook was written, by this kernel's clock
 
     def __init__(self, notebook_path: str | None = None) -> None:
         self._executed: dict[str, Cell] = {}
@@ -183,7 +184,7 @@ class Sources:
     def notebook_path(self, path: str | None) -> None:
         # Cells executed for another notebook are not cells of this one.
         self._notebook_path = os.path.abspath(path) if path else None
-        self._file_cells, self._file_stamp = [], None
+        self._file_cells, self._file_stamp, self._saved_at = [], None, None
         self._executed.clear()
         self._deleted.clear()
         self._aliases.clear()
@@ -213,7 +214,7 @@ class Sources:
         try:
             stat = os.stat(path)
         except OSError:
-            self._file_cells, self._file_stamp = [], None
+            self._file_cells, self._file_stamp, self._saved_at = [], None, None
             return []
         stamp = (stat.st_mtime, stat.st_size)
         if stamp != self._file_stamp:
@@ -228,14 +229,17 @@ class Sources:
                 if not strict:
                     return []
                 raise LinkError(f"cannot read the saved notebook {path}: {problem}")
+            # The file's date is the file server's clock: one running ahead must not make the
+            # save outrank cells executed after it was read.
+            saved = min(stat.st_mtime, time.time())
             cells = []
             for index, cell in enumerate(notebook.get("cells", [])):
                 cell_id = cell.get("id")
                 cells.append(
                     Cell(cell_id or f"index:{index}", cell_id, cell_source(cell),
-                         cell.get("metadata") or {}, index, stat.st_mtime, cell.get("cell_type") == "code")
+                         cell.get("metadata") or {}, index, saved, cell.get("cell_type") == "code")
                 )
-            self._file_cells, self._file_stamp = cells, stamp
+            self._file_cells, self._file_stamp, self._saved_at = cells, stamp, saved
             self._saved_keys.update(cell.key for cell in cells)
         return self._file_cells
 
@@ -330,9 +334,8 @@ class Sources:
             executed = self._executed.get(cell.key)
             newer = executed is not None and executed.at >= cell.at
             merged.append(replace(executed, index=cell.index) if newer else cell)  # the saved position names it
-        saved_at = self._file_stamp[0] if self._file_stamp else None
         extra = sorted(
-            (c for k, c in self._executed.items() if k not in seen and not self._removed(c, saved_at)),
+            (c for k, c in self._executed.items() if k not in seen and not self._removed(c, self._saved_at)),
             key=lambda c: c.at,
         )
         base = len(file_cells)

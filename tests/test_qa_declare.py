@@ -8,6 +8,8 @@ resets what the kernel remembers of executed cells.
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -137,3 +139,16 @@ def test_a_cell_gone_from_a_newer_save_is_gone(k, home, frontend):
     nb.save()
     fit = nb.run("fit")
     assert (fit.status, fit.stdout) == ("ok", "2\n"), fit.traceback_text
+
+
+def test_a_saved_notebook_dated_in_the_future_does_not_outrank_cells_run_since(k, home):
+    # a file server whose clock runs ahead (or a notebook unpacked with future dates): the
+    # cell the user edits and runs now is newer than what the file says, whatever its date
+    nb = Notebook(k, home / "future.ipynb")
+    nb.add("seed", "s = 1", counted=False).add("grow", "print(s * 10)", "seed", counted=False).use()
+    ahead = time.time() + 3600
+    os.utime(nb.path, (ahead, ahead))
+    edited = k.execute("s = 2", metadata=component_meta("seed"), cell_id="id-seed")
+    assert edited.status == "ok", edited.traceback_text
+    grow = nb.run("grow")
+    assert (grow.status, grow.stdout) == ("ok", "20\n"), grow.traceback_text
