@@ -311,12 +311,12 @@ class Sources:
             return next((c for c in matches if c.key not in self._executed), None)
         return min(matches, key=lambda c: self._executed[c.key].at if c.key in self._executed else -1.0, default=None)
 
-    def _removed(self, cell: Cell, saved_at: float | None) -> bool:
+    def _removed(self, cell: Cell) -> bool:
         """Whether an executed cell the saved notebook lacks was removed from the notebook:
         an earlier save held it and this one, written after its execution, does not (a
         revert, a `git checkout`, a deletion VS Code never reports). A cell never saved is
         only new, however new the save: it may have been made while the save was written."""
-        return saved_at is not None and cell.key in self._saved_keys and cell.at < saved_at
+        return self._saved_at is not None and cell.key in self._saved_keys and cell.at < self._saved_at
 
     def components(self) -> list[Component]:
         """Every validly declared component (what labels traceback frames)."""
@@ -334,10 +334,8 @@ class Sources:
             executed = self._executed.get(cell.key)
             newer = executed is not None and executed.at >= cell.at
             merged.append(replace(executed, index=cell.index) if newer else cell)  # the saved position names it
-        extra = sorted(
-            (c for k, c in self._executed.items() if k not in seen and not self._removed(c, self._saved_at)),
-            key=lambda c: c.at,
-        )
+        unsaved = (c for k, c in self._executed.items() if k not in seen and not self._removed(c))
+        extra = sorted(unsaved, key=lambda c: c.at)
         base = len(file_cells)
         components, malformed = [], []
         for position, cell in enumerate(merged + extra):
