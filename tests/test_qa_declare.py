@@ -152,3 +152,21 @@ def test_a_saved_notebook_dated_in_the_future_does_not_outrank_cells_run_since(k
     assert edited.status == "ok", edited.traceback_text
     grow = nb.run("grow")
     assert (grow.status, grow.stdout) == ("ok", "20\n"), grow.traceback_text
+
+
+@pytest.mark.parametrize(
+    ("tag", "meant"),
+    [("component=train", "component:train"), ("component train", "component:train"),
+     ("Parent = load", "parent:load"), ("remote=gpu1", "remote:gpu1")],
+)
+def test_a_declaration_tag_written_without_its_colon_is_refused_not_ignored(k, tag, meant):
+    # without the colon the tag was no declaration at all: the cell ran as a plain cell,
+    # looking fine while nothing was cached or published as a component
+    tags = [tag] if tag.startswith("component") else ["component:train", tag]
+    try:
+        assert one_line(k.execute("x = 1", metadata={"tags": tags}, cell_id="qa-colon")) == (
+            f"DeclarationError: cell id qa-colon: malformed tag {tag!r}: write {meant!r}"
+        )
+    finally:
+        k.execute("pass", metadata={}, cell_id="qa-colon")
+    assert k.execute("x = 1", metadata={"tags": ["remote data", "parent", "component"]}, cell_id="qa-colon").status == "ok"
