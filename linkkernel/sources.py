@@ -241,6 +241,8 @@ class Sources:
                 )
             self._file_cells, self._file_stamp, self._saved_at = cells, stamp, saved
             self._saved_keys.update(cell.key for cell in cells)
+            for cell in cells:  # an id the file holds is that cell's own key from now on
+                self._aliases.pop(cell.cell_id, None)
         return self._file_cells
 
     def learn(self, code: str, request_meta: Mapping[str, Any] | None, cell_id: str | None) -> Component | None:

@@ -170,3 +170,24 @@ def test_a_declaration_tag_written_without_its_colon_is_refused_not_ignored(k, t
     finally:
         k.execute("pass", metadata={}, cell_id="qa-colon")
     assert k.execute("x = 1", metadata={"tags": ["remote data", "parent", "component"]}, cell_id="qa-colon").status == "ok"
+
+
+def test_a_notebook_saved_without_ids_then_with_them_keeps_its_cells_apart(k, home):
+    # a notebook from before nbformat 4.5 has no cell ids: JupyterLab makes some up and
+    # writes them at the first save; from then on they are the cells' own ids
+    nb = Notebook(k, home / "old-format.ipynb")
+    nb.add("base", "b = 1", counted=False).add("top", "print(b)", "base", counted=False)
+    cells = {name: {key: v for key, v in cell.items() if key != "id"} for name, cell in nb.cells.items()}
+    nb.cells = cells
+    nb.use()
+    lab = {"base": "f3a1c2d4-0001", "top": "f3a1c2d4-0002"}
+    run = k.execute("b = 1", metadata=component_meta("base"), cell_id=lab["base"])
+    assert run.status == "ok", run.traceback_text
+    nb.cells = {name: dict(cell, id=lab[name]) for name, cell in cells.items()}
+    nb.save()
+    top = k.execute("print(b)", metadata=component_meta("top", "base"), cell_id=lab["top"])
+    assert (top.status, top.stdout) == ("ok", "1\n"), top.traceback_text
+    # the user removes the tags of the first cell and runs it: it is a plain cell now
+    assert k.execute("b = 1", metadata={}, cell_id=lab["base"]).status == "ok"
+    top = k.execute("print(b)", metadata=component_meta("top", "base"), cell_id=lab["top"])
+    assert "has parent 'base', which is not declared" in one_line(top)
