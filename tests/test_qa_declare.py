@@ -16,6 +16,7 @@ import pytest
 
 from engine_support import Notebook
 from support import Kernel, component_meta
+from test_qa_kernel import one_line
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +29,6 @@ def k(link_kernelspec: str, home: Path):
     kernel = Kernel(cwd=str(home))
     yield kernel
     kernel.shutdown()
-
-
-def one_line(result) -> str:
-    """The single error line a refused cell shows (asserting it is one line)."""
-    assert result.status == "error", result.stdout + result.stderr
-    lines = result.traceback_text.splitlines()
-    assert len(lines) == 1, result.traceback_text
-    return lines[0]
 
 
 def test_a_copied_component_cell_retagged_before_saving_leaves_the_original_alone(k, home):
