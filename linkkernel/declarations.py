@@ -18,6 +18,12 @@ NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
 # Said with every rejected name: "'données' is not a valid name" alone does not say why.
 NAME_RULE = "(ASCII letters, digits, '_', '.', '-', not starting with a digit)"
 TAG_KINDS = ("component", "parent", "remote")
+# A declaration tag written with '=' or a space for its colon (`component=train`): refused
+# with the spelling it means. A space only after component and parent, which no other tool
+# uses; `remote data` may well be someone's own tag.
+COLONLESS_TAG = re.compile(
+    r"\s*(?:(component|parent)\s*[=\s]|(remote)\s*=)\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\Z", re.IGNORECASE
+)
 LINK_KEYS = {"name", "parents", "remote"}
 
 
@@ -106,6 +112,10 @@ def _from_tags(tags: Iterable[Any], where: str) -> Declaration | None:
             raise DeclarationError(f"{where}: tag {tag!r} is not a string")
         kind, sep, value = tag.partition(":")
         if not sep:
+            meant = COLONLESS_TAG.match(tag)
+            if meant:
+                spelling = f"{(meant[1] or meant[2]).lower()}:{meant[3]}"
+                raise DeclarationError(f"{where}: malformed tag {tag!r}: write {spelling!r}")
             continue
         if kind not in TAG_KINDS:
             # `Component:train` would otherwise make a plain cell that looks like it worked

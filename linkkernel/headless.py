@@ -181,13 +181,6 @@ def run_notebook(
 
     path = Path(os.path.abspath(path))  # symlinks kept: the cache is keyed by the path as the kernel is given it
     notebook = read_notebook(path)
-    # LINKKERNEL_NOTEBOOK tells the kernel its notebook only when it ends in .ipynb
-    # (notebook_path_from_env); otherwise every component would run as a plain cell.
-    if not path.name.endswith(".ipynb"):
-        raise LinkError(
-            f"{path}: its name does not end in .ipynb, so the Link Python kernel would not read its "
-            "components; rename it NAME.ipynb"
-        )
     steps = plan(notebook, targets, looked_in=str(path))
     require_workers(steps)
     require_kernelspec(kernel_name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -30,11 +31,16 @@ from linkkernel.errors import LinkError
 
 # Keys JupyterLab adds to the request metadata that are not part of the cell's metadata.
 TRANSPORT_KEYS = ("cellId", "deletedCells", "recordTiming")
+# nbformat 4.5's cell id: what JupyterLab and Notebook 7 send as cellId.
+NBFORMAT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 
 
 @dataclass
 class Cell:
-    """One code cell as a source knows it."""
+    """One cell as a source knows it. `code` False: a saved markdown or raw cell, which
+    declares nothing whatever its metadata says; it is kept so that a cell executed as
+    code and since turned into markdown (JupyterLab keeps its id) is known to be no
+    component once saved."""
 
     key: str
     cell_id: str | None
@@ -42,6 +48,7 @@ class Cell:
     metadata: Mapping[str, Any]
     index: int | None
     at: float
+    code: bool = True
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,25 @@ def _claimed_names(metadata: Any) -> frozenset[str]:
     if isinstance(link, Mapping):
         names.append(link.get("name"))
     return frozenset(n for n in names if isinstance(n, str) and NAME_PATTERN.match(n))
+
+
+def _declares(metadata: Mapping[str, Any]) -> bool:
+    """Whether a cell's metadata declares a component, or tries to (a malformed declaration)."""
+    try:
+        return parse_declaration(metadata) is not None
+    except DeclarationError:
+        return True
+
+
+def _foreign_id(cell_id: str, cells: list[Cell]) -> bool:
+    """Whether a request's cell id may name a saved cell other than the one with that id.
+
+    JupyterLab and Notebook 7 send the nbformat id, so an id the saved notebook lacks is a
+    cell added since the save, never a saved cell, even one with the same code (a copy).
+    VS Code sends its own cell URIs, and a notebook saved without ids (nbformat 4.4) gets
+    ids the file lacks until the next save: those cells are found by code or name instead.
+    """
+    return not NBFORMAT_ID.match(cell_id) or not any(c.cell_id for c in cells)
 
 
 @dataclass
@@ -117,11 +143,15 @@ class Declared:
 
 
 def notebook_path_from_env(environ: Mapping[str, str] = os.environ) -> str | None:
-    """LINKKERNEL_NOTEBOOK wins over JPY_SESSION_NAME (set by jupyter_server to the notebook)."""
-    for var in ("LINKKERNEL_NOTEBOOK", "JPY_SESSION_NAME"):
-        value = environ.get(var)
-        if value and value.endswith(".ipynb"):
-            return os.path.abspath(value)
+    """LINKKERNEL_NOTEBOOK, whatever the file is called: the user named it, as with
+    `%link notebook PATH`. Else JPY_SESSION_NAME, which jupyter_server sets to the notebook's
+    path, but only when it names a notebook: a console's session is not one."""
+    chosen = environ.get("LINKKERNEL_NOTEBOOK")
+    if chosen:
+        return os.path.abspath(os.path.expanduser(chosen))
+    session = environ.get("JPY_SESSION_NAME")
+    if session and session.endswith(".ipynb"):
+        return os.path.abspath(session)
     return None
 
 
@@ -130,6 +160,7 @@ class Sources:
 
     _file_cells: list[Cell]
     _file_stamp: tuple[float, int] | None
+    _saved_at: float | None  # when the saved notebook was written, by this kernel's clock
 
     def __init__(self, notebook_path: str | None = None) -> None:
         self._executed: dict[str, Cell] = {}
@@ -137,6 +168,11 @@ class Sources:
         # that which still holds the cell wins: JupyterLab keeps a code cell's id through
         # cut and paste, so a moved cell is reported deleted.
         self._deleted: dict[str, float] = {}
+        # A frontend's cell id -> the saved cell's key, for ids the file does not hold (_foreign_id).
+        self._aliases: dict[str, str] = {}
+        # Every cell key a read of the saved notebook held: such a cell missing from a newer
+        # save was removed from the notebook, whether or not the frontend reported it.
+        self._saved_keys: set[str] = set()
         self._clock = 0.0
         self.notebook_path = notebook_path
 
@@ -148,9 +184,11 @@ class Sources:
     def notebook_path(self, path: str | None) -> None:
         # Cells executed for another notebook are not cells of this one.
         self._notebook_path = os.path.abspath(path) if path else None
-        self._file_cells, self._file_stamp = [], None
+        self._file_cells, self._file_stamp, self._saved_at = [], None, None
         self._executed.clear()
         self._deleted.clear()
+        self._aliases.clear()
+        self._saved_keys.clear()
 
     def looked_in(self) -> str:
         """Where declarations were searched, for the missing-parent message."""
@@ -168,7 +206,7 @@ class Sources:
         return self._clock
 
     def _read_file(self, strict: bool = True) -> list[Cell]:
-        """The saved notebook's code cells. Not `strict`: an unreadable file counts as no file,
+        """The saved notebook's cells. Not `strict`: an unreadable file counts as no file,
         so a plain cell still runs exactly as in ipykernel."""
         path = self._notebook_path
         if path is None:
@@ -176,7 +214,7 @@ class Sources:
         try:
             stat = os.stat(path)
         except OSError:
-            self._file_cells, self._file_stamp = [], None
+            self._file_cells, self._file_stamp, self._saved_at = [], None, None
             return []
         stamp = (stat.st_mtime, stat.st_size)
         if stamp != self._file_stamp:
@@ -191,22 +229,28 @@ class Sources:
                 if not strict:
                     return []
                 raise LinkError(f"cannot read the saved notebook {path}: {problem}")
+            # The file's date is the file server's clock: one running ahead must not make the
+            # save outrank cells executed after it was read.
+            saved = min(stat.st_mtime, time.time())
             cells = []
             for index, cell in enumerate(notebook.get("cells", [])):
-                if cell.get("cell_type") != "code":
-                    continue
                 cell_id = cell.get("id")
                 cells.append(
                     Cell(cell_id or f"index:{index}", cell_id, cell_source(cell),
-                         cell.get("metadata") or {}, index, stat.st_mtime)
+                         cell.get("metadata") or {}, index, saved, cell.get("cell_type") == "code")
                 )
-            self._file_cells, self._file_stamp = cells, stamp
+            self._file_cells, self._file_stamp, self._saved_at = cells, stamp, saved
+            self._saved_keys.update(cell.key for cell in cells)
+            for cell in cells:  # an id the file holds is that cell's own key from now on
+                self._aliases.pop(cell.cell_id, None)
         return self._file_cells
 
     def learn(self, code: str, request_meta: Mapping[str, Any] | None, cell_id: str | None) -> Component | None:
         """Record the executing cell and return its component, or None for a plain cell.
 
-        Raises DeclarationError (a LinkError) for a malformed declaration.
+        Raises DeclarationError (a LinkError) for a malformed declaration. The cell is
+        recorded first even then: it is the newest word on that cell, so a run that needs
+        it says what is wrong instead of using what the cell declared before.
         """
         request_meta = dict(request_meta or {})
         cell_id = cell_id or request_meta.get("cellId")
@@ -214,18 +258,19 @@ class Sources:
             self._deleted[deleted] = self._now()
             self._executed.pop(deleted, None)
         metadata = {k: v for k, v in request_meta.items() if k not in TRANSPORT_KEYS}
-        if cell_id is not None and parse_declaration(metadata, describe_cell(None, cell_id)) is None:
+        if cell_id is not None and not _declares(metadata):
             # A plain cell from JupyterLab: its id is its key in the file too, so the saved
             # notebook need not be read (plain cells cost what they cost in ipykernel).
-            self._deleted.pop(cell_id, None)
-            self._executed[cell_id] = Cell(cell_id, cell_id, code, metadata, None, self._now())
+            key = self._aliases.get(cell_id, cell_id)
+            self._deleted.pop(key, None)
+            self._executed[key] = Cell(key, cell_id, code, metadata, None, self._now())
             return None
         file_cells = self._read_file(strict=False)
         index = None
         if cell_id is not None:
             match = next((c for c in file_cells if c.cell_id == cell_id), None)
-            if match is None:  # e.g. VS Code's cell URIs: find the saved cell by its source
-                match = self._by_source(file_cells, code, unexecuted_only=True)
+            if match is None and _foreign_id(cell_id, file_cells):
+                match = self._foreign_match(file_cells, cell_id, code, metadata)
         else:
             match = self._by_source(file_cells, code, unexecuted_only=False)
             if match is not None and not metadata:
@@ -242,15 +287,38 @@ class Sources:
             return None
         return Component(decl, code, cell_id, index if index is not None else 10**6, metadata, index is not None)
 
+    def _foreign_match(self, cells: list[Cell], cell_id: str, code: str, metadata: Mapping[str, Any]) -> Cell | None:
+        """The saved cell a frontend's own cell id stands for (VS Code's cell URIs, JupyterLab's
+        ids for a notebook saved without them): the one this id was matched to before, else
+        the unexecuted cell with this code, else the unexecuted cell declaring the same
+        component (its code edited since the save). Remembered, so the next edit and run of
+        that cell is still that cell, not a second one declaring the same name."""
+        match = next((c for c in cells if c.key == self._aliases.get(cell_id)), None)
+        match = match or self._by_source(cells, code, unexecuted_only=True)
+        if match is None:
+            names = _claimed_names(metadata)
+            unexecuted = (c for c in cells if c.code and c.key not in self._executed)
+            match = next((c for c in unexecuted if names & _claimed_names(c.metadata)), None)
+        if match is not None:
+            self._aliases[cell_id] = match.key
+        return match
+
     def _by_source(self, cells: list[Cell], code: str, unexecuted_only: bool) -> Cell | None:
         """The saved cell with this code. Of several, the one run least recently (never run
         first, then notebook order): nbclient and papermill run cells top to bottom, so two
         components with the same code (the same step on two inputs) each get their turn."""
         wanted = code.rstrip()
-        matches = [c for c in cells if c.source.rstrip() == wanted]
+        matches = [c for c in cells if c.code and c.source.rstrip() == wanted]
         if unexecuted_only:
             return next((c for c in matches if c.key not in self._executed), None)
         return min(matches, key=lambda c: self._executed[c.key].at if c.key in self._executed else -1.0, default=None)
+
+    def _removed(self, cell: Cell) -> bool:
+        """Whether an executed cell the saved notebook lacks was removed from the notebook:
+        an earlier save held it and this one, written after its execution, does not (a
+        revert, a `git checkout`, a deletion VS Code never reports). A cell never saved is
+        only new, however new the save: it may have been made while the save was written."""
+        return self._saved_at is not None and cell.key in self._saved_keys and cell.at < self._saved_at
 
     def components(self) -> list[Component]:
         """Every validly declared component (what labels traceback frames)."""
@@ -268,10 +336,13 @@ class Sources:
             executed = self._executed.get(cell.key)
             newer = executed is not None and executed.at >= cell.at
             merged.append(replace(executed, index=cell.index) if newer else cell)  # the saved position names it
-        extra = sorted((c for k, c in self._executed.items() if k not in seen), key=lambda c: c.at)
+        unsaved = (c for k, c in self._executed.items() if k not in seen and not self._removed(c))
+        extra = sorted(unsaved, key=lambda c: c.at)
         base = len(file_cells)
         components, malformed = [], []
         for position, cell in enumerate(merged + extra):
+            if not cell.code:
+                continue
             index = cell.index
             try:
                 decl = parse_declaration(cell.metadata, describe_cell(index, cell.cell_id))

@@ -165,17 +165,6 @@ def test_run_refuses_an_output_folder_it_cannot_write_before_running(here: Path,
     assert sorted(p.name for p in here.iterdir()) == ["nb.ipynb"]
 
 
-def test_run_refuses_a_notebook_the_kernel_would_not_read_declarations_from(here: Path, capsys):
-    # the kernel takes LINKKERNEL_NOTEBOOK only when it ends in .ipynb: the components of
-    # `pipeline` ran as plain cells, uncached and sharing one namespace, and the run said ok
-    (here / "pipeline").write_text(json.dumps(NOTEBOOK))
-    assert refused(capsys, "run", "pipeline") == (
-        f"linkkernel run: {here / 'pipeline'}: its name does not end in .ipynb, so the Link Python kernel "
-        "would not read its components; rename it NAME.ipynb"
-    )
-    assert sorted(p.name for p in here.iterdir()) == ["nb.ipynb", "pipeline"]
-
-
 # ---------------------------------------------------------------- -o /dev/stdout
 
 
