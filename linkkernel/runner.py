@@ -38,7 +38,7 @@ from linkkernel.namespaces import (
 )
 from linkkernel.progress import Progress
 from linkkernel.sources import Sources, notebook_path_from_env
-from linkkernel.staleness import FRESH, RunRecord, code_hash, new_run_id
+from linkkernel.staleness import FRESH, RunRecord, code_hash, inherited, new_run_id
 from linkkernel.store import MEMORY_PREFIX, CacheStore, LostValue, freeze
 
 # Names IPython itself keeps in the user namespace; never outputs of a component.
@@ -225,14 +225,9 @@ class Runner:
 
     def _parent_namespaces(self, component: Component) -> tuple[dict[str, str], dict[str, str]]:
         """The recorded run of each parent, and the merge of their final namespaces (as
-        digests) in declaration order, later parents winning: what the component starts from."""
-        runs: dict[str, str] = {}
-        merged: dict[str, str] = {}
-        for parent in component.parents:
-            record = self.store.get(parent)
-            runs[parent] = record.run_id
-            merged.update(record.namespace)
-        return runs, merged
+        digests, staleness.inherited): what the component starts from."""
+        runs = {parent: self.store.get(parent).run_id for parent in component.parents}
+        return runs, inherited(component.parents, self.store.get)
 
     def _publish(self, outcome: RunOutcome) -> None:
         """Outputs into the notebook namespace; the record (failed ones too, for %link status) into the store."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -68,6 +68,53 @@ class RunRecord:
         if not well_formed:
             raise ValueError(f"malformed run record for {record.name!r}")
         return record
+
+
+def inherited(parents: Iterable[str], record_of: Callable[[str], RunRecord | None]) -> dict[str, str]:
+    """The namespace (name -> digest) a component with `parents` (in declared order) starts
+    from: the merge of their recorded final namespaces, a later parent winning a name clash.
+
+    A clash is two parents holding a name each bound or changed on its own line, as if every
+    ancestor had run in one namespace (SPEC §3). A parent that only passes on, unchanged, a
+    value an ancestor of the other parent's version made does not win: with `load -> features`
+    (adding a column to `table` in place) and `load -> stats` (reading it), a child of
+    `[features, stats]` sees the features. Where a record cannot show who made a value (an
+    ancestor's record missing or newer than the run that used it), the parent itself did.
+    """
+    made: dict[str, dict[str, tuple[str, str]]] = {}
+    lineage: dict[str, set[str]] = {}
+
+    def ancestors(name: str) -> set[str]:
+        if name not in lineage:
+            lineage[name] = set()
+            record = record_of(name)
+            for parent in record.parents if record is not None else ():
+                lineage[name] |= {parent, *ancestors(parent)}
+        return lineage[name]
+
+    def merge(runs: Mapping[str, str | None]) -> dict[str, tuple[str, str]]:
+        merged: dict[str, tuple[str, str]] = {}
+        for parent, run_id in runs.items():
+            record = record_of(parent)
+            if record is None or (run_id is not None and record.run_id != run_id):
+                continue
+            for name, (digest, maker) in made_by(parent).items():
+                held = merged.get(name)
+                if held is not None and held[0] != digest and maker in ancestors(held[1]):
+                    continue  # the earlier parent holds a later version of this value
+                merged[name] = (digest, maker)
+        return merged
+
+    def made_by(name: str) -> dict[str, tuple[str, str]]:
+        """name -> (digest, the component whose run made that value) for `name`'s final namespace."""
+        if name not in made:
+            made[name] = {}  # a cycle in hand-edited records ends here
+            record = record_of(name)
+            start = merge(record.parents)
+            made[name] = {n: start[n] if n in start and start[n][0] == d else (d, name) for n, d in record.namespace.items()}
+        return made[name]
+
+    return {name: digest for name, (digest, _) in merge(dict.fromkeys(parents)).items()}
 
 
 def _str_map(value: Any) -> bool:

@@ -1,0 +1,83 @@
+"""QA of component namespaces, outputs and the cache store (SPEC §3) with the values data
+scientists hold: several parents, in-place mutation, unpicklable objects, restarts, a cache
+folder that cannot be written.
+
+Each test drives a real Link Python kernel the way JupyterLab does; kernels are shared per module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine_support import Notebook, value
+from support import Kernel
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("qa-values")
+
+
+@pytest.fixture(scope="module")
+def link(link_kernelspec: str, home: Path):
+    k = Kernel(cwd=str(home), LINKKERNEL_CACHE=f"file://{home / 'cache'}")
+    yield k
+    k.shutdown()
+
+
+@pytest.fixture
+def nb(link: Kernel, home: Path, request: pytest.FixtureRequest) -> Notebook:
+    """A saved notebook of this test's own, made the kernel's notebook (and cache) for the test."""
+    return Notebook(link, home / f"{request.node.name}.ipynb")
+
+
+def restart(kernel: Kernel) -> None:
+    """Restart as JupyterLab does: a shutdown_request with restart=True, then a new process."""
+    kernel.manager.restart_kernel(now=False)
+    kernel.client.wait_for_ready(timeout=60)
+
+
+def test_a_parent_passing_a_value_on_unchanged_does_not_undo_a_sibling_parents_change(nb):
+    """load -> features (adds a column in place, rebinds a setting) and load -> stats (only
+    reads); a model with parents [features, stats] sees the features, as if load, features and
+    stats had run in one namespace: stats never bound `table` or `scale`, so there is no clash
+    for it to win. Where both parents bind a name, the later one still wins."""
+    nb.add("load", "table = {'price': [1, 2]}\nscale = 1\nlabel = 'load'")
+    nb.add("features", "table['double'] = [p * 2 for p in table['price']]\nscale = 10\nlabel = 'features'", "load")
+    nb.add("stats", "n = len(table['price'])\nlabel = 'stats'", "load")
+    nb.add("model", "seen = (sorted(table), scale, n, label)", "features", "stats")
+    nb.add("model_rev", "seen_rev = (sorted(table), scale, n, label)", "stats", "features")
+    nb.use()
+    assert nb.run("model").status == "ok"
+    assert value(nb.kernel, "seen") == (["double", "price"], 10, 2, "stats")
+    assert nb.run("model_rev").status == "ok"
+    assert value(nb.kernel, "seen_rev") == (["double", "price"], 10, 2, "features")
+    nb.runs()
+    restart(nb.kernel)  # the same merge from the records in the cache
+    nb.kernel.execute(f"%link notebook {nb.path}")
+    assert nb.run("model").status == "ok"
+    assert nb.runs() == ["model"]
+    assert value(nb.kernel, "seen") == (["double", "price"], 10, 2, "stats")
+
+
+def test_underscore_history_after_a_component_that_shows_a_value(nb):
+    """`_`, `__` and `___` are the last three outputs, as in ipykernel, also when the last
+    one came from a component cell."""
+    nb.add("shows", "'from component'", counted=False).use()
+    assert nb.kernel.execute("'first'").status == "ok"
+    assert nb.kernel.execute("'second'").status == "ok"
+    assert nb.run("shows").status == "ok"
+    assert value(nb.kernel, "(_, __, ___)") == ("from component", "second", "first")
+
+
+def test_several_unpicklable_outputs_give_one_warning_naming_them_all(nb):
+    nb.add("handles", "import threading\nlock = threading.Lock()\ngen = (i for i in range(3))\nok = 1").use()
+    result = nb.run("handles")
+    assert result.status == "ok"
+    warnings = [line for line in result.stderr.splitlines() if "cannot be serialised" in line]
+    assert warnings == [
+        "linkkernel: component 'handles': 'gen' (generator) and 'lock' (_thread.lock) cannot be serialised; "
+        "they are kept in memory only, so after a restart the component runs again"
+    ]
