@@ -44,6 +44,8 @@ from linkkernel.store import MEMORY_PREFIX, CacheStore, LostValue, freeze
 # Names IPython itself keeps in the user namespace; never outputs of a component.
 _IPYTHON_NAME = re.compile(r"_+|_\d+|_i+|_i\d+|_[ido]h|In|Out|get_ipython|exit|quit|__builtins__|__name__|__doc__|__package__|__loader__|__spec__\Z")
 _PRELUDE = ("In", "Out", "_ih", "_oh", "_dh", "get_ipython", "exit", "quit")
+# The run's own module attributes, which the notebook's module keeps its own of.
+_MODULE_NAMES = ("__builtins__", "__name__", "__doc__", "__package__", "__loader__", "__spec__")
 
 
 def is_ipython_name(name: str) -> bool:
@@ -289,8 +291,8 @@ class Runner:
                 else:
                     outputs.error(reply.get("ename", ""), reply.get("evalue", ""), reply.get("traceback", []))
                 outcome.reply = reply
-        if live is not None:  # `_`, `_i`, `_5`...: plain cells keep IPython's history names
-            shell.user_ns.update({n: ns[n] for n in ns if is_ipython_name(n) and not n.startswith("__")})
+        if live is not None:  # `_`, `__`, `_i`, `_5`...: plain cells keep IPython's history names
+            shell.user_ns.update({n: ns[n] for n in ns if is_ipython_name(n) and n not in _MODULE_NAMES})
         if record.ok:
             self._collect(outcome, inputs, merged, ns, {n: how for n, (_, how) in loaded.items()})
         return outcome
