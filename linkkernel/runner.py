@@ -314,6 +314,7 @@ class Runner:
         namespace = dict(merged)
         blobs: dict[str, Blob] = {}
         memory: dict[str, Any] = {}
+        kept_in_memory: list[UnpicklableValue] = []
         # Inputs kept in memory only cannot be pickled, nor referred to: not tried again.
         kept = {n for n, d in merged.items() if d.startswith(MEMORY_PREFIX) and n in final and final[n] is inputs[n]}
         with pickling_names({n: v for n, v in final.items() if n not in ignore and n not in kept}, unchanged) as names:
@@ -326,6 +327,7 @@ class Runner:
                     blob = freeze(dump(name, value))
                 except UnpicklableValue as exc:
                     self._keep_in_memory(outcome, exc, value, namespace, memory)
+                    kept_in_memory.append(exc)
                 else:
                     blobs[blob.digest] = blob
                     namespace[name] = blob.digest
@@ -350,9 +352,12 @@ class Runner:
             values.update({n: value_of(n) for n in copies})
         for name, exc in unrebuilt.items():  # it pickles but cannot be rebuilt: as good as unpicklable
             blob_digest = namespace[name]
-            self._keep_in_memory(outcome, UnpicklableValue(name, final[name], exc), final[name], namespace, memory)
+            kept_in_memory.append(UnpicklableValue(name, final[name], exc))
+            self._keep_in_memory(outcome, kept_in_memory[-1], final[name], namespace, memory)
             if blob_digest not in namespace.values():
                 del blobs[blob_digest]
+        if kept_in_memory:
+            outcome.warnings.append(_memory_only_warning(outcome.record.name, kept_in_memory))
         outcome.record.namespace = namespace
         outcome.values = values
         outcome.deleted = found.deleted
@@ -361,15 +366,11 @@ class Runner:
 
     @staticmethod
     def _keep_in_memory(outcome: RunOutcome, exc: UnpicklableValue, value: Any, namespace: dict, memory: dict) -> None:
-        """An output that cannot be serialised: this process's memory only, with the warning."""
+        """An output that cannot be serialised: this process's memory only (the caller warns)."""
         digest = f"{MEMORY_PREFIX}{outcome.record.run_id}:{exc.name}"
         memory[digest] = value
         namespace[exc.name] = digest
         outcome.record.memory_only.append(exc.name)
-        outcome.warnings.append(
-            f"linkkernel: component {outcome.record.name!r}: {exc.name!r} ({exc.type_name}) cannot be "
-            "serialised; it is kept in memory only, so after a restart the component runs again"
-        )
 
     def _load(self, component: str, role: str, name: str, digest: str, namespace: dict) -> tuple[Any, Loaded | None]:
         """A cached value for `namespace`. One that its own code cannot rebuild is lost, so
@@ -569,6 +570,18 @@ def _with_ancestors(graph, targets: Collection[str]) -> list[str]:
     for target in targets:
         needed |= nx.ancestors(graph, target)
     return run_order(graph, needed)
+
+
+def _memory_only_warning(component: str, kept: list[UnpicklableValue]) -> str:
+    """One line for all of a run's outputs kept in memory only, named with their types: a
+    component holding a client, a lock and a file handle is one warning, not three."""
+    names = [f"{exc.name!r} ({exc.type_name})" for exc in sorted(kept, key=lambda exc: exc.name)]
+    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    held = "it is" if len(names) == 1 else "they are"
+    return (
+        f"linkkernel: component {component!r}: {listed} cannot be serialised; "
+        f"{held} kept in memory only, so after a restart the component runs again"
+    )
 
 
 def _interrupt_error(text: str) -> dict[str, Any]:
