@@ -240,6 +240,9 @@ class Runner:
             for name in outcome.deleted:
                 user_ns.pop(name, None)
         self.store.put(outcome.record, outcome.blobs, outcome.memory)
+        trouble = self.store.write_trouble()
+        if trouble is not None:
+            outcome.warnings.append(trouble)
 
     async def _run_local(self, component: Component, merged: dict[str, str], record: RunRecord, live) -> RunOutcome:
         shell = self.shell

@@ -81,3 +81,25 @@ def test_several_unpicklable_outputs_give_one_warning_naming_them_all(nb):
         "linkkernel: component 'handles': 'gen' (generator) and 'lock' (_thread.lock) cannot be serialised; "
         "they are kept in memory only, so after a restart the component runs again"
     ]
+
+
+def test_a_cache_folder_that_cannot_be_written_is_said_once_in_the_cell(link_kernelspec, home: Path):
+    """Results that never reach the store are re-run after every restart; the user is told
+    why, once, in the cell whose results are not kept, instead of only in the server log."""
+    blocker = home / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    k = Kernel(cwd=str(home), LINKKERNEL_CACHE=str(blocker / "cache"))
+    try:
+        nb = Notebook(k, home / "unwritable.ipynb")
+        nb.add("first", "x = 1").add("second", "y = x + 1", "first").use()
+        result = nb.run("second")
+        assert result.status == "ok" and value(k, "y") == 2
+        line = f"linkkernel: cannot write the component cache at {blocker / 'cache'}/unwritable-"
+        assert result.stderr.count(line) == 1, result.stderr
+        assert "Not a directory" in result.stderr
+        assert "results are kept in memory only, so after a restart their components run again" in result.stderr
+        again = nb.run("second")
+        assert again.status == "ok" and "cannot write" not in again.stderr
+        assert nb.runs() == ["first", "second", "second"]
+    finally:
+        k.shutdown()
