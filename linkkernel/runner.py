@@ -30,6 +30,7 @@ from linkkernel.namespaces import (
     UnpicklableValue,
     changes,
     classes_put_back,
+    digests_as_loaded,
     dump,
     loading_together,
     pickling_names,
@@ -266,6 +267,8 @@ class Runner:
             with loading_together(merged, load_input) as value_of:
                 inputs = {name: value_of(name) for name in merged}
             ns.update(inputs)
+            # what the inputs pickle to as loaded: the sets among them, in their new order
+            as_loaded = {**merged, **digests_as_loaded(inputs, {n: how.blob for n, (_, how) in loaded.items() if how is not None})}
             if live is None:
                 with capture.captured(shell) as outputs, shell.collect_errors() as errors:
                     result = await _run_silently(shell, component.source)
@@ -297,15 +300,17 @@ class Runner:
         if live is not None:  # `_`, `__`, `_i`, `_5`...: plain cells keep IPython's history names
             shell.user_ns.update({n: ns[n] for n in ns if is_ipython_name(n) and n not in _MODULE_NAMES})
         if record.ok:
-            self._collect(outcome, inputs, merged, ns, {n: how for n, (_, how) in loaded.items()})
+            self._collect(outcome, inputs, merged, as_loaded, ns, {n: how for n, (_, how) in loaded.items()})
         return outcome
 
-    def _collect(self, outcome: RunOutcome, inputs: dict, merged: dict[str, str], final: dict, loaded: dict) -> None:
+    def _collect(
+        self, outcome: RunOutcome, inputs: dict, merged: dict[str, str], as_loaded: dict[str, str], final: dict, loaded: dict
+    ) -> None:
         """Work out the run's outputs and its final namespace as digests; pickle synchronously.
 
         An input proven untouched (copy-on-write pages never written) or kept in memory only
-        gets no digest, which `changes` reads as "unchanged while it keeps its identity".
-        The final namespace is pickled as one (namespaces.pickling_names), so names holding
+        gets no digest, which `changes` reads as "unchanged while it keeps its identity";
+        the others are compared with what they pickled to as loaded (`as_loaded`). The final namespace is pickled as one (namespaces.pickling_names), so names holding
         the same object still do in children.
         """
         ignore = [n for n in final if is_ipython_name(n)]
@@ -321,7 +326,7 @@ class Runner:
         # Inputs kept in memory only cannot be pickled, nor referred to: not tried again.
         kept = {n for n, d in merged.items() if d.startswith(MEMORY_PREFIX) and n in final and final[n] is inputs[n]}
         with pickling_names({n: v for n, v in final.items() if n not in ignore and n not in kept}, unchanged) as names:
-            check = {n: None if d.startswith(MEMORY_PREFIX) or n in names.proven else d for n, d in merged.items()}
+            check = {n: None if d.startswith(MEMORY_PREFIX) or n in names.proven else as_loaded[n] for n, d in merged.items()}
             found = changes(inputs, check, final, ignore=ignore)
             values = {n: final[n] for n in found.bound}
             for name in found.bound:

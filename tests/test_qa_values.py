@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from engine_support import Notebook, value
+from remote_support import WorkerProcess, make_key
 from support import Kernel
 
 
@@ -25,6 +26,18 @@ def link(link_kernelspec: str, home: Path):
     k = Kernel(cwd=str(home), LINKKERNEL_CACHE=f"file://{home / 'cache'}")
     yield k
     k.shutdown()
+
+
+@pytest.fixture(scope="module")
+def worker(home: Path):
+    """A real worker on loopback, registered as `qv`: a remote run compares values as a local one does."""
+    from linkkernel.remote import registry
+
+    key_file = make_key(home / "key")
+    w = WorkerProcess(str(home / "worker-store"), key_file, home)
+    registry.add("qv", w.address, str(home / "worker-store"), str(key_file))
+    yield w
+    w.stop()
 
 
 @pytest.fixture
@@ -103,3 +116,32 @@ def test_a_cache_folder_that_cannot_be_written_is_said_once_in_the_cell(link_ker
         assert nb.runs() == ["first", "second", "second"]
     finally:
         k.shutdown()
+
+
+def test_a_set_a_child_only_reads_is_not_its_output(nb):
+    """A set of strings (a vocabulary, stop words) iterates in another order once rebuilt from
+    the cache, so it pickles differently; a child that only reads it must not take it for its
+    own output: the notebook's value stays, and a sibling parent's change to it is not undone."""
+    nb.add("vocab", "words = set(str(i) for i in range(1000))\nfor i in range(990):\n    words.discard(str(i))\n"
+                    "held = {'stop': {'a', 'the', 'of', 'x1', 'x2'}}")
+    nb.add("reads", "n = len(words) + len(held['stop'])", "vocab")
+    nb.add("adds", "words.add('new')", "vocab")
+    nb.add("both", "has_new = 'new' in words", "adds", "reads")
+    nb.use()
+    assert nb.run("vocab").status == "ok"
+    nb.kernel.execute("words = 'changed in the notebook'")
+    assert nb.run("reads").status == "ok"
+    assert value(nb.kernel, "words") == "changed in the notebook"
+    assert nb.run("both").status == "ok"
+    assert value(nb.kernel, "has_new") is True
+
+
+def test_a_set_a_remote_child_only_reads_is_not_its_output(nb, worker):
+    nb.add("vocab_far", "words_far = set(str(i) for i in range(100))\nfor i in range(50):\n    words_far.discard(str(i))")
+    nb.add("reads_far", "m = len(words_far)", "vocab_far", remote="qv")
+    nb.use()
+    assert nb.run("vocab_far").status == "ok"
+    nb.kernel.execute("words_far = 'changed in the notebook'")
+    result = nb.run("reads_far")
+    assert result.status == "ok", result.traceback_text
+    assert value(nb.kernel, "(m, words_far)") == (50, "changed in the notebook")
