@@ -97,6 +97,9 @@ class Runner:
         # Runs whose outputs are in the notebook namespace: those of this process, and
         # cached ones published by `publish_cached`.
         self._published: set[str] = set()
+        # Values (by digest) that pickled but could not be rebuilt when a child loaded them:
+        # made again, each is tried once, and kept in memory only if it fails again.
+        self._unrebuilt: set[str] = set()
 
     # ---- declarations and graph -------------------------------------------------------
 
@@ -164,6 +167,8 @@ class Runner:
                 if exc.digest in lost:
                     raise
                 lost.add(exc.digest)
+                if isinstance(exc, UnrebuiltValue):
+                    self._unrebuilt.add(exc.digest)
                 self.store.lose(exc.digest)
                 print(f"linkkernel: {exc}; running the components that made it again", file=sys.stderr)
 
@@ -345,19 +350,23 @@ class Runner:
         # loads read the child's, while the live ones read the run's. Outputs holding such
         # functions are published as copies, loaded together with the other outputs.
         copies = {n for n in found.bound if namespace[n] in blobs and reads_notebook_globals(blobs[namespace[n]])}
+        # Made again after a child failed to rebuild it: tried here, where the live value still is.
+        suspects = {n for n in found.bound if namespace[n] in blobs and namespace[n] in self._unrebuilt} - copies
         unrebuilt: dict[str, Exception] = {}
 
         def publishable(name: str) -> Any:
-            if name not in copies:
+            if name not in copies and name not in suspects:
                 return final[name]
             try:
-                return Loaded(blobs[namespace[name]], self.shell.user_ns).value
+                copy = Loaded(blobs[namespace[name]], self.shell.user_ns).value
             except Exception as exc:  # unpickling runs the value's own code (a __setstate__ that raises)
                 unrebuilt[name] = exc
                 return final[name]
+            self._unrebuilt.discard(namespace[name])
+            return copy if name in copies else final[name]
 
         with loading_together({n: namespace[n] for n in found.bound}, publishable) as value_of:
-            values.update({n: value_of(n) for n in copies})
+            values.update({n: value_of(n) for n in copies | suspects})
         for name, exc in unrebuilt.items():  # it pickles but cannot be rebuilt: as good as unpicklable
             blob_digest = namespace[name]
             kept_in_memory.append(UnpicklableValue(name, final[name], exc))
@@ -384,13 +393,14 @@ class Runner:
         """A cached value for `namespace`. One that its own code cannot rebuild is lost, so
         the components that made it run again: after a restart, a fresh parent that put a
         module on `sys.path` did not run, and its functions cannot be imported until it does.
-        Lost again (a `__setstate__` that always raises), it is one line naming it."""
+        Made again and still not rebuilt, it is kept in memory only (`_collect`); lost
+        again all the same, it is one line naming it."""
         try:
             return self.store.load(digest, namespace)
         except LinkError:
             raise
         except Exception as exc:  # unpickling runs the value's own code
-            raise LostValue(
+            raise UnrebuiltValue(
                 digest, f"component {component!r}: its {role} {name!r} cannot be rebuilt from the cache: {type(exc).__name__}: {exc}"
             ) from None
 
@@ -594,6 +604,13 @@ def _memory_only_warning(component: str, kept: list[UnpicklableValue]) -> str:
 
 def _interrupt_error(text: str) -> dict[str, Any]:
     return {"ename": "KeyboardInterrupt", "evalue": "", "traceback": [f"\x1b[0;31mKeyboardInterrupt\x1b[0m: {text}"]}
+
+
+class UnrebuiltValue(LostValue):
+    """A cached value whose own code failed to rebuild it (a `__getattr__` that recurses
+    before `__setstate__` is found, a module not importable yet): its component runs again,
+    and if the value it makes again fails too, it is kept in memory only, as one that does
+    not pickle."""
 
 
 class ComponentFailed(Exception):

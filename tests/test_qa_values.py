@@ -145,3 +145,27 @@ def test_a_set_a_remote_child_only_reads_is_not_its_output(nb, worker):
     result = nb.run("reads_far")
     assert result.status == "ok", result.traceback_text
     assert value(nb.kernel, "(m, words_far)") == (50, "changed in the notebook")
+
+
+def test_a_value_that_pickles_but_cannot_be_rebuilt_is_kept_in_memory(nb, home: Path):
+    """The classic delegating wrapper (`__getattr__` reading `self._inner`) pickles, but
+    unpickling it recurses forever. Its class comes from a module, so nothing notices until a
+    child loads it; then its parent runs again, and the value it makes again is kept in
+    memory only, with the warning, instead of the child never being able to run."""
+    (home / "wrapping.py").write_text(
+        "class Wrapper:\n"
+        "    def __init__(self, inner):\n        self._inner = inner\n"
+        "    def __getattr__(self, name):\n        return getattr(self._inner, name)\n"
+    )
+    nb.add("wraps", f"import sys\nsys.path.insert(0, {str(home)!r})\nfrom wrapping import Wrapper\nw = Wrapper([3, 1, 3])\nother = 5")
+    nb.add("uses", "print(w.count(3), other)", "wraps")
+    nb.use()
+    result = nb.run("uses")
+    assert result.status == "ok", result.traceback_text
+    assert result.stdout == "2 5\n"
+    assert "its input 'w' cannot be rebuilt from the cache: RecursionError" in result.stderr
+    assert "'w' (wrapping.Wrapper) cannot be serialised; it is kept in memory only" in result.stderr
+    assert nb.runs() == ["wraps", "wraps", "uses"]
+    again = nb.run("uses")
+    assert again.status == "ok" and again.stderr == ""
+    assert nb.runs() == ["uses"]
