@@ -390,10 +390,11 @@ def pickling_names(values: Mapping[str, Any], known: Callable[[str], Blob | None
         _pickling_names.reset(token)
 
 
-# Opcodes that build a set or a frozenset. A set pickles in its iteration order, which hangs
-# on its table's history: one rebuilt from a pickle usually iterates in another order, so
-# re-pickled untouched it gives another stream.
-_SET_OPCODES = (pickle.EMPTY_SET, pickle.FROZENSET)
+# How a non-empty set (EMPTY_SET, MEMOIZE, MARK) or a frozenset (FROZENSET, MEMOIZE) starts or
+# ends in a stream. A set pickles in its iteration order, which hangs on its table's history:
+# one rebuilt from a pickle usually iterates in another order, so re-pickled untouched it
+# gives another stream. (The same bytes inside other data only cost a needless re-pickle.)
+_SET_OPCODES = (pickle.EMPTY_SET + pickle.MEMOIZE + pickle.MARK, pickle.FROZENSET + pickle.MEMOIZE)
 
 
 def digests_as_loaded(values: Mapping[str, Any], blobs: Mapping[str, Blob]) -> dict[str, str]:
