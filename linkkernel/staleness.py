@@ -74,14 +74,17 @@ def inherited(parents: Iterable[str], record_of: Callable[[str], RunRecord | Non
     """The namespace (name -> digest) a component with `parents` (in declared order) starts
     from: the merge of their recorded final namespaces, a later parent winning a name clash.
 
-    A clash is two parents holding a name each bound or changed on its own line, as if every
-    ancestor had run in one namespace (SPEC §3). A parent that only passes on, unchanged, a
-    value an ancestor of the other parent's version made does not win: with `load -> features`
-    (adding a column to `table` in place) and `load -> stats` (reading it), a child of
-    `[features, stats]` sees the features. Where a record cannot show who made a value (an
-    ancestor's record missing or newer than the run that used it), the parent itself did.
+    A clash is two parents holding a name each bound, changed or deleted on its own line, as
+    if every ancestor had run in one namespace (SPEC §3). A parent that only passes on,
+    unchanged, a value an ancestor of the other parent's version made does not win: with
+    `load -> features` (adding a column to `table` in place, deleting `raw`) and `load ->
+    stats` (reading both), a child of `[features, stats]` sees the features and no `raw`. A
+    deletion removes only the value it deleted (or an older one), never another line's.
+    Where a record cannot show who made a value (an ancestor's record missing or newer than
+    the run that used it), the parent itself did.
     """
-    made: dict[str, dict[str, tuple[str, str]]] = {}
+    # name -> (digest, or None for a deletion; the component whose run made that change)
+    made: dict[str, dict[str, tuple[str | None, str]]] = {}
     lineage: dict[str, set[str]] = {}
 
     def ancestors(name: str) -> set[str]:
@@ -92,29 +95,34 @@ def inherited(parents: Iterable[str], record_of: Callable[[str], RunRecord | Non
                 lineage[name] |= {parent, *ancestors(parent)}
         return lineage[name]
 
-    def merge(runs: Mapping[str, str | None]) -> dict[str, tuple[str, str]]:
-        merged: dict[str, tuple[str, str]] = {}
+    def merge(runs: Mapping[str, str | None]) -> dict[str, tuple[str | None, str]]:
+        merged: dict[str, tuple[str | None, str]] = {}
         for parent, run_id in runs.items():
             record = record_of(parent)
             if record is None or (run_id is not None and record.run_id != run_id):
                 continue
             for name, (digest, maker) in made_by(parent).items():
                 held = merged.get(name)
-                if held is not None and held[0] != digest and maker in ancestors(held[1]):
-                    continue  # the earlier parent holds a later version of this value
+                if held is not None and held[0] != digest:
+                    if maker in ancestors(held[1]):
+                        continue  # the earlier parent holds a later change of this value
+                    if digest is None and held[0] is not None and held[1] not in ancestors(maker):
+                        continue  # a deletion of another line's value: that value stays
                 merged[name] = (digest, maker)
         return merged
 
-    def made_by(name: str) -> dict[str, tuple[str, str]]:
-        """name -> (digest, the component whose run made that value) for `name`'s final namespace."""
+    def made_by(name: str) -> dict[str, tuple[str | None, str]]:
+        """The change behind each name of `name`'s final namespace, and each it deleted."""
         if name not in made:
             made[name] = {}  # a cycle in hand-edited records ends here
             record = record_of(name)
             start = merge(record.parents)
-            made[name] = {n: start[n] if n in start and start[n][0] == d else (d, name) for n, d in record.namespace.items()}
+            ours = {n: start[n] if n in start and start[n][0] == d else (d, name) for n, d in record.namespace.items()}
+            ours.update({n: held if held[0] is None else (None, name) for n, held in start.items() if n not in ours})
+            made[name] = ours
         return made[name]
 
-    return {name: digest for name, (digest, _) in merge(dict.fromkeys(parents)).items()}
+    return {name: digest for name, (digest, _) in merge(dict.fromkeys(parents)).items() if digest is not None}
 
 
 def _str_map(value: Any) -> bool:

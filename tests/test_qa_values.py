@@ -57,22 +57,26 @@ def test_a_parent_passing_a_value_on_unchanged_does_not_undo_a_sibling_parents_c
     reads); a model with parents [features, stats] sees the features, as if load, features and
     stats had run in one namespace: stats never bound `table` or `scale`, so there is no clash
     for it to win. Where both parents bind a name, the later one still wins."""
-    nb.add("load", "table = {'price': [1, 2]}\nscale = 1\nlabel = 'load'")
-    nb.add("features", "table['double'] = [p * 2 for p in table['price']]\nscale = 10\nlabel = 'features'", "load")
-    nb.add("stats", "n = len(table['price'])\nlabel = 'stats'", "load")
-    nb.add("model", "seen = (sorted(table), scale, n, label)", "features", "stats")
-    nb.add("model_rev", "seen_rev = (sorted(table), scale, n, label)", "stats", "features")
+    nb.add("load", "table = {'price': [1, 2]}\nscale = 1\nlabel = 'load'\nraw = 'big'\ntmp = 'load'")
+    nb.add("features", "table['double'] = [p * 2 for p in table['price']]\nscale = 10\nlabel = 'features'\n"
+                       "del raw\ntmp = 'features'", "load")
+    nb.add("stats", "n = len(table['price']) + len(raw)\nlabel = 'stats'\ndel tmp", "load")
+    seen = "(sorted(table), scale, n, label, 'raw' in dir(), tmp)"
+    nb.add("model", f"seen = {seen}", "features", "stats")
+    nb.add("model_rev", f"seen_rev = {seen}", "stats", "features")
     nb.use()
+    # stats deleted load's tmp, not the one features made: that one stays
+    expected = (["double", "price"], 10, 5, "stats", False, "features")
     assert nb.run("model").status == "ok"
-    assert value(nb.kernel, "seen") == (["double", "price"], 10, 2, "stats")
+    assert value(nb.kernel, "seen") == expected
     assert nb.run("model_rev").status == "ok"
-    assert value(nb.kernel, "seen_rev") == (["double", "price"], 10, 2, "features")
+    assert value(nb.kernel, "seen_rev") == (*expected[:3], "features", *expected[4:])
     nb.runs()
     restart(nb.kernel)  # the same merge from the records in the cache
     nb.kernel.execute(f"%link notebook {nb.path}")
     assert nb.run("model").status == "ok"
     assert nb.runs() == ["model"]
-    assert value(nb.kernel, "seen") == (["double", "price"], 10, 2, "stats")
+    assert value(nb.kernel, "seen") == expected
 
 
 def test_underscore_history_after_a_component_that_shows_a_value(nb):
