@@ -181,3 +181,25 @@ def test_a_value_that_pickles_but_cannot_be_rebuilt_is_kept_in_memory(nb, home: 
     again = nb.run("uses")
     assert again.status == "ok" and again.stderr == ""
     assert nb.runs() == ["uses"]
+
+
+def test_merging_parents_whose_lineage_the_records_cannot_show_lets_the_later_parent_win():
+    """Pure: an ancestor's record missing (a partial cache import) or newer than the run that
+    used it means the parent's values count as its own, and the declared order decides."""
+    from linkkernel.staleness import RunRecord, inherited
+
+    def record(name: str, parents: dict[str, str], namespace: dict[str, str]) -> RunRecord:
+        return RunRecord(name, f"run-{name}", "code", parents, "ok", 0.0, 0.0, namespace=namespace)
+
+    records = {
+        "load": record("load", {}, {"t": "t0"}),
+        "features": record("features", {"load": "run-load"}, {"t": "t1"}),
+        "stats": record("stats", {"load": "run-load"}, {"t": "t0"}),
+    }
+    assert inherited(["features", "stats"], records.get) == {"t": "t1"}
+    assert inherited(["stats", "features"], records.get) == {"t": "t1"}
+    records["stats"] = record("stats", {"load": "an-older-run"}, {"t": "t0"})
+    assert inherited(["features", "stats"], records.get) == {"t": "t0"}
+    del records["load"]
+    records["stats"] = record("stats", {"load": "run-load"}, {"t": "t0"})
+    assert inherited(["features", "stats"], records.get) == {"t": "t0"}
