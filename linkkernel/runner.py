@@ -315,8 +315,9 @@ class Runner:
 
         An input proven untouched (copy-on-write pages never written) or kept in memory only
         gets no digest, which `changes` reads as "unchanged while it keeps its identity";
-        the others are compared with what they pickled to as loaded (`as_loaded`). The final namespace is pickled as one (namespaces.pickling_names), so names holding
-        the same object still do in children.
+        the others are compared with what they pickled to as loaded (`as_loaded`). The final
+        namespace is pickled as one (namespaces.pickling_names), so names holding the same
+        object still do in children.
         """
         ignore = [n for n in final if is_ipython_name(n)]
 
