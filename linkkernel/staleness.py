@@ -62,7 +62,7 @@ class RunRecord:
             all(isinstance(text, str) for text in texts)
             and isinstance(record.started, (int, float)) and isinstance(record.duration, (int, float))
             and _str_map(record.parents) and _str_map(record.namespace)
-            and isinstance(record.outputs, list) and all(isinstance(o, dict) for o in record.outputs)
+            and isinstance(record.outputs, list) and all(_output(o) for o in record.outputs)
             and isinstance(record.memory_only, list) and all(isinstance(n, str) for n in record.memory_only)
         )
         if not well_formed:
@@ -123,6 +123,25 @@ def inherited(parents: Iterable[str], record_of: Callable[[str], RunRecord | Non
         return made[name]
 
     return {name: digest for name, (digest, _) in merge(dict.fromkeys(parents)).items() if digest is not None}
+
+
+def _output(value: Any) -> bool:
+    """Whether `value` is a captured output in the shape `%link outputs` and `linkkernel run`
+    show (nbformat's), so that a hand-edited record means "run again", not an error later."""
+    if not isinstance(value, dict):
+        return False
+    kind = value.get("output_type")
+    if kind == "stream":
+        return value.get("name") in ("stdout", "stderr") and isinstance(value.get("text"), str)
+    if kind in ("display_data", "execute_result"):
+        return isinstance(value.get("data"), dict) and isinstance(value.get("metadata", {}), dict)
+    if kind == "error":
+        traceback = value.get("traceback")
+        return (
+            isinstance(value.get("ename"), str) and isinstance(value.get("evalue"), str)
+            and isinstance(traceback, list) and all(isinstance(line, str) for line in traceback)
+        )
+    return False
 
 
 def _str_map(value: Any) -> bool:

@@ -203,3 +203,25 @@ def test_merging_parents_whose_lineage_the_records_cannot_show_lets_the_later_pa
     del records["load"]
     records["stats"] = record("stats", {"load": "run-load"}, {"t": "t0"})
     assert inherited(["features", "stats"], records.get) == {"t": "t0"}
+
+
+def test_a_record_with_outputs_in_no_known_shape_means_run_again(nb, home: Path):
+    """A record edited by hand, or imported with --trust from someone's damaged archive, whose
+    captured outputs are not nbformat's: its component runs again, instead of `%link outputs`
+    failing as a bug in linkkernel."""
+    import json
+
+    nb.add("shown", "print('shown once')", counted=True).use()
+    assert nb.run("shown").status == "ok"
+    restart(nb.kernel)  # the record is on disk
+    record_file = next((home / "cache").glob("*/records/shown.json"))
+    record = json.loads(record_file.read_text())
+    record["outputs"] = [{"output_type": "stream"}, {"no": "type"}]
+    record_file.write_text(json.dumps(record))
+    restart(nb.kernel)
+    nb.kernel.execute(f"%link notebook {nb.path}")
+    shown = nb.kernel.execute("%link outputs shown")
+    assert shown.status == "error"
+    assert shown.reply["content"]["evalue"] == "%link outputs: component 'shown' has no stored outputs (it has not run)"
+    assert nb.run("shown").stdout == "shown once\n"
+    assert nb.runs() == ["shown", "shown"]
