@@ -37,6 +37,7 @@ def worker(home: Path):
     w = WorkerProcess(str(home / "worker-store"), key_file, home)
     registry.add("qv", w.address, str(home / "worker-store"), str(key_file))
     yield w
+    registry.remove("qv")
     w.stop()
 
 
