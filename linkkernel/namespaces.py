@@ -390,6 +390,25 @@ def pickling_names(values: Mapping[str, Any], known: Callable[[str], Blob | None
         _pickling_names.reset(token)
 
 
+# How a non-empty set (EMPTY_SET, MEMOIZE, MARK) or a frozenset (FROZENSET, MEMOIZE) starts or
+# ends in a stream. A set pickles in its iteration order, which hangs on its table's history:
+# one rebuilt from a pickle usually iterates in another order, so re-pickled untouched it
+# gives another stream. (The same bytes inside other data only cost a needless re-pickle.)
+_SET_OPCODES = (pickle.EMPTY_SET + pickle.MEMOIZE + pickle.MARK, pickle.FROZENSET + pickle.MEMOIZE)
+
+
+def digests_as_loaded(values: Mapping[str, Any], blobs: Mapping[str, Blob]) -> dict[str, str]:
+    """For the loaded `values` whose blob (in `blobs`, by name) holds a set, the digest they
+    pickle to now, before the run touches them: what a run's final namespace is compared
+    with (`changes`), so a set of strings the run only read is not taken for one it changed.
+    Other names keep their blob's digest; a value that no longer pickles is left out."""
+    unsettled = {n for n, blob in blobs.items() if any(op in blob.stream for op in _SET_OPCODES)}
+    if not unsettled:
+        return {}
+    with pickling_names({n: values[n] for n in blobs}, lambda n: None if n in unsettled else blobs[n]) as names:
+        return {n: names.blobs[n].digest for n in unsettled if n in names.blobs}
+
+
 class _Group:
     """Names loaded together (a run's inputs, outputs published together): a reference to
     one of them with the same digest is that very object."""

@@ -30,6 +30,7 @@ from linkkernel.namespaces import (
     UnpicklableValue,
     changes,
     classes_put_back,
+    digests_as_loaded,
     dump,
     loading_together,
     pickling_names,
@@ -38,12 +39,14 @@ from linkkernel.namespaces import (
 )
 from linkkernel.progress import Progress
 from linkkernel.sources import Sources, notebook_path_from_env
-from linkkernel.staleness import FRESH, RunRecord, code_hash, new_run_id
+from linkkernel.staleness import FRESH, RunRecord, code_hash, inherited, new_run_id
 from linkkernel.store import MEMORY_PREFIX, CacheStore, LostValue, freeze
 
 # Names IPython itself keeps in the user namespace; never outputs of a component.
 _IPYTHON_NAME = re.compile(r"_+|_\d+|_i+|_i\d+|_[ido]h|In|Out|get_ipython|exit|quit|__builtins__|__name__|__doc__|__package__|__loader__|__spec__\Z")
 _PRELUDE = ("In", "Out", "_ih", "_oh", "_dh", "get_ipython", "exit", "quit")
+# The run's own module attributes, which the notebook's module keeps its own of.
+_MODULE_NAMES = ("__builtins__", "__name__", "__doc__", "__package__", "__loader__", "__spec__")
 
 
 def is_ipython_name(name: str) -> bool:
@@ -94,6 +97,9 @@ class Runner:
         # Runs whose outputs are in the notebook namespace: those of this process, and
         # cached ones published by `publish_cached`.
         self._published: set[str] = set()
+        # Values (by digest) that pickled but could not be rebuilt when a child loaded them:
+        # made again, each is tried once, and kept in memory only if it fails again.
+        self._unrebuilt: set[str] = set()
 
     # ---- declarations and graph -------------------------------------------------------
 
@@ -161,6 +167,8 @@ class Runner:
                 if exc.digest in lost:
                     raise
                 lost.add(exc.digest)
+                if isinstance(exc, UnrebuiltValue):
+                    self._unrebuilt.add(exc.digest)
                 self.store.lose(exc.digest)
                 print(f"linkkernel: {exc}; running the components that made it again", file=sys.stderr)
 
@@ -225,14 +233,9 @@ class Runner:
 
     def _parent_namespaces(self, component: Component) -> tuple[dict[str, str], dict[str, str]]:
         """The recorded run of each parent, and the merge of their final namespaces (as
-        digests) in declaration order, later parents winning: what the component starts from."""
-        runs: dict[str, str] = {}
-        merged: dict[str, str] = {}
-        for parent in component.parents:
-            record = self.store.get(parent)
-            runs[parent] = record.run_id
-            merged.update(record.namespace)
-        return runs, merged
+        digests, staleness.inherited): what the component starts from."""
+        runs = {parent: self.store.get(parent).run_id for parent in component.parents}
+        return runs, inherited(component.parents, self.store.get)
 
     def _publish(self, outcome: RunOutcome) -> None:
         """Outputs into the notebook namespace; the record (failed ones too, for %link status) into the store."""
@@ -243,6 +246,9 @@ class Runner:
             for name in outcome.deleted:
                 user_ns.pop(name, None)
         self.store.put(outcome.record, outcome.blobs, outcome.memory)
+        trouble = self.store.write_trouble()
+        if trouble is not None:
+            outcome.warnings.append(trouble)
 
     async def _run_local(self, component: Component, merged: dict[str, str], record: RunRecord, live) -> RunOutcome:
         shell = self.shell
@@ -266,6 +272,8 @@ class Runner:
             with loading_together(merged, load_input) as value_of:
                 inputs = {name: value_of(name) for name in merged}
             ns.update(inputs)
+            # what the inputs pickle to as loaded: the sets among them, in their new order
+            as_loaded = {**merged, **digests_as_loaded(inputs, {n: how.blob for n, (_, how) in loaded.items() if how is not None})}
             if live is None:
                 with capture.captured(shell) as outputs, shell.collect_errors() as errors:
                     result = await _run_silently(shell, component.source)
@@ -294,19 +302,22 @@ class Runner:
                 else:
                     outputs.error(reply.get("ename", ""), reply.get("evalue", ""), reply.get("traceback", []))
                 outcome.reply = reply
-        if live is not None:  # `_`, `_i`, `_5`...: plain cells keep IPython's history names
-            shell.user_ns.update({n: ns[n] for n in ns if is_ipython_name(n) and not n.startswith("__")})
+        if live is not None:  # `_`, `__`, `_i`, `_5`...: plain cells keep IPython's history names
+            shell.user_ns.update({n: ns[n] for n in ns if is_ipython_name(n) and n not in _MODULE_NAMES})
         if record.ok:
-            self._collect(outcome, inputs, merged, ns, {n: how for n, (_, how) in loaded.items()})
+            self._collect(outcome, inputs, merged, as_loaded, ns, {n: how for n, (_, how) in loaded.items()})
         return outcome
 
-    def _collect(self, outcome: RunOutcome, inputs: dict, merged: dict[str, str], final: dict, loaded: dict) -> None:
+    def _collect(
+        self, outcome: RunOutcome, inputs: dict, merged: dict[str, str], as_loaded: dict[str, str], final: dict, loaded: dict
+    ) -> None:
         """Work out the run's outputs and its final namespace as digests; pickle synchronously.
 
         An input proven untouched (copy-on-write pages never written) or kept in memory only
-        gets no digest, which `changes` reads as "unchanged while it keeps its identity".
-        The final namespace is pickled as one (namespaces.pickling_names), so names holding
-        the same object still do in children.
+        gets no digest, which `changes` reads as "unchanged while it keeps its identity";
+        the others are compared with what they pickled to as loaded (`as_loaded`). The final
+        namespace is pickled as one (namespaces.pickling_names), so names holding the same
+        object still do in children.
         """
         ignore = [n for n in final if is_ipython_name(n)]
 
@@ -317,10 +328,11 @@ class Runner:
         namespace = dict(merged)
         blobs: dict[str, Blob] = {}
         memory: dict[str, Any] = {}
+        kept_in_memory: list[UnpicklableValue] = []
         # Inputs kept in memory only cannot be pickled, nor referred to: not tried again.
         kept = {n for n, d in merged.items() if d.startswith(MEMORY_PREFIX) and n in final and final[n] is inputs[n]}
         with pickling_names({n: v for n, v in final.items() if n not in ignore and n not in kept}, unchanged) as names:
-            check = {n: None if d.startswith(MEMORY_PREFIX) or n in names.proven else d for n, d in merged.items()}
+            check = {n: None if d.startswith(MEMORY_PREFIX) or n in names.proven else as_loaded[n] for n, d in merged.items()}
             found = changes(inputs, check, final, ignore=ignore)
             values = {n: final[n] for n in found.bound}
             for name in found.bound:
@@ -329,6 +341,7 @@ class Runner:
                     blob = freeze(dump(name, value))
                 except UnpicklableValue as exc:
                     self._keep_in_memory(outcome, exc, value, namespace, memory)
+                    kept_in_memory.append(exc)
                 else:
                     blobs[blob.digest] = blob
                     namespace[name] = blob.digest
@@ -338,24 +351,31 @@ class Runner:
         # loads read the child's, while the live ones read the run's. Outputs holding such
         # functions are published as copies, loaded together with the other outputs.
         copies = {n for n in found.bound if namespace[n] in blobs and reads_notebook_globals(blobs[namespace[n]])}
+        # Made again after a child failed to rebuild it: tried here, where the live value still is.
+        suspects = {n for n in found.bound if namespace[n] in blobs and namespace[n] in self._unrebuilt} - copies
         unrebuilt: dict[str, Exception] = {}
 
         def publishable(name: str) -> Any:
-            if name not in copies:
+            if name not in copies and name not in suspects:
                 return final[name]
             try:
-                return Loaded(blobs[namespace[name]], self.shell.user_ns).value
+                copy = Loaded(blobs[namespace[name]], self.shell.user_ns).value
             except Exception as exc:  # unpickling runs the value's own code (a __setstate__ that raises)
                 unrebuilt[name] = exc
                 return final[name]
+            self._unrebuilt.discard(namespace[name])
+            return copy if name in copies else final[name]
 
         with loading_together({n: namespace[n] for n in found.bound}, publishable) as value_of:
-            values.update({n: value_of(n) for n in copies})
+            values.update({n: value_of(n) for n in copies | suspects})
         for name, exc in unrebuilt.items():  # it pickles but cannot be rebuilt: as good as unpicklable
             blob_digest = namespace[name]
-            self._keep_in_memory(outcome, UnpicklableValue(name, final[name], exc), final[name], namespace, memory)
+            kept_in_memory.append(UnpicklableValue(name, final[name], exc))
+            self._keep_in_memory(outcome, kept_in_memory[-1], final[name], namespace, memory)
             if blob_digest not in namespace.values():
                 del blobs[blob_digest]
+        if kept_in_memory:
+            outcome.warnings.append(_memory_only_warning(outcome.record.name, kept_in_memory))
         outcome.record.namespace = namespace
         outcome.values = values
         outcome.deleted = found.deleted
@@ -364,27 +384,24 @@ class Runner:
 
     @staticmethod
     def _keep_in_memory(outcome: RunOutcome, exc: UnpicklableValue, value: Any, namespace: dict, memory: dict) -> None:
-        """An output that cannot be serialised: this process's memory only, with the warning."""
+        """An output that cannot be serialised: this process's memory only (the caller warns)."""
         digest = f"{MEMORY_PREFIX}{outcome.record.run_id}:{exc.name}"
         memory[digest] = value
         namespace[exc.name] = digest
         outcome.record.memory_only.append(exc.name)
-        outcome.warnings.append(
-            f"linkkernel: component {outcome.record.name!r}: {exc.name!r} ({exc.type_name}) cannot be "
-            "serialised; it is kept in memory only, so after a restart the component runs again"
-        )
 
     def _load(self, component: str, role: str, name: str, digest: str, namespace: dict) -> tuple[Any, Loaded | None]:
         """A cached value for `namespace`. One that its own code cannot rebuild is lost, so
         the components that made it run again: after a restart, a fresh parent that put a
         module on `sys.path` did not run, and its functions cannot be imported until it does.
-        Lost again (a `__setstate__` that always raises), it is one line naming it."""
+        Made again and still not rebuilt, it is kept in memory only (`_collect`); lost
+        again all the same, it is one line naming it."""
         try:
             return self.store.load(digest, namespace)
         except LinkError:
             raise
         except Exception as exc:  # unpickling runs the value's own code
-            raise LostValue(
+            raise UnrebuiltValue(
                 digest, f"component {component!r}: its {role} {name!r} cannot be rebuilt from the cache: {type(exc).__name__}: {exc}"
             ) from None
 
@@ -574,8 +591,27 @@ def _with_ancestors(graph, targets: Collection[str]) -> list[str]:
     return run_order(graph, needed)
 
 
+def _memory_only_warning(component: str, kept: list[UnpicklableValue]) -> str:
+    """One line for all of a run's outputs kept in memory only, named with their types: a
+    component holding a client, a lock and a file handle is one warning, not three."""
+    names = [f"{exc.name!r} ({exc.type_name})" for exc in sorted(kept, key=lambda exc: exc.name)]
+    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    held = "it is" if len(names) == 1 else "they are"
+    return (
+        f"linkkernel: component {component!r}: {listed} cannot be serialised; "
+        f"{held} kept in memory only, so after a restart the component runs again"
+    )
+
+
 def _interrupt_error(text: str) -> dict[str, Any]:
     return {"ename": "KeyboardInterrupt", "evalue": "", "traceback": [f"\x1b[0;31mKeyboardInterrupt\x1b[0m: {text}"]}
+
+
+class UnrebuiltValue(LostValue):
+    """A cached value whose own code failed to rebuild it (a `__getattr__` that recurses
+    before `__setstate__` is found, a module not importable yet): its component runs again,
+    and if the value it makes again fails too, it is kept in memory only, as one that does
+    not pickle."""
 
 
 class ComponentFailed(Exception):

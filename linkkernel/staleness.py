@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -62,12 +62,86 @@ class RunRecord:
             all(isinstance(text, str) for text in texts)
             and isinstance(record.started, (int, float)) and isinstance(record.duration, (int, float))
             and _str_map(record.parents) and _str_map(record.namespace)
-            and isinstance(record.outputs, list) and all(isinstance(o, dict) for o in record.outputs)
+            and isinstance(record.outputs, list) and all(_output(o) for o in record.outputs)
             and isinstance(record.memory_only, list) and all(isinstance(n, str) for n in record.memory_only)
         )
         if not well_formed:
             raise ValueError(f"malformed run record for {record.name!r}")
         return record
+
+
+def inherited(parents: Iterable[str], record_of: Callable[[str], RunRecord | None]) -> dict[str, str]:
+    """The namespace (name -> digest) a component with `parents` (in declared order) starts
+    from: the merge of their recorded final namespaces, a later parent winning a name clash.
+
+    A clash is two parents holding a name each bound, changed or deleted on its own line, as
+    if every ancestor had run in one namespace (SPEC §3). A parent that only passes on,
+    unchanged, a value an ancestor of the other parent's version made does not win: with
+    `load -> features` (adding a column to `table` in place, deleting `raw`) and `load ->
+    stats` (reading both), a child of `[features, stats]` sees the features and no `raw`. A
+    deletion removes only the value it deleted (or an older one), never another line's.
+    Where a record cannot show who made a value (an ancestor's record missing or newer than
+    the run that used it), the parent itself did.
+    """
+    # name -> (digest, or None for a deletion; the component whose run made that change)
+    made: dict[str, dict[str, tuple[str | None, str]]] = {}
+    lineage: dict[str, set[str]] = {}
+
+    def ancestors(name: str) -> set[str]:
+        if name not in lineage:
+            lineage[name] = set()
+            record = record_of(name)
+            for parent in record.parents if record is not None else ():
+                lineage[name] |= {parent, *ancestors(parent)}
+        return lineage[name]
+
+    def merge(runs: Mapping[str, str | None]) -> dict[str, tuple[str | None, str]]:
+        merged: dict[str, tuple[str | None, str]] = {}
+        for parent, run_id in runs.items():
+            record = record_of(parent)
+            if record is None or (run_id is not None and record.run_id != run_id):
+                continue
+            for name, (digest, maker) in made_by(parent).items():
+                held = merged.get(name)
+                if held is not None and held[0] != digest:
+                    if maker in ancestors(held[1]):
+                        continue  # the earlier parent holds a later change of this value
+                    if digest is None and held[0] is not None and held[1] not in ancestors(maker):
+                        continue  # a deletion of another line's value: that value stays
+                merged[name] = (digest, maker)
+        return merged
+
+    def made_by(name: str) -> dict[str, tuple[str | None, str]]:
+        """The change behind each name of `name`'s final namespace, and each it deleted."""
+        if name not in made:
+            made[name] = {}  # a cycle in hand-edited records ends here
+            record = record_of(name)
+            start = merge(record.parents)
+            ours = {n: start[n] if n in start and start[n][0] == d else (d, name) for n, d in record.namespace.items()}
+            ours.update({n: held if held[0] is None else (None, name) for n, held in start.items() if n not in ours})
+            made[name] = ours
+        return made[name]
+
+    return {name: digest for name, (digest, _) in merge(dict.fromkeys(parents)).items() if digest is not None}
+
+
+def _output(value: Any) -> bool:
+    """Whether `value` is a captured output in the shape `%link outputs` and `linkkernel run`
+    show (nbformat's), so that a hand-edited record means "run again", not an error later."""
+    if not isinstance(value, dict):
+        return False
+    kind = value.get("output_type")
+    if kind == "stream":
+        return value.get("name") in ("stdout", "stderr") and isinstance(value.get("text"), str)
+    if kind in ("display_data", "execute_result"):
+        return isinstance(value.get("data"), dict) and isinstance(value.get("metadata", {}), dict)
+    if kind == "error":
+        traceback = value.get("traceback")
+        return (
+            isinstance(value.get("ename"), str) and isinstance(value.get("evalue"), str)
+            and isinstance(traceback, list) and all(isinstance(line, str) for line in traceback)
+        )
+    return False
 
 
 def _str_map(value: Any) -> bool:

@@ -117,6 +117,10 @@ class CacheStore:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linkkernel-cache")
         self.root: str | None = None
         self.fs = None
+        self._local = False
+        # The first reason writes failed, once the kernel said it (see `write_trouble`).
+        self._trouble: BaseException | None = None
+        self._trouble_said = False
         # Why `url` cannot be used (unknown protocol, its package missing). A kernel keeps
         # running with results in memory, as without a notebook; a command refuses (`usable`).
         self.unusable: str | None = None
@@ -124,8 +128,8 @@ class CacheStore:
             import fsspec
 
             try:
-                local = fsspec.utils.get_protocol(url) in ("file", "local")
-                self.fs, base = fsspec.core.url_to_fs(url, **({"auto_mkdir": True} if local else {}))
+                self._local = fsspec.utils.get_protocol(url) in ("file", "local")
+                self.fs, base = fsspec.core.url_to_fs(url, **({"auto_mkdir": True} if self._local else {}))
             except (ValueError, ImportError) as exc:
                 self.unusable = f"cache store {url!r} cannot be used: {exc}"
                 return
@@ -174,8 +178,30 @@ class CacheStore:
             self.records[record.name] = record
             self._forget_unreferenced()
         if self.fs is not None:
-            self._pending = [f for f in self._pending if not f.done()]
+            if self._local and self._trouble is None and not self.fs.exists(self.root):
+                # Made here, not in the background, so a folder that cannot be written is
+                # said in the cell whose results it loses (write_trouble).
+                try:
+                    self.fs.makedirs(self.root, exist_ok=True)
+                except OSError as exc:
+                    self._trouble = exc
+            self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
             self._pending.append(self._writer.submit(self._write, record, list(blobs.values())))
+
+    def write_trouble(self) -> str | None:
+        """Why results are not being written to the store, the first time it is known (None
+        otherwise): a cache folder that cannot be made, a disk full, a bucket refusing writes.
+        The kernel says it once, in a cell; else the user finds out only when a restart runs
+        every component again."""
+        if self._trouble is None:
+            self._trouble = next((f.exception() for f in self._pending if f.done() and f.exception() is not None), None)
+        if self._trouble is None or self._trouble_said:
+            return None
+        self._trouble_said = True
+        return (
+            f"linkkernel: cannot write the component cache at {self.root}: {self._trouble}; "
+            "results are kept in memory only, so after a restart their components run again"
+        )
 
     def _forget_unreferenced(self) -> None:
         """Drop in-memory values no current record names (a re-run parent's old gigabytes);

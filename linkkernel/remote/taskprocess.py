@@ -40,7 +40,7 @@ from traitlets.config import Config
 
 from linkkernel import cow
 from linkkernel.compiler import LinkCompiler, twin_path
-from linkkernel.namespaces import Blob, UnpicklableValue, changes, dump, loading_together, loads, pickling_names
+from linkkernel.namespaces import Blob, UnpicklableValue, changes, digests_as_loaded, dump, loading_together, loads, pickling_names
 from linkkernel.remote.storage import MissingBlob, StorageError, Store, file_map_of
 from linkkernel.tracebacks import contains_group, format_warning, formatted, frames_of, group_traceback, own_rendering, trim
 
@@ -467,6 +467,7 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
             linecache.cache[name] = (len(source), None, source.splitlines(keepends=True), name)
     hidden = set(namespace)
     namespace.update(inputs)
+    as_loaded = {**digests, **digests_as_loaded(inputs, {n: how.blob for n, how in loaded.items()})}
     shell.pipe = pipe
     _streams[:] = [PipeStream(pipe, "stdout"), PipeStream(pipe, "stderr")]
     sys.stdout, sys.stderr = _streams
@@ -485,7 +486,7 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
     bound: dict[str, str] = {}
     unpicklable: dict[str, str] = {}
     with pickling_names(final, unchanged) as names:  # names holding one object keep it so (see namespaces)
-        check = {n: None if n in names.proven else d for n, d in digests.items()}
+        check = {n: None if n in names.proven else as_loaded[n] for n in digests}
         changed = changes(inputs, check, final)
         for name in changed.bound:
             try:
