@@ -1,0 +1,89 @@
+"""QA of SPEC §4 "Errors like Jupyter" for what earlier rounds left: magics, errors a cell
+shows without failing, remote components and headless runs.
+
+A Link Python kernel and a stock ipykernel run the same code; tracebacks are compared with the
+cell label normalised (`Cell In[7]` and `Component NAME` both read `Cell In[N]`), since that
+label is the one difference SPEC §4 asks for.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from engine_support import Notebook
+from support import CellResult, Kernel, component_meta, start_stock_kernel
+from test_tracebacks_kernel import assert_clean
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("qa-errors")
+
+
+@pytest.fixture(scope="module")
+def link(link_kernelspec: str, home: Path):
+    k = Kernel(cwd=str(home))
+    yield k
+    k.shutdown()
+
+
+@pytest.fixture(scope="module")
+def stock(link_kernelspec: str, home: Path, tmp_path_factory: pytest.TempPathFactory):
+    k = start_stock_kernel(tmp_path_factory.mktemp("stock"))
+    assert k.execute(f"import os\nos.chdir({str(home)!r})").status == "ok"
+    yield k
+    k.shutdown()
+
+
+@pytest.fixture
+def nb(link: Kernel, home: Path, request: pytest.FixtureRequest):
+    """A saved notebook of this test's own, made the kernel's notebook for the test."""
+    name = re.sub(r"\W", "_", request.node.name)
+    notebook = Notebook(link, home / f"{name}.ipynb")
+    yield notebook
+    assert link.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
+
+
+def labels_normalised(text: str) -> str:
+    return re.sub(r"Cell In\[\d+\]|Component [\w.-]+", "Cell In[N]", text)
+
+
+def shown(result: CellResult) -> list[tuple[str, str, str]]:
+    """What the cell shows, in order: (kind, name, text) of streams and errors."""
+    items = []
+    for m in result.messages:
+        content = m["content"]
+        if m["msg_type"] == "stream":
+            items.append(("stream", content["name"], content["text"]))
+        elif m["msg_type"] == "error":
+            items.append(("error", content["ename"], labels_normalised(re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(content["traceback"])))))
+    return items
+
+
+def test_run_of_a_missing_script_shows_ipythons_cause_as_stock_does(link, stock):
+    # IPython raises `Exception(msg) from OSError(msg)`: stock shows the cause's header and
+    # line above "The above exception was the direct cause"; only its IPython frames go.
+    code = "%run no_such_script.py"
+    expected = stock.execute(code)
+    assert "OSError: File `'no_such_script.py'` not found." in expected.traceback_text
+    for result in (link.execute(code), link.execute(code, metadata=component_meta("runner"), cell_id="qae-runner")):
+        assert result.reply["content"]["ename"] == expected.reply["content"]["ename"] == "Exception"
+        assert labels_normalised(result.traceback_text) == labels_normalised(expected.traceback_text)
+        assert_clean(result.traceback_text)
+
+
+
+RAISE_FROM = "def fail():\n    raise ValueError('inner')\ndef run():\n    try:\n        fail()\n    except ValueError as e:\n        raise LookupError('outer') from e\n"
+
+
+def test_a_cause_ipython_names_on_purpose_stays_without_frames_but_one_of_linkkernels_goes():
+    from linkkernel.tracebacks import trim
+    from test_tracebacks import module, raised
+
+    kept = trim(raised(module("IPython.core.magics.fake", RAISE_FROM)["run"]))
+    assert isinstance(kept.__cause__, ValueError) and kept.__cause__.__traceback__ is None
+    cut = trim(raised(module("linkkernel.fake", RAISE_FROM)["run"]))
+    assert cut.__cause__ is None
