@@ -277,11 +277,12 @@ class Runner:
                     if isinstance(err, KeyboardInterrupt):
                         outcome.interrupted = True
                         return outcome
-                    collected = errors[-1] if errors else None
-                    ename = collected.ename if collected else type(err).__name__
-                    evalue = collected.evalue if collected else str(err)
-                    traceback = collected.traceback if collected else [f"{ename}: {evalue}"]
-                    outputs.error(ename, evalue, traceback)
+                    if errors:  # kept among the outputs already, where the run showed it
+                        ename, evalue, traceback = errors[-1].ename, errors[-1].evalue, errors[-1].traceback
+                    else:
+                        ename, evalue = type(err).__name__, str(err)
+                        traceback = [f"{ename}: {evalue}"]
+                        outputs.error(ename, evalue, traceback)
                     outcome.error = {"ename": ename, "evalue": evalue, "traceback": traceback}
                     outcome.exception = err
                     return outcome
@@ -291,7 +292,7 @@ class Runner:
                 record.outputs = outputs.items
                 if reply.get("status") == "ok":
                     record.status = "ok"
-                else:
+                elif not outputs.has_error(reply.get("ename", ""), reply.get("evalue", "")):  # not shown as one (a UsageError)
                     outputs.error(reply.get("ename", ""), reply.get("evalue", ""), reply.get("traceback", []))
                 outcome.reply = reply
         if live is not None:  # `_`, `_i`, `_5`...: plain cells keep IPython's history names

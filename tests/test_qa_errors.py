@@ -52,12 +52,16 @@ def labels_normalised(text: str) -> str:
 
 
 def shown(result: CellResult) -> list[tuple[str, str, str]]:
-    """What the cell shows, in order: (kind, name, text) of streams and errors."""
-    items = []
+    """What the cell shows, in order: (kind, name, text) of streams and errors; a stream's
+    consecutive messages joined, as a notebook joins them (where ipykernel cuts them varies)."""
+    items: list[tuple[str, str, str]] = []
     for m in result.messages:
         content = m["content"]
         if m["msg_type"] == "stream":
-            items.append(("stream", content["name"], content["text"]))
+            if items and items[-1][:2] == ("stream", content["name"]):
+                items[-1] = ("stream", content["name"], items[-1][2] + content["text"])
+            else:
+                items.append(("stream", content["name"], content["text"]))
         elif m["msg_type"] == "error":
             items.append(("error", content["ename"], labels_normalised(re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(content["traceback"])))))
     return items
@@ -87,3 +91,45 @@ def test_a_cause_ipython_names_on_purpose_stays_without_frames_but_one_of_linkke
     assert isinstance(kept.__cause__, ValueError) and kept.__cause__.__traceback__ is None
     cut = trim(raised(module("linkkernel.fake", RAISE_FROM)["run"]))
     assert cut.__cause__ is None
+
+
+SHOWS_AN_ERROR = {
+    # each shows a traceback in stock Jupyter, yet the cell succeeds (status ok)
+    "run_script": "print('before')\n%run failing_script.py\nprint('after')",
+    "bad_repr": "class BadRepr:\n    def __repr__(self):\n        raise RuntimeError('no repr')\nprint('before')\ndisplay(BadRepr())\nprint('after')",
+}
+
+
+@pytest.fixture(scope="module")
+def failing_script(home: Path) -> Path:
+    script = home / "failing_script.py"
+    script.write_text("def inner():\n    raise LookupError('from the script')\ninner()\n")
+    return script
+
+
+@pytest.mark.parametrize("how", ["silently", "live"])
+@pytest.mark.parametrize("case", ["run_script", "bad_repr"])
+def test_an_error_a_cell_shows_without_failing_is_kept_with_the_components_outputs(nb, stock, failing_script, case, how):
+    code = SHOWS_AN_ERROR[case]
+    expected = stock.execute(code)
+    assert expected.status == "ok" and [kind for kind, _, _ in shown(expected)] == ["stream", "error", "stream"]
+    nb.add("shows", code, counted=False).add("below", "print('child ran')", "shows", counted=False).use()
+    if how == "live":
+        assert shown(nb.run("shows")) == shown(expected)
+    child = nb.run("below")
+    assert (child.status, child.stdout) == ("ok", "child ran\n"), child.traceback_text
+    kept = nb.kernel.execute("%link outputs shows")
+    assert kept.stdout == "before\nafter\n"
+    assert labels_normalised(re.sub(r"\x1b\[[0-9;]*m", "", kept.stderr)) == shown(expected)[1][2] + "\n"
+
+
+@pytest.mark.parametrize("how", ["silently", "live"])
+def test_the_error_that_ends_a_run_is_kept_once(nb, how):
+    nb.add("ends", "print('before')\n1/0", counted=False).add("after_ends", "print('child ran')", "ends", counted=False).use()
+    if how == "live":
+        assert nb.run("ends").status == "error"
+    child = nb.run("after_ends")
+    assert child.reply["content"]["ename"] == "ZeroDivisionError" and "child ran" not in child.stdout
+    kept = nb.kernel.execute("%link outputs ends")
+    assert kept.stdout == "before\n"
+    assert kept.stderr.count("ZeroDivisionError") == 2  # the header and the last line, once
