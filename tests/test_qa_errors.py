@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import nbformat
+
 import pytest
 
 from engine_support import Notebook
@@ -133,3 +135,21 @@ def test_the_error_that_ends_a_run_is_kept_once(nb, how):
     kept = nb.kernel.execute("%link outputs ends")
     assert kept.stdout == "before\n"
     assert kept.stderr.count("ZeroDivisionError") == 2  # the header and the last line, once
+
+
+def test_headless_run_prints_the_error_that_failed_the_cell_not_one_it_showed_before(tmp_path, failing_script):
+    from test_headless import linkkernel, notebook, write
+
+    source = write(tmp_path / "shows.ipynb", notebook(
+        ("n = 1", ["component:first"]),
+        (f"%run {failing_script}\nraise ValueError('the real one')", ["component:second", "parent:first"]),
+    ))
+    result = linkkernel("run", str(source), "-o", str(tmp_path / "out.ipynb"))
+    assert result.returncode == 1
+    assert "linkkernel run: component 'second' failed:" in result.stderr
+    assert "ValueError: the real one" in result.stderr, result.stderr
+    assert "LookupError" not in result.stderr
+    [cell] = [c for c in nbformat.read(str(tmp_path / "out.ipynb"), as_version=4).cells if c.id == "c1"]
+    assert [(o["ename"], o["evalue"]) for o in cell.outputs if o["output_type"] == "error"] == [
+        ("LookupError", "from the script"), ("ValueError", "the real one")
+    ]
