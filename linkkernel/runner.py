@@ -426,8 +426,9 @@ class Runner:
                 outcome.interrupted = True
                 return outcome
             outcome.error = error
-            if live:
-                outcome.reply = self._fail(error, component.source)
+            if live:  # shown live already, unless the worker only named it (a UsageError)
+                shown = any(o["output_type"] == "error" and (o["ename"], o["evalue"]) == (error["ename"], error["evalue"]) for o in record.outputs)
+                outcome.reply = self._fail(error, component.source, publish=not shown)
             return outcome
         record.status = "ok"
         namespace = {n: d for n, d in merged.items() if n not in result.deleted}
@@ -474,10 +475,12 @@ class Runner:
     def _ok_reply(self, history: str | None) -> dict[str, Any]:
         return {"status": "ok", "execution_count": self._count(history), "user_expressions": {}, "payload": []}
 
-    def _fail(self, error: dict[str, Any], history: str | None) -> dict[str, Any]:
-        """Show `error` in the cell as an `error` message; the execute_reply that goes with it."""
+    def _fail(self, error: dict[str, Any], history: str | None, publish: bool = True) -> dict[str, Any]:
+        """Show `error` in the cell as an `error` message (unless it is there already); the
+        execute_reply that goes with it."""
         kernel = self.kernel
-        kernel.session.send(kernel.iopub_socket, "error", error, parent=kernel.get_parent(), ident=kernel._topic("error"))
+        if publish:
+            kernel.session.send(kernel.iopub_socket, "error", error, parent=kernel.get_parent(), ident=kernel._topic("error"))
         return {
             "status": "error",
             "ename": error["ename"],

@@ -153,3 +153,42 @@ def test_headless_run_prints_the_error_that_failed_the_cell_not_one_it_showed_be
     assert [(o["ename"], o["evalue"]) for o in cell.outputs if o["output_type"] == "error"] == [
         ("LookupError", "from the script"), ("ValueError", "the real one")
     ]
+
+
+@pytest.fixture(scope="module")
+def remote(home: Path) -> str:
+    """A real worker on loopback, registered as the alias returned."""
+    from linkkernel.remote import registry
+    from remote_support import WorkerProcess, make_key
+
+    key = make_key(home / "worker.key")
+    worker = WorkerProcess(str(home / "store"), key, home)
+    registry.add("qae", worker.address, str(home / "store"), str(key))
+    yield "qae"
+    registry.remove("qae")
+    worker.stop()
+
+
+@pytest.mark.parametrize("how", ["silently", "live"])
+def test_a_remote_component_that_shows_an_error_and_goes_on_succeeds_as_a_local_one(nb, stock, remote, how):
+    code = SHOWS_AN_ERROR["bad_repr"]
+    expected = stock.execute(code)
+    nb.add("remote_shows", code + "\nz = 1", remote=remote, counted=False)
+    nb.add("below_remote", "print('child ran', z)", "remote_shows", counted=False).use()
+    if how == "live":
+        result = nb.run("remote_shows", timeout=60)
+        assert result.status == "ok", result.traceback_text
+        assert shown(result) == shown(expected)
+    child = nb.run("below_remote", timeout=60)
+    assert (child.status, child.stdout) == ("ok", "child ran 1\n"), child.traceback_text
+    kept = nb.kernel.execute("%link outputs remote_shows")
+    assert kept.stdout == "before\nafter\n"
+    assert labels_normalised(re.sub(r"\x1b\[[0-9;]*m", "", kept.stderr)) == shown(expected)[1][2] + "\n"
+
+
+def test_a_remote_components_own_error_is_shown_once(nb, remote):
+    nb.add("remote_fails", "print('before')\n1/0", remote=remote, counted=False).use()
+    result = nb.run("remote_fails", timeout=60)
+    assert result.reply["content"]["ename"] == "ZeroDivisionError"
+    assert [(e["ename"], e["evalue"]) for e in result.errors] == [("ZeroDivisionError", "division by zero")]
+    assert nb.kernel.execute("%link outputs remote_fails").stderr.count("ZeroDivisionError") == 2
