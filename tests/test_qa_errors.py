@@ -192,3 +192,46 @@ def test_a_remote_components_own_error_is_shown_once(nb, remote):
     assert result.reply["content"]["ename"] == "ZeroDivisionError"
     assert [(e["ename"], e["evalue"]) for e in result.errors] == [("ZeroDivisionError", "division by zero")]
     assert nb.kernel.execute("%link outputs remote_fails").stderr.count("ZeroDivisionError") == 2
+
+
+@pytest.fixture(scope="module")
+def library(home: Path) -> Path:
+    """A module of the user's own next to the notebook: its frames stay, as in stock Jupyter."""
+    (home / "qae_helper.py").write_text("def boom(n):\n    if n == 0:\n        raise ArithmeticError('bottom')\n    return boom(n - 1)\n")
+    return home
+
+
+PARITY = {
+    "timeit": "%%timeit -n1 -r1\n1/0",
+    "time": "%%time\n1/0",
+    "time_line": "print('a')\n%time 1/0\nprint('b')",
+    "writefile": "%%writefile /nonexistent/dir/x.py\nprint(1)",
+    "bash": "%%bash\necho out; echo err >&2; exit 3",
+    "load_missing": "%load no_such_file.py",
+    "run_missing": "%run no_such_script.py",
+    "notes": "e = ValueError('noted')\ne.add_note('a note')\ne.add_note('second note')\nraise e",
+    "non_ascii": "raise ValueError('héllo ✓ 日本')",
+    "stop_iteration": "raise StopIteration",
+    "generator": "def gen():\n    yield 1\n    raise ValueError('gen')\nlist(gen())",
+    "await": "async def f():\n    raise ValueError('async')\nawait f()",
+    "asyncio_run": "import asyncio\nasync def g():\n    return 1\ncoro = g()\ntry:\n    asyncio.run(coro)\nfinally:\n    coro.close()",
+    "warning_as_error": "import warnings\nwith warnings.catch_warnings():\n    warnings.simplefilter('error')\n    warnings.warn('now an error')",
+    "own_module": "import sys\nsys.path.insert(0, '.')\nimport qae_helper\nqae_helper.boom(3)",
+    "library": "import subprocess\nsubprocess.check_call(['false'])",
+    "sys_exit": "import sys\nsys.exit('bye')",
+}
+
+
+@pytest.mark.parametrize("case", list(PARITY))
+def test_a_components_error_and_its_parents_read_as_stock_jupyters(nb, stock, library, case):
+    code = PARITY[case]
+    expected = stock.execute(code)
+    assert expected.status == "error"
+    nb.add("parity", code, counted=False).add("parity_child", "print('child ran')", "parity", counted=False).use()
+    for result, header in ((nb.run("parity"), ""), (nb.run("parity_child"), "Error in parent component 'parity':\n")):
+        content, reference = result.reply["content"], expected.reply["content"]
+        assert (content["ename"], content["evalue"]) == (reference["ename"], reference["evalue"])
+        assert [(e["ename"], e["evalue"]) for e in result.errors] == [(reference["ename"], reference["evalue"])]
+        assert labels_normalised(result.traceback_text) == header + labels_normalised(expected.traceback_text)
+        assert "child ran" not in result.stdout
+        assert_clean(result.traceback_text)
