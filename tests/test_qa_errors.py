@@ -235,3 +235,28 @@ def test_a_components_error_and_its_parents_read_as_stock_jupyters(nb, stock, li
         assert labels_normalised(result.traceback_text) == header + labels_normalised(expected.traceback_text)
         assert "child ran" not in result.stdout
         assert_clean(result.traceback_text)
+
+
+# A chain deeper than Python's recursion limit (a retry loop raising `from` the last error).
+LONG_CHAIN = "e = None\nfor i in range(1500):\n    try:\n        raise ValueError(i) from e\n    except ValueError as x:\n        e = x\nraise e"
+
+
+def test_a_chain_deeper_than_the_recursion_limit_is_the_users_error(nb, stock):
+    from linkkernel.tracebacks import trim
+
+    namespace: dict = {}
+    with pytest.raises(ValueError) as raised:
+        exec(LONG_CHAIN, namespace)
+    assert trim(raised.value) is raised.value
+    # %xmode Minimal: IPython formats 1500 chained tracebacks slowly, stock as ours
+    for kernel in (stock, nb.kernel):
+        assert kernel.execute("%xmode Minimal").status == "ok"
+    try:
+        expected = stock.execute(LONG_CHAIN)
+        nb.add("chained", LONG_CHAIN, counted=False).add("after_chained", "print('child ran')", "chained", counted=False).use()
+        for result in (nb.kernel.execute(LONG_CHAIN), nb.run("chained"), nb.run("after_chained")):
+            assert (result.reply["content"]["ename"], result.reply["content"]["evalue"]) == ("ValueError", "1499")
+            assert result.traceback_text.endswith(expected.traceback_text), result.traceback_text[-300:]
+    finally:
+        for kernel in (stock, nb.kernel):
+            kernel.execute("%xmode Context")
