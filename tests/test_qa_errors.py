@@ -123,6 +123,7 @@ def test_an_error_a_cell_shows_without_failing_is_kept_with_the_components_outpu
     kept = nb.kernel.execute("%link outputs shows")
     assert kept.stdout == "before\nafter\n"
     assert labels_normalised(re.sub(r"\x1b\[[0-9;]*m", "", kept.stderr)) == shown(expected)[1][2] + "\n"
+    assert [name for _, name, _ in shown(kept)] == ["stdout", "stderr", "stdout"]  # in the order the cell showed them
 
 
 @pytest.mark.parametrize("how", ["silently", "live"])
