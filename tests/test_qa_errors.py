@@ -1,5 +1,6 @@
 """QA of SPEC §4 "Errors like Jupyter" for what earlier rounds left: magics, errors a cell
-shows without failing, remote components and headless runs.
+shows without failing, chains deeper than the recursion limit, remote components and
+headless runs.
 
 A Link Python kernel and a stock ipykernel run the same code; tracebacks are compared with the
 cell label normalised (`Cell In[7]` and `Component NAME` both read `Cell In[N]`), since that
@@ -12,7 +13,6 @@ import re
 from pathlib import Path
 
 import nbformat
-
 import pytest
 
 from engine_support import Notebook
