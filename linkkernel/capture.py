@@ -103,9 +103,15 @@ class Outputs:
             self._by_display_id.clear()
             self._clear_next = False
 
-    def has_error(self, ename: str, evalue: str) -> bool:
+    def shows_error(self, error: dict[str, Any]) -> bool:
+        """Whether an error output shows `error` (a reply's) already: the same exception, or
+        the same traceback (ipykernel names a display formatter's error 'NoneType' in its reply)."""
         with self._lock:
-            return any(o["output_type"] == "error" and (o["ename"], o["evalue"]) == (ename, evalue) for o in self._items)
+            return any(
+                o["output_type"] == "error"
+                and ((o["ename"], o["evalue"]) == (error.get("ename"), error.get("evalue")) or o["traceback"] == error.get("traceback", []) != [])
+                for o in self._items
+            )
 
     def error(self, ename: str, evalue: str, traceback: list[str]) -> None:
         with self._lock:

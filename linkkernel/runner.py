@@ -292,7 +292,7 @@ class Runner:
                 record.outputs = outputs.items
                 if reply.get("status") == "ok":
                     record.status = "ok"
-                elif not outputs.has_error(reply.get("ename", ""), reply.get("evalue", "")):  # not shown as one (a UsageError)
+                elif not outputs.shows_error(reply):  # not shown as one (a UsageError)
                     outputs.error(reply.get("ename", ""), reply.get("evalue", ""), reply.get("traceback", []))
                 outcome.reply = reply
         if live is not None:  # `_`, `_i`, `_5`...: plain cells keep IPython's history names

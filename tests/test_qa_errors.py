@@ -261,3 +261,15 @@ def test_a_chain_deeper_than_the_recursion_limit_is_the_users_error(nb, stock):
     finally:
         for kernel in (stock, nb.kernel):
             kernel.execute("%xmode Context")
+
+
+def test_a_display_formatters_error_that_fails_the_cell_is_kept_once(nb, stock):
+    # ipykernel fails such a cell with ename 'NoneType' in the reply, and the formatter's
+    # traceback as the error shown
+    code = "class BadPng:\n    def _repr_png_(self):\n        raise ValueError('no png')\nBadPng()"
+    assert stock.execute(code).reply["content"]["ename"] == "NoneType"
+    nb.add("png", code, counted=False).use()
+    result = nb.run("png")
+    assert result.reply["content"]["ename"] == "NoneType"
+    assert [e["ename"] for e in result.errors] == ["ValueError"]
+    assert re.sub(r"\x1b\[[0-9;]*m", "", nb.kernel.execute("%link outputs png").stderr).count("ValueError: no png") == 1
