@@ -103,6 +103,16 @@ class Outputs:
             self._by_display_id.clear()
             self._clear_next = False
 
+    def shows_error(self, error: dict[str, Any]) -> bool:
+        """Whether an error output shows `error` (a reply's) already: the same exception, or
+        the same traceback (ipykernel names a display formatter's error 'NoneType' in its reply)."""
+        with self._lock:
+            return any(
+                o["output_type"] == "error"
+                and ((o["ename"], o["evalue"]) == (error.get("ename"), error.get("evalue")) or o["traceback"] == error.get("traceback", []) != [])
+                for o in self._items
+            )
+
     def error(self, ename: str, evalue: str, traceback: list[str]) -> None:
         with self._lock:
             self._clear_if_pending()
@@ -295,13 +305,14 @@ def captured(shell) -> Iterator[Outputs]:
 
     Payloads too (`%load`'s next input, `?`'s pager): ipykernel sends the ones written by
     then with the reply of the cell, which would load or page the run's into that cell.
+    Errors the run shows are kept in their place among the outputs (see `_errors_kept`).
     """
     outputs = Outputs()
     saved = sys.stdout, sys.stderr, shell.display_pub
     payloads = shell.payload_manager
     pending = list(payloads.read_payload())
     streams = _Stream(outputs, "stdout", sys.stdout), _Stream(outputs, "stderr", sys.stderr)
-    with _fd_redirect(outputs):
+    with _fd_redirect(outputs), _errors_kept(shell, outputs):
         sys.stdout, sys.stderr = streams
         shell.display_pub = _CapturingPublisher(outputs, shell.display_pub)
         try:
@@ -343,7 +354,7 @@ def recorded(shell) -> Iterator[Outputs]:
     streams = _Stream(outputs, "stdout", sys.stdout, echo=True), _Stream(outputs, "stderr", sys.stderr, echo=True)
     sys.stdout, sys.stderr = streams
     try:
-        with _fd_tee(outputs):
+        with _fd_tee(outputs), _errors_kept(shell, outputs):
             yield outputs
     finally:
         sys.stdout, sys.stderr = saved
@@ -351,3 +362,10 @@ def recorded(shell) -> Iterator[Outputs]:
             stream.detach()
         for publisher in hooked:
             publisher.unregister_hook(hook)
+
+
+def _errors_kept(shell, outputs: Outputs):
+    """Every error the shell shows meanwhile, kept as an error output where it appeared: a
+    cell can show one and still succeed (`%run` of a failing script, a `__repr__` that raises
+    in `display()`), and a notebook keeps it among the cell's outputs."""
+    return shell.errors_shown_to(lambda error: outputs.error(error.ename, error.evalue, error.traceback))

@@ -353,11 +353,16 @@ def _clear_outputs(notebook: Any) -> None:
 
 
 def _error_text(cell: Any, exc: Exception) -> str:
-    """The user's error as the kernel showed it in the cell (its traceback, colours included)."""
-    for output in cell.get("outputs", []):
-        if output.get("output_type") == "error":
-            return "\n".join(output.get("traceback") or [f"{output['ename']}: {output['evalue']}"])
-    return f"{getattr(exc, 'ename', type(exc).__name__)}: {getattr(exc, 'evalue', exc)}"
+    """The user's error as the kernel showed it in the cell (its traceback, colours included).
+
+    The one the reply names (`exc`): a cell can show other errors before the one that ends it
+    (`%run` of a failing script, a `__repr__` raising in `display()`), and those did not fail it.
+    """
+    ename, evalue = getattr(exc, "ename", type(exc).__name__), getattr(exc, "evalue", str(exc))
+    for output in reversed(cell.get("outputs", [])):
+        if output.get("output_type") == "error" and (output.get("ename"), output.get("evalue")) == (ename, evalue):
+            return "\n".join(output.get("traceback") or [f"{ename}: {evalue}"])
+    return f"{ename}: {evalue}"
 
 
 def summary_table(outcomes: Sequence[Outcome]) -> str:

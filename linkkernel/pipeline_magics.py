@@ -107,14 +107,18 @@ def outputs(kernel, argv: list[str]) -> None:
         if args.name not in {c.name for c in runner.sources.declared().components}:  # a typo, most likely
             raise LinkError(f"%link outputs: no component named {args.name!r} in {runner.sources.looked_in()}")
         raise LinkError(f"%link outputs: component {args.name!r} has no stored outputs (it has not run)")
+    # Each written out at once: ipykernel buffers stdout and stderr apart, and would show all
+    # of one before the other instead of in the order the run showed them.
     for output in record.outputs:
         kind = output["output_type"]
         if kind == "stream":
-            (sys.stderr if output["name"] == "stderr" else sys.stdout).write(output["text"])
+            stream = sys.stderr if output["name"] == "stderr" else sys.stdout
+            stream.write(output["text"])
+            stream.flush()
         elif kind in ("display_data", "execute_result"):
             display(output["data"], metadata=output.get("metadata") or None, raw=True)
         elif kind == "error":
-            print("\n".join(output["traceback"]), file=sys.stderr)
+            print("\n".join(output["traceback"]), file=sys.stderr, flush=True)
 
 
 def _configure_run(parser) -> None:

@@ -285,11 +285,12 @@ class Runner:
                     if isinstance(err, KeyboardInterrupt):
                         outcome.interrupted = True
                         return outcome
-                    collected = errors[-1] if errors else None
-                    ename = collected.ename if collected else type(err).__name__
-                    evalue = collected.evalue if collected else str(err)
-                    traceback = collected.traceback if collected else [f"{ename}: {evalue}"]
-                    outputs.error(ename, evalue, traceback)
+                    if errors:  # kept among the outputs already, where the run showed it
+                        ename, evalue, traceback = errors[-1].ename, errors[-1].evalue, errors[-1].traceback
+                    else:
+                        ename, evalue = type(err).__name__, str(err)
+                        traceback = [f"{ename}: {evalue}"]
+                        outputs.error(ename, evalue, traceback)
                     outcome.error = {"ename": ename, "evalue": evalue, "traceback": traceback}
                     outcome.exception = err
                     return outcome
@@ -299,7 +300,7 @@ class Runner:
                 record.outputs = outputs.items
                 if reply.get("status") == "ok":
                     record.status = "ok"
-                else:
+                elif not outputs.shows_error(reply):  # not shown as one (a UsageError)
                     outputs.error(reply.get("ename", ""), reply.get("evalue", ""), reply.get("traceback", []))
                 outcome.reply = reply
         if live is not None:  # `_`, `__`, `_i`, `_5`...: plain cells keep IPython's history names
@@ -442,8 +443,9 @@ class Runner:
                 outcome.interrupted = True
                 return outcome
             outcome.error = error
-            if live:
-                outcome.reply = self._fail(error, component.source)
+            if live:  # shown live already, unless the worker only named it (a UsageError)
+                shown = any(o["output_type"] == "error" and (o["ename"], o["evalue"]) == (error["ename"], error["evalue"]) for o in record.outputs)
+                outcome.reply = self._fail(error, component.source, publish=not shown)
             return outcome
         record.status = "ok"
         namespace = {n: d for n, d in merged.items() if n not in result.deleted}
@@ -490,10 +492,12 @@ class Runner:
     def _ok_reply(self, history: str | None) -> dict[str, Any]:
         return {"status": "ok", "execution_count": self._count(history), "user_expressions": {}, "payload": []}
 
-    def _fail(self, error: dict[str, Any], history: str | None) -> dict[str, Any]:
-        """Show `error` in the cell as an `error` message; the execute_reply that goes with it."""
+    def _fail(self, error: dict[str, Any], history: str | None, publish: bool = True) -> dict[str, Any]:
+        """Show `error` in the cell as an `error` message (unless it is there already); the
+        execute_reply that goes with it."""
         kernel = self.kernel
-        kernel.session.send(kernel.iopub_socket, "error", error, parent=kernel.get_parent(), ident=kernel._topic("error"))
+        if publish:
+            kernel.session.send(kernel.iopub_socket, "error", error, parent=kernel.get_parent(), ident=kernel._topic("error"))
         return {
             "status": "error",
             "ename": error["ename"],

@@ -60,12 +60,16 @@ class LinkShell(ZMQInteractiveShell):
     # The sinks of the silent runs in progress, in this context only: a kernel subshell's
     # request (JEP 91) failing meanwhile in a thread of its own shows its error as usual.
     _error_sinks: ContextVar[tuple[list[CollectedError], ...]]
+    # Who else hears of every error shown in this context: a component run keeps the errors
+    # its cell shows without failing (`%run` of a failing script) with its stored outputs.
+    _error_listeners: ContextVar[tuple[Callable[[CollectedError], None], ...]]
     # (component, source) of every component the kernel knows, asked only when a traceback
     # holds a frame of an earlier kernel session's cell file (see register_source).
     component_sources: Callable[[], Iterable[tuple[str, str]]] | None = None
 
     def __init__(self, *args, **kwargs) -> None:
         self._error_sinks = ContextVar("linkkernel_error_sinks", default=())
+        self._error_listeners = ContextVar("linkkernel_error_listeners", default=())
         self._cell_file_of_label: dict[str, str] = {}
         self._component_module: ContextVar[types.ModuleType | None] = ContextVar("linkkernel_module", default=None)
         super().__init__(*args, **kwargs)
@@ -132,10 +136,23 @@ class LinkShell(ZMQInteractiveShell):
         finally:
             self._error_sinks.reset(token)
 
+    @contextmanager
+    def errors_shown_to(self, listener: Callable[[CollectedError], None]) -> Iterator[None]:
+        """Inside the block, every error the shell shows (or collects) is also passed to `listener`."""
+        token = self._error_listeners.set((*self._error_listeners.get(), listener))
+        try:
+            yield
+        finally:
+            self._error_listeners.reset(token)
+
     def _showtraceback(self, etype, evalue, stb):
-        sinks = self._error_sinks.get()
+        sinks, listeners = self._error_sinks.get(), self._error_listeners.get()
+        if sinks or listeners:
+            error = CollectedError(etype.__name__, str(evalue), list(stb))
+            for listener in listeners:
+                listener(error)
         if sinks:
-            sinks[-1].append(CollectedError(etype.__name__, str(evalue), list(stb)))
+            sinks[-1].append(error)
             self._last_traceback = stb
             return
         super()._showtraceback(etype, evalue, stb)

@@ -68,32 +68,38 @@ def trim(exc: BaseException) -> BaseException:
     In place because IPython's formatters, pdb and `%tb` all read `__traceback__` of every
     exception in the chain. A chained exception raised entirely inside the machinery (say,
     a KeyError the kernel handled while it started the user's code) is cut from the chain:
-    it would show as a header with no frame under it.
+    it would show as a header with no frame under it. Not so a cause IPython or ipykernel
+    names on purpose (`%run` raises `Exception(msg) from OSError(msg)`): stock Jupyter shows
+    its header and line, so they stay, without its frames. The chain is walked without
+    recursion: a retry loop can chain more exceptions than Python's recursion limit.
     """
-    _trim(exc, set())
+    seen: set[int] = set()
+    pending = [(exc, True)]
+    while pending:
+        current, outermost = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.__traceback__ = trimmed_traceback(current.__traceback__, outermost)
+        for attribute in ("__cause__", "__context__"):
+            linked = getattr(current, attribute)
+            if linked is None:
+                continue
+            if _all_machinery(linked.__traceback__) and (attribute == "__context__" or _raised_in_own_package(linked.__traceback__)):
+                setattr(current, attribute, None)
+                continue
+            pending.append((linked, False))
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend((sub, False) for sub in current.exceptions)
     return exc
-
-
-def _trim(exc: BaseException, seen: set[int], outermost: bool = True) -> None:
-    if id(exc) in seen:
-        return
-    seen.add(id(exc))
-    exc.__traceback__ = trimmed_traceback(exc.__traceback__, outermost)
-    for attribute in ("__cause__", "__context__"):
-        linked = getattr(exc, attribute)
-        if linked is None:
-            continue
-        if _all_machinery(linked.__traceback__):
-            setattr(exc, attribute, None)
-            continue
-        _trim(linked, seen, outermost=False)
-    if isinstance(exc, BaseExceptionGroup):
-        for sub in exc.exceptions:
-            _trim(sub, seen, outermost=False)
 
 
 def _all_machinery(tb: TracebackType | None) -> bool:
     return tb is not None and trimmed_traceback(tb, outermost=False) is None
+
+
+def _raised_in_own_package(tb: TracebackType | None) -> bool:
+    return any(package_of(entry.tb_frame) == OWN_PACKAGE for entry in walk(tb))
 
 
 # Where installed code lives. Not sys.prefix: in a container that can be "/" or "/usr".

@@ -228,7 +228,8 @@ def test_a_subshell_cells_error_during_a_silent_parent_is_its_own(ours, tmp_path
         assert [m["content"]["evalue"] for m in messages if m["msg_type"] == "error"] == ["subshell error"]
         reply, messages = results[main]
         assert reply["status"] == "ok", reply
-        assert [m["content"]["text"] for m in messages if m["msg_type"] == "stream"] == ["child True\n"]
+        # joined: where ipykernel cuts a print into stream messages depends on its flush timing
+        assert "".join(m["content"]["text"] for m in messages if m["msg_type"] == "stream") == "child True\n"
     finally:
         use_no_notebook(ours, tmp_path)
 

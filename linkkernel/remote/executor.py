@@ -118,6 +118,11 @@ def publish_live(kernel, message: dict[str, Any]) -> None:
         kernel.session.send(
             kernel.iopub_socket, "execute_result", content, parent=kernel.get_parent(), ident=kernel._topic("execute_result")
         )
+    elif kind == "error":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        content = {"ename": output["ename"], "evalue": output["evalue"], "traceback": output["traceback"]}
+        kernel.session.send(kernel.iopub_socket, "error", content, parent=kernel.get_parent(), ident=kernel._topic("error"))
 
 
 # What a task's comms may send (taskprocess.PipeComm): the messages of a kernel's own comms.

@@ -283,7 +283,12 @@ class WorkerShell(InteractiveShell):
         print(f"Exception in thread {name}:\n{self.InteractiveTB.stb2text(stb)}", file=sys.stderr, flush=True)
 
     def _showtraceback(self, etype, evalue, stb) -> None:
+        """An error output in its place among the cell's, as ipykernel shows it; the task's
+        error if the run then fails. A cell can show one and go on (`%run` of a failing
+        script, a `__repr__` raising in `display()`): then it is only an output."""
         self.error = {"ename": etype.__name__, "evalue": _text(evalue), "traceback": list(stb)}
+        _flush_streams()
+        self.pipe.send({"output": {"output_type": "error", **self.error}})
 
     def show_usage_error(self, exc: BaseException) -> None:
         """An unknown magic or bad magic arguments end the cell with an error, as in
@@ -374,8 +379,9 @@ class _NullPipe(Pipe):
         pass
 
 
-def execute(shell: WorkerShell, code: str) -> None:
-    """Run a cell as IPython's run_cell would, taking the short path for plain Python.
+def execute(shell: WorkerShell, code: str) -> bool:
+    """Run a cell as IPython's run_cell would, taking the short path for plain Python;
+    whether it failed.
 
     In a freshly forked process every object touched costs a copy-on-write page, and
     run_cell's input transformers and async checks are most of a trivial task's time. Code
@@ -387,14 +393,14 @@ def execute(shell: WorkerShell, code: str) -> None:
     except SyntaxError:
         plain = False
     if not plain:
-        shell.run_cell(code, store_history=False, silent=False)
-        return
+        return not shell.run_cell(code, store_history=False, silent=False).success
     filename = shell.compile.cache(code, 0, code)
     tree = shell.compile.ast_parse(code, filename=filename)
     shell.events.trigger("pre_execute")
     with shell.builtin_trap, shell.display_trap:
-        _pseudo_sync_runner(shell.run_ast_nodes(tree.body, filename, interactivity="last_expr", compiler=shell.compile))
+        failed = _pseudo_sync_runner(shell.run_ast_nodes(tree.body, filename, interactivity="last_expr", compiler=shell.compile))
     shell.events.trigger("post_execute")
+    return bool(failed)
 
 
 class MappedInput:
@@ -472,9 +478,9 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
     _streams[:] = [PipeStream(pipe, "stdout"), PipeStream(pipe, "stderr")]
     sys.stdout, sys.stderr = _streams
     with shell.compile.labelled(task["name"]):
-        execute(shell, task["code"])
+        failed = execute(shell, task["code"])
     _flush_streams()
-    if shell.error is not None:
+    if failed and shell.error is not None:
         pipe.finish({"result": {"error": shell.error}})
         return
     final = {k: v for k, v in namespace.items() if k not in hidden and not _SHELL_NAMES.fullmatch(k)}
