@@ -94,6 +94,8 @@ class Runner:
         # Runs whose outputs are in the notebook namespace: those of this process, and
         # cached ones published by `publish_cached`.
         self._published: set[str] = set()
+        # Whether the request being handled has printed that a cached value was lost.
+        self._said_lost = False
 
     # ---- declarations and graph -------------------------------------------------------
 
@@ -155,6 +157,7 @@ class Runner:
         after `%link cache clear`, with one line saying why. A value lost twice is an error."""
         lost: set[str] = set()
         while True:
+            self._said_lost = bool(lost)
             try:
                 return await run(*args)
             except LostValue as exc:
@@ -172,7 +175,9 @@ class Runner:
             plan = self.plan(graph, [component.name], rerun_targets=True)
             self.publish_cached(graph, [component.name], plan)
             with _input_from_frontend(self.kernel, allow_stdin):
-                await self._run_captured(graph, [n for n in plan if n != component.name])
+                # Nothing of the cell has run yet: the progress line is all it shows, unless
+                # the line about a lost value is above it.
+                await self._run_captured(graph, [n for n in plan if n != component.name], alone=not self._said_lost)
         except KeyboardInterrupt:
             return self._report_interrupt(history, "running parent components")
         except ComponentFailed as exc:
@@ -536,16 +541,17 @@ class Runner:
                     self.shell.user_ns[output] = value_of(output)
             self._published.add(record.run_id)
 
-    async def _run_captured(self, graph, names: list[str], targets: Collection[str] = ()) -> list[str]:
+    async def _run_captured(self, graph, names: list[str], targets: Collection[str] = (), alone: bool = False) -> list[str]:
         """Run `names` in order with their outputs captured, under the transient progress line
-        (`targets` are named as such, the rest as parents). Returns what ran.
+        (`targets` are named as such, the rest as parents; `alone`: the cell shows nothing
+        else yet, see progress.TransientLine). Returns what ran.
 
         Raises KeyboardInterrupt when interrupted and ComponentFailed for a user error, both
         with nothing half-run recorded; warnings are printed once the progress line is gone.
         """
         ran: list[str] = []
         warnings: list[str] = []
-        progress = Progress(self.kernel, len(names), targets)
+        progress = Progress(self.kernel, len(names), targets, alone)
         try:
             for k, name in enumerate(names, 1):
                 progress.show(k, name)
