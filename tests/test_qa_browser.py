@@ -7,8 +7,10 @@ what the page shows and what JupyterLab saves.
 
 from __future__ import annotations
 
+import json
 import re
 import time
+import urllib.request
 from pathlib import Path
 
 import nbformat
@@ -99,3 +101,56 @@ def test_a_child_run_shows_progress_then_leaves_only_its_output_in_the_saved_not
     assert parent["outputs"] == [] and parent["metadata"] == {"tags": parent_tags}
     assert child["metadata"] == {"tags": CHILD[1]}
     assert child["outputs"] == [{"output_type": "stream", "name": "stdout", "text": "child says 42\n"}], child["outputs"]
+
+
+def test_the_kernel_follows_its_notebook_renamed_and_moved_in_jupyterlab(lab, opened) -> None:
+    """Renamed, the notebook keeps its pipeline; a new notebook under the old name (the next
+    Untitled.ipynb) is not read as this one; nor after a move into a folder."""
+    root: Path = lab["root"]
+    write_notebook(root / "first.ipynb", [("x = 21", ["component:parent"]), CHILD, ("%link notebook", [])])
+    notebook = opened("first.ipynb")
+    page = notebook.page
+    page.locator(".lm-MenuBar-itemLabel", has_text="File").click()
+    page.locator(".lm-Menu-itemLabel", has_text="Rename Notebook").click()
+    page.locator(".jp-Dialog input").fill("renamed.ipynb")
+    page.keyboard.press("Enter")
+    page.locator(".lm-TabBar-tabLabel", has_text="renamed.ipynb").first.wait_for()
+    # Another notebook saved where this one was, declaring a component of the same name.
+    write_notebook(root / "first.ipynb", [("x = 1000", ["component:parent"])])
+    notebook.run(1)
+    assert notebook.output_text(1) == "child says 42\n"
+    notebook.run(2)
+    assert str(root / "renamed.ipynb") in notebook.output_text(2)
+    # Moved into a folder (the file browser's drag and drop): the same request to the server.
+    (root / "sub").mkdir()
+    request = urllib.request.Request(
+        f"{lab['url']}/api/contents/renamed.ipynb?token={TOKEN}",
+        data=json.dumps({"path": "sub/renamed.ipynb"}).encode(),
+        method="PATCH",
+        headers={"Content-Type": "application/json"},
+    )
+    urllib.request.urlopen(request, timeout=30).close()
+    notebook.run(2)
+    assert str(root / "sub" / "renamed.ipynb") in notebook.output_text(2)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="files held open are named in /proc/self/fd on Linux only")
+def test_the_saved_notebook_is_followed_when_renamed_and_found_again_when_replaced(tmp_path: Path) -> None:
+    """Without JupyterLab, what the rename test relies on: a rename is followed; a file
+    written anew (git checkout) is read at its path; a path through a link keeps its spelling."""
+    from linkkernel.sources import Sources
+
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    write_notebook(real / "nb.ipynb", [("x = 1", ["component:parent"])])
+    sources = Sources(str(tmp_path / "link" / "nb.ipynb"))
+    assert sources.notebook_path == str(tmp_path / "link" / "nb.ipynb")
+    (real / "sub").mkdir()
+    (real / "nb.ipynb").rename(real / "sub" / "moved.ipynb")
+    write_notebook(real / "nb.ipynb", [("x = 1000", ["component:other"])])  # the next Untitled.ipynb
+    assert sources.notebook_path == str(real / "sub" / "moved.ipynb")
+    assert [c.name for c in sources.declared().components] == ["parent"]
+    (real / "sub" / "moved.ipynb").unlink()
+    write_notebook(real / "sub" / "moved.ipynb", [("x = 2", ["component:checked_out"])])
+    assert [c.name for c in sources.declared().components] == ["checked_out"]
