@@ -154,3 +154,91 @@ def test_the_saved_notebook_is_followed_when_renamed_and_found_again_when_replac
     (real / "sub" / "moved.ipynb").unlink()
     write_notebook(real / "sub" / "moved.ipynb", [("x = 2", ["component:checked_out"])])
     assert [c.name for c in sources.declared().components] == ["checked_out"]
+
+
+def test_interrupting_a_silent_parent_then_restarting_reuses_the_cache(lab, opened) -> None:
+    """The interrupt button stops a parent running silently with one line and nothing kept;
+    after a restart the child finds its parent fresh in the cache and does not run it."""
+    root: Path = lab["root"]
+    parent = (
+        "import os, time\nwith open('parent-runs.txt', 'a') as log:\n    log.write('ran\\n')\ndel log\n"
+        "while not os.path.exists('go'):\n    time.sleep(0.05)\nx = 21"
+    )
+    write_notebook(root / "interrupt.ipynb", [(parent, ["component:parent"]), CHILD])
+    notebook = opened("interrupt.ipynb")
+    page = notebook.page
+    start_run(notebook, 1)
+    wait_for_output(notebook, 1, "running parent 'parent'")
+    page.locator(".jp-NotebookPanel-toolbar [data-command='notebook:interrupt-kernel']").click()
+    wait_for_output(notebook, 1, "KeyboardInterrupt: interrupted while running parent components; nothing half-run was kept")
+    wait_until_done(notebook, 1)
+    (root / "go").touch()
+    notebook.run(1)
+    assert notebook.output_text(1) == "child says 42\n"
+    page.locator(".jp-NotebookPanel-toolbar [data-command='notebook:restart-kernel']").click()
+    page.locator(".jp-Dialog-button.jp-mod-accept").click()
+    notebook.wait_for_kernel()
+    notebook.run(1)
+    notebook.screenshot("qa-browser-after-restart")
+    assert notebook.output_text(1) == "child says 42\n"
+    assert notebook.output_text(0) == ""
+    assert (root / "parent-runs.txt").read_text() == "ran\nran\n"  # interrupted, then once: not after the restart
+
+
+def test_widgets_input_stored_outputs_and_errors_look_as_in_stock_jupyter(lab, opened) -> None:
+    """A slider shown by a component talks to the kernel; input() asks in the stdin box;
+    `%link outputs` shows a silent parent's HTML, image and print; `%link graph` draws;
+    an error renders as the python3 kernel's does in the same browser."""
+    root: Path = lab["root"]
+    pixel = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+    shown = (
+        "import base64\nfrom IPython.display import HTML, Image, display\n"
+        "display(HTML('<b class=\"shown-html\">bold parent</b>'))\n"
+        f"display(Image(base64.b64decode('{pixel}'), width=40))\nprint('parent printed')\nx = 21"
+    )
+    asking = "name = input('your name: ')\nprint('hello', name)"
+    failing = "def explode(v):\n    return v / 0\n\nexplode(1)"
+    write_notebook(root / "rich.ipynb", [
+        (shown, ["component:parent"]),
+        ("import ipywidgets as widgets\nslider = widgets.IntSlider(value=x)\ndisplay(slider)", ["component:wid", "parent:parent"]),
+        ("slider.value", []),
+        ("%link outputs parent", []),
+        ("%link graph", []),
+        (asking, ["component:ask"]),
+        (failing, ["component:broken"]),
+    ])
+    write_notebook(root / "stock.ipynb", [(asking, []), (failing, [])], kernel="python3")
+    notebook = opened("rich.ipynb")
+    notebook.run(1)
+    handle = notebook.cell(1).locator(".jupyter-widgets .noUi-handle")
+    assert handle.get_attribute("aria-valuenow") == "21.0"
+    handle.focus()
+    notebook.page.keyboard.press("ArrowRight")
+    notebook.run(2)
+    assert notebook.output_text(2) == "22"  # the slider's comm reached the kernel
+    notebook.run(3)
+    stored = notebook.cell(3)
+    assert stored.locator(".jp-RenderedHTML b.shown-html").inner_text() == "bold parent"
+    assert stored.locator(".jp-RenderedImage img").get_attribute("width") == "40"
+    assert "parent printed" in notebook.output_text(3)
+    notebook.run(4)
+    graph = notebook.cell(4).locator(".jp-OutputArea-output[data-mime-type='image/svg+xml'] svg, .jp-OutputArea-output img")
+    assert graph.count() == 1 and graph.first.bounding_box()["width"] > 20
+    stock = opened("stock.ipynb")
+    for page, (ask, broken) in ((notebook, (5, 6)), (stock, (0, 1))):
+        start_run(page, ask)
+        box = page.cell(ask).locator("input.jp-Stdin-input")
+        box.fill("Ada")
+        box.press("Enter")
+        wait_for_output(page, ask, "hello Ada")
+        page.run(broken)
+    notebook.screenshot("qa-browser-rich")
+    assert notebook.output_text(5) == stock.output_text(0)
+
+    def error_lines(page: LabPage, index: int) -> list[tuple[str, str]]:
+        """Each coloured piece of the error and its colour, cell labels aside."""
+        spans = page.cell(index).locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'] pre span")
+        pieces = spans.evaluate_all("els => els.map(e => [e.className, e.textContent])")
+        return [(cls, text) for cls, text in pieces if text not in ("Cell", "In[2]", "Component", "broken")]
+
+    assert error_lines(notebook, 6) == error_lines(stock, 1)
