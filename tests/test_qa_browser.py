@@ -209,6 +209,7 @@ def test_widgets_input_stored_outputs_and_errors_look_as_in_stock_jupyter(lab, o
     ])
     write_notebook(root / "stock.ipynb", [(asking, []), (failing, [])], kernel="python3")
     notebook = opened("rich.ipynb")
+    assert notebook.page.locator(".jp-StatusBar-TextItem", has_text="| Idle").inner_text() == "Link Python | Idle"
     notebook.run(1)
     handle = notebook.cell(1).locator(".jupyter-widgets .noUi-handle")
     assert handle.get_attribute("aria-valuenow") == "21.0"
@@ -242,3 +243,19 @@ def test_widgets_input_stored_outputs_and_errors_look_as_in_stock_jupyter(lab, o
         return [(cls, text) for cls, text in pieces if text not in ("Cell", "In[2]", "Component", "broken")]
 
     assert error_lines(notebook, 6) == error_lines(stock, 1)
+
+
+def test_the_launcher_shows_link_python_with_its_logo(lab, browser) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(f"{lab['url']}/lab?reset&token={TOKEN}")
+        cards = page.locator(".jp-LauncherCard", has_text="Link Python")
+        cards.first.wait_for()
+        assert cards.count() == 2  # a notebook and a console
+        logos = cards.locator("img").all()
+        assert len(logos) == 2, "without a logo JupyterLab shows the name's first letter"
+        for logo in logos:
+            assert logo.get_attribute("alt") == "Link Python"
+            assert logo.evaluate("img => img.complete && img.naturalWidth") > 0, logo.get_attribute("src")
+    finally:
+        page.close()
