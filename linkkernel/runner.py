@@ -507,11 +507,12 @@ class Runner:
     # ---- %link run -------------------------------------------------------------------------
 
     @_taking_turns
-    async def run_targets(self, targets: list[str] | None, force: bool) -> list[str]:
-        """`%link run`: bring `targets` (all when None) up to date, silently. Returns what ran."""
-        return await self._again_when_lost(self._run_targets, targets, force)
+    async def run_targets(self, targets: list[str] | None, force: bool, alone: bool = False) -> list[str]:
+        """`%link run`: bring `targets` (all when None) up to date, silently. Returns what ran.
+        `alone`: the cell has shown nothing yet (see progress.TransientLine)."""
+        return await self._again_when_lost(self._run_targets, targets, force, alone)
 
-    async def _run_targets(self, targets: list[str] | None, force: bool) -> list[str]:
+    async def _run_targets(self, targets: list[str] | None, force: bool, alone: bool) -> list[str]:
         from linkkernel.graph import run_order
 
         graph = self.graph(targets)
@@ -521,7 +522,7 @@ class Runner:
                 raise LinkError(f"%link run: no component named {name!r} in {self.sources.looked_in()}")
         plan = self.plan(graph, names, force)
         self.publish_cached(graph, names, plan)
-        return await self._run_captured(graph, plan, targets=names)
+        return await self._run_captured(graph, plan, targets=names, alone=alone and not self._said_lost)
 
     def publish_cached(self, graph, targets: list[str], plan: list[str]) -> None:
         """Publish the outputs of fresh components that did not run in this process (found in

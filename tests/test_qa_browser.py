@@ -88,7 +88,9 @@ def test_a_child_run_shows_progress_then_leaves_only_its_output_in_the_saved_not
     afterwards is the child's own output, nothing left of the progress line."""
     path = lab["root"] / "progress.ipynb"
     parent_tags = ["component:parent"]
-    write_notebook(path, [("import time\ntime.sleep(1.5)\nx = 21\nprint('parent ran')", parent_tags), CHILD])
+    write_notebook(
+        path, [("import time\ntime.sleep(1.5)\nx = 21\nprint('parent ran')", parent_tags), CHILD, ("%link run child --force", [])]
+    )
     notebook = opened("progress.ipynb")
     start_run(notebook, 1)
     wait_for_output(notebook, 1, "linkkernel: running parent 'parent' (1 of 1")
@@ -96,11 +98,16 @@ def test_a_child_run_shows_progress_then_leaves_only_its_output_in_the_saved_not
     notebook.screenshot("qa-browser-progress")
     assert notebook.output_text(1) == "child says 42\n"
     assert notebook.output_text(0) == ""
+    start_run(notebook, 2)  # the same line, for components run from a plain cell
+    wait_for_output(notebook, 2, "linkkernel: running parent 'parent' (1 of 2")
+    wait_for_output(notebook, 2, "ran: parent, child")
+    wait_until_done(notebook, 2)
     notebook.page.keyboard.press("Control+s")
-    parent, child = saved_cells(path, 1)
+    parent, child, run = saved_cells(path, 2)
     assert parent["outputs"] == [] and parent["metadata"] == {"tags": parent_tags}
     assert child["metadata"] == {"tags": CHILD[1]}
     assert child["outputs"] == [{"output_type": "stream", "name": "stdout", "text": "child says 42\n"}], child["outputs"]
+    assert run["outputs"] == [{"output_type": "stream", "name": "stdout", "text": "ran: parent, child\n"}], run["outputs"]
 
 
 def test_the_kernel_follows_its_notebook_renamed_and_moved_in_jupyterlab(lab, opened) -> None:
