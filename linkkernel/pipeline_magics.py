@@ -142,7 +142,10 @@ def run(kernel, argv: list[str]) -> None:
         )
     from IPython.core.interactiveshell import _pseudo_sync_runner
 
-    ran = _pseudo_sync_runner(kernel.runner.run_targets(None if args.all else args.names, args.force))
+    # A cell of this one line has shown nothing before the run's progress line.
+    code = kernel.get_parent().get("content", {}).get("code", "").strip()
+    alone = code.startswith("%link") and "\n" not in code
+    ran = _pseudo_sync_runner(kernel.runner.run_targets(None if args.all else args.names, args.force, alone))
     print(f"ran: {', '.join(ran)}" if ran else "everything was fresh; nothing ran")
 
 

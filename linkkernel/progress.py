@@ -4,7 +4,10 @@ and any other line the kernel shows until the thing it reports is over.
 Sent straight to IOPub (not through the shell's display publisher, which a silent run has
 swapped out) as a display with a display_id, updated in place. Removing a line updates that
 display to empty content rather than sending clear_output, which would also wipe whatever
-the cell showed before (a `print` above `%link run`, a warning).
+the cell showed before (a `print` above `%link run`, a warning). An emptied display is still
+an output, though: JupyterLab saves it into the notebook as an empty `display_data`. So a
+line known to be the first thing its cell shows (the parents of a component cell run before
+any of its code) is removed with clear_output, which then wipes nothing else.
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ from collections.abc import Collection
 
 class TransientLine:
     """One line of text in the cell of the request being handled, replaced in place by each
-    `show` and emptied by `clear`."""
+    `show` and removed by `clear`. `alone`: nothing else is shown in the cell before it."""
 
-    def __init__(self, kernel, kind: str) -> None:
-        self.kernel = kernel
+    def __init__(self, kernel, kind: str, alone: bool = False) -> None:
+        self.kernel, self.alone = kernel, alone
         self.display_id = f"linkkernel-{kind}-{uuid.uuid4().hex}"
         self.showing = False
         self._parent: dict | None = None  # the request shown in, taken at the first show
@@ -31,17 +34,22 @@ class TransientLine:
 
     def clear(self) -> None:
         if self.showing:
-            self._send({})
+            if self.alone:
+                self._publish("clear_output", {"wait": False})
+            else:
+                self._send({})
             self.showing = False
 
     def _send(self, data: dict[str, str]) -> None:
         """The first call creates the display; later ones, from any thread, update it."""
-        kernel = self.kernel
         created = self._parent is not None
         if not created:
-            self._parent = kernel.get_parent()
-        msg_type = "update_display_data" if created else "display_data"
+            self._parent = self.kernel.get_parent()
         content = {"data": data, "metadata": {}, "transient": {"display_id": self.display_id}}
+        self._publish("update_display_data" if created else "display_data", content)
+
+    def _publish(self, msg_type: str, content: dict) -> None:
+        kernel = self.kernel
         kernel.session.send(kernel.iopub_socket, msg_type, content, parent=self._parent, ident=kernel._topic(msg_type))
 
 
@@ -49,13 +57,14 @@ class Progress:
     """The progress line: which component, k of n, elapsed, ticking every second.
 
     Components in `targets` are what the user asked for; the others are named as parents.
+    `alone`: the line is the first thing its cell shows (see TransientLine).
     """
 
-    def __init__(self, kernel, total: int, targets: Collection[str] = ()) -> None:
+    def __init__(self, kernel, total: int, targets: Collection[str] = (), alone: bool = False) -> None:
         self.total, self.targets = total, targets
         self.started = time.monotonic()
         self.current: tuple[int, str] | None = None
-        self._line = TransientLine(kernel, "progress")
+        self._line = TransientLine(kernel, "progress", alone)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -80,7 +89,7 @@ class Progress:
                     self._line.show(self._text())
 
     def remove(self) -> None:
-        """Stop updating and empty the line, leaving every other output of the cell alone."""
+        """Stop updating and remove the line, leaving every other output of the cell alone."""
         self._stop.set()
         with self._lock:
             self._line.clear()

@@ -100,6 +100,8 @@ class Runner:
         # Values (by digest) that pickled but could not be rebuilt when a child loaded them:
         # made again, each is tried once, and kept in memory only if it fails again.
         self._unrebuilt: set[str] = set()
+        # Whether the request being handled has printed that a cached value was lost.
+        self._said_lost = False
 
     # ---- declarations and graph -------------------------------------------------------
 
@@ -161,6 +163,7 @@ class Runner:
         after `%link cache clear`, with one line saying why. A value lost twice is an error."""
         lost: set[str] = set()
         while True:
+            self._said_lost = bool(lost)
             try:
                 return await run(*args)
             except LostValue as exc:
@@ -180,7 +183,9 @@ class Runner:
             plan = self.plan(graph, [component.name], rerun_targets=True)
             self.publish_cached(graph, [component.name], plan)
             with _input_from_frontend(self.kernel, allow_stdin):
-                await self._run_captured(graph, [n for n in plan if n != component.name])
+                # Nothing of the cell has run yet: the progress line is all it shows, unless
+                # the line about a lost value is above it.
+                await self._run_captured(graph, [n for n in plan if n != component.name], alone=not self._said_lost)
         except KeyboardInterrupt:
             return self._report_interrupt(history, "running parent components")
         except ComponentFailed as exc:
@@ -523,11 +528,12 @@ class Runner:
     # ---- %link run -------------------------------------------------------------------------
 
     @_taking_turns
-    async def run_targets(self, targets: list[str] | None, force: bool) -> list[str]:
-        """`%link run`: bring `targets` (all when None) up to date, silently. Returns what ran."""
-        return await self._again_when_lost(self._run_targets, targets, force)
+    async def run_targets(self, targets: list[str] | None, force: bool, alone: bool = False) -> list[str]:
+        """`%link run`: bring `targets` (all when None) up to date, silently. Returns what ran.
+        `alone`: the cell has shown nothing yet (see progress.TransientLine)."""
+        return await self._again_when_lost(self._run_targets, targets, force, alone)
 
-    async def _run_targets(self, targets: list[str] | None, force: bool) -> list[str]:
+    async def _run_targets(self, targets: list[str] | None, force: bool, alone: bool) -> list[str]:
         from linkkernel.graph import run_order
 
         graph = self.graph(targets)
@@ -537,7 +543,7 @@ class Runner:
                 raise LinkError(f"%link run: no component named {name!r} in {self.sources.looked_in()}")
         plan = self.plan(graph, names, force)
         self.publish_cached(graph, names, plan)
-        return await self._run_captured(graph, plan, targets=names)
+        return await self._run_captured(graph, plan, targets=names, alone=alone and not self._said_lost)
 
     def publish_cached(self, graph, targets: list[str], plan: list[str]) -> None:
         """Publish the outputs of fresh components that did not run in this process (found in
@@ -557,16 +563,17 @@ class Runner:
                     self.shell.user_ns[output] = value_of(output)
             self._published.add(record.run_id)
 
-    async def _run_captured(self, graph, names: list[str], targets: Collection[str] = ()) -> list[str]:
+    async def _run_captured(self, graph, names: list[str], targets: Collection[str] = (), alone: bool = False) -> list[str]:
         """Run `names` in order with their outputs captured, under the transient progress line
-        (`targets` are named as such, the rest as parents). Returns what ran.
+        (`targets` are named as such, the rest as parents; `alone`: the cell shows nothing
+        else yet, see progress.TransientLine). Returns what ran.
 
         Raises KeyboardInterrupt when interrupted and ComponentFailed for a user error, both
         with nothing half-run recorded; warnings are printed once the progress line is gone.
         """
         ran: list[str] = []
         warnings: list[str] = []
-        progress = Progress(self.kernel, len(names), targets)
+        progress = Progress(self.kernel, len(names), targets, alone)
         try:
             for k, name in enumerate(names, 1):
                 progress.show(k, name)

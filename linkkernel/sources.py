@@ -13,6 +13,7 @@ import json
 import os
 import re
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -155,6 +156,57 @@ def notebook_path_from_env(environ: Mapping[str, str] = os.environ) -> str | Non
     return None
 
 
+_OPEN_FDS = "/proc/self/fd"
+
+
+class NotebookFile:
+    """Where the saved notebook is now: its path, followed through renames and moves.
+
+    jupyter_server tells a kernel its notebook's path once, at start (JPY_SESSION_NAME); a
+    rename or a move in JupyterLab changes only the server's session. Read by that path, the
+    notebook would be gone, or worse, another notebook saved under the old name since (each
+    new notebook is Untitled.ipynb) would be read as this one. Where the system names the
+    files a process holds open (Linux's /proc/self/fd), a descriptor held on the notebook
+    follows it wherever it is renamed to. A notebook replaced rather than renamed (git
+    checkout, an editor writing a new file) is found again at its last path.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = os.path.abspath(path)
+        self._fd: int | None = None
+        self._close: weakref.finalize | None = None
+        self._follow()
+
+    @property
+    def path(self) -> str:
+        self._follow()
+        return self._path
+
+    def _follow(self) -> None:
+        if not os.path.isdir(_OPEN_FDS):
+            return
+        if self._fd is not None:
+            try:
+                now = os.readlink(f"{_OPEN_FDS}/{self._fd}")
+            except OSError:
+                now = ""
+            if now.endswith(".ipynb") and os.path.exists(now):  # not deleted (" (deleted)"), not renamed away
+                if now != os.path.realpath(self._path):  # moved; else the path as given, links and all
+                    self._path = now
+                return
+            self.close()
+        try:
+            self._fd = os.open(self._path, os.O_RDONLY)
+        except OSError:  # not saved yet, or gone
+            return
+        self._close = weakref.finalize(self, os.close, self._fd)
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
+        self._fd = self._close = None
+
+
 class Sources:
     """The merged view of every cell declaration this kernel knows."""
 
@@ -174,16 +226,19 @@ class Sources:
         # save was removed from the notebook, whether or not the frontend reported it.
         self._saved_keys: set[str] = set()
         self._clock = 0.0
+        self._notebook: NotebookFile | None = None
         self.notebook_path = notebook_path
 
     @property
     def notebook_path(self) -> str | None:
-        return self._notebook_path
+        return None if self._notebook is None else self._notebook.path
 
     @notebook_path.setter
     def notebook_path(self, path: str | None) -> None:
         # Cells executed for another notebook are not cells of this one.
-        self._notebook_path = os.path.abspath(path) if path else None
+        if self._notebook is not None:
+            self._notebook.close()
+        self._notebook = NotebookFile(path) if path else None
         self._file_cells, self._file_stamp, self._saved_at = [], None, None
         self._executed.clear()
         self._deleted.clear()
@@ -192,13 +247,14 @@ class Sources:
 
     def looked_in(self) -> str:
         """Where declarations were searched, for the missing-parent message."""
-        if self._notebook_path is None:
+        path = self.notebook_path
+        if path is None:
             return (
                 "the cells executed in this kernel (no saved notebook known: "
                 "set LINKKERNEL_NOTEBOOK or run %link notebook PATH)"
             )
-        state = "" if os.path.exists(self._notebook_path) else ", which does not exist"
-        return f"the cells executed in this kernel and the saved notebook {self._notebook_path}{state}"
+        state = "" if os.path.exists(path) else ", which does not exist"
+        return f"the cells executed in this kernel and the saved notebook {path}{state}"
 
     def _now(self) -> float:
         # Strictly increasing, so two requests in the same clock tick still order.
@@ -208,7 +264,7 @@ class Sources:
     def _read_file(self, strict: bool = True) -> list[Cell]:
         """The saved notebook's cells. Not `strict`: an unreadable file counts as no file,
         so a plain cell still runs exactly as in ipykernel."""
-        path = self._notebook_path
+        path = self.notebook_path
         if path is None:
             return []
         try:

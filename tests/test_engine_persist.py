@@ -83,6 +83,7 @@ def test_a_value_lost_from_the_cache_runs_its_component_again(saved, damage):
     assert value(nb.kernel, "z") == 30
     assert result.stderr.startswith("linkkernel: ") and "running the components that made it again" in result.stderr
     assert result.stderr.count("\n") == 1
+    assert "clear_output" not in [m["msg_type"] for m in result.messages], "the line said above the progress is kept"
     restart(nb.kernel)
     assert nb.run("c").status == "ok"
     assert nb.runs() == ["c"], "the value was written again"

@@ -1,0 +1,273 @@
+"""What a JupyterLab user sees of Link Python, in a real browser (SPEC §1-§4).
+
+One JupyterLab server and one Chromium for the module (browser_support). Each test writes
+its notebook as a user's saved file, opens it from the server as a user does, and reads
+what the page shows and what JupyterLab saves.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+from browser_support import TOKEN, LabPage, browser, lab  # noqa: F401 - module fixtures
+
+pytestmark = pytest.mark.timeout(300)
+
+CHILD = ("y = x * 2\nprint('child says', y)", ["component:child", "parent:parent"])
+
+
+def write_notebook(path: Path, cells: list[tuple[str, list[str]]], kernel: str = "link-python") -> None:
+    """A saved notebook of code cells, each (source, tags), for `kernel`."""
+    notebook = nbformat.v4.new_notebook()
+    names = {"link-python": "Link Python", "python3": "Python 3 (ipykernel)"}
+    notebook.metadata["kernelspec"] = {"name": kernel, "display_name": names[kernel], "language": "python"}
+    for source, tags in cells:
+        cell = nbformat.v4.new_code_cell(source)
+        if tags:
+            cell.metadata["tags"] = tags
+        notebook.cells.append(cell)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(notebook, path)
+
+
+def saved_cells(path: Path, executed: int) -> list[dict]:
+    """The cells of `path` once JupyterLab has saved it with cell `executed` run."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            cells = nbformat.reads(path.read_text(), as_version=4).cells
+            if cells[executed].execution_count is not None:
+                return cells
+        except (OSError, ValueError, IndexError):
+            pass
+        assert time.monotonic() < deadline, f"{path} was not saved with cell {executed} run"
+        time.sleep(0.2)
+
+
+def start_run(notebook: LabPage, index: int) -> None:
+    """Run a cell without waiting for it, as a user presses Ctrl+Enter."""
+    notebook.cell(index).locator(".cm-content").click()
+    notebook.page.keyboard.press("Control+Enter")
+
+
+def wait_for_output(notebook: LabPage, index: int, text: str | re.Pattern, timeout: float = 60) -> None:
+    notebook.cell(index).locator(".jp-OutputArea-output", has_text=text).first.wait_for(timeout=timeout * 1000)
+
+
+def wait_until_done(notebook: LabPage, index: int, timeout: float = 60) -> None:
+    """Until the cell's prompt shows a count instead of `[*]`."""
+    prompt = notebook.cell(index).locator(".jp-InputPrompt")
+    deadline = time.monotonic() + timeout
+    while not re.search(r"\[\d+\]", prompt.inner_text()):
+        assert time.monotonic() < deadline, f"cell {index} still shows {prompt.inner_text()!r}"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def opened(lab, browser):
+    """Opens saved notebooks in pages of their own; closes them after the test."""
+    pages: list[LabPage] = []
+
+    def open_notebook(path: str) -> LabPage:
+        pages.append(LabPage.open(browser, lab["url"], path))
+        return pages[-1]
+
+    yield open_notebook
+    for lab_page in pages:
+        lab_page.page.close()
+
+
+def test_a_child_run_shows_progress_then_leaves_only_its_output_in_the_saved_notebook(lab, opened) -> None:
+    """The parent runs silently under a progress line that goes away; what JupyterLab saves
+    afterwards is the child's own output, nothing left of the progress line."""
+    path = lab["root"] / "progress.ipynb"
+    parent_tags = ["component:parent"]
+    write_notebook(
+        path, [("import time\ntime.sleep(1.5)\nx = 21\nprint('parent ran')", parent_tags), CHILD, ("%link run child --force", [])]
+    )
+    notebook = opened("progress.ipynb")
+    start_run(notebook, 1)
+    wait_for_output(notebook, 1, "linkkernel: running parent 'parent' (1 of 1")
+    wait_until_done(notebook, 1)
+    notebook.screenshot("qa-browser-progress")
+    assert notebook.output_text(1) == "child says 42\n"
+    assert notebook.output_text(0) == ""
+    start_run(notebook, 2)  # the same line, for components run from a plain cell
+    wait_for_output(notebook, 2, "linkkernel: running parent 'parent' (1 of 2")
+    wait_for_output(notebook, 2, "ran: parent, child")
+    wait_until_done(notebook, 2)
+    notebook.page.keyboard.press("Control+s")
+    parent, child, run = saved_cells(path, 2)
+    assert parent["outputs"] == [] and parent["metadata"] == {"tags": parent_tags}
+    assert child["metadata"] == {"tags": CHILD[1]}
+    assert child["outputs"] == [{"output_type": "stream", "name": "stdout", "text": "child says 42\n"}], child["outputs"]
+    assert run["outputs"] == [{"output_type": "stream", "name": "stdout", "text": "ran: parent, child\n"}], run["outputs"]
+
+
+def test_the_kernel_follows_its_notebook_renamed_and_moved_in_jupyterlab(lab, opened) -> None:
+    """Renamed, the notebook keeps its pipeline; a new notebook under the old name (the next
+    Untitled.ipynb) is not read as this one; nor after a move into a folder."""
+    root: Path = lab["root"]
+    write_notebook(root / "first.ipynb", [("x = 21", ["component:parent"]), CHILD, ("%link notebook", [])])
+    notebook = opened("first.ipynb")
+    page = notebook.page
+    page.locator(".lm-MenuBar-itemLabel", has_text="File").click()
+    page.locator(".lm-Menu-itemLabel", has_text="Rename Notebook").click()
+    page.locator(".jp-Dialog input").fill("renamed.ipynb")
+    page.keyboard.press("Enter")
+    page.locator(".lm-TabBar-tabLabel", has_text="renamed.ipynb").first.wait_for()
+    # Another notebook saved where this one was, declaring a component of the same name.
+    write_notebook(root / "first.ipynb", [("x = 1000", ["component:parent"])])
+    notebook.run(1)
+    assert notebook.output_text(1) == "child says 42\n"
+    notebook.run(2)
+    assert str(root / "renamed.ipynb") in notebook.output_text(2)
+    # Moved into a folder (the file browser's drag and drop): the same request to the server.
+    (root / "sub").mkdir()
+    request = urllib.request.Request(
+        f"{lab['url']}/api/contents/renamed.ipynb?token={TOKEN}",
+        data=json.dumps({"path": "sub/renamed.ipynb"}).encode(),
+        method="PATCH",
+        headers={"Content-Type": "application/json"},
+    )
+    urllib.request.urlopen(request, timeout=30).close()
+    notebook.run(2)
+    assert str(root / "sub" / "renamed.ipynb") in notebook.output_text(2)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="files held open are named in /proc/self/fd on Linux only")
+def test_the_saved_notebook_is_followed_when_renamed_and_found_again_when_replaced(tmp_path: Path) -> None:
+    """Without JupyterLab, what the rename test relies on: a rename is followed; a file
+    written anew (git checkout) is read at its path; a path through a link keeps its spelling."""
+    from linkkernel.sources import Sources
+
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    write_notebook(real / "nb.ipynb", [("x = 1", ["component:parent"])])
+    sources = Sources(str(tmp_path / "link" / "nb.ipynb"))
+    assert sources.notebook_path == str(tmp_path / "link" / "nb.ipynb")
+    (real / "sub").mkdir()
+    (real / "nb.ipynb").rename(real / "sub" / "moved.ipynb")
+    write_notebook(real / "nb.ipynb", [("x = 1000", ["component:other"])])  # the next Untitled.ipynb
+    assert sources.notebook_path == str(real / "sub" / "moved.ipynb")
+    assert [c.name for c in sources.declared().components] == ["parent"]
+    (real / "sub" / "moved.ipynb").unlink()
+    write_notebook(real / "sub" / "moved.ipynb", [("x = 2", ["component:checked_out"])])
+    assert [c.name for c in sources.declared().components] == ["checked_out"]
+
+
+def test_interrupting_a_silent_parent_then_restarting_reuses_the_cache(lab, opened) -> None:
+    """The interrupt button stops a parent running silently with one line and nothing kept;
+    after a restart the child finds its parent fresh in the cache and does not run it."""
+    root: Path = lab["root"]
+    parent = (
+        "import os, time\nwith open('parent-runs.txt', 'a') as log:\n    log.write('ran\\n')\ndel log\n"
+        "while not os.path.exists('go'):\n    time.sleep(0.05)\nx = 21"
+    )
+    write_notebook(root / "interrupt.ipynb", [(parent, ["component:parent"]), CHILD])
+    notebook = opened("interrupt.ipynb")
+    page = notebook.page
+    start_run(notebook, 1)
+    wait_for_output(notebook, 1, "running parent 'parent'")
+    page.locator(".jp-NotebookPanel-toolbar [data-command='notebook:interrupt-kernel']").click()
+    wait_for_output(notebook, 1, "KeyboardInterrupt: interrupted while running parent components; nothing half-run was kept")
+    wait_until_done(notebook, 1)
+    (root / "go").touch()
+    notebook.run(1)
+    assert notebook.output_text(1) == "child says 42\n"
+    page.locator(".jp-NotebookPanel-toolbar [data-command='notebook:restart-kernel']").click()
+    page.locator(".jp-Dialog-button.jp-mod-accept").click()
+    notebook.wait_for_kernel()
+    notebook.run(1)
+    notebook.screenshot("qa-browser-after-restart")
+    assert notebook.output_text(1) == "child says 42\n"
+    assert notebook.output_text(0) == ""
+    assert (root / "parent-runs.txt").read_text() == "ran\nran\n"  # interrupted, then once: not after the restart
+
+
+def test_widgets_input_stored_outputs_and_errors_look_as_in_stock_jupyter(lab, opened) -> None:
+    """A slider shown by a component talks to the kernel; input() asks in the stdin box;
+    `%link outputs` shows a silent parent's HTML, image and print; `%link graph` draws;
+    an error renders as the python3 kernel's does in the same browser."""
+    root: Path = lab["root"]
+    pixel = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+    shown = (
+        "import base64\nfrom IPython.display import HTML, Image, display\n"
+        "display(HTML('<b class=\"shown-html\">bold parent</b>'))\n"
+        f"display(Image(base64.b64decode('{pixel}'), width=40))\nprint('parent printed')\nx = 21"
+    )
+    asking = "name = input('your name: ')\nprint('hello', name)"
+    failing = "def explode(v):\n    return v / 0\n\nexplode(1)"
+    write_notebook(root / "rich.ipynb", [
+        (shown, ["component:parent"]),
+        ("import ipywidgets as widgets\nslider = widgets.IntSlider(value=x)\ndisplay(slider)", ["component:wid", "parent:parent"]),
+        ("slider.value", []),
+        ("%link outputs parent", []),
+        ("%link graph", []),
+        (asking, ["component:ask"]),
+        (failing, ["component:broken"]),
+    ])
+    write_notebook(root / "stock.ipynb", [(asking, []), (failing, [])], kernel="python3")
+    notebook = opened("rich.ipynb")
+    assert notebook.page.locator(".jp-StatusBar-TextItem", has_text="| Idle").inner_text() == "Link Python | Idle"
+    notebook.run(1)
+    handle = notebook.cell(1).locator(".jupyter-widgets .noUi-handle")
+    assert handle.get_attribute("aria-valuenow") == "21.0"
+    handle.focus()
+    notebook.page.keyboard.press("ArrowRight")
+    notebook.run(2)
+    assert notebook.output_text(2) == "22"  # the slider's comm reached the kernel
+    notebook.run(3)
+    stored = notebook.cell(3)
+    assert stored.locator(".jp-RenderedHTML b.shown-html").inner_text() == "bold parent"
+    assert stored.locator(".jp-RenderedImage img").get_attribute("width") == "40"
+    assert "parent printed" in notebook.output_text(3)
+    notebook.run(4)
+    graph = notebook.cell(4).locator(".jp-OutputArea-output[data-mime-type='image/svg+xml'] svg, .jp-OutputArea-output img")
+    assert graph.count() == 1 and graph.first.bounding_box()["width"] > 20
+    stock = opened("stock.ipynb")
+    for page, (ask, broken) in ((notebook, (5, 6)), (stock, (0, 1))):
+        start_run(page, ask)
+        box = page.cell(ask).locator("input.jp-Stdin-input")
+        box.fill("Ada")
+        box.press("Enter")
+        wait_for_output(page, ask, "hello Ada")
+        page.run(broken)
+    notebook.screenshot("qa-browser-rich")
+
+    def shown(page: LabPage, index: int) -> list[str]:
+        # JupyterLab keeps an answered stdin box in the page for a while, hidden
+        return page.cell(index).locator(".jp-OutputArea-output:visible").all_inner_texts()
+
+    assert shown(notebook, 5) == shown(stock, 0) == ["your name:  Ada\n", "hello Ada\n"]
+
+    def error_lines(page: LabPage, index: int) -> list[tuple[str, str]]:
+        """Each coloured piece of the error and its colour, cell labels aside."""
+        spans = page.cell(index).locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'] pre span")
+        pieces = spans.evaluate_all("els => els.map(e => [e.className, e.textContent])")
+        return [(cls, text) for cls, text in pieces if text not in ("Cell", "In[2]", "Component", "broken")]
+
+    assert error_lines(notebook, 6) == error_lines(stock, 1)
+
+
+def test_the_launcher_shows_link_python_with_its_logo(lab, browser) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(f"{lab['url']}/lab?reset&token={TOKEN}")
+        cards = page.locator(".jp-LauncherCard", has_text="Link Python")
+        cards.first.wait_for()
+        assert cards.count() == 2  # a notebook and a console
+        logos = cards.locator("img").all()
+        assert len(logos) == 2, "without a logo JupyterLab shows the name's first letter"
+        for logo in logos:
+            assert logo.get_attribute("alt") == "Link Python"
+            assert logo.evaluate("img => img.complete && img.naturalWidth") > 0, logo.get_attribute("src")
+    finally:
+        page.close()
