@@ -1,0 +1,114 @@
+"""QA: what a stock ipykernel shows, Link Python shows too, in plain cells and in components
+run live or silently (SPEC §1).
+
+A Link Python kernel and a stock `python3` ipykernel run the same code side by side. The
+outputs a component keeps (`%link outputs`, the cache store) are compared with what the stock
+kernel shows for the same cell, whether the component ran live or silently as a parent, and
+IPython's history names in the notebook with those of stock cells.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine_support import Notebook
+from support import Kernel, component_meta, start_stock_kernel
+
+# A figure as matplotlib's inline backend hands it to display(): PNG bytes from `_repr_png_`.
+FIGURE = """\
+import struct, zlib
+def _chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+class Figure:
+    def _repr_png_(self):
+        header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+        return b"\\x89PNG\\r\\n\\x1a\\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(b"\\x00\\xff\\x00\\x00")) + _chunk(b"IEND", b"")
+    def __repr__(self):
+        return "<Figure>"
+from IPython.display import display
+display(Figure())
+"""
+
+
+@pytest.fixture(scope="module")
+def ours(link_kernelspec: str, tmp_path_factory: pytest.TempPathFactory):
+    k = Kernel(cwd=str(tmp_path_factory.mktemp("qa-stock")))
+    yield k
+    k.shutdown()
+
+
+@pytest.fixture(scope="module")
+def stock(link_kernelspec: str, tmp_path_factory: pytest.TempPathFactory):
+    k = start_stock_kernel(tmp_path_factory.mktemp("stock"))
+    yield k
+    k.shutdown()
+
+
+def kept(kernel: Kernel, name: str) -> list[dict]:
+    """The data of each display `%link outputs NAME` shows."""
+    result = kernel.execute(f"%link outputs {name}")
+    assert result.status == "ok", result.traceback_text
+    return [d["data"] for d in result.displays]
+
+
+def shown(result) -> list[dict]:
+    assert result.status == "ok", result.traceback_text
+    return [d["data"] for d in result.displays]
+
+
+@pytest.mark.parametrize("code", ["total = 40\ntotal + 2", "total = 40\ntotal + 2;", "41 + 1\ntotal = 0"], ids=["value", "semicolon", "not-last"])
+def test_a_silent_run_keeps_the_value_of_the_last_expression_as_the_cell_shows_it(ours, stock, code):
+    expected = shown(stock.execute(code))
+    live = ours.execute(code, metadata=component_meta("valued"), cell_id="qs-valued")
+    assert shown(live) == expected
+    assert kept(ours, "valued") == expected
+    before = ours.execute("print(len(Out), repr(_))").stdout
+    assert ours.execute("%link run valued --force").stdout == "ran: valued\n"
+    assert kept(ours, "valued") == expected
+    # Run silently, the value is the component's output only: not the notebook's Out or _.
+    assert ours.execute("print(len(Out), repr(_))").stdout == before
+
+
+def test_history_names_after_component_cells_are_stock_ones(ours, stock):
+    cells = [("h1", "1"), ("h2", "2"), ("h3", "3")]
+    for name, code in cells:
+        assert stock.execute(code).status == "ok"
+        assert ours.execute(code, metadata=component_meta(name), cell_id=f"qs-{name}").status == "ok"
+    check = "print(_, __, ___)"
+    assert ours.execute(check).stdout == stock.execute(check).stdout == "3 2 1\n"
+
+
+@pytest.mark.parametrize("live", [True, False], ids=["live", "silent-parent"])
+def test_a_components_figure_is_kept_across_a_restart(link_kernelspec, tmp_path, live):
+    kernel = Kernel(cwd=str(tmp_path))
+    try:
+        nb = Notebook(kernel, tmp_path / "figures.ipynb")
+        nb.add("plot", FIGURE, counted=False)
+        nb.add("after", "print('after')", "plot", counted=False).use()
+        if live:
+            assert nb.run("plot").status == "ok"
+        assert nb.run("after").stdout == "after\n"
+        before = kept(kernel, "plot")
+        assert [sorted(d) for d in before] == [["image/png", "text/plain"]]
+        assert before[0]["image/png"].startswith("iVBORw0KGgo")  # base64, as the cell shows it
+        kernel.restart()
+        assert kernel.execute(f"%link notebook {nb.path}").status == "ok"
+        assert kept(kernel, "plot") == before
+        assert "fresh" in kernel.execute("%link status").stdout.splitlines()[1]
+    finally:
+        kernel.shutdown()
+
+
+def test_display_data_no_message_can_carry_is_the_users_error_as_in_stock(ours, stock):
+    code = "from IPython.display import publish_display_data\npublish_display_data({'text/plain': object()})"
+    expected = stock.execute(code).reply["content"]
+    live = ours.execute(code, metadata=component_meta("unsendable"), cell_id="qs-unsendable")
+    silent = ours.execute("%link run unsendable --force")
+    for result in (live, silent):
+        content = result.reply["content"]
+        assert content["ename"] == expected["ename"] == "ValueError"
+        assert content["evalue"].startswith("Can't clean for JSON")
+        assert "linkkernel internal error" not in result.traceback_text
+        assert "publish_display_data({'text/plain': object()})" in result.traceback_text
