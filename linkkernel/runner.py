@@ -50,6 +50,12 @@ def is_ipython_name(name: str) -> bool:
     return _IPYTHON_NAME.fullmatch(name) is not None
 
 
+def _is_module_dunder(name: str) -> bool:
+    """`__name__`, `__builtins__`...: the run's module's own, never the notebook's; `__` and
+    `___` (the outputs before last) are history names."""
+    return name.startswith("__") and name.strip("_") != ""
+
+
 @dataclass
 class RunOutcome:
     """What one run of one component left behind."""
@@ -294,8 +300,8 @@ class Runner:
                 else:
                     outputs.error(reply.get("ename", ""), reply.get("evalue", ""), reply.get("traceback", []))
                 outcome.reply = reply
-        if live is not None:  # `_`, `_i`, `_5`...: plain cells keep IPython's history names
-            shell.user_ns.update({n: ns[n] for n in ns if is_ipython_name(n) and not n.startswith("__")})
+        if live is not None:  # `_`, `__`, `_i`, `_5`...: plain cells keep IPython's history names
+            shell.user_ns.update({n: ns[n] for n in ns if is_ipython_name(n) and not _is_module_dunder(n)})
         if record.ok:
             self._collect(outcome, inputs, merged, ns, {n: how for n, (_, how) in loaded.items()})
         return outcome
