@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
 from ipykernel.subshell import SubshellThread
 from jupyter_client.jsonutil import json_clean, json_default
@@ -238,6 +239,39 @@ class _CapturingPublisher(DisplayPublisher):
         self._outputs.clear(wait)
 
 
+class _CapturingDisplayHook:
+    """sys.displayhook during a silent run: the value of the cell's last expression, kept as
+    the execute_result the cell would show (a parent ending in `df.head()` keeps its table).
+
+    IPython's own displayhook would also bind `_`, `_N` and `Out[N]` under the number of the
+    request that triggered the run: those are the notebook's history of what it showed, and
+    a silent run shows nothing. Another request's values go to the kernel's hook it replaced.
+    """
+
+    def __init__(self, shell, outputs: Outputs, kernel_hook: Any) -> None:
+        self._shell, self._outputs, self._kernel = shell, outputs, kernel_hook
+        self._owner = threading.get_ident()
+
+    def __call__(self, value: Any) -> None:
+        if _on_another_request(self._owner):
+            self._kernel(value)
+            return
+        if value is None or self._quiet():
+            return
+        data, metadata = self._shell.display_formatter.format(value)
+        if data:
+            self._outputs.display(data, metadata, "execute_result")
+
+    def _quiet(self) -> bool:
+        """A cell ending in `;` shows no value (IPython asks its input history, which a silent
+        run does not write: the running cell is the shell's current execution result)."""
+        result = self._shell.displayhook.exec_result
+        if result is None:
+            return False
+        cell = result.info.transformed_cell or result.info.raw_cell
+        return DisplayHook.semicolon_at_end_of_expression(cell)
+
+
 @contextmanager
 def _descriptors(targets: dict[int, int]) -> Iterator[dict[int, int]]:
     """Point fds 1 and 2 at `targets` for the block, flushing Python's and C's buffers on both
@@ -312,7 +346,8 @@ def _fd_tee(outputs: Outputs) -> Iterator[None]:
 
 @contextmanager
 def captured(shell) -> Iterator[Outputs]:
-    """Inside the block nothing reaches the frontend; the yielded Outputs collects it instead.
+    """Inside the block nothing reaches the frontend; the yielded Outputs collects it instead,
+    the value of the cell's last expression included (run it with silent=False for that).
 
     Payloads too (`%load`'s next input, `?`'s pager): ipykernel sends the ones written by
     then with the reply of the cell, which would load or page the run's into that cell.
@@ -322,13 +357,18 @@ def captured(shell) -> Iterator[Outputs]:
     payloads = shell.payload_manager
     pending = list(payloads.read_payload())
     streams = _Stream(outputs, "stdout", sys.stdout), _Stream(outputs, "stderr", sys.stderr)
+    trap = shell.display_trap
+    saved_hooks = trap.hook, sys.displayhook
     with _fd_redirect(outputs):
         sys.stdout, sys.stderr = streams
         shell.display_pub = _CapturingPublisher(outputs, shell.display_pub)
+        # The cell installs the trap's hook; already installed when a cell runs the pipeline (%link run).
+        trap.hook = sys.displayhook = _CapturingDisplayHook(shell, outputs, shell.displayhook)
         try:
             yield outputs
         finally:
             sys.stdout, sys.stderr, shell.display_pub = saved
+            trap.hook, sys.displayhook = saved_hooks
             for stream in streams:
                 stream.detach()
             payloads.clear_payload()

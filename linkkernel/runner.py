@@ -606,25 +606,25 @@ class ComponentFailed(Exception):
 
 
 async def _run_silently(shell, code: str):
-    """Run a cell as IPython's `run_cell(silent=True)` does, inside the caller's capture.
+    """Run a cell inside the caller's capture, without a number in the notebook's history.
 
-    `pre_run_cell` fires before it, as before a cell the user runs (IPython skips it for
-    silent cells): `%autoreload` reloads changed modules there, so a stale parent does not
-    run, and get recorded fresh, with the old code. `post_execute` fires after it, as after
-    every cell: matplotlib's inline backend shows and closes the figures the cell drew then,
-    so they are this run's outputs instead of appearing in the next cell that runs live.
+    Not IPython's `silent=True`: that evaluates the last expression without showing its
+    value, and the capture keeps it as the execute_result the cell would show. Not silent,
+    IPython also fires `pre_run_cell` before it, as before a cell the user runs:
+    `%autoreload` reloads changed modules there, so a stale parent does not run, and get
+    recorded fresh, with the old code. `post_execute` fires after it, as after every cell
+    (`run_cell` fires it, not `run_cell_async`): matplotlib's inline backend shows and closes
+    the figures the cell drew then, so they are this run's outputs instead of appearing in
+    the next cell that runs live.
     """
-    from IPython.core.interactiveshell import ExecutionInfo
-
     preprocessing_exc_tuple = None
     try:
         transformed = shell.transform_cell(code)
     except Exception:  # noqa: BLE001 - reported by run_cell exactly as ipykernel does
         transformed, preprocessing_exc_tuple = code, sys.exc_info()
-    shell.events.trigger("pre_run_cell", ExecutionInfo(code, False, True, True, None, transformed_cell=transformed))
     try:
         return await shell.run_cell_async(
-            code, store_history=False, silent=True, transformed_cell=transformed, preprocessing_exc_tuple=preprocessing_exc_tuple
+            code, store_history=False, silent=False, transformed_cell=transformed, preprocessing_exc_tuple=preprocessing_exc_tuple
         )
     finally:
         shell.events.trigger("post_execute")

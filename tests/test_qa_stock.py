@@ -71,6 +71,20 @@ def test_a_silent_run_keeps_the_value_of_the_last_expression_as_the_cell_shows_i
     assert ours.execute("print(len(Out), repr(_))").stdout == before
 
 
+def test_a_parent_run_as_an_ancestor_keeps_its_value_and_leaves_out_alone(ours, stock, tmp_path):
+    expected = shown(stock.execute("6 * 7"))
+    nb = Notebook(ours, tmp_path / "ancestor.ipynb")
+    nb.add("answer", "6 * 7", counted=False)
+    nb.add("asker", "print('asked')", "answer", counted=False).use()
+    try:
+        child = nb.run("asker")
+        assert child.stdout == "asked\n" and child.of_type("execute_result") == []
+        assert child.reply["content"]["execution_count"] not in eval(ours.execute("print(list(Out))").stdout)
+        assert kept(ours, "answer") == expected
+    finally:
+        assert ours.execute(f"%link notebook {tmp_path / 'none.ipynb'}").status == "ok"
+
+
 def test_history_names_after_component_cells_are_stock_ones(ours, stock):
     cells = [("h1", "1"), ("h2", "2"), ("h3", "3")]
     for name, code in cells:
