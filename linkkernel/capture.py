@@ -13,7 +13,6 @@ from __future__ import annotations
 import codecs
 import ctypes
 import io
-import json
 import os
 import sys
 import tempfile
@@ -25,8 +24,8 @@ from typing import Any
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
 from ipykernel.subshell import SubshellThread
-from jupyter_client.jsonutil import json_clean, json_default
 
+from linkkernel.tasks import as_sent
 from linkkernel.tracebacks import blame_user
 
 _libc = ctypes.CDLL(None)
@@ -80,7 +79,7 @@ class Outputs:
         Data and metadata are kept as the frontend receives them: formatters may return bytes
         (matplotlib's PNG figures), which only the message packer turns into base64 text, and
         the outputs must be JSON for the cache store to keep them."""
-        data, metadata = _as_sent([data, metadata or {}])
+        data, metadata = as_sent([data, metadata or {}])
         with self._lock:
             if update:
                 shown = self._by_display_id.get(display_id) if display_id else None
@@ -116,20 +115,6 @@ class Outputs:
             self._clear_if_pending()
             self._join_tail()
             self._items.append({"output_type": "error", "ename": ename, "evalue": evalue, "traceback": list(traceback)})
-
-
-def _as_sent(value: Any) -> Any:
-    """`value` as the frontend receives it in a message: bytes as base64 text, tuples as
-    lists (jupyter_client's message packer, without the deprecation warning it prints when
-    it has to clean a value first, which the cell shows once already when the message goes).
-    A value no message could carry is the user's error, as ipykernel raises it."""
-    try:
-        return json.loads(json.dumps(value, default=json_default, allow_nan=False))
-    except (TypeError, ValueError):
-        try:
-            return json.loads(json.dumps(json_clean(value), default=json_default, allow_nan=False))
-        except (TypeError, ValueError) as exc:
-            raise blame_user(exc) from None
 
 
 def _on_another_request(owner: int) -> bool:

@@ -14,7 +14,11 @@ import json
 import pytest
 
 from engine_support import Notebook
+from remote_support import remote_fixtures
 from support import Kernel, component_meta, start_stock_kernel
+
+# `kernel` here is a Link Python kernel with worker `qs1` registered.
+tmp, key_file, worker, kernel, nb = remote_fixtures("qa-stock", "qs1")
 
 # A figure as matplotlib's inline backend hands it to display(): PNG bytes from `_repr_png_`.
 FIGURE = """\
@@ -126,3 +130,11 @@ def test_display_data_no_message_can_carry_is_the_users_error_as_in_stock(ours, 
         assert content["evalue"].startswith("Can't clean for JSON")
         assert "linkkernel internal error" not in result.traceback_text
         assert "publish_display_data({'text/plain': object()})" in result.traceback_text
+
+
+def test_a_remote_components_figure_reaches_the_cell_and_its_kept_outputs(kernel, stock):
+    expected = shown(stock.execute(FIGURE))[0]["image/png"]
+    live = kernel.execute(FIGURE, metadata=component_meta("remote_plot", remote="qs1"), cell_id="qs-remote-plot")
+    assert live.status == "ok", live.traceback_text
+    assert [d["data"].get("image/png") for d in live.displays] == [expected]
+    assert [d.get("image/png") for d in kept(kernel, "remote_plot")] == [expected]

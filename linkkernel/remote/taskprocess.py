@@ -38,6 +38,7 @@ from linkkernel import cow
 from linkkernel.compiler import LinkCompiler, twin_path
 from linkkernel.namespaces import Blob, UnpicklableValue, changes, dump, loading_together, loads, pickling_names
 from linkkernel.remote.storage import MissingBlob, StorageError, Store, file_map_of
+from linkkernel.tasks import as_sent
 from linkkernel.tracebacks import contains_group, format_warning, formatted, frames_of, group_traceback, own_rendering, trim
 
 # Names IPython's displayhook and input cache bind in the namespace; they are not outputs.
@@ -108,11 +109,8 @@ class PipeDisplayPublisher(DisplayPublisher):
 
     def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kwargs) -> None:
         _flush_streams()
-        output = {
-            "output_type": "update_display_data" if update else "display_data",
-            "data": data,
-            "metadata": metadata or {},
-        }
+        data, metadata = as_sent([data, metadata or {}])
+        output = {"output_type": "update_display_data" if update else "display_data", "data": data, "metadata": metadata}
         if transient:
             output["transient"] = transient
         self.shell.pipe.send({"output": output})
@@ -132,7 +130,8 @@ class PipeDisplayHook(DisplayHook):
         pass
 
     def write_format_data(self, format_dict, md_dict=None) -> None:
-        output = {"output_type": "execute_result", "data": format_dict, "metadata": md_dict or {}}
+        data, metadata = as_sent([format_dict, md_dict or {}])
+        output = {"output_type": "execute_result", "data": data, "metadata": metadata}
         self.shell.pipe.send({"output": output})
 
     def finish_displayhook(self) -> None:
