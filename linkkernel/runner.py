@@ -521,8 +521,29 @@ class Runner:
             if name not in graph:
                 raise LinkError(f"%link run: no component named {name!r} in {self.sources.looked_in()}")
         plan = self.plan(graph, names, force)
+        self._refuse_top_level_await(graph, plan)
         self.publish_cached(graph, names, plan)
         return await self._run_captured(graph, plan, targets=names)
+
+    def _refuse_top_level_await(self, graph, plan: list[str]) -> None:
+        """`%link run` runs components from inside its own cell's code, where the kernel's
+        event loop is already running: code that awaits at top level (fine in a cell) could
+        only stop half-run there. Refused before anything runs; executing the cell, or one of
+        its children, runs it in the kernel's loop. Remote components await on their worker."""
+        shell = self.shell
+        for name in plan:
+            component = graph.nodes[name]["component"]
+            if component.remote:
+                continue
+            try:
+                transformed = shell.transform_cell(component.source)
+            except Exception:  # noqa: BLE001 - the run reports it as the component's own error
+                continue
+            if shell.should_run_async(component.source, transformed_cell=transformed):
+                raise LinkError(
+                    f"%link run: component {name!r} uses top-level await, which cannot run inside "
+                    "another cell's code; execute its cell (or a child's) to run it"
+                )
 
     def publish_cached(self, graph, targets: list[str], plan: list[str]) -> None:
         """Publish the outputs of fresh components that did not run in this process (found in

@@ -138,3 +138,19 @@ def test_a_remote_components_figure_reaches_the_cell_and_its_kept_outputs(kernel
     assert live.status == "ok", live.traceback_text
     assert [d["data"].get("image/png") for d in live.displays] == [expected]
     assert [d.get("image/png") for d in kept(kernel, "remote_plot")] == [expected]
+
+
+def test_link_run_of_a_component_that_awaits_is_one_line_and_runs_nothing(ours):
+    code = "import asyncio\nawait asyncio.sleep(0)\nawaited = 5\nawaited * 2"
+    live = ours.execute(code, metadata=component_meta("awaiting"), cell_id="qs-awaiting")
+    assert shown(live) == [{"text/plain": "10"}]
+    before = ours.execute("%link status").stdout
+    refused = ours.execute("%link run awaiting --force")
+    assert refused.status == "error"
+    assert refused.traceback_text.splitlines() == [
+        "LinkError: %link run: component 'awaiting' uses top-level await, which cannot run inside "
+        "another cell's code; execute its cell (or a child's) to run it"
+    ]
+    assert ours.execute("%link status").stdout == before
+    again = ours.execute(code, metadata=component_meta("awaiting"), cell_id="qs-awaiting")
+    assert shown(again) == [{"text/plain": "10"}]
