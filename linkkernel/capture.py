@@ -350,7 +350,8 @@ def captured(shell) -> Iterator[Outputs]:
         # The cell installs the trap's hook; already installed when a cell runs the pipeline (%link run).
         trap.hook = sys.displayhook = _CapturingDisplayHook(shell, outputs, shell.displayhook)
         try:
-            yield outputs
+            with shell.errors_shown_to(outputs.error):
+                yield outputs
         finally:
             sys.stdout, sys.stderr, shell.display_pub = saved
             trap.hook, sys.displayhook = saved_hooks
@@ -389,7 +390,7 @@ def recorded(shell) -> Iterator[Outputs]:
     streams = _Stream(outputs, "stdout", sys.stdout, echo=True), _Stream(outputs, "stderr", sys.stderr, echo=True)
     sys.stdout, sys.stderr = streams
     try:
-        with _fd_tee(outputs):
+        with _fd_tee(outputs), shell.errors_shown_to(outputs.error):
             yield outputs
     finally:
         sys.stdout, sys.stderr = saved

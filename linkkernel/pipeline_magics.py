@@ -107,6 +107,8 @@ def outputs(kernel, argv: list[str]) -> None:
         if args.name not in {c.name for c in runner.sources.declared().components}:  # a typo, most likely
             raise LinkError(f"%link outputs: no component named {args.name!r} in {runner.sources.looked_in()}")
         raise LinkError(f"%link outputs: component {args.name!r} has no stored outputs (it has not run)")
+    # Each output flushed before the next: ipykernel buffers stdout and stderr apart, and
+    # would send a kept error's text after the stdout that followed it.
     for output in record.outputs:
         kind = output["output_type"]
         if kind == "stream":
@@ -115,6 +117,8 @@ def outputs(kernel, argv: list[str]) -> None:
             display(output["data"], metadata=output.get("metadata") or None, raw=True)
         elif kind == "error":
             print("\n".join(output["traceback"]), file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
 
 
 def _configure_run(parser) -> None:

@@ -287,7 +287,8 @@ class Runner:
                     ename = collected.ename if collected else type(err).__name__
                     evalue = collected.evalue if collected else str(err)
                     traceback = collected.traceback if collected else [f"{ename}: {evalue}"]
-                    outputs.error(ename, evalue, traceback)
+                    if collected is None:  # one the shell collected is in the outputs already
+                        outputs.error(ename, evalue, traceback)
                     outcome.error = {"ename": ename, "evalue": evalue, "traceback": traceback}
                     outcome.exception = err
                     return outcome
@@ -295,10 +296,8 @@ class Runner:
                 with capture.recorded(shell) as outputs:
                     reply = await live()
                 record.outputs = outputs.items
-                if reply.get("status") == "ok":
+                if reply.get("status") == "ok":  # its error, if not, is in its outputs as the cell showed it
                     record.status = "ok"
-                else:
-                    outputs.error(reply.get("ename", ""), reply.get("evalue", ""), reply.get("traceback", []))
                 outcome.reply = reply
         if live is not None:  # `_`, `__`, `_i`, `_5`...: plain cells keep IPython's history names
             shell.user_ns.update({n: ns[n] for n in ns if is_ipython_name(n) and not _is_module_dunder(n)})

@@ -66,6 +66,9 @@ class LinkShell(ZMQInteractiveShell):
 
     def __init__(self, *args, **kwargs) -> None:
         self._error_sinks = ContextVar("linkkernel_error_sinks", default=())
+        self._error_keepers: ContextVar[tuple[Callable[[str, str, list[str]], None], ...]] = ContextVar(
+            "linkkernel_error_keepers", default=()
+        )
         self._cell_file_of_label: dict[str, str] = {}
         self._component_module: ContextVar[types.ModuleType | None] = ContextVar("linkkernel_module", default=None)
         super().__init__(*args, **kwargs)
@@ -132,7 +135,22 @@ class LinkShell(ZMQInteractiveShell):
         finally:
             self._error_sinks.reset(token)
 
+    @contextmanager
+    def errors_shown_to(self, keep: Callable[[str, str, list[str]], None]) -> Iterator[None]:
+        """Inside the block, in this context only, every error the shell shows or collects is
+        also handed to `keep(ename, evalue, traceback)` as it happens: a component's kept
+        outputs hold the errors its cell showed while it went on, as a notebook keeps them (a
+        `%run` script that failed, a display formatter that raised)."""
+        token = self._error_keepers.set((*self._error_keepers.get(), keep))
+        try:
+            yield
+        finally:
+            self._error_keepers.reset(token)
+
     def _showtraceback(self, etype, evalue, stb):
+        keepers = self._error_keepers.get()
+        if keepers:
+            keepers[-1](etype.__name__, str(evalue), list(stb))
         sinks = self._error_sinks.get()
         if sinks:
             sinks[-1].append(CollectedError(etype.__name__, str(evalue), list(stb)))

@@ -9,7 +9,7 @@ IPython's history names in the notebook with those of stock cells.
 
 from __future__ import annotations
 
-import json
+import re
 
 import pytest
 
@@ -55,6 +55,10 @@ def kept(kernel: Kernel, name: str) -> list[dict]:
     result = kernel.execute(f"%link outputs {name}")
     assert result.status == "ok", result.traceback_text
     return [d["data"] for d in result.displays]
+
+
+def plain(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
 def shown(result) -> list[dict]:
@@ -154,3 +158,38 @@ def test_link_run_of_a_component_that_awaits_is_one_line_and_runs_nothing(ours):
     assert ours.execute("%link status").stdout == before
     again = ours.execute(code, metadata=component_meta("awaiting"), cell_id="qs-awaiting")
     assert shown(again) == [{"text/plain": "10"}]
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "%run {script}\nprint('after')",
+        "class Broken:\n    def _repr_html_(self):\n        raise ValueError('no html')\n    def __repr__(self):\n"
+        "        return 'Broken()'\ndisplay(Broken())\nprint('after')",
+    ],
+    ids=["run-script", "formatter"],
+)
+def test_an_error_a_cell_shows_and_goes_on_after_is_kept_in_its_outputs(ours, stock, code, tmp_path):
+    script = tmp_path / "failing.py"
+    script.write_text("raise ValueError('script failed')")
+    code = code.format(script=script)
+    expected = stock.execute(code)
+    assert expected.status == "ok" and expected.stdout == "after\n"
+    (error,) = expected.errors
+    live = ours.execute(code, metadata=component_meta("goes_on"), cell_id="qs-goes-on")
+    assert live.status == "ok" and [(e["ename"], e["evalue"]) for e in live.errors] == [(error["ename"], error["evalue"])]
+    for run in ("live", "silent"):
+        if run == "silent":
+            assert ours.execute("%link run goes_on --force").stdout == "ran: goes_on\n"
+        again = ours.execute("%link outputs goes_on")  # a kept error is shown as its traceback's text
+        assert plain(again.stderr).rstrip().endswith(f"{error['ename']}: {error['evalue']}"), run
+        assert [m["content"]["name"] for m in again.messages if m["msg_type"] == "stream"] == ["stderr", "stdout"]
+        assert again.stdout == "after\n"
+
+
+def test_a_failed_components_outputs_hold_its_error_once(ours):
+    failed = ours.execute("print('before')\n1/0", metadata=component_meta("fails_once"), cell_id="qs-fails-once")
+    assert failed.status == "error"
+    again = ours.execute("%link outputs fails_once")
+    assert again.stdout == "before\n"
+    assert plain(again.stderr).count("ZeroDivisionError: division by zero") == 1
