@@ -145,15 +145,27 @@ class Runner:
 
     @_taking_turns
     async def execute_cell(
-        self, component: Component, live: Callable[[], Awaitable[dict]], store_history: bool, allow_stdin: bool = False
+        self,
+        component: Component,
+        live: Callable[[], Awaitable[dict]],
+        store_history: bool,
+        allow_stdin: bool = False,
+        user_expressions: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Run the stale ancestors of `component` silently, then `live()` (ipykernel's own
-        do_execute) inside the component's namespace. Returns the execute_reply content."""
+        do_execute) inside the component's namespace. Returns the execute_reply content.
+
+        The request's `user_expressions` are evaluated after a successful run, as ipykernel
+        does after a cell, in the notebook namespace the run published its outputs to (in the
+        component's own they could not name the rest of the notebook), local or remote alike."""
         history = component.source if store_history else None
         try:
-            return await self._again_when_lost(self._execute_cell, component, live, history, allow_stdin)
+            reply = await self._again_when_lost(self._execute_cell, component, live, history, allow_stdin)
         except LostValue as exc:
             return self.refuse(exc, history)
+        if reply.get("status") == "ok" and user_expressions:
+            reply["user_expressions"] = self.shell.user_expressions(user_expressions)
+        return reply
 
     async def _again_when_lost(self, run: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """`run(*args)`, again each time a cached value it needed turned out lost (deleted or

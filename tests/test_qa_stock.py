@@ -193,3 +193,25 @@ def test_a_failed_components_outputs_hold_its_error_once(ours):
     again = ours.execute("%link outputs fails_once")
     assert again.stdout == "before\n"
     assert plain(again.stderr).count("ZeroDivisionError: division by zero") == 1
+
+
+def reply_with_expressions(kernel: Kernel, code: str, expressions: dict[str, str], metadata: dict | None = None) -> dict:
+    """The execute_reply content of a request carrying user_expressions (as some frontends send)."""
+    content = {"code": code, "silent": False, "store_history": True, "user_expressions": expressions, "allow_stdin": False, "stop_on_error": True}
+    msg = kernel.client.session.msg("execute_request", content, metadata=metadata or {})
+    kernel.client.shell_channel.send(msg)
+    while True:
+        reply = kernel.client.get_shell_msg(timeout=60)
+        if reply["parent_header"]["msg_id"] == msg["header"]["msg_id"]:
+            return reply["content"]
+
+
+def test_user_expressions_of_a_component_cell_see_the_notebook_as_after_a_cell(ours, stock):
+    for kernel in (ours, stock):
+        assert kernel.execute("in_notebook = 1").status == "ok"
+    expressions = {"mine": "made_here * 10", "notebook": "in_notebook + made_here"}
+    expected = reply_with_expressions(stock, "made_here = 2", expressions)["user_expressions"]
+    assert {k: v["status"] for k, v in expected.items()} == {"mine": "ok", "notebook": "ok"}
+    reply = reply_with_expressions(ours, "made_here = 2", expressions, dict(component_meta("expressed"), cellId="qs-expressed"))
+    assert reply["status"] == "ok"
+    assert reply["user_expressions"] == expected
