@@ -43,12 +43,37 @@ class Outputs:
         self._by_display_id: dict[str, dict[str, Any]] = {}
         self._clear_next = False  # clear_output(wait=True): clear when the next output comes
         self._lock = threading.Lock()  # a live run's descriptor output arrives on other threads
+        self._followed: list[tuple[str, _FileTail]] = []
 
     @property
     def items(self) -> list[dict[str, Any]]:
         with self._lock:
+            self._catch_up()
             self._join_tail()
             return self._items
+
+    def follow(self, name: str, fd: int) -> None:
+        """Keep what the file `fd` receives (a descriptor's output: os.system, subprocesses,
+        C code) as stream `name`, read each time other output comes, so it keeps its place
+        among the Python-level output as in a cell: printed, then a subprocess's, then printed."""
+        with self._lock:
+            self._followed.append((name, _FileTail(fd)))
+
+    def unfollow(self) -> None:
+        """Read the followed files to their end, and no more."""
+        with self._lock:
+            self._catch_up(final=True)
+            for _, tail in self._followed:
+                tail.close()
+            self._followed.clear()
+
+    def _catch_up(self, stream: str | None = None, final: bool = False) -> None:
+        """What the followed files (only `stream`'s, if given) received since last read; the
+        caller holds the lock. Before a print only its own stream's: between stdout and
+        stderr, ipykernel keeps no order either (each is buffered and flushed apart)."""
+        for name, tail in self._followed:
+            if stream is None or name == stream:
+                self._add_stream(name, tail.read(final))
 
     def _join_tail(self) -> None:
         """Fold the pending writes into the last stream output; the caller holds the lock."""
@@ -60,13 +85,20 @@ class Outputs:
         if not text:
             return
         with self._lock:
-            self._clear_if_pending()
-            last = self._items[-1] if self._items else None
-            if last is not None and last["output_type"] == "stream" and last["name"] == name:
-                self._tail.append(text)
-            else:
-                self._join_tail()
-                self._items.append({"output_type": "stream", "name": name, "text": text})
+            self._catch_up(name)
+            self._add_stream(name, text)
+
+    def _add_stream(self, name: str, text: str) -> None:
+        """The caller holds the lock."""
+        if not text:
+            return
+        self._clear_if_pending()
+        last = self._items[-1] if self._items else None
+        if last is not None and last["output_type"] == "stream" and last["name"] == name:
+            self._tail.append(text)
+        else:
+            self._join_tail()
+            self._items.append({"output_type": "stream", "name": name, "text": text})
 
     def display(
         self, data: dict, metadata: dict | None, output_type: str = "display_data",
@@ -81,6 +113,7 @@ class Outputs:
         the outputs must be JSON for the cache store to keep them."""
         data, metadata = as_sent([data, metadata or {}])
         with self._lock:
+            self._catch_up()
             if update:
                 shown = self._by_display_id.get(display_id) if display_id else None
                 if shown is not None:
@@ -99,6 +132,7 @@ class Outputs:
         """clear_output as a notebook applies it: with `wait`, only once another output
         comes, so the last output before a final `clear_output(wait=True)` stays."""
         with self._lock:
+            self._catch_up()
             self._clear_next = True
             if not wait:
                 self._clear_if_pending()
@@ -112,9 +146,35 @@ class Outputs:
 
     def error(self, ename: str, evalue: str, traceback: list[str]) -> None:
         with self._lock:
+            self._catch_up()
             self._clear_if_pending()
             self._join_tail()
             self._items.append({"output_type": "error", "ename": ename, "evalue": evalue, "traceback": list(traceback)})
+
+
+class _FileTail:
+    """The text a growing file received since it was last read (UTF-8 split across reads
+    decoded whole).
+
+    Asked at every print of a silent run, so it asks cheaply: an lseek to the end of a
+    description of its own (the writers' offset stays theirs), where fstat costs 3 times more.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        self._offset = 0
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def read(self, final: bool = False) -> str:
+        size = os.lseek(self._fd, 0, os.SEEK_END)
+        if size == self._offset and not final:
+            return ""
+        data = os.pread(self._fd, size - self._offset, self._offset)
+        self._offset += len(data)
+        return self._decoder.decode(data, final=final)
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 def _on_another_request(owner: int) -> bool:
@@ -280,12 +340,13 @@ def _descriptors(targets: dict[int, int]) -> Iterator[dict[int, int]]:
 def _fd_redirect(outputs: Outputs) -> Iterator[None]:
     files = {fd: tempfile.TemporaryFile() for fd in (1, 2)}
     try:
+        for fd, f in files.items():
+            outputs.follow("stdout" if fd == 1 else "stderr", f.fileno())
         with _descriptors({fd: f.fileno() for fd, f in files.items()}):
             yield
     finally:
-        for fd, f in files.items():
-            f.seek(0)
-            outputs.stream("stdout" if fd == 1 else "stderr", f.read().decode(errors="replace"))
+        outputs.unfollow()
+        for f in files.values():
             f.close()
 
 
