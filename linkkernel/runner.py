@@ -442,8 +442,8 @@ class Runner:
                 outcome.interrupted = True
                 return outcome
             outcome.error = error
-            if live:
-                outcome.reply = self._fail(error, component.source)
+            if live:  # an error the task showed is in the cell already, as a local one is
+                outcome.reply = self._fail(error, component.source, show=not result.error.shown)
             return outcome
         record.status = "ok"
         namespace = {n: d for n, d in merged.items() if n not in result.deleted}
@@ -490,10 +490,12 @@ class Runner:
     def _ok_reply(self, history: str | None) -> dict[str, Any]:
         return {"status": "ok", "execution_count": self._count(history), "user_expressions": {}, "payload": []}
 
-    def _fail(self, error: dict[str, Any], history: str | None) -> dict[str, Any]:
-        """Show `error` in the cell as an `error` message; the execute_reply that goes with it."""
+    def _fail(self, error: dict[str, Any], history: str | None, show: bool = True) -> dict[str, Any]:
+        """Show `error` in the cell as an `error` message (unless told it is shown already);
+        the execute_reply that goes with it."""
         kernel = self.kernel
-        kernel.session.send(kernel.iopub_socket, "error", error, parent=kernel.get_parent(), ident=kernel._topic("error"))
+        if show:
+            kernel.session.send(kernel.iopub_socket, "error", error, parent=kernel.get_parent(), ident=kernel._topic("error"))
         return {
             "status": "error",
             "ename": error["ename"],

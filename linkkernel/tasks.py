@@ -18,11 +18,14 @@ from linkkernel.tracebacks import blame_user
 
 @dataclass(frozen=True)
 class UserError:
-    """An error in the user's code, as Jupyter shows it: traceback already trimmed and labelled."""
+    """An error in the user's code, as Jupyter shows it: traceback already trimmed and labelled.
+    `shown` when the run already sent it to the cell as it happened (and kept it among its
+    outputs), as a cell shows an error; not, for one found after the run (a crash)."""
 
     ename: str
     evalue: str
     traceback: list[str]
+    shown: bool = False
 
 
 @dataclass

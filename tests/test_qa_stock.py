@@ -234,3 +234,26 @@ def test_a_silent_run_keeps_subprocess_output_in_its_place(ours, stock):
     assert kinds == [
         ("stream", "python 1\nshell 1\n"), ("display_data", "'shown'"), ("stream", "shell 2\npython 2\nshell 3\n"), ("display_data", "0"),
     ]
+
+
+def test_a_remote_component_goes_on_after_an_error_it_showed_as_a_cell_does(kernel, stock, tmp_path):
+    script = tmp_path / "failing.py"
+    script.write_text("raise ValueError('script failed')")
+    code = f"%run {script}\nprint('after')\nafter = 1"
+    expected = stock.execute(code)
+    assert expected.status == "ok" and [e["evalue"] for e in expected.errors] == ["script failed"]
+    live = kernel.execute(code, metadata=component_meta("remote_goes_on", remote="qs1"), cell_id="qs-remote-goes-on")
+    assert live.status == "ok", live.traceback_text
+    assert [e["evalue"] for e in live.errors] == ["script failed"] and live.stdout == "after\n"
+    assert kernel.execute("print(after)").stdout == "1\n"
+    again = kernel.execute("%link outputs remote_goes_on")
+    assert plain(again.stderr).rstrip().endswith("ValueError: script failed") and again.stdout == "after\n"
+
+
+def test_a_failing_remote_component_shows_its_error_once_and_keeps_it(kernel):
+    failed = kernel.execute("print('before')\n1/0", metadata=component_meta("remote_fails", remote="qs1"), cell_id="qs-remote-fails")
+    assert failed.status == "error" and failed.reply["content"]["ename"] == "ZeroDivisionError"
+    assert [e["ename"] for e in failed.errors] == ["ZeroDivisionError"] and failed.stdout == "before\n"
+    child = kernel.execute("print('child')", metadata=component_meta("after_remote_fails", "remote_fails"), cell_id="qs-after-fails")
+    assert child.status == "error" and "Error in parent component 'remote_fails'" in child.traceback_text
+    assert [e["ename"] for e in child.errors] == ["ZeroDivisionError"] and child.stdout == ""

@@ -117,6 +117,11 @@ def publish_live(kernel, message: dict[str, Any]) -> None:
         kernel.session.send(
             kernel.iopub_socket, "execute_result", content, parent=kernel.get_parent(), ident=kernel._topic("execute_result")
         )
+    elif kind == "error":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        content = {k: output[k] for k in ("ename", "evalue", "traceback")}
+        kernel.session.send(kernel.iopub_socket, "error", content, parent=kernel.get_parent(), ident=kernel._topic("error"))
 
 
 def component_sources(kernel) -> dict[str, list[str]]:
@@ -199,7 +204,10 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
     result = done.body["result"]
     if result.get("error"):
         error = result["error"]
-        return TaskResult(outputs=log.nbformat(), error=UserError(error["ename"], error["evalue"], error["traceback"]))
+        return TaskResult(
+            outputs=log.nbformat(),
+            error=UserError(error["ename"], error["evalue"], error["traceback"], shown=bool(error.get("shown"))),
+        )
     if result.get("unpicklable"):
         name, type_name = next(iter(result["unpicklable"].items()))
         raise RemoteError(

@@ -202,13 +202,19 @@ class WorkerShell(InteractiveShell):
         print(f"Exception in thread {name}:\n{self.InteractiveTB.stb2text(stb)}", file=sys.stderr, flush=True)
 
     def _showtraceback(self, etype, evalue, stb) -> None:
-        self.error = {"ename": etype.__name__, "evalue": _text(evalue), "traceback": list(stb)}
+        self._show_error({"ename": etype.__name__, "evalue": _text(evalue), "traceback": list(stb)})
 
     def show_usage_error(self, exc: BaseException) -> None:
-        """An unknown magic or bad magic arguments end the cell with an error, as in
-        ipykernel, worded as IPython words it; IPython would only print it, and the task
-        would have passed for a success."""
-        self.error = {"ename": "UsageError", "evalue": _text(exc), "traceback": [f"UsageError: {_text(exc)}"]}
+        """An unknown magic or bad magic arguments, worded as IPython words it."""
+        self._show_error({"ename": "UsageError", "evalue": _text(exc), "traceback": [f"UsageError: {_text(exc)}"]})
+
+    def _show_error(self, error: dict[str, Any]) -> None:
+        """An error goes to the cell as it happens, as the kernel shows it: a cell may go on
+        after one (a failing `%run` script, a display formatter that raised). The last one
+        shown is the task's error if the cell failed (`execute` says whether it did)."""
+        _flush_streams()
+        self.pipe.send({"output": {"output_type": "error", **error}})
+        self.error = error
 
     def init_io(self) -> None:
         """Keep the process's streams alone until a task replaces them."""
@@ -292,8 +298,9 @@ class _NullPipe(Pipe):
         pass
 
 
-def execute(shell: WorkerShell, code: str) -> None:
+def execute(shell: WorkerShell, code: str) -> bool:
     """Run a cell as IPython's run_cell would, taking the short path for plain Python.
+    Returns whether the cell failed (an error it showed and went on after is no failure).
 
     In a freshly forked process every object touched costs a copy-on-write page, and
     run_cell's input transformers and async checks are most of a trivial task's time. Code
@@ -305,14 +312,14 @@ def execute(shell: WorkerShell, code: str) -> None:
     except SyntaxError:
         plain = False
     if not plain:
-        shell.run_cell(code, store_history=False, silent=False)
-        return
+        return not shell.run_cell(code, store_history=False, silent=False).success
     filename = shell.compile.cache(code, 0, code)
     tree = shell.compile.ast_parse(code, filename=filename)
     shell.events.trigger("pre_execute")
     with shell.builtin_trap, shell.display_trap:
-        _pseudo_sync_runner(shell.run_ast_nodes(tree.body, filename, interactivity="last_expr", compiler=shell.compile))
+        failed = _pseudo_sync_runner(shell.run_ast_nodes(tree.body, filename, interactivity="last_expr", compiler=shell.compile))
     shell.events.trigger("post_execute")
+    return failed
 
 
 class MappedInput:
@@ -389,10 +396,10 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
     _streams[:] = [PipeStream(pipe, "stdout"), PipeStream(pipe, "stderr")]
     sys.stdout, sys.stderr = _streams
     with shell.compile.labelled(task["name"]):
-        execute(shell, task["code"])
+        failed = execute(shell, task["code"])
     _flush_streams()
-    if shell.error is not None:
-        pipe.finish({"result": {"error": shell.error}})
+    if failed and shell.error is not None:  # shown already, as the cell's last output
+        pipe.finish({"result": {"error": dict(shell.error, shown=True)}})
         return
     final = {k: v for k, v in namespace.items() if k not in hidden and not _SHELL_NAMES.fullmatch(k)}
 
