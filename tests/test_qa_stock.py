@@ -85,8 +85,10 @@ def test_a_parent_run_as_an_ancestor_keeps_its_value_and_leaves_out_alone(ours, 
     nb.add("answer", "6 * 7", counted=False)
     nb.add("asker", "print('asked')", "answer", counted=False).use()
     try:
+        count = ours.execute("pass").reply["content"]["execution_count"]
         child = nb.run("asker")
         assert child.stdout == "asked\n" and child.of_type("execute_result") == []
+        assert child.reply["content"]["execution_count"] == count + 1  # one number per request, as in stock
         assert child.reply["content"]["execution_count"] not in eval(ours.execute("print(list(Out))").stdout)
         assert kept(ours, "answer") == expected
     finally:
