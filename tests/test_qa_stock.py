@@ -66,15 +66,32 @@ def shown(result) -> list[dict]:
     return [d["data"] for d in result.displays]
 
 
-@pytest.mark.parametrize("code", ["total = 40\ntotal + 2", "total = 40\ntotal + 2;", "41 + 1\ntotal = 0"], ids=["value", "semicolon", "not-last"])
+MIMEBUNDLE = """\
+class Rich:
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return {"text/plain": "Rich", "text/html": "<i>Rich</i>"}, {"text/html": {"isolated": True}}
+total = Rich()
+total
+"""
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["total = 40\ntotal + 2", "total = 40\ntotal + 2;", "41 + 1\ntotal = 0", MIMEBUNDLE],
+    ids=["value", "semicolon", "not-last", "mimebundle"],
+)
 def test_a_silent_run_keeps_the_value_of_the_last_expression_as_the_cell_shows_it(ours, stock, code):
-    expected = shown(stock.execute(code))
+    def with_metadata(result) -> list[tuple[dict, dict]]:
+        assert result.status == "ok", result.traceback_text
+        return [(d["data"], d["metadata"]) for d in result.displays]
+
+    expected = with_metadata(stock.execute(code))
     live = ours.execute(code, metadata=component_meta("valued"), cell_id="qs-valued")
-    assert shown(live) == expected
-    assert kept(ours, "valued") == expected
+    assert with_metadata(live) == expected
+    assert with_metadata(ours.execute("%link outputs valued")) == expected
     before = ours.execute("print(len(Out), repr(_))").stdout
     assert ours.execute("%link run valued --force").stdout == "ran: valued\n"
-    assert kept(ours, "valued") == expected
+    assert with_metadata(ours.execute("%link outputs valued")) == expected
     # Run silently, the value is the component's output only: not the notebook's Out or _.
     assert ours.execute("print(len(Out), repr(_))").stdout == before
 
