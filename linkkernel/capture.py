@@ -167,11 +167,9 @@ class _FileTail:
 
     def read(self, final: bool = False) -> str:
         size = os.lseek(self._fd, 0, os.SEEK_END)
-        if size == self._offset and not final:
-            return ""
-        data = os.pread(self._fd, size - self._offset, self._offset)
+        data = os.pread(self._fd, size - self._offset, self._offset) if size > self._offset else b""
         self._offset += len(data)
-        return self._decoder.decode(data, final=final)
+        return self._decoder.decode(data, final=final) if data or final else ""
 
     def close(self) -> None:
         os.close(self._fd)
