@@ -21,9 +21,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
 from ipykernel.subshell import SubshellThread
 
+from linkkernel.tasks import as_sent
 from linkkernel.tracebacks import blame_user
 
 _libc = ctypes.CDLL(None)
@@ -41,12 +43,37 @@ class Outputs:
         self._by_display_id: dict[str, dict[str, Any]] = {}
         self._clear_next = False  # clear_output(wait=True): clear when the next output comes
         self._lock = threading.Lock()  # a live run's descriptor output arrives on other threads
+        self._followed: list[tuple[str, _FileTail]] = []
 
     @property
     def items(self) -> list[dict[str, Any]]:
         with self._lock:
+            self._catch_up()
             self._join_tail()
             return self._items
+
+    def follow(self, name: str, fd: int) -> None:
+        """Keep what the file `fd` receives (a descriptor's output: os.system, subprocesses,
+        C code) as stream `name`, read each time other output comes, so it keeps its place
+        among the Python-level output as in a cell: printed, then a subprocess's, then printed."""
+        with self._lock:
+            self._followed.append((name, _FileTail(fd)))
+
+    def unfollow(self) -> None:
+        """Read the followed files to their end, and no more."""
+        with self._lock:
+            self._catch_up(final=True)
+            for _, tail in self._followed:
+                tail.close()
+            self._followed.clear()
+
+    def _catch_up(self, stream: str | None = None, final: bool = False) -> None:
+        """What the followed files (only `stream`'s, if given) received since last read; the
+        caller holds the lock. Before a print only its own stream's: between stdout and
+        stderr, ipykernel keeps no order either (each is buffered and flushed apart)."""
+        for name, tail in self._followed:
+            if stream is None or name == stream:
+                self._add_stream(name, tail.read(final))
 
     def _join_tail(self) -> None:
         """Fold the pending writes into the last stream output; the caller holds the lock."""
@@ -58,13 +85,20 @@ class Outputs:
         if not text:
             return
         with self._lock:
-            self._clear_if_pending()
-            last = self._items[-1] if self._items else None
-            if last is not None and last["output_type"] == "stream" and last["name"] == name:
-                self._tail.append(text)
-            else:
-                self._join_tail()
-                self._items.append({"output_type": "stream", "name": name, "text": text})
+            self._catch_up(name)
+            self._add_stream(name, text)
+
+    def _add_stream(self, name: str, text: str) -> None:
+        """The caller holds the lock."""
+        if not text:
+            return
+        self._clear_if_pending()
+        last = self._items[-1] if self._items else None
+        if last is not None and last["output_type"] == "stream" and last["name"] == name:
+            self._tail.append(text)
+        else:
+            self._join_tail()
+            self._items.append({"output_type": "stream", "name": name, "text": text})
 
     def display(
         self, data: dict, metadata: dict | None, output_type: str = "display_data",
@@ -72,16 +106,22 @@ class Outputs:
     ) -> None:
         """A new output, or with `update` the new content of the display `display_id`, kept in
         place as a notebook keeps it (a progress display updated a thousand times is one
-        output, not a thousand). An update of a display this run did not show is not its output."""
+        output, not a thousand). An update of a display this run did not show is not its output.
+
+        Data and metadata are kept as the frontend receives them: formatters may return bytes
+        (matplotlib's PNG figures), which only the message packer turns into base64 text, and
+        the outputs must be JSON for the cache store to keep them."""
+        data, metadata = as_sent([data, metadata or {}])
         with self._lock:
+            self._catch_up()
             if update:
                 shown = self._by_display_id.get(display_id) if display_id else None
                 if shown is not None:
-                    shown.update(data=dict(data), metadata=dict(metadata or {}))
+                    shown.update(data=data, metadata=metadata)
                 return
             self._clear_if_pending()
             self._join_tail()
-            item = {"output_type": output_type, "data": dict(data), "metadata": dict(metadata or {})}
+            item = {"output_type": output_type, "data": data, "metadata": metadata}
             if output_type == "execute_result":
                 item["execution_count"] = None
             self._items.append(item)
@@ -92,6 +132,7 @@ class Outputs:
         """clear_output as a notebook applies it: with `wait`, only once another output
         comes, so the last output before a final `clear_output(wait=True)` stays."""
         with self._lock:
+            self._catch_up()
             self._clear_next = True
             if not wait:
                 self._clear_if_pending()
@@ -115,9 +156,33 @@ class Outputs:
 
     def error(self, ename: str, evalue: str, traceback: list[str]) -> None:
         with self._lock:
+            self._catch_up()
             self._clear_if_pending()
             self._join_tail()
             self._items.append({"output_type": "error", "ename": ename, "evalue": evalue, "traceback": list(traceback)})
+
+
+class _FileTail:
+    """The text a growing file received since it was last read (UTF-8 split across reads
+    decoded whole).
+
+    Asked at every print of a silent run, so it asks cheaply: an lseek to the end of a
+    description of its own (the writers' offset stays theirs), where fstat costs 3 times more.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        self._offset = 0
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def read(self, final: bool = False) -> str:
+        size = os.lseek(self._fd, 0, os.SEEK_END)
+        data = os.pread(self._fd, size - self._offset, self._offset) if size > self._offset else b""
+        self._offset += len(data)
+        return self._decoder.decode(data, final=final) if data or final else ""
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 def _on_another_request(owner: int) -> bool:
@@ -227,6 +292,39 @@ class _CapturingPublisher(DisplayPublisher):
         self._outputs.clear(wait)
 
 
+class _CapturingDisplayHook:
+    """sys.displayhook during a silent run: the value of the cell's last expression, kept as
+    the execute_result the cell would show (a parent ending in `df.head()` keeps its table).
+
+    IPython's own displayhook would also bind `_`, `_N` and `Out[N]` under the number of the
+    request that triggered the run: those are the notebook's history of what it showed, and
+    a silent run shows nothing. Another request's values go to the kernel's hook it replaced.
+    """
+
+    def __init__(self, shell, outputs: Outputs, kernel_hook: Any) -> None:
+        self._shell, self._outputs, self._kernel = shell, outputs, kernel_hook
+        self._owner = threading.get_ident()
+
+    def __call__(self, value: Any) -> None:
+        if _on_another_request(self._owner):
+            self._kernel(value)
+            return
+        if value is None or self._quiet():
+            return
+        data, metadata = self._shell.display_formatter.format(value)
+        if data:
+            self._outputs.display(data, metadata, "execute_result")
+
+    def _quiet(self) -> bool:
+        """A cell ending in `;` shows no value (IPython asks its input history, which a silent
+        run does not write: the running cell is the shell's current execution result)."""
+        result = self._shell.displayhook.exec_result
+        if result is None:
+            return False
+        cell = result.info.transformed_cell or result.info.raw_cell
+        return DisplayHook.semicolon_at_end_of_expression(cell)
+
+
 @contextmanager
 def _descriptors(targets: dict[int, int]) -> Iterator[dict[int, int]]:
     """Point fds 1 and 2 at `targets` for the block, flushing Python's and C's buffers on both
@@ -250,12 +348,13 @@ def _descriptors(targets: dict[int, int]) -> Iterator[dict[int, int]]:
 def _fd_redirect(outputs: Outputs) -> Iterator[None]:
     files = {fd: tempfile.TemporaryFile() for fd in (1, 2)}
     try:
+        for fd, f in files.items():
+            outputs.follow("stdout" if fd == 1 else "stderr", f.fileno())
         with _descriptors({fd: f.fileno() for fd, f in files.items()}):
             yield
     finally:
-        for fd, f in files.items():
-            f.seek(0)
-            outputs.stream("stdout" if fd == 1 else "stderr", f.read().decode(errors="replace"))
+        outputs.unfollow()
+        for f in files.values():
             f.close()
 
 
@@ -301,7 +400,8 @@ def _fd_tee(outputs: Outputs) -> Iterator[None]:
 
 @contextmanager
 def captured(shell) -> Iterator[Outputs]:
-    """Inside the block nothing reaches the frontend; the yielded Outputs collects it instead.
+    """Inside the block nothing reaches the frontend; the yielded Outputs collects it instead,
+    the value of the cell's last expression included (run it with silent=False for that).
 
     Payloads too (`%load`'s next input, `?`'s pager): ipykernel sends the ones written by
     then with the reply of the cell, which would load or page the run's into that cell.
@@ -312,13 +412,18 @@ def captured(shell) -> Iterator[Outputs]:
     payloads = shell.payload_manager
     pending = list(payloads.read_payload())
     streams = _Stream(outputs, "stdout", sys.stdout), _Stream(outputs, "stderr", sys.stderr)
+    trap = shell.display_trap
+    saved_hooks = trap.hook, sys.displayhook
     with _fd_redirect(outputs), _errors_kept(shell, outputs):
         sys.stdout, sys.stderr = streams
         shell.display_pub = _CapturingPublisher(outputs, shell.display_pub)
+        # The cell installs the trap's hook; already installed when a cell runs the pipeline (%link run).
+        trap.hook = sys.displayhook = _CapturingDisplayHook(shell, outputs, shell.displayhook)
         try:
             yield outputs
         finally:
             sys.stdout, sys.stderr, shell.display_pub = saved
+            trap.hook, sys.displayhook = saved_hooks
             for stream in streams:
                 stream.detach()
             payloads.clear_payload()

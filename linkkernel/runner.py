@@ -147,15 +147,27 @@ class Runner:
 
     @_taking_turns
     async def execute_cell(
-        self, component: Component, live: Callable[[], Awaitable[dict]], store_history: bool, allow_stdin: bool = False
+        self,
+        component: Component,
+        live: Callable[[], Awaitable[dict]],
+        store_history: bool,
+        allow_stdin: bool = False,
+        user_expressions: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Run the stale ancestors of `component` silently, then `live()` (ipykernel's own
-        do_execute) inside the component's namespace. Returns the execute_reply content."""
+        do_execute) inside the component's namespace. Returns the execute_reply content.
+
+        The request's `user_expressions` are evaluated after a successful run, as ipykernel
+        does after a cell, in the notebook namespace the run published its outputs to (in the
+        component's own they could not name the rest of the notebook), local or remote alike."""
         history = component.source if store_history else None
         try:
-            return await self._again_when_lost(self._execute_cell, component, live, history, allow_stdin)
+            reply = await self._again_when_lost(self._execute_cell, component, live, history, allow_stdin)
         except LostValue as exc:
             return self.refuse(exc, history)
+        if reply.get("status") == "ok" and user_expressions:
+            reply["user_expressions"] = self.shell.user_expressions(user_expressions)
+        return reply
 
     async def _again_when_lost(self, run: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """`run(*args)`, again each time a cached value it needed turned out lost (deleted or
@@ -303,7 +315,7 @@ class Runner:
                 with capture.recorded(shell) as outputs:
                     reply = await live()
                 record.outputs = outputs.items
-                if reply.get("status") == "ok":
+                if reply.get("status") == "ok":  # its error, if not, is in its outputs as the cell showed it
                     record.status = "ok"
                 elif not outputs.shows_error(reply):  # not shown as one (a UsageError)
                     outputs.error(reply.get("ename", ""), reply.get("evalue", ""), reply.get("traceback", []))
@@ -542,8 +554,29 @@ class Runner:
             if name not in graph:
                 raise LinkError(f"%link run: no component named {name!r} in {self.sources.looked_in()}")
         plan = self.plan(graph, names, force)
+        self._refuse_top_level_await(graph, plan)
         self.publish_cached(graph, names, plan)
         return await self._run_captured(graph, plan, targets=names, alone=alone and not self._said_lost)
+
+    def _refuse_top_level_await(self, graph, plan: list[str]) -> None:
+        """`%link run` runs components from inside its own cell's code, where the kernel's
+        event loop is already running: code that awaits at top level (fine in a cell) could
+        only stop half-run there. Refused before anything runs; executing the cell, or one of
+        its children, runs it in the kernel's loop. Remote components await on their worker."""
+        shell = self.shell
+        for name in plan:
+            component = graph.nodes[name]["component"]
+            if component.remote:
+                continue
+            try:
+                transformed = shell.transform_cell(component.source)
+            except Exception:  # noqa: BLE001 - the run reports it as the component's own error
+                continue
+            if shell.should_run_async(component.source, transformed_cell=transformed):
+                raise LinkError(
+                    f"%link run: component {name!r} uses top-level await, which cannot run inside "
+                    "another cell's code; execute its cell (or a child's) to run it"
+                )
 
     def publish_cached(self, graph, targets: list[str], plan: list[str]) -> None:
         """Publish the outputs of fresh components that did not run in this process (found in
@@ -647,25 +680,25 @@ class ComponentFailed(Exception):
 
 
 async def _run_silently(shell, code: str):
-    """Run a cell as IPython's `run_cell(silent=True)` does, inside the caller's capture.
+    """Run a cell inside the caller's capture, without a number in the notebook's history.
 
-    `pre_run_cell` fires before it, as before a cell the user runs (IPython skips it for
-    silent cells): `%autoreload` reloads changed modules there, so a stale parent does not
-    run, and get recorded fresh, with the old code. `post_execute` fires after it, as after
-    every cell: matplotlib's inline backend shows and closes the figures the cell drew then,
-    so they are this run's outputs instead of appearing in the next cell that runs live.
+    Not IPython's `silent=True`: that evaluates the last expression without showing its
+    value, and the capture keeps it as the execute_result the cell would show. Not silent,
+    IPython also fires `pre_run_cell` before it, as before a cell the user runs:
+    `%autoreload` reloads changed modules there, so a stale parent does not run, and get
+    recorded fresh, with the old code. `post_execute` fires after it, as after every cell
+    (`run_cell` fires it, not `run_cell_async`): matplotlib's inline backend shows and closes
+    the figures the cell drew then, so they are this run's outputs instead of appearing in
+    the next cell that runs live.
     """
-    from IPython.core.interactiveshell import ExecutionInfo
-
     preprocessing_exc_tuple = None
     try:
         transformed = shell.transform_cell(code)
     except Exception:  # noqa: BLE001 - reported by run_cell exactly as ipykernel does
         transformed, preprocessing_exc_tuple = code, sys.exc_info()
-    shell.events.trigger("pre_run_cell", ExecutionInfo(code, False, True, True, None, transformed_cell=transformed))
     try:
         return await shell.run_cell_async(
-            code, store_history=False, silent=True, transformed_cell=transformed, preprocessing_exc_tuple=preprocessing_exc_tuple
+            code, store_history=False, silent=False, transformed_cell=transformed, preprocessing_exc_tuple=preprocessing_exc_tuple
         )
     finally:
         shell.events.trigger("post_execute")

@@ -6,10 +6,14 @@ content-addressed blobs, so a remote run reuses the blobs the cache store alread
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from jupyter_client.jsonutil import json_clean, json_default
+
 from linkkernel.namespaces import Blob
+from linkkernel.tracebacks import blame_user
 
 
 @dataclass(frozen=True)
@@ -45,3 +49,18 @@ class TaskResult:
     deleted: tuple[str, ...] = ()
     outputs: list[dict[str, Any]] = field(default_factory=list)
     error: UserError | None = None
+
+
+def as_sent(value: Any) -> Any:
+    """Display data or metadata as the frontend receives it in a message: bytes as base64
+    text, tuples as lists (jupyter_client's message packer, without the deprecation warning
+    it prints when it has to clean a value first, which the cell shows once already when the
+    message goes). Outputs are kept as JSON: formatters may return bytes (matplotlib's PNG
+    figures). A value no message could carry is the user's error, as ipykernel raises it."""
+    try:
+        return json.loads(json.dumps(value, default=json_default, allow_nan=False))
+    except (TypeError, ValueError):
+        try:
+            return json.loads(json.dumps(json_clean(value), default=json_default, allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise blame_user(exc) from None

@@ -42,6 +42,7 @@ from linkkernel import cow
 from linkkernel.compiler import LinkCompiler, twin_path
 from linkkernel.namespaces import Blob, UnpicklableValue, changes, digests_as_loaded, dump, loading_together, loads, pickling_names
 from linkkernel.remote.storage import MissingBlob, StorageError, Store, file_map_of
+from linkkernel.tasks import as_sent
 from linkkernel.tracebacks import contains_group, format_warning, formatted, frames_of, group_traceback, own_rendering, trim
 
 # Names IPython's displayhook and input cache bind in the namespace; they are not outputs.
@@ -168,11 +169,8 @@ class PipeDisplayPublisher(DisplayPublisher):
 
     def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kwargs) -> None:
         _flush_streams()
-        output = {
-            "output_type": "update_display_data" if update else "display_data",
-            "data": data,
-            "metadata": metadata or {},
-        }
+        data, metadata = as_sent([data, metadata or {}])
+        output = {"output_type": "update_display_data" if update else "display_data", "data": data, "metadata": metadata}
         if transient:
             output["transient"] = transient
         self.shell.pipe.send({"output": output})
@@ -192,7 +190,8 @@ class PipeDisplayHook(DisplayHook):
         pass
 
     def write_format_data(self, format_dict, md_dict=None) -> None:
-        output = {"output_type": "execute_result", "data": format_dict, "metadata": md_dict or {}}
+        data, metadata = as_sent([format_dict, md_dict or {}])
+        output = {"output_type": "execute_result", "data": data, "metadata": metadata}
         self.shell.pipe.send({"output": output})
 
     def finish_displayhook(self) -> None:
@@ -283,18 +282,19 @@ class WorkerShell(InteractiveShell):
         print(f"Exception in thread {name}:\n{self.InteractiveTB.stb2text(stb)}", file=sys.stderr, flush=True)
 
     def _showtraceback(self, etype, evalue, stb) -> None:
-        """An error output in its place among the cell's, as ipykernel shows it; the task's
-        error if the run then fails. A cell can show one and go on (`%run` of a failing
-        script, a `__repr__` raising in `display()`): then it is only an output."""
-        self.error = {"ename": etype.__name__, "evalue": _text(evalue), "traceback": list(stb)}
-        _flush_streams()
-        self.pipe.send({"output": {"output_type": "error", **self.error}})
+        self._show_error({"ename": etype.__name__, "evalue": _text(evalue), "traceback": list(stb)})
 
     def show_usage_error(self, exc: BaseException) -> None:
-        """An unknown magic or bad magic arguments end the cell with an error, as in
-        ipykernel, worded as IPython words it; IPython would only print it, and the task
-        would have passed for a success."""
-        self.error = {"ename": "UsageError", "evalue": _text(exc), "traceback": [f"UsageError: {_text(exc)}"]}
+        """An unknown magic or bad magic arguments, worded as IPython words it."""
+        self._show_error({"ename": "UsageError", "evalue": _text(exc), "traceback": [f"UsageError: {_text(exc)}"]})
+
+    def _show_error(self, error: dict[str, Any]) -> None:
+        """An error goes to the cell as it happens, as the kernel shows it: a cell may go on
+        after one (a failing `%run` script, a display formatter that raised). The last one
+        shown is the task's error if the cell failed (`execute` says whether it did)."""
+        _flush_streams()
+        self.pipe.send({"output": {"output_type": "error", **error}})
+        self.error = error
 
     def init_io(self) -> None:
         """Keep the process's streams alone until a task replaces them."""
