@@ -203,3 +203,32 @@ def test_dataframes_flow_through_components_and_the_cache(link_kernelspec, tmp_p
         assert value(k, "shown") == expected and value(k, "seen") == (["a", "s"], 0)
     finally:
         k.shutdown()
+
+
+def test_a_cache_in_s3_serves_a_restarted_kernel(link_kernelspec, tmp_path):
+    """SPEC §3: the cache store may be any fsspec URL; an S3 bucket (moto on loopback, its
+    endpoint from AWS_ENDPOINT_URL as boto reads it) keeps results across a restart."""
+    import boto3
+
+    from remote_support import S3_ENV, MotoServer
+
+    server = MotoServer()
+    server.make_bucket("cache")
+    path = tmp_path / "s3.ipynb"
+    k = Kernel(LINKKERNEL_NOTEBOOK=str(path), LINKKERNEL_CACHE="s3://cache/team", AWS_ENDPOINT_URL=server.endpoint, **S3_ENV)
+    try:
+        nb = Notebook(k, path)
+        nb.add("a", "import numpy as np\nx = np.arange(1_000_000)")
+        nb.add("b", "y = int(x.sum())", "a")
+        nb.save()
+        assert nb.run("b").status == "ok" and nb.runs() == ["a", "b"]
+        restart(k)
+        assert nb.run("b").status == "ok" and nb.runs() == ["b"]  # a came from the bucket
+        assert value(k, "y") == 499999500000
+        s3 = boto3.client(
+            "s3", endpoint_url=server.endpoint, aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"
+        )
+        assert s3.list_objects_v2(Bucket="cache", Prefix="team/")["KeyCount"] > 0
+    finally:
+        k.shutdown()
+        server.stop()
