@@ -230,6 +230,17 @@ def _content(cell: Cell | None) -> tuple[Any, ...] | None:
     return (cell.get("cell_type"), cell_source(cell), cell.get("metadata") or {}, cell.get("attachments"))
 
 
+def _edited(cell: Cell, base: Cell) -> bool:
+    """Whether a side changed what a cell does: a re-run that only rewrote its run record
+    (JupyterLab's `execution`, Colab's `executionInfo`) or a fold is not worth a conflict
+    against the other side deleting the cell."""
+    def visible(c: Cell) -> tuple[Any, ...]:
+        meta = {k: v for k, v in (c.get("metadata") or {}).items() if k not in UI_METADATA}
+        return c.get("cell_type"), cell_source(c), meta, c.get("attachments")
+
+    return visible(cell) != visible(base)
+
+
 def _take_outputs(base: Cell | None, ours: Cell, theirs: Cell, target: Cell) -> None:
     if target["cell_type"] != "code":
         return
@@ -409,7 +420,7 @@ def _merge(base: Notebook, ours: Notebook, theirs: Notebook, marker_size: int) -
             continue
         if o is None or t is None:
             present = o_cells[o] if o is not None else t_cells[t]
-            if _content(present) != _content(cell):
+            if _edited(present, cell):
                 cells[key], notes[key] = _deleted_but_edited(present, "theirs" if t is None else "ours", marker_size)
             continue
         cells[key], notes[key] = merge_cell(cell, o_cells[o], t_cells[t], marker_size)

@@ -19,9 +19,15 @@ from linkkernel.errors import LinkError
 Notebook = dict[str, Any]
 Cell = dict[str, Any]
 
-# Cell metadata that records how a cell looks in the UI, not what it does: a diff does not
-# show it and a merge never conflicts on it.
-UI_METADATA = frozenset({"collapsed", "scrolled", "jupyter", "execution", "ExecuteTime", "editable", "deletable", "trusted"})
+# Cell metadata that records how a cell looks in the UI, or when and how it last ran, not what
+# it does: a diff does not show it and a merge never conflicts on it. Google Colab writes its
+# run record (`executionInfo`: timestamp, elapsed, user), the id of the output and the output
+# area's height (`outputId`, `colab`) into every cell it runs, so two people re-running a
+# notebook in Colab is no edit, as re-running it in JupyterLab (`execution`) is none.
+UI_METADATA = frozenset({
+    "collapsed", "scrolled", "jupyter", "execution", "ExecuteTime", "editable", "deletable", "trusted",
+    "executionInfo", "outputId", "colab", "cellView",
+})
 # Notebook metadata a kernel or an editor records as it runs (its Python version, widget state,
 # VS Code's per-machine interpreter hash): both sides having re-run the notebook is no
 # contradiction to stop a merge for, nor a change to show in a review.

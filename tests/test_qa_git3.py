@@ -1,0 +1,96 @@
+"""Third QA round of the git tools: notebooks as JupyterLab, VS Code and Colab write them,
+and git workflows beyond `git merge`, with real git."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from git_support import Repo, code, notebook, pipeline_cells, source, tags, validate
+
+
+@pytest.fixture
+def repo(tmp_path):
+    repo = Repo(tmp_path)
+    done = repo.linkkernel("git", "install")
+    assert done.returncode == 0, done.stderr
+    return repo
+
+
+def commit_text(repo: Repo, text: str | bytes, message: str, name: str = "nb.ipynb") -> None:
+    """Commit a notebook byte for byte as some other tool saved it."""
+    (repo.path / name).write_bytes(text.encode() if isinstance(text, str) else text)
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", message)
+
+
+# ---- Google Colab -----------------------------------------------------------------------------
+
+
+def colab_cell(lines: list[str], cell_id: str, *tags_: str, run: int = 0) -> dict:
+    """A code cell as Colab saves it: its id, run record and output id in the metadata."""
+    metadata = {
+        "id": cell_id, "colab": {"base_uri": "https://localhost:8080/", "height": 35 + run},
+        "outputId": f"{cell_id}-out-{run}",
+        "executionInfo": {"status": "ok", "timestamp": 1700000000000 + run, "user_tz": -60, "elapsed": 10 + run,
+                          "user": {"displayName": "Ada", "userId": "0123"}},
+    }
+    if tags_:
+        metadata["tags"] = list(tags_)
+    return {"cell_type": "code", "source": lines, "metadata": metadata, "execution_count": run or None, "outputs": []}
+
+
+def colab_notebook(*cells: dict) -> dict:
+    return {"nbformat": 4, "nbformat_minor": 0,
+            "metadata": {"colab": {"provenance": []}, "kernelspec": {"name": "python3", "display_name": "Python 3"},
+                         "language_info": {"name": "python"}},
+            "cells": list(cells)}
+
+
+def colab_text(nb: dict) -> str:
+    """Colab's layout: two-space indent, keys in its own order, no final newline."""
+    return json.dumps(nb, indent=2)
+
+
+def rerun_in_colab(nb: dict, run: int) -> dict:
+    nb = copy.deepcopy(nb)
+    for cell in nb["cells"]:
+        cell_id = cell["metadata"]["id"]
+        cell["metadata"] = colab_cell([], cell_id, *cell["metadata"].get("tags", []), run=run)["metadata"]
+        cell["execution_count"] = run
+    return nb
+
+
+def test_two_people_re_running_a_colab_notebook_is_no_conflict_and_no_diff(repo):
+    """Colab rewrites executionInfo, outputId and colab.height in every cell it runs: a merge
+    of two re-run branches stopped on each cell, and a delete against a re-run was a conflict."""
+    base = colab_notebook(
+        colab_cell(["data = [1, 2]\n", "print(data)"], "c1", "component:load"),
+        colab_cell(["total = sum(data)\n", "print(total)"], "c2", "component:train", "parent:load"),
+        colab_cell(["scratch = 1"], "c3"),
+    )
+    commit_text(repo, colab_text(base), "base")
+    repo.git("checkout", "-q", "-b", "theirs")
+    theirs = rerun_in_colab(base, 5)
+    theirs["cells"][1]["source"] = ["total = sum(data) * 2\n", "print(total)"]
+    commit_text(repo, colab_text(theirs), "theirs re-ran it and doubled the total")
+    repo.git("checkout", "-q", "main")
+    ours = rerun_in_colab(base, 9)
+    ours["cells"][0]["source"] = ["data = [1, 2, 3]\n", "print(data)"]
+    del ours["cells"][2]
+    commit_text(repo, colab_text(ours), "ours re-ran it, more data, scratch cell gone")
+
+    shown = repo.git("show", "HEAD").stdout + repo.git("diff", "HEAD~1").stdout
+    assert "executionInfo" not in shown and "outputId" not in shown and "'colab'" not in shown
+    assert "## cell 1 modified (component load)\n@@ -1,2 +1,2 @@\n-data = [1, 2]\n+data = [1, 2, 3]\n" in shown
+
+    done = repo.git("merge", "theirs", "-m", "merge", check=False)
+    assert (done.returncode, done.stderr) == (0, ""), done.stdout
+    result = repo.read()
+    validate(result)
+    assert [source(c) for c in result["cells"]] == [
+        "data = [1, 2, 3]\nprint(data)", "total = sum(data) * 2\nprint(total)",
+    ]
+    assert [c["metadata"]["id"] for c in result["cells"]] == ["c1", "c2"]
