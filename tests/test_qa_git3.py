@@ -94,3 +94,22 @@ def test_two_people_re_running_a_colab_notebook_is_no_conflict_and_no_diff(repo)
         "data = [1, 2, 3]\nprint(data)", "total = sum(data) * 2\nprint(total)",
     ]
     assert [c["metadata"]["id"] for c in result["cells"]] == ["c1", "c2"]
+
+
+# ---- git's own views through the textconv -----------------------------------------------------
+
+
+def test_a_cell_inserted_at_the_top_is_one_added_cell_in_log_p_and_blame(repo):
+    """The textconv numbered its cell headers, so inserting one cell changed every header:
+    `git log -p` showed each cell removed and re-added and `git blame` gave every header to it."""
+    base = notebook(*pipeline_cells())
+    repo.commit(base, "base")
+    nb = copy.deepcopy(base)
+    nb["cells"].insert(0, code("import os\n", id="imports"))
+    repo.commit(nb, "imports first")
+    shown = repo.git("log", "-p", "-1").stdout
+    changed = [line for line in shown.splitlines() if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))]
+    assert changed == ["+## code cell id=imports", "+import os", "+"]
+    blamed = [line for line in repo.git("blame", "-s", "nb.ipynb").stdout.splitlines() if not line.startswith("^")]
+    assert len(blamed) == 3 and "import os" in blamed[1]
+    assert "## code cell id=c1 [component:load]" in repo.git("show", "HEAD:nb.ipynb", "--textconv").stdout
