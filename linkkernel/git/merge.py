@@ -451,6 +451,9 @@ def _merge(base: Notebook, ours: Notebook, theirs: Notebook, marker_size: int) -
     notebook["metadata"], clashes = _merge_mapping(base.get("metadata", {}), ours.get("metadata", {}), theirs.get("metadata", {}), set())
     conflicts += [Conflict(None, "metadata", f"{key!r} changed by both sides (ours kept)")
                   for key in clashes if key not in RECORDED_NOTEBOOK_METADATA]
+    widgets = _merge_widget_state(ours.get("metadata", {}), theirs.get("metadata", {}))
+    if widgets is not None:
+        notebook["metadata"]["widgets"] = widgets
     notebook["nbformat_minor"] = max(ours.get("nbformat_minor", 0), theirs.get("nbformat_minor", 0))
     notebook["cells"] = merged_cells
     _fix_ids(notebook)
@@ -460,6 +463,25 @@ def _merge(base: Notebook, ours: Notebook, theirs: Notebook, marker_size: int) -
     conflicts += check_pipeline(notebook, renames, [origin[k] for k in order], ours, theirs, marker_size)
     conflicts.sort(key=lambda c: -1 if c.cell is None else c.cell)
     return MergeResult(notebook, conflicts)
+
+
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
+def _merge_widget_state(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Both sides' saved widget models, when both saved some and they differ (else None).
+
+    Each cell's outputs come from the side whose source won, and a widget output is only a
+    model id: the notebook's state must hold the models of both sides, or theirs' progress
+    bars and sliders show 'model not found'. Ours wins a model id both sides saved.
+    """
+    sides = [m.get("widgets") for m in (ours, theirs)]
+    if sides[0] == sides[1] or not all(isinstance(w, Mapping) and isinstance(w.get(WIDGET_STATE), Mapping) for w in sides):
+        return None
+    states = [w[WIDGET_STATE].get("state") for w in sides]
+    if not all(isinstance(state, Mapping) for state in states):
+        return None
+    return {**sides[0], WIDGET_STATE: {**sides[0][WIDGET_STATE], "state": {**states[1], **states[0]}}}
 
 
 def _fix_ids(notebook: Notebook) -> None:
