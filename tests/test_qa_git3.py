@@ -155,3 +155,25 @@ def test_widgets_in_outputs_taken_from_each_side_keep_their_saved_state(repo):
     saved = result["metadata"]["widgets"][WIDGET_STATE]
     assert set(shown) <= set(saved["state"])
     assert saved["state"]["theirs1"] == theirs["metadata"]["widgets"][WIDGET_STATE]["state"]["theirs1"]
+
+
+def test_sections_folded_differently_in_colab_are_no_conflict(repo):
+    """Colab keeps its own notebook metadata (provenance, folded sections, table of contents):
+    two people folding different sections stopped the merge with nothing to resolve in the file."""
+    base = colab_notebook(colab_cell(["data = 1"], "c1", "component:load"), colab_cell(["x = 2"], "c2"))
+    commit_text(repo, colab_text(base), "base")
+    ours, theirs = copy.deepcopy(base), copy.deepcopy(base)
+    ours["metadata"]["colab"].update(collapsed_sections=["c1"], provenance=[{"file_id": "1abc"}])
+    ours["cells"][1]["source"] = ["x = 3"]
+    theirs["metadata"]["colab"].update(collapsed_sections=["c2"], toc_visible=True)
+    theirs["cells"][0]["source"] = ["data = 2"]
+    repo.git("checkout", "-q", "-b", "theirs")
+    commit_text(repo, colab_text(theirs), "theirs")
+    assert repo.git("diff", "HEAD~1").stdout == "--- a/nb.ipynb\n+++ b/nb.ipynb\n## cell 1 modified (component load)\n@@ -1 +1 @@\n-data = 1\n+data = 2\n"
+    repo.git("checkout", "-q", "main")
+    commit_text(repo, colab_text(ours), "ours")
+    done = repo.git("merge", "theirs", "-m", "merge", check=False)
+    assert (done.returncode, done.stderr) == (0, ""), done.stdout
+    result = repo.read()
+    validate(result)
+    assert [source(c) for c in result["cells"]] == ["data = 2", "x = 3"]

@@ -29,9 +29,10 @@ UI_METADATA = frozenset({
     "executionInfo", "outputId", "colab", "cellView",
 })
 # Notebook metadata a kernel or an editor records as it runs (its Python version, widget state,
-# VS Code's per-machine interpreter hash): both sides having re-run the notebook is no
-# contradiction to stop a merge for, nor a change to show in a review.
-RECORDED_NOTEBOOK_METADATA = frozenset({"language_info", "widgets", "vscode"})
+# VS Code's per-machine interpreter hash, Colab's provenance and folded sections): both sides
+# having re-run or browsed the notebook is no contradiction to stop a merge for, nor a change
+# to show in a review.
+RECORDED_NOTEBOOK_METADATA = frozenset({"language_info", "widgets", "vscode", "colab"})
 
 __all__ = ["RECORDED_NOTEBOOK_METADATA", "UI_METADATA", "Cell", "Notebook", "cell_source", "dumps", "empty_notebook", "loads", "read", "set_source", "write"]
 
