@@ -177,3 +177,30 @@ def test_sections_folded_differently_in_colab_are_no_conflict(repo):
     result = repo.read()
     validate(result)
     assert [source(c) for c in result["cells"]] == ["data = 2", "x = 3"]
+
+
+# ---- installing next to other notebook tools --------------------------------------------------
+
+
+def test_install_says_when_nbstripout_in_git_info_attributes_still_wins_the_diff(tmp_path):
+    """`nbstripout --install` writes '*.ipynb diff=ipynb' into .git/info/attributes, which git
+    reads after .gitattributes: install said the drivers were registered while git diff kept
+    showing nbstripout's view, and nothing said why."""
+    repo = Repo(tmp_path)
+    info = repo.path / ".git" / "info" / "attributes"
+    info.write_text("*.ipynb filter=nbstripout\n*.zpln filter=nbstripout\n*.ipynb diff=ipynb\n")
+    repo.git("config", "diff.ipynb.textconv", "cat")
+    repo.commit(notebook(*pipeline_cells()), "base", name="analysis.ipynb")
+    done = repo.linkkernel("git", "install")
+    assert done.returncode == 0
+    assert done.stderr == (
+        f"linkkernel git install: git still uses diff=ipynb for notebooks: {info} sets it, and git reads "
+        "that file after .gitattributes; remove that line there to use linkkernel's\n"
+    )
+    info.write_text("*.ipynb filter=nbstripout\n")
+    done = repo.linkkernel("git", "install")
+    assert (done.returncode, done.stderr) == (0, "")
+    nb = repo.read("analysis.ipynb")
+    nb["cells"][1]["source"] = "data = [7]\n"
+    repo.write(nb, "analysis.ipynb")
+    assert "## cell 2 modified (component load)\n" in repo.git("diff").stdout

@@ -138,6 +138,28 @@ def _write_attributes(attributes: Path, lines: list[str], newline: str) -> None:
         raise LinkError(f"{attributes}: cannot write: {exc.strerror}") from None
 
 
+def overridden_drivers(root: Path) -> list[str]:
+    """One line per driver that git still takes from elsewhere for notebooks after install.
+
+    `.git/info/attributes`, where `nbstripout --install` writes `*.ipynb diff=ipynb`, is read
+    after `.gitattributes` and wins: install would report success while git diff kept using
+    the other tool. Narrower patterns (`docs/*.ipynb -diff`) are the user's choice and are
+    not looked at: the probe is a notebook at the top of the repository.
+    """
+    done = _git("check-attr", "merge", "diff", "--", "linkkernel-probe.ipynb", cwd=root, check=False)
+    info = Path(root, _git("rev-parse", "--git-path", "info/attributes", cwd=root).stdout.strip())
+    in_info = info.is_file() and _attribute_lines(info)[0] != []
+    where = f"{info} sets it, and git reads that file after .gitattributes" if in_info else "a line git reads after ours sets it"
+    setting = {"set": "{0}", "unset": "-{0}", "unspecified": "no {0} driver"}
+    warnings = []
+    for line in done.stdout.splitlines():
+        attribute, value = (field.strip() for field in line.split(":")[-2:])
+        if value != DRIVER:
+            shown = setting.get(value, "{0}=" + value).format(attribute)
+            warnings.append(f"git still uses {shown} for notebooks: {where}; remove that line there to use linkkernel's")
+    return warnings
+
+
 def missing_driver_warning(near: str | Path = ".") -> str | None:
     """One line when `.gitattributes` names our driver but git config lacks it.
 
@@ -214,6 +236,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"linkkernel git drivers registered in {where}; '{ATTRIBUTES_LINE}' is in {attributes}")
         if not args.global_:
             print(f"Commit {attributes.name} so collaborators get it; each of them runs 'linkkernel git install' once.")
+            for warning in overridden_drivers(attributes.parent):
+                print(f"linkkernel git install: {warning}", file=sys.stderr)
         return 0
     attributes = uninstall(args.global_)
     print(f"linkkernel git drivers removed; '{ATTRIBUTES_LINE}' removed from {attributes}")
