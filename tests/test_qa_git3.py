@@ -236,3 +236,31 @@ def test_a_merge_changes_only_the_lines_that_changed_in_the_file_as_its_tool_sav
     merged["cells"][0]["source"] = ["data = 2"]
     merged["cells"].append(theirs["cells"][2])
     assert (repo.path / "nb.ipynb").read_bytes() == saved(merged)
+
+
+def test_a_colab_cell_moved_and_edited_on_one_side_and_edited_on_the_other_is_one_cell(repo):
+    """Colab saves nbformat 4.0 with each cell's id in its metadata; matching ignored it, so a
+    cell moved and edited on one side was 'deleted' against the other side's edit, and duplicated."""
+    base = colab_notebook(
+        colab_cell(["import pandas as pd"], "imports"),
+        colab_cell(["df = pd.read_csv('a.csv')\n", "df = df.dropna()\n", "df.head()"], "load"),
+        colab_cell(["df.describe()"], "describe"),
+    )
+    commit_text(repo, colab_text(base), "base")
+    ours, theirs = copy.deepcopy(base), copy.deepcopy(base)
+    moved = ours["cells"].pop(1)
+    moved["source"] = ["df = pd.read_csv('b.csv', sep=';')\n", "df = df.dropna()\n", "df.head()"]
+    ours["cells"].append(moved)
+    theirs["cells"][1]["source"] = ["df = pd.read_csv('a.csv')\n", "df = df.dropna()\n", "df.tail()"]
+    repo.git("checkout", "-q", "-b", "theirs")
+    commit_text(repo, colab_text(theirs), "theirs")
+    repo.git("checkout", "-q", "main")
+    commit_text(repo, colab_text(ours), "ours")
+    done = repo.git("merge", "theirs", "-m", "merge", check=False)
+    assert (done.returncode, done.stderr) == (0, ""), done.stdout
+    result = repo.read()
+    validate(result)
+    assert [(c["metadata"]["id"], source(c)) for c in result["cells"]] == [
+        ("imports", "import pandas as pd"), ("describe", "df.describe()"),
+        ("load", "df = pd.read_csv('b.csv', sep=';')\ndf = df.dropna()\ndf.tail()"),
+    ]

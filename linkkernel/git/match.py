@@ -4,7 +4,8 @@ nbdime compares every cell with every other at each level (an N x M grid), which
 two minutes for 2000 cells without ids. Here each pass is linear or near-linear and only
 looks at what the previous passes left unmatched:
 
-1. nbformat 4.5 cell ids;
+1. nbformat 4.5 cell ids, then the ids Google Colab keeps in each cell's metadata (it still
+   saves nbformat 4.0, which has no cell ids);
 2. component names (a component keeps its name across edits and moves);
 3. exact cell type + source, in order (unedited cells, including moved ones);
 4. similar source, only between consecutive anchors of the longest monotone chain of the
@@ -134,6 +135,12 @@ def _match_gaps(
                 start = best + 1
 
 
+def _colab_id(cell: Mapping[str, Any]) -> str | None:
+    metadata = cell.get("metadata")
+    cell_id = metadata.get("id") if isinstance(metadata, Mapping) else None
+    return cell_id if isinstance(cell_id, str) and cell_id else None
+
+
 def _content_key(cell: Mapping[str, Any]) -> tuple[str, str] | None:
     source = cell_source(cell)
     return (cell.get("cell_type"), source) if source.strip() else None
@@ -157,6 +164,7 @@ def match_cells(
     _match_by_key(a, b, lambda cell: cell.get("id") or None, pairs, used)
     if len(pairs) == len(a) or len(used) == len(b):
         return pairs
+    _match_by_key(a, b, _colab_id, pairs, used)
     _match_by_key(a, b, component_name, pairs, used)
     _match_by_key(a, b, _content_key, pairs, used)
     if similar:
