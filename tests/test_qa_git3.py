@@ -126,35 +126,38 @@ def widget_output(model_id: str) -> dict:
         "text/plain": "  0%|          | 0/10 [00:00<?, ?it/s]"}}
 
 
-def widget_state(*model_ids: str) -> dict:
-    return {WIDGET_STATE: {"version_major": 2, "version_minor": 0, "state": {
-        model_id: {"model_name": "FloatProgressModel", "model_module": "@jupyter-widgets/controls",
-                   "model_module_version": "2.0.0", "state": {"value": 10, "max": 10}}
-        for model_id in model_ids}}}
+def widget_state(*model_ids: str, colab: bool = False) -> dict:
+    """As JupyterLab saves it (models under "state"), or as Colab does (models by id directly)."""
+    models = {model_id: {"model_name": "FloatProgressModel", "model_module": "@jupyter-widgets/controls",
+                         "model_module_version": "2.0.0", "state": {"value": 10, "max": 10}} for model_id in model_ids}
+    return {WIDGET_STATE: models if colab else {"version_major": 2, "version_minor": 0, "state": models}}
 
 
-def test_widgets_in_outputs_taken_from_each_side_keep_their_saved_state(repo):
+@pytest.mark.parametrize("colab", [False, True])
+def test_widgets_in_outputs_taken_from_each_side_keep_their_saved_state(repo, colab):
     """The notebook's saved widget state is kept from ours only, while each cell's outputs come
     from the side that ran it: theirs' progress bars showed 'model not found' after the merge."""
     cells = [code(f"for i in tqdm(range(10)): step_{n}(i)\n", f"component:step{n}", id=f"s{n}",
                   outputs=[widget_output(f"base{n}")], count=n + 1) for n in range(2)]
     base = notebook(*cells)
-    base["metadata"]["widgets"] = widget_state("base0", "base1")
+    base["metadata"]["widgets"] = widget_state("base0", "base1", colab=colab)
     repo.commit(base, "base")
     ours, theirs = copy.deepcopy(base), copy.deepcopy(base)
     for side, n, name in ((ours, 0, "ours"), (theirs, 1, "theirs")):
         side["cells"][n]["source"] = f"for i in tqdm(range(10)): step_{n}(i, fast=True)\n"
         side["cells"][n]["outputs"] = [widget_output(f"{name}{n}")]
-        side["metadata"]["widgets"] = widget_state(f"{name}{n}", f"base{1 - n}")
+        side["metadata"]["widgets"] = widget_state(f"{name}{n}", f"base{1 - n}", colab=colab)
     done = repo.merge_branch(ours, theirs)
     assert (done.returncode, done.stderr) == (0, ""), done.stdout
     result = repo.read()
     validate(result)
     shown = [o["data"]["application/vnd.jupyter.widget-view+json"]["model_id"] for c in result["cells"] for o in c["outputs"]]
     assert shown == ["ours0", "theirs1"]
-    saved = result["metadata"]["widgets"][WIDGET_STATE]
-    assert set(shown) <= set(saved["state"])
-    assert saved["state"]["theirs1"] == theirs["metadata"]["widgets"][WIDGET_STATE]["state"]["theirs1"]
+    saved, theirs_saved = (nb["metadata"]["widgets"][WIDGET_STATE] for nb in (result, theirs))
+    if not colab:
+        saved, theirs_saved = saved["state"], theirs_saved["state"]
+    assert set(shown) <= set(saved)
+    assert saved["theirs1"] == theirs_saved["theirs1"]
 
 
 def test_sections_folded_differently_in_colab_are_no_conflict(repo):

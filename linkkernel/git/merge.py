@@ -474,14 +474,19 @@ def _merge_widget_state(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> d
     Each cell's outputs come from the side whose source won, and a widget output is only a
     model id: the notebook's state must hold the models of both sides, or theirs' progress
     bars and sliders show 'model not found'. Ours wins a model id both sides saved.
+    JupyterLab and VS Code keep the models under "state"; Colab keeps them by id directly.
     """
     sides = [m.get("widgets") for m in (ours, theirs)]
     if sides[0] == sides[1] or not all(isinstance(w, Mapping) and isinstance(w.get(WIDGET_STATE), Mapping) for w in sides):
         return None
-    states = [w[WIDGET_STATE].get("state") for w in sides]
-    if not all(isinstance(state, Mapping) for state in states):
+    blobs = [w[WIDGET_STATE] for w in sides]
+    if all(isinstance(blob.get("state"), Mapping) for blob in blobs):
+        merged = {**blobs[0], "state": {**blobs[1]["state"], **blobs[0]["state"]}}
+    elif not any("state" in blob for blob in blobs):
+        merged = {**blobs[1], **blobs[0]}
+    else:
         return None
-    return {**sides[0], WIDGET_STATE: {**sides[0][WIDGET_STATE], "state": {**states[1], **states[0]}}}
+    return {**sides[0], WIDGET_STATE: merged}
 
 
 def _fix_ids(notebook: Notebook) -> None:
