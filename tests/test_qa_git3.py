@@ -267,3 +267,21 @@ def test_a_colab_cell_moved_and_edited_on_one_side_and_edited_on_the_other_is_on
         ("imports", "import pandas as pd"), ("describe", "df.describe()"),
         ("load", "df = pd.read_csv('b.csv', sep=';')\ndf = df.dropna()\ndf.tail()"),
     ]
+
+
+def test_cells_sharing_an_id_as_pasted_cells_do_are_matched_by_content(repo):
+    """Frontends that keep a cell's id on copy and paste save notebooks with one id on several
+    cells (nbformat repairs them on load). Matching took the first cell with the id: a cell pasted
+    above was merged with the original, the original's edit ended in a conflict with an unrelated
+    cell, and its other edit was lost."""
+    base = notebook(code("a = 1\nb = 2\n", id="pasted"), code("c = 3\nd = 4\n", id="pasted"), code("e = 5\n", id="e"))
+    repo.commit(base, "base")
+    ours, theirs = copy.deepcopy(base), copy.deepcopy(base)
+    ours["cells"][1]["source"] = "c = 3\nd = 40\n"
+    theirs["cells"][0]["source"] = "a = 10\nb = 2\n"
+    theirs["cells"].insert(0, code("import numpy as np\n", id="pasted"))
+    done = repo.merge_branch(ours, theirs)
+    assert (done.returncode, done.stderr) == (0, ""), done.stdout
+    result = repo.read()
+    validate(result)
+    assert [source(c) for c in result["cells"]] == ["import numpy as np\n", "a = 10\nb = 2\n", "c = 3\nd = 40\n", "e = 5\n"]
