@@ -70,11 +70,13 @@ def layout_of(data: bytes, notebook: Notebook) -> Layout:
         return Layout()
 
     def is_sorted(value: Any) -> bool:
-        return not isinstance(value, dict) or list(value) == sorted(value)
+        """Keys sorted in every object: then keys a merge adds go where Jupyter would put them."""
+        if isinstance(value, dict):
+            return list(value) == sorted(value) and all(map(is_sorted, value.values()))
+        return not isinstance(value, list) or all(map(is_sorted, value))
 
-    cells = notebook.get("cells") or [{}]
     return Layout(
-        indent=indent.group(1), sort_keys=is_sorted(notebook) and is_sorted(cells[0]),
+        indent=indent.group(1), sort_keys=is_sorted(notebook),
         newline="\r\n" if "\r\n" in text else "\n", bom=data.startswith(codecs.BOM_UTF8),
         final_newline=data.endswith(b"\n"),
     )
