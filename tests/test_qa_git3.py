@@ -212,22 +212,27 @@ def test_install_says_when_nbstripout_in_git_info_attributes_still_wins_the_diff
 # ---- the merged file keeps the layout it had ---------------------------------------------------
 
 
-@pytest.mark.parametrize("layout", ["colab", "windows"])
+@pytest.mark.parametrize("layout", ["colab", "windows", "cells-unsorted"])
 def test_a_merge_changes_only_the_lines_that_changed_in_the_file_as_its_tool_saves_it(repo, layout):
     """The driver wrote every merge in nbformat's layout: a Colab notebook (two spaces, its own
     key order, no final newline) or one saved with a BOM and CRLF had every line rewritten by
     each merge commit, and again by the next save."""
     base = colab_notebook(colab_cell(["data = 1"], "c1", "component:load"), colab_cell(["x = 2"], "c2"))
+    if layout == "cells-unsorted":  # a sorted top level and first cell, Colab's key order in the other cells
+        base = {"cells": [{"cell_type": "markdown", "metadata": {}, "source": ["# Title"]}, *base["cells"]],
+                "metadata": {}, "nbformat": 4, "nbformat_minor": 0}
 
     def saved(nb: dict) -> bytes:
         if layout == "colab":
             return colab_text(nb).encode()
+        if layout == "cells-unsorted":
+            return json.dumps(nb, indent=1).encode() + b"\n"
         return b"\xef\xbb\xbf" + json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False).replace("\n", "\r\n").encode() + b"\r\n"
 
     commit_text(repo, saved(base), "base")
     ours, theirs = copy.deepcopy(base), copy.deepcopy(base)
-    ours["cells"][1]["source"] = ["x = 3"]
-    theirs["cells"][0]["source"] = ["data = 2"]
+    ours["cells"][-1]["source"] = ["x = 3"]
+    theirs["cells"][-2]["source"] = ["data = 2"]
     theirs["cells"].append(colab_cell(["y = x"], "c3", "component:use", "parent:load"))
     repo.git("checkout", "-q", "-b", "theirs")
     commit_text(repo, saved(theirs), "theirs")
@@ -236,8 +241,8 @@ def test_a_merge_changes_only_the_lines_that_changed_in_the_file_as_its_tool_sav
     done = repo.git("merge", "theirs", "-m", "merge", check=False)
     assert (done.returncode, done.stderr) == (0, ""), done.stdout
     merged = copy.deepcopy(ours)
-    merged["cells"][0]["source"] = ["data = 2"]
-    merged["cells"].append(theirs["cells"][2])
+    merged["cells"][-2]["source"] = ["data = 2"]
+    merged["cells"].append(theirs["cells"][-1])
     assert (repo.path / "nb.ipynb").read_bytes() == saved(merged)
 
 
