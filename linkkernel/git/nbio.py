@@ -82,7 +82,6 @@ def layout_of(data: bytes, notebook: Notebook) -> Layout:
     )
 
 
-
 def empty_notebook() -> Notebook:
     """The notebook an added or deleted file is compared with."""
     return {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
