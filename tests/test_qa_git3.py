@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from git_support import Repo, code, notebook, pipeline_cells, source, tags, validate
+from git_support import Repo, code, notebook, pipeline_cells, source, validate
 
 
 @pytest.fixture
