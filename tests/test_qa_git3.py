@@ -290,3 +290,19 @@ def test_cells_sharing_an_id_as_pasted_cells_do_are_matched_by_content(repo):
     result = repo.read()
     validate(result)
     assert [source(c) for c in result["cells"]] == ["import numpy as np\n", "a = 10\nb = 2\n", "c = 3\nd = 40\n", "e = 5\n"]
+
+
+def test_a_global_install_says_when_the_repository_it_runs_in_keeps_nbdime(tmp_path):
+    """A repository's committed .gitattributes wins over the global attributes file: installing
+    globally in a repository that committed nbdime's drivers changed nothing there, silently."""
+    repo = Repo(tmp_path)
+    (repo.path / ".gitattributes").write_text("*.ipynb diff=jupyternotebook merge=jupyternotebook\n")
+    repo.commit(notebook(*pipeline_cells()), "base")
+    done = repo.linkkernel("git", "install", "--global")
+    assert done.returncode == 0
+    attributes = repo.path / ".gitattributes"
+    assert done.stderr == "".join(
+        f"linkkernel git install: git still uses {setting} for notebooks: {attributes} sets it, and git reads "
+        "that file after your global one; remove that line there to use linkkernel's\n"
+        for setting in ("merge=jupyternotebook", "diff=jupyternotebook")
+    )
