@@ -135,8 +135,8 @@ def test_git_diff_log_p_and_show_are_notebook_aware(repo):
     for command in (("log", "-p", "-1"), ("show", "HEAD")):
         shown = repo.git(*command).stdout
         assert "train on the gpu" in shown
-        assert "-## cell 4 code id=c3 [component:train parent:clean]" in shown
-        assert "+## cell 4 code id=c3 [component:train parent:clean remote:gpu1]" in shown
+        assert "-## code cell id=c3 [component:train parent:clean]" in shown
+        assert "+## code cell id=c3 [component:train parent:clean remote:gpu1]" in shown
         assert "+model = sum(clean) / 2" in shown and '"source"' not in shown
 
 

@@ -282,10 +282,15 @@ def render_text(diff: NotebookDiff, color: bool = False, old_name: str = "a", ne
 
 
 def notebook_as_text(notebook: Notebook) -> str:
-    """git's textconv view: each cell's header (type, id, declaration) and source; no outputs."""
+    """git's textconv view: each cell's header (type, id, declaration) and source; no outputs.
+
+    Headers carry no cell number: git diffs these lines, so a cell inserted at the top would
+    renumber every header below it, and `git log -p` and `git blame` would give all of them
+    to the commit that inserted one cell.
+    """
     parts = []
-    for index, cell in enumerate(notebook["cells"]):
-        head = f"## cell {index + 1} {cell.get('cell_type')}"
+    for cell in notebook["cells"]:
+        head = f"## {cell.get('cell_type')} cell"
         if cell.get("id"):
             head += f" id={cell['id']}"
         if cell.get("cell_type") == "code":

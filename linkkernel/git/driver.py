@@ -47,9 +47,11 @@ def run(args: argparse.Namespace) -> int:
         raise LinkError(f"marker size must be positive, not {marker_size}")
     # git's %O %A %B are temp files (.merge_file_XXXXXX): name the notebook and the version instead
     names = [f"{shown} ({side})" if len(args.files) == 5 else None for side in ("base", "ours", "theirs")]
-    notebooks = [nbio.read(path, where) for path, where in zip((base, ours, theirs), names)]
-    result = merge_notebooks(*notebooks, marker_size)
-    nbio.write(result.notebook, output)
+    (base_nb, _), (ours_nb, layout), (theirs_nb, _) = (
+        nbio.read_with_layout(path, where) for path, where in zip((base, ours, theirs), names)
+    )
+    result = merge_notebooks(base_nb, ours_nb, theirs_nb, marker_size)
+    nbio.write(result.notebook, output, layout)  # as ours was saved: the merge commit changes only what merged
     for conflict in result.conflicts:
         where = "the notebook metadata" if conflict.cell is None else f"cell {conflict.cell + 1}"
         print(f"linkkernel merge: {shown}: conflict in {where}: {conflict.message}", file=sys.stderr)

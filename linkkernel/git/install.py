@@ -138,6 +138,35 @@ def _write_attributes(attributes: Path, lines: list[str], newline: str) -> None:
         raise LinkError(f"{attributes}: cannot write: {exc.strerror}") from None
 
 
+def overridden_drivers(root: Path, global_: bool = False) -> list[str]:
+    """One line per driver that git still takes from elsewhere for notebooks in this
+    repository after install.
+
+    `.git/info/attributes`, where `nbstripout --install` writes `*.ipynb diff=ipynb`, is read
+    after `.gitattributes` and wins; after a global install, so does the repository's own
+    `.gitattributes` (a team's committed nbdime lines): install would report success while
+    git kept using the other tool. Narrower patterns (`docs/*.ipynb -diff`) are the user's
+    choice and are not looked at: the probe is a notebook at the top of the repository.
+    """
+    done = _git("check-attr", "merge", "diff", "--", "linkkernel-probe.ipynb", cwd=root, check=False)
+    info = Path(root, _git("rev-parse", "--git-path", "info/attributes", cwd=root).stdout.strip())
+    candidates = [(info, ".gitattributes")] + ([(root / ".gitattributes", "your global one")] if global_ else [])
+    where = "a line git reads after ours sets it"
+    for path, after in candidates:
+        lines = _attribute_lines(path)[0] if path.is_file() else []
+        if any(_sets_driver(line) and line.strip() != ATTRIBUTES_LINE for line in lines):
+            where = f"{path} sets it, and git reads that file after {after}"
+            break
+    setting = {"set": "{0}", "unset": "-{0}", "unspecified": "no {0} driver"}
+    warnings = []
+    for line in done.stdout.splitlines():
+        attribute, value = (field.strip() for field in line.split(":")[-2:])
+        if value != DRIVER:
+            shown = setting.get(value, "{0}=" + value).format(attribute)
+            warnings.append(f"git still uses {shown} for notebooks: {where}; remove that line there to use linkkernel's")
+    return warnings
+
+
 def missing_driver_warning(near: str | Path = ".") -> str | None:
     """One line when `.gitattributes` names our driver but git config lacks it.
 
@@ -214,6 +243,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"linkkernel git drivers registered in {where}; '{ATTRIBUTES_LINE}' is in {attributes}")
         if not args.global_:
             print(f"Commit {attributes.name} so collaborators get it; each of them runs 'linkkernel git install' once.")
+        root = _git("rev-parse", "--show-toplevel", check=False).stdout.strip()
+        for warning in overridden_drivers(Path(root), args.global_) if root else []:
+            print(f"linkkernel git install: {warning}", file=sys.stderr)
         return 0
     attributes = uninstall(args.global_)
     print(f"linkkernel git drivers removed; '{ATTRIBUTES_LINE}' removed from {attributes}")

@@ -4,7 +4,8 @@ nbdime compares every cell with every other at each level (an N x M grid), which
 two minutes for 2000 cells without ids. Here each pass is linear or near-linear and only
 looks at what the previous passes left unmatched:
 
-1. nbformat 4.5 cell ids;
+1. nbformat 4.5 cell ids, then the ids Google Colab keeps in each cell's metadata (it still
+   saves nbformat 4.0, which has no cell ids);
 2. component names (a component keeps its name across edits and moves);
 3. exact cell type + source, in order (unedited cells, including moved ones);
 4. similar source, only between consecutive anchors of the longest monotone chain of the
@@ -134,6 +135,37 @@ def _match_gaps(
                 start = best + 1
 
 
+def _cell_id(cell: Mapping[str, Any]) -> str | None:
+    return cell.get("id") or None
+
+
+def _unique_key(
+    a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]], key: Callable[[Mapping[str, Any]], str | None]
+) -> Callable[[Mapping[str, Any]], str | None]:
+    """`key`, except for values that several cells of one notebook share: those identify nothing.
+
+    Frontends that keep a cell's id on copy and paste save one id on several cells; pairing
+    the first of them with the first of the other side's pairs a pasted cell with the
+    original. Such cells are matched by what they hold instead.
+    """
+    shared: set[str] = set()
+    for cells in (a, b):
+        seen: set[str] = set()
+        for cell in cells:
+            value = key(cell)
+            if value is not None:
+                (shared if value in seen else seen).add(value)
+    if not shared:
+        return key
+    return lambda cell: None if key(cell) in shared else key(cell)
+
+
+def _colab_id(cell: Mapping[str, Any]) -> str | None:
+    metadata = cell.get("metadata")
+    cell_id = metadata.get("id") if isinstance(metadata, Mapping) else None
+    return cell_id if isinstance(cell_id, str) and cell_id else None
+
+
 def _content_key(cell: Mapping[str, Any]) -> tuple[str, str] | None:
     source = cell_source(cell)
     return (cell.get("cell_type"), source) if source.strip() else None
@@ -154,9 +186,10 @@ def match_cells(
     """
     pairs: dict[int, int] = {}
     used: set[int] = set()
-    _match_by_key(a, b, lambda cell: cell.get("id") or None, pairs, used)
+    _match_by_key(a, b, _unique_key(a, b, _cell_id), pairs, used)
     if len(pairs) == len(a) or len(used) == len(b):
         return pairs
+    _match_by_key(a, b, _unique_key(a, b, _colab_id), pairs, used)
     _match_by_key(a, b, component_name, pairs, used)
     _match_by_key(a, b, _content_key, pairs, used)
     if similar:

@@ -230,6 +230,17 @@ def _content(cell: Cell | None) -> tuple[Any, ...] | None:
     return (cell.get("cell_type"), cell_source(cell), cell.get("metadata") or {}, cell.get("attachments"))
 
 
+def _edited(cell: Cell, base: Cell) -> bool:
+    """Whether a side changed what a cell does: a re-run that only rewrote its run record
+    (JupyterLab's `execution`, Colab's `executionInfo`) or a fold is not worth a conflict
+    against the other side deleting the cell."""
+    def visible(c: Cell) -> tuple[Any, ...]:
+        meta = {k: v for k, v in (c.get("metadata") or {}).items() if k not in UI_METADATA}
+        return c.get("cell_type"), cell_source(c), meta, c.get("attachments")
+
+    return visible(cell) != visible(base)
+
+
 def _take_outputs(base: Cell | None, ours: Cell, theirs: Cell, target: Cell) -> None:
     if target["cell_type"] != "code":
         return
@@ -409,7 +420,7 @@ def _merge(base: Notebook, ours: Notebook, theirs: Notebook, marker_size: int) -
             continue
         if o is None or t is None:
             present = o_cells[o] if o is not None else t_cells[t]
-            if _content(present) != _content(cell):
+            if _edited(present, cell):
                 cells[key], notes[key] = _deleted_but_edited(present, "theirs" if t is None else "ours", marker_size)
             continue
         cells[key], notes[key] = merge_cell(cell, o_cells[o], t_cells[t], marker_size)
@@ -440,6 +451,9 @@ def _merge(base: Notebook, ours: Notebook, theirs: Notebook, marker_size: int) -
     notebook["metadata"], clashes = _merge_mapping(base.get("metadata", {}), ours.get("metadata", {}), theirs.get("metadata", {}), set())
     conflicts += [Conflict(None, "metadata", f"{key!r} changed by both sides (ours kept)")
                   for key in clashes if key not in RECORDED_NOTEBOOK_METADATA]
+    widgets = _merge_widget_state(ours.get("metadata", {}), theirs.get("metadata", {}))
+    if widgets is not None:
+        notebook["metadata"]["widgets"] = widgets
     notebook["nbformat_minor"] = max(ours.get("nbformat_minor", 0), theirs.get("nbformat_minor", 0))
     notebook["cells"] = merged_cells
     _fix_ids(notebook)
@@ -449,6 +463,30 @@ def _merge(base: Notebook, ours: Notebook, theirs: Notebook, marker_size: int) -
     conflicts += check_pipeline(notebook, renames, [origin[k] for k in order], ours, theirs, marker_size)
     conflicts.sort(key=lambda c: -1 if c.cell is None else c.cell)
     return MergeResult(notebook, conflicts)
+
+
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
+def _merge_widget_state(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Both sides' saved widget models, when both saved some and they differ (else None).
+
+    Each cell's outputs come from the side whose source won, and a widget output is only a
+    model id: the notebook's state must hold the models of both sides, or theirs' progress
+    bars and sliders show 'model not found'. Ours wins a model id both sides saved.
+    JupyterLab and VS Code keep the models under "state"; Colab keeps them by id directly.
+    """
+    sides = [m.get("widgets") for m in (ours, theirs)]
+    if sides[0] == sides[1] or not all(isinstance(w, Mapping) and isinstance(w.get(WIDGET_STATE), Mapping) for w in sides):
+        return None
+    blobs = [w[WIDGET_STATE] for w in sides]
+    if all(isinstance(blob.get("state"), Mapping) for blob in blobs):
+        merged = {**blobs[0], "state": {**blobs[1]["state"], **blobs[0]["state"]}}
+    elif not any("state" in blob for blob in blobs):
+        merged = {**blobs[1], **blobs[0]}
+    else:
+        return None
+    return {**sides[0], WIDGET_STATE: merged}
 
 
 def _fix_ids(notebook: Notebook) -> None:
