@@ -9,12 +9,15 @@ copied synchronously first, so a later mutation of a live object cannot leak int
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import sys
 import threading
+import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -215,12 +218,26 @@ class CacheStore:
         for blob in blobs:
             path = self._blob_path(blob.digest)
             if blob.digest in self.lost or not self.fs.exists(path):
-                with self.fs.open(path + ".part", "wb") as f:
-                    write_blob(f, blob)
-                self.fs.mv(path + ".part", path)
+                self._write_aside(path, lambda f, blob=blob: write_blob(f, blob))
                 self.lost.discard(blob.digest)
-        with self.fs.open(f"{self.root}/records/{record.name}.json", "w") as f:
-            json.dump(record.to_json(), f)
+        data = json.dumps(record.to_json()).encode()
+        self._write_aside(f"{self.root}/records/{record.name}.json", lambda f: f.write(data))
+
+    def _write_aside(self, path: str, write: Callable[[Any], object]) -> None:
+        """Write under a name no other writer uses, then move it into place. Two kernels on
+        the same store (two notebooks of one user, a notebook open twice) running the same
+        component write the same blob at once: with one shared temporary name, one truncated
+        the file the other was writing and the other's move then failed, losing its results
+        to a warning. Readers see a whole file or none."""
+        aside = f"{path}.{uuid.uuid4().hex}.part"
+        try:
+            with self.fs.open(aside, "wb") as f:
+                write(f)
+            self.fs.mv(aside, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self.fs.rm(aside)
+            raise
 
     def _blob_path(self, digest: str) -> str:
         return f"{self.root}/blobs/{digest[:2]}/{digest}"
