@@ -100,6 +100,8 @@ class Runner:
         # Values (by digest) that pickled but could not be rebuilt when a child loaded them:
         # made again, each is tried once, and kept in memory only if it fails again.
         self._unrebuilt: set[str] = set()
+        # (component, digest) of inputs shared with their parent that the component's run said so.
+        self._said_shared: set[tuple[str, str]] = set()
         # Whether the request being handled has printed that a cached value was lost.
         self._said_lost = False
 
@@ -289,6 +291,13 @@ class Runner:
             with loading_together(merged, load_input) as value_of:
                 inputs = {name: value_of(name) for name in merged}
             ns.update(inputs)
+            copies = self.store.private({n: (d, inputs[n]) for n, d in merged.items() if d in self.store.memory_values})
+            inputs.update(copies)
+            ns.update(copies)
+            shared = sorted(n for n, d in merged.items() if d in self.store.shared and (component.name, d) not in self._said_shared)
+            self._said_shared.update((component.name, merged[n]) for n in shared)
+            if shared:
+                outcome.warnings.append(_shared_warning(component.name, {n: inputs[n] for n in shared}))
             # what the inputs pickle to as loaded: the sets among them, in their new order
             as_loaded = {**merged, **digests_as_loaded(inputs, {n: how.blob for n, (_, how) in loaded.items() if how is not None})}
             if live is None:
@@ -644,6 +653,18 @@ def _memory_only_warning(component: str, kept: list[UnpicklableValue]) -> str:
     return (
         f"linkkernel: component {component!r}: {listed} cannot be serialised; "
         f"{held} kept in memory only, so after a restart the component runs again"
+    )
+
+
+def _shared_warning(component: str, shared: dict[str, Any]) -> str:
+    """One line for the inputs of a run that, kept in memory only, could not be copied for it
+    either: unlike every other input they are the very objects its parents hold."""
+    names = [f"{name!r} ({type_name(value)})" for name, value in shared.items()]
+    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    held, them = ("it is", "it") if len(names) == 1 else ("they are", "them")
+    return (
+        f"linkkernel: component {component!r}: input {listed} cannot be copied; {held} shared with the "
+        f"component that made {them}, so what this run does to {them} is seen there and by its other children"
     )
 
 

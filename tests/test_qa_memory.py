@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 import pytest
+from engine_support import Notebook, value
 from support import Kernel
 
 from linkkernel.namespaces import dump
@@ -33,10 +34,59 @@ def test_two_kernels_writing_the_same_blob_at_once_both_succeed(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def qa_kernel(link_kernelspec: str):
-    kernel = Kernel()
+def home(tmp_path_factory: pytest.TempPathFactory):
+    return tmp_path_factory.mktemp("qa-memory")
+
+
+@pytest.fixture(scope="module")
+def link(link_kernelspec: str, home):
+    kernel = Kernel(cwd=str(home), LINKKERNEL_CACHE=f"file://{home / 'cache'}")
     yield kernel
     kernel.shutdown()
+
+
+@pytest.fixture
+def nb(link: Kernel, home, request: pytest.FixtureRequest) -> Notebook:
+    return Notebook(link, home / f"{request.node.name}.ipynb")
+
+
+BASKET = """\
+import copy, threading
+
+class Basket:
+    \"\"\"Holds a lock, so it does not pickle; copies itself with a lock of its own.\"\"\"
+    def __init__(self):
+        self.lock, self.items = threading.Lock(), []
+    def __deepcopy__(self, memo):
+        twin = Basket()
+        twin.items = copy.deepcopy(self.items, memo)
+        return twin
+
+basket = Basket()
+gen = (i for i in range(10))
+"""
+
+
+def test_a_child_mutating_a_memory_only_value_leaves_the_parent_s_cached_value_alone(nb):
+    """SPEC §3: a child mutating a parent's object never changes the parent's cached value,
+    values kept in memory only included: a value that can be copied is copied for each child
+    (so a sibling, and the notebook, see the parent's own); one that cannot (a generator) is
+    shared, and the child's run says so in one line."""
+    nb.add("make", BASKET).add("fill", "basket.items.append('fill')\nfirst = next(gen)", "make")
+    nb.add("look", "seen = list(basket.items)", "make").use()
+    made = nb.run("make")
+    assert made.status == "ok" and "cannot be serialised" in made.stderr
+    filled = nb.run("fill")
+    assert filled.status == "ok"
+    assert filled.stderr.strip().splitlines() == [
+        "linkkernel: component 'fill': input 'gen' (generator) cannot be copied; it is shared with the component "
+        "that made it, so what this run does to it is seen there and by its other children"
+    ]
+    assert nb.run("look").status == "ok"
+    assert value(nb.kernel, "seen") == []
+    # the notebook's own object, mutated by a plain cell, is not what children start from
+    assert nb.kernel.execute("basket.items.append('notebook')").status == "ok"
+    assert nb.run("look").status == "ok" and value(nb.kernel, "seen") == []
 
 
 def test_a_subshell_learning_cells_while_the_main_shell_reads_the_pipeline():
