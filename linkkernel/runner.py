@@ -332,17 +332,26 @@ class Runner:
         if live is not None:  # `_`, `__`, `_i`, `_5`...: plain cells keep IPython's history names
             shell.user_ns.update({n: ns[n] for n in ns if is_ipython_name(n) and n not in _MODULE_NAMES})
         if record.ok:
-            self._collect(outcome, inputs, merged, as_loaded, ns, {n: how for n, (_, how) in loaded.items()})
+            self._collect(outcome, inputs, merged, as_loaded, ns, {n: how for n, (_, how) in loaded.items()}, set(copies))
         return outcome
 
     def _collect(
-        self, outcome: RunOutcome, inputs: dict, merged: dict[str, str], as_loaded: dict[str, str], final: dict, loaded: dict
+        self,
+        outcome: RunOutcome,
+        inputs: dict,
+        merged: dict[str, str],
+        as_loaded: dict[str, str],
+        final: dict,
+        loaded: dict,
+        copied: set[str],
     ) -> None:
         """Work out the run's outputs and its final namespace as digests; pickle synchronously.
 
         An input proven untouched (copy-on-write pages never written) or kept in memory only
         gets no digest, which `changes` reads as "unchanged while it keeps its identity";
-        the others are compared with what they pickled to as loaded (`as_loaded`). The final
+        the others are compared with what they pickled to as loaded (`as_loaded`). A
+        memory-only input the run got as a copy (`copied`) has nothing to be compared with:
+        it may have been mutated, so the run's copy is its output, for its children. The final
         namespace is pickled as one (namespaces.pickling_names), so names holding the same
         object still do in children.
         """
@@ -372,6 +381,11 @@ class Runner:
                 else:
                     blobs[blob.digest] = blob
                     namespace[name] = blob.digest
+        for name in sorted(kept & copied):
+            digest = f"{MEMORY_PREFIX}{outcome.record.run_id}:{name}"
+            memory[digest] = values[name] = final[name]
+            namespace[name] = digest
+            outcome.record.memory_only.append(name)
         for name in found.deleted:
             del namespace[name]
         # The notebook is one namespace: its functions read its globals, as those a child

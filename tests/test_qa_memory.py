@@ -73,7 +73,7 @@ def test_a_child_mutating_a_memory_only_value_leaves_the_parent_s_cached_value_a
     (so a sibling, and the notebook, see the parent's own); one that cannot (a generator) is
     shared, and the child's run says so in one line."""
     nb.add("make", BASKET).add("fill", "basket.items.append('fill')\nfirst = next(gen)", "make")
-    nb.add("look", "seen = list(basket.items)", "make").use()
+    nb.add("look", "seen = list(basket.items)", "make").add("after", "later = list(basket.items)", "fill").use()
     made = nb.run("make")
     assert made.status == "ok" and "cannot be serialised" in made.stderr
     filled = nb.run("fill")
@@ -87,6 +87,10 @@ def test_a_child_mutating_a_memory_only_value_leaves_the_parent_s_cached_value_a
     # the notebook's own object, mutated by a plain cell, is not what children start from
     assert nb.kernel.execute("basket.items.append('notebook')").status == "ok"
     assert nb.run("look").status == "ok" and value(nb.kernel, "seen") == []
+    # what `fill` did to its copy is its output: its own children, and the notebook, see it
+    assert nb.run("after").status == "ok"
+    assert value(nb.kernel, "later") == ["fill"]
+    assert value(nb.kernel, "basket.items") == ["fill"]
 
 
 def test_a_subshell_learning_cells_while_the_main_shell_reads_the_pipeline():
