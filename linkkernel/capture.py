@@ -194,6 +194,26 @@ def _on_another_request(owner: int) -> bool:
     return current.ident != owner and (current is threading.main_thread() or isinstance(current, SubshellThread))
 
 
+def _into_output_widget() -> bool:
+    """Whether output now goes into an ipywidgets `Output` widget (`with out: ...`).
+
+    The widget takes the running request's message id as its own, and the frontend puts
+    every output with that parent into the widget rather than the cell: such output must
+    reach the frontend, also from a silent run, and is not the cell's to keep."""
+    module = sys.modules.get("ipywidgets.widgets.widget_output")
+    if module is None:
+        return False
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    parent = shell.get_parent() if shell is not None and hasattr(shell, "get_parent") else None
+    msg_id = (parent or {}).get("header", {}).get("msg_id")
+    if not msg_id:
+        return False
+    instances = sys.modules["ipywidgets.widgets.widget"]._instances
+    return any(isinstance(w, module.Output) and w.msg_id == msg_id for w in list(instances.values()))
+
+
 class _Stream(io.TextIOBase):
     """sys.stdout or sys.stderr during a run, keeping what is written.
 
@@ -219,7 +239,7 @@ class _Stream(io.TextIOBase):
 
     def _keeps(self) -> bool:
         """Whether a write now is the run's output, to keep."""
-        return self._outputs is not None and not _on_another_request(self._owner)
+        return self._outputs is not None and not _on_another_request(self._owner) and not _into_output_widget()
 
     @property
     def name(self) -> str:
@@ -280,13 +300,13 @@ class _CapturingPublisher(DisplayPublisher):
         self._kernel.set_parent(parent)
 
     def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kwargs) -> None:
-        if _on_another_request(self._owner):
+        if _on_another_request(self._owner) or _into_output_widget():
             self._kernel.publish(data, metadata, transient=transient, update=update, **kwargs)
             return
         self._outputs.display(data, metadata, display_id=(transient or {}).get("display_id"), update=update)
 
     def clear_output(self, wait: bool = False) -> None:
-        if _on_another_request(self._owner):
+        if _on_another_request(self._owner) or _into_output_widget():
             self._kernel.clear_output(wait)
             return
         self._outputs.clear(wait)
@@ -442,6 +462,8 @@ def recorded(shell) -> Iterator[Outputs]:
     saved = sys.stdout, sys.stderr
 
     def hook(msg: dict) -> dict:
+        if _into_output_widget():
+            return msg
         kind = msg.get("msg_type") or msg.get("header", {}).get("msg_type")
         content = msg.get("content", {})
         if kind in ("display_data", "update_display_data", "execute_result"):

@@ -93,6 +93,20 @@ def test_a_child_mutating_a_memory_only_value_leaves_the_parent_s_cached_value_a
     assert value(nb.kernel, "basket.items") == ["fill"]
 
 
+def test_output_widget_in_a_silent_parent_receives_what_is_printed_into_it(nb):
+    """`with out: print(...)` sends the text to the frontend with the request's id, which the
+    Output widget took as its own: the frontend puts it in the widget, as in stock ipykernel.
+    A silent parent kept it among its own stored outputs instead, and the widget stayed
+    empty when a child showed it. What the parent prints beside the widget stays captured."""
+    nb.add("make", "import ipywidgets as w\nout = w.Output()\nwith out:\n    print('into the widget')\nprint('beside')")
+    nb.add("show", "display(out)", "make").use()
+    shown = nb.run("show")
+    assert shown.status == "ok"
+    sent = [m["content"]["text"] for m in shown.messages if m["msg_type"] == "stream" and m["content"]["name"] == "stdout"]
+    assert sent == ["into the widget\n"]
+    assert nb.kernel.execute("%link outputs make").stdout == "beside\n"
+
+
 def test_a_subshell_learning_cells_while_the_main_shell_reads_the_pipeline():
     """JupyterLab 4.6 sends some requests to subshells (JEP 91), which run in threads of their
     own: each cell they run is learnt as a declaration while the main shell may be reading
