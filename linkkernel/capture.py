@@ -194,24 +194,42 @@ def _on_another_request(owner: int) -> bool:
     return current.ident != owner and (current is threading.main_thread() or isinstance(current, SubshellThread))
 
 
-def _into_output_widget() -> bool:
-    """Whether output now goes into an ipywidgets `Output` widget (`with out: ...`).
+class _OutputWidgets:
+    """The ipywidgets `Output` widgets alive, found again only when the set of widgets
+    changed: asked on every write of a run, scanning every widget each time made a parent
+    with twenty sliders print five times slower."""
 
-    The widget takes the running request's message id as its own, and the frontend puts
-    every output with that parent into the widget rather than the cell: such output must
-    reach the frontend, also from a silent run, and is not the cell's to keep."""
-    module = sys.modules.get("ipywidgets.widgets.widget_output")
-    if module is None:
-        return False
-    from IPython import get_ipython
+    def __init__(self) -> None:
+        self._seen: tuple[int, str | None] = (0, None)
+        self._outputs: list[Any] = []
 
-    shell = get_ipython()
-    parent = shell.get_parent() if shell is not None and hasattr(shell, "get_parent") else None
-    msg_id = (parent or {}).get("header", {}).get("msg_id")
-    if not msg_id:
-        return False
-    instances = sys.modules["ipywidgets.widgets.widget"]._instances
-    return any(isinstance(w, module.Output) and w.msg_id == msg_id for w in list(instances.values()))
+    def capturing(self) -> bool:
+        """Whether output now goes into an `Output` widget (`with out: ...`).
+
+        The widget takes the running request's message id as its own, and the frontend puts
+        every output with that parent into the widget rather than the cell: such output must
+        reach the frontend, also from a silent run, and is not the cell's to keep."""
+        module = sys.modules.get("ipywidgets.widgets.widget_output")
+        if module is None:
+            return False
+        instances = sys.modules["ipywidgets.widgets.widget"]._instances
+        # New widgets are added last (a fresh id each): the count and the last id change
+        # whenever the set of widgets does.
+        seen = (len(instances), next(reversed(instances), None))
+        if seen != self._seen:
+            self._seen = seen
+            self._outputs = [w for w in list(instances.values()) if isinstance(w, module.Output)]
+        if not self._outputs:
+            return False
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        parent = shell.get_parent() if shell is not None and hasattr(shell, "get_parent") else None
+        msg_id = (parent or {}).get("header", {}).get("msg_id")
+        return bool(msg_id) and any(w.msg_id == msg_id for w in self._outputs)
+
+
+_into_output_widget = _OutputWidgets().capturing
 
 
 class _Stream(io.TextIOBase):
