@@ -294,8 +294,9 @@ class Runner:
             copies = self.store.private({n: (d, inputs[n]) for n, d in merged.items() if d in self.store.memory_values})
             inputs.update(copies)
             ns.update(copies)
-            shared = sorted(n for n, d in merged.items() if d in self.store.shared and (component.name, d) not in self._said_shared)
-            self._said_shared.update((component.name, merged[n]) for n in shared)
+            said = self._said_shared
+            shared = sorted(n for n, d in merged.items() if d in self.store.shared and (component.name, d) not in said)
+            said.update((component.name, merged[n]) for n in shared)
             if shared:
                 outcome.warnings.append(_shared_warning(component.name, {n: inputs[n] for n in shared}))
             # what the inputs pickle to as loaded: the sets among them, in their new order
