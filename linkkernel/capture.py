@@ -194,6 +194,44 @@ def _on_another_request(owner: int) -> bool:
     return current.ident != owner and (current is threading.main_thread() or isinstance(current, SubshellThread))
 
 
+class _OutputWidgets:
+    """The ipywidgets `Output` widgets alive, found again only when the set of widgets
+    changed: asked on every write of a run, scanning every widget each time made a parent
+    with twenty sliders print five times slower."""
+
+    def __init__(self) -> None:
+        self._seen: tuple[int, str | None] = (0, None)
+        self._outputs: list[Any] = []
+
+    def capturing(self) -> bool:
+        """Whether output now goes into an `Output` widget (`with out: ...`).
+
+        The widget takes the running request's message id as its own, and the frontend puts
+        every output with that parent into the widget rather than the cell: such output must
+        reach the frontend, also from a silent run, and is not the cell's to keep."""
+        module = sys.modules.get("ipywidgets.widgets.widget_output")
+        if module is None:
+            return False
+        instances = sys.modules["ipywidgets.widgets.widget"]._instances
+        # New widgets are added last (a fresh id each): the count and the last id change
+        # whenever the set of widgets does.
+        seen = (len(instances), next(reversed(instances), None))
+        if seen != self._seen:
+            self._seen = seen
+            self._outputs = [w for w in list(instances.values()) if isinstance(w, module.Output)]
+        if not self._outputs:
+            return False
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        parent = shell.get_parent() if shell is not None and hasattr(shell, "get_parent") else None
+        msg_id = (parent or {}).get("header", {}).get("msg_id")
+        return bool(msg_id) and any(w.msg_id == msg_id for w in self._outputs)
+
+
+_into_output_widget = _OutputWidgets().capturing
+
+
 class _Stream(io.TextIOBase):
     """sys.stdout or sys.stderr during a run, keeping what is written.
 
@@ -219,7 +257,7 @@ class _Stream(io.TextIOBase):
 
     def _keeps(self) -> bool:
         """Whether a write now is the run's output, to keep."""
-        return self._outputs is not None and not _on_another_request(self._owner)
+        return self._outputs is not None and not _on_another_request(self._owner) and not _into_output_widget()
 
     @property
     def name(self) -> str:
@@ -280,13 +318,13 @@ class _CapturingPublisher(DisplayPublisher):
         self._kernel.set_parent(parent)
 
     def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kwargs) -> None:
-        if _on_another_request(self._owner):
+        if _on_another_request(self._owner) or _into_output_widget():
             self._kernel.publish(data, metadata, transient=transient, update=update, **kwargs)
             return
         self._outputs.display(data, metadata, display_id=(transient or {}).get("display_id"), update=update)
 
     def clear_output(self, wait: bool = False) -> None:
-        if _on_another_request(self._owner):
+        if _on_another_request(self._owner) or _into_output_widget():
             self._kernel.clear_output(wait)
             return
         self._outputs.clear(wait)
@@ -442,6 +480,8 @@ def recorded(shell) -> Iterator[Outputs]:
     saved = sys.stdout, sys.stderr
 
     def hook(msg: dict) -> dict:
+        if _into_output_widget():
+            return msg
         kind = msg.get("msg_type") or msg.get("header", {}).get("msg_type")
         content = msg.get("content", {})
         if kind in ("display_data", "update_display_data", "execute_result"):

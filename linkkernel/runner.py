@@ -100,6 +100,8 @@ class Runner:
         # Values (by digest) that pickled but could not be rebuilt when a child loaded them:
         # made again, each is tried once, and kept in memory only if it fails again.
         self._unrebuilt: set[str] = set()
+        # (component, digest) of inputs shared with their parent that the component's run said so.
+        self._said_shared: set[tuple[str, str]] = set()
         # Whether the request being handled has printed that a cached value was lost.
         self._said_lost = False
 
@@ -289,6 +291,14 @@ class Runner:
             with loading_together(merged, load_input) as value_of:
                 inputs = {name: value_of(name) for name in merged}
             ns.update(inputs)
+            copies = self.store.private({n: (d, inputs[n]) for n, d in merged.items() if d in self.store.memory_values})
+            inputs.update(copies)
+            ns.update(copies)
+            said = self._said_shared
+            shared = sorted(n for n, d in merged.items() if d in self.store.shared and (component.name, d) not in said)
+            said.update((component.name, merged[n]) for n in shared)
+            if shared:
+                outcome.warnings.append(_shared_warning(component.name, {n: inputs[n] for n in shared}))
             # what the inputs pickle to as loaded: the sets among them, in their new order
             as_loaded = {**merged, **digests_as_loaded(inputs, {n: how.blob for n, (_, how) in loaded.items() if how is not None})}
             if live is None:
@@ -323,17 +333,26 @@ class Runner:
         if live is not None:  # `_`, `__`, `_i`, `_5`...: plain cells keep IPython's history names
             shell.user_ns.update({n: ns[n] for n in ns if is_ipython_name(n) and n not in _MODULE_NAMES})
         if record.ok:
-            self._collect(outcome, inputs, merged, as_loaded, ns, {n: how for n, (_, how) in loaded.items()})
+            self._collect(outcome, inputs, merged, as_loaded, ns, {n: how for n, (_, how) in loaded.items()}, set(copies))
         return outcome
 
     def _collect(
-        self, outcome: RunOutcome, inputs: dict, merged: dict[str, str], as_loaded: dict[str, str], final: dict, loaded: dict
+        self,
+        outcome: RunOutcome,
+        inputs: dict,
+        merged: dict[str, str],
+        as_loaded: dict[str, str],
+        final: dict,
+        loaded: dict,
+        copied: set[str],
     ) -> None:
         """Work out the run's outputs and its final namespace as digests; pickle synchronously.
 
         An input proven untouched (copy-on-write pages never written) or kept in memory only
         gets no digest, which `changes` reads as "unchanged while it keeps its identity";
-        the others are compared with what they pickled to as loaded (`as_loaded`). The final
+        the others are compared with what they pickled to as loaded (`as_loaded`). A
+        memory-only input the run got as a copy (`copied`) has nothing to be compared with:
+        it may have been mutated, so the run's copy is its output, for its children. The final
         namespace is pickled as one (namespaces.pickling_names), so names holding the same
         object still do in children.
         """
@@ -363,6 +382,11 @@ class Runner:
                 else:
                     blobs[blob.digest] = blob
                     namespace[name] = blob.digest
+        for name in sorted(kept & copied):
+            digest = f"{MEMORY_PREFIX}{outcome.record.run_id}:{name}"
+            memory[digest] = values[name] = final[name]
+            namespace[name] = digest
+            outcome.record.memory_only.append(name)
         for name in found.deleted:
             del namespace[name]
         # The notebook is one namespace: its functions read its globals, as those a child
@@ -644,6 +668,18 @@ def _memory_only_warning(component: str, kept: list[UnpicklableValue]) -> str:
     return (
         f"linkkernel: component {component!r}: {listed} cannot be serialised; "
         f"{held} kept in memory only, so after a restart the component runs again"
+    )
+
+
+def _shared_warning(component: str, shared: dict[str, Any]) -> str:
+    """One line for the inputs of a run that, kept in memory only, could not be copied for it
+    either: unlike every other input they are the very objects its parents hold."""
+    names = [f"{name!r} ({type_name(value)})" for name, value in shared.items()]
+    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    held, them = ("it is", "it") if len(names) == 1 else ("they are", "them")
+    return (
+        f"linkkernel: component {component!r}: input {listed} cannot be copied; {held} shared with the "
+        f"component that made {them}, so what this run does to {them} is seen there and by its other children"
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 import weakref
 from collections.abc import Mapping
@@ -215,6 +216,9 @@ class Sources:
     _saved_at: float | None  # when the saved notebook was written, by this kernel's clock
 
     def __init__(self, notebook_path: str | None = None) -> None:
+        # Subshell requests (JEP 91) run in threads of their own: a cell learnt there must
+        # not change the tables while the main shell reads them to build a pipeline.
+        self._lock = threading.RLock()
         self._executed: dict[str, Cell] = {}
         # cell key -> when the frontend reported it deleted. A saved notebook written after
         # that which still holds the cell wins: JupyterLab keeps a code cell's id through
@@ -235,6 +239,10 @@ class Sources:
 
     @notebook_path.setter
     def notebook_path(self, path: str | None) -> None:
+        with self._lock:
+            self._use_notebook(path)
+
+    def _use_notebook(self, path: str | None) -> None:
         # Cells executed for another notebook are not cells of this one.
         if self._notebook is not None:
             self._notebook.close()
@@ -308,6 +316,10 @@ class Sources:
         recorded first even then: it is the newest word on that cell, so a run that needs
         it says what is wrong instead of using what the cell declared before.
         """
+        with self._lock:
+            return self._learn(code, request_meta, cell_id)
+
+    def _learn(self, code: str, request_meta: Mapping[str, Any] | None, cell_id: str | None) -> Component | None:
         request_meta = dict(request_meta or {})
         cell_id = cell_id or request_meta.get("cellId")
         for deleted in request_meta.get("deletedCells") or []:
@@ -382,6 +394,10 @@ class Sources:
 
     def declared(self) -> Declared:
         """Every declaration, newest per cell, in notebook order; malformed cells kept aside."""
+        with self._lock:
+            return self._declared()
+
+    def _declared(self) -> Declared:
         file_cells = self._read_file()
         merged: list[Cell] = []
         seen = set()

@@ -9,12 +9,16 @@ copied synchronously first, so a later mutation of a live object cannot leak int
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import json
 import logging
 import os
 import sys
 import threading
+import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -112,6 +116,9 @@ class CacheStore:
         self.blobs: dict[str, Blob] = {}
         self.lost: set[str] = set()  # values the storage failed to give back (see `lose`)
         self.memory_values: dict[str, Any] = {}
+        # Memory-only values that cannot be copied either (a generator, a lock, a widget, a
+        # connection): children get the object itself (see `private`).
+        self.shared: set[str] = set()
         self._lock = threading.Lock()
         self._pending: list[Future] = []
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linkkernel-cache")
@@ -172,9 +179,10 @@ class CacheStore:
         """Keep a record now; write it and its blobs (already frozen) in the background."""
         if self.unusable and not self.records:  # said once, in the cell whose result is not kept
             print(f"linkkernel: {self.unusable}; component results are kept in memory only", file=sys.stderr)
+        kept = {digest: self._kept_copy(digest, value) for digest, value in memory.items()}
         with self._lock:
             self.blobs.update(blobs)
-            self.memory_values.update(memory)
+            self.memory_values.update(kept)
             self.records[record.name] = record
             self._forget_unreferenced()
         if self.fs is not None:
@@ -187,6 +195,16 @@ class CacheStore:
                     self._trouble = exc
             self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
             self._pending.append(self._writer.submit(self._write, record, list(blobs.values())))
+
+    def _kept_copy(self, digest: str, value: Any) -> Any:
+        """A copy of a value that cannot be serialised, so that the notebook's own object
+        changing later does not change what children start from (as a blob cannot); the
+        object itself when it cannot be copied either (marked `shared`)."""
+        try:
+            return copy.deepcopy(value)
+        except Exception:  # noqa: BLE001 - deepcopy runs the value's own code; any refusal means "share it"
+            self.shared.add(digest)
+            return value
 
     def write_trouble(self) -> str | None:
         """Why results are not being written to the store, the first time it is known (None
@@ -210,17 +228,32 @@ class CacheStore:
         for table in (self.blobs, self.memory_values):
             for digest in [d for d in table if d not in live]:
                 del table[digest]
+        self.shared &= live
 
     def _write(self, record: RunRecord, blobs: list[Blob]) -> None:
         for blob in blobs:
             path = self._blob_path(blob.digest)
             if blob.digest in self.lost or not self.fs.exists(path):
-                with self.fs.open(path + ".part", "wb") as f:
-                    write_blob(f, blob)
-                self.fs.mv(path + ".part", path)
+                self._write_aside(path, lambda f, blob=blob: write_blob(f, blob))
                 self.lost.discard(blob.digest)
-        with self.fs.open(f"{self.root}/records/{record.name}.json", "w") as f:
-            json.dump(record.to_json(), f)
+        data = json.dumps(record.to_json()).encode()
+        self._write_aside(f"{self.root}/records/{record.name}.json", lambda f: f.write(data))
+
+    def _write_aside(self, path: str, write: Callable[[Any], object]) -> None:
+        """Write under a name no other writer uses, then move it into place. Two kernels on
+        the same store (two notebooks of one user, a notebook open twice) running the same
+        component write the same blob at once: with one shared temporary name, one truncated
+        the file the other was writing and the other's move then failed, losing its results
+        to a warning. Readers see a whole file or none."""
+        aside = f"{path}.{uuid.uuid4().hex}.part"
+        try:
+            with self.fs.open(aside, "wb") as f:
+                write(f)
+            self.fs.mv(aside, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self.fs.rm(aside)
+            raise
 
     def _blob_path(self, digest: str) -> str:
         return f"{self.root}/blobs/{digest[:2]}/{digest}"
@@ -292,13 +325,31 @@ class CacheStore:
     def load(self, digest: str, namespace: dict[str, Any]) -> tuple[Any, Loaded | None]:
         """A private copy of the value named by `digest`, to live in `namespace`, and how it was loaded.
 
-        Large buffers are mapped copy-on-write rather than copied; memory-only values are
-        shared as they are (there is nothing to copy them from).
+        Large buffers are mapped copy-on-write rather than copied; a memory-only value is the
+        kept one itself, which `private` copies once the namespace it is for is complete.
         """
         if digest in self.memory_values:
             return self.memory_values[digest], None
         loaded = Loaded(self.blob(digest), namespace)
         return loaded.value, loaded
+
+    def private(self, kept: dict[str, tuple[str, Any]]) -> dict[str, Any]:
+        """Copies, for one run, of the memory-only values it loaded (name -> (digest, value)),
+        so that a child mutating one never changes its parent's cached value (SPEC §3), as
+        a blob's copy cannot. Copied together, so names holding one object still do. Made
+        once the run's namespace holds its other inputs: a class the notebook defined copies
+        itself with the globals of where it is loaded. A value that cannot be copied is
+        left out and its digest joins `shared` (the runner warns)."""
+        memo: dict[int, Any] = {}
+        copies = {}
+        for name, (digest, value) in kept.items():
+            if digest in self.shared:
+                continue
+            try:
+                copies[name] = copy.deepcopy(value, memo)
+            except Exception:  # noqa: BLE001 - deepcopy runs the value's own code; any refusal means "share it"
+                self.shared.add(digest)
+        return copies
 
     def clear(self) -> None:
         self.flush()
@@ -306,5 +357,6 @@ class CacheStore:
             self.records.clear()
             self.blobs.clear()
             self.memory_values.clear()
+            self.shared.clear()
         if self.fs is not None and self.fs.exists(self.root):
             self.fs.rm(self.root, recursive=True)

@@ -181,6 +181,9 @@ def test_a_cached_value_whose_class_no_longer_loads_runs_its_maker_again_then_st
         f"linkkernel: {problem}; running the components that made it again\n"
         "linkkernel: component 'keeping': 'kept' (qa_restore.Kept) cannot be serialised; it is kept in memory "
         "only, so after a restart the component runs again\n"
+        # nor can it be copied for the child, whose run says it shares it
+        "linkkernel: component 'using': input 'kept' (qa_restore.Kept) cannot be copied; it is shared with the "
+        "component that made it, so what this run does to it is seen there and by its other children\n"
     )
     assert (result.status, result.stdout) == ("ok", "2\n")
     assert "kept made" in nb.kernel.execute("%link outputs keeping").stdout
