@@ -1,0 +1,97 @@
+"""QA round of sharing and headless runs against what changed in the engine (SPEC §6, §8):
+values kept in memory only, kept outputs (figures, a silent run's last value, errors a cell
+showed), notebooks not named .ipynb. Real kernels, the real CLI in real processes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from support import Kernel, kernel_env
+
+
+def cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "linkkernel.cli", *args], cwd=cwd, env=kernel_env(**env),
+                          capture_output=True, text=True, timeout=180)
+
+
+def notebook(*cells: tuple[str, list[str]]) -> nbformat.NotebookNode:
+    nb = new_notebook(metadata={"kernelspec": {"name": "link-python", "display_name": "Link Python", "language": "python"}})
+    nb.cells = [new_code_cell(source, id=f"c{i}", metadata={"tags": tags}) for i, (source, tags) in enumerate(cells)]
+    return nb
+
+
+def run_cell(kernel: Kernel, cell) -> None:
+    result = kernel.execute(cell.source, metadata=dict(cell.metadata), cell_id=cell.id)
+    assert result.status == "ok", result.traceback_text
+
+
+# ---------------------------------------------------------------- values kept in memory only
+
+MEMORY = notebook(
+    ("import threading\nlock = threading.Lock()\nx = 1", ["component:load"]),
+    ("y = x + 1\ndel lock", ["component:mid", "parent:load"]),
+    ("z = y + 1", ["component:top", "parent:mid"]),
+    ("w = 5", ["component:solo"]),
+)
+
+
+@pytest.fixture(scope="module")
+def memory_archive(tmp_path_factory, link_kernelspec) -> Path:
+    """User A runs a pipeline whose root holds a lock (kept in memory only) and exports the cache."""
+    home = tmp_path_factory.mktemp("memory-producer")
+    nbformat.write(MEMORY, str(home / "nb.ipynb"))
+    kernel = Kernel(cwd=str(home), XDG_CACHE_HOME=str(home / "cache"), LINKKERNEL_NOTEBOOK=str(home / "nb.ipynb"))
+    try:
+        for cell in MEMORY.cells:
+            run_cell(kernel, cell)
+        exported = kernel.execute("%link cache export cache.tar.gz")
+        assert exported.stdout == (
+            "exported 3 components to cache.tar.gz: mid, top, solo\n"
+            "not exported: load (values kept in memory only: lock)\n"
+        )
+    finally:
+        kernel.shutdown()
+    return home / "cache.tar.gz"
+
+
+IMPORTED_WITHOUT_MEMORY_ONLY = [
+    "stale, not imported: mid (its parent 'load' is not in the archive: values kept in memory only: lock); "
+    "top (a parent is stale)",
+    "not in the archive, so they run here: load (values kept in memory only: lock)",
+]
+
+
+def test_import_says_why_the_children_of_a_memory_only_parent_run_again(tmp_path: Path, memory_archive: Path):
+    """The importing user learned only 'a parent is stale' for `mid`, and nothing about `load`:
+    the archive did not say what its exporter had been told, that `load` holds a lock."""
+    nbformat.write(MEMORY, str(tmp_path / "nb.ipynb"))
+    shutil.copy(memory_archive, tmp_path)
+    imported = cli("cache", "import", "cache.tar.gz", "--notebook", "nb.ipynb", cwd=tmp_path,
+                   XDG_CACHE_HOME=str(tmp_path / "cache"))
+    assert imported.returncode == 0, imported.stderr
+    lines = imported.stdout.splitlines()
+    assert lines[0].startswith("imported 1 component from cache.tar.gz into ") and lines[0].endswith(": solo")
+    assert lines[1:] == IMPORTED_WITHOUT_MEMORY_ONLY
+
+
+def test_the_kernel_imports_the_same_and_runs_the_memory_only_line_again(tmp_path: Path, memory_archive: Path):
+    nbformat.write(MEMORY, str(tmp_path / "nb.ipynb"))
+    shutil.copy(memory_archive, tmp_path)
+    kernel = Kernel(cwd=str(tmp_path), XDG_CACHE_HOME=str(tmp_path / "cache"), LINKKERNEL_NOTEBOOK=str(tmp_path / "nb.ipynb"))
+    try:
+        imported = kernel.execute("%link cache import cache.tar.gz")
+        assert imported.status == "ok", imported.traceback_text
+        assert imported.stdout.splitlines()[1:] == IMPORTED_WITHOUT_MEMORY_ONLY
+        top = MEMORY.cells[2]
+        result = kernel.execute(top.source + "\nprint(z)", metadata=dict(top.metadata), cell_id=top.id)
+        assert result.status == "ok", result.traceback_text
+        assert result.stdout == "3\n"
+    finally:
+        kernel.shutdown()
