@@ -95,3 +95,35 @@ def test_the_kernel_imports_the_same_and_runs_the_memory_only_line_again(tmp_pat
         assert result.stdout == "3\n"
     finally:
         kernel.shutdown()
+
+
+# ---------------------------------------------------------------- linkkernel run and its cache
+
+
+def summary(stdout: str) -> dict[str, str]:
+    """The summary table as component -> state."""
+    rows = [line.split("  ") for line in stdout.splitlines()[1:] if "  " in line]
+    return {row[0].strip(): [c.strip() for c in row[1:] if c.strip()][0] for row in rows}
+
+
+def test_run_reruns_components_whose_cached_values_are_lost(tmp_path: Path, link_kernelspec):
+    """A blob deleted from the cache (disk cleanup, a half-synced cache folder) made the next
+    `linkkernel run` fail with 'could not read the component cache: LostValue: ...', where a
+    cell in JupyterLab runs the components that made it again (SPEC §3: a lost value makes its
+    component stale)."""
+    nb = notebook(("x = [1, 2]", ["component:load"]), ("y = x + [3]", ["component:top", "parent:load"]),
+                  ("print(x, y)", []))
+    nbformat.write(nb, str(tmp_path / "nb.ipynb"))
+    cache = str(tmp_path / "cache")
+    first = cli("run", "nb.ipynb", cwd=tmp_path, XDG_CACHE_HOME=cache)
+    assert first.returncode == 0, first.stderr
+    blobs = list((tmp_path / "cache").rglob("blobs/*/*"))
+    assert blobs
+    for blob in blobs:
+        blob.unlink()
+    again = cli("run", "nb.ipynb", cwd=tmp_path, XDG_CACHE_HOME=cache)
+    assert again.returncode == 0, again.stderr
+    assert summary(again.stdout) == {"load": "ran", "top": "ran"}
+    assert "; running the components that made it again" in again.stderr
+    out = nbformat.read(str(tmp_path / "nb.out.ipynb"), as_version=4)
+    assert out.cells[2].outputs[0]["text"] == "[1, 2] [1, 2, 3]\n"
