@@ -127,3 +127,18 @@ def test_run_reruns_components_whose_cached_values_are_lost(tmp_path: Path, link
     assert "; running the components that made it again" in again.stderr
     out = nbformat.read(str(tmp_path / "nb.out.ipynb"), as_version=4)
     assert out.cells[2].outputs[0]["text"] == "[1, 2] [1, 2, 3]\n"
+
+
+def test_a_cached_component_outputs_names_at_its_place_in_the_run(tmp_path: Path, link_kernelspec):
+    """A second `linkkernel run` published every cached component's values before the first
+    cell ran, so a plain setup cell above `load` setting the same name won, and the cell after
+    it printed 'after 0' where the first run (and Run All in JupyterLab) printed 'after 1'."""
+    nb = notebook(("x = 0\nprint('setup', x)", []), ("x = 1", ["component:load"]), ("print('after', x)", []))
+    nbformat.write(nb, str(tmp_path / "nb.ipynb"))
+    shown = []
+    for out in ("first.ipynb", "cached.ipynb"):
+        run = cli("run", "nb.ipynb", "-o", out, cwd=tmp_path, XDG_CACHE_HOME=str(tmp_path / "cache"))
+        assert run.returncode == 0, run.stderr
+        shown.append([c.outputs for c in nbformat.read(str(tmp_path / out), as_version=4).cells])
+    assert shown[0][2] == [{"name": "stdout", "output_type": "stream", "text": "after 1\n"}]
+    assert shown[1] == shown[0]
