@@ -142,3 +142,25 @@ def test_a_cached_component_outputs_names_at_its_place_in_the_run(tmp_path: Path
         shown.append([c.outputs for c in nbformat.read(str(tmp_path / out), as_version=4).cells])
     assert shown[0][2] == [{"name": "stdout", "output_type": "stream", "text": "after 1\n"}]
     assert shown[1] == shown[0]
+
+
+# ---------------------------------------------------------------- a notebook not named .ipynb
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="files held open are named in /proc/self/fd on Linux only")
+def test_a_notebook_not_named_ipynb_is_followed_when_renamed(tmp_path: Path):
+    """LINKKERNEL_NOTEBOOK (and `linkkernel run`) take any file name, but only a name ending in
+    .ipynb was followed through a rename: pipe.json renamed was read at its old path, where
+    nothing is, and its components were reported missing."""
+    from linkkernel.sources import Sources
+
+    nbformat.write(notebook(("x = 1", ["component:parent"])), str(tmp_path / "pipe.json"))
+    sources = Sources(str(tmp_path / "pipe.json"))
+    assert sources.notebook_path == str(tmp_path / "pipe.json")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "pipe.json").rename(tmp_path / "sub" / "moved.json")
+    assert sources.notebook_path == str(tmp_path / "sub" / "moved.json")
+    assert [c.name for c in sources.declared().components] == ["parent"]
+    (tmp_path / "sub" / "moved.json").rename(tmp_path / "sub" / "moved.json~")  # an editor's backup
+    nbformat.write(notebook(("x = 2", ["component:saved_anew"])), str(tmp_path / "sub" / "moved.json"))
+    assert [c.name for c in sources.declared().components] == ["saved_anew"]
