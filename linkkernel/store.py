@@ -186,7 +186,10 @@ class CacheStore:
                 except OSError as exc:
                     self._trouble = exc
             self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
-            self._pending.append(self._writer.submit(self._write, record, list(blobs.values())))
+            # Values lost before this put are made again by it; one lost while the write is
+            # under way (a child could not rebuild it) stays lost when the write lands.
+            relost = {d for d in blobs if d in self.lost}
+            self._pending.append(self._writer.submit(self._write, record, list(blobs.values()), relost))
 
     def write_trouble(self) -> str | None:
         """Why results are not being written to the store, the first time it is known (None
@@ -211,14 +214,14 @@ class CacheStore:
             for digest in [d for d in table if d not in live]:
                 del table[digest]
 
-    def _write(self, record: RunRecord, blobs: list[Blob]) -> None:
+    def _write(self, record: RunRecord, blobs: list[Blob], relost: set[str]) -> None:
         for blob in blobs:
             path = self._blob_path(blob.digest)
-            if blob.digest in self.lost or not self.fs.exists(path):
+            if blob.digest in relost or not self.fs.exists(path):
                 with self.fs.open(path + ".part", "wb") as f:
                     write_blob(f, blob)
                 self.fs.mv(path + ".part", path)
-                self.lost.discard(blob.digest)
+        self.lost.difference_update(relost)
         with self.fs.open(f"{self.root}/records/{record.name}.json", "w") as f:
             json.dump(record.to_json(), f)
 
