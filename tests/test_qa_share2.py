@@ -164,3 +164,23 @@ def test_a_notebook_not_named_ipynb_is_followed_when_renamed(tmp_path: Path):
     (tmp_path / "sub" / "moved.json").rename(tmp_path / "sub" / "moved.json~")  # an editor's backup
     nbformat.write(notebook(("x = 2", ["component:saved_anew"])), str(tmp_path / "sub" / "moved.json"))
     assert [c.name for c in sources.declared().components] == ["saved_anew"]
+
+
+def test_a_running_kernel_takes_in_what_the_cli_imported(tmp_path: Path, memory_archive: Path):
+    """`linkkernel cache import` in a terminal while the notebook's kernel runs: the kernel
+    kept the records it read at start, said the imported components had never run, and would
+    have run them again, overwriting what was imported."""
+    nbformat.write(MEMORY, str(tmp_path / "nb.ipynb"))
+    shutil.copy(memory_archive, tmp_path)
+    kernel = Kernel(cwd=str(tmp_path), XDG_CACHE_HOME=str(tmp_path / "cache"), LINKKERNEL_NOTEBOOK=str(tmp_path / "nb.ipynb"))
+    try:
+        assert kernel.execute("%link status").stdout.splitlines()[4].split()[:3] == ["solo", "-", "never"]
+        imported = cli("cache", "import", "cache.tar.gz", "--notebook", "nb.ipynb", cwd=tmp_path,
+                       XDG_CACHE_HOME=str(tmp_path / "cache"))
+        assert imported.returncode == 0, imported.stderr
+        assert kernel.execute("%link status").stdout.splitlines()[4].split()[:3] == ["solo", "-", "fresh"]
+        shown = kernel.execute("print(w)", metadata={"tags": ["component:report", "parent:solo"]}, cell_id="c-report")
+        assert shown.status == "ok", shown.traceback_text
+        assert shown.stdout == "5\n"
+    finally:
+        kernel.shutdown()
