@@ -216,13 +216,16 @@ def run_notebook(
                 bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}]",
             )
             ended = 0
-            cached = {} if force else _restore_fresh(client, list(outcomes))
             for step in steps:
                 bar.set_description_str(step.label)
                 cell = notebook.cells[step.index]
                 outcome = outcomes.get(step.label) if step.component else None
-                if outcome is not None and outcome.name in cached:
-                    cell.outputs = [nbformat.from_dict(o) for o in cached[outcome.name]]
+                stored, lost = (None, []) if outcome is None or force else _restore_fresh(client, outcome.name)
+                if progress is not None:
+                    for line in lost:
+                        tqdm.write(f"linkkernel run: {line}", file=progress)
+                if stored is not None:
+                    cell.outputs = [nbformat.from_dict(o) for o in stored]
                     outcome.state = CACHED
                 else:
                     started = time.monotonic()
@@ -309,15 +312,16 @@ def require_kernelspec(kernel_name: str = KERNEL_NAME) -> None:
         ) from None
 
 
-def _restore_fresh(client: Any, names: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """Ask the kernel which of `names` are fresh in the cache store; returns their stored outputs.
+def _restore_fresh(client: Any, name: str) -> tuple[list[dict[str, Any]] | None, list[str]]:
+    """Ask the kernel whether `name` is fresh in the cache store, at its place in the run;
+    returns its stored outputs (None: it runs), and the lines about cached values found lost
+    (their components run again).
 
     Asked through `user_expressions` of a silent request, so nothing shows in any cell; the
-    kernel side (`restore_fresh`) also publishes their values for the plain cells that follow.
+    kernel side (`restore_fresh`) also publishes its values, there and then, as running its
+    cell would: a plain cell above that sets a name it outputs does not win over it.
     """
-    if not names:
-        return {}
-    expression = f"__import__('linkkernel.headless', fromlist=['_']).restore_fresh(get_ipython(), {names!r})"
+    expression = f"__import__('linkkernel.headless', fromlist=['_']).restore_fresh(get_ipython(), {name!r})"
     msg_id = client.kc.execute("", silent=True, store_history=False, user_expressions={"fresh": expression})
     reply = client.wait_for_reply(msg_id)
     result = (reply or {}).get("content", {}).get("user_expressions", {}).get("fresh", {})
@@ -325,23 +329,21 @@ def _restore_fresh(client: Any, names: list[str]) -> dict[str, list[dict[str, An
         raise LinkError(
             f"could not read the component cache: {result.get('ename', 'no reply')}: {result.get('evalue', '')}"
         )
-    return json.loads(ast.literal_eval(result["data"]["text/plain"]))
+    answer = json.loads(ast.literal_eval(result["data"]["text/plain"]))
+    return answer["outputs"], answer["lost"]
 
 
-def restore_fresh(shell: Any, names: list[str]) -> str:
-    """Kernel side of `_restore_fresh`: JSON {name: stored outputs} of the fresh ones among `names`.
+def restore_fresh(shell: Any, name: str) -> str:
+    """Kernel side of `_restore_fresh`: JSON {"outputs": the stored outputs of `name` when it
+    is fresh, else null; "lost": [lines about values the cache lost]}.
 
     A fresh component is not re-run, so its values are put into the notebook namespace here,
-    as its run would have published them, for plain cells that read them.
+    as its run would have published them, for plain cells that read them. One whose value
+    the store lost (a blob deleted or damaged) is stale instead, and its cell runs.
     """
-    from linkkernel.staleness import FRESH
-
     runner = shell.kernel.runner
-    graph = runner.graph(names)
-    states = runner.store.states(graph)
-    fresh = [name for name in run_order(graph, names) if states.get(name) == FRESH]
-    runner.publish_cached(graph, fresh, [])
-    return json.dumps({name: runner.store.get(name).outputs for name in fresh})
+    fresh, lost = runner.publish_fresh([name])
+    return json.dumps({"outputs": runner.store.get(name).outputs if name in fresh else None, "lost": lost})
 
 
 def _clear_outputs(notebook: Any) -> None:

@@ -184,10 +184,36 @@ class Runner:
                 if exc.digest in lost:
                     raise
                 lost.add(exc.digest)
-                if isinstance(exc, UnrebuiltValue):
-                    self._unrebuilt.add(exc.digest)
-                self.store.lose(exc.digest)
-                print(f"linkkernel: {exc}; running the components that made it again", file=sys.stderr)
+                print(f"linkkernel: {self._lose(exc)}", file=sys.stderr)
+
+    def _lose(self, exc: LostValue) -> str:
+        """Take the value `exc` names for gone, so the components that made it are stale and
+        run again; the line that says so."""
+        if isinstance(exc, UnrebuiltValue):
+            self._unrebuilt.add(exc.digest)
+        self.store.lose(exc.digest)
+        return f"{exc}; running the components that made it again"
+
+    def publish_fresh(self, names: list[str]) -> tuple[list[str], list[str]]:
+        """Publish the values of those of `names` that are fresh in the cache, for a run that
+        does not execute them (`linkkernel run`). Returns them in run order, and the lines
+        about values the store turned out to have lost: their components are stale then, and
+        run again like any other, as when a cell finds a value lost."""
+        from linkkernel.graph import run_order
+
+        graph = self.graph(names)
+        lost: dict[str, str] = {}
+        while True:
+            states = self.store.states(graph)
+            fresh = [name for name in run_order(graph, names) if states.get(name) == FRESH]
+            try:
+                self.publish_cached(graph, fresh, [])
+            except LostValue as exc:
+                if exc.digest in lost:
+                    raise
+                lost[exc.digest] = self._lose(exc)
+                continue
+            return fresh, list(lost.values())
 
     async def _execute_cell(
         self, component: Component, live: Callable[[], Awaitable[dict]], history: str | None, allow_stdin: bool

@@ -170,10 +170,14 @@ class NotebookFile:
     files a process holds open (Linux's /proc/self/fd), a descriptor held on the notebook
     follows it wherever it is renamed to. A notebook replaced rather than renamed (git
     checkout, an editor writing a new file) is found again at its last path.
+
+    A rename keeps the file's extension (.ipynb, or whatever LINKKERNEL_NOTEBOOK named): one
+    that changes it is an editor moving the old file aside as a backup (`nb.ipynb~`).
     """
 
     def __init__(self, path: str) -> None:
         self._path = os.path.abspath(path)
+        self._extension = os.path.splitext(self._path)[1]
         self._fd: int | None = None
         self._close: weakref.finalize | None = None
         self._follow()
@@ -191,7 +195,8 @@ class NotebookFile:
                 now = os.readlink(f"{_OPEN_FDS}/{self._fd}")
             except OSError:
                 now = ""
-            if now.endswith(".ipynb") and os.path.exists(now):  # not deleted (" (deleted)"), not renamed away
+            renamed_aside = os.path.splitext(now)[1] != self._extension  # also " (deleted)"
+            if not renamed_aside and os.path.exists(now):
                 if now != os.path.realpath(self._path):  # moved; else the path as given, links and all
                     self._path = now
                 return

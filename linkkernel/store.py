@@ -122,6 +122,9 @@ class CacheStore:
         self._lock = threading.Lock()
         self._pending: list[Future] = []
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linkkernel-cache")
+        # (mtime, size) of each record file when last read or written here: one that changed
+        # since was written by someone else (`linkkernel cache import`), see `refresh`.
+        self._stamps: dict[str, tuple[int, int] | None] = {}
         self.root: str | None = None
         self.fs = None
         self._local = False
@@ -159,18 +162,46 @@ class CacheStore:
             raise LinkError(self.unusable)
         return self
 
-    def _load_records(self) -> None:
+    def _load_records(self, changed_only: bool = False) -> None:
         try:
             paths = self.fs.glob(f"{self.root}/records/*.json")
         except OSError:
             return
         for path in paths:
+            stamp = self._stamp(path)
+            if changed_only and stamp == self._stamps.get(path):
+                continue
+            self._stamps[path] = stamp
             try:
                 with self.fs.open(path, "rb") as f:
                     record = RunRecord.from_json(json.load(f))
             except (OSError, ValueError, TypeError):
                 continue  # a torn or foreign record only means that component runs again
-            self.records[record.name] = record
+            with self._lock:
+                self.records[record.name] = record
+                if changed_only:
+                    self._forget_unreferenced()
+
+    def _stamp(self, path: str) -> tuple[int, int] | None:
+        """When and how large a local record file is; None for other stores (see `refresh`)."""
+        if not self._local:
+            return None
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
+
+    def refresh(self) -> None:
+        """Take in the records another process wrote into a local store since they were read
+        (`linkkernel cache import` in a terminal while the notebook's kernel runs): without
+        this the kernel ran the imported components again and overwrote them. Not for remote
+        stores, where listing the records before every cell would cost more than the run.
+
+        Not while a write of ours is under way: until it has landed (and its stamp with it),
+        the file holds an older run than the one kept here, which must not replace it."""
+        if self._local and self.root is not None and all(f.done() for f in self._pending):
+            self._load_records(changed_only=True)
 
     def get(self, name: str) -> RunRecord | None:
         return self.records.get(name)
@@ -194,7 +225,10 @@ class CacheStore:
                 except OSError as exc:
                     self._trouble = exc
             self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
-            self._pending.append(self._writer.submit(self._write, record, list(blobs.values())))
+            # Values lost before this put are made again by it; one lost while the write is
+            # under way (a child could not rebuild it) stays lost when the write lands.
+            relost = {d for d in blobs if d in self.lost}
+            self._pending.append(self._writer.submit(self._write, record, list(blobs.values()), relost))
 
     def _kept_copy(self, digest: str, value: Any) -> Any:
         """A copy of a value that cannot be serialised, so that the notebook's own object
@@ -230,14 +264,16 @@ class CacheStore:
                 del table[digest]
         self.shared &= live
 
-    def _write(self, record: RunRecord, blobs: list[Blob]) -> None:
+    def _write(self, record: RunRecord, blobs: list[Blob], relost: set[str]) -> None:
         for blob in blobs:
             path = self._blob_path(blob.digest)
-            if blob.digest in self.lost or not self.fs.exists(path):
+            if blob.digest in relost or not self.fs.exists(path):
                 self._write_aside(path, lambda f, blob=blob: write_blob(f, blob))
-                self.lost.discard(blob.digest)
+        self.lost.difference_update(relost)
         data = json.dumps(record.to_json()).encode()
-        self._write_aside(f"{self.root}/records/{record.name}.json", lambda f: f.write(data))
+        path = f"{self.root}/records/{record.name}.json"
+        self._write_aside(path, lambda f: f.write(data))
+        self._stamps[path] = self._stamp(path)
 
     def _write_aside(self, path: str, write: Callable[[Any], object]) -> None:
         """Write under a name no other writer uses, then move it into place. Two kernels on
@@ -286,6 +322,7 @@ class CacheStore:
         kept here, by the staleness rule: what the kernel runs and the cache exports."""
         from linkkernel.graph import run_order
 
+        self.refresh()
         order = run_order(graph)
         components = {n: graph.nodes[n]["component"] for n in order}
         records = {n: self.get(n) for n in order}

@@ -50,6 +50,7 @@ PROGRESS_FROM_BYTES = 16 * 2**20
 ENTRY_OVERHEAD = 16 * 1024  # tar header, pax header, padding and read-ahead allowed per entry
 KEY_PACKAGES = ("cloudpickle", "numpy", "pandas", "pyarrow", "polars", "scipy", "scikit-learn", "torch")
 HEX64 = r"[0-9a-f]{64}"
+NAME_KEY = NAME_PATTERN.pattern.removesuffix(r"\Z") + "$"
 TRUST_HINT = "import it only if you trust where it came from, with --trust"
 
 MANIFEST_SCHEMA: dict[str, Any] = {
@@ -62,7 +63,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
         "key_id": {"type": "string"},
         "components": {
             "type": "object",
-            "propertyNames": {"pattern": NAME_PATTERN.pattern.removesuffix(r"\Z") + "$"},
+            "propertyNames": {"pattern": NAME_KEY},
             "additionalProperties": {
                 "type": "object",
                 "required": ["code_hash", "run_id", "parents", "blobs"],
@@ -73,6 +74,11 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                     "blobs": {"type": "array", "items": {"type": "string", "pattern": f"^{HEX64}$"}},
                 },
             },
+        },
+        "skipped": {  # shown to the importer: one line of printable text each
+            "type": "object",
+            "propertyNames": {"pattern": NAME_KEY},
+            "additionalProperties": {"type": "string", "maxLength": 1000, "pattern": "^[^\\x00-\\x1f\\x7f]*$"},
         },
         "files": {
             "type": "object",
@@ -230,6 +236,7 @@ def export_archive(graph, store, out: IO[bytes], key: bytes, progress: Progress 
         "packages": package_versions(),
         "key_id": fingerprint(key),
         "components": components,
+        "skipped": skipped,
         "files": files,
     }
     manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode()
@@ -469,6 +476,8 @@ class ImportResult:
     imported: list[str]
     stale: dict[str, str]
     notes: list[str]
+    # Components of the notebook the exporter left out, with the exporter's reason: they run here.
+    left_out: dict[str, str] = field(default_factory=dict)
 
 
 def _environment_notes(manifest: dict[str, Any]) -> list[str]:
@@ -499,6 +508,9 @@ def install_archive(archive: VerifiedArchive, graph, store, where: str = "the ar
     available = {n: n in archive.records or (r is not None and store.available(r)) for n, r in records.items()}
     state = states(order, {n: c.parents for n, c in comps.items()},
                    {n: code_hash(c.source) for n, c in comps.items()}, records, available)
+    # Why the exporter left a component out (kept in memory only, never ran): the importer's
+    # children of it run again, and the importer should learn why from the archive itself.
+    skipped = archive.manifest.get("skipped", {})
     imported, stale = [], {}
     for name in order:
         if name not in archive.records:
@@ -511,9 +523,10 @@ def install_archive(archive: VerifiedArchive, graph, store, where: str = "the ar
         elif list(record.parents) != list(comps[name].parents):
             stale[name] = "its parents differ from the notebook's"
         else:
-            stale[name] = "a parent is stale"
+            stale[name] = _stale_parent(record, state, archive, skipped)
     for name in sorted(set(archive.records) - set(comps)):
         stale[name] = "not declared in the notebook"
+    left_out = {n: skipped[n] for n in order if n in skipped and n not in archive.records and state[n] != FRESH}
     for name in imported:
         record = archive.records[name]
         store.put(record, {d: archive.blobs[d] for d in record.namespace.values()}, {})
@@ -521,7 +534,20 @@ def install_archive(archive: VerifiedArchive, graph, store, where: str = "the ar
     if failures:
         reason = str(failures[0]) or type(failures[0]).__name__
         raise ArchiveError(f"{where}: import failed: cannot write to the cache store {store.location} ({reason})")
-    return ImportResult(imported, stale, _environment_notes(archive.manifest))
+    return ImportResult(imported, stale, _environment_notes(archive.manifest), left_out)
+
+
+def _stale_parent(record, state: dict[str, str], archive: VerifiedArchive, skipped: dict[str, str]) -> str:
+    """Why a run whose code and parents match is stale: a parent is. One the archive holds is
+    listed as stale itself; one it lacks is named, with the exporter's reason when known."""
+    from linkkernel.staleness import FRESH
+
+    parent = next((p for p in record.parents if state.get(p) != FRESH), None)
+    if parent is None or parent in archive.records:
+        return "a parent is stale"
+    if parent in skipped:
+        return f"its parent {parent!r} is not in the archive: {skipped[parent]}"
+    return f"its parent {parent!r} is not in the archive, nor fresh here"
 
 
 # ---------------------------------------------------------------- commands
@@ -626,6 +652,9 @@ def do_import(path: str, graph, store, trust: bool, max_size: int, progress: Pro
              f"from {path} into {store.location}" + (f": {', '.join(result.imported)}" if result.imported else "")]
     if result.stale:
         lines.append("stale, not imported: " + "; ".join(f"{n} ({why})" for n, why in result.stale.items()))
+    if result.left_out:
+        lines.append("not in the archive, so they run here: "
+                     + "; ".join(f"{n} ({why})" for n, why in result.left_out.items()))
     lines += [f"note: {note}" for note in result.notes]
     if not archive.signed_by_user:
         lines.append("note: imported with --trust (the archive is not signed with your key)")
