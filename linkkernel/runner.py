@@ -100,8 +100,10 @@ class Runner:
         # Values (by digest) that pickled but could not be rebuilt when a child loaded them:
         # made again, each is tried once, and kept in memory only if it fails again.
         self._unrebuilt: set[str] = set()
-        # Whether the request being handled has printed that a cached value was lost.
-        self._said_lost = False
+        # Whether the cell of the request being handled shows a line of the kernel's already
+        # (a cached value was lost, a parent's warning): transient lines then must not be
+        # removed with clear_output, which would wipe it (see progress.TransientLine).
+        self._cell_spoke = False
 
     # ---- declarations and graph -------------------------------------------------------
 
@@ -175,7 +177,7 @@ class Runner:
         after `%link cache clear`, with one line saying why. A value lost twice is an error."""
         lost: set[str] = set()
         while True:
-            self._said_lost = bool(lost)
+            self._cell_spoke = bool(lost)
             try:
                 return await run(*args)
             except LostValue as exc:
@@ -197,7 +199,7 @@ class Runner:
             with _input_from_frontend(self.kernel, allow_stdin):
                 # Nothing of the cell has run yet: the progress line is all it shows, unless
                 # the line about a lost value is above it.
-                await self._run_captured(graph, [n for n in plan if n != component.name], alone=not self._said_lost)
+                await self._run_captured(graph, [n for n in plan if n != component.name], alone=not self._cell_spoke)
         except KeyboardInterrupt:
             return self._report_interrupt(history, "running parent components")
         except ComponentFailed as exc:
@@ -440,6 +442,8 @@ class Runner:
             component.source,
             {n: self.store.blob(d) for n, d in merged.items()},
             live,
+            # Run live, its first output is the cell's first unless the kernel said something.
+            alone=live and not self._cell_spoke,
         )
         try:
             result = run_remote(self.kernel, task, component.remote)
@@ -556,7 +560,7 @@ class Runner:
         plan = self.plan(graph, names, force)
         self._refuse_top_level_await(graph, plan)
         self.publish_cached(graph, names, plan)
-        return await self._run_captured(graph, plan, targets=names, alone=alone and not self._said_lost)
+        return await self._run_captured(graph, plan, targets=names, alone=alone and not self._cell_spoke)
 
     def _refuse_top_level_await(self, graph, plan: list[str]) -> None:
         """`%link run` runs components from inside its own cell's code, where the kernel's
@@ -621,6 +625,7 @@ class Runner:
             progress.remove()
             for line in warnings:
                 print(line, file=sys.stderr)
+            self._cell_spoke = self._cell_spoke or bool(warnings)
         return ran
 
 def _with_ancestors(graph, targets: Collection[str]) -> list[str]:

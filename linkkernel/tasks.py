@@ -31,13 +31,15 @@ class ComponentTask:
 
     `inputs` is the component's starting namespace (the merge of its parents' final
     namespaces); `live` says whether its output goes to the cell as it happens (the component
-    the user executed) or is captured silently (an ancestor).
+    the user executed) or is captured silently (an ancestor); `alone` that, live, it shows
+    the first output of its cell (nothing of the kernel's is above it).
     """
 
     name: str
     code: str
     inputs: dict[str, Blob]
     live: bool
+    alone: bool = False
 
 
 @dataclass

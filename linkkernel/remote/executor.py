@@ -211,7 +211,8 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
     }
     # Executed by the user and waiting for a slot on a busy worker, the cell would show
     # nothing, as if it hung; an ancestor waits under the run's own progress line instead.
-    waiting = TransientLine(kernel, "waiting")
+    # Removed before the task shows anything, alone in its cell it goes without a trace.
+    waiting = TransientLine(kernel, "waiting", alone=task.alone)
     try:
         accepted = client.submit(body)
         if task.live and accepted.get("ahead"):
