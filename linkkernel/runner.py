@@ -464,9 +464,11 @@ class Runner:
                 outcome.interrupted = True
                 return outcome
             outcome.error = error
-            if live:  # shown live already, unless the worker only named it (a UsageError)
-                shown = any(o["output_type"] == "error" and (o["ename"], o["evalue"]) == (error["ename"], error["evalue"]) for o in record.outputs)
-                outcome.reply = self._fail(error, component.source, publish=not shown)
+            shown = any(o["output_type"] == "error" and (o["ename"], o["evalue"]) == (error["ename"], error["evalue"]) for o in record.outputs)
+            if not shown:  # kept among the outputs as a local run keeps it (a UsageError is a stderr line)
+                record.outputs.append({"output_type": "error", **error})
+            if live:  # shown live already, or as IPython shows a UsageError: a line on stderr
+                outcome.reply = self._fail(error, component.source, publish=not shown and error["ename"] != "UsageError")
             return outcome
         record.status = "ok"
         namespace = {n: d for n, d in merged.items() if n not in result.deleted}

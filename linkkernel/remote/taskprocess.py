@@ -285,8 +285,11 @@ class WorkerShell(InteractiveShell):
         self._show_error({"ename": etype.__name__, "evalue": _text(evalue), "traceback": list(stb)})
 
     def show_usage_error(self, exc: BaseException) -> None:
-        """An unknown magic or bad magic arguments, worded as IPython words it."""
-        self._show_error({"ename": "UsageError", "evalue": _text(exc), "traceback": [f"UsageError: {_text(exc)}"]})
+        """An unknown magic or bad magic arguments: one line on stderr, as IPython and the
+        kernel show it (no red error box); the task's error if the cell then fails."""
+        line = f"UsageError: {_text(exc)}"
+        print(line, file=sys.stderr, flush=True)
+        self.error = {"ename": "UsageError", "evalue": _text(exc), "traceback": [line]}
 
     def _show_error(self, error: dict[str, Any]) -> None:
         """An error goes to the cell as it happens, as the kernel shows it: a cell may go on
