@@ -490,8 +490,24 @@ class Runner:
         record.namespace = namespace
         outcome.deleted = tuple(result.deleted)
         if live:
+            last = None if result.last is None else self._last_value(component, result, outcome)
             outcome.reply = self._ok_reply(component.source)
+            if result.last is not None:  # `_`, `_N`, `Out[N]` of the cell just numbered, as a local cell's value
+                self.shell.displayhook.update_user_ns(last)
         return outcome
+
+    def _last_value(self, component: Component, result, outcome: RunOutcome) -> Any:
+        """The remote run's last value here: the output it is (`df` shown is `df`), else rebuilt."""
+        for name, blob in result.bound.items():
+            if blob.digest == result.last.digest:
+                return outcome.values[name]
+        try:
+            return Loaded(result.last, self.shell.user_ns).value
+        except Exception as exc:  # unpickling runs the value's own code
+            raise LinkError(
+                f"component {component.name!r} ran on worker {component.remote!r} but the value it shows "
+                f"cannot be rebuilt in this kernel: {type(exc).__name__}: {exc}"
+            ) from None
 
     # ---- replies ------------------------------------------------------------------------
 

@@ -244,9 +244,11 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
     # rather than every output holding its file open until all are in (see store.freeze).
     try:
         bound = {name: freeze(store.get(digest, mapped=True)) for name, digest in result["bound"].items()}
+        same = next((blob for blob in bound.values() if blob.digest == result.get("last")), None)
+        last = same or (freeze(store.get(result["last"], mapped=True)) if task.live and result.get("last") else None)
     except MissingBlob as exc:
         raise RemoteError(
             f"{exc}, though worker {alias!r} has just stored it there: is the worker's --storage "
             f"the storage registered for it ({entry.storage})?"
         ) from None
-    return TaskResult(bound=bound, deleted=tuple(result["deleted"]), outputs=log.nbformat())
+    return TaskResult(bound=bound, deleted=tuple(result["deleted"]), outputs=log.nbformat(), last=last)

@@ -180,8 +180,19 @@ class PipeDisplayPublisher(DisplayPublisher):
         self.shell.pipe.send({"clear_output": wait})
 
 
+# `PipeDisplayHook.shown` before the task's cell shows a value.
+NOTHING_SHOWN = object()
+
+
 class PipeDisplayHook(DisplayHook):
-    """The value of a task's last expression: an execute_result, as in a local cell."""
+    """The value of a task's last expression: an execute_result, as in a local cell, and
+    the value itself, which goes back for the kernel's `_` and `Out[N]`."""
+
+    shown: Any = NOTHING_SHOWN
+
+    def update_user_ns(self, result: Any) -> None:
+        self.shown = result
+        super().update_user_ns(result)
 
     def start_displayhook(self) -> None:
         _flush_streams()
@@ -480,6 +491,7 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
     shell.pipe = pipe
     _streams[:] = [PipeStream(pipe, "stdout"), PipeStream(pipe, "stderr")]
     sys.stdout, sys.stderr = _streams
+    shell.displayhook.shown = NOTHING_SHOWN  # the worker's own warm-up cells showed values
     with shell.compile.labelled(task["name"]):
         failed = execute(shell, task["code"])
     _flush_streams()
@@ -509,7 +521,21 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
                 pipe.finish({"failed": str(exc)})
                 return
             bound[name] = blob.digest
+        shown = shell.displayhook.shown
+        if shown is not NOTHING_SHOWN:  # a value only shown, not kept, stays here
+            same = next((n for n, v in final.items() if v is shown), None)  # pickled once
+            try:
+                blob = dump(same or "_", shown)
+                store.put(blob)
+                last = blob.digest
+            except UnpicklableValue:
+                last = None
+            except StorageError as exc:
+                pipe.finish({"failed": str(exc)})
+                return
+        else:
+            last = None
     # Files this process verified or wrote: the worker tells the next task, which then maps
     # them without hashing them again.
-    result = {"bound": bound, "deleted": list(changed.deleted), "unpicklable": unpicklable}
+    result = {"bound": bound, "deleted": list(changed.deleted), "unpicklable": unpicklable, "last": last}
     pipe.finish({"result": result, "verified": store.newly_verified})

@@ -1,0 +1,89 @@
+"""QA round 4 of remote components: parity in everyday use. From the user's side a remote
+component behaves as a local component (SPEC §5): its last value is `_` and `Out[N]`, a wait
+for a busy worker leaves nothing in the saved notebook, an unknown magic reads as IPython's
+usage line."""
+
+from __future__ import annotations
+
+from engine_support import Notebook
+from linkkernel.remote.executor import OutputLog
+from remote_support import remote_fixtures
+from support import CellResult, Kernel
+
+tmp, key_file, worker, kernel, nb = remote_fixtures("qa-remote4", "qa4")
+
+
+def saved_outputs(result: CellResult) -> list[dict]:
+    """The cell's outputs as a frontend keeps and saves them: displays updated in place by
+    display_id, clear_output wiping what came before."""
+    log = OutputLog()
+    for m in result.messages:
+        kind, content = m["msg_type"], m["content"]
+        if kind == "clear_output":
+            log.add({"clear_output": content["wait"]})
+        elif kind in ("stream", "display_data", "update_display_data", "execute_result", "error"):
+            log.add({"output": {"output_type": kind, **content}})
+    return log.nbformat()
+
+
+def test_a_remote_components_last_value_is_underscore_and_out(nb) -> None:
+    """As a local component's and a stock cell's: `_` and `Out[N]` hold the value shown."""
+    nb.add("answer", "40 + 2", remote="qa4", counted=False).add("local_answer", "40 + 3", counted=False).use()
+    for name, expected in (("local_answer", 43), ("answer", 42)):
+        shown = nb.run(name)
+        assert shown.status == "ok", shown.traceback_text
+        count = shown.reply["content"]["execution_count"]
+        assert [d["data"]["text/plain"] for d in shown.of_type("execute_result")] == [str(expected)]
+        check = nb.kernel.execute(f"print(_, Out[{count}], _{count})")
+        assert check.stdout == f"{expected} {expected} {expected}\n", (name, check.stdout, check.traceback_text)
+    # a cell that shows nothing leaves `_` alone; one that shows what cannot pickle too
+    nb.add("quiet", "z = 1", remote="qa4", counted=False).add("gen", "(i for i in range(3))", remote="qa4", counted=False).use()
+    for name in ("quiet", "gen"):
+        assert nb.run(name).status == "ok"
+        assert nb.kernel.execute("print(_)").stdout == "42\n", name
+
+
+def test_a_remote_dataframe_shown_is_the_output_it_is(nb) -> None:
+    """`df` as the last line: `_` is the DataFrame published as `df`, not a copy."""
+    nb.add("frame", "import pandas as pd\ndf = pd.DataFrame({'a': [1, 2]}).astype({'a': 'category'})\ndf", remote="qa4", counted=False).use()
+    shown = nb.run("frame")
+    assert shown.status == "ok", shown.traceback_text
+    assert "text/html" in shown.of_type("execute_result")[0]["data"]
+    assert nb.kernel.execute("print(_ is df, str(_.a.dtype))").stdout == "True category\n"
+
+
+def test_an_unknown_magic_in_a_remote_component_reads_as_in_a_local_one(nb) -> None:
+    nb.add("magic_local", "%nosuchmagic", counted=False).add("magic_remote", "%nosuchmagic", remote="qa4", counted=False).use()
+    local, remote = nb.run("magic_local"), nb.run("magic_remote")
+    assert local.status == remote.status == "error"
+    assert local.errors == [] and "UsageError: Line magic function `%nosuchmagic` not found." in local.stderr
+    assert remote.errors == [], remote.errors
+    assert remote.stderr == local.stderr
+    assert remote.reply["content"]["ename"] == local.reply["content"]["ename"] == "UsageError"
+    kept_local, kept_remote = (nb.kernel.execute(f"%link outputs {name}") for name in ("magic_local", "magic_remote"))
+    assert (kept_remote.stderr, kept_remote.errors) == (kept_local.stderr, kept_local.errors) == (local.stderr, [])
+
+
+def test_waiting_for_a_busy_worker_leaves_nothing_in_the_saved_notebook(link_kernelspec, worker, nb, tmp_path) -> None:
+    """Another kernel holds the worker's one slot: the cell says it waits, then keeps only
+    what the component printed."""
+    flag = tmp_path / "started"
+    other = Kernel()
+    try:
+        busy = Notebook(other, tmp_path / "busy.ipynb")
+        busy.add("busy", f"open({str(flag)!r}, 'w').close()\nimport time\ntime.sleep(3)", remote="qa4", counted=False).use()
+        cell = busy.cells["busy"]
+        request = other.client.session.msg("execute_request", {"code": cell["source"], "silent": False, "store_history": True,
+                                                               "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
+                                           metadata={**cell["metadata"], "cellId": cell["id"]})
+        other.client.shell_channel.send(request)
+        from remote_support import wait_until
+        assert wait_until(flag.exists, timeout=30)
+        nb.add("waits", "print('done')", remote="qa4", counted=False).use()
+        shown = nb.run("waits")
+        assert shown.status == "ok", shown.traceback_text
+        assert any("waiting for worker" in d["data"].get("text/plain", "") for d in shown.of_type("display_data")), shown.messages
+        assert saved_outputs(shown) == [{"output_type": "stream", "name": "stdout", "text": "done\n"}]
+        other.client.get_shell_msg(timeout=30)
+    finally:
+        other.shutdown()
