@@ -5,6 +5,10 @@ usage line."""
 
 from __future__ import annotations
 
+import re
+
+import pytest
+
 from engine_support import Notebook
 from linkkernel.remote.executor import OutputLog
 from remote_support import remote_fixtures
@@ -87,3 +91,34 @@ def test_waiting_for_a_busy_worker_leaves_nothing_in_the_saved_notebook(link_ker
         other.client.get_shell_msg(timeout=30)
     finally:
         other.shutdown()
+
+
+PARITY_CELLS = {
+    "semicolon": "1 + 1;",
+    "semicolon_after_statements": "x = 3\nx;",
+    "time_cell": "%%time\ny = 2\ny",
+    "time_cell_semicolon": "%%time\ny = 2\ny;",
+    "time_line": "%time z = 5\nz",
+    "timeit": "%timeit -n 2 -r 2 sum(range(10))\nw = 3",
+    "display_image": "from IPython.display import Image, display\nimport base64\n"
+                     "png = base64.b64decode('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==')\n"
+                     "display(Image(png))\nImage(png)",
+}
+
+
+def _as_shown(result: CellResult) -> tuple:
+    """What the user reads, timings and the component's own name left out."""
+    def text(t: str) -> str:
+        return re.sub(r"\d+(\.\d+)? ?(µs|μs|ms|ns|s)\b", "T", re.sub(r"Component (local|remote)_\w+", "Component C", t))
+    return result.status, text(result.stdout), text(result.stderr), [d["data"] for d in result.displays]
+
+
+@pytest.mark.parametrize("case", list(PARITY_CELLS))
+def test_a_remote_cell_shows_what_the_same_local_cell_shows(nb, case) -> None:
+    code = PARITY_CELLS[case]
+    nb.add(f"local_{case}", code, counted=False).add(f"remote_{case}", code, remote="qa4", counted=False).use()
+    local = nb.run(f"local_{case}")
+    local_underscore = nb.kernel.execute("print(repr(_))").stdout
+    remote = nb.run(f"remote_{case}")
+    assert _as_shown(remote) == _as_shown(local)
+    assert nb.kernel.execute("print(repr(_))").stdout == local_underscore

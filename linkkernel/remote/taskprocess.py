@@ -25,6 +25,7 @@ import re
 import select
 import sys
 import threading
+import tokenize
 import warnings
 from typing import Any, NoReturn
 
@@ -189,6 +190,15 @@ class PipeDisplayHook(DisplayHook):
     the value itself, which goes back for the kernel's `_` and `Out[N]`."""
 
     shown: Any = NOTHING_SHOWN
+    code = ""  # the cell running, as IPython runs it (`execute` sets it)
+
+    def quiet(self) -> bool:
+        """A cell ending in `;` shows no value. IPython reads the cell from its input
+        history, which a task process does not keep."""
+        try:
+            return self.semicolon_at_end_of_expression(self.code)
+        except (tokenize.TokenError, SyntaxError):  # IPython's own check fails the same way on such cells
+            return False
 
     def update_user_ns(self, result: Any) -> None:
         self.shown = result
@@ -407,7 +417,12 @@ def execute(shell: WorkerShell, code: str) -> bool:
     except SyntaxError:
         plain = False
     if not plain:
+        try:
+            shell.displayhook.code = shell.transform_cell(code)
+        except Exception:  # noqa: BLE001 - run_cell reports what the cell's transforms raise
+            shell.displayhook.code = code
         return not shell.run_cell(code, store_history=False, silent=False).success
+    shell.displayhook.code = code
     filename = shell.compile.cache(code, 0, code)
     tree = shell.compile.ast_parse(code, filename=filename)
     shell.events.trigger("pre_execute")
