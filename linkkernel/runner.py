@@ -456,6 +456,9 @@ class Runner:
             result = await result
         outcome = RunOutcome(record)
         record.outputs = list(result.outputs)
+        if live and result.asked_exit is not None:  # as exit() in a local cell: a payload for the frontend
+            self.shell.keepkernel_on_exit = result.asked_exit
+            self.shell.ask_exit()
         if result.error is not None:
             error = {"ename": result.error.ename, "evalue": result.error.evalue, "traceback": list(result.error.traceback)}
             # Run as an ancestor, it stops the run as a local one does; run live it is the
@@ -529,7 +532,13 @@ class Runner:
         return shell.execution_count - 1
 
     def _ok_reply(self, history: str | None) -> dict[str, Any]:
-        return {"status": "ok", "execution_count": self._count(history), "user_expressions": {}, "payload": []}
+        return {"status": "ok", "execution_count": self._count(history), "user_expressions": {}, "payload": self._payload()}
+
+    def _payload(self) -> list[dict[str, Any]]:
+        """What the cell asked of the frontend (exit()), read and cleared as ipykernel does."""
+        payload = self.shell.payload_manager.read_payload()
+        self.shell.payload_manager.clear_payload()
+        return payload
 
     def _fail(self, error: dict[str, Any], history: str | None, publish: bool = True) -> dict[str, Any]:
         """Show `error` in the cell as an `error` message (unless it is there already); the
@@ -544,7 +553,7 @@ class Runner:
             "traceback": error["traceback"],
             "execution_count": self._count(history),
             "user_expressions": {},
-            "payload": [],
+            "payload": self._payload(),
         }
 
     def refuse(self, exc: LinkError, history: str | None) -> dict[str, Any]:

@@ -122,3 +122,13 @@ def test_a_remote_cell_shows_what_the_same_local_cell_shows(nb, case) -> None:
     remote = nb.run(f"remote_{case}")
     assert _as_shown(remote) == _as_shown(local)
     assert nb.kernel.execute("print(repr(_))").stdout == local_underscore
+
+
+def test_exit_in_a_remote_component_asks_the_frontend_as_in_a_local_one(nb) -> None:
+    """It was an AttributeError naming the worker's shell class, an internal traceback."""
+    code = "exit(keep_kernel=True)\nprint('after')"
+    nb.add("exit_local", code, counted=False).add("exit_remote", code, remote="qa4", counted=False).use()
+    local, remote = nb.run("exit_local"), nb.run("exit_remote")
+    assert _as_shown(remote) == _as_shown(local) == ("ok", "after\n", "", [])
+    assert remote.reply["content"]["payload"] == local.reply["content"]["payload"] == [{"source": "ask_exit", "keepkernel": True}]
+    assert nb.kernel.execute("1").reply["content"]["payload"] == []

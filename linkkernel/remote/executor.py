@@ -231,7 +231,9 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
     result = done.body["result"]
     if result.get("error"):
         error = result["error"]
-        return TaskResult(outputs=log.nbformat(), error=UserError(error["ename"], error["evalue"], error["traceback"]))
+        return TaskResult(
+            outputs=log.nbformat(), error=UserError(error["ename"], error["evalue"], error["traceback"]), asked_exit=result.get("exit")
+        )
     if result.get("unpicklable"):
         name, type_name = next(iter(result["unpicklable"].items()))
         raise RemoteError(
@@ -251,4 +253,4 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
             f"{exc}, though worker {alias!r} has just stored it there: is the worker's --storage "
             f"the storage registered for it ({entry.storage})?"
         ) from None
-    return TaskResult(bound=bound, deleted=tuple(result["deleted"]), outputs=log.nbformat(), last=last)
+    return TaskResult(bound=bound, deleted=tuple(result["deleted"]), outputs=log.nbformat(), last=last, asked_exit=result.get("exit"))

@@ -32,11 +32,12 @@ from typing import Any, NoReturn
 import comm
 from comm.base_comm import BaseComm
 from IPython.core.async_helpers import _pseudo_sync_runner
+from IPython.core.autocall import ZMQExitAutocall
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
 from IPython.core.error import StdinNotImplementedError
 from IPython.core.interactiveshell import InteractiveShell
-from traitlets import Type
+from traitlets import Type, default
 from traitlets.config import Config
 
 from linkkernel import cow
@@ -251,6 +252,16 @@ class WorkerShell(InteractiveShell):
     display_pub_class = Type(PipeDisplayPublisher)
     pipe: Pipe
     error: dict[str, Any] | None = None
+    keepkernel_on_exit = False
+    asked_exit: bool | None = None  # `exit(keep_kernel=...)` was called: its keep_kernel
+
+    @default("exiter")
+    def _exiter_default(self) -> ZMQExitAutocall:
+        return ZMQExitAutocall(self)  # exit(keep_kernel=True) as in a kernel
+
+    def ask_exit(self) -> None:
+        """`exit()` in a task: the kernel asks its frontend, as ipykernel's exit() does."""
+        self.asked_exit = self.keepkernel_on_exit
 
     def showtraceback(self, exc_tuple=None, filename=None, tb_offset=None, exception_only=False, running_compiled_code=False):
         """Without the frames of linkkernel and IPython, as the kernel shows errors (SPEC §4):
@@ -511,7 +522,7 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
         failed = execute(shell, task["code"])
     _flush_streams()
     if failed and shell.error is not None:
-        pipe.finish({"result": {"error": shell.error}})
+        pipe.finish({"result": {"error": shell.error, "exit": shell.asked_exit}})
         return
     final = {k: v for k, v in namespace.items() if k not in hidden and not _SHELL_NAMES.fullmatch(k)}
 
@@ -552,5 +563,5 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
             last = None
     # Files this process verified or wrote: the worker tells the next task, which then maps
     # them without hashing them again.
-    result = {"bound": bound, "deleted": list(changed.deleted), "unpicklable": unpicklable, "last": last}
+    result = {"bound": bound, "deleted": list(changed.deleted), "unpicklable": unpicklable, "last": last, "exit": shell.asked_exit}
     pipe.finish({"result": result, "verified": store.newly_verified})
