@@ -100,6 +100,8 @@ PARITY_CELLS = {
     "time_cell_semicolon": "%%time\ny = 2\ny;",
     "time_line": "%time z = 5\nz",
     "timeit": "%timeit -n 2 -r 2 sum(range(10))\nw = 3",
+    "syntax_error": "x = (",
+    "indentation_error": "  x = 1",
     "display_image": "from IPython.display import Image, display\nimport base64\n"
                      "png = base64.b64decode('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==')\n"
                      "display(Image(png))\nImage(png)",
@@ -107,10 +109,11 @@ PARITY_CELLS = {
 
 
 def _as_shown(result: CellResult) -> tuple:
-    """What the user reads, timings and the component's own name left out."""
+    """What the user and tools read, timings and the component's own name left out."""
     def text(t: str) -> str:
         return re.sub(r"\d+(\.\d+)? ?(µs|μs|ms|ns|s)\b", "T", re.sub(r"Component (local|remote)_\w+", "Component C", t))
-    return result.status, text(result.stdout), text(result.stderr), [d["data"] for d in result.displays]
+    errors = [(e["ename"], text(e["evalue"])) for e in result.errors]
+    return result.status, text(result.stdout), text(result.stderr), [d["data"] for d in result.displays], errors, text(result.traceback_text)
 
 
 @pytest.mark.parametrize("case", list(PARITY_CELLS))
@@ -129,6 +132,6 @@ def test_exit_in_a_remote_component_asks_the_frontend_as_in_a_local_one(nb) -> N
     code = "exit(keep_kernel=True)\nprint('after')"
     nb.add("exit_local", code, counted=False).add("exit_remote", code, remote="qa4", counted=False).use()
     local, remote = nb.run("exit_local"), nb.run("exit_remote")
-    assert _as_shown(remote) == _as_shown(local) == ("ok", "after\n", "", [])
+    assert _as_shown(remote) == _as_shown(local) == ("ok", "after\n", "", [], [], "")
     assert remote.reply["content"]["payload"] == local.reply["content"]["payload"] == [{"source": "ask_exit", "keepkernel": True}]
     assert nb.kernel.execute("1").reply["content"]["payload"] == []

@@ -314,6 +314,10 @@ class WorkerShell(InteractiveShell):
         print(f"Exception in thread {name}:\n{self.InteractiveTB.stb2text(stb)}", file=sys.stderr, flush=True)
 
     def _showtraceback(self, etype, evalue, stb) -> None:
+        if isinstance(evalue, SyntaxError):  # evalue names the component, as the kernel's: "(Component train, line 2)"
+            label = self.compile.format_code_name(evalue.filename or "")
+            if label is not None:
+                evalue.filename = " ".join(label)
         self._show_error({"ename": etype.__name__, "evalue": _text(evalue), "traceback": list(stb)})
 
     def show_usage_error(self, exc: BaseException) -> None:
