@@ -135,3 +135,15 @@ def test_exit_in_a_remote_component_asks_the_frontend_as_in_a_local_one(nb) -> N
     assert _as_shown(remote) == _as_shown(local) == ("ok", "after\n", "", [], [], "")
     assert remote.reply["content"]["payload"] == local.reply["content"]["payload"] == [{"source": "ask_exit", "keepkernel": True}]
     assert nb.kernel.execute("1").reply["content"]["payload"] == []
+
+
+def test_tqdm_auto_in_a_remote_component_is_the_widget_bar_it_is_locally(nb) -> None:
+    """tqdm.auto looks for ipykernel to choose its bar: on a worker it printed a text bar on
+    stderr where the same local cell shows the notebook widget."""
+    code = "from tqdm.auto import tqdm\nfor i in tqdm(range(3)):\n    pass\nt = 1"
+    nb.add("bar_local", code, counted=False).add("bar_remote", code, remote="qa4", counted=False).use()
+    local, remote = nb.run("bar_local"), nb.run("bar_remote")
+    assert [m["msg_type"] for m in remote.messages] == [m["msg_type"] for m in local.messages]
+    assert remote.stderr == local.stderr == ""
+    (shown,) = remote.displays
+    assert "application/vnd.jupyter.widget-view+json" in shown["data"]

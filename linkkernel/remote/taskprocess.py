@@ -363,6 +363,9 @@ def preload_shell() -> WorkerShell:
     config.HistoryManager.enabled = False
     config.HistoryManager.hist_file = ":memory:"
     config.InteractiveShell.cache_size = 0
+    # A task's output goes to a notebook: libraries that choose how to render by looking for
+    # ipykernel's shell module (tqdm.auto's widget bar) choose as they do in a local cell.
+    import ipykernel.zmqshell  # noqa: F401
     shell = WorkerShell.instance(config=config)
     # No frontend is there to answer: the process's stdin is not the notebook's.
     builtins.input = getpass.getpass = _no_input
