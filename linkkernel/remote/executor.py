@@ -206,6 +206,7 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
         # Local input files this kernel wrote or verified: a worker on this machine maps them
         # without hashing them again.
         "verified": store.verified(blob.digest for blob in task.inputs.values()) if store.local else {},
+        "live": task.live,  # only then is the value it shows sent back, for `_`
         "versions": versions(),
         "sources": component_sources(kernel),
     }

@@ -555,7 +555,7 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
                 return
             bound[name] = blob.digest
         shown = shell.displayhook.shown
-        if shown is not NOTHING_SHOWN:  # a value only shown, not kept, stays here
+        if shown is not NOTHING_SHOWN and task.get("live"):  # for `_`: only a cell the user runs has one
             same = next((n for n, v in final.items() if v is shown), None)  # pickled once
             try:
                 blob = dump(same or "_", shown)
