@@ -447,11 +447,13 @@ class Runner:
         )
         try:
             result = run_remote(self.kernel, task, component.remote)
-        except KeyboardInterrupt:  # run_remote cancelled the task on the worker, then re-raised
+        except KeyboardInterrupt as exc:  # run_remote cancelled the task on the worker, then re-raised
             if not live:
                 raise
             error = _interrupt_error(f"the task on worker {component.remote!r} was cancelled")
-            return RunOutcome(record, interrupted=True, reply=self._fail(error, component.source))
+            # Recorded as failed with what it showed, as a local cell interrupted is.
+            record.outputs = [*getattr(exc, "outputs", ()), {"output_type": "error", **error}]
+            return RunOutcome(record, reply=self._fail(error, component.source))
         if isinstance(result, Awaitable):
             result = await result
         outcome = RunOutcome(record)

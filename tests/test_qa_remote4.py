@@ -147,3 +147,18 @@ def test_tqdm_auto_in_a_remote_component_is_the_widget_bar_it_is_locally(nb) -> 
     assert remote.stderr == local.stderr == ""
     (shown,) = remote.displays
     assert "application/vnd.jupyter.widget-view+json" in shown["data"]
+
+
+def test_an_interrupted_remote_cell_is_recorded_failed_with_what_it_showed(nb) -> None:
+    """As an interrupted local cell: `%link status` said `never` (or kept an earlier fresh
+    run) and `%link outputs` had nothing, though the cell had printed."""
+    code = "import time\nprint('start', flush=True)\ntime.sleep(30)"
+    nb.add("stopped", "print('first run')", remote="qa4", counted=False).use()
+    assert nb.run("stopped").status == "ok"
+    nb.cells["stopped"]["source"] = code
+    nb.use()
+    shown = nb.run("stopped", interrupt_after=4)
+    assert shown.reply["content"]["ename"] == "KeyboardInterrupt" and shown.stdout == "start\n"
+    assert re.search(r"stopped\s+-\s+failed", nb.kernel.execute("%link status").stdout)
+    kept = nb.kernel.execute("%link outputs stopped")
+    assert kept.stdout == "start\n" and "was cancelled" in kept.stderr

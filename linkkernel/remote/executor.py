@@ -219,8 +219,11 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
         if task.live and accepted.get("ahead"):
             waiting.show(f"linkkernel: waiting for worker {alias!r}: {accepted['ahead']} task(s) ahead in its queue")
         done = client.follow(task_id, on_output, on_started=waiting.clear)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         client.cancel(task_id)
+        # Still the user's KeyboardInterrupt; it carries what the task had shown, kept for
+        # the run's record as a local cell interrupted keeps what it printed.
+        exc.outputs = log.nbformat()
         raise
     except RemoteError:
         # Maybe a blob this kernel takes for stored is gone from the store (emptied, expired):
