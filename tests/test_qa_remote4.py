@@ -102,6 +102,8 @@ PARITY_CELLS = {
     "timeit": "%timeit -n 2 -r 2 sum(range(10))\nw = 3",
     "syntax_error": "x = (",
     "indentation_error": "  x = 1",
+    "stdout_fileno": "import sys\nprint(sys.stdout.fileno() > 0, sys.stderr.fileno() > 0)",
+    "faulthandler": "import faulthandler\nfaulthandler.enable()\nfaulthandler.is_enabled()",
     "display_image": "from IPython.display import Image, display\nimport base64\n"
                      "png = base64.b64decode('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==')\n"
                      "display(Image(png))\nImage(png)",
@@ -162,3 +164,14 @@ def test_an_interrupted_remote_cell_is_recorded_failed_with_what_it_showed(nb) -
     assert re.search(r"stopped\s+-\s+failed", nb.kernel.execute("%link status").stdout)
     kept = nb.kernel.execute("%link outputs stopped")
     assert kept.stdout == "start\n" and "was cancelled" in kept.stderr
+
+
+def test_a_subprocess_given_the_remote_cells_stdout_prints_into_the_cell(nb) -> None:
+    """sys.stdout.fileno() raised UnsupportedOperation on a worker. (ipykernel hands out
+    its terminal's fd, so locally this text goes to the server's terminal: on a worker,
+    whose terminal nobody sees, it goes to the cell.)"""
+    nb.add("sub", "import subprocess, sys\nrc = subprocess.run(['echo', 'child'], stdout=sys.stdout).returncode",
+           remote="qa4", counted=False).use()
+    shown = nb.run("sub")
+    assert shown.status == "ok", shown.traceback_text
+    assert shown.stdout == "child\n"

@@ -128,6 +128,13 @@ class PipeStream(io.TextIOBase):
     def writable(self) -> bool:
         return True
 
+    def fileno(self) -> int:
+        """The task process's own fd 1 or 2, which the worker relays to the cell as well:
+        code that needs a real file (`subprocess.run(stdout=sys.stdout)`,
+        `faulthandler.enable()`) gets one, as from ipykernel's streams."""
+        self.flush()  # what was written before comes first
+        return 1 if self._name == "stdout" else 2
+
     def write(self, text: str) -> int:
         if not isinstance(text, str):  # as any text stream: the user's TypeError, at their line
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
