@@ -54,6 +54,9 @@ def test_a_remote_dataframe_shown_is_the_output_it_is(nb) -> None:
     assert shown.status == "ok", shown.traceback_text
     assert "text/html" in shown.of_type("execute_result")[0]["data"]
     assert nb.kernel.execute("print(_ is df, str(_.a.dtype))").stdout == "True category\n"
+    nb.add("frame_again", "df", "frame", remote="qa4", counted=False).use()  # an input, unchanged
+    assert nb.run("frame_again").status == "ok"
+    assert nb.kernel.execute("print(_.equals(df), str(_.a.dtype))").stdout == "True category\n"
 
 
 def test_an_unknown_magic_in_a_remote_component_reads_as_in_a_local_one(nb) -> None:

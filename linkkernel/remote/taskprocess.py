@@ -565,9 +565,12 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
         if shown is not NOTHING_SHOWN and task.get("live"):  # for `_`: only a cell the user runs has one
             same = next((n for n, v in final.items() if v is shown), None)  # pickled once
             try:
-                blob = dump(same or "_", shown)
-                store.put(blob)
-                last = blob.digest
+                if same in digests and same not in changed.bound:  # an input as it came: its blob
+                    last = digests[same]
+                else:
+                    blob = dump(same or "_", shown)
+                    store.put(blob)
+                    last = blob.digest
             except UnpicklableValue:
                 last = None
             except StorageError as exc:
