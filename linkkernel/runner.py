@@ -495,24 +495,23 @@ class Runner:
         record.namespace = namespace
         outcome.deleted = tuple(result.deleted)
         if live:
-            last = None if result.last is None else self._last_value(component, result, outcome)
+            last = _NOT_SHOWN if result.last is None else self._last_value(result, outcome)
             outcome.reply = self._ok_reply(component.source)
-            if result.last is not None:  # `_`, `_N`, `Out[N]` of the cell just numbered, as a local cell's value
+            if last is not _NOT_SHOWN:  # `_`, `_N`, `Out[N]` of the cell just numbered, as a local cell's value
                 self.shell.displayhook.update_user_ns(last)
         return outcome
 
-    def _last_value(self, component: Component, result, outcome: RunOutcome) -> Any:
-        """The remote run's last value here: the output it is (`df` shown is `df`), else rebuilt."""
+    def _last_value(self, result, outcome: RunOutcome) -> Any:
+        """The remote run's last value here: the output it is (`df` shown is `df`), else
+        rebuilt; _NOT_SHOWN when it cannot be (a module only the worker has): the cell
+        showed it, and `_` is not worth failing a run that went well."""
         for name, blob in result.bound.items():
             if blob.digest == result.last.digest:
                 return outcome.values[name]
         try:
             return Loaded(result.last, self.shell.user_ns).value
-        except Exception as exc:  # unpickling runs the value's own code
-            raise LinkError(
-                f"component {component.name!r} ran on worker {component.remote!r} but the value it shows "
-                f"cannot be rebuilt in this kernel: {type(exc).__name__}: {exc}"
-            ) from None
+        except Exception:  # noqa: BLE001 - unpickling runs the value's own code
+            return _NOT_SHOWN
 
     # ---- replies ------------------------------------------------------------------------
 
@@ -679,6 +678,10 @@ def _memory_only_warning(component: str, kept: list[UnpicklableValue]) -> str:
         f"linkkernel: component {component!r}: {listed} cannot be serialised; "
         f"{held} kept in memory only, so after a restart the component runs again"
     )
+
+
+# `_last_value` of a remote run whose shown value is not to become `_`.
+_NOT_SHOWN = object()
 
 
 def _interrupt_error(text: str) -> dict[str, Any]:

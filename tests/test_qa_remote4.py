@@ -47,6 +47,18 @@ def test_a_remote_components_last_value_is_underscore_and_out(nb) -> None:
         assert nb.kernel.execute("print(_)").stdout == "42\n", name
 
 
+def test_a_shown_value_of_a_module_only_the_worker_has_is_shown_and_the_run_ok(nb, tmp_path) -> None:
+    """`_` is a nicety: a value the kernel cannot rebuild is shown, and the run still counts."""
+    (tmp_path / "onlyworker.py").write_text("class Thing:\n    def __repr__(self):\n        return 'Thing()'\n")
+    code = f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\n__import__('onlyworker').Thing()"
+    nb.add("thing", code, remote="qa4", counted=False).use()
+    assert nb.kernel.execute("'before'").status == "ok"
+    shown = nb.run("thing")
+    assert shown.status == "ok", shown.traceback_text
+    assert [d["data"]["text/plain"] for d in shown.of_type("execute_result")] == ["Thing()"]
+    assert nb.kernel.execute("print(_)").stdout == "before\n"
+
+
 def test_a_remote_dataframe_shown_is_the_output_it_is(nb) -> None:
     """`df` as the last line: `_` is the DataFrame published as `df`, not a copy."""
     nb.add("frame", "import pandas as pd\ndf = pd.DataFrame({'a': [1, 2]}).astype({'a': 'category'})\ndf", remote="qa4", counted=False).use()
