@@ -458,9 +458,12 @@ class Runner:
             result = await result
         outcome = RunOutcome(record)
         record.outputs = list(result.outputs)
-        if live and result.asked_exit is not None:  # as exit() in a local cell: a payload for the frontend
-            self.shell.keepkernel_on_exit = result.asked_exit
-            self.shell.ask_exit()
+        if live:  # what the task paged, then asked exit(), for the reply's payload as a local cell's
+            for payload in result.payload:
+                self.shell.payload_manager.write_payload(payload)
+            if result.asked_exit is not None:
+                self.shell.keepkernel_on_exit = result.asked_exit
+                self.shell.ask_exit()
         if result.error is not None:
             error = {"ename": result.error.ename, "evalue": result.error.evalue, "traceback": list(result.error.traceback)}
             # Run as an ancestor, it stops the run as a local one does; run live it is the

@@ -47,7 +47,8 @@ class TaskResult:
     """What a run produced: changed names as blobs, frozen (linkkernel.store.freeze) so that
     the cache can keep them as they are; deleted names, nbformat outputs, error; `last`: the
     value of the last expression (shown as the execute_result), for `_` and `Out[N]`, when
-    it pickles; `asked_exit`: the code called exit(), with this keep_kernel."""
+    it pickles; `asked_exit`: the code called exit(), with this keep_kernel; `payload`: what
+    it paged (`len?`), as ipykernel's reply payload."""
 
     bound: dict[str, Blob] = field(default_factory=dict)
     deleted: tuple[str, ...] = ()
@@ -55,6 +56,7 @@ class TaskResult:
     error: UserError | None = None
     last: Blob | None = None
     asked_exit: bool | None = None
+    payload: list[dict[str, Any]] = field(default_factory=list)
 
 
 def as_sent(value: Any) -> Any:

@@ -190,3 +190,12 @@ def test_a_subprocess_given_the_remote_cells_stdout_prints_into_the_cell(nb) -> 
     shown = nb.run("sub")
     assert shown.status == "ok", shown.traceback_text
     assert shown.stdout == "child\n"
+
+
+def test_paged_help_in_a_remote_component_is_the_pager_payload_as_locally(nb) -> None:
+    """`len?` printed the help into the cell (and the saved notebook) instead of paging it."""
+    nb.add("help_local", "len?", counted=False).add("help_remote", "len?", remote="qa4", counted=False).use()
+    local, remote = nb.run("help_local"), nb.run("help_remote")
+    assert _as_shown(remote) == _as_shown(local) == ("ok", "", "", [], [], "")
+    (paged,) = remote.reply["content"]["payload"]
+    assert paged == local.reply["content"]["payload"][0] and paged["source"] == "page"

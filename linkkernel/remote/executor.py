@@ -236,7 +236,8 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
     if result.get("error"):
         error = result["error"]
         return TaskResult(
-            outputs=log.nbformat(), error=UserError(error["ename"], error["evalue"], error["traceback"]), asked_exit=result.get("exit")
+            outputs=log.nbformat(), error=UserError(error["ename"], error["evalue"], error["traceback"]), asked_exit=result.get("exit"),
+            payload=result.get("payload") or [],
         )
     if result.get("unpicklable"):
         name, type_name = next(iter(result["unpicklable"].items()))
@@ -257,4 +258,4 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
             f"{exc}, though worker {alias!r} has just stored it there: is the worker's --storage "
             f"the storage registered for it ({entry.storage})?"
         ) from None
-    return TaskResult(bound=bound, deleted=tuple(result["deleted"]), outputs=log.nbformat(), last=last, asked_exit=result.get("exit"))
+    return TaskResult(bound=bound, deleted=tuple(result["deleted"]), outputs=log.nbformat(), last=last, asked_exit=result.get("exit"), payload=result.get("payload") or [])

@@ -32,6 +32,7 @@ from typing import Any, NoReturn
 import comm
 from comm.base_comm import BaseComm
 from IPython.core.async_helpers import _pseudo_sync_runner
+from IPython.core import page
 from IPython.core.autocall import ZMQExitAutocall
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
@@ -265,6 +266,16 @@ class WorkerShell(InteractiveShell):
     @default("exiter")
     def _exiter_default(self) -> ZMQExitAutocall:
         return ZMQExitAutocall(self)  # exit(keep_kernel=True) as in a kernel
+
+    def init_hooks(self) -> None:
+        """`len?`, `%pdoc`: paged text goes back as the reply's payload, as ipykernel pages it,
+        instead of being printed into the cell."""
+        super().init_hooks()
+        self.set_hook("show_in_pager", page.as_hook(self._page), 99)
+
+    def _page(self, text, start: int = 0, screen_lines: int = 0, pager_cmd=None) -> None:
+        data = text if isinstance(text, dict) else {"text/plain": text}
+        self.payload_manager.write_payload({"source": "page", "data": as_sent(data), "start": max(0, start)})
 
     def ask_exit(self) -> None:
         """`exit()` in a task: the kernel asks its frontend, as ipykernel's exit() does."""
@@ -536,7 +547,7 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
         failed = execute(shell, task["code"])
     _flush_streams()
     if failed and shell.error is not None:
-        pipe.finish({"result": {"error": shell.error, "exit": shell.asked_exit}})
+        pipe.finish({"result": {"error": shell.error, "exit": shell.asked_exit, "payload": shell.payload_manager.read_payload()}})
         return
     final = {k: v for k, v in namespace.items() if k not in hidden and not _SHELL_NAMES.fullmatch(k)}
 
@@ -580,5 +591,6 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
             last = None
     # Files this process verified or wrote: the worker tells the next task, which then maps
     # them without hashing them again.
-    result = {"bound": bound, "deleted": list(changed.deleted), "unpicklable": unpicklable, "last": last, "exit": shell.asked_exit}
+    result = {"bound": bound, "deleted": list(changed.deleted), "unpicklable": unpicklable, "last": last, "exit": shell.asked_exit,
+              "payload": shell.payload_manager.read_payload()}
     pipe.finish({"result": result, "verified": store.newly_verified})
