@@ -117,7 +117,7 @@ def outputs(kernel, argv: list[str]) -> None:
             stream.flush()
         elif kind in ("display_data", "execute_result"):
             display(output["data"], metadata=output.get("metadata") or None, raw=True)
-        elif kind == "error":
+        elif kind == "error" and output["ename"] != "UsageError":  # shown as its stderr line, kept above
             print("\n".join(output["traceback"]), file=sys.stderr, flush=True)
 
 

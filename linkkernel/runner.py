@@ -102,8 +102,10 @@ class Runner:
         self._unrebuilt: set[str] = set()
         # (component, digest) of inputs shared with their parent that the component's run said so.
         self._said_shared: set[tuple[str, str]] = set()
-        # Whether the request being handled has printed that a cached value was lost.
-        self._said_lost = False
+        # Whether the cell of the request being handled shows a line of the kernel's already
+        # (a cached value was lost, a parent's warning): transient lines then must not be
+        # removed with clear_output, which would wipe it (see progress.TransientLine).
+        self._cell_spoke = False
 
     # ---- declarations and graph -------------------------------------------------------
 
@@ -177,7 +179,7 @@ class Runner:
         after `%link cache clear`, with one line saying why. A value lost twice is an error."""
         lost: set[str] = set()
         while True:
-            self._said_lost = bool(lost)
+            self._cell_spoke = bool(lost)
             try:
                 return await run(*args)
             except LostValue as exc:
@@ -225,7 +227,7 @@ class Runner:
             with _input_from_frontend(self.kernel, allow_stdin):
                 # Nothing of the cell has run yet: the progress line is all it shows, unless
                 # the line about a lost value is above it.
-                await self._run_captured(graph, [n for n in plan if n != component.name], alone=not self._said_lost)
+                await self._run_captured(graph, [n for n in plan if n != component.name], alone=not self._cell_spoke)
         except KeyboardInterrupt:
             return self._report_interrupt(history, "running parent components")
         except ComponentFailed as exc:
@@ -490,18 +492,28 @@ class Runner:
             component.source,
             {n: self.store.blob(d) for n, d in merged.items()},
             live,
+            # Run live, its first output is the cell's first unless the kernel said something.
+            alone=live and not self._cell_spoke,
         )
         try:
             result = run_remote(self.kernel, task, component.remote)
-        except KeyboardInterrupt:  # run_remote cancelled the task on the worker, then re-raised
+        except KeyboardInterrupt as exc:  # run_remote cancelled the task on the worker, then re-raised
             if not live:
                 raise
             error = _interrupt_error(f"the task on worker {component.remote!r} was cancelled")
-            return RunOutcome(record, interrupted=True, reply=self._fail(error, component.source))
+            # Recorded as failed with what it showed, as a local cell interrupted is.
+            record.outputs = [*getattr(exc, "outputs", ()), {"output_type": "error", **error}]
+            return RunOutcome(record, reply=self._fail(error, component.source))
         if isinstance(result, Awaitable):
             result = await result
         outcome = RunOutcome(record)
         record.outputs = list(result.outputs)
+        if live:  # what the task paged, then asked exit(), for the reply's payload as a local cell's
+            for payload in result.payload:
+                self.shell.payload_manager.write_payload(payload)
+            if result.asked_exit is not None:
+                self.shell.keepkernel_on_exit = result.asked_exit
+                self.shell.ask_exit()
         if result.error is not None:
             error = {"ename": result.error.ename, "evalue": result.error.evalue, "traceback": list(result.error.traceback)}
             # Run as an ancestor, it stops the run as a local one does; run live it is the
@@ -510,9 +522,11 @@ class Runner:
                 outcome.interrupted = True
                 return outcome
             outcome.error = error
-            if live:  # shown live already, unless the worker only named it (a UsageError)
-                shown = any(o["output_type"] == "error" and (o["ename"], o["evalue"]) == (error["ename"], error["evalue"]) for o in record.outputs)
-                outcome.reply = self._fail(error, component.source, publish=not shown)
+            shown = any(o["output_type"] == "error" and (o["ename"], o["evalue"]) == (error["ename"], error["evalue"]) for o in record.outputs)
+            if not shown:  # kept among the outputs as a local run keeps it (a UsageError is a stderr line)
+                record.outputs.append({"output_type": "error", **error})
+            if live:  # shown live already, or as IPython shows a UsageError: a line on stderr
+                outcome.reply = self._fail(error, component.source, publish=not shown and error["ename"] != "UsageError")
             return outcome
         record.status = "ok"
         namespace = {n: d for n, d in merged.items() if n not in result.deleted}
@@ -534,8 +548,23 @@ class Runner:
         record.namespace = namespace
         outcome.deleted = tuple(result.deleted)
         if live:
+            last = _NOT_SHOWN if result.last is None else self._last_value(result, outcome)
             outcome.reply = self._ok_reply(component.source)
+            if last is not _NOT_SHOWN:  # `_`, `_N`, `Out[N]` of the cell just numbered, as a local cell's value
+                self.shell.displayhook.update_user_ns(last)
         return outcome
+
+    def _last_value(self, result, outcome: RunOutcome) -> Any:
+        """The remote run's last value here: the output it is (`df` shown is `df`), else
+        rebuilt; _NOT_SHOWN when it cannot be (a module only the worker has): the cell
+        showed it, and `_` is not worth failing a run that went well."""
+        for name, blob in result.bound.items():
+            if blob.digest == result.last.digest:
+                return outcome.values[name]
+        try:
+            return Loaded(result.last, self.shell.user_ns).value
+        except Exception:  # noqa: BLE001 - unpickling runs the value's own code
+            return _NOT_SHOWN
 
     # ---- replies ------------------------------------------------------------------------
 
@@ -557,7 +586,13 @@ class Runner:
         return shell.execution_count - 1
 
     def _ok_reply(self, history: str | None) -> dict[str, Any]:
-        return {"status": "ok", "execution_count": self._count(history), "user_expressions": {}, "payload": []}
+        return {"status": "ok", "execution_count": self._count(history), "user_expressions": {}, "payload": self._payload()}
+
+    def _payload(self) -> list[dict[str, Any]]:
+        """What the cell asked of the frontend (exit()), read and cleared as ipykernel does."""
+        payload = self.shell.payload_manager.read_payload()
+        self.shell.payload_manager.clear_payload()
+        return payload
 
     def _fail(self, error: dict[str, Any], history: str | None, publish: bool = True) -> dict[str, Any]:
         """Show `error` in the cell as an `error` message (unless it is there already); the
@@ -572,7 +607,7 @@ class Runner:
             "traceback": error["traceback"],
             "execution_count": self._count(history),
             "user_expressions": {},
-            "payload": [],
+            "payload": self._payload(),
         }
 
     def refuse(self, exc: LinkError, history: str | None) -> dict[str, Any]:
@@ -606,7 +641,7 @@ class Runner:
         plan = self.plan(graph, names, force)
         self._refuse_top_level_await(graph, plan)
         self.publish_cached(graph, names, plan)
-        return await self._run_captured(graph, plan, targets=names, alone=alone and not self._said_lost)
+        return await self._run_captured(graph, plan, targets=names, alone=alone and not self._cell_spoke)
 
     def _refuse_top_level_await(self, graph, plan: list[str]) -> None:
         """`%link run` runs components from inside its own cell's code, where the kernel's
@@ -671,6 +706,7 @@ class Runner:
             progress.remove()
             for line in warnings:
                 print(line, file=sys.stderr)
+            self._cell_spoke = self._cell_spoke or bool(warnings)
         return ran
 
 def _with_ancestors(graph, targets: Collection[str]) -> list[str]:
@@ -707,6 +743,10 @@ def _shared_warning(component: str, shared: dict[str, Any]) -> str:
         f"linkkernel: component {component!r}: input {listed} cannot be copied; {held} shared with the "
         f"component that made {them}, so what this run does to {them} is seen there and by its other children"
     )
+
+
+# `_last_value` of a remote run whose shown value is not to become `_`.
+_NOT_SHOWN = object()
 
 
 def _interrupt_error(text: str) -> dict[str, Any]:

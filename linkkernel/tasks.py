@@ -31,24 +31,32 @@ class ComponentTask:
 
     `inputs` is the component's starting namespace (the merge of its parents' final
     namespaces); `live` says whether its output goes to the cell as it happens (the component
-    the user executed) or is captured silently (an ancestor).
+    the user executed) or is captured silently (an ancestor); `alone` that, live, it shows
+    the first output of its cell (nothing of the kernel's is above it).
     """
 
     name: str
     code: str
     inputs: dict[str, Blob]
     live: bool
+    alone: bool = False
 
 
 @dataclass
 class TaskResult:
     """What a run produced: changed names as blobs, frozen (linkkernel.store.freeze) so that
-    the cache can keep them as they are; deleted names, nbformat outputs, error."""
+    the cache can keep them as they are; deleted names, nbformat outputs, error; `last`: the
+    value of the last expression (shown as the execute_result), for `_` and `Out[N]`, when
+    it pickles; `asked_exit`: the code called exit(), with this keep_kernel; `payload`: what
+    it paged (`len?`), as ipykernel's reply payload."""
 
     bound: dict[str, Blob] = field(default_factory=dict)
     deleted: tuple[str, ...] = ()
     outputs: list[dict[str, Any]] = field(default_factory=list)
     error: UserError | None = None
+    last: Blob | None = None
+    asked_exit: bool | None = None
+    payload: list[dict[str, Any]] = field(default_factory=list)
 
 
 def as_sent(value: Any) -> Any:

@@ -206,19 +206,24 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
         # Local input files this kernel wrote or verified: a worker on this machine maps them
         # without hashing them again.
         "verified": store.verified(blob.digest for blob in task.inputs.values()) if store.local else {},
+        "live": task.live,  # only then is the value it shows sent back, for `_`
         "versions": versions(),
         "sources": component_sources(kernel),
     }
     # Executed by the user and waiting for a slot on a busy worker, the cell would show
     # nothing, as if it hung; an ancestor waits under the run's own progress line instead.
-    waiting = TransientLine(kernel, "waiting")
+    # Removed before the task shows anything, alone in its cell it goes without a trace.
+    waiting = TransientLine(kernel, "waiting", alone=task.alone)
     try:
         accepted = client.submit(body)
         if task.live and accepted.get("ahead"):
             waiting.show(f"linkkernel: waiting for worker {alias!r}: {accepted['ahead']} task(s) ahead in its queue")
         done = client.follow(task_id, on_output, on_started=waiting.clear)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         client.cancel(task_id)
+        # Still the user's KeyboardInterrupt; it carries what the task had shown, kept for
+        # the run's record as a local cell interrupted keeps what it printed.
+        exc.outputs = log.nbformat()
         raise
     except RemoteError:
         # Maybe a blob this kernel takes for stored is gone from the store (emptied, expired):
@@ -230,7 +235,10 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
     result = done.body["result"]
     if result.get("error"):
         error = result["error"]
-        return TaskResult(outputs=log.nbformat(), error=UserError(error["ename"], error["evalue"], error["traceback"]))
+        return TaskResult(
+            outputs=log.nbformat(), error=UserError(error["ename"], error["evalue"], error["traceback"]), asked_exit=result.get("exit"),
+            payload=result.get("payload") or [],
+        )
     if result.get("unpicklable"):
         name, type_name = next(iter(result["unpicklable"].items()))
         raise RemoteError(
@@ -243,9 +251,11 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
     # rather than every output holding its file open until all are in (see store.freeze).
     try:
         bound = {name: freeze(store.get(digest, mapped=True)) for name, digest in result["bound"].items()}
+        same = next((blob for blob in bound.values() if blob.digest == result.get("last")), None)
+        last = same or (freeze(store.get(result["last"], mapped=True)) if task.live and result.get("last") else None)
     except MissingBlob as exc:
         raise RemoteError(
             f"{exc}, though worker {alias!r} has just stored it there: is the worker's --storage "
             f"the storage registered for it ({entry.storage})?"
         ) from None
-    return TaskResult(bound=bound, deleted=tuple(result["deleted"]), outputs=log.nbformat())
+    return TaskResult(bound=bound, deleted=tuple(result["deleted"]), outputs=log.nbformat(), last=last, asked_exit=result.get("exit"), payload=result.get("payload") or [])

@@ -25,17 +25,20 @@ import re
 import select
 import sys
 import threading
+import tokenize
 import warnings
 from typing import Any, NoReturn
 
 import comm
 from comm.base_comm import BaseComm
 from IPython.core.async_helpers import _pseudo_sync_runner
+from IPython.core import page
+from IPython.core.autocall import ZMQExitAutocall
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
 from IPython.core.error import StdinNotImplementedError
 from IPython.core.interactiveshell import InteractiveShell
-from traitlets import Type
+from traitlets import Type, default
 from traitlets.config import Config
 
 from linkkernel import cow
@@ -126,6 +129,13 @@ class PipeStream(io.TextIOBase):
     def writable(self) -> bool:
         return True
 
+    def fileno(self) -> int:
+        """The task process's own fd 1 or 2, which the worker relays to the cell as well:
+        code that needs a real file (`subprocess.run(stdout=sys.stdout)`,
+        `faulthandler.enable()`) gets one, as from ipykernel's streams."""
+        self.flush()  # what was written before comes first
+        return 1 if self._name == "stdout" else 2
+
     def write(self, text: str) -> int:
         if not isinstance(text, str):  # as any text stream: the user's TypeError, at their line
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
@@ -180,8 +190,28 @@ class PipeDisplayPublisher(DisplayPublisher):
         self.shell.pipe.send({"clear_output": wait})
 
 
+# `PipeDisplayHook.shown` before the task's cell shows a value.
+NOTHING_SHOWN = object()
+
+
 class PipeDisplayHook(DisplayHook):
-    """The value of a task's last expression: an execute_result, as in a local cell."""
+    """The value of a task's last expression: an execute_result, as in a local cell, and
+    the value itself, which goes back for the kernel's `_` and `Out[N]`."""
+
+    shown: Any = NOTHING_SHOWN
+    code = ""  # the cell running, as IPython runs it (`execute` sets it)
+
+    def quiet(self) -> bool:
+        """A cell ending in `;` shows no value. IPython reads the cell from its input
+        history, which a task process does not keep."""
+        try:
+            return self.semicolon_at_end_of_expression(self.code)
+        except (tokenize.TokenError, SyntaxError):  # IPython's own check fails the same way on such cells
+            return False
+
+    def update_user_ns(self, result: Any) -> None:
+        self.shown = result
+        super().update_user_ns(result)
 
     def start_displayhook(self) -> None:
         _flush_streams()
@@ -230,6 +260,26 @@ class WorkerShell(InteractiveShell):
     display_pub_class = Type(PipeDisplayPublisher)
     pipe: Pipe
     error: dict[str, Any] | None = None
+    keepkernel_on_exit = False
+    asked_exit: bool | None = None  # `exit(keep_kernel=...)` was called: its keep_kernel
+
+    @default("exiter")
+    def _exiter_default(self) -> ZMQExitAutocall:
+        return ZMQExitAutocall(self)  # exit(keep_kernel=True) as in a kernel
+
+    def init_hooks(self) -> None:
+        """`len?`, `%pdoc`: paged text goes back as the reply's payload, as ipykernel pages it,
+        instead of being printed into the cell."""
+        super().init_hooks()
+        self.set_hook("show_in_pager", page.as_hook(self._page), 99)
+
+    def _page(self, text, start: int = 0, screen_lines: int = 0, pager_cmd=None) -> None:
+        data = text if isinstance(text, dict) else {"text/plain": text}
+        self.payload_manager.write_payload({"source": "page", "data": as_sent(data), "start": max(0, start)})
+
+    def ask_exit(self) -> None:
+        """`exit()` in a task: the kernel asks its frontend, as ipykernel's exit() does."""
+        self.asked_exit = self.keepkernel_on_exit
 
     def showtraceback(self, exc_tuple=None, filename=None, tb_offset=None, exception_only=False, running_compiled_code=False):
         """Without the frames of linkkernel and IPython, as the kernel shows errors (SPEC §4):
@@ -282,11 +332,18 @@ class WorkerShell(InteractiveShell):
         print(f"Exception in thread {name}:\n{self.InteractiveTB.stb2text(stb)}", file=sys.stderr, flush=True)
 
     def _showtraceback(self, etype, evalue, stb) -> None:
+        if isinstance(evalue, SyntaxError):  # evalue names the component, as the kernel's: "(Component train, line 2)"
+            label = self.compile.format_code_name(evalue.filename or "")
+            if label is not None:
+                evalue.filename = " ".join(label)
         self._show_error({"ename": etype.__name__, "evalue": _text(evalue), "traceback": list(stb)})
 
     def show_usage_error(self, exc: BaseException) -> None:
-        """An unknown magic or bad magic arguments, worded as IPython words it."""
-        self._show_error({"ename": "UsageError", "evalue": _text(exc), "traceback": [f"UsageError: {_text(exc)}"]})
+        """An unknown magic or bad magic arguments: one line on stderr, as IPython and the
+        kernel show it (no red error box); the task's error if the cell then fails."""
+        line = f"UsageError: {_text(exc)}"
+        print(line, file=sys.stderr, flush=True)
+        self.error = {"ename": "UsageError", "evalue": _text(exc), "traceback": [line]}
 
     def _show_error(self, error: dict[str, Any]) -> None:
         """An error goes to the cell as it happens, as the kernel shows it: a cell may go on
@@ -324,6 +381,9 @@ def preload_shell() -> WorkerShell:
     config.HistoryManager.enabled = False
     config.HistoryManager.hist_file = ":memory:"
     config.InteractiveShell.cache_size = 0
+    # A task's output goes to a notebook: libraries that choose how to render by looking for
+    # ipykernel's shell module (tqdm.auto's widget bar) choose as they do in a local cell.
+    import ipykernel.zmqshell  # noqa: F401
     shell = WorkerShell.instance(config=config)
     # No frontend is there to answer: the process's stdin is not the notebook's.
     builtins.input = getpass.getpass = _no_input
@@ -393,7 +453,12 @@ def execute(shell: WorkerShell, code: str) -> bool:
     except SyntaxError:
         plain = False
     if not plain:
+        try:
+            shell.displayhook.code = shell.transform_cell(code)
+        except Exception:  # noqa: BLE001 - run_cell reports what the cell's transforms raise
+            shell.displayhook.code = code
         return not shell.run_cell(code, store_history=False, silent=False).success
+    shell.displayhook.code = code
     filename = shell.compile.cache(code, 0, code)
     tree = shell.compile.ast_parse(code, filename=filename)
     shell.events.trigger("pre_execute")
@@ -477,11 +542,12 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
     shell.pipe = pipe
     _streams[:] = [PipeStream(pipe, "stdout"), PipeStream(pipe, "stderr")]
     sys.stdout, sys.stderr = _streams
+    shell.displayhook.shown = NOTHING_SHOWN  # the worker's own warm-up cells showed values
     with shell.compile.labelled(task["name"]):
         failed = execute(shell, task["code"])
     _flush_streams()
     if failed and shell.error is not None:
-        pipe.finish({"result": {"error": shell.error}})
+        pipe.finish({"result": {"error": shell.error, "exit": shell.asked_exit, "payload": shell.payload_manager.read_payload()}})
         return
     final = {k: v for k, v in namespace.items() if k not in hidden and not _SHELL_NAMES.fullmatch(k)}
 
@@ -506,7 +572,25 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
                 pipe.finish({"failed": str(exc)})
                 return
             bound[name] = blob.digest
+        shown = shell.displayhook.shown
+        if shown is not NOTHING_SHOWN and task.get("live"):  # for `_`: only a cell the user runs has one
+            same = next((n for n, v in final.items() if v is shown), None)  # pickled once
+            try:
+                if same in digests and same not in changed.bound:  # an input as it came: its blob
+                    last = digests[same]
+                else:
+                    blob = dump(same or "_", shown)
+                    store.put(blob)
+                    last = blob.digest
+            except UnpicklableValue:
+                last = None
+            except StorageError as exc:
+                pipe.finish({"failed": str(exc)})
+                return
+        else:
+            last = None
     # Files this process verified or wrote: the worker tells the next task, which then maps
     # them without hashing them again.
-    result = {"bound": bound, "deleted": list(changed.deleted), "unpicklable": unpicklable}
+    result = {"bound": bound, "deleted": list(changed.deleted), "unpicklable": unpicklable, "last": last, "exit": shell.asked_exit,
+              "payload": shell.payload_manager.read_payload()}
     pipe.finish({"result": result, "verified": store.newly_verified})
