@@ -8,7 +8,6 @@ construction: cells are only ever copied from the inputs or rebuilt with every r
 
 from __future__ import annotations
 
-import codecs
 import json
 import re
 from dataclasses import dataclass
@@ -49,13 +48,13 @@ class Layout:
 
     A merge writes the result the way ours was saved, so the merge commit changes only the
     lines that changed: Colab saves two-space indents in its own key order with no final
-    newline, and a file may carry a BOM or CRLF line ends.
+    newline, and a file may carry CRLF line ends. Never a BOM, though a side may have one:
+    jupyter_server (nbformat.read) refuses to open a notebook that starts with one.
     """
 
     indent: str = " "
     sort_keys: bool = True
     newline: str = "\n"
-    bom: bool = False
     final_newline: bool = True
 
 
@@ -77,8 +76,7 @@ def layout_of(data: bytes, notebook: Notebook) -> Layout:
 
     return Layout(
         indent=indent.group(1), sort_keys=is_sorted(notebook),
-        newline="\r\n" if "\r\n" in text else "\n", bom=data.startswith(codecs.BOM_UTF8),
-        final_newline=data.endswith(b"\n"),
+        newline="\r\n" if "\r\n" in text else "\n", final_newline=data.endswith(b"\n"),
     )
 
 
@@ -171,7 +169,7 @@ def dumps(notebook: Notebook, layout: Layout = Layout()) -> str:
     text = "".join(out) + ("\n" if layout.final_newline else "")  # strings hold no raw newline: all escaped
     if layout.newline != "\n":
         text = text.replace("\n", layout.newline)
-    return ("\ufeff" if layout.bom else "") + text
+    return text
 
 
 def write(notebook: Notebook, path: str | Path, layout: Layout = Layout()) -> None:
