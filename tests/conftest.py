@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from support import REPO, Kernel, kernel_env
+from engine_support import Notebook
+from support import REPO, Kernel, kernel_env, start_stock_kernel
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -41,3 +44,34 @@ def kernel(link_kernelspec: str):
     k = Kernel()
     yield k
     k.shutdown()
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    """A test module's own working folder (its kernels start there)."""
+    return tmp_path_factory.mktemp(request.module.__name__.removeprefix("test_"))
+
+
+@pytest.fixture(scope="module")
+def link(link_kernelspec: str, home: Path):
+    """A Link Python kernel started in the module's `home`."""
+    k = Kernel(cwd=str(home))
+    yield k
+    k.shutdown()
+
+
+@pytest.fixture(scope="module")
+def stock(link_kernelspec: str, tmp_path_factory: pytest.TempPathFactory):
+    """A stock ipykernel (the `python3` kernelspec), the reference for parity tests."""
+    k = start_stock_kernel(tmp_path_factory.mktemp("stock"))
+    yield k
+    k.shutdown()
+
+
+@pytest.fixture
+def nb(link: Kernel, home: Path, request: pytest.FixtureRequest):
+    """A saved notebook of this test's own, made the kernel's notebook for the test."""
+    name = re.sub(r"\W", "_", request.node.name)
+    notebook = Notebook(link, home / f"{name}.ipynb")
+    yield notebook
+    assert link.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"

@@ -262,3 +262,36 @@ def remote_fixtures(name: str, alias: str, slots: int = 1):
         return Notebook(kernel, tmp_path / f"{name}.ipynb")
 
     return tmp, key_file, worker, kernel, nb
+
+
+def run_behind_another_kernels_task(nb, alias: str, name: str, code: str, tmp_path: Path):
+    """Add component `name` (`code`, on worker `alias`, which has one slot) to `nb` and run it
+    while another kernel's task holds that slot; its task starts once the other lets go.
+    Returns the cell's CellResult."""
+    import threading
+
+    from engine_support import Notebook
+    from linkkernel.remote import registry
+    from support import Kernel
+
+    started, release = tmp_path / "started", tmp_path / "release"
+    other = Kernel()
+    try:
+        busy = Notebook(other, tmp_path / "busy.ipynb")
+        busy.add("hold", f"import os, time\nopen({str(started)!r}, 'w').close()\n"
+                         f"while not os.path.exists({str(release)!r}):\n    time.sleep(0.05)", remote=alias, counted=False).use()
+        holding = threading.Thread(target=busy.run, args=("hold",))
+        holding.start()
+        assert wait_until(started.exists, timeout=30)
+        nb.add(name, code, remote=alias, counted=False).use()
+        outcome = {}
+        waiting = threading.Thread(target=lambda: outcome.update(result=nb.run(name)))
+        waiting.start()
+        assert wait_until(lambda: "1 queued" in registry.ping(alias), timeout=30)
+        release.touch()
+        waiting.join(60)
+        holding.join(60)
+    finally:
+        release.touch()
+        other.shutdown()
+    return outcome["result"]

@@ -15,21 +15,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from engine_support import Notebook
-from support import CellResult, Kernel, component_meta, start_stock_kernel
+from support import CellResult, component_meta, start_stock_kernel
 from test_tracebacks_kernel import assert_clean
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("qa-errors")
-
-
-@pytest.fixture(scope="module")
-def link(link_kernelspec: str, home: Path):
-    k = Kernel(cwd=str(home))
-    yield k
-    k.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +25,6 @@ def stock(link_kernelspec: str, home: Path, tmp_path_factory: pytest.TempPathFac
     assert k.execute(f"import os\nos.chdir({str(home)!r})").status == "ok"
     yield k
     k.shutdown()
-
-
-@pytest.fixture
-def nb(link: Kernel, home: Path, request: pytest.FixtureRequest):
-    """A saved notebook of this test's own, made the kernel's notebook for the test."""
-    name = re.sub(r"\W", "_", request.node.name)
-    notebook = Notebook(link, home / f"{name}.ipynb")
-    yield notebook
-    assert link.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
 
 
 def labels_normalised(text: str) -> str:
@@ -79,7 +57,6 @@ def test_run_of_a_missing_script_shows_ipythons_cause_as_stock_does(link, stock)
         assert result.reply["content"]["ename"] == expected.reply["content"]["ename"] == "Exception"
         assert labels_normalised(result.traceback_text) == labels_normalised(expected.traceback_text)
         assert_clean(result.traceback_text)
-
 
 
 RAISE_FROM = "def fail():\n    raise ValueError('inner')\ndef run():\n    try:\n        fail()\n    except ValueError as e:\n        raise LookupError('outer') from e\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
 
 import pytest
 
@@ -24,6 +25,15 @@ def commit_text(repo: Repo, text: str | bytes, message: str, name: str = "nb.ipy
     (repo.path / name).write_bytes(text.encode() if isinstance(text, str) else text)
     repo.git("add", "-A")
     repo.git("commit", "-q", "-m", message)
+
+
+def merge_saved(repo: Repo, ours: dict, theirs: dict, saved) -> subprocess.CompletedProcess:
+    """Repo.merge_branch for notebooks another tool saved: each side committed as `saved` writes it."""
+    repo.git("checkout", "-q", "-b", "theirs")
+    commit_text(repo, saved(theirs), "theirs")
+    repo.git("checkout", "-q", "main")
+    commit_text(repo, saved(ours), "ours")
+    return repo.git("merge", "theirs", "-m", "merge", check=False)
 
 
 # ---- Google Colab -----------------------------------------------------------------------------
@@ -235,11 +245,7 @@ def test_a_merge_changes_only_the_lines_that_changed_in_the_file_as_its_tool_sav
     ours["cells"][-1]["source"] = ["x = 3"]
     theirs["cells"][-2]["source"] = ["data = 2"]
     theirs["cells"].append(colab_cell(["y = x"], "c3", "component:use", "parent:load"))
-    repo.git("checkout", "-q", "-b", "theirs")
-    commit_text(repo, saved(theirs), "theirs")
-    repo.git("checkout", "-q", "main")
-    commit_text(repo, saved(ours), "ours")
-    done = repo.git("merge", "theirs", "-m", "merge", check=False)
+    done = merge_saved(repo, ours, theirs, saved)
     assert (done.returncode, done.stderr) == (0, ""), done.stdout
     merged = copy.deepcopy(ours)
     merged["cells"][-2]["source"] = ["data = 2"]
@@ -261,11 +267,7 @@ def test_a_colab_cell_moved_and_edited_on_one_side_and_edited_on_the_other_is_on
     moved["source"] = ["df = pd.read_csv('b.csv', sep=';')\n", "df = df.dropna()\n", "df.head()"]
     ours["cells"].append(moved)
     theirs["cells"][1]["source"] = ["df = pd.read_csv('a.csv')\n", "df = df.dropna()\n", "df.tail()"]
-    repo.git("checkout", "-q", "-b", "theirs")
-    commit_text(repo, colab_text(theirs), "theirs")
-    repo.git("checkout", "-q", "main")
-    commit_text(repo, colab_text(ours), "ours")
-    done = repo.git("merge", "theirs", "-m", "merge", check=False)
+    done = merge_saved(repo, ours, theirs, colab_text)
     assert (done.returncode, done.stderr) == (0, ""), done.stdout
     result = repo.read()
     validate(result)

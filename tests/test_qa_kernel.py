@@ -17,28 +17,8 @@ from pathlib import Path
 import pytest
 
 from engine_support import Notebook
-from support import Kernel, component_meta, start_stock_kernel
+from support import Kernel, component_meta
 from test_tracebacks_kernel import assert_clean
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("qa")
-
-
-@pytest.fixture(scope="module")
-def qa_kernel(link_kernelspec: str, home: Path):
-    k = Kernel(cwd=str(home))
-    yield k
-    k.shutdown()
-
-
-@pytest.fixture(scope="module")
-def stock_kernel(link_kernelspec: str, tmp_path_factory: pytest.TempPathFactory):
-    """A stock ipykernel, the reference for everything that is not about components."""
-    k = start_stock_kernel(tmp_path_factory.mktemp("stock"))
-    yield k
-    k.shutdown()
 
 
 def one_line(result) -> str:
@@ -59,18 +39,18 @@ def one_line(result) -> str:
          "cell 1: its metadata is not an object"),
     ],
 )
-def test_a_saved_notebook_that_is_not_a_notebook_stops_only_components(qa_kernel, home, content, problem):
+def test_a_saved_notebook_that_is_not_a_notebook_stops_only_components(link, home, content, problem):
     path = home / "broken.ipynb"
     path.write_text(content)
-    assert qa_kernel.execute(f"%link notebook {path}").status == "ok"
+    assert link.execute(f"%link notebook {path}").status == "ok"
     try:
         # nbclient/papermill send no cellId: the kernel looks the cell up in the saved notebook
-        plain = qa_kernel.execute("print('plain still runs')")
+        plain = link.execute("print('plain still runs')")
         assert (plain.status, plain.stdout) == ("ok", "plain still runs\n")
-        refused = qa_kernel.execute("x = 1", metadata=component_meta("a"), cell_id="qa-a")
+        refused = link.execute("x = 1", metadata=component_meta("a"), cell_id="qa-a")
         assert one_line(refused) == f"LinkError: cannot read the saved notebook {path}: {problem}"
     finally:
-        assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
+        assert link.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
 
 
 def test_a_cache_url_fsspec_does_not_know_keeps_the_kernel_alive(link_kernelspec, home):
@@ -93,38 +73,38 @@ def test_a_cache_url_fsspec_does_not_know_keeps_the_kernel_alive(link_kernelspec
 
 
 @pytest.mark.parametrize("subcommand", ["status", "graph", "outputs", "run", "cache clear", "notebook"])
-def test_help_of_every_engine_subcommand_is_usage_not_an_error(qa_kernel, subcommand):
-    shown = qa_kernel.execute(f"%link {subcommand} --help")
+def test_help_of_every_engine_subcommand_is_usage_not_an_error(link, subcommand):
+    shown = link.execute(f"%link {subcommand} --help")
     assert (shown.status, shown.errors, shown.stderr) == ("ok", [], "")
     assert shown.stdout.startswith(f"usage: %link {subcommand.split()[0]}")
 
 
-def test_bad_engine_arguments_are_one_line(qa_kernel):
-    assert one_line(qa_kernel.execute("%link graph extra")) == (
+def test_bad_engine_arguments_are_one_line(link):
+    assert one_line(link.execute("%link graph extra")) == (
         "LinkError: %link graph: unrecognized arguments: extra (see '%link graph --help')"
     )
-    assert one_line(qa_kernel.execute("%link outputs")) == (
+    assert one_line(link.execute("%link outputs")) == (
         "LinkError: %link outputs: the following arguments are required: name (see '%link outputs --help')"
     )
-    assert one_line(qa_kernel.execute("%link run")) == "LinkError: %link run: give component names or --all"
+    assert one_line(link.execute("%link run")) == "LinkError: %link run: give component names or --all"
 
 
-def test_link_notebook_refuses_a_folder_and_says_when_the_file_is_not_there(qa_kernel, home):
-    before = qa_kernel.execute("%link notebook").stdout
-    assert one_line(qa_kernel.execute(f"%link notebook {home}")) == (
+def test_link_notebook_refuses_a_folder_and_says_when_the_file_is_not_there(link, home):
+    before = link.execute("%link notebook").stdout
+    assert one_line(link.execute(f"%link notebook {home}")) == (
         f"LinkError: %link notebook: {home} is a directory; give the notebook file (NAME.ipynb)"
     )
-    assert qa_kernel.execute("%link notebook").stdout == before, "a refused path changes nothing"
+    assert link.execute("%link notebook").stdout == before, "a refused path changes nothing"
     missing = home / "not-saved-yet.ipynb"
-    shown = qa_kernel.execute(f"%link notebook {missing}").stdout
+    shown = link.execute(f"%link notebook {missing}").stdout
     assert shown.startswith(
         f"notebook: {missing} (does not exist yet: declarations come from executed cells until it is saved)\n"
     )
-    shown = qa_kernel.execute("%link notebook ~/qa-nb.ipynb").stdout
+    shown = link.execute("%link notebook ~/qa-nb.ipynb").stdout
     assert shown.startswith(f"notebook: {Path('~/qa-nb.ipynb').expanduser()} (does not exist yet")
 
 
-def test_errors_name_saved_cells_by_position_and_unsaved_ones_by_id(qa_kernel, home):
+def test_errors_name_saved_cells_by_position_and_unsaved_ones_by_id(link, home):
     path = home / "placed.ipynb"
     cell = {"outputs": [], "execution_count": None}
     path.write_text(json.dumps({"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
@@ -132,35 +112,35 @@ def test_errors_name_saved_cells_by_position_and_unsaved_ones_by_id(qa_kernel, h
         {"cell_type": "code", "id": "s1", "metadata": component_meta("a"), "source": "a = 1", **cell},
         {"cell_type": "code", "id": "s2", "metadata": {}, "source": "", **cell},
     ]}))
-    assert qa_kernel.execute(f"%link notebook {path}").status == "ok"
+    assert link.execute(f"%link notebook {path}").status == "ok"
     try:
         looked_in = f"the cells executed in this kernel and the saved notebook {path}"
-        saved = qa_kernel.execute("print(a)", metadata=component_meta("c", "a", "zz"), cell_id="s2")
+        saved = link.execute("print(a)", metadata=component_meta("c", "a", "zz"), cell_id="s2")
         assert one_line(saved) == (
             f"PipelineError: component 'c' (cell 3 (id s2)) has parent 'zz', which is not declared in {looked_in}"
         )
-        unsaved = qa_kernel.execute("print(a)", metadata=component_meta("d", "a", "zz"), cell_id="new-cell")
+        unsaved = link.execute("print(a)", metadata=component_meta("d", "a", "zz"), cell_id="new-cell")
         assert one_line(unsaved) == (
             f"PipelineError: component 'd' (cell id new-cell) has parent 'zz', which is not declared in {looked_in}"
         )
     finally:
-        assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
+        assert link.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
 
 
-def test_naming_the_same_notebook_again_keeps_unsaved_components_and_memory_only_values(qa_kernel, home):
+def test_naming_the_same_notebook_again_keeps_unsaved_components_and_memory_only_values(link, home):
     path = home / "again.ipynb"
-    assert qa_kernel.execute(f"%link notebook {path}").status == "ok"
+    assert link.execute(f"%link notebook {path}").status == "ok"
     try:
-        made = qa_kernel.execute("import threading\nlock = threading.Lock()", metadata=component_meta("locker"),
+        made = link.execute("import threading\nlock = threading.Lock()", metadata=component_meta("locker"),
                                  cell_id="unsaved-1")
         assert made.status == "ok" and "kept in memory only" in made.stderr
-        assert qa_kernel.execute(f"%link notebook {path}").status == "ok"
-        child = qa_kernel.execute("print(type(lock).__name__)", metadata=component_meta("user", "locker"),
+        assert link.execute(f"%link notebook {path}").status == "ok"
+        child = link.execute("print(type(lock).__name__)", metadata=component_meta("user", "locker"),
                                   cell_id="unsaved-2")
         assert (child.status, child.stdout) == ("ok", "lock\n"), child.traceback_text
-        assert "locker" not in qa_kernel.execute("%link run user").stdout.replace("ran: ", "")
+        assert "locker" not in link.execute("%link run user").stdout.replace("ran: ", "")
     finally:
-        assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
+        assert link.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
 
 
 UPDATING = (
@@ -172,25 +152,25 @@ UPDATING = (
 )
 
 
-def test_stored_outputs_keep_an_updated_display_once_with_its_last_content(qa_kernel):
-    live = qa_kernel.execute(UPDATING, metadata=component_meta("updating"), cell_id="upd-1")
+def test_stored_outputs_keep_an_updated_display_once_with_its_last_content(link):
+    live = link.execute(UPDATING, metadata=component_meta("updating"), cell_id="upd-1")
     assert live.status == "ok"
-    shown = qa_kernel.execute("%link outputs updating")
+    shown = link.execute("%link outputs updating")
     assert [d["data"]["text/plain"] for d in shown.displays] == ["'step 3'", "'done'"]
     # the same when it runs silently (%link run, or as a stale parent)
-    assert qa_kernel.execute("%link run updating --force").stdout == "ran: updating\n"
-    again = qa_kernel.execute("%link outputs updating")
+    assert link.execute("%link run updating --force").stdout == "ran: updating\n"
+    again = link.execute("%link outputs updating")
     assert [d["data"]["text/plain"] for d in again.displays] == ["'step 3'", "'done'"]
 
 
-def test_cache_export_over_an_existing_file_while_the_notebook_is_unsaved(qa_kernel, home):
+def test_cache_export_over_an_existing_file_while_the_notebook_is_unsaved(link, home):
     (home / "old.tar.gz").write_bytes(b"previous archive")
-    assert qa_kernel.execute(f"%link notebook {home / 'unsaved.ipynb'}").status == "ok"
+    assert link.execute(f"%link notebook {home / 'unsaved.ipynb'}").status == "ok"
     try:
-        done = qa_kernel.execute(f"%link cache export {home / 'old.tar.gz'}")
+        done = link.execute(f"%link cache export {home / 'old.tar.gz'}")
         assert (done.status, done.stdout) == ("ok", f"exported 0 components to {home / 'old.tar.gz'}\n")
     finally:
-        assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
+        assert link.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
 
 
 STREAMS = (
@@ -200,28 +180,28 @@ STREAMS = (
 )
 
 
-def test_a_components_streams_are_ipykernels_live_and_silent(qa_kernel, stock_kernel):
+def test_a_components_streams_are_ipykernels_live_and_silent(link, stock):
     # tqdm picks its bar characters, %time its unit (μs) and subprocess its target from these
-    assert stock_kernel.execute(STREAMS).status == "ok"
-    expected = stock_kernel.execute("print(streams)").stdout
-    live = qa_kernel.execute(STREAMS, metadata=component_meta("streams"), cell_id="qa-streams")
+    assert stock.execute(STREAMS).status == "ok"
+    expected = stock.execute("print(streams)").stdout
+    live = link.execute(STREAMS, metadata=component_meta("streams"), cell_id="qa-streams")
     assert live.status == "ok", live.traceback_text
-    assert qa_kernel.execute("print(streams)").stdout == expected
-    silent = qa_kernel.execute("%link run streams --force")
+    assert link.execute("print(streams)").stdout == expected
+    silent = link.execute("%link run streams --force")
     assert silent.stdout == "ran: streams\n", silent.traceback_text
-    assert qa_kernel.execute("print(streams)").stdout == expected
-    assert "through-fileno\n" in qa_kernel.execute("%link outputs streams").stdout
+    assert link.execute("print(streams)").stdout == expected
+    assert "through-fileno\n" in link.execute("%link outputs streams").stdout
 
 
-def test_input_in_a_silent_parent_asks_the_frontend_as_in_a_cell(qa_kernel, stock_kernel, home):
-    nb = Notebook(qa_kernel, home / "asking.ipynb")
+def test_input_in_a_silent_parent_asks_the_frontend_as_in_a_cell(link, stock, home):
+    nb = Notebook(link, home / "asking.ipynb")
     nb.add("root", "n = 1", counted=False).add("asker", "who = input('who? ')", "root", counted=False)
     nb.add("greeter", "print('hi', who)", "asker", counted=False).use()
     try:
         answered = nb.run("greeter", stdin_reply="ada", timeout=20)
         assert (answered.status, answered.stdout) == ("ok", "hi ada\n"), answered.traceback_text
         # a frontend without stdin (nbclient): the parent fails as input() fails in a cell there
-        expected = stock_kernel.execute("who = input('who? ')").reply["content"]
+        expected = stock.execute("who = input('who? ')").reply["content"]
         assert nb.run("root").status == "ok"
         failed = nb.run("greeter")
         assert failed.reply["content"]["ename"] == expected["ename"] == "StdinNotImplementedError"
@@ -229,10 +209,10 @@ def test_input_in_a_silent_parent_asks_the_frontend_as_in_a_cell(qa_kernel, stoc
         assert "hi" not in failed.stdout
         assert_clean(failed.traceback_text)
     finally:
-        assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
+        assert link.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
 
 
-def test_refused_cells_keep_their_place_in_the_input_history(qa_kernel):
+def test_refused_cells_keep_their_place_in_the_input_history(link):
     # as ipykernel keeps a cell that fails: In[n], _i and %history match the numbers shown
     cells = [
         ("raise ValueError('p')", component_meta("h_parent"), "qa-h1"),
@@ -243,62 +223,62 @@ def test_refused_cells_keep_their_place_in_the_input_history(qa_kernel):
     numbered = {}
     try:
         for code, meta, cell_id in cells:
-            result = qa_kernel.execute(code, metadata=meta, cell_id=cell_id)
+            result = link.execute(code, metadata=meta, cell_id=cell_id)
             assert result.status == "error"
             [shown] = [m["content"]["execution_count"] for m in result.messages if m["msg_type"] == "execute_input"]
             assert result.reply["content"]["execution_count"] == shown
             numbered[shown] = code
-        history = qa_kernel.execute(f"print([In[n].rstrip() for n in {list(numbered)}], _i.rstrip())")
+        history = link.execute(f"print([In[n].rstrip() for n in {list(numbered)}], _i.rstrip())")
         assert history.stdout == f"{list(numbered.values())} {cells[-1][0]}\n", history.traceback_text
     finally:
         for _, _, cell_id in cells:
-            qa_kernel.execute("pass", metadata={}, cell_id=cell_id)
+            link.execute("pass", metadata={}, cell_id=cell_id)
 
 
-def test_link_help_answers_the_usual_spellings_and_names_a_subcommand(qa_kernel):
-    listing = qa_kernel.execute("%link help").stdout
+def test_link_help_answers_the_usual_spellings_and_names_a_subcommand(link):
+    listing = link.execute("%link help").stdout
     assert listing.startswith("%link SUBCOMMAND [ARGS]\n")
     for spelling in ("%link", "%link --help", "%link -h"):
-        shown = qa_kernel.execute(spelling)
+        shown = link.execute(spelling)
         assert (shown.status, shown.stdout) == ("ok", listing), shown.traceback_text
     for name in ("run", "cache", "workers"):
-        shown = qa_kernel.execute(f"%link help {name}")
-        assert (shown.status, shown.stdout) == ("ok", qa_kernel.execute(f"%link {name} --help").stdout)
+        shown = link.execute(f"%link help {name}")
+        assert (shown.status, shown.stdout) == ("ok", link.execute(f"%link {name} --help").stdout)
         assert shown.stdout.startswith(f"usage: %link {name}")
-    assert one_line(qa_kernel.execute("%link help nope")) == (
+    assert one_line(link.execute("%link help nope")) == (
         "LinkError: %link help: unknown subcommand 'nope'; try '%link help'"
     )
-    assert one_line(qa_kernel.execute("%link help run status")) == (
+    assert one_line(link.execute("%link help run status")) == (
         "LinkError: %link help: unrecognized arguments: status (usage: %link help [SUBCOMMAND])"
     )
 
 
 @pytest.mark.parametrize("tag", ["Component:train", "COMPONENT:train", " component:train", "Parent:load"])
-def test_a_declaration_tag_in_the_wrong_case_is_refused_not_ignored(qa_kernel, tag):
+def test_a_declaration_tag_in_the_wrong_case_is_refused_not_ignored(link, tag):
     # run as a plain cell, it would look fine while nothing is cached or published as a component
     tags = [tag, "component:train"] if tag.startswith("Parent") else [tag]
     try:
-        assert one_line(qa_kernel.execute("x = 1", metadata={"tags": tags}, cell_id="qa-case")) == (
+        assert one_line(link.execute("x = 1", metadata={"tags": tags}, cell_id="qa-case")) == (
             f"DeclarationError: cell id qa-case: malformed tag {tag!r}: "
             f"write {tag.strip().partition(':')[0].lower() + ':' + tag.partition(':')[2]!r}"
         )
     finally:
-        qa_kernel.execute("pass", metadata={}, cell_id="qa-case")
+        link.execute("pass", metadata={}, cell_id="qa-case")
 
 
 CHAINED = "try:\n    1/0\nexcept ZeroDivisionError as e:\n    raise KeyError('k') from e"
 
 
 @pytest.mark.parametrize("metadata", [{}, component_meta("docs_chain")], ids=["cell", "component"])
-def test_a_chained_error_in_xmode_docs_shows_the_users_chain_not_ipythons_crash(qa_kernel, metadata):
+def test_a_chained_error_in_xmode_docs_shows_the_users_chain_not_ipythons_crash(link, metadata):
     # IPython 9's Docs formatter asserts on chains; stock Jupyter then prints a raw
     # traceback of IPython's own frames and the kernel's temporary files
-    assert qa_kernel.execute("%xmode Docs").status == "ok"
+    assert link.execute("%xmode Docs").status == "ok"
     try:
-        result = qa_kernel.execute(CHAINED, metadata=metadata, cell_id="qa-docs")
+        result = link.execute(CHAINED, metadata=metadata, cell_id="qa-docs")
     finally:
-        qa_kernel.execute("%xmode Context")
-        qa_kernel.execute("pass", metadata={}, cell_id="qa-docs")
+        link.execute("%xmode Context")
+        link.execute("pass", metadata={}, cell_id="qa-docs")
     assert (result.reply["content"]["ename"], result.reply["content"]["evalue"]) == ("KeyError", "'k'")
     assert len(result.errors) == 1
     text = result.traceback_text
@@ -310,54 +290,54 @@ def test_a_chained_error_in_xmode_docs_shows_the_users_chain_not_ipythons_crash(
 
 
 @pytest.mark.parametrize("name", ["données", " train", "train "])
-def test_a_name_outside_the_allowed_characters_says_which_are_allowed(qa_kernel, name):
+def test_a_name_outside_the_allowed_characters_says_which_are_allowed(link, name):
     try:
-        assert one_line(qa_kernel.execute("x = 1", metadata={"tags": [f"component:{name}"]}, cell_id="qa-name")) == (
+        assert one_line(link.execute("x = 1", metadata={"tags": [f"component:{name}"]}, cell_id="qa-name")) == (
             f"DeclarationError: cell id qa-name: malformed tag 'component:{name}': {name!r} is not a valid name "
             "(ASCII letters, digits, '_', '.', '-', not starting with a digit)"
         )
     finally:
-        qa_kernel.execute("pass", metadata={}, cell_id="qa-name")
+        link.execute("pass", metadata={}, cell_id="qa-name")
 
 
-def test_link_outputs_of_a_name_no_cell_declares_says_so(qa_kernel):
-    assert one_line(qa_kernel.execute("%link outputs trian")).startswith(
+def test_link_outputs_of_a_name_no_cell_declares_says_so(link):
+    assert one_line(link.execute("%link outputs trian")).startswith(
         "LinkError: %link outputs: no component named 'trian' in the cells executed in this kernel"
     )
     try:  # declared but refused before it ran (its parent is missing)
-        declared = qa_kernel.execute("x = 1", metadata=component_meta("unrun", "qa_missing"), cell_id="qa-unrun")
+        declared = link.execute("x = 1", metadata=component_meta("unrun", "qa_missing"), cell_id="qa-unrun")
         assert declared.status == "error"
-        assert one_line(qa_kernel.execute("%link outputs unrun")) == (
+        assert one_line(link.execute("%link outputs unrun")) == (
             "LinkError: %link outputs: component 'unrun' has no stored outputs (it has not run)"
         )
     finally:
-        qa_kernel.execute("pass", metadata={}, cell_id="qa-unrun")
+        link.execute("pass", metadata={}, cell_id="qa-unrun")
 
 
-def test_a_parents_function_sees_the_childs_globals_as_in_one_namespace(qa_kernel, home):
+def test_a_parents_function_sees_the_childs_globals_as_in_one_namespace(link, home):
     # SPEC §3: "as if the ancestors had run in one clean namespace"; in one namespace,
     # `scale` rebound by the child is what `scaled` and `Scaler.apply` read, and the `scale`
     # the user rebinds in a plain cell afterwards is what the notebook's `scaled` and
     # `Scaler.apply` read (the class is one object, loaded into the child and the notebook)
-    nb = Notebook(qa_kernel, home / "globals.ipynb")
+    nb = Notebook(link, home / "globals.ipynb")
     helpers = "scale = 1\ndef scaled(v):\n    return v * scale\nclass Scaler:\n    def apply(self, v):\n        return scaled(v) + scale"
     nb.add("helpers", helpers, counted=False)
     nb.add("caller", "scale = 10\nprint(scaled(2), Scaler().apply(1))", "helpers", counted=False).use()
     try:
         assert nb.run("caller").stdout == "20 20\n"
-        plain = qa_kernel.execute("scale = 3\nprint(scaled(2), Scaler().apply(1))", metadata={}, cell_id="qa-globals")
+        plain = link.execute("scale = 3\nprint(scaled(2), Scaler().apply(1))", metadata={}, cell_id="qa-globals")
         assert plain.stdout == "6 6\n", plain.traceback_text
     finally:
-        assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
+        assert link.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
 
 
 
-def test_a_parents_cached_and_single_dispatch_functions_are_kept_and_see_the_childs_globals(qa_kernel, home):
+def test_a_parents_cached_and_single_dispatch_functions_are_kept_and_see_the_childs_globals(link, home):
     # functools.lru_cache/cache wrappers pickle by reference to `__main__.NAME`, which a
     # component's namespace is not, and singledispatch ones hold a weak dictionary: they
     # were kept in memory only, with a warning, and read
     # the parent's globals in the child; in one namespace the child's `scale` is read
-    nb = Notebook(qa_kernel, home / "lru.ipynb")
+    nb = Notebook(link, home / "lru.ipynb")
     helpers = ("import functools\nscale = 1\n@functools.lru_cache(maxsize=8)\ndef cached(v):\n    return v * scale\n"
                "@functools.cache\ndef unbounded(v):\n    return v + scale\n"
                "@functools.singledispatch\ndef shown(v):\n    return v * scale\n"
@@ -371,7 +351,7 @@ def test_a_parents_cached_and_single_dispatch_functions_are_kept_and_see_the_chi
         child = nb.run("lru_caller")
         assert (child.stdout, child.stderr) == ("20 12 {'maxsize': 8, 'typed': False} 20 a10\n", ""), child.traceback_text
     finally:
-        assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
+        assert link.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
 
 
 
@@ -383,16 +363,16 @@ with concurrent.futures.ProcessPoolExecutor(1) as pool:
     print(list(pool.map(double, [1, 2])))"""
 
 
-def test_a_components_function_pickles_by_name_as_in_a_cell(qa_kernel, stock_kernel):
+def test_a_components_function_pickles_by_name_as_in_a_cell(link, stock):
     # pickle (multiprocessing, concurrent.futures) finds a function by name in
     # sys.modules['__main__'], which ipykernel makes the user namespace's module; in a
     # component it stayed the notebook's, which has no (or another) `double`
-    expected = stock_kernel.execute(PICKLES_BY_NAME)
+    expected = stock.execute(PICKLES_BY_NAME)
     assert (expected.status, expected.stdout) == ("ok", "6\n[2, 4]\n"), expected.traceback_text
-    assert qa_kernel.execute("def double(v):\n    return -v", metadata={}, cell_id="qa-pickle-cell").status == "ok"
-    result = qa_kernel.execute(PICKLES_BY_NAME, metadata=component_meta("pickles_by_name"), cell_id="qa-pickle")
+    assert link.execute("def double(v):\n    return -v", metadata={}, cell_id="qa-pickle-cell").status == "ok"
+    result = link.execute(PICKLES_BY_NAME, metadata=component_meta("pickles_by_name"), cell_id="qa-pickle")
     assert (result.status, result.stdout) == ("ok", expected.stdout), result.traceback_text
-    after = qa_kernel.execute("import sys\nprint(sys.modules['__main__'] is get_ipython().user_module)", metadata={})
+    after = link.execute("import sys\nprint(sys.modules['__main__'] is get_ipython().user_module)", metadata={})
     assert after.stdout == "True\n", after.traceback_text
 
 
@@ -400,10 +380,10 @@ DEL_RAISES = "class D:\n    def __del__(self):\n        raise ValueError('in del
 
 
 @pytest.mark.parametrize("metadata", [{}, component_meta("finalizer")], ids=["cell", "component"])
-def test_an_error_in_a_finalizer_shows_the_users_frame_not_a_temp_file(qa_kernel, metadata):
+def test_an_error_in_a_finalizer_shows_the_users_frame_not_a_temp_file(link, metadata):
     # Python's default hook names the kernel's /tmp/ipykernel_* file, as for thread errors
-    result = qa_kernel.execute(DEL_RAISES, metadata=metadata, cell_id="qa-del")
-    qa_kernel.execute("pass", metadata={}, cell_id="qa-del")
+    result = link.execute(DEL_RAISES, metadata=metadata, cell_id="qa-del")
+    link.execute("pass", metadata={}, cell_id="qa-del")
     assert (result.status, result.stdout) == ("ok", "after\n")
     text = re.sub(r"\x1b\[[0-9;]*m", "", result.stderr)
     assert re.match(r"Exception ignored in: <function D.__del__ at 0x[0-9a-f]+>\n", text), text
@@ -413,14 +393,14 @@ def test_an_error_in_a_finalizer_shows_the_users_frame_not_a_temp_file(qa_kernel
     assert_clean(text)
 
 
-def test_a_component_cell_moved_by_cut_and_paste_is_found_once_saved(qa_kernel, home):
+def test_a_component_cell_moved_by_cut_and_paste_is_found_once_saved(link, home):
     # JupyterLab 4 keeps a code cell's id through cut and paste, and reports the cut in
     # deletedCells with the next request: the saved notebook then still holds the cell
-    nb = Notebook(qa_kernel, home / "moved.ipynb")
+    nb = Notebook(link, home / "moved.ipynb")
     nb.add("origin", "v = 1", counted=False).add("user", "print(v + 1)", "origin", counted=False).use()
     try:
         assert nb.run("user").stdout == "2\n"
-        cut = qa_kernel.execute("pass", metadata={"deletedCells": ["id-origin"]}, cell_id="qa-elsewhere")
+        cut = link.execute("pass", metadata={"deletedCells": ["id-origin"]}, cell_id="qa-elsewhere")
         assert cut.status == "ok"
         saved_after = time.time()
         nb.cells = {"user": nb.cells["user"], "origin": nb.cells["origin"]}  # pasted below its child
@@ -429,7 +409,7 @@ def test_a_component_cell_moved_by_cut_and_paste_is_found_once_saved(qa_kernel, 
         moved = nb.run("user")
         assert (moved.status, moved.stdout) == ("ok", "2\n"), moved.traceback_text
     finally:
-        assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
+        assert link.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
 
 
 # matplotlib's inline backend in miniature: plotting leaves a figure open, and a
@@ -442,20 +422,20 @@ INLINE_BACKEND = (
 )
 
 
-def test_a_figure_drawn_by_a_silent_parent_is_its_output_not_the_childs(qa_kernel, home):
-    assert qa_kernel.execute(INLINE_BACKEND).status == "ok"
-    nb = Notebook(qa_kernel, home / "figures.ipynb")
+def test_a_figure_drawn_by_a_silent_parent_is_its_output_not_the_childs(link, home):
+    assert link.execute(INLINE_BACKEND).status == "ok"
+    nb = Notebook(link, home / "figures.ipynb")
     nb.add("plotter", "import qa_figures\nqa_figures.open.append('figure of plotter')", counted=False)
     nb.add("after_plot", "print('child')", "plotter", counted=False).use()
     try:
         child = nb.run("after_plot")
         assert child.stdout == "child\n", child.traceback_text
         assert [d["data"] for d in child.displays if d["data"].get("text/plain", "").startswith("'figure")] == []
-        kept = qa_kernel.execute("%link outputs plotter")
+        kept = link.execute("%link outputs plotter")
         assert [d["data"]["text/plain"] for d in kept.displays] == ["'figure of plotter'"]
     finally:
-        qa_kernel.execute("get_ipython().events.unregister('post_execute', flush_figures)")
-        assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
+        link.execute("get_ipython().events.unregister('post_execute', flush_figures)")
+        assert link.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
 
 
 @pytest.mark.parametrize(
@@ -467,26 +447,26 @@ def test_a_figure_drawn_by_a_silent_parent_is_its_output_not_the_childs(qa_kerne
     ],
     ids=["progress", "wait-last", "now"],
 )
-def test_clear_output_in_a_component_keeps_what_jupyter_would_show(qa_kernel, code, kept):
+def test_clear_output_in_a_component_keeps_what_jupyter_would_show(link, code, kept):
     code = "from IPython.display import clear_output\n" + code
-    live = qa_kernel.execute(code, metadata=component_meta("clearing"), cell_id="qa-clearing")
+    live = link.execute(code, metadata=component_meta("clearing"), cell_id="qa-clearing")
     assert live.status == "ok", live.traceback_text
-    assert qa_kernel.execute("%link outputs clearing").stdout == kept
-    assert qa_kernel.execute("%link run clearing --force").stdout == "ran: clearing\n"
-    assert qa_kernel.execute("%link outputs clearing").stdout == kept
+    assert link.execute("%link outputs clearing").stdout == kept
+    assert link.execute("%link run clearing --force").stdout == "ran: clearing\n"
+    assert link.execute("%link outputs clearing").stdout == kept
 
 
-def test_cells_with_the_same_code_run_as_their_own_components_without_cell_ids(qa_kernel, home):
+def test_cells_with_the_same_code_run_as_their_own_components_without_cell_ids(link, home):
     # nbclient and papermill send neither metadata nor cellId: cells are found by their code
-    nb = Notebook(qa_kernel, home / "twins.ipynb")
+    nb = Notebook(link, home / "twins.ipynb")
     nb.add("load_a", "data = [1, 2]", counted=False).add("load_b", "data = [3, 4]", counted=False)
     nb.add("stats_a", "print(sum(data))", "load_a", counted=False)
     nb.add("stats_b", "print(sum(data))", "load_b", counted=False).use()
     try:
         for _ in range(2):  # a second run of the whole notebook, as papermill re-running it
-            shown = [qa_kernel.execute(cell["source"]).stdout for cell in nb.cells.values()]
+            shown = [link.execute(cell["source"]).stdout for cell in nb.cells.values()]
             assert shown == ["", "", "3\n", "7\n"]
-        status = qa_kernel.execute("%link status").stdout
+        status = link.execute("%link status").stdout
         assert "stats_b  load_b   fresh" in status, status
     finally:
-        assert qa_kernel.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
+        assert link.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"

@@ -15,8 +15,8 @@ import pytest
 
 from engine_support import Notebook
 from linkkernel.remote import registry
-from remote_support import WorkerProcess, cli, closed_port, one_line_error, remote_fixtures, wait_until
-from support import Kernel, kernel_env
+from remote_support import WorkerProcess, cli, closed_port, one_line_error, remote_fixtures, run_behind_another_kernels_task, wait_until
+from support import kernel_env
 
 
 def plain(text: str) -> str:
@@ -188,31 +188,7 @@ def test_worker_preload_of_a_module_that_fails_on_import_is_one_line(tmp, key_fi
 def test_a_cell_waiting_behind_another_kernels_task_says_so_until_it_starts(nb, worker, tmp_path) -> None:
     """With the worker's one slot taken by another kernel, the cell showed nothing at all
     while it waited, as if it hung."""
-    import threading
-
-    started, release = tmp_path / "started", tmp_path / "release"
-    other = Kernel()
-    try:
-        busy = Notebook(other, tmp_path / "other.ipynb")
-        busy.add("hold", f"import os, time\nopen({str(started)!r}, 'w').close()\n"
-                         f"while not os.path.exists({str(release)!r}):\n    time.sleep(0.05)", remote="qa3", counted=False)
-        busy.use()
-        holding = threading.Thread(target=busy.run, args=("hold",))
-        holding.start()
-        assert wait_until(started.exists, timeout=30)
-        nb.add("behind", "print('ran')", remote="qa3", counted=False)
-        nb.use()
-        outcome = {}
-        waiting = threading.Thread(target=lambda: outcome.update(result=nb.run("behind")))
-        waiting.start()
-        assert wait_until(lambda: "1 queued" in registry.ping("qa3"), timeout=30)
-        release.touch()
-        waiting.join(60)
-        holding.join(60)
-    finally:
-        release.touch()
-        other.shutdown()
-    result = outcome["result"]
+    result = run_behind_another_kernels_task(nb, "qa3", "behind", "print('ran')", tmp_path)
     assert result.status == "ok" and result.stdout == "ran\n", result.traceback_text
     shown = [m for m in result.messages if m["msg_type"] in ("display_data", "update_display_data", "clear_output")]
     # The first thing the cell shows, the line goes with clear_output (qa-remote4: an emptied

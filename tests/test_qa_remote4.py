@@ -6,15 +6,12 @@ usage line."""
 from __future__ import annotations
 
 import re
-import threading
 
 import pytest
 
-from engine_support import Notebook
 from linkkernel.remote.executor import OutputLog
-from linkkernel.remote import registry
-from remote_support import remote_fixtures, wait_until
-from support import CellResult, Kernel
+from remote_support import remote_fixtures, run_behind_another_kernels_task
+from support import CellResult
 
 tmp, key_file, worker, kernel, nb = remote_fixtures("qa-remote4", "qa4")
 
@@ -88,27 +85,7 @@ def test_an_unknown_magic_in_a_remote_component_reads_as_in_a_local_one(nb) -> N
 def test_waiting_for_a_busy_worker_leaves_nothing_in_the_saved_notebook(link_kernelspec, worker, nb, tmp_path) -> None:
     """Another kernel holds the worker's one slot: the cell says it waits, then keeps only
     what the component printed (the emptied line stayed as an empty display_data)."""
-    started, release = tmp_path / "started", tmp_path / "release"
-    other = Kernel()
-    try:
-        busy = Notebook(other, tmp_path / "busy.ipynb")
-        busy.add("hold", f"import os, time\nopen({str(started)!r}, 'w').close()\n"
-                         f"while not os.path.exists({str(release)!r}):\n    time.sleep(0.05)", remote="qa4", counted=False).use()
-        holding = threading.Thread(target=busy.run, args=("hold",))
-        holding.start()
-        assert wait_until(started.exists, timeout=30)
-        nb.add("waits", "print('done')", remote="qa4", counted=False).use()
-        outcome = {}
-        waiting = threading.Thread(target=lambda: outcome.update(result=nb.run("waits")))
-        waiting.start()
-        assert wait_until(lambda: "1 queued" in registry.ping("qa4"), timeout=30)
-        release.touch()
-        waiting.join(60)
-        holding.join(60)
-    finally:
-        release.touch()
-        other.shutdown()
-    shown = outcome["result"]
+    shown = run_behind_another_kernels_task(nb, "qa4", "waits", "print('done')", tmp_path)
     assert shown.status == "ok", shown.traceback_text
     assert any("waiting for worker" in d["data"].get("text/plain", "") for d in shown.of_type("display_data")), shown.messages
     assert saved_outputs(shown) == [{"output_type": "stream", "name": "stdout", "text": "done\n"}]

@@ -7,41 +7,12 @@ is the reference, the same cell in a stock `python3` kernel. Kernels are shared 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
 from engine_support import Notebook
-from support import Kernel, start_stock_kernel
+from support import Kernel
 from test_tracebacks_kernel import assert_clean
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("qa-run")
-
-
-@pytest.fixture(scope="module")
-def link(link_kernelspec: str, home: Path):
-    k = Kernel(cwd=str(home))
-    yield k
-    k.shutdown()
-
-
-@pytest.fixture(scope="module")
-def stock(link_kernelspec: str, tmp_path_factory: pytest.TempPathFactory):
-    k = start_stock_kernel(tmp_path_factory.mktemp("stock"))
-    yield k
-    k.shutdown()
-
-
-@pytest.fixture
-def nb(link: Kernel, home: Path, request: pytest.FixtureRequest):
-    """A saved notebook of this test's own, made the kernel's notebook for the test."""
-    name = re.sub(r"\W", "_", request.node.name)
-    notebook = Notebook(link, home / f"{name}.ipynb")
-    yield notebook
-    assert link.execute(f"%link notebook {home / 'none.ipynb'}").status == "ok"
 
 
 LINES = 100_000
@@ -187,7 +158,6 @@ def test_a_cached_value_whose_class_no_longer_loads_runs_its_maker_again_then_st
     )
     assert (result.status, result.stdout) == ("ok", "2\n")
     assert "kept made" in nb.kernel.execute("%link outputs keeping").stdout
-
 
 
 def test_a_parents_object_a_child_makes_unpicklable_is_still_its_output(nb):

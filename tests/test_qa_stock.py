@@ -15,7 +15,7 @@ import pytest
 
 from engine_support import Notebook
 from remote_support import remote_fixtures
-from support import Kernel, component_meta, start_stock_kernel
+from support import Kernel, component_meta
 
 # `kernel` here is a Link Python kernel with worker `qs1` registered.
 tmp, key_file, worker, kernel, nb = remote_fixtures("qa-stock", "qs1")
@@ -34,20 +34,6 @@ class Figure:
 from IPython.display import display
 display(Figure())
 """
-
-
-@pytest.fixture(scope="module")
-def ours(link_kernelspec: str, tmp_path_factory: pytest.TempPathFactory):
-    k = Kernel(cwd=str(tmp_path_factory.mktemp("qa-stock")))
-    yield k
-    k.shutdown()
-
-
-@pytest.fixture(scope="module")
-def stock(link_kernelspec: str, tmp_path_factory: pytest.TempPathFactory):
-    k = start_stock_kernel(tmp_path_factory.mktemp("stock"))
-    yield k
-    k.shutdown()
 
 
 def kept(kernel: Kernel, name: str) -> list[dict]:
@@ -80,45 +66,45 @@ total
     ["total = 40\ntotal + 2", "total = 40\ntotal + 2;", "41 + 1\ntotal = 0", MIMEBUNDLE],
     ids=["value", "semicolon", "not-last", "mimebundle"],
 )
-def test_a_silent_run_keeps_the_value_of_the_last_expression_as_the_cell_shows_it(ours, stock, code):
+def test_a_silent_run_keeps_the_value_of_the_last_expression_as_the_cell_shows_it(link, stock, code):
     def with_metadata(result) -> list[tuple[dict, dict]]:
         assert result.status == "ok", result.traceback_text
         return [(d["data"], d["metadata"]) for d in result.displays]
 
     expected = with_metadata(stock.execute(code))
-    live = ours.execute(code, metadata=component_meta("valued"), cell_id="qs-valued")
+    live = link.execute(code, metadata=component_meta("valued"), cell_id="qs-valued")
     assert with_metadata(live) == expected
-    assert with_metadata(ours.execute("%link outputs valued")) == expected
-    before = ours.execute("print(len(Out), repr(_))").stdout
-    assert ours.execute("%link run valued --force").stdout == "ran: valued\n"
-    assert with_metadata(ours.execute("%link outputs valued")) == expected
+    assert with_metadata(link.execute("%link outputs valued")) == expected
+    before = link.execute("print(len(Out), repr(_))").stdout
+    assert link.execute("%link run valued --force").stdout == "ran: valued\n"
+    assert with_metadata(link.execute("%link outputs valued")) == expected
     # Run silently, the value is the component's output only: not the notebook's Out or _.
-    assert ours.execute("print(len(Out), repr(_))").stdout == before
+    assert link.execute("print(len(Out), repr(_))").stdout == before
 
 
-def test_a_parent_run_as_an_ancestor_keeps_its_value_and_leaves_out_alone(ours, stock, tmp_path):
+def test_a_parent_run_as_an_ancestor_keeps_its_value_and_leaves_out_alone(link, stock, tmp_path):
     expected = shown(stock.execute("6 * 7"))
-    nb = Notebook(ours, tmp_path / "ancestor.ipynb")
+    nb = Notebook(link, tmp_path / "ancestor.ipynb")
     nb.add("answer", "6 * 7", counted=False)
     nb.add("asker", "print('asked')", "answer", counted=False).use()
     try:
-        count = ours.execute("pass").reply["content"]["execution_count"]
+        count = link.execute("pass").reply["content"]["execution_count"]
         child = nb.run("asker")
         assert child.stdout == "asked\n" and child.of_type("execute_result") == []
         assert child.reply["content"]["execution_count"] == count + 1  # one number per request, as in stock
-        assert child.reply["content"]["execution_count"] not in eval(ours.execute("print(list(Out))").stdout)
-        assert kept(ours, "answer") == expected
+        assert child.reply["content"]["execution_count"] not in eval(link.execute("print(list(Out))").stdout)
+        assert kept(link, "answer") == expected
     finally:
-        assert ours.execute(f"%link notebook {tmp_path / 'none.ipynb'}").status == "ok"
+        assert link.execute(f"%link notebook {tmp_path / 'none.ipynb'}").status == "ok"
 
 
-def test_history_names_after_component_cells_are_stock_ones(ours, stock):
+def test_history_names_after_component_cells_are_stock_ones(link, stock):
     cells = [("h1", "1"), ("h2", "2"), ("h3", "3")]
     for name, code in cells:
         assert stock.execute(code).status == "ok"
-        assert ours.execute(code, metadata=component_meta(name), cell_id=f"qs-{name}").status == "ok"
+        assert link.execute(code, metadata=component_meta(name), cell_id=f"qs-{name}").status == "ok"
     check = "print(_, __, ___)"
-    assert ours.execute(check).stdout == stock.execute(check).stdout == "3 2 1\n"
+    assert link.execute(check).stdout == stock.execute(check).stdout == "3 2 1\n"
 
 
 @pytest.mark.parametrize("live", [True, False], ids=["live", "silent-parent"])
@@ -142,11 +128,11 @@ def test_a_components_figure_is_kept_across_a_restart(link_kernelspec, tmp_path,
         kernel.shutdown()
 
 
-def test_display_data_no_message_can_carry_is_the_users_error_as_in_stock(ours, stock):
+def test_display_data_no_message_can_carry_is_the_users_error_as_in_stock(link, stock):
     code = "from IPython.display import publish_display_data\npublish_display_data({'text/plain': object()})"
     expected = stock.execute(code).reply["content"]
-    live = ours.execute(code, metadata=component_meta("unsendable"), cell_id="qs-unsendable")
-    silent = ours.execute("%link run unsendable --force")
+    live = link.execute(code, metadata=component_meta("unsendable"), cell_id="qs-unsendable")
+    silent = link.execute("%link run unsendable --force")
     for result in (live, silent):
         content = result.reply["content"]
         assert content["ename"] == expected["ename"] == "ValueError"
@@ -163,19 +149,19 @@ def test_a_remote_components_figure_reaches_the_cell_and_its_kept_outputs(kernel
     assert [d.get("image/png") for d in kept(kernel, "remote_plot")] == [expected]
 
 
-def test_link_run_of_a_component_that_awaits_is_one_line_and_runs_nothing(ours):
+def test_link_run_of_a_component_that_awaits_is_one_line_and_runs_nothing(link):
     code = "import asyncio\nawait asyncio.sleep(0)\nawaited = 5\nawaited * 2"
-    live = ours.execute(code, metadata=component_meta("awaiting"), cell_id="qs-awaiting")
+    live = link.execute(code, metadata=component_meta("awaiting"), cell_id="qs-awaiting")
     assert shown(live) == [{"text/plain": "10"}]
-    before = ours.execute("%link status").stdout
-    refused = ours.execute("%link run awaiting --force")
+    before = link.execute("%link status").stdout
+    refused = link.execute("%link run awaiting --force")
     assert refused.status == "error"
     assert refused.traceback_text.splitlines() == [
         "LinkError: %link run: component 'awaiting' uses top-level await, which cannot run inside "
         "another cell's code; execute its cell (or a child's) to run it"
     ]
-    assert ours.execute("%link status").stdout == before
-    again = ours.execute(code, metadata=component_meta("awaiting"), cell_id="qs-awaiting")
+    assert link.execute("%link status").stdout == before
+    again = link.execute(code, metadata=component_meta("awaiting"), cell_id="qs-awaiting")
     assert shown(again) == [{"text/plain": "10"}]
 
 
@@ -188,29 +174,29 @@ def test_link_run_of_a_component_that_awaits_is_one_line_and_runs_nothing(ours):
     ],
     ids=["run-script", "formatter"],
 )
-def test_an_error_a_cell_shows_and_goes_on_after_is_kept_in_its_outputs(ours, stock, code, tmp_path):
+def test_an_error_a_cell_shows_and_goes_on_after_is_kept_in_its_outputs(link, stock, code, tmp_path):
     script = tmp_path / "failing.py"
     script.write_text("raise ValueError('script failed')")
     code = code.format(script=script)
     expected = stock.execute(code)
     assert expected.status == "ok" and expected.stdout == "after\n"
     (error,) = expected.errors
-    live = ours.execute(code, metadata=component_meta("goes_on"), cell_id="qs-goes-on")
+    live = link.execute(code, metadata=component_meta("goes_on"), cell_id="qs-goes-on")
     assert live.status == "ok" and [(e["ename"], e["evalue"]) for e in live.errors] == [(error["ename"], error["evalue"])]
     for run in ("live", "silent"):
         if run == "silent":
-            assert ours.execute("%link run goes_on --force").stdout == "ran: goes_on\n"
-        again = ours.execute("%link outputs goes_on")  # a kept error is shown as its traceback's text
+            assert link.execute("%link run goes_on --force").stdout == "ran: goes_on\n"
+        again = link.execute("%link outputs goes_on")  # a kept error is shown as its traceback's text
         assert plain(again.stderr).rstrip().endswith(f"{error['ename']}: {error['evalue']}"), run
         names = [m["content"]["name"] for m in again.messages if m["msg_type"] == "stream"]
         assert [n for i, n in enumerate(names) if i == 0 or names[i - 1] != n] == ["stderr", "stdout"]
         assert again.stdout == "after\n"
 
 
-def test_a_failed_components_outputs_hold_its_error_once(ours):
-    failed = ours.execute("print('before')\n1/0", metadata=component_meta("fails_once"), cell_id="qs-fails-once")
+def test_a_failed_components_outputs_hold_its_error_once(link):
+    failed = link.execute("print('before')\n1/0", metadata=component_meta("fails_once"), cell_id="qs-fails-once")
     assert failed.status == "error"
-    again = ours.execute("%link outputs fails_once")
+    again = link.execute("%link outputs fails_once")
     assert again.stdout == "before\n"
     assert plain(again.stderr).count("ZeroDivisionError: division by zero") == 1
 
@@ -226,18 +212,18 @@ def reply_with_expressions(kernel: Kernel, code: str, expressions: dict[str, str
             return reply["content"]
 
 
-def test_user_expressions_of_a_component_cell_see_the_notebook_as_after_a_cell(ours, stock):
-    for kernel in (ours, stock):
+def test_user_expressions_of_a_component_cell_see_the_notebook_as_after_a_cell(link, stock):
+    for kernel in (link, stock):
         assert kernel.execute("in_notebook = 1").status == "ok"
     expressions = {"mine": "made_here * 10", "notebook": "in_notebook + made_here"}
     expected = reply_with_expressions(stock, "made_here = 2", expressions)["user_expressions"]
     assert {k: v["status"] for k, v in expected.items()} == {"mine": "ok", "notebook": "ok"}
-    reply = reply_with_expressions(ours, "made_here = 2", expressions, dict(component_meta("expressed"), cellId="qs-expressed"))
+    reply = reply_with_expressions(link, "made_here = 2", expressions, dict(component_meta("expressed"), cellId="qs-expressed"))
     assert reply["status"] == "ok"
     assert reply["user_expressions"] == expected
 
 
-def test_a_silent_run_keeps_subprocess_output_in_its_place(ours, stock):
+def test_a_silent_run_keeps_subprocess_output_in_its_place(link, stock):
     code = (
         "import os, subprocess\nprint('python 1')\nos.system('echo shell 1')\n"
         "display('shown')\nsubprocess.run(['echo', 'shell 2'])\nprint('python 2')\nos.system('echo shell 3')"
@@ -245,10 +231,10 @@ def test_a_silent_run_keeps_subprocess_output_in_its_place(ours, stock):
     # Stock ipykernel reads descriptor output on a thread of its own: in a cell, its place
     # among the printed lines depends on timing. Kept, it is where it was written.
     pieces = ["python 1", "shell 1", "shell 2", "python 2", "shell 3"]
-    for result in (stock.execute(code), ours.execute(code, metadata=component_meta("ordered"), cell_id="qs-ordered")):
+    for result in (stock.execute(code), link.execute(code, metadata=component_meta("ordered"), cell_id="qs-ordered")):
         assert result.status == "ok" and all(piece in result.stdout for piece in pieces), result.stdout
-    assert ours.execute("%link run ordered --force").stdout == "ran: ordered\n"
-    again = ours.execute("%link outputs ordered")
+    assert link.execute("%link run ordered --force").stdout == "ran: ordered\n"
+    again = link.execute("%link outputs ordered")
     kinds = [(m["msg_type"], m["content"].get("text") or m["content"]["data"]["text/plain"]) for m in again.messages if m["msg_type"] in ("stream", "display_data")]
     assert kinds == [
         ("stream", "python 1\nshell 1\n"), ("display_data", "'shown'"), ("stream", "shell 2\npython 2\nshell 3\n"), ("display_data", "0"),

@@ -17,11 +17,6 @@ from support import Kernel
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("qa-values")
-
-
-@pytest.fixture(scope="module")
 def link(link_kernelspec: str, home: Path):
     k = Kernel(cwd=str(home), LINKKERNEL_CACHE=f"file://{home / 'cache'}")
     yield k
