@@ -145,14 +145,9 @@ class Outputs:
             self._clear_next = False
 
     def shows_error(self, error: dict[str, Any]) -> bool:
-        """Whether an error output shows `error` (a reply's) already: the same exception, or
-        the same traceback (ipykernel names a display formatter's error 'NoneType' in its reply)."""
+        """Whether an error output shows `error` (a reply's) already (see `shows_error`)."""
         with self._lock:
-            return any(
-                o["output_type"] == "error"
-                and ((o["ename"], o["evalue"]) == (error.get("ename"), error.get("evalue")) or o["traceback"] == error.get("traceback", []) != [])
-                for o in self._items
-            )
+            return shows_error(self._items, error)
 
     def error(self, ename: str, evalue: str, traceback: list[str]) -> None:
         with self._lock:
@@ -160,6 +155,17 @@ class Outputs:
             self._clear_if_pending()
             self._join_tail()
             self._items.append({"output_type": "error", "ename": ename, "evalue": evalue, "traceback": list(traceback)})
+
+
+def shows_error(outputs: list[dict[str, Any]], error: dict[str, Any]) -> bool:
+    """Whether an error output among `outputs` shows `error` (a reply's, a task's) already:
+    the same exception, or the same traceback (ipykernel names a display formatter's error
+    'NoneType' in its reply)."""
+    return any(
+        o["output_type"] == "error"
+        and ((o["ename"], o["evalue"]) == (error.get("ename"), error.get("evalue")) or o["traceback"] == error.get("traceback", []) != [])
+        for o in outputs
+    )
 
 
 class _FileTail:

@@ -405,16 +405,14 @@ class Runner:
                 try:
                     blob = freeze(dump(name, value))
                 except UnpicklableValue as exc:
-                    self._keep_in_memory(outcome, exc, value, namespace, memory)
+                    self._keep_in_memory(outcome, name, value, namespace, memory)
                     kept_in_memory.append(exc)
                 else:
                     blobs[blob.digest] = blob
                     namespace[name] = blob.digest
         for name in sorted(kept & copied):
-            digest = f"{MEMORY_PREFIX}{outcome.record.run_id}:{name}"
-            memory[digest] = values[name] = final[name]
-            namespace[name] = digest
-            outcome.record.memory_only.append(name)
+            values[name] = final[name]
+            self._keep_in_memory(outcome, name, final[name], namespace, memory)
         for name in found.deleted:
             del namespace[name]
         # The notebook is one namespace: its functions read its globals, as those a child
@@ -441,7 +439,7 @@ class Runner:
         for name, exc in unrebuilt.items():  # it pickles but cannot be rebuilt: as good as unpicklable
             blob_digest = namespace[name]
             kept_in_memory.append(UnpicklableValue(name, final[name], exc))
-            self._keep_in_memory(outcome, kept_in_memory[-1], final[name], namespace, memory)
+            self._keep_in_memory(outcome, name, final[name], namespace, memory)
             if blob_digest not in namespace.values():
                 del blobs[blob_digest]
         if kept_in_memory:
@@ -453,12 +451,12 @@ class Runner:
         outcome.memory = memory
 
     @staticmethod
-    def _keep_in_memory(outcome: RunOutcome, exc: UnpicklableValue, value: Any, namespace: dict, memory: dict) -> None:
+    def _keep_in_memory(outcome: RunOutcome, name: str, value: Any, namespace: dict, memory: dict) -> None:
         """An output that cannot be serialised: this process's memory only (the caller warns)."""
-        digest = f"{MEMORY_PREFIX}{outcome.record.run_id}:{exc.name}"
+        digest = f"{MEMORY_PREFIX}{outcome.record.run_id}:{name}"
         memory[digest] = value
-        namespace[exc.name] = digest
-        outcome.record.memory_only.append(exc.name)
+        namespace[name] = digest
+        outcome.record.memory_only.append(name)
 
     def _load(self, component: str, role: str, name: str, digest: str, namespace: dict) -> tuple[Any, Loaded | None]:
         """A cached value for `namespace`. One that its own code cannot rebuild is lost, so
@@ -522,7 +520,7 @@ class Runner:
                 outcome.interrupted = True
                 return outcome
             outcome.error = error
-            shown = any(o["output_type"] == "error" and (o["ename"], o["evalue"]) == (error["ename"], error["evalue"]) for o in record.outputs)
+            shown = capture.shows_error(record.outputs, error)
             if not shown:  # kept among the outputs as a local run keeps it (a UsageError is a stderr line)
                 record.outputs.append({"output_type": "error", **error})
             if live:  # shown live already, or as IPython shows a UsageError: a line on stderr
@@ -721,14 +719,18 @@ def _with_ancestors(graph, targets: Collection[str]) -> list[str]:
     return run_order(graph, needed)
 
 
+def _listed(names: list[str]) -> str:
+    """`'a'`, `'a' and 'b'`, `'a', 'b' and 'c'`: names in one of the kernel's lines."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
 def _memory_only_warning(component: str, kept: list[UnpicklableValue]) -> str:
     """One line for all of a run's outputs kept in memory only, named with their types: a
     component holding a client, a lock and a file handle is one warning, not three."""
     names = [f"{exc.name!r} ({exc.type_name})" for exc in sorted(kept, key=lambda exc: exc.name)]
-    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
     held = "it is" if len(names) == 1 else "they are"
     return (
-        f"linkkernel: component {component!r}: {listed} cannot be serialised; "
+        f"linkkernel: component {component!r}: {_listed(names)} cannot be serialised; "
         f"{held} kept in memory only, so after a restart the component runs again"
     )
 
@@ -737,10 +739,9 @@ def _shared_warning(component: str, shared: dict[str, Any]) -> str:
     """One line for the inputs of a run that, kept in memory only, could not be copied for it
     either: unlike every other input they are the very objects its parents hold."""
     names = [f"{name!r} ({type_name(value)})" for name, value in shared.items()]
-    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
     held, them = ("it is", "it") if len(names) == 1 else ("they are", "them")
     return (
-        f"linkkernel: component {component!r}: input {listed} cannot be copied; {held} shared with the "
+        f"linkkernel: component {component!r}: input {_listed(names)} cannot be copied; {held} shared with the "
         f"component that made {them}, so what this run does to {them} is seen there and by its other children"
     )
 
