@@ -547,7 +547,7 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
         failed = execute(shell, task["code"])
     _flush_streams()
     if failed and shell.error is not None:
-        pipe.finish({"result": {"error": shell.error, "exit": shell.asked_exit, "payload": shell.payload_manager.read_payload()}})
+        pipe.finish({"result": {"error": shell.error, **_asked(shell)}})
         return
     final = {k: v for k, v in namespace.items() if k not in hidden and not _SHELL_NAMES.fullmatch(k)}
 
@@ -572,25 +572,35 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
                 pipe.finish({"failed": str(exc)})
                 return
             bound[name] = blob.digest
-        shown = shell.displayhook.shown
-        if shown is not NOTHING_SHOWN and task.get("live"):  # for `_`: only a cell the user runs has one
-            same = next((n for n, v in final.items() if v is shown), None)  # pickled once
-            try:
-                if same in digests and same not in changed.bound:  # an input as it came: its blob
-                    last = digests[same]
-                else:
-                    blob = dump(same or "_", shown)
-                    store.put(blob)
-                    last = blob.digest
-            except UnpicklableValue:
-                last = None
-            except StorageError as exc:
-                pipe.finish({"failed": str(exc)})
-                return
-        else:
-            last = None
+        try:  # for `_`: only a cell the user runs has one
+            last = _shown_value(shell, final, digests, changed.bound, store) if task.get("live") else None
+        except StorageError as exc:
+            pipe.finish({"failed": str(exc)})
+            return
     # Files this process verified or wrote: the worker tells the next task, which then maps
     # them without hashing them again.
-    result = {"bound": bound, "deleted": list(changed.deleted), "unpicklable": unpicklable, "last": last, "exit": shell.asked_exit,
-              "payload": shell.payload_manager.read_payload()}
+    result = {"bound": bound, "deleted": list(changed.deleted), "unpicklable": unpicklable, "last": last, **_asked(shell)}
     pipe.finish({"result": result, "verified": store.newly_verified})
+
+
+def _shown_value(shell: WorkerShell, final: dict[str, Any], digests: dict[str, str], bound: Any, store: Store) -> str | None:
+    """The digest of the value the cell showed (its execute_result), for the kernel's `_` and
+    `Out[N]`; None when it showed none, or the value does not pickle. A value one of the
+    cell's names holds is pickled as that name; an input it left as it came is its blob."""
+    shown = shell.displayhook.shown
+    if shown is NOTHING_SHOWN:
+        return None
+    same = next((n for n, v in final.items() if v is shown), None)
+    if same in digests and same not in bound:
+        return digests[same]
+    try:
+        blob = dump(same or "_", shown)
+    except UnpicklableValue:
+        return None
+    store.put(blob)
+    return blob.digest
+
+
+def _asked(shell: WorkerShell) -> dict[str, Any]:
+    """What the cell asked of the frontend, for the kernel's reply: exit(), paged text."""
+    return {"exit": shell.asked_exit, "payload": shell.payload_manager.read_payload()}
