@@ -27,6 +27,7 @@ import sys
 import threading
 import tokenize
 import warnings
+from collections.abc import Collection
 from typing import Any, NoReturn
 
 import comm
@@ -583,7 +584,7 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
     pipe.finish({"result": result, "verified": store.newly_verified})
 
 
-def _shown_value(shell: WorkerShell, final: dict[str, Any], digests: dict[str, str], bound: Any, store: Store) -> str | None:
+def _shown_value(shell: WorkerShell, final: dict[str, Any], digests: dict[str, str], bound: Collection[str], store: Store) -> str | None:
     """The digest of the value the cell showed (its execute_result), for the kernel's `_` and
     `Out[N]`; None when it showed none, or the value does not pickle. A value one of the
     cell's names holds is pickled as that name; an input it left as it came is its blob."""
