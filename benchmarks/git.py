@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _args import positive
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==" * 20
@@ -129,9 +131,9 @@ def measure(command: list[str], timeout: float) -> tuple[float, float, float, in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[200, 2000])
+    parser.add_argument("--sizes", type=positive, nargs="+", default=[200, 2000])
     parser.add_argument("--timeout", type=float, default=180.0, help="cap on each nbdime run (s)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each of ours (best kept)")
+    parser.add_argument("--repeat", type=positive, default=3, help="runs of each of ours (best kept)")
     args = parser.parse_args()
     python = sys.executable
     cases = [(n, True) for n in args.sizes] + [(max(args.sizes), False)]

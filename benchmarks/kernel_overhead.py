@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import time
 
+from _args import positive
 from _engine_harness import setup
 from jupyter_client.manager import KernelManager
 
@@ -41,9 +42,9 @@ def round_trips(client, runs: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--starts", type=int, default=10)
-    parser.add_argument("--kernels", type=int, default=3)
-    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--starts", type=positive, default=10)
+    parser.add_argument("--kernels", type=positive, default=3)
+    parser.add_argument("--runs", type=positive, default=200)
     args = parser.parse_args()
     setup(stock=True)
     startup: dict[str, list[float]] = {label: [] for label in KERNELS}

@@ -35,6 +35,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+from _args import positive  # noqa: E402
 from remote_support import WeedServer  # noqa: E402
 
 
@@ -202,9 +203,9 @@ def ipyparallel_big(view, array, runs: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument("--mb", type=int, default=100)
-    parser.add_argument("--big-runs", type=int, default=3)
+    parser.add_argument("--runs", type=positive, default=200)
+    parser.add_argument("--mb", type=positive, default=100)
+    parser.add_argument("--big-runs", type=positive, default=3)
     parser.add_argument("--pause", type=float, default=0.05, help="seconds between paced round trips")
     args = parser.parse_args()
 
