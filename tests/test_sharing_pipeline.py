@@ -280,6 +280,29 @@ def test_link_export_and_import_in_the_kernel(notebook_kernel):
     assert helped.status == "ok" and "--with-ancestors" in helped.stdout
 
 
+def test_link_export_and_import_to_stdout_show_the_document_in_the_cell(notebook_kernel):
+    kernel, home = notebook_kernel
+    exported = kernel.execute("%link export -o -")
+    assert exported.status == "ok", exported.traceback_text
+    assert kernel.execute("%link export -o p.json").status == "ok"
+    assert exported.stdout == (home / "p.json").read_text()
+    assert exported.stderr == "exported 4 components (load, clean, train, report) to /dev/stdout\n"
+
+    imported = kernel.execute("%link import p.json -o -")
+    assert imported.status == "ok", imported.traceback_text
+    assert [c["metadata"]["link"]["name"] for c in json.loads(imported.stdout)["cells"]] == ["load", "clean", "train", "report"]
+    assert imported.stderr == "wrote /dev/stdout: 4 components added (load, clean, train, report)\n"
+
+    for target in ("-", "/dev/stdout"):
+        refused = kernel.execute(f"%link cache export {target}")
+        assert refused.status == "error" and refused.stdout == ""
+        assert refused.traceback_text == (
+            "LinkError: %link cache export: not written to /dev/stdout: standard output here is this cell, "
+            "which shows text, and the archive is binary; give a file name"
+        )
+    assert not (home / "-").exists()
+
+
 def test_link_export_without_a_known_notebook_says_how(kernel):
     result = kernel.execute("%link export -o p.json")
     assert result.status == "error"

@@ -565,7 +565,7 @@ def configure_cache(parser: argparse.ArgumentParser, in_kernel: bool = False) ->
                                     parser_class=type(parser))
     export = actions.add_parser("export", help="write the fresh components' results to a .tar.gz")
     if in_kernel:
-        export.add_argument("output", metavar="PATH", help="archive to write")
+        export.add_argument("output", metavar="PATH", type=output_path, help="archive to write")
     else:
         export.add_argument("notebook", metavar="NB.ipynb", help="notebook whose cache to export")
         export.add_argument("-o", "--output", required=True, metavar="cache.tar.gz", type=output_path, help="archive to write (- for stdout)")
@@ -687,6 +687,11 @@ def cache_magic(kernel, argv: list[str]) -> None:
         return
     runner = kernel.runner
     if args.action == "export":
+        from linkkernel.sharing.commandline import is_stdout
+
+        if is_stdout(args.output):
+            raise LinkError(f"%link cache export: not written to {args.output}: standard output here is "
+                            "this cell, which shows text, and the archive is binary; give a file name")
         print(do_export(runner.graph(), runner.store, args.output, Progress(), runner.sources.notebook_path))
     else:
         print(do_import(args.archive, runner.graph(), runner.store, args.trust, args.max_size, Progress()))

@@ -90,6 +90,8 @@ def report_stream(output: str | Path) -> TextIO:
     """Where a command says what it wrote: stderr when `output` is this process's stdout
     (`-o /dev/stdout`), so that `linkkernel export NB -o /dev/stdout | jq` reads the document
     alone. Ask before writing: a file replaced by the write is no longer the one stdout holds."""
+    if is_stdout(output):
+        return sys.stderr
     try:
         written, stdout = os.stat(output), os.fstat(sys.stdout.fileno())
     except (OSError, ValueError, AttributeError):  # no such file yet; stdout closed or not a file
@@ -109,7 +111,10 @@ def write_atomically(
     """
     check_output(path, inputs)
     path = Path(path)
-    if path.exists() and not path.is_file():  # /dev/null, /dev/stdout, a FIFO: a rename would replace them
+    if is_stdout(path):
+        _write_stdout(data)
+        return
+    if path.exists() and not path.is_file():  # /dev/null, a FIFO: a rename would replace them
         _write_through(path, data)
         return
     if path.is_symlink():  # a rename would replace the link; the user meant the file it points to
@@ -133,6 +138,24 @@ def write_atomically(
         if isinstance(exc, OSError):
             raise LinkError(f"{path}: cannot write: {exc.strerror}") from exc
         raise
+
+
+def is_stdout(path: str | Path) -> bool:
+    """Whether `path` names this process's standard output (`-o -` becomes /dev/stdout)."""
+    return os.fspath(path) in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")
+
+
+def _write_stdout(data: bytes) -> None:
+    """Write through `sys.stdout`, after what was printed before: in the kernel that is the
+    cell, which shows text only (fd 1 there is ipykernel's capture, and the kernel's terminal)."""
+    sys.stdout.flush()
+    binary = getattr(sys.stdout, "buffer", None)
+    if binary is not None:
+        binary.write(data)
+        binary.flush()
+        return
+    sys.stdout.write(data.decode("utf-8"))  # binary files are refused before (see cache_magic)
+    sys.stdout.flush()
 
 
 def _write_through(path: Path, data: bytes) -> None:
