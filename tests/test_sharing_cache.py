@@ -7,6 +7,7 @@ import copy
 import hashlib
 import io
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -344,10 +345,8 @@ def test_the_unmodified_archive_passes_the_same_path(producer: Path, tmp_path: P
     assert result.stdout.endswith(": load, clean, train\n")
 
 
-def test_large_archives_show_a_progress_bar_in_the_cli(tmp_path: Path):
+def big_component_store(folder: Path):
     """A store filled through its own API (no kernel): one component holding 20 MiB."""
-    import os
-
     from linkkernel.namespaces import dump
     from linkkernel.staleness import RunRecord, code_hash
     from linkkernel.store import CacheStore
@@ -355,13 +354,19 @@ def test_large_archives_show_a_progress_bar_in_the_cli(tmp_path: Path):
     code = "big = os.urandom(20 * 2**20)"
     nb = v4.new_notebook()
     nb.cells = [v4.new_code_cell(code, metadata={"tags": ["component:big"]})]
-    nbformat.write(nb, tmp_path / "nb.ipynb")
+    nbformat.write(nb, folder / "nb.ipynb")
     blob = dump("big", os.urandom(20 * 2**20))
-    store = CacheStore(str(tmp_path / "cache" / "linkkernel"), str((tmp_path / "nb.ipynb").resolve()))
+    store = CacheStore(str(folder / "cache" / "linkkernel"), str((folder / "nb.ipynb").resolve()))
     store.put(RunRecord("big", "run-1", code_hash(code), {}, "ok", 0.0, 1.0, namespace={"big": blob.digest}),
               {blob.digest: blob}, {})
     store.flush()
+    return blob
 
+
+def test_large_archives_show_a_progress_bar_in_the_cli(tmp_path: Path):
+    from linkkernel.store import CacheStore
+
+    blob = big_component_store(tmp_path)
     exported = cli("cache", "export", "nb.ipynb", "-o", "big.tar.gz", cwd=tmp_path, XDG_CACHE_HOME=str(tmp_path / "cache"))
     assert exported.returncode == 0, exported.stderr
     assert exported.stdout == "exported 1 component to big.tar.gz: big\n"
@@ -374,3 +379,34 @@ def test_large_archives_show_a_progress_bar_in_the_cli(tmp_path: Path):
     assert imported.stdout.startswith("imported 1 component from big.tar.gz")
     copy_store = CacheStore(str(tmp_path / "cache2" / "linkkernel"), str((tmp_path / "nb.ipynb").resolve()))
     assert copy_store.blob(blob.digest).digest == blob.digest
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_export_onto_a_full_disk_says_so_in_one_line_and_leaves_nothing(tmp_path: Path):
+    big_component_store(tmp_path)
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
+    try:
+        (small / "big.tar.gz").write_bytes(b"the archive exported yesterday")
+        exported = cli("cache", "export", "nb.ipynb", "-o", "small/big.tar.gz", cwd=tmp_path,
+                       XDG_CACHE_HOME=str(tmp_path / "cache"))
+        assert exported.returncode == 1
+        assert exported.stderr.splitlines()[-1].split("\r")[-1].strip() == (
+            "linkkernel cache: small/big.tar.gz: cannot write: No space left on device")
+        assert "Traceback" not in exported.stderr
+        assert sorted(p.name for p in small.iterdir()) == ["big.tar.gz"]
+        assert (small / "big.tar.gz").read_bytes() == b"the archive exported yesterday"
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+def test_export_to_stdout_streams_the_archive(tmp_path: Path):
+    blob = big_component_store(tmp_path)
+    exported = subprocess.run([sys.executable, "-m", "linkkernel.cli", "cache", "export", "nb.ipynb", "-o", "-"],
+                              cwd=tmp_path, env=kernel_env(XDG_CACHE_HOME=str(tmp_path / "cache")),
+                              capture_output=True, timeout=60)
+    assert exported.returncode == 0, exported.stderr
+    assert exported.stderr.decode().endswith("exported 1 component to /dev/stdout: big\n")
+    with tarfile.open(fileobj=io.BytesIO(exported.stdout), mode="r:gz") as tar:
+        assert f"blobs/{blob.digest}" in tar.getnames()

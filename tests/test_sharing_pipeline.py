@@ -297,8 +297,8 @@ def test_link_export_and_import_to_stdout_show_the_document_in_the_cell(notebook
         refused = kernel.execute(f"%link cache export {target}")
         assert refused.status == "error" and refused.stdout == ""
         assert refused.traceback_text == (
-            "LinkError: %link cache export: not written to /dev/stdout: standard output here is this cell, "
-            "which shows text, and the archive is binary; give a file name"
+            "LinkError: /dev/stdout: not written: standard output here is this cell, which shows text, "
+            "and this file is binary; give a file name"
         )
     assert not (home / "-").exists()
 

@@ -12,9 +12,10 @@ import os
 import secrets
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import BinaryIO, NoReturn, TextIO
 
 from linkkernel.errors import LinkError
 
@@ -102,20 +103,49 @@ def report_stream(output: str | Path) -> TextIO:
 def write_atomically(
     path: str | Path, data: bytes, inputs: tuple[str | Path | None, ...] = (), mode: int | None = None
 ) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and a rename.
+    """Write `data` to `path` as `atomic_output` does; in the kernel, text written to
+    standard output goes through `sys.stdout`, which is the cell (fd 1 there is ipykernel's
+    capture, echoed in the kernel's terminal)."""
+    if is_stdout(path) and not hasattr(sys.stdout, "buffer"):
+        check_output(path, inputs)
+        sys.stdout.flush()
+        sys.stdout.write(data.decode("utf-8"))
+        sys.stdout.flush()
+        return
+    with atomic_output(path, inputs, mode) as out:
+        out.write(data)
 
-    A failure half-way (disk full, interrupt) leaves the old file, or none, never a torn one.
-    The path is checked by `check_output` first. With `mode` the file has
-    exactly that mode from its creation on (a file only its owner may read); without it the
-    umask decides, and a file rewritten keeps its mode.
+
+@contextmanager
+def atomic_output(
+    path: str | Path, inputs: tuple[str | Path | None, ...] = (), mode: int | None = None
+) -> Iterator[OutputFile]:
+    """A binary file for `path`, written through a temporary file in the same folder and a
+    rename when the block ends without an error.
+
+    A failure half-way (disk full, interrupt, an error making the data) leaves the old file,
+    or none, never a torn one, and the data is never all in memory at once. The path is
+    checked by `check_output` first. With `mode` the file has exactly that mode from its
+    creation on (a file only its owner may read); without it the umask decides, and a file
+    rewritten keeps its mode. Standard output, devices and FIFOs are written in place.
     """
     check_output(path, inputs)
     path = Path(path)
     if is_stdout(path):
-        _write_stdout(data)
+        if not hasattr(sys.stdout, "buffer"):
+            raise LinkError(f"{path}: not written: standard output here is this cell, which shows text, "
+                            "and this file is binary; give a file name")
+        sys.stdout.flush()
+        out = OutputFile(sys.stdout.buffer, path)
+        yield out
+        out.flush()
         return
     if path.exists() and not path.is_file():  # /dev/null, a FIFO: a rename would replace them
-        _write_through(path, data)
+        try:
+            device = open(path, "wb")
+        except OSError as exc:
+            raise LinkError(f"{path}: cannot write: {exc.strerror}") from exc
+        yield from _filled(device, path)
         return
     if path.is_symlink():  # a rename would replace the link; the user meant the file it points to
         path = Path(os.path.realpath(path))
@@ -126,42 +156,67 @@ def write_atomically(
     except OSError as exc:
         raise LinkError(f"{path}: cannot write: {exc.strerror}") from exc
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        yield from _filled(os.fdopen(fd, "wb"), path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _put_in_place(tmp, path, mode)
+
+
+def _filled(file: BinaryIO, path: Path) -> Iterator[OutputFile]:
+    """Lend `file` to the block and close it: an error closing it is the write's error; after
+    an error in the block, what is still buffered does not matter and closing says nothing."""
+    out = OutputFile(file, path)
+    try:
+        yield out
+        out.close()
+    except BaseException:
+        with suppress(OSError):
+            file.close()
+        raise
+
+
+def _put_in_place(tmp: Path, path: Path, mode: int | None) -> None:
+    """Give the written temporary file its mode and rename it over `path`."""
+    try:
         if mode is not None:  # whatever the umask took away
             os.chmod(tmp, mode)
         elif path.exists():  # a notebook kept private (0600) stays private when rewritten
             os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
         os.replace(tmp, path)
-    except BaseException as exc:
+    except OSError as exc:
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise LinkError(f"{path}: cannot write: {exc.strerror}") from exc
-        raise
+        raise LinkError(f"{path}: cannot write: {exc.strerror}") from exc
+
+
+class OutputFile:
+    """The file a command writes into: a write that fails says which file, in one line (a
+    disk filling up half-way through an archive), while errors of the code making the data
+    stay its own."""
+
+    def __init__(self, file: BinaryIO, path: Path) -> None:
+        self._file, self._path = file, path
+
+    def write(self, data: bytes | memoryview) -> int:
+        with self._failure_named():
+            return self._file.write(data)
+
+    def flush(self) -> None:
+        with self._failure_named():
+            self._file.flush()
+
+    def close(self) -> None:
+        with self._failure_named():
+            self._file.close()
+
+    @contextmanager
+    def _failure_named(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            raise LinkError(f"{self._path}: cannot write: {exc.strerror}") from exc
 
 
 def is_stdout(path: str | Path) -> bool:
     """Whether `path` names this process's standard output (`-o -` becomes /dev/stdout)."""
     return os.fspath(path) in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")
-
-
-def _write_stdout(data: bytes) -> None:
-    """Write through `sys.stdout`, after what was printed before: in the kernel that is the
-    cell, which shows text only (fd 1 there is ipykernel's capture, and the kernel's terminal)."""
-    sys.stdout.flush()
-    binary = getattr(sys.stdout, "buffer", None)
-    if binary is not None:
-        binary.write(data)
-        binary.flush()
-        return
-    sys.stdout.write(data.decode("utf-8"))  # binary files are refused before (see cache_magic)
-    sys.stdout.flush()
-
-
-def _write_through(path: Path, data: bytes) -> None:
-    """Write into a device or pipe in place: it holds no old content a torn write could lose."""
-    try:
-        with open(path, "wb") as f:
-            f.write(data)
-    except OSError as exc:
-        raise LinkError(f"{path}: cannot write: {exc.strerror}") from exc
