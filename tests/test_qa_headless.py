@@ -68,12 +68,15 @@ def test_run_sends_each_cells_metadata_and_id_as_jupyterlab_does(tmp_path: Path)
 # ---- 2. nbclient/papermill without a known notebook: one hint -------------------------------
 
 
+PIPE_CELLS = (
+    ("values = [1, 2]", ["component:load"]),
+    ("total = sum(values)", ["component:total", "parent:load"]),
+    ("print(total)", []),
+)
+
+
 def test_papermill_without_a_notebook_path_hints_once_how_to_give_it(tmp_path: Path) -> None:
-    source = write(tmp_path / "pipe.ipynb", notebook(
-        ("values = [1, 2]", ["component:load"]),
-        ("total = sum(values)", ["component:total", "parent:load"]),
-        ("print(total)", []),
-    ))
+    source = write(tmp_path / "pipe.ipynb", notebook(*PIPE_CELLS))
     result = papermill(source, tmp_path / "out.ipynb")
     assert result.returncode == 0, result.stderr
     hints = [line for line in result.stderr.splitlines() if "LINKKERNEL_NOTEBOOK" in line]
@@ -84,10 +87,14 @@ def test_papermill_without_a_notebook_path_hints_once_how_to_give_it(tmp_path: P
     assert outputs_text(cells["c2"]) == "3\n"
     assert "LINKKERNEL_NOTEBOOK" not in (tmp_path / "out.ipynb").read_text()
 
-    # Given the path, the cells run as a pipeline and nothing is hinted.
+    # Given the path, either way the hint names, nothing is hinted.
     given = papermill(source, tmp_path / "given.ipynb", LINKKERNEL_NOTEBOOK=str(source))
     assert given.returncode == 0, given.stderr
     assert "LINKKERNEL_NOTEBOOK" not in given.stderr
+    magic = write(tmp_path / "magic.ipynb", notebook(("%link notebook magic.ipynb", []), *PIPE_CELLS))
+    first_cell = papermill(magic, tmp_path / "magic.out.ipynb")
+    assert first_cell.returncode == 0, first_cell.stderr
+    assert "LINKKERNEL_NOTEBOOK" not in first_cell.stderr
 
 
 # ---- 3. papermill parameters reach the components ---------------------------------------------
