@@ -395,7 +395,7 @@ class Sources:
         papermill runs the injected cell after the `parameters` cell; in a plain notebook its
         assignments override that cell's. A component's children see only their parents'
         names, so the injected code runs as the end of the `parameters` component itself
-        (its code changes: it and its descendants run again, cached per parameter set).
+        (its code changes, so it and its descendants run again).
         """
         if papermill_parameters(code) is None or (match is not None and not _tagged(match, INJECTED_TAG)):
             return None
@@ -416,7 +416,8 @@ class Sources:
                 hint, self._hinted = (None if self._hinted else NO_NOTEBOOK_HINT), True
                 return hint
             names = papermill_parameters(code)
-            if not names or not self._declared().components:
+            # Not strict: an unreadable notebook is for the next component run to report.
+            if not names or not any(c.code and _declares(c.metadata) for c in self._read_file(strict=False)):
                 return None
         return (
             f"linkkernel: components do not see the papermill parameters {', '.join(names)}: no component is "

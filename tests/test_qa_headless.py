@@ -42,7 +42,7 @@ def papermill(source: Path, out: Path, *params: str, **env: str) -> subprocess.C
 
 def request_metadata(cell) -> dict:
     """What a cell printed as its execute_request's metadata (its one stdout line, as JSON)."""
-    return json.loads(outputs_text(cell))
+    return json.loads("".join(o.text for o in cell.outputs if o.output_type == "stream" and o.name == "stdout"))
 
 
 SHOW_REQUEST = "import json\nprint(json.dumps(get_ipython().kernel.get_parent()['metadata']))"
@@ -215,4 +215,6 @@ def test_python_m_linkkernel_runs_cli_commands_and_still_launches_kernels(tmp_pa
     unknown = subprocess.run([sys.executable, "-m", "linkkernel", "nope"],
                              capture_output=True, text=True, env=kernel_env(), timeout=60)
     assert unknown.returncode == 2 and unknown.stderr.startswith("linkkernel: unknown command 'nope'")
+    bare = subprocess.run([sys.executable, "-m", "linkkernel"], capture_output=True, text=True, env=kernel_env(), timeout=60)
+    assert bare.returncode == 2 and bare.stderr.startswith("usage: linkkernel"), "the command's usage, not a kernel waiting"
     # The run above started its kernel by the kernelspec's `python -m linkkernel -f FILE`.
