@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import json
 import math
 import os
@@ -28,7 +29,8 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -39,6 +41,15 @@ from linkkernel.graph import ancestors, build_graph, run_order
 
 KERNEL_NAME = "link-python"
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+# The keys of each kind of nbformat output (nbformat 4 schema), as Jupyter keeps them from a message.
+OUTPUT_KEYS = {
+    "stream": ("name", "text"),
+    "display_data": ("data", "metadata"),
+    "execute_result": ("data", "metadata", "execution_count"),
+    "error": ("ename", "evalue", "traceback"),
+}
 
 # States in the summary table.
 RAN, CACHED, FAILED, NOT_RUN = "ran", "cached", "failed", "not run"
@@ -175,7 +186,6 @@ def run_notebook(
     progress bar, or on anything but a terminal (a CI log) one line per component as it
     ends; None: neither. The returned report holds the executed notebook.
     """
-    import nbformat
     from nbclient import NotebookClient
     from tqdm import tqdm
 
@@ -225,7 +235,7 @@ def run_notebook(
                     for line in lost:
                         tqdm.write(f"linkkernel run: {line}", file=progress)
                 if stored is not None:
-                    cell.outputs = [nbformat.from_dict(o) for o in stored]
+                    cell.outputs = replayed_outputs(stored, cell.execution_count)
                     outcome.state = CACHED
                 else:
                     started = time.monotonic()
@@ -242,6 +252,7 @@ def run_notebook(
                         print(f"linkkernel run: [{ended}/{len(outcomes)}] {outcome.name} {outcome.state}", file=progress, flush=True)
                 if report.failed:
                     break
+            client.set_widgets_metadata()  # as nbclient's own `execute` does: widgets render from the file
     finally:
         if bar is not None:
             bar.close()
@@ -281,7 +292,8 @@ def _execute(client: Any, cell: Any, index: int, timeout: float | None) -> tuple
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     try:
-        client.execute_cell(cell, index)
+        with _sending_cell_metadata(client.kc.session, cell):
+            client.execute_cell(cell, index)
     except CellExecutionError as exc:
         return _error_text(cell, exc), getattr(exc, "ename", None) == INTERNAL_ERROR_NAME
     except CellTimeoutError:
@@ -289,6 +301,22 @@ def _execute(client: Any, cell: Any, index: int, timeout: float | None) -> tuple
     except DeadKernelError:
         return "the kernel died", True
     return None, False
+
+
+@contextmanager
+def _sending_cell_metadata(session: Any, cell: Any) -> Iterator[None]:
+    """Meanwhile every message `session` sends carries `cell`'s metadata and `cellId`, as
+    JupyterLab's execute_request does (nbclient sends none): the kernel then knows the cell by
+    its id, and its declaration from the request itself, not by matching its source."""
+    before = session.metadata
+    sent = copy.deepcopy(dict(cell.metadata))
+    if cell.get("id"):  # nbformat < 4.5 cells have none; JupyterLab then sends its own
+        sent["cellId"] = cell.id
+    session.metadata = sent
+    try:
+        yield
+    finally:
+        session.metadata = before
 
 
 def require_workers(steps: Sequence[Step]) -> None:
@@ -344,6 +372,38 @@ def restore_fresh(shell: Any, name: str) -> str:
     runner = shell.kernel.runner
     fresh, lost = runner.publish_fresh([name])
     return json.dumps({"outputs": runner.store.get(name).outputs if name in fresh else None, "lost": lost})
+
+
+def replayed_outputs(stored: Sequence[Mapping[str, Any]], execution_count: int | None) -> list[Any]:
+    """A cached component's stored outputs as nbformat outputs of its cell, as Jupyter makes
+    them from messages: only the keys nbformat allows (a record another tool or version kept
+    may hold more), an `execute_result` numbered as the cell is, and an output nbformat
+    refuses left out, so the written notebook stays valid.
+
+    A widget view names a model of the kernel that showed it, which this run's widget state
+    does not hold: the view is dropped for the widget's other representations (its text), as
+    JupyterLab shows a widget whose model is gone.
+    """
+    from nbformat import ValidationError, from_dict
+    from nbformat.v4 import new_output
+
+    outputs = []
+    for output in stored:
+        kind = output.get("output_type")
+        if kind not in OUTPUT_KEYS:
+            continue
+        fields = {key: output[key] for key in OUTPUT_KEYS[kind] if key in output}
+        if isinstance(fields.get("data"), Mapping):
+            fields["data"] = {mime: value for mime, value in fields["data"].items() if mime != WIDGET_VIEW}
+            if not fields["data"]:
+                continue
+        if kind == "execute_result":
+            fields["execution_count"] = execution_count
+        try:
+            outputs.append(new_output(kind, **from_dict(fields)))
+        except ValidationError:
+            continue
+    return outputs
 
 
 def _clear_outputs(notebook: Any) -> None:

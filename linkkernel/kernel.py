@@ -73,19 +73,26 @@ class LinkKernel(IPythonKernel):
         cell_id: str | None,
     ) -> dict[str, Any]:
         stock = functools.partial(
-            super().do_execute, code, silent, store_history, allow_stdin=allow_stdin, cell_meta=cell_meta, cell_id=cell_id
+            super().do_execute, silent=silent, store_history=store_history, allow_stdin=allow_stdin,
+            cell_meta=cell_meta, cell_id=cell_id,
         )
         if silent:
-            return await stock(user_expressions)
+            return await stock(code, user_expressions=user_expressions)
         try:
             component = self.runner.learn(code, cell_meta, cell_id)
         except LinkError as exc:
             return self.runner.refuse(exc, code if store_history else None)
         if component is None:
-            return await stock(user_expressions)
+            reply = await stock(code, user_expressions=user_expressions)
+            notice = self.runner.sources.notice(code, cell_meta, cell_id)  # after: the cell may be `%link notebook`
+            if notice:
+                self.log.warning(notice)
+            return reply
         # The component itself runs through ipykernel's own do_execute, inside its namespace;
         # the user expressions are the runner's, evaluated once its outputs are published.
-        return await self.runner.execute_cell(component, functools.partial(stock, {}), store_history, allow_stdin, user_expressions)
+        # Its code is the request's, but for papermill's parameters appended to their component's.
+        live = functools.partial(stock, component.source, user_expressions={})
+        return await self.runner.execute_cell(component, live, store_history, allow_stdin, user_expressions)
 
     def do_shutdown(self, restart: bool) -> dict[str, Any]:
         self.runner.store.flush()

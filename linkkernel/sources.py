@@ -9,6 +9,7 @@ tells us about cells not executed in this session.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -33,6 +34,14 @@ from linkkernel.errors import LinkError
 
 # Keys JupyterLab adds to the request metadata that are not part of the cell's metadata.
 TRANSPORT_KEYS = ("cellId", "deletedCells", "recordTiming")
+# papermill: the tag of the cell whose values parameters override, the tag of the cell it
+# injects after it, and the first line of that injected cell (its default `comment`).
+PARAMETERS_TAG, INJECTED_TAG, INJECTED_HEADER = "parameters", "injected-parameters", "# Parameters"
+NO_NOTEBOOK_HINT = (
+    "linkkernel: cells arrive without ids or tags (nbclient, papermill) and no notebook file is known, "
+    "so tagged cells run as plain cells; give the notebook with LINKKERNEL_NOTEBOOK=PATH in the kernel's "
+    "environment or %link notebook PATH in its first cell"
+)
 # nbformat 4.5's cell id: what JupyterLab and Notebook 7 send as cellId.
 NBFORMAT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 
@@ -144,6 +153,22 @@ class Declared:
         return found
 
 
+def papermill_parameters(code: str) -> list[str] | None:
+    """The names papermill's injected parameters cell assigns, in order; None for other code."""
+    if code.lstrip().partition("\n")[0].strip() != INJECTED_HEADER:
+        return None
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return None
+    return [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)]
+
+
+def _tagged(cell: Cell, tag: str) -> bool:
+    tags = cell.metadata.get("tags") if isinstance(cell.metadata, Mapping) else None
+    return isinstance(tags, list) and tag in tags
+
+
 def notebook_path_from_env(environ: Mapping[str, str] = os.environ) -> str | None:
     """LINKKERNEL_NOTEBOOK, whatever the file is called: the user named it, as with
     `%link notebook PATH`. Else JPY_SESSION_NAME, which jupyter_server sets to the notebook's
@@ -235,6 +260,7 @@ class Sources:
         # save was removed from the notebook, whether or not the frontend reported it.
         self._saved_keys: set[str] = set()
         self._clock = 0.0
+        self._hinted = False  # NO_NOTEBOOK_HINT is given once per kernel
         self._notebook: NotebookFile | None = None
         self.notebook_path = notebook_path
 
@@ -346,6 +372,9 @@ class Sources:
                 match = self._foreign_match(file_cells, cell_id, code, metadata)
         else:
             match = self._by_source(file_cells, code, unexecuted_only=False)
+            parameters = None if metadata else self._overridden_parameters(file_cells, code, match)
+            if parameters is not None:
+                match, code = parameters, f"{parameters.source.rstrip()}\n{code}"
             if match is not None and not metadata:
                 metadata = dict(match.metadata)
         if match is not None:
@@ -359,6 +388,42 @@ class Sources:
         if decl is None:
             return None
         return Component(decl, code, cell_id, index if index is not None else 10**6, metadata, index is not None)
+
+    def _overridden_parameters(self, cells: list[Cell], code: str, match: Cell | None) -> Cell | None:
+        """The saved `parameters` component that papermill's injected cell (`code`) overrides.
+
+        papermill runs the injected cell after the `parameters` cell; in a plain notebook its
+        assignments override that cell's. A component's children see only their parents'
+        names, so the injected code runs as the end of the `parameters` component itself
+        (its code changes, so it and its descendants run again).
+        """
+        if papermill_parameters(code) is None or (match is not None and not _tagged(match, INJECTED_TAG)):
+            return None
+        cell = next((c for c in cells if c.code and _tagged(c, PARAMETERS_TAG)), None)
+        return cell if cell is not None and _declares(cell.metadata) else None
+
+    def notice(self, code: str, request_meta: Mapping[str, Any] | None, cell_id: str | None) -> str | None:
+        """For a request `learn` found to be a plain cell: a line for the kernel's log (the
+        terminal of nbclient, papermill, nbconvert) when the notebook's components cannot be
+        what it declares: the cell came without id or tags and no notebook file is known
+        (said once), or it holds papermill parameters that components will not see, since no
+        `parameters` component takes them."""
+        request_meta = dict(request_meta or {})
+        if cell_id or request_meta.get("cellId") or any(k not in TRANSPORT_KEYS for k in request_meta):
+            return None
+        with self._lock:
+            if self.notebook_path is None:
+                hint, self._hinted = (None if self._hinted else NO_NOTEBOOK_HINT), True
+                return hint
+            names = papermill_parameters(code)
+            # Not strict: an unreadable notebook is for the next component run to report.
+            if not names or not any(c.code and _declares(c.metadata) for c in self._read_file(strict=False)):
+                return None
+        return (
+            f"linkkernel: components do not see the papermill parameters {', '.join(names)}: no component is "
+            f"tagged '{PARAMETERS_TAG}', so they are set in the notebook namespace only; tag the parameters "
+            "cell component:NAME and make it a parent of the components that read them"
+        )
 
     def _foreign_match(self, cells: list[Cell], cell_id: str, code: str, metadata: Mapping[str, Any]) -> Cell | None:
         """The saved cell a frontend's own cell id stands for (VS Code's cell URIs, JupyterLab's
