@@ -17,7 +17,6 @@ import logging
 import os
 import sys
 import threading
-import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 from linkkernel.cow import MIN_SIZE, Loaded, freeze_buffer, frozen_owner
 from linkkernel.errors import LinkError
 from linkkernel.namespaces import Blob, _digest
+from linkkernel.partfiles import remove_abandoned, temp_name
 from linkkernel.staleness import RunRecord, code_hash, states
 
 MEMORY_PREFIX = "memory:"
@@ -149,6 +149,9 @@ class CacheStore:
             except Exception as exc:  # s3fs lets botocore's own errors through (no credentials...), not only OSError
                 self.fs = self.root = None
                 self.unusable = f"cache store {url!r} cannot be used: {exc}"
+                return
+            if self._local:  # what writers killed midway left (an object store keeps no half upload)
+                self._pending.append(self._writer.submit(remove_abandoned, self.root, ["records/*.part", "blobs/*/*.part"]))
 
     @property
     def location(self) -> str:
@@ -280,8 +283,9 @@ class CacheStore:
         the same store (two notebooks of one user, a notebook open twice) running the same
         component write the same blob at once: with one shared temporary name, one truncated
         the file the other was writing and the other's move then failed, losing its results
-        to a warning. Readers see a whole file or none."""
-        aside = f"{path}.{uuid.uuid4().hex}.part"
+        to a warning. Readers see a whole file or none; the name says who writes it, so a
+        file a killed writer left is removed when the store is opened next."""
+        aside = temp_name(path)
         try:
             with self.fs.open(aside, "wb") as f:
                 write(f)
