@@ -81,6 +81,8 @@ class LinkKernel(IPythonKernel):
             component = self.runner.learn(code, cell_meta, cell_id)
         except LinkError as exc:
             return self.runner.refuse(exc, code if store_history else None)
+        except KeyboardInterrupt:  # while the saved notebook was read (a slow network drive)
+            return self.runner.report_interrupt(code if store_history else None, "reading the saved notebook")
         if component is None:
             return await stock(user_expressions)
         # The component itself runs through ipykernel's own do_execute, inside its namespace;

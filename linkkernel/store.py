@@ -209,11 +209,17 @@ class CacheStore:
     def get(self, name: str) -> RunRecord | None:
         return self.records.get(name)
 
-    def put(self, record: RunRecord, blobs: dict[str, Blob], memory: dict[str, Any]) -> None:
-        """Keep a record now; write it and its blobs (already frozen) in the background."""
+    def kept_copies(self, memory: dict[str, Any]) -> dict[str, Any]:
+        """What `put` keeps of a run's values that cannot be serialised (digest -> value):
+        copies made first, apart, because copying runs the values' own code, which may be
+        slow and interrupted; nothing is kept until all are made."""
+        return {digest: self._kept_copy(digest, value) for digest, value in memory.items()}
+
+    def put(self, record: RunRecord, blobs: dict[str, Blob], kept: dict[str, Any]) -> None:
+        """Keep a record now; write it and its blobs (already frozen) in the background.
+        `kept`: its values that cannot be serialised, as `kept_copies` made them."""
         if self.unusable and not self.records:  # said once, in the cell whose result is not kept
             print(f"linkkernel: {self.unusable}; component results are kept in memory only", file=sys.stderr)
-        kept = {digest: self._kept_copy(digest, value) for digest, value in memory.items()}
         with self._lock:
             self.blobs.update(blobs)
             self.memory_values.update(kept)
