@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -106,6 +108,15 @@ def decode_blob(data: bytes, digest: str) -> Blob | None:
     if _digest(stream, buffers) != digest:
         return None
     return Blob(stream, tuple(buffers), digest)
+
+
+def plain_reason(exc: BaseException) -> str:
+    """Why a write failed, in words (no errno, no path of a temporary file)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"the disk is full ({exc.strerror})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
 
 
 class CacheStore:
@@ -215,9 +226,10 @@ class CacheStore:
         slow and interrupted; nothing is kept until all are made."""
         return {digest: self._kept_copy(digest, value) for digest, value in memory.items()}
 
-    def put(self, record: RunRecord, blobs: dict[str, Blob], kept: dict[str, Any]) -> None:
+    def put(self, record: RunRecord, blobs: dict[str, Blob], kept: dict[str, Any]) -> bool:
         """Keep a record now; write it and its blobs (already frozen) in the background.
-        `kept`: its values that cannot be serialised, as `kept_copies` made them."""
+        `kept`: its values that cannot be serialised, as `kept_copies` made them. False when
+        it is kept in memory only, its disk known to be too full (`write_trouble` says why)."""
         if self.unusable and not self.records:  # said once, in the cell whose result is not kept
             print(f"linkkernel: {self.unusable}; component results are kept in memory only", file=sys.stderr)
         with self._lock:
@@ -233,11 +245,28 @@ class CacheStore:
                     self.fs.makedirs(self.root, exist_ok=True)
                 except OSError as exc:
                     self._trouble = exc
+            if self._local and not self._room_for(blobs.values()):
+                return False  # written again by the next run that makes them
             self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
             # Values lost before this put are made again by it; one lost while the write is
             # under way (a child could not rebuild it) stays lost when the write lands.
             relost = {d for d in blobs if d in self.lost}
             self._pending.append(self._writer.submit(self._write, record, list(blobs.values()), relost))
+        return True
+
+    def _room_for(self, blobs: Iterable[Blob]) -> bool:
+        """Whether the local disk has room for `blobs`, asked first so that a disk too full
+        is said in the cell whose results it cannot keep (`write_trouble`), and not filled to
+        the last byte by a write that fails anyway."""
+        needed = sum(blob.size for blob in blobs)
+        try:
+            free = shutil.disk_usage(self.root).free
+        except OSError:
+            return True  # the write says what is wrong
+        if needed < free:
+            return True
+        self._trouble = self._trouble or OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return False
 
     def _kept_copy(self, digest: str, value: Any) -> Any:
         """A copy of a value that cannot be serialised, so that the notebook's own object
@@ -260,9 +289,18 @@ class CacheStore:
             return None
         self._trouble_said = True
         return (
-            f"linkkernel: cannot write the component cache at {self.root}: {self._trouble}; "
+            f"linkkernel: cannot write the component cache at {self.root}: {plain_reason(self._trouble)}; "
             "results are kept in memory only, so after a restart their components run again"
         )
+
+    def unwritten(self, failures: list[BaseException], refused: bool) -> str | None:
+        """Why results a caller put (`cache import`) are not written, in words, said by the
+        caller for `write_trouble`: `failures` of their writes, `refused` when a put found
+        no room. None when they were written."""
+        problem = failures[0] if failures else self._trouble if refused else None
+        if problem is not None:
+            self._trouble, self._trouble_said = self._trouble or problem, True
+        return None if problem is None else plain_reason(problem)
 
     def _forget_unreferenced(self) -> None:
         """Drop in-memory values no current record names (a re-run parent's old gigabytes);
@@ -399,11 +437,16 @@ class CacheStore:
         return copies
 
     def clear(self) -> None:
+        """Forget every stored run, in the storage first: a LinkError when it refuses (a
+        read-only folder), with the runs kept here as they were."""
         self.flush()
+        if self.fs is not None and self.fs.exists(self.root):
+            try:
+                self.fs.rm(self.root, recursive=True)
+            except OSError as exc:
+                raise LinkError(f"cannot clear the component cache at {self.root}: {plain_reason(exc)}") from None
         with self._lock:
             self.records.clear()
             self.blobs.clear()
             self.memory_values.clear()
             self.shared.clear()
-        if self.fs is not None and self.fs.exists(self.root):
-            self.fs.rm(self.root, recursive=True)
