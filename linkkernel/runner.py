@@ -706,7 +706,10 @@ class Runner:
         try:
             for k, name in enumerate(names, 1):
                 progress.show(k, name)
-                outcome = await self.run_component(graph.nodes[name]["component"], live=None)
+                try:
+                    outcome = await self.run_component(graph.nodes[name]["component"], live=None)
+                except InputsInterrupted:  # shown as the user's own KeyboardInterrupt (%link run)
+                    raise KeyboardInterrupt from None
                 if outcome.interrupted:
                     raise KeyboardInterrupt
                 if outcome.error is not None:
