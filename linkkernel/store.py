@@ -258,7 +258,7 @@ class CacheStore:
         """Whether the local disk has room for `blobs`, asked first so that a disk too full
         is said in the cell whose results it cannot keep (`write_trouble`), and not filled to
         the last byte by a write that fails anyway."""
-        needed = sum(blob.size for blob in blobs)
+        needed = sum(blob.size for blob in blobs if not os.path.exists(self._blob_path(blob.digest)))
         try:
             free = shutil.disk_usage(self.root).free
         except OSError:
