@@ -300,3 +300,21 @@ def test_interrupting_link_run_while_inputs_load_is_a_keyboard_interrupt(nb):
     assert nb.run("slow_parent").status == "ok"
     result = nb.kernel.execute("%link run child", interrupt_after=1.5, timeout=30)
     assert result.reply["content"]["ename"] == "KeyboardInterrupt"
+
+
+def test_a_mirror_file_a_killed_kernel_was_writing_goes_when_the_mirror_makes_room(tmp_path):
+    from linkkernel.remote.mirror import Mirror
+
+    folder = tmp_path / "mirror"
+    writer = _writer("""
+        import os, sys, time
+        from linkkernel.partfiles import temp_name
+        os.makedirs(sys.argv[1] + "/blobs/ab")
+        open(temp_name(sys.argv[1] + "/blobs/ab/abcdef", "tmp"), "wb").write(b"half a blob")
+        print("writing", flush=True); time.sleep(60)
+    """, str(folder))
+    try:
+        assert Mirror(str(folder)).make_room(1) and len(_leftovers(folder)) == 1
+    finally:
+        _kill_9(writer)
+    assert Mirror(str(folder)).make_room(1) and _leftovers(folder) == []
