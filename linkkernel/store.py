@@ -113,7 +113,7 @@ def decode_blob(data: bytes, digest: str) -> Blob | None:
 def plain_reason(exc: BaseException) -> str:
     """Why a write failed, in words (no errno, no path of a temporary file)."""
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"the disk is full ({exc.strerror})"
+        return "the disk is full" if exc.errno == errno.ENOSPC else "the disk quota is used up"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
