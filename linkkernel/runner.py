@@ -289,17 +289,28 @@ class Runner:
 
     def _publish(self, outcome: RunOutcome) -> None:
         """Outputs into the notebook namespace; the record (failed ones too, for %link status)
-        into the store. All of it or, when interrupted, none: the copies of values that cannot
-        be serialised run their own code, so they are made first; the rest holds an interrupt
-        off until it is done."""
-        kept = self.store.kept_copies(outcome.memory)
+        into the store. All of it or, when interrupted, none: the copies the store keeps of
+        values that cannot be serialised run their own code, which reads the notebook's
+        globals, so they are made once the outputs are published, and an interrupt while they
+        are made puts the notebook's old values back; the rest holds an interrupt off."""
+        user_ns = self.shell.user_ns
+        names = [*outcome.values, *outcome.deleted] if outcome.record.ok else []
+        before = {name: user_ns.get(name, _ABSENT) for name in names}
+        with _interrupts_held():
+            user_ns.update({name: outcome.values[name] for name in names if name in outcome.values})
+            for name in outcome.deleted:
+                user_ns.pop(name, None)
+        try:
+            kept = self.store.kept_copies(outcome.memory)
+        except BaseException:  # KeyboardInterrupt: copying never raises anything else
+            with _interrupts_held():
+                user_ns.update({name: old for name, old in before.items() if old is not _ABSENT})
+                for name in [name for name, old in before.items() if old is _ABSENT]:
+                    user_ns.pop(name, None)
+            raise
         with _interrupts_held():
             if outcome.record.ok:
                 self._published.add(outcome.record.run_id)
-                user_ns = self.shell.user_ns
-                user_ns.update(outcome.values)
-                for name in outcome.deleted:
-                    user_ns.pop(name, None)
             self.store.put(outcome.record, outcome.blobs, kept)
         trouble = self.store.write_trouble()
         if trouble is not None:
@@ -327,10 +338,10 @@ class Runner:
             try:  # unpickling and copying run the values' own code, which may take long
                 with loading_together(merged, load_input) as value_of:
                     inputs = {name: value_of(name) for name in merged}
+                ns.update(inputs)
                 copies = self.store.private({n: (d, inputs[n]) for n, d in merged.items() if d in self.store.memory_values})
             except KeyboardInterrupt:
                 raise InputsInterrupted from None
-            ns.update(inputs)
             inputs.update(copies)
             ns.update(copies)
             said = self._said_shared
@@ -764,6 +775,7 @@ def _shared_warning(component: str, shared: dict[str, Any]) -> str:
 
 # `_last_value` of a remote run whose shown value is not to become `_`.
 _NOT_SHOWN = object()
+_ABSENT = object()  # a name the notebook did not hold
 
 
 @contextmanager

@@ -222,8 +222,8 @@ class CacheStore:
 
     def kept_copies(self, memory: dict[str, Any]) -> dict[str, Any]:
         """What `put` keeps of a run's values that cannot be serialised (digest -> value):
-        copies made first, apart, because copying runs the values' own code, which may be
-        slow and interrupted; nothing is kept until all are made."""
+        copies made apart, because copying runs the values' own code, which may be slow and
+        interrupted; nothing is kept until all are made."""
         return {digest: self._kept_copy(digest, value) for digest, value in memory.items()}
 
     def put(self, record: RunRecord, blobs: dict[str, Blob], kept: dict[str, Any]) -> bool:
