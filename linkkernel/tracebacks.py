@@ -2,7 +2,8 @@
 
 `__tracebackhide__` cannot do this job: IPython never hides the last frame and only its
 Context/Verbose modes read the flag. So the traceback chain itself is rebuilt without the
-frames of linkkernel, ipykernel, IPython, zmq and tornado, and everything downstream (every
+frames of linkkernel, ipykernel, IPython, zmq and tornado (and of the libraries they called
+on the way to the user's code), and everything downstream (every
 `%xmode`, `%tb`, `%debug`, `%pdb`, the `error` message) sees only the user's code and the
 libraries it called.
 """
