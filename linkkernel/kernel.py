@@ -82,6 +82,8 @@ class LinkKernel(IPythonKernel):
             component = self.runner.learn(code, cell_meta, cell_id)
         except LinkError as exc:
             return self.runner.refuse(exc, code if store_history else None)
+        except KeyboardInterrupt:  # while the saved notebook was read (a slow network drive)
+            return self.runner.report_interrupt(code if store_history else None, "reading the saved notebook")
         if component is None:
             reply = await stock(code, user_expressions=user_expressions)
             notice = self.runner.sources.notice(code, cell_meta, cell_id)  # after: the cell may be `%link notebook`

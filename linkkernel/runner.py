@@ -12,6 +12,7 @@ from __future__ import annotations
 import builtins
 import functools
 import re
+import signal
 import sys
 import threading
 import time
@@ -229,7 +230,7 @@ class Runner:
                 # the line about a lost value is above it.
                 await self._run_captured(graph, [n for n in plan if n != component.name], alone=not self._cell_spoke)
         except KeyboardInterrupt:
-            return self._report_interrupt(history, "running parent components")
+            return self.report_interrupt(history, "running parent components")
         except ComponentFailed as exc:
             reply = self._report_parent_error(exc.name, exc.error, history)
             if exc.post_mortem is not None and self.shell.call_pdb and allow_stdin:
@@ -248,9 +249,11 @@ class Runner:
             raise
         except LinkError as exc:
             return self.refuse(exc, history)
+        except InputsInterrupted:  # before any of its code ran
+            return self.report_interrupt(history, f"loading the inputs of component {component.name!r}")
         except KeyboardInterrupt:  # after the user's code: while its outputs were being kept
             counted = self.shell.execution_count != count_before  # the live run already numbered the cell
-            return self._report_interrupt(None if counted else history, f"keeping the outputs of component {component.name!r}")
+            return self.report_interrupt(None if counted else history, f"keeping the outputs of component {component.name!r}")
         for line in outcome.warnings:
             print(line, file=sys.stderr)
         return outcome.reply
@@ -285,14 +288,30 @@ class Runner:
         return runs, inherited(component.parents, self.store.get)
 
     def _publish(self, outcome: RunOutcome) -> None:
-        """Outputs into the notebook namespace; the record (failed ones too, for %link status) into the store."""
-        if outcome.record.ok:
-            self._published.add(outcome.record.run_id)
-            user_ns = self.shell.user_ns
-            user_ns.update(outcome.values)
+        """Outputs into the notebook namespace; the record (failed ones too, for %link status)
+        into the store. All of it or, when interrupted, none: the copies the store keeps of
+        values that cannot be serialised run their own code, which reads the notebook's
+        globals, so they are made once the outputs are published, and an interrupt while they
+        are made puts the notebook's old values back; the rest holds an interrupt off."""
+        user_ns = self.shell.user_ns
+        names = [*outcome.values, *outcome.deleted] if outcome.record.ok else []
+        before = {name: user_ns.get(name, _ABSENT) for name in names}
+        with _interrupts_held():
+            user_ns.update({name: outcome.values[name] for name in names if name in outcome.values})
             for name in outcome.deleted:
                 user_ns.pop(name, None)
-        self.store.put(outcome.record, outcome.blobs, outcome.memory)
+        try:
+            kept = self.store.kept_copies(outcome.memory)
+        except BaseException:  # KeyboardInterrupt: copying never raises anything else
+            with _interrupts_held():
+                user_ns.update({name: old for name, old in before.items() if old is not _ABSENT})
+                for name in [name for name, old in before.items() if old is _ABSENT]:
+                    user_ns.pop(name, None)
+            raise
+        with _interrupts_held():
+            if outcome.record.ok:
+                self._published.add(outcome.record.run_id)
+            self.store.put(outcome.record, outcome.blobs, kept)
         trouble = self.store.write_trouble()
         if trouble is not None:
             outcome.warnings.append(trouble)
@@ -316,10 +335,13 @@ class Runner:
                 loaded[name] = self._load(component.name, "input", name, merged[name], ns)
                 return loaded[name][0]
 
-            with loading_together(merged, load_input) as value_of:
-                inputs = {name: value_of(name) for name in merged}
-            ns.update(inputs)
-            copies = self.store.private({n: (d, inputs[n]) for n, d in merged.items() if d in self.store.memory_values})
+            try:  # unpickling and copying run the values' own code, which may take long
+                with loading_together(merged, load_input) as value_of:
+                    inputs = {name: value_of(name) for name in merged}
+                ns.update(inputs)
+                copies = self.store.private({n: (d, inputs[n]) for n, d in merged.items() if d in self.store.memory_values})
+            except KeyboardInterrupt:
+                raise InputsInterrupted from None
             inputs.update(copies)
             ns.update(copies)
             said = self._said_shared
@@ -617,7 +639,8 @@ class Runner:
         header = f"\x1b[0;31mError in parent component {name!r}:\x1b[0m"
         return self._fail(dict(error, traceback=[header, *error["traceback"]]), history)
 
-    def _report_interrupt(self, history: str | None, during: str) -> dict[str, Any]:
+    def report_interrupt(self, history: str | None, during: str) -> dict[str, Any]:
+        """The user's interrupt, as Jupyter shows one, saying what it stopped."""
         return self._fail(_interrupt_error(f"interrupted while {during}; nothing half-run was kept"), history)
 
     # ---- %link run -------------------------------------------------------------------------
@@ -675,9 +698,10 @@ class Runner:
             _, inherited = self._parent_namespaces(graph.nodes[name]["component"])
             outputs = {n: d for n, d in record.namespace.items() if inherited.get(n) != d}
             with loading_together(outputs, lambda n: self._load(name, "output", n, outputs[n], self.shell.user_ns)[0]) as value_of:
-                for output in outputs:
-                    self.shell.user_ns[output] = value_of(output)
-            self._published.add(record.run_id)
+                values = {output: value_of(output) for output in outputs}
+            with _interrupts_held():  # a run's outputs all published, or (interrupted while loading) none
+                self.shell.user_ns.update(values)
+                self._published.add(record.run_id)
 
     async def _run_captured(self, graph, names: list[str], targets: Collection[str] = (), alone: bool = False) -> list[str]:
         """Run `names` in order with their outputs captured, under the transient progress line
@@ -693,7 +717,10 @@ class Runner:
         try:
             for k, name in enumerate(names, 1):
                 progress.show(k, name)
-                outcome = await self.run_component(graph.nodes[name]["component"], live=None)
+                try:
+                    outcome = await self.run_component(graph.nodes[name]["component"], live=None)
+                except InputsInterrupted:  # shown as the user's own KeyboardInterrupt (%link run)
+                    raise KeyboardInterrupt from None
                 if outcome.interrupted:
                     raise KeyboardInterrupt
                 if outcome.error is not None:
@@ -748,10 +775,34 @@ def _shared_warning(component: str, shared: dict[str, Any]) -> str:
 
 # `_last_value` of a remote run whose shown value is not to become `_`.
 _NOT_SHOWN = object()
+_ABSENT = object()  # a name the notebook did not hold
+
+
+@contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """An interrupt (SIGINT) arriving inside is raised once the block is done, so that it
+    lands before or after, never halfway (a namespace half published). Only the main thread
+    receives interrupts; elsewhere there is nothing to hold."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:  # None: set outside Python
+        yield
+        return
+    caught: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        signal.raise_signal(signal.SIGINT)
 
 
 def _interrupt_error(text: str) -> dict[str, Any]:
     return {"ename": "KeyboardInterrupt", "evalue": "", "traceback": [f"\x1b[0;31mKeyboardInterrupt\x1b[0m: {text}"]}
+
+
+class InputsInterrupted(KeyboardInterrupt):
+    """The user's interrupt, while a component's inputs were being loaded: none of its code ran."""
 
 
 class UnrebuiltValue(LostValue):

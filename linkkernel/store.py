@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import threading
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from linkkernel.cow import MIN_SIZE, Loaded, freeze_buffer, frozen_owner
 from linkkernel.errors import LinkError
 from linkkernel.namespaces import Blob, _digest
+from linkkernel.partfiles import remove_abandoned, temp_name
 from linkkernel.staleness import RunRecord, code_hash, states
 
 MEMORY_PREFIX = "memory:"
@@ -108,6 +110,15 @@ def decode_blob(data: bytes, digest: str) -> Blob | None:
     return Blob(stream, tuple(buffers), digest)
 
 
+def plain_reason(exc: BaseException) -> str:
+    """Why a write failed, in words (no errno, no path of a temporary file)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk is full" if exc.errno == errno.ENOSPC else "the disk quota is used up"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
 class CacheStore:
     """Run records and blobs of one notebook, in memory and (when a notebook is known) on fsspec."""
 
@@ -149,6 +160,9 @@ class CacheStore:
             except Exception as exc:  # s3fs lets botocore's own errors through (no credentials...), not only OSError
                 self.fs = self.root = None
                 self.unusable = f"cache store {url!r} cannot be used: {exc}"
+                return
+            if self._local:  # what writers killed midway left (an object store keeps no half upload)
+                self._pending.append(self._writer.submit(remove_abandoned, self.root, ["records/*.part", "blobs/*/*.part"]))
 
     @property
     def location(self) -> str:
@@ -206,11 +220,18 @@ class CacheStore:
     def get(self, name: str) -> RunRecord | None:
         return self.records.get(name)
 
-    def put(self, record: RunRecord, blobs: dict[str, Blob], memory: dict[str, Any]) -> None:
-        """Keep a record now; write it and its blobs (already frozen) in the background."""
+    def kept_copies(self, memory: dict[str, Any]) -> dict[str, Any]:
+        """What `put` keeps of a run's values that cannot be serialised (digest -> value):
+        copies made apart, because copying runs the values' own code, which may be slow and
+        interrupted; nothing is kept until all are made."""
+        return {digest: self._kept_copy(digest, value) for digest, value in memory.items()}
+
+    def put(self, record: RunRecord, blobs: dict[str, Blob], kept: dict[str, Any]) -> bool:
+        """Keep a record now; write it and its blobs (already frozen) in the background.
+        `kept`: its values that cannot be serialised, as `kept_copies` made them. False when
+        it is kept in memory only, its disk known to be too full (`write_trouble` says why)."""
         if self.unusable and not self.records:  # said once, in the cell whose result is not kept
             print(f"linkkernel: {self.unusable}; component results are kept in memory only", file=sys.stderr)
-        kept = {digest: self._kept_copy(digest, value) for digest, value in memory.items()}
         with self._lock:
             self.blobs.update(blobs)
             self.memory_values.update(kept)
@@ -224,11 +245,28 @@ class CacheStore:
                     self.fs.makedirs(self.root, exist_ok=True)
                 except OSError as exc:
                     self._trouble = exc
+            if self._local and not self._room_for(blobs.values()):
+                return False  # written again by the next run that makes them
             self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
             # Values lost before this put are made again by it; one lost while the write is
             # under way (a child could not rebuild it) stays lost when the write lands.
             relost = {d for d in blobs if d in self.lost}
             self._pending.append(self._writer.submit(self._write, record, list(blobs.values()), relost))
+        return True
+
+    def _room_for(self, blobs: Iterable[Blob]) -> bool:
+        """Whether the local disk has room for `blobs`, asked first so that a disk too full
+        is said in the cell whose results it cannot keep (`write_trouble`), and not filled to
+        the last byte by a write that fails anyway."""
+        needed = sum(blob.size for blob in blobs if not os.path.exists(self._blob_path(blob.digest)))
+        try:
+            free = shutil.disk_usage(self.root).free
+        except OSError:
+            return True  # the write says what is wrong
+        if needed < free:
+            return True
+        self._trouble = self._trouble or OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return False
 
     def _kept_copy(self, digest: str, value: Any) -> Any:
         """A copy of a value that cannot be serialised, so that the notebook's own object
@@ -251,9 +289,18 @@ class CacheStore:
             return None
         self._trouble_said = True
         return (
-            f"linkkernel: cannot write the component cache at {self.root}: {self._trouble}; "
+            f"linkkernel: cannot write the component cache at {self.root}: {plain_reason(self._trouble)}; "
             "results are kept in memory only, so after a restart their components run again"
         )
+
+    def unwritten(self, failures: list[BaseException], refused: bool) -> str | None:
+        """Why results a caller put (`cache import`) are not written, in words, said by the
+        caller for `write_trouble`: `failures` of their writes, `refused` when a put found
+        no room. None when they were written."""
+        problem = failures[0] if failures else self._trouble if refused else None
+        if problem is not None:
+            self._trouble, self._trouble_said = self._trouble or problem, True
+        return None if problem is None else plain_reason(problem)
 
     def _forget_unreferenced(self) -> None:
         """Drop in-memory values no current record names (a re-run parent's old gigabytes);
@@ -280,8 +327,9 @@ class CacheStore:
         the same store (two notebooks of one user, a notebook open twice) running the same
         component write the same blob at once: with one shared temporary name, one truncated
         the file the other was writing and the other's move then failed, losing its results
-        to a warning. Readers see a whole file or none."""
-        aside = f"{path}.{uuid.uuid4().hex}.part"
+        to a warning. Readers see a whole file or none; the name says who writes it, so a
+        file a killed writer left is removed when the store is opened next."""
+        aside = temp_name(path)
         try:
             with self.fs.open(aside, "wb") as f:
                 write(f)
@@ -389,11 +437,16 @@ class CacheStore:
         return copies
 
     def clear(self) -> None:
+        """Forget every stored run, in the storage first: a LinkError when it refuses (a
+        read-only folder), with the runs kept here as they were."""
         self.flush()
+        if self.fs is not None and self.fs.exists(self.root):
+            try:
+                self.fs.rm(self.root, recursive=True)
+            except OSError as exc:
+                raise LinkError(f"cannot clear the component cache at {self.root}: {plain_reason(exc)}") from None
         with self._lock:
             self.records.clear()
             self.blobs.clear()
             self.memory_values.clear()
             self.shared.clear()
-        if self.fs is not None and self.fs.exists(self.root):
-            self.fs.rm(self.root, recursive=True)

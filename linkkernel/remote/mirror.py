@@ -17,6 +17,8 @@ import hashlib
 import logging
 import os
 
+from linkkernel.partfiles import abandoned
+
 # Bound on a mirror directory's size in bytes; a blob bigger than this is not mirrored.
 LIMIT = 8 << 30
 log = logging.getLogger(__name__)
@@ -39,8 +41,9 @@ class Mirror:
         self.writable = True
 
     def make_room(self, size: int) -> bool:
-        """Remove the oldest files until `size` more bytes fit under the bound; False when
-        this blob is not to be mirrored (bigger than the bound, or writing failed before).
+        """Remove what writers killed midway left, then the oldest files until `size` more
+        bytes fit under the bound; False when this blob is not to be mirrored (bigger than
+        the bound, or writing failed before).
         Raises OSError when the directory cannot be made."""
         if not self.writable or size > self.limit:
             return False
@@ -49,6 +52,9 @@ class Mirror:
         for folder, _, names in os.walk(self.root):
             for name in names:
                 path = os.path.join(folder, name)
+                if abandoned(path):  # half a blob, its writer killed midway
+                    self.discard(path)
+                    continue
                 try:
                     st = os.stat(path)
                 except FileNotFoundError:  # evicted or renamed meanwhile by another process

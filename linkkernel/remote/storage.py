@@ -34,13 +34,13 @@ import mmap
 import os
 import re
 import stat
-import uuid
 from collections import OrderedDict
 from typing import Any
 
 from linkkernel import cow
 from linkkernel.errors import LinkError
 from linkkernel.namespaces import Blob, _digest, loads
+from linkkernel.partfiles import remove_abandoned, temp_name
 from linkkernel.remote.mirror import Mirror, default_root
 
 MAGIC = b"LKB2"
@@ -198,6 +198,7 @@ class Store:
         try:
             if self.local:
                 self.fs.makedirs(f"{self._root}/blobs", exist_ok=True)
+                self.remove_abandoned()
             else:
                 # The prefix may not exist yet; its bucket (first component) must.
                 self.fs.ls(self._root.split("/", 1)[0], refresh=True)
@@ -244,6 +245,12 @@ class Store:
             return False
         return True
 
+    def remove_abandoned(self) -> None:
+        """Remove the blob files that writers killed midway (a task process cancelled or
+        crashed, a kernel killed while uploading) left in a local store; nothing else can."""
+        if self.local:
+            remove_abandoned(self._root, ["blobs/*/*.tmp"])
+
     def forget_uploads(self) -> None:
         """Stop taking blobs for stored because this process stored or saw them: after a task
         found one missing (the store was emptied meanwhile), the next put checks the store."""
@@ -286,9 +293,10 @@ class Store:
 
     def _write_local(self, path: str, digest: str, header: bytes, parts: list[memoryview], offsets: list[int]) -> None:
         """Write aside, read-only from birth (nobody else ever holds it open for writing),
-        then rename into place, so readers never see half a blob."""
+        then rename into place, so readers never see half a blob; named after the writer,
+        so that once it is killed midway the file can be removed (`remove_abandoned`)."""
         os.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        target = f"{path}.{uuid.uuid4().hex}.tmp"
+        target = temp_name(path, "tmp")
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
         try:
             with open(fd, "wb", closefd=False) as f:

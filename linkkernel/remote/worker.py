@@ -770,6 +770,8 @@ class Worker:
         status = self._exit_status(task.pid, needed=not ("result" in outcome or "failed" in outcome or task.cancelled))
         os.close(task.pidfd)
         del self.running[task.pid]
+        if task.cancelled or "result" not in outcome:  # killed or crashed, perhaps while writing a blob
+            self.store.remove_abandoned()
         elapsed = f"{time.monotonic() - task.started_at:.3f} s"
         if task.cancelled:  # even when its result came in meanwhile: the kernel waits for this
             self._log(task, f"cancelled, task process killed after {elapsed}")

@@ -479,6 +479,8 @@ class ImportResult:
     notes: list[str]
     # Components of the notebook the exporter left out, with the exporter's reason: they run here.
     left_out: dict[str, str] = field(default_factory=dict)
+    # Why the imported runs could not be written to the store (a kernel keeps them in memory).
+    unwritten: str | None = None
 
 
 def _environment_notes(manifest: dict[str, Any]) -> list[str]:
@@ -494,7 +496,7 @@ def _environment_notes(manifest: dict[str, Any]) -> list[str]:
     return notes
 
 
-def install_archive(archive: VerifiedArchive, graph, store, where: str = "the archive") -> ImportResult:
+def install_archive(archive: VerifiedArchive, graph, store, where: str = "the archive", in_kernel: bool = False) -> ImportResult:
     """Put the archive's runs that are fresh for `graph` into `store`; list the others as stale.
 
     A run is fresh when its code hash and parents match the notebook and its parents are
@@ -528,14 +530,14 @@ def install_archive(archive: VerifiedArchive, graph, store, where: str = "the ar
     for name in sorted(set(archive.records) - set(comps)):
         stale[name] = "not declared in the notebook"
     left_out = {n: skipped[n] for n in order if n in skipped and n not in archive.records and state[n] != FRESH}
+    refused = False
     for name in imported:
         record = archive.records[name]
-        store.put(record, {d: archive.blobs[d] for d in record.namespace.values()}, {})
-    failures = store.write_failures()
-    if failures:
-        reason = str(failures[0]) or type(failures[0]).__name__
-        raise ArchiveError(f"{where}: import failed: cannot write to the cache store {store.location} ({reason})")
-    return ImportResult(imported, stale, _environment_notes(archive.manifest), left_out)
+        refused |= not store.put(record, {d: archive.blobs[d] for d in record.namespace.values()}, {})
+    unwritten = store.unwritten(store.write_failures(), refused)
+    if unwritten and not in_kernel:  # nothing outlives this process
+        raise ArchiveError(f"{where}: import failed: cannot write to the cache store {store.location} ({unwritten})")
+    return ImportResult(imported, stale, _environment_notes(archive.manifest), left_out, unwritten)
 
 
 def _stale_parent(record, state: dict[str, str], archive: VerifiedArchive, skipped: dict[str, str]) -> str:
@@ -634,8 +636,9 @@ def do_export(graph, store, output: str, progress: Progress, notebook: str | Non
     return line
 
 
-def do_import(path: str, graph, store, trust: bool, max_size: int, progress: Progress) -> str:
-    """Verify the archive completely, then install it; returns the lines that report it."""
+def do_import(path: str, graph, store, trust: bool, max_size: int, progress: Progress, in_kernel: bool = False) -> str:
+    """Verify the archive completely, then install it; returns the lines that report it.
+    `in_kernel`: the store is a running kernel's, which keeps what it cannot write in memory."""
     from linkkernel.keys import existing_user_key
 
     key = existing_user_key()
@@ -647,9 +650,13 @@ def do_import(path: str, graph, store, trust: bool, max_size: int, progress: Pro
         raise ArchiveError(f"{path}: cannot read: {exc.strerror}") from exc
     with source:
         archive = read_archive(source, path, key, trust, max_size, progress)
-    result = install_archive(archive, graph, store, path)
+    result = install_archive(archive, graph, store, path, in_kernel)
     lines = [f"imported {len(result.imported)} component{'s' * (len(result.imported) != 1)} "
              f"from {path} into {store.location}" + (f": {', '.join(result.imported)}" if result.imported else "")]
+    if result.unwritten:
+        lines[0] = (f"imported {len(result.imported)} component{'s' * (len(result.imported) != 1)} from {path}, "
+                    f"kept in memory only: cannot write the cache store {store.location} ({result.unwritten}); "
+                    f"after a restart they run again: {', '.join(result.imported)}")
     if result.stale:
         lines.append("stale, not imported: " + "; ".join(f"{n} ({why})" for n, why in result.stale.items()))
     if result.left_out:
@@ -689,4 +696,4 @@ def cache_magic(kernel, argv: list[str]) -> None:
     if args.action == "export":
         print(do_export(runner.graph(), runner.store, args.output, Progress(), runner.sources.notebook_path))
     else:
-        print(do_import(args.archive, runner.graph(), runner.store, args.trust, args.max_size, Progress()))
+        print(do_import(args.archive, runner.graph(), runner.store, args.trust, args.max_size, Progress(), in_kernel=True))

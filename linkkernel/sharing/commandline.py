@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import glob
 import os
 import secrets
 import stat
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import BinaryIO, NoReturn, TextIO
 
 from linkkernel.errors import LinkError
+from linkkernel.partfiles import remove_abandoned, temp_name
 
 
 class _HelpShown(Exception):
@@ -149,7 +151,9 @@ def atomic_output(
         return
     if path.is_symlink():  # a rename would replace the link; the user meant the file it points to
         path = Path(os.path.realpath(path))
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    # Named after this process, so the file a writer killed midway left is removed here, next time.
+    remove_abandoned(str(path.parent), [f"{glob.escape('.' + path.name)}.*.tmp"])
+    tmp = Path(temp_name(str(path.with_name(f".{path.name}")), "tmp"))
     try:
         # os.open with 0o666 lets the umask decide permissions, as a plain open() would.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 if mode is None else mode)
