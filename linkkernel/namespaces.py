@@ -11,7 +11,9 @@ import hashlib
 import io
 import os
 import pickle
+import sys
 import types
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -148,6 +150,18 @@ def _single_dispatched(function: types.FunctionType, registry: dict, attributes:
     return dispatcher
 
 
+def _process_bound(obj: Any) -> str | None:
+    """Why `obj` must not be pickled at all, when it is an object only this process can
+    hold: an open text file (cloudpickle would make a copy of its text, a StringIO) or a weak
+    proxy (pickled through its referent, it would come back as a copy of that). Kept in
+    memory instead, children get the object itself, as in one kernel."""
+    if type(obj) in weakref.ProxyTypes:
+        return "a weak proxy refers to an object of this process"
+    if type(obj) is io.TextIOWrapper and obj not in (sys.stdout, sys.stderr):
+        return "an open file belongs to this process"
+    return None
+
+
 _cloudpickle_class_setstate = cloudpickle.cloudpickle._class_setstate
 # While values are loaded for a component's run: each class attribute a load replaced, as
 # (class, name, value before, value installed); see `classes_put_back`.
@@ -210,6 +224,9 @@ class _Pickler(cloudpickle.Pickler):
             reference = names.reference(obj)
             if reference is not None:
                 return reference
+        refused = _process_bound(obj)
+        if refused is not None:
+            raise pickle.PicklingError(refused)
         if isinstance(obj, types.CodeType) and obj.co_filename != _DYNAMIC_CODE:
             return _code_in_file, (obj.replace(co_filename=_DYNAMIC_CODE), obj.co_filename)
         if isinstance(obj, functools._lru_cache_wrapper) and _defined_in_notebook(getattr(obj, "__wrapped__", None)):

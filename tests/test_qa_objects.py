@@ -1,0 +1,112 @@
+"""QA of the objects data scientists pass between components (SPEC §3): a child sees what its
+parent made exactly as if the cells had run in order in one stock kernel, whatever the value's
+kind — open files, memoryviews, weak proxies, set subclasses, classes defined in the notebook,
+cached properties, slotted classes, named tuples — and a value that cannot be rebuilt is said
+by name, once.
+
+Each test drives a real Link Python kernel the way JupyterLab does; kernels are shared per module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine_support import Notebook, value
+from remote_support import WorkerProcess, make_key
+from support import Kernel
+
+
+@pytest.fixture(scope="module")
+def link(link_kernelspec: str, home: Path):
+    k = Kernel(cwd=str(home), LINKKERNEL_CACHE=f"file://{home / 'cache'}")
+    yield k
+    k.shutdown()
+
+
+@pytest.fixture(scope="module")
+def worker(home: Path):
+    """A real worker on loopback, registered as `qo`."""
+    from linkkernel.remote import registry
+
+    key_file = make_key(home / "key")
+    w = WorkerProcess(str(home / "worker-store"), key_file, home)
+    registry.add("qo", w.address, str(home / "worker-store"), str(key_file))
+    yield w
+    registry.remove("qo")
+    w.stop()
+
+
+@pytest.fixture
+def nb(link: Kernel, home: Path, request: pytest.FixtureRequest) -> Notebook:
+    """A saved notebook of this test's own, made the kernel's notebook (and cache) for the test."""
+    return Notebook(link, home / f"{request.node.name}.ipynb")
+
+
+def restart(nb: Notebook) -> None:
+    """Restart as JupyterLab does, then point the new kernel at the test's notebook again."""
+    nb.kernel.manager.restart_kernel(now=False)
+    nb.kernel.client.wait_for_ready(timeout=60)
+    assert nb.kernel.execute(f"%link notebook {nb.path}").status == "ok"
+
+
+def changed_in_notebook(nb: Notebook, names: list[str]) -> None:
+    """Rebind `names` in the notebook namespace: a child that only reads them must leave them so."""
+    assert nb.kernel.execute(" = ".join(names) + " = 'changed in the notebook'").status == "ok"
+
+
+def still_changed(nb: Notebook, names: list[str]) -> list[str]:
+    """Those of `names` a child's run published over the notebook's own value (its outputs)."""
+    return value(nb.kernel, f"[n for n in {names!r} if globals()[n] != 'changed in the notebook']")
+
+
+def test_an_open_file_is_the_parents_own_file_in_a_child(nb, home: Path):
+    """In one kernel a child reading on from a file its parent opened gets the next line, and
+    the notebook's file has moved on too. It must not become a copy of the file's text."""
+    (home / "lines.txt").write_text("one\ntwo\nthree\n")
+    nb.add("opens", f"f = open({str(home / 'lines.txt')!r})\nfirst = f.readline()", counted=False)
+    nb.add("reads_on", "second = f.readline()\nkind = type(f).__name__", "opens", counted=False)
+    nb.use()
+    opened = nb.run("opens")
+    assert opened.status == "ok", opened.traceback_text
+    assert opened.stderr == (
+        "linkkernel: component 'opens': 'f' (_io.TextIOWrapper) cannot be serialised; "
+        "it is kept in memory only, so after a restart the component runs again\n"
+    )
+    child = nb.run("reads_on")
+    assert child.status == "ok", child.traceback_text
+    assert value(nb.kernel, "(first, second, kind)") == ("one\n", "two\n", "TextIOWrapper")
+    assert value(nb.kernel, "f.readline()") == "three\n"
+    assert child.stderr == (
+        "linkkernel: component 'reads_on': input 'f' (_io.TextIOWrapper) cannot be copied; it is shared with "
+        "the component that made it, so what this run does to it is seen there and by its other children\n"
+    )
+
+
+def test_an_open_file_cannot_go_to_a_worker_and_says_so_in_one_line(nb, home: Path, worker):
+    (home / "far.txt").write_text("far\n")
+    nb.add("opens_here", f"g = open({str(home / 'far.txt')!r})", counted=False)
+    nb.add("reads_far", "line = g.readline()", "opens_here", remote="qo", counted=False)
+    nb.use()
+    result = nb.run("reads_far")
+    assert result.status == "error"
+    assert result.reply["content"]["evalue"] == (
+        "component 'reads_far' cannot run on worker 'qo': its input 'g' (_io.TextIOWrapper) cannot be "
+        "pickled, so it exists only in this kernel's memory"
+    )
+
+
+def test_a_weak_proxy_stays_a_proxy_to_the_parents_object(nb):
+    """A proxy pickled or deep-copied through the object it points to comes back as a copy of
+    that object, a different type: the child must get the proxy, as in one kernel."""
+    nb.add("points", "import weakref\nclass Node:\n    size = 3\nnode = Node()\nproxy = weakref.proxy(node)", counted=False)
+    nb.add("follows", "kind = type(proxy).__name__\nsize = proxy.size", "points", counted=False)
+    nb.use()
+    points = nb.run("points")
+    assert points.status == "ok"
+    assert "'proxy' (weakref.ProxyType) cannot be serialised" in points.stderr
+    follows = nb.run("follows")
+    assert follows.status == "ok", follows.traceback_text
+    assert value(nb.kernel, "(kind, size)") == ("ProxyType", 3)
+    assert "input 'proxy' (weakref.ProxyType) cannot be copied" in follows.stderr
