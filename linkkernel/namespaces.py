@@ -150,6 +150,54 @@ def _single_dispatched(function: types.FunctionType, registry: dict, attributes:
     return dispatcher
 
 
+def _cached_property(function: Callable[..., Any], attributes: dict[str, Any]) -> functools.cached_property:
+    """A `functools.cached_property` again: before Python 3.12 it holds a lock, which cannot
+    be pickled, so that every notebook class using one, and its instances, could not be."""
+    prop = functools.cached_property(function)
+    prop.__dict__.update(attributes)
+    return prop
+
+
+def _memoryview_again(buffer: Any, format: str, shape: tuple[int, ...]) -> memoryview:
+    """A memoryview again (cloudpickle makes it bytes), over a copy of what it showed;
+    read-only when the buffer comes read-only (protocol 5 keeps which)."""
+    return memoryview(buffer).cast("B").cast(format, shape)
+
+
+def _memoryview_reduced(view: memoryview) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+    """How a memoryview pickles: its bytes out of band, its format and shape (a view's
+    strides are not kept: it comes back contiguous). A format `cast` cannot make again
+    (a struct of several fields, an explicit byte order) does not pickle."""
+    try:
+        memoryview(bytes(view.itemsize)).cast(view.format)
+    except (TypeError, ValueError) as exc:
+        raise pickle.PicklingError(f"a memoryview of format {view.format!r} cannot be rebuilt: {exc}") from None
+    if view.c_contiguous:
+        data = pickle.PickleBuffer(view)
+    else:
+        data = pickle.PickleBuffer(view.tobytes() if view.readonly else bytearray(view.tobytes()))
+    return _memoryview_again, (data, view.format, view.shape)
+
+
+def _set_of(cls: type, items: set) -> set | frozenset:
+    """A set subclass again, with its items, without calling its own `__init__` or
+    `__new__` (pickle calls `cls(items)`, which a subclass taking other arguments empties).
+    `items` is an exact set, so its stream shows it holds one (see `digests_as_loaded`)."""
+    if issubclass(cls, frozenset):
+        return frozenset.__new__(cls, items)
+    made = set.__new__(cls)
+    set.update(made, items)
+    return made
+
+
+def _reduced_set_subclass(obj: set | frozenset) -> tuple[Callable[..., Any], tuple[Any, ...], Any] | None:
+    """How an instance of a set subclass pickles, unless its class says how itself."""
+    cls = type(obj)
+    if cls.__reduce_ex__ is not object.__reduce_ex__ or cls.__reduce__ not in (set.__reduce__, frozenset.__reduce__):
+        return None
+    return _set_of, (cls, set(obj)), obj.__getstate__()
+
+
 def _process_bound(obj: Any) -> str | None:
     """Why `obj` must not be pickled at all, when it is an object only this process can
     hold: an open text file (cloudpickle would make a copy of its text, a StringIO) or a weak
@@ -227,6 +275,14 @@ class _Pickler(cloudpickle.Pickler):
         refused = _process_bound(obj)
         if refused is not None:
             raise pickle.PicklingError(refused)
+        if type(obj) is memoryview:
+            return _memoryview_reduced(obj)
+        if type(obj) is functools.cached_property:
+            return _cached_property, (obj.func, {k: v for k, v in vars(obj).items() if k not in ("func", "lock")})
+        if isinstance(obj, (set, frozenset)) and type(obj) not in (set, frozenset):
+            reduced = _reduced_set_subclass(obj)
+            if reduced is not None:
+                return reduced
         if isinstance(obj, types.CodeType) and obj.co_filename != _DYNAMIC_CODE:
             return _code_in_file, (obj.replace(co_filename=_DYNAMIC_CODE), obj.co_filename)
         if isinstance(obj, functools._lru_cache_wrapper) and _defined_in_notebook(getattr(obj, "__wrapped__", None)):
@@ -411,6 +467,7 @@ def pickling_names(values: Mapping[str, Any], known: Callable[[str], Blob | None
 # ends in a stream. A set pickles in its iteration order, which hangs on its table's history:
 # one rebuilt from a pickle usually iterates in another order, so re-pickled untouched it
 # gives another stream. (The same bytes inside other data only cost a needless re-pickle.)
+# A set subclass holds an exact set (see `_set_of`).
 _SET_OPCODES = (pickle.EMPTY_SET + pickle.MEMOIZE + pickle.MARK, pickle.FROZENSET + pickle.MEMOIZE)
 
 

@@ -97,6 +97,33 @@ def test_an_open_file_cannot_go_to_a_worker_and_says_so_in_one_line(nb, home: Pa
     )
 
 
+def test_a_memoryview_stays_a_memoryview_with_its_shape_format_and_writability(nb):
+    nb.add("views", "import array\n"
+                    "ro = memoryview(b'abcdef')\n"
+                    "grid = memoryview(bytearray(range(6))).cast('B', (2, 3))\n"
+                    "ints = memoryview(array.array('i', [1, -2, 3]))\n"
+                    "col = memoryview(bytearray(range(6)))[::2]", counted=False)
+    seen = "[(type(v).__name__, v.format, v.shape, v.readonly, v.tolist()) for v in (ro, grid, ints, col)]"
+    nb.add("looks", f"seen = {seen}", "views", counted=False)
+    nb.add("writes", "grid[1, 2] = 99\nwritten = grid.tolist()", "views", counted=False)
+    nb.use()
+    assert nb.run("views").status == "ok"
+    names = ["ro", "grid", "ints", "col"]
+    changed_in_notebook(nb, names)
+    looked = nb.run("looks")
+    assert looked.status == "ok", looked.traceback_text
+    assert looked.stderr == ""
+    assert value(nb.kernel, "seen") == [
+        ("memoryview", "B", (6,), True, list(b"abcdef")),
+        ("memoryview", "B", (2, 3), False, [[0, 1, 2], [3, 4, 5]]),
+        ("memoryview", "i", (3,), False, [1, -2, 3]),
+        ("memoryview", "B", (3,), False, [0, 2, 4]),
+    ]
+    assert still_changed(nb, names) == []  # only read: not the child's outputs
+    assert nb.run("writes").status == "ok"
+    assert value(nb.kernel, "(written, grid.tolist())") == ([[0, 1, 2], [3, 4, 99]],) * 2
+
+
 def test_a_weak_proxy_stays_a_proxy_to_the_parents_object(nb):
     """A proxy pickled or deep-copied through the object it points to comes back as a copy of
     that object, a different type: the child must get the proxy, as in one kernel."""
@@ -110,3 +137,68 @@ def test_a_weak_proxy_stays_a_proxy_to_the_parents_object(nb):
     assert follows.status == "ok", follows.traceback_text
     assert value(nb.kernel, "(kind, size)") == ("ProxyType", 3)
     assert "input 'proxy' (weakref.ProxyType) cannot be copied" in follows.stderr
+
+
+SET_SUBCLASSES = (
+    "class Tags(set):\n"
+    "    def __init__(self, source):\n"
+    "        super().__init__()\n"
+    "        self.source = source\n"
+    "class Frozen(frozenset):\n"
+    "    pass\n"
+    "tags = Tags('load')\n"
+    "tags.update(str(i) for i in range(1000))\n"
+    "tags -= set(str(i) for i in range(990))\n"
+    "frozen = Frozen(str(i) for i in range(100))\n"
+)
+
+
+def test_a_set_subclass_comes_back_as_itself_with_its_items_and_attributes(nb):
+    """pickle rebuilds a set subclass by calling it with the items, which a subclass whose
+    `__init__` takes something else empties; a child must see the set its parent made."""
+    nb.add("tagged", SET_SUBCLASSES, counted=False)
+    seen = "(type(tags).__name__, sorted(tags), tags.source, type(frozen).__name__, len(frozen))"
+    nb.add("reads_tags", f"seen = {seen}", "tagged", counted=False)
+    nb.add("adds_tag", "tags.add('new')", "tagged", counted=False)
+    nb.use()
+    assert nb.run("tagged").status == "ok"
+    changed_in_notebook(nb, ["tags", "frozen", "Tags", "Frozen"])
+    result = nb.run("reads_tags")
+    assert result.status == "ok", result.traceback_text
+    assert value(nb.kernel, "seen") == ("Tags", [str(i) for i in range(990, 1000)], "load", "Frozen", 100)
+    assert still_changed(nb, ["tags", "frozen", "Tags", "Frozen"]) == []  # read only: not outputs
+    assert nb.run("adds_tag").status == "ok"
+    assert value(nb.kernel, "('new' in tags, type(tags).__name__, tags.source)") == (True, "Tags", "load")
+
+
+CACHED = (
+    "import functools\n"
+    "computed = []\n"
+    "class Model:\n"
+    "    def __init__(self, n):\n"
+    "        self.n = n\n"
+    "    @functools.cached_property\n"
+    "    def score(self):\n"
+    "        computed.append(self.n)\n"
+    "        return self.n * 10\n"
+    "model = Model(4)\n"
+    "first = model.score\n"
+)
+
+
+def test_a_cached_property_value_pickles_and_comes_back(nb):
+    """A class with a `functools.cached_property` is a value like any other (on 3.11 the
+    property holds a lock, which made the class and every instance memory-only); the value it
+    cached comes back without computing it again, and the property still works."""
+    nb.add("caches", CACHED)
+    nb.add("scores", "seen = (model.score, model.__dict__, Model(5).score, computed)", "caches")
+    nb.use()
+    caches = nb.run("caches")
+    assert caches.status == "ok", caches.traceback_text
+    assert caches.stderr == ""
+    restart(nb)
+    scores = nb.run("scores")
+    assert scores.status == "ok", scores.traceback_text
+    assert scores.stderr == ""
+    assert nb.runs() == ["caches", "scores"]  # from the cache on disk
+    assert value(nb.kernel, "seen") == (40, {"n": 4, "score": 40}, 50, [4, 5])
