@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import cloudpickle
 
@@ -218,18 +218,43 @@ _replaced_in_classes: ContextVar[list[tuple[type, str, Any, Any]] | None] = Cont
 )
 
 
+# Classes a load made anew (no class of their definition lived in this process): nothing
+# held them before, so there is nothing to give back to them after the run.
+_new_classes: weakref.WeakSet[type] = weakref.WeakSet()
+
+
+def _class_skeleton(*args: Any) -> type:
+    """cloudpickle's class skeleton (`_make_skeleton_class(..., class_tracker_id, extra)`),
+    noting whether this load made it anew or found the class of that definition living."""
+    living = cloudpickle.cloudpickle._DYNAMIC_CLASS_TRACKER_BY_ID.get(args[4])
+    cls = cloudpickle.cloudpickle._make_skeleton_class(*args)
+    if cls is not living:
+        _new_classes.add(cls)
+    return cls
+
+
 def _class_setstate_noted(cls: type, state: tuple[dict[str, Any], dict[str, Any]]) -> type:
     """cloudpickle's setstate of a class, noting what it replaced (see `classes_put_back`).
 
     cloudpickle keeps one class per definition in a process, so that instances stay
     instances of it, and loading one sets its methods again, bound to the namespace loaded
-    into; once the run that needed them ends, the class must go back to the methods it had."""
-    replaced = _replaced_in_classes.get()
+    into; once the run that needed them ends, the class must go back to the methods it had.
+    A class the load made anew had none: emptied after the run, a child's only read of a
+    class the notebook no longer held made a class without methods its output."""
+    replaced = None if cls in _new_classes else _replaced_in_classes.get()
+    _new_classes.discard(cls)
     before = {name: cls.__dict__.get(name, _ABSENT) for name in state[0] if name != "_abc_impl"}
     cls = _cloudpickle_class_setstate(cls, state)
     if replaced is not None:
         replaced.extend((cls, name, old, cls.__dict__.get(name, _ABSENT)) for name, old in before.items())
     return cls
+
+
+def _set_class_attribute(cls: type, name: str, value: Any) -> None:
+    if value is _ABSENT:
+        delattr(cls, name)
+    else:
+        setattr(cls, name, value)
 
 
 @contextmanager
@@ -245,12 +270,34 @@ def classes_put_back() -> Iterator[None]:
     finally:
         _replaced_in_classes.reset(token)
         for cls, name, before, installed in reversed(replaced):
-            if cls.__dict__.get(name, _ABSENT) is not installed:
-                continue
-            if before is _ABSENT:
-                delattr(cls, name)
-            else:
-                setattr(cls, name, before)
+            if cls.__dict__.get(name, _ABSENT) is installed:
+                _set_class_attribute(cls, name, before)
+
+
+@contextmanager
+def _classes_as_before() -> Iterator[None]:
+    """Within `classes_put_back`: the classes loaded so far with the attributes they get back
+    after the run, so that pickled now they pickle as they will then, if the run leaves
+    them alone (the functions a load installs pickle otherwise than the notebook's own)."""
+    replaced = _replaced_in_classes.get() or []
+    for cls, name, before, _ in reversed(replaced):
+        _set_class_attribute(cls, name, before)
+    try:
+        yield
+    finally:
+        for cls, name, _, installed in replaced:
+            _set_class_attribute(cls, name, installed)
+
+
+def _with_slots(args: tuple[Any, ...], attributes: dict[str, Any]) -> tuple[Any, ...]:
+    """cloudpickle's arguments to make a class skeleton, with the `__slots__` of its
+    `attributes` moved there: cloudpickle sets them once the class is made, too late to give
+    it slots, and its instances had a `__dict__` instead. A `typing.NamedTuple` gets its
+    (empty) slots from its own metaclass, which refuses them in the class body."""
+    constructor, name, bases, type_kwargs, *more = args
+    if any(base is NamedTuple for base in bases):
+        return args
+    return (constructor, name, bases, {**type_kwargs, "__slots__": attributes.pop("__slots__")}, *more)
 
 
 class _Pickler(cloudpickle.Pickler):
@@ -306,6 +353,10 @@ class _Pickler(cloudpickle.Pickler):
             # copyreg caches `__slotnames__` in a class once an instance of it is pickled: a
             # cache, which would make the class look changed to the run after
             attributes = {k: v for k, v in attributes.items() if k != "__slotnames__"}
+            if make is cloudpickle.cloudpickle._make_skeleton_class:
+                make = _class_skeleton
+                if "__slots__" in attributes:
+                    args = _with_slots(args, attributes)
             return make, args, (attributes, slots), None, None, _class_setstate_noted
         return reduced
 
@@ -463,23 +514,32 @@ def pickling_names(values: Mapping[str, Any], known: Callable[[str], Blob | None
         _pickling_names.reset(token)
 
 
-# How a non-empty set (EMPTY_SET, MEMOIZE, MARK) or a frozenset (FROZENSET, MEMOIZE) starts or
-# ends in a stream. A set pickles in its iteration order, which hangs on its table's history:
-# one rebuilt from a pickle usually iterates in another order, so re-pickled untouched it
-# gives another stream. (The same bytes inside other data only cost a needless re-pickle.)
-# A set subclass holds an exact set (see `_set_of`).
-_SET_OPCODES = (pickle.EMPTY_SET + pickle.MEMOIZE + pickle.MARK, pickle.FROZENSET + pickle.MEMOIZE)
+# Bytes in a stream of values that pickle otherwise once rebuilt, untouched (the same bytes
+# inside other data only cost a needless re-pickle):
+# - how a non-empty set (EMPTY_SET, MEMOIZE, MARK) or a frozenset (FROZENSET, MEMOIZE) starts
+#   or ends: a set pickles in its iteration order, which hangs on its table's history, and
+#   one rebuilt from a pickle usually iterates in another order (a set subclass holds an
+#   exact set, see `_set_of`);
+# - a class defined in a notebook, pickled by value: where one string object stands in
+#   several places (a dataclass field's name in its methods' code, a slot's in `__slots__`)
+#   the stream says so with a back reference, and a rebuilt class has copies there instead.
+_UNSETTLED_MARKS = (
+    pickle.EMPTY_SET + pickle.MEMOIZE + pickle.MARK,
+    pickle.FROZENSET + pickle.MEMOIZE,
+    _class_setstate_noted.__name__.encode(),
+)
 
 
 def digests_as_loaded(values: Mapping[str, Any], blobs: Mapping[str, Blob]) -> dict[str, str]:
-    """For the loaded `values` whose blob (in `blobs`, by name) holds a set, the digest they
-    pickle to now, before the run touches them: what a run's final namespace is compared
-    with (`changes`), so a set of strings the run only read is not taken for one it changed.
-    Other names keep their blob's digest; a value that no longer pickles is left out."""
-    unsettled = {n for n, blob in blobs.items() if any(op in blob.stream for op in _SET_OPCODES)}
+    """For the loaded `values` whose blob (in `blobs`, by name) holds a set or a notebook
+    class, the digest they pickle to now, before the run touches them: what a run's final
+    namespace is compared with (`changes`), so a set of strings or a dataclass the run only
+    read is not taken for one it changed. Other names keep their blob's digest (no pickling
+    pass for them); a value that no longer pickles is left out."""
+    unsettled = {n for n, blob in blobs.items() if any(op in blob.stream for op in _UNSETTLED_MARKS)}
     if not unsettled:
         return {}
-    with pickling_names({n: values[n] for n in blobs}, lambda n: None if n in unsettled else blobs[n]) as names:
+    with _classes_as_before(), pickling_names({n: values[n] for n in blobs}, lambda n: None if n in unsettled else blobs[n]) as names:
         return {n: names.blobs[n].digest for n in unsettled if n in names.blobs}
 
 

@@ -171,6 +171,106 @@ def test_a_set_subclass_comes_back_as_itself_with_its_items_and_attributes(nb):
     assert value(nb.kernel, "('new' in tags, type(tags).__name__, tags.source)") == (True, "Tags", "load")
 
 
+NOTEBOOK_CLASSES = (
+    "import abc, dataclasses\n"
+    "from typing import NamedTuple\n"
+    "@dataclasses.dataclass\n"
+    "class Point:\n"
+    "    x: int\n"
+    "    tags: list = dataclasses.field(default_factory=list)\n"
+    "class Shape(abc.ABC):\n"
+    "    @abc.abstractmethod\n"
+    "    def area(self): ...\n"
+    "class Square(Shape):\n"
+    "    def __init__(self, side):\n"
+    "        self.side = side\n"
+    "    def area(self):\n"
+    "        return self.side ** 2\n"
+    "class Plain:\n"
+    "    unit = 'cm'\n"
+    "    def label(self):\n"
+    "        return self.unit\n"
+    "class Slotted:\n"
+    "    __slots__ = ('a', 'b')\n"
+    "    def __init__(self, a, b):\n"
+    "        self.a, self.b = a, b\n"
+    "class Pair(NamedTuple):\n"
+    "    left: int\n"
+    "    right: str = 'r'\n"
+    "    def both(self):\n"
+    "        return f'{self.left}{self.right}'\n"
+    "@dataclasses.dataclass(slots=True, frozen=True)\n"
+    "class Frozen:\n"
+    "    u: int = 3\n"
+    "point = Point(1)\n"
+    "square = Square(2)\n"
+    "plain = Plain()\n"
+    "slotted = Slotted(1, 2)\n"
+    "pair = Pair(4)\n"
+    "frozen = Frozen()\n"
+)
+CLASS_NAMES = ["Point", "Shape", "Square", "Plain", "Slotted", "Pair", "Frozen"]
+INSTANCE_NAMES = ["point", "square", "plain", "slotted", "pair", "frozen"]
+USES_CLASSES = (
+    "seen = (Point(2), point, square.area(), isinstance(square, Shape), sorted(Shape.__abstractmethods__),\n"
+    "        plain.label(), (slotted.a, slotted.b, hasattr(slotted, '__dict__')),\n"
+    "        pair, pair.both(), Pair._fields, Pair._field_defaults, pair._replace(left=5), frozen)\n"
+    "seen = repr(seen)"
+)
+SEEN_CLASSES = (
+    "(Point(x=2, tags=[]), Point(x=1, tags=[]), 4, True, ['area'], 'cm', (1, 2, False), "
+    "Pair(left=4, right='r'), '4r', ('left', 'right'), {'right': 'r'}, Pair(left=5, right='r'), Frozen(u=3))"
+)
+
+
+def test_classes_defined_in_the_notebook_that_a_child_only_uses_are_not_its_outputs(nb):
+    """A child that only uses its parent's dataclass, ABC, plain, slotted and named-tuple
+    classes and their instances leaves the notebook's values alone, whether the notebook still
+    holds those classes (the child then shares them) or no longer does (the child makes them
+    anew); one that changes an instance has it as its output."""
+    nb.add("defines", NOTEBOOK_CLASSES, counted=False)
+    nb.add("uses", USES_CLASSES, "defines", counted=False)
+    nb.add("moves", "point.x = 7\nslotted.a = 8", "defines", counted=False)
+    nb.add("makes", "made = (Point(3), Square(3), Plain(), Slotted(5, 6), Pair(7))", "defines", counted=False)
+    nb.use()
+    assert nb.run("defines").status == "ok"
+    held = "[" + ", ".join(INSTANCE_NAMES) + "]"
+    assert nb.kernel.execute(f"held = {held}").status == "ok"
+    used = nb.run("uses")
+    assert used.status == "ok", used.traceback_text
+    assert value(nb.kernel, "seen") == SEEN_CLASSES
+    assert value(nb.kernel, f"[a is b for a, b in zip(held, {held})]") == [True] * len(INSTANCE_NAMES)
+    changed_in_notebook(nb, CLASS_NAMES + INSTANCE_NAMES + ["held"])
+    assert nb.kernel.execute("import gc; gc.collect()").status == "ok"  # the classes are gone
+    used = nb.run("uses")
+    assert used.status == "ok", used.traceback_text
+    assert value(nb.kernel, "seen") == SEEN_CLASSES
+    assert still_changed(nb, CLASS_NAMES + INSTANCE_NAMES) == []
+    assert nb.run("makes").status == "ok"  # classes the notebook no longer holds keep their methods
+    assert value(nb.kernel, "(repr(made[0]), made[1].area(), made[2].label(), made[3].b, made[4].both())") == (
+        "Point(x=3, tags=[])", 9, "cm", 6, "7r"
+    )
+    moved = nb.run("moves")
+    assert moved.status == "ok", moved.traceback_text
+    assert still_changed(nb, CLASS_NAMES + INSTANCE_NAMES) == ["point", "slotted"]
+    assert value(nb.kernel, "(point.x, slotted.a, slotted.b, point.__eq__(point), type(slotted).__init__.__name__)") == (
+        7, 8, 2, True, "__init__"
+    )
+
+
+def test_slotted_and_named_tuple_values_rebuild_from_the_cache_after_a_restart(nb):
+    nb.add("defines_again", NOTEBOOK_CLASSES)
+    nb.add("uses_again", USES_CLASSES, "defines_again")
+    nb.use()
+    assert nb.run("defines_again").status == "ok"
+    restart(nb)
+    used = nb.run("uses_again")
+    assert used.status == "ok", used.traceback_text
+    assert used.stderr == ""
+    assert nb.runs() == ["defines_again", "uses_again"]  # the parent's values came from the cache
+    assert value(nb.kernel, "seen") == SEEN_CLASSES
+
+
 CACHED = (
     "import functools\n"
     "computed = []\n"
