@@ -302,3 +302,52 @@ def test_a_cached_property_value_pickles_and_comes_back(nb):
     assert scores.stderr == ""
     assert nb.runs() == ["caches", "scores"]  # from the cache on disk
     assert value(nb.kernel, "seen") == (40, {"n": 4, "score": 40}, 50, [4, 5])
+
+
+def test_a_value_that_is_never_rebuilt_is_said_by_name_once_even_when_it_differs_each_run(nb, home: Path):
+    """A value that pickles but cannot be unpickled, made anew by each run (a timestamp in
+    it): its parent runs again once, then keeps it in memory, and the cell says which name in
+    one line. Followed by its digest, each re-run made a value never seen before, and the
+    child ran its parent again and again, forever."""
+    (home / "stamped.py").write_text(
+        "class Wrapper:\n"
+        "    def __init__(self, inner):\n        self._inner = inner\n"
+        "    def __getattr__(self, name):\n        return getattr(self._inner, name)\n"
+    )
+    nb.add("stamps", f"import sys, time\nsys.path.insert(0, {str(home)!r})\nfrom stamped import Wrapper\n"
+                     "w = Wrapper([time.time_ns()])")
+    nb.add("uses_stamp", "n = len(w._inner)", "stamps")
+    nb.use()
+    assert nb.run("stamps").status == "ok"
+    result = nb.kernel.execute("%link run uses_stamp", timeout=30)
+    assert result.status == "ok", result.traceback_text
+    assert nb.runs() == ["stamps", "stamps", "uses_stamp"]
+    lost, kept, shared = result.stderr.splitlines()
+    assert lost.startswith("linkkernel: component 'uses_stamp': its input 'w' cannot be rebuilt from the cache: RecursionError")
+    assert lost.endswith("; running the components that made it again")
+    assert kept == (
+        "linkkernel: component 'stamps': 'w' (stamped.Wrapper) cannot be serialised; it is kept in memory only, "
+        "so after a restart the component runs again"
+    )
+    assert shared.startswith("linkkernel: component 'uses_stamp': input 'w' (stamped.Wrapper) cannot be copied")
+    assert value(nb.kernel, "n") == 1
+
+
+def test_a_value_whose_rebuild_fails_with_several_lines_is_said_in_one(nb, home: Path):
+    (home / "strict.py").write_text(
+        "class Strict:\n"
+        "    def __setstate__(self, state):\n"
+        "        raise ValueError('2 validation errors for Strict\\nx\\n  Field required')\n"
+    )
+    nb.add("makes_strict", f"import sys\nsys.path.insert(0, {str(home)!r})\nfrom strict import Strict\ns = Strict()\ns.x = 1")
+    nb.add("uses_strict", "kind = type(s).__name__", "makes_strict")
+    nb.use()
+    assert nb.run("makes_strict").status == "ok"
+    result = nb.run("uses_strict")
+    assert result.status == "ok", result.traceback_text
+    assert result.stderr.splitlines()[0] == (
+        "linkkernel: component 'uses_strict': its input 's' cannot be rebuilt from the cache: ValueError: "
+        "2 validation errors for Strict x Field required; running the components that made it again"
+    )
+    assert "'s' (strict.Strict) cannot be serialised; it is kept in memory only" in result.stderr
+    assert nb.runs() == ["makes_strict", "makes_strict", "uses_strict"]
