@@ -198,16 +198,34 @@ def _reduced_set_subclass(obj: set | frozenset) -> tuple[Callable[..., Any], tup
     return _set_of, (cls, set(obj)), obj.__getstate__()
 
 
-def _process_bound(obj: Any) -> str | None:
-    """Why `obj` must not be pickled at all, when it is an object only this process can
-    hold: an open text file (cloudpickle would make a copy of its text, a StringIO) or a weak
-    proxy (pickled through its referent, it would come back as a copy of that). Kept in
-    memory instead, children get the object itself, as in one kernel."""
-    if type(obj) in weakref.ProxyTypes:
-        return "a weak proxy refers to an object of this process"
-    if type(obj) is io.TextIOWrapper and obj not in (sys.stdout, sys.stderr):
-        return "an open file belongs to this process"
-    return None
+def _refused_file(file: io.TextIOWrapper) -> tuple[Any, ...]:
+    """An open text file is this process's own: cloudpickle would make it a copy of its
+    text (a StringIO). Kept in memory instead, children get the file itself, as in one
+    kernel. sys.stdout and sys.stderr are left to cloudpickle (they are looked up again)."""
+    if file not in (sys.stdout, sys.stderr):
+        raise pickle.PicklingError("an open file belongs to this process")
+    return cloudpickle.cloudpickle._file_reduce(file)
+
+
+def _refused_proxy(proxy: Any) -> tuple[Any, ...]:
+    """A weak proxy pickles through its referent, coming back as a copy of that, another
+    type; kept in memory instead, children get the proxy itself."""
+    raise pickle.PicklingError("a weak proxy refers to an object of this process")
+
+
+def _cached_property_reduced(prop: functools.cached_property) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+    return _cached_property, (prop.func, {k: v for k, v in vars(prop).items() if k not in ("func", "lock")})
+
+
+# How the pickler reduces (or refuses) values of these exact types instead of cloudpickle.
+# Looked up in `reducer_override`, which every object of a value goes through: one lookup is
+# what it costs them (in front of cloudpickle's dispatch table, a ChainMap, it cost more).
+_REDUCERS: dict[type, Callable[[Any], Any]] = {
+    memoryview: _memoryview_reduced,
+    functools.cached_property: _cached_property_reduced,
+    io.TextIOWrapper: _refused_file,
+    **{proxy_type: _refused_proxy for proxy_type in weakref.ProxyTypes},
+}
 
 
 _cloudpickle_class_setstate = cloudpickle.cloudpickle._class_setstate
@@ -319,14 +337,10 @@ class _Pickler(cloudpickle.Pickler):
             reference = names.reference(obj)
             if reference is not None:
                 return reference
-        refused = _process_bound(obj)
-        if refused is not None:
-            raise pickle.PicklingError(refused)
-        if type(obj) is memoryview:
-            return _memoryview_reduced(obj)
-        if type(obj) is functools.cached_property:
-            return _cached_property, (obj.func, {k: v for k, v in vars(obj).items() if k not in ("func", "lock")})
-        if isinstance(obj, (set, frozenset)) and type(obj) not in (set, frozenset):
+        reducer = _REDUCERS.get(type(obj))
+        if reducer is not None:
+            return reducer(obj)
+        if isinstance(obj, (set, frozenset)):  # not an exact one: pickle saves those itself
             reduced = _reduced_set_subclass(obj)
             if reduced is not None:
                 return reduced
