@@ -11,13 +11,15 @@ import hashlib
 import io
 import os
 import pickle
+import sys
 import types
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import cloudpickle
 
@@ -148,6 +150,84 @@ def _single_dispatched(function: types.FunctionType, registry: dict, attributes:
     return dispatcher
 
 
+def _cached_property(function: Callable[..., Any], attributes: dict[str, Any]) -> functools.cached_property:
+    """A `functools.cached_property` again: before Python 3.12 it holds a lock, which cannot
+    be pickled, so that every notebook class using one, and its instances, could not be."""
+    prop = functools.cached_property(function)
+    prop.__dict__.update(attributes)
+    return prop
+
+
+def _memoryview_again(buffer: Any, format: str, shape: tuple[int, ...]) -> memoryview:
+    """A memoryview again (cloudpickle makes it bytes), over a copy of what it showed;
+    read-only when the buffer comes read-only (protocol 5 keeps which)."""
+    return memoryview(buffer).cast("B").cast(format, shape)
+
+
+def _memoryview_reduced(view: memoryview) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+    """How a memoryview pickles: its bytes out of band, its format and shape (a view's
+    strides are not kept: it comes back contiguous). A format `cast` cannot make again
+    (a struct of several fields, an explicit byte order) does not pickle."""
+    try:
+        memoryview(bytes(view.itemsize)).cast(view.format)
+    except (TypeError, ValueError) as exc:
+        raise pickle.PicklingError(f"a memoryview of format {view.format!r} cannot be rebuilt: {exc}") from None
+    if view.c_contiguous:
+        data = pickle.PickleBuffer(view)
+    else:
+        data = pickle.PickleBuffer(view.tobytes() if view.readonly else bytearray(view.tobytes()))
+    return _memoryview_again, (data, view.format, view.shape)
+
+
+def _set_of(cls: type, items: set) -> set | frozenset:
+    """A set subclass again, with its items, without calling its own `__init__` or
+    `__new__` (pickle calls `cls(items)`, which a subclass taking other arguments empties).
+    `items` is an exact set, so its stream shows it holds one (see `digests_as_loaded`)."""
+    if issubclass(cls, frozenset):
+        return frozenset.__new__(cls, items)
+    made = set.__new__(cls)
+    set.update(made, items)
+    return made
+
+
+def _reduced_set_subclass(obj: set | frozenset) -> tuple[Callable[..., Any], tuple[Any, ...], Any] | None:
+    """How an instance of a set subclass pickles, unless its class says how itself."""
+    cls = type(obj)
+    if cls.__reduce_ex__ is not object.__reduce_ex__ or cls.__reduce__ not in (set.__reduce__, frozenset.__reduce__):
+        return None
+    return _set_of, (cls, set(obj)), obj.__getstate__()
+
+
+def _refused_file(file: io.TextIOWrapper) -> tuple[Any, ...]:
+    """An open text file is this process's own: cloudpickle would make it a copy of its
+    text (a StringIO). Kept in memory instead, children get the file itself, as in one
+    kernel. sys.stdout and sys.stderr are left to cloudpickle (they are looked up again)."""
+    if file not in (sys.stdout, sys.stderr):
+        raise pickle.PicklingError("an open file belongs to this process")
+    return cloudpickle.cloudpickle._file_reduce(file)
+
+
+def _refused_proxy(proxy: Any) -> tuple[Any, ...]:
+    """A weak proxy pickles through its referent, coming back as a copy of that, another
+    type; kept in memory instead, children get the proxy itself."""
+    raise pickle.PicklingError("a weak proxy refers to an object of this process")
+
+
+def _cached_property_reduced(prop: functools.cached_property) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+    return _cached_property, (prop.func, {k: v for k, v in vars(prop).items() if k not in ("func", "lock")})
+
+
+# How the pickler reduces (or refuses) values of these exact types instead of cloudpickle.
+# Looked up in `reducer_override`, which every object of a value goes through: one lookup is
+# what it costs them (in front of cloudpickle's dispatch table, a ChainMap, it cost more).
+_REDUCERS: dict[type, Callable[[Any], Any]] = {
+    memoryview: _memoryview_reduced,
+    functools.cached_property: _cached_property_reduced,
+    io.TextIOWrapper: _refused_file,
+    **{proxy_type: _refused_proxy for proxy_type in weakref.ProxyTypes},
+}
+
+
 _cloudpickle_class_setstate = cloudpickle.cloudpickle._class_setstate
 # While values are loaded for a component's run: each class attribute a load replaced, as
 # (class, name, value before, value installed); see `classes_put_back`.
@@ -156,18 +236,43 @@ _replaced_in_classes: ContextVar[list[tuple[type, str, Any, Any]] | None] = Cont
 )
 
 
+# Classes a load made anew (no class of their definition lived in this process): nothing
+# held them before, so there is nothing to give back to them after the run.
+_new_classes: weakref.WeakSet[type] = weakref.WeakSet()
+
+
+def _class_skeleton(*args: Any) -> type:
+    """cloudpickle's class skeleton (`_make_skeleton_class(..., class_tracker_id, extra)`),
+    noting whether this load made it anew or found the class of that definition living."""
+    living = cloudpickle.cloudpickle._DYNAMIC_CLASS_TRACKER_BY_ID.get(args[4])
+    cls = cloudpickle.cloudpickle._make_skeleton_class(*args)
+    if cls is not living:
+        _new_classes.add(cls)
+    return cls
+
+
 def _class_setstate_noted(cls: type, state: tuple[dict[str, Any], dict[str, Any]]) -> type:
     """cloudpickle's setstate of a class, noting what it replaced (see `classes_put_back`).
 
     cloudpickle keeps one class per definition in a process, so that instances stay
     instances of it, and loading one sets its methods again, bound to the namespace loaded
-    into; once the run that needed them ends, the class must go back to the methods it had."""
-    replaced = _replaced_in_classes.get()
+    into; once the run that needed them ends, the class must go back to the methods it had.
+    A class the load made anew had none: emptied after the run, a child's only read of a
+    class the notebook no longer held made a class without methods its output."""
+    replaced = None if cls in _new_classes else _replaced_in_classes.get()
+    _new_classes.discard(cls)
     before = {name: cls.__dict__.get(name, _ABSENT) for name in state[0] if name != "_abc_impl"}
     cls = _cloudpickle_class_setstate(cls, state)
     if replaced is not None:
         replaced.extend((cls, name, old, cls.__dict__.get(name, _ABSENT)) for name, old in before.items())
     return cls
+
+
+def _set_class_attribute(cls: type, name: str, value: Any) -> None:
+    if value is _ABSENT:
+        delattr(cls, name)
+    else:
+        setattr(cls, name, value)
 
 
 @contextmanager
@@ -183,12 +288,34 @@ def classes_put_back() -> Iterator[None]:
     finally:
         _replaced_in_classes.reset(token)
         for cls, name, before, installed in reversed(replaced):
-            if cls.__dict__.get(name, _ABSENT) is not installed:
-                continue
-            if before is _ABSENT:
-                delattr(cls, name)
-            else:
-                setattr(cls, name, before)
+            if cls.__dict__.get(name, _ABSENT) is installed:
+                _set_class_attribute(cls, name, before)
+
+
+@contextmanager
+def _classes_as_before() -> Iterator[None]:
+    """Within `classes_put_back`: the classes loaded so far with the attributes they get back
+    after the run, so that pickled now they pickle as they will then, if the run leaves
+    them alone (the functions a load installs pickle otherwise than the notebook's own)."""
+    replaced = _replaced_in_classes.get() or []
+    for cls, name, before, _ in reversed(replaced):
+        _set_class_attribute(cls, name, before)
+    try:
+        yield
+    finally:
+        for cls, name, _, installed in replaced:
+            _set_class_attribute(cls, name, installed)
+
+
+def _with_slots(args: tuple[Any, ...], attributes: dict[str, Any]) -> tuple[Any, ...]:
+    """cloudpickle's arguments to make a class skeleton, with the `__slots__` of its
+    `attributes` moved there: cloudpickle sets them once the class is made, too late to give
+    it slots, and its instances had a `__dict__` instead. A `typing.NamedTuple` gets its
+    (empty) slots from its own metaclass, which refuses them in the class body."""
+    constructor, name, bases, type_kwargs, *more = args
+    if any(base is NamedTuple for base in bases):
+        return args
+    return (constructor, name, bases, {**type_kwargs, "__slots__": attributes.pop("__slots__")}, *more)
 
 
 class _Pickler(cloudpickle.Pickler):
@@ -210,6 +337,13 @@ class _Pickler(cloudpickle.Pickler):
             reference = names.reference(obj)
             if reference is not None:
                 return reference
+        reducer = _REDUCERS.get(type(obj))
+        if reducer is not None:
+            return reducer(obj)
+        if isinstance(obj, (set, frozenset)):  # not an exact one: pickle saves those itself
+            reduced = _reduced_set_subclass(obj)
+            if reduced is not None:
+                return reduced
         if isinstance(obj, types.CodeType) and obj.co_filename != _DYNAMIC_CODE:
             return _code_in_file, (obj.replace(co_filename=_DYNAMIC_CODE), obj.co_filename)
         if isinstance(obj, functools._lru_cache_wrapper) and _defined_in_notebook(getattr(obj, "__wrapped__", None)):
@@ -233,6 +367,10 @@ class _Pickler(cloudpickle.Pickler):
             # copyreg caches `__slotnames__` in a class once an instance of it is pickled: a
             # cache, which would make the class look changed to the run after
             attributes = {k: v for k, v in attributes.items() if k != "__slotnames__"}
+            if make is cloudpickle.cloudpickle._make_skeleton_class:
+                make = _class_skeleton
+                if "__slots__" in attributes:
+                    args = _with_slots(args, attributes)
             return make, args, (attributes, slots), None, None, _class_setstate_noted
         return reduced
 
@@ -390,22 +528,32 @@ def pickling_names(values: Mapping[str, Any], known: Callable[[str], Blob | None
         _pickling_names.reset(token)
 
 
-# How a non-empty set (EMPTY_SET, MEMOIZE, MARK) or a frozenset (FROZENSET, MEMOIZE) starts or
-# ends in a stream. A set pickles in its iteration order, which hangs on its table's history:
-# one rebuilt from a pickle usually iterates in another order, so re-pickled untouched it
-# gives another stream. (The same bytes inside other data only cost a needless re-pickle.)
-_SET_OPCODES = (pickle.EMPTY_SET + pickle.MEMOIZE + pickle.MARK, pickle.FROZENSET + pickle.MEMOIZE)
+# Bytes in a stream of values that pickle otherwise once rebuilt, untouched (the same bytes
+# inside other data only cost a needless re-pickle):
+# - how a non-empty set (EMPTY_SET, MEMOIZE, MARK) or a frozenset (FROZENSET, MEMOIZE) starts
+#   or ends: a set pickles in its iteration order, which hangs on its table's history, and
+#   one rebuilt from a pickle usually iterates in another order (a set subclass holds an
+#   exact set, see `_set_of`);
+# - a class defined in a notebook, pickled by value: where one string object stands in
+#   several places (a dataclass field's name in its methods' code, a slot's in `__slots__`)
+#   the stream says so with a back reference, and a rebuilt class has copies there instead.
+_UNSETTLED_MARKS = (
+    pickle.EMPTY_SET + pickle.MEMOIZE + pickle.MARK,
+    pickle.FROZENSET + pickle.MEMOIZE,
+    _class_setstate_noted.__name__.encode(),
+)
 
 
 def digests_as_loaded(values: Mapping[str, Any], blobs: Mapping[str, Blob]) -> dict[str, str]:
-    """For the loaded `values` whose blob (in `blobs`, by name) holds a set, the digest they
-    pickle to now, before the run touches them: what a run's final namespace is compared
-    with (`changes`), so a set of strings the run only read is not taken for one it changed.
-    Other names keep their blob's digest; a value that no longer pickles is left out."""
-    unsettled = {n for n, blob in blobs.items() if any(op in blob.stream for op in _SET_OPCODES)}
+    """For the loaded `values` whose blob (in `blobs`, by name) holds a set or a notebook
+    class, the digest they pickle to now, before the run touches them: what a run's final
+    namespace is compared with (`changes`), so a set of strings or a dataclass the run only
+    read is not taken for one it changed. Other names keep their blob's digest (no pickling
+    pass for them); a value that no longer pickles is left out."""
+    unsettled = {n for n, blob in blobs.items() if any(op in blob.stream for op in _UNSETTLED_MARKS)}
     if not unsettled:
         return {}
-    with pickling_names({n: values[n] for n in blobs}, lambda n: None if n in unsettled else blobs[n]) as names:
+    with _classes_as_before(), pickling_names({n: values[n] for n in blobs}, lambda n: None if n in unsettled else blobs[n]) as names:
         return {n: names.blobs[n].digest for n in unsettled if n in names.blobs}
 
 

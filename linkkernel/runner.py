@@ -98,8 +98,9 @@ class Runner:
         # Runs whose outputs are in the notebook namespace: those of this process, and
         # cached ones published by `publish_cached`.
         self._published: set[str] = set()
-        # Values (by digest) that pickled but could not be rebuilt when a child loaded them:
-        # made again, each is tried once, and kept in memory only if it fails again.
+        # Names of values that pickled but could not be rebuilt when a child loaded them: made
+        # again, each is tried, and kept in memory only if it fails again. By name, not by
+        # digest: a value made anew each run (a timestamp in it) has a new digest each time.
         self._unrebuilt: set[str] = set()
         # (component, digest) of inputs shared with their parent that the component's run said so.
         self._said_shared: set[tuple[str, str]] = set()
@@ -184,16 +185,16 @@ class Runner:
             try:
                 return await run(*args)
             except LostValue as exc:
-                if exc.digest in lost:
+                if _lost_key(exc) in lost:
                     raise
-                lost.add(exc.digest)
+                lost.add(_lost_key(exc))
                 print(f"linkkernel: {self._lose(exc)}", file=sys.stderr)
 
     def _lose(self, exc: LostValue) -> str:
         """Take the value `exc` names for gone, so the components that made it are stale and
         run again; the line that says so."""
         if isinstance(exc, UnrebuiltValue):
-            self._unrebuilt.add(exc.digest)
+            self._unrebuilt.add(exc.name)
         self.store.lose(exc.digest)
         return f"{exc}; running the components that made it again"
 
@@ -212,9 +213,9 @@ class Runner:
             try:
                 self.publish_cached(graph, fresh, [])
             except LostValue as exc:
-                if exc.digest in lost:
+                if _lost_key(exc) in lost:
                     raise
-                lost[exc.digest] = self._lose(exc)
+                lost[_lost_key(exc)] = self._lose(exc)
                 continue
             return fresh, list(lost.values())
 
@@ -442,7 +443,7 @@ class Runner:
         # functions are published as copies, loaded together with the other outputs.
         copies = {n for n in found.bound if namespace[n] in blobs and reads_notebook_globals(blobs[namespace[n]])}
         # Made again after a child failed to rebuild it: tried here, where the live value still is.
-        suspects = {n for n in found.bound if namespace[n] in blobs and namespace[n] in self._unrebuilt} - copies
+        suspects = {n for n in found.bound if namespace[n] in blobs and n in self._unrebuilt} - copies
         unrebuilt: dict[str, Exception] = {}
 
         def publishable(name: str) -> Any:
@@ -453,7 +454,7 @@ class Runner:
             except Exception as exc:  # unpickling runs the value's own code (a __setstate__ that raises)
                 unrebuilt[name] = exc
                 return final[name]
-            self._unrebuilt.discard(namespace[name])
+            self._unrebuilt.discard(name)
             return copy if name in copies else final[name]
 
         with loading_together({n: namespace[n] for n in found.bound}, publishable) as value_of:
@@ -491,8 +492,9 @@ class Runner:
         except LinkError:
             raise
         except Exception as exc:  # unpickling runs the value's own code
+            reason = " ".join(str(exc).split())  # one line, whatever the value's own error says
             raise UnrebuiltValue(
-                digest, f"component {component!r}: its {role} {name!r} cannot be rebuilt from the cache: {type(exc).__name__}: {exc}"
+                digest, name, f"component {component!r}: its {role} {name!r} cannot be rebuilt from the cache: {type(exc).__name__}: {reason}"
             ) from None
 
     async def _run_remote(self, component: Component, merged: dict[str, str], record: RunRecord, live: bool) -> RunOutcome:
@@ -809,7 +811,19 @@ class UnrebuiltValue(LostValue):
     """A cached value whose own code failed to rebuild it (a `__getattr__` that recurses
     before `__setstate__` is found, a module not importable yet): its component runs again,
     and if the value it makes again fails too, it is kept in memory only, as one that does
-    not pickle."""
+    not pickle. `name` is the name the value is bound to, which stays when the value made
+    again differs (see `_lost_key`)."""
+
+    def __init__(self, digest: str, name: str, message: str) -> None:
+        super().__init__(digest, message)
+        self.name = name
+
+
+def _lost_key(exc: LostValue) -> str:
+    """What tells a loss seen again within one request apart from a new one: the name of a
+    value that could not be rebuilt (made again, it may have another digest), else the
+    digest of the value the storage lost."""
+    return f"name:{exc.name}" if isinstance(exc, UnrebuiltValue) else exc.digest
 
 
 class ComponentFailed(Exception):

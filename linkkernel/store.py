@@ -25,7 +25,7 @@ from typing import Any
 
 from linkkernel.cow import MIN_SIZE, Loaded, freeze_buffer, frozen_owner
 from linkkernel.errors import LinkError
-from linkkernel.namespaces import Blob, _digest
+from linkkernel.namespaces import Blob, _digest, type_name
 from linkkernel.partfiles import remove_abandoned, temp_name
 from linkkernel.staleness import RunRecord, code_hash, states
 
@@ -117,6 +117,16 @@ def plain_reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
+
+
+def deep_copy(value: Any, memo: dict[int, Any] | None = None) -> Any:
+    """A deep copy of `value` that is of its type; TypeError when the copy came back as
+    something else (a weak proxy copies as a copy of the object it points to), which the
+    callers treat as a value that cannot be copied: a child gets what its parent made."""
+    copied = copy.deepcopy(value, memo)
+    if type(copied) is not type(value):
+        raise TypeError(f"a copy of a {type_name(value)} came back as a {type_name(copied)}")
+    return copied
 
 
 class CacheStore:
@@ -273,7 +283,7 @@ class CacheStore:
         changing later does not change what children start from (as a blob cannot); the
         object itself when it cannot be copied either (marked `shared`)."""
         try:
-            return copy.deepcopy(value)
+            return deep_copy(value)
         except Exception:  # noqa: BLE001 - deepcopy runs the value's own code; any refusal means "share it"
             self.shared.add(digest)
             return value
@@ -431,7 +441,7 @@ class CacheStore:
             if digest in self.shared:
                 continue
             try:
-                copies[name] = copy.deepcopy(value, memo)
+                copies[name] = deep_copy(value, memo)
             except Exception:  # noqa: BLE001 - deepcopy runs the value's own code; any refusal means "share it"
                 self.shared.add(digest)
         return copies
