@@ -198,13 +198,33 @@ def _reduced_set_subclass(obj: set | frozenset) -> tuple[Callable[..., Any], tup
     return _set_of, (cls, set(obj)), obj.__getstate__()
 
 
-def _refused_file(file: io.TextIOWrapper) -> tuple[Any, ...]:
-    """An open text file is this process's own: cloudpickle would make it a copy of its
-    text (a StringIO). Kept in memory instead, children get the file itself, as in one
-    kernel. sys.stdout and sys.stderr are left to cloudpickle (they are looked up again)."""
+def _file_reduced(file: io.IOBase) -> tuple[Any, ...]:
+    """An open file is this process's own: cloudpickle would make an open text file a copy
+    of its text (a StringIO). Kept in memory instead, children get the file itself, as in one
+    kernel. A closed one, what `with open(...) as f` leaves, holds nothing of the process and
+    comes back closed as it was, so that such a component is cached like any other.
+    sys.stdout and sys.stderr are left to cloudpickle (they are looked up again)."""
+    if file.closed:
+        try:
+            return _closed_file, (type(file), file.name, file.mode, getattr(file, "encoding", None))
+        except (AttributeError, ValueError):  # not a file of the file system (a wrapped BytesIO)
+            raise pickle.PicklingError("a closed stream of this process") from None
     if file not in (sys.stdout, sys.stderr):
         raise pickle.PicklingError("an open file belongs to this process")
     return cloudpickle.cloudpickle._file_reduce(file)
+
+
+def _closed_file(kind: type, name: str | int, mode: str, encoding: str | None) -> io.IOBase:
+    """A closed file of the type, name, mode and encoding pickled: opened on os.devnull (a
+    file that exists everywhere) with that mode, renamed, then closed."""
+    file = open(os.devnull, mode.replace("x", "w"), buffering=0 if kind is io.FileIO else -1,
+                encoding=None if "b" in mode else encoding)
+    raw = file if isinstance(file, io.FileIO) else getattr(file, "buffer", file).raw
+    raw.name = name
+    if isinstance(file, io.TextIOWrapper):
+        file.mode = mode
+    file.close()
+    return file
 
 
 def _refused_proxy(proxy: Any) -> tuple[Any, ...]:
@@ -223,7 +243,7 @@ def _cached_property_reduced(prop: functools.cached_property) -> tuple[Callable[
 _REDUCERS: dict[type, Callable[[Any], Any]] = {
     memoryview: _memoryview_reduced,
     functools.cached_property: _cached_property_reduced,
-    io.TextIOWrapper: _refused_file,
+    **{kind: _file_reduced for kind in (io.TextIOWrapper, io.BufferedReader, io.BufferedWriter, io.BufferedRandom, io.FileIO)},
     **{proxy_type: _refused_proxy for proxy_type in weakref.ProxyTypes},
 }
 

@@ -84,6 +84,30 @@ def test_an_open_file_is_the_parents_own_file_in_a_child(nb, home: Path):
     )
 
 
+def test_a_file_a_with_block_closed_is_cached_and_comes_back_closed_as_it_was(nb, home: Path):
+    """`with open(...) as f:` leaves a closed file behind, which holds nothing of the process:
+    the component is cached like any other (no word about serialising, no run again after a
+    restart) and its child sees the closed files as one stock kernel shows them."""
+    table = str(home / "table.csv")
+    (home / "table.csv").write_text("a,b\n")
+    opens = f"with open({table!r}) as f:\n    text = f.read()\nwith open({table!r}, 'rb') as raw:\n    data = raw.read()"
+    looks = "seen = (repr(f), f.closed, f.name, f.mode, f.encoding, repr(raw), raw.closed, raw.mode, text, data)"
+    assert nb.kernel.execute(f"{opens}\n{looks}").status == "ok"
+    stock = value(nb.kernel, "seen")
+    nb.add("opens_with", opens)
+    nb.add("looks_at_closed", looks, "opens_with")
+    nb.use()
+    opened = nb.run("opens_with")
+    assert (opened.status, opened.stderr) == ("ok", "")
+    restart(nb)
+    child = nb.run("looks_at_closed")
+    assert child.status == "ok", child.traceback_text
+    assert child.stderr == ""
+    assert nb.runs() == ["opens_with", "looks_at_closed"]  # the parent's closed files came from the cache
+    assert value(nb.kernel, "seen") == stock
+    assert nb.kernel.execute("f.read()").errors[0]["evalue"] == "I/O operation on closed file."
+
+
 def test_an_open_file_cannot_go_to_a_worker_and_says_so_in_one_line(nb, home: Path, worker):
     (home / "far.txt").write_text("far\n")
     nb.add("opens_here", f"g = open({str(home / 'far.txt')!r})", counted=False)
