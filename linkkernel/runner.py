@@ -39,7 +39,7 @@ from linkkernel.namespaces import (
 )
 from linkkernel.progress import Progress
 from linkkernel.sources import Sources, notebook_path_from_env
-from linkkernel.staleness import FRESH, RunRecord, code_hash, inherited, new_run_id
+from linkkernel.staleness import FRESH, RunRecord, code_hash, new_run_id
 from linkkernel.store import MEMORY_PREFIX, CacheStore, LostValue, freeze
 
 # Names IPython itself keeps in the user namespace; never outputs of a component.
@@ -282,7 +282,7 @@ class Runner:
         """The recorded run of each parent, and the merge of their final namespaces (as
         digests, staleness.inherited): what the component starts from."""
         runs = {parent: self.store.get(parent).run_id for parent in component.parents}
-        return runs, inherited(component.parents, self.store.get)
+        return runs, self.store.inherited(component.parents)
 
     def _publish(self, outcome: RunOutcome) -> None:
         """Outputs into the notebook namespace; the record (failed ones too, for %link status) into the store."""

@@ -18,6 +18,7 @@ import os
 import sys
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 from linkkernel.cow import MIN_SIZE, Loaded, freeze_buffer, frozen_owner
 from linkkernel.errors import LinkError
 from linkkernel.namespaces import Blob, _digest
-from linkkernel.staleness import RunRecord, code_hash, states
+from linkkernel.staleness import Change, RunRecord, code_hash, inherited, states
 
 MEMORY_PREFIX = "memory:"
 log = logging.getLogger(__name__)
@@ -119,6 +120,11 @@ class CacheStore:
         # Memory-only values that cannot be copied either (a generator, a lock, a widget, a
         # connection): children get the object itself (see `private`).
         self.shared: set[str] = set()
+        # How many names of current records hold each digest: a value goes from memory when
+        # the last record naming it is replaced, without looking through every record.
+        self._refs: Counter[str] = Counter()
+        # What each current run's values came from (staleness.inherited's memo), by run id.
+        self._made: dict[str, dict[str, Change]] = {}
         self._lock = threading.Lock()
         self._pending: list[Future] = []
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linkkernel-cache")
@@ -178,9 +184,7 @@ class CacheStore:
             except (OSError, ValueError, TypeError):
                 continue  # a torn or foreign record only means that component runs again
             with self._lock:
-                self.records[record.name] = record
-                if changed_only:
-                    self._forget_unreferenced()
+                self._keep(record)
 
     def _stamp(self, path: str) -> tuple[int, int] | None:
         """When and how large a local record file is; None for other stores (see `refresh`)."""
@@ -206,6 +210,11 @@ class CacheStore:
     def get(self, name: str) -> RunRecord | None:
         return self.records.get(name)
 
+    def inherited(self, parents: tuple[str, ...] | list[str]) -> dict[str, str]:
+        """The namespace a component with `parents` starts from (staleness.inherited), each
+        run's lineage worked out once while it is current, not once per descendant."""
+        return inherited(parents, self.get, self._made)
+
     def put(self, record: RunRecord, blobs: dict[str, Blob], memory: dict[str, Any]) -> None:
         """Keep a record now; write it and its blobs (already frozen) in the background."""
         if self.unusable and not self.records:  # said once, in the cell whose result is not kept
@@ -214,8 +223,8 @@ class CacheStore:
         with self._lock:
             self.blobs.update(blobs)
             self.memory_values.update(kept)
-            self.records[record.name] = record
-            self._forget_unreferenced()
+            self._keep(record)
+            self._forget([*blobs, *kept])  # a value the record does not name after all
         if self.fs is not None:
             if self._local and self._trouble is None and not self.fs.exists(self.root):
                 # Made here, not in the background, so a folder that cannot be written is
@@ -255,14 +264,26 @@ class CacheStore:
             "results are kept in memory only, so after a restart their components run again"
         )
 
-    def _forget_unreferenced(self) -> None:
-        """Drop in-memory values no current record names (a re-run parent's old gigabytes);
-        the files stay, so a record restored later can still load them."""
-        live = {d for r in self.records.values() for d in r.namespace.values()}
-        for table in (self.blobs, self.memory_values):
-            for digest in [d for d in table if d not in live]:
-                del table[digest]
-        self.shared &= live
+    def _keep(self, record: RunRecord) -> None:
+        """Make `record` its component's current run (the lock held). The values only the run
+        it replaces named go from memory (a re-run parent's old gigabytes); the files stay,
+        so a record restored later can still load them."""
+        old = self.records.get(record.name)
+        self.records[record.name] = record
+        self._refs.update(record.namespace.values())
+        if old is not None:
+            self._made.pop(old.run_id, None)
+            self._refs.subtract(old.namespace.values())
+            self._forget(old.namespace.values())
+
+    def _forget(self, digests) -> None:
+        """Drop from memory those of `digests` that no current record names."""
+        for digest in digests:
+            if self._refs[digest] <= 0:
+                del self._refs[digest]
+                self.blobs.pop(digest, None)
+                self.memory_values.pop(digest, None)
+                self.shared.discard(digest)
 
     def _write(self, record: RunRecord, blobs: list[Blob], relost: set[str]) -> None:
         for blob in blobs:
@@ -314,8 +335,17 @@ class CacheStore:
         return self.fs is not None and not digest.startswith(MEMORY_PREFIX) and digest not in self.lost
 
     def available(self, record: RunRecord) -> bool:
-        """Whether every value of a record can still be loaded (memory-only ones die with the process)."""
-        return all(self.has_value(d) for d in record.namespace.values())
+        """Whether every value of a record can still be loaded (memory-only ones die with the
+        process). With a storage behind it, only those in memory and the lost ones need a
+        look: asked for every component before each cell, a look at every name of a deep
+        pipeline's records cost more than the cell."""
+        digests = record.namespace.values()
+        if self.fs is None:
+            return all(self.has_value(d) for d in digests)
+        if self.lost and not all(self.has_value(d) for d in self.lost.intersection(digests)):
+            return False
+        memory_only = (d for d in digests if d.startswith(MEMORY_PREFIX))
+        return all(d in self.memory_values for d in memory_only)
 
     def states(self, graph) -> dict[str, str]:
         """Each component of a validated pipeline graph (linkkernel.graph) against the runs
@@ -395,5 +425,7 @@ class CacheStore:
             self.blobs.clear()
             self.memory_values.clear()
             self.shared.clear()
+            self._refs.clear()
+            self._made.clear()
         if self.fs is not None and self.fs.exists(self.root):
             self.fs.rm(self.root, recursive=True)
