@@ -25,6 +25,7 @@ from linkkernel import capture
 from linkkernel.cow import Loaded
 from linkkernel.declarations import Component
 from linkkernel.errors import LinkError
+from linkkernel.graph import with_ancestors
 from linkkernel.namespaces import (
     Blob,
     UnpicklableValue,
@@ -133,7 +134,7 @@ class Runner:
     def plan(self, graph, targets: list[str], force: bool = False, rerun_targets: bool = False) -> list[str]:
         """The components to run for `targets`, in run order: whatever is stale, plus the targets
         themselves when `rerun_targets` (executing a component cell always runs it)."""
-        order = _with_ancestors(graph, targets)
+        order = with_ancestors(graph, targets)
         self._check_remotes(graph, order)
         if force:
             return order
@@ -668,7 +669,7 @@ class Runner:
         did before the restart. Each run's outputs are published once, parents first, so a
         value the user changed since is not overwritten by every later cell. `plan` is what
         is about to run (and will publish its own)."""
-        for name in _with_ancestors(graph, targets):
+        for name in with_ancestors(graph, targets):
             record = self.store.get(name)
             if name in plan or record is None or record.run_id in self._published:
                 continue
@@ -706,18 +707,6 @@ class Runner:
                 print(line, file=sys.stderr)
             self._cell_spoke = self._cell_spoke or bool(warnings)
         return ran
-
-def _with_ancestors(graph, targets: Collection[str]) -> list[str]:
-    """`targets` and every ancestor of theirs, in run order (parents first)."""
-    import networkx as nx
-
-    from linkkernel.graph import run_order
-
-    needed = set(targets)
-    for target in targets:
-        needed |= nx.ancestors(graph, target)
-    return run_order(graph, needed)
-
 
 def _listed(names: list[str]) -> str:
     """`'a'`, `'a' and 'b'`, `'a', 'b' and 'c'`: names in one of the kernel's lines."""

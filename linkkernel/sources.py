@@ -135,6 +135,8 @@ class Declared:
 
     def blocked(self) -> dict[str, DeclarationError]:
         """Each component a malformed cell keeps from running, with that cell's error."""
+        if not self.malformed:  # the common case; else each component walks its ancestors
+            return {}
         found = {}
         for component in self.components:
             try:
