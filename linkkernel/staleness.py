@@ -71,7 +71,7 @@ class RunRecord:
             raise ValueError(f"malformed run record for {record.name!r}")
         # A pipeline's records repeat the same names, digests and run ids (a child's namespace
         # holds its parents' values): read back, each is one string, not one per record.
-        record.name = sys.intern(record.name)
+        record.name, record.run_id = sys.intern(record.name), sys.intern(record.run_id)
         record.parents = {sys.intern(n): sys.intern(r) for n, r in record.parents.items()}
         record.namespace = {sys.intern(n): sys.intern(d) for n, d in record.namespace.items()}
         return record
