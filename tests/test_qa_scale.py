@@ -194,3 +194,14 @@ def test_build_graph_names_the_cycle_of_a_deep_pipeline():
     components = [Component(Declaration(f"c{i}", (f"c{(i - 1) % depth}",)), "", None, i) for i in range(depth)]
     with pytest.raises(PipelineError, match=r"cycle in pipeline: c\d+ -> "):
         build_graph(components)
+
+
+def test_the_progress_line_of_many_quick_components_is_not_a_message_each(link, nb):
+    """The first and the last are shown; those in between at most ten times a second."""
+    chain(nb, 100, lambda i: f"v{i} = {i}")
+    result = nb.run("c99")
+    assert result.status == "ok", result.traceback_text
+    lines = [d["data"]["text/plain"] for d in result.displays if d["data"]]
+    assert "running parent 'c0' (1 of 99" in lines[0]
+    assert "running parent 'c98' (99 of 99" in lines[-1]
+    assert len(lines) < 30, len(lines)
