@@ -205,3 +205,13 @@ def test_the_progress_line_of_many_quick_components_is_not_a_message_each(link, 
     assert "running parent 'c0' (1 of 99" in lines[0]
     assert "running parent 'c98' (99 of 99" in lines[-1]
     assert len(lines) < 30, len(lines)
+
+
+def test_a_number_or_string_kept_as_loaded_is_proven_unchanged_without_pickling():
+    from linkkernel.cow import Loaded
+
+    for kept in (12345678901234567890, 2.5, "a label", b"raw", None):
+        loaded = Loaded(blob(kept), {})
+        assert loaded.unchanged("x", loaded.value) is loaded.blob
+    listed = Loaded(blob([1, 2]), {})
+    assert listed.unchanged("x", listed.value) is None  # may have been changed in place: compared by digest
