@@ -19,7 +19,7 @@ import sys
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -210,7 +210,7 @@ class CacheStore:
     def get(self, name: str) -> RunRecord | None:
         return self.records.get(name)
 
-    def inherited(self, parents: tuple[str, ...] | list[str]) -> dict[str, str]:
+    def inherited(self, parents: Iterable[str]) -> dict[str, str]:
         """The namespace a component with `parents` starts from (staleness.inherited), each
         run's lineage worked out once while it is current, not once per descendant."""
         return inherited(parents, self.get, self._made)
@@ -276,7 +276,7 @@ class CacheStore:
             self._refs.subtract(old.namespace.values())
             self._forget(old.namespace.values())
 
-    def _forget(self, digests) -> None:
+    def _forget(self, digests: Iterable[str]) -> None:
         """Drop from memory those of `digests` that no current record names."""
         for digest in digests:
             if self._refs[digest] <= 0:
