@@ -6,6 +6,7 @@ the merge driver refuse the same pipelines with the same one-line messages.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -104,11 +105,26 @@ def run_order(graph: nx.DiGraph, names: Iterable[str] | None = None) -> list[str
     """The given components (all when None) in a deterministic topological order.
 
     Ties are broken by notebook position, so runs and progress lines read top to bottom.
+    Kahn's algorithm over the graph's own adjacency: networkx's lexicographic sort of a
+    subgraph view, asked three times per cell, cost a pipeline of 400 components 12 ms a cell.
     """
-    import networkx as nx
-
-    sub = graph if names is None else graph.subgraph(names)
-    return list(nx.lexicographical_topological_sort(sub, key=notebook_order(graph)))
+    chosen = set(graph) if names is None else {n for n in names if n in graph}
+    position = notebook_order(graph)
+    waiting = {n: sum(p in chosen for p in graph.pred[n]) for n in chosen}
+    ready = [(position(n), n) for n, count in waiting.items() if count == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, name = heapq.heappop(ready)
+        order.append(name)
+        for child in graph.succ[name]:
+            if child in waiting:
+                waiting[child] -= 1
+                if not waiting[child]:
+                    heapq.heappush(ready, (position(child), child))
+    if len(order) != len(chosen):
+        raise PipelineError("cycle in pipeline", chosen.difference(order))  # build_graph refuses these first
+    return order
 
 
 def with_ancestors(graph: nx.DiGraph, targets: Iterable[str], done: Collection[str] = ()) -> list[str]:
