@@ -215,3 +215,25 @@ def test_a_number_or_string_kept_as_loaded_is_proven_unchanged_without_pickling(
         assert loaded.unchanged("x", loaded.value) is loaded.blob
     listed = Loaded(blob([1, 2]), {})
     assert listed.unchanged("x", listed.value) is None  # may have been changed in place: compared by digest
+
+
+def test_run_order_is_networkx_lexicographic_order_by_notebook_position():
+    """The sort written for speed orders every DAG as networkx's lexicographic sort did."""
+    import random
+
+    import networkx as nx
+
+    from linkkernel.graph import notebook_order, run_order
+
+    rng = random.Random(7)
+    for _ in range(100):
+        size = rng.randint(1, 30)
+        positions = rng.sample(range(size), size)
+        components = [
+            Component(Declaration(f"n{i}", tuple(sorted({f"n{rng.randrange(i)}" for _ in range(rng.randint(0, 3))})) if i else ()), "", None, positions[i])
+            for i in range(size)
+        ]
+        graph = build_graph(components)
+        for names in (None, rng.sample(sorted(graph), rng.randint(0, size))):
+            view = graph if names is None else graph.subgraph(names)
+            assert run_order(graph, names) == list(nx.lexicographical_topological_sort(view, key=notebook_order(graph)))
