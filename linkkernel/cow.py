@@ -23,6 +23,8 @@ PAGE = mmap.PAGESIZE
 # pagemap high byte: bit 63 present, 62 swapped, 61 file-page/shared; written private page = anon
 _DIRTY = bytes(1 if (b & 0xC0) and not (b & 0x20) else 0 for b in range(256))
 SUPPORTED = hasattr(os, "memfd_create") and os.path.exists("/proc/self/pagemap")
+# Values that cannot change: one still the very object loaded pickles to the blob it came from.
+_IMMUTABLE = (type(None), bool, int, float, complex, str, bytes)
 
 
 class FrozenMap(mmap.mmap):
@@ -136,8 +138,13 @@ class Loaded:
     def unchanged(self, name: str, value: Any) -> Blob | None:
         """The blob `value` (of `name`) was loaded from, only when it is provably unchanged:
         same pickle stream, same mapped memory, no page written. None means "not proven":
-        the caller then compares digests."""
-        if not self.mapped or value is not self.value:
+        the caller then compares digests. A number or a string the run kept needs no proof:
+        a component of a deep pipeline keeps hundreds, each pickled again by every run."""
+        if value is not self.value:
+            return None
+        if type(value) in _IMMUTABLE:
+            return self.blob
+        if not self.mapped:
             return None
         found = same_pickle(name, value, self.blob)
         if found is None:

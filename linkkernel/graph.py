@@ -6,7 +6,8 @@ the merge driver refuse the same pipelines with the same one-line messages.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import heapq
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -54,10 +55,9 @@ def build_graph(components: Iterable[Component], looked_in: str = "the notebook"
                     [name],
                 )
             graph.add_edge(parent, name)
-    try:
-        cycle = nx.find_cycle(graph)
-    except nx.NetworkXNoCycle:
+    if nx.is_directed_acyclic_graph(graph):  # one pass; find_cycle costs ten times more, only for the message
         return graph
+    cycle = nx.find_cycle(graph)
     path = [edge[0] for edge in cycle] + [cycle[0][0]]
     raise PipelineError(f"cycle in pipeline: {' -> '.join(path)}", path)
 
@@ -105,15 +105,38 @@ def run_order(graph: nx.DiGraph, names: Iterable[str] | None = None) -> list[str
     """The given components (all when None) in a deterministic topological order.
 
     Ties are broken by notebook position, so runs and progress lines read top to bottom.
+    Kahn's algorithm over the graph's own adjacency: networkx's lexicographic sort of a
+    subgraph view, asked three times per cell, cost a pipeline of 400 components 12 ms a cell.
     """
-    import networkx as nx
+    chosen = set(graph) if names is None else {n for n in names if n in graph}
+    position = notebook_order(graph)
+    waiting = {n: sum(p in chosen for p in graph.pred[n]) for n in chosen}
+    ready = [(position(n), n) for n, count in waiting.items() if count == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, name = heapq.heappop(ready)
+        order.append(name)
+        for child in graph.succ[name]:
+            if child in waiting:
+                waiting[child] -= 1
+                if not waiting[child]:
+                    heapq.heappush(ready, (position(child), child))
+    if len(order) != len(chosen):
+        raise PipelineError("cycle in pipeline", chosen.difference(order))  # build_graph refuses these first
+    return order
 
-    sub = graph if names is None else graph.subgraph(names)
-    return list(nx.lexicographical_topological_sort(sub, key=notebook_order(graph)))
 
-
-def ancestors(graph: nx.DiGraph, name: str) -> list[str]:
-    """Every ancestor of `name`, in run order."""
-    import networkx as nx
-
-    return run_order(graph, nx.ancestors(graph, name))
+def with_ancestors(graph: nx.DiGraph, targets: Iterable[str], done: Collection[str] = ()) -> list[str]:
+    """`targets` and every ancestor of theirs, in run order (parents first), leaving out those
+    in `done`, which must hold the ancestors of each name it holds (what already ran): the
+    walk stops there, so adding the components of a deep pipeline one by one stays linear.
+    """
+    needed: set[str] = set()
+    todo = [t for t in targets if t not in done]
+    while todo:
+        name = todo.pop()
+        if name not in needed:
+            needed.add(name)
+            todo.extend(p for p in graph.predecessors(name) if p not in done and p not in needed)
+    return run_order(graph, needed)

@@ -37,7 +37,7 @@ from typing import IO, Any
 
 from linkkernel.declarations import NOTEBOOK_ENCODING, Component, cell_source, notebook_components, notebook_problem
 from linkkernel.errors import INTERNAL_ERROR_NAME, LinkError
-from linkkernel.graph import ancestors, build_graph, run_order
+from linkkernel.graph import build_graph, run_order, with_ancestors
 
 KERNEL_NAME = "link-python"
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -150,7 +150,7 @@ def plan(notebook: Mapping[str, Any], targets: Sequence[str] = (), looked_in: st
     if unknown:
         known = ", ".join(run_order(graph)) or "none"
         raise LinkError(f"no component named {unknown[0]!r} in {looked_in} (components: {known})")
-    selected = set(graph) if not targets else {a for t in targets for a in [t, *ancestors(graph, t)]}
+    selected = set(graph) if not targets else set(with_ancestors(graph, targets))
     by_index = {c.index: c for c in components}
     steps: list[Step] = []
     done: set[str] = set()
@@ -164,10 +164,9 @@ def plan(notebook: Mapping[str, Any], targets: Sequence[str] = (), looked_in: st
             continue
         if component.name not in selected or component.name in done:
             continue
-        for name in [*ancestors(graph, component.name), component.name]:
-            if name not in done:
-                done.add(name)
-                steps.append(Step(graph.nodes[name]["component"].index, graph.nodes[name]["component"]))
+        for name in with_ancestors(graph, [component.name], done):
+            done.add(name)
+            steps.append(Step(graph.nodes[name]["component"].index, graph.nodes[name]["component"]))
     return steps
 
 

@@ -57,8 +57,12 @@ class Progress:
     """The progress line: which component, k of n, elapsed, ticking every second.
 
     Components in `targets` are what the user asked for; the others are named as parents.
-    `alone`: the line is the first thing its cell shows (see TransientLine).
+    `alone`: the line is the first thing its cell shows (see TransientLine). Components that
+    take less than `INTERVAL` are not each shown: a deep pipeline's hundreds of quick ones
+    cost a message each, more than running them, and no one reads ten lines a second.
     """
+
+    INTERVAL = 0.1
 
     def __init__(self, kernel, total: int, targets: Collection[str] = (), alone: bool = False) -> None:
         self.total, self.targets = total, targets
@@ -68,6 +72,8 @@ class Progress:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
+        self._shown: tuple[int, str] | None = None
+        self._shown_at = float("-inf")
 
     def _text(self) -> str:
         k, name = self.current
@@ -75,18 +81,26 @@ class Progress:
         return f"linkkernel: running {what} ({k} of {self.total}, {time.monotonic() - self.started:.1f} s elapsed)"
 
     def show(self, k: int, name: str) -> None:
+        """Component `name` (the k-th) is running: shown now when it is the last one or the
+        line was last shown more than INTERVAL ago, else by the ticker if still running then."""
         with self._lock:
             self.current = (k, name)
-            self._line.show(self._text())
+            if k == self.total or time.monotonic() - self._shown_at >= self.INTERVAL:
+                self._show()
         if self._ticker is None:
             self._ticker = threading.Thread(target=self._tick, daemon=True, name="linkkernel-progress")
             self._ticker.start()
 
     def _tick(self) -> None:
-        while not self._stop.wait(1.0):
+        while not self._stop.wait(self.INTERVAL):
             with self._lock:
-                if self.current is not None:
-                    self._line.show(self._text())
+                if self.current is not None and (self.current != self._shown or time.monotonic() - self._shown_at >= 1.0):
+                    self._show()
+
+    def _show(self) -> None:
+        """The line for the current component, now (the lock held)."""
+        self._line.show(self._text())
+        self._shown, self._shown_at = self.current, time.monotonic()
 
     def remove(self) -> None:
         """Stop updating and remove the line, leaving every other output of the cell alone."""

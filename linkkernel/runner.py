@@ -26,6 +26,7 @@ from linkkernel import capture
 from linkkernel.cow import Loaded
 from linkkernel.declarations import Component
 from linkkernel.errors import LinkError
+from linkkernel.graph import with_ancestors
 from linkkernel.namespaces import (
     Blob,
     UnpicklableValue,
@@ -40,7 +41,7 @@ from linkkernel.namespaces import (
 )
 from linkkernel.progress import Progress
 from linkkernel.sources import Sources, notebook_path_from_env
-from linkkernel.staleness import FRESH, RunRecord, code_hash, inherited, new_run_id
+from linkkernel.staleness import FRESH, RunRecord, code_hash, new_run_id
 from linkkernel.store import MEMORY_PREFIX, CacheStore, LostValue, freeze
 
 # Names IPython itself keeps in the user namespace; never outputs of a component.
@@ -135,7 +136,7 @@ class Runner:
     def plan(self, graph, targets: list[str], force: bool = False, rerun_targets: bool = False) -> list[str]:
         """The components to run for `targets`, in run order: whatever is stale, plus the targets
         themselves when `rerun_targets` (executing a component cell always runs it)."""
-        order = _with_ancestors(graph, targets)
+        order = with_ancestors(graph, targets)
         self._check_remotes(graph, order)
         if force:
             return order
@@ -286,7 +287,7 @@ class Runner:
         """The recorded run of each parent, and the merge of their final namespaces (as
         digests, staleness.inherited): what the component starts from."""
         runs = {parent: self.store.get(parent).run_id for parent in component.parents}
-        return runs, inherited(component.parents, self.store.get)
+        return runs, self.store.inherited(component.parents)
 
     def _publish(self, outcome: RunOutcome) -> None:
         """Outputs into the notebook namespace; the record (failed ones too, for %link status)
@@ -693,7 +694,7 @@ class Runner:
         did before the restart. Each run's outputs are published once, parents first, so a
         value the user changed since is not overwritten by every later cell. `plan` is what
         is about to run (and will publish its own)."""
-        for name in _with_ancestors(graph, targets):
+        for name in with_ancestors(graph, targets):
             record = self.store.get(name)
             if name in plan or record is None or record.run_id in self._published:
                 continue
@@ -735,18 +736,6 @@ class Runner:
                 print(line, file=sys.stderr)
             self._cell_spoke = self._cell_spoke or bool(warnings)
         return ran
-
-def _with_ancestors(graph, targets: Collection[str]) -> list[str]:
-    """`targets` and every ancestor of theirs, in run order (parents first)."""
-    import networkx as nx
-
-    from linkkernel.graph import run_order
-
-    needed = set(targets)
-    for target in targets:
-        needed |= nx.ancestors(graph, target)
-    return run_order(graph, needed)
-
 
 def _listed(names: list[str]) -> str:
     """`'a'`, `'a' and 'b'`, `'a', 'b' and 'c'`: names in one of the kernel's lines."""

@@ -17,7 +17,7 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from linkkernel.declarations import (
@@ -144,6 +144,8 @@ class Declared:
 
     def blocked(self) -> dict[str, DeclarationError]:
         """Each component a malformed cell keeps from running, with that cell's error."""
+        if not self.malformed:  # the common case; else each component walks its ancestors
+            return {}
         found = {}
         for component in self.components:
             try:
@@ -261,6 +263,11 @@ class Sources:
         self._saved_keys: set[str] = set()
         self._clock = 0.0
         self._hinted = False  # NO_NOTEBOOK_HINT is given once per kernel
+        # What each cell's metadata declared when the pipeline was last asked for, so that
+        # each request parses only the cells that changed, not every cell of the notebook:
+        # (id of the metadata, position, cell id) -> (that metadata, its declaration or error).
+        # The metadata is held, so its id cannot name another dict meanwhile.
+        self._parsed: dict[tuple[int, int | None, str | None], tuple[Mapping[str, Any], Any]] = {}
         self._notebook: NotebookFile | None = None
         self.notebook_path = notebook_path
 
@@ -469,7 +476,7 @@ class Sources:
 
     def _declared(self) -> Declared:
         file_cells = self._read_file()
-        merged: list[Cell] = []
+        merged: list[tuple[Cell, int | None]] = []  # each cell, and its position in the saved notebook
         seen = set()
         for cell in file_cells:
             seen.add(cell.key)
@@ -477,19 +484,26 @@ class Sources:
                 continue
             executed = self._executed.get(cell.key)
             newer = executed is not None and executed.at >= cell.at
-            merged.append(replace(executed, index=cell.index) if newer else cell)  # the saved position names it
+            merged.append((executed if newer else cell, cell.index))  # the saved position names it
         unsaved = (c for k, c in self._executed.items() if k not in seen and not self._removed(c))
-        extra = sorted(unsaved, key=lambda c: c.at)
+        extra = [(c, c.index) for c in sorted(unsaved, key=lambda c: c.at)]
         base = len(file_cells)
         components, malformed = [], []
-        for position, cell in enumerate(merged + extra):
+        parsed, self._parsed = self._parsed, {}
+        for position, (cell, index) in enumerate(merged + extra):
             if not cell.code:
                 continue
-            index = cell.index
-            try:
-                decl = parse_declaration(cell.metadata, describe_cell(index, cell.cell_id))
-            except DeclarationError as exc:
-                malformed.append(Malformed(exc, _claimed_names(cell.metadata)))
+            key = (id(cell.metadata), index, cell.cell_id)
+            known = parsed.get(key)
+            if known is None or known[0] is not cell.metadata:
+                try:
+                    known = (cell.metadata, parse_declaration(cell.metadata, describe_cell(index, cell.cell_id)))
+                except DeclarationError as exc:
+                    known = (cell.metadata, exc)
+            self._parsed[key] = known
+            decl = known[1]
+            if isinstance(decl, DeclarationError):
+                malformed.append(Malformed(decl, _claimed_names(cell.metadata)))
                 continue
             if decl is not None:
                 order = index if index is not None else base + position

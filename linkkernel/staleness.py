@@ -8,9 +8,10 @@ parent makes every descendant stale even when the parent produced the same value
 from __future__ import annotations
 
 import hashlib
+import sys
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 FRESH, STALE, FAILED, NEVER = "fresh", "stale", "failed", "never"
@@ -50,7 +51,8 @@ class RunRecord:
         return self.status == "ok"
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The record as JSON data: its own dicts, not copies (json.dumps only reads them)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunRecord:
@@ -67,10 +69,23 @@ class RunRecord:
         )
         if not well_formed:
             raise ValueError(f"malformed run record for {record.name!r}")
+        # A pipeline's records repeat the same names, digests and run ids (a child's namespace
+        # holds its parents' values): read back, each is one string, not one per record.
+        record.name, record.run_id = sys.intern(record.name), sys.intern(record.run_id)
+        record.parents = {sys.intern(n): sys.intern(r) for n, r in record.parents.items()}
+        record.namespace = {sys.intern(n): sys.intern(d) for n, d in record.namespace.items()}
         return record
 
 
-def inherited(parents: Iterable[str], record_of: Callable[[str], RunRecord | None]) -> dict[str, str]:
+# The change behind one name: its digest (None for a deletion), and the component whose run made it.
+Change = tuple[str | None, str]
+
+
+def inherited(
+    parents: Iterable[str],
+    record_of: Callable[[str], RunRecord | None],
+    made: dict[str, dict[str, Change]] | None = None,
+) -> dict[str, str]:
     """The namespace (name -> digest) a component with `parents` (in declared order) starts
     from: the merge of their recorded final namespaces, a later parent winning a name clash.
 
@@ -82,47 +97,106 @@ def inherited(parents: Iterable[str], record_of: Callable[[str], RunRecord | Non
     deletion removes only the value it deleted (or an older one), never another line's.
     Where a record cannot show who made a value (an ancestor's record missing or newer than
     the run that used it), the parent itself did.
+
+    `made` is a memo the caller keeps between calls (run id -> the change behind each name of
+    that run's namespace): without it each component of a deep chain walked its whole
+    ancestry again, quadratic in the depth. Only runs whose whole lineage the records showed
+    go there: what such a run's values came from is fixed, whatever runs after it.
     """
-    # name -> (digest, or None for a deletion; the component whose run made that change)
-    made: dict[str, dict[str, tuple[str | None, str]]] = {}
-    lineage: dict[str, set[str]] = {}
+    lineage = _Lineage(record_of, {} if made is None else made)
+    runs = dict.fromkeys(parents)
+    for parent, _ in lineage.matching(runs):
+        lineage.settle(parent)
+    return {name: digest for name, (digest, _) in lineage.merge(runs).items() if digest is not None}
 
-    def ancestors(name: str) -> set[str]:
-        if name not in lineage:
-            lineage[name] = set()
-            record = record_of(name)
-            for parent in record.parents if record is not None else ():
-                lineage[name] |= {parent, *ancestors(parent)}
-        return lineage[name]
 
-    def merge(runs: Mapping[str, str | None]) -> dict[str, tuple[str | None, str]]:
-        merged: dict[str, tuple[str | None, str]] = {}
+class _Lineage:
+    """Who made each value the records hold, worked out without recursion: a chain of
+    thousands of components costs no more stack than one of three."""
+
+    def __init__(self, record_of: Callable[[str], RunRecord | None], kept: dict[str, dict[str, Change]]) -> None:
+        self.record_of = record_of
+        self.kept = kept  # by run id, across calls
+        self.made: dict[str, dict[str, Change]] = {}  # by component, this call only
+        self.partial: set[str] = set()  # components some of whose lineage no record shows
+        self.lineage: dict[str, set[str]] = {}
+
+    def ancestors(self, name: str) -> set[str]:
+        """Every ancestor of `name` by the current records."""
+        if name not in self.lineage:
+            found: set[str] = set()
+            todo = [name]
+            while todo:
+                record = self.record_of(todo.pop())
+                for parent in record.parents if record is not None else ():
+                    if parent not in found:
+                        found.add(parent)
+                        todo.append(parent)
+            self.lineage[name] = found
+        return self.lineage[name]
+
+    def matching(self, runs: Mapping[str, str | None]) -> list[tuple[str, RunRecord]]:
+        """Each parent in `runs` whose current record is the run named (any run when None)."""
+        found = []
         for parent, run_id in runs.items():
-            record = record_of(parent)
-            if record is None or (run_id is not None and record.run_id != run_id):
-                continue
-            for name, (digest, maker) in made_by(parent).items():
+            record = self.record_of(parent)
+            if record is not None and (run_id is None or record.run_id == run_id):
+                found.append((parent, record))
+        return found
+
+    def known(self, name: str, record: RunRecord) -> dict[str, Change] | None:
+        made = self.made.get(name)
+        return made if made is not None else self.kept.get(record.run_id)
+
+    def settle(self, name: str) -> None:
+        """Work out what `name` (which has a record) made, its ancestors first, from an
+        explicit stack. An ancestor met again before it is settled (a cycle in hand-edited
+        records) counts as having made nothing."""
+        stack = [name]
+        started: set[str] = set()
+        while stack:
+            current = stack[-1]
+            record = self.record_of(current)
+            if self.known(current, record) is not None:
+                stack.pop()
+            elif current not in started:
+                started.add(current)
+                stack.extend(p for p, r in self.matching(record.parents) if p not in started and self.known(p, r) is None)
+            else:
+                stack.pop()
+                self._own(current, record)
+
+    def _own(self, name: str, record: RunRecord) -> None:
+        """What `name` made, from what its parents (settled) had made."""
+        parents = self.matching(record.parents)
+        start = self.merge(record.parents)
+        ours = {n: start[n] if n in start and start[n][0] == d else (d, name) for n, d in record.namespace.items()}
+        ours.update({n: held if held[0] is None else (None, name) for n, held in start.items() if n not in ours})
+        self.made[name] = ours
+        shown = len(parents) == len(record.parents) and all(
+            p not in self.partial and self.known(p, r) is not None for p, r in parents
+        )
+        if shown:
+            self.kept[record.run_id] = ours
+        else:
+            self.partial.add(name)
+
+    def merge(self, runs: Mapping[str, str | None]) -> dict[str, Change]:
+        """The changes behind the namespace of parents `runs` (settled), merged in order."""
+        parents = self.matching(runs)
+        if len(parents) == 1:  # nothing to merge (a chain): theirs as it is, not a copy
+            return self.known(*parents[0]) or {}
+        merged: dict[str, Change] = {}
+        for parent, record in parents:
+            for name, (digest, maker) in (self.known(parent, record) or {}).items():
                 held = merged.get(name)
                 if held is not None and held[0] != digest:
-                    if maker in ancestors(held[1]):
+                    if maker in self.ancestors(held[1]):
                         continue  # the earlier parent holds a later change of this value
-                    if digest is None and held[0] is not None and held[1] not in ancestors(maker):
+                    if digest is None and held[0] is not None and held[1] not in self.ancestors(maker):
                         continue  # a deletion of another line's value: that value stays
                 merged[name] = (digest, maker)
         return merged
-
-    def made_by(name: str) -> dict[str, tuple[str | None, str]]:
-        """The change behind each name of `name`'s final namespace, and each it deleted."""
-        if name not in made:
-            made[name] = {}  # a cycle in hand-edited records ends here
-            record = record_of(name)
-            start = merge(record.parents)
-            ours = {n: start[n] if n in start and start[n][0] == d else (d, name) for n, d in record.namespace.items()}
-            ours.update({n: held if held[0] is None else (None, name) for n, held in start.items() if n not in ours})
-            made[name] = ours
-        return made[name]
-
-    return {name: digest for name, (digest, _) in merge(dict.fromkeys(parents)).items() if digest is not None}
 
 
 def _output(value: Any) -> bool:

@@ -178,7 +178,8 @@ def export_document(nb, select: list[str] | None = None, with_ancestors: bool = 
     Parents of selected components that are not exported themselves are listed under
     `requires`: such a document can be imported into a notebook that declares them.
     """
-    from linkkernel.graph import ancestors, build_graph, run_order
+    from linkkernel import graph as pipeline_graph
+    from linkkernel.graph import build_graph, run_order
 
     try:
         graph = build_graph(notebook_components(nb), "the notebook")
@@ -191,8 +192,7 @@ def export_document(nb, select: list[str] | None = None, with_ancestors: bool = 
             raise LinkError(f"{where} has no component {unknown[0]!r} (it declares: {declared})")
         chosen = set(select)
         if with_ancestors:
-            for name in select:
-                chosen.update(ancestors(graph, name))
+            chosen.update(pipeline_graph.with_ancestors(graph, select))
     else:
         chosen = set(graph)
     entries = [_entry(graph.nodes[name]["component"]) for name in run_order(graph, chosen)]
