@@ -5,8 +5,8 @@ silently), the same after a kernel restart (every ancestor fresh in the cache: o
 runs, the others' outputs are published from the store), and `%link run --force` of the last
 (all N again, in one cell), and every component cell executed in order, one request each
 (JupyterLab's Run All: each cell runs its component, its ancestors fresh); the baseline is
-stock ipykernel executing the same N cells in order, one request each. What is measured is the engine's cost per component in a deep
-pipeline, which must grow linearly with the depth.
+stock ipykernel executing the same N cells in order, one request each. What is measured is
+the engine's cost per component in a deep pipeline, which must grow linearly with the depth.
 Run: .venv/bin/python benchmarks/scale.py [--depth 400]
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from _args import positive
 from _engine_harness import Kernel, Notebook, setup, timed
 
 TIMEOUT = 600
@@ -35,9 +36,17 @@ def wait_for_records(home, name: str) -> None:
         time.sleep(0.1)
 
 
+def each_ok(results) -> float:
+    """Seconds to execute one cell after another (`results` makes each when asked), each ok."""
+    started = time.perf_counter()
+    for result in results:
+        assert result.status == "ok", result.traceback_text
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--depth", type=int, default=400)
+    parser.add_argument("--depth", type=positive, default=400)
     depth = parser.parse_args().depth
     cells = chain(depth)
     last = cells[-1][0]
@@ -45,10 +54,7 @@ def main() -> None:
 
     stock = Kernel(kernel_name="python3")
     try:
-        started = time.perf_counter()
-        for _, code, _ in cells:
-            assert stock.execute(code).status == "ok"
-        stock_time = time.perf_counter() - started
+        stock_time = each_ok(stock.execute(code) for _, code, _ in cells)
     finally:
         stock.shutdown()
 
@@ -66,10 +72,7 @@ def main() -> None:
         check = link.execute(f"print(v{depth - 1})")
         assert check.stdout.strip() == str(depth - 1), check.stdout
         forced = timed(lambda: link.execute(f"%link run --force {last}", timeout=TIMEOUT))
-        started = time.perf_counter()
-        for name, _, _ in cells:
-            assert nb.run(name).status == "ok"
-        in_order = time.perf_counter() - started
+        in_order = each_ok(nb.run(name) for name, _, _ in cells)
     finally:
         link.shutdown()
 

@@ -53,9 +53,11 @@ def home(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
 
 
 @pytest.fixture(scope="module")
-def link(link_kernelspec: str, home: Path):
-    """A Link Python kernel started in the module's `home`."""
-    k = Kernel(cwd=str(home))
+def link(link_kernelspec: str, home: Path, request: pytest.FixtureRequest):
+    """A Link Python kernel started in the module's `home`; with its cache store there too
+    where the module sets `LINK_CACHE_IN_HOME = True`."""
+    cache = {"LINKKERNEL_CACHE": f"file://{home / 'cache'}"} if getattr(request.module, "LINK_CACHE_IN_HOME", False) else {}
+    k = Kernel(cwd=str(home), **cache)
     yield k
     k.shutdown()
 

@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from support import REPO, kernel_env, stop_process
@@ -223,6 +225,23 @@ def one_line_error(done: subprocess.CompletedProcess, command: str) -> str:
     assert len(lines) == 1 and lines[0].startswith(f"linkkernel {command}: "), done.stderr
     assert "Traceback" not in done.stderr
     return lines[0]
+
+
+@contextmanager
+def registered_worker(folder: Path, alias: str, slots: int = 1) -> Iterator[WorkerProcess]:
+    """A real worker on loopback, its store and key in `folder`, registered as `alias` while
+    the block runs."""
+    from linkkernel.remote import registry
+
+    folder.mkdir(exist_ok=True)
+    key_file = make_key(folder / "key")
+    w = WorkerProcess(str(folder / "store"), key_file, folder, slots=slots)
+    registry.add(alias, w.address, str(folder / "store"), str(key_file))
+    try:
+        yield w
+    finally:
+        registry.remove(alias)
+        w.stop()
 
 
 def remote_fixtures(name: str, alias: str, slots: int = 1):

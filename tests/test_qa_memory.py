@@ -7,8 +7,7 @@ import threading
 
 import numpy as np
 import pytest
-from engine_support import Notebook, value
-from support import Kernel
+from engine_support import value
 
 from linkkernel.namespaces import dump
 from linkkernel.sources import Sources
@@ -38,16 +37,7 @@ def home(tmp_path_factory: pytest.TempPathFactory):
     return tmp_path_factory.mktemp("qa-memory")
 
 
-@pytest.fixture(scope="module")
-def link(link_kernelspec: str, home):
-    kernel = Kernel(cwd=str(home), LINKKERNEL_CACHE=f"file://{home / 'cache'}")
-    yield kernel
-    kernel.shutdown()
-
-
-@pytest.fixture
-def nb(link: Kernel, home, request: pytest.FixtureRequest) -> Notebook:
-    return Notebook(link, home / f"{request.node.name}.ipynb")
+LINK_CACHE_IN_HOME = True  # conftest's `link` keeps its cache store in the module's home
 
 
 BASKET = """\

@@ -14,34 +14,17 @@ from pathlib import Path
 import pytest
 
 from engine_support import Notebook, value
-from remote_support import WorkerProcess, make_key
-from support import Kernel
+from remote_support import registered_worker
 
 
-@pytest.fixture(scope="module")
-def link(link_kernelspec: str, home: Path):
-    k = Kernel(cwd=str(home), LINKKERNEL_CACHE=f"file://{home / 'cache'}")
-    yield k
-    k.shutdown()
+LINK_CACHE_IN_HOME = True  # conftest's `link` keeps its cache store in the module's home
 
 
 @pytest.fixture(scope="module")
 def worker(home: Path):
     """A real worker on loopback, registered as `qo`."""
-    from linkkernel.remote import registry
-
-    key_file = make_key(home / "key")
-    w = WorkerProcess(str(home / "worker-store"), key_file, home)
-    registry.add("qo", w.address, str(home / "worker-store"), str(key_file))
-    yield w
-    registry.remove("qo")
-    w.stop()
-
-
-@pytest.fixture
-def nb(link: Kernel, home: Path, request: pytest.FixtureRequest) -> Notebook:
-    """A saved notebook of this test's own, made the kernel's notebook (and cache) for the test."""
-    return Notebook(link, home / f"{request.node.name}.ipynb")
+    with registered_worker(home / "worker", "qo") as w:
+        yield w
 
 
 def restart(nb: Notebook) -> None:
