@@ -2,8 +2,7 @@
 
 `__tracebackhide__` cannot do this job: IPython never hides the last frame and only its
 Context/Verbose modes read the flag. So the traceback chain itself is rebuilt without the
-frames of linkkernel, ipykernel, IPython, zmq and tornado (and of the libraries they called
-on the way to the user's code), and everything downstream (every
+frames of linkkernel, ipykernel, IPython, zmq and tornado, and everything downstream (every
 `%xmode`, `%tb`, `%debug`, `%pdb`, the `error` message) sees only the user's code and the
 libraries it called.
 """
@@ -45,24 +44,16 @@ def walk(tb: TracebackType | None) -> Iterator[TracebackType]:
 
 
 def trimmed_traceback(tb: TracebackType | None, outermost: bool = True) -> TracebackType | None:
-    """A new traceback chain holding only the user's frames and those of the libraries the
-    user called: not the machinery's, nor those of libraries the machinery called (timeit
-    under `%timeit`, pickle or copy under the runner) until the user's code is reached again.
+    """A new traceback chain holding only the frames a user of stock Jupyter would see.
 
     `outermost` says the traceback starts where the kernel caught the error, so leading
     event-loop frames are the kernel's; a chained exception's traceback starts where a
     library the user called caught it (asyncio.wait_for, say), and those frames stay.
     """
     kept: list[TracebackType] = []
-    kernel_called = outermost  # whether the frame below the next one is the kernel's
     for entry in walk(tb):
         package = package_of(entry.tb_frame)
         if package in MACHINERY or (outermost and not kept and package in OUTER_MACHINERY):
-            kernel_called = True
-            continue
-        if is_user_file(entry.tb_frame.f_code.co_filename):
-            kernel_called = False
-        elif kernel_called:  # a library the kernel called on its way to the user's code (timeit under %timeit)
             continue
         kept.append(entry)
     rebuilt = None

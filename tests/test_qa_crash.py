@@ -285,16 +285,6 @@ def test_importing_a_cache_onto_a_full_disk_keeps_the_results_in_memory(kernel, 
 # ---------------------------------------------------------------- 4. tracebacks
 
 
-def test_frames_of_libraries_the_kernel_called_are_not_shown(kernel):
-    result = kernel.execute("%timeit -n1 -r1 1/0")
-    assert result.reply["content"]["ename"] == "ZeroDivisionError"
-    text = result.traceback_text
-    assert "timeit.py" not in text, text  # IPython's %timeit called it, not the user
-    assert "get_ipython().run_line_magic('timeit'" in text and "<magic-timeit>" in text
-    called = kernel.execute("import timeit\ntimeit.timeit('1/0', number=1)")
-    assert "timeit.py" in called.traceback_text  # the user called it: it stays, as in stock Jupyter
-
-
 def test_interrupting_link_run_while_inputs_load_is_a_keyboard_interrupt(nb):
     nb.add("slow_parent", SLOW_TO_LOAD + "s = SlowToLoad()", counted=False).add("child", "y = 1", "slow_parent").use()
     assert nb.run("slow_parent").status == "ok"

@@ -109,8 +109,9 @@ PARITY_CELLS = {
 
 
 def _as_shown(result: CellResult) -> tuple:
-    """What the user and tools read, timings (`%timeit` may print `1e+03 ns`) and the component's own name left out."""
+    """What the user and tools read, timings (`%timeit` may print `1e+03 ns`, and a line when they vary) and the component's own name left out."""
     def text(t: str) -> str:
+        t = re.sub(r"The slowest run took .*\n", "", t)  # %timeit says so when this machine's timings vary
         return re.sub(r"\d+(\.\d+)?(e[+-]\d+)? ?(µs|μs|ms|ns|s)\b", "T", re.sub(r"Component (local|remote)_\w+", "Component C", t))
     errors = [(e["ename"], text(e["evalue"])) for e in result.errors]
     return result.status, text(result.stdout), text(result.stderr), [d["data"] for d in result.displays], errors, text(result.traceback_text)
