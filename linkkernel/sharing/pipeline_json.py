@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import difflib
 import json
 import warnings
 from dataclasses import dataclass
@@ -236,6 +237,7 @@ def parse_document(text: str | bytes, where: str) -> Pipeline:
                 f"(version {VERSION}); upgrade linkkernel"
             )
         raise LinkError(f"{where}: unsupported pipeline format version {version!r} (this linkkernel reads version {VERSION})")
+    _check_keys(doc, where)
     validator = jsonschema.validators.validator_for(schema())(schema())
     error = jsonschema.exceptions.best_match(validator.iter_errors(doc))
     if error is not None:
@@ -261,6 +263,26 @@ def parse_document(text: str | bytes, where: str) -> Pipeline:
     return Pipeline(components, requires)
 
 
+def _check_keys(doc: dict[str, Any], where: str) -> None:
+    """Refuse a key the format does not have, naming it and the key it was likely meant to be:
+    the schema alone would report a misspelled `parnets` as the missing `parents`."""
+    _check_known(doc, schema()["properties"], where)
+    components = doc.get("components")
+    for index, entry in enumerate(components if isinstance(components, list) else []):
+        if isinstance(entry, dict):
+            name = entry.get("name")
+            _check_known(entry, schema()["$defs"]["component"]["properties"],
+                         f"{where}: component {index + 1}" + (f" ({name!r})" if isinstance(name, str) else ""))
+
+
+def _check_known(obj: dict[str, Any], known: dict[str, Any], where: str) -> None:
+    unknown = [key for key in obj if key not in known]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], [k for k in known if k not in obj], n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(known)}"
+        raise LinkError(f"{where}: unknown key {unknown[0]!r} ({hint})")
+
+
 def _check_no_declaration(metadata: dict[str, Any], where: str) -> None:
     """Import writes the declaration from name/parents/remote; one repeated in the metadata
     would be written beside it and give the cell two names or unknown parents."""
@@ -269,6 +291,9 @@ def _check_no_declaration(metadata: dict[str, Any], where: str) -> None:
     for tag in metadata.get("tags", []):
         if _is_declaration_tag(tag):
             raise LinkError(f"{where}: metadata tag {tag!r} repeats a declaration; declare it with name, parents and remote")
+    # A misspelled declaration tag (`Parent:load`, `component=x`) would be written into a
+    # notebook that the kernel and `linkkernel export` then refuse.
+    parse_declaration({"tags": metadata.get("tags", [])}, f"{where}: metadata")
 
 
 def _check_cell(component: Component, where: str) -> None:
