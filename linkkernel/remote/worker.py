@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import signal
 import socket
 import sys
@@ -894,7 +895,8 @@ def run(args: argparse.Namespace) -> int:
     curve_secret = None
     if args.curve_key_file:
         public, curve_secret = load_or_create_curve_key(args.curve_key_file)
-        log.info("CurveZMQ public key (register it with --server-key): %s", public.decode())
+        # shell-quoted: Z85 keys hold $, &, (, ; ... which a shell would read, pasted as is
+        log.info("CurveZMQ public key (register it with --server-key): %s", shlex.quote(public.decode()))
     preload = args.preload if args.preload is not None else ["numpy"]
     for module in preload:
         try:
