@@ -28,7 +28,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 def show_help(kernel, argv: list[str]) -> None:
     """Print every `%link` subcommand with its one-line help; `%link help NAME` is NAME's usage."""
-    if argv:
+    if argv and argv[0] not in ("-h", "--help"):  # `%link help --help`: the listing is its usage
         name, *extra = argv
         if extra:
             raise LinkError(f"%link help: unrecognized arguments: {' '.join(extra)} (usage: %link help [SUBCOMMAND])")
