@@ -43,7 +43,7 @@ def code_spans(text: str) -> list[str]:
 def linkkernel_argv(words: list[str]) -> list[str] | None:
     """The arguments given to `linkkernel` in a shell command's words, or None when the
     command is not linkkernel (`.venv/bin/linkkernel` and `python -m linkkernel` are)."""
-    if words and (words[0] == "linkkernel" or words[0].endswith("/linkkernel")):
+    if words and re.fullmatch(r"(\S*/bin/)?linkkernel", words[0]):  # not $XDG_CACHE_HOME/linkkernel
         return words[1:]
     if len(words) > 2 and re.fullmatch(r"(.*/)?python3?", words[0]) and words[1:3] == ["-m", "linkkernel"]:
         return words[3:]
@@ -89,6 +89,8 @@ def test_the_docs_show_command_lines_at_all():
     inline span of docs/ are among what the next test checks."""
     shown = {where for where, _ in DOCUMENTED}
     assert "README.md: linkkernel workers ping gpu1" in shown
+    assert "README.md: .venv/bin/linkkernel demo" in shown
+    assert not [where for where in shown if "XDG_CACHE_HOME" in where]
     assert "cache-archive.md: linkkernel cache import cache.tar.gz --notebook NB.ipynb --trust" not in shown
     assert "cache-archive.md: linkkernel cache import cache.tar.gz --notebook NB.ipynb [--trust]" in shown
     assert len(DOCUMENTED) > 15
@@ -132,9 +134,10 @@ def test_every_subcommand_help_exits_0_with_its_usage(path: tuple[str, ...], cap
 
 
 def link_magic_paths() -> list[tuple[str, ...]]:
-    """Every `%link` subcommand, and the nested ones of those the CLI shares (cache, workers)."""
+    """Every `%link` subcommand, and the nested ones: those of the CLI twin (cache, workers),
+    and `cache clear`, which only the kernel has."""
     nested = [(name, sub) for name in SUBCOMMANDS if name in COMMANDS for sub in subcommands(subcommands(PARSER)[name])]
-    return [(name,) for name in SUBCOMMANDS] + nested
+    return [(name,) for name in SUBCOMMANDS] + nested + [("cache", "clear")]
 
 
 def test_every_link_subcommand_help_works_in_a_real_kernel(kernel: Kernel):
