@@ -286,3 +286,14 @@ def test_the_worker_logs_its_curve_key_shell_quoted(tmp_path: Path):
         worker.stop()
     pasted = subprocess.run(["sh", "-c", f"printf %s {shown}"], capture_output=True, text=True, timeout=10)
     assert pasted.stdout == public, shown
+
+
+def test_a_pattern_is_read_as_json_schema_reads_it(tmp_path: Path, capsys):
+    """`$` ends the string in JSON Schema; Python's `$` matched before a final newline, and a
+    cell id "a\\n" went into the notebook."""
+    doc = exported(tmp_path, capsys)
+    doc["components"][0]["cell_id"] = "a\n"
+    assert refused_import(tmp_path, doc, capsys) == (
+        "linkkernel import: p.json: invalid pipeline document at $.components[0].cell_id: "
+        "'a\\n' does not match '^[a-zA-Z0-9-_]+$'"
+    )

@@ -15,6 +15,7 @@ import argparse
 import copy
 import difflib
 import json
+import re
 import warnings
 from dataclasses import dataclass
 from functools import cache
@@ -238,7 +239,7 @@ def parse_document(text: str | bytes, where: str) -> Pipeline:
             )
         raise LinkError(f"{where}: unsupported pipeline format version {version!r} (this linkkernel reads version {VERSION})")
     _check_keys(doc, where)
-    validator = jsonschema.validators.validator_for(schema())(schema())
+    validator = _validator_class()(schema())
     error = jsonschema.exceptions.best_match(validator.iter_errors(doc))
     if error is not None:
         raise LinkError(f"{where}: invalid pipeline document at {error.json_path}: {error.message}")
@@ -261,6 +262,20 @@ def parse_document(text: str | bytes, where: str) -> Pipeline:
         raise LinkError(f"{where}: {exc}") from exc
     _check_edges(doc["edges"], components, where)
     return Pipeline(components, requires)
+
+
+@cache
+def _validator_class():
+    """The schema's validator, reading `pattern` as JSON Schema means it (ECMA 262): there `$`
+    ends the string, where Python's `re` also matches before a final newline, which would let
+    a cell id `"a\\n"` through into the notebook."""
+    import jsonschema
+
+    def pattern(validator, regex: str, instance: Any, _schema: dict[str, Any]):
+        if validator.is_type(instance, "string") and not re.search(re.sub(r"\$$", r"\\Z", regex), instance):
+            yield jsonschema.ValidationError(f"{instance!r} does not match {regex!r}")
+
+    return jsonschema.validators.extend(jsonschema.validators.validator_for(schema()), {"pattern": pattern})
 
 
 def _check_keys(doc: dict[str, Any], where: str) -> None:
