@@ -50,6 +50,27 @@ def _top_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure(name: str, parser: argparse.ArgumentParser) -> None:
+    """Give `parser` the options of subcommand `name`, from the module that owns it."""
+    module_name, configure_name, _ = COMMANDS[name]
+    getattr(importlib.import_module(module_name), configure_name)(parser)
+
+
+def command_parser() -> argparse.ArgumentParser:
+    """The whole `linkkernel` command line as one parser, every subcommand configured.
+
+    For tools and tests that check a command line without running it (the commands shown in
+    the README must parse). `main` does not use it: it imports only the module of the
+    subcommand being run, so that `linkkernel --help` and each command start fast.
+    """
+    parser = OneLineParser(prog="linkkernel", description=_top_parser().description)
+    parser.add_argument("--version", action="version", version=f"linkkernel {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=OneLineParser)
+    for name, (_, _, help_) in COMMANDS.items():
+        _configure(name, commands.add_parser(name, help=help_, description=help_))
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run `linkkernel ARGS`; returns the exit status."""
     if not (sys.argv[1:] if argv is None else argv):  # argparse would name its internal 'args'
@@ -62,9 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    module_name, configure_name, help_ = COMMANDS[top.command]
-    parser = OneLineParser(prog=f"linkkernel {top.command}", description=help_)
-    getattr(importlib.import_module(module_name), configure_name)(parser)
+    parser = OneLineParser(prog=f"linkkernel {top.command}", description=COMMANDS[top.command][2])
+    _configure(top.command, parser)
     args = parser.parse_args(top.args)
     try:
         return int(args.func(args) or 0)

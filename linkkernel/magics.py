@@ -19,7 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "outputs": ("linkkernel.pipeline_magics:outputs", "show a component's stored outputs again: NAME"),
     "run": ("linkkernel.pipeline_magics:run", "bring components up to date: NAME... [--force] | --all"),
     "cache": ("linkkernel.sharing.cache_archive:cache_magic", "clear | export PATH | import PATH [--trust]: the component cache"),
-    "notebook": ("linkkernel.pipeline_magics:notebook", "read declarations from the saved notebook PATH"),
+    "notebook": ("linkkernel.pipeline_magics:notebook", "[PATH]: read declarations from the saved notebook PATH; show which one"),
     "export": ("linkkernel.sharing.pipeline_json:export_magic", "write the pipeline as a JSON document"),
     "import": ("linkkernel.sharing.pipeline_json:import_magic", "re-create a pipeline document's cells in a notebook"),
     "workers": ("linkkernel.remote.registry:workers_magic", "register, list, remove and ping remote workers"),
@@ -28,7 +28,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 def show_help(kernel, argv: list[str]) -> None:
     """Print every `%link` subcommand with its one-line help; `%link help NAME` is NAME's usage."""
-    if argv:
+    if argv and argv[0] not in ("-h", "--help"):  # `%link help --help`: the listing is its usage
         name, *extra = argv
         if extra:
             raise LinkError(f"%link help: unrecognized arguments: {' '.join(extra)} (usage: %link help [SUBCOMMAND])")

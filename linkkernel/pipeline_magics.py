@@ -96,7 +96,7 @@ def graph(kernel, argv: list[str]) -> None:
 
 def outputs(kernel, argv: list[str]) -> None:
     """Show a component's stored outputs again."""
-    args = parse_magic_args("%link outputs", lambda p: p.add_argument("name"), argv)
+    args = parse_magic_args("%link outputs", lambda p: p.add_argument("name", metavar="NAME", help="the component"), argv)
     if args is None:
         return
     from IPython.display import display
@@ -158,9 +158,14 @@ def cache(kernel, argv: list[str]) -> None:
     print(f"cleared the component cache ({store.location})")
 
 
+def _configure_notebook(parser) -> None:
+    parser.add_argument("path", nargs="?", metavar="PATH",
+                        help="the saved notebook to read declarations from; without it, show the current one")
+
+
 def notebook(kernel, argv: list[str]) -> None:
     """`%link notebook [PATH]`: read declarations from this saved notebook (and key the cache by it)."""
-    args = parse_magic_args("%link notebook", lambda p: p.add_argument("path", nargs="?"), argv)
+    args = parse_magic_args("%link notebook", _configure_notebook, argv)
     if args is None:
         return
     runner = kernel.runner

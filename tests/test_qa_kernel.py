@@ -84,7 +84,7 @@ def test_bad_engine_arguments_are_one_line(link):
         "LinkError: %link graph: unrecognized arguments: extra (see '%link graph --help')"
     )
     assert one_line(link.execute("%link outputs")) == (
-        "LinkError: %link outputs: the following arguments are required: name (see '%link outputs --help')"
+        "LinkError: %link outputs: the following arguments are required: NAME (see '%link outputs --help')"
     )
     assert one_line(link.execute("%link run")) == "LinkError: %link run: give component names or --all"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -337,7 +338,7 @@ def test_curve_encrypted_worker_with_pinned_key(tmp, key_file) -> None:
     curve_file = tmp / "curve.key"
     w = WorkerProcess(str(tmp / "store"), key_file, tmp, "--curve-key-file", str(curve_file))
     try:
-        public = re.search(r"--server-key\): (\S{40})", w.log()).group(1)
+        public = shlex.split(re.search(r"--server-key\): (.*)", w.log()).group(1))[0]
         registry.add("curve", w.address, str(tmp / "store"), str(key_file), server_key=public)
         assert load(executor.run_remote(None, task("z = 7"), "curve").bound["z"]) == 7
         registry.add("curve-wrong", w.address, str(tmp / "store"), str(key_file), server_key="A" * 40)

@@ -174,7 +174,7 @@ BAD_DOCUMENTS = {
         edited(components=[{"name": "1a", "code": "", "parents": []}], edges=[]),
         "p.json: invalid pipeline document at $.components[0].name: '1a' does not match '^[A-Za-z_][A-Za-z0-9_.-]*$'",
     ),
-    "unknown key": (edited(extra=1), "p.json: invalid pipeline document at $: Additional properties are not allowed ('extra' was unexpected)"),
+    "unknown key": (edited(extra=1), "p.json: unknown key 'extra' (allowed: format, version, generator, requires, components, edges)"),
     "duplicate": (
         edited(components=[{"name": "a", "code": "", "parents": []}, {"name": "a", "code": "", "parents": []}], edges=[]),
         "p.json: duplicate component name 'a': cell 1 and cell 2",

@@ -116,7 +116,7 @@ def history(path: Path, limit: int | None, outputs: bool = False, color: bool = 
 
 def configure_log(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("notebook", metavar="NB.ipynb")
-    parser.add_argument("-n", "--max-count", type=int, dest="limit", help="show only the last N commits")
+    parser.add_argument("-n", "--max-count", type=int, dest="limit", metavar="N", help="show only the last N commits")
     parser.add_argument("--outputs", action="store_true", help="also show output and execution count changes")
     from linkkernel.git.diff import add_colour_options
 

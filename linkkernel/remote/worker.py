@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import signal
 import socket
 import sys
@@ -854,11 +855,11 @@ class Worker:
 
 
 def configure_worker(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--listen", default="tcp://127.0.0.1:5555", help="ZeroMQ address to bind (default: loopback only)")
+    parser.add_argument("--listen", default="tcp://127.0.0.1:5555", help="ZeroMQ address to bind: tcp://HOST:PORT or ipc://PATH (default: tcp://127.0.0.1:5555, loopback only)")
     parser.add_argument("--storage", required=True, help="artifact store shared with kernels: a directory or s3://bucket/prefix")
     parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE", help="fsspec option, e.g. endpoint_url=http://host:9000")
     parser.add_argument("--key-file", required=True, help="file holding the shared HMAC key")
-    parser.add_argument("--slots", type=int, default=1, help="tasks run in parallel; the rest wait in order")
+    parser.add_argument("--slots", type=int, default=1, metavar="N", help="tasks run in parallel (default 1); the rest wait in order")
     parser.add_argument("--curve-key-file", help="CurveZMQ secret key of this worker (created if missing); encrypts traffic")
     parser.add_argument(
         "--preload", action="append", default=None, metavar="MODULE",
@@ -894,7 +895,8 @@ def run(args: argparse.Namespace) -> int:
     curve_secret = None
     if args.curve_key_file:
         public, curve_secret = load_or_create_curve_key(args.curve_key_file)
-        log.info("CurveZMQ public key (register it with --server-key): %s", public.decode())
+        # shell-quoted: Z85 keys hold $, &, (, ; ... which a shell would read, pasted as is
+        log.info("CurveZMQ public key (register it with --server-key): %s", shlex.quote(public.decode()))
     preload = args.preload if args.preload is not None else ["numpy"]
     for module in preload:
         try:

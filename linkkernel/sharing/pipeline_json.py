@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import difflib
 import json
+import re
 import warnings
 from dataclasses import dataclass
 from functools import cache
@@ -236,7 +238,8 @@ def parse_document(text: str | bytes, where: str) -> Pipeline:
                 f"(version {VERSION}); upgrade linkkernel"
             )
         raise LinkError(f"{where}: unsupported pipeline format version {version!r} (this linkkernel reads version {VERSION})")
-    validator = jsonschema.validators.validator_for(schema())(schema())
+    _check_keys(doc, where)
+    validator = _validator_class()(schema())
     error = jsonschema.exceptions.best_match(validator.iter_errors(doc))
     if error is not None:
         raise LinkError(f"{where}: invalid pipeline document at {error.json_path}: {error.message}")
@@ -261,6 +264,40 @@ def parse_document(text: str | bytes, where: str) -> Pipeline:
     return Pipeline(components, requires)
 
 
+@cache
+def _validator_class():
+    """The schema's validator, reading `pattern` as JSON Schema means it (ECMA 262): there `$`
+    ends the string, where Python's `re` also matches before a final newline, which would let
+    a cell id `"a\\n"` through into the notebook."""
+    import jsonschema
+
+    def pattern(validator, regex: str, instance: Any, _schema: dict[str, Any]):
+        if validator.is_type(instance, "string") and not re.search(re.sub(r"\$$", r"\\Z", regex), instance):
+            yield jsonschema.ValidationError(f"{instance!r} does not match {regex!r}")
+
+    return jsonschema.validators.extend(jsonschema.validators.validator_for(schema()), {"pattern": pattern})
+
+
+def _check_keys(doc: dict[str, Any], where: str) -> None:
+    """Refuse a key the format does not have, naming it and the key it was likely meant to be:
+    the schema alone would report a misspelled `parnets` as the missing `parents`."""
+    _check_known(doc, schema()["properties"], where)
+    components = doc.get("components")
+    for index, entry in enumerate(components if isinstance(components, list) else []):
+        if isinstance(entry, dict):
+            name = entry.get("name")
+            _check_known(entry, schema()["$defs"]["component"]["properties"],
+                         f"{where}: component {index + 1}" + (f" ({name!r})" if isinstance(name, str) else ""))
+
+
+def _check_known(obj: dict[str, Any], known: dict[str, Any], where: str) -> None:
+    unknown = [key for key in obj if key not in known]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], [k for k in known if k not in obj], n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(known)}"
+        raise LinkError(f"{where}: unknown key {unknown[0]!r} ({hint})")
+
+
 def _check_no_declaration(metadata: dict[str, Any], where: str) -> None:
     """Import writes the declaration from name/parents/remote; one repeated in the metadata
     would be written beside it and give the cell two names or unknown parents."""
@@ -269,6 +306,9 @@ def _check_no_declaration(metadata: dict[str, Any], where: str) -> None:
     for tag in metadata.get("tags", []):
         if _is_declaration_tag(tag):
             raise LinkError(f"{where}: metadata tag {tag!r} repeats a declaration; declare it with name, parents and remote")
+    # A misspelled declaration tag (`Parent:load`, `component=x`) would be written into a
+    # notebook that the kernel and `linkkernel export` then refuse.
+    parse_declaration({"tags": metadata.get("tags", [])}, f"{where}: metadata")
 
 
 def _check_cell(component: Component, where: str) -> None:
