@@ -79,6 +79,27 @@ class CellResult:
         return [m["content"] for m in self.messages if m["msg_type"] == msg_type]
 
 
+def as_shown(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(msg_type, text) of each stream and display_data message as a notebook shows them: a
+    stream's consecutive messages are one output. ipykernel sends what a stream received every
+    0.2 s (a timer shared by every request), so a printed line can come in two messages; stock
+    ipykernel cuts the same way, more often on a loaded machine."""
+    shown: list[tuple[str, str]] = []
+    names: list[str | None] = []
+    for m in messages:
+        content = m["content"]
+        if m["msg_type"] == "stream":
+            if names and names[-1] == content["name"]:
+                shown[-1] = ("stream", shown[-1][1] + content["text"])
+            else:
+                shown.append(("stream", content["text"]))
+                names.append(content["name"])
+        elif m["msg_type"] == "display_data":
+            shown.append(("display_data", content["data"]["text/plain"]))
+            names.append(None)
+    return shown
+
+
 class Kernel:
     """A running kernel process and a blocking client to it."""
 
