@@ -7,6 +7,7 @@ import queue
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,22 @@ class Kernel:
         while reply["parent_header"].get("msg_id") != msg_id:
             reply = self.client.get_shell_msg(timeout=max(1.0, deadline - time.monotonic()))
         return CellResult(reply, messages)
+
+    def late_output(self, result: CellResult, done: Callable[[CellResult], bool], timeout: float = 30) -> CellResult:
+        """`result` with the IOPub messages of its request that came after the kernel went idle
+        for it, read until `done(result)`: stock ipykernel passes descriptor output (os.system,
+        subprocesses) on from a thread of its own, at times after the reply; it still shows
+        in the cell."""
+        msg_id = result.reply["parent_header"]["msg_id"]
+        deadline = time.monotonic() + timeout
+        while not done(result) and time.monotonic() < deadline:
+            try:
+                m = self.client.get_iopub_msg(timeout=0.05)
+            except queue.Empty:
+                continue
+            if m["parent_header"].get("msg_id") == msg_id and m["msg_type"] != "status":
+                result.messages.append(m)
+        return result
 
     def restart(self) -> None:
         self.manager.restart_kernel(now=True)
