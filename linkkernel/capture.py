@@ -18,11 +18,12 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
+from ipykernel.iostream import OutStream
 from ipykernel.subshell import SubshellThread
 
 from linkkernel.tasks import as_sent
@@ -410,19 +411,68 @@ def _fd_redirect(outputs: Outputs) -> Iterator[None]:
             os.close(file)
 
 
-def _pass_on(read_end: int, forward_to: int, outputs: Outputs, name: str) -> None:
-    """Copy a pipe to `forward_to` until every writer has closed it, keeping the text."""
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _reads_descriptor(stream: Any, fd: int) -> bool:
+    """Whether `stream` is ipykernel's stream that reads what descriptor `fd` receives into
+    the cell: ipykernel points fd 1 and 2 at pipes that a thread of its own reads (`_fid`,
+    the read end, only while `_should_watch`)."""
+    read_end = getattr(stream, "_fid", None)
+    if not isinstance(stream, OutStream) or read_end is None or not getattr(stream, "_should_watch", False):
+        return False
+    try:
+        ours, its = os.fstat(fd), os.fstat(read_end)
+    except OSError:
+        return False
+    return (ours.st_dev, ours.st_ino) == (its.st_dev, its.st_ino)
+
+
+class _Forward:
+    """Where a live run's descriptor output goes on to: where the descriptor pointed before.
+
+    When that is ipykernel's pipe, the output is handed to ipykernel's stream here instead,
+    as its reading thread would (the text to the cell, the bytes to the kernel's own output).
+    Passed through that pipe, it was read by that thread after the reply now and then: the
+    end of a subprocess's output missed its cell (stock ipykernel, one pipe less, less often).
+    Handed over here, all of it is in the stream before the run ends.
+    """
+
+    def __init__(self, before: int, kernel_stream: Any) -> None:
+        self._stream = kernel_stream if _reads_descriptor(kernel_stream, before) else None
+        self._fd = None if self._stream is not None else os.dup(before)
+
+    def __call__(self, data: bytes, text: str) -> None:
+        if self._stream is None:
+            _write_all(self._fd, data)
+            return
+        if text:
+            self._stream.write(text)
+        with suppress(OSError):  # the kernel's own output closed: the cell has the text
+            _write_all(self._stream.fileno(), data)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+
+
+def _pass_on(read_end: int, forward: _Forward, outputs: Outputs, name: str) -> None:
+    """Pass a pipe on until every writer has closed it, keeping the text."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     try:
         while chunk := os.read(read_end, 1 << 16):
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(forward_to, view) :]
-            outputs.stream(name, decoder.decode(chunk))
-        outputs.stream(name, decoder.decode(b"", final=True))
+            text = decoder.decode(chunk)
+            forward(chunk, text)
+            outputs.stream(name, text)
+        text = decoder.decode(b"", final=True)
+        forward(b"", text)
+        outputs.stream(name, text)
     finally:
         os.close(read_end)
-        os.close(forward_to)
+        forward.close()
 
 
 # How long the end of a live run waits for output still in its pipes; a background process
@@ -431,7 +481,7 @@ _DRAIN_TIMEOUT = 0.5
 
 
 @contextmanager
-def _fd_tee(outputs: Outputs) -> Iterator[None]:
+def _fd_tee(outputs: Outputs, kernel_streams: dict[int, Any]) -> Iterator[None]:
     pipes = {fd: os.pipe() for fd in (1, 2)}
     pumps = []
     try:
@@ -439,8 +489,9 @@ def _fd_tee(outputs: Outputs) -> Iterator[None]:
             for fd, (read_end, write_end) in pipes.items():
                 os.close(write_end)  # fd 1 or 2 holds it now
                 name = "stdout" if fd == 1 else "stderr"
+                forward = _Forward(before[fd], kernel_streams[fd])
                 pump = threading.Thread(
-                    target=_pass_on, args=(read_end, os.dup(before[fd]), outputs, name), name=f"linkkernel-{name}", daemon=True
+                    target=_pass_on, args=(read_end, forward, outputs, name), name=f"linkkernel-{name}", daemon=True
                 )
                 pump.start()
                 pumps.append(pump)
@@ -513,7 +564,7 @@ def recorded(shell) -> Iterator[Outputs]:
     streams = _Stream(outputs, "stdout", sys.stdout, echo=True), _Stream(outputs, "stderr", sys.stderr, echo=True)
     sys.stdout, sys.stderr = streams
     try:
-        with _fd_tee(outputs), _errors_kept(shell, outputs):
+        with _fd_tee(outputs, {1: saved[0], 2: saved[1]}), _errors_kept(shell, outputs):
             yield outputs
     finally:
         sys.stdout, sys.stderr = saved

@@ -251,6 +251,9 @@ def run_notebook(
                         print(f"linkkernel run: [{ended}/{len(outcomes)}] {outcome.name} {outcome.state}", file=progress, flush=True)
                 if report.failed:
                     break
+            for cell in notebook.cells:
+                if cell.cell_type == "code":
+                    _join_streams(cell)
             client.set_widgets_metadata()  # as nbclient's own `execute` does: widgets render from the file
     finally:
         if bar is not None:
@@ -300,6 +303,22 @@ def _execute(client: Any, cell: Any, index: int, timeout: float | None) -> tuple
     except DeadKernelError:
         return "the kernel died", True
     return None, False
+
+
+def _join_streams(cell: Any) -> None:
+    """The cell's consecutive stream outputs of one name joined into one, as JupyterLab keeps
+    them. ipykernel sends a stream's text every 0.2 s, on a timer shared by every request, so
+    nbclient's outputs were cut wherever it fired: `print('setup', x)` was one output or two
+    ('setup', ' 0\\n') from run to run, and the notebook written differed with it. Done once
+    every cell ran: nbclient finds a display another cell updates by its output's index."""
+    joined: list[Any] = []
+    for output in cell.get("outputs", []):
+        last = joined[-1] if joined else None
+        if last is not None and output.get("output_type") == last.get("output_type") == "stream" and output.get("name") == last.get("name"):
+            last["text"] += output["text"]
+        else:
+            joined.append(output)
+    cell.outputs = joined
 
 
 @contextmanager

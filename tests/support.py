@@ -7,6 +7,7 @@ import queue
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,27 @@ class CellResult:
         return [m["content"] for m in self.messages if m["msg_type"] == msg_type]
 
 
+def as_shown(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(msg_type, text) of each stream and display_data message as a notebook shows them: a
+    stream's consecutive messages are one output. ipykernel sends what a stream received every
+    0.2 s (a timer shared by every request), so a printed line can come in two messages; stock
+    ipykernel cuts the same way, more often on a loaded machine."""
+    shown: list[tuple[str, str]] = []
+    names: list[str | None] = []
+    for m in messages:
+        content = m["content"]
+        if m["msg_type"] == "stream":
+            if names and names[-1] == content["name"]:
+                shown[-1] = ("stream", shown[-1][1] + content["text"])
+            else:
+                shown.append(("stream", content["text"]))
+                names.append(content["name"])
+        elif m["msg_type"] == "display_data":
+            shown.append(("display_data", content["data"]["text/plain"]))
+            names.append(None)
+    return shown
+
+
 class Kernel:
     """A running kernel process and a blocking client to it."""
 
@@ -147,6 +169,22 @@ class Kernel:
         while reply["parent_header"].get("msg_id") != msg_id:
             reply = self.client.get_shell_msg(timeout=max(1.0, deadline - time.monotonic()))
         return CellResult(reply, messages)
+
+    def late_output(self, result: CellResult, done: Callable[[CellResult], bool], timeout: float = 30) -> CellResult:
+        """`result` with the IOPub messages of its request that came after the kernel went idle
+        for it, read until `done(result)`: stock ipykernel passes descriptor output (os.system,
+        subprocesses) on from a thread of its own, at times after the reply; it still shows
+        in the cell."""
+        msg_id = result.reply["parent_header"]["msg_id"]
+        deadline = time.monotonic() + timeout
+        while not done(result) and time.monotonic() < deadline:
+            try:
+                m = self.client.get_iopub_msg(timeout=0.05)
+            except queue.Empty:
+                continue
+            if m["parent_header"].get("msg_id") == msg_id and m["msg_type"] != "status":
+                result.messages.append(m)
+        return result
 
     def restart(self) -> None:
         self.manager.restart_kernel(now=True)

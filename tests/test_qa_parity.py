@@ -15,7 +15,7 @@ import time
 import pytest
 
 from engine_support import Notebook
-from support import Kernel, component_meta, start_stock_kernel
+from support import Kernel, as_shown, component_meta, start_stock_kernel
 from test_tracebacks_kernel import assert_clean
 
 
@@ -173,8 +173,7 @@ def test_a_subshell_request_during_a_pipeline_run_gets_its_reply_and_its_own_out
         for n, request in enumerate(side):
             reply, messages = results[request]
             assert reply["status"] == "ok", reply
-            shown = [(m["msg_type"], m["content"].get("text") or m["content"]["data"]["text/plain"]) for m in messages if m["msg_type"] in ("stream", "display_data")]
-            assert shown == [("stream", f"from subshell {n}\n"), ("display_data", f"'shown {n}'")]
+            assert as_shown(messages) == [("stream", f"from subshell {n}\n"), ("display_data", f"'shown {n}'")]
         reply, messages = results[main]
         assert reply["status"] == "ok", reply
         assert "".join(m["content"]["text"] for m in messages if m["msg_type"] == "stream") == "child done True\n"

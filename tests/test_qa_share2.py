@@ -144,6 +144,20 @@ def test_a_cached_component_outputs_names_at_its_place_in_the_run(tmp_path: Path
     assert shown[1] == shown[0]
 
 
+def test_a_cells_printed_lines_are_one_output_as_jupyterlab_keeps_them(tmp_path: Path, link_kernelspec):
+    """nbclient keeps each stream message as an output, and where ipykernel cuts a stream
+    into messages varies: the notebook written differed from run to run."""
+    nb = notebook(("print('a', flush=True)\nprint('b')", []), ("print('x', flush=True)\nprint('y')", ["component:load"]))
+    nbformat.write(nb, str(tmp_path / "nb.ipynb"))
+    run = cli("run", "nb.ipynb", cwd=tmp_path, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    assert run.returncode == 0, run.stderr
+    out = nbformat.read(str(tmp_path / "nb.out.ipynb"), as_version=4)
+    assert [c.outputs for c in out.cells] == [
+        [{"name": "stdout", "output_type": "stream", "text": "a\nb\n"}],
+        [{"name": "stdout", "output_type": "stream", "text": "x\ny\n"}],
+    ]
+
+
 # ---------------------------------------------------------------- a notebook not named .ipynb
 
 

@@ -8,6 +8,7 @@ import queue
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -180,6 +181,52 @@ def test_a_kernel_that_stops_answering_frees_its_task_and_then_says_why(setup, k
         assert len(result.traceback_text.strip().splitlines()) == 1, result.traceback_text
         again = stopped.execute(cell("x = 1", live=True), timeout=20)
         assert again.status == "ok", again.traceback_text
+    finally:
+        os.kill(kernel_pid, signal.SIGCONT)
+        stopped.shutdown()
+
+
+def _unread_by(port: int) -> int:
+    """Bytes that arrived for the process listening on loopback `port` and that it has not
+    read yet (stopped, it reads nothing)."""
+    unread = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":  # ESTABLISHED
+            unread += int(fields[4].split(":")[1], 16)
+    return unread
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads the worker's socket queue from /proc/net/tcp")
+def test_a_kernel_stopped_before_it_heard_its_task_accepted_says_why(setup, kernel) -> None:
+    """The task starts before the worker says it accepted it. A kernel stopped in between
+    lost the time it was stopped, and once it ran again its cell said the worker died."""
+    tmp, w = setup
+    pid_file = tmp / "unheard.pid"
+    code = f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)"
+    port = int(w.address.rsplit(":", 1)[1])
+    stopped = Kernel()
+    kernel_pid = stopped.manager.provisioner.process.pid
+    try:
+        assert stopped.execute(cell("x = 1", live=True), timeout=20).status == "ok"  # connected
+        os.kill(w.process.pid, signal.SIGSTOP)
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                running = pool.submit(stopped.execute, cell(code, live=True), timeout=120)
+                # the task is sent: the kernel waits to hear that it is accepted
+                assert wait_until(lambda: _unread_by(port) > 100, timeout=30)
+                os.kill(kernel_pid, signal.SIGSTOP)
+                os.kill(w.process.pid, signal.SIGCONT)
+                try:
+                    assert wait_until(lambda: pid_file.exists() and pid_file.read_text(), timeout=30)
+                    assert wait_until(lambda: not pid_alive(int(pid_file.read_text())), timeout=30)
+                finally:
+                    os.kill(kernel_pid, signal.SIGCONT)
+                result = running.result(timeout=60)
+        finally:
+            os.kill(w.process.pid, signal.SIGCONT)
+        assert result.reply["content"]["ename"] == "RemoteError"
+        assert "this kernel did not run for" in result.reply["content"]["evalue"], result.traceback_text
     finally:
         os.kill(kernel_pid, signal.SIGCONT)
         stopped.shutdown()

@@ -113,6 +113,20 @@ class Client:
                 continue
             yield message
 
+    def _dropped(self) -> bool:
+        """Whether this process did not run for as long as the worker waits for a kernel that
+        does not answer. The worker counts KERNEL_SILENCE from its last ping, which may have
+        gone out up to a ping interval before this process stopped."""
+        return self.away >= KERNEL_SILENCE - KERNEL_PING_INTERVAL
+
+    def _away_error(self) -> RemoteError:
+        self.close()
+        return RemoteError(
+            f"this kernel did not run for {self.away:.0f} s (stopped or suspended), as long as "
+            f"{self._where()} waits for a kernel that does not answer ({KERNEL_SILENCE:g} s): "
+            "the worker dropped this kernel and killed the task; run the cell again"
+        )
+
     def _unreachable(self, what: str) -> RemoteError:
         self.close()
         return RemoteError(
@@ -131,8 +145,13 @@ class Client:
 
     def submit(self, body: dict[str, Any]) -> dict[str, Any]:
         """Hand a task to the worker; returns, once it is queued there, what the worker said
-        (`ahead`: how many tasks it waits for, when it waits)."""
+        (`ahead`: how many tasks it waits for, when it waits).
+
+        The time this process does not run counts from here, not from `follow`: the task may
+        start before the worker says it accepted it, and a kernel stopped meanwhile was
+        dropped as surely as one stopped while following."""
         task_id = body["task"]
+        self.away, self._waited_until = 0.0, None
         self.send("submit", body)
         for message in self.messages(ACCEPT_TIMEOUT):
             if message.body.get("task") != task_id:
@@ -141,26 +160,21 @@ class Client:
                 raise RemoteError(f"{self._where()} refused the task: {message.body.get('message')}")
             if message.type == "accepted":
                 return message.body
+        if self._dropped():
+            raise self._away_error()
         raise self._unreachable("the task")
 
     def follow(
         self, task_id: str, on_output: Callable[[dict[str, Any]], None], on_started: Callable[[], None] | None = None
     ) -> Message:
         """Relay the task's outputs until it ends; returns the `done` message. `on_started`
-        is called when a task that waited for a slot starts."""
-        self.away, self._waited_until = 0.0, None
+        is called when a task that waited for a slot starts. Follows `submit` of that task."""
         while True:
             message = self.receive(HEARTBEAT_TIMEOUT)
             if message is None:
+                if self._dropped():
+                    raise self._away_error()
                 self.close()
-                # The worker counts KERNEL_SILENCE from its last ping, which may have gone out
-                # up to a ping interval before this process stopped.
-                if self.away >= KERNEL_SILENCE - KERNEL_PING_INTERVAL:
-                    raise RemoteError(
-                        f"this kernel did not run for {self.away:.0f} s (stopped or suspended), as long as "
-                        f"{self._where()} waits for a kernel that does not answer ({KERNEL_SILENCE:g} s): "
-                        "the worker dropped this kernel and killed the task; run the cell again"
-                    )
                 raise RemoteError(
                     f"{self._where()} died mid-task: no heartbeat for {HEARTBEAT_TIMEOUT:g} s"
                 )

@@ -396,6 +396,16 @@ class Worker:
         self.spares: deque[Spare] = deque()
         self.exit_status: dict[int, int] = {}
         self.departed: set[bytes] = set()  # clients a send found gone; see _drop_departed
+        self.stopped_by: int | None = None  # the signal that asked the worker to stop; see stop
+
+    def stop(self, signum: int, _frame: Any = None) -> None:
+        """SIGINT/SIGTERM handler: stop once the loop is between two rounds.
+
+        Raised from the handler (KeyboardInterrupt, SystemExit), the stop could land between
+        starting a task and telling its kernel (so the cell heard neither that it was accepted
+        nor why it failed), or between taking a task off the queue and noting it as running
+        (so nobody heard of it at all)."""
+        self.stopped_by = signum
 
     def send(self, client: bytes, type_: str, body: dict[str, Any]) -> None:
         import zmq
@@ -434,7 +444,7 @@ class Worker:
         poller.register(self.socket, zmq.POLLIN)
         log.info("worker listening on %s, storage %s, %d slot(s)", self.address, self.store_url, self.slots)
         registered: set[int] = set()
-        while True:
+        while self.stopped_by is None:
             # Pipes and pidfds come and go with tasks; closed ones are no longer watched, so
             # they leave the poller before it polls again.
             watched = {fd for task in self.running.values() for fd in task.watched()}
@@ -908,15 +918,13 @@ def run(args: argparse.Namespace) -> int:
         importlib.import_module("s3fs")
     allow_many_maps()  # for the task processes, which map each large input from its file
     worker = Worker(args.listen, args.storage, parse_options(args.storage_option), key, args.slots, curve_secret)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, worker.stop)
     print(f"linkkernel worker ready on {worker.address}", flush=True)
     why = "the worker stopped"
     try:
         worker.serve()
-    except KeyboardInterrupt:
-        why = "the worker was stopped (SIGINT)"
-    except SystemExit:
-        why = "the worker was stopped (SIGTERM)"
+        why = f"the worker was stopped ({signal.Signals(worker.stopped_by).name})"
     finally:
         worker.shutdown(why)
     return 0
