@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _args import positive
+from _args import positive, require
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -135,6 +135,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=180.0, help="cap on each nbdime run (s)")
     parser.add_argument("--repeat", type=positive, default=3, help="runs of each of ours (best kept)")
     args = parser.parse_args()
+    require("nbdime")
     python = sys.executable
     cases = [(n, True) for n in args.sizes] + [(max(args.sizes), False)]
     rows = []

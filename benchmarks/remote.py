@@ -35,7 +35,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from _args import positive  # noqa: E402
+from _args import positive, require  # noqa: E402
 from remote_support import WeedServer  # noqa: E402
 
 
@@ -208,6 +208,7 @@ def main() -> None:
     parser.add_argument("--big-runs", type=positive, default=3)
     parser.add_argument("--pause", type=float, default=0.05, help="seconds between paced round trips")
     args = parser.parse_args()
+    require("ipyparallel", "numpy")
 
     import numpy as np
 
