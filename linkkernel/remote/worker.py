@@ -94,6 +94,7 @@ class Task:
     eof: bool = False
     waited: bool = False  # its kernel was told it waits for a slot, and is told when it starts
     garbled: bool = False  # it sent what is not a message: the rest it sends is dropped
+    writing: list[str] = field(default_factory=list)  # its temporary blob files, as it named them
 
     def watched(self) -> list[int]:
         return [*([] if self.eof else [self.fd]), *self.streams, self.pidfd]
@@ -728,6 +729,8 @@ class Worker:
                 bound = message["result"].get("bound") or {}
                 outputs = self.store.verified(bound.values()) if self.store.local else {}
                 self.send(task.client, "done", {"task": task.id, "result": message["result"], "verified": outputs})
+            elif "writing" in message:
+                task.writing.append(str(message["writing"]))
             else:
                 task.outcome = message
         if text:
@@ -782,7 +785,9 @@ class Worker:
         os.close(task.pidfd)
         del self.running[task.pid]
         if task.cancelled or "result" not in outcome:  # killed or crashed, perhaps while writing a blob
-            self.store.remove_abandoned()
+            # Only the files it said it was writing: a sweep of the store lists every blob
+            # folder, a pause of the loop. Garbled, it may not have said: the store is swept.
+            self.store.remove_abandoned(None if task.garbled else task.writing)
         elapsed = f"{time.monotonic() - task.started_at:.3f} s"
         if task.cancelled:  # even when its result came in meanwhile: the kernel waits for this
             self._log(task, f"cancelled, task process killed after {elapsed}")
