@@ -865,8 +865,28 @@ class Worker:
             os.kill(spare[0], signal.SIGKILL)
         if self.zygote is not None:
             self.zygote.stop()
+        self._refuse_unread(why)
         self.socket.close(linger=1000)  # long enough to deliver the news above
         self.context.term()
+
+    def _refuse_unread(self, why: str) -> None:
+        """Refuse the tasks submitted after the loop's last read, saying `why`: their kernels
+        would otherwise wait out the accept deadline and call a worker just stopped
+        unreachable. What arrives after this is past helping: the socket closes next."""
+        import zmq
+
+        from linkkernel.remote.protocol import BadMessage
+
+        while self.socket.poll(0, zmq.POLLIN):
+            client, *rest = self.socket.recv_multipart()
+            try:
+                message = self.signer.verify(rest)
+            except BadMessage:
+                continue
+            if message.type == "submit":
+                task_id, problem = str(message.body.get("task", "")), f"{why} before it could start the task"
+                log.info("task %s %r refused: %s", task_id[:8], message.body.get("name"), problem)
+                self.send(client, "rejected", {"task": task_id, "message": problem})
 
 
 def configure_worker(parser: argparse.ArgumentParser) -> None:
