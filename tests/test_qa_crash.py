@@ -243,6 +243,7 @@ def test_an_interrupt_while_a_run_is_recorded_says_the_run_was_kept_and_it_is(nb
     assert result.reply["content"]["ename"] == "KeyboardInterrupt"
     assert result.traceback_text.strip() == "KeyboardInterrupt: interrupted just after component 'kept' ran; its run was kept"
     assert result.stdout == "ran\n"
+    assert result.reply["content"]["execution_count"] == result.of_type("execute_input")[0]["execution_count"]
     assert value(nb.kernel, "x") == 42
     assert _states(nb.kernel)["kept"] == "fresh"
     nb.runs()
