@@ -88,11 +88,17 @@ def remove_abandoned(folder: str, patterns: Iterable[str]) -> list[str]:
     """Remove the temporary files in `folder` matching the glob `patterns` (relative to it)
     whose writers are dead; the paths removed. Never raises OSError: a folder that cannot be
     listed or written keeps them."""
+    return remove_if_abandoned(path for pattern in patterns for path in glob.glob(os.path.join(glob.escape(folder), pattern)))
+
+
+def remove_if_abandoned(paths: Iterable[str]) -> list[str]:
+    """Remove those of `paths` that are temporary files whose writers are dead (a path that
+    is gone is skipped); the paths removed. Nothing is listed: for a caller that knows which
+    files a dead writer may have left, where a sweep of a large folder would take long."""
     removed = []
-    for pattern in patterns:
-        for path in glob.glob(os.path.join(glob.escape(folder), pattern)):
-            if abandoned(path):
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-                    removed.append(path)
+    for path in paths:
+        if abandoned(path):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+                removed.append(path)
     return removed

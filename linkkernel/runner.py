@@ -223,16 +223,19 @@ class Runner:
     async def _execute_cell(
         self, component: Component, live: Callable[[], Awaitable[dict]], history: str | None, allow_stdin: bool
     ) -> dict[str, Any]:
+        before: dict[str, str | None] = {}
         try:
             graph = self.graph([component.name])
             plan = self.plan(graph, [component.name], rerun_targets=True)
             self.publish_cached(graph, [component.name], plan)
+            parents = [n for n in plan if n != component.name]
+            before = self._run_ids(parents)
             with _input_from_frontend(self.kernel, allow_stdin):
                 # Nothing of the cell has run yet: the progress line is all it shows, unless
                 # the line about a lost value is above it.
-                await self._run_captured(graph, [n for n in plan if n != component.name], alone=not self._cell_spoke)
+                await self._run_captured(graph, parents, alone=not self._cell_spoke)
         except KeyboardInterrupt:
-            return self.report_interrupt(history, "running parent components")
+            return self.report_interrupt(history, "running parent components", self._kept_since(before))
         except ComponentFailed as exc:
             reply = self._report_parent_error(exc.name, exc.error, history)
             if exc.post_mortem is not None and self.shell.call_pdb and allow_stdin:
@@ -245,6 +248,7 @@ class Runner:
         except LinkError as exc:  # an invalid pipeline
             return self.refuse(exc, history)
         count_before = self.shell.execution_count
+        before = self._run_ids([component.name])
         try:
             outcome = await self.run_component(component, live=live)
         except LostValue:  # an input, lost before any of the component's code ran
@@ -253,9 +257,12 @@ class Runner:
             return self.refuse(exc, history)
         except InputsInterrupted:  # before any of its code ran
             return self.report_interrupt(history, f"loading the inputs of component {component.name!r}")
-        except KeyboardInterrupt:  # after the user's code: while its outputs were being kept
+        except KeyboardInterrupt:  # after the user's code: while its outputs were being kept, or once they were
             counted = self.shell.execution_count != count_before  # the live run already numbered the cell
-            return self.report_interrupt(None if counted else history, f"keeping the outputs of component {component.name!r}")
+            history = None if counted else history
+            if self._kept_since(before):  # the interrupt landed as the run was recorded: it stays recorded
+                return self._fail(_interrupt_error(f"interrupted just after component {component.name!r} ran; its run was kept"), history)
+            return self.report_interrupt(history, f"keeping the outputs of component {component.name!r}")
         for line in outcome.warnings:
             print(line, file=sys.stderr)
         return outcome.reply
@@ -282,6 +289,16 @@ class Runner:
         if not outcome.interrupted:
             self._publish(outcome)
         return outcome
+
+    def _run_ids(self, names: list[str]) -> dict[str, str | None]:
+        """The recorded run of each of `names` (None when none is), for `_kept_since`."""
+        return {name: getattr(self.store.get(name), "run_id", None) for name in names}
+
+    def _kept_since(self, before: dict[str, str | None]) -> list[str]:
+        """Those of the components in `before` (`_run_ids`) whose new run is recorded since.
+        An interrupt landing while a run is recorded is raised once it is (`_publish`): the
+        line saying what the interrupt stopped names these as kept, as the cache keeps them."""
+        return [name for name, run_id in before.items() if getattr(self.store.get(name), "run_id", None) != run_id]
 
     def _parent_namespaces(self, component: Component) -> tuple[dict[str, str], dict[str, str]]:
         """The recorded run of each parent, and the merge of their final namespaces (as
@@ -642,9 +659,13 @@ class Runner:
         header = f"\x1b[0;31mError in parent component {name!r}:\x1b[0m"
         return self._fail(dict(error, traceback=[header, *error["traceback"]]), history)
 
-    def report_interrupt(self, history: str | None, during: str) -> dict[str, Any]:
-        """The user's interrupt, as Jupyter shows one, saying what it stopped."""
-        return self._fail(_interrupt_error(f"interrupted while {during}; nothing half-run was kept"), history)
+    def report_interrupt(self, history: str | None, during: str, kept: list[str] | None = None) -> dict[str, Any]:
+        """The user's interrupt, as Jupyter shows one, saying what it stopped, and which of
+        the runs before it were `kept` (recorded fresh) before it landed."""
+        done = ""
+        if kept:
+            done = f"{_listed([repr(name) for name in kept])} ran and {'was' if len(kept) == 1 else 'were'} kept, "
+        return self._fail(_interrupt_error(f"interrupted while {during}; {done}nothing half-run was kept"), history)
 
     # ---- %link run -------------------------------------------------------------------------
 

@@ -218,6 +218,55 @@ def test_interrupt_while_cached_values_are_published_after_a_restart_publishes_n
     assert value(nb.kernel, "a") == "before"
 
 
+# The interrupt button pressed in the very instant a run is recorded: the kernel's own store,
+# patched by a plain cell of the test, sends the SIGINT from inside `put`, once.
+INTERRUPT_WHILE_RECORDED = textwrap.dedent("""
+    import os, signal
+    import linkkernel.store as _store
+    _put = _store.CacheStore.put
+    def _interrupting_put(self, *args):
+        _store.CacheStore.put = _put
+        os.kill(os.getpid(), signal.SIGINT)
+        return _put(self, *args)
+    _store.CacheStore.put = _interrupting_put
+""")
+
+
+def _states(kernel) -> dict[str, str]:
+    return {row.split()[0]: row.split()[2] for row in kernel.execute("%link status").stdout.splitlines()[1:]}
+
+
+def test_an_interrupt_while_a_run_is_recorded_says_the_run_was_kept_and_it_is(nb):
+    nb.add("kept", "x = 42\nprint('ran')").add("child", "y = x + 1", "kept").use()
+    assert nb.kernel.execute(INTERRUPT_WHILE_RECORDED).status == "ok"
+    result = nb.run("kept", timeout=30)
+    assert result.reply["content"]["ename"] == "KeyboardInterrupt"
+    assert result.traceback_text.strip() == "KeyboardInterrupt: interrupted just after component 'kept' ran; its run was kept"
+    assert result.stdout == "ran\n"
+    assert result.reply["content"]["execution_count"] == result.of_type("execute_input")[0]["execution_count"]
+    assert value(nb.kernel, "x") == 42
+    assert _states(nb.kernel)["kept"] == "fresh"
+    nb.runs()
+    nb.kernel.restart()
+    nb.use()
+    assert _states(nb.kernel)["kept"] == "fresh"
+    assert nb.run("child").status == "ok"
+    assert nb.runs() == ["child"]  # kept in the cache: not run again
+
+
+def test_an_interrupt_while_a_parents_run_is_recorded_names_the_parent_kept(nb):
+    nb.add("parent", "x = 1").add("child", "y = x + 1", "parent").use()
+    assert nb.kernel.execute(INTERRUPT_WHILE_RECORDED).status == "ok"
+    result = nb.run("child", timeout=30)
+    assert result.reply["content"]["ename"] == "KeyboardInterrupt"
+    assert result.traceback_text.strip() == (
+        "KeyboardInterrupt: interrupted while running parent components; 'parent' ran and was kept, nothing half-run was kept"
+    )
+    assert nb.runs() == ["parent"]
+    assert _states(nb.kernel) == {"parent": "fresh", "child": "never"}
+    assert value(nb.kernel, "x") == 1
+
+
 # ---------------------------------------------------------------- 6, 7, 8. full and read-only disks
 
 

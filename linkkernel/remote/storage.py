@@ -35,12 +35,13 @@ import os
 import re
 import stat
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from linkkernel import cow
 from linkkernel.errors import LinkError
 from linkkernel.namespaces import Blob, _digest, loads
-from linkkernel.partfiles import remove_abandoned, temp_name
+from linkkernel.partfiles import remove_abandoned, remove_if_abandoned, temp_name
 from linkkernel.remote.mirror import Mirror, default_root
 
 MAGIC = b"LKB2"
@@ -56,6 +57,8 @@ _HEAD_READ = 16384
 log = logging.getLogger(__name__)
 # Errors s3fs/botocore/aiohttp raise that mean "not allowed", as whole words: a message that
 # names an endpoint such as http://127.0.0.1:41403 holds "403" too.
+# A temporary blob file's name, as `_write_local` makes it (partfiles.temp_name): its digest first.
+_TEMP_BLOB = re.compile(r"[0-9a-f]{2,}\.lk[0-9a-f]{12}-\d+-\d+\.[0-9a-f]+\.tmp")
 _REFUSED = re.compile(r"\b(InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|Forbidden|403)\b")
 
 
@@ -189,6 +192,9 @@ class Store:
         self._verified: OrderedDict[str, list[int]] = OrderedDict()
         self.newly_verified: dict[str, list[int]] = {}
         self.bytes_uploaded = 0
+        # Told the name of each temporary blob file before it is made: a task process tells
+        # its worker, which removes just those if the process dies (`remove_abandoned`).
+        self.announce: Callable[[str], None] | None = None
 
     def _path(self, digest: str) -> str:
         return _blob_path(self._root, digest)
@@ -245,11 +251,18 @@ class Store:
             return False
         return True
 
-    def remove_abandoned(self) -> None:
+    def remove_abandoned(self, names: Iterable[str] | None = None) -> None:
         """Remove the blob files that writers killed midway (a task process cancelled or
-        crashed, a kernel killed while uploading) left in a local store; nothing else can."""
-        if self.local:
+        crashed, a kernel killed while uploading) left in a local store; nothing else can.
+        `names`: only these temporary files (those a dead task process said it was writing,
+        see `announce`), not a sweep of every blob folder, which in a large store pauses the
+        worker after each task killed."""
+        if not self.local:
+            return
+        if names is None:
             remove_abandoned(self._root, ["blobs/*/*.tmp"])
+            return
+        remove_if_abandoned(f"{self._root}/blobs/{name[:2]}/{name}" for name in names if _TEMP_BLOB.fullmatch(name))
 
     def forget_uploads(self) -> None:
         """Stop taking blobs for stored because this process stored or saw them: after a task
@@ -297,6 +310,8 @@ class Store:
         so that once it is killed midway the file can be removed (`remove_abandoned`)."""
         os.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         target = temp_name(path, "tmp")
+        if self.announce is not None:
+            self.announce(target.rsplit("/", 1)[1])
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
         try:
             with open(fd, "wb", closefd=False) as f:

@@ -508,6 +508,9 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
     # to its workers so): the user module there, as in a kernel
     sys.modules["__main__"] = shell.user_module
     store.remember(task.get("verified") or {})
+    # Each blob file's temporary name, said before it is made: killed or crashed midway, this
+    # process leaves it, and the worker removes just that instead of sweeping the store.
+    store.announce = lambda name: pipe.send({"writing": name})
 
     def load(name: str) -> Any:
         loaded[name] = load_input(store.get(digests[name], mapped=True), namespace)

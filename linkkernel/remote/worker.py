@@ -94,6 +94,7 @@ class Task:
     eof: bool = False
     waited: bool = False  # its kernel was told it waits for a slot, and is told when it starts
     garbled: bool = False  # it sent what is not a message: the rest it sends is dropped
+    writing: list[str] = field(default_factory=list)  # its temporary blob files, as it named them
 
     def watched(self) -> list[int]:
         return [*([] if self.eof else [self.fd]), *self.streams, self.pidfd]
@@ -728,6 +729,8 @@ class Worker:
                 bound = message["result"].get("bound") or {}
                 outputs = self.store.verified(bound.values()) if self.store.local else {}
                 self.send(task.client, "done", {"task": task.id, "result": message["result"], "verified": outputs})
+            elif "writing" in message:
+                task.writing.append(str(message["writing"]))
             else:
                 task.outcome = message
         if text:
@@ -782,7 +785,9 @@ class Worker:
         os.close(task.pidfd)
         del self.running[task.pid]
         if task.cancelled or "result" not in outcome:  # killed or crashed, perhaps while writing a blob
-            self.store.remove_abandoned()
+            # Only the files it said it was writing: a sweep of the store lists every blob
+            # folder, a pause of the loop. Garbled, it may not have said: the store is swept.
+            self.store.remove_abandoned(None if task.garbled else task.writing)
         elapsed = f"{time.monotonic() - task.started_at:.3f} s"
         if task.cancelled:  # even when its result came in meanwhile: the kernel waits for this
             self._log(task, f"cancelled, task process killed after {elapsed}")
@@ -860,8 +865,28 @@ class Worker:
             os.kill(spare[0], signal.SIGKILL)
         if self.zygote is not None:
             self.zygote.stop()
+        self._refuse_unread(why)
         self.socket.close(linger=1000)  # long enough to deliver the news above
         self.context.term()
+
+    def _refuse_unread(self, why: str) -> None:
+        """Refuse the tasks submitted after the loop's last read, saying `why`: their kernels
+        would otherwise wait out the accept deadline and call a worker just stopped
+        unreachable. What arrives after this is past helping: the socket closes next."""
+        import zmq
+
+        from linkkernel.remote.protocol import BadMessage
+
+        while self.socket.poll(0, zmq.POLLIN):
+            client, *rest = self.socket.recv_multipart()
+            try:
+                message = self.signer.verify(rest)
+            except BadMessage:
+                continue
+            if message.type == "submit":
+                task_id, problem = str(message.body.get("task", "")), f"{why} before it could start the task"
+                log.info("task %s %r refused: %s", task_id[:8], message.body.get("name"), problem)
+                self.send(client, "rejected", {"task": task_id, "message": problem})
 
 
 def configure_worker(parser: argparse.ArgumentParser) -> None:
