@@ -55,10 +55,10 @@ _VERIFIED_MAX = 4096
 # up to a few hundred buffers.
 _HEAD_READ = 16384
 log = logging.getLogger(__name__)
-# Errors s3fs/botocore/aiohttp raise that mean "not allowed", as whole words: a message that
-# names an endpoint such as http://127.0.0.1:41403 holds "403" too.
 # A temporary blob file's name, as `_write_local` makes it (partfiles.temp_name): its digest first.
 _TEMP_BLOB = re.compile(r"[0-9a-f]{2,}\.lk[0-9a-f]{12}-\d+-\d+\.[0-9a-f]+\.tmp")
+# Errors s3fs/botocore/aiohttp raise that mean "not allowed", as whole words: a message that
+# names an endpoint such as http://127.0.0.1:41403 holds "403" too.
 _REFUSED = re.compile(r"\b(InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|Forbidden|403)\b")
 
 
