@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
+from ipykernel.compiler import get_file_name
 from ipykernel.debugger import Debugger
 from IPython.core.debugger import InterruptiblePdb
 
@@ -70,3 +71,16 @@ class LinkDebugger(Debugger):
                 "frameId": arguments["srcFrameId"],
             },
         })
+
+
+def unreachable_breakpoints_note(kernel, component) -> str | None:
+    """The line a remote component's cell gets when the visual debugger has breakpoints in
+    its code: they cannot be hit on another machine, and a run that passes them by without a
+    word looks like a debugger that does not work."""
+    debugger = getattr(kernel, "debugger", None)
+    if debugger is None or not debugger.is_started or not debugger.breakpoint_list.get(get_file_name(component.source)):
+        return None
+    return (
+        f"linkkernel: the breakpoints in component {component.name!r} were not hit: it ran on worker "
+        f"{component.remote!r}, and the debugger stops only in this kernel"
+    )

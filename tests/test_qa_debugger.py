@@ -363,3 +363,23 @@ def test_the_variables_panel_after_components_is_the_notebook_namespace_as_in_st
         link_view = link_dap.ok("richInspectVariables", {"variableName": name})
         stock_view = stock_dap.ok("richInspectVariables", {"variableName": name})
         assert link_view == stock_view, name
+
+
+def test_a_breakpoint_in_a_remote_component_is_not_hit_and_says_so_once(nb, link_dap) -> None:
+    """The debugger cannot stop on another machine: a remote component with a breakpoint runs
+    to its end as without the debugger, live or as a stale parent, and the cell says once, after
+    the component's own output, why the breakpoint was not hit."""
+    remote_code = "r = 1\nr2 = r + 1\nprint('remote', r2)\n"
+    nb.add("far", remote_code, remote="qadbg", counted=False).add("near", "print('near', r2 * 10)\n", "far", counted=False).use()
+    link_dap.break_at(remote_code, 2)
+    note = "linkkernel: the breakpoints in component 'far' were not hit: it ran on worker 'qadbg', and the debugger stops only in this kernel\n"
+    running = link_dap.start(nb.cells["far"]["source"], nb.cells["far"]["metadata"], nb.cells["far"]["id"])
+    live = link_dap.finish(running)
+    assert (live.status, live.stdout, live.stderr) == ("ok", "remote 2\n", note), live.traceback_text
+    assert nb.kernel.execute("%link cache clear").status == "ok"  # `far` is stale again
+    running = link_dap.start(nb.cells["near"]["source"], nb.cells["near"]["metadata"], nb.cells["near"]["id"])
+    as_parent = link_dap.finish(running)
+    assert (as_parent.status, as_parent.stdout, as_parent.stderr) == ("ok", "near 20\n", note), as_parent.traceback_text
+    assert not [e for e in link_dap.events if e.get("event") == "stopped"]
+    link_dap.ok("setBreakpoints", {"source": {"path": link_dap.ok("dumpCell", {"code": remote_code})["sourcePath"]}, "breakpoints": []})
+    assert nb.run("far").stderr == ""  # no breakpoint, no note
