@@ -261,6 +261,40 @@ def stepped(dap: Dap, msg_id: str) -> tuple[list[list[tuple[str, str, int]]], di
     return stacks, names, dap.finish(msg_id)
 
 
+def stops_until_done(dap: Dap, msg_id: str, timeout: float = 60) -> tuple[list[list[tuple[str, int]]], CellResult]:
+    """Run the cell to its end, continuing at every stop: the (function, line) stacks stopped at."""
+    stops = []
+    deadline = time.monotonic() + timeout
+    while msg_id not in dap.idle:
+        assert time.monotonic() < deadline, f"cell not done within {timeout}s; stopped at {stops}"
+        dap._pump()
+        for e in [e for e in dap.events if e.get("event") == "stopped"]:
+            dap.events.remove(e)
+            stops.append([(name, line) for name, _, line in where(dap, e["body"]["threadId"])][:3])
+            dap.ok("continue", {"threadId": e["body"]["threadId"]})
+    return stops, dap.finish(msg_id)
+
+
+RAISER = "try:\n    raise ValueError('mine')\nexcept ValueError:\n    print('caught')\n"
+
+
+def test_raised_exceptions_stop_at_the_users_raise_only(nb, link_dap, stock_dap) -> None:
+    """Exception breakpoints on every raised exception (JupyterLab's "raised" filter): a
+    component stops where its code raises, as a stock cell, not in the kernel's own libraries
+    (networkx, fsspec...), which raise and catch as they work. First in the module: those
+    load, and raise, on the kernel's first component run."""
+    nb.add("raiser", RAISER, counted=False).use()
+    stops = {}
+    cell = nb.cells["raiser"]
+    for dap, request in ((link_dap, (cell["metadata"], cell["id"])), (stock_dap, ())):
+        dap.ok("setExceptionBreakpoints", {"filters": ["raised"]})
+        dap.ok("configurationDone")
+        stops[dap is link_dap], result = stops_until_done(dap, dap.start(RAISER, *request))
+        dap.ok("setExceptionBreakpoints", {"filters": []})
+        assert (result.status, result.stdout) == ("ok", "caught\n"), result.traceback_text
+    assert stops[True] == stops[False] == [[("<module>", 2)]]
+
+
 def test_a_breakpoint_in_a_component_stops_and_steps_as_in_a_stock_cell(nb, link_dap, stock_dap) -> None:
     """Stopped at a line of the executed component: its cell file as dumpCell named it, its
     own namespace (the parent's names, not the notebook's); stepping in and over lines goes
@@ -383,3 +417,61 @@ def test_a_breakpoint_in_a_remote_component_is_not_hit_and_says_so_once(nb, link
     assert not [e for e in link_dap.events if e.get("event") == "stopped"]
     link_dap.ok("setBreakpoints", {"source": {"path": link_dap.ok("dumpCell", {"code": remote_code})["sourcePath"]}, "breakpoints": []})
     assert nb.run("far").stderr == ""  # no breakpoint, no note
+
+
+def control_reply(kernel: Kernel, msg_type: str, reply_type: str, timeout: float = 20) -> dict[str, Any]:
+    """The content of the reply to a request sent on the control channel."""
+    msg = kernel.client.session.msg(msg_type, {})
+    kernel.client.control_channel.send(msg)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            reply = kernel.client.get_control_msg(timeout=0.5)
+        except queue.Empty:
+            continue
+        if reply["parent_header"].get("msg_id") == msg["header"]["msg_id"]:
+            assert reply["msg_type"] == reply_type, reply
+            return reply["content"]
+    raise TimeoutError(f"no {reply_type} within {timeout}s")
+
+
+def test_kernel_info_and_the_kernelspec_advertise_the_debugger_as_stock(kernel, stock, link_kernelspec) -> None:
+    """JupyterLab shows its debugger switch for a kernel whose kernelspec says `debugger: true`
+    and whose kernel_info lists the feature."""
+    spec = json.loads((Path(link_kernelspec) / "kernels" / "link-python" / "kernel.json").read_text())
+    assert spec["metadata"]["debugger"] is True
+    ours, theirs = control_reply(kernel, "kernel_info_request", "kernel_info_reply"), control_reply(stock, "kernel_info_request", "kernel_info_reply")
+    assert ours.get("debugger") == theirs.get("debugger")  # ipykernel 7 lists it among the features only
+    assert "debugger" in ours["supported_features"] and sorted(ours["supported_features"]) == sorted(theirs["supported_features"])
+
+
+def test_a_usage_request_is_answered_as_by_stock(kernel, stock) -> None:
+    """JupyterLab's resource usage panel asks the kernel (ipykernel 7's usage_request)."""
+    ours, theirs = control_reply(kernel, "usage_request", "usage_reply"), control_reply(stock, "usage_request", "usage_reply")
+    assert sorted(ours) == sorted(theirs)
+    assert ours["pid"] == kernel.manager.provisioner.process.pid and ours["kernel_memory"] > 0
+
+
+def test_after_a_restart_the_debugger_starts_afresh_and_stops_in_components(nb, link_dap, stock_dap) -> None:
+    """A restarted kernel (JupyterLab keeps its debugger switch on) reports a debugger not
+    started, no breakpoints, nothing stopped, as stock's; switched on again, it stops in a
+    component as before. Last in the module: it restarts the module's kernels."""
+    pipeline(nb)
+    assert nb.run("child").status == "ok"
+    infos = []
+    for dap in (link_dap, stock_dap):
+        dap.break_at(CHILD, 5)
+        dap.kernel.restart()
+        dap.idle.clear()
+        infos.append({k: v for k, v in dap.ok("debugInfo").items() if k not in ("tmpFilePrefix", "hashSeed")})
+    assert infos[0] == infos[1]
+    assert (infos[0]["isStarted"], infos[0]["breakpoints"], infos[0]["stoppedThreads"]) == (False, [], [])
+    nb.use()
+    link_dap.attach()
+    path = link_dap.break_at(CHILD, 5)
+    running = start_child(link_dap, nb)
+    stopped = link_dap.wait_event("stopped")
+    assert where(link_dap, stopped["body"]["threadId"]) == [("<module>", path, 5)]
+    assert link_dap.step("continue", stopped["body"]["threadId"], running) is None
+    assert link_dap.finish(running).stdout == "child 5\n"
+    stock_dap.attach()
