@@ -154,6 +154,21 @@ class Dap:
             self._pump()
         raise TimeoutError(f"{command} neither stopped nor finished within {timeout}s")
 
+    def run_to_end(self, msg_id: str, timeout: float = 60) -> tuple[list[list[tuple[str, int]]], CellResult]:
+        """Let a cell run to its end, continuing at every stop: the (function, line) stacks
+        it stopped at, and its result."""
+        stops = []
+        deadline = time.monotonic() + timeout
+        while msg_id not in self.idle:
+            assert time.monotonic() < deadline, f"cell not done within {timeout}s; stopped at {stops}"
+            self._pump()
+            for e in [e for e in self.events if e.get("event") == "stopped"]:
+                self.events.remove(e)
+                thread = e["body"]["threadId"]
+                stops.append([(f["name"], f["line"]) for f in self.frames(thread)][:3])
+                self.ok("continue", {"threadId": thread})
+        return stops, self.finish(msg_id)
+
     def reset(self) -> None:
         """No breakpoint left, nothing stopped, no cell left running: the next test starts clean.
 
@@ -161,16 +176,9 @@ class Dap:
         in IPython's code (stock does so too): a cell run here takes that stop."""
         for source in self.ok("debugInfo")["breakpoints"]:
             self.ok("setBreakpoints", {"source": {"path": source["source"]}, "breakpoints": [], "sourceModified": False})
-        self.start("pass")
-        deadline = time.monotonic() + 60
-        while self.cells:
-            assert time.monotonic() < deadline, f"cells still running: {self.cells}"
-            self._pump()
-            for e in [e for e in self.events if e.get("event") == "stopped"]:
-                self.request("continue", {"threadId": e["body"]["threadId"]})
-            self.events.clear()
-            for msg_id in [m for m in self.cells if m in self.idle]:
-                self.finish(msg_id)
+        for msg_id in [*self.cells, self.start("pass")]:
+            self.run_to_end(msg_id)
+        self.events.clear()
         # ipykernel keeps listing threads as stopped after a `continue` (stock too); switched
         # off and on again, as in JupyterLab, it starts afresh.
         self.ok("disconnect", {"restart": False, "terminateDebuggee": False})
@@ -261,20 +269,6 @@ def stepped(dap: Dap, msg_id: str) -> tuple[list[list[tuple[str, str, int]]], di
     return stacks, names, dap.finish(msg_id)
 
 
-def stops_until_done(dap: Dap, msg_id: str, timeout: float = 60) -> tuple[list[list[tuple[str, int]]], CellResult]:
-    """Run the cell to its end, continuing at every stop: the (function, line) stacks stopped at."""
-    stops = []
-    deadline = time.monotonic() + timeout
-    while msg_id not in dap.idle:
-        assert time.monotonic() < deadline, f"cell not done within {timeout}s; stopped at {stops}"
-        dap._pump()
-        for e in [e for e in dap.events if e.get("event") == "stopped"]:
-            dap.events.remove(e)
-            stops.append([(name, line) for name, _, line in where(dap, e["body"]["threadId"])][:3])
-            dap.ok("continue", {"threadId": e["body"]["threadId"]})
-    return stops, dap.finish(msg_id)
-
-
 RAISER = "try:\n    raise ValueError('mine')\nexcept ValueError:\n    print('caught')\n"
 
 
@@ -289,7 +283,7 @@ def test_raised_exceptions_stop_at_the_users_raise_only(nb, link_dap, stock_dap)
     for dap, request in ((link_dap, (cell["metadata"], cell["id"])), (stock_dap, ())):
         dap.ok("setExceptionBreakpoints", {"filters": ["raised"]})
         dap.ok("configurationDone")
-        stops[dap is link_dap], result = stops_until_done(dap, dap.start(RAISER, *request))
+        stops[dap is link_dap], result = dap.run_to_end(dap.start(RAISER, *request))
         dap.ok("setExceptionBreakpoints", {"filters": []})
         assert (result.status, result.stdout) == ("ok", "caught\n"), result.traceback_text
     assert stops[True] == stops[False] == [[("<module>", 2)]]
