@@ -53,8 +53,9 @@ class LinkDebugger(Debugger):
     where it would become one of the component's outputs.
     """
 
-    def __init__(self, log, debugpy_stream, event_callback, shell_socket, session, kernel_modules, *args: Any, **kwargs: Any) -> None:
-        super().__init__(log, debugpy_stream, event_callback, shell_socket, session, [*kernel_modules, *machinery_folders()], *args, **kwargs)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.kernel_modules = [*self.kernel_modules, *machinery_folders()]
 
     async def copyToGlobals(self, message: dict[str, Any]) -> dict[str, Any]:  # noqa: N802 - the DAP command's name
         arguments = message["arguments"]
