@@ -338,6 +338,17 @@ def test_a_breakpoint_in_a_stale_parent_stops_it_under_its_progress_line(nb, lin
     assert stock_dap.finish(running).stdout == "parent 2\n"
 
 
+def test_link_run_from_a_plain_cell_stops_in_each_component_it_runs(nb, link_dap) -> None:
+    """`%link run` runs components silently from a plain cell: their breakpoints stop it, each
+    component's frame above the plain cell's, and the run then ends as without the debugger."""
+    pipeline(nb)
+    link_dap.break_at(PARENT, 2)
+    link_dap.break_at(CHILD, 5)
+    stops, result = link_dap.run_to_end(link_dap.start("%link run child --force"))
+    assert stops == [[("<module>", 2), ("<module>", 1)], [("<module>", 5), ("<module>", 1)]]
+    assert (result.status, result.stdout, result.stderr) == ("ok", "ran: parent, child\n", "")
+
+
 def names_listed(dap: Dap) -> dict[str, set[str]]:
     """The variables panel with nothing stopped (inspectVariables): the names at its top and
     in its two groups."""
