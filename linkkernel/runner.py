@@ -24,6 +24,7 @@ from typing import Any
 
 from linkkernel import capture
 from linkkernel.cow import Loaded
+from linkkernel.debugger import unreachable_breakpoints_note
 from linkkernel.declarations import Component
 from linkkernel.errors import LinkError
 from linkkernel.graph import with_ancestors
@@ -283,6 +284,9 @@ class Runner:
         )
         if component.remote:
             outcome = await self._run_remote(component, merged, record, live is not None)
+            note = unreachable_breakpoints_note(self.kernel, component)
+            if note is not None:
+                outcome.warnings.append(note)
         else:
             outcome = await self._run_local(component, merged, record, live)
         record.duration = time.monotonic() - started

@@ -101,6 +101,13 @@ class LinkShell(ZMQInteractiveShell):
             raise TypeError(f"a user namespace is a dict, not {type(ns).__name__}")
         self._user_ns = ns
 
+    @property
+    def notebook_ns(self) -> dict:
+        """The notebook's namespace, also in the code of a running component: where the
+        visual debugger's "copy to globals" puts a value, as stock puts it in the cell's
+        globals, which are the notebook's there."""
+        return self._user_ns
+
     @contextmanager
     def running_in(self, module: types.ModuleType) -> Iterator[None]:
         """Inside the block, and in what it awaits, the user namespace is `module`'s.
