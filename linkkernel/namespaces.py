@@ -233,6 +233,32 @@ def _refused_proxy(proxy: Any) -> tuple[Any, ...]:
     raise pickle.PicklingError("a weak proxy refers to an object of this process")
 
 
+def _without_pandas_cache(obj: Any) -> tuple[Any, ...] | None:
+    """How a pandas object holding derived values in `_cache` pickles: without them.
+
+    pandas' `cache_readonly` keeps what it derives (a datetime array's unit, a nullable
+    dtype's numpy dtype) in the object's `_cache`, and the arrays and dtypes pickle their
+    whole `__dict__`: reading a tz-aware column changed its frame's pickle, so a child that
+    only read the frame made it its output. A fresh object has no `_cache`, and pandas' own
+    Index and Arrow arrays leave it out of their pickles too. None: nothing to leave out."""
+    attributes = getattr(obj, "__dict__", None)
+    if not isinstance(attributes, dict) or "_cache" not in attributes:
+        return None
+    reduced = obj.__reduce_ex__(PROTOCOL)
+    if not isinstance(reduced, tuple) or len(reduced) < 3:
+        return None
+    # pickled as an object that never had a `__dict__` pickles, when `_cache` was all of it
+    kept = {k: v for k, v in attributes.items() if k != "_cache"}
+    state = reduced[2]
+    if state is attributes:
+        state = kept or None
+    elif isinstance(state, tuple) and any(part is attributes for part in state):
+        state = tuple(kept if part is attributes else part for part in state if kept or part is not attributes)
+    else:
+        return None
+    return (*reduced[:2], state, *reduced[3:])
+
+
 def _cached_property_reduced(prop: functools.cached_property) -> tuple[Callable[..., Any], tuple[Any, ...]]:
     return _cached_property, (prop.func, {k: v for k, v in vars(prop).items() if k not in ("func", "lock")})
 
@@ -360,6 +386,10 @@ class _Pickler(cloudpickle.Pickler):
         reducer = _REDUCERS.get(type(obj))
         if reducer is not None:
             return reducer(obj)
+        if type(obj).__module__.startswith("pandas."):
+            reduced = _without_pandas_cache(obj)
+            if reduced is not None:
+                return reduced
         if isinstance(obj, (set, frozenset)):  # not an exact one: pickle saves those itself
             reduced = _reduced_set_subclass(obj)
             if reduced is not None:

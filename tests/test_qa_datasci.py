@@ -1,0 +1,77 @@
+"""QA of a data scientist's daily tools in components (SPEC §3, §5): pandas frames of every
+kind of column read and changed by children, and matplotlib's inline figures of silent, live,
+remote and restarted components, compared with a stock ipykernel where it shows the same.
+
+Each test drives a real Link Python kernel the way JupyterLab does; kernels are shared per module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine_support import Notebook, value
+from remote_support import registered_worker
+from support import Kernel
+
+
+LINK_CACHE_IN_HOME = True  # conftest's `link` keeps its cache store in the module's home
+
+
+@pytest.fixture(scope="module")
+def worker(home: Path):
+    """A real worker on loopback, registered as `qd`."""
+    with registered_worker(home / "worker", "qd") as w:
+        yield w
+
+
+def restart(nb: Notebook) -> None:
+    """Restart as JupyterLab does, then point the new kernel at the test's notebook again."""
+    nb.kernel.manager.restart_kernel(now=False)
+    nb.kernel.client.wait_for_ready(timeout=60)
+    assert nb.kernel.execute(f"%link notebook {nb.path}").status == "ok"
+
+
+# A frame with a column of each kind pandas has beyond numbers, a MultiIndex frame, a Series
+# and an Index, as a loading component makes them.
+FRAMES = """\
+import pandas as pd
+df = pd.DataFrame({
+    'a': [3, 1, 2],
+    'cat': pd.Categorical(['x', 'y', 'x']),
+    'when': pd.date_range('2024-01-01', periods=3, tz='Europe/Paris'),
+    'obj': pd.Series([{'k': 1}, [1, 2], 'text'], dtype=object),
+    's': pd.array(['p', None, 'r'], dtype='string'),
+    'n': pd.array([1, None, 3], dtype='Int64'),
+})
+df.attrs['source'] = 'sensor'
+mi = pd.DataFrame({'v': [1.0, 2.0, 3.0, 4.0]}, index=pd.MultiIndex.from_product([['a', 'b'], [1, 2]], names=['k', 'n']))
+ser = pd.Series(pd.date_range('2024-01-01', periods=3, tz='UTC'), name='ser')
+idx = pd.DatetimeIndex(['2024-01-01', '2024-02-01'], tz='UTC', name='idx')
+"""
+FRAME_NAMES = ["df", "mi", "ser", "idx"]
+# What a child looks at: a row, the values, a repr, the time zone, a group-by.
+READS = (
+    "seen = (df.iloc[0]['a'], df.values.shape, repr(df)[:1], str(df.when.dt.tz), df.n.to_numpy().shape, "
+    "df.groupby('cat', observed=True).a.sum().tolist(), mi.loc['a'].v.sum(), ser.iloc[0].year, idx.get_loc(idx[1]), "
+    "df.sort_values('a').a.tolist(), df._repr_html_()[:1])"
+)
+
+
+def test_a_child_only_reading_frames_does_not_make_them_its_outputs(nb):
+    """pandas keeps what it derives (a datetime column's unit, a nullable dtype's numpy type)
+    in the arrays: a child that only read a tz-aware frame took it for its output, and a
+    later parent's merge then undid a sibling's change to it (SPEC §3)."""
+    nb.add("frames", FRAMES)
+    nb.add("reads", READS, "frames")
+    nb.add("adds", "df['c'] = df.a * 2\nser.iloc[0] = pd.Timestamp('2020-01-01', tz='UTC')", "frames")
+    nb.add("both", "merged = (df.columns.tolist(), ser.iloc[0].year)", "adds", "reads")
+    nb.use()
+    assert nb.run("frames").status == "ok"
+    assert nb.kernel.execute(" = ".join(FRAME_NAMES) + " = 'in the notebook'").status == "ok"
+    child = nb.run("reads")
+    assert child.status == "ok", child.traceback_text
+    assert value(nb.kernel, f"[n for n in {FRAME_NAMES!r} if not isinstance(globals()[n], str)]") == []
+    assert nb.run("both").status == "ok"
+    assert value(nb.kernel, "merged") == (["a", "cat", "when", "obj", "s", "n", "c"], 2020)
