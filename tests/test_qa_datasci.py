@@ -75,3 +75,27 @@ def test_a_child_only_reading_frames_does_not_make_them_its_outputs(nb):
     assert value(nb.kernel, f"[n for n in {FRAME_NAMES!r} if not isinstance(globals()[n], str)]") == []
     assert nb.run("both").status == "ok"
     assert value(nb.kernel, "merged") == (["a", "cat", "when", "obj", "s", "n", "c"], 2020)
+
+
+def images(result) -> list[dict]:
+    """The data of each display in a cell's messages that holds a PNG."""
+    assert result.status == "ok", result.traceback_text
+    return [d["data"] for d in result.displays if "image/png" in d["data"]]
+
+
+# A figure drawn with pyplot and never shown: the inline backend shows it once the cell ends.
+PLOT = "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nprint('plotted')"
+
+
+@pytest.mark.parametrize("magic", ["", "%matplotlib inline\n"], ids=["default-backend", "matplotlib-inline"])
+def test_a_remote_components_pyplot_figure_reaches_the_cell_as_a_local_ones(nb, stock, worker, magic):
+    """A task process chose matplotlib's backend itself (Agg, without a display), so a figure
+    never shown explicitly was dropped, and `%matplotlib inline` failed there with
+    NotImplementedError; ipykernel draws inline by default (SPEC §5: as a local component)."""
+    expected = [sorted(d) for d in images(stock.execute(magic + PLOT))]
+    assert expected == [["image/png", "text/plain"]]
+    nb.add("remote_plot", magic + PLOT, remote="qd", counted=False).use()
+    live = nb.run("remote_plot")
+    assert live.stdout == "plotted\n"
+    assert [sorted(d) for d in images(live)] == expected
+    assert [sorted(d) for d in images(nb.kernel.execute("%link outputs remote_plot"))] == expected

@@ -37,7 +37,7 @@ from IPython.core import page
 from IPython.core.autocall import ZMQExitAutocall
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
-from IPython.core.error import StdinNotImplementedError
+from IPython.core.error import StdinNotImplementedError, UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets import Type, default
 from traitlets.config import Config
@@ -357,6 +357,13 @@ class WorkerShell(InteractiveShell):
     def init_io(self) -> None:
         """Keep the process's streams alone until a task replaces them."""
 
+    def enable_gui(self, gui: str | None = None) -> None:
+        """`%matplotlib inline` as in a kernel, which needs no event loop; a task has no
+        display for a GUI's (`%matplotlib qt`), which is said in one line."""
+        if gui not in (None, "inline"):
+            raise UsageError(f"a remote component cannot run the {gui!r} GUI event loop; use %matplotlib inline")
+        self.active_eventloop = gui
+
 
 def _text(evalue: BaseException) -> str:
     """The exception's message; an exception whose __str__ itself raises must still be
@@ -382,6 +389,10 @@ def preload_shell() -> WorkerShell:
     config.HistoryManager.enabled = False
     config.HistoryManager.hist_file = ":memory:"
     config.InteractiveShell.cache_size = 0
+    # As ipykernel does: matplotlib draws inline unless told otherwise, so a figure a task
+    # draws reaches the cell (the backend matplotlib picks itself, Agg here, drops it).
+    if not os.environ.get("MPLBACKEND"):
+        os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     # A task's output goes to a notebook: libraries that choose how to render by looking for
     # ipykernel's shell module (tqdm.auto's widget bar) choose as they do in a local cell.
     import ipykernel.zmqshell  # noqa: F401
