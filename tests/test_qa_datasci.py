@@ -99,3 +99,20 @@ def test_a_remote_components_pyplot_figure_reaches_the_cell_as_a_local_ones(nb, 
     assert live.stdout == "plotted\n"
     assert [sorted(d) for d in images(live)] == expected
     assert [sorted(d) for d in images(nb.kernel.execute("%link outputs remote_plot"))] == expected
+
+
+SUBPLOTS = "import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([3, 1, 2])\nax.set_title('drawn')"
+
+
+def test_a_figure_a_parent_drew_is_a_png_as_a_remote_childs_value(nb, stock, worker):
+    """In a kernel, the parent's pyplot chose the inline backend, which shows a figure as
+    the value of a later cell as a PNG; a task process had loaded pyplot with the inputs,
+    yet never chosen a backend, so the child showed only the figure's text."""
+    child = "ax.set_ylabel('y')\nfig"
+    assert stock.execute(SUBPLOTS).status == "ok"
+    expected = [sorted(d["data"]) for d in stock.execute(child).of_type("execute_result")]
+    assert expected == [["image/png", "text/plain"]]
+    nb.add("draws", SUBPLOTS, counted=False).add("labels", child, "draws", remote="qd", counted=False).use()
+    live = nb.run("labels")
+    assert live.status == "ok", live.traceback_text
+    assert [sorted(d["data"]) for d in live.of_type("execute_result")] == expected

@@ -509,6 +509,18 @@ def load_input(blob, namespace: dict[str, Any]) -> MappedInput | cow.Loaded:
     return cow.Loaded(blob, namespace) if file_map is None else MappedInput(blob, file_map, namespace)
 
 
+def _backend_as_in_the_kernel() -> None:
+    """Inputs that brought pyplot come from components that drew with it, and in a kernel
+    that chose matplotlib's backend, which (inline) shows a figure as a cell's value as a
+    PNG. A task's process starts with no backend chosen: choose it as drawing would."""
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        try:
+            pyplot._get_backend_mod()
+        except (ImportError, ValueError):  # a backend this machine lacks: drawing says so, as in a kernel
+            pass
+
+
 def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> None:
     """Run one component and send its outputs and result through `pipe`."""
     digests: dict[str, str] = task["inputs"]
@@ -550,6 +562,7 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
             linecache.cache[name] = (len(source), None, source.splitlines(keepends=True), name)
     hidden = set(namespace)
     namespace.update(inputs)
+    _backend_as_in_the_kernel()
     as_loaded = {**digests, **digests_as_loaded(inputs, {n: how.blob for n, how in loaded.items()})}
     shell.pipe = pipe
     _streams[:] = [PipeStream(pipe, "stdout"), PipeStream(pipe, "stderr")]
