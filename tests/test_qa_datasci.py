@@ -7,6 +7,9 @@ Each test drives a real Link Python kernel the way JupyterLab does; kernels are 
 
 from __future__ import annotations
 
+import re
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -77,6 +80,43 @@ def test_a_child_only_reading_frames_does_not_make_them_its_outputs(nb):
     assert value(nb.kernel, "merged") == (["a", "cat", "when", "obj", "s", "n", "c"], 2020)
 
 
+# In-place changes a child makes to its parent's frames, each in a child of its own.
+IN_PLACE = [
+    "df['c'] = df.a * 2",
+    "df.loc[0, 'a'] = 99",
+    "df.sort_values('a', inplace=True)",
+    "df.drop(columns=['obj'], inplace=True)",
+    "df.rename(columns={'a': 'A'}, inplace=True)",
+    "df.attrs['source'] = 'other'",
+    "mi.loc[('a', 1), 'v'] = 9.0",
+    "ser.iloc[0] = pd.Timestamp('2020-01-01', tz='UTC')",
+]
+SNAPSHOT = "(repr(df), dict(df.attrs), repr(mi), repr(ser), repr(idx))"
+
+
+@pytest.mark.parametrize("remote", [None, "qd"], ids=["local", "remote"])
+def test_children_changing_frames_in_place_output_them_and_leave_the_parents_value(nb, worker, remote):
+    """Each in-place change makes the changed frame the child's output, and only it; the
+    parent's value a sibling gets, before and after a restart, is the one it made."""
+    nb.add("frames", FRAMES, remote=remote)
+    for i, change in enumerate(IN_PLACE):
+        nb.add(f"change{i}", change, "frames", remote=remote)
+    nb.add("sibling", f"snapshot = {SNAPSHOT}", "frames").use()
+    assert nb.run("sibling").status == "ok"
+    made = value(nb.kernel, "snapshot")
+    for i, change in enumerate(IN_PLACE):
+        assert nb.kernel.execute(" = ".join(FRAME_NAMES) + " = 'in the notebook'").status == "ok"
+        result = nb.run(f"change{i}")
+        assert result.status == "ok", result.traceback_text
+        outputs = value(nb.kernel, f"[n for n in {FRAME_NAMES!r} if not isinstance(globals()[n], str)]")
+        assert outputs == [change.split("[")[0].split(".")[0]], change
+    nb.runs()
+    restart(nb)
+    assert nb.run("sibling").status == "ok"
+    assert value(nb.kernel, "snapshot") == made
+    assert nb.runs() == ["sibling"]
+
+
 def images(result) -> list[dict]:
     """The data of each display in a cell's messages that holds a PNG."""
     assert result.status == "ok", result.traceback_text
@@ -116,3 +156,64 @@ def test_a_figure_a_parent_drew_is_a_png_as_a_remote_childs_value(nb, stock, wor
     live = nb.run("labels")
     assert live.status == "ok", live.traceback_text
     assert [sorted(d["data"]) for d in live.of_type("execute_result")] == expected
+
+
+def test_a_silent_parents_figure_is_kept_as_its_output_across_a_restart_not_shown_by_the_child(nb, stock):
+    """The inline backend shows what a cell drew once it ends: a parent run silently for its
+    child keeps its figure (and its value) as stock shows them, and the child's cell shows
+    only its own output; a restarted kernel shows them again from the cache."""
+    expected = [sorted(d["data"]) for d in stock.execute(SUBPLOTS).displays]
+    assert expected == [["text/plain"], ["image/png", "text/plain"]]  # the title's Text, the figure
+    nb.add("draws", SUBPLOTS).add("reports", "print('report')", "draws").use()
+    child = nb.run("reports")
+    assert child.stdout == "report\n" and images(child) == []
+    kept = nb.kernel.execute("%link outputs draws")
+    assert [sorted(d["data"]) for d in kept.displays] == expected
+    restart(nb)
+    again = nb.kernel.execute("%link outputs draws")
+    assert [d["data"] for d in again.displays] == [d["data"] for d in kept.displays]
+    assert nb.run("reports").stdout == "report\n"
+    assert nb.runs() == ["draws", "reports", "reports"]
+
+
+class AnonymousPeak:
+    """The peak growth of a process's anonymous memory (its own copies, not file or shared
+    pages it maps) while the block runs, sampled from outside every millisecond or two."""
+
+    def __init__(self, pid: int) -> None:
+        self.status = Path(f"/proc/{pid}/status")
+        self.growth = 0
+        self._done = threading.Event()
+
+    def _mb(self) -> int:
+        return int(re.search(r"RssAnon:\s+(\d+) kB", self.status.read_text()).group(1)) >> 10
+
+    def _sample(self, start: int) -> None:
+        while not self._done.is_set():
+            self.growth = max(self.growth, self._mb() - start)
+            time.sleep(0.001)
+
+    def __enter__(self) -> AnonymousPeak:
+        self._thread = threading.Thread(target=self._sample, args=(self._mb(),))
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def test_a_child_reads_a_large_frame_without_copying_it(nb):
+    """A 160 MB frame of floats reaches a child that only reads it without a copy of its
+    own (its blob's pages are mapped), as a plain cell reads the notebook's frame."""
+    nb.add("big", "import numpy as np, pandas as pd\ndf = pd.DataFrame(np.ones((2_000_000, 10)))", counted=False)
+    nb.add("column_total", "total = float(df[3].sum()) + float(df.iloc[-1].sum())", "big", counted=False).use()
+    assert nb.run("big").status == "ok"
+    pid = value(nb.kernel, "__import__('os').getpid()")
+    with AnonymousPeak(pid) as plain:
+        assert nb.kernel.execute("total = float(df[3].sum()) + float(df.iloc[-1].sum())").status == "ok"
+    with AnonymousPeak(pid) as child:
+        result = nb.run("column_total")
+    assert result.status == "ok", result.traceback_text
+    assert value(nb.kernel, "total") == 2_000_010.0
+    assert child.growth < plain.growth + 40, (child.growth, plain.growth)
