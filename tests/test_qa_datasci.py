@@ -217,3 +217,23 @@ def test_a_child_reads_a_large_frame_without_copying_it(nb):
     assert result.status == "ok", result.traceback_text
     assert value(nb.kernel, "total") == 2_000_010.0
     assert child.growth < plain.growth + 40, (child.growth, plain.growth)
+
+
+@pytest.mark.parametrize("remote", [None, "qd"], ids=["local", "remote"])
+def test_a_child_only_reading_a_figure_does_not_make_it_its_output(nb, worker, remote):
+    """matplotlib's callback registries draw a new id each time they are pickled, so a
+    figure never pickled the same twice: a child that only read its parent's figure made
+    `fig` and `ax` its outputs. One that changes the figure still does, and its parent's
+    figure stays as drawn."""
+    nb.add("draws", SUBPLOTS, remote=remote)
+    nb.add("reads", "seen = (len(ax.lines), ax.get_title(), fig.get_size_inches().tolist())", "draws", remote=remote)
+    nb.add("retitles", "ax.set_title('retitled')", "draws", remote=remote)
+    nb.add("sibling", "title = ax.get_title()", "draws").use()
+    assert nb.run("draws").status == "ok"
+    for child, outputs in (("reads", []), ("retitles", ["fig", "ax"])):
+        assert nb.kernel.execute("fig = ax = 'in the notebook'").status == "ok"
+        result = nb.run(child)
+        assert result.status == "ok", result.traceback_text
+        assert value(nb.kernel, "[n for n in ['fig', 'ax'] if not isinstance(globals()[n], str)]") == outputs
+    assert value(nb.kernel, "seen") == (1, "drawn", [6.4, 4.8])
+    assert nb.run("sibling").status == "ok" and value(nb.kernel, "title") == "drawn"
