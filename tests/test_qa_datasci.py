@@ -117,6 +117,22 @@ def test_children_changing_frames_in_place_output_them_and_leave_the_parents_val
     assert nb.runs() == ["sibling"]
 
 
+@pytest.mark.parametrize("remote", [None, "qd"], ids=["local", "remote"])
+def test_a_silent_parents_frame_shown_as_its_value_is_kept_as_stock_shows_it(nb, stock, worker, remote):
+    """A frame as the last line of a parent run silently for its child: the child's cell
+    does not show it, `%link outputs` shows its HTML table as stock does, also after a
+    restart (from the cache)."""
+    code = FRAMES + "df"
+    expected = [d["data"] for d in stock.execute(code).of_type("execute_result")]
+    assert [sorted(d) for d in expected] == [["text/html", "text/plain"]]
+    nb.add("frames", code, remote=remote).add("counts", "print(len(df))", "frames").use()
+    child = nb.run("counts")
+    assert child.stdout == "3\n" and [d for d in child.displays if "text/html" in d["data"]] == []
+    assert [d["data"] for d in nb.kernel.execute("%link outputs frames").displays] == expected
+    restart(nb)
+    assert [d["data"] for d in nb.kernel.execute("%link outputs frames").displays] == expected
+
+
 def images(result) -> list[dict]:
     """The data of each display in a cell's messages that holds a PNG."""
     assert result.status == "ok", result.traceback_text
@@ -138,7 +154,10 @@ def test_a_remote_components_pyplot_figure_reaches_the_cell_as_a_local_ones(nb, 
     live = nb.run("remote_plot")
     assert live.stdout == "plotted\n"
     assert [sorted(d) for d in images(live)] == expected
-    assert [sorted(d) for d in images(nb.kernel.execute("%link outputs remote_plot"))] == expected
+    kept = images(nb.kernel.execute("%link outputs remote_plot"))
+    assert [sorted(d) for d in kept] == expected
+    restart(nb)
+    assert images(nb.kernel.execute("%link outputs remote_plot")) == kept
 
 
 SUBPLOTS = "import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([3, 1, 2])\nax.set_title('drawn')"
@@ -161,18 +180,20 @@ def test_a_figure_a_parent_drew_is_a_png_as_a_remote_childs_value(nb, stock, wor
 def test_a_silent_parents_figure_is_kept_as_its_output_across_a_restart_not_shown_by_the_child(nb, stock):
     """The inline backend shows what a cell drew once it ends: a parent run silently for its
     child keeps its figure (and its value) as stock shows them, and the child's cell shows
-    only its own output; a restarted kernel shows them again from the cache."""
+    only its own output; a restarted kernel shows them again, and the child gets the
+    figure, from the cache."""
     expected = [sorted(d["data"]) for d in stock.execute(SUBPLOTS).displays]
     assert expected == [["text/plain"], ["image/png", "text/plain"]]  # the title's Text, the figure
-    nb.add("draws", SUBPLOTS).add("reports", "print('report')", "draws").use()
+    nb.add("draws", SUBPLOTS).add("reports", "print(ax.get_title())", "draws").use()
     child = nb.run("reports")
-    assert child.stdout == "report\n" and images(child) == []
+    assert child.stdout == "drawn\n" and images(child) == []
+    assert "cannot be serialised" not in child.stderr  # figures pickle: kept in the cache
     kept = nb.kernel.execute("%link outputs draws")
     assert [sorted(d["data"]) for d in kept.displays] == expected
     restart(nb)
     again = nb.kernel.execute("%link outputs draws")
     assert [d["data"] for d in again.displays] == [d["data"] for d in kept.displays]
-    assert nb.run("reports").stdout == "report\n"
+    assert nb.run("reports").stdout == "drawn\n"  # the figure from the cache
     assert nb.runs() == ["draws", "reports", "reports"]
 
 
