@@ -258,3 +258,30 @@ def test_a_child_only_reading_a_figure_does_not_make_it_its_output(nb, worker, r
         assert value(nb.kernel, "[n for n in ['fig', 'ax'] if not isinstance(globals()[n], str)]") == outputs
     assert value(nb.kernel, "seen") == (1, "drawn", [6.4, 4.8])
     assert nb.run("sibling").status == "ok" and value(nb.kernel, "title") == "drawn"
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["%config InlineBackend.figure_formats = ['svg']", "%config InlineBackend.figure_format = 'retina'"],
+    ids=["svg", "retina"],
+)
+def test_a_remote_components_figure_is_in_the_format_the_kernel_shows_figures(nb, stock, worker, setting):
+    """`%config InlineBackend.figure_format = 'retina'`, the first cell of many notebooks,
+    changes how the kernel shows figures; a task process drew plain PNGs regardless."""
+
+    def figures(result) -> list[tuple[list[str], dict]]:
+        assert result.status == "ok", result.traceback_text
+        shown = [d for d in result.displays if set(d["data"]) & {"image/png", "image/svg+xml"}]
+        return [(sorted(d["data"]), d["metadata"]) for d in shown]
+
+    reset = "%config InlineBackend.figure_formats = ['png']"
+    try:
+        assert stock.execute(setting).status == nb.kernel.execute(setting).status == "ok"
+        expected = figures(stock.execute(PLOT))
+        assert expected != [(["image/png", "text/plain"], {})]
+        nb.add("local_plot", PLOT, counted=False).add("remote_plot", PLOT, remote="qd", counted=False).use()
+        assert figures(nb.run("local_plot")) == expected
+        assert figures(nb.run("remote_plot")) == expected
+    finally:
+        stock.execute(reset)
+        nb.kernel.execute(reset)
