@@ -62,12 +62,13 @@ READS = (
 )
 
 
-def test_a_child_only_reading_frames_does_not_make_them_its_outputs(nb):
+@pytest.mark.parametrize("remote", [None, "qd"], ids=["local", "remote"])
+def test_a_child_only_reading_frames_does_not_make_them_its_outputs(nb, worker, remote):
     """pandas keeps what it derives (a datetime column's unit, a nullable dtype's numpy type)
     in the arrays: a child that only read a tz-aware frame took it for its output, and a
     later parent's merge then undid a sibling's change to it (SPEC §3)."""
     nb.add("frames", FRAMES)
-    nb.add("reads", READS, "frames")
+    nb.add("reads", READS, "frames", remote=remote)
     nb.add("adds", "df['c'] = df.a * 2\nser.iloc[0] = pd.Timestamp('2020-01-01', tz='UTC')", "frames")
     nb.add("both", "merged = (df.columns.tolist(), ser.iloc[0].year)", "adds", "reads")
     nb.use()
@@ -283,5 +284,24 @@ def test_a_remote_components_figure_is_in_the_format_the_kernel_shows_figures(nb
         assert figures(nb.run("local_plot")) == expected
         assert figures(nb.run("remote_plot")) == expected
     finally:
+        stock.execute(reset)
+        nb.kernel.execute(reset)
+
+
+def test_a_remote_component_shows_every_expression_when_the_kernel_is_set_to(nb, stock, worker):
+    """`%config InteractiveShell.ast_node_interactivity = 'all'` shows every `df.head()` of
+    a cell; a remote component showed only its last value."""
+    setting = "%config InteractiveShell.ast_node_interactivity = 'all'"
+    code = FRAMES + "df.head(1)\nser.head(1)\nidx.size"
+    try:
+        assert stock.execute(setting).status == nb.kernel.execute(setting).status == "ok"
+        expected = [d["data"] for d in stock.execute(code).of_type("execute_result")]
+        assert len(expected) == 3
+        nb.add("several", code, remote="qd", counted=False).use()
+        live = nb.run("several")
+        assert live.status == "ok", live.traceback_text
+        assert [d["data"] for d in live.of_type("execute_result")] == expected
+    finally:
+        reset = "%config InteractiveShell.ast_node_interactivity = 'last_expr'"
         stock.execute(reset)
         nb.kernel.execute(reset)

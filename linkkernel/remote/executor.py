@@ -237,6 +237,8 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
         "versions": versions(),
         "sources": component_sources(kernel),
         "inline_backend": inline_backend_settings(kernel),
+        # which expressions' values the cell shows (`%config InteractiveShell.ast_node_interactivity`)
+        "interactivity": getattr(getattr(kernel, "shell", None), "ast_node_interactivity", "last_expr"),
     }
     # Executed by the user and waiting for a slot on a busy worker, the cell would show
     # nothing, as if it hung; an ancestor waits under the run's own progress line instead.

@@ -475,7 +475,9 @@ def execute(shell: WorkerShell, code: str) -> bool:
     tree = shell.compile.ast_parse(code, filename=filename)
     shell.events.trigger("pre_execute")
     with shell.builtin_trap, shell.display_trap:
-        failed = _pseudo_sync_runner(shell.run_ast_nodes(tree.body, filename, interactivity="last_expr", compiler=shell.compile))
+        failed = _pseudo_sync_runner(
+            shell.run_ast_nodes(tree.body, filename, interactivity=shell.ast_node_interactivity, compiler=shell.compile)
+        )
     shell.events.trigger("post_execute")
     return bool(failed)
 
@@ -535,6 +537,8 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
     loaded: dict[str, MappedInput | cow.Loaded] = {}
     namespace = shell.user_ns  # made fresh by preload_shell; this process runs one task only
     _inline_backend_as_in_the_kernel(shell, task.get("inline_backend"))
+    if task.get("interactivity") in shell.traits()["ast_node_interactivity"].values:
+        shell.ast_node_interactivity = task["interactivity"]
     # pickle finds functions by name in sys.modules['__main__'] (multiprocessing hands them
     # to its workers so): the user module there, as in a kernel
     sys.modules["__main__"] = shell.user_module
