@@ -305,3 +305,28 @@ def test_a_remote_component_shows_every_expression_when_the_kernel_is_set_to(nb,
         reset = "%config InteractiveShell.ast_node_interactivity = 'last_expr'"
         stock.execute(reset)
         nb.kernel.execute(reset)
+
+
+def test_a_remote_component_runs_with_the_kernels_pandas_options_and_rc_params(nb, worker):
+    """The first cells of a notebook set pandas' display options and matplotlib's style for
+    the whole kernel, which its local components run in; a task's process had its own."""
+    setting = (
+        "import pandas as pd, matplotlib.pyplot as plt\npd.set_option('display.max_rows', 4)\n"
+        "pd.set_option('display.float_format', lambda v: f'{v:.1f}!')\nplt.rcParams['figure.figsize'] = (2, 1)"
+    )
+    code = (
+        "import pandas as pd, matplotlib.pyplot as plt\n"
+        "seen = (repr(pd.DataFrame({'a': [0.25] * 10})), tuple(plt.rcParams['figure.figsize']))"
+    )
+    try:
+        assert nb.kernel.execute(setting).status == "ok"
+        nb.add("local_look", code, counted=False).add("remote_look", code, remote="qd", counted=False).use()
+        assert nb.run("local_look").status == "ok"
+        local = value(nb.kernel, "seen")
+        assert "0.2!" in local[0] and len(local[0].splitlines()) < 10 and local[1] == (2.0, 1.0)
+        remote = nb.run("remote_look")
+        assert remote.status == "ok", remote.traceback_text
+        assert value(nb.kernel, "seen") == local
+    finally:
+        nb.kernel.execute("pd.reset_option('display.max_rows')\npd.reset_option('display.float_format')\n"
+                          "plt.rcParams['figure.figsize'] = plt.rcParamsDefault['figure.figsize']")

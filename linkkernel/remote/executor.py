@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import json
 import linecache
 import sys
 import threading
@@ -19,6 +18,7 @@ import uuid
 from typing import Any
 
 from linkkernel.progress import TransientLine
+from linkkernel.remote import settings
 from linkkernel.remote.client import Client, RemoteError
 from linkkernel.remote.protocol import read_key
 from linkkernel.remote.registry import WorkerEntry, get
@@ -171,32 +171,6 @@ def component_sources(kernel) -> dict[str, list[str]]:
     return sources
 
 
-# The inline backend's settings (matplotlib_inline's InlineBackend) a task shows figures by.
-INLINE_BACKEND_SETTINGS = ("figure_formats", "print_figure_kwargs", "close_figures", "rc")
-
-
-def inline_backend_settings(kernel) -> dict[str, Any]:
-    """How this kernel shows matplotlib figures (`%config InlineBackend.figure_format =
-    'retina'`), for a task to show its figures alike: the backend's own settings once it is
-    in use, else those configured for it. A setting a message cannot carry is left out."""
-    config = sys.modules.get("matplotlib_inline.config")
-    if config is not None and config.InlineBackend.initialized():
-        backend = config.InlineBackend.instance()
-        settings = {name: getattr(backend, name) for name in INLINE_BACKEND_SETTINGS}
-    else:
-        shell = getattr(kernel, "shell", None)
-        settings = dict(shell.config.get("InlineBackend", {})) if shell is not None else {}
-    sendable = {}
-    for name, setting in settings.items():
-        setting = sorted(setting) if isinstance(setting, (set, frozenset)) else setting
-        try:
-            json.dumps(setting)
-        except (TypeError, ValueError):
-            continue
-        sendable[name] = setting
-    return sendable
-
-
 @functools.lru_cache(maxsize=4096)
 def _cell_file(source: str) -> str:
     """ipykernel's file name for a cell's code, remembered: the hash is pure Python."""
@@ -236,9 +210,7 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
         "live": task.live,  # only then is the value it shows sent back, for `_`
         "versions": versions(),
         "sources": component_sources(kernel),
-        "inline_backend": inline_backend_settings(kernel),
-        # which expressions' values the cell shows (`%config InteractiveShell.ast_node_interactivity`)
-        "interactivity": getattr(getattr(kernel, "shell", None), "ast_node_interactivity", "last_expr"),
+        "settings": settings.of_kernel(getattr(kernel, "shell", None)),
     }
     # Executed by the user and waiting for a slot on a busy worker, the cell would show
     # nothing, as if it hung; an ancestor waits under the run's own progress line instead.

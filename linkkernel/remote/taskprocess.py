@@ -45,6 +45,7 @@ from traitlets.config import Config
 from linkkernel import cow
 from linkkernel.compiler import LinkCompiler, twin_path
 from linkkernel.namespaces import Blob, UnpicklableValue, changes, digests_as_loaded, dump, loading_together, loads, pickling_names
+from linkkernel.remote import settings
 from linkkernel.remote.storage import MissingBlob, StorageError, Store, file_map_of
 from linkkernel.tasks import as_sent
 from linkkernel.tracebacks import contains_group, format_warning, formatted, frames_of, group_traceback, own_rendering, trim
@@ -511,13 +512,6 @@ def load_input(blob, namespace: dict[str, Any]) -> MappedInput | cow.Loaded:
     return cow.Loaded(blob, namespace) if file_map is None else MappedInput(blob, file_map, namespace)
 
 
-def _inline_backend_as_in_the_kernel(shell: WorkerShell, settings: Any) -> None:
-    """The kernel's settings of the inline backend (executor.inline_backend_settings), which
-    the backend reads from the shell's configuration once the task draws."""
-    if isinstance(settings, dict) and settings:
-        shell.config.InlineBackend = Config(settings)
-
-
 def _backend_as_in_the_kernel() -> None:
     """Inputs that brought pyplot come from components that drew with it, and in a kernel
     that chose matplotlib's backend, which (inline) shows a figure as a cell's value as a
@@ -536,9 +530,7 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
     inputs: dict[str, Any] = {}
     loaded: dict[str, MappedInput | cow.Loaded] = {}
     namespace = shell.user_ns  # made fresh by preload_shell; this process runs one task only
-    _inline_backend_as_in_the_kernel(shell, task.get("inline_backend"))
-    if task.get("interactivity") in shell.traits()["ast_node_interactivity"].values:
-        shell.ast_node_interactivity = task["interactivity"]
+    settings.apply(shell, task.get("settings"))
     # pickle finds functions by name in sys.modules['__main__'] (multiprocessing hands them
     # to its workers so): the user module there, as in a kernel
     sys.modules["__main__"] = shell.user_module
