@@ -330,3 +330,14 @@ def test_a_remote_component_runs_with_the_kernels_pandas_options_and_rc_params(n
     finally:
         nb.kernel.execute("pd.reset_option('display.max_rows')\npd.reset_option('display.float_format')\n"
                           "plt.rcParams['figure.figsize'] = plt.rcParamsDefault['figure.figsize']")
+
+
+def test_a_gui_event_loop_in_a_remote_component_is_one_line(nb, stock, worker):
+    """A task has no display for `%gui qt` to run an event loop on: said in one line where
+    `%gui` logs why it cannot (the cell still succeeds, as in stock), not a
+    NotImplementedError of IPython's base shell."""
+    assert stock.execute("%gui qt").stderr.startswith("ERROR:root:")
+    nb.add("gui", "%gui qt", remote="qd", counted=False).use()
+    result = nb.run("gui")
+    assert result.status == "ok" and result.errors == []
+    assert result.stderr == "ERROR:root:a remote component cannot run the 'qt' GUI event loop; use %matplotlib inline\n"
