@@ -227,9 +227,12 @@ class AnonymousPeak:
 
 def test_a_child_reads_a_large_frame_without_copying_it(nb):
     """A 160 MB frame of floats reaches a child that only reads it without a copy of its
-    own (its blob's pages are mapped), as a plain cell reads the notebook's frame."""
+    own (its blob's pages are mapped), as a plain cell reads the notebook's frame; a child
+    writing one cell of it in place still makes it its output, the parent's left alone."""
     nb.add("big", "import numpy as np, pandas as pd\ndf = pd.DataFrame(np.ones((2_000_000, 10)))", counted=False)
-    nb.add("column_total", "total = float(df[3].sum()) + float(df.iloc[-1].sum())", "big", counted=False).use()
+    nb.add("column_total", "total = float(df[3].sum()) + float(df.iloc[-1].sum())", "big", counted=False)
+    nb.add("pokes", "df.iloc[1_500_000, 3] = -1.0", "big", counted=False)
+    nb.add("looks", "seen = float(df.iloc[1_500_000, 3])", "big", counted=False).use()
     assert nb.run("big").status == "ok"
     pid = value(nb.kernel, "__import__('os').getpid()")
     with AnonymousPeak(pid) as plain:
@@ -239,6 +242,10 @@ def test_a_child_reads_a_large_frame_without_copying_it(nb):
     assert result.status == "ok", result.traceback_text
     assert value(nb.kernel, "total") == 2_000_010.0
     assert child.growth < plain.growth + 40, (child.growth, plain.growth)
+    assert nb.kernel.execute("df = 'in the notebook'").status == "ok"
+    assert nb.run("pokes").status == "ok"
+    assert value(nb.kernel, "float(df.iloc[1_500_000, 3])") == -1.0
+    assert nb.run("looks").status == "ok" and value(nb.kernel, "seen") == 1.0
 
 
 @pytest.mark.parametrize("remote", [None, "qd"], ids=["local", "remote"])
