@@ -16,7 +16,6 @@ import pytest
 
 from engine_support import Notebook, value
 from remote_support import registered_worker
-from support import Kernel
 
 
 LINK_CACHE_IN_HOME = True  # conftest's `link` keeps its cache store in the module's home
