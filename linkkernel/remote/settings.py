@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
+import warnings
 from typing import Any
 
 import cloudpickle
@@ -93,12 +94,14 @@ def _pandas_options() -> dict[str, Any]:
     from pandas._config import config
 
     changed = {}
-    for name, option in getattr(config, "_registered_options", {}).items():
-        if name in getattr(config, "_deprecated_options", {}):
-            continue
-        value = pandas.get_option(name)
-        if value is not option.defval and value != option.defval:
-            changed[name] = value
+    with warnings.catch_warnings():  # a deprecated option warns when read: not the user's doing
+        warnings.simplefilter("ignore")
+        for name, option in getattr(config, "_registered_options", {}).items():
+            if name in getattr(config, "_deprecated_options", {}):
+                continue
+            value = pandas.get_option(name)
+            if value is not option.defval and value != option.defval:
+                changed[name] = value
     return changed
 
 
@@ -108,7 +111,9 @@ def _changed_rc_params() -> dict[str, Any]:
     if matplotlib is None or not hasattr(matplotlib, "rcParamsDefault"):
         return {}
     rc, defaults = matplotlib.rcParams, matplotlib.rcParamsDefault
-    return {name: rc[name] for name in rc if name not in _BACKEND_PARAMS and name in defaults and rc[name] != defaults[name]}
+    with warnings.catch_warnings():  # a deprecated parameter warns when read: not the user's doing
+        warnings.simplefilter("ignore")
+        return {name: rc[name] for name in rc if name not in _BACKEND_PARAMS and name in defaults and rc[name] != defaults[name]}
 
 
 def _pickled(values: dict[str, Any]) -> dict[str, str]:
