@@ -233,6 +233,64 @@ def _refused_proxy(proxy: Any) -> tuple[Any, ...]:
     raise pickle.PicklingError("a weak proxy refers to an object of this process")
 
 
+def _without_pandas_cache(obj: Any) -> tuple[Any, ...] | None:
+    """How a pandas object holding derived values in `_cache` pickles: without them.
+
+    pandas' `cache_readonly` keeps what it derives (a datetime array's unit, a nullable
+    dtype's numpy dtype) in the object's `_cache`, and the arrays and dtypes pickle their
+    whole `__dict__`: reading a tz-aware column changed its frame's pickle, so a child that
+    only read the frame made it its output. A fresh object has no `_cache`, and pandas' own
+    Index and Arrow arrays leave it out of their pickles too. None: nothing to leave out."""
+    attributes = getattr(obj, "__dict__", None)
+    if not isinstance(attributes, dict) or "_cache" not in attributes:
+        return None
+    reduced = obj.__reduce_ex__(PROTOCOL)
+    if not isinstance(reduced, tuple) or len(reduced) < 3:
+        return None
+    # pickled as an object that never had a `__dict__` pickles, when `_cache` was all of it
+    kept = {k: v for k, v in attributes.items() if k != "_cache"}
+    state = reduced[2]
+    if state is attributes:
+        state = kept or None
+    elif isinstance(state, tuple) and any(part is attributes for part in state):
+        state = tuple(kept if part is attributes else part for part in state if kept or part is not attributes)
+    else:
+        return None
+    return (*reduced[:2], state, *reduced[3:])
+
+
+def _callback_registry_reduced(registry: Any) -> tuple[Any, ...]:
+    """How matplotlib's CallbackRegistry (every figure, axes and artist holds one) pickles:
+    as its own `__getstate__` says, but the same each time. That draws the next callback id
+    from the registry's counter, so a figure pickled otherwise every time and a child that
+    only read its parent's figure made it its output. Here the next id is the one after the
+    callbacks it keeps (the others are dropped, as matplotlib drops them), and the state's
+    keys are in one order, which a registry rebuilt from a pickle does not keep."""
+    callbacks = {
+        signal: {cid: proxy() for cid, proxy in proxies.items() if cid in registry._pickled_cids}
+        for signal, proxies in registry.callbacks.items()
+    }
+    state = {**vars(registry), "callbacks": callbacks, "_func_cid_map": None}
+    state["_cid_gen"] = max((cid for kept in callbacks.values() for cid in kept), default=0) + 1
+    return _callback_registry_again, (type(registry), dict(sorted(state.items())))
+
+
+def _callback_registry_again(cls: type, state: dict[str, Any]) -> Any:
+    """A CallbackRegistry again (its name in a stream marks a figure, see `_UNSETTLED_MARKS`)."""
+    registry = cls.__new__(cls)
+    registry.__setstate__(state)
+    return registry
+
+
+def _reducers_of_imported_libraries() -> None:
+    """Add to `_REDUCERS` those of libraries' types, once a library is imported (this
+    module imports none of them)."""
+    cbook = sys.modules.get("matplotlib.cbook")
+    registry = getattr(cbook, "CallbackRegistry", None)
+    if registry is not None and registry not in _REDUCERS:
+        _REDUCERS[registry] = _callback_registry_reduced
+
+
 def _cached_property_reduced(prop: functools.cached_property) -> tuple[Callable[..., Any], tuple[Any, ...]]:
     return _cached_property, (prop.func, {k: v for k, v in vars(prop).items() if k not in ("func", "lock")})
 
@@ -360,6 +418,10 @@ class _Pickler(cloudpickle.Pickler):
         reducer = _REDUCERS.get(type(obj))
         if reducer is not None:
             return reducer(obj)
+        if type(obj).__module__.startswith("pandas."):
+            reduced = _without_pandas_cache(obj)
+            if reduced is not None:
+                return reduced
         if isinstance(obj, (set, frozenset)):  # not an exact one: pickle saves those itself
             reduced = _reduced_set_subclass(obj)
             if reduced is not None:
@@ -405,6 +467,7 @@ def pickled(value: Any, buffer_callback: Callable[[pickle.PickleBuffer], Any], n
     """The pickle stream of `value` as blobs hold it; out-of-band buffers go to `buffer_callback`.
     Within `pickling_names`, `value` is that of `name` there, which may stand for the object
     another name holds."""
+    _reducers_of_imported_libraries()
     names = _pickling_names.get()
     alias = None if names is None or name is None else names.alias(name, value)
     with io.BytesIO() as file:
@@ -556,11 +619,14 @@ def pickling_names(values: Mapping[str, Any], known: Callable[[str], Blob | None
 #   exact set, see `_set_of`);
 # - a class defined in a notebook, pickled by value: where one string object stands in
 #   several places (a dataclass field's name in its methods' code, a slot's in `__slots__`)
-#   the stream says so with a back reference, and a rebuilt class has copies there instead.
+#   the stream says so with a back reference, and a rebuilt class has copies there instead;
+# - a matplotlib figure (each artist holds a CallbackRegistry): likewise, objects its
+#   artists share come back as copies of their own.
 _UNSETTLED_MARKS = (
     pickle.EMPTY_SET + pickle.MEMOIZE + pickle.MARK,
     pickle.FROZENSET + pickle.MEMOIZE,
     _class_setstate_noted.__name__.encode(),
+    _callback_registry_again.__name__.encode(),
 )
 
 

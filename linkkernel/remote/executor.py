@@ -18,6 +18,7 @@ import uuid
 from typing import Any
 
 from linkkernel.progress import TransientLine
+from linkkernel.remote import settings
 from linkkernel.remote.client import Client, RemoteError
 from linkkernel.remote.protocol import read_key
 from linkkernel.remote.registry import WorkerEntry, get
@@ -209,6 +210,7 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
         "live": task.live,  # only then is the value it shows sent back, for `_`
         "versions": versions(),
         "sources": component_sources(kernel),
+        "settings": settings.of_kernel(getattr(kernel, "shell", None)),
     }
     # Executed by the user and waiting for a slot on a busy worker, the cell would show
     # nothing, as if it hung; an ancestor waits under the run's own progress line instead.

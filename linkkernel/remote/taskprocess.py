@@ -37,7 +37,7 @@ from IPython.core import page
 from IPython.core.autocall import ZMQExitAutocall
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
-from IPython.core.error import StdinNotImplementedError
+from IPython.core.error import StdinNotImplementedError, UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets import Type, default
 from traitlets.config import Config
@@ -45,6 +45,7 @@ from traitlets.config import Config
 from linkkernel import cow
 from linkkernel.compiler import LinkCompiler, twin_path
 from linkkernel.namespaces import Blob, UnpicklableValue, changes, digests_as_loaded, dump, loading_together, loads, pickling_names
+from linkkernel.remote import settings
 from linkkernel.remote.storage import MissingBlob, StorageError, Store, file_map_of
 from linkkernel.tasks import as_sent
 from linkkernel.tracebacks import contains_group, format_warning, formatted, frames_of, group_traceback, own_rendering, trim
@@ -357,6 +358,13 @@ class WorkerShell(InteractiveShell):
     def init_io(self) -> None:
         """Keep the process's streams alone until a task replaces them."""
 
+    def enable_gui(self, gui: str | None = None) -> None:
+        """`%matplotlib inline` as in a kernel, which needs no event loop; a task has no
+        display for a GUI's (`%matplotlib qt`), which is said in one line."""
+        if gui not in (None, "inline"):
+            raise UsageError(f"a remote component cannot run the {gui!r} GUI event loop; use %matplotlib inline")
+        self.active_eventloop = gui
+
 
 def _text(evalue: BaseException) -> str:
     """The exception's message; an exception whose __str__ itself raises must still be
@@ -382,6 +390,10 @@ def preload_shell() -> WorkerShell:
     config.HistoryManager.enabled = False
     config.HistoryManager.hist_file = ":memory:"
     config.InteractiveShell.cache_size = 0
+    # As ipykernel does: matplotlib draws inline unless told otherwise, so a figure a task
+    # draws reaches the cell (the backend matplotlib picks itself, Agg here, drops it).
+    if not os.environ.get("MPLBACKEND"):
+        os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     # A task's output goes to a notebook: libraries that choose how to render by looking for
     # ipykernel's shell module (tqdm.auto's widget bar) choose as they do in a local cell.
     import ipykernel.zmqshell  # noqa: F401
@@ -464,7 +476,9 @@ def execute(shell: WorkerShell, code: str) -> bool:
     tree = shell.compile.ast_parse(code, filename=filename)
     shell.events.trigger("pre_execute")
     with shell.builtin_trap, shell.display_trap:
-        failed = _pseudo_sync_runner(shell.run_ast_nodes(tree.body, filename, interactivity="last_expr", compiler=shell.compile))
+        failed = _pseudo_sync_runner(
+            shell.run_ast_nodes(tree.body, filename, interactivity=shell.ast_node_interactivity, compiler=shell.compile)
+        )
     shell.events.trigger("post_execute")
     return bool(failed)
 
@@ -498,12 +512,25 @@ def load_input(blob, namespace: dict[str, Any]) -> MappedInput | cow.Loaded:
     return cow.Loaded(blob, namespace) if file_map is None else MappedInput(blob, file_map, namespace)
 
 
+def _backend_as_in_the_kernel() -> None:
+    """Inputs that brought pyplot come from components that drew with it, and in a kernel
+    that chose matplotlib's backend, which (inline) shows a figure as a cell's value as a
+    PNG. A task's process starts with no backend chosen: choose it as drawing would."""
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        try:
+            pyplot._get_backend_mod()
+        except (ImportError, ValueError):  # a backend this machine lacks: drawing says so, as in a kernel
+            pass
+
+
 def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> None:
     """Run one component and send its outputs and result through `pipe`."""
     digests: dict[str, str] = task["inputs"]
     inputs: dict[str, Any] = {}
     loaded: dict[str, MappedInput | cow.Loaded] = {}
     namespace = shell.user_ns  # made fresh by preload_shell; this process runs one task only
+    settings.apply(shell, task.get("settings"))
     # pickle finds functions by name in sys.modules['__main__'] (multiprocessing hands them
     # to its workers so): the user module there, as in a kernel
     sys.modules["__main__"] = shell.user_module
@@ -542,6 +569,7 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
             linecache.cache[name] = (len(source), None, source.splitlines(keepends=True), name)
     hidden = set(namespace)
     namespace.update(inputs)
+    _backend_as_in_the_kernel()
     as_loaded = {**digests, **digests_as_loaded(inputs, {n: how.blob for n, how in loaded.items()})}
     shell.pipe = pipe
     _streams[:] = [PipeStream(pipe, "stdout"), PipeStream(pipe, "stderr")]
