@@ -109,6 +109,13 @@ class Runner:
         # (a cached value was lost, a parent's warning): transient lines then must not be
         # removed with clear_output, which would wipe it (see progress.TransientLine).
         self._cell_spoke = False
+        # The DAG of every declared component, for the declarations it was built from (by
+        # identity: Sources answers the same object until something changes), None when the
+        # whole pipeline is not valid; see `graph`.
+        self._whole: tuple[Any, Any] | None = None
+        # Component -> the run id of its record when it and all its ancestors were found
+        # published (see `publish_cached`).
+        self._closed: dict[str, str] = {}
 
     # ---- declarations and graph -------------------------------------------------------
 
@@ -130,18 +137,41 @@ class Runner:
         from linkkernel.graph import build_graph
 
         declared = self.sources.declared()
+        whole = self._whole_graph(declared)
+        if whole is not None:  # every part of a valid pipeline is valid, with the same ancestors
+            return whole
         components = declared.all() if targets is None else declared.relevant(targets)
         return build_graph(components, self.sources.looked_in())
+
+    def _whole_graph(self, declared):
+        """The DAG of every component `declared` holds, built once for it; None when some
+        part of it is invalid (then only the part a run needs is validated, each time). One
+        graph object while the declarations stay: what is known fresh is kept for it."""
+        from linkkernel.graph import PipelineError, build_graph
+
+        if self._whole is None or self._whole[0] is not declared:
+            whole = None
+            if not declared.malformed:
+                try:
+                    whole = build_graph(declared.components, self.sources.looked_in())
+                except PipelineError:
+                    pass
+            self._whole = (declared, whole)
+        return self._whole[1]
 
     def plan(self, graph, targets: list[str], force: bool = False, rerun_targets: bool = False) -> list[str]:
         """The components to run for `targets`, in run order: whatever is stale, plus the targets
         themselves when `rerun_targets` (executing a component cell always runs it)."""
-        order = with_ancestors(graph, targets)
-        self._check_remotes(graph, order)
-        if force:
-            return order
-        state = self.store.states(graph)
-        return [n for n in order if (rerun_targets and n in targets) or state[n] != FRESH]
+        if force or _has_remotes(graph):
+            order = with_ancestors(graph, targets)
+            self._check_remotes(graph, order)
+            if force:
+                return order
+        unfresh = self.store.unfresh(graph, targets)
+        chosen = unfresh | set(targets) if rerun_targets else unfresh
+        if len(chosen) <= 1:  # the common case (Run All): no order to work out
+            return list(chosen)
+        return [n for n in with_ancestors(graph, targets) if n in chosen]
 
     def _check_remotes(self, graph, names: list[str]) -> None:
         aliases = {graph.nodes[n]["component"].remote for n in names} - {None}
@@ -694,7 +724,8 @@ class Runner:
         did before the restart. Each run's outputs are published once, parents first, so a
         value the user changed since is not overwritten by every later cell. `plan` is what
         is about to run (and will publish its own)."""
-        for name in with_ancestors(graph, targets):
+        order = self._unpublished(graph, targets, plan)
+        for name in order:
             record = self.store.get(name)
             if name in plan or record is None or record.run_id in self._published:
                 continue
@@ -705,6 +736,48 @@ class Runner:
             with _interrupts_held():  # a run's outputs all published, or (interrupted while loading) none
                 self.shell.user_ns.update(values)
                 self._published.add(record.run_id)
+        self._close(graph, order, plan)
+
+    def _is_closed(self, name: str, plan: Collection[str]) -> bool:
+        record = self.store.get(name)
+        return name not in plan and record is not None and self._closed.get(name) == record.run_id
+
+    def _unpublished(self, graph, targets: list[str], plan: list[str]) -> list[str]:
+        """`targets` and their ancestors in run order, but for those whose run and its
+        ancestors' are all published already (`_closed`), which a Run All would otherwise
+        walk again before each cell. The walk stops at a component not in `plan` (so fresh)
+        whose record is the run it was closed with: fresh with the same run means the same
+        runs of all its ancestors (their run ids are in its lineage of records), published
+        then."""
+        from linkkernel.graph import run_order
+
+        store, planned = self.store, set(plan)
+
+        def is_closed(name: str) -> bool:
+            return self._is_closed(name, planned)
+
+        region: set[str] = set()
+        todo = [t for t in targets if not is_closed(t)]
+        while todo:
+            name = todo.pop()
+            if name not in region:
+                region.add(name)
+                todo.extend(p for p in graph.pred[name] if p not in region and not is_closed(p))
+        pending = [n for n in region if n not in planned and (r := store.get(n)) is not None and r.run_id not in self._published]
+        # one to publish (or none) needs no order among the others, nor a walk of the rest
+        return run_order(graph, region) if len(pending) <= 1 else with_ancestors(graph, targets)
+
+    def _close(self, graph, order: list[str], plan: list[str]) -> None:
+        """Close the components of `order` (run order) that are fresh and published, their
+        parents closed: the next walk of `_unpublished` stops there."""
+        planned = set(plan)
+        for name in order:
+            record = self.store.get(name)
+            if (
+                name not in planned and record is not None and record.run_id in self._published
+                and all(self._is_closed(p, planned) for p in graph.pred[name])
+            ):
+                self._closed[name] = record.run_id
 
     async def _run_captured(self, graph, names: list[str], targets: Collection[str] = (), alone: bool = False) -> list[str]:
         """Run `names` in order with their outputs captured, under the transient progress line
@@ -736,6 +809,15 @@ class Runner:
                 print(line, file=sys.stderr)
             self._cell_spoke = self._cell_spoke or bool(warnings)
         return ran
+
+
+def _has_remotes(graph) -> bool:
+    """Whether any component of `graph` runs on a worker, asked once per graph: only then
+    must a run check, before anything runs, that every worker of its ancestors is known."""
+    if "remotes" not in graph.graph:
+        graph.graph["remotes"] = any(data["component"].remote for _, data in graph.nodes(data=True))
+    return graph.graph["remotes"]
+
 
 def _listed(names: list[str]) -> str:
     """`'a'`, `'a' and 'b'`, `'a', 'b' and 'c'`: names in one of the kernel's lines."""

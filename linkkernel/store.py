@@ -24,11 +24,11 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from linkkernel.cow import MIN_SIZE, Loaded, freeze_buffer, frozen_owner
+from linkkernel.cow import IMMUTABLE, MIN_SIZE, Loaded, freeze_buffer, frozen_owner
 from linkkernel.errors import LinkError
 from linkkernel.namespaces import Blob, _digest, type_name
 from linkkernel.partfiles import remove_abandoned, temp_name
-from linkkernel.staleness import Change, RunRecord, code_hash, inherited, states
+from linkkernel.staleness import FRESH, Change, RunRecord, code_hash, inherited, state, states
 
 MEMORY_PREFIX = "memory:"
 log = logging.getLogger(__name__)
@@ -143,6 +143,10 @@ class CacheStore:
         self.blobs: dict[str, Blob] = {}
         self.lost: set[str] = set()  # values the storage failed to give back (see `lose`)
         self.memory_values: dict[str, Any] = {}
+        # Values that cannot change (numbers, strings) as loaded once, by digest: a child
+        # gets the very object, as good as a copy, without unpickling it for each child
+        # (a deep pipeline's names accumulate: each run loaded every one of them again).
+        self._immutable: dict[str, Loaded] = {}
         # Memory-only values that cannot be copied either (a generator, a lock, a widget, a
         # connection): children get the object itself (see `private`).
         self.shared: set[str] = set()
@@ -153,6 +157,10 @@ class CacheStore:
         self._made: dict[str, dict[str, Change]] = {}
         # The memory-only digests of each current run, by run id (see `available`).
         self._in_memory: dict[str, tuple[str, ...]] = {}
+        # The components known fresh in `_fresh_graph` (see `unfresh`): each with all its
+        # ancestors, so a run, an import or a loss drops a component with its descendants.
+        self._fresh_graph = None
+        self._fresh: set[str] = set()
         self._lock = threading.Lock()
         self._pending: list[Future] = []
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linkkernel-cache")
@@ -343,6 +351,7 @@ class CacheStore:
         it replaces named go from memory (a re-run parent's old gigabytes); the files stay,
         so a record restored later can still load them."""
         old = self.records.get(record.name)
+        self._not_fresh(record.name)
         if old is not None:
             self._made.pop(old.run_id, None)
             self._in_memory.pop(old.run_id, None)
@@ -353,12 +362,23 @@ class CacheStore:
             self._refs.subtract(old.namespace.values())
             self._forget(old.namespace.values())
 
+    def _not_fresh(self, name: str) -> None:
+        """Drop `name` and its descendants from the components known fresh (the lock held): its
+        record changed. A component not known fresh has no descendant known fresh."""
+        todo = [name]
+        while todo:
+            current = todo.pop()
+            if current in self._fresh:
+                self._fresh.discard(current)
+                todo.extend(self._fresh_graph.succ[current])
+
     def _forget(self, digests: Iterable[str]) -> None:
         """Drop from memory those of `digests` that no current record names."""
         for digest in digests:
             if self._refs[digest] <= 0:
                 del self._refs[digest]
                 self.blobs.pop(digest, None)
+                self._immutable.pop(digest, None)
                 self.memory_values.pop(digest, None)
                 self.shared.discard(digest)
 
@@ -442,6 +462,39 @@ class CacheStore:
             {n: r is not None and self.available(r) for n, r in records.items()},
         )
 
+    def unfresh(self, graph, targets: Iterable[str]) -> set[str]:
+        """Those of `targets` and their ancestors in a validated pipeline `graph` that are not
+        fresh by `states`. Walked up from the targets, stopping at components known fresh:
+        in a Run All each cell's ancestors are, and asking `states` for the whole ancestry
+        before each cell made the cost per cell grow with the depth. What is known fresh stays
+        so until its record or an ancestor's changes (`_keep`: a run, an import read by
+        `refresh`), a value is lost, the cache is cleared, or the graph is another (the
+        declarations changed): each of those drops it."""
+        from linkkernel.graph import run_order
+
+        self.refresh()
+        with self._lock:
+            if graph is not self._fresh_graph:
+                self._fresh_graph, self._fresh = graph, set()
+            fresh = self._fresh
+            region: set[str] = set()
+            todo = [t for t in targets if t not in fresh]
+            while todo:
+                name = todo.pop()
+                if name not in region:
+                    region.add(name)
+                    todo.extend(p for p in graph.pred[name] if p not in fresh and p not in region)
+            for name in run_order(graph, region):
+                component = graph.nodes[name]["component"]
+                record = self.records.get(name)
+                now = state(
+                    record, list(component.parents), code_hash(component.source), self.records.get,
+                    fresh.__contains__, lambda: self.available(record),
+                )
+                if now == FRESH:
+                    fresh.add(name)
+            return region - fresh
+
     def blob(self, digest: str) -> Blob:
         """The blob named `digest`; LostValue when the storage lost it or it does not match."""
         blob = self.blobs.get(digest)
@@ -466,6 +519,8 @@ class CacheStore:
         with self._lock:
             self.lost.add(digest)
             self.blobs.pop(digest, None)
+            self._immutable.pop(digest, None)
+            self._fresh = set()  # whichever records hold it are stale now
 
     def load(self, digest: str, namespace: dict[str, Any]) -> tuple[Any, Loaded | None]:
         """A private copy of the value named by `digest`, to live in `namespace`, and how it was loaded.
@@ -475,7 +530,11 @@ class CacheStore:
         """
         if digest in self.memory_values:
             return self.memory_values[digest], None
-        loaded = Loaded(self.blob(digest), namespace)
+        loaded = self._immutable.get(digest)
+        if loaded is None:
+            loaded = Loaded(self.blob(digest), namespace)
+            if type(loaded.value) in IMMUTABLE:
+                self._immutable[digest] = loaded
         return loaded.value, loaded
 
     def private(self, kept: dict[str, tuple[str, Any]]) -> dict[str, Any]:
@@ -508,8 +567,10 @@ class CacheStore:
         with self._lock:
             self.records.clear()
             self.blobs.clear()
+            self._immutable.clear()
             self.memory_values.clear()
             self.shared.clear()
             self._refs.clear()
             self._made.clear()
             self._in_memory.clear()
+            self._fresh = set()
