@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from linkkernel import capture
-from linkkernel.cow import Loaded
+from linkkernel.cow import IMMUTABLE, Loaded
 from linkkernel.declarations import Component
 from linkkernel.errors import LinkError
 from linkkernel.graph import with_ancestors
@@ -367,9 +367,17 @@ class Runner:
                 loaded[name] = self._load(component.name, "input", name, merged[name], ns)
                 return loaded[name][0]
 
+            def input_value(name: str, digest: str) -> Any:
+                # a number or string loaded before is that object (nothing refers to one)
+                known = self.store.immutable(digest)
+                if known is None:
+                    return value_of(name)
+                loaded[name] = (known.value, known)
+                return known.value
+
             try:  # unpickling and copying run the values' own code, which may take long
                 with loading_together(merged, load_input) as value_of:
-                    inputs = {name: value_of(name) for name in merged}
+                    inputs = {name: input_value(name, digest) for name, digest in merged.items()}
                 ns.update(inputs)
                 copies = self.store.private({n: (d, inputs[n]) for n, d in merged.items() if d in self.store.memory_values})
             except KeyboardInterrupt:
@@ -382,7 +390,8 @@ class Runner:
             if shared:
                 outcome.warnings.append(_shared_warning(component.name, {n: inputs[n] for n in shared}))
             # what the inputs pickle to as loaded: the sets among them, in their new order
-            as_loaded = {**merged, **digests_as_loaded(inputs, {n: how.blob for n, (_, how) in loaded.items() if how is not None})}
+            blobs = {n: how.blob for n, (value, how) in loaded.items() if how is not None and type(value) not in IMMUTABLE}
+            as_loaded = {**merged, **digests_as_loaded(inputs, blobs)}
             if live is None:
                 with capture.captured(shell) as outputs, shell.collect_errors() as errors:
                     result = await _run_silently(shell, component.source)
@@ -438,7 +447,12 @@ class Runner:
         namespace is pickled as one (namespaces.pickling_names), so names holding the same
         object still do in children.
         """
-        ignore = [n for n in final if is_ipython_name(n)]
+        # Numbers and strings the run kept as loaded: unchanged, neither pickled nor compared.
+        settled = {
+            n for n, how in loaded.items()
+            if how is not None and type(how.value) in IMMUTABLE and n in final and final[n] is how.value
+        }
+        ignore = [n for n in final if n not in settled and is_ipython_name(n)]
 
         def unchanged(name: str) -> Blob | None:
             how = loaded.get(name)
@@ -450,9 +464,9 @@ class Runner:
         kept_in_memory: list[UnpicklableValue] = []
         # Inputs kept in memory only cannot be pickled, nor referred to: not tried again.
         kept = {n for n, d in merged.items() if d.startswith(MEMORY_PREFIX) and n in final and final[n] is inputs[n]}
-        with pickling_names({n: v for n, v in final.items() if n not in ignore and n not in kept}, unchanged) as names:
-            check = {n: None if d.startswith(MEMORY_PREFIX) or n in names.proven else as_loaded[n] for n, d in merged.items()}
-            found = changes(inputs, check, final, ignore=ignore)
+        with pickling_names({n: v for n, v in final.items() if n not in ignore and n not in kept and n not in settled}, unchanged) as names:
+            check = {n: None if d.startswith(MEMORY_PREFIX) or n in names.proven or n in settled else as_loaded[n] for n, d in merged.items()}
+            found = changes(inputs, check, final, ignore=[*ignore, *settled])
             values = {n: final[n] for n in found.bound}
             for name in found.bound:
                 value = final[name]

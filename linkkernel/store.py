@@ -29,6 +29,7 @@ from linkkernel.errors import LinkError
 from linkkernel.namespaces import Blob, _digest, type_name
 from linkkernel.partfiles import remove_abandoned, temp_name
 from linkkernel.staleness import FRESH, Change, RunRecord, code_hash, inherited, state, states
+from linkkernel.watch import FolderWatch
 
 MEMORY_PREFIX = "memory:"
 log = logging.getLogger(__name__)
@@ -170,6 +171,7 @@ class CacheStore:
         self.root: str | None = None
         self.fs = None
         self._local = False
+        self._watch: FolderWatch | None = None  # the records folder of a local store (see `refresh`)
         # The first reason writes failed, once the kernel said it (see `write_trouble`).
         self._trouble: BaseException | None = None
         self._trouble_said = False
@@ -186,6 +188,8 @@ class CacheStore:
                 self.unusable = f"cache store {url!r} cannot be used: {exc}"
                 return
             self.root = f"{base.rstrip('/')}/{notebook_key(notebook_path)}"
+            if self._local:
+                self._watch = FolderWatch(f"{self.root}/records")
             try:
                 self._load_records()
             except Exception as exc:  # s3fs lets botocore's own errors through (no credentials...), not only OSError
@@ -207,11 +211,14 @@ class CacheStore:
             raise LinkError(self.unusable)
         return self
 
-    def _load_records(self, changed_only: bool = False) -> None:
-        try:
-            paths = self._record_paths()
-        except OSError:
-            return
+    def _load_records(self, changed_only: bool = False, paths: Iterable[str] | None = None) -> None:
+        """Read the record files (`paths`, all when None); `changed_only`: those whose
+        stamp is not the one they had when last read or written here."""
+        if paths is None:
+            try:
+                paths = self._record_paths()
+            except OSError:
+                return
         for path in paths:
             stamp = self._stamp(path)
             if changed_only and stamp == self._stamps.get(path):
@@ -252,9 +259,15 @@ class CacheStore:
         stores, where listing the records before every cell would cost more than the run.
 
         Not while a write of ours is under way: until it has landed (and its stamp with it),
-        the file holds an older run than the one kept here, which must not replace it."""
+        the file holds an older run than the one kept here, which must not replace it.
+
+        Only the files the folder's watch saw change are looked at, when it can tell: each
+        a stat, and a read when another process wrote it (ours have their stamps)."""
         if self._local and self.root is not None and all(f.done() for f in self._pending):
-            self._load_records(changed_only=True)
+            changed = None if self._watch is None else self._watch.changed()
+            folder = f"{self.root}/records"
+            paths = None if changed is None else [f"{folder}/{name}" for name in sorted(changed) if name.endswith(".json")]
+            self._load_records(changed_only=True, paths=paths)
 
     def get(self, name: str) -> RunRecord | None:
         return self.records.get(name)
@@ -536,6 +549,10 @@ class CacheStore:
             if type(loaded.value) in IMMUTABLE:
                 self._immutable[digest] = loaded
         return loaded.value, loaded
+
+    def immutable(self, digest: str) -> Loaded | None:
+        """The number or string `digest` names as `load` loaded it before, else None."""
+        return self._immutable.get(digest)
 
     def private(self, kept: dict[str, tuple[str, Any]]) -> dict[str, Any]:
         """Copies, for one run, of the memory-only values it loaded (name -> (digest, value)),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import numpy as np
 import pytest
 
@@ -139,3 +142,27 @@ def test_freezing_with_no_file_descriptor_left_copies_instead_of_failing():
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=str(__import__("pathlib").Path(__file__).parent.parent))
     assert (done.returncode, done.stdout) == (0, "4950.0\n"), done.stderr
+
+
+def test_a_folder_watch_names_the_files_changed_since_it_was_last_asked(tmp_path):
+    """What lets the store look only at the record files that changed before each cell; when
+    it cannot tell (first asked, the folder gone), every file is looked at."""
+    from linkkernel.watch import FolderWatch
+
+    folder = tmp_path / "records"
+    watch = FolderWatch(str(folder))
+    assert watch.changed() is None  # no folder yet
+    folder.mkdir()
+    (folder / "old.json").write_text("{}")
+    assert watch.changed() is None  # watching starts
+    assert watch.changed() == set()
+    (folder / "a.json.part").write_text("{}")
+    os.replace(folder / "a.json.part", folder / "a.json")  # how the store writes
+    (folder / "old.json").write_text('{"x": 1}')  # written in place
+    assert {"a.json", "old.json"} <= watch.changed()
+    assert watch.changed() == set()
+    os.utime(folder / "a.json", (1, 1))
+    assert watch.changed() == {"a.json"}
+    shutil.rmtree(folder)  # `%link cache clear`
+    assert watch.changed() is None
+    assert watch.changed() is None  # no folder to watch
