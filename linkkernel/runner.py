@@ -51,7 +51,15 @@ _PRELUDE = ("In", "Out", "_ih", "_oh", "_dh", "get_ipython", "exit", "quit")
 _MODULE_NAMES = ("__builtins__", "__name__", "__doc__", "__package__", "__loader__", "__spec__")
 
 
+# Those of IPython's names that do not start with an underscore.
+_PLAIN_IPYTHON_NAMES = frozenset(("In", "Out", "get_ipython", "exit", "quit"))
+
+
 def is_ipython_name(name: str) -> bool:
+    """Whether `name` is one IPython keeps in a namespace. Asked of every name a run ends
+    with: most are the user's, told apart without the pattern."""
+    if not name.startswith("_") and name not in _PLAIN_IPYTHON_NAMES:
+        return False
     return _IPYTHON_NAME.fullmatch(name) is not None
 
 

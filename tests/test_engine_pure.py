@@ -366,3 +366,15 @@ def test_sources_answer_the_same_declarations_until_something_changes_them(tmp_p
     write_notebook(other, [("c1", "a = 3", tags("a"))])
     sources.notebook_path = str(other)
     assert sources.declared() is not before
+
+
+def test_ipython_names_are_told_apart_without_the_pattern_only_when_it_cannot_match():
+    """Every name a run ends with is asked about; those not starting with an underscore skip
+    the pattern unless the pattern has a name of that kind."""
+    from linkkernel.runner import _IPYTHON_NAME, is_ipython_name
+
+    alternatives = _IPYTHON_NAME.pattern.rstrip("\\Z").split("|")
+    plain = {a for a in alternatives if not a.startswith("_")}
+    assert plain and all(a.isidentifier() for a in plain)
+    for name in [*plain, "_", "__", "_7", "_i", "_iii", "_i12", "_oh", "__spec__", "x", "_x", "Input", "In_", "v0", "quit2"]:
+        assert is_ipython_name(name) == (_IPYTHON_NAME.fullmatch(name) is not None), name
