@@ -369,31 +369,29 @@ class Runner:
             shell.running_in(module),
             shell.compile.labelled(component.name),
         ):
+            # Numbers and strings loaded before are those objects (nothing refers to one):
+            # the inherited names of a deep pipeline are mostly those, and every other pass
+            # over the inputs looks only at the `rest`.
+            known = self.store.immutables(merged)
+            rest = {n: d for n, d in merged.items() if n not in known} if known else merged
             loaded: dict[str, tuple[Any, Loaded | None]] = {}
 
             def load_input(name: str) -> Any:
                 loaded[name] = self._load(component.name, "input", name, merged[name], ns)
                 return loaded[name][0]
 
-            def input_value(name: str, digest: str) -> Any:
-                # a number or string loaded before is that object (nothing refers to one)
-                known = self.store.immutable(digest)
-                if known is None:
-                    return value_of(name)
-                loaded[name] = (known.value, known)
-                return known.value
-
             try:  # unpickling and copying run the values' own code, which may take long
                 with loading_together(merged, load_input) as value_of:
-                    inputs = {name: input_value(name, digest) for name, digest in merged.items()}
+                    inputs = {name: known[name].value if name in known else value_of(name) for name in merged}
                 ns.update(inputs)
-                copies = self.store.private({n: (d, inputs[n]) for n, d in merged.items() if d in self.store.memory_values})
+                memory_values = self.store.memory_values
+                copies = self.store.private({n: (d, inputs[n]) for n, d in rest.items() if d in memory_values})
             except KeyboardInterrupt:
                 raise InputsInterrupted from None
             inputs.update(copies)
             ns.update(copies)
             said = self._said_shared
-            shared = sorted(n for n, d in merged.items() if d in self.store.shared and (component.name, d) not in said)
+            shared = sorted(n for n, d in rest.items() if d in self.store.shared and (component.name, d) not in said)
             said.update((component.name, merged[n]) for n in shared)
             if shared:
                 outcome.warnings.append(_shared_warning(component.name, {n: inputs[n] for n in shared}))
@@ -432,7 +430,7 @@ class Runner:
         if live is not None:  # `_`, `__`, `_i`, `_5`...: plain cells keep IPython's history names
             shell.user_ns.update({n: ns[n] for n in ns if is_ipython_name(n) and n not in _MODULE_NAMES})
         if record.ok:
-            self._collect(outcome, inputs, merged, as_loaded, ns, {n: how for n, (_, how) in loaded.items()}, set(copies))
+            self._collect(outcome, inputs, merged, as_loaded, ns, {n: how for n, (_, how) in loaded.items()}, set(copies), known)
         return outcome
 
     def _collect(
@@ -444,6 +442,7 @@ class Runner:
         final: dict,
         loaded: dict,
         copied: set[str],
+        known: dict[str, Loaded],
     ) -> None:
         """Work out the run's outputs and its final namespace as digests; pickle synchronously.
 
@@ -453,13 +452,16 @@ class Runner:
         memory-only input the run got as a copy (`copied`) has nothing to be compared with:
         it may have been mutated, so the run's copy is its output, for its children. The final
         namespace is pickled as one (namespaces.pickling_names), so names holding the same
-        object still do in children.
+        object still do in children. `known`: the inputs that were numbers and strings loaded
+        before (not in `loaded`).
         """
         # Numbers and strings the run kept as loaded: unchanged, neither pickled nor compared.
-        settled = {
+        settled = {n for n, how in known.items() if final.get(n, _ABSENT) is how.value}
+        settled.update(
             n for n, how in loaded.items()
             if how is not None and type(how.value) in IMMUTABLE and n in final and final[n] is how.value
-        }
+        )
+        rest = {n: d for n, d in merged.items() if n not in known} if known else merged
         ignore = [n for n in final if n not in settled and is_ipython_name(n)]
 
         def unchanged(name: str) -> Blob | None:
@@ -471,9 +473,10 @@ class Runner:
         memory: dict[str, Any] = {}
         kept_in_memory: list[UnpicklableValue] = []
         # Inputs kept in memory only cannot be pickled, nor referred to: not tried again.
-        kept = {n for n, d in merged.items() if d.startswith(MEMORY_PREFIX) and n in final and final[n] is inputs[n]}
+        kept = {n for n, d in rest.items() if d.startswith(MEMORY_PREFIX) and n in final and final[n] is inputs[n]}
         with pickling_names({n: v for n, v in final.items() if n not in ignore and n not in kept and n not in settled}, unchanged) as names:
-            check = {n: None if d.startswith(MEMORY_PREFIX) or n in names.proven or n in settled else as_loaded[n] for n, d in merged.items()}
+            # the inputs `known` are settled or no longer the objects loaded: none is compared
+            check = {n: None if d.startswith(MEMORY_PREFIX) or n in names.proven or n in settled else as_loaded[n] for n, d in rest.items()}
             found = changes(inputs, check, final, ignore=[*ignore, *settled])
             values = {n: final[n] for n in found.bound}
             for name in found.bound:

@@ -224,7 +224,9 @@ class NotebookFile:
                 now = ""
             renamed_aside = os.path.splitext(now)[1] != self._extension  # also " (deleted)"
             if not renamed_aside and os.path.exists(now):
-                if now != os.path.realpath(self._path):  # moved; else the path as given, links and all
+                # moved; else the path as given, links and all (a path the descriptor names
+                # as it is has no links to resolve: no lstat of each of its folders)
+                if now != self._path and now != os.path.realpath(self._path):
                     self._path = now
                 return
             self.close()

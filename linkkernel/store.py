@@ -136,6 +136,20 @@ def _memory_only(record: RunRecord) -> tuple[str, ...]:
     return tuple(d for d in record.namespace.values() if d.startswith(MEMORY_PREFIX))
 
 
+def _write_local(aside: str, path: str, write: Callable[[Any], object]) -> None:
+    """`write` into the local file `aside`, its folder made when missing, then moved to
+    `path`: fsspec's local files made every folder again and rewrote the path, for the two
+    files each component run writes."""
+    try:
+        f = open(aside, "wb")  # noqa: SIM115 - closed below, whichever way it was opened
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(aside), exist_ok=True)
+        f = open(aside, "wb")  # noqa: SIM115
+    with f:
+        write(f)
+    os.replace(aside, path)
+
+
 class CacheStore:
     """Run records and blobs of one notebook, in memory and (when a notebook is known) on fsspec."""
 
@@ -398,7 +412,7 @@ class CacheStore:
     def _write(self, record: RunRecord, blobs: list[Blob], relost: set[str]) -> None:
         for blob in blobs:
             path = self._blob_path(blob.digest)
-            if blob.digest in relost or not self.fs.exists(path):
+            if blob.digest in relost or not (os.path.exists(path) if self._local else self.fs.exists(path)):
                 self._write_aside(path, lambda f, blob=blob: write_blob(f, blob))
         self.lost.difference_update(relost)
         data = json.dumps(record.to_json()).encode()
@@ -415,9 +429,12 @@ class CacheStore:
         file a killed writer left is removed when the store is opened next."""
         aside = temp_name(path)
         try:
-            with self.fs.open(aside, "wb") as f:
-                write(f)
-            self.fs.mv(aside, path)
+            if self._local:
+                _write_local(aside, path, write)
+            else:
+                with self.fs.open(aside, "wb") as f:
+                    write(f)
+                self.fs.mv(aside, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 self.fs.rm(aside)
@@ -550,9 +567,10 @@ class CacheStore:
                 self._immutable[digest] = loaded
         return loaded.value, loaded
 
-    def immutable(self, digest: str) -> Loaded | None:
-        """The number or string `digest` names as `load` loaded it before, else None."""
-        return self._immutable.get(digest)
+    def immutables(self, digests: dict[str, str]) -> dict[str, Loaded]:
+        """Of `digests` (name -> digest), the numbers and strings `load` loaded before, as loaded."""
+        loaded = self._immutable
+        return {name: found for name, digest in digests.items() if (found := loaded.get(digest)) is not None}
 
     def private(self, kept: dict[str, tuple[str, Any]]) -> dict[str, Any]:
         """Copies, for one run, of the memory-only values it loaded (name -> (digest, value)),
