@@ -507,6 +507,7 @@ class _Pumps:
         self._selector = selectors.DefaultSelector()
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)  # full: a wake-up is pending already
         self._selector.register(self._wake_read, selectors.EVENT_READ)
         self._new: queue.SimpleQueue[_Pipe] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="linkkernel-pipes", daemon=True)
@@ -514,7 +515,8 @@ class _Pumps:
 
     def follow(self, pipe: _Pipe) -> None:
         self._new.put(pipe)
-        os.write(self._wake_write, b"\0")
+        with suppress(BlockingIOError):
+            os.write(self._wake_write, b"\0")
 
     def _serve(self) -> None:
         while True:
