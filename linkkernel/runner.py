@@ -58,7 +58,7 @@ _PLAIN_IPYTHON_NAMES = frozenset(("In", "Out", "get_ipython", "exit", "quit"))
 def is_ipython_name(name: str) -> bool:
     """Whether `name` is one IPython keeps in a namespace. Asked of every name a run ends
     with: most are the user's, told apart without the pattern."""
-    if not name.startswith("_") and name not in _PLAIN_IPYTHON_NAMES:
+    if name[:1] != "_" and name not in _PLAIN_IPYTHON_NAMES:
         return False
     return _IPYTHON_NAME.fullmatch(name) is not None
 
@@ -428,7 +428,8 @@ class Runner:
                     outputs.error(reply.get("ename", ""), reply.get("evalue", ""), reply.get("traceback", []))
                 outcome.reply = reply
         if live is not None:  # `_`, `__`, `_i`, `_5`...: plain cells keep IPython's history names
-            shell.user_ns.update({n: ns[n] for n in ns if is_ipython_name(n) and n not in _MODULE_NAMES})
+            # (the test before is_ipython_name is its own, inline: a call less for each of the user's names)
+            shell.user_ns.update({n: ns[n] for n in ns if (n[:1] == "_" or n in _PLAIN_IPYTHON_NAMES) and is_ipython_name(n) and n not in _MODULE_NAMES})
         if record.ok:
             self._collect(outcome, inputs, merged, as_loaded, ns, {n: how for n, (_, how) in loaded.items()}, set(copies), known)
         return outcome
@@ -462,7 +463,7 @@ class Runner:
             if how is not None and type(how.value) in IMMUTABLE and n in final and final[n] is how.value
         )
         rest = {n: d for n, d in merged.items() if n not in known} if known else merged
-        ignore = [n for n in final if n not in settled and is_ipython_name(n)]
+        ignore = [n for n in final if n not in settled and (n[:1] == "_" or n in _PLAIN_IPYTHON_NAMES) and is_ipython_name(n)]
 
         def unchanged(name: str) -> Blob | None:
             how = loaded.get(name)
