@@ -32,6 +32,9 @@ from linkkernel.staleness import FRESH, Change, RunRecord, code_hash, inherited,
 from linkkernel.watch import FolderWatch
 
 MEMORY_PREFIX = "memory:"
+# The largest pickle of a number or string kept loaded (`load`): a long text or a large
+# bytes value would be held twice, as its blob and as the object.
+_SMALL = 1 << 12
 log = logging.getLogger(__name__)
 
 
@@ -158,9 +161,10 @@ class CacheStore:
         self.blobs: dict[str, Blob] = {}
         self.lost: set[str] = set()  # values the storage failed to give back (see `lose`)
         self.memory_values: dict[str, Any] = {}
-        # Values that cannot change (numbers, strings) as loaded once, by digest: a child
-        # gets the very object, as good as a copy, without unpickling it for each child
-        # (a deep pipeline's names accumulate: each run loaded every one of them again).
+        # Small values that cannot change (numbers, short strings) as loaded once, by digest:
+        # a child gets the very object, as good as a copy, without unpickling it for each
+        # child (a deep pipeline's names accumulate: each run loaded every one of them
+        # again). Gone with the last record naming it, or when lost.
         self._immutable: dict[str, Loaded] = {}
         # Memory-only values that cannot be copied either (a generator, a lock, a widget, a
         # connection): children get the object itself (see `private`).
@@ -563,7 +567,7 @@ class CacheStore:
         loaded = self._immutable.get(digest)
         if loaded is None:
             loaded = Loaded(self.blob(digest), namespace)
-            if type(loaded.value) in IMMUTABLE:
+            if type(loaded.value) in IMMUTABLE and len(loaded.blob.stream) <= _SMALL and not loaded.blob.buffers:
                 self._immutable[digest] = loaded
         return loaded.value, loaded
 

@@ -349,3 +349,27 @@ def test_a_parent_run_another_process_put_in_the_cache_is_published_though_its_o
     assert result.status == "ok", result.traceback_text
     assert nb.runs() == ["b"]  # `a` fresh: the imported run
     assert value(link, "(x, y)") == (41, 42)
+
+
+def test_small_numbers_and_strings_are_loaded_once_and_forgotten_with_their_value():
+    """What a chain's components inherit by the hundred is unpickled once: the same object
+    for every child (it cannot change), until no record names it or it is lost. A long text
+    is not kept twice, and a list is a new copy each time."""
+    from linkkernel.store import LostValue
+
+    store = CacheStore(None, None)
+    number, other, text, listed = blob(12345678901234567890), blob("a label"), blob("x" * 10_000), blob([1])
+    values = {"n": number.digest, "o": other.digest, "t": text.digest, "l": listed.digest}
+    store.put(record("a", {}, values), {b.digest: b for b in (number, other, text, listed)}, {})
+    first, how = store.load(number.digest, {})
+    assert store.load(number.digest, {}) == (first, how) and store.load(number.digest, {})[0] is first
+    store.load(other.digest, {})
+    assert store.load(text.digest, {})[0] is not store.load(text.digest, {})[0]
+    assert store.load(listed.digest, {})[0] is not store.load(listed.digest, {})[0]
+    assert set(store.immutables(values)) == {"n", "o"} and store.immutables(values)["n"] is how
+    store.put(record("a", {}, {"n": number.digest}, run_id="run-a2"), {}, {})  # no record names "a label" now
+    assert set(store.immutables(values)) == {"n"}
+    store.lose(number.digest)
+    assert store.immutables(values) == {}
+    with pytest.raises(LostValue):
+        store.load(number.digest, {})
