@@ -14,6 +14,8 @@ import codecs
 import ctypes
 import io
 import os
+import queue
+import selectors
 import sys
 import tempfile
 import threading
@@ -374,8 +376,8 @@ class _CapturingDisplayHook:
 def _descriptors(targets: dict[int, int]) -> Iterator[dict[int, int]]:
     """Point fds 1 and 2 at `targets` for the block, flushing Python's and C's buffers on both
     sides of the switch; yields copies of where they pointed before (closed afterwards)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
+    _flush_before_switch(sys.stdout)
+    _flush_before_switch(sys.stderr)
     _libc.fflush(None)
     before = {fd: os.dup(fd) for fd in targets}
     try:
@@ -387,6 +389,19 @@ def _descriptors(targets: dict[int, int]) -> Iterator[dict[int, int]]:
         for fd, copy in before.items():
             os.dup2(copy, fd)
             os.close(copy)
+
+
+def _flush_before_switch(stream: Any) -> None:
+    """Flush what `stream` holds for fds 1 and 2 before they are switched. A live run's
+    stream (`_Stream` echoing to ipykernel's) holds nothing for them unless ipykernel's
+    echoes to a terminal: what it holds goes to the cell as messages, in the order written
+    wherever the fds point, and flushing it waits for the kernel's I/O thread, twice for
+    every component cell. Before a silent run, ipykernel's stream itself is flushed: what
+    the cell printed so far goes out before the progress line changes."""
+    echoed = stream._echo if isinstance(stream, _Stream) else None
+    if isinstance(echoed, OutStream) and getattr(echoed, "echo", None) is None:
+        return
+    stream.flush()
 
 
 def _capture_file() -> int:
@@ -459,20 +474,90 @@ class _Forward:
             os.close(self._fd)
 
 
-def _pass_on(read_end: int, forward: _Forward, outputs: Outputs, name: str) -> None:
-    """Pass a pipe on until every writer has closed it, keeping the text."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    try:
-        while chunk := os.read(read_end, 1 << 16):
-            text = decoder.decode(chunk)
-            forward(chunk, text)
-            outputs.stream(name, text)
-        text = decoder.decode(b"", final=True)
-        forward(b"", text)
-        outputs.stream(name, text)
-    finally:
-        os.close(read_end)
-        forward.close()
+class _Pipe:
+    """One pipe of a live run, passed on until every writer has closed it, its text kept."""
+
+    def __init__(self, read_end: int, forward: _Forward, outputs: Outputs, name: str) -> None:
+        self.read_end, self.forward, self.outputs, self.name = read_end, forward, outputs, name
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.done = threading.Event()
+
+    def pass_on(self) -> bool:
+        """Pass on what the pipe holds now; False once it is at its end."""
+        chunk = os.read(self.read_end, 1 << 16)
+        text = self.decoder.decode(chunk, final=not chunk)
+        self.forward(chunk, text)
+        self.outputs.stream(self.name, text)
+        return bool(chunk)
+
+    def close(self) -> None:
+        try:
+            os.close(self.read_end)
+            self.forward.close()
+        finally:
+            self.done.set()
+
+
+class _Pumps:
+    """The thread that passes on the pipes of live runs (`_fd_tee`), one per process, started
+    when first needed: a thread started and joined for each pipe of each run cost every
+    component cell more than the rest of what the engine does for it."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)  # full: a wake-up is pending already
+        self._selector.register(self._wake_read, selectors.EVENT_READ)
+        self._new: queue.SimpleQueue[_Pipe] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="linkkernel-pipes", daemon=True)
+        self._thread.start()
+
+    def follow(self, pipe: _Pipe) -> None:
+        self._new.put(pipe)
+        with suppress(BlockingIOError):
+            os.write(self._wake_write, b"\0")
+
+    def _serve(self) -> None:
+        while True:
+            for key, _ in self._selector.select():
+                if key.data is None:
+                    self._take_new()
+                elif not self._pass_on(key.data):
+                    self._selector.unregister(key.fileobj)
+                    key.data.close()
+
+    def _take_new(self) -> None:
+        with suppress(BlockingIOError):
+            os.read(self._wake_read, 1 << 12)
+        while True:
+            try:
+                pipe = self._new.get_nowait()
+            except queue.Empty:
+                return
+            self._selector.register(pipe.read_end, selectors.EVENT_READ, pipe)
+
+    def _pass_on(self, pipe: _Pipe) -> bool:
+        """`pipe.pass_on()`; an error of its own ends that pipe only, reported as the error
+        of a thread is, and the other runs' pipes go on."""
+        try:
+            return pipe.pass_on()
+        except Exception as exc:  # noqa: BLE001 - reported as threading reports a thread's
+            threading.excepthook(threading.ExceptHookArgs((type(exc), exc, exc.__traceback__, self._thread)))
+            return False
+
+
+_pumps: tuple[int, _Pumps] | None = None
+_pumps_lock = threading.Lock()
+
+
+def _pumps_here() -> _Pumps:
+    """This process's pumps: a process forked from one that had them has no thread of theirs."""
+    global _pumps
+    with _pumps_lock:
+        if _pumps is None or _pumps[0] != os.getpid():
+            _pumps = (os.getpid(), _Pumps())
+        return _pumps[1]
 
 
 # How long the end of a live run waits for output still in its pipes; a background process
@@ -482,23 +567,20 @@ _DRAIN_TIMEOUT = 0.5
 
 @contextmanager
 def _fd_tee(outputs: Outputs, kernel_streams: dict[int, Any]) -> Iterator[None]:
+    pumps = _pumps_here()
     pipes = {fd: os.pipe() for fd in (1, 2)}
-    pumps = []
+    followed: list[_Pipe] = []
     try:
         with _descriptors({fd: write_end for fd, (_, write_end) in pipes.items()}) as before:
             for fd, (read_end, write_end) in pipes.items():
                 os.close(write_end)  # fd 1 or 2 holds it now
-                name = "stdout" if fd == 1 else "stderr"
-                forward = _Forward(before[fd], kernel_streams[fd])
-                pump = threading.Thread(
-                    target=_pass_on, args=(read_end, forward, outputs, name), name=f"linkkernel-{name}", daemon=True
-                )
-                pump.start()
-                pumps.append(pump)
+                pipe = _Pipe(read_end, _Forward(before[fd], kernel_streams[fd]), outputs, "stdout" if fd == 1 else "stderr")
+                pumps.follow(pipe)
+                followed.append(pipe)
             yield
     finally:
-        for pump in pumps:
-            pump.join(_DRAIN_TIMEOUT)
+        for pipe in followed:
+            pipe.done.wait(_DRAIN_TIMEOUT)
 
 
 @contextmanager

@@ -24,7 +24,7 @@ PAGE = mmap.PAGESIZE
 _DIRTY = bytes(1 if (b & 0xC0) and not (b & 0x20) else 0 for b in range(256))
 SUPPORTED = hasattr(os, "memfd_create") and os.path.exists("/proc/self/pagemap")
 # Values that cannot change: one still the very object loaded pickles to the blob it came from.
-_IMMUTABLE = (type(None), bool, int, float, complex, str, bytes)
+IMMUTABLE = (type(None), bool, int, float, complex, str, bytes)
 
 
 class FrozenMap(mmap.mmap):
@@ -142,7 +142,7 @@ class Loaded:
         a component of a deep pipeline keeps hundreds, each pickled again by every run."""
         if value is not self.value:
             return None
-        if type(value) in _IMMUTABLE:
+        if type(value) in IMMUTABLE:
             return self.blob
         if not self.mapped:
             return None

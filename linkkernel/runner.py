@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from linkkernel import capture
-from linkkernel.cow import Loaded
+from linkkernel.cow import IMMUTABLE, Loaded
 from linkkernel.debugger import unreachable_breakpoints_note
 from linkkernel.declarations import Component
 from linkkernel.errors import LinkError
@@ -52,7 +52,15 @@ _PRELUDE = ("In", "Out", "_ih", "_oh", "_dh", "get_ipython", "exit", "quit")
 _MODULE_NAMES = ("__builtins__", "__name__", "__doc__", "__package__", "__loader__", "__spec__")
 
 
+# Those of IPython's names that do not start with an underscore.
+_PLAIN_IPYTHON_NAMES = frozenset(("In", "Out", "get_ipython", "exit", "quit"))
+
+
 def is_ipython_name(name: str) -> bool:
+    """Whether `name` is one IPython keeps in a namespace. Asked of every name a run ends
+    with: most are the user's, told apart without the pattern."""
+    if name[:1] != "_" and name not in _PLAIN_IPYTHON_NAMES:
+        return False
     return _IPYTHON_NAME.fullmatch(name) is not None
 
 
@@ -110,6 +118,13 @@ class Runner:
         # (a cached value was lost, a parent's warning): transient lines then must not be
         # removed with clear_output, which would wipe it (see progress.TransientLine).
         self._cell_spoke = False
+        # The DAG of every declared component, for the declarations it was built from (by
+        # identity: Sources answers the same object until something changes), None when the
+        # whole pipeline is not valid; see `graph`.
+        self._whole: tuple[Any, Any] | None = None
+        # Component -> the run id of its record when it and all its ancestors were found
+        # published (see `publish_cached`).
+        self._closed: dict[str, str] = {}
 
     # ---- declarations and graph -------------------------------------------------------
 
@@ -131,18 +146,41 @@ class Runner:
         from linkkernel.graph import build_graph
 
         declared = self.sources.declared()
+        whole = self._whole_graph(declared)
+        if whole is not None:  # every part of a valid pipeline is valid, with the same ancestors
+            return whole
         components = declared.all() if targets is None else declared.relevant(targets)
         return build_graph(components, self.sources.looked_in())
+
+    def _whole_graph(self, declared):
+        """The DAG of every component `declared` holds, built once for it; None when some
+        part of it is invalid (then only the part a run needs is validated, each time). One
+        graph object while the declarations stay: what is known fresh is kept for it."""
+        from linkkernel.graph import PipelineError, build_graph
+
+        if self._whole is None or self._whole[0] is not declared:
+            whole = None
+            if not declared.malformed:
+                try:
+                    whole = build_graph(declared.components, self.sources.looked_in())
+                except PipelineError:
+                    pass
+            self._whole = (declared, whole)
+        return self._whole[1]
 
     def plan(self, graph, targets: list[str], force: bool = False, rerun_targets: bool = False) -> list[str]:
         """The components to run for `targets`, in run order: whatever is stale, plus the targets
         themselves when `rerun_targets` (executing a component cell always runs it)."""
-        order = with_ancestors(graph, targets)
-        self._check_remotes(graph, order)
-        if force:
-            return order
-        state = self.store.states(graph)
-        return [n for n in order if (rerun_targets and n in targets) or state[n] != FRESH]
+        if force or _has_remotes(graph):
+            order = with_ancestors(graph, targets)
+            self._check_remotes(graph, order)
+            if force:
+                return order
+        unfresh = self.store.unfresh(graph, targets)
+        chosen = unfresh | set(targets) if rerun_targets else unfresh
+        if len(chosen) <= 1:  # the common case (Run All): no order to work out
+            return list(chosen)
+        return [n for n in with_ancestors(graph, targets) if n in chosen]
 
     def _check_remotes(self, graph, names: list[str]) -> None:
         aliases = {graph.nodes[n]["component"].remote for n in names} - {None}
@@ -352,6 +390,11 @@ class Runner:
             shell.running_in(module),
             shell.compile.labelled(component.name),
         ):
+            # Numbers and strings loaded before are those objects (nothing refers to one):
+            # the inherited names of a deep pipeline are mostly those, and every other pass
+            # over the inputs looks only at the `rest`.
+            known = self.store.immutables(merged)
+            rest = {n: d for n, d in merged.items() if n not in known} if known else merged
             loaded: dict[str, tuple[Any, Loaded | None]] = {}
 
             def load_input(name: str) -> Any:
@@ -360,20 +403,22 @@ class Runner:
 
             try:  # unpickling and copying run the values' own code, which may take long
                 with loading_together(merged, load_input) as value_of:
-                    inputs = {name: value_of(name) for name in merged}
+                    inputs = {name: known[name].value if name in known else value_of(name) for name in merged}
                 ns.update(inputs)
-                copies = self.store.private({n: (d, inputs[n]) for n, d in merged.items() if d in self.store.memory_values})
+                memory_values = self.store.memory_values
+                copies = self.store.private({n: (d, inputs[n]) for n, d in rest.items() if d in memory_values})
             except KeyboardInterrupt:
                 raise InputsInterrupted from None
             inputs.update(copies)
             ns.update(copies)
             said = self._said_shared
-            shared = sorted(n for n, d in merged.items() if d in self.store.shared and (component.name, d) not in said)
+            shared = sorted(n for n, d in rest.items() if d in self.store.shared and (component.name, d) not in said)
             said.update((component.name, merged[n]) for n in shared)
             if shared:
                 outcome.warnings.append(_shared_warning(component.name, {n: inputs[n] for n in shared}))
             # what the inputs pickle to as loaded: the sets among them, in their new order
-            as_loaded = {**merged, **digests_as_loaded(inputs, {n: how.blob for n, (_, how) in loaded.items() if how is not None})}
+            blobs = {n: how.blob for n, (value, how) in loaded.items() if how is not None and type(value) not in IMMUTABLE}
+            as_loaded = {**merged, **digests_as_loaded(inputs, blobs)}
             if live is None:
                 with capture.captured(shell) as outputs, shell.collect_errors() as errors:
                     result = await _run_silently(shell, component.source)
@@ -404,9 +449,10 @@ class Runner:
                     outputs.error(reply.get("ename", ""), reply.get("evalue", ""), reply.get("traceback", []))
                 outcome.reply = reply
         if live is not None:  # `_`, `__`, `_i`, `_5`...: plain cells keep IPython's history names
-            shell.user_ns.update({n: ns[n] for n in ns if is_ipython_name(n) and n not in _MODULE_NAMES})
+            # (the test before is_ipython_name is its own, inline: a call less for each of the user's names)
+            shell.user_ns.update({n: ns[n] for n in ns if (n[:1] == "_" or n in _PLAIN_IPYTHON_NAMES) and is_ipython_name(n) and n not in _MODULE_NAMES})
         if record.ok:
-            self._collect(outcome, inputs, merged, as_loaded, ns, {n: how for n, (_, how) in loaded.items()}, set(copies))
+            self._collect(outcome, inputs, merged, as_loaded, ns, {n: how for n, (_, how) in loaded.items()}, set(copies), known)
         return outcome
 
     def _collect(
@@ -418,6 +464,7 @@ class Runner:
         final: dict,
         loaded: dict,
         copied: set[str],
+        known: dict[str, Loaded],
     ) -> None:
         """Work out the run's outputs and its final namespace as digests; pickle synchronously.
 
@@ -427,9 +474,17 @@ class Runner:
         memory-only input the run got as a copy (`copied`) has nothing to be compared with:
         it may have been mutated, so the run's copy is its output, for its children. The final
         namespace is pickled as one (namespaces.pickling_names), so names holding the same
-        object still do in children.
+        object still do in children. `known`: the inputs that were numbers and strings loaded
+        before (not in `loaded`).
         """
-        ignore = [n for n in final if is_ipython_name(n)]
+        # Numbers and strings the run kept as loaded: unchanged, neither pickled nor compared.
+        settled = {n for n, how in known.items() if final.get(n, _ABSENT) is how.value}
+        settled.update(
+            n for n, how in loaded.items()
+            if how is not None and type(how.value) in IMMUTABLE and n in final and final[n] is how.value
+        )
+        rest = {n: d for n, d in merged.items() if n not in known} if known else merged
+        ignore = [n for n in final if n not in settled and (n[:1] == "_" or n in _PLAIN_IPYTHON_NAMES) and is_ipython_name(n)]
 
         def unchanged(name: str) -> Blob | None:
             how = loaded.get(name)
@@ -440,10 +495,11 @@ class Runner:
         memory: dict[str, Any] = {}
         kept_in_memory: list[UnpicklableValue] = []
         # Inputs kept in memory only cannot be pickled, nor referred to: not tried again.
-        kept = {n for n, d in merged.items() if d.startswith(MEMORY_PREFIX) and n in final and final[n] is inputs[n]}
-        with pickling_names({n: v for n, v in final.items() if n not in ignore and n not in kept}, unchanged) as names:
-            check = {n: None if d.startswith(MEMORY_PREFIX) or n in names.proven else as_loaded[n] for n, d in merged.items()}
-            found = changes(inputs, check, final, ignore=ignore)
+        kept = {n for n, d in rest.items() if d.startswith(MEMORY_PREFIX) and n in final and final[n] is inputs[n]}
+        with pickling_names({n: v for n, v in final.items() if n not in ignore and n not in kept and n not in settled}, unchanged) as names:
+            # the inputs `known` are settled or no longer the objects loaded: none is compared
+            check = {n: None if d.startswith(MEMORY_PREFIX) or n in names.proven or n in settled else as_loaded[n] for n, d in rest.items()}
+            found = changes(inputs, check, final, ignore=[*ignore, *settled])
             values = {n: final[n] for n in found.bound}
             for name in found.bound:
                 value = final[name]
@@ -719,7 +775,8 @@ class Runner:
         did before the restart. Each run's outputs are published once, parents first, so a
         value the user changed since is not overwritten by every later cell. `plan` is what
         is about to run (and will publish its own)."""
-        for name in with_ancestors(graph, targets):
+        order = self._unpublished(graph, targets, plan)
+        for name in order:
             record = self.store.get(name)
             if name in plan or record is None or record.run_id in self._published:
                 continue
@@ -730,6 +787,48 @@ class Runner:
             with _interrupts_held():  # a run's outputs all published, or (interrupted while loading) none
                 self.shell.user_ns.update(values)
                 self._published.add(record.run_id)
+        self._close(graph, order, plan)
+
+    def _is_closed(self, name: str, plan: Collection[str]) -> bool:
+        record = self.store.get(name)
+        return name not in plan and record is not None and self._closed.get(name) == record.run_id
+
+    def _unpublished(self, graph, targets: list[str], plan: list[str]) -> list[str]:
+        """`targets` and their ancestors in run order, but for those whose run and its
+        ancestors' are all published already (`_closed`), which a Run All would otherwise
+        walk again before each cell. The walk stops at a component not in `plan` (so fresh)
+        whose record is the run it was closed with: fresh with the same run means the same
+        runs of all its ancestors (their run ids are in its lineage of records), published
+        then."""
+        from linkkernel.graph import run_order
+
+        store, planned = self.store, set(plan)
+
+        def is_closed(name: str) -> bool:
+            return self._is_closed(name, planned)
+
+        region: set[str] = set()
+        todo = [t for t in targets if not is_closed(t)]
+        while todo:
+            name = todo.pop()
+            if name not in region:
+                region.add(name)
+                todo.extend(p for p in graph.pred[name] if p not in region and not is_closed(p))
+        pending = [n for n in region if n not in planned and (r := store.get(n)) is not None and r.run_id not in self._published]
+        # one to publish (or none) needs no order among the others, nor a walk of the rest
+        return run_order(graph, region) if len(pending) <= 1 else with_ancestors(graph, targets)
+
+    def _close(self, graph, order: list[str], plan: list[str]) -> None:
+        """Close the components of `order` (run order) that are fresh and published, their
+        parents closed: the next walk of `_unpublished` stops there."""
+        planned = set(plan)
+        for name in order:
+            record = self.store.get(name)
+            if (
+                name not in planned and record is not None and record.run_id in self._published
+                and all(self._is_closed(p, planned) for p in graph.pred[name])
+            ):
+                self._closed[name] = record.run_id
 
     async def _run_captured(self, graph, names: list[str], targets: Collection[str] = (), alone: bool = False) -> list[str]:
         """Run `names` in order with their outputs captured, under the transient progress line
@@ -761,6 +860,15 @@ class Runner:
                 print(line, file=sys.stderr)
             self._cell_spoke = self._cell_spoke or bool(warnings)
         return ran
+
+
+def _has_remotes(graph) -> bool:
+    """Whether any component of `graph` runs on a worker, asked once per graph: only then
+    must a run check, before anything runs, that every worker of its ancestors is known."""
+    if "remotes" not in graph.graph:
+        graph.graph["remotes"] = any(data["component"].remote for _, data in graph.nodes(data=True))
+    return graph.graph["remotes"]
+
 
 def _listed(names: list[str]) -> str:
     """`'a'`, `'a' and 'b'`, `'a', 'b' and 'c'`: names in one of the kernel's lines."""

@@ -224,7 +224,9 @@ class NotebookFile:
                 now = ""
             renamed_aside = os.path.splitext(now)[1] != self._extension  # also " (deleted)"
             if not renamed_aside and os.path.exists(now):
-                if now != os.path.realpath(self._path):  # moved; else the path as given, links and all
+                # moved; else the path as given, links and all (a path the descriptor names
+                # as it is has no links to resolve: no lstat of each of its folders)
+                if now != self._path and now != os.path.realpath(self._path):
                     self._path = now
                 return
             self.close()
@@ -268,6 +270,12 @@ class Sources:
         # (id of the metadata, position, cell id) -> (that metadata, its declaration or error).
         # The metadata is held, so its id cannot name another dict meanwhile.
         self._parsed: dict[tuple[int, int | None, str | None], tuple[Mapping[str, Any], Any]] = {}
+        # What `declared` last answered, and the version of the tables it was worked out
+        # from: bumped by every change that can change the answer, so that a Run All of a
+        # deep pipeline does not merge every cell of the notebook again for each cell.
+        self._version = 0
+        self._answered: tuple[int, Declared] | None = None
+        self._file_by_key: dict[str, Cell] = {}
         self._notebook: NotebookFile | None = None
         self.notebook_path = notebook_path
 
@@ -286,6 +294,8 @@ class Sources:
             self._notebook.close()
         self._notebook = NotebookFile(path) if path else None
         self._file_cells, self._file_stamp, self._saved_at = [], None, None
+        self._file_by_key = {}
+        self._version += 1
         self._executed.clear()
         self._deleted.clear()
         self._aliases.clear()
@@ -316,7 +326,10 @@ class Sources:
         try:
             stat = os.stat(path)
         except OSError:
+            if self._file_stamp is not None:
+                self._version += 1
             self._file_cells, self._file_stamp, self._saved_at = [], None, None
+            self._file_by_key = {}
             return []
         stamp = (stat.st_mtime, stat.st_size)
         if stamp != self._file_stamp:
@@ -342,6 +355,8 @@ class Sources:
                          cell.get("metadata") or {}, index, saved, cell.get("cell_type") == "code")
                 )
             self._file_cells, self._file_stamp, self._saved_at = cells, stamp, saved
+            self._file_by_key = {cell.key: cell for cell in cells}
+            self._version += 1
             self._saved_keys.update(cell.key for cell in cells)
             for cell in cells:  # an id the file holds is that cell's own key from now on
                 self._aliases.pop(cell.cell_id, None)
@@ -363,13 +378,13 @@ class Sources:
         for deleted in request_meta.get("deletedCells") or []:
             self._deleted[deleted] = self._now()
             self._executed.pop(deleted, None)
+            self._version += 1
         metadata = {k: v for k, v in request_meta.items() if k not in TRANSPORT_KEYS}
         if cell_id is not None and not _declares(metadata):
             # A plain cell from JupyterLab: its id is its key in the file too, so the saved
             # notebook need not be read (plain cells cost what they cost in ipykernel).
             key = self._aliases.get(cell_id, cell_id)
-            self._deleted.pop(key, None)
-            self._executed[key] = Cell(key, cell_id, code, metadata, None, self._now())
+            self._remember(Cell(key, cell_id, code, metadata, None, self._now()))
             return None
         file_cells = self._read_file(strict=False)
         index = None
@@ -388,13 +403,32 @@ class Sources:
             key, index, cell_id = match.key, match.index, match.cell_id or cell_id
         else:
             key = cell_id or f"source:{hash(code)}"
-        cell = Cell(key, cell_id, code, metadata, index, self._now())
-        self._deleted.pop(key, None)
-        self._executed[key] = cell
+        self._remember(Cell(key, cell_id, code, metadata, index, self._now()))
         decl = parse_declaration(metadata, describe_cell(index, cell_id))
         if decl is None:
             return None
         return Component(decl, code, cell_id, index if index is not None else 10**6, metadata, index is not None)
+
+    def _remember(self, cell: Cell) -> None:
+        """Record an executed cell as the newest word on its key. The version stays when what
+        `declared` answers cannot change: the saved notebook holds the cell, and what stood
+        for it (the saved cell, or an earlier execution newer than the save) is what was
+        executed now, its position the saved cell's either way. A cell the saved notebook
+        lacks moves to the end of the unsaved ones, which changes their positions: the
+        version changes then."""
+        old = self._executed.get(cell.key)
+        saved = self._file_by_key.get(cell.key)
+        standing = old if old is not None and saved is not None and old.at >= saved.at else saved
+        same = (
+            standing is not None
+            and cell.key not in self._deleted
+            and (standing.cell_id, standing.source, standing.code) == (cell.cell_id, cell.source, cell.code)
+            and standing.metadata == cell.metadata
+        )
+        if not same:
+            self._version += 1
+        self._deleted.pop(cell.key, None)
+        self._executed[cell.key] = cell
 
     def _overridden_parameters(self, cells: list[Cell], code: str, match: Cell | None) -> Cell | None:
         """The saved `parameters` component that papermill's injected cell (`code`) overrides.
@@ -472,7 +506,10 @@ class Sources:
     def declared(self) -> Declared:
         """Every declaration, newest per cell, in notebook order; malformed cells kept aside."""
         with self._lock:
-            return self._declared()
+            self._read_file()  # a newer save changes the version
+            if self._answered is None or self._answered[0] != self._version:
+                self._answered = (self._version, self._declared())
+            return self._answered[1]
 
     def _declared(self) -> Declared:
         file_cells = self._read_file()

@@ -236,24 +236,42 @@ def states(
     """
     result: dict[str, str] = {}
     for name in order:
-        record = records.get(name)
-        if record is None:
-            result[name] = NEVER
-            continue
-        if not record.ok:
-            result[name] = FAILED
-            continue
-        its_parents = list(parents.get(name, ()))
-        current = {}
-        for parent in its_parents:
-            parent_record = records.get(parent)
-            current[parent] = parent_record.run_id if parent_record is not None and parent_record.ok else None
-        fresh = (
-            record.code_hash == code_hashes.get(name)
-            and list(record.parents) == its_parents
-            and record.parents == current
-            and all(result.get(p) == FRESH for p in its_parents)
-            and (available is None or available.get(name, True))
+        result[name] = state(
+            records.get(name),
+            list(parents.get(name, ())),
+            code_hashes.get(name),
+            records.get,
+            lambda parent: result.get(parent) == FRESH,
+            available is None or available.get(name, True),
         )
-        result[name] = FRESH if fresh else STALE
     return result
+
+
+def state(
+    record: RunRecord | None,
+    parents: list[str],
+    code_hash: str | None,
+    record_of: Callable[[str], RunRecord | None],
+    parent_fresh: Callable[[str], bool],
+    available: bool | Callable[[], bool],
+) -> str:
+    """The state of one component: its last `record`, its declared `parents` (in order) and
+    the hash of its code now, its parents' current records (`record_of`) and whether each
+    is fresh, and whether the record's values can still be loaded (`available`, asked last:
+    a callable is only called when the rest says fresh)."""
+    if record is None:
+        return NEVER
+    if not record.ok:
+        return FAILED
+    current = {}
+    for parent in parents:
+        parent_record = record_of(parent)
+        current[parent] = parent_record.run_id if parent_record is not None and parent_record.ok else None
+    fresh = (
+        record.code_hash == code_hash
+        and list(record.parents) == parents
+        and record.parents == current
+        and all(parent_fresh(p) for p in parents)
+        and (available() if callable(available) else available)
+    )
+    return FRESH if fresh else STALE

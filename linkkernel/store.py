@@ -24,13 +24,17 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from linkkernel.cow import MIN_SIZE, Loaded, freeze_buffer, frozen_owner
+from linkkernel.cow import IMMUTABLE, MIN_SIZE, Loaded, freeze_buffer, frozen_owner
 from linkkernel.errors import LinkError
 from linkkernel.namespaces import Blob, _digest, type_name
 from linkkernel.partfiles import remove_abandoned, temp_name
-from linkkernel.staleness import Change, RunRecord, code_hash, inherited, states
+from linkkernel.staleness import FRESH, Change, RunRecord, code_hash, inherited, state, states
+from linkkernel.watch import FolderWatch
 
 MEMORY_PREFIX = "memory:"
+# The largest pickle of a number or string kept loaded (`load`): a long text or a large
+# bytes value would be held twice, as its blob and as the object.
+_SMALL = 1 << 12
 log = logging.getLogger(__name__)
 
 
@@ -135,6 +139,20 @@ def _memory_only(record: RunRecord) -> tuple[str, ...]:
     return tuple(d for d in record.namespace.values() if d.startswith(MEMORY_PREFIX))
 
 
+def _write_local(aside: str, path: str, write: Callable[[Any], object]) -> None:
+    """`write` into the local file `aside`, its folder made when missing, then moved to
+    `path`: fsspec's local files made every folder again and rewrote the path, for the two
+    files each component run writes."""
+    try:
+        f = open(aside, "wb")  # noqa: SIM115 - closed below, whichever way it was opened
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(aside), exist_ok=True)
+        f = open(aside, "wb")  # noqa: SIM115
+    with f:
+        write(f)
+    os.replace(aside, path)
+
+
 class CacheStore:
     """Run records and blobs of one notebook, in memory and (when a notebook is known) on fsspec."""
 
@@ -143,6 +161,11 @@ class CacheStore:
         self.blobs: dict[str, Blob] = {}
         self.lost: set[str] = set()  # values the storage failed to give back (see `lose`)
         self.memory_values: dict[str, Any] = {}
+        # Small values that cannot change (numbers, short strings) as loaded once, by digest:
+        # a child gets the very object, as good as a copy, without unpickling it for each
+        # child (a deep pipeline's names accumulate: each run loaded every one of them
+        # again). Gone with the last record naming it, or when lost.
+        self._immutable: dict[str, Loaded] = {}
         # Memory-only values that cannot be copied either (a generator, a lock, a widget, a
         # connection): children get the object itself (see `private`).
         self.shared: set[str] = set()
@@ -153,6 +176,10 @@ class CacheStore:
         self._made: dict[str, dict[str, Change]] = {}
         # The memory-only digests of each current run, by run id (see `available`).
         self._in_memory: dict[str, tuple[str, ...]] = {}
+        # The components known fresh in `_fresh_graph` (see `unfresh`): each with all its
+        # ancestors, so a run, an import or a loss drops a component with its descendants.
+        self._fresh_graph = None
+        self._fresh: set[str] = set()
         self._lock = threading.Lock()
         self._pending: list[Future] = []
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linkkernel-cache")
@@ -162,6 +189,7 @@ class CacheStore:
         self.root: str | None = None
         self.fs = None
         self._local = False
+        self._watch: FolderWatch | None = None  # the records folder of a local store (see `refresh`)
         # The first reason writes failed, once the kernel said it (see `write_trouble`).
         self._trouble: BaseException | None = None
         self._trouble_said = False
@@ -178,6 +206,8 @@ class CacheStore:
                 self.unusable = f"cache store {url!r} cannot be used: {exc}"
                 return
             self.root = f"{base.rstrip('/')}/{notebook_key(notebook_path)}"
+            if self._local:
+                self._watch = FolderWatch(f"{self.root}/records")
             try:
                 self._load_records()
             except Exception as exc:  # s3fs lets botocore's own errors through (no credentials...), not only OSError
@@ -199,11 +229,14 @@ class CacheStore:
             raise LinkError(self.unusable)
         return self
 
-    def _load_records(self, changed_only: bool = False) -> None:
-        try:
-            paths = self._record_paths()
-        except OSError:
-            return
+    def _load_records(self, changed_only: bool = False, paths: Iterable[str] | None = None) -> None:
+        """Read the record files (`paths`, all when None); `changed_only`: those whose
+        stamp is not the one they had when last read or written here."""
+        if paths is None:
+            try:
+                paths = self._record_paths()
+            except OSError:
+                return
         for path in paths:
             stamp = self._stamp(path)
             if changed_only and stamp == self._stamps.get(path):
@@ -244,9 +277,15 @@ class CacheStore:
         stores, where listing the records before every cell would cost more than the run.
 
         Not while a write of ours is under way: until it has landed (and its stamp with it),
-        the file holds an older run than the one kept here, which must not replace it."""
+        the file holds an older run than the one kept here, which must not replace it.
+
+        Only the files the folder's watch saw change are looked at, when it can tell: each
+        a stat, and a read when another process wrote it (ours have their stamps)."""
         if self._local and self.root is not None and all(f.done() for f in self._pending):
-            self._load_records(changed_only=True)
+            changed = None if self._watch is None else self._watch.changed()
+            folder = f"{self.root}/records"
+            paths = None if changed is None else [f"{folder}/{name}" for name in sorted(changed) if name.endswith(".json")]
+            self._load_records(changed_only=True, paths=paths)
 
     def get(self, name: str) -> RunRecord | None:
         return self.records.get(name)
@@ -343,6 +382,7 @@ class CacheStore:
         it replaces named go from memory (a re-run parent's old gigabytes); the files stay,
         so a record restored later can still load them."""
         old = self.records.get(record.name)
+        self._not_fresh(record.name)
         if old is not None:
             self._made.pop(old.run_id, None)
             self._in_memory.pop(old.run_id, None)
@@ -353,19 +393,30 @@ class CacheStore:
             self._refs.subtract(old.namespace.values())
             self._forget(old.namespace.values())
 
+    def _not_fresh(self, name: str) -> None:
+        """Drop `name` and its descendants from the components known fresh (the lock held): its
+        record changed. A component not known fresh has no descendant known fresh."""
+        todo = [name]
+        while todo:
+            current = todo.pop()
+            if current in self._fresh:
+                self._fresh.discard(current)
+                todo.extend(self._fresh_graph.succ[current])
+
     def _forget(self, digests: Iterable[str]) -> None:
         """Drop from memory those of `digests` that no current record names."""
         for digest in digests:
             if self._refs[digest] <= 0:
                 del self._refs[digest]
                 self.blobs.pop(digest, None)
+                self._immutable.pop(digest, None)
                 self.memory_values.pop(digest, None)
                 self.shared.discard(digest)
 
     def _write(self, record: RunRecord, blobs: list[Blob], relost: set[str]) -> None:
         for blob in blobs:
             path = self._blob_path(blob.digest)
-            if blob.digest in relost or not self.fs.exists(path):
+            if blob.digest in relost or not (os.path.exists(path) if self._local else self.fs.exists(path)):
                 self._write_aside(path, lambda f, blob=blob: write_blob(f, blob))
         self.lost.difference_update(relost)
         data = json.dumps(record.to_json()).encode()
@@ -382,9 +433,12 @@ class CacheStore:
         file a killed writer left is removed when the store is opened next."""
         aside = temp_name(path)
         try:
-            with self.fs.open(aside, "wb") as f:
-                write(f)
-            self.fs.mv(aside, path)
+            if self._local:
+                _write_local(aside, path, write)
+            else:
+                with self.fs.open(aside, "wb") as f:
+                    write(f)
+                self.fs.mv(aside, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 self.fs.rm(aside)
@@ -442,6 +496,39 @@ class CacheStore:
             {n: r is not None and self.available(r) for n, r in records.items()},
         )
 
+    def unfresh(self, graph, targets: Iterable[str]) -> set[str]:
+        """Those of `targets` and their ancestors in a validated pipeline `graph` that are not
+        fresh by `states`. Walked up from the targets, stopping at components known fresh:
+        in a Run All each cell's ancestors are, and asking `states` for the whole ancestry
+        before each cell made the cost per cell grow with the depth. What is known fresh stays
+        so until its record or an ancestor's changes (`_keep`: a run, an import read by
+        `refresh`), a value is lost, the cache is cleared, or the graph is another (the
+        declarations changed): each of those drops it."""
+        from linkkernel.graph import run_order
+
+        self.refresh()
+        with self._lock:
+            if graph is not self._fresh_graph:
+                self._fresh_graph, self._fresh = graph, set()
+            fresh = self._fresh
+            region: set[str] = set()
+            todo = [t for t in targets if t not in fresh]
+            while todo:
+                name = todo.pop()
+                if name not in region:
+                    region.add(name)
+                    todo.extend(p for p in graph.pred[name] if p not in fresh and p not in region)
+            for name in run_order(graph, region):
+                component = graph.nodes[name]["component"]
+                record = self.records.get(name)
+                now = state(
+                    record, list(component.parents), code_hash(component.source), self.records.get,
+                    fresh.__contains__, lambda: self.available(record),
+                )
+                if now == FRESH:
+                    fresh.add(name)
+            return region - fresh
+
     def blob(self, digest: str) -> Blob:
         """The blob named `digest`; LostValue when the storage lost it or it does not match."""
         blob = self.blobs.get(digest)
@@ -466,6 +553,8 @@ class CacheStore:
         with self._lock:
             self.lost.add(digest)
             self.blobs.pop(digest, None)
+            self._immutable.pop(digest, None)
+            self._fresh = set()  # whichever records hold it are stale now
 
     def load(self, digest: str, namespace: dict[str, Any]) -> tuple[Any, Loaded | None]:
         """A private copy of the value named by `digest`, to live in `namespace`, and how it was loaded.
@@ -475,8 +564,17 @@ class CacheStore:
         """
         if digest in self.memory_values:
             return self.memory_values[digest], None
-        loaded = Loaded(self.blob(digest), namespace)
+        loaded = self._immutable.get(digest)
+        if loaded is None:
+            loaded = Loaded(self.blob(digest), namespace)
+            if type(loaded.value) in IMMUTABLE and len(loaded.blob.stream) <= _SMALL and not loaded.blob.buffers:
+                self._immutable[digest] = loaded
         return loaded.value, loaded
+
+    def immutables(self, digests: dict[str, str]) -> dict[str, Loaded]:
+        """Of `digests` (name -> digest), the numbers and strings `load` loaded before, as loaded."""
+        loaded = self._immutable
+        return {name: found for name, digest in digests.items() if (found := loaded.get(digest)) is not None}
 
     def private(self, kept: dict[str, tuple[str, Any]]) -> dict[str, Any]:
         """Copies, for one run, of the memory-only values it loaded (name -> (digest, value)),
@@ -508,8 +606,10 @@ class CacheStore:
         with self._lock:
             self.records.clear()
             self.blobs.clear()
+            self._immutable.clear()
             self.memory_values.clear()
             self.shared.clear()
             self._refs.clear()
             self._made.clear()
             self._in_memory.clear()
+            self._fresh = set()

@@ -40,3 +40,48 @@ def test_closing_a_capture_stream_leaves_the_kernels_stream_open():
     assert kernel_stream.flushes == 0 and not kernel_stream.closed
     stream.flush()  # an explicit flush still goes through
     assert kernel_stream.flushes == 1
+
+
+class _Forwarded:
+    """Where a pipe's output goes on to; `fails` makes passing it on raise, as a closed
+    kernel stream would."""
+
+    def __init__(self, fails: bool = False) -> None:
+        self.fails, self.text, self.closed = fails, "", False
+
+    def __call__(self, data: bytes, text: str) -> None:
+        if self.fails:
+            raise ValueError("cannot pass this on")
+        self.text += text
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_the_pipes_of_live_runs_share_one_thread_and_one_failing_stops_no_other(monkeypatch):
+    """Live runs' descriptor output is passed on by one thread of the process, not two new
+    threads per cell: a pipe whose output cannot be passed on is reported as a thread's
+    error and closed, and the other pipes go on."""
+    import os
+    import threading
+
+    from linkkernel.capture import _Pipe, _pumps_here
+
+    reported = []
+    monkeypatch.setattr(threading, "excepthook", reported.append)
+    outputs = Outputs()
+    (bad_read, bad_write), (good_read, good_write) = os.pipe(), os.pipe()
+    bad, good = _Pipe(bad_read, _Forwarded(fails=True), outputs, "stdout"), _Pipe(good_read, _Forwarded(), outputs, "stderr")
+    pumps = _pumps_here()
+    assert _pumps_here() is pumps
+    pumps.follow(bad)
+    pumps.follow(good)
+    os.write(bad_write, b"lost\n")
+    assert bad.done.wait(5) and bad.forward.closed
+    assert [args.exc_type for args in reported] == [ValueError]
+    os.write(good_write, "passed on \u00e9\n".encode())
+    os.close(good_write)
+    assert good.done.wait(5) and good.forward.closed
+    assert good.forward.text == "passed on \u00e9\n"
+    assert outputs.items == [{"output_type": "stream", "name": "stderr", "text": "passed on \u00e9\n"}]
+    os.close(bad_write)

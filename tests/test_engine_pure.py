@@ -321,3 +321,60 @@ def test_a_class_is_unchanged_by_pickling_its_instances():
     dump("p", point_class())
     assert "__slotnames__" in vars(point_class)
     assert dump("Point", point_class).digest == before
+
+
+def _declared_again(sources, code, meta, cell_id):
+    """What `declared` answers before and after `learn(code, meta, cell_id)`."""
+    before = sources.declared()
+    sources.learn(code, {**meta, "cellId": cell_id}, cell_id)
+    return before, sources.declared()
+
+
+def test_sources_answer_the_same_declarations_until_something_changes_them(tmp_path):
+    """Run All executes every cell as saved: the declarations are not merged again for each
+    cell. Whatever changes them (an edit, a declaration, a deletion, a save, an unsaved cell
+    executed, another notebook) gives a new answer, with the change in it."""
+    nb = tmp_path / "nb.ipynb"
+    write_notebook(nb, [("c1", "a = 1", tags("a")), ("c2", "b = a", tags("b", "a")), ("c3", "print(1)", {})])
+    sources = Sources(str(nb))
+    for code, meta, cell_id in [("a = 1", tags("a"), "c1"), ("b = a", tags("b", "a"), "c2"), ("print(1)", {}, "c3"), ("a = 1", tags("a"), "c1")]:
+        before, after = _declared_again(sources, code, meta, cell_id)
+        assert after is before, cell_id
+    before, after = _declared_again(sources, "a = 2", tags("a"), "c1")  # edited
+    assert after is not before and after.components[0].source == "a = 2"
+    assert _declared_again(sources, "a = 2", tags("a"), "c1")[1] is after  # executed again as edited
+    before, after = _declared_again(sources, "b = a", tags("b"), "c2")  # its parent removed
+    assert after is not before and after.components[1].parents == ()
+    before, after = _declared_again(sources, "b = a", {**tags("b"), "link": {"name": "b"}}, "c2")  # other metadata
+    assert after is not before
+    before, after = _declared_again(sources, "b = a", {}, "c2")  # no longer a component
+    assert after is not before and [c.name for c in after.components] == ["a"]
+    before, after = _declared_again(sources, "c = a", tags("c", "a"), "new")  # a cell not saved yet
+    assert after is not before and [c.name for c in after.components] == ["a", "c"]
+    before, after = _declared_again(sources, "c = a", tags("c", "a"), "new")  # moves after the other unsaved ones
+    assert after is not before
+    before = sources.declared()
+    sources.learn("print(2)", {"deletedCells": ["c1"], "cellId": "c9"}, "c9")
+    assert [c.name for c in sources.declared().components] == ["c"]
+    before = sources.declared()
+    write_notebook(nb, [("c1", "a = 3", tags("a"))])
+    os.utime(nb, (time.time() + 1, time.time() + 1))
+    after = sources.declared()
+    assert after is not before and [(c.name, c.source) for c in after.components][0] == ("a", "a = 3")
+    before = sources.declared()
+    other = tmp_path / "other.ipynb"
+    write_notebook(other, [("c1", "a = 3", tags("a"))])
+    sources.notebook_path = str(other)
+    assert sources.declared() is not before
+
+
+def test_ipython_names_are_told_apart_without_the_pattern_only_when_it_cannot_match():
+    """Every name a run ends with is asked about; those not starting with an underscore skip
+    the pattern unless the pattern has a name of that kind."""
+    from linkkernel.runner import _IPYTHON_NAME, is_ipython_name
+
+    alternatives = _IPYTHON_NAME.pattern.rstrip("\\Z").split("|")
+    plain = {a for a in alternatives if not a.startswith("_")}
+    assert plain and all(a.isidentifier() for a in plain)
+    for name in [*plain, "_", "__", "_7", "_i", "_iii", "_i12", "_oh", "__spec__", "x", "_x", "Input", "In_", "v0", "quit2"]:
+        assert is_ipython_name(name) == (_IPYTHON_NAME.fullmatch(name) is not None), name

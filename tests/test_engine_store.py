@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import numpy as np
 import pytest
 
@@ -139,3 +142,48 @@ def test_freezing_with_no_file_descriptor_left_copies_instead_of_failing():
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=str(__import__("pathlib").Path(__file__).parent.parent))
     assert (done.returncode, done.stdout) == (0, "4950.0\n"), done.stderr
+
+
+def test_a_folder_watch_names_the_files_changed_since_it_was_last_asked(tmp_path):
+    """What lets the store look only at the record files that changed before each cell; when
+    it cannot tell (first asked, the folder gone), every file is looked at."""
+    from linkkernel.watch import FolderWatch
+
+    folder = tmp_path / "records"
+    watch = FolderWatch(str(folder))
+    assert watch.changed() is None  # no folder yet
+    folder.mkdir()
+    (folder / "old.json").write_text("{}")
+    assert watch.changed() is None  # watching starts
+    assert watch.changed() == set()
+    (folder / "a.json.part").write_text("{}")
+    os.replace(folder / "a.json.part", folder / "a.json")  # how the store writes
+    (folder / "old.json").write_text('{"x": 1}')  # written in place
+    assert {"a.json", "old.json"} <= watch.changed()
+    assert watch.changed() == set()
+    os.utime(folder / "a.json", (1, 1))
+    assert watch.changed() == {"a.json"}
+    shutil.rmtree(folder)  # `%link cache clear`
+    assert watch.changed() is None
+    assert watch.changed() is None  # no folder to watch
+
+
+def test_the_folder_watch_is_not_trusted_where_other_machines_write():
+    # inotify never hears of another NFS/SMB/FUSE client's writes: there the store looks at
+    # every record file before each cell, as it did without a watch
+    from linkkernel.watch import filesystem_type
+
+    mountinfo = "\n".join([
+        "22 1 252:0 / / rw,relatime - ext4 /dev/vda rw",
+        "36 22 0:50 / /home/team rw,noatime - nfs4 server:/export/home rw,vers=4.2",
+        "37 36 0:51 / /home/team/my\\040cache rw - fuse.sshfs user@host:/c rw",
+        "38 22 0:52 / /scratch rw - nfs server:/scratch rw",
+        "39 22 0:53 / /scratch rw - tmpfs tmpfs rw",
+        "not a mountinfo line",
+    ])
+    assert filesystem_type("/work/nb/records", mountinfo) == "ext4"
+    assert filesystem_type("/home/team/.cache/linkkernel/nb/records", mountinfo) == "nfs4"
+    assert filesystem_type("/home/team/my cache/records", mountinfo) == "fuse.sshfs"
+    assert filesystem_type("/home/teammate", mountinfo) == "ext4"  # a prefix of the name is not a folder above
+    assert filesystem_type("/scratch/records", mountinfo) == "tmpfs"  # mounted over the nfs one
+    assert filesystem_type("/work", "") is None

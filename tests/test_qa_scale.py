@@ -8,6 +8,7 @@ every component) and how the store forgets the values of replaced runs.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -16,7 +17,7 @@ from linkkernel.declarations import Component, Declaration
 from linkkernel.graph import PipelineError, build_graph, with_ancestors
 from linkkernel.namespaces import dump
 from linkkernel.sources import Declared
-from linkkernel.staleness import RunRecord, inherited
+from linkkernel.staleness import RunRecord, inherited, new_run_id
 from linkkernel.store import CacheStore, freeze
 
 DEPTH = 300
@@ -237,3 +238,138 @@ def test_run_order_is_networkx_lexicographic_order_by_notebook_position():
         for names in (None, rng.sample(sorted(graph), rng.randint(0, size))):
             view = graph if names is None else graph.subgraph(names)
             assert run_order(graph, names) == list(nx.lexicographical_topological_sort(view, key=notebook_order(graph)))
+
+
+def _unfresh_by_states(store: CacheStore, graph, targets: list[str]) -> set[str]:
+    """What `unfresh` must answer: the staleness rule applied to the whole pipeline."""
+    state = store.states(graph)
+    return {n for n in with_ancestors(graph, targets) if state[n] != "fresh"}
+
+
+def test_what_is_known_fresh_is_forgotten_with_every_change_that_makes_it_stale(tmp_path):
+    """`unfresh` remembers fresh components between cells (Run All); a parent run again, a
+    failed run, an edit, a lost value, a cleared cache or a record another process wrote
+    each make some stale, and it says so as the staleness rule does."""
+    from linkkernel.staleness import code_hash
+
+    def pipeline(**sources: str):
+        names = ["c0", "c1", "c2", "side"]
+        parents = {"c0": (), "c1": ("c0",), "c2": ("c1",), "side": ("c0",)}
+        return build_graph([Component(Declaration(n, parents[n]), sources.get(n, f"{n} = 1"), None, i) for i, n in enumerate(names)])
+
+    notebook = str(tmp_path / "nb.ipynb")
+    store = CacheStore(f"file://{tmp_path / 'cache'}", notebook)
+    graph = pipeline()
+    values = {n: blob(n) for n in graph}
+
+    def run(name: str, graph=graph, status: str = "ok", into: CacheStore = store) -> None:
+        component = graph.nodes[name]["component"]
+        parents = {p: into.get(p).run_id for p in component.parents}
+        done = RunRecord(name, new_run_id(), code_hash(component.source), parents, status, 0.0, 0.0, namespace={name: values[name].digest})
+        into.put(done, {values[name].digest: values[name]}, {})
+        into.flush()
+
+    def check(graph, targets: list[str], expected: set[str]) -> None:
+        assert store.unfresh(graph, targets) == expected == _unfresh_by_states(store, graph, targets)
+
+    check(graph, ["c2"], {"c0", "c1", "c2"})
+    for name in ("c0", "c1", "c2", "side"):
+        run(name)
+    check(graph, ["c2", "side"], set())
+    run("c1")  # a parent run again: its children stale, not its siblings
+    check(graph, ["c2", "side"], {"c2"})
+    run("c2")
+    check(graph, ["c2"], set())
+    run("c0", status="failed")
+    check(graph, ["c2", "side"], {"c0", "c1", "c2", "side"})
+    for name in ("c0", "c1", "c2", "side"):
+        run(name)
+    check(graph, ["c2", "side"], set())
+    edited = pipeline(c1="c1 = 2")  # the declarations changed: another graph
+    check(edited, ["c2", "side"], {"c1", "c2"})
+    check(graph, ["c2"], set())
+    store.lose(values["c1"].digest)
+    check(graph, ["c2", "side"], {"c1", "c2"})
+    run("c1")
+    run("c2")
+    check(graph, ["c2", "side"], set())
+    time.sleep(0.01)  # another mtime for the files written next
+    elsewhere = CacheStore(f"file://{tmp_path / 'cache'}", notebook)  # `linkkernel cache import` in a terminal
+    run("c0", into=elsewhere)
+    check(graph, ["c2", "side"], {"c1", "c2", "side"})
+    for name in ("c1", "c2", "side"):
+        run(name)
+    check(graph, ["c2", "side"], set())
+    store.clear()
+    check(graph, ["c2"], {"c0", "c1", "c2"})
+
+
+def _written(nb: Notebook, name: str, other_than: str | None = None) -> str:
+    """The run id of `name`'s record once the kernel has written it (another run than
+    `other_than`), waited for: the kernel writes after the reply."""
+    from linkkernel.store import CacheStore, default_cache_url
+
+    folder = f"{CacheStore(default_cache_url(), str(nb.path)).root}/records"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            run_id = json.loads(open(f"{folder}/{name}.json").read())["run_id"]
+        except (OSError, ValueError):
+            run_id = None
+        if run_id is not None and run_id != other_than:
+            time.sleep(0.2)  # the write's own bookkeeping, just after the file landed
+            return run_id
+        time.sleep(0.05)
+    raise TimeoutError(f"record of {name} not written")
+
+
+def test_a_parent_run_another_process_put_in_the_cache_is_published_though_its_old_run_was(link, nb):
+    """Before each cell, ancestors already published are not walked again (Run All); one
+    whose record another process replaced since (`linkkernel cache import` in a terminal)
+    is a run not published yet: its values reach the notebook namespace, and its child
+    runs on them."""
+    from linkkernel.staleness import code_hash
+    from linkkernel.store import CacheStore, default_cache_url
+
+    nb.add("a", "x = 1").add("b", "y = x + 1", "a").use()
+    assert nb.run("b").status == "ok"
+    first = _written(nb, "b")
+    assert nb.run("b").status == "ok"  # `a` fresh and published: known so from now on
+    assert nb.runs() == ["a", "b", "b"]
+    _written(nb, "b", other_than=first)
+    elsewhere = CacheStore(default_cache_url(), str(nb.path))
+    imported = blob(41)
+    elsewhere.put(
+        RunRecord("a", new_run_id(), code_hash(nb.cells["a"]["source"]), {}, "ok", 0.0, 0.0, namespace={"x": imported.digest}),
+        {imported.digest: imported},
+        {},
+    )
+    assert elsewhere.write_failures() == []
+    result = nb.run("b")
+    assert result.status == "ok", result.traceback_text
+    assert nb.runs() == ["b"]  # `a` fresh: the imported run
+    assert value(link, "(x, y)") == (41, 42)
+
+
+def test_small_numbers_and_strings_are_loaded_once_and_forgotten_with_their_value():
+    """What a chain's components inherit by the hundred is unpickled once: the same object
+    for every child (it cannot change), until no record names it or it is lost. A long text
+    is not kept twice, and a list is a new copy each time."""
+    from linkkernel.store import LostValue
+
+    store = CacheStore(None, None)
+    number, other, text, listed = blob(12345678901234567890), blob("a label"), blob("x" * 10_000), blob([1])
+    values = {"n": number.digest, "o": other.digest, "t": text.digest, "l": listed.digest}
+    store.put(record("a", {}, values), {b.digest: b for b in (number, other, text, listed)}, {})
+    first, how = store.load(number.digest, {})
+    assert store.load(number.digest, {}) == (first, how) and store.load(number.digest, {})[0] is first
+    store.load(other.digest, {})
+    assert store.load(text.digest, {})[0] is not store.load(text.digest, {})[0]
+    assert store.load(listed.digest, {})[0] is not store.load(listed.digest, {})[0]
+    assert set(store.immutables(values)) == {"n", "o"} and store.immutables(values)["n"] is how
+    store.put(record("a", {}, {"n": number.digest}, run_id="run-a2"), {}, {})  # no record names "a label" now
+    assert set(store.immutables(values)) == {"n"}
+    store.lose(number.digest)
+    assert store.immutables(values) == {}
+    with pytest.raises(LostValue):
+        store.load(number.digest, {})
