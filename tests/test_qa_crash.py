@@ -210,7 +210,10 @@ def test_interrupt_while_a_component_publishes_its_values_publishes_none_of_them
 def test_interrupt_while_cached_values_are_published_after_a_restart_publishes_none(nb):
     nb.add("parent", SLOW_TO_LOAD + "a = 'after'\nslow = SlowToLoad()", counted=False).add("child", "pass", "parent").use()
     assert nb.run("parent").status == "ok"
-    nb.kernel.restart()
+    # as JupyterLab restarts: a shutdown_request, so the cache written after the reply lands
+    # first (a kill right after the reply could lose the parent's record: nothing to publish)
+    nb.kernel.manager.restart_kernel(now=False)
+    nb.kernel.client.wait_for_ready(timeout=60)
     nb.use()
     nb.kernel.execute("a = 'before'")
     result = nb.run("child", interrupt_after=1.5, timeout=30)
