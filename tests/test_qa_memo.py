@@ -1,0 +1,196 @@
+"""QA of what the engine remembers across cells (declarations, the whole graph, components
+known fresh, published lineages, loaded numbers and strings, records watched with inotify)
+against SPEC §2-§3: every change that makes a component stale must be seen, by real kernels.
+
+Each test points the shared kernel at a notebook of its own (`Notebook.use`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from engine_support import Notebook, value
+from support import component_meta
+
+
+@pytest.fixture
+def nb(link, home, request):
+    return Notebook(link, home / f"{request.node.name}.ipynb")
+
+
+def ok(result):
+    assert result.status == "ok", result.traceback_text
+    return result
+
+
+def test_a_parent_edited_in_the_saved_file_only_runs_again_for_its_child(nb):
+    nb.add("p", "x = 1").add("c", "print(x)", "p").use()
+    assert ok(nb.run("c")).stdout == "1\n"
+    assert ok(nb.run("c")).stdout == "1\n"
+    assert nb.runs() == ["p", "c", "c"]
+    nb.cells["p"]["source"] = nb.cells["p"]["source"].replace("x = 1", "x = 2")
+    nb.save()
+    assert ok(nb.run("c")).stdout == "2\n"
+    assert nb.runs() == ["p", "c"]
+
+
+def test_executed_with_other_code_then_saved_with_the_original(nb):
+    nb.add("p", "x = 1").add("c", "print(x)", "p").use()
+    assert ok(nb.run("c")).stdout == "1\n"
+    original = nb.cells["p"]["source"]
+    ok(nb.kernel.execute(original.replace("x = 1", "x = 5"), metadata=component_meta("p"), cell_id="id-p"))
+    assert ok(nb.run("c")).stdout == "5\n"
+    time.sleep(0.05)
+    nb.save()  # the original code, saved after the edited run
+    assert ok(nb.run("c")).stdout == "1\n"
+    assert nb.runs() == ["p", "c", "p", "c", "p", "c"]
+
+
+def test_parents_changed_in_the_request_metadata_only(nb):
+    nb.add("a", "x = 'a'").add("b", "x = 'b'").add("c", "print(x)", "a").use()
+    assert ok(nb.run("c")).stdout == "a\n"
+    nb.cells["c"]["metadata"] = component_meta("c", "b")
+    assert ok(nb.run("c")).stdout == "b\n"
+    nb.cells["c"]["metadata"] = component_meta("c", "a")
+    assert ok(nb.run("c")).stdout == "a\n"
+    nb.runs()
+
+
+def test_a_deleted_parent_added_again(nb, link):
+    nb.add("p", "x = 1").add("c", "print(x)", "p").use()
+    assert ok(nb.run("c")).stdout == "1\n"
+    gone = link.execute("print(x)", metadata={**component_meta("c", "p"), "deletedCells": ["id-p"]}, cell_id="id-c")
+    assert gone.status == "error"
+    nb.cells["p"]["source"] = nb.cells["p"]["source"].replace("x = 1", "x = 7")
+    ok(nb.run("p"))
+    assert ok(nb.run("c")).stdout == "7\n"
+    nb.runs()
+
+
+def test_a_renamed_component(nb):
+    nb.add("p", "x = 1").add("c", "print(x)", "p").use()
+    assert ok(nb.run("c")).stdout == "1\n"
+    nb.cells["p"]["metadata"] = component_meta("q")
+    nb.cells["c"]["metadata"] = component_meta("c", "q")
+    ok(nb.run("p"))
+    assert ok(nb.run("c")).stdout == "1\n"
+    assert nb.runs() == ["p", "c", "p", "c"]
+    nb.save()
+    nb.cells["p"]["metadata"] = component_meta("p")
+    nb.cells["c"]["metadata"] = component_meta("c", "p")
+    nb.save()
+    assert ok(nb.run("c")).stdout == "1\n"
+    assert nb.runs() == ["c"]  # the record of 'p' is its run before the rename: fresh again
+
+
+def test_another_notebook_and_back(nb, link, home):
+    nb.add("p", "x = 1").add("c", "y = x + 1", "p").use()
+    ok(nb.run("c"))
+    other = Notebook(link, home / "memo-other.ipynb", counter=nb.counter)
+    other.add("p", "x = 100").add("c", "y = x + 1", "p").use()
+    ok(other.run("c"))
+    assert value(link, "(x, y)") == (100, 101)
+    nb.use()
+    nb.cells["d"] = {"id": "id-d", "source": "print(x, y)", "metadata": component_meta("d", "c")}
+    nb.save()
+    assert ok(nb.run("d")).stdout == "1 2\n"
+    assert nb.runs() == ["p", "c", "p", "c"]
+
+
+def test_cache_clear_mid_pipeline(nb, link):
+    nb.add("a", "x = 1").add("b", "y = x + 1", "a").add("c", "print(y)", "b").use()
+    ok(nb.run("a"))
+    ok(nb.run("b"))
+    ok(link.execute("%link cache clear"))
+    assert ok(nb.run("c")).stdout == "2\n"
+    assert nb.runs() == ["a", "b", "a", "b", "c"]
+
+
+def test_a_component_that_fails_after_having_been_fresh_is_not_fresh_for_its_child(nb, link):
+    nb.add("p", "x = 1").add("c", "print(x)", "p").use()
+    assert ok(nb.run("c")).stdout == "1\n"
+    broken = link.execute(nb.cells["p"]["source"] + "\nraise ValueError('no')", metadata=component_meta("p"), cell_id="id-p")
+    assert broken.status == "error"
+    assert nb.run("c").status == "error"
+    assert nb.runs() == ["p", "c", "p", "p"]
+    # the same code failing (its input gone): its child runs it again, and fails with it
+    gone = nb.path.with_suffix(".input")
+    gone.write_text("first")
+    nb.add("r", f"t = open({str(gone)!r}).read()").add("u", "print(t)", "r").save()
+    assert ok(nb.run("u")).stdout == "first\n"
+    gone.unlink()
+    assert nb.run("r").status == "error"
+    assert nb.run("u").status == "error"
+    assert nb.runs() == ["r", "u", "r", "r"]
+
+
+def test_a_forced_parent_then_its_children(nb, link):
+    nb.add("p", "import random; x = random.random()").add("c", "y = x", "p").add("d", "z = y", "c").use()
+    ok(nb.run("d"))
+    first = value(link, "x")
+    ok(link.execute("%link run p --force"))
+    forced = value(link, "x")
+    assert forced != first
+    ok(nb.run("c"))
+    ok(nb.run("d"))
+    assert value(link, "(x, y, z)") == (forced, forced, forced)
+    assert nb.runs() == ["p", "c", "d", "p", "c", "d"]
+
+
+def test_a_memory_only_value_in_the_chain(nb, link):
+    nb.add("p", "import threading; lock = threading.Lock(); n = 1").add("c", "m = n + 1; print(type(lock).__name__)", "p").add("d", "print(m)", "c").use()
+    ok(nb.run("c"))
+    assert ok(nb.run("d")).stdout == "2\n"
+    assert ok(nb.run("d")).stdout == "2\n"
+    assert nb.runs() == ["p", "c", "d", "d"]
+
+
+def test_a_published_name_rebound_by_the_user_between_run_all_cells(nb, link):
+    nb.add("a", "x = 1").add("b", "y = x + 1", "a").add("c", "print(x, y)", "b").use()
+    ok(nb.run("a"))
+    ok(link.execute("x = 999"))
+    ok(nb.run("b"))
+    assert value(link, "(x, y)") == (999, 2)
+    assert ok(nb.run("c")).stdout == "1 2\n"
+    assert value(link, "x") == 999
+
+
+def test_a_child_rebinding_and_deleting_inherited_numbers(nb, link):
+    nb.add("a", "x = 1; s = 'text'; f = 2.5").add("b", "pass", "a").add("c", "x += 1; del s; f = 2.5", "b").add("d", "print(x, 's' in dir(), f)", "c").use()
+    ok(nb.run("b"))
+    ok(nb.run("c"))
+    assert ok(nb.run("d")).stdout == "2 False 2.5\n"
+
+
+def test_a_record_imported_in_the_same_tick_as_the_kernels_own_write_with_the_same_size(nb, link):
+    """A file's modification time moves by the kernel's clock tick (milliseconds), and two
+    records of one component are often of one size: a run another process moved into place
+    just after the kernel's own write looked like that write, and was ignored for good."""
+    from test_qa_scale import _written, blob
+
+    from linkkernel.store import CacheStore, default_cache_url, write_blob
+
+    nb.add("a", "x = 1").add("b", "print(x)", "a").use()
+    ok(nb.run("b"))
+    first = _written(nb, "b")
+    ok(nb.run("b"))  # `a` known fresh and published from now on
+    _written(nb, "b", other_than=first)
+    assert nb.runs() == ["a", "b", "b"]
+    elsewhere = CacheStore(default_cache_url(), str(nb.path))
+    path = f"{elsewhere.root}/records/a.json"
+    own, mine = open(path).read(), os.stat(path)
+    record = elsewhere.get("a")
+    imported, run_id = blob(41), "f" * len(record.run_id)
+    elsewhere._write_aside(elsewhere._blob_path(imported.digest), lambda f: write_blob(f, imported))
+    # the same record file but for its run and value, moved into place in the same tick
+    same_size = own.replace(record.run_id, run_id).replace(record.namespace["x"], imported.digest)
+    with open(f"{path}.other", "w") as f:
+        f.write(same_size)
+    os.utime(f"{path}.other", ns=(mine.st_atime_ns, mine.st_mtime_ns))
+    os.replace(f"{path}.other", path)
+    result = ok(nb.run("b"))
+    assert result.stdout == "41\n"
+    assert nb.runs() == ["b"]
