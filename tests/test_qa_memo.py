@@ -194,3 +194,67 @@ def test_a_record_imported_in_the_same_tick_as_the_kernels_own_write_with_the_sa
     result = ok(nb.run("b"))
     assert result.stdout == "41\n"
     assert nb.runs() == ["b"]
+
+
+def test_an_interrupt_while_an_ancestor_runs_leaves_it_stale_and_its_parent_fresh(nb, link):
+    nb.add("a", "x = 1").add("b", "import time; time.sleep(3); y = x + 1", "a").add("c", "print(y)", "b").use()
+    ok(nb.run("a"))
+    ok(nb.run("a"))  # `a` known fresh
+    stopped = nb.run("c", interrupt_after=1.0)
+    assert stopped.status == "error"
+    assert ok(nb.run("c")).stdout == "2\n"
+    assert nb.runs() == ["a", "a", "b", "b", "c"]
+
+
+def test_an_interrupted_component_cell_is_not_fresh_for_its_child(nb, link):
+    nb.add("a", "x = 1").add("b", "y = x + 1\nimport time; time.sleep(3)", "a").add("c", "print(y)", "b").use()
+    ok(nb.run("a"))
+    stopped = nb.run("b", interrupt_after=1.0)
+    assert stopped.status == "error"
+    assert ok(nb.run("c")).stdout == "2\n"
+    assert nb.runs() == ["a", "b", "b", "c"]
+
+
+def test_published_values_mutated_by_the_user_between_run_all_cells(nb, link):
+    # the child starts from what the parent's run left, not from the notebook's objects
+    nb.add("a", "items = [1]\nlabel = 'a'").add("b", "n = len(items)", "a").add("c", "print(n, items, label)", "b").use()
+    ok(nb.run("a"))
+    ok(nb.run("a"))
+    ok(link.execute("items.append(999); label = 'mine'"))
+    ok(nb.run("b"))
+    assert ok(nb.run("c")).stdout == "1 [1] a\n"
+    assert value(link, "(items, label)") == ([1, 999], "mine")
+
+
+def test_a_parent_renamed_and_cells_moved_in_the_saved_file_only(nb, link):
+    nb.add("a", "x = 1").add("c", "y = x + 1", "a").add("d", "print(y)", "c").use()
+    ok(nb.run("c"))
+    assert ok(nb.run("d")).stdout == "2\n"
+    assert nb.runs() == ["a", "c", "d"]
+    time.sleep(0.05)
+    nb.cells["a"]["metadata"] = component_meta("q")
+    nb.cells["c"]["metadata"] = component_meta("c", "q")
+    nb.cells = {name: nb.cells[name] for name in ("d", "c", "a")}  # moved, too
+    nb.save()
+    assert ok(nb.run("d")).stdout == "2\n"
+    assert nb.runs() == ["a", "c", "d"]  # the cell of 'a', now 'q', has no run of that name
+    assert ok(nb.run("d")).stdout == "2\n"
+    assert nb.runs() == ["d"]
+
+
+def test_a_parent_edited_and_run_on_a_subshell_while_the_main_shell_runs_its_child(nb, link):
+    from test_kernel_subshells import _create_subshell, _replies, _send
+
+    nb.add("a", "x = 1").add("b", "import time; time.sleep(1.5); y = x + 1", "a").add("c", "print(y)", "b").use()
+    ok(nb.run("c"))
+    assert nb.runs() == ["a", "b", "c"]
+    subshell = _create_subshell(link)
+    edited = nb.cells["a"]["source"].replace("x = 1", "x = 10")
+    ids = {
+        _send(link, "import time; time.sleep(1.5); y = x + 1", {**component_meta("b", "a"), "cellId": "id-b"}),
+        _send(link, edited, {**component_meta("a"), "cellId": "id-a"}, subshell),
+    }
+    time.sleep(0.3)
+    assert {r["status"] for r in _replies(link, ids).values()} == {"ok"}
+    assert ok(nb.run("c")).stdout == "11\n"
+    assert nb.runs() == ["a", "c"]
