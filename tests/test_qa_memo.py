@@ -7,6 +7,7 @@ Each test points the shared kernel at a notebook of its own (`Notebook.use`).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -258,3 +259,20 @@ def test_a_parent_edited_and_run_on_a_subshell_while_the_main_shell_runs_its_chi
     assert {r["status"] for r in _replies(link, ids).values()} == {"ok"}
     assert ok(nb.run("c")).stdout == "11\n"
     assert nb.runs() == ["a", "c"]
+
+
+def test_a_cell_id_two_saved_cells_share_is_the_newest_word_on_both(link, home):
+    """A notebook whose cells were copied by hand can hold one id twice: the cell executed
+    with it stands for both, so its name is then declared twice, and the run refused at once,
+    not only once something else changed."""
+    path = home / "same-id.ipynb"
+    cells = [
+        {"cell_type": "code", "id": "dup", "source": "x = 1", "metadata": component_meta("a"), "outputs": [], "execution_count": None},
+        {"cell_type": "code", "id": "dup", "source": "print(x)", "metadata": component_meta("b", "a"), "outputs": [], "execution_count": None},
+    ]
+    path.write_text(json.dumps({"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": cells}))
+    ok(link.execute(f"%link notebook {path}"))
+    assert "never" in link.execute("%link status").stdout
+    refused = link.execute("print(x)", metadata=component_meta("b", "a"), cell_id="dup")
+    assert refused.status == "error"
+    assert "duplicate component name 'b'" in refused.traceback_text
