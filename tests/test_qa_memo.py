@@ -278,3 +278,25 @@ def test_a_cell_id_two_saved_cells_share_is_the_newest_word_on_both(link, home):
     refused = link.execute("print(x)", metadata=component_meta("b", "a"), cell_id="dup")
     assert refused.status == "error"
     assert "duplicate component name 'b'" in refused.traceback_text
+
+
+def test_an_archive_imported_from_a_terminal_after_a_forced_run(nb, link, home):
+    """The runs an archive holds, imported by another process after the kernel ran their
+    parent again, are the current ones: the child starts from them, runs nothing else."""
+    from test_qa_scale import _written
+    from test_sharing_cache import cli
+
+    nb.add("a", "import random; x = random.random()").add("b", "y = x", "a").add("c", "print(repr(y))", "b").use()
+    ok(nb.run("b"))
+    first = _written(nb, "b")
+    then = value(link, "x")
+    archive = home / f"{nb.path.stem}.tar.gz"
+    exported = cli("cache", "export", str(nb.path), "-o", str(archive), cwd=home)
+    assert exported.returncode == 0, exported.stderr
+    ok(link.execute("%link run b --force"))
+    _written(nb, "b", other_than=first)
+    assert value(link, "x") != then
+    imported = cli("cache", "import", str(archive), "--notebook", str(nb.path), cwd=home)
+    assert imported.returncode == 0, imported.stderr
+    assert ok(nb.run("c")).stdout == f"{then!r}\n"  # the imported runs
+    assert nb.runs() == ["a", "b", "a", "b", "c"]
