@@ -411,7 +411,7 @@ class Sources:
 
     def _remember(self, cell: Cell) -> None:
         """Record an executed cell as the newest word on its key. The version stays when what
-        `declared` answers cannot change: the saved notebook holds the cell, and what stood
+        `declared` answers cannot change: the saved notebook holds the cell (once), and what stood
         for it (the saved cell, or an earlier execution newer than the save) is what was
         executed now, its position the saved cell's either way. A cell the saved notebook
         lacks moves to the end of the unsaved ones, which changes their positions: the
