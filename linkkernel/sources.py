@@ -275,7 +275,7 @@ class Sources:
         # deep pipeline does not merge every cell of the notebook again for each cell.
         self._version = 0
         self._answered: tuple[int, Declared] | None = None
-        self._file_by_key: dict[str, Cell] = {}
+        self._file_by_key: dict[str, Cell | None] = {}
         self._notebook: NotebookFile | None = None
         self.notebook_path = notebook_path
 
@@ -355,7 +355,7 @@ class Sources:
                          cell.get("metadata") or {}, index, saved, cell.get("cell_type") == "code")
                 )
             self._file_cells, self._file_stamp, self._saved_at = cells, stamp, saved
-            self._file_by_key = {cell.key: cell for cell in cells}
+            self._file_by_key = _by_key(cells)
             self._version += 1
             self._saved_keys.update(cell.key for cell in cells)
             for cell in cells:  # an id the file holds is that cell's own key from now on
@@ -411,7 +411,7 @@ class Sources:
 
     def _remember(self, cell: Cell) -> None:
         """Record an executed cell as the newest word on its key. The version stays when what
-        `declared` answers cannot change: the saved notebook holds the cell, and what stood
+        `declared` answers cannot change: the saved notebook holds the cell (once), and what stood
         for it (the saved cell, or an earlier execution newer than the save) is what was
         executed now, its position the saved cell's either way. A cell the saved notebook
         lacks moves to the end of the unsaved ones, which changes their positions: the
@@ -547,3 +547,13 @@ class Sources:
                 components.append(Component(decl, cell.source, cell.cell_id, order, cell.metadata, index is not None))
         components.sort(key=lambda c: c.index)
         return Declared(components, malformed)
+
+
+def _by_key(cells: list[Cell]) -> dict[str, Cell | None]:
+    """The saved cells by key, None for a key two cells hold (an id copied by hand): an
+    execution under it is the newest word on both, which changes what is declared however
+    like one of them it is (see `Sources._remember`)."""
+    by_key: dict[str, Cell | None] = {}
+    for cell in cells:
+        by_key[cell.key] = None if cell.key in by_key else cell
+    return by_key

@@ -139,10 +139,11 @@ def _memory_only(record: RunRecord) -> tuple[str, ...]:
     return tuple(d for d in record.namespace.values() if d.startswith(MEMORY_PREFIX))
 
 
-def _write_local(aside: str, path: str, write: Callable[[Any], object]) -> None:
+def _write_local(aside: str, path: str, write: Callable[[Any], object]) -> os.stat_result:
     """`write` into the local file `aside`, its folder made when missing, then moved to
     `path`: fsspec's local files made every folder again and rewrote the path, for the two
-    files each component run writes."""
+    files each component run writes. The file as written, stat'ed before the move: after
+    it, the path may already be another process's file."""
     try:
         f = open(aside, "wb")  # noqa: SIM115 - closed below, whichever way it was opened
     except FileNotFoundError:
@@ -150,7 +151,16 @@ def _write_local(aside: str, path: str, write: Callable[[Any], object]) -> None:
         f = open(aside, "wb")  # noqa: SIM115
     with f:
         write(f)
+    written = os.stat(aside)
     os.replace(aside, path)
+    return written
+
+
+def _stamp_of(stat: os.stat_result) -> tuple[int, int, int]:
+    """What tells a record file from the one read or written before: its inode (every
+    writer moves a new file into place), not only its time and size, which another
+    process's record written in the same clock tick (milliseconds) shares with ours."""
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 class CacheStore:
@@ -185,7 +195,7 @@ class CacheStore:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linkkernel-cache")
         # (mtime, size) of each record file when last read or written here: one that changed
         # since was written by someone else (`linkkernel cache import`), see `refresh`.
-        self._stamps: dict[str, tuple[int, int] | None] = {}
+        self._stamps: dict[str, tuple[int, int, int] | None] = {}
         self.root: str | None = None
         self.fs = None
         self._local = False
@@ -260,15 +270,15 @@ class CacheStore:
         with os.scandir(folder) as entries:
             return [entry.path for entry in entries if entry.name.endswith(".json")]
 
-    def _stamp(self, path: str) -> tuple[int, int] | None:
-        """When and how large a local record file is; None for other stores (see `refresh`)."""
+    def _stamp(self, path: str) -> tuple[int, int, int] | None:
+        """Which local record file is at `path` (see `_stamp_of`); None for other stores (see `refresh`)."""
         if not self._local:
             return None
         try:
             stat = os.stat(path)
         except OSError:
             return None
-        return stat.st_mtime_ns, stat.st_size
+        return _stamp_of(stat)
 
     def refresh(self) -> None:
         """Take in the records another process wrote into a local store since they were read
@@ -421,10 +431,10 @@ class CacheStore:
         self.lost.difference_update(relost)
         data = json.dumps(record.to_json()).encode()
         path = f"{self.root}/records/{record.name}.json"
-        self._write_aside(path, lambda f: f.write(data))
-        self._stamps[path] = self._stamp(path)
+        written = self._write_aside(path, lambda f: f.write(data))
+        self._stamps[path] = None if written is None else _stamp_of(written)
 
-    def _write_aside(self, path: str, write: Callable[[Any], object]) -> None:
+    def _write_aside(self, path: str, write: Callable[[Any], object]) -> os.stat_result | None:
         """Write under a name no other writer uses, then move it into place. Two kernels on
         the same store (two notebooks of one user, a notebook open twice) running the same
         component write the same blob at once: with one shared temporary name, one truncated
@@ -434,11 +444,11 @@ class CacheStore:
         aside = temp_name(path)
         try:
             if self._local:
-                _write_local(aside, path, write)
-            else:
-                with self.fs.open(aside, "wb") as f:
-                    write(f)
-                self.fs.mv(aside, path)
+                return _write_local(aside, path, write)
+            with self.fs.open(aside, "wb") as f:
+                write(f)
+            self.fs.mv(aside, path)
+            return None
         except BaseException:
             with contextlib.suppress(OSError):
                 self.fs.rm(aside)
