@@ -193,7 +193,7 @@ class CacheStore:
         self._lock = threading.Lock()
         self._pending: list[Future] = []
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linkkernel-cache")
-        # (mtime, size) of each record file when last read or written here: one that changed
+        # (inode, mtime, size) of each record file when last read or written here: one that changed
         # since was written by someone else (`linkkernel cache import`), see `refresh`.
         self._stamps: dict[str, tuple[int, int, int] | None] = {}
         self.root: str | None = None
