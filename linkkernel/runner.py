@@ -129,8 +129,13 @@ class Runner:
     # ---- declarations and graph -------------------------------------------------------
 
     def set_notebook(self, path: str) -> None:
-        """`%link notebook PATH`: read declarations from PATH and use its cache."""
+        """`%link notebook PATH`: read declarations from PATH and use its cache. The notebook
+        namespace holds the other notebook's values from then on, so every run of this one is
+        published again as its cells need it, also those published before the switch."""
         self.store.flush()
+        if path != self.sources.notebook_path:
+            self._published.clear()
+            self._closed.clear()
         self.sources.notebook_path = path
         self.store = CacheStore(self.cache_url, self.sources.notebook_path)
 

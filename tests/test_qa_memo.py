@@ -99,6 +99,8 @@ def test_another_notebook_and_back(nb, link, home):
     nb.save()
     assert ok(nb.run("d")).stdout == "1 2\n"
     assert nb.runs() == ["p", "c", "p", "c"]
+    # the plain cells see this notebook's values again, not the other notebook's
+    assert value(link, "(x, y)") == (1, 2)
 
 
 def test_cache_clear_mid_pipeline(nb, link):
