@@ -105,9 +105,10 @@ class Runner:
         self.sources = Sources(notebook_path_from_env())
         self.store = CacheStore(cache_url, self.sources.notebook_path)
         self._turn = threading.RLock()
-        # Runs whose outputs are in the notebook namespace: those of this process, and
-        # cached ones published by `publish_cached`.
-        self._published: set[str] = set()
+        # Component -> the run whose outputs were last put in the notebook namespace: one of
+        # this process, or a cached one published by `publish_cached`. Another run of it in
+        # the store (a run imported from an archive) is published in turn.
+        self._published: dict[str, str] = {}
         # Names of values that pickled but could not be rebuilt when a child loaded them: made
         # again, each is tried, and kept in memory only if it fails again. By name, not by
         # digest: a value made anew each run (a timestamp in it) has a new digest each time.
@@ -376,7 +377,7 @@ class Runner:
             raise
         with _interrupts_held():
             if outcome.record.ok:
-                self._published.add(outcome.record.run_id)
+                self._published[outcome.record.name] = outcome.record.run_id
             self.store.put(outcome.record, outcome.blobs, kept)
         trouble = self.store.write_trouble()
         if trouble is not None:
@@ -783,7 +784,7 @@ class Runner:
         order = self._unpublished(graph, targets, plan)
         for name in order:
             record = self.store.get(name)
-            if name in plan or record is None or record.run_id in self._published:
+            if name in plan or record is None or self._published.get(name) == record.run_id:
                 continue
             _, inherited = self._parent_namespaces(graph.nodes[name]["component"])
             outputs = {n: d for n, d in record.namespace.items() if inherited.get(n) != d}
@@ -791,7 +792,7 @@ class Runner:
                 values = {output: value_of(output) for output in outputs}
             with _interrupts_held():  # a run's outputs all published, or (interrupted while loading) none
                 self.shell.user_ns.update(values)
-                self._published.add(record.run_id)
+                self._published[name] = record.run_id
         self._close(graph, order, plan)
 
     def _is_closed(self, name: str, plan: Collection[str]) -> bool:
@@ -819,7 +820,7 @@ class Runner:
             if name not in region:
                 region.add(name)
                 todo.extend(p for p in graph.pred[name] if p not in region and not is_closed(p))
-        pending = [n for n in region if n not in planned and (r := store.get(n)) is not None and r.run_id not in self._published]
+        pending = [n for n in region if n not in planned and (r := store.get(n)) is not None and self._published.get(n) != r.run_id]
         # one to publish (or none) needs no order among the others, nor a walk of the rest
         return run_order(graph, region) if len(pending) <= 1 else with_ancestors(graph, targets)
 
@@ -830,7 +831,7 @@ class Runner:
         for name in order:
             record = self.store.get(name)
             if (
-                name not in planned and record is not None and record.run_id in self._published
+                name not in planned and record is not None and self._published.get(name) == record.run_id
                 and all(self._is_closed(p, planned) for p in graph.pred[name])
             ):
                 self._closed[name] = record.run_id

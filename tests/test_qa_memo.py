@@ -302,3 +302,4 @@ def test_an_archive_imported_from_a_terminal_after_a_forced_run(nb, link, home):
     assert imported.returncode == 0, imported.stderr
     assert ok(nb.run("c")).stdout == f"{then!r}\n"  # the imported runs
     assert nb.runs() == ["a", "b", "a", "b", "c"]
+    assert value(link, "x") == then  # plain cells see them too, not the forced run's values
