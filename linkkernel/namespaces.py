@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import sys
 import types
 import weakref
@@ -89,6 +90,23 @@ _loading_into: ContextVar[dict[str, Any] | None] = ContextVar("linkkernel_loadin
 
 def _code_in_file(code: types.CodeType, filename: str) -> types.CodeType:
     return code.replace(co_filename=filename)
+
+
+# ipykernel's cell files: <tmp>/ipykernel_<pid>/<murmur hash of the cell's code>.py
+CELL_FILE = re.compile(r"ipykernel_(\d+)[\\/](-?\d+)\.py$")
+
+
+def cell_file(cell_hash: str) -> str:
+    """This process's file for the cell code whose hash is `cell_hash`: the name ipykernel's
+    `get_file_name` gives it here, the one JupyterLab's debugger sets breakpoints in."""
+    from ipykernel.compiler import get_tmp_directory  # ~0.1 s: only where a cell's code loads
+
+    return os.path.join(get_tmp_directory(), f"{cell_hash}.py")
+
+
+def _code_in_cell(code: types.CodeType, cell_hash: str) -> types.CodeType:
+    """Code compiled from a notebook cell, in this process's file for that cell."""
+    return code.replace(co_filename=cell_file(cell_hash))
 
 
 def _new_namespace() -> dict[str, Any]:
@@ -396,6 +414,20 @@ def _with_slots(args: tuple[Any, ...], attributes: dict[str, Any]) -> tuple[Any,
     return (constructor, name, bases, {**type_kwargs, "__slots__": attributes.pop("__slots__")}, *more)
 
 
+def _code_reduced(code: types.CodeType) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+    """How code pickles: with the name of the file it was compiled from. A cell's file is
+    named by the kernel process that compiled it (a temporary folder per pid): its code
+    pickles with the cell's hash alone and loads into this process's file of that cell, so
+    a breakpoint JupyterLab sets in the cell stops in it after a restart, in a value from
+    another user's cache or from a remote task, and the same function pickles alike (same
+    digest) in every process."""
+    anywhere = code.replace(co_filename=_DYNAMIC_CODE)
+    cell = CELL_FILE.search(code.co_filename)
+    if cell is not None:
+        return _code_in_cell, (anywhere, cell[2])
+    return _code_in_file, (anywhere, code.co_filename)
+
+
 class _Pickler(cloudpickle.Pickler):
     """cloudpickle, except that code keeps the name of the file it was compiled from, and
     functions defined in a notebook take their globals from where they are loaded.
@@ -427,7 +459,7 @@ class _Pickler(cloudpickle.Pickler):
             if reduced is not None:
                 return reduced
         if isinstance(obj, types.CodeType) and obj.co_filename != _DYNAMIC_CODE:
-            return _code_in_file, (obj.replace(co_filename=_DYNAMIC_CODE), obj.co_filename)
+            return _code_reduced(obj)
         if isinstance(obj, functools._lru_cache_wrapper) and _defined_in_notebook(getattr(obj, "__wrapped__", None)):
             # pickle would look it up by name in `__main__`, which a component's namespace
             # is not; rebuilt around its function, it reads its globals as functions do
