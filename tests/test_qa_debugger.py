@@ -548,3 +548,14 @@ def test_after_a_restart_a_child_only_calling_a_cached_function_does_not_output_
 def start_child_of(dap: Dap, nb: Notebook, name: str) -> str:
     cell = nb.cells[name]
     return dap.start(cell["source"], cell["metadata"], cell["id"])
+
+
+def test_after_a_restart_a_cached_parents_function_shows_its_source(nb, link_dap) -> None:
+    """`scaled??` (inspect.getsource) on a function its fresh parent's cache brought into a
+    restarted kernel shows its code, as in stock after running the cell again."""
+    nb.add("lib", LIB, counted=False).add("shower", USER, "lib", counted=False).use()
+    assert nb.run("shower").stdout == "used 6\n"
+    restarted(link_dap, nb)
+    assert nb.run("shower").stdout == "used 6\n"  # publishes lib's cached values
+    shown = nb.kernel.execute("import inspect\nprint(inspect.getsource(scaled), end='')")
+    assert (shown.status, shown.stdout) == ("ok", LIB), shown.traceback_text
