@@ -88,10 +88,6 @@ _ABSENT = object()
 _loading_into: ContextVar[dict[str, Any] | None] = ContextVar("linkkernel_loading_into", default=None)
 
 
-def _code_in_file(code: types.CodeType, filename: str) -> types.CodeType:
-    return code.replace(co_filename=filename)
-
-
 # ipykernel's cell files: <tmp>/ipykernel_<pid>/<murmur hash of the cell's code>.py
 CELL_FILE = re.compile(r"ipykernel_(\d+)[\\/](-?\d+)\.py$")
 
@@ -107,6 +103,13 @@ def cell_file(cell_hash: str) -> str:
 def _code_in_cell(code: types.CodeType, cell_hash: str) -> types.CodeType:
     """Code compiled from a notebook cell, in this process's file for that cell."""
     return code.replace(co_filename=cell_file(cell_hash))
+
+
+def _code_in_file(code: types.CodeType, filename: str) -> types.CodeType:
+    """Code in the file it was compiled from; a cell's in this process's file of that cell
+    (blobs written before code pickled by cell hash, see `_code_reduced`)."""
+    cell = CELL_FILE.search(filename)
+    return code.replace(co_filename=filename if cell is None else cell_file(cell[2]))
 
 
 def _new_namespace() -> dict[str, Any]:
@@ -662,13 +665,23 @@ _UNSETTLED_MARKS = (
 )
 
 
+_CELL_PATH = re.compile(CELL_FILE.pattern.removesuffix("$").encode())
+
+
+def _cell_path_in(blob: Blob) -> bool:
+    """Whether the blob may hold code pickled with a kernel process's cell path (written
+    before code pickled by cell hash): loaded, it pickles with the hash instead. Such a path
+    in the user's own data only costs a needless re-pickle."""
+    return _code_in_file.__name__.encode() in blob.stream and _CELL_PATH.search(blob.stream) is not None
+
+
 def digests_as_loaded(values: Mapping[str, Any], blobs: Mapping[str, Blob]) -> dict[str, str]:
     """For the loaded `values` whose blob (in `blobs`, by name) holds a set or a notebook
     class, the digest they pickle to now, before the run touches them: what a run's final
     namespace is compared with (`changes`), so a set of strings or a dataclass the run only
     read is not taken for one it changed. Other names keep their blob's digest (no pickling
     pass for them); a value that no longer pickles is left out."""
-    unsettled = {n for n, blob in blobs.items() if any(op in blob.stream for op in _UNSETTLED_MARKS)}
+    unsettled = {n for n, blob in blobs.items() if any(op in blob.stream for op in _UNSETTLED_MARKS) or _cell_path_in(blob)}
     if not unsettled:
         return {}
     with _classes_as_before(), pickling_names({n: values[n] for n in blobs}, lambda n: None if n in unsettled else blobs[n]) as names:
