@@ -513,6 +513,34 @@ def test_a_breakpoint_in_a_remote_parents_function_stops_where_a_local_child_cal
     assert stops == [[("plus", 2), ("<module>", 1)]]
 
 
+def test_a_breakpoint_in_a_function_from_an_imported_cache_stops(nb, link_dap, tmp_path) -> None:
+    """Results another user exported (`%link cache export`) and this kernel imported: the
+    parent is fresh, its function comes from their kernel's pickles, and a breakpoint in its
+    cell stops the child that calls it here."""
+    theirs = Kernel(LINKKERNEL_CACHE=str(tmp_path / "their-cache"))
+    try:
+        their_nb = Notebook(theirs, nb.path).add("lib", LIB).add("user", USER, "lib", counted=False).use()
+        assert their_nb.run("user").stdout == "used 6\n"
+        archive = tmp_path / "lib.tar.gz"
+        assert theirs.execute(f"%link cache export {archive}").status == "ok"
+    finally:
+        theirs.shutdown()
+    assert their_nb.runs() == ["lib"]
+    nb.add("lib", LIB).add("user", USER, "lib", counted=False).use()
+    imported = nb.kernel.execute(f"%link cache import {archive}")
+    assert imported.status == "ok", imported.traceback_text
+    stops, result = link_dap.run_to_end(start_child_with_break(link_dap, nb, "user", nb.cells["lib"]["source"], 3))
+    assert (result.status, result.stdout) == ("ok", "used 6\n"), result.traceback_text
+    assert stops == [[("scaled", 3), ("<module>", 1)]]
+    assert nb.runs() == []  # lib came from the archive
+
+
+def start_child_with_break(dap: Dap, nb: Notebook, name: str, code: str, line: int) -> str:
+    """A breakpoint at `line` of `code`'s cell, then component `name` executed."""
+    dap.break_at(code, line)
+    return start_child_of(dap, nb, name)
+
+
 def test_after_a_restart_a_breakpoint_in_a_cached_parents_function_stops(nb, link_dap) -> None:
     """After a restart the parent is fresh: its function comes from the cache store, not
     from running its cell again. A breakpoint in it stops the child that calls it, as in
