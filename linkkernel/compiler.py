@@ -69,11 +69,11 @@ class LinkCompiler(XCachingCompiler):
         self._component_of_file[filename] = component
 
     def local_twin(self, filename: str) -> str | None:
-        """This process's file, compiled here, for a cell file compiled by a kernel process.
+        """This process's file of the cell `filename` (any kernel process's cell file) is
+        named after, when its code was compiled here.
 
-        Functions loaded from cache blobs written before their code was pickled by cell hash
-        carry the old process's temp path; the file name is a hash of the code, so the same
-        code compiled here has the same base name.
+        The file name is a hash of the code, so the same code compiled here has the same base
+        name; a frame of code pickled elsewhere finds its cell's label and lines through it.
         """
         twin = twin_path(filename)
         return twin if twin in self._filename_map else None
