@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-from ipykernel.compiler import XCachingCompiler, get_tmp_directory
+from ipykernel.compiler import XCachingCompiler
 
-# ipykernel's cell files: <tmp>/ipykernel_<pid>/<murmur hash of the cell's code>.py
-_CELL_FILE = re.compile(r"ipykernel_(\d+)[\\/](-?\d+)\.py$")
+from linkkernel.namespaces import CELL_FILE, cell_file
 
 
 def twin_path(filename: str) -> str | None:
-    """Where this process would compile the code of another kernel process's cell file."""
-    match = _CELL_FILE.search(filename)
-    if match is None or int(match[1]) == os.getpid():
-        return None
-    return os.path.join(get_tmp_directory(), f"{match[2]}.py")
+    """Where this process would compile the code of a kernel process's cell file (this
+    process's own, or another's); None for any other file."""
+    match = CELL_FILE.search(filename)
+    return None if match is None else cell_file(match[2])
 
 
 class LinkCompiler(XCachingCompiler):
@@ -73,11 +69,11 @@ class LinkCompiler(XCachingCompiler):
         self._component_of_file[filename] = component
 
     def local_twin(self, filename: str) -> str | None:
-        """This process's file for a cell file compiled by another kernel process.
+        """This process's file of the cell `filename` (any kernel process's cell file) is
+        named after, when its code was compiled here.
 
-        Functions loaded from the cache store after a restart carry the old process's temp
-        path; the file name is a hash of the code, so the same code compiled here has the
-        same base name.
+        The file name is a hash of the code, so the same code compiled here has the same base
+        name; a frame of code pickled elsewhere finds its cell's label and lines through it.
         """
         twin = twin_path(filename)
         return twin if twin in self._filename_map else None
@@ -90,9 +86,9 @@ class LinkCompiler(XCachingCompiler):
         if label is not None:
             return label
         twin = self.local_twin(name)
-        if twin is not None:
+        if twin is not None and twin != name:
             return self.format_code_name(twin)
-        if _CELL_FILE.search(name):
+        if CELL_FILE.search(name):
             # A restarted kernel or a remote worker running a parent's function: never the
             # other process's temp path.
             return "Code", "from another kernel process"

@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import sys
 import types
 import weakref
@@ -87,8 +88,28 @@ _ABSENT = object()
 _loading_into: ContextVar[dict[str, Any] | None] = ContextVar("linkkernel_loading_into", default=None)
 
 
+# ipykernel's cell files: <tmp>/ipykernel_<pid>/<murmur hash of the cell's code>.py
+CELL_FILE = re.compile(r"ipykernel_(\d+)[\\/](-?\d+)\.py$")
+
+
+def cell_file(cell_hash: str) -> str:
+    """This process's file for the cell code whose hash is `cell_hash`: the name ipykernel's
+    `get_file_name` gives it here, the one JupyterLab's debugger sets breakpoints in."""
+    from ipykernel.compiler import get_tmp_directory  # ~0.1 s: only where a cell's code loads
+
+    return os.path.join(get_tmp_directory(), f"{cell_hash}.py")
+
+
+def _code_in_cell(code: types.CodeType, cell_hash: str) -> types.CodeType:
+    """Code compiled from a notebook cell, in this process's file for that cell."""
+    return code.replace(co_filename=cell_file(cell_hash))
+
+
 def _code_in_file(code: types.CodeType, filename: str) -> types.CodeType:
-    return code.replace(co_filename=filename)
+    """Code in the file it was compiled from; a cell's in this process's file of that cell
+    (blobs written before code pickled by cell hash, see `_code_reduced`)."""
+    cell = CELL_FILE.search(filename)
+    return code.replace(co_filename=filename if cell is None else cell_file(cell[2]))
 
 
 def _new_namespace() -> dict[str, Any]:
@@ -396,6 +417,20 @@ def _with_slots(args: tuple[Any, ...], attributes: dict[str, Any]) -> tuple[Any,
     return (constructor, name, bases, {**type_kwargs, "__slots__": attributes.pop("__slots__")}, *more)
 
 
+def _code_reduced(code: types.CodeType) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+    """How code pickles: with the name of the file it was compiled from. A cell's file is
+    named by the kernel process that compiled it (a temporary folder per pid): its code
+    pickles with the cell's hash alone and loads into this process's file of that cell, so
+    a breakpoint JupyterLab sets in the cell stops in it after a restart, in a value from
+    another user's cache or from a remote task, and the same function pickles alike (same
+    digest) in every process."""
+    anywhere = code.replace(co_filename=_DYNAMIC_CODE)
+    cell = CELL_FILE.search(code.co_filename)
+    if cell is not None:
+        return _code_in_cell, (anywhere, cell[2])
+    return _code_in_file, (anywhere, code.co_filename)
+
+
 class _Pickler(cloudpickle.Pickler):
     """cloudpickle, except that code keeps the name of the file it was compiled from, and
     functions defined in a notebook take their globals from where they are loaded.
@@ -427,7 +462,7 @@ class _Pickler(cloudpickle.Pickler):
             if reduced is not None:
                 return reduced
         if isinstance(obj, types.CodeType) and obj.co_filename != _DYNAMIC_CODE:
-            return _code_in_file, (obj.replace(co_filename=_DYNAMIC_CODE), obj.co_filename)
+            return _code_reduced(obj)
         if isinstance(obj, functools._lru_cache_wrapper) and _defined_in_notebook(getattr(obj, "__wrapped__", None)):
             # pickle would look it up by name in `__main__`, which a component's namespace
             # is not; rebuilt around its function, it reads its globals as functions do
@@ -630,13 +665,23 @@ _UNSETTLED_MARKS = (
 )
 
 
+_CELL_PATH = re.compile(CELL_FILE.pattern.removesuffix("$").encode())
+
+
+def _cell_path_in(blob: Blob) -> bool:
+    """Whether the blob may hold code pickled with a kernel process's cell path (written
+    before code pickled by cell hash): loaded, it pickles with the hash instead. Such a path
+    in the user's own data only costs a needless re-pickle."""
+    return _code_in_file.__name__.encode() in blob.stream and _CELL_PATH.search(blob.stream) is not None
+
+
 def digests_as_loaded(values: Mapping[str, Any], blobs: Mapping[str, Blob]) -> dict[str, str]:
     """For the loaded `values` whose blob (in `blobs`, by name) holds a set or a notebook
     class, the digest they pickle to now, before the run touches them: what a run's final
     namespace is compared with (`changes`), so a set of strings or a dataclass the run only
     read is not taken for one it changed. Other names keep their blob's digest (no pickling
     pass for them); a value that no longer pickles is left out."""
-    unsettled = {n for n, blob in blobs.items() if any(op in blob.stream for op in _UNSETTLED_MARKS)}
+    unsettled = {n for n, blob in blobs.items() if any(op in blob.stream for op in _UNSETTLED_MARKS) or _cell_path_in(blob)}
     if not unsettled:
         return {}
     with _classes_as_before(), pickling_names({n: values[n] for n in blobs}, lambda n: None if n in unsettled else blobs[n]) as names:

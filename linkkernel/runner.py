@@ -601,6 +601,7 @@ class Runner:
             # Run live, its first output is the cell's first unless the kernel said something.
             alone=live and not self._cell_spoke,
         )
+        self.shell.register_source(component.name, component.source)  # as in `publish_cached`
         try:
             result = run_remote(self.kernel, task, component.remote)
         except KeyboardInterrupt as exc:  # run_remote cancelled the task on the worker, then re-raised
@@ -786,8 +787,12 @@ class Runner:
             record = self.store.get(name)
             if name in plan or record is None or self._published.get(name) == record.run_id:
                 continue
-            _, inherited = self._parent_namespaces(graph.nodes[name]["component"])
+            component = graph.nodes[name]["component"]
+            _, inherited = self._parent_namespaces(component)
             outputs = {n: d for n, d in record.namespace.items() if inherited.get(n) != d}
+            # Its functions' code names this process's file of its cell: with the cell's
+            # lines there, `f??` shows their source and their frames read `Component NAME`.
+            self.shell.register_source(name, component.source)
             with loading_together(outputs, lambda n: self._load(name, "output", n, outputs[n], self.shell.user_ns)[0]) as value_of:
                 values = {output: value_of(output) for output in outputs}
             with _interrupts_held():  # a run's outputs all published, or (interrupted while loading) none

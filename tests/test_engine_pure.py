@@ -378,3 +378,59 @@ def test_ipython_names_are_told_apart_without_the_pattern_only_when_it_cannot_ma
     assert plain and all(a.isidentifier() for a in plain)
     for name in [*plain, "_", "__", "_7", "_i", "_iii", "_i12", "_oh", "__spec__", "x", "_x", "Input", "In_", "v0", "quit2"]:
         assert is_ipython_name(name) == (_IPYTHON_NAME.fullmatch(name) is not None), name
+
+
+def _compiled_in(filename: str, code: str) -> dict:
+    """A notebook namespace after running `code` compiled as the cell file `filename`."""
+    import types
+
+    namespace = types.ModuleType("__main__").__dict__
+    exec(compile(code, filename, "exec"), namespace)
+    return namespace
+
+
+def test_a_cells_function_pickles_alike_in_every_kernel_process_and_loads_into_this_ones_file():
+    """Code compiled from a cell names its kernel process's temp file: pickled by the cell's
+    hash, the same function has one digest whichever process pickled it (a child only calling
+    it after a restart does not make it its output), and loaded it names this process's file
+    of the cell, where JupyterLab's debugger sets its breakpoints."""
+    from ipykernel.compiler import get_file_name
+
+    from linkkernel.namespaces import dump, load
+
+    here = get_file_name(HELPERS)
+    elsewhere = here.replace(f"ipykernel_{os.getpid()}", "ipykernel_1")
+    ours, theirs = (dump("scaled", _compiled_in(f, HELPERS)["scaled"]) for f in (here, elsewhere))
+    assert ours.digest == theirs.digest and elsewhere.encode() not in theirs.stream
+    loaded = load(theirs)
+    assert loaded.__code__.co_filename == here
+    assert dump("scaled", loaded).digest == theirs.digest
+    assert dump("f", _compiled_in("/somewhere/script.py", HELPERS)["scaled"]).stream.count(b"/somewhere/script.py") == 1
+
+
+def test_a_blob_pickled_with_a_cells_temp_path_loads_into_this_processs_file_and_is_compared_as_loaded():
+    """Blobs cached before code pickled by cell hash hold the old process's path: their code
+    loads into this process's file of the cell too, and a run that only reads such a value is
+    compared with how it pickles now, not with its blob (else it would be an output)."""
+    import io
+    import types
+
+    from ipykernel.compiler import get_file_name
+
+    from linkkernel import namespaces
+
+    class PathPickler(namespaces._Pickler):  # how code pickled before (the old blobs' form)
+        def reducer_override(self, obj):
+            if isinstance(obj, types.CodeType) and obj.co_filename != "<dynamic-code>":
+                return namespaces._code_in_file, (obj.replace(co_filename="<dynamic-code>"), obj.co_filename)
+            return super().reducer_override(obj)
+
+    elsewhere = get_file_name(HELPERS).replace(f"ipykernel_{os.getpid()}", "ipykernel_1")
+    with io.BytesIO() as file:
+        PathPickler(file, protocol=namespaces.PROTOCOL).dump(_compiled_in(elsewhere, HELPERS)["scaled"])
+        stream = file.getvalue()
+    old = namespaces.Blob(stream, (), namespaces._digest(stream, ()))
+    loaded = namespaces.load(old)
+    assert loaded.__code__.co_filename == get_file_name(HELPERS)
+    as_loaded = namespaces.digests_as_loaded({"scaled": loaded}, {"scaled": old})
+    assert as_loaded == {"scaled": namespaces.dump("scaled", loaded).digest} != {"scaled": old.digest}

@@ -480,3 +480,110 @@ def test_after_a_restart_the_debugger_starts_afresh_and_stops_in_components(nb, 
     assert link_dap.step("continue", stopped["body"]["threadId"], running) is None
     assert link_dap.finish(running).stdout == "child 5\n"
     stock_dap.attach()
+
+
+# A parent defining a function, and a child calling it: the function's line 3 (line 1 is the
+# run counter's) is where a breakpoint in the parent's cell stops the child.
+LIB = "def scaled(v):\n    doubled = v * 2\n    return doubled\n"
+USER = "print('used', scaled(3))\n"
+
+
+def restarted(dap: Dap, nb: Notebook) -> None:
+    """Restart as JupyterLab does (records written after the reply are kept), point the new
+    kernel at the notebook again and switch the debugger on again."""
+    dap.kernel.manager.restart_kernel(now=False)
+    dap.kernel.client.wait_for_ready(timeout=60)
+    dap.idle.clear()
+    dap.events.clear()
+    nb.use()
+    dap.attach()
+
+
+def test_a_breakpoint_in_a_remote_parents_function_stops_where_a_local_child_calls_it(nb, link_dap) -> None:
+    """A function a remote component defined, called by a local child: JupyterLab sets the
+    breakpoint in the remote component's cell, and the call here stops there, as if the
+    component had run in this kernel (its code was compiled in the worker's task process)."""
+    far = "def plus(v):\n    more = v + 1\n    return more\n"
+    nb.add("farlib", far, remote="qadbg", counted=False).add("nearuser", "print('near', plus(1))\n", "farlib", counted=False).use()
+    assert nb.run("nearuser").stdout == "near 2\n"
+    link_dap.break_at(far, 2)
+    cell = nb.cells["nearuser"]
+    stops, result = link_dap.run_to_end(link_dap.start(cell["source"], cell["metadata"], cell["id"]))
+    assert (result.status, result.stdout) == ("ok", "near 2\n"), result.traceback_text
+    assert stops == [[("plus", 2), ("<module>", 1)]]
+
+
+def test_a_breakpoint_in_a_function_from_an_imported_cache_stops(nb, link_dap, tmp_path) -> None:
+    """Results another user exported (`%link cache export`) and this kernel imported: the
+    parent is fresh, its function comes from their kernel's pickles, and a breakpoint in its
+    cell stops the child that calls it here."""
+    theirs = Kernel(LINKKERNEL_CACHE=str(tmp_path / "their-cache"))
+    try:
+        their_nb = Notebook(theirs, nb.path).add("lib", LIB).add("user", USER, "lib", counted=False).use()
+        assert their_nb.run("user").stdout == "used 6\n"
+        archive = tmp_path / "lib.tar.gz"
+        assert theirs.execute(f"%link cache export {archive}").status == "ok"
+    finally:
+        theirs.shutdown()
+    assert their_nb.runs() == ["lib"]
+    nb.add("lib", LIB).add("user", USER, "lib", counted=False).use()
+    imported = nb.kernel.execute(f"%link cache import {archive}")
+    assert imported.status == "ok", imported.traceback_text
+    stops, result = link_dap.run_to_end(start_child_with_break(link_dap, nb, "user", nb.cells["lib"]["source"], 3))
+    assert (result.status, result.stdout) == ("ok", "used 6\n"), result.traceback_text
+    assert stops == [[("scaled", 3), ("<module>", 1)]]
+    assert nb.runs() == []  # lib came from the archive
+
+
+def start_child_with_break(dap: Dap, nb: Notebook, name: str, code: str, line: int) -> str:
+    """A breakpoint at `line` of `code`'s cell, then component `name` executed."""
+    dap.break_at(code, line)
+    return start_child_of(dap, nb, name)
+
+
+def test_after_a_restart_a_breakpoint_in_a_cached_parents_function_stops(nb, link_dap) -> None:
+    """After a restart the parent is fresh: its function comes from the cache store, not
+    from running its cell again. A breakpoint in it stops the child that calls it, as in
+    stock after running the cell again. Restarts the module's kernel."""
+    nb.add("lib", LIB).add("user", USER, "lib", counted=False).use()
+    assert nb.run("user").stdout == "used 6\n"
+    assert nb.runs() == ["lib"]
+    restarted(link_dap, nb)
+    path = link_dap.break_at(nb.cells["lib"]["source"], 3)
+    running = start_child_of(link_dap, nb, "user")
+    stopped = link_dap.wait_event("stopped", timeout=15)
+    thread = stopped["body"]["threadId"]
+    assert where(link_dap, thread)[0] == ("scaled", path, 3)
+    assert link_dap.step("continue", thread, running) is None
+    assert link_dap.finish(running).stdout == "used 6\n"
+    assert nb.runs() == []  # lib came from the cache store
+
+
+def test_after_a_restart_a_child_only_calling_a_cached_function_does_not_output_it(nb, link_dap) -> None:
+    """The cached function loaded in a new process (where its code names this process's cell
+    file) and only called by a child is not one of the child's outputs: it would be published
+    over the notebook's own `scaled`."""
+    nb.add("lib", LIB).add("caller", USER, "lib", counted=False).use()
+    assert nb.run("caller").stdout == "used 6\n"
+    restarted(link_dap, nb)
+    assert nb.run("caller").stdout == "used 6\n"  # publishes lib's cached values once
+    assert nb.kernel.execute("scaled = 'the notebook s own'").status == "ok"
+    assert nb.run("caller").stdout == "used 6\n"
+    assert nb.runs() == ["lib"]  # its one run, before the restart
+    assert nb.kernel.execute("print(scaled)").stdout == "the notebook s own\n"
+
+
+def start_child_of(dap: Dap, nb: Notebook, name: str) -> str:
+    cell = nb.cells[name]
+    return dap.start(cell["source"], cell["metadata"], cell["id"])
+
+
+def test_after_a_restart_a_cached_parents_function_shows_its_source(nb, link_dap) -> None:
+    """`scaled??` (inspect.getsource) on a function its fresh parent's cache brought into a
+    restarted kernel shows its code, as in stock after running the cell again."""
+    nb.add("lib", LIB, counted=False).add("shower", USER, "lib", counted=False).use()
+    assert nb.run("shower").stdout == "used 6\n"
+    restarted(link_dap, nb)
+    assert nb.run("shower").stdout == "used 6\n"  # publishes lib's cached values
+    shown = nb.kernel.execute("import inspect\nprint(inspect.getsource(scaled), end='')")
+    assert (shown.status, shown.stdout) == ("ok", LIB), shown.traceback_text

@@ -237,6 +237,10 @@ def test_warnings_from_the_kernels_own_files_name_no_file():
 
 
 def test_functions_passed_between_components_keep_their_cell_file():
+    """Their cell's file in the process that loads them (another process's temp folder, here
+    pid 1's, is not this one's), so tracebacks and breakpoints find the cell's code."""
+    from ipykernel.compiler import get_tmp_directory
+
     from linkkernel.namespaces import dump, load
 
     cell = module(
@@ -248,5 +252,5 @@ def test_functions_passed_between_components_keep_their_cell_file():
     assert copy is not cell["outer"]
     exc = raised(copy, 0)
     files = [entry.tb_frame.f_code.co_filename for entry in walk(exc.__traceback__)][1:]
-    assert files == ["/tmp/ipykernel_1/2925612514.py"] * 2
+    assert files == [f"{get_tmp_directory()}/2925612514.py"] * 2
     assert dump("outer", cell["outer"]).digest == dump("outer", copy).digest

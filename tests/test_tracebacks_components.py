@@ -120,7 +120,10 @@ def test_a_cached_parents_function_after_a_restart(link_kernelspec, tmp_path):
         nb.use()
         result = nb.run("use")
         assert nb.runs() == []  # lib came from the cache store: its code never compiled here
+        debugged = run_with_answers(kernel, "%debug", ["p x", "q"])
     finally:
         kernel.shutdown()
+    assert "> Component lib(3)risky()" in debugged and "\n0\n" in debugged
+    assert_clean(debugged)
     assert_user_error(result, "ZeroDivisionError", "division by zero")
     assert "Component lib, line 3, in risky(x)\n      2 def risky(x):\n----> 3     return 1 / x" in result.traceback_text
