@@ -271,3 +271,46 @@ def test_the_launcher_shows_link_python_with_its_logo(lab, browser) -> None:
             assert logo.evaluate("img => img.complete && img.naturalWidth") > 0, logo.get_attribute("src")
     finally:
         page.close()
+
+
+def run_all(notebook: LabPage, timeout: float = 60) -> None:
+    """Run > Run All Cells from the menu bar, and wait until the last cell shows a new count."""
+    last = notebook.panel.locator(".jp-Notebook .jp-Cell").last.locator(".jp-InputPrompt")
+    before = last.inner_text()
+    notebook.page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    notebook.page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+    deadline = time.monotonic() + timeout
+    while not (re.search(r"\[\d+\]", last.inner_text()) and last.inner_text() != before):
+        assert time.monotonic() < deadline, f"the last cell still shows {last.inner_text()!r}"
+        time.sleep(0.1)
+
+
+def test_run_all_of_the_saved_notebook_keeps_the_declarations_before_and_after_a_save(lab, opened) -> None:
+    """JupyterLab sends every cell's metadata with `trusted: true`, which it never saves: Run All
+    of the notebook as saved still answers the declarations it answered before the first cell
+    (no merge of every declaration again per cell), also once a save with outputs was read."""
+    path = lab["root"] / "runall.ipynb"
+    first = (
+        "_sources = get_ipython().kernel.runner.sources\n_answer = _sources.declared()\n"
+        "print('components', len(_answer.components))"
+    )
+    chain = [("x0 = 1", ["component:c0"])]
+    chain += [(f"x{i} = x{i - 1} + 1", [f"component:c{i}", f"parent:c{i - 1}"]) for i in range(1, 10)]
+    chain[-1] = ("x9 = x8 + 1\nprint('x9 is', x9)", chain[-1][1])
+    last = ("print('x9 is still', x9, '; same declarations:', _sources.declared() is _answer)", [])
+    write_notebook(path, [(first, []), *chain, last])
+    notebook = opened("runall.ipynb")
+    run_all(notebook)
+    assert_ran_with_the_same_declarations(notebook)
+    notebook.page.keyboard.press("Escape")
+    notebook.page.keyboard.press("Control+s")
+    saved_cells(path, 11)  # saved with its outputs and counts: a newer file, read by the first cell
+    run_all(notebook)
+    assert_ran_with_the_same_declarations(notebook)
+
+
+def assert_ran_with_the_same_declarations(notebook: LabPage) -> None:
+    assert notebook.output_text(0) == "components 10\n"
+    assert all(notebook.output_text(i) == "" for i in range(1, 10))
+    assert notebook.output_text(10) == "x9 is 10\n"
+    assert notebook.output_text(11) == "x9 is still 10 ; same declarations: True\n"
