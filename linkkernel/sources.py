@@ -34,6 +34,10 @@ from linkkernel.errors import LinkError
 
 # Keys JupyterLab adds to the request metadata that are not part of the cell's metadata.
 TRANSPORT_KEYS = ("cellId", "deletedCells", "recordTiming")
+# The metadata keys a declaration is read from (parse_declaration). The others never change
+# one: JupyterLab sends `trusted` with every cell but saves none, and adds `execution` timings,
+# `collapsed`, `scrolled`, `jupyter` as the user works.
+DECLARING_KEYS = ("tags", "link")
 # papermill: the tag of the cell whose values parameters override, the tag of the cell it
 # injects after it, and the first line of that injected cell (its default `comment`).
 PARAMETERS_TAG, INJECTED_TAG, INJECTED_HEADER = "parameters", "injected-parameters", "# Parameters"
@@ -80,6 +84,14 @@ def _claimed_names(metadata: Any) -> frozenset[str]:
     if isinstance(link, Mapping):
         names.append(link.get("name"))
     return frozenset(n for n in names if isinstance(n, str) and NAME_PATTERN.match(n))
+
+
+def _declaring(metadata: Any) -> Any:
+    """The part of a cell's metadata its declaration is read from: what an execution must
+    repeat for the declarations to stay as they were (Sources._remember)."""
+    if not isinstance(metadata, Mapping):
+        return metadata
+    return {key: metadata[key] for key in DECLARING_KEYS if key in metadata}
 
 
 def _declares(metadata: Mapping[str, Any]) -> bool:
@@ -413,9 +425,10 @@ class Sources:
         """Record an executed cell as the newest word on its key. The version stays when what
         `declared` answers cannot change: the saved notebook holds the cell (once), and what stood
         for it (the saved cell, or an earlier execution newer than the save) is what was
-        executed now, its position the saved cell's either way. A cell the saved notebook
-        lacks moves to the end of the unsaved ones, which changes their positions: the
-        version changes then."""
+        executed now (code, id, and the metadata a declaration is read from: JupyterLab sends
+        `trusted` with every cell, which the file never holds), its position the saved cell's
+        either way. A cell the saved notebook lacks moves to the end of the unsaved ones, which
+        changes their positions: the version changes then."""
         old = self._executed.get(cell.key)
         saved = self._file_by_key.get(cell.key)
         standing = old if old is not None and saved is not None and old.at >= saved.at else saved
@@ -423,7 +436,7 @@ class Sources:
             standing is not None
             and cell.key not in self._deleted
             and (standing.cell_id, standing.source, standing.code) == (cell.cell_id, cell.source, cell.code)
-            and standing.metadata == cell.metadata
+            and _declaring(standing.metadata) == _declaring(cell.metadata)
         )
         if not same:
             self._version += 1

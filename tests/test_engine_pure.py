@@ -368,6 +368,30 @@ def test_sources_answer_the_same_declarations_until_something_changes_them(tmp_p
     assert sources.declared() is not before
 
 
+
+def test_sources_keep_the_declarations_when_only_metadata_no_declaration_reads_differs(tmp_path):
+    """JupyterLab sends `trusted: true` with every cell and saves none (and adds `execution`
+    timings, `collapsed`, `scrolled`, `jupyter` as the user works): a Run All of the saved
+    notebook, before or after a save, is still the notebook as saved. The tags (their order
+    too) and `link` are what a declaration is read from: a change there is a new answer."""
+    nb = tmp_path / "nb.ipynb"
+    write_notebook(nb, [("c1", "a = 1", tags("a")), ("c2", "b = a", tags("b", "a")), ("c3", "print(1)", {})])
+    sources = Sources(str(nb))
+    lab = {"trusted": True, "deletedCells": [], "recordTiming": False}
+    timing = {"execution": {"iopub.status.busy": "2026-11-27T05:00:00.000Z"}, "collapsed": False, "scrolled": True,
+              "jupyter": {"source_hidden": False}}
+    for extra in (lab, {**lab, **timing}):
+        for code, meta, cell_id in [("a = 1", tags("a"), "c1"), ("b = a", tags("b", "a"), "c2"), ("print(1)", {}, "c3")]:
+            before, after = _declared_again(sources, code, {**meta, **extra}, cell_id)
+            assert after is before, (cell_id, extra)
+    reordered = {"tags": ["parent:a", "component:b"], **lab}
+    before, after = _declared_again(sources, "b = a", reordered, "c2")
+    assert after is not before and after.components[1].parents == ("a",)
+    before, after = _declared_again(sources, "b = a", {**reordered, "link": {"name": "b", "parents": ["a"]}}, "c2")
+    assert after is not before
+    before, after = _declared_again(sources, "b = a", {"trusted": True}, "c2")  # no longer a component
+    assert after is not before and [c.name for c in after.components] == ["a"]
+
 def test_ipython_names_are_told_apart_without_the_pattern_only_when_it_cannot_match():
     """Every name a run ends with is asked about; those not starting with an underscore skip
     the pattern unless the pattern has a name of that kind."""

@@ -271,3 +271,56 @@ def test_the_launcher_shows_link_python_with_its_logo(lab, browser) -> None:
             assert logo.evaluate("img => img.complete && img.naturalWidth") > 0, logo.get_attribute("src")
     finally:
         page.close()
+
+
+def run_all(notebook: LabPage, wait: bool = True, timeout: float = 60) -> None:
+    """Run > Run All Cells from the menu bar; `wait`: until the last cell shows a new count."""
+    last = notebook.panel.locator(".jp-Notebook .jp-Cell").last.locator(".jp-InputPrompt")
+    before = last.inner_text()
+    notebook.page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    notebook.page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+    if not wait:
+        return
+    deadline = time.monotonic() + timeout
+    while not (re.search(r"\[\d+\]", last.inner_text()) and last.inner_text() != before):
+        assert time.monotonic() < deadline, f"the last cell still shows {last.inner_text()!r}"
+        time.sleep(0.1)
+
+
+def test_run_all_of_the_saved_notebook_keeps_the_declarations_also_across_a_save(lab, opened) -> None:
+    """JupyterLab sends every cell's metadata with `trusted: true`, which it never saves: Run All
+    of the notebook as saved still answers the declarations it answered before the first cell
+    (no merge of every declaration again per cell). A save in the middle of it (outputs and
+    counts: a newer file) is read once; the cells after it answer what was read then."""
+    path = lab["root"] / "runall.ipynb"
+    first = (
+        "_sources = get_ipython().kernel.runner.sources\n_answer = _sources.declared()\n"
+        "print('components', len(_answer.components))"
+    )
+    wait_for_save = (
+        "import os, time\nprint('waiting for the save')\nwhile not os.path.exists('saved-mid-run'):\n"
+        "    time.sleep(0.05)\n_answer = _sources.declared()"
+    )
+    chain = [("x0 = 1", ["component:c0"])]
+    chain += [(f"x{i} = x{i - 1} + 1", [f"component:c{i}", f"parent:c{i - 1}"]) for i in range(1, 10)]
+    chain[-1] = ("x9 = x8 + 1\nprint('x9 is', x9)", chain[-1][1])
+    last = ("print('x9 is still', x9, '; same declarations:', _sources.declared() is _answer)", [])
+    write_notebook(path, [(first, []), *chain[:5], (wait_for_save, []), *chain[5:], last])
+    notebook = opened("runall.ipynb")
+    run_all(notebook, wait=False)
+    wait_for_output(notebook, 6, "waiting for the save")
+    notebook.page.keyboard.press("Escape")
+    notebook.page.keyboard.press("Control+s")
+    saved_cells(path, 5)
+    (lab["root"] / "saved-mid-run").touch()
+    assert_ran_with_the_same_declarations(notebook)
+    run_all(notebook)  # each cell now stands as executed, after the save
+    assert_ran_with_the_same_declarations(notebook)
+
+
+def assert_ran_with_the_same_declarations(notebook: LabPage) -> None:
+    wait_until_done(notebook, 12)
+    assert notebook.output_text(0) == "components 10\n"
+    assert all(notebook.output_text(i) == "" for i in (1, 2, 3, 4, 5, 7, 8, 9, 10))
+    assert notebook.output_text(11) == "x9 is 10\n"
+    assert notebook.output_text(12) == "x9 is still 10 ; same declarations: True\n"
