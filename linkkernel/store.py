@@ -514,21 +514,15 @@ class CacheStore:
         so until its record or an ancestor's changes (`_keep`: a run, an import read by
         `refresh`), a value is lost, the cache is cleared, or the graph is another (the
         declarations changed): each of those drops it."""
-        from linkkernel.graph import run_order
+        from linkkernel.graph import with_ancestors
 
         self.refresh()
         with self._lock:
             if graph is not self._fresh_graph:
                 self._fresh_graph, self._fresh = graph, set()
             fresh = self._fresh
-            region: set[str] = set()
-            todo = [t for t in targets if t not in fresh]
-            while todo:
-                name = todo.pop()
-                if name not in region:
-                    region.add(name)
-                    todo.extend(p for p in graph.pred[name] if p not in fresh and p not in region)
-            for name in run_order(graph, region):
+            region = with_ancestors(graph, targets, done=fresh)  # a component known fresh has its ancestors so
+            for name in region:
                 component = graph.nodes[name]["component"]
                 record = self.records.get(name)
                 now = state(
@@ -537,7 +531,7 @@ class CacheStore:
                 )
                 if now == FRESH:
                     fresh.add(name)
-            return region - fresh
+            return {name for name in region if name not in fresh}
 
     def blob(self, digest: str) -> Blob:
         """The blob named `digest`; LostValue when the storage lost it or it does not match."""

@@ -11,6 +11,7 @@ kernel when a task is sent and set in the task's process before its code runs.
 from __future__ import annotations
 
 import base64
+import importlib
 import json
 import sys
 import warnings
@@ -36,7 +37,8 @@ def of_kernel(shell: Any) -> dict[str, Any]:
 
 def apply(shell: Any, settings: Any) -> None:
     """Set, in a task's process, the kernel's settings `of_kernel` read. Each that cannot be
-    set here (a pandas option this version lacks) is left as it is."""
+    set here (a pandas option this version lacks, a library this machine lacks) is left as
+    it is."""
     if not isinstance(settings, dict):
         return
     if settings.get("interactivity") in shell.traits()["ast_node_interactivity"].values:
@@ -47,23 +49,30 @@ def apply(shell: Any, settings: Any) -> None:
 
         shell.config.InlineBackend = Config(inline_backend)
     options = _unpickled(settings.get("pandas"))
-    if options:
-        import pandas
-
+    pandas = _imported("pandas") if options else None
+    if pandas is not None:
         for name, value in options.items():
             try:
                 pandas.set_option(name, value)
             except (KeyError, ValueError, TypeError):  # pandas' OptionError is a KeyError
                 pass
     params = _unpickled(settings.get("rcParams"))
-    if params:
-        import matplotlib
-
+    matplotlib = _imported("matplotlib") if params else None
+    if matplotlib is not None:
         for name, value in params.items():
             try:
                 matplotlib.rcParams[name] = value
             except (KeyError, ValueError, TypeError):
                 pass
+
+
+def _imported(name: str) -> Any:
+    """The module `name`, None when this machine lacks it: a component that does not use it
+    runs without the kernel's settings of it, and one that does says it is missing."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
 
 
 def _inline_backend(shell: Any) -> dict[str, Any]:
