@@ -191,6 +191,9 @@ class CacheStore:
         self._fresh_graph = None
         self._fresh: set[str] = set()
         self._lock = threading.Lock()
+        # One refresh at a time: `%link status` in a subshell refreshes while the main shell's
+        # cell does, and the folder's watch hands each change to one caller only.
+        self._refreshing = threading.Lock()
         self._pending: list[Future] = []
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linkkernel-cache")
         # (inode, mtime, size) of each record file when last read or written here: one that changed
@@ -291,11 +294,14 @@ class CacheStore:
 
         Only the files the folder's watch saw change are looked at, when it can tell: each
         a stat, and a read when another process wrote it (ours have their stamps)."""
-        if self._local and self.root is not None and all(f.done() for f in self._pending):
-            changed = None if self._watch is None else self._watch.changed()
-            folder = f"{self.root}/records"
-            paths = None if changed is None else [f"{folder}/{name}" for name in sorted(changed) if name.endswith(".json")]
-            self._load_records(changed_only=True, paths=paths)
+        if not (self._local and self.root is not None):
+            return
+        with self._refreshing:
+            if all(f.done() for f in self._pending):
+                changed = None if self._watch is None else self._watch.changed()
+                folder = f"{self.root}/records"
+                paths = None if changed is None else [f"{folder}/{name}" for name in sorted(changed) if name.endswith(".json")]
+                self._load_records(changed_only=True, paths=paths)
 
     def get(self, name: str) -> RunRecord | None:
         return self.records.get(name)
