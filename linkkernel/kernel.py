@@ -10,7 +10,6 @@ from traitlets import Type, Unicode, default
 
 from linkkernel import __version__
 from linkkernel.compiler import LinkCompiler
-from linkkernel.debugger import LinkDebugger
 from linkkernel.errors import INTERNAL_ERROR_NAME, LinkError, internal_error_line, internal_error_reply
 from linkkernel.magics import LinkMagics
 from linkkernel.runner import Runner
@@ -25,7 +24,8 @@ class LinkKernel(IPythonKernel):
     implementation_version = __version__
     shell_class = Type(LinkShell)
     compiler_class = Type(LinkCompiler)
-    debugger_class = Type(LinkDebugger)
+    # by name, as ipykernel's own: imported once the kernel makes its debugger (debugpy: ~50 ms)
+    debugger_class = Type("linkkernel.debugger.LinkDebugger")
     cache_url = Unicode(
         help="fsspec URL of the component cache store (default: $LINKKERNEL_CACHE, else the user cache dir)"
     ).tag(config=True)

@@ -24,7 +24,6 @@ from typing import Any
 
 from linkkernel import capture
 from linkkernel.cow import IMMUTABLE, Loaded
-from linkkernel.debugger import unreachable_breakpoints_note
 from linkkernel.declarations import Component
 from linkkernel.errors import LinkError
 from linkkernel.graph import with_ancestors
@@ -328,6 +327,8 @@ class Runner:
         )
         if component.remote:
             outcome = await self._run_remote(component, merged, record, live is not None)
+            from linkkernel.debugger import unreachable_breakpoints_note  # debugpy: loaded with the debugger
+
             note = unreachable_breakpoints_note(self.kernel, component)
             if note is not None:
                 outcome.warnings.append(note)
