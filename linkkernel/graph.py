@@ -7,7 +7,7 @@ the merge driver refuse the same pipelines with the same one-line messages.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Collection, Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -127,7 +127,7 @@ def run_order(graph: nx.DiGraph, names: Iterable[str] | None = None) -> list[str
     return order
 
 
-def with_ancestors(graph: nx.DiGraph, targets: Iterable[str], done: Collection[str] = ()) -> list[str]:
+def with_ancestors(graph: nx.DiGraph, targets: Iterable[str], done: Container[str] = ()) -> list[str]:
     """`targets` and every ancestor of theirs, in run order (parents first), leaving out those
     in `done`, which must hold the ancestors of each name it holds (what already ran): the
     walk stops there, so adding the components of a deep pipeline one by one stays linear.

@@ -176,6 +176,7 @@ class Runner:
     def plan(self, graph, targets: list[str], force: bool = False, rerun_targets: bool = False) -> list[str]:
         """The components to run for `targets`, in run order: whatever is stale, plus the targets
         themselves when `rerun_targets` (executing a component cell always runs it)."""
+        order = None
         if force or _has_remotes(graph):
             order = with_ancestors(graph, targets)
             self._check_remotes(graph, order)
@@ -185,7 +186,7 @@ class Runner:
         chosen = unfresh | set(targets) if rerun_targets else unfresh
         if len(chosen) <= 1:  # the common case (Run All): no order to work out
             return list(chosen)
-        return [n for n in with_ancestors(graph, targets) if n in chosen]
+        return [n for n in order or with_ancestors(graph, targets) if n in chosen]
 
     def _check_remotes(self, graph, names: list[str]) -> None:
         aliases = {graph.nodes[n]["component"].remote for n in names} - {None}
@@ -456,10 +457,9 @@ class Runner:
                     outputs.error(reply.get("ename", ""), reply.get("evalue", ""), reply.get("traceback", []))
                 outcome.reply = reply
         if live is not None:  # `_`, `__`, `_i`, `_5`...: plain cells keep IPython's history names
-            # (the test before is_ipython_name is its own, inline: a call less for each of the user's names)
-            shell.user_ns.update({n: ns[n] for n in ns if (n[:1] == "_" or n in _PLAIN_IPYTHON_NAMES) and is_ipython_name(n) and n not in _MODULE_NAMES})
+            shell.user_ns.update({n: ns[n] for n in ns if is_ipython_name(n) and n not in _MODULE_NAMES})
         if record.ok:
-            self._collect(outcome, inputs, merged, as_loaded, ns, {n: how for n, (_, how) in loaded.items()}, set(copies), known)
+            self._collect(outcome, inputs, merged, rest, as_loaded, ns, {n: how for n, (_, how) in loaded.items()}, set(copies), known)
         return outcome
 
     def _collect(
@@ -467,6 +467,7 @@ class Runner:
         outcome: RunOutcome,
         inputs: dict,
         merged: dict[str, str],
+        rest: dict[str, str],
         as_loaded: dict[str, str],
         final: dict,
         loaded: dict,
@@ -482,7 +483,7 @@ class Runner:
         it may have been mutated, so the run's copy is its output, for its children. The final
         namespace is pickled as one (namespaces.pickling_names), so names holding the same
         object still do in children. `known`: the inputs that were numbers and strings loaded
-        before (not in `loaded`).
+        before (not in `loaded`); `rest`: the other inputs of `merged`.
         """
         # Numbers and strings the run kept as loaded: unchanged, neither pickled nor compared.
         settled = {n for n, how in known.items() if final.get(n, _ABSENT) is how.value}
@@ -490,8 +491,7 @@ class Runner:
             n for n, how in loaded.items()
             if how is not None and type(how.value) in IMMUTABLE and n in final and final[n] is how.value
         )
-        rest = {n: d for n, d in merged.items() if n not in known} if known else merged
-        ignore = [n for n in final if n not in settled and (n[:1] == "_" or n in _PLAIN_IPYTHON_NAMES) and is_ipython_name(n)]
+        ignore = [n for n in final if n not in settled and is_ipython_name(n)]
 
         def unchanged(name: str) -> Blob | None:
             how = loaded.get(name)
@@ -812,23 +812,12 @@ class Runner:
         whose record is the run it was closed with: fresh with the same run means the same
         runs of all its ancestors (their run ids are in its lineage of records), published
         then."""
-        from linkkernel.graph import run_order
-
         store, planned = self.store, set(plan)
-
-        def is_closed(name: str) -> bool:
-            return self._is_closed(name, planned)
-
-        region: set[str] = set()
-        todo = [t for t in targets if not is_closed(t)]
-        while todo:
-            name = todo.pop()
-            if name not in region:
-                region.add(name)
-                todo.extend(p for p in graph.pred[name] if p not in region and not is_closed(p))
+        # a closed component's ancestors are closed (`_close`), as with_ancestors needs of `done`
+        region = with_ancestors(graph, targets, done=_Closed(self, planned))
         pending = [n for n in region if n not in planned and (r := store.get(n)) is not None and self._published.get(n) != r.run_id]
-        # one to publish (or none) needs no order among the others, nor a walk of the rest
-        return run_order(graph, region) if len(pending) <= 1 else with_ancestors(graph, targets)
+        # one to publish (or none) needs no walk of the rest
+        return region if len(pending) <= 1 else with_ancestors(graph, targets)
 
     def _close(self, graph, order: list[str], plan: list[str]) -> None:
         """Close the components of `order` (run order) that are fresh and published, their
@@ -872,6 +861,16 @@ class Runner:
                 print(line, file=sys.stderr)
             self._cell_spoke = self._cell_spoke or bool(warnings)
         return ran
+
+
+class _Closed:
+    """The components closed for a plan (`Runner._is_closed`), as a `done` of with_ancestors."""
+
+    def __init__(self, runner: Runner, plan: Collection[str]) -> None:
+        self._runner, self._plan = runner, plan
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self._runner._is_closed(name, self._plan)
 
 
 def _has_remotes(graph) -> bool:
