@@ -27,6 +27,7 @@ import socket
 import sys
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -439,8 +440,6 @@ class Worker:
     def serve(self) -> None:
         import zmq
 
-        from linkkernel.remote.protocol import BadMessage
-
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         log.info("worker listening on %s, storage %s, %d slot(s)", self.address, self.store_url, self.slots)
@@ -472,14 +471,7 @@ class Worker:
                 if task.pidfd in events:
                     self._finish(task)
             if self.socket in events:
-                while self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    frames = self.socket.recv_multipart()
-                    client, rest = frames[0], frames[1:]
-                    try:
-                        message = self.signer.verify(rest)
-                    except BadMessage as exc:
-                        log.warning("dropped a message from client %s: %s", client.hex(), exc)
-                        continue
+                for client, message in self._received():
                     try:
                         self._handle(client, message)
                     except (TypeError, ValueError, AttributeError, KeyError) as exc:
@@ -518,8 +510,7 @@ class Worker:
                 return
             problem = skew(self.versions, body.get("versions") or {})
             if problem:
-                log.info("task %s %r refused: %s", task_id[:8], body.get("name"), problem)
-                self.send(client, "rejected", {"task": task_id, "message": problem})
+                self._refuse(client, body, problem)
                 return
             self.queue.append(Task(task_id, client, body))
             self.to_accept.append((client, "accepted", {"task": task_id, "position": len(self.queue) + len(self.running)}))
@@ -873,20 +864,31 @@ class Worker:
         """Refuse the tasks submitted after the loop's last read, saying `why`: their kernels
         would otherwise wait out the accept deadline and call a worker just stopped
         unreachable. What arrives after this is past helping: the socket closes next."""
+        for client, message in self._received():
+            if message.type == "submit":
+                self._refuse(client, message.body, f"{why} before it could start the task")
+
+    def _received(self) -> Iterator[tuple[bytes, Any]]:
+        """Each signed message waiting on the socket now, with the client that sent it;
+        unsigned, forged, replayed or malformed ones are dropped and logged."""
         import zmq
 
         from linkkernel.remote.protocol import BadMessage
 
-        while self.socket.poll(0, zmq.POLLIN):
+        while self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             client, *rest = self.socket.recv_multipart()
             try:
                 message = self.signer.verify(rest)
-            except BadMessage:
+            except BadMessage as exc:
+                log.warning("dropped a message from client %s: %s", client.hex(), exc)
                 continue
-            if message.type == "submit":
-                task_id, problem = str(message.body.get("task", "")), f"{why} before it could start the task"
-                log.info("task %s %r refused: %s", task_id[:8], message.body.get("name"), problem)
-                self.send(client, "rejected", {"task": task_id, "message": problem})
+            yield client, message
+
+    def _refuse(self, client: bytes, body: dict[str, Any], problem: str) -> None:
+        """Tell the kernel that sent the task `body` it will not run, and why; one log line."""
+        task_id = str(body.get("task", ""))
+        log.info("task %s %r refused: %s", task_id[:8], body.get("name"), problem)
+        self.send(client, "rejected", {"task": task_id, "message": problem})
 
 
 def configure_worker(parser: argparse.ArgumentParser) -> None:
