@@ -25,6 +25,8 @@ COLONLESS_TAG = re.compile(
     r"\s*(?:(component|parent)\s*[=\s]|(remote)\s*=)\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\Z", re.IGNORECASE
 )
 LINK_KEYS = {"name", "parents", "remote"}
+# The cell metadata keys parse_declaration reads; the others never change a declaration.
+DECLARING_KEYS = ("tags", "link")
 
 
 class DeclarationError(LinkError):

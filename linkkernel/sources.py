@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from linkkernel.declarations import (
+    DECLARING_KEYS,
     NAME_PATTERN,
     NOTEBOOK_ENCODING,
     Component,
@@ -34,10 +35,6 @@ from linkkernel.errors import LinkError
 
 # Keys JupyterLab adds to the request metadata that are not part of the cell's metadata.
 TRANSPORT_KEYS = ("cellId", "deletedCells", "recordTiming")
-# The metadata keys a declaration is read from (parse_declaration). The others never change
-# one: JupyterLab sends `trusted` with every cell but saves none, and adds `execution` timings,
-# `collapsed`, `scrolled`, `jupyter` as the user works.
-DECLARING_KEYS = ("tags", "link")
 # papermill: the tag of the cell whose values parameters override, the tag of the cell it
 # injects after it, and the first line of that injected cell (its default `comment`).
 PARAMETERS_TAG, INJECTED_TAG, INJECTED_HEADER = "parameters", "injected-parameters", "# Parameters"
@@ -88,7 +85,9 @@ def _claimed_names(metadata: Any) -> frozenset[str]:
 
 def _declaring(metadata: Any) -> Any:
     """The part of a cell's metadata its declaration is read from: what an execution must
-    repeat for the declarations to stay as they were (Sources._remember)."""
+    repeat for the declarations to stay as they were (Sources._remember). JupyterLab sends
+    `trusted` with every cell but saves none, and adds `execution` timings, `collapsed`,
+    `scrolled`, `jupyter` as the user works: none of them declares anything."""
     if not isinstance(metadata, Mapping):
         return metadata
     return {key: metadata[key] for key in DECLARING_KEYS if key in metadata}
