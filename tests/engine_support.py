@@ -41,6 +41,11 @@ class Notebook:
         assert self.kernel.execute(f"%link notebook {self.path}").status == "ok"
         return self
 
+    def restart(self) -> None:
+        """Restart as JupyterLab does, then point the new kernel at this notebook again."""
+        self.kernel.restart_as_jupyterlab()
+        assert self.kernel.execute(f"%link notebook {self.path}").status == "ok"
+
     def run(self, name: str, **kwargs) -> CellResult:
         cell = self.cells[name]
         return self.kernel.execute(cell["source"], metadata=dict(cell["metadata"]), cell_id=cell["id"], **kwargs)

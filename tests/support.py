@@ -190,6 +190,12 @@ class Kernel:
         self.manager.restart_kernel(now=True)
         self.client.wait_for_ready(timeout=60)
 
+    def restart_as_jupyterlab(self) -> None:
+        """Restart as JupyterLab does: a shutdown_request with restart=True, so the kernel
+        ends as it would (its cache written after the last reply lands), then a new process."""
+        self.manager.restart_kernel(now=False)
+        self.client.wait_for_ready(timeout=60)
+
     def shutdown(self) -> None:
         self.client.stop_channels()
         self.manager.shutdown_kernel(now=True)

@@ -29,17 +29,11 @@ def saved(link_kernelspec, tmp_path_factory):
     k.shutdown()
 
 
-def restart(kernel: Kernel) -> None:
-    """Restart as JupyterLab does: a shutdown_request with restart=True, then a new process."""
-    kernel.manager.restart_kernel(now=False)
-    kernel.client.wait_for_ready(timeout=60)
-
-
 def test_restart_finds_fresh_components_in_the_cache(saved):
     nb, cache = saved
     assert nb.run("c").status == "ok"
     assert nb.runs() == ["a", "b", "c"]
-    restart(nb.kernel)
+    nb.kernel.restart_as_jupyterlab()
     assert nb.run("c").status == "ok"
     assert nb.runs() == ["c"]
     assert value(nb.kernel, "z") == 30
@@ -58,7 +52,7 @@ def test_memory_only_values_rerun_after_restart(saved):
     assert result.status == "ok"
     assert "'lock' (_thread.lock) cannot be serialised" in result.stderr
     nb.runs()
-    restart(nb.kernel)
+    nb.kernel.restart_as_jupyterlab()
     assert nb.run("d").status == "ok"
     assert nb.runs() == ["mem", "d"]
 
@@ -70,7 +64,7 @@ def test_a_value_lost_from_the_cache_runs_its_component_again(saved, damage):
     nb, cache = saved
     assert nb.run("c").status == "ok"
     nb.runs()
-    restart(nb.kernel)  # values are read from the cache files again
+    nb.kernel.restart_as_jupyterlab()  # values are read from the cache files again
     digest = json.loads(next(cache.glob("persist-*/records/a.json")).read_text())["namespace"]["x"]
     blob = next(cache.glob(f"persist-*/blobs/*/{digest}"))
     if damage == "delete":
@@ -84,7 +78,7 @@ def test_a_value_lost_from_the_cache_runs_its_component_again(saved, damage):
     assert result.stderr.startswith("linkkernel: ") and "running the components that made it again" in result.stderr
     assert result.stderr.count("\n") == 1
     assert "clear_output" not in [m["msg_type"] for m in result.messages], "the line said above the progress is kept"
-    restart(nb.kernel)
+    nb.kernel.restart_as_jupyterlab()
     assert nb.run("c").status == "ok"
     assert nb.runs() == ["c"], "the value was written again"
 
@@ -196,7 +190,7 @@ def test_dataframes_flow_through_components_and_the_cache(link_kernelspec, tmp_p
         expected = (["a", "s", "c"], -1, 9999900000.0, "category")
         assert value(k, "shown") == expected
         assert value(k, "seen") == (["a", "s"], 0)
-        restart(k)
+        k.restart_as_jupyterlab()
         for name in ("report", "peek"):
             assert nb.run(name).status == "ok"
         assert nb.runs() == ["report", "peek"]  # their parents came from the cache
@@ -222,7 +216,7 @@ def test_a_cache_in_s3_serves_a_restarted_kernel(link_kernelspec, tmp_path):
         nb.add("b", "y = int(x.sum())", "a")
         nb.save()
         assert nb.run("b").status == "ok" and nb.runs() == ["a", "b"]
-        restart(k)
+        k.restart_as_jupyterlab()
         assert nb.run("b").status == "ok" and nb.runs() == ["b"]  # a came from the bucket
         assert value(k, "y") == 499999500000
         s3 = boto3.client(

@@ -212,8 +212,7 @@ def test_interrupt_while_cached_values_are_published_after_a_restart_publishes_n
     assert nb.run("parent").status == "ok"
     # as JupyterLab restarts: a shutdown_request, so the cache written after the reply lands
     # first (a kill right after the reply could lose the parent's record: nothing to publish)
-    nb.kernel.manager.restart_kernel(now=False)
-    nb.kernel.client.wait_for_ready(timeout=60)
+    nb.kernel.restart_as_jupyterlab()
     nb.use()
     nb.kernel.execute("a = 'before'")
     result = nb.run("child", interrupt_after=1.5, timeout=30)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from engine_support import Notebook, value
+from engine_support import value
 from remote_support import registered_worker
 
 
@@ -26,13 +26,6 @@ def worker(home: Path):
     """A real worker on loopback, registered as `qd`."""
     with registered_worker(home / "worker", "qd") as w:
         yield w
-
-
-def restart(nb: Notebook) -> None:
-    """Restart as JupyterLab does, then point the new kernel at the test's notebook again."""
-    nb.kernel.manager.restart_kernel(now=False)
-    nb.kernel.client.wait_for_ready(timeout=60)
-    assert nb.kernel.execute(f"%link notebook {nb.path}").status == "ok"
 
 
 # A frame with a column of each kind pandas has beyond numbers, a MultiIndex frame, a Series
@@ -111,7 +104,7 @@ def test_children_changing_frames_in_place_output_them_and_leave_the_parents_val
         outputs = value(nb.kernel, f"[n for n in {FRAME_NAMES!r} if not isinstance(globals()[n], str)]")
         assert outputs == [change.split("[")[0].split(".")[0]], change
     nb.runs()
-    restart(nb)
+    nb.restart()
     assert nb.run("sibling").status == "ok"
     assert value(nb.kernel, "snapshot") == made
     assert nb.runs() == ["sibling"]
@@ -129,7 +122,7 @@ def test_a_silent_parents_frame_shown_as_its_value_is_kept_as_stock_shows_it(nb,
     child = nb.run("counts")
     assert child.stdout == "3\n" and [d for d in child.displays if "text/html" in d["data"]] == []
     assert [d["data"] for d in nb.kernel.execute("%link outputs frames").displays] == expected
-    restart(nb)
+    nb.restart()
     assert [d["data"] for d in nb.kernel.execute("%link outputs frames").displays] == expected
 
 
@@ -156,7 +149,7 @@ def test_a_remote_components_pyplot_figure_reaches_the_cell_as_a_local_ones(nb, 
     assert [sorted(d) for d in images(live)] == expected
     kept = images(nb.kernel.execute("%link outputs remote_plot"))
     assert [sorted(d) for d in kept] == expected
-    restart(nb)
+    nb.restart()
     assert images(nb.kernel.execute("%link outputs remote_plot")) == kept
 
 
@@ -190,7 +183,7 @@ def test_a_silent_parents_figure_is_kept_as_its_output_across_a_restart_not_show
     assert "cannot be serialised" not in child.stderr  # figures pickle: kept in the cache
     kept = nb.kernel.execute("%link outputs draws")
     assert [sorted(d["data"]) for d in kept.displays] == expected
-    restart(nb)
+    nb.restart()
     again = nb.kernel.execute("%link outputs draws")
     assert [d["data"] for d in again.displays] == [d["data"] for d in kept.displays]
     assert nb.run("reports").stdout == "drawn\n"  # the figure from the cache

@@ -491,8 +491,7 @@ USER = "print('used', scaled(3))\n"
 def restarted(dap: Dap, nb: Notebook) -> None:
     """Restart as JupyterLab does (records written after the reply are kept), point the new
     kernel at the notebook again and switch the debugger on again."""
-    dap.kernel.manager.restart_kernel(now=False)
-    dap.kernel.client.wait_for_ready(timeout=60)
+    dap.kernel.restart_as_jupyterlab()
     dap.idle.clear()
     dap.events.clear()
     nb.use()

@@ -27,13 +27,6 @@ def worker(home: Path):
         yield w
 
 
-def restart(nb: Notebook) -> None:
-    """Restart as JupyterLab does, then point the new kernel at the test's notebook again."""
-    nb.kernel.manager.restart_kernel(now=False)
-    nb.kernel.client.wait_for_ready(timeout=60)
-    assert nb.kernel.execute(f"%link notebook {nb.path}").status == "ok"
-
-
 def changed_in_notebook(nb: Notebook, names: list[str]) -> None:
     """Rebind `names` in the notebook namespace: a child that only reads them must leave them so."""
     assert nb.kernel.execute(" = ".join(names) + " = 'changed in the notebook'").status == "ok"
@@ -82,7 +75,7 @@ def test_a_file_a_with_block_closed_is_cached_and_comes_back_closed_as_it_was(nb
     nb.use()
     opened = nb.run("opens_with")
     assert (opened.status, opened.stderr) == ("ok", "")
-    restart(nb)
+    nb.restart()
     child = nb.run("looks_at_closed")
     assert child.status == "ok", child.traceback_text
     assert child.stderr == ""
@@ -270,7 +263,7 @@ def test_slotted_and_named_tuple_values_rebuild_from_the_cache_after_a_restart(n
     nb.add("uses_again", USES_CLASSES, "defines_again")
     nb.use()
     assert nb.run("defines_again").status == "ok"
-    restart(nb)
+    nb.restart()
     used = nb.run("uses_again")
     assert used.status == "ok", used.traceback_text
     assert used.stderr == ""
@@ -303,7 +296,7 @@ def test_a_cached_property_value_pickles_and_comes_back(nb):
     caches = nb.run("caches")
     assert caches.status == "ok", caches.traceback_text
     assert caches.stderr == ""
-    restart(nb)
+    nb.restart()
     scores = nb.run("scores")
     assert scores.status == "ok", scores.traceback_text
     assert scores.stderr == ""

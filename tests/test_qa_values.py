@@ -26,12 +26,6 @@ def worker(home: Path):
         yield w
 
 
-def restart(kernel: Kernel) -> None:
-    """Restart as JupyterLab does: a shutdown_request with restart=True, then a new process."""
-    kernel.manager.restart_kernel(now=False)
-    kernel.client.wait_for_ready(timeout=60)
-
-
 def test_a_parent_passing_a_value_on_unchanged_does_not_undo_a_sibling_parents_change(nb):
     """load -> features (adds a column in place, rebinds a setting) and load -> stats (only
     reads); a model with parents [features, stats] sees the features, as if load, features and
@@ -52,7 +46,7 @@ def test_a_parent_passing_a_value_on_unchanged_does_not_undo_a_sibling_parents_c
     assert nb.run("model_rev").status == "ok"
     assert value(nb.kernel, "seen_rev") == (*expected[:3], "features", *expected[4:])
     nb.runs()
-    restart(nb.kernel)  # the same merge from the records in the cache
+    nb.kernel.restart_as_jupyterlab()  # the same merge from the records in the cache
     nb.kernel.execute(f"%link notebook {nb.path}")
     assert nb.run("model").status == "ok"
     assert nb.runs() == ["model"]
@@ -193,12 +187,12 @@ def test_a_record_with_outputs_in_no_known_shape_means_run_again(nb, home: Path)
 
     nb.add("shown", "print('shown once')", counted=True).use()
     assert nb.run("shown").status == "ok"
-    restart(nb.kernel)  # the record is on disk
+    nb.kernel.restart_as_jupyterlab()  # the record is on disk
     record_file = next((home / "cache").glob("*/records/shown.json"))
     record = json.loads(record_file.read_text())
     record["outputs"] = [{"output_type": "stream"}, {"no": "type"}]
     record_file.write_text(json.dumps(record))
-    restart(nb.kernel)
+    nb.kernel.restart_as_jupyterlab()
     nb.kernel.execute(f"%link notebook {nb.path}")
     shown = nb.kernel.execute("%link outputs shown")
     assert shown.status == "error"
