@@ -15,25 +15,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from browser_support import TOKEN, LabPage, browser, lab  # noqa: F401 - module fixtures
+from browser_support import TOKEN, LabPage, browser, lab, open_pages, write_notebook  # noqa: F401 - module fixtures
 
 pytestmark = pytest.mark.timeout(300)
 
 CHILD = ("y = x * 2\nprint('child says', y)", ["component:child", "parent:parent"])
-
-
-def write_notebook(path: Path, cells: list[tuple[str, list[str]]], kernel: str = "link-python") -> None:
-    """A saved notebook of code cells, each (source, tags), for `kernel`."""
-    notebook = nbformat.v4.new_notebook()
-    names = {"link-python": "Link Python", "python3": "Python 3 (ipykernel)"}
-    notebook.metadata["kernelspec"] = {"name": kernel, "display_name": names[kernel], "language": "python"}
-    for source, tags in cells:
-        cell = nbformat.v4.new_code_cell(source)
-        if tags:
-            cell.metadata["tags"] = tags
-        notebook.cells.append(cell)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(notebook, path)
 
 
 def saved_cells(path: Path, executed: int) -> list[dict]:
@@ -50,37 +36,10 @@ def saved_cells(path: Path, executed: int) -> list[dict]:
         time.sleep(0.2)
 
 
-def start_run(notebook: LabPage, index: int) -> None:
-    """Run a cell without waiting for it, as a user presses Ctrl+Enter."""
-    notebook.cell(index).locator(".cm-content").click()
-    notebook.page.keyboard.press("Control+Enter")
-
-
-def wait_for_output(notebook: LabPage, index: int, text: str | re.Pattern, timeout: float = 60) -> None:
-    notebook.cell(index).locator(".jp-OutputArea-output", has_text=text).first.wait_for(timeout=timeout * 1000)
-
-
-def wait_until_done(notebook: LabPage, index: int, timeout: float = 60) -> None:
-    """Until the cell's prompt shows a count instead of `[*]`."""
-    prompt = notebook.cell(index).locator(".jp-InputPrompt")
-    deadline = time.monotonic() + timeout
-    while not re.search(r"\[\d+\]", prompt.inner_text()):
-        assert time.monotonic() < deadline, f"cell {index} still shows {prompt.inner_text()!r}"
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def opened(lab, browser):
     """Opens saved notebooks in pages of their own; closes them after the test."""
-    pages: list[LabPage] = []
-
-    def open_notebook(path: str) -> LabPage:
-        pages.append(LabPage.open(browser, lab["url"], path))
-        return pages[-1]
-
-    yield open_notebook
-    for lab_page in pages:
-        lab_page.page.close()
+    yield from open_pages(LabPage, browser, lab["url"])
 
 
 def test_a_child_run_shows_progress_then_leaves_only_its_output_in_the_saved_notebook(lab, opened) -> None:
@@ -92,16 +51,16 @@ def test_a_child_run_shows_progress_then_leaves_only_its_output_in_the_saved_not
         path, [("import time\ntime.sleep(1.5)\nx = 21\nprint('parent ran')", parent_tags), CHILD, ("%link run child --force", [])]
     )
     notebook = opened("progress.ipynb")
-    start_run(notebook, 1)
-    wait_for_output(notebook, 1, "linkkernel: running parent 'parent' (1 of 1")
-    wait_until_done(notebook, 1)
+    notebook.start(1)
+    notebook.wait_for_output(1, "linkkernel: running parent 'parent' (1 of 1")
+    notebook.wait_until_done(1)
     notebook.screenshot("qa-browser-progress")
     assert notebook.output_text(1) == "child says 42\n"
     assert notebook.output_text(0) == ""
-    start_run(notebook, 2)  # the same line, for components run from a plain cell
-    wait_for_output(notebook, 2, "linkkernel: running parent 'parent' (1 of 2")
-    wait_for_output(notebook, 2, "ran: parent, child")
-    wait_until_done(notebook, 2)
+    notebook.start(2)  # the same line, for components run from a plain cell
+    notebook.wait_for_output(2, "linkkernel: running parent 'parent' (1 of 2")
+    notebook.wait_for_output(2, "ran: parent, child")
+    notebook.wait_until_done(2)
     notebook.page.keyboard.press("Control+s")
     parent, child, run = saved_cells(path, 2)
     assert parent["outputs"] == [] and parent["metadata"] == {"tags": parent_tags}
@@ -174,11 +133,11 @@ def test_interrupting_a_silent_parent_then_restarting_reuses_the_cache(lab, open
     write_notebook(root / "interrupt.ipynb", [(parent, ["component:parent"]), CHILD])
     notebook = opened("interrupt.ipynb")
     page = notebook.page
-    start_run(notebook, 1)
-    wait_for_output(notebook, 1, "running parent 'parent'")
+    notebook.start(1)
+    notebook.wait_for_output(1, "running parent 'parent'")
     page.locator(".jp-NotebookPanel-toolbar [data-command='notebook:interrupt-kernel']").click()
-    wait_for_output(notebook, 1, "KeyboardInterrupt: interrupted while running parent components; nothing half-run was kept")
-    wait_until_done(notebook, 1)
+    notebook.wait_for_output(1, "KeyboardInterrupt: interrupted while running parent components; nothing half-run was kept")
+    notebook.wait_until_done(1)
     (root / "go").touch()
     notebook.run(1)
     assert notebook.output_text(1) == "child says 42\n"
@@ -234,11 +193,11 @@ def test_widgets_input_stored_outputs_and_errors_look_as_in_stock_jupyter(lab, o
     assert graph.count() == 1 and graph.first.bounding_box()["width"] > 20
     stock = opened("stock.ipynb")
     for page, (ask, broken) in ((notebook, (5, 6)), (stock, (0, 1))):
-        start_run(page, ask)
+        page.start(ask)
         box = page.cell(ask).locator("input.jp-Stdin-input")
         box.fill("Ada")
         box.press("Enter")
-        wait_for_output(page, ask, "hello Ada")
+        page.wait_for_output(ask, "hello Ada")
         page.run(broken)
     notebook.screenshot("qa-browser-rich")
 
@@ -308,7 +267,7 @@ def test_run_all_of_the_saved_notebook_keeps_the_declarations_also_across_a_save
     write_notebook(path, [(first, []), *chain[:5], (wait_for_save, []), *chain[5:], last])
     notebook = opened("runall.ipynb")
     run_all(notebook, wait=False)
-    wait_for_output(notebook, 6, "waiting for the save")
+    notebook.wait_for_output(6, "waiting for the save")
     notebook.page.keyboard.press("Escape")
     notebook.page.keyboard.press("Control+s")
     saved_cells(path, 5)
@@ -319,7 +278,7 @@ def test_run_all_of_the_saved_notebook_keeps_the_declarations_also_across_a_save
 
 
 def assert_ran_with_the_same_declarations(notebook: LabPage) -> None:
-    wait_until_done(notebook, 12)
+    notebook.wait_until_done(12)
     assert notebook.output_text(0) == "components 10\n"
     assert all(notebook.output_text(i) == "" for i in (1, 2, 3, 4, 5, 7, 8, 9, 10))
     assert notebook.output_text(11) == "x9 is 10\n"
