@@ -46,7 +46,7 @@ def status(kernel, argv: list[str]) -> None:
 
     runner = kernel.runner
     declared, unplaced, graph, errors = _valid_part(runner)
-    state = runner.store.states(graph)
+    state = runner.store.states(graph, remote=True)
     rows = [("name", "parents", "state", "last run", "duration", "where")]
     for name in run_order(graph):
         component = graph.nodes[name]["component"]
@@ -82,7 +82,7 @@ def graph(kernel, argv: list[str]) -> None:
 
     runner = kernel.runner
     _, _, g, errors = _valid_part(runner)
-    state = runner.store.states(g)
+    state = runner.store.states(g, remote=True)
     key = notebook_order(g)
     layers = [sorted(layer, key=key) for layer in nx.topological_generations(g)]
     parents = {n: g.nodes[n]["component"].parents for n in g}

@@ -242,16 +242,19 @@ class CacheStore:
             raise LinkError(self.unusable)
         return self
 
-    def _load_records(self, changed_only: bool = False, paths: Iterable[str] | None = None) -> None:
+    def _load_records(self, changed_only: bool = False, paths: Iterable[str] | None = None) -> bool:
         """Read the record files (`paths`, all when None); `changed_only`: those whose
-        stamp is not the one they had when last read or written here."""
+        stamp is not the one they had when last read or written here. Whether a record
+        read replaced the run kept here."""
         if paths is None:
             try:
-                paths = self._record_paths()
+                listed = self._record_files()
             except OSError:
-                return
-        for path in paths:
-            stamp = self._stamp(path)
+                return False
+        else:
+            listed = {path: self._stamp(path) for path in paths}
+        taken = False
+        for path, stamp in listed.items():
             if changed_only and stamp == self._stamps.get(path):
                 continue
             self._stamps[path] = stamp
@@ -261,20 +264,29 @@ class CacheStore:
             except (OSError, ValueError, TypeError):
                 continue  # a torn or foreign record only means that component runs again
             with self._lock:
-                self._keep(record)
+                kept = self.records.get(record.name)
+                if kept is None or kept.run_id != record.run_id:  # not our own run, read back
+                    self._keep(record)
+                    taken = True
+        return taken
 
-    def _record_paths(self) -> list[str]:
-        """The record files in the store. A local folder is listed with os.scandir: fsspec's
-        glob asks for each file's details, which before every cell (`refresh`) cost a pipeline
-        of 400 components 6 ms."""
+    def _record_files(self) -> dict[str, Any]:
+        """The record files in the store, each with its stamp (see `_stamp`). A local folder
+        is listed with os.scandir: fsspec's glob asks for each file's details, which before
+        every cell (`refresh`) cost a pipeline of 400 components 6 ms. A remote one is
+        listed afresh, with each object's details as the listing gives them (its ETag, its
+        time): one request, which tells the records another process wrote since."""
         folder = f"{self.root}/records"
         if not self._local:
-            return self.fs.glob(f"{folder}/*.json")
+            self.fs.invalidate_cache(folder)
+            entries = self.fs.ls(folder, detail=True)
+            return {e["name"]: json.dumps(e, sort_keys=True, default=str) for e in entries if e["name"].endswith(".json")}
         with os.scandir(folder) as entries:
-            return [entry.path for entry in entries if entry.name.endswith(".json")]
+            return {entry.path: self._stamp(entry.path) for entry in entries if entry.name.endswith(".json")}
 
     def _stamp(self, path: str) -> tuple[int, int, int] | None:
-        """Which local record file is at `path` (see `_stamp_of`); None for other stores (see `refresh`)."""
+        """Which local record file is at `path` (see `_stamp_of`); None for other stores,
+        whose stamps come from their listing (`_record_files`)."""
         if not self._local:
             return None
         try:
@@ -283,25 +295,34 @@ class CacheStore:
             return None
         return _stamp_of(stat)
 
-    def refresh(self) -> None:
-        """Take in the records another process wrote into a local store since they were read
-        (`linkkernel cache import` in a terminal while the notebook's kernel runs): without
-        this the kernel ran the imported components again and overwrote them. Not for remote
-        stores, where listing the records before every cell would cost more than the run.
+    def refresh(self, remote: bool = False) -> bool:
+        """Take in the records another process wrote since they were read: `linkkernel cache
+        import` or a second kernel on the notebook, `linkkernel run`, a teammate on the team
+        cache. Without this the kernel ran their components again and overwrote them.
+        Whether a record read replaced the run kept here.
+
+        A local store is looked at before every cell: only the files the folder's watch saw
+        change, when it can tell, each a stat, and a read when another process wrote it (ours
+        have their stamps). A remote store only when `remote`: listing it costs a request,
+        more than a cell of a Run All, so it is listed when a component would otherwise run
+        again (`unfresh`) or the user asks for the states (`%link status`).
 
         Not while a write of ours is under way: until it has landed (and its stamp with it),
-        the file holds an older run than the one kept here, which must not replace it.
-
-        Only the files the folder's watch saw change are looked at, when it can tell: each
-        a stat, and a read when another process wrote it (ours have their stamps)."""
-        if not (self._local and self.root is not None):
-            return
+        the file holds an older run than the one kept here, which must not replace it."""
+        if self.root is None or not (self._local or remote):
+            return False
         with self._refreshing:
-            if all(f.done() for f in self._pending):
+            if not all(f.done() for f in self._pending):
+                return False
+            paths = None
+            if self._local:
                 changed = None if self._watch is None else self._watch.changed()
                 folder = f"{self.root}/records"
                 paths = None if changed is None else [f"{folder}/{name}" for name in sorted(changed) if name.endswith(".json")]
-                self._load_records(changed_only=True, paths=paths)
+            try:
+                return self._load_records(changed_only=True, paths=paths)
+            except Exception:  # noqa: BLE001 - s3fs lets botocore's own errors through; unlisted, the kernel runs what it would
+                return False
 
     def get(self, name: str) -> RunRecord | None:
         return self.records.get(name)
@@ -495,12 +516,13 @@ class CacheStore:
         memory_only = self._in_memory.get(record.run_id)
         return all(d in self.memory_values for d in (_memory_only(record) if memory_only is None else memory_only))
 
-    def states(self, graph) -> dict[str, str]:
+    def states(self, graph, remote: bool = False) -> dict[str, str]:
         """Each component of a validated pipeline graph (linkkernel.graph) against the runs
-        kept here, by the staleness rule: what the kernel runs and the cache exports."""
+        kept here, by the staleness rule: what the kernel runs and the cache exports.
+        `remote`: a remote store's records are listed first (`refresh`), for the user asking."""
         from linkkernel.graph import run_order
 
-        self.refresh()
+        self.refresh(remote)
         order = run_order(graph)
         components = {n: graph.nodes[n]["component"] for n in order}
         records = {n: self.get(n) for n in order}
@@ -512,17 +534,27 @@ class CacheStore:
             {n: r is not None and self.available(r) for n, r in records.items()},
         )
 
-    def unfresh(self, graph, targets: Iterable[str]) -> set[str]:
+    def unfresh(self, graph, targets: Iterable[str], anyway: Iterable[str] = ()) -> set[str]:
         """Those of `targets` and their ancestors in a validated pipeline `graph` that are not
         fresh by `states`. Walked up from the targets, stopping at components known fresh:
         in a Run All each cell's ancestors are, and asking `states` for the whole ancestry
         before each cell made the cost per cell grow with the depth. What is known fresh stays
         so until its record or an ancestor's changes (`_keep`: a run, an import read by
         `refresh`), a value is lost, the cache is cleared, or the graph is another (the
-        declarations changed): each of those drops it."""
+        declarations changed): each of those drops it.
+
+        A remote store is listed (`refresh`) when one of them would run, but for those that
+        run `anyway` (an executed cell's own component): a teammate on the team cache may
+        have made it since the kernel read the records."""
+        self.refresh()
+        stale = self._unfresh(graph, targets)
+        if stale.difference(anyway) and not self._local and self.refresh(remote=True):
+            stale = self._unfresh(graph, targets)
+        return stale
+
+    def _unfresh(self, graph, targets: Iterable[str]) -> set[str]:
         from linkkernel.graph import with_ancestors
 
-        self.refresh()
         with self._lock:
             if graph is not self._fresh_graph:
                 self._fresh_graph, self._fresh = graph, set()
