@@ -257,17 +257,18 @@ class CacheStore:
         for path, stamp in listed.items():
             if changed_only and stamp == self._stamps.get(path):
                 continue
-            self._stamps[path] = stamp
             try:
                 with self.fs.open(path, "rb") as f:
                     record = RunRecord.from_json(json.load(f))
             except (OSError, ValueError, TypeError):
+                self._stamps[path] = stamp
                 continue  # a torn or foreign record only means that component runs again
             with self._lock:
                 kept = self.records.get(record.name)
                 if kept is None or kept.run_id != record.run_id:  # not our own run, read back
                     self._keep(record)
                     taken = True
+            self._stamps[path] = stamp  # once taken in: a read interrupted is read again
         return taken
 
     def _record_files(self) -> dict[str, Any]:
@@ -323,6 +324,10 @@ class CacheStore:
                 return self._load_records(changed_only=True, paths=paths)
             except Exception:  # noqa: BLE001 - s3fs lets botocore's own errors through; unlisted, the kernel runs what it would
                 return False
+            except BaseException:  # interrupted: the changes the watch handed over are not all read
+                if self._watch is not None:
+                    self._watch.stop()  # so the next refresh looks at every file
+                raise
 
     def get(self, name: str) -> RunRecord | None:
         return self.records.get(name)

@@ -8,6 +8,7 @@ other recorded, as if it had made them itself.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -273,3 +274,24 @@ def states(kernel: Kernel) -> dict[str, str]:
     shown = kernel.execute("%link status")
     assert shown.status == "ok", shown.traceback_text
     return {line.split()[0]: line.split()[2] for line in shown.stdout.splitlines()[1:]}
+
+
+def test_an_interrupt_while_the_kernel_reads_the_other_s_records_loses_none_of_them(kernels, cache, tmp_path):
+    """A is interrupted while it takes in the records B wrote (a record file slow to read:
+    here a pipe no one writes, sorted before B's): A's next cell still takes in B's run of
+    `load`, whose change A's folder watch had already handed over, and finds `train` stale."""
+    a, b = twins(kernels, tmp_path / "nb.ipynb", pipeline)
+    assert a.run("train").status == "ok" and a.runs() == ["load", "clean", "train"]
+    ours = written(cache, a.path, "train") and run_id(cache, a.path, "load")
+    assert states(a.kernel) == {"load": "fresh", "clean": "fresh", "train": "fresh"}
+    assert b.kernel.execute("%link run load --force").status == "ok" and b.runs() == ["load"]
+    written(cache, a.path, "load", other_than=ours)
+    slow = cache / notebook_key(str(a.path)) / "records" / "a-slow.json"
+    os.mkfifo(slow)
+    try:
+        stopped = a.kernel.execute("%link status", interrupt_after=0.5)
+        assert stopped.status == "error" and stopped.errors[0]["ename"] == "KeyboardInterrupt"
+    finally:
+        slow.unlink()
+    assert states(a.kernel) == {"load": "fresh", "clean": "stale", "train": "stale"}
+
