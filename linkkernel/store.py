@@ -139,6 +139,21 @@ def _memory_only(record: RunRecord) -> tuple[str, ...]:
     return tuple(d for d in record.namespace.values() if d.startswith(MEMORY_PREFIX))
 
 
+def _parents_first(read: list[tuple[str, Any, RunRecord]]) -> list[tuple[str, Any, RunRecord]]:
+    """The records `read` (path, stamp, record), each after those of its parents among them;
+    as read when their parents make a cycle (no pipeline's do: a foreign file)."""
+    from graphlib import CycleError, TopologicalSorter
+
+    by_name: dict[str, list[tuple[str, Any, RunRecord]]] = {}
+    for item in read:
+        by_name.setdefault(item[2].name, []).append(item)
+    sorter = TopologicalSorter({name: [p for p in items[0][2].parents if p in by_name] for name, items in by_name.items()})
+    try:
+        return [item for name in sorter.static_order() for item in by_name[name]]
+    except CycleError:
+        return read
+
+
 def _write_local(aside: str, path: str, write: Callable[[Any], object]) -> os.stat_result:
     """`write` into the local file `aside`, its folder made when missing, then moved to
     `path`: fsspec's local files made every folder again and rewrote the path, for the two
@@ -245,7 +260,11 @@ class CacheStore:
     def _load_records(self, changed_only: bool = False, paths: Iterable[str] | None = None) -> bool:
         """Read the record files (`paths`, all when None); `changed_only`: those whose
         stamp is not the one they had when last read or written here. Whether a record
-        read replaced the run kept here."""
+        read replaced the run kept here.
+
+        A run another process recorded replaces the one kept here only when it can serve
+        this process (`_serves`); they are taken in parents first, so that a parent's new
+        run read with its child's is there when the child's is looked at."""
         if paths is None:
             try:
                 listed = self._record_files()
@@ -253,23 +272,35 @@ class CacheStore:
                 return False
         else:
             listed = {path: self._stamp(path) for path in paths}
-        taken = False
+        read = []
         for path, stamp in listed.items():
             if changed_only and stamp == self._stamps.get(path):
                 continue
             try:
                 with self.fs.open(path, "rb") as f:
-                    record = RunRecord.from_json(json.load(f))
+                    read.append((path, stamp, RunRecord.from_json(json.load(f))))
             except (OSError, ValueError, TypeError):
-                self._stamps[path] = stamp
-                continue  # a torn or foreign record only means that component runs again
+                self._stamps[path] = stamp  # a torn or foreign record only means that component runs again
+        taken = False
+        for path, stamp, record in _parents_first(read):
             with self._lock:
                 kept = self.records.get(record.name)
-                if kept is None or kept.run_id != record.run_id:  # not our own run, read back
+                if kept is None or (kept.run_id != record.run_id and self._serves(record)):
                     self._keep(record)
                     taken = True
-            self._stamps[path] = stamp  # once taken in: a read interrupted is read again
+            self._stamps[path] = stamp  # once looked at: a read interrupted is read again
         return taken
+
+    def _serves(self, record: RunRecord) -> bool:
+        """Whether another process's run can stand in for the one kept here: its values kept
+        in memory only are held here (never, for another process's), and its parents' runs
+        are those kept here. One that cannot is stale here: taking it made this process run
+        the component again although its own run was fresh, and the other process then the
+        same in turn (two kernels on a notebook with a lock among its values ran every
+        component again at each other's every run)."""
+        if any(d not in self.memory_values for d in _memory_only(record)):
+            return False
+        return all(getattr(self.records.get(parent), "run_id", None) == run for parent, run in record.parents.items())
 
     def _record_files(self) -> dict[str, Any]:
         """The record files in the store, each with its stamp (see `_stamp`). A local folder
