@@ -22,6 +22,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
 from linkkernel.cow import IMMUTABLE, MIN_SIZE, Loaded, freeze_buffer, frozen_owner
@@ -142,8 +143,6 @@ def _memory_only(record: RunRecord) -> tuple[str, ...]:
 def _parents_first(read: list[tuple[str, Any, RunRecord]]) -> list[tuple[str, Any, RunRecord]]:
     """The records `read` (path, stamp, record), each after those of its parents among them;
     as read when their parents make a cycle (no pipeline's do: a foreign file)."""
-    from graphlib import CycleError, TopologicalSorter
-
     by_name: dict[str, list[tuple[str, Any, RunRecord]]] = {}
     for item in read:
         by_name.setdefault(item[2].name, []).append(item)

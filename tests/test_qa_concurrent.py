@@ -323,3 +323,35 @@ def test_two_kernels_with_a_value_kept_in_memory_only_do_not_run_each_other_s_pi
     ran = a.run("train")
     assert ran.status == "ok", ran.traceback_text
     assert a.runs() == ["train"]
+
+
+def test_a_kernel_interrupted_in_a_parent_the_other_kernel_then_records(kernels, cache, tmp_path):
+    """A is inside `clean` (a parent its `train` cell runs silently) when B runs the pipeline
+    through; A is interrupted: it records nothing of its half-run `clean`, and its next `train`
+    takes B's `clean` from the store and runs only itself (SPEC §3 "Interrupt")."""
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    pid = value(kernels[0], "__import__('os').getpid()")
+
+    def build(nb: Notebook) -> Notebook:
+        nb.add("load", "raw = [3, 1, 2]")
+        nb.add("clean", HOLD.format(started=str(started), gate=str(gate), pid=pid) + "cleaned = sorted(raw)", "load")
+        nb.add("train", "model = sum(cleaned)\nprint('train ran')", "clean")
+        return nb
+
+    a, b = twins(kernels, tmp_path / "nb.ipynb", build)
+    assert a.run("load").status == "ok" and a.runs() == ["load"]
+    written(cache, a.path, "load")
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(a.run, "train")
+        while not started.exists():
+            time.sleep(0.01)
+        assert b.run("train").status == "ok" and b.runs() == ["clean", "clean", "train"]  # A's, held; B's
+        theirs = written(cache, a.path, "train") and run_id(cache, a.path, "clean")
+        a.kernel.manager.interrupt_kernel()
+        stopped = held.result(timeout=60)
+    assert stopped.status == "error" and stopped.errors[-1]["ename"] == "KeyboardInterrupt"
+    assert run_id(cache, a.path, "clean") == theirs
+    ran = a.run("train")
+    assert ran.status == "ok" and ran.stdout == "train ran\n", ran.traceback_text
+    assert a.runs() == ["train"] and value(a.kernel, "model") == 6
+    assert run_id(cache, a.path, "clean") == theirs
