@@ -210,9 +210,10 @@ class CacheStore:
         self._refreshing = threading.Lock()
         self._pending: list[Future] = []
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linkkernel-cache")
-        # (inode, mtime, size) of each record file when last read or written here: one that changed
-        # since was written by someone else (`linkkernel cache import`), see `refresh`.
-        self._stamps: dict[str, tuple[int, int, int] | None] = {}
+        # (inode, mtime, size) of each record file when last read or written here (a remote
+        # store's: its listing's details): one that changed since was written by someone else
+        # (`linkkernel cache import`), see `refresh`; None: the file was not there.
+        self._stamps: dict[str, tuple[int, int, int] | str | None] = {}
         self.root: str | None = None
         self.fs = None
         self._local = False
@@ -267,20 +268,27 @@ class CacheStore:
         if paths is None:
             try:
                 listed = self._record_files()
+            except FileNotFoundError:  # no records folder (any more: a cache cleared)
+                listed = {}
             except OSError:
                 return False
+            if changed_only:  # a look at every file: those not there now were removed
+                listed.update({path: None for path in self._stamps if path not in listed})
         else:
             listed = {path: self._stamp(path) for path in paths}
-        read = []
+        read, gone = [], []
         for path, stamp in listed.items():
             if changed_only and stamp == self._stamps.get(path):
                 continue
             try:
                 with self.fs.open(path, "rb") as f:
                     read.append((path, stamp, RunRecord.from_json(json.load(f))))
+            except FileNotFoundError:
+                self._stamps[path] = None
+                gone.append(path)
             except (OSError, ValueError, TypeError):
                 self._stamps[path] = stamp  # a torn or foreign record only means that component runs again
-        taken = False
+        taken = self._drop_unheld(os.path.basename(path).removesuffix(".json") for path in gone)
         for path, stamp, record in _parents_first(read):
             with self._lock:
                 kept = self.records.get(record.name)
@@ -289,6 +297,26 @@ class CacheStore:
                     taken = True
             self._stamps[path] = stamp  # once looked at: a read interrupted is read again
         return taken
+
+    def _drop_unheld(self, names: Iterable[str]) -> bool:
+        """Forget the runs of `names`, whose record files another process removed (`%link
+        cache clear` in a second kernel), unless every value of the run is held here: the
+        kernel called them fresh, then failed to load their values and said so in a line
+        about a lost value. Whether one was forgotten."""
+        dropped = False
+        with self._lock:
+            for name in names:
+                old = self.records.get(name)
+                if old is None or all(d in self.blobs or d in self.memory_values for d in old.namespace.values()):
+                    continue
+                del self.records[name]
+                self._not_fresh(name)
+                self._made.pop(old.run_id, None)
+                self._in_memory.pop(old.run_id, None)
+                self._refs.subtract(old.namespace.values())
+                self._forget(old.namespace.values())
+                dropped = True
+        return dropped
 
     def _serves(self, record: RunRecord) -> bool:
         """Whether another process's run can stand in for the one kept here: its values kept
@@ -494,7 +522,9 @@ class CacheStore:
         data = json.dumps(record.to_json()).encode()
         path = f"{self.root}/records/{record.name}.json"
         written = self._write_aside(path, lambda f: f.write(data))
-        self._stamps[path] = None if written is None else _stamp_of(written)
+        # A remote store's stamps come from its listing (`_record_files`): "" is none of them,
+        # so the record is looked at once in the next, and its removal seen.
+        self._stamps[path] = "" if written is None else _stamp_of(written)
 
     def _write_aside(self, path: str, write: Callable[[Any], object]) -> os.stat_result | None:
         """Write under a name no other writer uses, then move it into place. Two kernels on

@@ -355,3 +355,18 @@ def test_a_kernel_interrupted_in_a_parent_the_other_kernel_then_records(kernels,
     assert ran.status == "ok" and ran.stdout == "train ran\n", ran.traceback_text
     assert a.runs() == ["train"] and value(a.kernel, "model") == 6
     assert run_id(cache, a.path, "clean") == theirs
+
+
+def test_a_cache_cleared_by_the_other_kernel_is_not_called_fresh_here(kernels, cache, tmp_path):
+    """A runs the pipeline, B takes its runs in; A clears the cache (`%link cache clear`).
+    B no longer calls A's runs fresh, and its `train` runs its parents again without a line
+    about cached values it failed to read."""
+    a, b = twins(kernels, tmp_path / "nb.ipynb", pipeline)
+    assert a.run("train").status == "ok" and a.runs() == ["load", "clean", "train"]
+    written(cache, a.path, "train")
+    assert states(b.kernel) == {"load": "fresh", "clean": "fresh", "train": "fresh"}
+    assert a.kernel.execute("%link cache clear").status == "ok"
+    assert states(b.kernel) == {"load": "never", "clean": "never", "train": "never"}
+    ran = b.run("train")
+    assert ran.status == "ok" and ran.stdout == "train ran 3\n" and ran.stderr == "", ran.traceback_text
+    assert b.runs() == ["load", "clean", "train"]
