@@ -102,6 +102,7 @@ def outputs(kernel, argv: list[str]) -> None:
     from IPython.display import display
 
     runner = kernel.runner
+    runner.store.refresh(remote=True)  # the latest run, also one another process recorded (`linkkernel run`)
     record = runner.store.get(args.name)
     if record is None:
         if args.name not in {c.name for c in runner.sources.declared().components}:  # a typo, most likely

@@ -74,12 +74,15 @@ def pipeline(nb: Notebook) -> Notebook:
 
 
 def test_a_second_kernel_finds_what_the_first_ran_after_it_opened_the_notebook(kernels, cache, tmp_path):
-    """B opened the notebook before A ran anything; A then runs the pipeline. B's `train`
-    runs only itself, from A's runs of its parents (values A's), and shows only its own output."""
+    """B opened the notebook before A ran anything; A then runs the pipeline. B's `%link
+    outputs` shows what A's runs printed; B's `train` runs only itself, from A's runs of its
+    parents (values A's), and shows only its own output."""
     a, b = twins(kernels, tmp_path / "nb.ipynb", pipeline)
     assert a.run("train").status == "ok" and a.runs() == ["load", "clean", "train"]
     written(cache, a.path, "train")
     made = value(a.kernel, "cleaned")
+    shown = b.kernel.execute("%link outputs clean")  # B's first look at the store since A ran
+    assert shown.status == "ok" and shown.stdout == "clean ran\n", shown.traceback_text
     ran = b.run("train")
     assert ran.status == "ok", ran.traceback_text
     assert b.runs() == ["train"]
