@@ -273,7 +273,7 @@ class CacheStore:
             except OSError:
                 return False
             if changed_only:  # a look at every file: those not there now were removed
-                listed.update({path: None for path in self._stamps if path not in listed})
+                listed.update({path: None for path in list(self._stamps) if path not in listed})  # the writer thread adds stamps
         else:
             listed = {path: self._stamp(path) for path in paths}
         read, gone = [], []
