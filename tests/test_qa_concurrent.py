@@ -101,10 +101,10 @@ def meeting(folder: Path, parties: int = 2) -> str:
     )
 
 
-def both(kernels_and_calls) -> list:
+def both(calls: list) -> list:
     """Run the calls (each a kernel's blocking request) at once, their results in order."""
-    with ThreadPoolExecutor(len(kernels_and_calls)) as pool:
-        return [f.result() for f in [pool.submit(call) for call in kernels_and_calls]]
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return [f.result() for f in [pool.submit(call) for call in calls]]
 
 
 def test_two_kernels_running_the_same_pipeline_at_once(kernels, cache, tmp_path):
