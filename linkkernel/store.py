@@ -288,6 +288,8 @@ class CacheStore:
                 gone.append(path)
             except (OSError, ValueError, TypeError):
                 self._stamps[path] = stamp  # a torn or foreign record only means that component runs again
+        if not (read or gone):  # the common case: before each cell, nothing changed
+            return False
         taken = self._drop_unheld(os.path.basename(path).removesuffix(".json") for path in gone)
         for path, stamp, record in _parents_first(read):
             with self._lock:
