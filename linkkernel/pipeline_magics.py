@@ -46,7 +46,7 @@ def status(kernel, argv: list[str]) -> None:
 
     runner = kernel.runner
     declared, unplaced, graph, errors = _valid_part(runner)
-    state = runner.store.states(graph)
+    state = runner.store.states(graph, remote=True)
     rows = [("name", "parents", "state", "last run", "duration", "where")]
     for name in run_order(graph):
         component = graph.nodes[name]["component"]
@@ -82,7 +82,7 @@ def graph(kernel, argv: list[str]) -> None:
 
     runner = kernel.runner
     _, _, g, errors = _valid_part(runner)
-    state = runner.store.states(g)
+    state = runner.store.states(g, remote=True)
     key = notebook_order(g)
     layers = [sorted(layer, key=key) for layer in nx.topological_generations(g)]
     parents = {n: g.nodes[n]["component"].parents for n in g}
@@ -102,6 +102,7 @@ def outputs(kernel, argv: list[str]) -> None:
     from IPython.display import display
 
     runner = kernel.runner
+    runner.store.refresh(remote=True)  # the latest run, also one another process recorded (`linkkernel run`)
     record = runner.store.get(args.name)
     if record is None:
         if args.name not in {c.name for c in runner.sources.declared().components}:  # a typo, most likely

@@ -182,7 +182,7 @@ class Runner:
             self._check_remotes(graph, order)
             if force:
                 return order
-        unfresh = self.store.unfresh(graph, targets)
+        unfresh = self.store.unfresh(graph, targets, anyway=targets if rerun_targets else ())
         chosen = unfresh | set(targets) if rerun_targets else unfresh
         if len(chosen) <= 1:  # the common case (Run All): no order to work out
             return list(chosen)

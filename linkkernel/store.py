@@ -22,6 +22,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
 from linkkernel.cow import IMMUTABLE, MIN_SIZE, Loaded, freeze_buffer, frozen_owner
@@ -139,6 +140,19 @@ def _memory_only(record: RunRecord) -> tuple[str, ...]:
     return tuple(d for d in record.namespace.values() if d.startswith(MEMORY_PREFIX))
 
 
+def _parents_first(read: list[tuple[str, Any, RunRecord]]) -> list[tuple[str, Any, RunRecord]]:
+    """The records `read` (path, stamp, record), each after those of its parents among them;
+    as read when their parents make a cycle (no pipeline's do: a foreign file)."""
+    by_name: dict[str, list[tuple[str, Any, RunRecord]]] = {}
+    for item in read:
+        by_name.setdefault(item[2].name, []).append(item)
+    sorter = TopologicalSorter({name: [p for p in items[0][2].parents if p in by_name] for name, items in by_name.items()})
+    try:
+        return [item for name in sorter.static_order() for item in by_name[name]]
+    except CycleError:
+        return read
+
+
 def _write_local(aside: str, path: str, write: Callable[[Any], object]) -> os.stat_result:
     """`write` into the local file `aside`, its folder made when missing, then moved to
     `path`: fsspec's local files made every folder again and rewrote the path, for the two
@@ -196,9 +210,10 @@ class CacheStore:
         self._refreshing = threading.Lock()
         self._pending: list[Future] = []
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linkkernel-cache")
-        # (inode, mtime, size) of each record file when last read or written here: one that changed
-        # since was written by someone else (`linkkernel cache import`), see `refresh`.
-        self._stamps: dict[str, tuple[int, int, int] | None] = {}
+        # (inode, mtime, size) of each record file when last read or written here (a remote
+        # store's: its listing's details): one that changed since was written by someone else
+        # (`linkkernel cache import`), see `refresh`; None: the file was not there.
+        self._stamps: dict[str, tuple[int, int, int] | str | None] = {}
         self.root: str | None = None
         self.fs = None
         self._local = False
@@ -242,39 +257,97 @@ class CacheStore:
             raise LinkError(self.unusable)
         return self
 
-    def _load_records(self, changed_only: bool = False, paths: Iterable[str] | None = None) -> None:
+    def _load_records(self, changed_only: bool = False, paths: Iterable[str] | None = None) -> bool:
         """Read the record files (`paths`, all when None); `changed_only`: those whose
-        stamp is not the one they had when last read or written here."""
+        stamp is not the one they had when last read or written here. Whether a record
+        read replaced the run kept here.
+
+        A run another process recorded replaces the one kept here only when it can serve
+        this process (`_serves`); they are taken in parents first, so that a parent's new
+        run read with its child's is there when the child's is looked at."""
         if paths is None:
             try:
-                paths = self._record_paths()
+                listed = self._record_files()
+            except FileNotFoundError:  # no records folder (any more: a cache cleared)
+                listed = {}
             except OSError:
-                return
-        for path in paths:
-            stamp = self._stamp(path)
+                return False
+            if changed_only:  # a look at every file: those not there now were removed
+                listed.update({path: None for path in list(self._stamps) if path not in listed})  # the writer thread adds stamps
+        else:
+            listed = {path: self._stamp(path) for path in paths}
+        read, gone = [], []
+        for path, stamp in listed.items():
             if changed_only and stamp == self._stamps.get(path):
                 continue
-            self._stamps[path] = stamp
             try:
                 with self.fs.open(path, "rb") as f:
-                    record = RunRecord.from_json(json.load(f))
+                    read.append((path, stamp, RunRecord.from_json(json.load(f))))
+            except FileNotFoundError:
+                self._stamps[path] = None
+                gone.append(path)
             except (OSError, ValueError, TypeError):
-                continue  # a torn or foreign record only means that component runs again
+                self._stamps[path] = stamp  # a torn or foreign record only means that component runs again
+        if not (read or gone):  # the common case: before each cell, nothing changed
+            return False
+        taken = self._drop_unheld(os.path.basename(path).removesuffix(".json") for path in gone)
+        for path, stamp, record in _parents_first(read):
             with self._lock:
-                self._keep(record)
+                kept = self.records.get(record.name)
+                if kept is None or (kept.run_id != record.run_id and self._serves(record)):
+                    self._keep(record)
+                    taken = True
+            self._stamps[path] = stamp  # once looked at: a read interrupted is read again
+        return taken
 
-    def _record_paths(self) -> list[str]:
-        """The record files in the store. A local folder is listed with os.scandir: fsspec's
-        glob asks for each file's details, which before every cell (`refresh`) cost a pipeline
-        of 400 components 6 ms."""
+    def _drop_unheld(self, names: Iterable[str]) -> bool:
+        """Forget the runs of `names`, whose record files another process removed (`%link
+        cache clear` in a second kernel), unless every value of the run is held here: the
+        kernel called them fresh, then failed to load their values and said so in a line
+        about a lost value. Whether one was forgotten."""
+        dropped = False
+        with self._lock:
+            for name in names:
+                old = self.records.get(name)
+                if old is None or all(d in self.blobs or d in self.memory_values for d in old.namespace.values()):
+                    continue
+                del self.records[name]
+                self._not_fresh(name)
+                self._made.pop(old.run_id, None)
+                self._in_memory.pop(old.run_id, None)
+                self._refs.subtract(old.namespace.values())
+                self._forget(old.namespace.values())
+                dropped = True
+        return dropped
+
+    def _serves(self, record: RunRecord) -> bool:
+        """Whether another process's run can stand in for the one kept here: its values kept
+        in memory only are held here (never, for another process's), and its parents' runs
+        are those kept here. One that cannot is stale here: taking it made this process run
+        the component again although its own run was fresh, and the other process then the
+        same in turn (two kernels on a notebook with a lock among its values ran every
+        component again at each other's every run)."""
+        if any(d not in self.memory_values for d in _memory_only(record)):
+            return False
+        return all(getattr(self.records.get(parent), "run_id", None) == run for parent, run in record.parents.items())
+
+    def _record_files(self) -> dict[str, Any]:
+        """The record files in the store, each with its stamp (see `_stamp`). A local folder
+        is listed with os.scandir: fsspec's glob asks for each file's details, which before
+        every cell (`refresh`) cost a pipeline of 400 components 6 ms. A remote one is
+        listed afresh, with each object's details as the listing gives them (its ETag, its
+        time): one request, which tells the records another process wrote since."""
         folder = f"{self.root}/records"
         if not self._local:
-            return self.fs.glob(f"{folder}/*.json")
+            self.fs.invalidate_cache(folder)
+            entries = self.fs.ls(folder, detail=True)
+            return {e["name"]: json.dumps(e, sort_keys=True, default=str) for e in entries if e["name"].endswith(".json")}
         with os.scandir(folder) as entries:
-            return [entry.path for entry in entries if entry.name.endswith(".json")]
+            return {entry.path: self._stamp(entry.path) for entry in entries if entry.name.endswith(".json")}
 
     def _stamp(self, path: str) -> tuple[int, int, int] | None:
-        """Which local record file is at `path` (see `_stamp_of`); None for other stores (see `refresh`)."""
+        """Which local record file is at `path` (see `_stamp_of`); None for other stores,
+        whose stamps come from their listing (`_record_files`)."""
         if not self._local:
             return None
         try:
@@ -283,25 +356,38 @@ class CacheStore:
             return None
         return _stamp_of(stat)
 
-    def refresh(self) -> None:
-        """Take in the records another process wrote into a local store since they were read
-        (`linkkernel cache import` in a terminal while the notebook's kernel runs): without
-        this the kernel ran the imported components again and overwrote them. Not for remote
-        stores, where listing the records before every cell would cost more than the run.
+    def refresh(self, remote: bool = False) -> bool:
+        """Take in the records another process wrote since they were read: `linkkernel cache
+        import` or a second kernel on the notebook, `linkkernel run`, a teammate on the team
+        cache. Without this the kernel ran their components again and overwrote them.
+        Whether a record read replaced the run kept here.
+
+        A local store is looked at before every cell: only the files the folder's watch saw
+        change, when it can tell, each a stat, and a read when another process wrote it (ours
+        have their stamps). A remote store only when `remote`: listing it costs a request,
+        more than a cell of a Run All, so it is listed when a component would otherwise run
+        again (`unfresh`) or the user asks for the states (`%link status`).
 
         Not while a write of ours is under way: until it has landed (and its stamp with it),
-        the file holds an older run than the one kept here, which must not replace it.
-
-        Only the files the folder's watch saw change are looked at, when it can tell: each
-        a stat, and a read when another process wrote it (ours have their stamps)."""
-        if not (self._local and self.root is not None):
-            return
+        the file holds an older run than the one kept here, which must not replace it."""
+        if self.root is None or not (self._local or remote):
+            return False
         with self._refreshing:
-            if all(f.done() for f in self._pending):
+            if not all(f.done() for f in self._pending):
+                return False
+            paths = None
+            if self._local:
                 changed = None if self._watch is None else self._watch.changed()
                 folder = f"{self.root}/records"
                 paths = None if changed is None else [f"{folder}/{name}" for name in sorted(changed) if name.endswith(".json")]
-                self._load_records(changed_only=True, paths=paths)
+            try:
+                return self._load_records(changed_only=True, paths=paths)
+            except Exception:  # noqa: BLE001 - s3fs lets botocore's own errors through; unlisted, the kernel runs what it would
+                return False
+            except BaseException:  # interrupted: the changes the watch handed over are not all read
+                if self._watch is not None:
+                    self._watch.stop()  # so the next refresh looks at every file
+                raise
 
     def get(self, name: str) -> RunRecord | None:
         return self.records.get(name)
@@ -438,7 +524,9 @@ class CacheStore:
         data = json.dumps(record.to_json()).encode()
         path = f"{self.root}/records/{record.name}.json"
         written = self._write_aside(path, lambda f: f.write(data))
-        self._stamps[path] = None if written is None else _stamp_of(written)
+        # A remote store's stamps come from its listing (`_record_files`): "" is none of them,
+        # so the record is looked at once in the next, and its removal seen.
+        self._stamps[path] = "" if written is None else _stamp_of(written)
 
     def _write_aside(self, path: str, write: Callable[[Any], object]) -> os.stat_result | None:
         """Write under a name no other writer uses, then move it into place. Two kernels on
@@ -495,12 +583,13 @@ class CacheStore:
         memory_only = self._in_memory.get(record.run_id)
         return all(d in self.memory_values for d in (_memory_only(record) if memory_only is None else memory_only))
 
-    def states(self, graph) -> dict[str, str]:
+    def states(self, graph, remote: bool = False) -> dict[str, str]:
         """Each component of a validated pipeline graph (linkkernel.graph) against the runs
-        kept here, by the staleness rule: what the kernel runs and the cache exports."""
+        kept here, by the staleness rule: what the kernel runs and the cache exports.
+        `remote`: a remote store's records are listed first (`refresh`), for the user asking."""
         from linkkernel.graph import run_order
 
-        self.refresh()
+        self.refresh(remote)
         order = run_order(graph)
         components = {n: graph.nodes[n]["component"] for n in order}
         records = {n: self.get(n) for n in order}
@@ -512,17 +601,27 @@ class CacheStore:
             {n: r is not None and self.available(r) for n, r in records.items()},
         )
 
-    def unfresh(self, graph, targets: Iterable[str]) -> set[str]:
+    def unfresh(self, graph, targets: Iterable[str], anyway: Iterable[str] = ()) -> set[str]:
         """Those of `targets` and their ancestors in a validated pipeline `graph` that are not
         fresh by `states`. Walked up from the targets, stopping at components known fresh:
         in a Run All each cell's ancestors are, and asking `states` for the whole ancestry
         before each cell made the cost per cell grow with the depth. What is known fresh stays
         so until its record or an ancestor's changes (`_keep`: a run, an import read by
         `refresh`), a value is lost, the cache is cleared, or the graph is another (the
-        declarations changed): each of those drops it."""
+        declarations changed): each of those drops it.
+
+        A remote store is listed (`refresh`) when one of them would run, but for those that
+        run `anyway` (an executed cell's own component): a teammate on the team cache may
+        have made it since the kernel read the records."""
+        self.refresh()
+        stale = self._unfresh(graph, targets)
+        if stale.difference(anyway) and not self._local and self.refresh(remote=True):
+            stale = self._unfresh(graph, targets)
+        return stale
+
+    def _unfresh(self, graph, targets: Iterable[str]) -> set[str]:
         from linkkernel.graph import with_ancestors
 
-        self.refresh()
         with self._lock:
             if graph is not self._fresh_graph:
                 self._fresh_graph, self._fresh = graph, set()

@@ -132,8 +132,9 @@ class TqdmProgress(Progress):
 
 
 def component_states(graph, store) -> dict[str, str]:
-    """Each component's state against `store`, by the engine's own staleness rule."""
-    return store.states(graph)
+    """Each component's state against `store`, by the engine's own staleness rule, with the
+    runs others wrote into a remote store since it was opened."""
+    return store.states(graph, remote=True)
 
 
 def _memory_only(record) -> list[str]:
