@@ -313,10 +313,7 @@ class CacheStore:
                     continue
                 del self.records[name]
                 self._not_fresh(name)
-                self._made.pop(old.run_id, None)
-                self._in_memory.pop(old.run_id, None)
-                self._refs.subtract(old.namespace.values())
-                self._forget(old.namespace.values())
+                self._release(old)
                 dropped = True
         return dropped
 
@@ -383,6 +380,8 @@ class CacheStore:
             try:
                 return self._load_records(changed_only=True, paths=paths)
             except Exception:  # noqa: BLE001 - s3fs lets botocore's own errors through; unlisted, the kernel runs what it would
+                if self._local:  # a local folder's errors are OSErrors, handled where met: anything else is a bug
+                    raise
                 return False
             except BaseException:  # interrupted: the changes the watch handed over are not all read
                 if self._watch is not None:
@@ -485,15 +484,19 @@ class CacheStore:
         so a record restored later can still load them."""
         old = self.records.get(record.name)
         self._not_fresh(record.name)
-        if old is not None:
-            self._made.pop(old.run_id, None)
-            self._in_memory.pop(old.run_id, None)
         self.records[record.name] = record
         self._refs.update(record.namespace.values())
-        self._in_memory[record.run_id] = _memory_only(record)
         if old is not None:
-            self._refs.subtract(old.namespace.values())
-            self._forget(old.namespace.values())
+            self._release(old)
+        self._in_memory[record.run_id] = _memory_only(record)
+
+    def _release(self, old: RunRecord) -> None:
+        """Let go of a run no longer its component's current one (the lock held): what the
+        kernel remembers of it, and the values no current run names."""
+        self._made.pop(old.run_id, None)
+        self._in_memory.pop(old.run_id, None)
+        self._refs.subtract(old.namespace.values())
+        self._forget(old.namespace.values())
 
     def _not_fresh(self, name: str) -> None:
         """Drop `name` and its descendants from the components known fresh (the lock held): its
