@@ -360,14 +360,26 @@ def _class_setstate_noted(cls: type, state: tuple[dict[str, Any], dict[str, Any]
     class the notebook no longer held made a class without methods its output."""
     replaced = None if cls in _new_classes else _replaced_in_classes.get()
     _new_classes.discard(cls)
-    before = {name: cls.__dict__.get(name, _ABSENT) for name in state[0] if name != "_abc_impl"}
-    cls = _cloudpickle_class_setstate(cls, state)
+    attributes = {name: value for name, value in state[0].items() if not _already_set(cls, name, value)}
+    before = {name: cls.__dict__.get(name, _ABSENT) for name in attributes if name != "_abc_impl"}
+    cls = _cloudpickle_class_setstate(cls, (attributes, state[1]))
     if replaced is not None:
         replaced.extend((cls, name, old, cls.__dict__.get(name, _ABSENT)) for name, old in before.items())
     return cls
 
 
+def _already_set(cls: type, name: str, value: Any) -> bool:
+    """Whether `cls` holds `value` as `name` already, so setting it again would change
+    nothing — except on Python >= 3.13, where setting `__module__` deletes the class's
+    `__firstlineno__` (put back at the end of its dict: the class then pickles otherwise and
+    looks changed, and put back as absent it cannot be deleted)."""
+    held = cls.__dict__.get(name, _ABSENT)
+    return held is value or (name == "__module__" and held == value)
+
+
 def _set_class_attribute(cls: type, name: str, value: Any) -> None:
+    if _already_set(cls, name, value):
+        return
     if value is _ABSENT:
         delattr(cls, name)
     else:

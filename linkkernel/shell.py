@@ -261,6 +261,8 @@ class LinkShell(ZMQInteractiveShell):
         reported = getattr(getattr(sys, "last_value", None), "post_mortem", None)
         if isinstance(reported, BaseException):  # a component failed (runner.ComponentFailed): debug its error
             sys.last_type, sys.last_value, sys.last_traceback = type(reported), reported, reported.__traceback__
+            if sys.version_info >= (3, 12):  # what IPython's post-mortem opens there
+                sys.last_exc = reported
         if (force or self.call_pdb) and hasattr(sys, "last_traceback") and sys.last_traceback is None:
             # IPython's post-mortem would crash on an error that left no frame of the user's.
             print("No frame of your code to debug: the error was raised inside the kernel.", file=sys.stderr)

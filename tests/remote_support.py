@@ -48,13 +48,17 @@ def make_key(path: Path) -> Path:
 
 
 class WorkerProcess:
-    """`linkkernel worker` as a user starts it, on a port the OS picks."""
+    """`linkkernel worker` as a user starts it, on a port the OS picks, under this Python or
+    under `python` (another interpreter with linkkernel installed)."""
 
-    def __init__(self, storage: str, key_file: Path, log_dir: Path, *extra: str, slots: int = 1, env: dict | None = None) -> None:
+    def __init__(
+        self, storage: str, key_file: Path, log_dir: Path, *extra: str, slots: int = 1, env: dict | None = None,
+        python: str = sys.executable,
+    ) -> None:
         self.log_path = log_dir / f"worker-{secrets.token_hex(3)}.log"
         self._log = open(self.log_path, "w")
         argv = [
-            sys.executable, "-m", "linkkernel.cli", "worker",
+            python, "-m", "linkkernel.cli", "worker",
             "--listen", "tcp://127.0.0.1:*", "--storage", storage, "--key-file", str(key_file),
             "--slots", str(slots), *extra,
         ]
