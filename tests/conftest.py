@@ -25,6 +25,9 @@ def link_kernelspec(tmp_path_factory: pytest.TempPathFactory) -> str:
     os.environ["JUPYTER_CONFIG_DIR"] = str(home / "config")
     os.environ["JUPYTER_DATA_DIR"] = str(home / "data")
     os.environ["XDG_CACHE_HOME"] = str(home / "cache")
+    # IPython's history database too: kernels of runs side by side shared ~/.ipython's, and
+    # IPython moving a database it found corrupt failed a running kernel's history writes.
+    os.environ["IPYTHONDIR"] = str(home / "ipython")
     prefix = tmp_path_factory.mktemp("prefix")
     subprocess.run(
         [sys.executable, "-m", "linkkernel.cli", "install", "--prefix", str(prefix)],
