@@ -8,14 +8,7 @@ from contextvars import ContextVar
 
 from ipykernel.compiler import XCachingCompiler
 
-from linkkernel.namespaces import CELL_FILE, cell_file
-
-
-def twin_path(filename: str) -> str | None:
-    """Where this process would compile the code of a kernel process's cell file (this
-    process's own, or another's); None for any other file."""
-    match = CELL_FILE.search(filename)
-    return None if match is None else cell_file(match[2])
+from linkkernel.namespaces import CELL_FILE, twin_path
 
 
 class LinkCompiler(XCachingCompiler):

@@ -100,6 +100,13 @@ def cell_file(cell_hash: str) -> str:
     return os.path.join(get_tmp_directory(), f"{cell_hash}.py")
 
 
+def twin_path(filename: str) -> str | None:
+    """Where this process would compile the code of a kernel process's cell file (this
+    process's own, or another's); None for any other file."""
+    cell = CELL_FILE.search(filename)
+    return None if cell is None else cell_file(cell[2])
+
+
 def _code_in_cell(code: types.CodeType, cell_hash: str) -> types.CodeType:
     """Code compiled from a notebook cell, in this process's file for that cell."""
     return code.replace(co_filename=cell_file(cell_hash))
@@ -108,8 +115,7 @@ def _code_in_cell(code: types.CodeType, cell_hash: str) -> types.CodeType:
 def _code_in_file(code: types.CodeType, filename: str) -> types.CodeType:
     """Code in the file it was compiled from; a cell's in this process's file of that cell
     (blobs written before code pickled by cell hash, see `_code_reduced`)."""
-    cell = CELL_FILE.search(filename)
-    return code.replace(co_filename=filename if cell is None else cell_file(cell[2]))
+    return code.replace(co_filename=twin_path(filename) or filename)
 
 
 def _new_namespace() -> dict[str, Any]:

@@ -24,8 +24,8 @@ from IPython.core.error import StdinNotImplementedError, UsageError
 from ipykernel.compiler import get_file_name
 from ipykernel.zmqshell import ZMQInteractiveShell
 
-from linkkernel.compiler import twin_path
 from linkkernel.errors import internal_error_line
+from linkkernel.namespaces import twin_path
 from linkkernel.tracebacks import (
     chained,
     contains_group,

@@ -43,8 +43,8 @@ from traitlets import Type, default
 from traitlets.config import Config
 
 from linkkernel import cow
-from linkkernel.compiler import LinkCompiler, twin_path
-from linkkernel.namespaces import Blob, UnpicklableValue, changes, digests_as_loaded, dump, loading_together, loads, pickling_names
+from linkkernel.compiler import LinkCompiler
+from linkkernel.namespaces import Blob, UnpicklableValue, changes, digests_as_loaded, dump, loading_together, loads, pickling_names, twin_path
 from linkkernel.remote import settings
 from linkkernel.remote.storage import MissingBlob, StorageError, Store, file_map_of
 from linkkernel.tasks import as_sent
