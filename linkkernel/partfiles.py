@@ -1,10 +1,13 @@
-"""Temporary files named after the process writing them.
+"""Temporary files named after the process writing them, and uploads thrown away whole.
 
 A file is written aside and renamed into place, so readers see it whole or not at all; but a
 writer killed midway (`kill -9`, the out-of-memory killer, a worker cancelling its task)
 leaves the aside file behind, for good. Its name says which process wrote it (boot, pid and
 the process's start time, so a pid used again is told apart), so whoever opens the folder
 next can tell a dead writer's leftovers from a live writer's file and remove only those.
+
+An object store needs neither: an upload becomes visible only once it completes, so it is
+written in place, and one interrupted midway is discarded rather than completed.
 """
 
 from __future__ import annotations
@@ -102,3 +105,16 @@ def remove_if_abandoned(paths: Iterable[str]) -> list[str]:
                 os.unlink(path)
                 removed.append(path)
     return removed
+
+
+def abandon_upload(f) -> None:
+    """Throw away an object-store upload that failed midway (s3fs aborts its multipart
+    upload). Closing it instead, as leaving a `with` block does, would complete it: a
+    truncated object would stand at its address."""
+    from fsspec.spec import AbstractBufferedFile
+
+    if isinstance(f, AbstractBufferedFile):
+        f.discard()
+        f.closed = True  # nothing is flushed, now or when the file is collected
+    else:
+        f.close()

@@ -28,7 +28,7 @@ from typing import Any
 from linkkernel.cow import IMMUTABLE, MIN_SIZE, Loaded, freeze_buffer, frozen_owner
 from linkkernel.errors import LinkError
 from linkkernel.namespaces import Blob, _digest, type_name
-from linkkernel.partfiles import remove_abandoned, temp_name
+from linkkernel.partfiles import abandon_upload, remove_abandoned, temp_name
 from linkkernel.staleness import FRESH, Change, RunRecord, code_hash, inherited, state, states
 from linkkernel.watch import FolderWatch
 
@@ -532,24 +532,30 @@ class CacheStore:
         self._stamps[path] = "" if written is None else _stamp_of(written)
 
     def _write_aside(self, path: str, write: Callable[[Any], object]) -> os.stat_result | None:
-        """Write under a name no other writer uses, then move it into place. Two kernels on
-        the same store (two notebooks of one user, a notebook open twice) running the same
-        component write the same blob at once: with one shared temporary name, one truncated
-        the file the other was writing and the other's move then failed, losing its results
-        to a warning. Readers see a whole file or none; the name says who writes it, so a
-        file a killed writer left is removed when the store is opened next."""
-        aside = temp_name(path)
-        try:
-            if self._local:
+        """Write so that readers see a whole file or none. Locally: under a name no other
+        writer uses, then moved into place. Two kernels on the same store (two notebooks of
+        one user, a notebook open twice) running the same component write the same blob at
+        once: with one shared temporary name, one truncated the file the other was writing
+        and the other's move then failed, losing its results to a warning. The name says who
+        writes it, so a file a killed writer left is removed when the store is opened next.
+        An object store shows an upload only once it completes: written in place, without
+        a copy to move it, and nothing left behind by a writer killed midway."""
+        if self._local:
+            aside = temp_name(path)
+            try:
                 return _write_local(aside, path, write)
-            with self.fs.open(aside, "wb") as f:
-                write(f)
-            self.fs.mv(aside, path)
-            return None
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(aside)
+                raise
+        f = self.fs.open(path, "wb")
+        try:
+            write(f)
         except BaseException:
-            with contextlib.suppress(OSError):
-                self.fs.rm(aside)
+            abandon_upload(f)
             raise
+        f.close()
+        return None
 
     def _blob_path(self, digest: str) -> str:
         return f"{self.root}/blobs/{digest[:2]}/{digest}"

@@ -187,3 +187,43 @@ def test_the_folder_watch_is_not_trusted_where_other_machines_write():
     assert filesystem_type("/home/teammate", mountinfo) == "ext4"  # a prefix of the name is not a folder above
     assert filesystem_type("/scratch/records", mountinfo) == "tmpfs"  # mounted over the nfs one
     assert filesystem_type("/work", "") is None
+
+
+def test_an_object_store_is_written_in_place_and_an_interrupted_upload_leaves_nothing(tmp_path, monkeypatch, caplog):
+    """An S3 object appears only once its upload completes, so a cache store there writes
+    each file in place: a file written aside and then moved (copied, deleted) was left
+    behind as a `.part` object by a kernel killed between the two. And an upload interrupted
+    midway is thrown away: completed, it would stand truncated at the blob's address."""
+    import logging
+    import re
+
+    from remote_support import S3_ENV, MotoServer
+
+    server = MotoServer()
+    try:
+        server.make_bucket("cache")
+        for name, value in {**S3_ENV, "AWS_ENDPOINT_URL": server.endpoint}.items():
+            monkeypatch.setenv(name, value)
+        caplog.set_level(logging.INFO, logger="werkzeug")  # the server's log of each request
+        store = CacheStore("s3://cache/team", str(tmp_path / "nb.ipynb"))
+        blob = freeze(dump("big", np.arange(300_000, dtype=np.float64)))
+        store.put(record("a", "r1", {"big": blob.digest}), {blob.digest: blob}, {})
+        store.flush()
+        requests = [re.search(r'"(\w+) /cache/([^ ?]*)', r.getMessage()) for r in caplog.records]
+        written = sorted(m[2] for m in requests if m and m[1] in ("PUT", "POST", "DELETE"))
+        root = store.root.split("/", 1)[1]
+        assert written == [f"{root}/blobs/{blob.digest[:2]}/{blob.digest}", f"{root}/records/a.json"]
+        assert CacheStore("s3://cache/team", str(tmp_path / "nb.ipynb")).load(blob.digest, {})[0][-1] == 299_999.0
+
+        path = f"{store.root}/blobs/ab/interrupted"
+
+        def interrupted(f):
+            f.write(bytes(6 << 20))  # past s3fs's first part: a multipart upload is under way
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            store._write_aside(path, interrupted)
+        assert not store.fs.exists(path)
+        assert not [key for key in store.fs.find("cache") if key.endswith(".part")]
+    finally:
+        server.stop()

@@ -41,7 +41,7 @@ from typing import Any
 from linkkernel import cow
 from linkkernel.errors import LinkError
 from linkkernel.namespaces import Blob, _digest, loads
-from linkkernel.partfiles import remove_abandoned, remove_if_abandoned, temp_name
+from linkkernel.partfiles import abandon_upload, remove_abandoned, remove_if_abandoned, temp_name
 from linkkernel.remote.mirror import Mirror, default_root
 
 MAGIC = b"LKB2"
@@ -107,17 +107,6 @@ def describe_failure(url: str, exc: BaseException) -> str:
     if isinstance(exc, FileNotFoundError):
         return f"storage {url} is missing {text}"
     return f"storage {url} is unreachable: {type(exc).__name__}: {text}"
-
-
-def _abandon(f) -> None:
-    """Throw away an object-store upload that failed midway (s3fs aborts its multipart upload)."""
-    from fsspec.spec import AbstractBufferedFile
-
-    if isinstance(f, AbstractBufferedFile):
-        f.discard()
-        f.closed = True  # nothing is flushed, now or when the file is collected
-    else:
-        f.close()
 
 
 def _frame_mac(key: bytes, header: bytes, magic: bytes = MAGIC) -> bytes:
@@ -289,7 +278,7 @@ class Store:
         try:
             self._write_frames(f, header, parts, offsets)
         except BaseException:
-            _abandon(f)
+            abandon_upload(f)
             raise
         f.close()
 
