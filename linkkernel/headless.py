@@ -185,14 +185,58 @@ def run_notebook(
     progress bar, or on anything but a terminal (a CI log) one line per component as it
     ends; None: neither. The returned report holds the executed notebook.
     """
-    from nbclient import NotebookClient
-    from tqdm import tqdm
-
     path = Path(os.path.abspath(path))  # symlinks kept: the cache is keyed by the path as the kernel is given it
     notebook = read_notebook(path)
     steps = plan(notebook, targets, looked_in=str(path))
     require_workers(steps)
     require_kernelspec(kernel_name)
+    with _one_run_at_a_time(path, progress):
+        return _run_steps(path, notebook, steps, force, timeout, env, progress, kernel_name)
+
+
+@contextmanager
+def _one_run_at_a_time(path: Path, progress: IO[str] | None) -> Iterator[None]:
+    """Hold the notebook's run lock on this machine for the whole run. Two runs of one
+    notebook at once each replaced the other's runs in the cache, so an executed notebook
+    could show its own `load` output next to children reported cached from the other
+    run's `load`. The second run waits, then finds the first's results fresh."""
+    import fcntl
+
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    from linkkernel.store import notebook_key
+
+    folder = Path(jupyter_runtime_dir())
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        f = open(folder / f"linkkernel-run-{notebook_key(str(path))}.lock", "a+")  # noqa: SIM115 - closed below
+    except OSError:  # a runtime folder this user cannot write: nothing to share a lock in
+        yield
+        return
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            if progress is not None:
+                print(f"linkkernel run: waiting for the run of {path.name} already under way ({holder}) to finish", file=progress, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        yield
+
+
+def _run_steps(
+    path: Path, notebook: Any, steps: list[Step], force: bool, timeout: float | None,
+    env: Mapping[str, str] | None, progress: IO[str] | None, kernel_name: str,
+) -> RunReport:
+    """`run_notebook` once the notebook is read, checked and this run is the only one."""
+    from nbclient import NotebookClient
+    from tqdm import tqdm
+
     outcomes = {s.component.name: Outcome(s.component.name, s.component.runs_on) for s in steps if s.component}
     report = RunReport(notebook, list(outcomes.values()))
     _clear_outputs(notebook)

@@ -278,3 +278,29 @@ def test_a_kernel_that_cannot_start_is_one_line_naming_its_log(tmp_path: Path) -
     log = Path(re.search(r"its log: (\S+)$", result.stderr.strip())[1])
     assert "No module named linkkernel_is_not_here" in log.read_text()
     log.unlink()
+
+
+def test_two_runs_of_one_notebook_at_once_take_turns(tmp_path: Path) -> None:
+    """Two `linkkernel run` of one notebook started together (two CI jobs on one checkout):
+    each replaced the other's runs in the cache, so an executed notebook could show its own
+    `load` next to a `clean` reported cached from the other run's `load`. The second now
+    waits, says so, and then finds the first's results fresh: each notebook agrees with itself."""
+    source = write(tmp_path / "pipe.ipynb", notebook(
+        ("import time, uuid\ntoken = uuid.uuid4().hex\ntime.sleep(3)\nprint('load', token)", ["component:load"]),
+        ("print('clean', token)", ["component:clean", "parent:load"]),
+    ))
+    command = [sys.executable, "-m", "linkkernel.cli", "run", str(source), "-o"]
+    runs = [subprocess.Popen([*command, str(tmp_path / f"out{i}.ipynb")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=kernel_env()) for i in range(2)]
+    done = [(run.communicate(timeout=180), run.returncode) for run in runs]
+    assert [rc for _, rc in done] == [0, 0], [err for (_, err), _ in done]
+    waited = [i for i, ((_, err), _) in enumerate(done) if "linkkernel run: waiting for the run of pipe.ipynb already under way (pid " in err]
+    assert len(waited) == 1, [err for (_, err), _ in done]
+    assert summary(done[waited[0]][0][0]) == {"load": ("cached", "local"), "clean": ("cached", "local")}
+    tokens = []
+    for i in range(2):
+        cells = by_id(nbformat.read(str(tmp_path / f"out{i}.ipynb"), as_version=4))
+        load, clean = outputs_text(cells["c0"]).split(), outputs_text(cells["c1"]).split()
+        assert load[0] == "load" and clean[0] == "clean" and load[1] == clean[1]
+        tokens.append(load[1])
+    assert tokens[0] == tokens[1]
