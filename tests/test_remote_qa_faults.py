@@ -16,7 +16,7 @@ import uuid
 import numpy as np
 import pytest
 
-from engine_support import Notebook
+from engine_support import Notebook, value
 from linkkernel.namespaces import dump, load
 from linkkernel.remote import executor, registry
 from linkkernel.remote.client import ACCEPT_TIMEOUT, Client, RemoteError
@@ -86,15 +86,18 @@ def test_output_faster_than_the_kernel_reads_it_is_neither_lost_nor_taken_for_a_
     assert "".join(received).split() == [str(i) for i in range(lines)]
 
 
-def test_storage_deleted_between_runs_is_one_error_then_runs_again(worker, tmp) -> None:
+def test_storage_deleted_between_runs_is_filled_again(worker, tmp) -> None:
+    """The whole storage folder removed: the input the kernel took for stored is uploaded
+    again and the task sent once more (it used to be one error, then a run that worked)."""
     data = np.arange(10_000.0)
+    store = executor.store_for(registry.get("qa1"))
     assert load(executor.run_remote(None, task("total = float(data.sum())", data=data), "qa1").bound["total"]) == data.sum()
     shutil.rmtree(tmp / "store")
-    with pytest.raises(RemoteError, match="has no blob") as info:
-        executor.run_remote(None, task("total = float(data.sum()) + 1", data=data), "qa1")
-    assert "\n" not in str(info.value)
-    # The kernel no longer takes the blob for uploaded: the next run stores it again.
+    before = store.bytes_uploaded
+    assert load(executor.run_remote(None, task("total = float(data.sum()) + 1", data=data), "qa1").bound["total"]) == data.sum() + 1
+    assert store.bytes_uploaded - before == dump("data", data).size
     assert load(executor.run_remote(None, task("total = float(data.sum()) + 2", data=data), "qa1").bound["total"]) == data.sum() + 2
+    assert store.bytes_uploaded - before == dump("data", data).size  # stored again once, not for every run
     assert worker.alive()
 
 
@@ -386,3 +389,52 @@ def test_a_task_writing_garbage_into_its_own_pipe_fails_alone(worker, garbage, t
         executor.run_remote(None, task(code), "qa1")
     assert worker.alive()
     assert load(executor.run_remote(None, task("after = 2"), "qa1").bound["after"]) == 2
+
+
+def test_a_worker_storage_emptied_between_runs_is_given_the_inputs_again(nb, worker, tmp) -> None:
+    """The worker's storage was emptied (cleaned up, or the worker restarted on a new folder)
+    while this kernel still took its inputs for stored there: the next run failed, naming a
+    missing blob, and only the one after it uploaded again. The kernel now uploads what is
+    missing and the run goes through, once."""
+    nb.add("src", "a = list(range(100_000))")
+    nb.add("refilled", "b = sum(a)", "src", remote="qa1")
+    nb.use()
+    assert nb.run("refilled", timeout=30).status == "ok" and nb.runs() == ["src", "refilled"]
+    # A line per task once its process ended: the one that succeeded may come after the reply.
+    def sent() -> int:
+        return worker.log().count("'refilled' from client")
+
+    def ok() -> int:
+        return len(re.findall(r"'refilled' from client \w+: ok in", worker.log()))
+
+    assert wait_until(lambda: ok() == 1)
+    before = sent()
+    shutil.rmtree(tmp / "store" / "blobs")
+    again = nb.kernel.execute("%link run refilled --force", timeout=30)  # src again: the same value, the same digest
+    assert again.status == "ok", again.traceback_text
+    assert nb.runs() == ["src", "refilled"]
+    assert value(nb.kernel, "b") == 4999950000
+    assert wait_until(lambda: ok() == 2) and sent() == before + 2  # the task refused for its input, and the one sent again
+    assert re.search(r"'refilled' from client \w+: failed after [\d.]+ s: input '\w+': storage .* has no blob", worker.log())
+
+
+def test_a_worker_reading_another_storage_than_registered_is_one_error_not_a_loop(nb, key_file, tmp) -> None:
+    """Inputs a worker cannot find though the kernel has just stored them: the worker reads
+    another storage than the one registered for it. Sending the task again cannot help, so
+    it is one error that says so, at once."""
+    other = WorkerProcess(str(tmp / "elsewhere"), key_file, tmp)
+    registry.add("qa-elsewhere", other.address, str(tmp / "registered"), str(key_file))
+    try:
+        nb.add("origin", "v = list(range(50))")
+        nb.add("far", "w = len(v)", "origin", remote="qa-elsewhere")
+        nb.use()
+        result = nb.run("far", timeout=30)
+        assert result.status == "error"
+        assert "is this worker's --storage the storage registered for it?" in plain(result.traceback_text)
+        assert "linkkernel/" not in plain(result.traceback_text)
+        assert other.log().count("'far' from client") == 1
+        again = nb.run("far", timeout=30)  # now the kernel takes the input for stored: one resend, no more
+        assert again.status == "error" and other.log().count("'far' from client") == 3
+    finally:
+        registry.remove("qa-elsewhere")
+        other.stop()

@@ -46,7 +46,12 @@ log = logging.getLogger("linkkernel.remote")
 
 
 class RemoteError(LinkError):
-    """A remote run failed for a reason outside the user's code (network, worker, storage)."""
+    """A remote run failed for a reason outside the user's code (network, worker, storage).
+    `missing`: the digest of an input the worker did not find in the storage, if that was why."""
+
+    def __init__(self, message: str, missing: str | None = None) -> None:
+        super().__init__(message)
+        self.missing = missing
 
 
 class Client:
@@ -188,7 +193,9 @@ class Client:
             elif message.type == "done":
                 return message
             elif message.type == "failed":
-                raise RemoteError(f"{self._where()}: {message.body.get('message')}")
+                text = f"{self._where()}: {message.body.get('message')}"
+                missing = message.body.get("missing")
+                raise RemoteError(text, missing if isinstance(missing, str) else None)
             elif message.type == "cancelled":
                 raise RemoteError(f"{self._where()} cancelled the task")
 

@@ -179,26 +179,16 @@ def _cell_file(source: str) -> str:
     return get_file_name(source)
 
 
-def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
-    """Run `task` on the worker registered as `alias`; KeyboardInterrupt cancels it there."""
+def _upload(store: Store, task: ComponentTask) -> set[str]:
+    """Store the task's inputs; the digests of those actually uploaded (not already there)."""
+    return {blob.digest for blob in task.inputs.values() if store.put(blob)}
+
+
+def _submit(kernel, client: Client, store: Store, task: ComponentTask, alias: str, on_output) -> Any:
+    """Send the task and follow it to its end: the worker's `done` message."""
     from linkkernel.remote.worker import versions
 
-    entry = get(alias)
-    store = store_for(entry)
-    for blob in task.inputs.values():
-        store.put(blob)
-    client = client_for(entry)
     task_id = uuid.uuid4().hex
-    log = OutputLog()
-
-    def on_output(message: dict[str, Any]) -> None:
-        if "comm" in message:
-            publish_comm(kernel, message["comm"])
-            return
-        log.add(message)
-        if task.live:
-            publish_live(kernel, message)
-
     body = {
         "task": task_id,
         "name": task.name,
@@ -220,20 +210,50 @@ def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
         accepted = client.submit(body)
         if task.live and accepted.get("ahead"):
             waiting.show(f"linkkernel: waiting for worker {alias!r}: {accepted['ahead']} task(s) ahead in its queue")
-        done = client.follow(task_id, on_output, on_started=waiting.clear)
-    except KeyboardInterrupt as exc:
+        return client.follow(task_id, on_output, on_started=waiting.clear)
+    except KeyboardInterrupt:
         client.cancel(task_id)
-        # Still the user's KeyboardInterrupt; it carries what the task had shown, kept for
-        # the run's record as a local cell interrupted keeps what it printed.
-        exc.outputs = log.nbformat()
-        raise
-    except RemoteError:
-        # Maybe a blob this kernel takes for stored is gone from the store (emptied, expired):
-        # the next run checks rather than failing the same way for the kernel's whole life.
-        store.forget_uploads()
         raise
     finally:
         waiting.clear()
+
+
+def run_remote(kernel, task: ComponentTask, alias: str) -> TaskResult:
+    """Run `task` on the worker registered as `alias`; KeyboardInterrupt cancels it there."""
+    entry = get(alias)
+    store = store_for(entry)
+    uploaded = _upload(store, task)
+    client = client_for(entry)
+    log = OutputLog()
+
+    def on_output(message: dict[str, Any]) -> None:
+        if "comm" in message:
+            publish_comm(kernel, message["comm"])
+            return
+        log.add(message)
+        if task.live:
+            publish_live(kernel, message)
+
+    resent = False
+    while True:
+        try:
+            done = _submit(kernel, client, store, task, alias, on_output)
+            break
+        except KeyboardInterrupt as exc:
+            # Still the user's KeyboardInterrupt; it carries what the task had shown, kept for
+            # the run's record as a local cell interrupted keeps what it printed.
+            exc.outputs = log.nbformat()
+            raise
+        except RemoteError as exc:
+            # Maybe a blob this kernel takes for stored is gone from the store (emptied, expired):
+            # the next run checks rather than failing the same way for the kernel's whole life.
+            store.forget_uploads()
+            # An input lost that way (the storage cleaned up, the worker restarted on a new
+            # folder) is stored again and the task sent once more. Missing though stored just
+            # now, the worker reads another storage than the one registered: that is the error.
+            if exc.missing is None or resent or exc.missing in uploaded:
+                raise
+            uploaded, resent = _upload(store, task), True
     result = done.body["result"]
     if result.get("error"):
         error = result["error"]

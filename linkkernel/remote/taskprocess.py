@@ -551,7 +551,7 @@ def run(shell: WorkerShell, store: Store, task: dict[str, Any], pipe: Pipe) -> N
             try:
                 inputs[name] = value_of(name)
             except MissingBlob as exc:
-                pipe.finish({"failed": (
+                pipe.finish({"missing": digests[name], "failed": (
                     f"input {name!r}: {exc} (deleted while in use, or the kernel stored it elsewhere: "
                     "is this worker's --storage the storage registered for it?)"
                 )})

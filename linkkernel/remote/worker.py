@@ -792,7 +792,8 @@ class Worker:
             lost = "task process was lost with the worker's zygote process"
             reason = outcome.get("failed") or (lost if status is None else describe_exit(status))
             self._log(task, f"failed after {elapsed}: {reason}")
-            self.send(task.client, "failed", {"task": task.id, "message": reason})
+            missing = {"missing": outcome["missing"]} if isinstance(outcome.get("missing"), str) else {}
+            self.send(task.client, "failed", {"task": task.id, "message": reason, **missing})
 
     def _exit_status(self, pid: int, needed: bool) -> int | None:
         """How a finished task process exited; None when nobody can tell any more, or when
