@@ -438,3 +438,40 @@ def test_a_worker_reading_another_storage_than_registered_is_one_error_not_a_loo
     finally:
         registry.remove("qa-elsewhere")
         other.stop()
+
+
+def test_a_worker_removes_blobs_no_task_used_for_keep_days(tmp, key_file) -> None:
+    """Every input and output of every task stayed in the worker's storage for good: a worker
+    serving for weeks filled its disk. Blobs nobody read or wrote for --keep-days go; a
+    kernel that needs one again stores it again."""
+    storage = tmp / "swept"
+    store = Store(str(storage), read_key(key_file))
+    old, recent = dump("data", np.arange(20_000.0)), dump("other", list(range(1000)))
+    store.put(old)
+    store.put(recent)
+    path = lambda blob: storage / "blobs" / blob.digest[:2] / blob.digest  # noqa: E731
+    stray = storage / "blobs" / old.digest[:2] / "notes.txt"
+    stray.write_text("not a blob")
+    long_ago = time.time() - 3 * 86400
+    for aged in (path(old), stray):
+        os.utime(aged, (long_ago, long_ago))
+    w = WorkerProcess(str(storage), key_file, tmp, "--keep-days", "1")
+    try:
+        w.wait_for_log("removed 1 blob(s), 0.2 MB, that no task used for 1 day(s), from the storage")
+        assert not path(old).exists() and path(recent).exists() and stray.exists()
+        registry.add("swept", w.address, str(storage), str(key_file))
+        result = executor.run_remote(None, ComponentTask("qa", "total = float(data.sum())", {"data": old}, False), "swept")
+        assert load(result.bound["total"]) == float(np.arange(20_000.0).sum())
+    finally:
+        registry.remove("swept")
+        w.stop()
+
+
+@pytest.mark.parametrize("days", ["-1", "nan"])
+def test_keep_days_must_be_a_number_of_days(tmp, key_file, days) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "linkkernel.cli", "worker", "--storage", str(tmp / "store"), "--key-file", str(key_file),
+         "--keep-days", days], capture_output=True, text=True, timeout=30, env=kernel_env(),
+    )
+    assert done.returncode != 0
+    assert done.stderr.strip() == "linkkernel worker: --keep-days must be 0 (keep every blob) or a positive number of days"

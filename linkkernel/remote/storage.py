@@ -34,6 +34,7 @@ import mmap
 import os
 import re
 import stat
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -56,6 +57,7 @@ _VERIFIED_MAX = 4096
 _HEAD_READ = 16384
 log = logging.getLogger(__name__)
 # A temporary blob file's name, as `_write_local` makes it (partfiles.temp_name): its digest first.
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 _TEMP_BLOB = re.compile(r"[0-9a-f]{2,}\.lk[0-9a-f]{12}-\d+-\d+\.[0-9a-f]+\.tmp")
 # Errors s3fs/botocore/aiohttp raise that mean "not allowed", as whole words: a message that
 # names an endpoint such as http://127.0.0.1:41403 holds "403" too.
@@ -239,6 +241,40 @@ class Store:
         except StorageError:
             return False
         return True
+
+    def blob_folders(self) -> list[str]:
+        """The folders blobs are kept in (named by their digests' first two digits), for a
+        sweep that goes one folder at a time; none for an object store."""
+        try:
+            return sorted(os.listdir(f"{self._root}/blobs")) if self.local else []
+        except OSError:
+            return []
+
+    def remove_unused(self, folder: str, unused_for: float) -> tuple[int, int]:
+        """Remove the blob files of `folder` nobody has read or written for `unused_for`
+        seconds: (files, bytes) removed. Reading maps or reads a file, which moves its
+        access time (on the usual relatime mounts at least once a day), so a blob any task
+        still uses stays. A kernel finding one of its inputs gone stores it again."""
+        removed, freed = 0, 0
+        cutoff = time.time() - unused_for
+        try:
+            entries = list(os.scandir(f"{self._root}/blobs/{folder}"))
+        except OSError:
+            return 0, 0
+        for entry in entries:
+            if not _DIGEST.fullmatch(entry.name):  # a file being written, or not ours
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+                if not (stat.S_ISREG(st.st_mode) and max(st.st_atime, st.st_mtime) < cutoff):
+                    continue
+                os.unlink(entry.path)
+            except OSError:  # gone meanwhile, or not ours to remove
+                continue
+            removed, freed = removed + 1, freed + st.st_size
+            self._known.discard(entry.name)
+            self._verified.pop(entry.name, None)
+        return removed, freed
 
     def remove_abandoned(self, names: Iterable[str] | None = None) -> None:
         """Remove the blob files that writers killed midway (a task process cancelled or

@@ -38,6 +38,8 @@ HEARTBEAT_INTERVAL = 0.5
 # so forking and warming a spare (~3 ms of CPU here) only uses CPU the worker, the running
 # task and the kernel do not need, and back-to-back tasks always find one ready.
 SPARES = 2
+# How often a local storage is swept for blobs no task has used for --keep-days.
+SWEEP_INTERVAL = 3600.0
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 log = logging.getLogger("linkkernel.worker")
 
@@ -349,6 +351,36 @@ def describe_exit(status: int) -> str:
     return f"task process exited with status {os.WEXITSTATUS(status)} before reporting a result"
 
 
+class Sweeper:
+    """Removes the blobs of a local storage that no task has used for `keep_days`, one blob
+    folder per idle round of the worker loop, a sweep an hour. Every input and output of
+    every task stays in the storage so unchanged inputs are never uploaded twice; without
+    this, a worker serving for weeks filled its disk with values nobody reads any more."""
+
+    def __init__(self, store, keep_days: float) -> None:
+        self.store = store
+        self.unused_for = keep_days * 86400
+        self.folders: list[str] = []
+        self.next_sweep = 0.0
+        self.removed, self.freed = 0, 0
+
+    def step(self) -> None:
+        if not self.folders:
+            if time.monotonic() < self.next_sweep:
+                return
+            self.next_sweep = time.monotonic() + SWEEP_INTERVAL
+            self.folders = self.store.blob_folders()
+            return
+        removed, freed = self.store.remove_unused(self.folders.pop(), self.unused_for)
+        self.removed, self.freed = self.removed + removed, self.freed + freed
+        if not self.folders and self.removed:
+            log.info(
+                "removed %d blob(s), %.1f MB, that no task used for %g day(s), from the storage",
+                self.removed, self.freed / 1e6, self.unused_for / 86400,
+            )
+            self.removed, self.freed = 0, 0
+
+
 class Worker:
     """The socket loop: receive signed requests, queue, fork, relay outputs, report."""
 
@@ -360,6 +392,7 @@ class Worker:
         key: bytes,
         slots: int = 1,
         curve_secret: bytes | None = None,
+        keep_days: float = 0,
     ) -> None:
         import zmq
 
@@ -372,6 +405,7 @@ class Worker:
         self.store = Store(store_url, key, store_options)
         self.store.check()
         self.store_url, self.store_options, self.key = store_url, store_options, key
+        self.sweeper = Sweeper(self.store, keep_days) if keep_days > 0 and self.store.local else None
         self.shell = taskprocess.preload_shell()
         self.versions = versions()
         # Forked before ZeroMQ starts its threads, so task processes never inherit them.
@@ -500,6 +534,8 @@ class Worker:
             self._heartbeat()
             if self.departed:
                 self._drop_departed()
+            if idle and self.sweeper is not None and not self.running and not self.queue:
+                self.sweeper.step()
 
     def _handle(self, client: bytes, message) -> None:
         body = message.body
@@ -900,6 +936,10 @@ def configure_worker(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE", help="fsspec option, e.g. endpoint_url=http://host:9000")
     parser.add_argument("--key-file", required=True, help="file holding the shared HMAC key")
     parser.add_argument("--slots", type=int, default=1, metavar="N", help="tasks run in parallel (default 1); the rest wait in order")
+    parser.add_argument(
+        "--keep-days", type=float, default=7, metavar="D",
+        help="remove blobs no task has used for D days from a local storage, swept hourly while idle (default 7; 0 keeps all)",
+    )
     parser.add_argument("--curve-key-file", help="CurveZMQ secret key of this worker (created if missing); encrypts traffic")
     parser.add_argument(
         "--preload", action="append", default=None, metavar="MODULE",
@@ -929,6 +969,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s linkkernel worker: %(message)s", stream=sys.stderr)
     if args.slots < 1:
         raise LinkError("--slots must be at least 1")
+    if not args.keep_days >= 0:
+        raise LinkError("--keep-days must be 0 (keep every blob) or a positive number of days")
     _check_listen(args.listen)
     refuse_unshareable(args.storage)
     key = read_key(args.key_file)
@@ -947,7 +989,7 @@ def run(args: argparse.Namespace) -> int:
     if args.storage.startswith("s3"):
         importlib.import_module("s3fs")
     allow_many_maps()  # for the task processes, which map each large input from its file
-    worker = Worker(args.listen, args.storage, parse_options(args.storage_option), key, args.slots, curve_secret)
+    worker = Worker(args.listen, args.storage, parse_options(args.storage_option), key, args.slots, curve_secret, args.keep_days)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, worker.stop)
     print(f"linkkernel worker ready on {worker.address}", flush=True)
