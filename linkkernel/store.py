@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime
 import errno
+import glob
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import threading
@@ -40,6 +43,7 @@ _SMALL = 1 << 12
 # How long a blob file that another process wrote or touched is left alone, although no record
 # names it: that process writes the record naming it next (`_write`), moments later.
 _GRACE = 60.0
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 log = logging.getLogger(__name__)
 
 
@@ -259,6 +263,7 @@ class CacheStore:
                 return
             if self._local:  # what writers killed midway left (an object store keeps no half upload)
                 self._pending.append(self._writer.submit(remove_abandoned, self.root, ["records/*.part", "blobs/*/*.part"]))
+                self._pending.append(self._writer.submit(self._sweep))
 
     @property
     def location(self) -> str:
@@ -572,11 +577,16 @@ class CacheStore:
 
     def _touch(self, digest: str) -> bool:
         """Set a local blob file's mtime to now (see `_remove_unnamed`); False when it is gone.
-        Another user's file is there but cannot be touched."""
+        One another process wrote or touched moments ago stays its, not this store's to
+        remove at once. Another user's file is there but cannot be touched."""
         path = self._blob_path(digest)
         try:
+            settled = self._settled(digest)
             os.utime(path)
-            self._mine[digest] = os.stat(path).st_mtime_ns
+            if settled:
+                self._mine[digest] = os.stat(path).st_mtime_ns
+            else:
+                self._mine.pop(digest, None)
         except FileNotFoundError:
             return False
         except PermissionError:
@@ -606,12 +616,12 @@ class CacheStore:
             return
         try:
             named = self._named_on_disk()
-            with self._lock:
-                self._unnamed.difference_update([d for d in self._unnamed if self._refs[d] > 0])
+            with self._lock:  # named here: back when that run is replaced
+                self._unnamed = {d for d in self._unnamed if self._refs[d] <= 0}
                 candidates = self._unnamed - named
-            doomed = [d for d in candidates if self._settled(d)]
+            settled = [d for d in candidates if self._settled(d)]
             with self._lock:  # named by a run kept since (its write, after this one, writes it again)
-                doomed = [d for d in doomed if self._refs[d] <= 0]
+                doomed = [d for d in settled if self._refs[d] <= 0]
             if self._local:
                 for digest in doomed:
                     with contextlib.suppress(FileNotFoundError):
@@ -624,6 +634,13 @@ class CacheStore:
         self._unnamed.difference_update(doomed)
         for digest in doomed:
             self._mine.pop(digest, None)
+
+    def _sweep(self) -> None:
+        """Remove the blob files of a local store that no record names (`_remove_unnamed`),
+        when it is opened: those of runs replaced when no process was left to remove them
+        (one that ended within `_GRACE` of replacing another's run, an older linkkernel)."""
+        stored = (os.path.basename(path) for path in glob.glob(f"{glob.escape(self.root)}/blobs/*/*"))
+        self._remove_unnamed({name for name in stored if _DIGEST.fullmatch(name)} - self._named_on_disk())
 
     def _named_on_disk(self) -> set[str]:
         """The digests the record files in the store name, each file read again only when its
@@ -665,6 +682,8 @@ class CacheStore:
             modified = self.fs.modified(path)
         except FileNotFoundError:
             return True
+        if modified.tzinfo is None:  # some filesystems give UTC without saying so
+            modified = modified.replace(tzinfo=datetime.timezone.utc)
         return time.time() - modified.timestamp() > _GRACE
 
     def _write_aside(self, path: str, write: Callable[[Any], object]) -> os.stat_result | None:
