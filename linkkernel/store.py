@@ -43,6 +43,7 @@ _SMALL = 1 << 12
 # How long a blob file that another process wrote or touched is left alone, although no record
 # names it: that process writes the record naming it next (`_write`), moments later.
 _GRACE = 60.0
+# A blob file's name (`_blob_path`): any other file in the folder is not the store's to remove.
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 log = logging.getLogger(__name__)
 
@@ -551,7 +552,7 @@ class CacheStore:
         runs replaced (`released`) that no record names any more (`_remove_unnamed`). A local
         blob file already there is touched, last, just before the record naming it is
         written: another process removing files leaves those touched moments ago alone."""
-        self._unnamed.update(released)  # their files are written: kept for later if this write fails
+        self._unnamed.update(released)  # written before this write: removed later should it fail
         there = []
         for blob in blobs:
             path = self._blob_path(blob.digest)
@@ -616,7 +617,7 @@ class CacheStore:
             return
         try:
             named = self._named_on_disk()
-            with self._lock:  # named here: back when that run is replaced
+            with self._lock:  # one a current run here names comes back when that run is replaced
                 self._unnamed = {d for d in self._unnamed if self._refs[d] <= 0}
                 candidates = self._unnamed - named
             settled = [d for d in candidates if self._settled(d)]
@@ -640,7 +641,12 @@ class CacheStore:
         when it is opened: those of runs replaced when no process was left to remove them
         (one that ended within `_GRACE` of replacing another's run, an older linkkernel)."""
         stored = (os.path.basename(path) for path in glob.glob(f"{glob.escape(self.root)}/blobs/*/*"))
-        self._remove_unnamed({name for name in stored if _DIGEST.fullmatch(name)} - self._named_on_disk())
+        try:
+            named = self._named_on_disk()
+        except OSError as exc:  # a record file that cannot be read may name any: none removed
+            log.info("linkkernel: could not remove unused files of the component cache at %s: %s", self.root, exc)
+            return
+        self._remove_unnamed({name for name in stored if _DIGEST.fullmatch(name)} - named)
 
     def _named_on_disk(self) -> set[str]:
         """The digests the record files in the store name, each file read again only when its
@@ -654,7 +660,7 @@ class CacheStore:
         read = self.fs.cat(sorted(changed), on_error="return") if changed else {}
         on_disk = {path: self._on_disk[path] for path in listed if path not in changed}
         for path in changed:
-            data = read.get(path, LookupError(f"{path} not read"))
+            data = read.get(path, OSError(f"{path} was not read"))
             if isinstance(data, FileNotFoundError):  # removed since listed
                 continue
             if isinstance(data, BaseException):  # unknown, it may name any: nothing removed this time
