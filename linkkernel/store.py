@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime
 import errno
+import glob
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,6 +40,11 @@ MEMORY_PREFIX = "memory:"
 # The largest pickle of a number or string kept loaded (`load`): a long text or a large
 # bytes value would be held twice, as its blob and as the object.
 _SMALL = 1 << 12
+# How long a blob file that another process wrote or touched is left alone, although no record
+# names it: that process writes the record naming it next (`_write`), moments later.
+_GRACE = 60.0
+# A blob file's name (`_blob_path`): any other file in the folder is not the store's to remove.
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 log = logging.getLogger(__name__)
 
 
@@ -209,6 +218,17 @@ class CacheStore:
         # cell does, and the folder's watch hands each change to one caller only.
         self._refreshing = threading.Lock()
         self._pending: list[Future] = []
+        # Digests of the values of runs replaced here (`_release`), for the writer once the
+        # blobs and records written before are (`put`, `_load_records`).
+        self._released: list[str] = []
+        # Digests of replaced runs' values whose blob files may have no record naming them any
+        # more: looked at by `_remove_unnamed`, kept until removed or named here again. The writer's.
+        self._unnamed: set[str] = set()
+        # The blob files this store wrote or touched (`_write`), by digest: the mtime it left
+        # (None: an upload to an object store, which has none to set). The writer's.
+        self._mine: dict[str, int | None] = {}
+        # What each record file in the store names, with its stamp when read (`_named_on_disk`).
+        self._on_disk: dict[str, tuple[Any, frozenset[str]]] = {}
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linkkernel-cache")
         # (inode, mtime, size) of each record file when last read or written here (a remote
         # store's: its listing's details): one that changed since was written by someone else
@@ -244,6 +264,7 @@ class CacheStore:
                 return
             if self._local:  # what writers killed midway left (an object store keeps no half upload)
                 self._pending.append(self._writer.submit(remove_abandoned, self.root, ["records/*.part", "blobs/*/*.part"]))
+                self._pending.append(self._writer.submit(self._sweep))
 
     @property
     def location(self) -> str:
@@ -298,6 +319,10 @@ class CacheStore:
                     self._keep(record)
                     taken = True
             self._stamps[path] = stamp  # once looked at: a read interrupted is read again
+        with self._lock:
+            released, self._released = self._released, []
+        if released:  # of the runs that another process's runs replaced here
+            self._pending.append(self._writer.submit(self._remove_unnamed, released))
         return taken
 
     def _drop_unheld(self, names: Iterable[str]) -> bool:
@@ -427,7 +452,9 @@ class CacheStore:
             # Values lost before this put are made again by it; one lost while the write is
             # under way (a child could not rebuild it) stays lost when the write lands.
             relost = {d for d in blobs if d in self.lost}
-            self._pending.append(self._writer.submit(self._write, record, list(blobs.values()), relost))
+            with self._lock:
+                released, self._released = self._released, []
+            self._pending.append(self._writer.submit(self._write, record, list(blobs.values()), relost, released))
         return True
 
     def _room_for(self, blobs: Iterable[Blob]) -> bool:
@@ -480,8 +507,8 @@ class CacheStore:
 
     def _keep(self, record: RunRecord) -> None:
         """Make `record` its component's current run (the lock held). The values only the run
-        it replaces named go from memory (a re-run parent's old gigabytes); the files stay,
-        so a record restored later can still load them."""
+        it replaces named go from memory (a re-run parent's old gigabytes), and their files
+        from the store once no record names them (`_remove_unnamed`)."""
         old = self.records.get(record.name)
         self._not_fresh(record.name)
         self.records[record.name] = record
@@ -496,6 +523,8 @@ class CacheStore:
         self._made.pop(old.run_id, None)
         self._in_memory.pop(old.run_id, None)
         self._refs.subtract(old.namespace.values())
+        if self.fs is not None:
+            self._released.extend(d for d in old.namespace.values() if self._refs[d] <= 0 and not d.startswith(MEMORY_PREFIX))
         self._forget(old.namespace.values())
 
     def _not_fresh(self, name: str) -> None:
@@ -518,11 +547,22 @@ class CacheStore:
                 self.memory_values.pop(digest, None)
                 self.shared.discard(digest)
 
-    def _write(self, record: RunRecord, blobs: list[Blob], relost: set[str]) -> None:
+    def _write(self, record: RunRecord, blobs: list[Blob], relost: set[str], released: list[str]) -> None:
+        """Write a run's blobs, then its record, then remove the files of the values of the
+        runs replaced (`released`) that no record names any more (`_remove_unnamed`). A local
+        blob file already there is touched, last, just before the record naming it is
+        written: another process removing files leaves those touched moments ago alone."""
+        self._unnamed.update(released)  # written before this write: removed later should it fail
+        there = []
         for blob in blobs:
             path = self._blob_path(blob.digest)
             if blob.digest in relost or not (os.path.exists(path) if self._local else self.fs.exists(path)):
-                self._write_aside(path, lambda f, blob=blob: write_blob(f, blob))
+                self._write_blob(blob)
+            elif self._local:
+                there.append(blob)
+        for blob in there:
+            if not self._touch(blob.digest):  # removed since it was looked at
+                self._write_blob(blob)
         self.lost.difference_update(relost)
         data = json.dumps(record.to_json()).encode()
         path = f"{self.root}/records/{record.name}.json"
@@ -530,6 +570,127 @@ class CacheStore:
         # A remote store's stamps come from its listing (`_record_files`): "" is none of them,
         # so the record is looked at once in the next, and its removal seen.
         self._stamps[path] = "" if written is None else _stamp_of(written)
+        self._remove_unnamed()
+
+    def _write_blob(self, blob: Blob) -> None:
+        written = self._write_aside(self._blob_path(blob.digest), lambda f: write_blob(f, blob))
+        self._mine[blob.digest] = None if written is None else written.st_mtime_ns
+
+    def _touch(self, digest: str) -> bool:
+        """Set a local blob file's mtime to now (see `_remove_unnamed`); False when it is gone.
+        One another process wrote or touched moments ago stays its, not this store's to
+        remove at once. Another user's file is there but cannot be touched."""
+        path = self._blob_path(digest)
+        try:
+            settled = self._settled(digest)
+            os.utime(path)
+            if settled:
+                self._mine[digest] = os.stat(path).st_mtime_ns
+            else:
+                self._mine.pop(digest, None)
+        except FileNotFoundError:
+            return False
+        except PermissionError:
+            pass
+        return True
+
+    def _remove_unnamed(self, released: Iterable[str] = ()) -> None:
+        """Remove the blob files of replaced runs' values (`released`, and those left for
+        later in `_unnamed`) that no record names: neither a current run here nor any record
+        file in the store (other processes' runs). Without this every run's values stayed on
+        disk for good: a component re-run while its 2 GB output was worked on filled the
+        disk. Values are content-addressed, so one file serves every run, of any component,
+        whose value is equal.
+
+        Several processes share a store (a second kernel, `linkkernel run`, `cache import`, a
+        teammate on `s3://`), and a removal must at worst make a component run again (its value
+        lost, `lose`), never give a wrong value (a blob is checked against its digest when
+        read) or an error. A process writes (or, locally, touches: `_write`) the blob files
+        of a run before the record naming them, so the records are read after the replacing
+        record is written, and a file another process wrote or touched in the last `_GRACE`
+        seconds is left for the next time: its record may be on its way. The files this store
+        wrote and no one touched since go at once. An object store's files cannot be touched:
+        one a process found there already may go before the record it writes after uploading
+        its run's new files; that component then runs again."""
+        self._unnamed.update(released)
+        if not self._unnamed:
+            return
+        try:
+            named = self._named_on_disk()
+            with self._lock:  # one a current run here names comes back when that run is replaced
+                self._unnamed = {d for d in self._unnamed if self._refs[d] <= 0}
+                candidates = self._unnamed - named
+            settled = [d for d in candidates if self._settled(d)]
+            with self._lock:  # named by a run kept since (its write, after this one, writes it again)
+                doomed = [d for d in settled if self._refs[d] <= 0]
+            if self._local:
+                for digest in doomed:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self._blob_path(digest))
+            elif doomed:
+                self.fs.rm([self._blob_path(d) for d in doomed])
+        except Exception as exc:  # noqa: BLE001 - s3fs lets botocore's own errors through; nothing is lost by keeping files
+            log.info("linkkernel: could not remove unused files of the component cache at %s: %s", self.root, exc)
+            return
+        self._unnamed.difference_update(doomed)
+        for digest in doomed:
+            self._mine.pop(digest, None)
+
+    def _sweep(self) -> None:
+        """Remove the blob files of a local store that no record names (`_remove_unnamed`),
+        when it is opened: those of runs replaced when no process was left to remove them
+        (one that ended within `_GRACE` of replacing another's run, an older linkkernel)."""
+        stored = (os.path.basename(path) for path in glob.glob(f"{glob.escape(self.root)}/blobs/*/*"))
+        try:
+            named = self._named_on_disk()
+        except OSError as exc:  # a record file that cannot be read may name any: none removed
+            log.info("linkkernel: could not remove unused files of the component cache at %s: %s", self.root, exc)
+            return
+        self._remove_unnamed({name for name in stored if _DIGEST.fullmatch(name)} - named)
+
+    def _named_on_disk(self) -> set[str]:
+        """The digests the record files in the store name, each file read again only when its
+        stamp changed (`_record_files`). A file no process can read as a record (a foreign
+        one) names nothing anyone can load."""
+        try:
+            listed = {path: stamp for path, stamp in self._record_files().items() if stamp is not None}
+        except FileNotFoundError:  # no records folder (a cache cleared)
+            listed = {}
+        changed = {path for path, stamp in listed.items() if self._on_disk.get(path, (None,))[0] != stamp}
+        read = self.fs.cat(sorted(changed), on_error="return") if changed else {}
+        on_disk = {path: self._on_disk[path] for path in listed if path not in changed}
+        for path in changed:
+            data = read.get(path, OSError(f"{path} was not read"))
+            if isinstance(data, FileNotFoundError):  # removed since listed
+                continue
+            if isinstance(data, BaseException):  # unknown, it may name any: nothing removed this time
+                raise data
+            try:
+                names = frozenset(RunRecord.from_json(json.loads(data)).namespace.values())
+            except (ValueError, TypeError):
+                names = frozenset()
+            on_disk[path] = (listed[path], names)
+        self._on_disk = on_disk
+        return set().union(*(names for _, names in on_disk.values()))
+
+    def _settled(self, digest: str) -> bool:
+        """Whether no other process wrote or touched the blob file of `digest` in the last
+        `_GRACE` seconds (see `_remove_unnamed`); True when it is gone already."""
+        path = self._blob_path(digest)
+        mine = self._mine.get(digest, 0)
+        try:
+            if self._local:
+                mtime_ns = os.stat(path).st_mtime_ns
+                return mtime_ns == mine or time.time() - mtime_ns / 1e9 > _GRACE
+            if mine is None:  # uploaded here
+                return True
+            self.fs.invalidate_cache(path)
+            modified = self.fs.modified(path)
+        except FileNotFoundError:
+            return True
+        if modified.tzinfo is None:  # some filesystems give UTC without saying so
+            modified = modified.replace(tzinfo=datetime.timezone.utc)
+        return time.time() - modified.timestamp() > _GRACE
 
     def _write_aside(self, path: str, write: Callable[[Any], object]) -> os.stat_result | None:
         """Write so that readers see a whole file or none. Locally: under a name no other
@@ -730,4 +891,7 @@ class CacheStore:
             self._refs.clear()
             self._made.clear()
             self._in_memory.clear()
+            self._released.clear()
+            self._unnamed.clear()
+            self._mine.clear()
             self._fresh = set()
