@@ -227,7 +227,8 @@ class CacheStore:
         # The blob files this store wrote or touched (`_write`), by digest: the mtime it left
         # (None: an upload to an object store, which has none to set). The writer's.
         self._mine: dict[str, int | None] = {}
-        # What each record file in the store names, with its stamp when read (`_named_on_disk`).
+        # What each record file in the store names, with its stamp when read (`_named_on_disk`),
+        # also noted as records are loaded or written, so the writer does not read them again.
         self._on_disk: dict[str, tuple[Any, frozenset[str]]] = {}
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linkkernel-cache")
         # (inode, mtime, size) of each record file when last read or written here (a remote
@@ -304,6 +305,8 @@ class CacheStore:
             try:
                 with self.fs.open(path, "rb") as f:
                     read.append((path, stamp, RunRecord.from_json(json.load(f))))
+                if stamp is not None:
+                    self._on_disk[path] = (stamp, frozenset(read[-1][2].namespace.values()))
             except FileNotFoundError:
                 self._stamps[path] = None
                 gone.append(path)
@@ -570,6 +573,8 @@ class CacheStore:
         # A remote store's stamps come from its listing (`_record_files`): "" is none of them,
         # so the record is looked at once in the next, and its removal seen.
         self._stamps[path] = "" if written is None else _stamp_of(written)
+        if written is not None:
+            self._on_disk[path] = (_stamp_of(written), frozenset(record.namespace.values()))
         self._remove_unnamed()
 
     def _write_blob(self, blob: Blob) -> None:
