@@ -1,0 +1,62 @@
+"""QA on an untidy machine: full disks, awkward paths, notebooks moved under a running kernel,
+and what a long session leaves open.
+
+Real kernels, real commands, real git, and (as root) real small file systems (tmpfs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from support import kernel_env
+
+# A notebook name a file system takes (NAME_MAX is 255 bytes) with room for ".out" and ".json".
+LONG = "résultats " + "L" * 230
+
+
+def notebook_json() -> dict:
+    """A two-component pipeline as JupyterLab saves it."""
+    def cell(name: str, source: str, *parents: str) -> dict:
+        tags = [f"component:{name}", *(f"parent:{p}" for p in parents)]
+        return {"cell_type": "code", "id": f"id-{name}", "metadata": {"tags": tags}, "source": source,
+                "outputs": [], "execution_count": None}
+
+    return {"nbformat": 4, "nbformat_minor": 5,
+            "metadata": {"kernelspec": {"name": "link-python", "display_name": "Link Python", "language": "python"}},
+            "cells": [cell("load", "x = 1\nprint('loaded')"), cell("train", "y = x + 1\ny", "load")]}
+
+
+def cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "linkkernel.cli", *args], cwd=cwd, env=kernel_env(**env),
+                          capture_output=True, text=True, timeout=180)
+
+
+# ---------------------------------------------------------------- 2. paths
+
+
+def test_outputs_named_near_the_longest_name_a_file_system_takes_are_written(tmp_path: Path):
+    assert len(os.fsencode(LONG + ".ipynb.json")) <= 255
+    (tmp_path / f"{LONG}.ipynb").write_text(json.dumps(notebook_json()))
+    exported = cli("export", f"{LONG}.ipynb", "-o", f"{LONG}.ipynb.json", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    assert json.loads((tmp_path / f"{LONG}.ipynb.json").read_text())["components"][0]["name"] == "load"
+    imported = cli("import", f"{LONG}.ipynb.json", "-o", f"{LONG}.new.ipynb", cwd=tmp_path)
+    assert imported.returncode == 0, imported.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"{LONG}.ipynb", f"{LONG}.ipynb.json", f"{LONG}.new.ipynb"])
+
+
+def test_link_run_of_a_notebook_named_near_the_limit_in_wide_characters_writes_it(tmp_path: Path):
+    name = "数" * 80  # 240 bytes: ".out.ipynb" still fits
+    (tmp_path / f"{name}.ipynb").write_text(json.dumps(notebook_json()))
+    done = cli("run", f"{name}.ipynb", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    executed = json.loads((tmp_path / f"{name}.out.ipynb").read_text())
+    assert executed["cells"][1]["outputs"][0]["data"]["text/plain"] in ("2", ["2"])
