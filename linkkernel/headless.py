@@ -249,8 +249,9 @@ def _run_steps(
     kernel_env = {**os.environ, **(env or {}), "LINKKERNEL_NOTEBOOK": str(path)}
     # The kernel's own log (start-up warnings, linkkernel internal errors) goes to a file, so
     # the terminal shows the pipeline; the file is kept and named only when the kernel itself
-    # failed (died, or a linkkernel bug), since a user error is shown in full already.
-    log_fd, log_name = tempfile.mkstemp(prefix=f"linkkernel-run-{path.stem}-", suffix=".log")
+    # failed (died, or a linkkernel bug), since a user error is shown in full already. The
+    # notebook's name is cut: one near NAME_MAX made the log's name too long to create.
+    log_fd, log_name = tempfile.mkstemp(prefix=f"linkkernel-run-{path.stem[:40]}-", suffix=".log")
     bar = None
     try:
         try:
