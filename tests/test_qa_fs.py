@@ -60,3 +60,63 @@ def test_link_run_of_a_notebook_named_near_the_limit_in_wide_characters_writes_i
     assert "Traceback" not in done.stderr
     executed = json.loads((tmp_path / f"{name}.out.ipynb").read_text())
     assert executed["cells"][1]["outputs"][0]["data"]["text/plain"] in ("2", ["2"])
+
+
+# ---------------------------------------------------------------- 1. full disks
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 2 MB file system of this test's own (a tmpfs: mounting needs root)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*") if p.name.endswith((".part", ".tmp")))
+
+
+@pytest.fixture
+def full_worker(link_kernelspec, small_disk: Path, tmp_path: Path):
+    """A real worker whose --storage is the small disk, registered as 'full'; a kernel."""
+    from linkkernel.remote import registry
+    from remote_support import WorkerProcess, make_key
+    from support import Kernel
+
+    key = make_key(tmp_path / "key")
+    worker = WorkerProcess(str(small_disk / "store"), key, tmp_path)
+    registry.add("full", worker.address, str(small_disk / "store"), str(key))
+    kernel = Kernel()
+    yield worker, kernel
+    kernel.shutdown()
+    worker.stop()
+
+
+def test_a_worker_whose_storage_is_full_says_so_in_the_cell_and_keeps_serving(full_worker, small_disk, tmp_path):
+    from engine_support import Notebook, value
+
+    worker, kernel = full_worker
+    nb = Notebook(kernel, tmp_path / "remote.ipynb").add("s", "x = 1", counted=False)
+    nb.add("big", "big = bytes(3 << 20)", "s", remote="full", counted=False)
+    nb.add("small", "y = x + 1", "s", remote="full", counted=False)
+    nb.add("local", "data = bytes(3 << 20)", counted=False).add("sent", "n = len(data)", "local", remote="full", counted=False)
+    nb.use()
+    failed = nb.run("big")
+    assert failed.status == "error"
+    text = failed.traceback_text.strip()
+    assert len(text.splitlines()) == 1, text
+    assert f"storage {small_disk / 'store'} cannot be written: the disk is full" in text, text
+    assert "unreachable" not in text and "Errno" not in text
+    sending = nb.run("sent")  # the kernel cannot put the input there either
+    assert sending.status == "error"
+    assert sending.traceback_text.strip().endswith(f"storage {small_disk / 'store'} cannot be written: the disk is full")
+    assert nb.run("small").status == "ok"
+    assert value(kernel, "y") == 2
+    assert worker.alive() and _leftovers(small_disk) == []
