@@ -140,7 +140,10 @@ class Runner:
         self.store = CacheStore(self.cache_url, self.sources.notebook_path)
 
     def learn(self, code: str, cell_meta: dict | None, cell_id: str | None) -> Component | None:
-        return self.sources.learn(code, cell_meta, cell_id)
+        component = self.sources.learn(code, cell_meta, cell_id)
+        if self.sources.notebook_path is not None:  # the notebook renamed: its cache goes along
+            self.store.follow(self.sources.notebook_path)
+        return component
 
     def graph(self, targets: list[str] | None = None):
         """The validated DAG of `targets` and their ancestors (every component when None).

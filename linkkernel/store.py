@@ -235,6 +235,7 @@ class CacheStore:
         # (`linkkernel cache import`), see `refresh`; None: the file was not there.
         self._stamps: dict[str, tuple[int, int, int] | str | None] = {}
         self.root: str | None = None
+        self.notebook_path = notebook_path  # the path `root` is keyed by (see `follow`)
         self.fs = None
         self._local = False
         self._watch: FolderWatch | None = None  # the records folder of a local store (see `refresh`)
@@ -277,6 +278,31 @@ class CacheStore:
         if self.unusable:
             raise LinkError(self.unusable)
         return self
+
+    def follow(self, notebook_path: str) -> None:
+        """The notebook was renamed or moved (JupyterLab tells the kernel nothing; the kernel
+        follows the file, see sources.NotebookFile): a local cache folder is renamed to the
+        new path's key, so that the kernel JupyterLab starts for the new name finds its
+        components fresh; before, it found none and ran every one again. What this kernel
+        holds stays as it is. The folder stays where it was when the new path's is taken (a
+        cache of another notebook once there) or cannot be renamed; an object store's too:
+        renaming there is a copy of every blob."""
+        if self.root is None or not self._local or notebook_path == self.notebook_path:
+            return
+        new_root = f"{self.root.rsplit('/', 1)[0]}/{notebook_key(notebook_path)}"
+        self.flush()  # no write of ours lands in the old folder once it is moved
+        with self._refreshing:
+            try:
+                os.rename(self.root, new_root)
+            except FileNotFoundError:  # nothing written yet: the next write makes the new folder
+                pass
+            except OSError:
+                return
+            self._stamps = {new_root + path[len(self.root):]: stamp for path, stamp in self._stamps.items()}
+            self.root, self.notebook_path = new_root, notebook_path
+            if self._watch is not None:
+                self._watch.stop()
+            self._watch = FolderWatch(f"{self.root}/records")
 
     def _load_records(self, changed_only: bool = False, paths: Iterable[str] | None = None) -> bool:
         """Read the record files (`paths`, all when None); `changed_only`: those whose

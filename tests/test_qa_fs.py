@@ -120,3 +120,34 @@ def test_a_worker_whose_storage_is_full_says_so_in_the_cell_and_keeps_serving(fu
     assert nb.run("small").status == "ok"
     assert value(kernel, "y") == 2
     assert worker.alive() and _leftovers(small_disk) == []
+
+
+# ---------------------------------------------------------------- 3. a notebook renamed under its kernel
+
+
+def test_the_cache_follows_a_notebook_renamed_while_its_kernel_runs(link_kernelspec, tmp_path: Path):
+    """JupyterLab renames the file and tells the kernel nothing; its next kernel is started for
+    the new name. The components fresh before the rename are fresh for that kernel too."""
+    from engine_support import Notebook
+    from support import Kernel
+
+    path, cache = tmp_path / "analysis.ipynb", tmp_path / "cache"
+    kernel = Kernel(JPY_SESSION_NAME=str(path), LINKKERNEL_CACHE=str(cache))
+    nb = Notebook(kernel, path, counter=tmp_path / "runs")
+    try:
+        nb.add("a", "x = 1").add("b", "y = x + 1", "a").save()
+        assert nb.run("b").status == "ok" and nb.runs() == ["a", "b"]
+        nb.path = path.rename(tmp_path / "final.ipynb")
+        nb.add("c", "z = y + 1", "b").save()
+        ran = nb.run("c")
+        assert ran.status == "ok" and ran.stderr == "" and nb.runs() == ["c"]
+        assert f"cache: {cache}/final-" in kernel.execute("%link notebook").stdout
+    finally:
+        kernel.shutdown()
+    nb.kernel = kernel = Kernel(JPY_SESSION_NAME=str(nb.path), LINKKERNEL_CACHE=str(cache))
+    try:
+        assert nb.run("c").status == "ok"
+        assert nb.runs() == ["c"]
+        assert [p.name.split("-")[0] for p in cache.iterdir()] == ["final"]
+    finally:
+        kernel.shutdown()
