@@ -151,3 +151,45 @@ def test_the_cache_follows_a_notebook_renamed_while_its_kernel_runs(link_kernels
         assert [p.name.split("-")[0] for p in cache.iterdir()] == ["final"]
     finally:
         kernel.shutdown()
+
+
+# ---------------------------------------------------------------- 4. a long session
+
+
+def _memfds(pid: int) -> int:
+    """The memfds process `pid` holds open: the frozen large buffers and their private maps."""
+    held = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            held += "memfd:" in os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed meanwhile
+            pass
+    return held
+
+
+def test_a_component_failing_again_and_again_frees_each_failed_runs_inputs(link_kernelspec, tmp_path: Path):
+    """Each failed run of a component held its inputs (a map of a large parent's buffer, pages
+    it wrote copied) until Python's cyclic collector ran, which in a kernel holding many
+    objects is rarely: the collector is off here so that what is held is what the code keeps,
+    the last error's run only (for %debug)."""
+    from engine_support import Notebook
+    from support import Kernel
+
+    kernel = Kernel(LINKKERNEL_CACHE=str(tmp_path / "cache"))
+    try:
+        nb = Notebook(kernel, tmp_path / "long.ipynb").add("data", "import numpy as np\nx = np.arange(400_000)", counted=False)
+        nb.add("bad", "x[:] = 0\nraise ValueError('not yet')", "data", counted=False)
+        nb.add("stop", "import time\nx[:] = 1\ntime.sleep(30)", "data", counted=False).use()
+        assert kernel.execute("import gc; gc.disable()").status == "ok"
+        assert nb.run("data").status == "ok"
+        pid = kernel.manager.provisioner.process.pid
+        assert nb.run("bad").status == "error"
+        held = _memfds(pid)
+        for _ in range(6):
+            assert nb.run("bad").status == "error"
+            assert nb.run("stop", interrupt_after=0.5).status == "error"
+        assert _memfds(pid) <= held
+        debugged = kernel.execute("%debug", stdin_reply=["p int(x[0]) + 41", "q"]).stdout  # the last error's run is kept
+        assert "Component stop" in debugged and "42" in debugged
+    finally:
+        kernel.shutdown()
