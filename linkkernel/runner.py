@@ -154,6 +154,12 @@ class Runner:
         """
         from linkkernel.graph import build_graph
 
+        # networkx, imported by the first component cell (not paid at start), is imported
+        # whole: an interrupt midway left a package without its functions, and every
+        # component cell after it an internal error until a restart.
+        with _interrupts_held():
+            import networkx  # noqa: F401
+
         declared = self.sources.declared()
         whole = self._whole_graph(declared)
         if whole is not None:  # every part of a valid pipeline is valid, with the same ancestors
