@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -193,3 +194,88 @@ def test_a_component_failing_again_and_again_frees_each_failed_runs_inputs(link_
         assert "Component stop" in debugged and "42" in debugged
     finally:
         kernel.shutdown()
+
+
+@pytest.mark.parametrize("delay", [0.02, 0.05])
+def test_stopping_the_first_component_cell_at_once_leaves_the_kernel_usable(link_kernelspec, tmp_path: Path, delay):
+    """The first component cell imports networkx (130 ms, not paid at start): an interrupt in
+    the middle of that import left a package without its functions, and every component cell
+    after it an internal error until a restart."""
+    from engine_support import Notebook, value
+    from support import Kernel
+
+    kernel = Kernel(LINKKERNEL_CACHE=str(tmp_path / "cache"))
+    try:
+        nb = Notebook(kernel, tmp_path / "first.ipynb").add("a", "x = 1", counted=False).add("b", "y = x + 1", "a", counted=False).use()
+        nb.run("b", interrupt_after=delay)
+        again = nb.run("b")
+        assert again.status == "ok", again.traceback_text
+        assert value(kernel, "y") == 2
+    finally:
+        kernel.shutdown()
+
+
+def _held(pid: int) -> dict[str, int]:
+    """What process `pid` holds: descriptors (memfds apart) and threads."""
+    fds = os.listdir(f"/proc/{pid}/fd")
+    return {"fds": len(fds), "memfds": _memfds(pid), "threads": len(os.listdir(f"/proc/{pid}/task"))}
+
+
+def _descendants(pid: int) -> list[str]:
+    """The processes under `pid` (a worker: its zygote and the task processes it forked)."""
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [*children, *(grandchild for child in children for grandchild in _descendants(int(child)))]
+
+
+def _files(folder: Path) -> int:
+    return sum(1 for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts what /proc names")
+def test_two_hundred_runs_of_a_long_session_hold_no_more_than_the_first_forty(link_kernelspec, tmp_path: Path):
+    """Successes, user errors, interrupts, forced re-runs, cache clears and remote runs (some
+    failing, some interrupted) in one kernel and one worker: descriptors, memfds, threads,
+    the worker's task processes and temporary files stay at what the first forty runs used."""
+    from engine_support import Notebook
+    from linkkernel.remote import registry
+    from remote_support import WorkerProcess, make_key, wait_until
+    from support import Kernel
+
+    temp, key = tmp_path / "temp", make_key(tmp_path / "key")
+    temp.mkdir()
+    worker = WorkerProcess(str(tmp_path / "store"), key, tmp_path, env={"TMPDIR": str(temp)})
+    registry.add("long", worker.address, str(tmp_path / "store"), str(key))
+    kernel = Kernel(LINKKERNEL_CACHE=str(tmp_path / "cache"), TMPDIR=str(temp))
+    try:
+        nb = Notebook(kernel, tmp_path / "session.ipynb").add("a", "import numpy as np\nx = np.arange(200_000)", counted=False)
+        nb.add("b", "y = x * 2", "a", counted=False).add("bad", "raise ValueError('no')", "a", counted=False)
+        nb.add("slow", "import time\ntime.sleep(30)", "b", counted=False)
+        nb.add("r", "r = len(x) + 1", "a", remote="long", counted=False)
+        nb.add("rbad", "1 / 0", "a", remote="long", counted=False).use()
+        steps = [
+            lambda: nb.run("r", interrupt_after=0.05), lambda: nb.run("bad"), lambda: nb.run("slow", interrupt_after=0.3),
+            lambda: kernel.execute("%link run b --force"), lambda: nb.run("r"), lambda: nb.run("rbad"),
+            lambda: kernel.execute("%link cache clear"), lambda: nb.run("b"),
+        ]
+        kernel_pid, worker_pid = kernel.manager.provisioner.process.pid, worker.process.pid
+        assert nb.run("r").status == "ok"
+        time.sleep(1)
+        idle = len(_descendants(worker_pid))  # the zygote and what it forked ahead
+        samples = []
+        for i in range(200):
+            steps[i % len(steps)]()
+            if i % len(steps) == len(steps) - 1:
+                # the worker idle: its zygote's task processes ended
+                assert wait_until(lambda: len(_descendants(worker_pid)) <= idle), (idle, _descendants(worker_pid))
+                samples.append({**_held(kernel_pid), **{f"worker {k}": v for k, v in _held(worker_pid).items()},
+                                "worker processes": len(_descendants(worker_pid)), "temp files": _files(temp),
+                                "store temp files": len(_leftovers(tmp_path / "store"))})
+        warm = {k: max(s[k] for s in samples[:5]) for k in samples[0]}
+        for later in samples[5:]:
+            # descriptors: a task's pipes and a cell's sockets come and go around a sample
+            over = {k: v for k, v in later.items() if v > warm[k] + (3 if "fds" in k else 0)}
+            assert not over, (over, warm)
+        assert samples[-1]["store temp files"] == 0
+    finally:
+        kernel.shutdown()
+        worker.stop()
