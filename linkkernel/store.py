@@ -68,8 +68,10 @@ def default_cache_url() -> str:
 
 
 def notebook_key(notebook_path: str) -> str:
-    """A folder name per notebook path: readable stem plus a hash of the absolute path."""
-    path = os.path.abspath(notebook_path)
+    """A folder name per notebook file: readable stem plus a hash of its real path, so the
+    same file reached through a link (a home folder linked to a data disk: JupyterLab by one
+    path, a terminal's `linkkernel run` by the other) is one cache, not two."""
+    path = os.path.realpath(notebook_path)
     stem = os.path.splitext(os.path.basename(path))[0]
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem)[:40]
     return f"{safe}-{hashlib.sha256(path.encode()).hexdigest()[:16]}"

@@ -63,6 +63,30 @@ def test_link_run_of_a_notebook_named_near_the_limit_in_wide_characters_writes_i
     assert executed["cells"][1]["outputs"][0]["data"]["text/plain"] in ("2", ["2"])
 
 
+def test_a_notebook_opened_through_a_link_shares_its_cache_with_its_real_path(link_kernelspec, tmp_path: Path):
+    """~/work linked to /data/work: JupyterLab opens the notebook by one path, a terminal's
+    `linkkernel run` by the other; the same file is one cache (it was two: every component
+    ran again on the other side)."""
+    from engine_support import Notebook
+    from support import Kernel
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "work").symlink_to(tmp_path / "data")
+    nb = Notebook(None, tmp_path / "data" / "nb.ipynb", counter=tmp_path / "runs")
+    nb.add("a", "x = 1").add("b", "y = x + 1", "a").save()
+    cache = {"LINKKERNEL_CACHE": str(tmp_path / "cache")}
+    done = cli("run", "data/nb.ipynb", cwd=tmp_path, **cache)
+    assert done.returncode == 0, done.stderr
+    assert nb.runs() == ["a", "b"]
+    nb.kernel = kernel = Kernel(JPY_SESSION_NAME=str(tmp_path / "work" / "nb.ipynb"), **cache)
+    try:
+        assert nb.run("b").status == "ok"
+        assert nb.runs() == ["b"]
+        assert str(tmp_path / "work" / "nb.ipynb") in kernel.execute("%link notebook").stdout  # as the user named it
+    finally:
+        kernel.shutdown()
+
+
 # ---------------------------------------------------------------- 1. full disks
 
 
