@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import sys
 import threading
 import time
@@ -474,7 +473,7 @@ class CacheStore:
                     self.fs.makedirs(self.root, exist_ok=True)
                 except OSError as exc:
                     self._trouble = exc
-            if self._local and not self._room_for(blobs.values()):
+            if self._local and not self._room_for(record, blobs.values()):
                 return False  # written again by the next run that makes them
             self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
             # Values lost before this put are made again by it; one lost while the write is
@@ -485,16 +484,21 @@ class CacheStore:
             self._pending.append(self._writer.submit(self._write, record, list(blobs.values()), relost, released))
         return True
 
-    def _room_for(self, blobs: Iterable[Blob]) -> bool:
-        """Whether the local disk has room for `blobs`, asked first so that a disk too full
-        is said in the cell whose results it cannot keep (`write_trouble`), and not filled to
-        the last byte by a write that fails anyway."""
-        needed = sum(blob.size for blob in blobs if not os.path.exists(self._blob_path(blob.digest)))
+    def _room_for(self, record: RunRecord, blobs: Iterable[Blob]) -> bool:
+        """Whether the local disk has room for `record` and `blobs`, asked first so that a
+        disk too full is said in the cell whose results it cannot keep (`write_trouble`), and
+        not filled to the last byte by a write that fails anyway. The record counts too (it
+        holds the run's outputs: a component printing megabytes), and each file takes whole
+        blocks: counted by the blobs' bytes alone, a run passed whose files then did not fit,
+        said in the next component's cell, whose own results were written."""
         try:
-            free = shutil.disk_usage(self.root).free
+            disk = os.statvfs(self.root)
         except OSError:
             return True  # the write says what is wrong
-        if needed < free:
+        block = disk.f_frsize or 4096
+        sizes = [blob.size for blob in blobs if not os.path.exists(self._blob_path(blob.digest))]
+        sizes.append(len(json.dumps(record.to_json())))
+        if sum((size // block + 1) * block for size in sizes) <= disk.f_bavail * block:
             return True
         self._trouble = self._trouble or OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return False

@@ -108,6 +108,32 @@ def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob("*") if p.name.endswith((".part", ".tmp")))
 
 
+def test_a_run_whose_outputs_do_not_fit_the_cache_disk_says_so_in_its_own_cell(link_kernelspec, small_disk, tmp_path):
+    """A component printing more than the cache's disk holds: its record (outputs and all) is
+    what does not fit. The line saying so came in the next component's cell, whose results
+    were written, or never when no component ran after it."""
+    from engine_support import Notebook, value
+    from support import Kernel
+
+    kernel = Kernel(LINKKERNEL_CACHE=str(small_disk / "cache"))
+    try:
+        nb = Notebook(kernel, tmp_path / "talk.ipynb")
+        nb.add("talk", "print('x' * (3 << 20))\nn = 1", counted=False).add("after", "m = n + 1", "talk", counted=False).use()
+        talk = nb.run("talk")
+        assert talk.status == "ok" and len(talk.stdout) == (3 << 20) + 1
+        lines = talk.stderr.splitlines()
+        assert len(lines) == 1 and "cannot write the component cache" in lines[0] and "the disk is full" in lines[0], talk.stderr
+        after = nb.run("after")
+        assert after.status == "ok" and after.stderr == ""
+        assert value(kernel, "m") == 2
+        kernel.execute("%link status")  # the write has landed by the next cell
+        records = small_disk / "cache" / next(p.name for p in (small_disk / "cache").iterdir()) / "records"
+        assert sorted(p.name for p in records.iterdir()) == ["after.json"]
+        assert _leftovers(small_disk) == []
+    finally:
+        kernel.shutdown()
+
+
 @pytest.fixture
 def full_worker(link_kernelspec, small_disk: Path, tmp_path: Path):
     """A real worker whose --storage is the small disk, registered as 'full'; a kernel."""
