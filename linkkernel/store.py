@@ -297,7 +297,8 @@ class CacheStore:
                 os.rename(self.root, new_root)
             except FileNotFoundError:  # nothing written yet: the next write makes the new folder
                 pass
-            except OSError:
+            except OSError:  # tried once per move: each try waits for the writes under way
+                self.notebook_path = notebook_path
                 return
             self._stamps = {new_root + path[len(self.root):]: stamp for path, stamp in self._stamps.items()}
             self.root, self.notebook_path = new_root, notebook_path

@@ -329,3 +329,28 @@ def test_two_hundred_runs_of_a_long_session_hold_no_more_than_the_first_forty(li
     finally:
         kernel.shutdown()
         worker.stop()
+
+
+def test_a_notebook_renamed_onto_a_name_with_a_cache_of_its_own_keeps_its_cache(link_kernelspec, tmp_path: Path):
+    """The new name's folder is taken (a notebook once saved there): the cache stays where it
+    was, in use, and nothing of the other is read as this notebook's."""
+    from engine_support import Notebook
+    from linkkernel.store import notebook_key
+    from support import Kernel
+
+    path, cache = tmp_path / "draft.ipynb", tmp_path / "cache"
+    taken = cache / notebook_key(str(tmp_path / "final.ipynb"))
+    (taken / "records").mkdir(parents=True)
+    (taken / "records" / "a.json").write_text("{}")
+    kernel = Kernel(JPY_SESSION_NAME=str(path), LINKKERNEL_CACHE=str(cache))
+    nb = Notebook(kernel, path, counter=tmp_path / "runs")
+    try:
+        nb.add("a", "x = 1").add("b", "y = x + 1", "a").save()
+        assert nb.run("b").status == "ok" and nb.runs() == ["a", "b"]
+        nb.path = path.rename(tmp_path / "final.ipynb")
+        for _ in range(2):
+            assert nb.run("b").status == "ok" and nb.runs() == ["b"]
+        assert f"cache: {cache / notebook_key(str(path))}" in kernel.execute("%link notebook").stdout
+        assert (taken / "records" / "a.json").read_text() == "{}"
+    finally:
+        kernel.shutdown()
