@@ -73,7 +73,8 @@ def notebook_key(notebook_path: str) -> str:
     path = os.path.realpath(notebook_path)
     stem = os.path.splitext(os.path.basename(path))[0]
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem)[:40]
-    return f"{safe}-{hashlib.sha256(path.encode()).hexdigest()[:16]}"
+    # the name's bytes: one that is not UTF-8 (a Latin-1 archive's) has no UTF-8 encoding
+    return f"{safe}-{hashlib.sha256(os.fsencode(path)).hexdigest()[:16]}"
 
 
 def freeze(blob: Blob) -> Blob:

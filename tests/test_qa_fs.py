@@ -35,7 +35,7 @@ def notebook_json() -> dict:
 
 def cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "linkkernel.cli", *args], cwd=cwd, env=kernel_env(**env),
-                          capture_output=True, text=True, timeout=180)
+                          capture_output=True, text=True, errors="replace", timeout=180)
 
 
 # ---------------------------------------------------------------- 2. paths
@@ -83,6 +83,29 @@ def test_a_notebook_opened_through_a_link_shares_its_cache_with_its_real_path(li
         assert nb.run("b").status == "ok"
         assert nb.runs() == ["b"]
         assert str(tmp_path / "work" / "nb.ipynb") in kernel.execute("%link notebook").stdout  # as the user named it
+    finally:
+        kernel.shutdown()
+
+
+def test_a_notebook_whose_name_is_not_utf8_runs_and_caches(link_kernelspec, tmp_path: Path):
+    """A name from an old Latin-1 archive or a Windows share: bytes that are not UTF-8 (Python
+    holds them as surrogates). The cache key hashed it as UTF-8 and failed with a traceback."""
+    from engine_support import Notebook
+    from support import Kernel
+
+    name = os.fsdecode(b"caf\xe9.ipynb")
+    (tmp_path / name).write_text(json.dumps(notebook_json()))
+    cache = {"LINKKERNEL_CACHE": str(tmp_path / "cache")}
+    done = cli("run", name, cwd=tmp_path, **cache)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    exported = cli("cache", "export", name, "-o", "results.tar.gz", cwd=tmp_path, **cache)
+    assert exported.returncode == 0, exported.stderr
+    nb = Notebook(None, tmp_path / name, counter=tmp_path / "runs").add("a", "x = 1").add("b", "y = x + 1", "a").save()
+    nb.kernel = kernel = Kernel(LINKKERNEL_NOTEBOOK=str(nb.path), **cache)
+    try:
+        assert nb.run("b").status == "ok" and nb.runs() == ["a", "b"]
+        kernel.restart_as_jupyterlab()
+        assert nb.run("b").status == "ok" and nb.runs() == ["b"]
     finally:
         kernel.shutdown()
 
