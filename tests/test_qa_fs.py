@@ -110,6 +110,31 @@ def test_a_notebook_whose_name_is_not_utf8_runs_and_caches(link_kernelspec, tmp_
         kernel.shutdown()
 
 
+def test_log_and_html_diff_of_a_notebook_whose_name_is_not_utf8(tmp_path: Path):
+    from git_support import Repo
+
+    repo = Repo(tmp_path)
+    name = os.fsdecode(b"caf\xe9.ipynb")
+    first = notebook_json()
+    repo.commit(first, "first", name=name)
+    second = notebook_json()
+    second["cells"][0]["source"] = "x = 2\nprint('loaded')"
+    repo.commit(second, "second", name=name)
+    (repo.path / "old.ipynb").write_text(json.dumps(first))
+
+    def linkkernel(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "linkkernel.cli", *args], cwd=repo.path, env=repo.env,
+                              capture_output=True, text=True, errors="surrogateescape")
+
+    log = linkkernel("log", name)
+    assert log.returncode == 0 and "Traceback" not in log.stderr, log.stderr
+    assert "+x = 2" in log.stdout and "second" in log.stdout
+    page = os.fsdecode(b"diff-\xe9.html")
+    diff = linkkernel("diff", "old.ipynb", name, "--html", page)
+    assert diff.returncode == 0 and "Traceback" not in diff.stderr, diff.stderr
+    assert "x = 2" in (repo.path / page).read_text(encoding="utf-8")
+
+
 # ---------------------------------------------------------------- 1. full disks
 
 
