@@ -96,8 +96,10 @@ def test_a_notebook_whose_name_is_not_utf8_runs_and_caches(link_kernelspec, tmp_
     name = os.fsdecode(b"caf\xe9.ipynb")
     (tmp_path / name).write_text(json.dumps(notebook_json()))
     cache = {"LINKKERNEL_CACHE": str(tmp_path / "cache")}
-    done = cli("run", name, cwd=tmp_path, **cache)
+    # as in a terminal whose locale is en_US.UTF-8 (C.UTF-8 here lets Python's stdout pass any byte)
+    done = cli("run", name, cwd=tmp_path, PYTHONIOENCODING="utf-8:strict", **cache)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout.splitlines()[-1] == "executed notebook written to caf\ufffd.out.ipynb"
     exported = cli("cache", "export", name, "-o", "results.tar.gz", cwd=tmp_path, **cache)
     assert exported.returncode == 0, exported.stderr
     nb = Notebook(None, tmp_path / name, counter=tmp_path / "runs").add("a", "x = 1").add("b", "y = x + 1", "a").save()
