@@ -284,6 +284,9 @@ def _run_steps(
                 else:
                     started = time.monotonic()
                     error, report.kernel_trouble = _execute(client, cell, step.index, timeout)
+                    if progress is not None:
+                        for line in _write_trouble(cell):
+                            tqdm.write(f"linkkernel run: {line.removeprefix('linkkernel: ')}", file=progress)
                     if error is not None:
                         report.failed, report.error = step.label, error
                     if outcome is not None:
@@ -348,6 +351,17 @@ def _execute(client: Any, cell: Any, index: int, timeout: float | None) -> tuple
     except DeadKernelError:
         return "the kernel died", True
     return None, False
+
+
+def _write_trouble(cell: Any) -> list[str]:
+    """The kernel's line in `cell` saying the cache could not be written (a disk full): in the
+    executed notebook only, the terminal showed a clean run, and the next run ran everything
+    again without a word."""
+    from linkkernel.store import WRITE_TROUBLE
+
+    texts = (o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream" and o.get("name") == "stderr")
+    text = "".join("".join(t) if isinstance(t, list) else t for t in texts)
+    return [line for line in text.splitlines() if line.startswith(WRITE_TROUBLE)]
 
 
 def _join_streams(cell: Any) -> None:

@@ -36,6 +36,9 @@ from linkkernel.staleness import FRESH, Change, RunRecord, code_hash, inherited,
 from linkkernel.watch import FolderWatch
 
 MEMORY_PREFIX = "memory:"
+# How the line saying results are not written starts (see `write_trouble`); `linkkernel run`
+# shows it in the terminal too.
+WRITE_TROUBLE = "linkkernel: cannot write the component cache"
 # The largest pickle of a number or string kept loaded (`load`): a long text or a large
 # bytes value would be held twice, as its blob and as the object.
 _SMALL = 1 << 12
@@ -526,7 +529,7 @@ class CacheStore:
             return None
         self._trouble_said = True
         return (
-            f"linkkernel: cannot write the component cache at {self.root}: {plain_reason(self._trouble)}; "
+            f"{WRITE_TROUBLE} at {self.root}: {plain_reason(self._trouble)}; "
             "results are kept in memory only, so after a restart their components run again"
         )
 

@@ -184,6 +184,20 @@ def test_a_run_whose_outputs_do_not_fit_the_cache_disk_says_so_in_its_own_cell(l
         kernel.shutdown()
 
 
+def test_link_run_onto_a_full_cache_disk_says_so_in_the_terminal(link_kernelspec, small_disk, tmp_path):
+    """Headless, the line saying the cache could not be written went only into the executed
+    notebook's cell; the terminal showed a clean run, and the next run ran everything again."""
+    from engine_support import Notebook
+
+    Notebook(None, tmp_path / "nb.ipynb").add("a", "x = bytes(3 << 20)", counted=False).add("b", "y = len(x)", "a", counted=False).save()
+    done = cli("run", "nb.ipynb", cwd=tmp_path, LINKKERNEL_CACHE=str(small_disk / "cache"))
+    assert done.returncode == 0, done.stderr
+    said = [line for line in done.stderr.splitlines() if "cache" in line]
+    assert len(said) == 1 and said[0].startswith("linkkernel run: cannot write the component cache at "), done.stderr
+    assert "the disk is full" in said[0]
+    assert _leftovers(small_disk) == []
+
+
 @pytest.fixture
 def full_worker(link_kernelspec, small_disk: Path, tmp_path: Path):
     """A real worker whose --storage is the small disk, registered as 'full'; a kernel."""
