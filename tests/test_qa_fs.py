@@ -15,7 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from support import kernel_env
+from engine_support import Notebook, value
+from git_support import Repo
+from linkkernel.remote import registry
+from linkkernel.store import notebook_key
+from remote_support import WorkerProcess, make_key, wait_until
+from support import Kernel, kernel_env
 
 # A notebook name a file system takes (NAME_MAX is 255 bytes) with room for ".out" and ".json".
 LONG = "résultats " + "L" * 230
@@ -67,9 +72,6 @@ def test_a_notebook_opened_through_a_link_shares_its_cache_with_its_real_path(li
     """~/work linked to /data/work: JupyterLab opens the notebook by one path, a terminal's
     `linkkernel run` by the other; the same file is one cache (it was two: every component
     ran again on the other side)."""
-    from engine_support import Notebook
-    from support import Kernel
-
     (tmp_path / "data").mkdir()
     (tmp_path / "work").symlink_to(tmp_path / "data")
     nb = Notebook(None, tmp_path / "data" / "nb.ipynb", counter=tmp_path / "runs")
@@ -90,9 +92,6 @@ def test_a_notebook_opened_through_a_link_shares_its_cache_with_its_real_path(li
 def test_a_notebook_whose_name_is_not_utf8_runs_and_caches(link_kernelspec, tmp_path: Path):
     """A name from an old Latin-1 archive or a Windows share: bytes that are not UTF-8 (Python
     holds them as surrogates). The cache key hashed it as UTF-8 and failed with a traceback."""
-    from engine_support import Notebook
-    from support import Kernel
-
     name = os.fsdecode(b"caf\xe9.ipynb")
     (tmp_path / name).write_text(json.dumps(notebook_json()))
     cache = {"LINKKERNEL_CACHE": str(tmp_path / "cache")}
@@ -113,8 +112,6 @@ def test_a_notebook_whose_name_is_not_utf8_runs_and_caches(link_kernelspec, tmp_
 
 
 def test_log_and_html_diff_of_a_notebook_whose_name_is_not_utf8(tmp_path: Path):
-    from git_support import Repo
-
     repo = Repo(tmp_path)
     name = os.fsdecode(b"caf\xe9.ipynb")
     first = notebook_json()
@@ -162,9 +159,6 @@ def test_a_run_whose_outputs_do_not_fit_the_cache_disk_says_so_in_its_own_cell(l
     """A component printing more than the cache's disk holds: its record (outputs and all) is
     what does not fit. The line saying so came in the next component's cell, whose results
     were written, or never when no component ran after it."""
-    from engine_support import Notebook, value
-    from support import Kernel
-
     kernel = Kernel(LINKKERNEL_CACHE=str(small_disk / "cache"))
     try:
         nb = Notebook(kernel, tmp_path / "talk.ipynb")
@@ -187,8 +181,6 @@ def test_a_run_whose_outputs_do_not_fit_the_cache_disk_says_so_in_its_own_cell(l
 def test_link_run_onto_a_full_cache_disk_says_so_in_the_terminal(link_kernelspec, small_disk, tmp_path):
     """Headless, the line saying the cache could not be written went only into the executed
     notebook's cell; the terminal showed a clean run, and the next run ran everything again."""
-    from engine_support import Notebook
-
     Notebook(None, tmp_path / "nb.ipynb").add("a", "x = bytes(3 << 20)", counted=False).add("b", "y = len(x)", "a", counted=False).save()
     done = cli("run", "nb.ipynb", cwd=tmp_path, LINKKERNEL_CACHE=str(small_disk / "cache"))
     assert done.returncode == 0, done.stderr
@@ -201,10 +193,6 @@ def test_link_run_onto_a_full_cache_disk_says_so_in_the_terminal(link_kernelspec
 @pytest.fixture
 def full_worker(link_kernelspec, small_disk: Path, tmp_path: Path):
     """A real worker whose --storage is the small disk, registered as 'full'; a kernel."""
-    from linkkernel.remote import registry
-    from remote_support import WorkerProcess, make_key
-    from support import Kernel
-
     key = make_key(tmp_path / "key")
     worker = WorkerProcess(str(small_disk / "store"), key, tmp_path)
     registry.add("full", worker.address, str(small_disk / "store"), str(key))
@@ -215,7 +203,6 @@ def full_worker(link_kernelspec, small_disk: Path, tmp_path: Path):
 
 
 def test_a_worker_whose_storage_is_full_says_so_in_the_cell_and_keeps_serving(full_worker, small_disk, tmp_path):
-    from engine_support import Notebook, value
 
     worker, kernel = full_worker
     nb = Notebook(kernel, tmp_path / "remote.ipynb").add("s", "x = 1", counted=False)
@@ -243,9 +230,6 @@ def test_a_worker_whose_storage_is_full_says_so_in_the_cell_and_keeps_serving(fu
 def test_the_cache_follows_a_notebook_renamed_while_its_kernel_runs(link_kernelspec, tmp_path: Path):
     """JupyterLab renames the file and tells the kernel nothing; its next kernel is started for
     the new name. The components fresh before the rename are fresh for that kernel too."""
-    from engine_support import Notebook
-    from support import Kernel
-
     path, cache = tmp_path / "analysis.ipynb", tmp_path / "cache"
     kernel = Kernel(JPY_SESSION_NAME=str(path), LINKKERNEL_CACHE=str(cache))
     nb = Notebook(kernel, path, counter=tmp_path / "runs")
@@ -264,6 +248,27 @@ def test_the_cache_follows_a_notebook_renamed_while_its_kernel_runs(link_kernels
         assert nb.run("c").status == "ok"
         assert nb.runs() == ["c"]
         assert [p.name.split("-")[0] for p in cache.iterdir()] == ["final"]
+    finally:
+        kernel.shutdown()
+
+
+def test_a_notebook_renamed_onto_a_name_with_a_cache_of_its_own_keeps_its_cache(link_kernelspec, tmp_path: Path):
+    """The new name's folder is taken (a notebook once saved there): the cache stays where it
+    was, in use, and nothing of the other is read as this notebook's."""
+    path, cache = tmp_path / "draft.ipynb", tmp_path / "cache"
+    taken = cache / notebook_key(str(tmp_path / "final.ipynb"))
+    (taken / "records").mkdir(parents=True)
+    (taken / "records" / "a.json").write_text("{}")
+    kernel = Kernel(JPY_SESSION_NAME=str(path), LINKKERNEL_CACHE=str(cache))
+    nb = Notebook(kernel, path, counter=tmp_path / "runs")
+    try:
+        nb.add("a", "x = 1").add("b", "y = x + 1", "a").save()
+        assert nb.run("b").status == "ok" and nb.runs() == ["a", "b"]
+        nb.path = path.rename(tmp_path / "final.ipynb")
+        for _ in range(2):
+            assert nb.run("b").status == "ok" and nb.runs() == ["b"]
+        assert f"cache: {cache / notebook_key(str(path))}" in kernel.execute("%link notebook").stdout
+        assert (taken / "records" / "a.json").read_text() == "{}"
     finally:
         kernel.shutdown()
 
@@ -287,9 +292,6 @@ def test_a_component_failing_again_and_again_frees_each_failed_runs_inputs(link_
     it wrote copied) until Python's cyclic collector ran, which in a kernel holding many
     objects is rarely: the collector is off here so that what is held is what the code keeps,
     the last error's run only (for %debug)."""
-    from engine_support import Notebook
-    from support import Kernel
-
     kernel = Kernel(LINKKERNEL_CACHE=str(tmp_path / "cache"))
     try:
         nb = Notebook(kernel, tmp_path / "long.ipynb").add("data", "import numpy as np\nx = np.arange(400_000)", counted=False)
@@ -315,9 +317,6 @@ def test_stopping_the_first_component_cell_at_once_leaves_the_kernel_usable(link
     """The first component cell imports networkx (130 ms, not paid at start): an interrupt in
     the middle of that import left a package without its functions, and every component cell
     after it an internal error until a restart."""
-    from engine_support import Notebook, value
-    from support import Kernel
-
     kernel = Kernel(LINKKERNEL_CACHE=str(tmp_path / "cache"))
     try:
         nb = Notebook(kernel, tmp_path / "first.ipynb").add("a", "x = 1", counted=False).add("b", "y = x + 1", "a", counted=False).use()
@@ -350,11 +349,6 @@ def test_two_hundred_runs_of_a_long_session_hold_no_more_than_the_first_forty(li
     """Successes, user errors, interrupts, forced re-runs, cache clears and remote runs (some
     failing, some interrupted) in one kernel and one worker: descriptors, memfds, threads,
     the worker's task processes and temporary files stay at what the first forty runs used."""
-    from engine_support import Notebook
-    from linkkernel.remote import registry
-    from remote_support import WorkerProcess, make_key, wait_until
-    from support import Kernel
-
     temp, key = tmp_path / "temp", make_key(tmp_path / "key")
     temp.mkdir()
     worker = WorkerProcess(str(tmp_path / "store"), key, tmp_path, env={"TMPDIR": str(temp)})
@@ -394,27 +388,3 @@ def test_two_hundred_runs_of_a_long_session_hold_no_more_than_the_first_forty(li
         kernel.shutdown()
         worker.stop()
 
-
-def test_a_notebook_renamed_onto_a_name_with_a_cache_of_its_own_keeps_its_cache(link_kernelspec, tmp_path: Path):
-    """The new name's folder is taken (a notebook once saved there): the cache stays where it
-    was, in use, and nothing of the other is read as this notebook's."""
-    from engine_support import Notebook
-    from linkkernel.store import notebook_key
-    from support import Kernel
-
-    path, cache = tmp_path / "draft.ipynb", tmp_path / "cache"
-    taken = cache / notebook_key(str(tmp_path / "final.ipynb"))
-    (taken / "records").mkdir(parents=True)
-    (taken / "records" / "a.json").write_text("{}")
-    kernel = Kernel(JPY_SESSION_NAME=str(path), LINKKERNEL_CACHE=str(cache))
-    nb = Notebook(kernel, path, counter=tmp_path / "runs")
-    try:
-        nb.add("a", "x = 1").add("b", "y = x + 1", "a").save()
-        assert nb.run("b").status == "ok" and nb.runs() == ["a", "b"]
-        nb.path = path.rename(tmp_path / "final.ipynb")
-        for _ in range(2):
-            assert nb.run("b").status == "ok" and nb.runs() == ["b"]
-        assert f"cache: {cache / notebook_key(str(path))}" in kernel.execute("%link notebook").stdout
-        assert (taken / "records" / "a.json").read_text() == "{}"
-    finally:
-        kernel.shutdown()
