@@ -190,6 +190,24 @@ def test_link_run_onto_a_full_cache_disk_says_so_in_the_terminal(link_kernelspec
     assert _leftovers(small_disk) == []
 
 
+def test_the_merge_driver_writing_onto_a_full_disk_fails_naming_the_notebook(small_disk):
+    """As git runs it (%O %A %B %L %P, the result into %A, a temporary file of git's): git must
+    see a failure, %A must stay whole, and the line must name the notebook, not git's file."""
+    base, ours, theirs = notebook_json(), notebook_json(), notebook_json()
+    ours["cells"][1]["source"] = "y = x + 10\ny"
+    theirs["cells"][0]["source"] = "x = 2\nprint('loaded')"
+    for name, nb in (("O", base), ("A", ours), ("B", theirs)):
+        (small_disk / f".merge_file_{name}").write_text(json.dumps(nb, indent=1))
+    before = (small_disk / ".merge_file_A").read_bytes()
+    subprocess.run(["dd", "if=/dev/zero", f"of={small_disk / 'fill'}", "bs=4k"], capture_output=True)
+    merged = cli("merge", ".merge_file_O", ".merge_file_A", ".merge_file_B", "7", "analysis/nb.ipynb", cwd=small_disk)
+    assert merged.returncode != 0
+    assert merged.stderr.splitlines() == [
+        "linkkernel merge: analysis/nb.ipynb: the merged notebook cannot be written: No space left on device"]
+    assert (small_disk / ".merge_file_A").read_bytes() == before
+    assert _leftovers(small_disk) == []
+
+
 @pytest.fixture
 def full_worker(link_kernelspec, small_disk: Path, tmp_path: Path):
     """A real worker whose --storage is the small disk, registered as 'full'; a kernel."""
