@@ -68,6 +68,24 @@ def test_link_run_of_a_notebook_named_near_the_limit_in_wide_characters_writes_i
     assert executed["cells"][1]["outputs"][0]["data"]["text/plain"] in ("2", ["2"])
 
 
+def test_link_notebook_takes_a_path_with_spaces_as_typed(link_kernelspec, tmp_path: Path):
+    """`%link notebook My Analysis #2.ipynb`, as `%cd My Folder` takes it: the rest of the line
+    is the path; quoted, it is the same path."""
+    folder = tmp_path / "my data 'q' % ü"
+    folder.mkdir()
+    nb = Notebook(None, folder / "My Analysis #2.ipynb", counter=tmp_path / "runs").add("a", "x = 1").add("b", "y = x + 1", "a").save()
+    nb.kernel = kernel = Kernel(LINKKERNEL_CACHE=str(tmp_path / "cache"), cwd=str(folder))
+    try:
+        shown = kernel.execute("%link notebook My Analysis #2.ipynb")
+        assert shown.status == "ok", shown.traceback_text
+        assert shown.stdout.startswith(f"notebook: {nb.path}\n")
+        assert nb.run("b").status == "ok" and nb.runs() == ["a", "b"]
+        assert kernel.execute(f'%link notebook "{nb.path}"').stdout.startswith(f"notebook: {nb.path}\n")
+        assert nb.run("b").status == "ok" and nb.runs() == ["b"]  # the same notebook: its parent still fresh
+    finally:
+        kernel.shutdown()
+
+
 def test_a_notebook_opened_through_a_link_shares_its_cache_with_its_real_path(link_kernelspec, tmp_path: Path):
     """~/work linked to /data/work: JupyterLab opens the notebook by one path, a terminal's
     `linkkernel run` by the other; the same file is one cache (it was two: every component
