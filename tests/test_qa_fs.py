@@ -288,6 +288,33 @@ def test_the_cache_follows_a_notebook_renamed_while_its_kernel_runs(link_kernels
         kernel.shutdown()
 
 
+def test_a_notebook_deleted_to_the_trash_and_restored_finds_its_cache(link_kernelspec, tmp_path: Path):
+    """JupyterLab deletes to the trash (send2trash: a rename into ~/.local/share/Trash/files).
+    That is no rename to follow: the cache went into the trash with it, and the notebook
+    restored found none, every component ran again."""
+    path, cache = tmp_path / "nb.ipynb", tmp_path / "cache"
+    kernel = Kernel(JPY_SESSION_NAME=str(path), LINKKERNEL_CACHE=str(cache))
+    nb = Notebook(kernel, path, counter=tmp_path / "runs")
+    trash = {"XDG_DATA_HOME": str(tmp_path / "share")}
+    try:
+        nb.add("a", "x = 1").add("b", "y = x + 1", "a").save()
+        assert nb.run("b").status == "ok" and nb.runs() == ["a", "b"]
+        deleted = subprocess.run([sys.executable, "-c", "import send2trash, sys; send2trash.send2trash(sys.argv[1])", str(path)],
+                                 env=kernel_env(**trash), capture_output=True, text=True)
+        assert deleted.returncode == 0 and not path.exists(), deleted.stderr
+        assert (tmp_path / "share" / "Trash" / "files" / "nb.ipynb").exists()
+        after = nb.run("b")  # the tab still open: the notebook is gone
+        assert after.status == "error" and "which does not exist" in after.traceback_text
+    finally:
+        kernel.shutdown()
+    (tmp_path / "share" / "Trash" / "files" / "nb.ipynb").rename(path)  # restored
+    nb.kernel = kernel = Kernel(JPY_SESSION_NAME=str(path), LINKKERNEL_CACHE=str(cache))
+    try:
+        assert nb.run("b").status == "ok" and nb.runs() == ["b"]
+    finally:
+        kernel.shutdown()
+
+
 def test_a_notebook_renamed_onto_a_name_with_a_cache_of_its_own_keeps_its_cache(link_kernelspec, tmp_path: Path):
     """The new name's folder is taken (a notebook once saved there): the cache stays where it
     was, in use, and nothing of the other is read as this notebook's."""
