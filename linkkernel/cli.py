@@ -76,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     if not (sys.argv[1:] if argv is None else argv):  # argparse would name its internal 'args'
         _top_parser().print_help(sys.stderr)
         return 2
+    # A file name that is not UTF-8 is printed as its bytes, as ls does: a strict stdout (an
+    # en_US.UTF-8 terminal) failed the command with a traceback after its work was done.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="surrogateescape")
     top = _top_parser().parse_args(argv)
     if top.command not in COMMANDS:
         print(

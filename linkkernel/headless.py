@@ -249,8 +249,9 @@ def _run_steps(
     kernel_env = {**os.environ, **(env or {}), "LINKKERNEL_NOTEBOOK": str(path)}
     # The kernel's own log (start-up warnings, linkkernel internal errors) goes to a file, so
     # the terminal shows the pipeline; the file is kept and named only when the kernel itself
-    # failed (died, or a linkkernel bug), since a user error is shown in full already.
-    log_fd, log_name = tempfile.mkstemp(prefix=f"linkkernel-run-{path.stem}-", suffix=".log")
+    # failed (died, or a linkkernel bug), since a user error is shown in full already. The
+    # notebook's name is cut: one near NAME_MAX made the log's name too long to create.
+    log_fd, log_name = tempfile.mkstemp(prefix=f"linkkernel-run-{path.stem[:40]}-", suffix=".log")
     bar = None
     try:
         try:
@@ -283,6 +284,9 @@ def _run_steps(
                 else:
                     started = time.monotonic()
                     error, report.kernel_trouble = _execute(client, cell, step.index, timeout)
+                    if progress is not None:
+                        for line in _write_trouble(cell):
+                            tqdm.write(f"linkkernel run: {line.removeprefix('linkkernel: ')}", file=progress)
                     if error is not None:
                         report.failed, report.error = step.label, error
                     if outcome is not None:
@@ -347,6 +351,17 @@ def _execute(client: Any, cell: Any, index: int, timeout: float | None) -> tuple
     except DeadKernelError:
         return "the kernel died", True
     return None, False
+
+
+def _write_trouble(cell: Any) -> list[str]:
+    """The kernel's line in `cell` saying the cache could not be written (a disk full): in the
+    executed notebook only, the terminal showed a clean run, and the next run ran everything
+    again without a word."""
+    from linkkernel.store import WRITE_TROUBLE
+
+    texts = (o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream" and o.get("name") == "stderr")
+    text = "".join("".join(t) if isinstance(t, list) else t for t in texts)
+    return [line for line in text.splitlines() if line.startswith(WRITE_TROUBLE)]
 
 
 def _join_streams(cell: Any) -> None:

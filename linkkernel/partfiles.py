@@ -67,10 +67,30 @@ def writer_tag() -> str:
     return _tags[pid]
 
 
+# Bytes a temporary name adds to the file's own (tag, unique part, suffix), with room to spare.
+_TAIL_ROOM = 80
+NAME_MAX = 255
+
+
+def _name_kept(name: str) -> str:
+    """The start of a file name that a temporary name keeps: all of it unless the tag would
+    take the whole name past NAME_MAX (a notebook named near the limit was 'File name too
+    long' to write), cut at a character so that the name stays text."""
+    while len(os.fsencode(name)) > NAME_MAX - _TAIL_ROOM:
+        name = name[:-1]
+    return name
+
+
 def temp_name(path: str, suffix: str = "part") -> str:
     """A name to write `path` aside under: this process's tag, then a part no other writer
     (another thread, another kernel on the same store) uses."""
-    return f"{path}.{writer_tag()}.{uuid.uuid4().hex[:16]}.{suffix}"
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f"{_name_kept(name)}.{writer_tag()}.{uuid.uuid4().hex[:16]}.{suffix}")
+
+
+def temp_pattern(name: str, suffix: str = "part") -> str:
+    """The glob (in its folder) of the temporary names `temp_name` gives file `name`."""
+    return f"{glob.escape(_name_kept(name))}.*.{suffix}"
 
 
 def abandoned(path: str) -> bool:

@@ -160,7 +160,8 @@ def cache(kernel, argv: list[str]) -> None:
 
 
 def _configure_notebook(parser) -> None:
-    parser.add_argument("path", nargs="?", metavar="PATH",
+    # the rest of the line, as `%cd` takes it: `%link notebook My Analysis.ipynb` needs no quotes
+    parser.add_argument("path", nargs="*", metavar="PATH",
                         help="the saved notebook to read declarations from; without it, show the current one")
 
 
@@ -171,9 +172,10 @@ def notebook(kernel, argv: list[str]) -> None:
         return
     runner = kernel.runner
     if args.path:
-        path = os.path.expanduser(args.path)
+        given = " ".join(args.path)
+        path = os.path.expanduser(given)
         if os.path.isdir(path):
-            raise LinkError(f"%link notebook: {args.path} is a directory; give the notebook file (NAME.ipynb)")
+            raise LinkError(f"%link notebook: {given} is a directory; give the notebook file (NAME.ipynb)")
         if os.path.abspath(path) != runner.sources.notebook_path:  # the same one again keeps what we know
             runner.set_notebook(path)
     path = runner.sources.notebook_path

@@ -10,6 +10,7 @@ publishes that into the notebook namespace. Ancestors run captured; the componen
 from __future__ import annotations
 
 import builtins
+import contextlib
 import functools
 import re
 import signal
@@ -140,7 +141,10 @@ class Runner:
         self.store = CacheStore(self.cache_url, self.sources.notebook_path)
 
     def learn(self, code: str, cell_meta: dict | None, cell_id: str | None) -> Component | None:
-        return self.sources.learn(code, cell_meta, cell_id)
+        component = self.sources.learn(code, cell_meta, cell_id)
+        if self.sources.notebook_path is not None:  # the notebook renamed: its cache goes along
+            self.store.follow(self.sources.notebook_path)
+        return component
 
     def graph(self, targets: list[str] | None = None):
         """The validated DAG of `targets` and their ancestors (every component when None).
@@ -149,6 +153,12 @@ class Runner:
         a malformed tag elsewhere does not block an unrelated component.
         """
         from linkkernel.graph import build_graph
+
+        # networkx, imported by the first component cell (not paid at start), is imported
+        # whole: an interrupt midway left a package without its functions, and every
+        # component cell after it an internal error until a restart.
+        with _interrupts_held():
+            import networkx  # noqa: F401
 
         declared = self.sources.declared()
         whole = self._whole_graph(declared)
@@ -435,6 +445,7 @@ class Runner:
                     record.status = "ok"
                 else:
                     err = result.error_before_exec or result.error_in_exec
+                    _release_run_code(err)
                     if isinstance(err, KeyboardInterrupt):
                         outcome.interrupted = True
                         return outcome
@@ -450,6 +461,8 @@ class Runner:
             else:
                 with capture.recorded(shell) as outputs:
                     reply = await live()
+                if reply.get("status") != "ok":
+                    _release_run_code(getattr(shell.last_execution_result, "error_in_exec", None))
                 record.outputs = outputs.items
                 if reply.get("status") == "ok":  # its error, if not, is in its outputs as the cell showed it
                     record.status = "ok"
@@ -978,6 +991,25 @@ class ComponentFailed(Exception):
 
     def _render_traceback_(self) -> list[str]:
         return [f"\x1b[0;31mError in component {self.name!r}:\x1b[0m", *self.error["traceback"]]
+
+
+def _release_run_code(error: BaseException | None) -> None:
+    """Clear the locals of IPython's `run_code` frame, the caller of the cell's code that
+    raised `error`. That frame holds the ExecutionResult, which holds the error, whose
+    traceback holds the cell's frame, whose caller is that frame: a cycle, so each failed or
+    interrupted run's namespace (its inputs: maps of large parent buffers, the pages it wrote
+    copied) stayed until Python's cyclic collector ran, long after the next error replaced it
+    as the one %debug looks at. The user's frames are left as they are."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    run_code = InteractiveShell.run_code.__code__
+    tb = getattr(error, "__traceback__", None)
+    frame = None if tb is None else tb.tb_frame
+    while frame is not None and frame.f_code is not run_code:
+        frame = frame.f_back
+    if frame is not None:
+        with contextlib.suppress(RuntimeError):  # still running: never, once the run ended
+            frame.clear()
 
 
 async def _run_silently(shell, code: str):

@@ -198,6 +198,17 @@ def notebook_path_from_env(environ: Mapping[str, str] = os.environ) -> str | Non
 _OPEN_FDS = "/proc/self/fd"
 
 
+def _in_trash(path: str) -> bool:
+    """Whether `path` is in a freedesktop trash (~/.local/share/Trash/files, a volume's
+    .Trash-UID/files or .Trash/UID/files), where JupyterLab's delete moves a notebook
+    (send2trash renames it there): not a rename for the kernel, and its cache, to follow."""
+    parts = path.split(os.sep)
+    return any(
+        part == "files" and i >= 2 and (parts[i - 1] == "Trash" or parts[i - 1].startswith(".Trash") or parts[i - 2] == ".Trash")
+        for i, part in enumerate(parts)
+    )
+
+
 class NotebookFile:
     """Where the saved notebook is now: its path, followed through renames and moves.
 
@@ -233,7 +244,8 @@ class NotebookFile:
                 now = os.readlink(f"{_OPEN_FDS}/{self._fd}")
             except OSError:
                 now = ""
-            renamed_aside = os.path.splitext(now)[1] != self._extension  # also " (deleted)"
+            # also " (deleted)"; and a move into the trash is a deletion (see _in_trash)
+            renamed_aside = os.path.splitext(now)[1] != self._extension or _in_trash(now)
             if not renamed_aside and os.path.exists(now):
                 # moved; else the path as given, links and all (a path the descriptor names
                 # as it is has no links to resolve: no lstat of each of its folders)

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import sys
 import threading
 import time
@@ -37,6 +36,9 @@ from linkkernel.staleness import FRESH, Change, RunRecord, code_hash, inherited,
 from linkkernel.watch import FolderWatch
 
 MEMORY_PREFIX = "memory:"
+# How the line saying results are not written starts (see `write_trouble`); `linkkernel run`
+# shows it in the terminal too.
+WRITE_TROUBLE = "linkkernel: cannot write the component cache"
 # The largest pickle of a number or string kept loaded (`load`): a long text or a large
 # bytes value would be held twice, as its blob and as the object.
 _SMALL = 1 << 12
@@ -68,11 +70,14 @@ def default_cache_url() -> str:
 
 
 def notebook_key(notebook_path: str) -> str:
-    """A folder name per notebook path: readable stem plus a hash of the absolute path."""
-    path = os.path.abspath(notebook_path)
+    """A folder name per notebook file: readable stem plus a hash of its real path, so the
+    same file reached through a link (a home folder linked to a data disk: JupyterLab by one
+    path, a terminal's `linkkernel run` by the other) is one cache, not two."""
+    path = os.path.realpath(notebook_path)
     stem = os.path.splitext(os.path.basename(path))[0]
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem)[:40]
-    return f"{safe}-{hashlib.sha256(path.encode()).hexdigest()[:16]}"
+    # the name's bytes: one that is not UTF-8 (a Latin-1 archive's) has no UTF-8 encoding
+    return f"{safe}-{hashlib.sha256(os.fsencode(path)).hexdigest()[:16]}"
 
 
 def freeze(blob: Blob) -> Blob:
@@ -236,6 +241,7 @@ class CacheStore:
         # (`linkkernel cache import`), see `refresh`; None: the file was not there.
         self._stamps: dict[str, tuple[int, int, int] | str | None] = {}
         self.root: str | None = None
+        self.notebook_path = notebook_path  # the path `root` is keyed by (see `follow`)
         self.fs = None
         self._local = False
         self._watch: FolderWatch | None = None  # the records folder of a local store (see `refresh`)
@@ -278,6 +284,32 @@ class CacheStore:
         if self.unusable:
             raise LinkError(self.unusable)
         return self
+
+    def follow(self, notebook_path: str) -> None:
+        """The notebook was renamed or moved (JupyterLab tells the kernel nothing; the kernel
+        follows the file, see sources.NotebookFile): a local cache folder is renamed to the
+        new path's key, so that the kernel JupyterLab starts for the new name finds its
+        components fresh; before, it found none and ran every one again. What this kernel
+        holds stays as it is. The folder stays where it was when the new path's is taken (a
+        cache of another notebook once there) or cannot be renamed; an object store's too:
+        renaming there is a copy of every blob."""
+        if self.root is None or not self._local or notebook_path == self.notebook_path:
+            return
+        new_root = f"{self.root.rsplit('/', 1)[0]}/{notebook_key(notebook_path)}"
+        self.flush()  # no write of ours lands in the old folder once it is moved
+        with self._refreshing:
+            try:
+                os.rename(self.root, new_root)
+            except FileNotFoundError:  # nothing written yet: the next write makes the new folder
+                pass
+            except OSError:  # tried once per move: each try waits for the writes under way
+                self.notebook_path = notebook_path
+                return
+            self._stamps = {new_root + path[len(self.root):]: stamp for path, stamp in self._stamps.items()}
+            self.root, self.notebook_path = new_root, notebook_path
+            if self._watch is not None:
+                self._watch.stop()
+            self._watch = FolderWatch(f"{self.root}/records")
 
     def _load_records(self, changed_only: bool = False, paths: Iterable[str] | None = None) -> bool:
         """Read the record files (`paths`, all when None); `changed_only`: those whose
@@ -449,7 +481,7 @@ class CacheStore:
                     self.fs.makedirs(self.root, exist_ok=True)
                 except OSError as exc:
                     self._trouble = exc
-            if self._local and not self._room_for(blobs.values()):
+            if self._local and not self._room_for(record, blobs.values()):
                 return False  # written again by the next run that makes them
             self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
             # Values lost before this put are made again by it; one lost while the write is
@@ -460,16 +492,21 @@ class CacheStore:
             self._pending.append(self._writer.submit(self._write, record, list(blobs.values()), relost, released))
         return True
 
-    def _room_for(self, blobs: Iterable[Blob]) -> bool:
-        """Whether the local disk has room for `blobs`, asked first so that a disk too full
-        is said in the cell whose results it cannot keep (`write_trouble`), and not filled to
-        the last byte by a write that fails anyway."""
-        needed = sum(blob.size for blob in blobs if not os.path.exists(self._blob_path(blob.digest)))
+    def _room_for(self, record: RunRecord, blobs: Iterable[Blob]) -> bool:
+        """Whether the local disk has room for `record` and `blobs`, asked first so that a
+        disk too full is said in the cell whose results it cannot keep (`write_trouble`), and
+        not filled to the last byte by a write that fails anyway. The record counts too (it
+        holds the run's outputs: a component printing megabytes), and each file takes whole
+        blocks: counted by the blobs' bytes alone, a run passed whose files then did not fit,
+        said in the next component's cell, whose own results were written."""
         try:
-            free = shutil.disk_usage(self.root).free
+            disk = os.statvfs(self.root)
         except OSError:
             return True  # the write says what is wrong
-        if needed < free:
+        block = disk.f_frsize or 4096
+        sizes = [blob.size for blob in blobs if not os.path.exists(self._blob_path(blob.digest))]
+        sizes.append(len(json.dumps(record.to_json())))
+        if sum((size // block + 1) * block for size in sizes) <= disk.f_bavail * block:
             return True
         self._trouble = self._trouble or OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return False
@@ -495,7 +532,7 @@ class CacheStore:
             return None
         self._trouble_said = True
         return (
-            f"linkkernel: cannot write the component cache at {self.root}: {plain_reason(self._trouble)}; "
+            f"{WRITE_TROUBLE} at {self.root}: {plain_reason(self._trouble)}; "
             "results are kept in memory only, so after a restart their components run again"
         )
 

@@ -375,5 +375,6 @@ def run(args: argparse.Namespace) -> int:
         from linkkernel.sharing.commandline import write_atomically
 
         page = render_html(diff, render_text(diff, False, old_name, new_name), old_name, new_name)
-        write_atomically(args.html, page.encode("utf-8"), (old_path, new_path))
+        # a file name that is not UTF-8 shows with a "?" for each byte that is not, the page stays UTF-8
+        write_atomically(args.html, page.encode("utf-8", "replace"), (old_path, new_path))
     return 0

@@ -51,7 +51,14 @@ def run(args: argparse.Namespace) -> int:
         nbio.read_with_layout(path, where) for path, where in zip((base, ours, theirs), names)
     )
     result = merge_notebooks(base_nb, ours_nb, theirs_nb, marker_size)
-    nbio.write(result.notebook, output, layout)  # as ours was saved: the merge commit changes only what merged
+    try:
+        nbio.write(result.notebook, output, layout)  # as ours was saved: the merge commit changes only what merged
+    except LinkError as exc:
+        if output != ours or len(args.files) != 5:
+            raise
+        # %A is git's temporary file (.merge_file_XXXXXX): the user knows the notebook
+        reason = getattr(exc.__cause__, "strerror", None) or str(exc)
+        raise LinkError(f"{shown}: the merged notebook cannot be written: {reason}") from exc
     for conflict in result.conflicts:
         where = "the notebook metadata" if conflict.cell is None else f"cell {conflict.cell + 1}"
         print(f"linkkernel merge: {shown}: conflict in {where}: {conflict.message}", file=sys.stderr)

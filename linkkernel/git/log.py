@@ -42,7 +42,9 @@ def commits(path: Path, limit: int | None) -> list[Commit]:
     args = ["git", "--literal-pathspecs", "-c", "core.quotePath=false", "log", "--root", "--follow", "--raw", "--no-abbrev", "--diff-merges=first-parent", f"--format={fmt}"]
     if limit is not None:
         args.append(f"-n{limit}")
-    done = subprocess.run([*args, "--", path.name], cwd=path.parent, capture_output=True, text=True)
+    # surrogateescape: a file name that is not UTF-8 comes back as Python names the file
+    done = subprocess.run([*args, "--", path.name], cwd=path.parent, capture_output=True, text=True,
+                          errors="surrogateescape")
     if done.returncode:
         raise LinkError(f"git log failed for {path}: {done.stderr.strip()}")
     found = []

@@ -26,6 +26,7 @@ maps it as a local store would.
 from __future__ import annotations
 
 import binascii
+import errno
 import hashlib
 import hmac
 import json
@@ -108,6 +109,10 @@ def describe_failure(url: str, exc: BaseException) -> str:
         return f"storage {url} refused the credentials: {text}"
     if isinstance(exc, FileNotFoundError):
         return f"storage {url} is missing {text}"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):  # reached, but full
+        from linkkernel.store import plain_reason
+
+        return f"storage {url} cannot be written: {plain_reason(exc)}"
     return f"storage {url} is unreachable: {type(exc).__name__}: {text}"
 
 

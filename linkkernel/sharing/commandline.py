@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
-import glob
 import os
-import secrets
 import stat
 import sys
 from collections.abc import Callable, Iterator
@@ -19,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO, NoReturn, TextIO
 
 from linkkernel.errors import LinkError
-from linkkernel.partfiles import remove_abandoned, temp_name
+from linkkernel.partfiles import remove_abandoned, temp_name, temp_pattern
 
 
 class _HelpShown(Exception):
@@ -81,7 +79,7 @@ def check_output(path: str | Path, inputs: tuple[str | Path | None, ...] = ()) -
         return  # a FIFO or a device, written in place (see write_atomically)
     # Only creating a file shows a folder that refuses one (read-only, sysfs, root-squashed
     # NFS): permission bits do not, and os.access answers yes to root.
-    probe = folder / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    probe = temp_name(str(folder / f".{path.name}"), "tmp")
     try:
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except OSError as exc:
@@ -152,7 +150,7 @@ def atomic_output(
     if path.is_symlink():  # a rename would replace the link; the user meant the file it points to
         path = Path(os.path.realpath(path))
     # Named after this process, so the file a writer killed midway left is removed here, next time.
-    remove_abandoned(str(path.parent), [f"{glob.escape('.' + path.name)}.*.tmp"])
+    remove_abandoned(str(path.parent), [temp_pattern(f".{path.name}", "tmp")])
     tmp = Path(temp_name(str(path.with_name(f".{path.name}")), "tmp"))
     try:
         # os.open with 0o666 lets the umask decide permissions, as a plain open() would.
