@@ -12,10 +12,9 @@ import sys
 from pathlib import Path
 
 import nbformat
-import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from support import REPO, kernel_env
+from support import kernel_env
 from test_headless import by_id, linkkernel, outputs_text, summary, write
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"

@@ -132,7 +132,7 @@ def test_a_worker_stopped_while_a_task_runs_says_so_in_the_cell_and_its_log(kern
     text = result.traceback_text.strip()
     assert len(text.splitlines()) == 1 and f"stopped ({sig})" in text, text
     log = w.log_path.read_text()
-    assert f"'long' from client" in log and f"failed: the worker was stopped ({sig})" in log, log
+    assert "'long' from client" in log and f"failed: the worker was stopped ({sig})" in log, log
 
 
 def test_logging_in_a_remote_component_is_as_in_a_local_one(nb, worker) -> None:

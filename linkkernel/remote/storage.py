@@ -25,7 +25,6 @@ maps it as a local store would.
 
 from __future__ import annotations
 
-import binascii
 import errno
 import hashlib
 import hmac
