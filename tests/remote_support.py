@@ -199,6 +199,13 @@ class WeedServer:
         self._log.close()
 
 
+def owned(blob):
+    """The value of a blob read from a store, rebuilt on its own buffers (no copy)."""
+    from linkkernel.namespaces import loads
+
+    return loads(blob.stream, blob.buffers)
+
+
 def flip_last_byte_in_place(path: Path) -> None:
     """Tamper without replacing the file (same inode, same size), as its owner could."""
     mode = path.stat().st_mode

@@ -21,9 +21,9 @@ from linkkernel.namespaces import dump, load
 from linkkernel.remote import executor, registry
 from linkkernel.remote.client import Client, RemoteError
 from linkkernel.remote.protocol import read_key
-from linkkernel.remote.storage import Store, StorageError, file_map_of, load_owned
+from linkkernel.remote.storage import Store, StorageError, file_map_of
 from linkkernel.tasks import ComponentTask
-from remote_support import S3_ENV, MotoServer, WorkerProcess, closed_port, kernel_env, pid_alive, remote_fixtures, wait_until
+from remote_support import S3_ENV, MotoServer, WorkerProcess, closed_port, kernel_env, owned, pid_alive, remote_fixtures, wait_until
 
 
 tmp, key_file, worker, _, _ = remote_fixtures("executor", "w1", slots=2)
@@ -333,7 +333,7 @@ def test_re_run_through_s3_maps_its_input_and_output_from_the_mirror(moto, tmp, 
         assert {digest_a, digest_b} <= mirrored
         store.fs.rm(store._path(digest_a))  # from now on, the task could not download its input
         again = executor.run_remote(None, run, "s3m")
-        assert np.array_equal(load_owned(again.bound["b"]), a[::-1])
+        assert np.array_equal(owned(again.bound["b"]), a[::-1])
         assert file_map_of(again.bound["b"]) is not None
         assert [Path(p).name for p in load(again.bound["maps"])] == [digest_a]
 

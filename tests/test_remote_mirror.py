@@ -12,8 +12,9 @@ import pytest
 
 from linkkernel.namespaces import dump
 from linkkernel.remote.mirror import Mirror, default_root
-from linkkernel.remote.storage import Store, StorageError, file_map_of, load_owned
-from remote_support import S3_ENV, MotoServer, flip_last_byte_in_place
+from linkkernel.remote.storage import Store, StorageError, file_map_of
+from remote_support import S3_ENV, MotoServer, flip_last_byte_in_place, owned
+
 
 KEY = b"m" * 32
 
@@ -67,7 +68,7 @@ def test_put_writes_no_mirror_copy_and_a_read_does(s3) -> None:
     (path,) = _mirror_files(s3.root)
     assert path.name == blob.digest and path.stat().st_mode & 0o777 == 0o444
     assert os.stat(s3.root).st_mode & 0o777 == 0o700
-    assert file_map_of(got) is not None and np.array_equal(load_owned(got), _value())
+    assert file_map_of(got) is not None and np.array_equal(owned(got), _value())
 
 
 def test_second_read_maps_the_mirror_file_without_the_store(s3) -> None:
@@ -78,14 +79,14 @@ def test_second_read_maps_the_mirror_file_without_the_store(s3) -> None:
     _remove_from_s3(first, blob.digest)  # any download from now on would fail
     fresh = s3()
     got = fresh.get(blob.digest)
-    assert file_map_of(got) is not None and np.array_equal(load_owned(got), _value())
-    value = load_owned(got)
+    assert file_map_of(got) is not None and np.array_equal(owned(got), _value())
+    value = owned(got)
     value[:] = -1  # copy-on-write: the mirror file keeps its content
     # A process told the file's identity (as the worker tells each task) maps it unhashed.
     handed_on = s3()
     handed_on.remember(first.verified([blob.digest]))
     again = handed_on.get(blob.digest)
-    assert np.array_equal(load_owned(again), _value()) and handed_on.newly_verified == {}
+    assert np.array_equal(owned(again), _value()) and handed_on.newly_verified == {}
     assert fresh.newly_verified.keys() == {blob.digest}  # the fresh one had to hash it, once
 
 
@@ -99,9 +100,9 @@ def test_tampered_mirror_file_is_dropped_and_read_from_the_store_again(s3, reade
     flip_last_byte_in_place(path)
     reader_store = store if reader.startswith("same") else s3()
     got = reader_store.get(blob.digest)
-    assert file_map_of(got) is not None and np.array_equal(load_owned(got), _value())
+    assert file_map_of(got) is not None and np.array_equal(owned(got), _value())
     _remove_from_s3(store, blob.digest)  # the mirror file was written anew, and good
-    assert np.array_equal(load_owned(s3().get(blob.digest)), _value())
+    assert np.array_equal(owned(s3().get(blob.digest)), _value())
 
 
 def test_tampered_mirror_file_is_dropped_even_when_the_store_cannot_replace_it(s3) -> None:
@@ -127,9 +128,9 @@ def test_mirror_file_forged_without_the_key_is_not_trusted(s3) -> None:
     target = s3.root / "blobs" / blob.digest[:2] / blob.digest
     target.parent.mkdir(parents=True)
     os.link(forged, target)
-    assert load_owned(s3().get(blob.digest)) == "genuine"
+    assert owned(s3().get(blob.digest)) == "genuine"
     _remove_from_s3(store, blob.digest)  # the forged file was replaced by a good one
-    assert load_owned(s3().get(blob.digest)) == "genuine"
+    assert owned(s3().get(blob.digest)) == "genuine"
 
 
 def test_tampered_s3_object_is_still_refused_and_not_mirrored(s3) -> None:
@@ -156,7 +157,7 @@ def test_unwritable_mirror_falls_back_to_the_store_with_one_warning(s3, tmp_path
             store.put(blob)
             got = store.get(blob.digest, mapped=True)
             assert file_map_of(got) is None and got.digest == blob.digest
-    assert np.array_equal(load_owned(store.get(blobs[1].digest)), _value(1000, 1))
+    assert np.array_equal(owned(store.get(blobs[1].digest)), _value(1000, 1))
     warnings = [r.getMessage() for r in caplog.records if r.name == "linkkernel.remote.mirror"]
     assert len(warnings) == 1 and warnings[0].startswith(f"cannot write the blob mirror {not_a_dir}")
 
@@ -179,5 +180,5 @@ def test_bound_evicts_the_oldest_files_and_skips_bigger_blobs(s3) -> None:
     big = dump("x", _value(40_000))
     store.put(big)
     got = store.get(big.digest)
-    assert file_map_of(got) is None and np.array_equal(load_owned(got), _value(40_000))
+    assert file_map_of(got) is None and np.array_equal(owned(got), _value(40_000))
     assert {p.name for p in _mirror_files(s3.root)} == {blobs[1].digest, blobs[2].digest}

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from linkkernel.namespaces import dump
-from linkkernel.remote.storage import Store, StorageError, file_map_of, load_owned, parse_options
-from remote_support import MotoServer, WeedServer, closed_port, flip_last_byte_in_place
+from linkkernel.remote.storage import Store, StorageError, file_map_of, parse_options
+from remote_support import MotoServer, WeedServer, closed_port, flip_last_byte_in_place, owned
 
 KEY = b"s" * 32
 
@@ -28,7 +28,7 @@ def test_local_round_trip_keeps_buffers_out_of_band_and_writable(tmp_path) -> No
     blob = _array_blob()
     assert store.put(blob)
     got = Store(str(tmp_path / "store"), KEY).get(blob.digest)
-    value = load_owned(got)
+    value = owned(got)
     assert np.array_equal(value, np.arange(1000.0))
     value[0] = 42  # rebuilt on the blob's own memory, which the reader owns
     assert got.digest == blob.digest and len(got.buffers) == 1
@@ -109,7 +109,7 @@ def test_s3_round_trip_and_dedup_through_moto(moto, monkeypatch) -> None:
     assert store.put(blob) and not store.put(blob)
     fresh = Store("s3://linkkernel/run1", KEY, options)
     assert not fresh.put(blob)
-    assert np.array_equal(load_owned(fresh.get(blob.digest)), np.arange(10_000.0))
+    assert np.array_equal(owned(fresh.get(blob.digest)), np.arange(10_000.0))
 
 
 def test_unreachable_s3_is_one_line_within_seconds(monkeypatch) -> None:
@@ -138,7 +138,7 @@ def test_real_s3_accepts_right_credentials_and_refuses_wrong_ones(weed, monkeypa
     store.check()
     blob = _array_blob()
     assert store.put(blob)
-    assert np.array_equal(load_owned(store.get(blob.digest)), np.arange(1000.0))
+    assert np.array_equal(owned(store.get(blob.digest)), np.arange(1000.0))
     unread = _array_blob(2000)  # a blob read before is served from this user's local mirror
     assert store.put(unread)
 
@@ -180,10 +180,10 @@ def test_local_blob_is_read_only_on_disk_and_mapped_copy_on_write(tmp_path) -> N
     assert path.stat().st_mode & 0o777 == 0o444
     got = Store(str(tmp_path / "store"), KEY).get(blob.digest)
     assert file_map_of(got) is not None
-    value = load_owned(got)
+    value = owned(got)
     assert value.ctypes.data % mmap.PAGESIZE == 0  # buffers start on a page
     value[:] = -1  # private: the file keeps its content
-    again = load_owned(Store(str(tmp_path / "store"), KEY).get(blob.digest))
+    again = owned(Store(str(tmp_path / "store"), KEY).get(blob.digest))
     assert np.array_equal(again, np.arange(100_000.0))
 
 
@@ -209,7 +209,7 @@ def test_writable_blob_file_is_copied_and_verified_on_every_read(tmp_path) -> No
     path = _blob_file(tmp_path / "store")
     path.chmod(0o664)
     got = store.get(blob.digest)
-    assert file_map_of(got) is None and np.array_equal(load_owned(got), np.arange(1000.0))
+    assert file_map_of(got) is None and np.array_equal(owned(got), np.arange(1000.0))
     with open(path, "r+b") as f:  # no metadata change a reader could rely on
         f.seek(-1, os.SEEK_END)
         f.write(b"\xff")
@@ -224,7 +224,7 @@ def test_unpadded_lkb1_blob_is_still_read(tmp_path) -> None:
     path = tmp_path / "store" / "blobs" / blob.digest[:2] / blob.digest
     path.parent.mkdir(parents=True)
     path.write_bytes(b"LKB1" + mac + len(header).to_bytes(4, "little") + header + blob.stream + b"".join(bytes(b) for b in blob.buffers))
-    assert np.array_equal(load_owned(Store(str(tmp_path / "store"), KEY).get(blob.digest)), np.arange(1000.0))
+    assert np.array_equal(owned(Store(str(tmp_path / "store"), KEY).get(blob.digest)), np.arange(1000.0))
     path.write_bytes(path.read_bytes()[:-1] + b"\x01")
     with pytest.raises(StorageError, match="failed verification"):
         Store(str(tmp_path / "store"), KEY).get(blob.digest)
@@ -247,7 +247,7 @@ def test_frozen_buffers_are_written_from_their_memfd_and_read_back_intact(tmp_pa
     assert Store(str(tmp_path / "store"), KEY).put(blob)
     got = Store(str(tmp_path / "store"), KEY).get(blob.digest)
     assert file_map_of(got) is not None
-    value = load_owned(got)
+    value = owned(got)
     assert np.array_equal(value["values"], values) and np.array_equal(value["small"], np.arange(3))
 
 
@@ -266,7 +266,7 @@ def test_large_buffers_hashed_in_pieces_cross_s3_and_a_changed_piece_is_refused(
     writer = Store("s3://linkkernel/pieces", KEY, options, mirror=Mirror(str(tmp_path / "m1")))
     assert writer.put(blob)
     reader = Store("s3://linkkernel/pieces", KEY, options, mirror=Mirror(str(tmp_path / "m2")))
-    assert np.array_equal(load_owned(reader.get(blob.digest)), values)
+    assert np.array_equal(owned(reader.get(blob.digest)), values)
     path = writer._path(blob.digest)
     data = bytearray(writer.fs.cat_file(path))
     data[len(data) - PIECE - 100] ^= 1  # inside the middle piece
@@ -304,7 +304,7 @@ def test_a_blob_mapped_from_its_file_is_frozen_as_it_is_and_shared_from_there(tm
     assert np.array_equal(second.value["values"], values) and second.unchanged("x", first.value) is None
     assert first.mapped and first.unchanged("x", first.value) is None and second.unchanged("x", second.value) is not None
     assert Store(str(tmp_path / "b"), KEY).put(frozen)
-    copied = load_owned(Store(str(tmp_path / "b"), KEY).get(path.name))
+    copied = owned(Store(str(tmp_path / "b"), KEY).get(path.name))
     assert np.array_equal(copied["values"], values) and np.array_equal(copied["small"], np.arange(3))
 
 
@@ -322,4 +322,4 @@ def test_remote_outputs_with_only_small_buffers_keep_no_file_open(tmp_path) -> N
     before = len(os.listdir("/proc/self/fd"))
     frozen = [freeze(Store(str(tmp_path / "store"), KEY).get(b.digest, mapped=True)) for b in blobs]
     assert len(os.listdir("/proc/self/fd")) - before < 5
-    assert [int(load_owned(f)[0]) for f in frozen] == list(range(50))
+    assert [int(owned(f)[0]) for f in frozen] == list(range(50))

@@ -41,7 +41,7 @@ from typing import Any
 
 from linkkernel import cow
 from linkkernel.errors import LinkError
-from linkkernel.namespaces import Blob, _digest, loads
+from linkkernel.namespaces import Blob, _digest
 from linkkernel.partfiles import abandon_upload, remove_abandoned, remove_if_abandoned, temp_name
 from linkkernel.remote.mirror import Mirror, default_root
 
@@ -558,13 +558,3 @@ def file_map_of(blob: Blob) -> FileMap | None:
     owners = {id(b.obj): b.obj for b in blob.buffers}
     owner = next(iter(owners.values()), None)
     return owner if len(owners) == 1 and isinstance(owner, FileMap) else None
-
-
-def load_owned(blob: Blob, namespace: dict[str, Any] | None = None) -> Any:
-    """Unpickle a blob read from the store, to live in `namespace` (a new one when None),
-    without copying its buffers again.
-
-    A blob from `Store.get` owns its writable memory, so arrays can be rebuilt directly on
-    it (namespaces.load copies, which a blob shared with a cache must do).
-    """
-    return loads(blob.stream, blob.buffers, namespace)
