@@ -481,7 +481,7 @@ class CacheStore:
                     self.fs.makedirs(self.root, exist_ok=True)
                 except OSError as exc:
                     self._trouble = exc
-            if self._local and not self._room_for(record, blobs.values()):
+            if self._local and not (self._room_for(record, blobs.values()) or self._make_room(record, blobs.values())):
                 return False  # written again by the next run that makes them
             self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
             # Values lost before this put are made again by it; one lost while the write is
@@ -491,6 +491,25 @@ class CacheStore:
                 released, self._released = self._released, []
             self._pending.append(self._writer.submit(self._write, record, list(blobs.values()), relost, released))
         return True
+
+    def _make_room(self, record: RunRecord, blobs: Iterable[Blob]) -> bool:
+        """Whether removing the run `record` replaces makes room for it, once removed: its
+        record file first, then the files of its values no record names (`_remove_unnamed`).
+        Removed only after the new run is written, they counted as taken: a value over half
+        the free space, kept once, was never kept again, and its old run stayed for good."""
+        with self._lock:
+            released = list(self._released)
+        if not released:
+            return False
+        trouble, self._trouble = self._trouble, None
+        self.flush()  # no write of ours under way meanwhile
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{self.root}/records/{record.name}.json")
+        self._writer.submit(self._remove_unnamed, released).result()
+        if self._room_for(record, blobs):
+            return True
+        self._trouble = trouble or self._trouble
+        return False
 
     def _room_for(self, record: RunRecord, blobs: Iterable[Blob]) -> bool:
         """Whether the local disk has room for `record` and `blobs`, asked first so that a

@@ -196,6 +196,33 @@ def test_a_run_whose_outputs_do_not_fit_the_cache_disk_says_so_in_its_own_cell(l
         kernel.shutdown()
 
 
+def test_a_value_larger_than_half_the_cache_disk_is_kept_again_when_re_run(link_kernelspec, small_disk, tmp_path):
+    """The replaced run's files go once the new one is written, and the room check before a
+    write counted them as taken: a value over half of the disk, kept once, was never kept
+    again (each re-run: 'the disk is full', and the old run's 1.2 MB stayed for good). The
+    replaced run's files make room first when the disk is short."""
+    kernel = Kernel(LINKKERNEL_CACHE=str(small_disk / "cache"))
+    try:
+        nb = Notebook(kernel, tmp_path / "big.ipynb")
+        nb.add("big", "import os\nblob = os.urandom(1_200_000)")
+        nb.add("peek", "import hashlib\nseen = hashlib.sha256(blob).hexdigest()", "big").use()
+        for _ in range(3):
+            again = nb.kernel.execute("%link run big --force")
+            assert again.status == "ok" and again.stderr == "", again.stderr
+            kernel.execute("%link status")  # the write has landed by the next cell
+            digest = value(kernel, "__import__('hashlib').sha256(blob).hexdigest()")
+        assert nb.runs() == ["big"] * 3
+        folder = small_disk / "cache" / next(p.name for p in (small_disk / "cache").iterdir())
+        assert [p.name for p in (folder / "records").iterdir()] == ["big.json"]
+        named = set(json.loads((folder / "records" / "big.json").read_text())["namespace"].values())
+        assert {p.name for p in folder.glob("blobs/*/*")} == named  # the last run's files alone
+        nb.restart()
+        assert nb.run("peek").status == "ok" and nb.runs() == ["peek"]  # its parent fresh in the cache
+        assert value(kernel, "seen") == digest  # the last run's value
+    finally:
+        kernel.shutdown()
+
+
 def test_link_run_onto_a_full_cache_disk_says_so_in_the_terminal(link_kernelspec, small_disk, tmp_path):
     """Headless, the line saying the cache could not be written went only into the executed
     notebook's cell; the terminal showed a clean run, and the next run ran everything again."""
