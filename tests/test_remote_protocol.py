@@ -86,6 +86,46 @@ def test_a_key_file_other_users_can_read_or_write_is_refused(tmp_path, mode, how
     assert len(read_key(key)) == 64
 
 
+def settled(path) -> None:
+    """Wait until the file's last change is old enough for what is read from it to be kept
+    (linkkernel.filecache.SETTLED_NS): only then can a test see a kept key outlive a change."""
+    from linkkernel.filecache import SETTLED_NS
+
+    time.sleep(SETTLED_NS / 1e9 * 2)
+
+
+def test_a_key_rewritten_in_place_is_read_again(tmp_path) -> None:
+    """A kernel reads its worker's key before every run and keeps it while the file stays
+    the same; the same file given a new key of the same length is read again."""
+    key = make_key(tmp_path / "key")
+    settled(key)
+    first = read_key(key)
+    assert read_key(key) == first
+    make_key(key)  # O_TRUNC: same inode, same size
+    assert read_key(key) != first and read_key(key) == key.read_bytes().strip()
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o620])
+def test_a_key_file_opened_to_others_after_it_was_read_is_refused_at_the_next_read(tmp_path, mode) -> None:
+    key = make_key(tmp_path / "key")
+    settled(key)
+    read_key(key)
+    key.chmod(mode)
+    with pytest.raises(LinkError, match="by other users"):
+        read_key(key)
+    key.chmod(0o600)
+    assert len(read_key(key)) == 64
+
+
+def test_a_key_file_removed_after_it_was_read_is_not_found(tmp_path) -> None:
+    key = make_key(tmp_path / "key")
+    settled(key)
+    read_key(key)
+    key.unlink()
+    with pytest.raises(LinkError, match="not found"):
+        read_key(key)
+
+
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("protocol")

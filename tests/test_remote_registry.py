@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -114,3 +115,50 @@ def test_link_workers_magic_in_a_kernel(setup, kernel) -> None:
     removed = kernel.execute("%link workers remove magic1")
     assert removed.status == "ok" and "magic1" not in registry.load()
     assert os.environ["JUPYTER_CONFIG_DIR"] in str(registry.registry_path())
+
+
+def settled() -> None:
+    """Wait until the registry's last change is old enough for what is read from it to be
+    kept (linkkernel.filecache.SETTLED_NS): only then can a kept registry outlive a change."""
+    from linkkernel.filecache import SETTLED_NS
+
+    time.sleep(SETTLED_NS / 1e9 * 2)
+
+
+def test_a_registry_edited_in_place_is_read_again(setup) -> None:
+    """A kernel reads the registry before every run and keeps it while the file stays the
+    same; an alias pointed elsewhere by hand (same file, same size) takes effect at once."""
+    tmp, key_file, _ = setup
+    registry.add("edited", "tcp://127.0.0.1:5001", str(tmp / "store"), str(key_file))
+    settled()
+    assert registry.get("edited").address == "tcp://127.0.0.1:5001"
+    path = registry.registry_path()
+    text = path.read_text()
+    with open(path, "r+") as f:  # in place: same inode
+        f.write(text.replace("tcp://127.0.0.1:5001", "tcp://127.0.0.1:5002"))
+    assert registry.get("edited").address == "tcp://127.0.0.1:5002"
+    registry.remove("edited")
+
+
+def test_a_registry_made_writable_by_others_after_it_was_read_is_refused(setup) -> None:
+    tmp, key_file, _ = setup
+    registry.add("opened", "tcp://127.0.0.1:5001", str(tmp / "store"), str(key_file))
+    settled()
+    registry.get("opened")
+    path = registry.registry_path()
+    path.chmod(0o620)
+    try:
+        with pytest.raises(LinkError, match="can be changed by other users"):
+            registry.get("opened")
+    finally:
+        path.chmod(0o600)
+    registry.remove("opened")
+
+
+def test_changing_what_load_returned_leaves_the_registry_as_it_is(setup) -> None:
+    tmp, key_file, _ = setup
+    registry.add("kept", "tcp://127.0.0.1:5001", str(tmp / "store"), str(key_file))
+    settled()
+    registry.load().pop("kept")
+    assert "kept" in registry.load()
+    registry.remove("kept")

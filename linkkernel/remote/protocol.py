@@ -27,6 +27,7 @@ from typing import Any
 import zmq
 
 from linkkernel.errors import LinkError
+from linkkernel.filecache import FileCache
 
 VERSION = 1
 # A message older or newer than this (seconds) is refused outright; within it, nonces are
@@ -60,10 +61,25 @@ class Message:
     buffers: list[bytes] = field(default_factory=list)
 
 
+# Read before every remote run; a key rewritten in place or a file chmod-ed is read and
+# checked again (see linkkernel.filecache).
+_keys = FileCache()
+
+
 def read_key(path: str | os.PathLike) -> bytes:
     """The shared HMAC key from a key file, refused when missing, too short to be a secret,
     or open to other users (see _refuse_shared)."""
-    key_path = Path(path).expanduser()
+    key_path = os.path.expanduser(path)
+    key = _keys.get(key_path)
+    if key is not None:
+        return key
+    read_at = time.time_ns()
+    key, st = _read_key(Path(key_path))
+    _keys.put(key_path, st, read_at, key)
+    return key
+
+
+def _read_key(key_path: Path) -> tuple[bytes, os.stat_result]:
     try:
         # Bounded: a slip such as /dev/zero or a data file must not be read into memory whole.
         with open(key_path, "rb") as f:
@@ -82,7 +98,7 @@ def read_key(path: str | os.PathLike) -> bytes:
     if len(key) < MIN_KEY_BYTES:
         raise LinkError(f"key file {key_path} holds {len(key)} bytes; a key needs at least {MIN_KEY_BYTES}")
     _refuse_shared(key_path, st)
-    return key
+    return key, st
 
 
 def _refuse_shared(key_path: Path, st: os.stat_result) -> None:

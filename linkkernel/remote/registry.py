@@ -13,11 +13,13 @@ import json
 import os
 import re
 import stat
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 from linkkernel.errors import LinkError
+from linkkernel.filecache import FileCache
 from linkkernel.sharing.commandline import write_atomically
 
 ALIAS = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
@@ -37,20 +39,41 @@ class WorkerEntry:
 
 
 def registry_path() -> Path:
+    return Path(_registry_file())
+
+
+def _registry_file() -> str:
+    """registry_path as a string: load, before every remote run, saves making the Path."""
     from jupyter_core.paths import jupyter_config_dir
 
-    return Path(jupyter_config_dir()) / "linkkernel" / "workers.json"
+    return os.path.join(jupyter_config_dir(), "linkkernel", "workers.json")
+
+
+# Read before every remote run; a registry replaced, edited or chmod-ed is read and checked
+# again (see linkkernel.filecache).
+_loaded = FileCache()
 
 
 def load() -> dict[str, WorkerEntry]:
     """Every registered worker by alias (none when the registry does not exist yet)."""
-    path = registry_path()
+    path = _registry_file()
+    entries = _loaded.get(path)
+    if entries is None:
+        read_at = time.time_ns()
+        entries, st = _read(Path(path))
+        if st is not None:
+            _loaded.put(path, st, read_at, entries)
+    return dict(entries)  # the caller's to change (add, remove); the entries are not
+
+
+def _read(path: Path) -> tuple[dict[str, WorkerEntry], os.stat_result | None]:
+    """The registry's entries, checked, and the fstat of the file they were read from."""
     try:
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
             raw = json.loads(f.read())
     except FileNotFoundError:
-        return {}
+        return {}, None
     except (OSError, ValueError) as exc:
         raise LinkError(f"worker registry {path} cannot be read: {exc}") from None
     if st.st_mode & 0o022 or st.st_uid != os.getuid():
@@ -63,7 +86,7 @@ def load() -> dict[str, WorkerEntry]:
     workers = raw.get("workers", {}) if isinstance(raw, dict) else None
     if not isinstance(workers, dict):
         raise LinkError(f"worker registry {path} is malformed: expected {{\"workers\": {{ALIAS: {{...}}}}}}")
-    return {alias: _entry(path, alias, entry) for alias, entry in workers.items()}
+    return {alias: _entry(path, alias, entry) for alias, entry in workers.items()}, st
 
 
 # The type of every field of an entry, as `save` writes it.
