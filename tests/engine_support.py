@@ -64,3 +64,23 @@ def value(kernel: Kernel, expression: str):
     result = kernel.execute(f"print(repr({expression}))")
     assert result.status == "ok", result.traceback_text
     return eval(result.stdout)  # noqa: S307 - our own repr of test values
+
+
+def kernels_on_one_cache(name: str):
+    """Module fixtures for two processes sharing one notebook's cache: `cache` (a folder) and
+    `kernels` (kernels A and B on it). Bind them at module level, by the names pytest knows
+    them by: `cache, kernels = kernels_on_one_cache("concurrent")`."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+        return tmp_path_factory.mktemp(f"{name}-cache")
+
+    @pytest.fixture(scope="module")
+    def kernels(link_kernelspec, cache: Path):
+        pair = [Kernel(LINKKERNEL_CACHE=f"file://{cache}") for _ in range(2)]
+        yield pair
+        for k in pair:
+            k.shutdown()
+
+    return cache, kernels

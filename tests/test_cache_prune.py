@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from engine_support import Notebook, value
+from engine_support import Notebook, kernels_on_one_cache, value
 from support import Kernel, kernel_env
 
 from linkkernel.namespaces import dump
@@ -228,18 +227,7 @@ def test_an_object_store_removes_a_replaced_run_s_blob_in_one_request(tmp_path, 
 # ---------------------------------------------------------------- kernels
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("prune-cache")
-
-
-@pytest.fixture(scope="module")
-def kernels(link_kernelspec, cache: Path):
-    """Kernels A and B on one local cache store."""
-    pair = [Kernel(LINKKERNEL_CACHE=f"file://{cache}") for _ in range(2)]
-    yield pair
-    for k in pair:
-        k.shutdown()
+cache, kernels = kernels_on_one_cache("prune")  # kernels A and B on one local cache store
 
 
 def opened(kernel: Kernel, path: Path, build) -> Notebook:

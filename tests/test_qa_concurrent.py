@@ -18,24 +18,13 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from engine_support import Notebook, value
+from engine_support import Notebook, kernels_on_one_cache, value
 from support import Kernel, kernel_env
 
 from linkkernel.store import notebook_key
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("concurrent-cache")
-
-
-@pytest.fixture(scope="module")
-def kernels(link_kernelspec, cache: Path):
-    """Kernels A and B on one local cache store."""
-    pair = [Kernel(LINKKERNEL_CACHE=f"file://{cache}") for _ in range(2)]
-    yield pair
-    for k in pair:
-        k.shutdown()
+cache, kernels = kernels_on_one_cache("concurrent")  # kernels A and B on one local cache store
 
 
 def twins(kernels: list[Kernel], path: Path, build) -> tuple[Notebook, Notebook]:

@@ -290,15 +290,27 @@ def test_a_worker_whose_storage_is_full_says_so_in_the_cell_and_keeps_serving(fu
 # ---------------------------------------------------------------- 3. a notebook renamed under its kernel
 
 
-def test_the_cache_follows_a_notebook_renamed_while_its_kernel_runs(link_kernelspec, tmp_path: Path):
-    """JupyterLab renames the file and tells the kernel nothing; its next kernel is started for
-    the new name. The components fresh before the rename are fresh for that kernel too."""
-    path, cache = tmp_path / "analysis.ipynb", tmp_path / "cache"
+def _ran_a_and_b(tmp_path: Path, name: str) -> tuple[Kernel, Notebook, Path, Path]:
+    """A kernel started for notebook `name` in `tmp_path` as JupyterLab starts one
+    (JPY_SESSION_NAME), on a cache there, whose components `a` and its child `b` have just
+    run: (kernel, notebook, the notebook's path, the cache folder)."""
+    path, cache = tmp_path / name, tmp_path / "cache"
     kernel = Kernel(JPY_SESSION_NAME=str(path), LINKKERNEL_CACHE=str(cache))
     nb = Notebook(kernel, path, counter=tmp_path / "runs")
     try:
         nb.add("a", "x = 1").add("b", "y = x + 1", "a").save()
         assert nb.run("b").status == "ok" and nb.runs() == ["a", "b"]
+    except BaseException:
+        kernel.shutdown()
+        raise
+    return kernel, nb, path, cache
+
+
+def test_the_cache_follows_a_notebook_renamed_while_its_kernel_runs(link_kernelspec, tmp_path: Path):
+    """JupyterLab renames the file and tells the kernel nothing; its next kernel is started for
+    the new name. The components fresh before the rename are fresh for that kernel too."""
+    kernel, nb, path, cache = _ran_a_and_b(tmp_path, "analysis.ipynb")
+    try:
         nb.path = path.rename(tmp_path / "final.ipynb")
         nb.add("c", "z = y + 1", "b").save()
         ran = nb.run("c")
@@ -319,13 +331,9 @@ def test_a_notebook_deleted_to_the_trash_and_restored_finds_its_cache(link_kerne
     """JupyterLab deletes to the trash (send2trash: a rename into ~/.local/share/Trash/files).
     That is no rename to follow: the cache went into the trash with it, and the notebook
     restored found none, every component ran again."""
-    path, cache = tmp_path / "nb.ipynb", tmp_path / "cache"
-    kernel = Kernel(JPY_SESSION_NAME=str(path), LINKKERNEL_CACHE=str(cache))
-    nb = Notebook(kernel, path, counter=tmp_path / "runs")
+    kernel, nb, path, cache = _ran_a_and_b(tmp_path, "nb.ipynb")
     trash = {"XDG_DATA_HOME": str(tmp_path / "share")}
     try:
-        nb.add("a", "x = 1").add("b", "y = x + 1", "a").save()
-        assert nb.run("b").status == "ok" and nb.runs() == ["a", "b"]
         deleted = subprocess.run([sys.executable, "-c", "import send2trash, sys; send2trash.send2trash(sys.argv[1])", str(path)],
                                  env=kernel_env(**trash), capture_output=True, text=True)
         assert deleted.returncode == 0 and not path.exists(), deleted.stderr
@@ -345,15 +353,11 @@ def test_a_notebook_deleted_to_the_trash_and_restored_finds_its_cache(link_kerne
 def test_a_notebook_renamed_onto_a_name_with_a_cache_of_its_own_keeps_its_cache(link_kernelspec, tmp_path: Path):
     """The new name's folder is taken (a notebook once saved there): the cache stays where it
     was, in use, and nothing of the other is read as this notebook's."""
-    path, cache = tmp_path / "draft.ipynb", tmp_path / "cache"
-    taken = cache / notebook_key(str(tmp_path / "final.ipynb"))
-    (taken / "records").mkdir(parents=True)
-    (taken / "records" / "a.json").write_text("{}")
-    kernel = Kernel(JPY_SESSION_NAME=str(path), LINKKERNEL_CACHE=str(cache))
-    nb = Notebook(kernel, path, counter=tmp_path / "runs")
+    kernel, nb, path, cache = _ran_a_and_b(tmp_path, "draft.ipynb")
     try:
-        nb.add("a", "x = 1").add("b", "y = x + 1", "a").save()
-        assert nb.run("b").status == "ok" and nb.runs() == ["a", "b"]
+        taken = cache / notebook_key(str(tmp_path / "final.ipynb"))
+        (taken / "records").mkdir(parents=True)
+        (taken / "records" / "a.json").write_text("{}")
         nb.path = path.rename(tmp_path / "final.ipynb")
         for _ in range(2):
             assert nb.run("b").status == "ok" and nb.runs() == ["b"]
