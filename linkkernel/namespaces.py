@@ -74,6 +74,10 @@ def _pieces(buffer: memoryview) -> bytes:
     return b"".join(_hashers[1].map(lambda piece: hashlib.sha256(piece).digest(), pieces))
 
 
+# What `_digest` gives, as a blob file is named in a store: the cache's and a worker's alike.
+DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
 def _digest(stream: bytes, buffers: Iterable[memoryview]) -> str:
     h = hashlib.sha256(stream)
     for buffer in buffers:

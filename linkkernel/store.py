@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import sys
 import threading
 import time
@@ -30,7 +29,7 @@ from typing import Any
 
 from linkkernel.cow import IMMUTABLE, MIN_SIZE, Loaded, freeze_buffer, frozen_owner
 from linkkernel.errors import LinkError
-from linkkernel.namespaces import Blob, _digest, type_name
+from linkkernel.namespaces import DIGEST, Blob, _digest, type_name
 from linkkernel.partfiles import abandon_upload, remove_abandoned, temp_name
 from linkkernel.staleness import FRESH, Change, RunRecord, code_hash, inherited, state, states
 from linkkernel.watch import FolderWatch
@@ -45,8 +44,6 @@ _SMALL = 1 << 12
 # How long a blob file that another process wrote or touched is left alone, although no record
 # names it: that process writes the record naming it next (`_write`), moments later.
 _GRACE = 60.0
-# A blob file's name (`_blob_path`): any other file in the folder is not the store's to remove.
-_DIGEST = re.compile(r"[0-9a-f]{64}")
 log = logging.getLogger(__name__)
 
 
@@ -727,7 +724,7 @@ class CacheStore:
         except OSError as exc:  # a record file that cannot be read may name any: none removed
             log.info("linkkernel: could not remove unused files of the component cache at %s: %s", self.root, exc)
             return
-        self._remove_unnamed({name for name in stored if _DIGEST.fullmatch(name)} - named)
+        self._remove_unnamed({name for name in stored if DIGEST.fullmatch(name)} - named)  # any other file is not ours
 
     def _named_on_disk(self) -> set[str]:
         """The digests the record files in the store name, each file read again only when its

@@ -41,7 +41,7 @@ from typing import Any
 
 from linkkernel import cow
 from linkkernel.errors import LinkError
-from linkkernel.namespaces import Blob, _digest
+from linkkernel.namespaces import DIGEST, Blob, _digest
 from linkkernel.partfiles import abandon_upload, remove_abandoned, remove_if_abandoned, temp_name
 from linkkernel.remote.mirror import Mirror, default_root
 
@@ -57,7 +57,6 @@ _VERIFIED_MAX = 4096
 _HEAD_READ = 16384
 log = logging.getLogger(__name__)
 # A temporary blob file's name, as `_write_local` makes it (partfiles.temp_name): its digest first.
-_DIGEST = re.compile(r"[0-9a-f]{64}")
 _TEMP_BLOB = re.compile(r"[0-9a-f]{2,}\.lk[0-9a-f]{12}-\d+-\d+\.[0-9a-f]+\.tmp")
 # Errors s3fs/botocore/aiohttp raise that mean "not allowed", as whole words: a message that
 # names an endpoint such as http://127.0.0.1:41403 holds "403" too.
@@ -266,7 +265,7 @@ class Store:
         except OSError:
             return 0, 0
         for entry in entries:
-            if not _DIGEST.fullmatch(entry.name):  # a file being written, or not ours
+            if not DIGEST.fullmatch(entry.name):  # a file being written, or not ours
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)
