@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import stat
+import time
+from collections.abc import Callable
 from typing import Any
 
 # File times come from a clock that ticks every few milliseconds: a file written twice within
@@ -29,22 +31,22 @@ class FileCache:
     def __init__(self) -> None:
         self._kept: dict[str, tuple[tuple[int, ...], Any]] = {}
 
-    def get(self, path: str) -> Any | None:
-        """The value kept for `path` if its file is still the one it was made from."""
+    def read(self, path: str, reader: Callable[[str], tuple[Any, os.stat_result | None]]) -> Any:
+        """The value made from the file at `path`: the one kept, if the file is still the one
+        it was made from, else `reader(path)`'s, kept. `reader` gives the value and the fstat
+        of the file it read (None: no file, nothing to keep). Only a regular file whose last
+        change had settled before it was opened is kept: a pipe gives other bytes each time."""
         kept = self._kept.get(path)
-        if kept is None:
-            return None
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        return kept[1] if _identity(st) == kept[0] else None
-
-    def put(self, path: str, st: os.stat_result, read_at_ns: int, value: Any) -> None:
-        """Keep `value`, made from the file at `path` whose fstat was `st`, read from
-        `read_at_ns` (time.time_ns() before it was opened) on. Only a regular file whose last
-        change is settled by then is kept: a pipe gives other bytes at each read."""
-        if stat.S_ISREG(st.st_mode) and max(st.st_mtime_ns, st.st_ctime_ns) < read_at_ns - SETTLED_NS:
+        if kept is not None:
+            try:
+                if _identity(os.stat(path)) == kept[0]:
+                    return kept[1]
+            except OSError:
+                pass
+        read_at = time.time_ns()
+        value, st = reader(path)
+        if st is not None and stat.S_ISREG(st.st_mode) and max(st.st_mtime_ns, st.st_ctime_ns) < read_at - SETTLED_NS:
             self._kept[path] = (_identity(st), value)
         else:
             self._kept.pop(path, None)
+        return value

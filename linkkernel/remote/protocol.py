@@ -69,17 +69,10 @@ _keys = FileCache()
 def read_key(path: str | os.PathLike) -> bytes:
     """The shared HMAC key from a key file, refused when missing, too short to be a secret,
     or open to other users (see _refuse_shared)."""
-    key_path = os.path.expanduser(path)
-    key = _keys.get(key_path)
-    if key is not None:
-        return key
-    read_at = time.time_ns()
-    key, st = _read_key(Path(key_path))
-    _keys.put(key_path, st, read_at, key)
-    return key
+    return _keys.read(os.path.expanduser(path), _read_key)
 
 
-def _read_key(key_path: Path) -> tuple[bytes, os.stat_result]:
+def _read_key(key_path: str) -> tuple[bytes, os.stat_result]:
     try:
         # Bounded: a slip such as /dev/zero or a data file must not be read into memory whole.
         with open(key_path, "rb") as f:
@@ -101,7 +94,7 @@ def _read_key(key_path: Path) -> tuple[bytes, os.stat_result]:
     return key, st
 
 
-def _refuse_shared(key_path: Path, st: os.stat_result) -> None:
+def _refuse_shared(key_path: str | Path, st: os.stat_result) -> None:
     """Refuse a key file other users can read or write, as ssh refuses such a private key.
 
     Whoever reads the key can sign tasks (run any code on the worker, as its user) and forge

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import stat
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -56,17 +55,10 @@ _loaded = FileCache()
 
 def load() -> dict[str, WorkerEntry]:
     """Every registered worker by alias (none when the registry does not exist yet)."""
-    path = _registry_file()
-    entries = _loaded.get(path)
-    if entries is None:
-        read_at = time.time_ns()
-        entries, st = _read(Path(path))
-        if st is not None:
-            _loaded.put(path, st, read_at, entries)
-    return dict(entries)  # the caller's to change (add, remove); the entries are not
+    return dict(_loaded.read(_registry_file(), _read))  # the caller's to change (add, remove); the entries are not
 
 
-def _read(path: Path) -> tuple[dict[str, WorkerEntry], os.stat_result | None]:
+def _read(path: str) -> tuple[dict[str, WorkerEntry], os.stat_result | None]:
     """The registry's entries, checked, and the fstat of the file they were read from."""
     try:
         with open(path, "rb") as f:
@@ -96,7 +88,7 @@ _FIELDS: dict[str, tuple[type, ...]] = {
 }
 
 
-def _entry(path: Path, alias: str, raw: Any) -> WorkerEntry:
+def _entry(path: str, alias: str, raw: Any) -> WorkerEntry:
     """One entry of a registry that may have been edited by hand: checked field by field, so
     a wrong type is named here rather than failing later inside ZeroMQ or pathlib."""
     from linkkernel.remote.protocol import is_curve_public_key
