@@ -157,8 +157,9 @@ class Runner:
         # networkx, imported by the first component cell (not paid at start), is imported
         # whole: an interrupt midway left a package without its functions, and every
         # component cell after it an internal error until a restart.
-        with _interrupts_held():
-            import networkx  # noqa: F401
+        if "networkx" not in sys.modules:
+            with _interrupts_held():
+                import networkx  # noqa: F401
 
         declared = self.sources.declared()
         whole = self._whole_graph(declared)
