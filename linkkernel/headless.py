@@ -185,7 +185,7 @@ def run_notebook(
     progress bar, or on anything but a terminal (a CI log) one line per component as it
     ends; None: neither. The returned report holds the executed notebook.
     """
-    path = Path(os.path.abspath(path))  # symlinks kept: the cache is keyed by the path as the kernel is given it
+    path = Path(os.path.abspath(path))  # symlinks kept: the kernel follows the path as given (the cache resolves them)
     notebook = read_notebook(path)
     steps = plan(notebook, targets, looked_in=str(path))
     require_workers(steps)
