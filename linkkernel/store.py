@@ -262,9 +262,13 @@ class CacheStore:
         self.fs = None
         self._local = False
         self._watch: FolderWatch | None = None  # the records folder of a local store (see `refresh`)
-        # The first reason writes failed, once the kernel said it (see `write_trouble`).
-        self._trouble: BaseException | None = None
-        self._trouble_said = False
+        # Writes that failed or were refused since the last one known to have landed, each
+        # numbered in the order it happened here (`_tick`): one outage, said once (`write_trouble`).
+        self._tick = 0
+        self._failures: list[tuple[int, BaseException]] = []
+        self._landed = 0  # the number of the last write known to have landed
+        self._said = 0  # the number of the last failure the user was told of
+        self._writes: list[tuple[int, Future]] = []  # writes, numbered, until `_look_at_writes` saw them end
         # Why `url` cannot be used (unknown protocol, its package missing). A kernel keeps
         # running with results in memory, as without a notebook; a command refuses (`usable`).
         self.unusable: str | None = None
@@ -491,14 +495,15 @@ class CacheStore:
             self._keep(record)
             self._forget([*blobs, *kept])  # a value the record does not name after all
         if self.fs is not None:
-            if self._local and self._trouble is None and not self.fs.exists(self.root):
+            if self._local and not self._failures and not self.fs.exists(self.root):
                 # Made here, not in the background, so a folder that cannot be written is
                 # said in the cell whose results it loses (write_trouble).
                 try:
                     self.fs.makedirs(self.root, exist_ok=True)
                 except OSError as exc:
-                    self._trouble = exc
+                    self._failed(exc)
             if self._local and not (self._room_for(record, blobs.values()) or self._make_room(record, blobs.values())):
+                self._failed(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
                 return False  # written again by the next run that makes them
             self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
             # Values lost before this put are made again by it; one lost while the write is
@@ -506,8 +511,32 @@ class CacheStore:
             relost = {d for d in blobs if d in self.lost}
             with self._lock:
                 released, self._released = self._released, []
-            self._pending.append(self._writer.submit(self._write, record, list(blobs.values()), relost, released))
+            write = self._writer.submit(self._write, record, list(blobs.values()), relost, released)
+            self._pending.append(write)
+            self._tick += 1
+            self._writes.append((self._tick, write))
         return True
+
+    def _failed(self, exc: BaseException, tick: int | None = None) -> None:
+        """Note a write that failed (`tick`: its number) or was refused now (`write_trouble`)."""
+        if tick is None:
+            self._tick += 1
+            tick = self._tick
+        if tick > self._landed:
+            self._failures.append((tick, exc))
+            self._failures.sort(key=lambda failure: failure[0])
+
+    def _look_at_writes(self) -> None:
+        """Note how the writes that ended went, in the order they ran (one writer thread): one
+        that landed ends the outage of the failures before it, and the disk has room again."""
+        while self._writes and self._writes[0][1].done():
+            tick, write = self._writes.pop(0)
+            exc = write.exception()
+            if exc is not None:
+                self._failed(exc, tick)
+            else:
+                self._landed = tick
+                self._failures = [failure for failure in self._failures if failure[0] > tick]
 
     def _make_room(self, record: RunRecord, blobs: Iterable[Blob]) -> bool:
         """Whether removing the run `record` replaces makes room for it, once removed: its
@@ -518,15 +547,11 @@ class CacheStore:
             released = list(self._released)
         if not released:
             return False
-        trouble, self._trouble = self._trouble, None
         self.flush()  # no write of ours under way meanwhile
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{self.root}/records/{record.name}.json")
         self._writer.submit(self._remove_unnamed, released).result()
-        if self._room_for(record, blobs):
-            return True
-        self._trouble = trouble or self._trouble
-        return False
+        return self._room_for(record, blobs)
 
     def _room_for(self, record: RunRecord, blobs: Iterable[Blob]) -> bool:
         """Whether the local disk has room for `record` and `blobs`, asked first so that a
@@ -542,10 +567,7 @@ class CacheStore:
         block = disk.f_frsize or 4096
         sizes = [blob.size for blob in blobs if not os.path.exists(self._blob_path(blob.digest))]
         sizes.append(_record_size(record))
-        if sum((size // block + 1) * block for size in sizes) <= disk.f_bavail * block:
-            return True
-        self._trouble = self._trouble or OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return False
+        return sum((size // block + 1) * block for size in sizes) <= disk.f_bavail * block
 
     def _kept_copy(self, digest: str, value: Any) -> Any:
         """A copy of a value that cannot be serialised, so that the notebook's own object
@@ -558,17 +580,25 @@ class CacheStore:
             return value
 
     def write_trouble(self) -> str | None:
-        """Why results are not being written to the store, the first time it is known (None
-        otherwise): a cache folder that cannot be made, a disk full, a bucket refusing writes.
-        The kernel says it once, in a cell; else the user finds out only when a restart runs
-        every component again."""
-        if self._trouble is None:
-            self._trouble = next((f.exception() for f in self._pending if f.done() and f.exception() is not None), None)
-        if self._trouble is None or self._trouble_said:
+        """Why results are not being written to the store, the first time it is known in an
+        outage (None otherwise): a cache folder that cannot be made, a disk full, a bucket
+        refusing writes. The kernel says it once, in a cell; else the user finds out only
+        when a restart runs every component again. Once a write lands again the outage is
+        over, and the next one is said too: a disk freed, then full again, lost results
+        without a word.
+
+        A write refused now, after the user was told, is a new outage if a write still under
+        way lands: waited for, so that it is said in the cell whose results it loses."""
+        if self._failures and self._failures[-1][0] > self._said:
+            for tick, write in self._writes:
+                if tick < self._failures[-1][0]:
+                    write.exception()  # waits
+        self._look_at_writes()
+        if not self._failures or self._said > self._landed:
             return None
-        self._trouble_said = True
+        self._said = self._failures[-1][0]
         return (
-            f"{WRITE_TROUBLE} at {self.root}: {plain_reason(self._trouble)}; "
+            f"{WRITE_TROUBLE} at {self.root}: {plain_reason(self._failures[0][1])}; "
             "results are kept in memory only, so after a restart their components run again"
         )
 
@@ -576,10 +606,12 @@ class CacheStore:
         """Why results a caller put (`cache import`) are not written, in words, said by the
         caller for `write_trouble`: `failures` of their writes, `refused` when a put found
         no room. None when they were written."""
-        problem = failures[0] if failures else self._trouble if refused else None
-        if problem is not None:
-            self._trouble, self._trouble_said = self._trouble or problem, True
-        return None if problem is None else plain_reason(problem)
+        self._look_at_writes()
+        problem = failures[0] if failures else OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) if refused else None
+        if problem is None:
+            return None
+        self._said = self._tick
+        return plain_reason(problem)
 
     def _keep(self, record: RunRecord) -> None:
         """Make `record` its component's current run (the lock held). The values only the run
