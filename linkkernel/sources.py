@@ -32,6 +32,7 @@ from linkkernel.declarations import (
     parse_declaration,
 )
 from linkkernel.errors import LinkError
+from linkkernel.filecache import FileCache
 
 # Keys JupyterLab adds to the request metadata that are not part of the cell's metadata.
 TRANSPORT_KEYS = ("cellId", "deletedCells", "recordTiming")
@@ -269,7 +270,7 @@ class Sources:
     """The merged view of every cell declaration this kernel knows."""
 
     _file_cells: list[Cell]
-    _file_stamp: tuple[float, int] | None
+    _file_read: _Saved | None  # the read of the saved notebook `_file_cells` come from (None: no file)
     _saved_at: float | None  # when the saved notebook was written, by this kernel's clock
 
     def __init__(self, notebook_path: str | None = None) -> None:
@@ -300,6 +301,7 @@ class Sources:
         self._answered: tuple[int, Declared] | None = None
         self._file_by_key: dict[str, Cell | None] = {}
         self._notebook: NotebookFile | None = None
+        self._saves = FileCache()
         self.notebook_path = notebook_path
 
     @property
@@ -316,7 +318,8 @@ class Sources:
         if self._notebook is not None:
             self._notebook.close()
         self._notebook = NotebookFile(path) if path else None
-        self._file_cells, self._file_stamp, self._saved_at = [], None, None
+        self._file_cells, self._file_read, self._saved_at = [], None, None
+        self._saves = FileCache()
         self._file_by_key = {}
         self._version += 1
         self._executed.clear()
@@ -341,48 +344,32 @@ class Sources:
         return self._clock
 
     def _read_file(self, strict: bool = True) -> list[Cell]:
-        """The saved notebook's cells. Not `strict`: an unreadable file counts as no file,
-        so a plain cell still runs exactly as in ipykernel."""
+        """The saved notebook's cells, read again when the file changed (`FileCache`: its stat,
+        not trusted when read within a tick of a save). Not `strict`: an unreadable file
+        counts as no file, so a plain cell still runs exactly as in ipykernel."""
         path = self.notebook_path
         if path is None:
             return []
-        try:
-            stat = os.stat(path)
-        except OSError:
-            if self._file_stamp is not None:
-                self._version += 1
-            self._file_cells, self._file_stamp, self._saved_at = [], None, None
+        read = self._saves.read(path, _read_notebook)
+        if isinstance(read, str):
+            if not strict:
+                return []
+            raise LinkError(f"cannot read the saved notebook {path}: {read}")
+        if read is self._file_read or (read is not None and read == self._file_read):
+            self._file_read = read  # the same save, read again: the tables stand
+            return self._file_cells
+        if read is None:
+            self._file_cells, self._file_read, self._saved_at = [], None, None
             self._file_by_key = {}
-            return []
-        stamp = (stat.st_mtime, stat.st_size)
-        if stamp != self._file_stamp:
-            try:
-                with open(path, encoding=NOTEBOOK_ENCODING) as f:
-                    notebook = json.load(f)
-            except (OSError, ValueError) as exc:
-                problem = str(exc)
-            else:
-                problem = notebook_problem(notebook)
-            if problem:
-                if not strict:
-                    return []
-                raise LinkError(f"cannot read the saved notebook {path}: {problem}")
-            # The file's date is the file server's clock: one running ahead must not make the
-            # save outrank cells executed after it was read.
-            saved = min(stat.st_mtime, time.time())
-            cells = []
-            for index, cell in enumerate(notebook.get("cells", [])):
-                cell_id = cell.get("id")
-                cells.append(
-                    Cell(cell_id or f"index:{index}", cell_id, cell_source(cell),
-                         cell.get("metadata") or {}, index, saved, cell.get("cell_type") == "code")
-                )
-            self._file_cells, self._file_stamp, self._saved_at = cells, stamp, saved
-            self._file_by_key = _by_key(cells)
             self._version += 1
-            self._saved_keys.update(cell.key for cell in cells)
-            for cell in cells:  # an id the file holds is that cell's own key from now on
-                self._aliases.pop(cell.cell_id, None)
+            return []
+        cells = read.cells
+        self._file_cells, self._file_read, self._saved_at = cells, read, read.saved
+        self._file_by_key = _by_key(cells)
+        self._version += 1
+        self._saved_keys.update(cell.key for cell in cells)
+        for cell in cells:  # an id the file holds is that cell's own key from now on
+            self._aliases.pop(cell.cell_id, None)
         return self._file_cells
 
     def learn(self, code: str, request_meta: Mapping[str, Any] | None, cell_id: str | None) -> Component | None:
@@ -571,6 +558,45 @@ class Sources:
                 components.append(Component(decl, cell.source, cell.cell_id, order, cell.metadata, index is not None))
         components.sort(key=lambda c: c.index)
         return Declared(components, malformed)
+
+
+@dataclass(frozen=True)
+class _Saved:
+    """One read of the saved notebook: its cells, and when it was written."""
+
+    cells: list[Cell]
+    saved: float
+
+
+def _read_notebook(path: str) -> tuple[_Saved | str | None, os.stat_result | None]:
+    """The saved notebook at `path` (None: no file; a string: what is wrong with it), and the
+    fstat of the file read, for `FileCache`."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except (FileNotFoundError, NotADirectoryError):
+        return None, None
+    except OSError as exc:
+        return str(exc), None
+    with f:
+        st = os.fstat(f.fileno())
+        try:
+            notebook = json.loads(f.read().decode(NOTEBOOK_ENCODING))
+        except (OSError, ValueError) as exc:
+            return str(exc), st
+    problem = notebook_problem(notebook)
+    if problem:
+        return problem, st
+    # The file's date is the file server's clock: one running ahead must not make the save
+    # outrank cells executed after it was read.
+    saved = min(st.st_mtime, time.time())
+    cells = []
+    for index, cell in enumerate(notebook.get("cells", [])):
+        cell_id = cell.get("id")
+        cells.append(
+            Cell(cell_id or f"index:{index}", cell_id, cell_source(cell),
+                 cell.get("metadata") or {}, index, saved, cell.get("cell_type") == "code")
+        )
+    return _Saved(cells, saved), st
 
 
 def _by_key(cells: list[Cell]) -> dict[str, Cell | None]:

@@ -6,8 +6,12 @@ Real kernels, real commands, and (as root) real small file systems (tmpfs).
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from pathlib import Path
+
+import pytest
 
 from engine_support import Notebook
 from support import Kernel
@@ -91,3 +95,58 @@ def _wait_for(condition, timeout: float = 10) -> None:
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
 
+
+# ---------------------------------------------------------------- C. two saves in one clock tick
+
+
+@pytest.fixture
+def coarse_disk(tmp_path: Path):
+    """An ext2 file system whose file times keep whole seconds (128-byte inodes), as ext3,
+    HFS+ and many NFS servers do: two saves within one second keep every stat field (a
+    loop mount needs root)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a file system image needs root")
+    image, folder = tmp_path / "ext2.img", tmp_path / "coarse"
+    folder.mkdir()
+    with image.open("wb") as f:
+        f.truncate(4 << 20)
+    made = subprocess.run(["mke2fs", "-q", "-F", "-t", "ext2", "-I", "128", str(image)], capture_output=True, text=True)
+    if made.returncode:
+        pytest.skip(f"cannot make an ext2 image here: {made.stderr.strip()}")
+    done = subprocess.run(["mount", "-o", "loop", str(image), str(folder)], capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot loop-mount here: {done.stderr.strip()}")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def _stat_of(path: Path) -> tuple[int, ...]:
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def test_a_notebook_saved_twice_within_one_tick_of_its_times_is_read_again(link_kernelspec, coarse_disk, tmp_path):
+    """JupyterLab writes the notebook in place: the kernel read a save, the user saved again
+    within the same tick of the file's times with the same size (a component renamed to a
+    name as long), and the kernel kept the declarations of the save it had read."""
+    path = coarse_disk / "nb.ipynb"
+    kernel = Kernel(JPY_SESSION_NAME=str(path), LINKKERNEL_CACHE=str(tmp_path / "cache"))
+    nb = Notebook(kernel, path, counter=tmp_path / "runs").add("first", "x = 1", counted=False)
+    try:
+        for _ in range(3):  # the read and the second save within one second of the first
+            time.sleep(1.2 - time.time() % 1)  # well after a second begins: the read counts as settled by a fine clock
+            nb.add("later", "y = x", "first", counted=False).save()
+            before = _stat_of(path)
+            assert "later" in kernel.execute("%link status").stdout
+            del nb.cells["later"]
+            nb.add("other", "y = x", "first", counted=False).save()
+            if _stat_of(path) == before:
+                break
+            del nb.cells["other"]
+        else:
+            pytest.fail("the two saves never fell within one second")
+        time.sleep(1.1)
+        shown = kernel.execute("%link status").stdout
+        assert "other" in shown and "later" not in shown, shown
+    finally:
+        kernel.shutdown()
