@@ -10,6 +10,7 @@ tells us about cells not executed in this session.
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import os
 import re
@@ -17,7 +18,7 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from linkkernel.declarations import (
@@ -562,10 +563,14 @@ class Sources:
 
 @dataclass(frozen=True)
 class _Saved:
-    """One read of the saved notebook: its cells, and when it was written."""
+    """One read of the saved notebook: its cells, and when it was written. Two reads are of
+    one save when the file's time and bytes are the same: read again (see `FileCache`), its
+    cells keep the time they were first read at, so cells executed since stay newer."""
 
-    cells: list[Cell]
-    saved: float
+    cells: list[Cell] = field(compare=False)
+    saved: float = field(compare=False)
+    mtime_ns: int
+    digest: bytes
 
 
 def _read_notebook(path: str) -> tuple[_Saved | str | None, os.stat_result | None]:
@@ -580,7 +585,8 @@ def _read_notebook(path: str) -> tuple[_Saved | str | None, os.stat_result | Non
     with f:
         st = os.fstat(f.fileno())
         try:
-            notebook = json.loads(f.read().decode(NOTEBOOK_ENCODING))
+            data = f.read()
+            notebook = json.loads(data.decode(NOTEBOOK_ENCODING))
         except (OSError, ValueError) as exc:
             return str(exc), st
     problem = notebook_problem(notebook)
@@ -596,7 +602,7 @@ def _read_notebook(path: str) -> tuple[_Saved | str | None, os.stat_result | Non
             Cell(cell_id or f"index:{index}", cell_id, cell_source(cell),
                  cell.get("metadata") or {}, index, saved, cell.get("cell_type") == "code")
         )
-    return _Saved(cells, saved), st
+    return _Saved(cells, saved, st.st_mtime_ns, hashlib.sha256(data).digest()), st
 
 
 def _by_key(cells: list[Cell]) -> dict[str, Cell | None]:
