@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
-
-from engine_support import Notebook
+import test_qa_fs
+from engine_support import Notebook, kernels_on_one_cache
 from support import Kernel
-from test_qa_fs import cli, small_disk  # noqa: F401 - small_disk is a fixture
+from test_qa_fs import cli
 
+small_disk = test_qa_fs.small_disk  # a 2 MB tmpfs (a fixture)
 TROUBLE = "linkkernel: cannot write the component cache"
 
 # ---------------------------------------------------------------- A. a disk full twice
@@ -110,10 +112,10 @@ def coarse_disk(tmp_path: Path):
     folder.mkdir()
     with image.open("wb") as f:
         f.truncate(4 << 20)
-    made = subprocess.run(["mke2fs", "-q", "-F", "-t", "ext2", "-I", "128", str(image)], capture_output=True, text=True)
+    made = subprocess.run(["mke2fs", "-q", "-F", "-t", "ext2", "-I", "128", str(image)], check=False, capture_output=True, text=True)
     if made.returncode:
         pytest.skip(f"cannot make an ext2 image here: {made.stderr.strip()}")
-    done = subprocess.run(["mount", "-o", "loop", str(image), str(folder)], capture_output=True, text=True)
+    done = subprocess.run(["mount", "-o", "loop", str(image), str(folder)], check=False, capture_output=True, text=True)
     if done.returncode:
         pytest.skip(f"cannot loop-mount here: {done.stderr.strip()}")
     yield folder
@@ -150,3 +152,44 @@ def test_a_notebook_saved_twice_within_one_tick_of_its_times_is_read_again(link_
         assert "other" in shown and "later" not in shown, shown
     finally:
         kernel.shutdown()
+
+
+# ---------------------------------------------------------------- B. one notebook, two kernels, renamed
+
+cache, kernels = kernels_on_one_cache("renamed-twice")
+
+
+def test_a_run_under_way_in_a_second_kernel_when_the_notebook_is_renamed_lands_in_the_new_folder(kernels, cache, tmp_path):
+    """Two kernels on one notebook (two JupyterLab sessions); renamed while a cell runs in B,
+    and A followed it (its cache folder moved to the new name's). B's run then wrote the old
+    folder anew, and kept writing there (the new name's taken): two folders, and the kernel
+    started for the new name ran B's components again."""
+    one, two = kernels
+    path = tmp_path / "analysis.ipynb"
+    started = tmp_path / "started"
+    nb_one = Notebook(one, path, counter=tmp_path / "runs").add("a", "x = 1").add("b", "y = x + 1", "a")
+    nb_one.add("slow", f"open({str(started)!r}, 'w').close()\nimport time\ntime.sleep(1.5)\nw = 5", "a").use()
+    nb_two = Notebook(two, path, counter=tmp_path / "runs")
+    nb_two.cells = nb_one.cells
+    nb_two.use()
+    assert nb_one.run("b").status == "ok" and nb_one.runs() == ["a", "b"]
+    running = threading.Thread(target=lambda: ran.append(nb_two.run("slow")))
+    ran = []
+    running.start()
+    _wait_for(started.exists)
+    nb_one.path = nb_two.path = path.rename(tmp_path / "final.ipynb")
+    nb_one.add("c", "z = y + 1", "b").save()
+    assert nb_one.run("c").status == "ok"
+    running.join(30)
+    assert ran[0].status == "ok" and nb_one.runs() == ["slow", "c"]
+    for kernel in kernels:
+        assert f"cache: {cache}/final-" in kernel.execute("%link notebook").stdout
+    assert [p.name.split("-")[0] for p in cache.iterdir()] == ["final"]
+    third = Kernel(JPY_SESSION_NAME=str(nb_one.path), LINKKERNEL_CACHE=f"file://{cache}")
+    try:
+        nb_one.kernel = third
+        for name in ("slow", "c"):
+            assert third.execute(f"%link run {name}").status == "ok"
+        assert nb_one.runs() == []  # both fresh: A's run and B's are in the new name's folder
+    finally:
+        third.shutdown()
