@@ -21,6 +21,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,6 +42,9 @@ WRITE_TROUBLE = "linkkernel: cannot write the component cache"
 # The largest pickle of a number or string kept loaded (`load`): a long text or a large
 # bytes value would be held twice, as its blob and as the object.
 _SMALL = 1 << 12
+# Where Linux names the files a process holds open: the cache folder held is found there
+# wherever another process moved it (`CacheStore._folder_now`).
+_OPEN_FDS = "/proc/self/fd"
 # How long a blob file that another process wrote or touched is left alone, although no record
 # names it: that process writes the record naming it next (`_write`), moments later.
 _GRACE = 60.0
@@ -201,6 +205,14 @@ def _text_size(value: Any) -> int:
     return 16
 
 
+def _is(path: str, stat: os.stat_result) -> bool:
+    """Whether `path` is the file `stat` describes."""
+    try:
+        return os.path.samestat(os.stat(path), stat)
+    except OSError:
+        return False
+
+
 def _stamp_of(stat: os.stat_result) -> tuple[int, int, int]:
     """What tells a record file from the one read or written before: its inode (every
     writer moves a new file into place), not only its time and size, which another
@@ -262,6 +274,8 @@ class CacheStore:
         self.fs = None
         self._local = False
         self._watch: FolderWatch | None = None  # the records folder of a local store (see `refresh`)
+        # A descriptor on the local folder, and what closes it (see `_folder_now`).
+        self._held: tuple[int, weakref.finalize] | None = None
         # Writes that failed or were refused since the last one known to have landed, each
         # numbered in the order it happened here (`_tick`): one outage, said once (`write_trouble`).
         self._tick = 0
@@ -291,6 +305,7 @@ class CacheStore:
                 self.unusable = f"cache store {url!r} cannot be used: {exc}"
                 return
             if self._local:  # what writers killed midway left (an object store keeps no half upload)
+                self._folder_now()  # held from the start: another kernel may move it before this one follows
                 self._pending.append(self._writer.submit(remove_abandoned, self.root, ["records/*.part", "blobs/*/*.part"]))
                 self._pending.append(self._writer.submit(self._sweep))
 
@@ -319,18 +334,52 @@ class CacheStore:
         new_root = f"{self.root.rsplit('/', 1)[0]}/{notebook_key(notebook_path)}"
         self.flush()  # no write of ours lands in the old folder once it is moved
         with self._refreshing:
+            # Where a second kernel on the notebook may have moved it, following a rename
+            # this kernel missed (renamed twice while it was idle).
+            now = self._folder_now() or self.root
             try:
-                os.rename(self.root, new_root)
+                if now != new_root:
+                    os.rename(now, new_root)
             except FileNotFoundError:  # nothing written yet: the next write makes the new folder
                 pass
             except OSError:  # tried once per move: each try waits for the writes under way
                 self.notebook_path = notebook_path
                 return
-            self._stamps = {new_root + path[len(self.root):]: stamp for path, stamp in self._stamps.items()}
-            self.root, self.notebook_path = new_root, notebook_path
-            if self._watch is not None:
-                self._watch.stop()
-            self._watch = FolderWatch(f"{self.root}/records")
+            self._moved(new_root)
+            self.notebook_path = notebook_path
+
+    def _moved(self, new_root: str) -> None:
+        """Take the folder to be at `new_root` from now on (the lock `_refreshing` held)."""
+        self._stamps = {new_root + path[len(self.root):]: stamp for path, stamp in self._stamps.items()}
+        self._on_disk = {new_root + path[len(self.root):]: named for path, named in self._on_disk.items()}
+        self.root = new_root
+        if self._watch is not None:
+            self._watch.stop()
+        self._watch = FolderWatch(f"{self.root}/records")
+
+    def _folder_now(self) -> str | None:
+        """Where the local folder is now, found by the descriptor held on it, not by its name:
+        a second kernel on the notebook moves it when it follows the notebook renamed, and
+        the folder at the new name's path may be another notebook's. Only a move to another
+        name beside it counts (not one into the trash); None when it was not moved, or where
+        the system does not name open files. Held anew when the folder was made again. The
+        lock `_refreshing` held (or no other thread yet)."""
+        if self._held is not None:
+            held = os.fstat(self._held[0])
+            if _is(self.root, held):
+                return None
+            with contextlib.suppress(OSError):
+                now = os.readlink(f"{_OPEN_FDS}/{self._held[0]}")
+                if os.path.dirname(now) == os.path.realpath(os.path.dirname(self.root)) and _is(now, held):
+                    return now
+            self._held[1]()  # removed (a cache cleared), or made again since
+            self._held = None
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:  # not made yet
+            return None
+        self._held = (fd, weakref.finalize(self, os.close, fd))
+        return None
 
     def _load_records(self, changed_only: bool = False, paths: Iterable[str] | None = None) -> bool:
         """Read the record files (`paths`, all when None); `changed_only`: those whose
@@ -451,6 +500,8 @@ class CacheStore:
         if self.root is None or not (self._local or remote):
             return False
         with self._refreshing:
+            if self._local and self._held is None:  # made by another process since (see `_folder_now`)
+                self._folder_now()
             if not all(f.done() for f in self._pending):
                 return False
             paths = None
@@ -502,6 +553,8 @@ class CacheStore:
                     self.fs.makedirs(self.root, exist_ok=True)
                 except OSError as exc:
                     self._failed(exc)
+                with self._refreshing:
+                    self._folder_now()  # held as soon as it is there
             if self._local and not (self._room_for(record, blobs.values()) or self._make_room(record, blobs.values())):
                 self._failed(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
                 return False  # written again by the next run that makes them

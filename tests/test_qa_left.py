@@ -18,6 +18,8 @@ from engine_support import Notebook, kernels_on_one_cache
 from support import Kernel
 from test_qa_fs import cli
 
+from linkkernel.store import notebook_key
+
 small_disk = test_qa_fs.small_disk  # a 2 MB tmpfs (a fixture)
 TROUBLE = "linkkernel: cannot write the component cache"
 
@@ -184,7 +186,7 @@ def test_a_run_under_way_in_a_second_kernel_when_the_notebook_is_renamed_lands_i
     assert ran[0].status == "ok" and nb_one.runs() == ["slow", "c"]
     for kernel in kernels:
         assert f"cache: {cache}/final-" in kernel.execute("%link notebook").stdout
-    assert [p.name.split("-")[0] for p in cache.iterdir()] == ["final"]
+    assert _folders(cache, path, nb_one.path) == [notebook_key(str(nb_one.path))]
     third = Kernel(JPY_SESSION_NAME=str(nb_one.path), LINKKERNEL_CACHE=f"file://{cache}")
     try:
         nb_one.kernel = third
@@ -193,3 +195,34 @@ def test_a_run_under_way_in_a_second_kernel_when_the_notebook_is_renamed_lands_i
         assert nb_one.runs() == []  # both fresh: A's run and B's are in the new name's folder
     finally:
         third.shutdown()
+
+
+def test_a_notebook_renamed_twice_ends_in_one_folder_whichever_kernel_followed_which_rename(kernels, cache, tmp_path):
+    """Renamed twice (Untitled, then draft, then final): kernel A followed the first rename,
+    B, idle meanwhile, only the second. B looked for its folder under the first name, found
+    none, ran its components again into a new folder for the last name, and A, following,
+    found that name taken: two folders, each kernel on its own. B holds its folder since it
+    read it, and finds it where A moved it."""
+    one, two = kernels
+    path = tmp_path / "Untitled.ipynb"
+    nb_one = Notebook(one, path, counter=tmp_path / "runs").add("a", "x = 1").add("b", "y = x + 1", "a").use()
+    nb_two = Notebook(two, path, counter=tmp_path / "runs")
+    nb_two.cells = nb_one.cells
+    nb_two.use()
+    assert nb_one.run("b").status == "ok" and nb_one.runs() == ["a", "b"]
+    assert nb_two.run("b").status == "ok" and nb_two.runs() == ["b"]
+    nb_one.path = path.rename(tmp_path / "draft.ipynb")
+    assert f"cache: {cache}/draft-" in one.execute("%link notebook").stdout
+    nb_one.path = nb_two.path = nb_one.path.rename(tmp_path / "final.ipynb")
+    nb_two.add("c", "z = y + 1", "b").save()
+    assert nb_two.run("c").status == "ok" and nb_two.runs() == ["c"]  # its parents still fresh
+    assert nb_one.run("c").status == "ok" and nb_one.runs() == ["c"]
+    for kernel in kernels:
+        assert f"cache: {cache}/final-" in kernel.execute("%link notebook").stdout
+    assert _folders(cache, path, tmp_path / "draft.ipynb", nb_one.path) == [notebook_key(str(nb_one.path))]
+
+
+def _folders(cache: Path, *names: Path) -> list[str]:
+    """The cache folders there are of the notebooks at `names` (other tests' share `cache`)."""
+    keys = {notebook_key(str(name)) for name in names}
+    return sorted(p.name for p in cache.iterdir() if p.name in keys)
