@@ -18,7 +18,7 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from linkkernel.declarations import (
@@ -351,13 +351,12 @@ class Sources:
         path = self.notebook_path
         if path is None:
             return []
-        read = self._saves.read(path, _read_notebook)
+        read = self._saves.read(path, lambda path: _read_notebook(path, self._file_read))
         if isinstance(read, str):
             if not strict:
                 return []
             raise LinkError(f"cannot read the saved notebook {path}: {read}")
-        if read is self._file_read or (read is not None and read == self._file_read):
-            self._file_read = read  # the same save, read again: the tables stand
+        if read is self._file_read:  # also a save read again: the tables stand
             return self._file_cells
         if read is None:
             self._file_cells, self._file_read, self._saved_at = [], None, None
@@ -563,19 +562,20 @@ class Sources:
 
 @dataclass(frozen=True)
 class _Saved:
-    """One read of the saved notebook: its cells, and when it was written. Two reads are of
-    one save when the file's time and bytes are the same: read again (see `FileCache`), its
-    cells keep the time they were first read at, so cells executed since stay newer."""
+    """One read of the saved notebook: its cells, when it was written, and the file's time
+    and bytes (their digest), which tell whether a read again is of the same save."""
 
-    cells: list[Cell] = field(compare=False)
-    saved: float = field(compare=False)
+    cells: list[Cell]
+    saved: float
     mtime_ns: int
     digest: bytes
 
 
-def _read_notebook(path: str) -> tuple[_Saved | str | None, os.stat_result | None]:
+def _read_notebook(path: str, before: _Saved | None) -> tuple[_Saved | str | None, os.stat_result | None]:
     """The saved notebook at `path` (None: no file; a string: what is wrong with it), and the
-    fstat of the file read, for `FileCache`."""
+    fstat of the file read, for `FileCache`. `before` when the file is the save read before
+    (its time and bytes), not parsed again: its cells keep the time they were first read
+    at, so cells executed since stay newer (a file dated ahead is read at every look)."""
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed below
     except (FileNotFoundError, NotADirectoryError):
@@ -586,6 +586,9 @@ def _read_notebook(path: str) -> tuple[_Saved | str | None, os.stat_result | Non
         st = os.fstat(f.fileno())
         try:
             data = f.read()
+            digest = hashlib.sha256(data).digest()
+            if before is not None and (before.mtime_ns, before.digest) == (st.st_mtime_ns, digest):
+                return before, st
             notebook = json.loads(data.decode(NOTEBOOK_ENCODING))
         except (OSError, ValueError) as exc:
             return str(exc), st
@@ -602,7 +605,7 @@ def _read_notebook(path: str) -> tuple[_Saved | str | None, os.stat_result | Non
             Cell(cell_id or f"index:{index}", cell_id, cell_source(cell),
                  cell.get("metadata") or {}, index, saved, cell.get("cell_type") == "code")
         )
-    return _Saved(cells, saved, st.st_mtime_ns, hashlib.sha256(data).digest()), st
+    return _Saved(cells, saved, st.st_mtime_ns, digest), st
 
 
 def _by_key(cells: list[Cell]) -> dict[str, Cell | None]:
