@@ -1,7 +1,7 @@
-"""What was read from a small file read again and again, kept while the file stays the same.
+"""What was read from a file read again and again, kept while the file stays the same.
 
-A kernel reads the worker registry and a key file before every remote run, and nearly
-always finds them as they were: reading and checking them again cost a trivial run ~0.1 ms
+A kernel reads the worker registry and a key file before every remote run, and the saved
+notebook before every component cell, and nearly always finds them as they were: reading and checking them again cost a trivial run ~0.1 ms
 of CPU. A file counts as unchanged while its stat identity does (device, inode, size,
 mtime, ctime, mode, owner): a file replaced, rewritten in place or chmod-ed is read and
 checked again at the next call, exactly as when nothing was kept.
@@ -17,8 +17,20 @@ from typing import Any
 
 # File times come from a clock that ticks every few milliseconds: a file written twice within
 # one tick keeps its times. What was read within this long of the file's last change is not
-# kept, so a write just after the read always shows as a changed identity.
+# kept, so a write just after the read always shows as a changed identity (git's "racily
+# clean" entries). Some file systems keep whole seconds only (ext2/ext3, HFS+, many NFS
+# servers), FAT's mtime even seconds: a time of a whole second is taken to tick that slowly.
 SETTLED_NS = 50_000_000
+_COARSE_NS = 2_000_000_000 + SETTLED_NS
+
+
+def settled(st: os.stat_result, read_at_ns: int) -> bool:
+    """Whether the file `st` describes last changed safely before `read_at_ns` (time.time_ns()
+    taken before it was opened): only then does the same stat later mean the same content.
+    One changed within a tick of its times before it was read can change again and keep
+    them all (size too, when a save only renames something); it is read again next time."""
+    changed = max(st.st_mtime_ns, st.st_ctime_ns)
+    return changed < read_at_ns - (SETTLED_NS if changed % 1_000_000_000 else _COARSE_NS)
 
 
 def _identity(st: os.stat_result) -> tuple[int, ...]:
@@ -45,7 +57,7 @@ class FileCache:
                 pass
         read_at = time.time_ns()
         value, st = reader(path)
-        if st is not None and stat.S_ISREG(st.st_mode) and max(st.st_mtime_ns, st.st_ctime_ns) < read_at - SETTLED_NS:
+        if st is not None and stat.S_ISREG(st.st_mode) and settled(st, read_at):
             self._kept[path] = (_identity(st), value)
         else:
             self._kept.pop(path, None)

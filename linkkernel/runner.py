@@ -142,9 +142,14 @@ class Runner:
 
     def learn(self, code: str, cell_meta: dict | None, cell_id: str | None) -> Component | None:
         component = self.sources.learn(code, cell_meta, cell_id)
-        if self.sources.notebook_path is not None:  # the notebook renamed: its cache goes along
-            self.store.follow(self.sources.notebook_path)
+        self._follow_notebook()
         return component
+
+    def _follow_notebook(self) -> None:
+        """The notebook renamed: its cache goes along (`CacheStore.follow`)."""
+        path = self.sources.notebook_path
+        if path is not None:
+            self.store.follow(path)
 
     def graph(self, targets: list[str] | None = None):
         """The validated DAG of `targets` and their ancestors (every component when None).
@@ -391,6 +396,9 @@ class Runner:
         with _interrupts_held():
             if outcome.record.ok:
                 self._published[outcome.record.name] = outcome.record.run_id
+            # Renamed while it ran, and a second kernel on the notebook followed: its cache
+            # folder moved there, and a write here made the old one again, for good.
+            self._follow_notebook()
             self.store.put(outcome.record, outcome.blobs, kept)
         trouble = self.store.write_trouble()
         if trouble is not None:

@@ -1,8 +1,8 @@
 """Where the kernel learns component declarations (SPEC §2).
 
 Three sources, newest wins per cell: the executing request (metadata + cellId), cells this
-kernel executed before (by cellId), and the saved notebook file, re-read when its mtime
-changes. Requests without a cellId (nbclient, papermill) are matched to the saved notebook's
+kernel executed before (by cellId), and the saved notebook file, re-read when it changes on
+disk (linkkernel.filecache: its stat, not trusted when read within a tick of a save). Requests without a cellId (nbclient, papermill) are matched to the saved notebook's
 cell by source. Only the executing cell's metadata ever reaches a kernel, so the file is what
 tells us about cells not executed in this session.
 """
@@ -10,6 +10,7 @@ tells us about cells not executed in this session.
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import os
 import re
@@ -32,6 +33,7 @@ from linkkernel.declarations import (
     parse_declaration,
 )
 from linkkernel.errors import LinkError
+from linkkernel.filecache import FileCache
 
 # Keys JupyterLab adds to the request metadata that are not part of the cell's metadata.
 TRANSPORT_KEYS = ("cellId", "deletedCells", "recordTiming")
@@ -269,7 +271,7 @@ class Sources:
     """The merged view of every cell declaration this kernel knows."""
 
     _file_cells: list[Cell]
-    _file_stamp: tuple[float, int] | None
+    _file_read: _Saved | None  # the read of the saved notebook `_file_cells` come from (None: no file)
     _saved_at: float | None  # when the saved notebook was written, by this kernel's clock
 
     def __init__(self, notebook_path: str | None = None) -> None:
@@ -300,6 +302,7 @@ class Sources:
         self._answered: tuple[int, Declared] | None = None
         self._file_by_key: dict[str, Cell | None] = {}
         self._notebook: NotebookFile | None = None
+        self._saves = FileCache()
         self.notebook_path = notebook_path
 
     @property
@@ -316,7 +319,8 @@ class Sources:
         if self._notebook is not None:
             self._notebook.close()
         self._notebook = NotebookFile(path) if path else None
-        self._file_cells, self._file_stamp, self._saved_at = [], None, None
+        self._file_cells, self._file_read, self._saved_at = [], None, None
+        self._saves = FileCache()
         self._file_by_key = {}
         self._version += 1
         self._executed.clear()
@@ -341,48 +345,31 @@ class Sources:
         return self._clock
 
     def _read_file(self, strict: bool = True) -> list[Cell]:
-        """The saved notebook's cells. Not `strict`: an unreadable file counts as no file,
-        so a plain cell still runs exactly as in ipykernel."""
+        """The saved notebook's cells, read again when the file changed (`FileCache`: its stat,
+        not trusted when read within a tick of a save). Not `strict`: an unreadable file
+        counts as no file, so a plain cell still runs exactly as in ipykernel."""
         path = self.notebook_path
         if path is None:
             return []
-        try:
-            stat = os.stat(path)
-        except OSError:
-            if self._file_stamp is not None:
-                self._version += 1
-            self._file_cells, self._file_stamp, self._saved_at = [], None, None
+        read = self._saves.read(path, lambda path: _read_notebook(path, self._file_read))
+        if isinstance(read, str):
+            if not strict:
+                return []
+            raise LinkError(f"cannot read the saved notebook {path}: {read}")
+        if read is self._file_read:  # also a save read again: the tables stand
+            return self._file_cells
+        if read is None:
+            self._file_cells, self._file_read, self._saved_at = [], None, None
             self._file_by_key = {}
-            return []
-        stamp = (stat.st_mtime, stat.st_size)
-        if stamp != self._file_stamp:
-            try:
-                with open(path, encoding=NOTEBOOK_ENCODING) as f:
-                    notebook = json.load(f)
-            except (OSError, ValueError) as exc:
-                problem = str(exc)
-            else:
-                problem = notebook_problem(notebook)
-            if problem:
-                if not strict:
-                    return []
-                raise LinkError(f"cannot read the saved notebook {path}: {problem}")
-            # The file's date is the file server's clock: one running ahead must not make the
-            # save outrank cells executed after it was read.
-            saved = min(stat.st_mtime, time.time())
-            cells = []
-            for index, cell in enumerate(notebook.get("cells", [])):
-                cell_id = cell.get("id")
-                cells.append(
-                    Cell(cell_id or f"index:{index}", cell_id, cell_source(cell),
-                         cell.get("metadata") or {}, index, saved, cell.get("cell_type") == "code")
-                )
-            self._file_cells, self._file_stamp, self._saved_at = cells, stamp, saved
-            self._file_by_key = _by_key(cells)
             self._version += 1
-            self._saved_keys.update(cell.key for cell in cells)
-            for cell in cells:  # an id the file holds is that cell's own key from now on
-                self._aliases.pop(cell.cell_id, None)
+            return []
+        cells = read.cells
+        self._file_cells, self._file_read, self._saved_at = cells, read, read.saved
+        self._file_by_key = _by_key(cells)
+        self._version += 1
+        self._saved_keys.update(cell.key for cell in cells)
+        for cell in cells:  # an id the file holds is that cell's own key from now on
+            self._aliases.pop(cell.cell_id, None)
         return self._file_cells
 
     def learn(self, code: str, request_meta: Mapping[str, Any] | None, cell_id: str | None) -> Component | None:
@@ -571,6 +558,54 @@ class Sources:
                 components.append(Component(decl, cell.source, cell.cell_id, order, cell.metadata, index is not None))
         components.sort(key=lambda c: c.index)
         return Declared(components, malformed)
+
+
+@dataclass(frozen=True)
+class _Saved:
+    """One read of the saved notebook: its cells, when it was written, and the file's time
+    and bytes (their digest), which tell whether a read again is of the same save."""
+
+    cells: list[Cell]
+    saved: float
+    mtime_ns: int
+    digest: bytes
+
+
+def _read_notebook(path: str, before: _Saved | None) -> tuple[_Saved | str | None, os.stat_result | None]:
+    """The saved notebook at `path` (None: no file; a string: what is wrong with it), and the
+    fstat of the file read, for `FileCache`. `before` when the file is the save read before
+    (its time and bytes), not parsed again: its cells keep the time they were first read
+    at, so cells executed since stay newer (a file dated ahead is read at every look)."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except (FileNotFoundError, NotADirectoryError):
+        return None, None
+    except OSError as exc:
+        return str(exc), None
+    with f:
+        st = os.fstat(f.fileno())
+        try:
+            data = f.read()
+            digest = hashlib.sha256(data).digest()
+            if before is not None and (before.mtime_ns, before.digest) == (st.st_mtime_ns, digest):
+                return before, st
+            notebook = json.loads(data.decode(NOTEBOOK_ENCODING))
+        except (OSError, ValueError) as exc:
+            return str(exc), st
+    problem = notebook_problem(notebook)
+    if problem:
+        return problem, st
+    # The file's date is the file server's clock: one running ahead must not make the save
+    # outrank cells executed after it was read.
+    saved = min(st.st_mtime, time.time())
+    cells = []
+    for index, cell in enumerate(notebook.get("cells", [])):
+        cell_id = cell.get("id")
+        cells.append(
+            Cell(cell_id or f"index:{index}", cell_id, cell_source(cell),
+                 cell.get("metadata") or {}, index, saved, cell.get("cell_type") == "code")
+        )
+    return _Saved(cells, saved, st.st_mtime_ns, digest), st
 
 
 def _by_key(cells: list[Cell]) -> dict[str, Cell | None]:

@@ -21,6 +21,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,6 +42,9 @@ WRITE_TROUBLE = "linkkernel: cannot write the component cache"
 # The largest pickle of a number or string kept loaded (`load`): a long text or a large
 # bytes value would be held twice, as its blob and as the object.
 _SMALL = 1 << 12
+# Where Linux names the files a process holds open: the cache folder held is found there
+# wherever another process moved it (`CacheStore._folder_now`).
+_OPEN_FDS = "/proc/self/fd"
 # How long a blob file that another process wrote or touched is left alone, although no record
 # names it: that process writes the record naming it next (`_write`), moments later.
 _GRACE = 60.0
@@ -201,6 +205,14 @@ def _text_size(value: Any) -> int:
     return 16
 
 
+def _is(path: str, stat: os.stat_result) -> bool:
+    """Whether `path` is the file `stat` describes."""
+    try:
+        return os.path.samestat(os.stat(path), stat)
+    except OSError:
+        return False
+
+
 def _stamp_of(stat: os.stat_result) -> tuple[int, int, int]:
     """What tells a record file from the one read or written before: its inode (every
     writer moves a new file into place), not only its time and size, which another
@@ -262,9 +274,15 @@ class CacheStore:
         self.fs = None
         self._local = False
         self._watch: FolderWatch | None = None  # the records folder of a local store (see `refresh`)
-        # The first reason writes failed, once the kernel said it (see `write_trouble`).
-        self._trouble: BaseException | None = None
-        self._trouble_said = False
+        # A descriptor on the local folder, and what closes it (see `_folder_now`).
+        self._held: tuple[int, weakref.finalize] | None = None
+        # Writes that failed or were refused since the last one known to have landed, each
+        # numbered in the order it happened here (`_tick`): one outage, said once (`write_trouble`).
+        self._tick = 0
+        self._failures: list[tuple[int, BaseException]] = []
+        self._landed = 0  # the number of the last write known to have landed
+        self._said = 0  # the number of the last failure the user was told of
+        self._writes: list[tuple[int, Future]] = []  # writes, numbered, until `_look_at_writes` saw them end
         # Why `url` cannot be used (unknown protocol, its package missing). A kernel keeps
         # running with results in memory, as without a notebook; a command refuses (`usable`).
         self.unusable: str | None = None
@@ -287,6 +305,7 @@ class CacheStore:
                 self.unusable = f"cache store {url!r} cannot be used: {exc}"
                 return
             if self._local:  # what writers killed midway left (an object store keeps no half upload)
+                self._folder_now()  # held from the start: another kernel may move it before this one follows
                 self._pending.append(self._writer.submit(remove_abandoned, self.root, ["records/*.part", "blobs/*/*.part"]))
                 self._pending.append(self._writer.submit(self._sweep))
 
@@ -315,18 +334,52 @@ class CacheStore:
         new_root = f"{self.root.rsplit('/', 1)[0]}/{notebook_key(notebook_path)}"
         self.flush()  # no write of ours lands in the old folder once it is moved
         with self._refreshing:
+            # Where a second kernel on the notebook may have moved it, following a rename
+            # this kernel missed (renamed twice while it was idle).
+            now = self._folder_now() or self.root
             try:
-                os.rename(self.root, new_root)
+                if now != new_root:
+                    os.rename(now, new_root)
             except FileNotFoundError:  # nothing written yet: the next write makes the new folder
                 pass
             except OSError:  # tried once per move: each try waits for the writes under way
                 self.notebook_path = notebook_path
                 return
-            self._stamps = {new_root + path[len(self.root):]: stamp for path, stamp in self._stamps.items()}
-            self.root, self.notebook_path = new_root, notebook_path
-            if self._watch is not None:
-                self._watch.stop()
-            self._watch = FolderWatch(f"{self.root}/records")
+            self._moved(new_root)
+            self.notebook_path = notebook_path
+
+    def _moved(self, new_root: str) -> None:
+        """Take the folder to be at `new_root` from now on (the lock `_refreshing` held)."""
+        self._stamps = {new_root + path[len(self.root):]: stamp for path, stamp in self._stamps.items()}
+        self._on_disk = {new_root + path[len(self.root):]: named for path, named in self._on_disk.items()}
+        self.root = new_root
+        if self._watch is not None:
+            self._watch.stop()
+        self._watch = FolderWatch(f"{self.root}/records")
+
+    def _folder_now(self) -> str | None:
+        """Where the local folder is now, found by the descriptor held on it, not by its name:
+        a second kernel on the notebook moves it when it follows the notebook renamed, and
+        the folder at the new name's path may be another notebook's. Only a move to another
+        name beside it counts (not one into the trash); None when it was not moved, or where
+        the system does not name open files. Held anew when the folder was made again. The
+        lock `_refreshing` held (or no other thread yet)."""
+        if self._held is not None:
+            held = os.fstat(self._held[0])
+            if _is(self.root, held):
+                return None
+            with contextlib.suppress(OSError):
+                now = os.readlink(f"{_OPEN_FDS}/{self._held[0]}")
+                if os.path.dirname(now) == os.path.realpath(os.path.dirname(self.root)) and _is(now, held):
+                    return now
+            self._held[1]()  # removed (a cache cleared), or made again since
+            self._held = None
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:  # not made yet
+            return None
+        self._held = (fd, weakref.finalize(self, os.close, fd))
+        return None
 
     def _load_records(self, changed_only: bool = False, paths: Iterable[str] | None = None) -> bool:
         """Read the record files (`paths`, all when None); `changed_only`: those whose
@@ -447,6 +500,8 @@ class CacheStore:
         if self.root is None or not (self._local or remote):
             return False
         with self._refreshing:
+            if self._local and self._held is None:  # made by another process since (see `_folder_now`)
+                self._folder_now()
             if not all(f.done() for f in self._pending):
                 return False
             paths = None
@@ -491,14 +546,17 @@ class CacheStore:
             self._keep(record)
             self._forget([*blobs, *kept])  # a value the record does not name after all
         if self.fs is not None:
-            if self._local and self._trouble is None and not self.fs.exists(self.root):
+            if self._local and not self._failures and not self.fs.exists(self.root):
                 # Made here, not in the background, so a folder that cannot be written is
                 # said in the cell whose results it loses (write_trouble).
                 try:
                     self.fs.makedirs(self.root, exist_ok=True)
                 except OSError as exc:
-                    self._trouble = exc
+                    self._failed(exc)
+                with self._refreshing:
+                    self._folder_now()  # held as soon as it is there
             if self._local and not (self._room_for(record, blobs.values()) or self._make_room(record, blobs.values())):
+                self._failed(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
                 return False  # written again by the next run that makes them
             self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
             # Values lost before this put are made again by it; one lost while the write is
@@ -506,8 +564,32 @@ class CacheStore:
             relost = {d for d in blobs if d in self.lost}
             with self._lock:
                 released, self._released = self._released, []
-            self._pending.append(self._writer.submit(self._write, record, list(blobs.values()), relost, released))
+            write = self._writer.submit(self._write, record, list(blobs.values()), relost, released)
+            self._pending.append(write)
+            self._tick += 1
+            self._writes.append((self._tick, write))
         return True
+
+    def _failed(self, exc: BaseException, tick: int | None = None) -> None:
+        """Note a write that failed (`tick`: its number) or was refused now (`write_trouble`)."""
+        if tick is None:
+            self._tick += 1
+            tick = self._tick
+        if tick > self._landed:
+            self._failures.append((tick, exc))
+            self._failures.sort(key=lambda failure: failure[0])
+
+    def _look_at_writes(self) -> None:
+        """Note how the writes that ended went, in the order they ran (one writer thread): one
+        that landed ends the outage of the failures before it, and the disk has room again."""
+        while self._writes and self._writes[0][1].done():
+            tick, write = self._writes.pop(0)
+            exc = write.exception()
+            if exc is not None:
+                self._failed(exc, tick)
+            else:
+                self._landed = tick
+                self._failures = [failure for failure in self._failures if failure[0] > tick]
 
     def _make_room(self, record: RunRecord, blobs: Iterable[Blob]) -> bool:
         """Whether removing the run `record` replaces makes room for it, once removed: its
@@ -518,15 +600,11 @@ class CacheStore:
             released = list(self._released)
         if not released:
             return False
-        trouble, self._trouble = self._trouble, None
         self.flush()  # no write of ours under way meanwhile
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{self.root}/records/{record.name}.json")
         self._writer.submit(self._remove_unnamed, released).result()
-        if self._room_for(record, blobs):
-            return True
-        self._trouble = trouble or self._trouble
-        return False
+        return self._room_for(record, blobs)
 
     def _room_for(self, record: RunRecord, blobs: Iterable[Blob]) -> bool:
         """Whether the local disk has room for `record` and `blobs`, asked first so that a
@@ -542,10 +620,7 @@ class CacheStore:
         block = disk.f_frsize or 4096
         sizes = [blob.size for blob in blobs if not os.path.exists(self._blob_path(blob.digest))]
         sizes.append(_record_size(record))
-        if sum((size // block + 1) * block for size in sizes) <= disk.f_bavail * block:
-            return True
-        self._trouble = self._trouble or OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return False
+        return sum((size // block + 1) * block for size in sizes) <= disk.f_bavail * block
 
     def _kept_copy(self, digest: str, value: Any) -> Any:
         """A copy of a value that cannot be serialised, so that the notebook's own object
@@ -558,17 +633,25 @@ class CacheStore:
             return value
 
     def write_trouble(self) -> str | None:
-        """Why results are not being written to the store, the first time it is known (None
-        otherwise): a cache folder that cannot be made, a disk full, a bucket refusing writes.
-        The kernel says it once, in a cell; else the user finds out only when a restart runs
-        every component again."""
-        if self._trouble is None:
-            self._trouble = next((f.exception() for f in self._pending if f.done() and f.exception() is not None), None)
-        if self._trouble is None or self._trouble_said:
+        """Why results are not being written to the store, the first time it is known in an
+        outage (None otherwise): a cache folder that cannot be made, a disk full, a bucket
+        refusing writes. The kernel says it once, in a cell; else the user finds out only
+        when a restart runs every component again. Once a write lands again the outage is
+        over, and the next one is said too: a disk freed, then full again, lost results
+        without a word.
+
+        A write refused now, after the user was told, is a new outage if a write still under
+        way lands: waited for, so that it is said in the cell whose results it loses."""
+        if self._failures and self._failures[-1][0] > self._said:
+            for tick, write in self._writes:
+                if tick < self._failures[-1][0]:
+                    write.exception()  # waits
+        self._look_at_writes()
+        if not self._failures or self._said > self._landed:
             return None
-        self._trouble_said = True
+        self._said = self._failures[-1][0]
         return (
-            f"{WRITE_TROUBLE} at {self.root}: {plain_reason(self._trouble)}; "
+            f"{WRITE_TROUBLE} at {self.root}: {plain_reason(self._failures[0][1])}; "
             "results are kept in memory only, so after a restart their components run again"
         )
 
@@ -576,10 +659,12 @@ class CacheStore:
         """Why results a caller put (`cache import`) are not written, in words, said by the
         caller for `write_trouble`: `failures` of their writes, `refused` when a put found
         no room. None when they were written."""
-        problem = failures[0] if failures else self._trouble if refused else None
-        if problem is not None:
-            self._trouble, self._trouble_said = self._trouble or problem, True
-        return None if problem is None else plain_reason(problem)
+        self._look_at_writes()
+        problem = failures[0] if failures else OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) if refused else None
+        if problem is None:
+            return None
+        self._said = self._tick
+        return plain_reason(problem)
 
     def _keep(self, record: RunRecord) -> None:
         """Make `record` its component's current run (the lock held). The values only the run
