@@ -164,10 +164,15 @@ class Store:
         self.url = url
         self._key = key
         options = dict(options or {})
-        if url.startswith(("s3://", "s3a://")):
+        self._s3 = url.startswith(("s3://", "s3a://"))
+        if self._s3:
             # A store that does not answer must become an error within seconds, not after
             # botocore's and s3fs's retries with back-off (~10 s to a closed port).
-            config = {"connect_timeout": 3, "retries": {"max_attempts": 2}}
+            # botocore's check of a download against the CRC the store keeps for it is a pass
+            # over every byte in Python (~0.06 s per 100 MB here) that adds nothing: a reader
+            # verifies each blob against its MAC and digest before using it. Uploads keep
+            # their CRC: it costs no measurable time, and stores with Object Lock require one.
+            config = {"connect_timeout": 3, "retries": {"max_attempts": 2}, "response_checksum_validation": "when_required"}
             given = options.get("config_kwargs", {})
             if not isinstance(given, dict):
                 raise StorageError(f"storage {url}: option config_kwargs must be a JSON object, e.g. config_kwargs='{{\"read_timeout\": 30}}'")
@@ -385,7 +390,7 @@ class Store:
         try:
             blob = self._get_local(self._path(digest), digest) if self.local else self._get_mirrored(digest)
             if blob is None:
-                with self.fs.open(self._path(digest), "rb") as f:
+                with self._open_read(self._path(digest)) as f:
                     blob = self._read_verified(f, digest, mapped and cow.SUPPORTED)
                 blob = self._mirror(blob)
         except StorageError:
@@ -396,6 +401,11 @@ class Store:
             raise StorageError(describe_failure(self.url, exc)) from None
         self._known.add(digest)
         return blob
+
+    def _open_read(self, path: str):
+        """The blob file at `path`, to read once from start to end: from an S3 store one GET
+        streamed into the reader's buffers (`_S3Read`), else fsspec's file."""
+        return _S3Read(self.fs, path) if self._s3 else self.fs.open(path, "rb")
 
     def _tampered(self, digest: str) -> StorageError:
         return StorageError(f"blob {digest[:12]}… in {self.url} failed verification (tampered or corrupt); not loaded")
@@ -513,6 +523,43 @@ class Store:
 
 
 _CHUNK = 8 << 20
+
+
+class _S3Read:
+    """A whole S3 object read with one GET, its body streamed straight into the buffers the
+    reader gives (`readinto`). fsspec's file fetches it in ranges through a read-ahead cache
+    instead, copying each byte twice more (~0.15 s per 100 MB here)."""
+
+    def __init__(self, fs, path: str) -> None:
+        from fsspec.asyn import sync
+
+        self._sync = lambda coro, *args: sync(fs.loop, coro, *args)
+        bucket, key, version = fs.split_path(path)
+        versioned = {"VersionId": version} if version else {}
+        self._body = fs.call_s3("get_object", Bucket=bucket, Key=key, **versioned)["Body"]
+
+    def readinto(self, buffer) -> int:
+        """Fill `buffer` unless the object ends first; the bytes read."""
+        return self._sync(self._fill, memoryview(buffer).cast("B"))
+
+    async def _fill(self, view: memoryview) -> int:
+        got = 0
+        while got < view.nbytes:
+            n = await self._body.readinto(view[got:])
+            if not n:
+                break
+            got += n
+        return got
+
+    def read(self, n: int) -> bytes:
+        buffer = bytearray(n)
+        return bytes(buffer[: self.readinto(buffer)])
+
+    def __enter__(self) -> _S3Read:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._body.close()
 
 
 def _send_from_file(f, fd: int, part: memoryview) -> bool:
