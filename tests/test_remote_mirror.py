@@ -3,6 +3,9 @@ store, then mapped like a local store's files; never trusted unverified, never a
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import logging
 import os
 import uuid
@@ -144,6 +147,21 @@ def test_tampered_s3_object_is_still_refused_and_not_mirrored(s3) -> None:
     with pytest.raises(StorageError, match="failed verification"):
         s3().get(blob.digest)
     assert _mirror_files(s3.root) == []
+
+
+def test_unpadded_lkb1_object_is_read_and_mirrored_padded(s3) -> None:
+    """An LKB1 object downloaded into the mirror cannot be mapped there: it is read again
+    into memory, verified, and mirrored in the current (padded) layout."""
+    store = s3()
+    blob = dump("x", _value(1000))
+    header = json.dumps({"digest": blob.digest, "stream": len(blob.stream), "buffers": [b.nbytes for b in blob.buffers]}).encode()
+    mac = hmac.new(KEY, b"LKB1" + header, hashlib.sha256).hexdigest().encode()
+    packed = b"LKB1" + mac + len(header).to_bytes(4, "little") + header + blob.stream + b"".join(bytes(b) for b in blob.buffers)
+    store.fs.pipe_file(store._path(blob.digest), packed)
+    got = store.get(blob.digest)
+    assert np.array_equal(owned(got), _value(1000)) and file_map_of(got) is not None
+    (mirrored,) = _mirror_files(s3.root)
+    assert mirrored.name == blob.digest and mirrored.read_bytes()[:4] == b"LKB2"
 
 
 def test_unwritable_mirror_falls_back_to_the_store_with_one_warning(s3, tmp_path, caplog) -> None:
