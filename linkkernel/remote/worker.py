@@ -29,9 +29,12 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from linkkernel.errors import LinkError
+
+if TYPE_CHECKING:
+    from linkkernel.remote.storage import Store
 
 HEARTBEAT_INTERVAL = 0.5
 # Task processes kept ready, forked ahead of time by the zygote. The zygote runs SCHED_BATCH,
@@ -674,12 +677,13 @@ class Worker:
             from linkkernel.remote import taskprocess
 
             taskprocess.warm_up(self.shell)
+            store = self._connected_store()
             _set_policy(os.SCHED_OTHER)  # ready: the task, when it comes, runs at once
             size = int.from_bytes(_read_exactly(task_read, 4) or b"\0", "little")
             body = json.loads(_read_exactly(task_read, size)) if size else None
             os.close(task_read)
             if body is not None:
-                self._run_in_child(body, out_write)
+                self._run_in_child(body, out_write, store)
         except BaseException:  # noqa: BLE001 - nothing may escape a forked child into the worker loop
             code = 70
         finally:
@@ -701,15 +705,33 @@ class Worker:
                 os.close(fd)
                 del task.streams[fd]
 
-    def _run_in_child(self, body: dict[str, Any], write_fd: int) -> None:
+    def _connected_store(self) -> Store | None:
+        """In a spare task process, while it waits: the store its task will use. A local store
+        is plain files, the worker's own. Anything else (s3fs: sessions, an event loop thread)
+        must be made in this process, not used across fork, and connecting it sets up a
+        botocore client (~60 ms here), better spent before the task comes than after. None
+        when that fails: the task makes it again and says why."""
+        if self.store.local:
+            return self.store
+        from linkkernel.remote.storage import Store
+
+        try:
+            store = Store(self.store_url, self.key, self.store_options)
+            connect = getattr(store.fs, "connect", None)
+            if connect is not None:
+                connect()
+        except Exception:  # noqa: BLE001 - said by the task, which makes it again (_run_in_child)
+            return None
+        return store
+
+    def _run_in_child(self, body: dict[str, Any], write_fd: int, store: Store | None) -> None:
         from linkkernel.remote import taskprocess
         from linkkernel.remote.storage import Store
 
         pipe = taskprocess.Pipe(write_fd)
         try:
-            # A local store is plain files; anything else (s3fs: sessions, an event loop
-            # thread) must be rebuilt in the child, not used across fork.
-            store = self.store if self.store.local else Store(self.store_url, self.key, self.store_options)
+            if store is None:
+                store = Store(self.store_url, self.key, self.store_options)
             taskprocess.run(self.shell, store, body, pipe)
         except Exception as exc:  # report our own failure as one line rather than a silent exit
             pipe.finish({"failed": f"worker error while running the task: {type(exc).__name__}: {exc}"})
