@@ -28,7 +28,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import hmac
-import io
 import json
 import logging
 import mmap
@@ -40,7 +39,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from linkkernel import cow
+from linkkernel import cow, s3io
 from linkkernel.errors import LinkError
 from linkkernel.namespaces import DIGEST, Blob, _digest
 from linkkernel.partfiles import abandon_upload, remove_abandoned, remove_if_abandoned, temp_name
@@ -169,7 +168,7 @@ class Store:
         if self._s3:
             # A store that does not answer must become an error within seconds, not after
             # botocore's and s3fs's retries with back-off (~10 s to a closed port).
-            config = {"connect_timeout": 3, "retries": {"max_attempts": 2}, **_no_download_checksum()}
+            config = {"connect_timeout": 3, "retries": {"max_attempts": 2}, **s3io.no_download_checksum()}
             given = options.get("config_kwargs", {})
             if not isinstance(given, dict):
                 raise StorageError(f"storage {url}: option config_kwargs must be a JSON object, e.g. config_kwargs='{{\"read_timeout\": 30}}'")
@@ -312,8 +311,10 @@ class Store:
         if self.local:
             self._write_local(path, blob.digest, header, parts, offsets)
             return
-        if self._s3 and offsets[-1] <= _ONE_PUT:
-            self._put_object(path, header, parts, offsets)
+        if self._s3 and offsets[-1] <= s3io.ONE_PUT:
+            # One PUT of a body written once: fsspec's file would copy each byte three times
+            # more and send a multipart upload (see linkkernel.s3io).
+            s3io.put_whole(self.fs, path, lambda body: self._write_frames(body, header, parts, offsets), offsets[-1])
             return
         # An object store makes an upload visible only once it completes, and closing the
         # file completes it: a write interrupted midway must be thrown away, not closed, or
@@ -325,22 +326,6 @@ class Store:
             abandon_upload(f)
             raise
         f.close()
-
-    def _put_object(self, path: str, header: bytes, parts: list[memoryview], offsets: list[int]) -> None:
-        """Upload a blob file with one PUT, which S3 makes visible only once it is complete.
-        The body is written once into a buffer of its final size, which botocore and aiohttp
-        send as it is: fsspec's file would copy each byte three times more (into its buffer,
-        into the part cut from it, and aiohttp unsharing that part) and send it as a
-        multipart upload, which moto assembles again (~0.5 s per 100 MB there)."""
-        body = io.BytesIO()
-        body.seek(offsets[-1] - 1)
-        body.write(b"\0")  # sized once, not grown part by part
-        body.seek(0)
-        self._write_frames(body, header, parts, offsets)
-        body.seek(0)
-        bucket, key, _ = self.fs.split_path(path)
-        self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=body)
-        self.fs.invalidate_cache(path)
 
     def _write_frames(self, f, header: bytes, parts: list[memoryview], offsets: list[int], fd: int | None = None) -> None:
         """The blob file: magic, header MAC, header, then each part at its page-aligned offset.
@@ -429,8 +414,8 @@ class Store:
 
     def _open_read(self, path: str):
         """The blob file at `path`, to read once from start to end: from an S3 store one GET
-        streamed into the reader's buffers (`_S3Read`), else fsspec's file."""
-        return _S3Read(self.fs, path) if self._s3 else self.fs.open(path, "rb")
+        streamed into the reader's buffers (`s3io.WholeRead`), else fsspec's file."""
+        return s3io.WholeRead(self.fs, path) if self._s3 else self.fs.open(path, "rb")
 
     def _tampered(self, digest: str) -> StorageError:
         return StorageError(f"blob {digest[:12]}… in {self.url} failed verification (tampered or corrupt); not loaded")
@@ -483,7 +468,7 @@ class Store:
                 raise _NotInPlace(target)
             verified.append(blob)
 
-        with _S3Read(self.fs, self._path(digest)) as f:
+        with s3io.WholeRead(self.fs, self._path(digest)) as f:
             try:
                 if not self.mirror.make_room(f.size):
                     return None
@@ -562,7 +547,7 @@ class Store:
             part = _memfd_view(size) if mapped and i and size >= cow.MIN_SIZE else memoryview(bytearray(size))
             got = 0
             while got < size:
-                n = f.readinto(part[got : got + _CHUNK])
+                n = f.readinto(part[got : got + s3io.CHUNK])
                 if not n:
                     break
                 got += n
@@ -574,70 +559,8 @@ class Store:
         return Blob(bytes(parts[0]), tuple(parts[1:]), digest)
 
 
-def _no_download_checksum() -> dict[str, str]:
-    """botocore's check of a download against the CRC the store keeps for it is a pass over
-    every byte in Python (~0.06 s per 100 MB here) that adds nothing: a reader verifies each
-    blob against its MAC and digest before using it. Uploads keep their CRC: it costs no
-    measurable time, and stores with Object Lock require one. botocore before 1.36 neither
-    checks nor knows the option (s3fs 2024.6 allows those), and would refuse it."""
-    from botocore.config import Config
-
-    option = "response_checksum_validation"
-    return {option: "when_required"} if option in Config.OPTION_DEFAULTS else {}
-
-
-_CHUNK = 8 << 20
-# The largest blob file uploaded to S3 with one PUT, whose body is the whole file in memory
-# (S3 takes up to 5 GiB); a bigger one goes up as a multipart upload through fsspec's file.
-_ONE_PUT = 256 << 20
-
-
 class _NotInPlace(Exception):
     """A downloaded blob file that cannot be mapped in place (`Store._download_mirrored`)."""
-
-
-class _S3Read:
-    """A whole S3 object read with one GET, its body streamed straight into the buffers the
-    reader gives (`readinto`). fsspec's file fetches it in ranges through a read-ahead cache
-    instead, copying each byte twice more (~0.15 s per 100 MB here)."""
-
-    def __init__(self, fs, path: str) -> None:
-        from fsspec.asyn import sync
-
-        self._sync = lambda coro, *args: sync(fs.loop, coro, *args)
-        bucket, key, version = fs.split_path(path)
-        versioned = {"VersionId": version} if version else {}
-        response = fs.call_s3("get_object", Bucket=bucket, Key=key, **versioned)
-        self._body = response["Body"]
-        self.size: int = response["ContentLength"]
-
-    def readinto(self, buffer) -> int:
-        """Fill `buffer` unless the object ends first; the bytes read."""
-        return self._sync(self._fill, memoryview(buffer).cast("B"))
-
-    async def _fill(self, view: memoryview) -> int:
-        got = 0
-        while got < view.nbytes:
-            n = await self._body.readinto(view[got:])
-            if not n:
-                break
-            got += n
-        return got
-
-    def read(self, n: int) -> bytes:
-        buffer = bytearray(n)
-        return bytes(buffer[: self.readinto(buffer)])
-
-    def copy_to(self, f) -> None:
-        """Write the rest of the object to file `f` as its chunks arrive (no copy of ours)."""
-        while chunk := self._sync(self._body.read, _CHUNK):
-            f.write(chunk)
-
-    def __enter__(self) -> _S3Read:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._body.close()
 
 
 def _send_from_file(f, fd: int, part: memoryview) -> bool:
