@@ -28,6 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
+from linkkernel import s3io
 from linkkernel.cow import IMMUTABLE, MIN_SIZE, Loaded, freeze_buffer, frozen_owner
 from linkkernel.errors import LinkError
 from linkkernel.namespaces import DIGEST, Blob, _digest, type_name
@@ -273,6 +274,7 @@ class CacheStore:
         self.notebook_path = notebook_path  # the path `root` is keyed by (see `follow`)
         self.fs = None
         self._local = False
+        self._s3 = False  # written and read whole with one request (linkkernel.s3io)
         self._watch: FolderWatch | None = None  # the records folder of a local store (see `refresh`)
         # A descriptor on the local folder, and what closes it (see `_folder_now`).
         self._held: tuple[int, weakref.finalize] | None = None
@@ -292,6 +294,7 @@ class CacheStore:
             try:
                 self._local = fsspec.utils.get_protocol(url) in ("file", "local")
                 self.fs, base = fsspec.core.url_to_fs(url, **({"auto_mkdir": True} if self._local else {}))
+                self._s3 = s3io.is_s3(self.fs)
             except (ValueError, ImportError) as exc:
                 self.unusable = f"cache store {url!r} cannot be used: {exc}"
                 return
@@ -736,7 +739,7 @@ class CacheStore:
         self._remove_unnamed()
 
     def _write_blob(self, blob: Blob) -> None:
-        written = self._write_aside(self._blob_path(blob.digest), lambda f: write_blob(f, blob))
+        written = self._write_aside(self._blob_path(blob.digest), lambda f: write_blob(f, blob), blob.size)
         self._mine[blob.digest] = None if written is None else written.st_mtime_ns
 
     def _touch(self, digest: str) -> bool:
@@ -855,7 +858,7 @@ class CacheStore:
             modified = modified.replace(tzinfo=datetime.timezone.utc)
         return time.time() - modified.timestamp() > _GRACE
 
-    def _write_aside(self, path: str, write: Callable[[Any], object]) -> os.stat_result | None:
+    def _write_aside(self, path: str, write: Callable[[Any], object], size: int = 0) -> os.stat_result | None:
         """Write so that readers see a whole file or none. Locally: under a name no other
         writer uses, then moved into place. Two kernels on the same store (two notebooks of
         one user, a notebook open twice) running the same component write the same blob at
@@ -872,6 +875,9 @@ class CacheStore:
                 with contextlib.suppress(OSError):
                     os.unlink(aside)
                 raise
+        if self._s3 and size <= s3io.ONE_PUT:  # `size`: about how much `write` writes
+            s3io.put_whole(self.fs, path, write)
+            return None
         f = self.fs.open(path, "wb")
         try:
             write(f)
@@ -880,6 +886,14 @@ class CacheStore:
             raise
         f.close()
         return None
+
+    def _read_whole(self, path: str) -> bytes | bytearray:
+        """A file of the store, read whole: from S3 with one GET (linkkernel.s3io)."""
+        if self._s3:
+            with s3io.WholeRead(self.fs, path) as f:
+                return f.read_all()
+        with self.fs.open(path, "rb") as f:
+            return f.read()
 
     def _blob_path(self, digest: str) -> str:
         return f"{self.root}/blobs/{digest[:2]}/{digest}"
@@ -978,8 +992,7 @@ class CacheStore:
             if self.fs is None or digest.startswith(MEMORY_PREFIX):
                 raise LostValue(digest, f"cached value {digest[:16]} is no longer available")
             try:
-                with self.fs.open(self._blob_path(digest), "rb") as f:
-                    blob = decode_blob(f.read(), digest)
+                blob = decode_blob(self._read_whole(self._blob_path(digest)), digest)
             except (OSError, ValueError) as exc:
                 raise LostValue(digest, f"cannot read cached value {digest[:16]} from {self.root}: {exc}") from exc
             if blob is None:
