@@ -11,7 +11,8 @@
    floor for a first run: the time to write the two new MB files any first run through a
    store must leave behind (its input and its output), kept like the store's blobs;
 3. the same through local S3 servers: moto's (single-threaded Python, in its own process)
-   and SeaweedFS `weed mini` (Go; the S3 server the tests check credentials against).
+   and SeaweedFS `weed mini` (Go; the S3 server the tests check credentials against), and
+   50 trivial round trips paced on each (set against ipyparallel's paced ones).
 
 Timings are medians. The kernel side is this process, calling `run_remote` as the engine does
 (input uploaded unless the store has it, task run, result fetched and verified), then keeping
@@ -152,9 +153,9 @@ def start_moto(processes: list) -> tuple[str, dict[str, str]]:
             time.sleep(0.2)
 
 
-def s3_figures(name: str, endpoint: str, env: dict[str, str], key_file: Path, blobs: list, array):
-    """remote_big through `s3://lk-bench/NAME` on a worker of its own; the kernel side (this
-    process) uses the same credentials."""
+def s3_figures(name: str, endpoint: str, env: dict[str, str], key_file: Path, blobs: list, array, pause: float):
+    """remote_big through `s3://lk-bench/NAME` on a worker of its own, then trivial round
+    trips `pause` apart; the kernel side (this process) uses the same credentials."""
     from linkkernel.remote import registry
 
     os.environ.update(env)
@@ -162,7 +163,9 @@ def s3_figures(name: str, endpoint: str, env: dict[str, str], key_file: Path, bl
     worker, address = start_worker(url, key_file, "--storage-option", f"endpoint_url={endpoint}", env=env)
     try:
         registry.add(f"bench-{name}", address, url, str(key_file), {"endpoint_url": endpoint})
-        return remote_big(f"bench-{name}", blobs, array)[:4]
+        figures = remote_big(f"bench-{name}", blobs, array)[:4]
+        trivial = interleaved({"ours": remote_noop(f"bench-{name}")}, 50, pause)["ours"]
+        return (*figures, trivial)
     finally:
         worker.terminate()
         worker.wait(10)
@@ -239,12 +242,14 @@ def main() -> None:
         paced = interleaved(calls, args.runs, args.pause)
         big, big_again, uploaded, uploaded_again, floor = remote_big("bench", blobs, array, tmp / "floor")
 
-        s3_big, s3_again, s3_uploaded, s3_uploaded_again = s3_figures("moto", *start_moto(processes), key_file, blobs, array)
+        s3_big, s3_again, s3_uploaded, s3_uploaded_again, s3_trivial = s3_figures(
+            "moto", *start_moto(processes), key_file, blobs, array, args.pause)
         (tmp / "weed").mkdir()
         weed = WeedServer(tmp / "weed", bucket="lk-bench")
         processes.append(weed.process)
         weed_env = {"AWS_ACCESS_KEY_ID": weed.ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": weed.SECRET_KEY, "AWS_DEFAULT_REGION": "us-east-1"}
-        weed_big, weed_again, weed_uploaded, _ = s3_figures("weed", weed.endpoint, weed_env, key_file, blobs, array)
+        weed_big, weed_again, weed_uploaded, _, weed_trivial = s3_figures(
+            "weed", weed.endpoint, weed_env, key_file, blobs, array, args.pause)
         ipp_big = ipyparallel_big(view, array, args.big_runs)
     finally:
         stop_ipyparallel()
@@ -263,6 +268,8 @@ def main() -> None:
         (f"{mb} MB in + {mb} MB out, local S3 (moto), re-run (ms)", median_ms(s3_again), median_ms(ipp_big)),
         (f"{mb} MB in + {mb} MB out, SeaweedFS S3, first run (ms)", median_ms(weed_big), median_ms(ipp_big)),
         (f"{mb} MB in + {mb} MB out, SeaweedFS S3, re-run (ms)", median_ms(weed_again), median_ms(ipp_big)),
+        (f"trivial round trip, local S3 (moto), {args.pause * 1000:.0f} ms apart (ms)", median_ms(s3_trivial), median_ms(paced["theirs"])),
+        (f"trivial round trip, SeaweedFS S3, {args.pause * 1000:.0f} ms apart (ms)", median_ms(weed_trivial), median_ms(paced["theirs"])),
     ]
     print(f"{'measure':<52} {'linkkernel':>11} {'ipyparallel':>12} {'ratio':>7}")
     for name, ours, theirs in rows:
