@@ -4,7 +4,8 @@ fsspec's file reads an object in ranges through a read-ahead cache, and writes o
 buffer cut into the parts of a multipart upload: each byte is copied two or three times more
 (~0.15 s per 100 MB each way here), and the server assembles the parts again (~0.5 s per
 100 MB on moto). Blob files are read whole and written whole, and need neither. The remote
-components' storage and the cache store both keep their blobs so.
+components' storage reads and writes its blobs so; the cache store writes its files so (it
+reads a file with one `read()`, which fsspec already does with one GET).
 """
 
 from __future__ import annotations
@@ -83,12 +84,6 @@ class WholeRead:
     def read(self, n: int) -> bytes:
         buffer = bytearray(n)
         return bytes(buffer[: self.readinto(buffer)])
-
-    def read_all(self) -> bytearray:
-        """The whole object, read into one buffer of its size."""
-        buffer = bytearray(self.size)
-        del buffer[self.readinto(buffer) :]
-        return buffer
 
     def copy_to(self, f: BinaryIO) -> None:
         """Write the rest of the object to file `f` as its chunks arrive (no copy of ours)."""

@@ -274,7 +274,7 @@ class CacheStore:
         self.notebook_path = notebook_path  # the path `root` is keyed by (see `follow`)
         self.fs = None
         self._local = False
-        self._s3 = False  # written and read whole with one request (linkkernel.s3io)
+        self._s3 = False  # files written whole with one request (linkkernel.s3io)
         self._watch: FolderWatch | None = None  # the records folder of a local store (see `refresh`)
         # A descriptor on the local folder, and what closes it (see `_folder_now`).
         self._held: tuple[int, weakref.finalize] | None = None
@@ -887,14 +887,6 @@ class CacheStore:
         f.close()
         return None
 
-    def _read_whole(self, path: str) -> bytes | bytearray:
-        """A file of the store, read whole: from S3 with one GET (linkkernel.s3io)."""
-        if self._s3:
-            with s3io.WholeRead(self.fs, path) as f:
-                return f.read_all()
-        with self.fs.open(path, "rb") as f:
-            return f.read()
-
     def _blob_path(self, digest: str) -> str:
         return f"{self.root}/blobs/{digest[:2]}/{digest}"
 
@@ -992,7 +984,8 @@ class CacheStore:
             if self.fs is None or digest.startswith(MEMORY_PREFIX):
                 raise LostValue(digest, f"cached value {digest[:16]} is no longer available")
             try:
-                blob = decode_blob(self._read_whole(self._blob_path(digest)), digest)
+                with self.fs.open(self._blob_path(digest), "rb") as f:
+                    blob = decode_blob(f.read(), digest)
             except (OSError, ValueError) as exc:
                 raise LostValue(digest, f"cannot read cached value {digest[:16]} from {self.root}: {exc}") from exc
             if blob is None:
