@@ -198,6 +198,7 @@ def notebook_path_from_env(environ: Mapping[str, str] = os.environ) -> str | Non
 
 
 _OPEN_FDS = "/proc/self/fd"
+_FDS_NAMED = os.path.isdir(_OPEN_FDS)  # the system names open files there (Linux)
 
 
 def _in_trash(path: str) -> bool:
@@ -239,7 +240,7 @@ class NotebookFile:
         return self._path
 
     def _follow(self) -> None:
-        if not os.path.isdir(_OPEN_FDS):
+        if not _FDS_NAMED:
             return
         if self._fd is not None:
             try:

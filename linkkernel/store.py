@@ -351,6 +351,11 @@ class CacheStore:
             self._moved(new_root)
             self.notebook_path = notebook_path
 
+    def moved_away(self) -> bool:
+        """Whether the local folder is not where this store writes: a second kernel on the
+        notebook moved it, following a rename (`follow`), or it is not made yet."""
+        return self._local and self.root is not None and not os.path.isdir(self.root)
+
     def _moved(self, new_root: str) -> None:
         """Take the folder to be at `new_root` from now on (the lock `_refreshing` held)."""
         self._stamps = {new_root + path[len(self.root):]: stamp for path, stamp in self._stamps.items()}
