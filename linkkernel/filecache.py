@@ -1,10 +1,11 @@
 """What was read from a file read again and again, kept while the file stays the same.
 
 A kernel reads the worker registry and a key file before every remote run, and the saved
-notebook before every component cell, and nearly always finds them as they were: reading and checking them again cost a trivial run ~0.1 ms
-of CPU. A file counts as unchanged while its stat identity does (device, inode, size,
-mtime, ctime, mode, owner): a file replaced, rewritten in place or chmod-ed is read and
-checked again at the next call, exactly as when nothing was kept.
+notebook before every component cell, and nearly always finds them as they were: reading and
+checking the first two again cost a trivial run ~0.1 ms of CPU. A file counts as unchanged
+while its stat identity does (device, inode, size, mtime, ctime, mode, owner): a file
+replaced, rewritten in place or chmod-ed is read and checked again at the next call, exactly
+as when nothing was kept.
 """
 
 from __future__ import annotations

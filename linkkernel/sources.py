@@ -2,8 +2,9 @@
 
 Three sources, newest wins per cell: the executing request (metadata + cellId), cells this
 kernel executed before (by cellId), and the saved notebook file, re-read when it changes on
-disk (linkkernel.filecache: its stat, not trusted when read within a tick of a save). Requests without a cellId (nbclient, papermill) are matched to the saved notebook's
-cell by source. Only the executing cell's metadata ever reaches a kernel, so the file is what
+disk (linkkernel.filecache: its stat, not trusted when read within a tick of a save).
+Requests without a cellId (nbclient, papermill) are matched to the saved notebook's cell by
+source. Only the executing cell's metadata ever reaches a kernel, so the file is what
 tells us about cells not executed in this session.
 """
 

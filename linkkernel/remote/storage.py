@@ -547,7 +547,7 @@ class Store:
             part = _memfd_view(size) if mapped and i and size >= cow.MIN_SIZE else memoryview(bytearray(size))
             got = 0
             while got < size:
-                n = f.readinto(part[got : got + s3io.CHUNK])
+                n = f.readinto(part[got : got + _CHUNK])
                 if not n:
                     break
                 got += n
@@ -557,6 +557,9 @@ class Store:
         if not complete or f.read(1) or not hmac.compare_digest(_digest(parts[0], parts[1:]), digest):
             raise tampered
         return Blob(bytes(parts[0]), tuple(parts[1:]), digest)
+
+
+_CHUNK = 8 << 20
 
 
 class _NotInPlace(Exception):
