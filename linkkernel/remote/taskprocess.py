@@ -86,7 +86,10 @@ class Pipe:
     def finish(self, message: dict[str, Any]) -> None:
         """Send the task's last message. This process has nothing left to do but exit, so it
         steps aside first: the worker relaying the result must not wait for its teardown."""
-        os.nice(19)
+        # Loaded already: this process is a fork of the worker.
+        from linkkernel.remote.worker import step_aside
+
+        step_aside()
         self.send(message)
 
 
