@@ -530,7 +530,8 @@ class Worker:
             for fd in watched - registered:
                 poller.register(fd, zmq.POLLIN)
             registered = watched
-            short = self.zygote is not None and len(self.spares) < SPARES
+            # Waiting to be quiet for a spare to be asked of the zygote (its answer wakes the poll).
+            short = self.zygote is not None and len(self.spares) < SPARES and not self.zygote.pending
             events = dict(poller.poll(timeout=(QUIET if short else HEARTBEAT_INTERVAL) * 1000))
             idle = not events
             if self.zygote is not None and self.zygote.sock.fileno() in events:
