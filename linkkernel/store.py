@@ -24,7 +24,7 @@ import time
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
@@ -35,6 +35,7 @@ from linkkernel.namespaces import DIGEST, Blob, _digest, type_name
 from linkkernel.partfiles import abandon_upload, remove_abandoned, temp_name
 from linkkernel.staleness import FRESH, Change, RunRecord, code_hash, inherited, state, states
 from linkkernel.watch import FolderWatch
+from linkkernel.writes import BackgroundWrites
 
 MEMORY_PREFIX = "memory:"
 # How the line saying results are not written starts (see `write_trouble`); `linkkernel run`
@@ -252,7 +253,7 @@ class CacheStore:
         # One refresh at a time: `%link status` in a subshell refreshes while the main shell's
         # cell does, and the folder's watch hands each change to one caller only.
         self._refreshing = threading.Lock()
-        self._pending: list[Future] = []
+        self._jobs = BackgroundWrites()  # what the writer thread does, and how the writes went
         # Digests of the values of runs replaced here (`_release`), for the writer once the
         # blobs and records written before are (`put`, `_load_records`).
         self._released: list[str] = []
@@ -278,13 +279,6 @@ class CacheStore:
         self._watch: FolderWatch | None = None  # the records folder of a local store (see `refresh`)
         # A descriptor on the local folder, and what closes it (see `_folder_now`).
         self._held: tuple[int, weakref.finalize] | None = None
-        # Writes that failed or were refused since the last one known to have landed, each
-        # numbered in the order it happened here (`_tick`): one outage, said once (`write_trouble`).
-        self._tick = 0
-        self._failures: list[tuple[int, BaseException]] = []
-        self._landed = 0  # the number of the last write known to have landed
-        self._said = 0  # the number of the last failure the user was told of
-        self._writes: list[tuple[int, Future]] = []  # writes, numbered, until `_look_at_writes` saw them end
         # Why `url` cannot be used (unknown protocol, its package missing). A kernel keeps
         # running with results in memory, as without a notebook; a command refuses (`usable`).
         self.unusable: str | None = None
@@ -309,8 +303,8 @@ class CacheStore:
                 return
             if self._local:  # what writers killed midway left (an object store keeps no half upload)
                 self._folder_now()  # held from the start: another kernel may move it before this one follows
-                self._pending.append(self._writer.submit(remove_abandoned, self.root, ["records/*.part", "blobs/*/*.part"]))
-                self._pending.append(self._writer.submit(self._sweep))
+                self._jobs.add(self._writer.submit(remove_abandoned, self.root, ["records/*.part", "blobs/*/*.part"]))
+                self._jobs.add(self._writer.submit(self._sweep))
 
     @property
     def location(self) -> str:
@@ -435,7 +429,7 @@ class CacheStore:
         with self._lock:
             released, self._released = self._released, []
         if released:  # of the runs that another process's runs replaced here
-            self._pending.append(self._writer.submit(self._remove_unnamed, released))
+            self._jobs.add(self._writer.submit(self._remove_unnamed, released))
         return taken
 
     def _drop_unheld(self, names: Iterable[str]) -> bool:
@@ -510,7 +504,7 @@ class CacheStore:
         with self._refreshing:
             if self._local and self._held is None:  # made by another process since (see `_folder_now`)
                 self._folder_now()
-            if not all(f.done() for f in self._pending):
+            if self._jobs.under_way():
                 return False
             paths = None
             if self._local:
@@ -554,50 +548,26 @@ class CacheStore:
             self._keep(record)
             self._forget([*blobs, *kept])  # a value the record does not name after all
         if self.fs is not None:
-            if self._local and not self._failures and not self.fs.exists(self.root):
+            if self._local and not self._jobs.outage() and not self.fs.exists(self.root):
                 # Made here, not in the background, so a folder that cannot be written is
                 # said in the cell whose results it loses (write_trouble).
                 try:
                     self.fs.makedirs(self.root, exist_ok=True)
                 except OSError as exc:
-                    self._failed(exc)
+                    self._jobs.refused(exc)
                 with self._refreshing:
                     self._folder_now()  # held as soon as it is there
             if self._local and not (self._room_for(record, blobs.values()) or self._make_room(record, blobs.values())):
-                self._failed(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+                self._jobs.refused(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
                 return False  # written again by the next run that makes them
-            self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
+            self._jobs.prune()
             # Values lost before this put are made again by it; one lost while the write is
             # under way (a child could not rebuild it) stays lost when the write lands.
             relost = {d for d in blobs if d in self.lost}
             with self._lock:
                 released, self._released = self._released, []
-            write = self._writer.submit(self._write, record, list(blobs.values()), relost, released)
-            self._pending.append(write)
-            self._tick += 1
-            self._writes.append((self._tick, write))
+            self._jobs.add(self._writer.submit(self._write, record, list(blobs.values()), relost, released), write=True)
         return True
-
-    def _failed(self, exc: BaseException, tick: int | None = None) -> None:
-        """Note a write that failed (`tick`: its number) or was refused now (`write_trouble`)."""
-        if tick is None:
-            self._tick += 1
-            tick = self._tick
-        if tick > self._landed:
-            self._failures.append((tick, exc))
-            self._failures.sort(key=lambda failure: failure[0])
-
-    def _look_at_writes(self) -> None:
-        """Note how the writes that ended went, in the order they ran (one writer thread): one
-        that landed ends the outage of the failures before it, and the disk has room again."""
-        while self._writes and self._writes[0][1].done():
-            tick, write = self._writes.pop(0)
-            exc = write.exception()
-            if exc is not None:
-                self._failed(exc, tick)
-            else:
-                self._landed = tick
-                self._failures = [failure for failure in self._failures if failure[0] > tick]
 
     def _make_room(self, record: RunRecord, blobs: Iterable[Blob]) -> bool:
         """Whether removing the run `record` replaces makes room for it, once removed: its
@@ -648,18 +618,12 @@ class CacheStore:
         over, and the next one is said too: a disk freed, then full again, lost results
         without a word.
 
-        A write refused now, after the user was told, is a new outage if a write still under
-        way lands: waited for, so that it is said in the cell whose results it loses."""
-        if self._failures and self._failures[-1][0] > self._said:
-            for tick, write in self._writes:
-                if tick < self._failures[-1][0]:
-                    write.exception()  # waits
-        self._look_at_writes()
-        if not self._failures or self._said > self._landed:
+        The rule, said once per outage, is `BackgroundWrites.trouble`'s."""
+        failure = self._jobs.trouble()
+        if failure is None:
             return None
-        self._said = self._failures[-1][0]
         return (
-            f"{WRITE_TROUBLE} at {self.root}: {plain_reason(self._failures[0][1])}; "
+            f"{WRITE_TROUBLE} at {self.root}: {plain_reason(failure)}; "
             "results are kept in memory only, so after a restart their components run again"
         )
 
@@ -667,11 +631,10 @@ class CacheStore:
         """Why results a caller put (`cache import`) are not written, in words, said by the
         caller for `write_trouble`: `failures` of their writes, `refused` when a put found
         no room. None when they were written."""
-        self._look_at_writes()
         problem = failures[0] if failures else OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) if refused else None
         if problem is None:
             return None
-        self._said = self._tick
+        self._jobs.told()
         return plain_reason(problem)
 
     def _keep(self, record: RunRecord) -> None:
@@ -903,8 +866,7 @@ class CacheStore:
     def write_failures(self) -> list[BaseException]:
         """Wait for background writes; the errors of those that failed, for a caller
         (`cache import`) whose only result is what was written."""
-        pending, self._pending = self._pending, []
-        return [exc for exc in (future.exception() for future in pending) if exc is not None]
+        return self._jobs.wait()
 
     def has_value(self, digest: str) -> bool:
         """Whether a value can be loaded, without asking the storage (an S3 HEAD per name per
