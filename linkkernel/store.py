@@ -21,7 +21,6 @@ import os
 import sys
 import threading
 import time
-import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +30,7 @@ from typing import Any
 from linkkernel import s3io
 from linkkernel.cow import IMMUTABLE, MIN_SIZE, Loaded, freeze_buffer, frozen_owner
 from linkkernel.errors import LinkError
+from linkkernel.heldfolder import HeldFolder
 from linkkernel.namespaces import DIGEST, Blob, _digest, type_name
 from linkkernel.partfiles import abandon_upload, remove_abandoned, temp_name
 from linkkernel.staleness import FRESH, Change, RunRecord, code_hash, inherited, state, states
@@ -44,9 +44,6 @@ WRITE_TROUBLE = "linkkernel: cannot write the component cache"
 # The largest pickle of a number or string kept loaded (`load`): a long text or a large
 # bytes value would be held twice, as its blob and as the object.
 _SMALL = 1 << 12
-# Where Linux names the files a process holds open: the cache folder held is found there
-# wherever another process moved it (`CacheStore._folder_now`).
-_OPEN_FDS = "/proc/self/fd"
 # How long a blob file that another process wrote or touched is left alone, although no record
 # names it: that process writes the record naming it next (`_write`), moments later.
 _GRACE = 60.0
@@ -207,14 +204,6 @@ def _text_size(value: Any) -> int:
     return 16
 
 
-def _is(path: str, stat: os.stat_result) -> bool:
-    """Whether `path` is the file `stat` describes."""
-    try:
-        return os.path.samestat(os.stat(path), stat)
-    except OSError:
-        return False
-
-
 def _stamp_of(stat: os.stat_result) -> tuple[int, int, int]:
     """What tells a record file from the one read or written before: its inode (every
     writer moves a new file into place), not only its time and size, which another
@@ -277,8 +266,7 @@ class CacheStore:
         self._local = False
         self._s3 = False  # files written whole with one request (linkkernel.s3io)
         self._watch: FolderWatch | None = None  # the records folder of a local store (see `refresh`)
-        # A descriptor on the local folder, and what closes it (see `_folder_now`).
-        self._held: tuple[int, weakref.finalize] | None = None
+        self._held = HeldFolder()  # the local folder, wherever another kernel moved it (see `_folder_now`)
         # Why `url` cannot be used (unknown protocol, its package missing). A kernel keeps
         # running with results in memory, as without a notebook; a command refuses (`usable`).
         self.unusable: str | None = None
@@ -360,28 +348,10 @@ class CacheStore:
         self._watch = FolderWatch(f"{self.root}/records")
 
     def _folder_now(self) -> str | None:
-        """Where the local folder is now, found by the descriptor held on it, not by its name:
-        a second kernel on the notebook moves it when it follows the notebook renamed, and
-        the folder at the new name's path may be another notebook's. Only a move to another
-        name beside it counts (not one into the trash); None when it was not moved, or where
-        the system does not name open files. Held anew when the folder was made again. The
-        lock `_refreshing` held (or no other thread yet)."""
-        if self._held is not None:
-            held = os.fstat(self._held[0])
-            if _is(self.root, held):
-                return None
-            with contextlib.suppress(OSError):
-                now = os.readlink(f"{_OPEN_FDS}/{self._held[0]}")
-                if os.path.dirname(now) == os.path.realpath(os.path.dirname(self.root)) and _is(now, held):
-                    return now
-            self._held[1]()  # removed (a cache cleared), or made again since
-            self._held = None
-        try:
-            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:  # not made yet
-            return None
-        self._held = (fd, weakref.finalize(self, os.close, fd))
-        return None
+        """Where the local folder is now, found by the descriptor held on it, not by its name
+        (linkkernel.heldfolder); None when it was not moved. The lock `_refreshing` held (or
+        no other thread yet)."""
+        return self._held.moved_to(self.root)
 
     def _load_records(self, changed_only: bool = False, paths: Iterable[str] | None = None) -> bool:
         """Read the record files (`paths`, all when None); `changed_only`: those whose
@@ -502,7 +472,7 @@ class CacheStore:
         if self.root is None or not (self._local or remote):
             return False
         with self._refreshing:
-            if self._local and self._held is None:  # made by another process since (see `_folder_now`)
+            if self._local and not self._held.held():  # made by another process since (see `_folder_now`)
                 self._folder_now()
             if self._jobs.under_way():
                 return False
