@@ -21,20 +21,21 @@ import os
 import sys
 import threading
 import time
-import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
 from linkkernel import s3io
 from linkkernel.cow import IMMUTABLE, MIN_SIZE, Loaded, freeze_buffer, frozen_owner
 from linkkernel.errors import LinkError
+from linkkernel.heldfolder import HeldFolder
 from linkkernel.namespaces import DIGEST, Blob, _digest, type_name
 from linkkernel.partfiles import abandon_upload, remove_abandoned, temp_name
 from linkkernel.staleness import FRESH, Change, RunRecord, code_hash, inherited, state, states
 from linkkernel.watch import FolderWatch
+from linkkernel.writes import BackgroundWrites
 
 MEMORY_PREFIX = "memory:"
 # How the line saying results are not written starts (see `write_trouble`); `linkkernel run`
@@ -43,9 +44,6 @@ WRITE_TROUBLE = "linkkernel: cannot write the component cache"
 # The largest pickle of a number or string kept loaded (`load`): a long text or a large
 # bytes value would be held twice, as its blob and as the object.
 _SMALL = 1 << 12
-# Where Linux names the files a process holds open: the cache folder held is found there
-# wherever another process moved it (`CacheStore._folder_now`).
-_OPEN_FDS = "/proc/self/fd"
 # How long a blob file that another process wrote or touched is left alone, although no record
 # names it: that process writes the record naming it next (`_write`), moments later.
 _GRACE = 60.0
@@ -206,14 +204,6 @@ def _text_size(value: Any) -> int:
     return 16
 
 
-def _is(path: str, stat: os.stat_result) -> bool:
-    """Whether `path` is the file `stat` describes."""
-    try:
-        return os.path.samestat(os.stat(path), stat)
-    except OSError:
-        return False
-
-
 def _stamp_of(stat: os.stat_result) -> tuple[int, int, int]:
     """What tells a record file from the one read or written before: its inode (every
     writer moves a new file into place), not only its time and size, which another
@@ -252,7 +242,7 @@ class CacheStore:
         # One refresh at a time: `%link status` in a subshell refreshes while the main shell's
         # cell does, and the folder's watch hands each change to one caller only.
         self._refreshing = threading.Lock()
-        self._pending: list[Future] = []
+        self._jobs = BackgroundWrites()  # what the writer thread does, and how the writes went
         # Digests of the values of runs replaced here (`_release`), for the writer once the
         # blobs and records written before are (`put`, `_load_records`).
         self._released: list[str] = []
@@ -276,15 +266,7 @@ class CacheStore:
         self._local = False
         self._s3 = False  # files written whole with one request (linkkernel.s3io)
         self._watch: FolderWatch | None = None  # the records folder of a local store (see `refresh`)
-        # A descriptor on the local folder, and what closes it (see `_folder_now`).
-        self._held: tuple[int, weakref.finalize] | None = None
-        # Writes that failed or were refused since the last one known to have landed, each
-        # numbered in the order it happened here (`_tick`): one outage, said once (`write_trouble`).
-        self._tick = 0
-        self._failures: list[tuple[int, BaseException]] = []
-        self._landed = 0  # the number of the last write known to have landed
-        self._said = 0  # the number of the last failure the user was told of
-        self._writes: list[tuple[int, Future]] = []  # writes, numbered, until `_look_at_writes` saw them end
+        self._held = HeldFolder()  # the local folder, wherever another kernel moved it (see `_folder_now`)
         # Why `url` cannot be used (unknown protocol, its package missing). A kernel keeps
         # running with results in memory, as without a notebook; a command refuses (`usable`).
         self.unusable: str | None = None
@@ -309,8 +291,8 @@ class CacheStore:
                 return
             if self._local:  # what writers killed midway left (an object store keeps no half upload)
                 self._folder_now()  # held from the start: another kernel may move it before this one follows
-                self._pending.append(self._writer.submit(remove_abandoned, self.root, ["records/*.part", "blobs/*/*.part"]))
-                self._pending.append(self._writer.submit(self._sweep))
+                self._jobs.add(self._writer.submit(remove_abandoned, self.root, ["records/*.part", "blobs/*/*.part"]))
+                self._jobs.add(self._writer.submit(self._sweep))
 
     @property
     def location(self) -> str:
@@ -366,28 +348,10 @@ class CacheStore:
         self._watch = FolderWatch(f"{self.root}/records")
 
     def _folder_now(self) -> str | None:
-        """Where the local folder is now, found by the descriptor held on it, not by its name:
-        a second kernel on the notebook moves it when it follows the notebook renamed, and
-        the folder at the new name's path may be another notebook's. Only a move to another
-        name beside it counts (not one into the trash); None when it was not moved, or where
-        the system does not name open files. Held anew when the folder was made again. The
-        lock `_refreshing` held (or no other thread yet)."""
-        if self._held is not None:
-            held = os.fstat(self._held[0])
-            if _is(self.root, held):
-                return None
-            with contextlib.suppress(OSError):
-                now = os.readlink(f"{_OPEN_FDS}/{self._held[0]}")
-                if os.path.dirname(now) == os.path.realpath(os.path.dirname(self.root)) and _is(now, held):
-                    return now
-            self._held[1]()  # removed (a cache cleared), or made again since
-            self._held = None
-        try:
-            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:  # not made yet
-            return None
-        self._held = (fd, weakref.finalize(self, os.close, fd))
-        return None
+        """Where the local folder is now, found by the descriptor held on it, not by its name
+        (linkkernel.heldfolder); None when it was not moved. The lock `_refreshing` held (or
+        no other thread yet)."""
+        return self._held.moved_to(self.root)
 
     def _load_records(self, changed_only: bool = False, paths: Iterable[str] | None = None) -> bool:
         """Read the record files (`paths`, all when None); `changed_only`: those whose
@@ -435,7 +399,7 @@ class CacheStore:
         with self._lock:
             released, self._released = self._released, []
         if released:  # of the runs that another process's runs replaced here
-            self._pending.append(self._writer.submit(self._remove_unnamed, released))
+            self._jobs.add(self._writer.submit(self._remove_unnamed, released))
         return taken
 
     def _drop_unheld(self, names: Iterable[str]) -> bool:
@@ -508,9 +472,9 @@ class CacheStore:
         if self.root is None or not (self._local or remote):
             return False
         with self._refreshing:
-            if self._local and self._held is None:  # made by another process since (see `_folder_now`)
+            if self._local and not self._held.held():  # made by another process since (see `_folder_now`)
                 self._folder_now()
-            if not all(f.done() for f in self._pending):
+            if self._jobs.under_way():
                 return False
             paths = None
             if self._local:
@@ -554,50 +518,26 @@ class CacheStore:
             self._keep(record)
             self._forget([*blobs, *kept])  # a value the record does not name after all
         if self.fs is not None:
-            if self._local and not self._failures and not self.fs.exists(self.root):
+            if self._local and not self._jobs.outage() and not self.fs.exists(self.root):
                 # Made here, not in the background, so a folder that cannot be written is
                 # said in the cell whose results it loses (write_trouble).
                 try:
                     self.fs.makedirs(self.root, exist_ok=True)
                 except OSError as exc:
-                    self._failed(exc)
+                    self._jobs.refused(exc)
                 with self._refreshing:
                     self._folder_now()  # held as soon as it is there
             if self._local and not (self._room_for(record, blobs.values()) or self._make_room(record, blobs.values())):
-                self._failed(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+                self._jobs.refused(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
                 return False  # written again by the next run that makes them
-            self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
+            self._jobs.prune()
             # Values lost before this put are made again by it; one lost while the write is
             # under way (a child could not rebuild it) stays lost when the write lands.
             relost = {d for d in blobs if d in self.lost}
             with self._lock:
                 released, self._released = self._released, []
-            write = self._writer.submit(self._write, record, list(blobs.values()), relost, released)
-            self._pending.append(write)
-            self._tick += 1
-            self._writes.append((self._tick, write))
+            self._jobs.add(self._writer.submit(self._write, record, list(blobs.values()), relost, released), write=True)
         return True
-
-    def _failed(self, exc: BaseException, tick: int | None = None) -> None:
-        """Note a write that failed (`tick`: its number) or was refused now (`write_trouble`)."""
-        if tick is None:
-            self._tick += 1
-            tick = self._tick
-        if tick > self._landed:
-            self._failures.append((tick, exc))
-            self._failures.sort(key=lambda failure: failure[0])
-
-    def _look_at_writes(self) -> None:
-        """Note how the writes that ended went, in the order they ran (one writer thread): one
-        that landed ends the outage of the failures before it, and the disk has room again."""
-        while self._writes and self._writes[0][1].done():
-            tick, write = self._writes.pop(0)
-            exc = write.exception()
-            if exc is not None:
-                self._failed(exc, tick)
-            else:
-                self._landed = tick
-                self._failures = [failure for failure in self._failures if failure[0] > tick]
 
     def _make_room(self, record: RunRecord, blobs: Iterable[Blob]) -> bool:
         """Whether removing the run `record` replaces makes room for it, once removed: its
@@ -648,18 +588,12 @@ class CacheStore:
         over, and the next one is said too: a disk freed, then full again, lost results
         without a word.
 
-        A write refused now, after the user was told, is a new outage if a write still under
-        way lands: waited for, so that it is said in the cell whose results it loses."""
-        if self._failures and self._failures[-1][0] > self._said:
-            for tick, write in self._writes:
-                if tick < self._failures[-1][0]:
-                    write.exception()  # waits
-        self._look_at_writes()
-        if not self._failures or self._said > self._landed:
+        The rule, said once per outage, is `BackgroundWrites.trouble`'s."""
+        failure = self._jobs.trouble()
+        if failure is None:
             return None
-        self._said = self._failures[-1][0]
         return (
-            f"{WRITE_TROUBLE} at {self.root}: {plain_reason(self._failures[0][1])}; "
+            f"{WRITE_TROUBLE} at {self.root}: {plain_reason(failure)}; "
             "results are kept in memory only, so after a restart their components run again"
         )
 
@@ -667,11 +601,10 @@ class CacheStore:
         """Why results a caller put (`cache import`) are not written, in words, said by the
         caller for `write_trouble`: `failures` of their writes, `refused` when a put found
         no room. None when they were written."""
-        self._look_at_writes()
         problem = failures[0] if failures else OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) if refused else None
         if problem is None:
             return None
-        self._said = self._tick
+        self._jobs.told()
         return plain_reason(problem)
 
     def _keep(self, record: RunRecord) -> None:
@@ -903,8 +836,7 @@ class CacheStore:
     def write_failures(self) -> list[BaseException]:
         """Wait for background writes; the errors of those that failed, for a caller
         (`cache import`) whose only result is what was written."""
-        pending, self._pending = self._pending, []
-        return [exc for exc in (future.exception() for future in pending) if exc is not None]
+        return self._jobs.wait()
 
     def has_value(self, digest: str) -> bool:
         """Whether a value can be loaded, without asking the storage (an S3 HEAD per name per
