@@ -7,11 +7,9 @@
 2. MB in + MB out (`b = a + 1` on a float64 array, each input blob made once as the
    engine holds it from the parent's run) through file storage vs ipyparallel
    push + execute + pull: a first run for each of --big-runs new inputs, each followed by a
-   re-run with the same input, which must upload nothing. Twice: one run after another, as
-   ipyparallel's are timed; then with new inputs, each first run (and each ipyparallel run)
-   right after writing two new MB files that stay, as a store keeps a first run's input and
-   output: it then finds no memory freed moments before, which this VM gives out at once,
-   and that write's time is this machine's floor for a first run;
+   re-run with the same input, which must upload nothing; after each pair, this machine's
+   floor for a first run: the time to write the two new MB files any first run through a
+   store must leave behind (its input and its output), kept like the store's blobs;
 3. the same through local S3 servers: moto's (single-threaded Python, in its own process)
    and SeaweedFS `weed mini` (Go; the S3 server the tests check credentials against), and
    50 trivial round trips paced on each (set against ipyparallel's paced ones).
@@ -97,12 +95,9 @@ def input_blob(array):
     return freeze(dump("a", array))
 
 
-def new_files(directory: Path | None, array) -> float:
+def new_files(directory: Path, array) -> float:
     """Seconds to write `array` into two new files that stay, as a first run's input and
-    output blobs stay in the store: the page-cache pages a first run cannot avoid taking.
-    Nothing without a directory."""
-    if directory is None:
-        return 0.0
+    output blobs stay in the store: the page-cache pages a first run cannot avoid taking."""
     directory.mkdir(exist_ok=True)
     began = time.perf_counter()
     for _ in range(2):
@@ -112,9 +107,9 @@ def new_files(directory: Path | None, array) -> float:
 
 
 def remote_big(alias: str, blobs: list, array, floor_dir: Path | None = None):
-    """For each input blob (`array` + shift, as (shift, blob)): with `floor_dir`, the time to write two new files of its size
-    there (`new_files`); a first run (upload, run, fetch and verify the output); a re-run with
-    the same input, which must upload nothing."""
+    """For each input blob: a first run (upload, run, fetch and verify the output), then a
+    re-run with the same input, which must upload nothing; then, with `floor_dir`, the time
+    to write two new files of the same size there (`new_files`)."""
     import numpy as np
 
     from linkkernel.cow import Loaded
@@ -124,8 +119,7 @@ def remote_big(alias: str, blobs: list, array, floor_dir: Path | None = None):
 
     store = store_for(get(alias))
     first, again, first_bytes, again_bytes, floor = [], [], [], [], []
-    for shift, blob in blobs:
-        floor.append(new_files(floor_dir, array))
+    for i, blob in enumerate(blobs):
         for times, uploaded in ((first, first_bytes), (again, again_bytes)):
             before = store.bytes_uploaded
             began = time.perf_counter()
@@ -133,7 +127,9 @@ def remote_big(alias: str, blobs: list, array, floor_dir: Path | None = None):
             b = Loaded(result.bound["b"], {}).value  # as Runner._run_remote keeps it
             times.append(time.perf_counter() - began)
             uploaded.append(store.bytes_uploaded - before)
-            assert b[0] == array[0] + shift + 1 and np.array_equal(b[-3:], array[-3:] + shift + 1)
+            assert b[0] == array[0] + 10 * i + 1 and np.array_equal(b[-3:], array[-3:] + 10 * i + 1)
+        if floor_dir is not None:
+            floor.append(new_files(floor_dir, array))
     return first, again, first_bytes, again_bytes, floor
 
 
@@ -197,10 +193,9 @@ def ipyparallel_noop(view):
     return lambda: view.apply_sync(noop)
 
 
-def ipyparallel_big(view, array, runs: int, floor_dir: Path | None = None) -> list[float]:
+def ipyparallel_big(view, array, runs: int) -> list[float]:
     big = []
     for _ in range(runs):
-        new_files(floor_dir, array)
         began = time.perf_counter()
         view.push({"a": array}, block=True)
         view.execute("b = a + 1", block=True)
@@ -230,11 +225,9 @@ def main() -> None:
     array = np.random.default_rng(0).random(args.mb * 2**20 // 8)
     load_before = os.getloadavg()
     began = time.perf_counter()
-    # A new input for each first run, none equal to another run's output (`a + 1`): one set
-    # run after run, one after new files.
-    inputs = [(10 * i, input_blob(array + 10 * i)) for i in range(2 * args.big_runs)]
-    blobs, cold_blobs = inputs[: args.big_runs], inputs[args.big_runs :]
-    dump_ms = (time.perf_counter() - began) * 1000 / len(inputs)
+    # A new input for each first run, none equal to another run's output (`a + 1`).
+    blobs = [input_blob(array + 10 * i) for i in range(args.big_runs)]
+    dump_ms = (time.perf_counter() - began) * 1000 / args.big_runs
 
     from linkkernel.remote import registry
 
@@ -247,8 +240,7 @@ def main() -> None:
         calls = {"ours": remote_noop("bench"), "theirs": ipyparallel_noop(view)}
         trivial = interleaved(calls, args.runs, 0)
         paced = interleaved(calls, args.runs, args.pause)
-        big, big_again, uploaded, uploaded_again, _ = remote_big("bench", blobs, array)
-        cold, cold_again, _, _, floor = remote_big("bench", cold_blobs, array, tmp / "floor")
+        big, big_again, uploaded, uploaded_again, floor = remote_big("bench", blobs, array, tmp / "floor")
 
         s3_big, s3_again, s3_uploaded, s3_uploaded_again, s3_trivial = s3_figures(
             "moto", *start_moto(processes), key_file, blobs, array, args.pause)
@@ -259,7 +251,6 @@ def main() -> None:
         weed_big, weed_again, weed_uploaded, _, weed_trivial = s3_figures(
             "weed", weed.endpoint, weed_env, key_file, blobs, array, args.pause)
         ipp_big = ipyparallel_big(view, array, args.big_runs)
-        ipp_cold = ipyparallel_big(view, array, args.big_runs, tmp / "floor")
     finally:
         stop_ipyparallel()
         for p in processes:
@@ -272,9 +263,7 @@ def main() -> None:
         (f"trivial round trip, {args.pause * 1000:.0f} ms apart (ms)", median_ms(paced["ours"]), median_ms(paced["theirs"])),
         (f"{mb} MB in + {mb} MB out, file storage, first run (ms)", median_ms(big), median_ms(ipp_big)),
         (f"{mb} MB in + {mb} MB out, file storage, re-run (ms)", median_ms(big_again), median_ms(ipp_big)),
-        (f"  each after 2 new {mb} MB files: first run (ms)", median_ms(cold), median_ms(ipp_cold)),
-        (f"  each after 2 new {mb} MB files: re-run (ms)", median_ms(cold_again), median_ms(ipp_cold)),
-        (f"  floor of a first run: writing those 2 files (ms)", median_ms(floor), None),
+        (f"  floor of a first run: 2 new {mb} MB files (ms)", median_ms(floor), None),
         (f"{mb} MB in + {mb} MB out, local S3 (moto), first run (ms)", median_ms(s3_big), median_ms(ipp_big)),
         (f"{mb} MB in + {mb} MB out, local S3 (moto), re-run (ms)", median_ms(s3_again), median_ms(ipp_big)),
         (f"{mb} MB in + {mb} MB out, SeaweedFS S3, first run (ms)", median_ms(weed_big), median_ms(ipp_big)),
@@ -282,18 +271,16 @@ def main() -> None:
         (f"trivial round trip, local S3 (moto), {args.pause * 1000:.0f} ms apart (ms)", median_ms(s3_trivial), median_ms(paced["theirs"])),
         (f"trivial round trip, SeaweedFS S3, {args.pause * 1000:.0f} ms apart (ms)", median_ms(weed_trivial), median_ms(paced["theirs"])),
     ]
-    print(f"{'measure':<58} {'linkkernel':>11} {'ipyparallel':>12} {'ratio':>7}")
+    print(f"{'measure':<52} {'linkkernel':>11} {'ipyparallel':>12} {'ratio':>7}")
     for name, ours, theirs in rows:
         compared = f"{theirs:>12.1f} {ours / theirs:>7.2f}" if theirs else ""
-        print(f"{name:<58} {ours:>11.1f} {compared}".rstrip())
-    print(f"file storage, each first run (ms): {[f'{a * 1000:.0f}' for a in big]}; after new files, first run / floor: "
-          f"{[f'{a * 1000:.0f}/{b * 1000:.0f}' for a, b in zip(cold, floor)]}")
-    print(f"ipyparallel, each run (ms): {[f'{a * 1000:.0f}' for a in ipp_big]}; after new files: {[f'{a * 1000:.0f}' for a in ipp_cold]}")
+        print(f"{name:<52} {ours:>11.1f} {compared}".rstrip())
+    print(f"file storage, each first run / floor (ms): {[f'{a * 1000:.0f}/{b * 1000:.0f}' for a, b in zip(big, floor)]}")
     print(f"bytes uploaded, file storage: first runs {uploaded}, re-runs {uploaded_again}")
     print(f"bytes uploaded, local S3:     first runs {s3_uploaded}, re-runs {s3_uploaded_again}")
     print(f"bytes uploaded, SeaweedFS:    first runs {weed_uploaded}")
     print(f"each input pickled + digested + frozen once, as by the parent's run (not in the figures): {dump_ms:.0f} ms")
-    print(f"(runs: {args.runs} trivial each, in alternating batches of 25; {args.big_runs} inputs per set, each run first then re-run;")
+    print(f"(runs: {args.runs} trivial each, in alternating batches of 25; {args.big_runs} inputs, each run first then re-run;")
     print(" medians; a fresh process per remote task)")
     print(f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} (2 cores, shared)")
 
