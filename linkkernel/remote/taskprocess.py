@@ -87,7 +87,7 @@ class Pipe:
         """Send the task's last message. This process has nothing left to do but exit, so it
         steps aside first: the worker relaying the result must not wait for its teardown."""
         # Loaded already: this process is a fork of the worker.
-        from linkkernel.remote.worker import step_aside
+        from linkkernel.remote.zygote import step_aside
 
         step_aside()
         self.send(message)
