@@ -106,8 +106,9 @@ def discard(spare: Spare) -> None:
         os.close(fd)
 
 
-# sched_setattr(2), which glibc before 2.41 does not wrap, by machine.
-_SCHED_SETATTR = {"x86_64": 314, "aarch64": 274}
+# sched_setattr(2), which glibc before 2.41 does not wrap: its number on this machine, looked up
+# once in the worker rather than twice in every task process (None: not known here).
+_SCHED_SETATTR = {"x86_64": 314, "aarch64": 274}.get(os.uname().machine)
 _LONG_SLICE_NS = 20_000_000
 
 
@@ -123,8 +124,7 @@ def set_policy(policy: int, background: bool = False) -> None:
     (4 GB: 8.3 s instead of 0.1 s beside two busy tasks). Where the call is not known, only
     the policy is set."""
     attr = struct.pack("IIQiIQQQ", 48, policy, 0, 0, 0, _LONG_SLICE_NS if background else 0, 0, 0)
-    number = _SCHED_SETATTR.get(os.uname().machine)
-    if number is not None and _libc().syscall(number, 0, attr, 0) == 0:
+    if _SCHED_SETATTR is not None and _libc().syscall(_SCHED_SETATTR, 0, attr, 0) == 0:
         return
     try:
         os.sched_setscheduler(0, policy, os.sched_param(0))
