@@ -3,7 +3,8 @@
 The cache store's folder is named after the notebook's path; a second kernel on the notebook
 renames it when it follows the notebook renamed (`CacheStore.follow`), and the folder at the
 new name's path may be another notebook's. Linux names the files a process holds open, so
-the held descriptor tells where the folder went.
+the held descriptor tells where the folder went (`name_of`; the saved notebook is followed
+the same way, see sources.NotebookFile).
 """
 
 from __future__ import annotations
@@ -14,6 +15,13 @@ import weakref
 
 # Where Linux names the files a process holds open.
 _OPEN_FDS = "/proc/self/fd"
+NAMES_OPEN_FILES = os.path.isdir(_OPEN_FDS)
+
+
+def name_of(fd: int) -> str:
+    """The path of the file open as `fd` now, wherever it was renamed to (" (deleted)" at its
+    end once removed); OSError where the system does not name open files."""
+    return os.readlink(f"{_OPEN_FDS}/{fd}")
 
 
 def _is(path: str, stat: os.stat_result) -> bool:
@@ -46,7 +54,7 @@ class HeldFolder:
             if _is(path, held):
                 return None
             with contextlib.suppress(OSError):
-                now = os.readlink(f"{_OPEN_FDS}/{fd}")
+                now = name_of(fd)
                 if os.path.dirname(now) == os.path.realpath(os.path.dirname(path)) and _is(now, held):
                     return now
             close()  # removed (a cache cleared), or made again since

@@ -35,6 +35,7 @@ from linkkernel.declarations import (
 )
 from linkkernel.errors import LinkError
 from linkkernel.filecache import FileCache
+from linkkernel.heldfolder import NAMES_OPEN_FILES, name_of
 
 # Keys JupyterLab adds to the request metadata that are not part of the cell's metadata.
 TRANSPORT_KEYS = ("cellId", "deletedCells", "recordTiming")
@@ -198,10 +199,6 @@ def notebook_path_from_env(environ: Mapping[str, str] = os.environ) -> str | Non
     return None
 
 
-_OPEN_FDS = "/proc/self/fd"
-_FDS_NAMED = os.path.isdir(_OPEN_FDS)  # the system names open files there (Linux)
-
-
 def _in_trash(path: str) -> bool:
     """Whether `path` is in a freedesktop trash (~/.local/share/Trash/files, a volume's
     .Trash-UID/files or .Trash/UID/files), where JupyterLab's delete moves a notebook
@@ -241,11 +238,11 @@ class NotebookFile:
         return self._path
 
     def _follow(self) -> None:
-        if not _FDS_NAMED:
+        if not NAMES_OPEN_FILES:
             return
         if self._fd is not None:
             try:
-                now = os.readlink(f"{_OPEN_FDS}/{self._fd}")
+                now = name_of(self._fd)
             except OSError:
                 now = ""
             # also " (deleted)"; and a move into the trash is a deletion (see _in_trash)
