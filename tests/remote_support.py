@@ -111,6 +111,27 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes under `pid` (a worker: its zygote and the task processes it forked),
+    children of any of their threads; one that exits meanwhile is left out."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            threads = os.listdir(f"/proc/{current}/task")
+        except FileNotFoundError:
+            continue
+        for thread in threads:
+            try:
+                with open(f"/proc/{current}/task/{thread}/children") as f:
+                    children = [int(child) for child in f.read().split()]
+            except FileNotFoundError:
+                continue
+            found.extend(children)
+            todo.extend(children)
+    return found
+
+
 def wait_until(predicate, timeout: float = 10) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

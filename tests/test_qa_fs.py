@@ -19,7 +19,7 @@ from engine_support import Notebook, value
 from git_support import Repo
 from linkkernel.remote import registry
 from linkkernel.store import notebook_key
-from remote_support import WorkerProcess, make_key, wait_until
+from remote_support import WorkerProcess, descendants, make_key, wait_until
 from support import Kernel, kernel_env
 
 # A notebook name a file system takes (NAME_MAX is 255 bytes) with room for ".out" and ".json".
@@ -428,12 +428,6 @@ def _held(pid: int) -> dict[str, int]:
     return {"fds": len(fds), "memfds": _memfds(pid), "threads": len(os.listdir(f"/proc/{pid}/task"))}
 
 
-def _descendants(pid: int) -> list[str]:
-    """The processes under `pid` (a worker: its zygote and the task processes it forked)."""
-    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return [*children, *(grandchild for child in children for grandchild in _descendants(int(child)))]
-
-
 def _files(folder: Path) -> int:
     return sum(1 for p in folder.rglob("*") if p.is_file())
 
@@ -462,15 +456,15 @@ def test_two_hundred_runs_of_a_long_session_hold_no_more_than_the_first_forty(li
         kernel_pid, worker_pid = kernel.manager.provisioner.process.pid, worker.process.pid
         assert nb.run("r").status == "ok"
         time.sleep(1)
-        idle = len(_descendants(worker_pid))  # the zygote and what it forked ahead
+        idle = len(descendants(worker_pid))  # the zygote and what it forked ahead
         samples = []
         for i in range(200):
             steps[i % len(steps)]()
             if i % len(steps) == len(steps) - 1:
                 # the worker idle: its zygote's task processes ended
-                assert wait_until(lambda: len(_descendants(worker_pid)) <= idle), (idle, _descendants(worker_pid))
+                assert wait_until(lambda: len(descendants(worker_pid)) <= idle), (idle, descendants(worker_pid))
                 samples.append({**_held(kernel_pid), **{f"worker {k}": v for k, v in _held(worker_pid).items()},
-                                "worker processes": len(_descendants(worker_pid)), "temp files": _files(temp),
+                                "worker processes": len(descendants(worker_pid)), "temp files": _files(temp),
                                 "store temp files": len(_leftovers(tmp_path / "store"))})
         warm = {k: max(s[k] for s in samples[:5]) for k in samples[0]}
         for later in samples[5:]:

@@ -24,7 +24,16 @@ from linkkernel.remote.protocol import read_key
 from linkkernel.remote.storage import Store
 from linkkernel.remote.worker import versions
 from linkkernel.tasks import ComponentTask
-from remote_support import WorkerProcess, free_port, make_key, pid_alive, registered_worker, remote_fixtures, wait_until
+from remote_support import (
+    WorkerProcess,
+    descendants,
+    free_port,
+    make_key,
+    pid_alive,
+    registered_worker,
+    remote_fixtures,
+    wait_until,
+)
 from support import REPO, Kernel, kernel_env
 
 
@@ -477,18 +486,6 @@ def test_keep_days_must_be_a_number_of_days(tmp, key_file, days) -> None:
     assert done.stderr.strip() == "linkkernel worker: --keep-days must be 0 (keep every blob) or a positive number of days"
 
 
-def _descendants(pid: int) -> list[int]:
-    """`pid` and every process under it (the worker, its zygote and spare task processes)."""
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        for thread in os.listdir(f"/proc/{current}/task"):
-            with open(f"/proc/{current}/task/{thread}/children") as f:
-                todo.extend(int(child) for child in f.read().split())
-    return found
-
-
 def test_a_finished_tasks_memory_goes_back_at_once_on_a_busy_machine(tmp_path) -> None:
     """SPEC §5: memory goes back to the machine when a task ends. The worker, its task
     processes and a busy loop share one CPU, as on a worker whose other slots are busy. A
@@ -496,8 +493,8 @@ def test_a_finished_tasks_memory_goes_back_at_once_on_a_busy_machine(tmp_path) -
     free 1 GB there (the busy loop got 98% of the CPU); at normal priority, ~0.06 s."""
     with registered_worker(tmp_path, "busy") as w:
         cpu = min(os.sched_getaffinity(0))
-        wait_until(lambda: len(_descendants(w.process.pid)) >= 4)  # worker, zygote, two spares
-        for pid in _descendants(w.process.pid):
+        wait_until(lambda: len(descendants(w.process.pid)) >= 3)  # zygote, two spares
+        for pid in [w.process.pid, *descendants(w.process.pid)]:
             os.sched_setaffinity(pid, {cpu})
         busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
         try:
